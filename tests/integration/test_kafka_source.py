@@ -1,0 +1,422 @@
+"""KafkaSource against a real Kafka-protocol broker (librdkafka's mock cluster)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from _servers import produce
+
+from streamkeep.errors import ConfigError, SourceError
+from streamkeep.sources.base import Source
+from streamkeep.sources.kafka import KafkaRecord, KafkaSource, PidRateEstimator
+
+pytestmark = pytest.mark.integration
+
+
+def _source(bootstrap: str, topics: Any, **kw: Any) -> KafkaSource:
+    kw.setdefault("timeout_s", 5.0)
+    src = KafkaSource(topics, bootstrap_servers=bootstrap, **kw)
+    src.open(None)
+    return src
+
+
+def _offsets(batch: list[list[Any]]) -> list[list[int]]:
+    return [[r.offset for r in part] for part in batch]
+
+
+def _fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    n = partitions * per_partition
+    produce(bootstrap, topic, [f"v{i}".encode() for i in range(n)],
+            keys=[f"k{i % partitions}".encode() for i in range(n)],
+            partition=lambda i: i % partitions)
+
+
+def test_plan_reads_exact_ranges_across_partitions(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(3)
+    _fill(bs, topic, 3, 10)
+    src = _source(bs, topic)
+    try:
+        assert isinstance(src, Source)
+        plan = src.plan(1000)
+        assert plan == {f"{topic}:0": [0, 10], f"{topic}:1": [0, 10], f"{topic}:2": [0, 10]}
+        assert src.position() == {f"{topic}:{p}": 10 for p in range(3)}
+        batch = src.read(plan, 1000)
+        assert _offsets(batch) == [list(range(10))] * 3
+        rec = batch[1][3]
+        assert isinstance(rec, KafkaRecord)
+        assert (rec.topic, rec.partition, rec.offset) == (topic, 1, 3)
+        assert rec.value == b"v10" and rec.key == b"k1" and isinstance(rec.timestamp, int)
+        # A replay of the same plan gives the same records, also from a subrange.
+        assert src.read(plan, 1000) == batch
+        assert src.read({f"{topic}:2": [4, 7]}, 1000) == [batch[2][4:7]]
+        # Nothing new: empty ranges, one (empty) partition each.
+        assert src.plan(2000) == {f"{topic}:{p}": [10, 10] for p in range(3)}
+        assert src.read(src.plan(3000), 3000) == [[], [], []]
+    finally:
+        src.close()
+        src.close()
+
+
+def test_max_records_per_partition_caps_each_batch(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 10)
+    src = _source(bs, topic, max_records_per_partition=4)
+    try:
+        seen: list[list[int]] = [[], []]
+        for t, want in ((1000, [0, 4]), (2000, [4, 8]), (3000, [8, 10]), (4000, [10, 10])):
+            plan = src.plan(t)
+            assert plan == {f"{topic}:0": want, f"{topic}:1": want}
+            for i, part in enumerate(_offsets(src.read(plan, t))):
+                seen[i] += part
+        assert seen == [list(range(10))] * 2
+    finally:
+        src.close()
+
+
+def test_starting_offsets_latest_then_new_records(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 5)
+    src = _source(bs, topic, starting_offsets="latest")
+    try:
+        assert src.plan(1000) == {f"{topic}:0": [5, 5], f"{topic}:1": [5, 5]}
+        produce(bs, topic, [b"a", b"b", b"c"], partition=1)
+        plan = src.plan(2000)
+        assert plan == {f"{topic}:0": [5, 5], f"{topic}:1": [5, 8]}
+        assert [r.value for r in src.read(plan, 2000)[1]] == [b"a", b"b", b"c"]
+    finally:
+        src.close()
+
+
+def test_starting_offsets_committed_falls_back_to_earliest(kafka_cluster, topic_factory):
+    from confluent_kafka import Consumer, TopicPartition
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 6)
+    group = f"g-{topic}"
+    c = Consumer({"bootstrap.servers": bs, "group.id": group})
+    c.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)
+    c.close()
+    src = _source(bs, topic, starting_offsets="committed", group_id=group)
+    try:
+        # Partition 0 continues from the group's offset, partition 1 has none -> earliest.
+        assert src.plan(1000) == {f"{topic}:0": [4, 6], f"{topic}:1": [0, 6]}
+    finally:
+        src.close()
+    with pytest.raises(ConfigError, match="group_id"):
+        KafkaSource(topic, bootstrap_servers=bs, starting_offsets="committed")
+
+
+def test_starting_offsets_explicit_mapping(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 10)
+    src = _source(bs, topic, starting_offsets={(topic, 0): 7})
+    try:
+        plan = src.plan(1000)
+        assert plan == {f"{topic}:0": [7, 10], f"{topic}:1": [0, 10]}
+        assert _offsets(src.read(plan, 1000))[0] == [7, 8, 9]
+    finally:
+        src.close()
+    src = _source(bs, topic, starting_offsets={(topic, 0): 11})
+    try:
+        with pytest.raises(SourceError, match=rf"{topic} partition 0 position 11 is past"):
+            src.plan(1000)
+    finally:
+        src.close()
+
+
+def test_restore_continues_after_the_position(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic, other = topic_factory(2), topic_factory(1)
+    _fill(bs, topic, 2, 8)
+    produce(bs, other, [b"x", b"y"], partition=0)
+    first = _source(bs, topic, max_records_per_partition=3)
+    try:
+        first.plan(1000)
+        saved = first.position()
+    finally:
+        first.close()
+    assert saved == {f"{topic}:0": 3, f"{topic}:1": 3}
+    # A new process: same topic restored; a newly added topic uses starting_offsets.
+    second = _source(bs, [topic, other], starting_offsets="latest")
+    try:
+        second.restore(saved)
+        assert second.plan(2000) == {f"{topic}:0": [3, 8], f"{topic}:1": [3, 8],
+                                     f"{other}:0": [2, 2]}
+    finally:
+        second.close()
+    with pytest.raises(SourceError, match="is not a 'topic:partition' key"):
+        second.restore({"no-partition": 1})
+
+
+def test_commit_offsets_visible_to_a_separate_consumer(kafka_cluster, topic_factory):
+    from confluent_kafka import Consumer, TopicPartition
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(3)
+    _fill(bs, topic, 3, 5)
+    group = f"g-{topic}"
+    src = _source(bs, topic, group_id=group, max_records_per_partition=2)
+    try:
+        src.read(src.plan(1000), 1000)
+        src.commit_offsets(src.position())
+    finally:
+        src.close()
+    c = Consumer({"bootstrap.servers": bs, "group.id": group})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(3)], timeout=5)
+    finally:
+        c.close()
+    assert [(tp.partition, tp.offset) for tp in got] == [(0, 2), (1, 2), (2, 2)]
+    # The committed offsets serve a job that starts without a checkpoint.
+    again = _source(bs, topic, group_id=group, starting_offsets="committed")
+    try:
+        assert again.plan(2000) == {f"{topic}:{p}": [2, 5] for p in range(3)}
+    finally:
+        again.close()
+
+
+def test_commit_offsets_without_group_is_a_no_op(kafka_cluster, topic_factory):
+    src = _source(kafka_cluster.bootstrap, topic_factory(1))
+    try:
+        src.commit_offsets({"whatever:0": 5})
+    finally:
+        src.close()
+
+
+def test_retention_loss_is_a_source_error(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    src = _source(bs, topic)
+    try:
+        produce(bs, topic, [b"first"] * 3, partition=0)
+        old_plan = src.plan(1000)
+        assert old_plan == {f"{topic}:0": [0, 3]}
+        # The mock keeps ~5 MB per partition: 7.5 MB pushes the start out.
+        produce(bs, topic, [b"x" * 65536] * 120, partition=0)
+        with pytest.raises(SourceError) as info:
+            src.read(old_plan, 1000)
+        msg = str(info.value)
+        assert f"topic {topic} partition 0 offsets [0, 3)" in msg
+        assert "no longer on the broker" in msg and "earliest available offset: " in msg
+        # Planning from a lost position fails too, and does not move the position.
+        src.restore({f"{topic}:0": 0})
+        with pytest.raises(SourceError, match=rf"{topic} partition 0 offset 0 is no longer"):
+            src.plan(2000)
+        assert src.position() == {f"{topic}:0": 0}
+    finally:
+        src.close()
+
+
+def test_new_partitions_are_picked_up(kafka_cluster, topic_factory):
+    """The mock cannot add partitions, so an empty topic is recreated with more.
+
+    To a source whose positions are all 0 that is the same as added partitions.
+    A new partition of a known topic starts at its earliest offset even with
+    starting_offsets="latest": all of its records are new.
+    """
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    src = _source(bs, topic, starting_offsets="latest")
+    try:
+        assert src.plan(1000) == {f"{topic}:0": [0, 0], f"{topic}:1": [0, 0]}
+        kafka_cluster.delete_topic(topic)
+        kafka_cluster.create_topic(topic, 3)
+        produce(bs, topic, [b"p0", b"p1", b"p2a", b"p2b"], partition=lambda i: min(i, 2))
+        plan = src.plan(2000)
+        assert plan == {f"{topic}:0": [0, 1], f"{topic}:1": [0, 1], f"{topic}:2": [0, 2]}
+        batch = src.read(plan, 2000)
+        assert [[r.value for r in part] for part in batch] == [[b"p0"], [b"p1"],
+                                                               [b"p2a", b"p2b"]]
+    finally:
+        src.close()
+
+
+def test_missing_topic_is_a_clear_error(kafka_cluster):
+    src = _source(kafka_cluster.bootstrap, "no-such-topic-here")
+    try:
+        with pytest.raises(SourceError, match="topic 'no-such-topic-here' does not exist"):
+            src.plan(1000)
+    finally:
+        src.close()
+
+
+def test_broker_down_is_retried_then_source_error(kafka_cluster_factory):
+    cluster = kafka_cluster_factory(1)
+    bs = cluster.bootstrap
+    cluster.create_topic("events", 2)
+    _fill(bs, "events", 2, 5)
+    src = _source(bs, "events", timeout_s=1.0, retry_backoff_s=0.05)
+    try:
+        plan = src.plan(1000)
+        cluster.broker_down(1)
+        t0 = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            src.plan(2000)
+        assert time.monotonic() - t0 < 10
+        assert "brokers are reachable" in str(info.value) and bs in str(info.value)
+        assert src.position() == {"events:0": 5, "events:1": 5}  # not advanced
+        with pytest.raises(SourceError, match=r"no progress reading events partition 0 \[0, 5\)"):
+            src.read(plan, 1000)
+        cluster.broker_up(1)
+        assert _offsets(src.read(plan, 1000)) == [list(range(5))] * 2
+        assert src.plan(2000) == {"events:0": [5, 5], "events:1": [5, 5]}
+    finally:
+        src.close()
+
+
+def test_broker_down_mid_read_recovers_within_the_timeout(kafka_cluster_factory):
+    cluster = kafka_cluster_factory(1)
+    bs = cluster.bootstrap
+    cluster.create_topic("events", 1)
+    _fill(bs, "events", 1, 20)
+    src = _source(bs, "events", timeout_s=20.0)
+    try:
+        plan = src.plan(1000)
+        cluster.broker_down(1)
+        timer = threading.Timer(0.5, cluster.broker_up, args=(1,))
+        timer.start()
+        try:
+            batch = src.read(plan, 1000)
+        finally:
+            timer.join()
+        assert _offsets(batch) == [list(range(20))]
+    finally:
+        src.close()
+
+
+def _json(raw: bytes | None) -> Any:
+    assert raw is not None
+    return json.loads(raw)
+
+
+def test_undecodable_record_names_topic_partition_offset(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    produce(bs, topic, [b'{"a": 1}', b"not json", b'{"a": 3}'], partition=0)
+    src = _source(bs, topic, value_deserializer=_json)
+    try:
+        with pytest.raises(SourceError) as info:
+            src.read(src.plan(1000), 1000)
+        assert f"topic {topic} partition 0 offset 1" in str(info.value)
+        assert isinstance(info.value.__cause__, json.JSONDecodeError)
+    finally:
+        src.close()
+
+
+def test_undecodable_record_routed_to_handler_or_dead_letter(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    produce(bs, topic, [b'{"a": 1}', b"not json", b'{"a": 3}'], partition=0)
+    seen: list[tuple[KafkaRecord, Exception]] = []
+    src = _source(bs, topic, value_deserializer=_json,
+                  on_error=lambda rec, exc: seen.append((rec, exc)))
+    try:
+        batch = src.read(src.plan(1000), 1000)
+    finally:
+        src.close()
+    assert [r.value for r in batch[0]] == [{"a": 1}, {"a": 3}]
+    assert [(r.offset, r.value) for r, _ in seen] == [(1, b"not json")]
+
+    class ListSink:
+        name = "dead-letters"
+        opened = closed = 0
+
+        def __init__(self) -> None:
+            self.writes: list[tuple[int, list[Any]]] = []
+
+        def open(self) -> None:
+            self.opened += 1
+
+        def write(self, batch_time: int, records: list[Any]) -> None:
+            self.writes.append((batch_time, records))
+
+        def close(self) -> None:
+            self.closed += 1
+
+    dead = ListSink()
+    src = _source(bs, topic, value_deserializer=_json, on_error=dead)
+    try:
+        batch = src.read(src.plan(1000), 1000)
+    finally:
+        src.close()
+    assert [r.value for r in batch[0]] == [{"a": 1}, {"a": 3}]
+    assert dead.opened == dead.closed == 1
+    [(bt, [bad])] = dead.writes
+    assert bt == 1000
+    assert (bad["topic"], bad["partition"], bad["offset"], bad["value"]) == (topic, 0, 1,
+                                                                             b"not json")
+    assert "JSONDecodeError" in bad["error"]
+
+
+def test_rate_limit_uses_the_batch_interval(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 10)
+    src = _source(bs, topic, max_rate_per_partition=3.0)
+    try:
+        with pytest.raises(ConfigError, match="set_batch_interval_ms"):
+            src.plan(1000)
+        src.set_batch_interval_ms(2000)  # 3 records/s * 2 s = 6 per partition
+        assert src.plan(1000) == {f"{topic}:0": [0, 6], f"{topic}:1": [0, 6]}
+    finally:
+        src.close()
+
+
+def test_backpressure_sizes_batches_from_observed_processing(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    _fill(bs, topic, 2, 500)
+    src = _source(bs, topic, backpressure=True, max_records_per_partition=100)
+    src.set_batch_interval_ms(1000)
+    try:
+        assert src.rate_limit is None
+        assert src.plan(1000) == {f"{topic}:0": [0, 100], f"{topic}:1": [0, 100]}
+        # 200 records took 2 s: the job handles ~100 records/s over the source.
+        src.observe(1000, processing_ms=2000, records=200)
+        src.observe(2000, processing_ms=2000, records=200)
+        assert src.rate_limit == pytest.approx(100.0)
+        # 100 records/s x 1 s, split by lag (equal): 50 per partition.
+        assert src.plan(2000) == {f"{topic}:0": [100, 150], f"{topic}:1": [100, 150]}
+    finally:
+        src.close()
+
+
+def test_pid_rate_estimator_follows_spark():
+    est = PidRateEstimator(1000, min_rate=10)
+    assert est.compute(1000, records=1000, processing_ms=500) is None  # first: 2000/s seen
+    # Allowed 2000/s, processed at 1000/s: error 1000 -> rate 1000 (P=1).
+    assert est.compute(2000, records=1000, processing_ms=1000) == pytest.approx(1000.0)
+    # Scheduling delay adds the integral term: 1000 - 0.2 * (500 * 1000 / 1000) = 900.
+    assert est.compute(3000, records=1000, processing_ms=1000,
+                       scheduling_delay_ms=500) == pytest.approx(900.0)
+    assert est.compute(3000, records=10, processing_ms=1) is None  # not newer
+    assert est.compute(4000, records=1, processing_ms=1000) == pytest.approx(10.0)  # floor
+    with pytest.raises(ConfigError):
+        PidRateEstimator(0)
+
+
+def test_bad_configuration_is_refused_early():
+    with pytest.raises(ConfigError, match="not a valid Kafka topic"):
+        KafkaSource("bad topic", bootstrap_servers="x:1")
+    with pytest.raises(ConfigError, match="starting_offsets"):
+        KafkaSource("t", bootstrap_servers="x:1", starting_offsets="newest")
+    with pytest.raises(ConfigError, match="may not set"):
+        KafkaSource("t", bootstrap_servers="x:1", consumer_config={"group.id": "g"})
+    with pytest.raises(ConfigError, match="max_records_per_partition"):
+        KafkaSource("t", bootstrap_servers="x:1", max_records_per_partition=0)
+    src = KafkaSource(["b", "a"], bootstrap_servers="x:1", starting_offsets={("a", 0): 5})
+    assert src.name == "kafka-a+b"
+    assert src.describe() == {
+        "kind": "kafka", "name": "kafka-a+b", "topics": ["a", "b"],
+        "starting_offsets": [["a", 0, 5]], "group_id": None,
+        "max_records_per_partition": None, "max_rate_per_partition": None,
+        "backpressure": False}
