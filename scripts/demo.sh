@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the demo: a stateful running word count with a local checkpoint.
+# Interrupt it (Ctrl-C or kill -9) and run it again: the counts continue.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec .venv/bin/streamkeep demo "$@"

@@ -1,0 +1,50 @@
+"""streamkeep: Spark-Streaming-style micro-batch streams with exact, code-change-proof checkpoints.
+
+Example:
+    >>> import streamkeep as sk
+    >>> ssc = sk.StreamingContext(1.0)
+    >>> ssc.queue_stream([[1, 2, 3]]).map(lambda x: x * x).foreach_batch(lambda b: print(b.collect()))
+    >>> ssc.run()
+    [1, 4, 9]
+"""
+
+from __future__ import annotations
+
+from streamkeep._version import __version__
+from streamkeep.batch import Batch
+from streamkeep.context import StreamingContext
+from streamkeep.dstream import DStream, State
+from streamkeep.errors import (
+    CheckpointError,
+    CheckpointInUseError,
+    ConfigError,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    SinkError,
+    SourceError,
+    StreamkeepError,
+    UserFunctionError,
+)
+from streamkeep.scheduler import BatchInfo
+
+__all__ = [
+    "Batch",
+    "BatchInfo",
+    "CheckpointError",
+    "CheckpointInUseError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "DStream",
+    "IncompatibleCheckpointError",
+    "SinkError",
+    "SourceError",
+    "State",
+    "StreamingContext",
+    "StreamkeepError",
+    "UserFunctionError",
+    "__version__",
+]
+
+for _public in (Batch, BatchInfo, StreamingContext, DStream, State):
+    _public.__module__ = __name__
+del _public

@@ -1,0 +1,62 @@
+"""Named crash points for fault-injection tests.
+
+The engine calls ``point("commit.after_record")`` at each step of the batch
+protocol. Points are no-ops unless a test armed one in a child process through
+the ``STREAMKEEP_CRASH_AT`` environment variable (``"<point>@<n>"``: SIGKILL this
+process the n-th time the point is reached, counting from 1). Every point is
+listed in `POINTS`, so the fault suite covers new points automatically.
+Imports nothing from streamkeep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV_VAR = "STREAMKEEP_CRASH_AT"
+
+#: Every crash point, in the order the batch protocol reaches them.
+POINTS: tuple[str, ...] = (
+    "plan.before_write",
+    "plan.after_write",
+    "run.after_read",
+    "sink.before_write",
+    "sink.after_write",
+    "state.mid_write",
+    "state.after_write",
+    "commit.before_record",
+    "commit.after_record",
+    "snapshot.mid_write",
+    "retention.mid_delete",
+    "storage.torn_write",
+)
+
+
+class _Armed:
+    """The point this process should die at (read once from the environment)."""
+
+    __slots__ = ("count", "name", "target")
+
+    def __init__(self) -> None:
+        spec = os.environ.get(ENV_VAR, "")
+        name, _, nth = spec.partition("@")
+        self.name = name if name in POINTS else ""
+        self.target = int(nth) if nth.isdigit() else 1
+        self.count = 0
+
+
+_ARMED = _Armed()
+
+
+def point(name: str) -> None:
+    """Crash here (SIGKILL, no cleanup) if a test armed this point; else do nothing."""
+    armed = _ARMED
+    if armed.name == name:
+        armed.count += 1
+        if armed.count >= armed.target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_armed() -> bool:
+    """True when this process has a crash point armed (tests only)."""
+    return bool(_ARMED.name)

@@ -1,0 +1,129 @@
+"""Small helpers shared by every layer: durations, arity checks, stable hashing.
+
+Imports only `streamkeep.errors` and `streamkeep._types`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from collections.abc import Callable, Hashable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from streamkeep._types import BatchTime
+from streamkeep.errors import ConfigError
+
+Duration = float | int | timedelta
+
+
+def duration_ms(value: Duration, what: str) -> int:
+    """Convert seconds (float) or a timedelta to whole milliseconds, validating it."""
+    if isinstance(value, timedelta):
+        ms = value / timedelta(milliseconds=1)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{what} must be seconds (a number) or a datetime.timedelta, got {type(value).__name__}"
+        raise ConfigError(msg)
+    else:
+        ms = float(value) * 1000.0
+    if ms <= 0 or ms != ms:
+        msg = f"{what} must be positive, got {value!r}"
+        raise ConfigError(msg)
+    rounded = round(ms)
+    if abs(rounded - ms) > 1e-6 or rounded == 0:
+        msg = f"{what} must be a whole number of milliseconds, got {value!r}"
+        raise ConfigError(msg)
+    return int(rounded)
+
+
+def to_datetime(batch_time: BatchTime) -> datetime:
+    """The aware UTC datetime of a batch time in ms."""
+    return datetime.fromtimestamp(batch_time / 1000.0, tz=timezone.utc)
+
+
+def check_callable(fn: object, operator: str, arg: str = "function") -> None:
+    """Raise ConfigError unless `fn` is callable."""
+    if not callable(fn):
+        msg = f"{operator}: {arg} must be callable, got {type(fn).__name__} ({fn!r:.60})"
+        raise ConfigError(msg)
+
+
+def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None] | None:
+    """(min, max) positional arguments `fn` accepts; max None = *args; None if unknown."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    lo = 0
+    hi: int | None = 0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            if p.default is p.empty:
+                lo += 1
+            if hi is not None:
+                hi += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            hi = None
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return lo, hi
+
+
+def accepts(fn: Callable[..., Any], n: int) -> bool | None:
+    """True/False if `fn` can be called with `n` positional args; None if unknown."""
+    ar = positional_arity(fn)
+    if ar is None:
+        return None
+    lo, hi = ar
+    return lo <= n and (hi is None or n <= hi)
+
+
+def check_arity(fn: Callable[..., Any], n: int, operator: str, signature: str) -> None:
+    """Raise ConfigError when `fn` certainly cannot take `n` positional arguments."""
+    check_callable(fn, operator)
+    if accepts(fn, n) is False:
+        name = getattr(fn, "__qualname__", repr(fn))
+        msg = f"{operator}: the function must look like {signature} ({n} arguments), but {name} takes {_describe_arity(fn)}"
+        raise ConfigError(msg)
+
+
+def _describe_arity(fn: Callable[..., Any]) -> str:
+    ar = positional_arity(fn)
+    if ar is None:
+        return "an unknown number of arguments"
+    lo, hi = ar
+    if hi is None:
+        return f"at least {lo} arguments"
+    if lo == hi:
+        return f"{lo} argument{'s' if lo != 1 else ''}"
+    return f"{lo} to {hi} arguments"
+
+
+def stable_hash(key: Hashable) -> int:
+    """A hash of `key` that is the same in every process (unlike str's `hash`).
+
+    Used to assign keys to partitions, which must agree across processes and runs.
+    """
+    if isinstance(key, str):
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if isinstance(key, bool) or isinstance(key, int):
+        return hash(key) & 0xFFFFFFFF
+    if isinstance(key, bytes):
+        return zlib.crc32(key)
+    if isinstance(key, tuple):
+        h = 0x345678
+        for item in key:
+            h = (h * 1000003) ^ stable_hash(item)
+            h &= 0xFFFFFFFF
+        return h
+    if key is None:
+        return 0
+    if isinstance(key, float):
+        return hash(key) & 0xFFFFFFFF
+    return zlib.crc32(repr(key).encode("utf-8", "surrogatepass"))
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """repr() cut to `limit` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,480 @@
+"""`Batch`: one micro-batch of one DStream, split into partitions (the RDD analogue).
+
+Per-record operators (`map`, `filter`, `flat_map`, `map_values`, ...) are lazy
+and fused: a chain of them runs as one pass per partition over C-level
+iterators (`map`, `filter`, `itertools.chain`) when the batch is first
+consumed. Per-batch operators (`reduce_by_key`, joins, ...) consume their
+input once and return a materialised Batch. A materialised batch is cached, so
+consuming it twice does not run user functions twice.
+
+Imports only `streamkeep.errors`, `streamkeep._types` and `streamkeep._util`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from streamkeep._types import BatchTime
+from streamkeep._util import short_repr, stable_hash
+from streamkeep.errors import ConfigError, UserFunctionError
+
+T = TypeVar("T")
+U = TypeVar("U")
+K = TypeVar("K")
+V = TypeVar("V")
+W = TypeVar("W")
+
+_IterFn = Callable[[Iterator[Any]], Iterator[Any]]
+_Op = tuple[str, _IterFn, Any]  # (operator name, iterator transform, user function)
+_MISSING: Any = object()
+
+
+class Batch(Generic[T]):
+    """One micro-batch's records, partitioned.
+
+    Args:
+        partitions: one iterable of records per partition.
+        batch_time_ms: the batch time, used in error messages.
+
+    Example:
+        >>> Batch([[1, 2], [3]]).map(lambda x: x * 10).collect()
+        [10, 20, 30]
+    """
+
+    __slots__ = ("_ops", "_parts", "_src", "batch_time_ms")
+
+    def __init__(self, partitions: Iterable[Iterable[T]] = (), batch_time_ms: BatchTime = 0) -> None:
+        self._parts: list[list[Any]] | None = [p if isinstance(p, list) else list(p) for p in partitions]
+        self._src: list[list[Any]] = self._parts
+        self._ops: tuple[_Op, ...] = ()
+        self.batch_time_ms = batch_time_ms
+
+    @classmethod
+    def _lazy(cls, src: list[list[Any]], ops: tuple[_Op, ...], batch_time_ms: BatchTime) -> Batch[Any]:
+        b: Batch[Any] = cls.__new__(cls)
+        b._src = src
+        b._ops = ops
+        b._parts = None if ops else src
+        b.batch_time_ms = batch_time_ms
+        return b
+
+    @classmethod
+    def empty(cls, batch_time_ms: BatchTime = 0) -> Batch[Any]:
+        """A batch with one empty partition."""
+        return cls([[]], batch_time_ms)
+
+    # -- materialisation -------------------------------------------------
+
+    def _then(self, name: str, fn: _IterFn, user: Any) -> Batch[Any]:
+        return Batch._lazy(self._src, (*self._ops, (name, fn, user)), self.batch_time_ms)
+
+    def _iter_partition(self, index: int) -> Iterator[Any]:
+        if self._parts is not None:
+            return iter(self._parts[index])
+        it: Iterator[Any] = iter(self._src[index])
+        for _, fn, _ in self._ops:
+            it = fn(it)
+        return it
+
+    def _consume(self, index: int, consumer: Callable[[Iterator[Any]], U], op: tuple[str, Any] | None = None) -> U:
+        """Run `consumer` over partition `index`, naming the failing operator on error.
+
+        `op` is the (name, user function) of a per-batch operator doing the consuming.
+        """
+        try:
+            return consumer(self._iter_partition(index))
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, index, op) from exc
+
+    def _user_error(self, exc: BaseException, index: int, op: tuple[str, Any] | None = None) -> UserFunctionError:
+        name = self._failing_op(exc, op)
+        msg = (
+            f"user function in operator {name!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} "
+            f"(batch time {self.batch_time_ms} ms, partition {index})"
+        )
+        return UserFunctionError(msg, operator=name, batch_time_ms=self.batch_time_ms)
+
+    def _failing_op(self, exc: BaseException, op: tuple[str, Any] | None) -> str:
+        codes = {getattr(user, "__code__", None): name for name, _, user in self._ops}
+        if op is not None:
+            codes[getattr(op[1], "__code__", None)] = op[0]
+        codes.pop(None, None)
+        tb = exc.__traceback__
+        found = None
+        while tb is not None:
+            name = codes.get(tb.tb_frame.f_code)
+            if name is not None:
+                found = name
+            tb = tb.tb_next
+        if found is not None:
+            return found
+        names = [name for name, _, _ in self._ops]
+        if op is not None:
+            names.append(op[0])
+        return " | ".join(names) if names else "batch operation"
+
+    def _materialise(self) -> list[list[Any]]:
+        parts = self._parts
+        if parts is None:
+            parts = [self._consume(i, list) for i in range(len(self._src))]
+            self._parts = parts
+            self._src = parts
+            self._ops = ()
+        return parts
+
+    def cache(self) -> Batch[T]:
+        """Materialise now, so several consumers do not rerun the fused functions."""
+        self._materialise()
+        return self
+
+    @property
+    def partitions(self) -> list[list[T]]:
+        """The records, one list per partition (materialises the batch)."""
+        return self._materialise()
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions."""
+        return len(self._src)
+
+    # -- actions -------------------------------------------------------
+
+    def collect(self) -> list[T]:
+        """All records in partition order."""
+        parts = self._materialise()
+        if len(parts) == 1:
+            return list(parts[0])
+        return [x for p in parts for x in p]
+
+    def __iter__(self) -> Iterator[T]:
+        for p in self._materialise():
+            yield from p
+
+    def count(self) -> int:
+        """Number of records."""
+        return sum(len(p) for p in self._materialise())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def take(self, n: int) -> list[T]:
+        """The first `n` records (consumes only as many partitions as needed)."""
+        out: list[T] = []
+        for i in range(self.num_partitions):
+            if len(out) >= n:
+                break
+            if self._parts is not None:
+                out.extend(self._parts[i][: n - len(out)])
+            else:
+                out.extend(self._consume(i, lambda it: list(itertools.islice(it, n - len(out)))))
+        return out
+
+    def first(self) -> T:
+        """The first record; ValueError if the batch is empty."""
+        got = self.take(1)
+        if not got:
+            msg = "first(): the batch is empty"
+            raise ValueError(msg)
+        return got[0]
+
+    def is_empty(self) -> bool:
+        """True when the batch has no records."""
+        return not self.take(1)
+
+    def foreach(self, f: Callable[[T], Any]) -> None:
+        """Call `f` on every record."""
+        for i in range(self.num_partitions):
+            self._consume(i, lambda it: _drain(map(f, it)))
+
+    def foreach_partition(self, f: Callable[[Iterator[T]], Any]) -> None:
+        """Call `f` once per partition with an iterator over its records."""
+        for i in range(self.num_partitions):
+            self._consume(i, f)
+
+    # -- per-record (lazy, fused) ----------------------------------------
+
+    def map(self, f: Callable[[T], U]) -> Batch[U]:
+        """Apply `f` to every record."""
+        return self._then("map", lambda it: map(f, it), f)
+
+    def filter(self, f: Callable[[T], Any]) -> Batch[T]:
+        """Keep records for which `f` is truthy."""
+        return self._then("filter", lambda it: filter(f, it), f)
+
+    def flat_map(self, f: Callable[[T], Iterable[U]]) -> Batch[U]:
+        """Replace every record by the records of the iterable `f` returns."""
+        return self._then("flat_map", lambda it: itertools.chain.from_iterable(map(f, it)), f)
+
+    def map_partitions(self, f: Callable[[Iterator[T]], Iterable[U]]) -> Batch[U]:
+        """Apply `f` to each partition's iterator; it returns the partition's new records."""
+        return self._then("map_partitions", lambda it: iter(f(it)), f)
+
+    def map_partitions_with_index(self, f: Callable[[int, Iterator[T]], Iterable[U]]) -> Batch[U]:
+        """Like `map_partitions`, with the partition index as first argument."""
+        parts = [self._consume(i, lambda it, i=i: list(f(i, it))) for i in range(self.num_partitions)]  # type: ignore[misc]
+        return Batch(parts, self.batch_time_ms)
+
+    def glom(self) -> Batch[list[T]]:
+        """One record per partition: the list of its records."""
+        return self._then("glom", lambda it: iter([list(it)]), None)
+
+    def map_values(self: Batch[tuple[K, V]], f: Callable[[V], W]) -> Batch[tuple[K, W]]:
+        """Apply `f` to the value of every (key, value) record."""
+        return self._then("map_values", lambda it: ((k, f(v)) for k, v in it), f)
+
+    def flat_map_values(self: Batch[tuple[K, V]], f: Callable[[V], Iterable[W]]) -> Batch[tuple[K, W]]:
+        """Replace every (key, value) by (key, w) for each w in `f(value)`."""
+        return self._then("flat_map_values", lambda it: ((k, w) for k, v in it for w in f(v)), f)
+
+    def keys(self: Batch[tuple[K, V]]) -> Batch[K]:
+        """The keys of (key, value) records."""
+        return self._then("keys", lambda it: (kv[0] for kv in it), None)
+
+    def values(self: Batch[tuple[K, V]]) -> Batch[V]:
+        """The values of (key, value) records."""
+        return self._then("values", lambda it: (kv[1] for kv in it), None)
+
+    # -- per-batch -------------------------------------------------------
+
+    def union(self, *others: Batch[T]) -> Batch[T]:
+        """All partitions of this batch and the others (no shuffle)."""
+        parts = list(self._materialise())
+        for o in others:
+            parts.extend(o._materialise())
+        return Batch(parts, self.batch_time_ms)
+
+    def reduce(self, f: Callable[[T, T], T]) -> Batch[T]:
+        """One record: all records combined with `f`; empty if the batch is empty."""
+        acc: Any = _MISSING
+        for i in range(self.num_partitions):
+            part = self._consume(i, lambda it: _fold(f, it), ("reduce", f))
+            if part is not _MISSING:
+                acc = part if acc is _MISSING else self._call(f, "reduce", acc, part)
+        return Batch([[] if acc is _MISSING else [acc]], self.batch_time_ms)
+
+    def count_batch(self) -> Batch[int]:
+        """One record: the number of records."""
+        return Batch([[self.count()]], self.batch_time_ms)
+
+    def count_by_value(self) -> Batch[tuple[T, int]]:
+        """(record, occurrences) for each distinct record."""
+        return self.map(_pair_one).reduce_by_key(_add)
+
+    def distinct(self, num_partitions: int | None = None) -> Batch[T]:
+        """Each distinct record once."""
+        return self.map(_pair_none).reduce_by_key(_first, num_partitions).keys()
+
+    def repartition(self, num_partitions: int) -> Batch[T]:
+        """Spread the records round-robin over `num_partitions` partitions."""
+        _check_partitions(num_partitions, "repartition")
+        out: list[list[Any]] = [[] for _ in range(num_partitions)]
+        i = 0
+        for p in self._materialise():
+            for x in p:
+                out[i].append(x)
+                i = (i + 1) % num_partitions
+        return Batch(out, self.batch_time_ms)
+
+    def partition_by(self: Batch[tuple[K, V]], num_partitions: int) -> Batch[tuple[K, V]]:
+        """Place each (key, value) in partition ``stable_hash(key) % num_partitions``."""
+        _check_partitions(num_partitions, "partition_by")
+        out: list[list[Any]] = [[] for _ in range(num_partitions)]
+        for p in self._materialise():
+            for kv in p:
+                out[stable_hash(kv[0]) % num_partitions].append(kv)
+        return Batch(out, self.batch_time_ms)
+
+    def combine_by_key(
+        self: Batch[tuple[K, V]],
+        create: Callable[[V], W],
+        merge_value: Callable[[W, V], W],
+        merge_combiners: Callable[[W, W], W],
+        num_partitions: int | None = None,
+    ) -> Batch[tuple[K, W]]:
+        """Combine the values of each key: `create` the first, `merge_value` the rest per
+        partition, then `merge_combiners` across partitions."""
+        partials = [self._consume(i, lambda it: _combine(it, create, merge_value), ("combine_by_key", merge_value)) for i in range(self.num_partitions)]
+        return self._merge_keyed(partials, merge_combiners, num_partitions, "combine_by_key")
+
+    def reduce_by_key(self: Batch[tuple[K, V]], f: Callable[[V, V], V], num_partitions: int | None = None) -> Batch[tuple[K, V]]:
+        """Combine the values of each key with `f` (associative and commutative)."""
+        partials = [self._consume(i, lambda it: _reduce_into({}, it, f), ("reduce_by_key", f)) for i in range(self.num_partitions)]
+        return self._merge_keyed(partials, f, num_partitions, "reduce_by_key")
+
+    def group_by_key(self: Batch[tuple[K, V]], num_partitions: int | None = None) -> Batch[tuple[K, list[V]]]:
+        """(key, [values...]) for each key, values in arrival order."""
+        partials = [self._consume(i, _group) for i in range(self.num_partitions)]
+        return self._merge_keyed(partials, _concat, num_partitions, "group_by_key")
+
+    def _merge_keyed(
+        self, partials: list[dict[Any, Any]], merge: Callable[[Any, Any], Any], num_partitions: int | None, op: str
+    ) -> Batch[Any]:
+        n = self.num_partitions if num_partitions is None else num_partitions
+        _check_partitions(n, op)
+        if n == 1:
+            if len(partials) == 1:
+                return Batch([list(partials[0].items())], self.batch_time_ms)
+            merged: dict[Any, Any] = {}
+            for d in partials:
+                self._merge_dict(merged, d, merge, op)
+            return Batch([list(merged.items())], self.batch_time_ms)
+        outs: list[dict[Any, Any]] = [{} for _ in range(n)]
+        for d in partials:
+            for k, v in d.items():
+                target = outs[stable_hash(k) % n]
+                if k in target:
+                    target[k] = self._call(merge, op, target[k], v)
+                else:
+                    target[k] = v
+        return Batch([list(o.items()) for o in outs], self.batch_time_ms)
+
+    def _merge_dict(self, into: dict[Any, Any], d: dict[Any, Any], merge: Callable[[Any, Any], Any], op: str) -> None:
+        if not into:
+            into.update(d)
+            return
+        for k, v in d.items():
+            if k in into:
+                into[k] = self._call(merge, op, into[k], v)
+            else:
+                into[k] = v
+
+    def _call(self, f: Callable[..., U], op: str, *args: Any) -> U:
+        try:
+            return f(*args)
+        except Exception as exc:
+            msg = f"user function in operator {op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {self.batch_time_ms} ms)"
+            raise UserFunctionError(msg, operator=op, batch_time_ms=self.batch_time_ms) from exc
+
+    def cogroup(self: Batch[tuple[K, V]], *others: Batch[tuple[K, Any]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[list[Any], ...]]]:
+        """(key, ([values in self], [values in other1], ...)) for every key in any batch."""
+        batches = (self, *others)
+        width = len(batches)
+        groups: dict[Any, tuple[list[Any], ...]] = {}
+        for j, b in enumerate(batches):
+            for p in b._materialise():
+                for k, v in p:
+                    g = groups.get(k)
+                    if g is None:
+                        g = groups[k] = tuple([] for _ in range(width))
+                    g[j].append(v)
+        n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
+        return Batch([list(groups.items())], self.batch_time_ms).partition_by(n) if n > 1 else Batch([list(groups.items())], self.batch_time_ms)
+
+    def join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W]]]:
+        """(key, (v, w)) for every pair of values of keys present in both batches."""
+        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in g[1]])
+
+    def left_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W | None]]]:
+        """Like `join`, keeping keys missing from `other` with None as their value."""
+        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in (g[1] or [None])])
+
+    def right_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W]]]:
+        """Like `join`, keeping keys missing from this batch with None as their value."""
+        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in (g[0] or [None]) for w in g[1]])
+
+    def full_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W | None]]]:
+        """Like `join`, keeping keys missing from either side with None in their place."""
+        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(
+            lambda g: [(v, w) for v in (g[0] or [None]) for w in (g[1] or [None])]
+        )
+
+    def cartesian(self, other: Batch[U]) -> Batch[tuple[T, U]]:
+        """Every (a, b) pair with a from this batch and b from `other`."""
+        right = other.collect()
+        return Batch([[(a, b) for a in p for b in right] for p in self._materialise()], self.batch_time_ms)
+
+    def sort_by(self, key: Callable[[T], Any], ascending: bool = True, num_partitions: int | None = None) -> Batch[T]:
+        """Records sorted by `key`, in one partition (or range-split into `num_partitions`)."""
+        try:
+            data = sorted(self.collect(), key=key, reverse=not ascending)
+        except Exception as exc:
+            raise self._user_error(exc, 0) from exc
+        n = num_partitions or 1
+        size = -(-len(data) // n) if data else 0
+        return Batch([data[i * size : (i + 1) * size] for i in range(n)] if n > 1 else [data], self.batch_time_ms)
+
+    def sort_by_key(self: Batch[tuple[K, V]], ascending: bool = True, num_partitions: int | None = None) -> Batch[tuple[K, V]]:
+        """(key, value) records sorted by key."""
+        return self.sort_by(_key0, ascending, num_partitions)
+
+    def __repr__(self) -> str:
+        state = "materialised" if self._parts is not None else f"lazy ops={[n for n, _, _ in self._ops]}"
+        return f"Batch(time={self.batch_time_ms}, partitions={self.num_partitions}, {state})"
+
+
+def _check_partitions(n: int, op: str) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        msg = f"{op}: num_partitions must be a positive int, got {n!r}"
+        raise ConfigError(msg)
+
+
+def _drain(it: Iterator[Any]) -> None:
+    for _ in it:
+        pass
+
+
+def _fold(f: Callable[[Any, Any], Any], it: Iterator[Any]) -> Any:
+    acc = next(it, _MISSING)
+    if acc is _MISSING:
+        return acc
+    for x in it:
+        acc = f(acc, x)
+    return acc
+
+
+def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[Any, Any], Any]) -> dict[Any, Any]:
+    for k, v in it:
+        if k in d:
+            d[k] = f(d[k], v)
+        else:
+            d[k] = v
+    return d
+
+
+def _combine(it: Iterator[tuple[Any, Any]], create: Callable[[Any], Any], merge: Callable[[Any, Any], Any]) -> dict[Any, Any]:
+    d: dict[Any, Any] = {}
+    for k, v in it:
+        if k in d:
+            d[k] = merge(d[k], v)
+        else:
+            d[k] = create(v)
+    return d
+
+
+def _group(it: Iterator[tuple[Any, Any]]) -> dict[Any, list[Any]]:
+    d: dict[Any, list[Any]] = {}
+    for k, v in it:
+        lst = d.get(k)
+        if lst is None:
+            d[k] = [v]
+        else:
+            lst.append(v)
+    return d
+
+
+def _concat(a: list[Any], b: list[Any]) -> list[Any]:
+    return a + b
+
+
+def _pair_one(x: Any) -> tuple[Any, int]:
+    return (x, 1)
+
+
+def _pair_none(x: Any) -> tuple[Any, None]:
+    return (x, None)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def _first(a: Any, _b: Any) -> Any:
+    return a
+
+
+def _key0(kv: tuple[Any, Any]) -> Any:
+    return kv[0]

@@ -1,0 +1,30 @@
+"""Checkpoint storage: layout, framing with checksums, the fenced commit log.
+
+Knows storage (fsspec URLs) and nothing of operators, sources or sinks.
+"""
+
+from __future__ import annotations
+
+from streamkeep.checkpoint._checkpoint import (
+    Checkpoint,
+    CommitRecord,
+    blob_path,
+    log_path,
+    plan_path,
+    state_dir,
+)
+from streamkeep.checkpoint._format import FORMAT_VERSION, frame, unframe
+from streamkeep.checkpoint.storage import CheckpointStorage
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointStorage",
+    "CommitRecord",
+    "blob_path",
+    "frame",
+    "log_path",
+    "plan_path",
+    "state_dir",
+    "unframe",
+]

@@ -1,0 +1,198 @@
+"""`CheckpointStorage`: whole-file IO on any fsspec URL, with one atomic primitive.
+
+Every file is written whole and never modified. `create` is the single atomic
+step the protocol needs (a commit record appears completely or not at all, and
+only if no other record has that name):
+
+* local paths: write a temp file, fsync, `os.link` it to its name (fails if the
+  name exists), fsync the directory;
+* S3 (s3fs): a conditional put (``If-None-Match: *``) through ``open(mode="xb")``;
+* other filesystems: ``mode="xb"`` where the filesystem supports it.
+
+Knows nothing of operators, sources or sinks. Imports streamkeep.errors and _faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Any
+
+from streamkeep import _faults
+from streamkeep.errors import CheckpointError, ConfigError
+
+
+class CheckpointStorage:
+    """Files under one checkpoint root URL.
+
+    Args:
+        url: fsspec URL or local path of the checkpoint root.
+        storage_options: passed to fsspec (e.g. ``{"endpoint_url": ..., "key": ...}`` for s3).
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        try:
+            import fsspec
+            from fsspec.implementations.local import LocalFileSystem
+        except ImportError as exc:  # pragma: no cover - fsspec is a core dependency
+            msg = "checkpointing needs fsspec: pip install streamkeep"
+            raise ConfigError(msg) from exc
+        self.url = url
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        except (ImportError, ValueError) as exc:
+            msg = f"cannot open checkpoint URL {url!r}: {exc}. For s3:// URLs install the extra: pip install 'streamkeep[s3]'"
+            raise ConfigError(msg) from exc
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.local = isinstance(fs, LocalFileSystem)
+        if self.local:
+            self.root = os.path.abspath(self.root)
+
+    def path(self, rel: str) -> str:
+        """Absolute path (in the filesystem's terms) of `rel`."""
+        return f"{self.root}/{rel}"
+
+    def _err(self, what: str, rel: str, exc: BaseException) -> CheckpointError:
+        msg = f"could not {what} checkpoint file {self.path(rel)} ({self.url}): {type(exc).__name__}: {exc}"
+        return CheckpointError(msg)
+
+    # -- writes ------------------------------------------------------------
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write `rel` whole (replacing any previous content atomically on local disks)."""
+        try:
+            if self.local:
+                self._local_write(rel, data, exclusive=False)
+            else:
+                with self.fs.open(self.path(rel), "wb") as f:
+                    f.write(data)
+        except OSError as exc:
+            raise self._err("write", rel, exc) from exc
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Atomically create `rel` with `data`; False if it already exists."""
+        try:
+            if self.local:
+                return self._local_write(rel, data, exclusive=True)
+            try:
+                with self.fs.open(self.path(rel), "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as exc:
+            raise self._err("create", rel, exc) from exc
+
+    def _local_write(self, rel: str, data: bytes, *, exclusive: bool) -> bool:
+        final = self.path(rel)
+        directory = os.path.dirname(final)
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            half = len(data) // 2
+            os.write(fd, data[:half]) if half else None
+            _faults.point("storage.torn_write")
+            view = memoryview(data)[half:]
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if exclusive:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return True
+
+    # -- reads -------------------------------------------------------------
+
+    def read(self, rel: str) -> bytes:
+        """The whole content of `rel`."""
+        try:
+            if self.local:
+                with open(self.path(rel), "rb") as f:
+                    return f.read()
+            data: bytes = self.fs.cat_file(self.path(rel))
+            return data
+        except OSError as exc:
+            raise self._err("read", rel, exc) from exc
+
+    def exists(self, rel: str) -> bool:
+        """True if `rel` exists."""
+        if self.local:
+            return os.path.exists(self.path(rel))
+        return bool(self.fs.exists(self.path(rel)))
+
+    def list(self, rel_dir: str) -> list[str]:
+        """Names (not paths) of the files directly inside `rel_dir`, sorted; [] if absent."""
+        if self.local:
+            try:
+                return sorted(n for n in os.listdir(self.path(rel_dir)) if not n.startswith(".tmp-"))
+            except FileNotFoundError:
+                return []
+        try:
+            self.fs.invalidate_cache(self.path(rel_dir))
+            entries = self.fs.ls(self.path(rel_dir), detail=False)
+        except FileNotFoundError:
+            return []
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(n for n in names if not n.startswith(".tmp-"))
+
+    def list_dirs(self, rel_dir: str) -> list[str]:
+        """Names of the subdirectories of `rel_dir`."""
+        if self.local:
+            try:
+                return sorted(n for n in os.listdir(self.path(rel_dir)) if os.path.isdir(self.path(f"{rel_dir}/{n}")))
+            except FileNotFoundError:
+                return []
+        try:
+            self.fs.invalidate_cache(self.path(rel_dir))
+            entries = self.fs.ls(self.path(rel_dir), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    def size(self, rel: str) -> int:
+        """Size in bytes of `rel`."""
+        if self.local:
+            return os.path.getsize(self.path(rel))
+        return int(self.fs.size(self.path(rel)))
+
+    def delete(self, rel: str) -> None:
+        """Delete `rel` if it exists."""
+        try:
+            if self.local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(rel))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(self.path(rel))
+        except OSError as exc:
+            raise self._err("delete", rel, exc) from exc
+
+    def remove_temp_files(self, rel_dir: str) -> None:
+        """Delete leftovers of writes a crash interrupted (local disks only)."""
+        if not self.local:
+            return
+        base = self.path(rel_dir)
+        for dirpath, _, files in os.walk(base):
+            for n in files:
+                if n.startswith(".tmp-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, n))

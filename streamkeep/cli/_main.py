@@ -1,0 +1,60 @@
+"""Argument parsing and dispatch for the `streamkeep` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from streamkeep.errors import StreamkeepError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamkeep` command."""
+    parser = argparse.ArgumentParser(prog="streamkeep", description="streamkeep: micro-batch streams with exact checkpoints")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="a stateful running word count with a checkpoint (interrupt and rerun: it resumes)")
+    demo.add_argument("--checkpoint", default="streamkeep-demo-checkpoint", help="checkpoint URL (default: %(default)s)")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long to run (default: %(default)s)")
+    demo.add_argument("--interval", type=float, default=0.5, help="batch interval in seconds (default: %(default)s)")
+    demo.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
+
+    run = sub.add_parser("run", help="run a streaming job script")
+    run.add_argument("app", help="path of the job's Python file")
+    run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+    ck = sub.add_parser("checkpoint", help="inspect, verify or diff a checkpoint")
+    cks = ck.add_subparsers(dest="action", required=True)
+    ins = cks.add_parser("inspect", help="summary of a checkpoint")
+    ins.add_argument("url")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ver = cks.add_parser("verify", help="check every file's checksum and the commit chain")
+    ver.add_argument("url")
+    dif = cks.add_parser("diff", help="what the graph APP.py builds would restore, start fresh, drop or fail on")
+    dif.add_argument("url")
+    dif.add_argument("app")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from streamkeep.cli._demo import run_demo
+
+            return run_demo(args.checkpoint, args.seconds, args.interval, args.fresh)
+        if args.command == "run":
+            from streamkeep.cli._run import run_app
+
+            return run_app(args.app, args.args, pyspark=args.pyspark)
+        from streamkeep.cli import _checkpoint
+
+        if args.action == "inspect":
+            return _checkpoint.inspect(args.url, as_json=args.json)
+        if args.action == "verify":
+            return _checkpoint.verify(args.url)
+        return _checkpoint.diff(args.url, args.app)
+    except StreamkeepError as exc:
+        print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

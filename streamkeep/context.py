@@ -1,0 +1,340 @@
+"""`StreamingContext`: sources, the batch clock, start/stop, and `get_or_create`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from streamkeep._clock import WallClock
+from streamkeep._util import Duration, duration_ms
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.dstream._dstream import DStream
+from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode
+from streamkeep.errors import ConfigError, StreamkeepError
+from streamkeep.scheduler import BatchInfo, Scheduler
+from streamkeep.sources.base import Source
+
+log = logging.getLogger("streamkeep")
+
+_DEFAULT_SNAPSHOT_EVERY = 20
+
+
+class StreamingContext:
+    """The entry point of a streaming job: create sources, then start or run.
+
+    Args:
+        batch_interval: seconds (float) or a timedelta; one batch per interval.
+        checkpoint: fsspec URL of the checkpoint (None: no durability).
+        executor: "local" (embedded, the default).
+        clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
+        snapshot_every: write a full state snapshot every N batches (default 20);
+            other batches write only the keys that changed.
+        codec: default codec of stateful operators ("msgpack"; "pickle" by opt-in).
+        storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
+        allow_state_loss: names of stateful operators whose checkpointed state may be
+            dropped when the code no longer matches it.
+
+    Example:
+        >>> import streamkeep as sk
+        >>> ssc = sk.StreamingContext(1.0)
+        >>> counts = ssc.queue_stream([["a b", "b"]]).flat_map(str.split).map(lambda w: (w, 1)).reduce_by_key(lambda a, b: a + b)
+        >>> counts.foreach_batch(lambda batch: print(sorted(batch.collect())))
+        >>> ssc.run()
+        [('a', 1), ('b', 2)]
+    """
+
+    def __init__(
+        self,
+        batch_interval: Duration,
+        *,
+        checkpoint: str | None = None,
+        executor: str = "local",
+        clock: Any = None,
+        snapshot_every: int | None = None,
+        codec: str = "msgpack",
+        storage_options: dict[str, Any] | None = None,
+        allow_state_loss: Iterable[str] = (),
+        keep_commits: int = 2,
+        lease_timeout_s: float = 10.0,
+    ) -> None:
+        interval = duration_ms(batch_interval, "batch_interval")
+        if executor != "local":
+            msg = f"executor {executor!r} is not available; use executor='local' (the embedded executor)"
+            raise ConfigError(msg)
+        if codec not in KNOWN_CODECS:
+            msg = f"unknown codec {codec!r}; use one of {', '.join(KNOWN_CODECS)}"
+            raise ConfigError(msg)
+        if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
+            msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
+            raise ConfigError(msg)
+        self._graph = Graph(interval, default_codec=codec)
+        self._checkpoint_url = checkpoint
+        self._storage_options = storage_options
+        self._clock = clock if clock is not None else WallClock()
+        self._snapshot_every = snapshot_every or _DEFAULT_SNAPSHOT_EVERY
+        self._allow_state_loss = frozenset(allow_state_loss)
+        self._keep_commits = keep_commits
+        self._lease_timeout_s = lease_timeout_s
+        self._resume = False
+        self._scheduler: Scheduler | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._state = "initialized"
+        self._listeners: list[Any] = []
+        self._lock = threading.Lock()
+
+    # -- configuration ---------------------------------------------------------
+
+    @property
+    def batch_interval_ms(self) -> int:
+        """The batch interval in ms."""
+        return self._graph.batch_interval_ms
+
+    @property
+    def checkpoint_url(self) -> str | None:
+        """The checkpoint URL, if any."""
+        return self._checkpoint_url
+
+    @property
+    def state(self) -> str:
+        """"initialized", "active" or "stopped"."""
+        return self._state
+
+    def checkpoint(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        """Set the checkpoint URL (as Spark's ``ssc.checkpoint(dir)``)."""
+        self._require_state("checkpoint()", "initialized")
+        self._checkpoint_url = url
+        if storage_options is not None:
+            self._storage_options = storage_options
+
+    def add_listener(self, listener: Any) -> None:
+        """Register an object whose ``on_batch_completed(info: BatchInfo)`` is called after each batch."""
+        self._listeners.append(listener)
+        if self._scheduler is not None:
+            self._scheduler.listeners.append(listener)
+
+    def _require_state(self, what: str, *allowed: str) -> None:
+        if self._state not in allowed:
+            msg = f"{what} is not allowed: the context is {self._state}"
+            raise ConfigError(msg)
+
+    # -- sources ---------------------------------------------------------------
+
+    def add_source(self, source: Source) -> DStream[Any]:
+        """Use a custom `Source` (see streamkeep.sources.base)."""
+        self._require_state("adding a source", "initialized")
+        for attr in ("name", "plan", "read", "open", "restore", "position"):
+            if not hasattr(source, attr):
+                msg = f"{source!r} is not a Source: it lacks {attr!r} (see streamkeep.sources.base.Source)"
+                raise ConfigError(msg)
+        g = self._graph
+        node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
+        return DStream(g, node)
+
+    def queue_stream(self, batches: Iterable[Iterable[Any]], *, one_at_a_time: bool = True, default: Iterable[Any] | None = None, name: str | None = None, num_partitions: int = 1) -> DStream[Any]:
+        """Each item of `batches` is one batch's records.
+
+        With a checkpoint, each planned batch is materialised into the checkpoint so
+        that a replay reads the same records (they must be msgpack-storable).
+        """
+        from streamkeep.sources.queue import QueueSource
+
+        n = self._graph.source_name("queue", name)
+        return self.add_source(QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions))
+
+    def constant_stream(self, records: Iterable[Any], *, name: str | None = None) -> DStream[Any]:
+        """The same records in every batch."""
+        from streamkeep.sources.queue import ConstantSource
+
+        return self.add_source(ConstantSource(records, name=self._graph.source_name("constant", name)))
+
+    def rate_stream(self, rows_per_second: float, *, name: str | None = None, start: int = 0, num_partitions: int = 1) -> DStream[tuple[int, int]]:
+        """Records ``(i, timestamp_ms)``, `rows_per_second` per second of batch time (replayable)."""
+        from streamkeep.sources.rate import RateSource
+
+        return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
+
+    def text_file_stream(self, directory: str, *, name: str | None = None) -> DStream[str]:
+        """Lines of the files that appear in `directory` (replayable via the planned file list)."""
+        from streamkeep.sources.files import TextFileSource
+
+        return self.add_source(TextFileSource(directory, name=self._graph.source_name("text_files", name)))
+
+    def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
+        """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
+        from streamkeep.sources.socket import SocketTextSource
+
+        return self.add_source(SocketTextSource(host, port, name=self._graph.source_name("socket", name)))
+
+    def kafka_stream(self, topics: str | Iterable[str], *, bootstrap_servers: str, name: str | None = None, **options: Any) -> DStream[Any]:
+        """Records of Kafka topics as `KafkaRecord`s; offset ranges are planned and checkpointed.
+
+        Options: starting_offsets ("earliest", "latest", "committed" or {(topic, partition): offset}),
+        max_records_per_partition, group_id, consumer_config, and the others of
+        `streamkeep.sources.kafka.KafkaSource`.
+        """
+        from streamkeep.sources.kafka import KafkaSource
+
+        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        n = self._graph.source_name("kafka", name)
+        return self.add_source(KafkaSource(topic_list, bootstrap_servers=bootstrap_servers, name=n, **options))
+
+    def union(self, *streams: DStream[Any]) -> DStream[Any]:
+        """The union of several streams with the same slide."""
+        if not streams:
+            msg = "union() needs at least one DStream"
+            raise ConfigError(msg)
+        return streams[0].union(*streams[1:])
+
+    # -- running ---------------------------------------------------------------
+
+    def _make_scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            ckpt = None
+            if self._checkpoint_url is not None:
+                ckpt = Checkpoint(self._checkpoint_url, storage_options=self._storage_options, lease_timeout_s=self._lease_timeout_s)
+            sched = Scheduler(
+                self._graph,
+                checkpoint=ckpt,
+                clock=self._clock,
+                resume=self._resume,
+                snapshot_every=self._snapshot_every,
+                keep_commits=self._keep_commits,
+                allow_state_loss=self._allow_state_loss,
+            )
+            sched.listeners.extend(self._listeners)
+            sched.prepare()
+            self._scheduler = sched
+        return self._scheduler
+
+    def run(self, max_batches: int | None = None) -> int:
+        """Run batch times back to back, without waiting for the clock.
+
+        Returns after `max_batches` new batches, or when every finite source is
+        exhausted and windows have drained (runs forever on an infinite source
+        without `max_batches`). Calling it again continues with the next batch time.
+        Returns the number of batches run.
+        """
+        self._require_state("run()", "initialized", "active")
+        if self._thread is not None:
+            msg = "run() cannot be used while the context was started with start(); use await_termination()"
+            raise ConfigError(msg)
+        sched = self._make_scheduler()
+        self._state = "active"
+        done = 0
+        try:
+            while max_batches is None or done < max_batches:
+                if max_batches is None and sched.drained():
+                    break
+                t = sched.next_time()
+                if hasattr(self._clock, "set"):
+                    self._clock.set(t)
+                sched.run_next()
+                done += 1
+        except BaseException:
+            self._shutdown()
+            raise
+        return done
+
+    def start(self) -> None:
+        """Start processing in a background thread, one batch per interval of the clock."""
+        self._require_state("start()", "initialized")
+        sched = self._make_scheduler()
+        self._state = "active"
+        self._thread = threading.Thread(target=self._loop, args=(sched,), name="streamkeep-scheduler", daemon=True)
+        self._thread.start()
+
+    def _loop(self, sched: Scheduler) -> None:
+        try:
+            while not self._stop_event.is_set():
+                t = sched.next_time()
+                if not self._clock.wait_until(t, self._stop_event):
+                    break
+                sched.run_next()
+        except BaseException as exc:
+            self._error = exc
+            log.error("streaming job failed: %s", exc)
+        finally:
+            self._done.set()
+
+    def await_termination(self, timeout: float | None = None) -> bool:
+        """Wait until the job stops; True if it did. Re-raises the job's failure."""
+        if self._thread is None:
+            if self._error is not None:
+                raise self._error
+            return self._state == "stopped"
+        finished = self._done.wait(timeout)
+        if self._error is not None:
+            err, self._error = self._error, None
+            self._shutdown()
+            raise err
+        return finished
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop after the batch in progress (its commit completes); release resources.
+
+        A batch is atomic with respect to the checkpoint, so stopping never leaves a
+        half-written batch: with or without `graceful`, the batch in progress
+        finishes and commits. `graceful` also waits for the scheduler thread to exit.
+        """
+        self._stop_event.set()
+        if self._thread is not None and graceful:
+            self._thread.join()
+        elif self._thread is not None:
+            self._thread.join(timeout=30)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._state == "stopped":
+                return
+            self._state = "stopped"
+        if self._scheduler is not None:
+            self._scheduler.close()
+
+    @property
+    def last_batch_time_ms(self) -> int | None:
+        """The batch time of the last batch run (committed when a checkpoint is set)."""
+        return None if self._scheduler is None else self._scheduler.last_time
+
+    @property
+    def restored(self) -> bool:
+        """True when state was restored from a checkpoint."""
+        return self._scheduler is not None and self._scheduler.restored
+
+    # -- recovery --------------------------------------------------------------
+
+    @classmethod
+    def get_or_create(
+        cls, checkpoint: str, setup: Callable[[], StreamingContext], *, storage_options: dict[str, Any] | None = None
+    ) -> StreamingContext:
+        """Resume from `checkpoint` if it holds state, else start fresh; `setup()` always runs.
+
+        The graph always comes from the current code (`setup()`); state and source
+        positions are restored into it by operator name, and batches that were
+        planned but not committed are re-run with exactly their plans when the
+        context starts. An incompatible code change raises
+        `IncompatibleCheckpointError` here, before anything runs.
+        """
+        ssc = setup()
+        if not isinstance(ssc, StreamingContext):
+            msg = f"get_or_create: setup() must return a StreamingContext, got {type(ssc).__name__}"
+            raise ConfigError(msg)
+        if ssc._checkpoint_url is None:
+            ssc._checkpoint_url = checkpoint
+        if ssc._checkpoint_url != checkpoint:
+            msg = f"get_or_create: setup() returned a context with checkpoint {ssc._checkpoint_url!r}, not {checkpoint!r}"
+            raise ConfigError(msg)
+        if storage_options is not None and ssc._storage_options is None:
+            ssc._storage_options = storage_options
+        ssc._resume = True
+        if ssc._graph.outputs():
+            ssc._make_scheduler()  # claim, check compatibility and load state now: fail at start
+        return ssc
+
+
+__all__ = ["BatchInfo", "StreamingContext", "StreamkeepError"]

@@ -1,0 +1,8 @@
+"""DStream: the lazy operator graph and the user-facing operators."""
+
+from __future__ import annotations
+
+from streamkeep.dstream._dstream import DStream, MapWithStateDStream
+from streamkeep.dstream._state import State
+
+__all__ = ["DStream", "MapWithStateDStream", "State"]

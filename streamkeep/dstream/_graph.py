@@ -1,0 +1,233 @@
+"""The operator graph as frozen data: nodes, and the builder that names and checks them.
+
+Building a graph executes nothing. Nodes are frozen dataclasses holding the
+user's functions and parameters; the executor interprets them. The graph's
+*description* (stateful operators' names, kinds, window shapes, codecs;
+source names and kinds) is plain data, stored in the checkpoint and compared
+with the current code on restore. Sees only sources.base, sinks.base and
+state.base besides layer 1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamkeep.batch import Batch
+from streamkeep.errors import ConfigError, DerivedNameWarning
+from streamkeep.sinks.base import Sink
+from streamkeep.sources.base import Source
+
+KNOWN_CODECS = ("msgpack", "pickle")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Node:
+    """One operator. `slide_ms`: the node produces a batch every `slide_ms`."""
+
+    id: int
+    op: str
+    parents: tuple[Node, ...]
+    slide_ms: int
+
+    @property
+    def label(self) -> str:
+        """How errors name this operator."""
+        return self.op
+
+    def __hash__(self) -> int:
+        return self.id
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SourceNode(Node):
+    """An input."""
+
+    source: Source
+
+    @property
+    def label(self) -> str:
+        """The source's name."""
+        return f"source {self.source.name!r}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class NarrowNode(Node):
+    """A per-record operator: `apply(batch)` returns the lazy, fused result."""
+
+    apply: Callable[[Batch[Any]], Batch[Any]]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class TransformNode(Node):
+    """A per-batch operator over one or more parents: ``fn(time_ms, batches) -> Batch``."""
+
+    fn: Callable[[int, list[Batch[Any]]], Batch[Any]]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class StatefulNode(Node):
+    """An operator whose state lives in the checkpoint under `name`."""
+
+    name: str
+    codec: str
+
+    @property
+    def label(self) -> str:
+        """The stateful operator's name."""
+        return f"{self.op} {self.name!r}"
+
+    def describe(self) -> dict[str, Any]:
+        """What must match for this operator's state to restore."""
+        return {"kind": self.op, "codec": self.codec}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowNode(StatefulNode):
+    """`window`: the union of the parent's batches in the last `length_ms`."""
+
+    length_ms: int
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, codec and window shape."""
+        return {**super().describe(), "length_ms": self.length_ms, "slide_ms": self.slide_ms, "parent_slide_ms": self.parents[0].slide_ms}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ReduceWindowNode(WindowNode):
+    """`reduce_by_key_and_window`, optionally with an inverse function."""
+
+    f: Callable[[Any, Any], Any]
+    inv_f: Callable[[Any, Any], Any] | None
+    filter_f: Callable[[Any], Any] | None
+    num_partitions: int | None
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, codec, window shape, and whether the inverse path keeps a running value."""
+        return {**super().describe(), "inverse": self.inv_f is not None}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class UpdateStateNode(StatefulNode):
+    """`update_state_by_key`."""
+
+    update: Callable[[list[Any], Any], Any]
+    initial: Any
+    num_partitions: int | None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MapWithStateNode(StatefulNode):
+    """`map_with_state`."""
+
+    f: Callable[[Any, Any, Any], Any]
+    timeout_ms: int | None
+    initial: Any
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, codec and whether keys carry timeout timestamps."""
+        return {**super().describe(), "timeout": self.timeout_ms is not None}
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SnapshotsNode(Node):
+    """`state_snapshots()` of a map_with_state node (its parent)."""
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class OutputNode(Node):
+    """An output: ``fn(time_ms, batch)`` or a sink."""
+
+    fn: Callable[[int, Batch[Any]], None] | None
+    sink: Sink | None
+
+
+@dataclass
+class Graph:
+    """The nodes of one job, in creation order (a topological order)."""
+
+    batch_interval_ms: int
+    default_codec: str = "msgpack"
+    nodes: list[Node] = field(default_factory=list)
+    names: dict[str, Node] = field(default_factory=dict)
+    source_names: set[str] = field(default_factory=set)
+    _derived: dict[str, int] = field(default_factory=dict)
+
+    def add(self, cls: type[Node], **kw: Any) -> Any:
+        """Create and register a node of type `cls`."""
+        node = cls(id=len(self.nodes), **kw)
+        self.nodes.append(node)
+        if isinstance(node, StatefulNode):
+            self.names[node.name] = node
+        return node
+
+    def stateful_name(self, op: str, name: str | None) -> str:
+        """Validate a user name or derive one (with a DerivedNameWarning)."""
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                msg = f"{op}: name must be a non-empty string, got {name!r}"
+                raise ConfigError(msg)
+            if name in self.names or name in self.source_names:
+                msg = f"{op}: the name {name!r} is already used by another stateful operator or source; names must be unique"
+                raise ConfigError(msg)
+            return name
+        n = self._derived.get(op, 0) + 1
+        self._derived[op] = n
+        derived = f"{op}#{n}"
+        warnings.warn(
+            f"{op} has no name=; its state is keyed by the derived name {derived!r}, which changes if you add or "
+            f"reorder {op} operators. Pass name=... to keep checkpoints restorable across code changes.",
+            DerivedNameWarning,
+            stacklevel=4,
+        )
+        return derived
+
+    def source_name(self, kind: str, name: str | None) -> str:
+        """Validate a source name or derive one."""
+        if name is None:
+            n = self._derived.get("source:" + kind, 0) + 1
+            self._derived["source:" + kind] = n
+            name = f"{kind}#{n}"
+        elif not isinstance(name, str) or not name:
+            msg = f"{kind}: name must be a non-empty string, got {name!r}"
+            raise ConfigError(msg)
+        elif name in self.source_names or name in self.names:
+            msg = f"{kind}: the name {name!r} is already used; source names must be unique"
+            raise ConfigError(msg)
+        self.source_names.add(name)
+        return name
+
+    def check_codec(self, op: str, codec: str | None) -> str:
+        """The codec an operator uses, validated."""
+        c = self.default_codec if codec is None else codec
+        if c not in KNOWN_CODECS:
+            msg = f"{op}: unknown codec {c!r}; use one of {', '.join(KNOWN_CODECS)}"
+            raise ConfigError(msg)
+        return c
+
+    def outputs(self) -> list[OutputNode]:
+        """Output nodes in registration order."""
+        return [n for n in self.nodes if isinstance(n, OutputNode)]
+
+    def needed(self) -> list[Node]:
+        """Nodes reachable backwards from an output, in topological order."""
+        keep: set[int] = set()
+        stack: list[Node] = list(self.outputs())
+        while stack:
+            n = stack.pop()
+            if n.id in keep:
+                continue
+            keep.add(n.id)
+            stack.extend(n.parents)
+        return [n for n in self.nodes if n.id in keep]
+
+    def describe(self) -> dict[str, Any]:
+        """The graph's description, as stored in checkpoints."""
+        needed = self.needed()
+        return {
+            "batch_interval_ms": self.batch_interval_ms,
+            "operators": {n.name: n.describe() for n in needed if isinstance(n, StatefulNode)},
+            "sources": {n.source.name: n.source.describe() for n in needed if isinstance(n, SourceNode)},
+        }

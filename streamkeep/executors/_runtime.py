@@ -1,0 +1,412 @@
+"""Runtime of the stateful operators: their state, per-batch step, and checkpoint form.
+
+Each runtime owns one stateful node's state (held by whoever runs the
+operator: the local executor in-process; later a Ray actor per partition).
+``step(t, parent)`` consumes the parent's batch for time t (None when the
+parent produced none) and returns the operator's output batch (None when the
+operator does not produce at t). ``delta()`` returns what changed since the
+last call (keys set and removed, window slices added and dropped);
+``snapshot()`` the whole state. Both are plain data, encoded by the scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamkeep._util import short_repr
+from streamkeep.batch import Batch
+from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
+from streamkeep.dstream._state import _ABSENT, State
+from streamkeep.errors import CheckpointError, UserFunctionError
+from streamkeep.state.memory import MemoryStateStore
+
+# Values whose equality means "unchanged"; mutable containers are always re-written.
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset, complex, tuple})
+
+
+def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSENT) -> UserFunctionError:
+    where = "" if key is _ABSENT else f" for key {short_repr(key)}"
+    msg = f"user function of {node.label} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{where} (batch time {t} ms)"
+    return UserFunctionError(msg, operator=node.name, batch_time_ms=t)
+
+
+def _output(items: list[tuple[Any, Any]], n: int | None, t: int) -> Batch[Any]:
+    b: Batch[Any] = Batch([items], t)
+    return b.partition_by(n) if n and n > 1 else b
+
+
+class StatefulRuntime:
+    """Common interface of the stateful operator runtimes."""
+
+    node: StatefulNode
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        """Consume the parent's batch at t; return the output at t, if any."""
+        raise NotImplementedError
+
+    def delta(self) -> dict[str, Any] | None:
+        """What changed since the last call, as data; None when nothing changed."""
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as data (a consistent copy, safe to encode in another thread)."""
+        raise NotImplementedError
+
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        """Replace the state with `snapshot` plus `deltas` applied in order."""
+        raise NotImplementedError
+
+    def seed(self) -> None:
+        """Load the node's initial state (fresh start only)."""
+
+    def key_count(self) -> int:
+        """Number of keys (or records) held."""
+        raise NotImplementedError
+
+    def drained(self) -> bool:
+        """True when no input is still waiting inside the operator (windows)."""
+        return True
+
+
+class _Keyed(StatefulRuntime):
+    def __init__(self, node: StatefulNode) -> None:
+        self.node = node
+        self.store = MemoryStateStore()
+
+    def delta(self) -> dict[str, Any] | None:
+        changed, removed = self.store.take_delta()
+        if not changed and not removed:
+            return None
+        return {"set": changed, "del": removed}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"set": list(self.store.data.items()), "del": []}
+
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        self.store.load(snapshot["set"] if snapshot else ())
+        for d in deltas:
+            self.store.apply_delta(d["set"], d["del"])
+
+    def key_count(self) -> int:
+        return len(self.store)
+
+
+class UpdateStateRuntime(_Keyed):
+    """`update_state_by_key`: update runs for every key with state or new values."""
+
+    node: UpdateStateNode
+
+    def seed(self) -> None:
+        for k, v in self.node.initial:
+            self.store.put(k, v)
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        if parent is None:
+            return None
+        groups = _group_all(parent)
+        update = self.node.update
+        store = self.store
+        data = store.data
+        changed = store.changed
+        removed = store.removed
+        key: Any = _ABSENT
+        try:
+            for key, old in list(data.items()):
+                vals = groups.pop(key, None)
+                new = update(vals if vals is not None else [], old)
+                if new is None:
+                    del data[key]
+                    changed.discard(key)
+                    removed.add(key)
+                elif type(new) in _IMMUTABLE and (new is old or (type(old) is type(new) and new == old)):
+                    continue  # unchanged: costs nothing in the checkpoint
+                else:
+                    data[key] = new
+                    changed.add(key)
+            for key, vals in groups.items():
+                new = update(vals, None)
+                if new is not None:
+                    data[key] = new
+                    changed.add(key)
+                    removed.discard(key)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise _user_error(self.node, t, exc, key) from exc
+        return _output(list(data.items()), self.node.num_partitions, t)
+
+
+def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
+    groups: dict[Any, list[Any]] = {}
+    get = groups.get
+    for i in range(batch.num_partitions):
+
+        def consume(it: Any) -> None:
+            for k, v in it:
+                lst = get(k)
+                if lst is None:
+                    groups[k] = [v]
+                else:
+                    lst.append(v)
+
+        batch._consume(i, consume)
+    return groups
+
+
+class MapWithStateRuntime(_Keyed):
+    """`map_with_state`, with optional idle timeout (values stored as [state, last_ms])."""
+
+    node: MapWithStateNode
+
+    def __init__(self, node: MapWithStateNode) -> None:
+        super().__init__(node)
+        self.last_snapshot: list[tuple[Any, Any]] = []
+
+    def seed(self) -> None:
+        timed = self.node.timeout_ms is not None
+        for k, v in self.node.initial:
+            self.store.put(k, (v, -1) if timed else v)  # -1: stamped at the first batch
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        if parent is None:
+            return None
+        node = self.node
+        f = node.f
+        timed = node.timeout_ms is not None
+        store = self.store
+        data = store.data
+        out: list[Any] = []
+        handle = State()
+        key: Any = _ABSENT
+        try:
+            for key, value in parent.collect():
+                cur = data.get(key, _ABSENT)
+                if timed and cur is not _ABSENT:
+                    cur = cur[0]
+                handle._bind(key, cur, timing_out=False)
+                out.append(f(key, value, handle))
+                if handle._removed:
+                    store.delete(key)
+                elif handle._updated or (timed and handle._exists):
+                    store.put(key, (handle._value, t) if timed else handle._value)
+            if timed:
+                threshold = t - (node.timeout_ms or 0)
+                expired = []
+                for k, v in list(data.items()):
+                    if v[1] < 0:
+                        store.put(k, (v[0], t))
+                    elif v[1] < threshold:
+                        expired.append((k, v[0]))
+                for key, value in expired:
+                    handle._bind(key, value, timing_out=True)
+                    out.append(f(key, None, handle))
+                    store.delete(key)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise _user_error(node, t, exc, key) from exc
+        return Batch([out], t)
+
+    def state_items(self) -> list[tuple[Any, Any]]:
+        """Every (key, state) (timestamps stripped)."""
+        if self.node.timeout_ms is None:
+            return list(self.store.data.items())
+        return [(k, v[0]) for k, v in self.store.data.items()]
+
+
+class WindowRuntime(StatefulRuntime):
+    """`window`: keeps the parent's batches (slices) that a future window still needs."""
+
+    node: WindowNode
+
+    def __init__(self, node: WindowNode, zero_ms: int) -> None:
+        self.node = node
+        self.zero_ms = zero_ms
+        self.slices: dict[int, Any] = {}
+        self._added: list[int] = []
+        self._dropped: list[int] = []
+        self._last_t = zero_ms
+
+    def _slice(self, parent: Batch[Any]) -> Any:
+        return parent.partitions
+
+    def _prune(self, t: int) -> None:
+        slide = self.node.slide_ms
+        last_valid = self.zero_ms + (t - self.zero_ms) // slide * slide
+        horizon = last_valid - self.node.length_ms
+        for ts in [ts for ts in self.slices if ts <= horizon]:
+            del self.slices[ts]
+            if ts in self._added:
+                self._added.remove(ts)
+            else:
+                self._dropped.append(ts)
+
+    def _in_window(self, t: int) -> list[int]:
+        lo = t - self.node.length_ms
+        return sorted(ts for ts in self.slices if lo < ts <= t)
+
+    def _ingest(self, t: int, parent: Batch[Any] | None) -> bool:
+        self._last_t = t
+        if parent is not None:
+            self.slices[t] = self._slice(parent)
+            self._added.append(t)
+        return (t - self.zero_ms) % self.node.slide_ms == 0
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        valid = self._ingest(t, parent)
+        out = None
+        if valid:
+            parts = [p for ts in self._in_window(t) for p in self.slices[ts]]
+            out = Batch(parts or [[]], t)
+        self._prune(t)
+        return out
+
+    def delta(self) -> dict[str, Any] | None:
+        if not self._added and not self._dropped:
+            return None
+        d = {"add": [[ts, self.slices[ts]] for ts in self._added], "drop": list(self._dropped)}
+        self._added = []
+        self._dropped = []
+        return d
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"add": [[ts, s] for ts, s in sorted(self.slices.items())], "drop": []}
+
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        self.slices = {}
+        for d in ([snapshot] if snapshot else []) + deltas:
+            for ts, s in d["add"]:
+                self.slices[int(ts)] = s
+            for ts in d["drop"]:
+                self.slices.pop(int(ts), None)
+        self._added = []
+        self._dropped = []
+
+    def key_count(self) -> int:
+        return sum(len(p) for s in self.slices.values() for p in s)
+
+    def _future_slices(self) -> list[Any]:
+        """Slices that a window still to be output will contain."""
+        slide = self.node.slide_ms
+        next_valid = self.zero_ms + ((self._last_t - self.zero_ms) // slide + 1) * slide
+        return [s for ts, s in self.slices.items() if ts > next_valid - self.node.length_ms]
+
+    def drained(self) -> bool:
+        return not any(any(p) for s in self._future_slices() for p in s)
+
+
+class ReduceWindowRuntime(WindowRuntime):
+    """`reduce_by_key_and_window`: slices are per-batch reductions (dicts by key).
+
+    Without `inv_f` each window is reduced from its slices. With `inv_f`, a running
+    value per key is kept: each slide adds the new slices and subtracts the expired
+    ones, so the work follows the slide, not the window length.
+    """
+
+    node: ReduceWindowNode
+
+    def __init__(self, node: ReduceWindowNode, zero_ms: int) -> None:
+        super().__init__(node, zero_ms)
+        self.running = MemoryStateStore()
+
+    def _slice(self, parent: Batch[Any]) -> Any:
+        return dict(parent.reduce_by_key(self.node.f, 1).partitions[0])
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        node = self.node
+        valid = self._ingest(t, parent)
+        out = None
+        if valid:
+            try:
+                items = self._running(t) if node.inv_f is not None else self._recompute(t)
+                if node.filter_f is not None and node.inv_f is None:
+                    items = [kv for kv in items if node.filter_f(kv)]
+            except UserFunctionError:
+                raise
+            except Exception as exc:
+                raise _user_error(node, t, exc) from exc
+            out = _output(items, node.num_partitions, t)
+        self._prune(t)
+        return out
+
+    def _recompute(self, t: int) -> list[tuple[Any, Any]]:
+        f = self.node.f
+        acc: dict[Any, Any] = {}
+        for ts in self._in_window(t):
+            for k, v in self.slices[ts].items():
+                acc[k] = f(acc[k], v) if k in acc else v
+        return list(acc.items())
+
+    def _running(self, t: int) -> list[tuple[Any, Any]]:
+        node = self.node
+        f, inv = node.f, node.inv_f
+        assert inv is not None
+        store = self.running
+        data = store.data
+        slide, length = node.slide_ms, node.length_ms
+        touched: set[Any] = set()
+        for ts in sorted(self.slices):
+            if t - slide - length < ts <= t - length:  # expired since the previous output
+                for k, v in self.slices[ts].items():
+                    if k in data:
+                        store.put(k, inv(data[k], v))
+                        touched.add(k)
+        for ts in sorted(self.slices):
+            if t - slide < ts <= t:  # arrived since the previous output
+                for k, v in self.slices[ts].items():
+                    store.put(k, f(data[k], v) if k in data else v)
+                    touched.add(k)
+        if node.filter_f is not None:
+            keep = node.filter_f
+            for k in touched:
+                if k in data and not keep((k, data[k])):
+                    store.delete(k)
+        return list(data.items())
+
+    def delta(self) -> dict[str, Any] | None:
+        win = super().delta()
+        changed, removed = self.running.take_delta()
+        if win is None and not changed and not removed:
+            return None
+        win = win or {"add": [], "drop": []}
+        win["add"] = [[ts, list(s.items())] for ts, s in win["add"]]
+        win["set"] = changed
+        win["del"] = removed
+        return win
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "add": [[ts, list(s.items())] for ts, s in sorted(self.slices.items())],
+            "drop": [],
+            "set": list(self.running.data.items()),
+            "del": [],
+        }
+
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        def as_dicts(d: dict[str, Any]) -> dict[str, Any]:
+            return {**d, "add": [[ts, dict(items)] for ts, items in d["add"]]}
+
+        super().load(as_dicts(snapshot) if snapshot else None, [as_dicts(d) for d in deltas])
+        self.running.load(snapshot["set"] if snapshot else ())
+        for d in deltas:
+            self.running.apply_delta(d["set"], d["del"])
+
+    def key_count(self) -> int:
+        return len(self.running) + sum(len(s) for s in self.slices.values())
+
+    def drained(self) -> bool:
+        return not any(self._future_slices())
+
+
+def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:
+    """The runtime for a stateful node."""
+    if isinstance(node, ReduceWindowNode):
+        return ReduceWindowRuntime(node, zero_ms)
+    if isinstance(node, WindowNode):
+        return WindowRuntime(node, zero_ms)
+    if isinstance(node, UpdateStateNode):
+        return UpdateStateRuntime(node)
+    if isinstance(node, MapWithStateNode):
+        return MapWithStateRuntime(node)
+    msg = f"no runtime for stateful operator {node.label}"
+    raise CheckpointError(msg)

@@ -1,0 +1,573 @@
+"""The batch loop: for each batch time, plan -> run -> commit, and recovery.
+
+1. Plan: every source decides its input for T as data; with a checkpoint the
+   plan is durable before anything runs.
+2. Run: the executor computes the graph over exactly the planned input and
+   runs the outputs (sinks get T, so replays are harmless).
+3. Commit: changed state (deltas; a snapshot every N batches) is written, then
+   one atomic commit record. Without a checkpoint, commit does nothing.
+
+Recovery loads the newest readable commit, its snapshot and deltas, checks the
+current graph against the stored description, and re-runs planned but
+uncommitted batches with exactly their plans.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamkeep import _faults
+from streamkeep._version import __version__
+from streamkeep.batch import Batch
+from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path, state_dir
+from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
+from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
+from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
+from streamkeep.executors.local import LocalExecutor
+from streamkeep.scheduler._compat import check_compatible
+from streamkeep.sources.base import Source
+
+log = logging.getLogger("streamkeep.scheduler")
+
+
+@dataclass
+class BatchInfo:
+    """What listeners learn about a finished batch."""
+
+    batch_time_ms: int
+    num_records: int
+    submission_ms: int
+    processing_start_ms: int
+    processing_end_ms: int
+
+    @property
+    def scheduling_delay_ms(self) -> int:
+        """Wait between the batch time and the start of its processing."""
+        return max(0, self.processing_start_ms - self.batch_time_ms)
+
+    @property
+    def processing_delay_ms(self) -> int:
+        """Time spent planning, running and committing the batch."""
+        return self.processing_end_ms - self.processing_start_ms
+
+    @property
+    def total_delay_ms(self) -> int:
+        """Scheduling plus processing delay."""
+        return self.scheduling_delay_ms + self.processing_delay_ms
+
+
+class _MemoryBlobs:
+    durable = False
+
+    def __init__(self) -> None:
+        self._d: dict[str, Any] = {}
+
+    def put(self, name: str, data: Any) -> None:
+        self._d[name] = data
+
+    def get(self, name: str) -> Any:
+        return self._d[name]
+
+    def delete(self, name: str) -> None:
+        self._d.pop(name, None)
+
+
+class _CheckpointBlobs:
+    durable = True
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self._ckpt = ckpt
+
+    def put(self, name: str, data: Any) -> None:
+        try:
+            self._ckpt.put_blob(name, data)
+        except UnsupportedValueError as exc:
+            msg = f"source data for blob {name!r} cannot be stored in the checkpoint: {exc}"
+            raise CheckpointError(msg) from exc
+
+    def get(self, name: str) -> Any:
+        return self._ckpt.get_blob(name)
+
+    def delete(self, name: str) -> None:
+        self._ckpt.delete(blob_path(name))
+
+
+@dataclass
+class _Chain:
+    snapshot: str | None = None
+    snapshot_time: int = 0
+    deltas: list[tuple[int, str]] = field(default_factory=list)
+
+    def as_data(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
+
+
+class Scheduler:
+    """Drives one job's batches (used by `StreamingContext`)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        checkpoint: Checkpoint | None,
+        clock: Any,
+        resume: bool,
+        snapshot_every: int,
+        keep_commits: int = 2,
+        allow_state_loss: frozenset[str] = frozenset(),
+    ) -> None:
+        self.graph = graph
+        self.ckpt = checkpoint
+        self.clock = clock
+        self.resume = resume
+        self.snapshot_every = snapshot_every
+        self.keep_commits = max(1, keep_commits)
+        self.allow_state_loss = allow_state_loss
+        self.interval = graph.batch_interval_ms
+        self.executor = LocalExecutor()
+        self.sources: list[Source] = []
+        self.sinks: list[Any] = []
+        self.last_time: int | None = None
+        self.zero_ms: int | None = None
+        self.listeners: list[Any] = []
+        self.batches_done = 0
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._chains: dict[str, _Chain] = {}
+        self._since_snapshot = 0
+        self._snap_thread: threading.Thread | None = None
+        self._snap_done: dict[str, tuple[int, str]] = {}
+        self._snap_error: BaseException | None = None
+        self._retained: deque[tuple[int, int, set[str]]] = deque()
+        self._plan_blobs: dict[int, list[str]] = {}
+        self._plans_written: deque[int] = deque()
+        self._prepared = False
+        self._description: dict[str, Any] = {}
+        self.restored = False
+
+    # -- start-up ------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Claim and recover the checkpoint, open sources and sinks (once)."""
+        if self._prepared:
+            return
+        g = self.graph
+        needed = g.needed()
+        if not any(True for _ in g.outputs()):
+            msg = "the job has no output operations: add foreach_batch, pprint, save_as_text_files or write_to before starting"
+            raise ConfigError(msg)
+        self.sources = [n.source for n in needed if isinstance(n, SourceNode)]
+        self._description = g.describe()
+        ckpt = self.ckpt
+        blobs: Any = _MemoryBlobs()
+        if ckpt is not None:
+            for src in self.sources:
+                if not src.replayable and not getattr(src, "can_materialise", False):
+                    msg = (
+                        f"source {src.name!r} cannot replay its input after a crash, so it cannot be used with a "
+                        f"checkpoint. Use a replayable source (rate_stream, text_file_stream, kafka_stream) or run "
+                        f"without a checkpoint."
+                    )
+                    raise ConfigError(msg)
+            ckpt.claim(owner=f"streamkeep {__version__}", engine_version=__version__)
+            blobs = _CheckpointBlobs(ckpt)
+        try:
+            for src in self.sources:
+                if hasattr(src, "set_batch_interval_ms"):
+                    src.set_batch_interval_ms(self.interval)
+                src.open(blobs)
+            zero = self._recover() if ckpt is not None else None
+            if zero is None:
+                now = int(self.clock.now_ms())
+                zero = now // self.interval * self.interval
+                self.last_time = zero
+                self.executor.open(g, zero)
+                for rt in self.executor.runtimes.values():
+                    rt.seed()
+            self.zero_ms = zero
+            for n in needed:
+                sink = getattr(n, "sink", None)
+                if sink is not None:
+                    sink.open()
+                    self.sinks.append(sink)
+        except BaseException:
+            self.close()
+            raise
+        self._prepared = True
+
+    def _recover(self) -> int | None:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        commits = ckpt.commits()
+        plan_times = ckpt.plan_times()
+        if not commits:
+            if plan_times:  # crashed before the first commit: start over from those plans
+                self._adopt_plans(None, plan_times)
+                first = plan_times[0]
+                zero = first - self.interval
+                self.last_time = zero
+                self.executor.open(self.graph, zero)
+                for rt in self.executor.runtimes.values():
+                    rt.seed()
+                self._sweep(None)
+                return zero
+            return None
+        if not self.resume:
+            msg = (
+                f"checkpoint {ckpt.url} already holds a committed state (batch "
+                f"{commits[0].batch_time} ms). Use StreamingContext.get_or_create(url, setup) to resume it, "
+                f"or delete it (or pick a new URL) to start fresh."
+            )
+            raise CheckpointError(msg)
+        check_compatible(commits[0].data.get("graph", {}), self._description, self.allow_state_loss, ckpt.url)
+        errors = []
+        for rec in commits:
+            try:
+                self._load(rec)
+            except CorruptCheckpointError as exc:
+                errors.append(exc)
+                log.warning("commit %d is not usable (%s); falling back to an older commit", rec.seq, exc)
+                continue
+            if errors:
+                warnings.warn(
+                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({errors[0]}); recovered from the "
+                    f"older commit of batch {rec.batch_time} ms and will replay the batches after it from their plans",
+                    StreamkeepWarning,
+                    stacklevel=2,
+                )
+            self._adopt_plans(rec, [t for t in plan_times if t > rec.batch_time])
+            self._sweep(rec)
+            self.restored = True
+            return int(rec.data["zero_ms"])
+        raise errors[0]
+
+    def _load(self, rec: CommitRecord) -> None:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        data = rec.data
+        zero = int(data["zero_ms"])
+        ex = LocalExecutor()
+        ex.open(self.graph, zero)
+        chains: dict[str, _Chain] = {}
+        stored_state: dict[str, Any] = data.get("state", {})
+        for name, rt in ex.runtimes.items():
+            chain_data = stored_state.get(name)
+            if chain_data is None:
+                rt.seed()  # a new stateful operator starts from its initial state
+                continue
+            allow = rt.node.codec == "pickle"
+            snap = self._read_state(chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
+            deltas = [self._read_state(r, allow) for r in chain_data.get("deltas", [])]
+            rt.load(snap, deltas)
+            chains[name] = _Chain(
+                chain_data.get("snapshot"),
+                int(chain_data.get("snapshot_time", 0)),
+                [(_time_of(r), r) for r in chain_data.get("deltas", [])],
+            )
+        for src in self.sources:
+            pos = data.get("positions", {}).get(src.name)
+            if pos is not None:
+                src.restore(pos)
+        self.executor = ex
+        self._chains = chains
+        self.last_time = rec.batch_time
+        self.batches_done = 0
+        self._retained.append((rec.seq, rec.batch_time, rec.files()))
+
+    def _read_state(self, rel: str, allow_pickle: bool) -> dict[str, Any]:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        codec_name, payload = ckpt.read_state(rel, allow_pickle)
+        if codec_name == "pickle" and not allow_pickle:
+            msg = f"state file {ckpt.storage.path(rel)} was written with the pickle codec; pass codec='pickle' on its operator to load it"
+            raise CheckpointError(msg)
+        try:
+            codec = get_codec(codec_name)
+            d = codec.decode(payload)
+            if "set" in d:
+                d["set"] = decode_items(codec, d["set"])
+            if "add" in d and d.get("slices_items"):
+                d["add"] = [[ts, decode_items(codec, s)] for ts, s in d["add"]]
+            return dict(d)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            msg = f"state file {ckpt.storage.path(rel)} passed its checksum but could not be decoded: {exc}"
+            raise CorruptCheckpointError(msg) from exc
+
+    def _adopt_plans(self, rec: CommitRecord | None, times: list[int]) -> None:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        pending = []
+        for t in times:
+            plan = ckpt.read_plan(t)
+            pending.append((t, plan))
+            self._plans_written.append(t)
+            self._plan_blobs[t] = list(plan.get("blobs", []))
+        self._pending = pending
+
+    def _sweep(self, rec: CommitRecord | None) -> None:
+        """Delete files no retained commit or pending plan needs (crash leftovers)."""
+        ckpt = self.ckpt
+        assert ckpt is not None
+        st = ckpt.storage
+        st.remove_temp_files("")
+        keep = rec.files() if rec is not None else set()
+        committed = rec.batch_time if rec is not None else -1
+        for d in st.list_dirs("state"):
+            for n in st.list(f"state/{d}"):
+                rel = f"state/{d}/{n}"
+                if rel not in keep:
+                    st.delete(rel)
+        if rec is not None:
+            for seq in ckpt.log_seqs():
+                if seq < rec.seq:
+                    st.delete(log_path(seq))
+        pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs}
+        for t in ckpt.plan_times():
+            if t <= committed:
+                st.delete(plan_path(t))
+        for n in st.list("blobs"):
+            if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
+                st.delete(f"blobs/{n}")
+
+    # -- the loop --------------------------------------------------------------------
+
+    def next_time(self) -> int:
+        """The next batch time to run."""
+        if self._pending:
+            return self._pending[0][0]
+        assert self.last_time is not None
+        return self.last_time + self.interval
+
+    def run_next(self) -> int:
+        """Plan (or take the pending plan), run and commit the next batch; return its time."""
+        self._check_snapshot_error()
+        submitted = int(self.clock.now_ms())
+        if self._pending:
+            t, plan = self._pending.pop(0)
+            if not self._pending:  # the last replayed batch: continue after its plan
+                for src in self.sources:
+                    pos = plan.get("positions", {}).get(src.name)
+                    if pos is not None:
+                        src.restore(pos)
+        else:
+            t = self.next_time()
+            plan = self._plan(t)
+        start = int(time.time() * 1000)
+        num = self._run(t, plan)
+        self._commit(t, plan)
+        self.last_time = t
+        self.batches_done += 1
+        if self.listeners:
+            info = BatchInfo(t, num, submitted, start, int(time.time() * 1000))
+            for li in self.listeners:
+                cb = getattr(li, "on_batch_completed", None)
+                if cb is not None:
+                    cb(info)
+        return t
+
+    def _plan(self, t: int) -> dict[str, Any]:
+        plans: dict[str, Any] = {}
+        for src in self.sources:
+            plans[src.name] = src.plan(t)
+        positions = {src.name: src.position() for src in self.sources}
+        plan: dict[str, Any] = {"batch_time": t, "sources": plans, "positions": positions}
+        blobs = [b for p in plans.values() if isinstance(p, dict) for b in p.get("blobs", ())]
+        if blobs:
+            plan["blobs"] = blobs
+            self._plan_blobs[t] = blobs
+        if self.ckpt is not None:
+            _faults.point("plan.before_write")
+            try:
+                self.ckpt.write_plan(t, plan)
+            except UnsupportedValueError as exc:
+                msg = f"the plan of batch {t} ms cannot be stored in the checkpoint: {exc}"
+                raise CheckpointError(msg) from exc
+            self._plans_written.append(t)
+            _faults.point("plan.after_write")
+        return plan
+
+    def _run(self, t: int, plan: dict[str, Any]) -> int:
+        inputs: dict[str, Batch[Any]] = {}
+        planned = plan["sources"]
+        num = 0
+        for src in self.sources:
+            if src.name in planned:
+                parts = src.read(planned[src.name], t)
+            else:  # a source added since this batch was planned: no input for it
+                parts = [[]]
+            num += sum(len(p) for p in parts)
+            inputs[src.name] = Batch(parts, t)
+        _faults.point("run.after_read")
+        results = self.executor.compute(t, inputs)
+        self.executor.run_outputs(t, results)
+        return num
+
+    def _commit(self, t: int, plan: dict[str, Any]) -> None:
+        ckpt = self.ckpt
+        if ckpt is None:
+            for rt in self.executor.runtimes.values():
+                rt.delta()  # keep change tracking bounded
+            self._after_commit(plan)
+            return
+        for name, rt in self.executor.runtimes.items():
+            chain = self._chains.setdefault(name, _Chain())
+            delta = rt.delta()
+            if delta is not None:
+                payload = self._encode_state(rt.node, delta)
+                rel = ckpt.write_state(name, t, "delta", payload, rt.node.codec)
+                chain.deltas.append((t, rel))
+                _faults.point("state.mid_write")
+        _faults.point("state.after_write")
+        self._adopt_snapshots()
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every and self._snap_thread is None:
+            self._start_snapshot(t)
+        record = {
+            "batch_time": t,
+            "zero_ms": self.zero_ms,
+            "batch_interval_ms": self.interval,
+            "positions": plan["positions"],
+            "state": {name: c.as_data() for name, c in self._chains.items()},
+            "graph": self._description,
+            "engine_version": __version__,
+            "written_ms": int(time.time() * 1000),
+        }
+        seq = ckpt.commit(record)
+        self._after_commit(plan)
+        self._retain(seq, t, CommitRecord(seq, record).files())
+
+    def _after_commit(self, plan: dict[str, Any]) -> None:
+        if self._pending:
+            return
+        for src in self.sources:
+            commit = getattr(src, "commit_offsets", None)
+            if commit is not None:
+                try:
+                    commit(plan["positions"].get(src.name))
+                except Exception as exc:  # informational only: the checkpoint holds the truth
+                    log.warning("could not commit the positions of source %r to its broker: %s", src.name, exc)
+
+    def _encode_state(self, node: StatefulNode, data: dict[str, Any]) -> bytes:
+        codec = get_codec(node.codec)
+        try:
+            out = dict(data)
+            if "set" in out:
+                out["set"] = encode_items(codec, out["set"])
+            return codec.encode(out)
+        except UnsupportedValueError as exc:
+            key = f" under key {exc.key_repr}" if exc.key_repr else ""
+            msg = (
+                f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
+                f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "
+                f"float, bytes, set, datetime), or opt in to pickle with codec='pickle' on the operator (or the context)."
+            )
+            raise CheckpointError(msg) from exc
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def _start_snapshot(self, t: int) -> None:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        self._since_snapshot = 0
+        payloads = {name: (rt.node.codec, self._encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
+
+        def write() -> None:
+            try:
+                done = {}
+                for name, (codec, payload) in payloads.items():
+                    rel = ckpt.write_state(name, t, "snap", payload, codec)
+                    done[name] = (t, rel)
+                    _faults.point("snapshot.mid_write")
+                self._snap_done = done
+            except BaseException as exc:
+                self._snap_error = exc
+
+        self._snap_thread = threading.Thread(target=write, name="streamkeep-snapshot", daemon=True)
+        self._snap_thread.start()
+
+    def _adopt_snapshots(self, wait: bool = False) -> None:
+        th = self._snap_thread
+        if th is None:
+            return
+        if wait:
+            th.join()
+        if th.is_alive():
+            return
+        self._snap_thread = None
+        self._check_snapshot_error()
+        for name, (t, rel) in self._snap_done.items():
+            chain = self._chains.setdefault(name, _Chain())
+            chain.snapshot, chain.snapshot_time = rel, t
+            chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
+        self._snap_done = {}
+
+    def _check_snapshot_error(self) -> None:
+        err = self._snap_error
+        if err is not None:
+            self._snap_error = None
+            msg = f"writing a state snapshot to the checkpoint failed: {err}"
+            raise CheckpointError(msg) from err
+
+    # -- retention -------------------------------------------------------------------
+
+    def _retain(self, seq: int, t: int, files: set[str]) -> None:
+        ckpt = self.ckpt
+        assert ckpt is not None
+        self._retained.append((seq, t, files))
+        if len(self._retained) <= self.keep_commits:
+            return
+        old_seq, _, old_files = self._retained.popleft()
+        oldest_seq, oldest_t, _ = self._retained[0]
+        keep = set().union(*(f for _, _, f in self._retained))
+        doomed = [f for f in old_files if f not in keep]
+        doomed += [log_path(s) for s in range(old_seq, oldest_seq)]
+        for pt in [pt for pt in self._plan_blobs if pt <= oldest_t]:
+            doomed += [blob_path(b) for b in self._plan_blobs.pop(pt)]
+        while self._plans_written and self._plans_written[0] <= oldest_t:
+            doomed.append(plan_path(self._plans_written.popleft()))
+        for i, rel in enumerate(doomed):
+            ckpt.delete(rel)
+            if i == 0:
+                _faults.point("retention.mid_delete")
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def drained(self) -> bool:
+        """True when every finite source is exhausted and windows hold no input."""
+        return (
+            not self._pending
+            and all(src.exhausted() for src in self.sources)
+            and all(rt.drained() for rt in self.executor.runtimes.values())
+        )
+
+    def close(self) -> None:
+        """Finish a snapshot in flight, close sinks and sources, release the checkpoint."""
+        try:
+            if self._snap_thread is not None:
+                self._snap_thread.join()
+                self._snap_thread = None
+        finally:
+            for s in self.sinks:
+                try:
+                    s.close()
+                except Exception as exc:
+                    log.warning("closing sink %r failed: %s", getattr(s, "name", s), exc)
+            for src in self.sources:
+                try:
+                    src.close()
+                except Exception as exc:
+                    log.warning("closing source %r failed: %s", src.name, exc)
+            if self.ckpt is not None:
+                self.ckpt.release()
+
+
+def _time_of(rel: str) -> int:
+    stem = rel.rsplit("/", 1)[-1].split(".")[0]
+    return int(stem) if stem.isdigit() else 0

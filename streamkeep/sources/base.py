@@ -1,0 +1,70 @@
+"""The `Source` interface: how an input plans, reads and replays a batch.
+
+A source never hands records to the engine directly. For each batch time it
+first returns a *plan* (plain data: an offset range, a file list, a WAL segment
+id), which the scheduler makes durable, then reads exactly the planned input.
+Reading the same plan again must give the same records: that is what makes
+recovery exact. Must not import the scheduler, dstream, sinks or executors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from streamkeep._types import BatchTime, Data
+
+
+class BlobStore(Protocol):
+    """Durable blobs for sources whose input cannot be re-read (socket WAL, queues).
+
+    Backed by the checkpoint when one is set, else by memory.
+    """
+
+    durable: bool
+
+    def put(self, name: str, data: Data) -> None:
+        """Store `data` under `name` (written whole; never overwritten with other data)."""
+
+    def get(self, name: str) -> Data:
+        """Return the data stored under `name`."""
+
+    def delete(self, name: str) -> None:
+        """Forget `name` (called once no commit needs it)."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """An input of a streaming job.
+
+    Lifecycle: ``open(blobs)`` once; optionally ``restore(position)`` from a
+    checkpoint; then per batch time ``plan(t)`` followed by ``read(plan, t)``.
+    ``position()`` is the data needed to continue after the last plan.
+    """
+
+    name: str
+    #: True when read(plan) gives the same records every time for the same plan.
+    replayable: bool
+
+    def open(self, blobs: BlobStore) -> None:
+        """Connect (threads, sockets, clients). Called once before planning."""
+
+    def restore(self, position: Data) -> None:
+        """Continue after `position` (as returned by `position()` in an earlier run)."""
+
+    def position(self) -> Data:
+        """Data that lets a new process continue right after the last plan."""
+
+    def plan(self, batch_time: BatchTime) -> Data:
+        """Decide the input for `batch_time` as data, and advance the position past it."""
+
+    def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
+        """Return the planned records, one list per partition."""
+
+    def exhausted(self) -> bool:
+        """True when a finite source has planned all its input (``run()`` stops then)."""
+
+    def close(self) -> None:
+        """Release resources; safe to call twice."""
+
+    def describe(self) -> dict[str, Data]:
+        """Plain data describing the source's kind and shape (stored in the checkpoint)."""

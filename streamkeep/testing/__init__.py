@@ -1,0 +1,20 @@
+"""Public test helpers: `ManualClock`, `ListSink`, `run_batches`, `CrashAt`.
+
+Example:
+    >>> from streamkeep.testing import run_batches
+    >>> def setup(ssc, stream):
+    ...     return stream.map(lambda x: x * 2)
+    >>> run_batches(setup, [[1, 2], [3]])
+    [[2, 4], [6]]
+"""
+
+from __future__ import annotations
+
+from streamkeep._clock import ManualClock
+from streamkeep.testing._helpers import CrashAt, ListSink, run_batches
+
+__all__ = ["CrashAt", "ListSink", "ManualClock", "run_batches"]
+
+for _public in (ManualClock, ListSink, CrashAt):
+    _public.__module__ = __name__
+del _public

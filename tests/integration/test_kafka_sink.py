@@ -1,0 +1,167 @@
+"""KafkaSink against a real Kafka-protocol broker (librdkafka's mock cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from _servers import consume_all
+
+from streamkeep.errors import ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.base import Sink
+from streamkeep.sinks.kafka import KafkaSink
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _sink(bootstrap: str, topic: str, name: str, **kw: Any) -> KafkaSink:
+    kw.setdefault("timeout_s", 10.0)
+    sink = KafkaSink(topic, bootstrap_servers=bootstrap, name=name, **kw)
+    sink.open()
+    return sink
+
+
+def _values(bootstrap: str, topic: str) -> list[bytes]:
+    return [m.value() for m in consume_all(bootstrap, topic)]
+
+
+def test_replayed_batch_is_not_written_twice(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    name = f"s-{topic}"
+    sink = _sink(bs, topic, name)
+    try:
+        assert isinstance(sink, Sink)
+        assert sink.last_batch() is None
+        sink.write(1000, [b"a", "b"])
+        sink.write(2000, [{"c": 3}])
+        sink.write(2000, [{"c": 3}])  # replay in the same process
+        sink.write(1500, [b"old"])  # older than the marker
+    finally:
+        sink.close()
+        sink.close()
+    again = _sink(bs, topic, name)  # a restarted driver
+    try:
+        assert again.last_batch() == 2000
+        again.write(2000, [{"c": 3}])
+        again.write(3000, [b"d"])
+        again.write(4000, [])
+    finally:
+        again.close()
+    assert _values(bs, topic) == [b"a", b"b", b'{"c":3}', b"d"]
+    markers = [json.loads(m.value()) for m in consume_all(bs, again.marker_topic)]
+    assert [(m["sink"], m["batch_time"], m["records"]) for m in markers] == [
+        (name, 1000, 2), (name, 2000, 1), (name, 3000, 1), (name, 4000, 0)]
+
+
+def test_replay_after_driver_sigkill_is_skipped(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {REPO!r})
+        from streamkeep.sinks.kafka import KafkaSink
+        sink = KafkaSink({topic!r}, bootstrap_servers={bs!r}, name="crashy-{topic}",
+                         key=lambda r: r[0], value=lambda r: str(r[1]))
+        sink.open()
+        sink.write(1000, [("k1", 1), ("k2", 2)])
+        os.kill(os.getpid(), signal.SIGKILL)  # before the checkpoint commit
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    sink = _sink(bs, topic, f"crashy-{topic}", key=lambda r: r[0], value=lambda r: str(r[1]))
+    try:
+        sink.write(1000, [("k1", 1), ("k2", 2)])  # re-run of the uncommitted batch
+        sink.write(2000, [("k1", 3)])
+    finally:
+        sink.close()
+    got = sorted((m.key(), m.value()) for m in consume_all(bs, topic))
+    assert got == [(b"k1", b"1"), (b"k1", b"3"), (b"k2", b"2")]
+
+
+def test_marker_found_behind_other_sinks_markers(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic, markers = topic_factory(1), topic_factory(1)
+    mine = _sink(bs, topic, f"mine-{topic}", marker_topic=markers)
+    mine.write(1000, [b"x"])
+    mine.close()
+    busy = _sink(bs, topic, f"busy-{topic}", marker_topic=markers)
+    try:
+        for t in range(1, 81):  # more markers than the first scan window (64)
+            busy.write(t, [])
+    finally:
+        busy.close()
+    again = _sink(bs, topic, f"mine-{topic}", marker_topic=markers)
+    try:
+        assert again.last_batch() == 1000
+        again.write(1000, [b"x"])
+    finally:
+        again.close()
+    assert _values(bs, topic) == [b"x"]
+
+
+def test_broker_down_is_a_sink_error_and_nothing_is_duplicated(kafka_cluster_factory):
+    cluster = kafka_cluster_factory(1)
+    bs = cluster.bootstrap
+    cluster.create_topic("out", 1)
+    sink = _sink(bs, "out", "faulty", timeout_s=1.0, max_retries=1)
+    try:
+        sink.write(1000, [b"a"])
+        cluster.broker_down(1)
+        with pytest.raises(SinkError) as info:
+            sink.write(2000, [b"b"])
+        assert "batch 2000" in str(info.value) or "cannot start transactions" in str(info.value)
+        cluster.broker_up(1)
+        sink.timeout_s = 10.0
+        sink.write(2000, [b"b"])
+        sink.write(2000, [b"b"])
+    finally:
+        sink.close()
+    assert _values(bs, "out") == [b"a", b"b"]
+
+
+def test_open_with_unreachable_broker_fails_clearly(kafka_cluster_factory):
+    cluster = kafka_cluster_factory(1)
+    cluster.broker_down(1)
+    sink = KafkaSink("out", bootstrap_servers=cluster.bootstrap, name="nobroker", timeout_s=0.5)
+    with pytest.raises(SinkError, match="cannot start transactions"):
+        sink.open()
+    sink.close()
+
+
+def test_serialiser_errors(kafka_cluster, topic_factory):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    sink = _sink(bs, topic, f"ser-{topic}", value=lambda r: r["missing"])
+    try:
+        with pytest.raises(UserFunctionError, match="nothing was written"):
+            sink.write(1000, [{"a": 1}])
+    finally:
+        sink.close()
+    sink = _sink(bs, topic, f"ser2-{topic}")
+    try:
+        with pytest.raises(SinkError, match="pass value="):
+            sink.write(1000, [object()])
+    finally:
+        sink.close()
+    assert _values(bs, topic) == []
+
+
+def test_bad_configuration_is_refused_early():
+    with pytest.raises(ConfigError, match="name"):
+        KafkaSink("t", bootstrap_servers="x:1", name="")
+    with pytest.raises(ConfigError, match="not a valid Kafka topic"):
+        KafkaSink("bad topic", bootstrap_servers="x:1", name="a")
+    with pytest.raises(ConfigError, match="may not set"):
+        KafkaSink("t", bootstrap_servers="x:1", name="a",
+                  producer_config={"transactional.id": "x"})
+    assert KafkaSink("t", bootstrap_servers="x:1", name="a b").marker_topic == (
+        "streamkeep-markers-a_b")

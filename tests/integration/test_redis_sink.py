@@ -1,0 +1,204 @@
+"""RedisSink against a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from streamkeep.errors import ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.base import Sink
+from streamkeep.sinks.redis import RedisSink
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def counting_write(pipe: Any, records: list[Any]) -> None:
+    for user, n in records:
+        pipe.incrby(f"count:{user}", n)
+        pipe.hincrby("totals", user, n)
+        pipe.lpush(f"log:{user}", n)
+
+
+def _sink(url: str, write: Any = counting_write, **kw: Any) -> RedisSink:
+    kw.setdefault("name", "counts")
+    sink = RedisSink(url, write, **kw)
+    sink.open()
+    return sink
+
+
+def test_incrby_hincrby_lpush_apply_exactly_once(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = _sink(redis_url)
+    try:
+        assert isinstance(sink, Sink)
+        assert sink.last_batch() is None
+        sink.write(1000, [("ann", 5), ("bob", 1)])
+        sink.write(1000, [("ann", 5), ("bob", 1)])  # replay: skipped
+        sink.write(2000, [("ann", 2)])
+        sink.write(1500, [("ann", 100)])  # older than the marker: skipped
+        sink.write(2000, [("ann", 2)])
+        assert sink.last_batch() == 2000
+    finally:
+        sink.close()
+        sink.close()
+    # A new process (new sink object, same name) replays the last batch: skipped too.
+    again = _sink(redis_url)
+    try:
+        again.write(2000, [("ann", 2)])
+        again.write(3000, [])  # empty batch: marker moves, nothing else
+    finally:
+        again.close()
+    assert r.get("count:ann") == "7" and r.get("count:bob") == "1"
+    assert r.hgetall("totals") == {"ann": "7", "bob": "1"}
+    assert r.lrange("log:ann", 0, -1) == ["2", "5"]
+    assert r.get("streamkeep:sink:counts:last_batch") == "3000"
+
+
+def test_replay_after_driver_sigkill_is_skipped(redis_url):
+    """A driver dies right after the Redis transaction (before its checkpoint commit)."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {REPO!r})
+        from streamkeep.sinks.redis import RedisSink
+        def write(pipe, records):
+            for k, n in records:
+                pipe.incrby(k, n)
+        sink = RedisSink({redis_url!r}, write, name="crashy")
+        sink.open()
+        sink.write(1000, [("total", 10)])
+        sink.write(2000, [("total", 5)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for k, n in records:
+            pipe.incrby(k, n)
+
+    sink = _sink(redis_url, write, name="crashy")
+    try:
+        sink.write(2000, [("total", 5)])  # the restarted job re-runs the uncommitted batch
+        sink.write(3000, [("total", 1)])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("total") == b"16"
+
+
+def test_marker_changed_by_another_writer_is_rechecked(redis_url):
+    other = redis.Redis.from_url(redis_url)
+    calls: list[int] = []
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        calls.append(len(records))
+        # A zombie driver applies the same batch between our WATCH and EXEC.
+        other.set("streamkeep:sink:race:last_batch", 1000)
+        other.incrby("n", 1)
+        pipe.incrby("n", 1)
+
+    sink = _sink(redis_url, write, name="race")
+    try:
+        sink.write(1000, ["x"])
+    finally:
+        sink.close()
+    assert calls == [1]  # EXEC refused, re-check saw the marker: not applied again
+    assert other.get("n") == b"1"
+
+
+def test_redis_down_fails_after_bounded_retries(redis_server_factory):
+    server = redis_server_factory()
+    sink = _sink(server.url, name="down", max_retries=3, retry_backoff_s=0.01, timeout_s=1.0)
+    try:
+        sink.write(1000, [("a", 1)])
+        server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(SinkError) as info:
+            sink.write(2000, [("a", 1)])
+        assert time.monotonic() - t0 < 5
+        msg = str(info.value)
+        assert f"cannot reach Redis at {server.url} after 4 attempt(s)" in msg
+        assert "batch 2000" in msg and "runs again after a restart" in msg
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+        server.start()  # same port, empty (no persistence)
+        sink.write(2000, [("a", 1)])
+        assert redis.Redis.from_url(server.url).get("count:a") == b"1"
+    finally:
+        sink.close()
+
+
+def test_write_function_error_applies_nothing(redis_url):
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.incrby("n", 1)
+        raise KeyError("boom")
+
+    sink = _sink(redis_url, write, name="bad")
+    try:
+        with pytest.raises(UserFunctionError, match="nothing was applied") as info:
+            sink.write(1000, [1])
+        assert info.value.batch_time_ms == 1000
+        assert isinstance(info.value.__cause__, KeyError)
+    finally:
+        sink.close()
+    r = redis.Redis.from_url(redis_url)
+    assert r.get("n") is None and r.get("streamkeep:sink:bad:last_batch") is None
+
+
+def test_command_failing_inside_exec_is_reported(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.lpush("a-list", "x")
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.incrby("ok", 1)
+        pipe.incrby("a-list", 1)  # WRONGTYPE at EXEC time
+
+    sink = _sink(redis_url, write, name="wrongtype")
+    try:
+        with pytest.raises(SinkError, match=r"1 of 3 commands failed .*WRONGTYPE.*roll back"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert r.get("ok") == b"1"
+
+
+def test_malformed_command_discards_the_transaction(redis_url):
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.incrby("n", 1)
+        pipe.execute_command("NOSUCHCOMMAND", "x")
+
+    sink = _sink(redis_url, write, name="malformed")
+    try:
+        with pytest.raises(SinkError, match="nothing was applied"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    r = redis.Redis.from_url(redis_url)
+    assert r.get("n") is None and r.get("streamkeep:sink:malformed:last_batch") is None
+
+
+def test_foreign_marker_value_is_a_clear_error(redis_url):
+    redis.Redis.from_url(redis_url).set("mine", "hello")
+    sink = _sink(redis_url, name="x", marker_key="mine")
+    try:
+        with pytest.raises(SinkError, match="marker key 'mine' holds b'hello'"):
+            sink.write(1000, [])
+    finally:
+        sink.close()
+
+
+def test_bad_configuration_is_refused_early():
+    with pytest.raises(ConfigError, match="name"):
+        RedisSink("redis://127.0.0.1:1/0", counting_write, name="")
+    with pytest.raises(ConfigError, match="redis URL"):
+        RedisSink("127.0.0.1:6379", counting_write, name="a")
+    with pytest.raises(ConfigError, match="callable"):
+        RedisSink("redis://127.0.0.1:1/0", "nope", name="a")  # type: ignore[arg-type]
