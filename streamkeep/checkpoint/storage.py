@@ -14,6 +14,7 @@ Knows nothing of operators, sources or sinks. Imports streamkeep.errors and _fau
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import uuid
@@ -154,7 +155,7 @@ class CheckpointStorage:
         names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
         return sorted(n for n in names if not n.startswith(".tmp-"))
 
-    def list_dirs(self, rel_dir: str) -> list[str]:
+    def list_dirs(self, rel_dir: str) -> builtins.list[str]:
         """Names of the subdirectories of `rel_dir`."""
         if self.local:
             try:

@@ -90,7 +90,7 @@ class LocalExecutor:
                     assert isinstance(rt, MapWithStateRuntime)
                     out = None if parents[0] is None else Batch([rt.state_items()], t)
                 elif isinstance(node, TransformNode):
-                    out = None if any(p is None for p in parents) else _call(node, t, parents)
+                    out = None if any(p is None for p in parents) else _call(node, t, [p for p in parents if p is not None])
                 else:  # pragma: no cover - every node kind is handled above
                     msg = f"unknown node kind {type(node).__name__}"
                     raise StreamkeepError(msg)

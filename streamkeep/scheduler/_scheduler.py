@@ -25,7 +25,7 @@ from typing import Any
 from streamkeep import _faults
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
-from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path, state_dir
+from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
 from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
 from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning

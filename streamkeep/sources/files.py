@@ -53,7 +53,7 @@ class TextFileSource:
             path = os.path.join(self.directory, n)
             if os.path.isfile(path):
                 new.append([n, os.path.getsize(path)])
-        self._seen = (self._seen & present) | {n for n, _ in new}
+        self._seen = (self._seen & present) | {str(n) for n, _ in new}
         return {"files": new}
 
     def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
