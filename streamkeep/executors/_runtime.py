@@ -11,6 +11,7 @@ last call (keys set and removed, window slices added and dropped);
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from streamkeep._util import short_repr
@@ -137,18 +138,14 @@ class UpdateStateRuntime(_Keyed):
 
 
 def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
-    groups: dict[Any, list[Any]] = {}
-    get = groups.get
+    """key -> [values] over all partitions (the per-record hot loop of update_state_by_key)."""
+    groups: defaultdict[Any, list[Any]] = defaultdict(list)
+
+    def consume(it: Any) -> None:
+        for k, v in it:
+            groups[k].append(v)
+
     for i in range(batch.num_partitions):
-
-        def consume(it: Any) -> None:
-            for k, v in it:
-                lst = get(k)
-                if lst is None:
-                    groups[k] = [v]
-                else:
-                    lst.append(v)
-
         batch._consume(i, consume)
     return groups
 
