@@ -360,12 +360,17 @@ class Scheduler:
             t = self.next_time()
             plan = self._plan(t)
         start = int(time.time() * 1000)
-        num = self._run(t, plan)
+        counts = self._run(t, plan)
         self._commit(t, plan)
         self.last_time = t
         self.batches_done += 1
+        end = int(time.time() * 1000)
+        for src in self.sources:
+            observe = getattr(src, "observe", None)
+            if observe is not None:  # backpressure: sources may size the next plans
+                observe(t, end - start, counts.get(src.name, 0), scheduling_delay_ms=max(0, start - t))
         if self.listeners:
-            info = BatchInfo(t, num, submitted, start, int(time.time() * 1000))
+            info = BatchInfo(t, sum(counts.values()), submitted, start, end)
             for li in self.listeners:
                 cb = getattr(li, "on_batch_completed", None)
                 if cb is not None:
@@ -393,21 +398,22 @@ class Scheduler:
             _faults.point("plan.after_write")
         return plan
 
-    def _run(self, t: int, plan: dict[str, Any]) -> int:
+    def _run(self, t: int, plan: dict[str, Any]) -> dict[str, int]:
+        """Read the planned input, compute the graph, run the outputs; records per source."""
         inputs: dict[str, Batch[Any]] = {}
         planned = plan["sources"]
-        num = 0
+        counts: dict[str, int] = {}
         for src in self.sources:
             if src.name in planned:
                 parts = src.read(planned[src.name], t)
             else:  # a source added since this batch was planned: no input for it
                 parts = [[]]
-            num += sum(len(p) for p in parts)
+            counts[src.name] = sum(len(p) for p in parts)
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
         results = self.executor.compute(t, inputs)
         self.executor.run_outputs(t, results)
-        return num
+        return counts
 
     def _commit(self, t: int, plan: dict[str, Any]) -> None:
         ckpt = self.ckpt
