@@ -368,7 +368,7 @@ class Scheduler:
         for src in self.sources:
             observe = getattr(src, "observe", None)
             if observe is not None:  # backpressure: sources may size the next plans
-                observe(t, end - start, counts.get(src.name, 0), scheduling_delay_ms=max(0, start - t))
+                observe(t, end - start, counts.get(src.name, 0), scheduling_delay_ms=max(0, submitted - t))
         if self.listeners:
             info = BatchInfo(t, sum(counts.values()), submitted, start, end)
             for li in self.listeners:
