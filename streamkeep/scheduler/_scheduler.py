@@ -29,6 +29,7 @@ from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path,
 from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
 from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
+from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible
 from streamkeep.sources.base import Source
@@ -260,10 +261,7 @@ class Scheduler:
             if chain_data is None:
                 rt.seed()  # a new stateful operator starts from its initial state
                 continue
-            allow = rt.node.codec == "pickle"
-            snap = self._read_state(chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
-            deltas = [self._read_state(r, allow) for r in chain_data.get("deltas", [])]
-            rt.load(snap, deltas)
+            load_chain(ckpt, rt, chain_data)
             chains[name] = _Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),
@@ -278,27 +276,6 @@ class Scheduler:
         self.last_time = rec.batch_time
         self.batches_done = 0
         self._retained.append((rec.seq, rec.batch_time, rec.files()))
-
-    def _read_state(self, rel: str, allow_pickle: bool) -> dict[str, Any]:
-        ckpt = self.ckpt
-        assert ckpt is not None
-        codec_name, payload = ckpt.read_state(rel, allow_pickle)
-        if codec_name == "pickle" and not allow_pickle:
-            msg = f"state file {ckpt.storage.path(rel)} was written with the pickle codec; pass codec='pickle' on its operator to load it"
-            raise CheckpointError(msg)
-        try:
-            codec = get_codec(codec_name)
-            d = codec.decode(payload)
-            if "set" in d:
-                d["set"] = decode_items(codec, d["set"])
-            if "add" in d and d.get("slices_items"):
-                d["add"] = [[ts, decode_items(codec, s)] for ts, s in d["add"]]
-            return dict(d)
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            msg = f"state file {ckpt.storage.path(rel)} passed its checksum but could not be decoded: {exc}"
-            raise CorruptCheckpointError(msg) from exc
 
     def _adopt_plans(self, rec: CommitRecord | None, times: list[int]) -> None:
         ckpt = self.ckpt
@@ -577,3 +554,32 @@ class Scheduler:
 def _time_of(rel: str) -> int:
     stem = rel.rsplit("/", 1)[-1].split(".")[0]
     return int(stem) if stem.isdigit() else 0
+
+
+def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str, Any]:
+    """Read, check and decode one state file (snapshot or delta) into the data `load` takes."""
+    codec_name, payload = ckpt.read_state(rel, allow_pickle)
+    if codec_name == "pickle" and not allow_pickle:
+        msg = f"state file {ckpt.storage.path(rel)} was written with the pickle codec; pass codec='pickle' on its operator to load it"
+        raise CheckpointError(msg)
+    try:
+        codec = get_codec(codec_name)
+        d = codec.decode(payload)
+        if "set" in d:
+            d["set"] = decode_items(codec, d["set"])
+        if "add" in d and d.get("slices_items"):
+            d["add"] = [[ts, decode_items(codec, s)] for ts, s in d["add"]]
+        return dict(d)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        msg = f"state file {ckpt.storage.path(rel)} passed its checksum but could not be decoded: {exc}"
+        raise CorruptCheckpointError(msg) from exc
+
+
+def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]) -> None:
+    """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
+    allow = rt.node.codec == "pickle"
+    snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
+    deltas = [read_state_file(ckpt, r, allow) for r in chain_data.get("deltas", [])]
+    rt.load(snap, deltas)
