@@ -49,8 +49,7 @@ def _load_librdkafka() -> ctypes.CDLL:
     site = os.path.dirname(os.path.dirname(confluent_kafka.__file__))
     cands = sorted(glob.glob(os.path.join(site, "confluent_kafka.libs", "librdkafka*.so*")))
     lib = ctypes.CDLL(cands[0] if cands else "librdkafka.so.1")
-    vp, cp, i, i32, sz = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int32,
-                          ctypes.c_size_t)
+    vp, cp, i, i32, sz = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int32, ctypes.c_size_t)
     lib.rd_kafka_conf_new.restype = vp
     lib.rd_kafka_conf_set.argtypes = [vp, cp, cp, cp, sz]
     lib.rd_kafka_conf_set.restype = i
@@ -97,13 +96,11 @@ class MockCluster:
             raise RuntimeError(f"{what}: {self._lib.rd_kafka_err2str(rc).decode()}")
 
     def create_topic(self, name: str, partitions: int = 1, replication: int = 1) -> None:
-        rc = self._lib.rd_kafka_mock_topic_create(self._mc, name.encode(), partitions,
-                                                  replication)
+        rc = self._lib.rd_kafka_mock_topic_create(self._mc, name.encode(), partitions, replication)
         self._check(rc, f"topic_create {name}")
 
     def delete_topic(self, name: str) -> None:
-        self._check(self._lib.rd_kafka_mock_topic_delete(self._mc, name.encode()),
-                    f"topic_delete {name}")
+        self._check(self._lib.rd_kafka_mock_topic_delete(self._mc, name.encode()), f"topic_delete {name}")
 
     def broker_down(self, broker_id: int) -> None:
         self._check(self._lib.rd_kafka_mock_broker_set_down(self._mc, broker_id), "set_down")
@@ -112,8 +109,7 @@ class MockCluster:
         self._check(self._lib.rd_kafka_mock_broker_set_up(self._mc, broker_id), "set_up")
 
     def broker_rtt(self, broker_id: int, rtt_ms: int) -> None:
-        self._check(self._lib.rd_kafka_mock_broker_set_rtt(self._mc, broker_id, rtt_ms),
-                    "set_rtt")
+        self._check(self._lib.rd_kafka_mock_broker_set_rtt(self._mc, broker_id, rtt_ms), "set_rtt")
 
     def close(self) -> None:
         if self._mc:
@@ -138,8 +134,7 @@ def _serve(brokers: int, stdin: IO[str], stdout: IO[str]) -> int:
                 break
             try:
                 if words[0] == "topic":
-                    mc.create_topic(words[1], int(words[2]),
-                                    int(words[3]) if len(words) > 3 else 1)
+                    mc.create_topic(words[1], int(words[2]), int(words[3]) if len(words) > 3 else 1)
                 elif words[0] == "deltopic":
                     mc.delete_topic(words[1])
                 elif words[0] == "down":
@@ -174,7 +169,10 @@ class KafkaMockProcess:
         self._lock = threading.Lock()
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--brokers", str(brokers)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self.pid = self._proc.pid
         line = self._readline(start_timeout_s)

@@ -111,14 +111,30 @@ class RedisServerProcess:
             return
         for attempt in range(3):
             self.proc = subprocess.Popen(
-                [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
-                 "--dir", self.dir, "--save", "", "--appendonly", "no",
-                 "--protected-mode", "yes", "--daemonize", "no",
-                 "--logfile", os.path.join(self.dir, "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    self.binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    self.dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    os.path.join(self.dir, "redis.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
-                _wait_for(lambda: _redis_ping(self.port) or self.proc.poll() is not None,
-                          10, f"redis-server on port {self.port}")
+                _wait_for(lambda: _redis_ping(self.port) or self.proc.poll() is not None, 10, f"redis-server on port {self.port}")
             except TimeoutError:
                 self.kill()
                 raise
@@ -153,8 +169,7 @@ class RedisServerProcess:
 def _redis_binary() -> str:
     binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if not binary:
-        pytest.skip("redis-server not installed (apt-get install -y redis-server, "
-                    "or set REDIS_SERVER=/path/to/redis-server)")
+        pytest.skip("redis-server not installed (apt-get install -y redis-server, or set REDIS_SERVER=/path/to/redis-server)")
     return binary
 
 
@@ -239,8 +254,7 @@ _topic_seq = itertools.count()
 
 
 @pytest.fixture
-def topic_factory(request: pytest.FixtureRequest,
-                  kafka_cluster: KafkaMockProcess) -> Callable[..., str]:
+def topic_factory(request: pytest.FixtureRequest, kafka_cluster: KafkaMockProcess) -> Callable[..., str]:
     """``make(partitions=1, cluster=None) -> name``: a new, unique, empty topic."""
     base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
 
@@ -252,9 +266,9 @@ def topic_factory(request: pytest.FixtureRequest,
     return make
 
 
-def produce(bootstrap: str, topic: str, values: list[Any], *,
-            partition: int | Callable[[int], int] | None = None,
-            keys: list[Any] | None = None) -> None:
+def produce(
+    bootstrap: str, topic: str, values: list[Any], *, partition: int | Callable[[int], int] | None = None, keys: list[Any] | None = None
+) -> None:
     """Produce `values` (bytes/str) and wait until the broker has them all.
 
     `partition` is a fixed partition or ``f(index) -> partition``.
@@ -282,19 +296,24 @@ def produce(bootstrap: str, topic: str, values: list[Any], *,
         raise RuntimeError(msg)
 
 
-def consume_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
-                timeout_s: float = 10.0) -> list[Any]:
+def consume_all(bootstrap: str, topic: str, *, isolation: str = "read_committed", timeout_s: float = 10.0) -> list[Any]:
     """Every record of `topic` up to its current end, ordered by (partition, offset)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
-                  "isolation.level": isolation, "enable.auto.commit": False,
-                  "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                  "fetch.wait.max.ms": 10})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 10,
+        }
+    )
     try:
         parts = sorted(c.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s,
-                                           cached=False) for p in parts}
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False) for p in parts}
         todo = {p for p, (lo, hi) in ends.items() if hi > lo}
         c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
         out: list[Any] = []
@@ -342,15 +361,15 @@ def s3_server() -> Iterator[S3Server]:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test",
-                 "region_name": "us-east-1"}
+        creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
         boto3_kwargs = {"endpoint_url": endpoint, **creds}
         boto3.client("s3", **boto3_kwargs).create_bucket(Bucket="streamkeep")
         yield S3Server(
-            endpoint_url=endpoint, bucket="streamkeep",
-            storage_options={"key": "test", "secret": "test", "endpoint_url": endpoint,
-                             "client_kwargs": {"region_name": "us-east-1"}},
-            boto3_kwargs=boto3_kwargs)
+            endpoint_url=endpoint,
+            bucket="streamkeep",
+            storage_options={"key": "test", "secret": "test", "endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}},
+            boto3_kwargs=boto3_kwargs,
+        )
     finally:
         server.stop()
 

@@ -86,10 +86,15 @@ class FileSink:
         '{"a": 1}\\n'
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, name: str,
-                 format: Literal["lines", "jsonl"] = "lines",  # noqa: A002
-                 json_default: Callable[[Any], Any] | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str,
+        format: Literal["lines", "jsonl"] = "lines",  # noqa: A002
+        json_default: Callable[[Any], Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             msg = "FileSink needs a non-empty name="
             raise ConfigError(msg)
@@ -106,7 +111,7 @@ class FileSink:
         self.storage_options = dict(storage_options or {})
         self._ext = _FORMATS[format]
         if raw.startswith("file://"):
-            raw = raw[len("file://"):]
+            raw = raw[len("file://") :]
         self._remote = "://" in raw
         self.path = raw.rstrip("/") if self._remote else str(Path(raw))
         self._fs: Any = None
@@ -147,14 +152,13 @@ class FileSink:
             try:
                 import fsspec
             except ImportError as exc:
-                msg = (f"FileSink {self.name!r}: writing to {self.path!r} needs fsspec: "
-                       "pip install fsspec (plus the backend, e.g. s3fs)")
+                msg = f"FileSink {self.name!r}: writing to {self.path!r} needs fsspec: pip install fsspec (plus the backend, e.g. s3fs)"
                 raise ConfigError(msg) from exc
             protocol = self.path.split("://", 1)[0]
             try:
                 self._fs = fsspec.filesystem(protocol, **self.storage_options)
             except (ImportError, ValueError) as exc:
-                msg = (f"FileSink {self.name!r}: cannot open {protocol}:// filesystem: {exc}")
+                msg = f"FileSink {self.name!r}: cannot open {protocol}:// filesystem: {exc}"
                 raise ConfigError(msg) from exc
         return self._fs
 
@@ -164,19 +168,22 @@ class FileSink:
         for i, rec in enumerate(records):
             if self.format == "jsonl":
                 try:
-                    text = json.dumps(rec, ensure_ascii=False,
-                                      default=self.json_default or _json_default)
+                    text = json.dumps(rec, ensure_ascii=False, default=self.json_default or _json_default)
                 except (TypeError, ValueError) as exc:
-                    msg = (f"FileSink {self.name!r}, batch {batch_time}: record #{i} "
-                           f"({type(rec).__name__}) is not JSON serialisable: {exc}. Pass "
-                           "json_default= or use format='lines'.")
+                    msg = (
+                        f"FileSink {self.name!r}, batch {batch_time}: record #{i} "
+                        f"({type(rec).__name__}) is not JSON serialisable: {exc}. Pass "
+                        "json_default= or use format='lines'."
+                    )
                     raise SinkError(msg) from exc
             else:
                 text = str(rec)
                 if "\n" in text or "\r" in text:
-                    msg = (f"FileSink {self.name!r}, batch {batch_time}: record #{i} contains "
-                           "a line break, which format='lines' cannot represent; use "
-                           "format='jsonl'.")
+                    msg = (
+                        f"FileSink {self.name!r}, batch {batch_time}: record #{i} contains "
+                        "a line break, which format='lines' cannot represent; use "
+                        "format='jsonl'."
+                    )
                     raise SinkError(msg)
             lines.append(text)
         return "".join(line + "\n" for line in lines).encode("utf-8")
@@ -201,15 +208,14 @@ class FileSink:
 
     def _write_local(self, final: str, data: bytes) -> None:
         directory = os.path.dirname(final)
-        tmp = os.path.join(directory,
-                           f".{os.path.basename(final)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = os.path.join(directory, f".{os.path.basename(final)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -224,6 +230,8 @@ class FileSink:
                 os.unlink(tmp)
             except OSError:
                 pass
-            msg = (f"FileSink {self.name!r}: cannot write {final!r}: {exc}. The batch is not "
-                   "committed; fix the directory (space, permissions) and restart.")
+            msg = (
+                f"FileSink {self.name!r}: cannot write {final!r}: {exc}. The batch is not "
+                "committed; fix the directory (space, permissions) and restart."
+            )
             raise SinkError(msg) from exc

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -105,12 +106,19 @@ class KafkaSink:
         'streamkeep-markers-totals'
     """
 
-    def __init__(self, topic: str, *, bootstrap_servers: str, name: str,
-                 key: Callable[[Any], bytes | str | None] | None = None,
-                 value: Callable[[Any], bytes | str] | None = None,
-                 marker_topic: str | None = None,
-                 producer_config: Mapping[str, Any] | None = None,
-                 timeout_s: float = 30.0, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        topic: str,
+        *,
+        bootstrap_servers: str,
+        name: str,
+        key: Callable[[Any], bytes | str | None] | None = None,
+        value: Callable[[Any], bytes | str] | None = None,
+        marker_topic: str | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 3,
+    ) -> None:
         if not isinstance(name, str) or not name:
             msg = "KafkaSink needs a non-empty name= (it keys the transactional id and marker)"
             raise ConfigError(msg)
@@ -119,8 +127,7 @@ class KafkaSink:
         marker = marker_topic or f"streamkeep-markers-{safe}"
         for label, t in (("topic", topic), ("marker_topic", marker)):
             if not isinstance(t, str) or not _TOPIC_RE.match(t):
-                msg = (f"{where}: {label} {t!r} is not a valid Kafka topic name "
-                       "(1-249 characters of A-Z a-z 0-9 . _ -)")
+                msg = f"{where}: {label} {t!r} is not a valid Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
                 raise ConfigError(msg)
         if marker == topic:
             msg = f"{where}: marker_topic must differ from the output topic {topic!r}"
@@ -189,23 +196,29 @@ class KafkaSink:
         ck = _import_kafka()
         conf: dict[str, Any] = {"acks": "all", "linger.ms": 5}
         conf.update(self._producer_config)
-        conf.update({"bootstrap.servers": self.bootstrap_servers,
-                     "transactional.id": self.transactional_id,
-                     "enable.idempotence": True})
+        conf.update({"bootstrap.servers": self.bootstrap_servers, "transactional.id": self.transactional_id, "enable.idempotence": True})
         try:
-            producer = ck.Producer(conf)
+            producer: Producer = ck.Producer(conf)
         except ck.KafkaException as exc:
             msg = f"KafkaSink {self.name!r}: cannot create the producer: {exc}"
             raise ConfigError(msg) from exc
         try:
             producer.init_transactions(self.timeout_s)
         except ck.KafkaException as exc:
-            msg = (f"KafkaSink {self.name!r}: cannot start transactions (transactional.id "
-                   f"{self.transactional_id!r}) on {self.bootstrap_servers} within "
-                   f"{self.timeout_s:g} s: {exc}. Check that the brokers are reachable and "
-                   "support transactions; the batch is not committed.")
+            # Drop the handle now: the traceback would keep it (and its retries) alive.
+            del producer
+            msg = (
+                f"KafkaSink {self.name!r}: cannot start transactions (transactional.id "
+                f"{self.transactional_id!r}) on {self.bootstrap_servers} within "
+                f"{self.timeout_s:g} s: {exc}. Check that the brokers are reachable and "
+                "support transactions; the batch is not committed."
+            )
             raise SinkError(msg) from exc
-        self._last = self._read_marker()
+        try:
+            self._last = self._read_marker()
+        except SinkError:
+            del producer
+            raise
         self._producer = producer
         return producer
 
@@ -213,17 +226,18 @@ class KafkaSink:
     def _read_marker(self) -> BatchTime | None:
         """Scan the marker partition's tail (growing the window) for this sink's newest marker."""
         ck = _import_kafka()
-        consumer: Consumer = ck.Consumer({
-            "bootstrap.servers": self.bootstrap_servers,
-            "group.id": f"{self.transactional_id}-markers",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 10,
-            **{k: v for k, v in self._producer_config.items()
-               if k.startswith(("security.", "sasl.", "ssl."))},
-        })
+        consumer: Consumer = ck.Consumer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "group.id": f"{self.transactional_id}-markers",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,
+                **{k: v for k, v in self._producer_config.items() if k.startswith(("security.", "sasl.", "ssl."))},
+            }
+        )
         where = f"KafkaSink {self.name!r}: reading marker topic {self.marker_topic!r}"
         try:
             md = consumer.list_topics(self.marker_topic, timeout=self.timeout_s)
@@ -242,8 +256,10 @@ class KafkaSink:
                     return found
                 window *= 8
         except ck.KafkaException as exc:
-            msg = (f"{where} failed: {exc}. Without the marker a replay could write a batch "
-                   "twice, so the sink does not write; check the brokers and restart.")
+            msg = (
+                f"{where} failed: {exc}. Without the marker a replay could write a batch "
+                "twice, so the sink does not write; check the brokers and restart."
+            )
             raise SinkError(msg) from exc
         finally:
             consumer.close()
@@ -267,20 +283,21 @@ class KafkaSink:
                 if err is not None:
                     if err.code() == ck.KafkaError._PARTITION_EOF:
                         return best
-                    if err.fatal() or err.code() in (ck.KafkaError._AUTO_OFFSET_RESET,
-                                                     ck.KafkaError.OFFSET_OUT_OF_RANGE):
+                    if err.fatal() or err.code() in (ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE):
                         raise ck.KafkaException(err)
                     continue
                 if m.key() == own:
                     try:
-                        bt = int(json.loads(m.value())["batch_time"])
+                        bt = int(json.loads(m.value() or b"")["batch_time"])
                     except (TypeError, ValueError, KeyError) as exc:
-                        msg = (f"{where}: record at offset {m.offset()} has key {self.name!r} "
-                               f"but is not a streamkeep marker ({exc!r}); is the topic "
-                               "used by something else? Pass another marker_topic=.")
+                        msg = (
+                            f"{where}: record at offset {m.offset()} has key {self.name!r} "
+                            f"but is not a streamkeep marker ({exc!r}); is the topic "
+                            "used by something else? Pass another marker_topic=."
+                        )
                         raise SinkError(msg) from exc
                     best = bt if best is None else max(best, bt)
-                if m.offset() >= end - 1:
+                if (m.offset() or 0) >= end - 1:
                     return best
             msg = f"{where}: offsets [{start}, {end}) not read within {self.timeout_s:g} s"
             raise SinkError(msg)
@@ -288,8 +305,11 @@ class KafkaSink:
             consumer.unassign()
 
     # ------------------------------------------------------------------ write
-    def _encode(self, batch_time: BatchTime, records: list[Any],
-                ) -> list[tuple[bytes | None, bytes]]:
+    def _encode(
+        self,
+        batch_time: BatchTime,
+        records: list[Any],
+    ) -> list[tuple[bytes | None, bytes]]:
         out: list[tuple[bytes | None, bytes]] = []
         for i, rec in enumerate(records):
             try:
@@ -297,14 +317,17 @@ class KafkaSink:
                 v = _to_bytes(rec) if self._value is None else self._value(rec)
             except Exception as exc:
                 if self._key is None and self._value is None:
-                    msg = (f"KafkaSink {self.name!r}, batch {batch_time}: record #{i} "
-                           f"({type(rec).__name__}) cannot be encoded as JSON: {exc}; pass "
-                           "value= to serialise it")
+                    msg = (
+                        f"KafkaSink {self.name!r}, batch {batch_time}: record #{i} "
+                        f"({type(rec).__name__}) cannot be encoded as JSON: {exc}; pass "
+                        "value= to serialise it"
+                    )
                     raise SinkError(msg) from exc
-                msg = (f"KafkaSink {self.name!r}, batch {batch_time}: the key/value "
-                       f"serialiser raised for record #{i}: {exc!r}; nothing was written")
-                raise UserFunctionError(msg, operator=f"KafkaSink {self.name}",
-                                        batch_time_ms=batch_time) from exc
+                msg = (
+                    f"KafkaSink {self.name!r}, batch {batch_time}: the key/value "
+                    f"serialiser raised for record #{i}: {exc!r}; nothing was written"
+                )
+                raise UserFunctionError(msg, operator=f"KafkaSink {self.name}", batch_time_ms=batch_time) from exc
             out.append((None if k is None else _to_bytes(k), _to_bytes(v)))
         return out
 
@@ -322,37 +345,38 @@ class KafkaSink:
         with self._lock:
             attempt = 0
             while True:
-                producer = self._ensure_producer()
+                self._ensure_producer()
                 if self._last is not None and batch_time <= self._last:
-                    log.info("KafkaSink %r: batch %d already applied (marker %d); skipped",
-                             self.name, batch_time, self._last)
+                    log.info("KafkaSink %r: batch %d already applied (marker %d); skipped", self.name, batch_time, self._last)
                     return
                 try:
-                    self._transaction(producer, batch_time, encoded)
+                    self._transaction(batch_time, encoded)
                 except ck.KafkaException as exc:
                     err = exc.args[0] if exc.args else None
                     attempt += 1
-                    self._reset_after_failure(producer, err)
-                    retriable = err is not None and not err.fatal() and (
-                        err.retriable() or err.txn_requires_abort())
+                    self._discard_producer(err)
+                    traceback.clear_frames(exc.__traceback__)
+                    retriable = err is not None and not err.fatal() and (err.retriable() or err.txn_requires_abort())
                     if not retriable or attempt > self.max_retries:
                         fenced = err is not None and err.fatal()
-                        hint = (" Another producer took over the transactional id: is a "
-                                "second job running with this sink name?" if fenced else
-                                " Check the brokers; the batch is not committed and is "
-                                "written again after a restart.")
-                        msg = (f"KafkaSink {self.name!r}, batch {batch_time}: transaction "
-                               f"failed after {attempt} attempt(s): {exc}.{hint}")
+                        hint = (
+                            " Another producer took over the transactional id: is a second job running with this sink name?"
+                            if fenced
+                            else " Check the brokers; the batch is not committed and is written again after a restart."
+                        )
+                        msg = f"KafkaSink {self.name!r}, batch {batch_time}: transaction failed after {attempt} attempt(s): {exc}.{hint}"
                         raise SinkError(msg) from exc
-                    log.warning("KafkaSink %r, batch %d: transaction failed (attempt %d), "
-                                "retrying: %s", self.name, batch_time, attempt, exc)
+                    log.warning(
+                        "KafkaSink %r, batch %d: transaction failed (attempt %d), retrying: %s", self.name, batch_time, attempt, exc
+                    )
                     continue
                 self._last = batch_time
                 return
 
-    def _transaction(self, producer: Producer, batch_time: BatchTime,
-                     encoded: list[tuple[bytes | None, bytes]]) -> None:
+    def _transaction(self, batch_time: BatchTime, encoded: list[tuple[bytes | None, bytes]]) -> None:
         ck = _import_kafka()
+        producer = self._producer
+        assert producer is not None
         deadline = time.monotonic() + self.timeout_s
         producer.begin_transaction()
         for k, v in encoded:
@@ -362,16 +386,15 @@ class KafkaSink:
                     break
                 except BufferError:
                     if time.monotonic() >= deadline:
-                        raise ck.KafkaException(ck.KafkaError(
-                            ck.KafkaError._TIMED_OUT, "local producer queue stayed full",
-                            txn_requires_abort=True)) from None
+                        raise ck.KafkaException(
+                            ck.KafkaError(ck.KafkaError._TIMED_OUT, "local producer queue stayed full", txn_requires_abort=True)
+                        ) from None
                     producer.poll(0.05)
             producer.poll(0)
-        marker = json.dumps({"sink": self.name, "batch_time": batch_time,
-                             "records": len(encoded), "topic": self.topic},
-                            separators=(",", ":")).encode("utf-8")
-        producer.produce(self.marker_topic, value=marker, key=self.name.encode("utf-8"),
-                         partition=0)
+        marker = json.dumps(
+            {"sink": self.name, "batch_time": batch_time, "records": len(encoded), "topic": self.topic}, separators=(",", ":")
+        ).encode("utf-8")
+        producer.produce(self.marker_topic, value=marker, key=self.name.encode("utf-8"), partition=0)
         while True:
             try:
                 producer.commit_transaction(max(0.1, deadline - time.monotonic()))
@@ -379,18 +402,20 @@ class KafkaSink:
             except ck.KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 # A retriable commit error (e.g. timeout) may be retried with the same call.
-                if (err is None or not err.retriable() or err.txn_requires_abort()
-                        or time.monotonic() >= deadline):
+                if err is None or not err.retriable() or err.txn_requires_abort() or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
 
-    def _reset_after_failure(self, producer: Producer, err: Any) -> None:
-        """Abort what can be aborted; drop the producer so the marker is read again."""
+    def _discard_producer(self, err: Any) -> None:
+        """Abort what can be aborted and drop the producer, so the marker is read again."""
         ck = _import_kafka()
+        producer, self._producer = self._producer, None
+        self._last = None
+        if producer is None:
+            return
         if err is not None and not err.fatal():
             try:
                 producer.abort_transaction(self.timeout_s)
             except ck.KafkaException as exc:
                 log.warning("KafkaSink %r: abort_transaction failed: %s", self.name, exc)
-        self._producer = None
-        self._last = None
+        producer.purge()

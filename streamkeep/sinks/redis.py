@@ -25,7 +25,7 @@ __all__ = ["RedisSink"]
 
 log = logging.getLogger(__name__)
 
-WriteFunction = Callable[["Pipeline[Any]", list[Any]], None]
+WriteFunction = Callable[["Pipeline", list[Any]], None]
 
 
 def _import_redis() -> Any:
@@ -102,9 +102,17 @@ class RedisSink:
         'streamkeep:sink:clicks:last_batch'
     """
 
-    def __init__(self, url: str, write: WriteFunction, *, name: str,
-                 marker_key: str | None = None, max_retries: int = 5,
-                 retry_backoff_s: float = 0.1, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        write: WriteFunction,
+        *,
+        name: str,
+        marker_key: str | None = None,
+        max_retries: int = 5,
+        retry_backoff_s: float = 0.1,
+        timeout_s: float = 5.0,
+    ) -> None:
         if not isinstance(name, str) or not name:
             msg = "RedisSink needs a non-empty name= (it keys the sink's batch marker)"
             raise ConfigError(msg)
@@ -115,8 +123,7 @@ class RedisSink:
             msg = f"RedisSink {name!r}: write must be a callable(pipeline, records)"
             raise ConfigError(msg)
         if max_retries < 0 or not retry_backoff_s > 0 or not timeout_s > 0:
-            msg = (f"RedisSink {name!r}: need max_retries >= 0, retry_backoff_s > 0 and "
-                   "timeout_s > 0")
+            msg = f"RedisSink {name!r}: need max_retries >= 0, retry_backoff_s > 0 and timeout_s > 0"
             raise ConfigError(msg)
         self.name = name
         self.url = url
@@ -158,8 +165,8 @@ class RedisSink:
 
             try:  # the sink owns retries (and re-checks the marker on each)
                 self._client = redis.Redis.from_url(
-                    self.url, socket_timeout=self.timeout_s,
-                    socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0))
+                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0)
+                )
             except ValueError as exc:
                 msg = f"RedisSink {self.name!r}: bad url {_redact(self.url)!r}: {exc}"
                 raise ConfigError(msg) from exc
@@ -169,17 +176,18 @@ class RedisSink:
     def last_batch(self) -> BatchTime | None:
         """The last batch time applied by this sink (the marker), or None."""
         with self._lock:
-            raw = self._retrying("reading the marker", None,
-                                 lambda: self._ensure_client().get(self.marker_key))
+            raw = self._retrying("reading the marker", None, lambda: self._ensure_client().get(self.marker_key))
         return None if raw is None else self._parse_marker(raw)
 
     def _parse_marker(self, raw: Any) -> BatchTime:
         try:
             return int(raw)
         except (TypeError, ValueError) as exc:
-            msg = (f"RedisSink {self.name!r}: marker key {self.marker_key!r} holds {raw!r}, "
-                   "not a batch time; another program uses this key? Pick another "
-                   "marker_key= or delete the key if it is stray.")
+            msg = (
+                f"RedisSink {self.name!r}: marker key {self.marker_key!r} holds {raw!r}, "
+                "not a batch time; another program uses this key? Pick another "
+                "marker_key= or delete the key if it is stray."
+            )
             raise SinkError(msg) from exc
 
     def write(self, batch_time: BatchTime, records: list[Any]) -> None:
@@ -190,11 +198,9 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
-            self._retrying(f"writing batch {batch_time}", batch_time,
-                           lambda: self._apply(batch_time, records))
+            self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
 
-    def _retrying(self, what: str, batch_time: BatchTime | None,
-                  fn: Callable[[], Any]) -> Any:
+    def _retrying(self, what: str, batch_time: BatchTime | None, fn: Callable[[], Any]) -> Any:
         redis = _import_redis()
         transient = (redis.ConnectionError, redis.TimeoutError)
         backoff = self.retry_backoff_s
@@ -206,23 +212,32 @@ class RedisSink:
             except redis.WatchError as exc:
                 conflicts += 1
                 if conflicts > 100:
-                    msg = (f"RedisSink {self.name!r}: marker {self.marker_key!r} changed "
-                           f"under {what} {conflicts} times in a row; is a second job "
-                           "writing with the same sink name?")
+                    msg = (
+                        f"RedisSink {self.name!r}: marker {self.marker_key!r} changed "
+                        f"under {what} {conflicts} times in a row; is a second job "
+                        "writing with the same sink name?"
+                    )
                     raise SinkError(msg) from exc
-                log.info("RedisSink %r: marker changed during %s; checking again",
-                         self.name, what)
+                log.info("RedisSink %r: marker changed during %s; checking again", self.name, what)
             except transient as exc:
                 attempt += 1
                 if attempt > self.max_retries:
-                    tail = ("; the batch is not committed and runs again after a restart"
-                            if batch_time is not None else "")
-                    msg = (f"RedisSink {self.name!r}: {what} failed: cannot reach Redis at "
-                           f"{_redact(self.url)} after {attempt} attempt(s): {exc}. Check "
-                           f"that the server is up and reachable{tail}.")
+                    tail = "; the batch is not committed and runs again after a restart" if batch_time is not None else ""
+                    msg = (
+                        f"RedisSink {self.name!r}: {what} failed: cannot reach Redis at "
+                        f"{_redact(self.url)} after {attempt} attempt(s): {exc}. Check "
+                        f"that the server is up and reachable{tail}."
+                    )
                     raise SinkError(msg) from exc
-                log.warning("RedisSink %r: %s failed (attempt %d/%d), retrying in %.2f s: %s",
-                            self.name, what, attempt, self.max_retries + 1, backoff, exc)
+                log.warning(
+                    "RedisSink %r: %s failed (attempt %d/%d), retrying in %.2f s: %s",
+                    self.name,
+                    what,
+                    attempt,
+                    self.max_retries + 1,
+                    backoff,
+                    exc,
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -230,41 +245,44 @@ class RedisSink:
         redis = _import_redis()
         client = self._ensure_client()
         with client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.marker_key)
+            pipe.watch(self.marker_key)  # type: ignore[no-untyped-call]
             raw = pipe.get(self.marker_key)
             if raw is not None and self._parse_marker(raw) >= batch_time:
-                log.info("RedisSink %r: batch %d already applied (marker %s); skipped",
-                         self.name, batch_time, raw)
+                log.info("RedisSink %r: batch %d already applied (marker %s); skipped", self.name, batch_time, raw)
                 return
             pipe.multi()
             try:
                 self._write(pipe, records)
             except Exception as exc:
-                msg = (f"RedisSink {self.name!r}: the write function raised for batch "
-                       f"{batch_time}: {exc!r}; nothing was applied")
-                raise UserFunctionError(msg, operator=f"RedisSink {self.name}",
-                                        batch_time_ms=batch_time) from exc
+                msg = f"RedisSink {self.name!r}: the write function raised for batch {batch_time}: {exc!r}; nothing was applied"
+                raise UserFunctionError(msg, operator=f"RedisSink {self.name}", batch_time_ms=batch_time) from exc
             if not pipe.explicit_transaction:
-                msg = (f"RedisSink {self.name!r}, batch {batch_time}: the write function "
-                       "called execute()/reset() on the pipeline; it must only queue "
-                       "commands (its commands may have been applied without the marker)")
+                msg = (
+                    f"RedisSink {self.name!r}, batch {batch_time}: the write function "
+                    "called execute()/reset() on the pipeline; it must only queue "
+                    "commands (its commands may have been applied without the marker)"
+                )
                 raise SinkError(msg)
             queued = len(pipe.command_stack)
             pipe.set(self.marker_key, batch_time)
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.ResponseError as exc:  # queue-time error -> EXECABORT
-                msg = (f"RedisSink {self.name!r}, batch {batch_time}: Redis refused the "
-                       f"transaction ({exc}); nothing was applied. A command queued by the "
-                       "write function is malformed (wrong arguments or unknown command).")
+                msg = (
+                    f"RedisSink {self.name!r}, batch {batch_time}: Redis refused the "
+                    f"transaction ({exc}); nothing was applied. A command queued by the "
+                    "write function is malformed (wrong arguments or unknown command)."
+                )
                 raise SinkError(msg) from exc
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
         if failed:
             shown = "; ".join(f"command #{i + 1}: {r}" for i, r in failed[:5])
             marker_ok = failed[-1][0] != queued
-            msg = (f"RedisSink {self.name!r}, batch {batch_time}: {len(failed)} of "
-                   f"{len(results)} commands failed inside MULTI/EXEC ({shown}). Redis does "
-                   "not roll back: the other commands were applied"
-                   + (" and the batch is marked applied (a replay skips it)" if marker_ok
-                      else "") + ". Fix the write function.")
+            msg = (
+                f"RedisSink {self.name!r}, batch {batch_time}: {len(failed)} of "
+                f"{len(results)} commands failed inside MULTI/EXEC ({shown}). Redis does "
+                "not roll back: the other commands were applied"
+                + (" and the batch is marked applied (a replay skips it)" if marker_ok else "")
+                + ". Fix the write function."
+            )
             raise SinkError(msg)

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _STARTING_MODES = ("earliest", "latest", "committed")
 # Keys the source sets itself; a consumer_config may not override them.
-_OWNED_KEYS = frozenset({"bootstrap.servers", "group.id", "enable.auto.commit",
-                         "enable.auto.offset.store", "auto.offset.reset",
-                         "enable.partition.eof"})
+_OWNED_KEYS = frozenset(
+    {"bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof"}
+)
 _OFFSET_INVALID = -1001
 _T = TypeVar("_T")
 
@@ -90,14 +90,15 @@ class PidRateEstimator:
         min_rate: lower bound for the estimate, records/s over the whole source.
     """
 
-    def __init__(self, batch_interval_ms: int, *, proportional: float = 1.0,
-                 integral: float = 0.2, derivative: float = 0.0,
-                 min_rate: float = 100.0) -> None:
-        if batch_interval_ms <= 0 or min_rate <= 0 or proportional < 0 or integral < 0 \
-                or derivative < 0:
-            msg = ("PidRateEstimator needs batch_interval_ms > 0, min_rate > 0 and "
-                   f"non-negative gains; got {batch_interval_ms=}, {min_rate=}, "
-                   f"{proportional=}, {integral=}, {derivative=}")
+    def __init__(
+        self, batch_interval_ms: int, *, proportional: float = 1.0, integral: float = 0.2, derivative: float = 0.0, min_rate: float = 100.0
+    ) -> None:
+        if batch_interval_ms <= 0 or min_rate <= 0 or proportional < 0 or integral < 0 or derivative < 0:
+            msg = (
+                "PidRateEstimator needs batch_interval_ms > 0, min_rate > 0 and "
+                f"non-negative gains; got {batch_interval_ms=}, {min_rate=}, "
+                f"{proportional=}, {integral=}, {derivative=}"
+            )
             raise ConfigError(msg)
         self.batch_interval_ms = batch_interval_ms
         self.proportional = proportional
@@ -114,8 +115,7 @@ class PidRateEstimator:
         """The current estimate in records/s, or None before the second observation."""
         return None if self._first or self._latest_rate < 0 else self._latest_rate
 
-    def compute(self, time_ms: int, records: int, processing_ms: float,
-                scheduling_delay_ms: float = 0.0) -> float | None:
+    def compute(self, time_ms: int, records: int, processing_ms: float, scheduling_delay_ms: float = 0.0) -> float | None:
         """Feed one finished batch; return the new rate (records/s) or None."""
         if time_ms <= self._latest_time or records <= 0 or processing_ms <= 0:
             return None
@@ -130,9 +130,9 @@ class PidRateEstimator:
         error = self._latest_rate - processing_rate
         historical_error = scheduling_delay_ms * processing_rate / self.batch_interval_ms
         d_error = (error - self._latest_error) / since_update_s
-        new_rate = max(self._latest_rate - self.proportional * error
-                       - self.integral * historical_error - self.derivative * d_error,
-                       self.min_rate)
+        new_rate = max(
+            self._latest_rate - self.proportional * error - self.integral * historical_error - self.derivative * d_error, self.min_rate
+        )
         self._latest_time = time_ms
         self._latest_rate = new_rate
         self._latest_error = error
@@ -143,8 +143,7 @@ def _import_kafka() -> Any:
     try:
         import confluent_kafka
     except ImportError as exc:
-        msg = ("the Kafka source needs confluent-kafka, which is not installed: "
-               "pip install 'streamkeep[kafka]'")
+        msg = "the Kafka source needs confluent-kafka, which is not installed: pip install 'streamkeep[kafka]'"
         raise ConfigError(msg) from exc
     return confluent_kafka
 
@@ -272,16 +271,17 @@ class KafkaSource:
             raise ConfigError(msg)
         for t in topic_list:
             if not isinstance(t, str) or not _TOPIC_RE.match(t):
-                msg = (f"{where}: {t!r} is not a valid Kafka topic name "
-                       "(1-249 characters of A-Z a-z 0-9 . _ -)")
+                msg = f"{where}: {t!r} is not a valid Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
                 raise ConfigError(msg)
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             msg = f"{where}: bootstrap_servers must be a 'host:port[,host:port]' string"
             raise ConfigError(msg)
         if isinstance(starting_offsets, str):
             if starting_offsets not in _STARTING_MODES:
-                msg = (f"{where}: starting_offsets={starting_offsets!r} is not one of "
-                       f"{_STARTING_MODES} or a {{(topic, partition): offset}} mapping")
+                msg = (
+                    f"{where}: starting_offsets={starting_offsets!r} is not one of "
+                    f"{_STARTING_MODES} or a {{(topic, partition): offset}} mapping"
+                )
                 raise ConfigError(msg)
             if starting_offsets == "committed" and not group_id:
                 msg = f"{where}: starting_offsets='committed' needs group_id"
@@ -290,15 +290,19 @@ class KafkaSource:
         else:
             explicit = {}
             for tp, off in dict(starting_offsets).items():
-                ok = (isinstance(tp, tuple) and len(tp) == 2 and isinstance(tp[0], str)
-                      and isinstance(tp[1], int) and isinstance(off, int) and off >= 0)
+                ok = (
+                    isinstance(tp, tuple)
+                    and len(tp) == 2
+                    and isinstance(tp[0], str)
+                    and isinstance(tp[1], int)
+                    and isinstance(off, int)
+                    and off >= 0
+                )
                 if not ok:
-                    msg = (f"{where}: starting_offsets entry {tp!r}: {off!r} must be "
-                           "(topic: str, partition: int) -> offset: int >= 0")
+                    msg = f"{where}: starting_offsets entry {tp!r}: {off!r} must be (topic: str, partition: int) -> offset: int >= 0"
                     raise ConfigError(msg)
                 explicit[(tp[0], tp[1])] = off
-        for label, val in (("max_records_per_partition", max_records_per_partition),
-                           ("max_rate_per_partition", max_rate_per_partition)):
+        for label, val in (("max_records_per_partition", max_records_per_partition), ("max_rate_per_partition", max_rate_per_partition)):
             if val is not None and not val > 0:
                 msg = f"{where}: {label} must be > 0 (got {val!r}); use None for no limit"
                 raise ConfigError(msg)
@@ -308,8 +312,7 @@ class KafkaSource:
         cfg = dict(consumer_config or {})
         owned = sorted(_OWNED_KEYS & cfg.keys())
         if owned:
-            msg = (f"{where}: consumer_config may not set {owned}; the source sets them "
-                   "(use bootstrap_servers= and group_id= instead)")
+            msg = f"{where}: consumer_config may not set {owned}; the source sets them (use bootstrap_servers= and group_id= instead)"
             raise ConfigError(msg)
         if on_error is not None and not callable(on_error) and not hasattr(on_error, "write"):
             msg = f"{where}: on_error must be a callable(record, exc) or a sink with write()"
@@ -318,8 +321,7 @@ class KafkaSource:
         self.topics: list[str] = sorted(set(topic_list))
         self.name: str = name or "kafka-" + "+".join(self.topics)
         self.bootstrap_servers = bootstrap_servers
-        self.starting_offsets: str | dict[tuple[str, int], int] = (
-            explicit if explicit is not None else str(starting_offsets))
+        self.starting_offsets: str | dict[tuple[str, int], int] = explicit if explicit is not None else str(starting_offsets)
         self.max_records_per_partition = max_records_per_partition
         self.group_id = group_id
         self.key_deserializer = key_deserializer
@@ -373,17 +375,18 @@ class KafkaSource:
             ck = _import_kafka()
             # Fetches run only while reading a planned range; a short broker wait keeps
             # a watermark query from queueing behind an idle fetch (500 ms default).
-            conf: dict[str, Any] = {"isolation.level": "read_committed",
-                                    "fetch.wait.max.ms": 10}
+            conf: dict[str, Any] = {"isolation.level": "read_committed", "fetch.wait.max.ms": 10}
             conf.update(self._consumer_config)
-            conf.update({
-                "bootstrap.servers": self.bootstrap_servers,
-                "group.id": self.group_id or f"streamkeep-{self.name}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "error",
-                "enable.partition.eof": True,
-            })
+            conf.update(
+                {
+                    "bootstrap.servers": self.bootstrap_servers,
+                    "group.id": self.group_id or f"streamkeep-{self.name}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "error",
+                    "enable.partition.eof": True,
+                }
+            )
             try:
                 self._consumer = ck.Consumer(conf)
             except ck.KafkaException as exc:
@@ -417,12 +420,10 @@ class KafkaSource:
             msg = f"kafka source {self.name!r}: batch interval must be > 0 ms"
             raise ConfigError(msg)
         self._batch_interval_ms = interval_ms
-        if self.backpressure and (self._estimator is None
-                                  or self._estimator.batch_interval_ms != interval_ms):
+        if self.backpressure and (self._estimator is None or self._estimator.batch_interval_ms != interval_ms):
             self._estimator = PidRateEstimator(interval_ms)
 
-    def observe(self, batch_time: BatchTime, processing_ms: float, records: int, *,
-                scheduling_delay_ms: float = 0.0) -> None:
+    def observe(self, batch_time: BatchTime, processing_ms: float, records: int, *, scheduling_delay_ms: float = 0.0) -> None:
         """Report a finished batch to the backpressure estimator (no-op without it).
 
         Args:
@@ -432,11 +433,9 @@ class KafkaSource:
             scheduling_delay_ms: how long the batch waited before it started.
         """
         if self._estimator is not None:
-            rate = self._estimator.compute(batch_time, records, processing_ms,
-                                           scheduling_delay_ms)
+            rate = self._estimator.compute(batch_time, records, processing_ms, scheduling_delay_ms)
             if rate is not None:
-                log.debug("kafka source %r: backpressure rate now %.1f records/s",
-                          self.name, rate)
+                log.debug("kafka source %r: backpressure rate now %.1f records/s", self.name, rate)
 
     @property
     def rate_limit(self) -> float | None:
@@ -449,8 +448,11 @@ class KafkaSource:
 
     def describe(self) -> dict[str, Data]:
         """Plain data describing the source (stored in the checkpoint)."""
-        so: Data = (self.starting_offsets if isinstance(self.starting_offsets, str)
-                    else [[t, p, o] for (t, p), o in sorted(self.starting_offsets.items())])
+        so: Data = (
+            self.starting_offsets
+            if isinstance(self.starting_offsets, str)
+            else [[t, p, o] for (t, p), o in sorted(self.starting_offsets.items())]
+        )
         return {
             "kind": "kafka",
             "name": self.name,
@@ -477,13 +479,14 @@ class KafkaSource:
                 err = exc.args[0] if exc.args else None
                 fatal = bool(err is not None and hasattr(err, "fatal") and err.fatal())
                 if fatal or time.monotonic() + backoff > deadline:
-                    msg = (f"kafka source {self.name!r}: {what} failed after {attempt} "
-                           f"attempt(s) over {self.timeout_s:g} s (bootstrap "
-                           f"{self.bootstrap_servers}): {exc}. Check that the brokers are "
-                           "reachable; the batch is not committed and is retried on restart.")
+                    msg = (
+                        f"kafka source {self.name!r}: {what} failed after {attempt} "
+                        f"attempt(s) over {self.timeout_s:g} s (bootstrap "
+                        f"{self.bootstrap_servers}): {exc}. Check that the brokers are "
+                        "reachable; the batch is not committed and is retried on restart."
+                    )
                     raise SourceError(msg) from exc
-                log.warning("kafka source %r: %s failed (attempt %d), retrying in %.2f s: %s",
-                            self.name, what, attempt, backoff, exc)
+                log.warning("kafka source %r: %s failed (attempt %d), retrying in %.2f s: %s", self.name, what, attempt, backoff, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 if self._consumer is not None:  # refresh metadata before the next try
@@ -502,8 +505,10 @@ class KafkaSource:
             if tmd is None or tmd.error is not None:
                 err = None if tmd is None else tmd.error
                 if err is not None and err.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    msg = (f"kafka source {self.name!r}: topic {topic!r} does not exist on "
-                           f"{self.bootstrap_servers}; create it or fix the topic name")
+                    msg = (
+                        f"kafka source {self.name!r}: topic {topic!r} does not exist on "
+                        f"{self.bootstrap_servers}; create it or fix the topic name"
+                    )
                     raise SourceError(msg)
                 raise ck.KafkaException(err or ck.KafkaError(ck.KafkaError._UNKNOWN_TOPIC))
             if not tmd.partitions:
@@ -518,8 +523,7 @@ class KafkaSource:
         tp = ck.TopicPartition(topic, partition)
 
         def fetch() -> tuple[int, int]:
-            lo, hi = consumer.get_watermark_offsets(tp, timeout=min(5.0, self.timeout_s),
-                                                    cached=False)
+            lo, hi = consumer.get_watermark_offsets(tp, timeout=min(5.0, self.timeout_s), cached=False)
             return int(lo), int(hi)
 
         return self._retry(f"reading offsets of {topic} partition {partition}", fetch)
@@ -545,8 +549,10 @@ class KafkaSource:
         if not rate_limited:
             return caps
         if self._batch_interval_ms is None:
-            msg = (f"kafka source {self.name!r}: max_rate_per_partition/backpressure need "
-                   "the batch interval; the scheduler must call set_batch_interval_ms()")
+            msg = (
+                f"kafka source {self.name!r}: max_rate_per_partition/backpressure need "
+                "the batch interval; the scheduler must call set_batch_interval_ms()"
+            )
             raise ConfigError(msg)
         secs = self._batch_interval_ms / 1000.0
         total_lag = sum(lags.values())
@@ -586,18 +592,22 @@ class KafkaSource:
                 if start is None:
                     start = self._initial_offset(t, p, lo, hi, t in known_topics, committed)
                 if start < lo:
-                    msg = (f"kafka source {self.name!r}: topic {t} partition {p} offset "
-                           f"{start} is no longer on the broker (earliest available offset "
-                           f"is {lo}; retention deleted {lo - start} records). The records "
-                           "cannot be read; restart from a fresh checkpoint with "
-                           "starting_offsets='earliest' or an explicit offset to accept "
-                           "the loss.")
+                    msg = (
+                        f"kafka source {self.name!r}: topic {t} partition {p} offset "
+                        f"{start} is no longer on the broker (earliest available offset "
+                        f"is {lo}; retention deleted {lo - start} records). The records "
+                        "cannot be read; restart from a fresh checkpoint with "
+                        "starting_offsets='earliest' or an explicit offset to accept "
+                        "the loss."
+                    )
                     raise SourceError(msg)
                 if start > hi:
-                    msg = (f"kafka source {self.name!r}: topic {t} partition {p} position "
-                           f"{start} is past the partition's end offset {hi} (was the topic "
-                           "deleted and recreated, or a starting offset set too high?). "
-                           "Start from a fresh checkpoint or fix starting_offsets.")
+                    msg = (
+                        f"kafka source {self.name!r}: topic {t} partition {p} position "
+                        f"{start} is past the partition's end offset {hi} (was the topic "
+                        "deleted and recreated, or a starting offset set too high?). "
+                        "Start from a fresh checkpoint or fix starting_offsets."
+                    )
                     raise SourceError(msg)
                 ranges[key] = (start, hi)
             caps = self._caps({k: hi - lo for k, (lo, hi) in ranges.items()})
@@ -605,14 +615,14 @@ class KafkaSource:
             for key, (start, hi) in ranges.items():
                 cap = caps[key]
                 plan[key] = [start, hi if cap is None else min(hi, start + cap)]
-            kept = {k: v for k, v in self._position.items()
-                    if _split_pkey(k, "position")[0] not in self.topics}
+            kept = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] not in self.topics}
             kept.update({k: until for k, (_, until) in plan.items()})
             self._position = kept
             return plan
 
-    def _initial_offset(self, topic: str, partition: int, lo: int, hi: int,
-                        topic_known: bool, committed: dict[tuple[str, int], int]) -> int:
+    def _initial_offset(
+        self, topic: str, partition: int, lo: int, hi: int, topic_known: bool, committed: dict[tuple[str, int], int]
+    ) -> int:
         mode = self.starting_offsets
         if isinstance(mode, dict):
             return mode.get((topic, partition), lo)
@@ -639,8 +649,7 @@ class KafkaSource:
         ranges: list[tuple[str, int, int, int]] = []
         for key, rng in plan.items():
             t, p = _split_pkey(key, where)
-            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
-                    or not all(isinstance(x, int) for x in rng) or rng[0] > rng[1]):
+            if not isinstance(rng, (list, tuple)) or len(rng) != 2 or not all(isinstance(x, int) for x in rng) or rng[0] > rng[1]:
                 msg = f"{where} has range {rng!r} for {key}, not [from, until]"
                 raise SourceError(msg)
             ranges.append((t, p, rng[0], rng[1]))
@@ -659,12 +668,12 @@ class KafkaSource:
             sink.write(batch_time, bad)
         return out
 
-    def _fetch(self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]],
-               bad: list[dict[str, Any]], batch_time: BatchTime) -> None:
+    def _fetch(
+        self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
+    ) -> None:
         ck = _import_kafka()
         consumer = self._ensure_consumer()
-        todo: dict[tuple[str, int], tuple[int, int, int]] = {
-            (t, p): (i, f, u) for i, (t, p, f, u) in enumerate(ranges) if u > f}
+        todo: dict[tuple[str, int], tuple[int, int, int]] = {(t, p): (i, f, u) for i, (t, p, f, u) in enumerate(ranges) if u > f}
         consumer.assign([ck.TopicPartition(t, p, todo[(t, p)][1]) for t, p in todo])
         eof = ck.KafkaError._PARTITION_EOF
         lost = {ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE}
@@ -688,19 +697,20 @@ class KafkaSource:
                 progressed = False
                 for m in msgs:
                     err = m.error()
-                    key = (m.topic(), m.partition())
+                    m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
+                    key = (m_topic or "", -1 if m_part is None else m_part)
+                    off = -1 if m_off is None else m_off
                     if err is not None:
                         code = err.code()
                         if code == eof:
                             entry = todo.get(key)
-                            if entry is not None and m.offset() >= entry[2]:
+                            if entry is not None and off >= entry[2]:
                                 finish(key)
                                 progressed = True
                         elif code in lost and key in todo:
                             self._raise_lost(key, todo[key], batch_time, err)
                         elif err.fatal():
-                            msg = (f"kafka source {self.name!r}, batch {batch_time}: fatal "
-                                   f"consumer error: {err}")
+                            msg = f"kafka source {self.name!r}, batch {batch_time}: fatal consumer error: {err}"
                             raise SourceError(msg)
                         else:
                             last_error = err
@@ -709,7 +719,6 @@ class KafkaSource:
                     if entry is None:
                         continue
                     idx, start, until = entry
-                    off = m.offset()
                     if off >= until:
                         finish(key)
                         continue
@@ -722,47 +731,54 @@ class KafkaSource:
                         finish(key)
                 if todo:  # transaction markers at a range's end advance only the position
                     for tp in consumer.position([ck.TopicPartition(*k) for k in todo]):
-                        entry = todo.get((tp.topic, tp.partition))
+                        pos_key = (str(tp.topic), int(tp.partition))
+                        entry = todo.get(pos_key)
                         if entry is not None and tp.offset >= entry[2]:
-                            finish((tp.topic, tp.partition))
+                            finish(pos_key)
                             progressed = True
                 now = time.monotonic()
                 if progressed:
                     deadline = now + self.timeout_s
                 elif now > deadline:
-                    stuck = ", ".join(f"{t} partition {p} [{f}, {u})"
-                                      for (t, p), (_, f, u) in sorted(todo.items()))
-                    msg = (f"kafka source {self.name!r}, batch {batch_time}: no progress "
-                           f"reading {stuck} for {self.timeout_s:g} s from "
-                           f"{self.bootstrap_servers} (last error: {last_error}). Check that "
-                           "the brokers are reachable; the batch is not committed and is "
-                           "retried on restart.")
+                    stuck = ", ".join(f"{t} partition {p} [{f}, {u})" for (t, p), (_, f, u) in sorted(todo.items()))
+                    msg = (
+                        f"kafka source {self.name!r}, batch {batch_time}: no progress "
+                        f"reading {stuck} for {self.timeout_s:g} s from "
+                        f"{self.bootstrap_servers} (last error: {last_error or 'none reported'}). "
+                        "Check that "
+                        "the brokers are reachable; the batch is not committed and is "
+                        "retried on restart."
+                    )
                     raise SourceError(msg)
         finally:
             if paused:  # the pause flag outlives the assignment in librdkafka
                 consumer.resume(paused)
             consumer.unassign()
 
-    def _raise_lost(self, key: tuple[str, int], entry: tuple[int, int, int],
-                    batch_time: BatchTime, err: object) -> None:
+    def _raise_lost(self, key: tuple[str, int], entry: tuple[int, int, int], batch_time: BatchTime, err: object) -> None:
         topic, partition = key
         _, start, until = entry
         try:
             lo: object = self._watermarks(topic, partition)[0]
         except SourceError:
             lo = "unknown"
-        msg = (f"kafka source {self.name!r}, batch {batch_time}: topic {topic} partition "
-               f"{partition} offsets [{start}, {until}) are no longer on the broker "
-               f"(earliest available offset: {lo}; {err}). Retention deleted records this "
-               "batch planned, so it cannot be replayed exactly; restart from a fresh "
-               "checkpoint with starting_offsets to accept the loss.")
+        msg = (
+            f"kafka source {self.name!r}, batch {batch_time}: topic {topic} partition "
+            f"{partition} offsets [{start}, {until}) are no longer on the broker "
+            f"(earliest available offset: {lo}; {err}). Retention deleted records this "
+            "batch planned, so it cannot be replayed exactly; restart from a fresh "
+            "checkpoint with starting_offsets to accept the loss."
+        )
         raise SourceError(msg)
 
-    def _decode(self, m: Any, batch_time: BatchTime, bad: list[dict[str, Any]],
-                ) -> KafkaRecord | None:
+    def _decode(
+        self,
+        m: Any,
+        batch_time: BatchTime,
+        bad: list[dict[str, Any]],
+    ) -> KafkaRecord | None:
         ts_type, ts = m.timestamp()
-        raw = KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                          ts if ts_type != 0 else None)
+        raw = KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts_type != 0 else None)
         kd, vd = self.key_deserializer, self.value_deserializer
         if kd is None and vd is None:
             return raw
@@ -772,10 +788,12 @@ class KafkaSource:
         except Exception as exc:
             handler = self.on_error
             if handler is None:
-                msg = (f"kafka source {self.name!r}, batch {batch_time}: cannot decode the "
-                       f"record at topic {raw.topic} partition {raw.partition} offset "
-                       f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
-                       "(a callable or a dead-letter sink) to route bad records.")
+                msg = (
+                    f"kafka source {self.name!r}, batch {batch_time}: cannot decode the "
+                    f"record at topic {raw.topic} partition {raw.partition} offset "
+                    f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
+                    "(a callable or a dead-letter sink) to route bad records."
+                )
                 raise SourceError(msg) from exc
             if callable(handler):
                 handler(raw, exc)
@@ -788,17 +806,18 @@ class KafkaSource:
         """Commit `position` (as from :meth:`position`) to ``group_id``; no-op without it.
 
         The scheduler calls this after a batch's checkpoint commit, with the
-        position planned for that batch. Bounded retries, then SourceError.
+        position planned for that batch (None: nothing to commit). Bounded
+        retries, then SourceError; the checkpoint stays the source of truth, so
+        the caller may log that error and continue.
         """
-        if not self.group_id:
+        if not self.group_id or position is None:
             return
         ck = _import_kafka()
         where = f"kafka source {self.name!r}: commit_offsets"
         if not isinstance(position, Mapping):
             msg = f"{where}: position is {type(position).__name__}, not a mapping"
             raise SourceError(msg)
-        tps = [ck.TopicPartition(*_split_pkey(k, where), int(off))
-               for k, off in sorted(position.items())]
+        tps = [ck.TopicPartition(*_split_pkey(k, where), int(off)) for k, off in sorted(position.items())]
         if not tps:
             return
         with self._lock:

@@ -59,7 +59,11 @@ def test_replayed_batch_is_not_written_twice(kafka_cluster, topic_factory):
     assert _values(bs, topic) == [b"a", b"b", b'{"c":3}', b"d"]
     markers = [json.loads(m.value()) for m in consume_all(bs, again.marker_topic)]
     assert [(m["sink"], m["batch_time"], m["records"]) for m in markers] == [
-        (name, 1000, 2), (name, 2000, 1), (name, 3000, 1), (name, 4000, 0)]
+        (name, 1000, 2),
+        (name, 2000, 1),
+        (name, 3000, 1),
+        (name, 4000, 0),
+    ]
 
 
 def test_replay_after_driver_sigkill_is_skipped(kafka_cluster, topic_factory):
@@ -161,7 +165,5 @@ def test_bad_configuration_is_refused_early():
     with pytest.raises(ConfigError, match="not a valid Kafka topic"):
         KafkaSink("bad topic", bootstrap_servers="x:1", name="a")
     with pytest.raises(ConfigError, match="may not set"):
-        KafkaSink("t", bootstrap_servers="x:1", name="a",
-                  producer_config={"transactional.id": "x"})
-    assert KafkaSink("t", bootstrap_servers="x:1", name="a b").marker_topic == (
-        "streamkeep-markers-a_b")
+        KafkaSink("t", bootstrap_servers="x:1", name="a", producer_config={"transactional.id": "x"})
+    assert KafkaSink("t", bootstrap_servers="x:1", name="a b").marker_topic == ("streamkeep-markers-a_b")

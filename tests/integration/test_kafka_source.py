@@ -30,9 +30,13 @@ def _offsets(batch: list[list[Any]]) -> list[list[int]]:
 
 def _fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
     n = partitions * per_partition
-    produce(bootstrap, topic, [f"v{i}".encode() for i in range(n)],
-            keys=[f"k{i % partitions}".encode() for i in range(n)],
-            partition=lambda i: i % partitions)
+    produce(
+        bootstrap,
+        topic,
+        [f"v{i}".encode() for i in range(n)],
+        keys=[f"k{i % partitions}".encode() for i in range(n)],
+        partition=lambda i: i % partitions,
+    )
 
 
 def test_plan_reads_exact_ranges_across_partitions(kafka_cluster, topic_factory):
@@ -149,8 +153,7 @@ def test_restore_continues_after_the_position(kafka_cluster, topic_factory):
     second = _source(bs, [topic, other], starting_offsets="latest")
     try:
         second.restore(saved)
-        assert second.plan(2000) == {f"{topic}:0": [3, 8], f"{topic}:1": [3, 8],
-                                     f"{other}:0": [2, 2]}
+        assert second.plan(2000) == {f"{topic}:0": [3, 8], f"{topic}:1": [3, 8], f"{other}:0": [2, 2]}
     finally:
         second.close()
     with pytest.raises(SourceError, match="is not a 'topic:partition' key"):
@@ -234,8 +237,7 @@ def test_new_partitions_are_picked_up(kafka_cluster, topic_factory):
         plan = src.plan(2000)
         assert plan == {f"{topic}:0": [0, 1], f"{topic}:1": [0, 1], f"{topic}:2": [0, 2]}
         batch = src.read(plan, 2000)
-        assert [[r.value for r in part] for part in batch] == [[b"p0"], [b"p1"],
-                                                               [b"p2a", b"p2b"]]
+        assert [[r.value for r in part] for part in batch] == [[b"p0"], [b"p1"], [b"p2a", b"p2b"]]
     finally:
         src.close()
 
@@ -317,8 +319,7 @@ def test_undecodable_record_routed_to_handler_or_dead_letter(kafka_cluster, topi
     topic = topic_factory(1)
     produce(bs, topic, [b'{"a": 1}', b"not json", b'{"a": 3}'], partition=0)
     seen: list[tuple[KafkaRecord, Exception]] = []
-    src = _source(bs, topic, value_deserializer=_json,
-                  on_error=lambda rec, exc: seen.append((rec, exc)))
+    src = _source(bs, topic, value_deserializer=_json, on_error=lambda rec, exc: seen.append((rec, exc)))
     try:
         batch = src.read(src.plan(1000), 1000)
     finally:
@@ -352,8 +353,7 @@ def test_undecodable_record_routed_to_handler_or_dead_letter(kafka_cluster, topi
     assert dead.opened == dead.closed == 1
     [(bt, [bad])] = dead.writes
     assert bt == 1000
-    assert (bad["topic"], bad["partition"], bad["offset"], bad["value"]) == (topic, 0, 1,
-                                                                             b"not json")
+    assert (bad["topic"], bad["partition"], bad["offset"], bad["value"]) == (topic, 0, 1, b"not json")
     assert "JSONDecodeError" in bad["error"]
 
 
@@ -396,8 +396,7 @@ def test_pid_rate_estimator_follows_spark():
     # Allowed 2000/s, processed at 1000/s: error 1000 -> rate 1000 (P=1).
     assert est.compute(2000, records=1000, processing_ms=1000) == pytest.approx(1000.0)
     # Scheduling delay adds the integral term: 1000 - 0.2 * (500 * 1000 / 1000) = 900.
-    assert est.compute(3000, records=1000, processing_ms=1000,
-                       scheduling_delay_ms=500) == pytest.approx(900.0)
+    assert est.compute(3000, records=1000, processing_ms=1000, scheduling_delay_ms=500) == pytest.approx(900.0)
     assert est.compute(3000, records=10, processing_ms=1) is None  # not newer
     assert est.compute(4000, records=1, processing_ms=1000) == pytest.approx(10.0)  # floor
     with pytest.raises(ConfigError):
@@ -416,7 +415,12 @@ def test_bad_configuration_is_refused_early():
     src = KafkaSource(["b", "a"], bootstrap_servers="x:1", starting_offsets={("a", 0): 5})
     assert src.name == "kafka-a+b"
     assert src.describe() == {
-        "kind": "kafka", "name": "kafka-a+b", "topics": ["a", "b"],
-        "starting_offsets": [["a", 0, 5]], "group_id": None,
-        "max_records_per_partition": None, "max_rate_per_partition": None,
-        "backpressure": False}
+        "kind": "kafka",
+        "name": "kafka-a+b",
+        "topics": ["a", "b"],
+        "starting_offsets": [["a", 0, 5]],
+        "group_id": None,
+        "max_records_per_partition": None,
+        "max_rate_per_partition": None,
+        "backpressure": False,
+    }
