@@ -188,12 +188,12 @@ class Batch(Generic[T]):
     def foreach(self, f: Callable[[T], Any]) -> None:
         """Call `f` on every record."""
         for i in range(self.num_partitions):
-            self._consume(i, lambda it: _drain(map(f, it)))
+            self._consume(i, lambda it: _drain(map(f, it)), ("foreach", f))
 
     def foreach_partition(self, f: Callable[[Iterator[T]], Any]) -> None:
         """Call `f` once per partition with an iterator over its records."""
         for i in range(self.num_partitions):
-            self._consume(i, f)
+            self._consume(i, f, ("foreach_partition", f))
 
     # -- per-record (lazy, fused) ----------------------------------------
 
@@ -307,7 +307,7 @@ class Batch(Generic[T]):
 
     def group_by_key(self: Batch[tuple[K, V]], num_partitions: int | None = None) -> Batch[tuple[K, list[V]]]:
         """(key, [values...]) for each key, values in arrival order."""
-        partials = [self._consume(i, _group) for i in range(self.num_partitions)]
+        partials = [self._consume(i, _group, ("group_by_key", _group)) for i in range(self.num_partitions)]
         return self._merge_keyed(partials, _concat, num_partitions, "group_by_key")
 
     def _merge_keyed(
