@@ -35,6 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dif = cks.add_parser("diff", help="what the graph APP.py builds would restore, start fresh, drop or fail on")
     dif.add_argument("url")
     dif.add_argument("app")
+    for p in (ins, ver, dif):
+        p.add_argument(
+            "--storage-option",
+            "-o",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="fsspec option for the URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)",
+        )
 
     args = parser.parse_args(argv)
     try:
@@ -48,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args.app, args.args, pyspark=args.pyspark)
         from streamkeep.cli import _checkpoint
 
+        opts = _checkpoint.storage_options(args.storage_option)
         if args.action == "inspect":
-            return _checkpoint.inspect(args.url, as_json=args.json)
+            return _checkpoint.inspect(args.url, as_json=args.json, storage_options=opts)
         if args.action == "verify":
-            return _checkpoint.verify(args.url)
-        return _checkpoint.diff(args.url, args.app)
+            return _checkpoint.verify(args.url, storage_options=opts)
+        return _checkpoint.diff(args.url, args.app, storage_options=opts)
     except StreamkeepError as exc:
         print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

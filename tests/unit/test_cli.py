@@ -1,0 +1,351 @@
+"""`streamkeep checkpoint inspect|verify|diff` on checkpoints written by small jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import streamkeep as sk
+from streamkeep.cli import main
+from streamkeep.testing import ManualClock
+
+START_MS = 1_000_000  # batch times are 1_001_000, 1_002_000, ... with a 1 s interval
+
+
+def _count(new: list[int], old: int | None) -> int | None:
+    total = (old or 0) + sum(new)
+    return None if total >= 1000 else total  # a key past 1000 is removed
+
+
+def _job(url: str, *, batches: int, snapshot_every: int = 20, fail_at: int | None = None, queue: bool = False) -> list[Any]:
+    """Run a small stateful job; return the state output of its last batch."""
+    outputs: list[Any] = []
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS), snapshot_every=snapshot_every)
+        pairs = ssc.rate_stream(10, name="rate").map(lambda r: (r[0] % 5, 1))
+        pairs.update_state_by_key(_count, name="counts").foreach_batch(lambda b: outputs.append(sorted(b.collect())))
+        pairs.reduce_by_key_and_window(lambda a, b: a + b, 3.0, inv_f=lambda a, b: a - b, name="win").foreach_batch(lambda b: None)
+        pairs.window(2.0, name="recent").foreach_batch(lambda b: None)
+        if queue:
+            ssc.queue_stream([[f"q{i}"] for i in range(50)], name="queue").foreach_batch(lambda b: None)
+        if fail_at is not None:
+
+            def boom(t: Any, b: Any) -> None:
+                if len(outputs) >= fail_at:
+                    raise RuntimeError("boom")
+
+            pairs.foreach_batch(boom)
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(url, setup)
+    try:
+        ssc.run(max_batches=batches)
+    finally:
+        ssc.stop()
+    return outputs[-1] if outputs else []
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> str:
+    url = str(tmp_path / "ckpt")
+    _job(url, batches=3)
+    return url
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_text_summarises_the_checkpoint(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt)
+    assert rc == 0
+    assert f"written by streamkeep {sk.__version__}" in out
+    assert "last committed batch: 1003000 ms (1970-01-01T00:16:43.000+00:00)" in out
+    assert "counts (update_state_by_key, msgpack): 5 keys" in out
+    assert "win (reduce_by_key_and_window, msgpack):" in out
+    assert "rate (rate): position" in out
+    assert "pending batches (planned, not committed; replayed at restart): 0" in out
+    assert "log/" in out and "state/counts/" in out
+
+
+def test_inspect_json_counts_keys_and_lists_files(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt, "--json")
+    assert rc == 0
+    info = json.loads(out)
+    assert info["format_version"] == 1
+    assert info["engine_version"] == sk.__version__
+    assert info["last_commit"]["batch_time_ms"] == 1_003_000
+    assert info["pending_batches"] == []
+    assert info["positions"]["rate"]["next"] == 30
+    ops = info["operators"]
+    assert set(ops) == {"counts", "win", "recent"}
+    assert ops["counts"]["keys"] == 5
+    assert ops["recent"]["keys"] == 20  # a 2-batch window holds the last two batches' 10 records each
+    assert ops["win"]["shape"]["length_ms"] == 3000
+    for op in ops.values():
+        assert op["bytes"] == op["snapshot_bytes"] + op["delta_bytes"] > 0
+    files = {f["path"]: f["bytes"] for f in info["files"]}
+    for rel, size in files.items():
+        assert os.path.getsize(os.path.join(ckpt, rel)) == size
+    assert info["total_bytes"] == sum(files.values())
+    assert "CHECKPOINT" in files
+
+
+def test_inspect_key_count_follows_snapshot_plus_deltas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    last = _job(url, batches=7, snapshot_every=2)
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", url, "--json")
+    ops = json.loads(out)["operators"]
+    assert rc == 0
+    assert ops["counts"]["snapshot"] is not None
+    assert ops["counts"]["keys"] == len(last) == 5
+
+
+def test_inspect_shows_pending_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    with pytest.raises(sk.UserFunctionError):
+        _job(url, batches=5, fail_at=3)  # batch 3's plan is durable, its commit never happens
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", url, "--json")
+    info = json.loads(out)
+    assert rc == 0
+    assert info["last_commit"]["batch_time_ms"] == 1_002_000
+    assert [p["batch_time_ms"] for p in info["pending_batches"]] == [1_003_000]
+    assert info["pending_batches"][0]["sources"]["rate"] == {"from": 20, "until": 30, "t0": START_MS}
+
+
+def test_inspect_does_not_decode_pickled_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS))
+        pairs = ssc.rate_stream(4, name="rate").map(lambda r: (r[0] % 2, r[0]))
+        pairs.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="pickled", codec="pickle").foreach_batch(lambda b: None)
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(url, setup)
+    ssc.run(max_batches=2)
+    ssc.stop()
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", url, "--json")
+    op = json.loads(out)["operators"]["pickled"]
+    assert rc == 0
+    assert op["keys"] is None
+    assert "pickle" in op["note"]
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
+    assert rc == 0, out
+
+
+def test_inspect_of_something_else_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _cli(capsys, "checkpoint", "inspect", str(tmp_path))
+    assert rc == 2
+    assert "no streamkeep checkpoint" in err
+
+
+def test_storage_options_are_passed_and_checked(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", f"file://{ckpt}", "--storage-option", "auto_mkdir=false", "--json")
+    assert rc == 0
+    assert json.loads(out)["operators"]["counts"]["keys"] == 5
+    rc, _, err = _cli(capsys, "checkpoint", "verify", ckpt, "-o", "no-equals-sign")
+    assert rc == 2
+    assert "KEY=VALUE" in err
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _newest(ckpt: str, sub: str) -> str:
+    d = os.path.join(ckpt, sub)
+    return os.path.join(d, sorted(os.listdir(d))[-1])
+
+
+def test_verify_ok(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 0
+    assert "OK" in out and "2 retained commit(s)" in out
+
+
+def test_verify_reports_a_flipped_byte(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _newest(ckpt, "state/counts")
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1
+    assert "FAILED" in out
+    assert os.path.relpath(path, ckpt) in out
+    assert "checksum does not match" in out
+
+
+def test_verify_reports_a_missing_delta(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _newest(ckpt, "state/win")
+    os.unlink(path)
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1
+    assert f"needs {os.path.relpath(path, ckpt)}, which is missing" in out
+    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+
+
+def test_verify_reports_a_truncated_commit_record(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _newest(ckpt, "log")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) - 7])
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1
+    assert os.path.relpath(path, ckpt) in out
+    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+
+
+def test_verify_reports_a_missing_blob_of_a_pending_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    with pytest.raises(sk.UserFunctionError):
+        _job(url, batches=5, fail_at=3, queue=True)
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
+    assert rc == 0, out
+    blobs = sorted(os.listdir(os.path.join(url, "blobs")))
+    os.unlink(os.path.join(url, "blobs", blobs[-1]))
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
+    assert rc == 1
+    assert "pending batch 1003000 ms" in out and "which is missing" in out
+
+
+def test_verify_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", str(tmp_path / "nothing"))
+    assert rc == 1
+    assert "no streamkeep checkpoint" in out
+
+
+# --------------------------------------------------------------------------- diff
+
+_APP = """
+import streamkeep as sk
+
+URL = {url!r}
+REACHED = {reached!r}
+
+
+def setup():
+    ssc = sk.StreamingContext(1.0, checkpoint=URL{extra_ctx})
+    pairs = ssc.rate_stream(10, name="rate").map(lambda r: (r[0] % 7, 1))  # the lambda changed: fine
+{body}
+    return ssc
+
+
+if __name__ == "__main__":
+    ssc = sk.StreamingContext.get_or_create(URL, setup)
+    ssc.start()
+    ssc.await_termination()
+    open(REACHED, "w").close()
+"""
+
+_SAME = """
+    pairs.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="counts").foreach_batch(lambda b: None)
+    pairs.reduce_by_key_and_window(lambda a, b: a + b, 3.0, inv_f=lambda a, b: a - b, name="win").foreach_batch(lambda b: None)
+    pairs.window(2.0, name="recent").foreach_batch(lambda b: None)
+"""
+
+
+def _app(tmp_path: Path, url: str, body: str, extra_ctx: str = "") -> tuple[str, Path]:
+    reached = tmp_path / "reached"
+    path = tmp_path / "app.py"
+    path.write_text(_APP.format(url=url, reached=str(reached), body=textwrap.indent(textwrap.dedent(body), "    "), extra_ctx=extra_ctx))
+    return str(path), reached
+
+
+def _snapshot_of(ckpt: str) -> dict[str, int]:
+    return {os.path.join(d, n): os.path.getmtime(os.path.join(d, n)) for d, _, ns in os.walk(ckpt) for n in ns}
+
+
+def test_diff_same_graph_restores_without_running(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app, reached = _app(tmp_path, ckpt, _SAME)
+    before = _snapshot_of(ckpt)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 0, out
+    assert (
+        "restores (state carried over):\n    counts (update_state_by_key)\n    win (reduce_by_key_and_window)\n    recent (window)" in out
+    )
+    assert "rate (rate) at" in out
+    assert "verdict: compatible" in out
+    assert not reached.exists()
+    assert _snapshot_of(ckpt) == before  # nothing claimed, written or deleted
+
+
+def test_diff_reports_new_dropped_and_incompatible(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = """
+    pairs.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="counts").foreach_batch(lambda b: None)
+    pairs.reduce_by_key_and_window(lambda a, b: a + b, 4.0, name="win").foreach_batch(lambda b: None)
+    pairs.map_with_state(lambda k, v, s: v, name="fresh").foreach_batch(lambda b: None)
+    ssc.constant_stream([1], name="extra").foreach_batch(lambda b: None)
+    """
+    app, reached = _app(tmp_path, ckpt, body)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 1, out
+    assert "restores (state carried over):\n    counts (update_state_by_key)\n" in out
+    assert "new (starts empty or from initial=):\n    fresh (map_with_state)" in out
+    assert "dropped (state in the checkpoint, operator not in the code):\n    recent (window)" in out
+    assert "win: length_ms 3000 -> 4000; inverse True -> False" in out
+    assert "new sources (start from their configured start):\n    extra (constant)" in out
+    assert "verdict: INCOMPATIBLE" in out
+    assert "allow_state_loss={'recent'}" in out
+    assert not reached.exists()
+
+
+def test_diff_honours_allow_state_loss(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = """
+    pairs.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="counts").foreach_batch(lambda b: None)
+    """
+    app, _ = _app(tmp_path, ckpt, body, extra_ctx=", allow_state_loss={'win', 'recent'}")
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 0, out
+    assert "recent (window) -- allowed by allow_state_loss" in out
+    assert "verdict: compatible" in out
+
+
+def test_diff_of_a_script_that_runs_at_import(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reached = tmp_path / "reached"
+    app = tmp_path / "flat.py"
+    app.write_text(
+        textwrap.dedent(f"""
+        import streamkeep as sk
+        ssc = sk.StreamingContext(0.5, checkpoint={ckpt!r})
+        ssc.rate_stream(10, name="rate").map(lambda r: (r[0], 1)).update_state_by_key(
+            lambda n, o: 1, name="counts").foreach_batch(lambda b: None)
+        ssc.run(max_batches=3)
+        open({str(reached)!r}, "w").close()
+    """)
+    )
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, str(app))
+    assert rc == 1
+    assert "batch interval: 1000 ms -> 500 ms" in out
+    assert "dropped" in out and "win (reduce_by_key_and_window)" in out
+    assert not reached.exists()
+
+
+def test_diff_before_the_first_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    with pytest.raises(sk.UserFunctionError):
+        _job(url, batches=3, fail_at=1)
+    app, _ = _app(tmp_path, url, _SAME)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", url, app)
+    assert rc == 0
+    assert "nothing committed yet" in out
+
+
+def test_diff_of_a_broken_app(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "broken.py"
+    app.write_text("raise RuntimeError('no graph today')\n")
+    rc, _, err = _cli(capsys, "checkpoint", "diff", ckpt, str(app))
+    assert rc == 2
+    assert "RuntimeError: no graph today" in err
+    rc, _, err = _cli(capsys, "checkpoint", "diff", ckpt, str(tmp_path / "missing.py"))
+    assert rc == 2
+    assert "no such file" in err
