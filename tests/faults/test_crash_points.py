@@ -1,0 +1,160 @@
+"""SIGKILL a real child job at every crash point, recover it with get_or_create, compare.
+
+For every point in ``streamkeep._faults.POINTS`` and several n, the child
+(`_job.py`: rate and text-file inputs, update_state_by_key, reduce_by_key_and_window
+with and without inv_f, map_with_state with a timeout, FileSinks) is killed the n-th
+time it reaches the point, then rerun without a crash to its last batch. Its
+per-batch sink output and its final state must equal an uncrashed run's. A case
+fails when the child was not killed by SIGKILL (the point was never reached): no
+vacuous passes. Then randomized kills at arbitrary instants.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+
+from streamkeep import _faults
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+TOTAL = 12  # batches per job: snapshots at 3, 6, 9, 12 (snapshot_every=3); retention with keep_commits=2
+NTHS = ("1", "2", "5", "late")
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[str]:
+    d = scratch_dir("streamkeep-faults-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference(scratch: str) -> dict[str, Any]:
+    """Output and state of the uncrashed job, and how often it reaches each crash point."""
+    w = Workdir.make(os.path.join(scratch, "reference"))
+    counts = w.count_points(TOTAL)
+    return {"results": w.results(), "counts": counts}
+
+
+def _case_dir(scratch: str, name: str) -> Workdir:
+    root = os.path.join(scratch, name.replace("/", "_"))
+    shutil.rmtree(root, ignore_errors=True)
+    return Workdir.make(root)
+
+
+def _nth(spec: str, count: int) -> int:
+    return max(1, math.ceil(count * 0.75)) if spec == "late" else int(spec)
+
+
+def test_every_point_is_reached_by_the_job(reference: dict[str, Any]) -> None:
+    """The job exercises every crash point often enough for the matrix below."""
+    counts = reference["counts"]
+    missing = {p: counts.get(p, 0) for p in _faults.POINTS if counts.get(p, 0) < 5}
+    assert not missing, f"crash points the job reaches fewer than 5 times: {missing}"
+
+
+@pytest.mark.parametrize("nth_spec", NTHS)
+@pytest.mark.parametrize("point", _faults.POINTS)
+def test_crash_then_recover_equals_uncrashed(point: str, nth_spec: str, reference: dict[str, Any], scratch: str) -> None:
+    nth = _nth(nth_spec, reference["counts"].get(point, 0))
+    w = _case_dir(scratch, f"{point}@{nth_spec}")
+    expect_killed(w.run(TOTAL, crash=(point, nth)), f"crash at {point}@{nth}")
+    expect_ok(w.run(TOTAL), f"recovery after {point}@{nth}")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, f"after a crash at {point}@{nth}:\n" + "\n".join(problems[:20])
+    shutil.rmtree(w.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("point", _faults.POINTS)
+def test_crash_again_during_recovery(point: str, reference: dict[str, Any], scratch: str) -> None:
+    """Killed at the point, then killed at the same point while recovering, then recovered."""
+    w = _case_dir(scratch, f"twice-{point}")
+    expect_killed(w.run(TOTAL, crash=(point, 2)), f"first crash at {point}@2")
+    expect_killed(w.run(TOTAL, crash=(point, 1)), f"second crash at {point}@1")
+    expect_ok(w.run(TOTAL), f"recovery after two crashes at {point}")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, f"after two crashes at {point}:\n" + "\n".join(problems[:20])
+    shutil.rmtree(w.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- random kills
+
+RANDOM_TOTAL = 150
+RANDOM_ROUNDS = 15
+RANDOM_DEADLINE_S = 40.0
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout_s: float) -> bool:
+    """Wait for the child's READY line (context restored); False if it exited first."""
+    got = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("READY"):
+                got.set()
+                return
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    th.join(timeout_s)
+    return got.is_set()
+
+
+def test_random_kills(scratch: str) -> None:
+    seed = int(os.environ.get("STREAMKEEP_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    ref = Workdir.make(os.path.join(scratch, "random-reference"))
+    r = ref.run(RANDOM_TOTAL)
+    expect_ok(r, "random-kill reference")
+    expected = ref.results()
+    # "DONE startup=S run=R": how long the batch loop of a whole run takes.
+    run_s = float(r.stdout.split("run=")[1].split()[0])
+    deadline = time.monotonic() + RANDOM_DEADLINE_S
+    rounds = kills = sequences = 0
+    while rounds < RANDOM_ROUNDS and time.monotonic() < deadline:
+        sequences += 1
+        w = _case_dir(scratch, f"random-{sequences}")
+        while rounds < RANDOM_ROUNDS and time.monotonic() < deadline:
+            rounds += 1
+            proc = w.start(RANDOM_TOTAL)
+            try:
+                if rng.random() < 0.25:  # anywhere from process start, recovery included
+                    time.sleep(rng.uniform(0.0, 0.4))
+                else:
+                    _wait_ready(proc, 60)
+                    time.sleep(rng.uniform(0.0, run_s / 3))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                proc.wait(60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stderr is not None and proc.stdout is not None
+                err = proc.stderr.read()
+                proc.stdout.close()
+                proc.stderr.close()
+            assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, round {rounds}: exit {proc.returncode}\n{err[-4000:]}"
+            if proc.returncode == 0:
+                break  # this sequence finished on its own
+        expect_ok(w.run(RANDOM_TOTAL), f"seed {seed}: final recovery of sequence {sequences}")
+        problems = diff_results(expected, w.results())
+        assert not problems, f"seed {seed}, sequence {sequences}:\n" + "\n".join(problems[:20])
+        shutil.rmtree(w.root, ignore_errors=True)
+    assert kills >= RANDOM_ROUNDS // 2, f"seed {seed}: only {kills} of {rounds} rounds killed a running job"
