@@ -307,7 +307,12 @@ class ReduceWindowRuntime(WindowRuntime):
         self.running = MemoryStateStore()
 
     def _slice(self, parent: Batch[Any]) -> Any:
-        return dict(parent.reduce_by_key(self.node.f, 1).partitions[0])
+        try:
+            return dict(parent.reduce_by_key(self.node.f, 1).partitions[0])
+        except UserFunctionError as exc:
+            if exc.operator != "reduce_by_key" or exc.__cause__ is None:
+                raise  # an upstream fused operator failed: its name is right
+            raise _user_error(self.node, parent.batch_time_ms, exc.__cause__) from exc.__cause__
 
     def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
         node = self.node
@@ -343,13 +348,13 @@ class ReduceWindowRuntime(WindowRuntime):
         slide, length = node.slide_ms, node.length_ms
         touched: set[Any] = set()
         for ts in sorted(self.slices):
-            if t - slide - length < ts <= t - length:  # expired since the previous output
+            if t - slide - length < ts <= t - max(length, slide):  # in the previous window, not this one
                 for k, v in self.slices[ts].items():
                     if k in data:
                         store.put(k, inv(data[k], v))
                         touched.add(k)
         for ts in sorted(self.slices):
-            if t - slide < ts <= t:  # arrived since the previous output
+            if t - min(length, slide) < ts <= t:  # in this window, not the previous one (length may be < slide)
                 for k, v in self.slices[ts].items():
                     store.put(k, f(data[k], v) if k in data else v)
                     touched.add(k)

@@ -1,0 +1,760 @@
+"""Golden per-batch outputs of every DStream operator, computed by hand.
+
+`run_batches` runs with a ManualClock and a 1 s batch interval: batch i (from 1)
+has time i * 1000 ms, and a window with slide s produces at the batch times that
+are multiples of s (the first one at s). Batches where the output produced
+nothing (windows between slides) are left out of its result. Spark Streaming's
+semantics are the reference throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import operator
+import os
+from datetime import datetime, timezone
+
+import pytest
+
+from streamkeep import Batch, UserFunctionError
+from streamkeep.errors import StateError
+from streamkeep.testing import ListSink, ManualClock, run_batches
+
+add = operator.add
+sub = operator.sub
+
+
+def utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def pairs(s):
+    return s.map(lambda w: (w, 1))
+
+
+def as_dicts(out):
+    return [dict(b) for b in out]
+
+
+# -- per record ----------------------------------------------------------------
+
+
+def test_map():
+    assert run_batches(lambda ssc, s: s.map(lambda x: x * 10), [[1, 2], [], [3]]) == [[10, 20], [], [30]]
+
+
+def test_flat_map():
+    out = run_batches(lambda ssc, s: s.flat_map(str.split), [["a b", "c"], [""], ["d"]])
+    assert out == [["a", "b", "c"], [], ["d"]]
+
+
+def test_filter():
+    assert run_batches(lambda ssc, s: s.filter(lambda x: x % 2), [[1, 2, 3], [4]]) == [[1, 3], []]
+
+
+def test_map_partitions_runs_once_per_partition():
+    out = run_batches(lambda ssc, s: s.map_partitions(lambda it: [sum(it)]), [[1, 2, 3, 4, 5], []], num_partitions=3)
+    # round-robin into 3 partitions: [1, 4], [2, 5], [3]
+    assert out == [[5, 7, 3], [0, 0, 0]]
+
+
+def test_glom():
+    out = run_batches(lambda ssc, s: s.glom(), [[1, 2, 3, 4], [5]], num_partitions=3)
+    assert out == [[[1, 4], [2], [3]], [[5], [], []]]
+    assert run_batches(lambda ssc, s: s.glom(), [[1, 2]]) == [[[1, 2]]]
+
+
+def test_map_values_and_flat_map_values():
+    inp = [[("a", 1), ("b", 2)], [("a", 3)]]
+    assert run_batches(lambda ssc, s: s.map_values(lambda v: v * 10), inp) == [[("a", 10), ("b", 20)], [("a", 30)]]
+    out = run_batches(lambda ssc, s: s.flat_map_values(lambda v: range(v)), inp)
+    assert out == [[("a", 0), ("b", 0), ("b", 1)], [("a", 0), ("a", 1), ("a", 2)]]
+
+
+def test_repartition():
+    out = run_batches(lambda ssc, s: s.repartition(2).glom(), [[1, 2, 3, 4, 5], []])
+    assert out == [[[1, 3, 5], [2, 4]], [[], []]]
+    # from 3 input partitions ([1, 4], [2, 5], [3]) round-robin into 2
+    out = run_batches(lambda ssc, s: s.repartition(2).glom(), [[1, 2, 3, 4, 5]], num_partitions=3)
+    assert out == [[[1, 2, 3], [4, 5]]]
+
+
+# -- per batch -----------------------------------------------------------------
+
+
+def test_reduce():
+    assert run_batches(lambda ssc, s: s.reduce(add), [[1, 2, 3], [], [4]]) == [[6], [], [4]]
+    assert run_batches(lambda ssc, s: s.reduce(add), [[1, 2, 3, 4], [5]], num_partitions=3) == [[10], [5]]
+
+
+def test_count():
+    assert run_batches(lambda ssc, s: s.count(), [[1, 2, 3], [], ["x"]]) == [[3], [0], [1]]
+    assert run_batches(lambda ssc, s: s.count(), [[1, 2, 3, 4]], num_partitions=3) == [[4]]
+
+
+def test_count_by_value():
+    out = run_batches(lambda ssc, s: s.count_by_value(), [["a", "b", "a"], [], ["c"]], sort=True)
+    assert out == [[("a", 2), ("b", 1)], [], [("c", 1)]]
+
+
+def test_reduce_by_key():
+    inp = [[("a", 1), ("b", 2), ("a", 3)], [("b", 5)], []]
+    assert run_batches(lambda ssc, s: s.reduce_by_key(add), inp, sort=True) == [[("a", 4), ("b", 2)], [("b", 5)], []]
+
+
+def test_reduce_by_key_multi_partition():
+    words = ["a", "b", "a", "c", "a", "b", "d"]
+    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key(add), [words], num_partitions=3, sort=True)
+    assert out == [[("a", 3), ("b", 2), ("c", 1), ("d", 1)]]
+    parts = run_batches(lambda ssc, s: pairs(s).reduce_by_key(add, num_partitions=2).glom(), [words], num_partitions=3)
+    assert len(parts[0]) == 2
+    assert sorted(kv for p in parts[0] for kv in p) == [("a", 3), ("b", 2), ("c", 1), ("d", 1)]
+
+
+def test_group_by_key():
+    inp = [[("a", 1), ("b", 2), ("a", 3)], [("b", 5)]]
+    assert run_batches(lambda ssc, s: s.group_by_key(), inp, sort=True) == [[("a", [1, 3]), ("b", [2])], [("b", [5])]]
+    out = run_batches(lambda ssc, s: s.group_by_key(), [[("a", 1), ("a", 2), ("a", 3), ("b", 4)]], num_partitions=3, sort=True)
+    # values of one key come partition by partition: [1] from p0 ... in partition order
+    assert out == [[("a", [1, 2, 3]), ("b", [4])]]
+
+
+def test_combine_by_key():
+    inp = [[("a", 1), ("b", 2), ("a", 3), ("a", 5)]]
+    out = run_batches(
+        lambda ssc, s: s.combine_by_key(lambda v: (v, 1), lambda c, v: (c[0] + v, c[1] + 1), lambda x, y: (x[0] + y[0], x[1] + y[1])),
+        inp,
+        num_partitions=3,
+        sort=True,
+    )
+    assert out == [[("a", (9, 3)), ("b", (2, 1))]]
+
+
+LEFT = [[("a", 1), ("b", 2)], [("a", 3)], [], [("c", 4), ("c", 5)]]
+RIGHT = [[("a", "x"), ("d", "y")], [("a", "z"), ("a", "w")], [("e", "v")], []]
+
+
+def _joined(method):
+    def setup(ssc, s):
+        other = ssc.queue_stream(RIGHT, name="right")
+        return getattr(s, method)(other)
+
+    return run_batches(setup, LEFT, sort=True)
+
+
+def test_join():
+    assert _joined("join") == [[("a", (1, "x"))], [("a", (3, "w")), ("a", (3, "z"))], [], []]
+
+
+def test_left_outer_join():
+    assert _joined("left_outer_join") == [
+        [("a", (1, "x")), ("b", (2, None))],
+        [("a", (3, "w")), ("a", (3, "z"))],
+        [],
+        [("c", (4, None)), ("c", (5, None))],
+    ]
+
+
+def test_right_outer_join():
+    assert _joined("right_outer_join") == [
+        [("a", (1, "x")), ("d", (None, "y"))],
+        [("a", (3, "w")), ("a", (3, "z"))],
+        [("e", (None, "v"))],
+        [],
+    ]
+
+
+def test_full_outer_join():
+    assert _joined("full_outer_join") == [
+        [("a", (1, "x")), ("b", (2, None)), ("d", (None, "y"))],
+        [("a", (3, "w")), ("a", (3, "z"))],
+        [("e", (None, "v"))],
+        [("c", (4, None)), ("c", (5, None))],
+    ]
+
+
+def test_cogroup():
+    assert _joined("cogroup") == [
+        [("a", ([1], ["x"])), ("b", ([2], [])), ("d", ([], ["y"]))],
+        [("a", ([3], ["z", "w"]))],
+        [("e", ([], ["v"]))],
+        [("c", ([4, 5], []))],
+    ]
+
+
+def test_join_multi_partition():
+    def setup(ssc, s):
+        other = ssc.queue_stream([[("a", "x"), ("b", "y"), ("a", "z")]], name="right", num_partitions=2)
+        return s.join(other, num_partitions=4)
+
+    out = run_batches(setup, [[("a", 1), ("b", 2), ("c", 3), ("a", 4)]], num_partitions=3, sort=True)
+    assert out == [[("a", (1, "x")), ("a", (1, "z")), ("a", (4, "x")), ("a", (4, "z")), ("b", (2, "y"))]]
+
+
+def test_union():
+    def setup(ssc, s):
+        b = ssc.queue_stream([[10], [], [30]], name="b")
+        c = ssc.queue_stream([[100], [200]], name="c")
+        return s.union(b, c)
+
+    assert run_batches(setup, [[1], [2], [3]]) == [[1, 10, 100], [2, 200], [3, 30]]
+
+
+def test_context_union():
+    def setup(ssc, s):
+        return ssc.union(s, ssc.queue_stream([["x"]], name="b"))
+
+    assert run_batches(setup, [["a"], ["b"]]) == [["a", "x"], ["b"]]
+
+
+def test_union_keeps_partitions():
+    def setup(ssc, s):
+        return s.union(ssc.queue_stream([[1, 2]], name="b", num_partitions=2)).glom()
+
+    assert run_batches(setup, [[7, 8, 9]], num_partitions=3) == [[[7], [8], [9], [1], [2]]]
+
+
+def test_transform_one_arg():
+    out = run_batches(lambda ssc, s: s.transform(lambda b: b.sort_by(lambda x: -x)), [[1, 3, 2], []])
+    assert out == [[3, 2, 1], []]
+
+
+def test_transform_two_args_gets_the_batch_time():
+    out = run_batches(lambda ssc, s: s.transform(lambda t, b: b.map(lambda x: (t, x))), [["a"], ["b"]])
+    assert out == [[(utc(1), "a")], [(utc(2), "b")]]
+    assert out[0][0][0].tzinfo is timezone.utc
+
+
+def test_transform_may_return_a_list():
+    assert run_batches(lambda ssc, s: s.transform(lambda b: [b.count()]), [[1, 2], []]) == [[2], [0]]
+
+
+def test_transform_with():
+    def setup(ssc, s):
+        other = ssc.queue_stream([["x"], ["y", "z"]], name="other")
+        return s.transform_with(lambda a, b: a.cartesian(b), other)
+
+    assert run_batches(setup, [[1], [2]]) == [[(1, "x")], [(2, "y"), (2, "z")]]
+
+
+def test_transform_with_time():
+    def setup(ssc, s):
+        other = ssc.queue_stream([[10], [20]], name="other")
+        return s.transform_with(lambda t, a, b: a.union(b).map(lambda x: (t.second, x)), other)
+
+    assert run_batches(setup, [[1], [2]]) == [[(1, 1), (1, 10)], [(2, 2), (2, 20)]]
+
+
+def test_transform_error_names_operator_and_time():
+    def bad(b):
+        raise RuntimeError("nope")
+
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: s.transform(bad), [[1]])
+    assert info.value.operator == "transform"
+    assert info.value.batch_time_ms == 1000
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_map_error_names_operator_and_time():
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: s.map(lambda x: 1 // x), [[1], [2, 0]])
+    assert info.value.operator == "map"
+    assert info.value.batch_time_ms == 2000
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert "2000" in str(info.value)
+
+
+def test_shared_stream_runs_user_functions_once_per_record():
+    calls = []
+
+    def setup(ssc, s):
+        m = s.map(lambda x: calls.append(x) or x * 2)
+        m.foreach_batch(lambda b: b.collect())
+        m.pprint(1)  # take() on the same batch
+        return m.union(m.filter(lambda x: x > 2))
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = run_batches(setup, [[1, 2], [3]])
+    assert out == [[2, 4, 4], [6, 6]]
+    assert calls == [1, 2, 3]
+
+
+# -- windows ---------------------------------------------------------------------
+
+
+def test_window_drains_after_input_ends():
+    out = run_batches(lambda ssc, s: s.window(3, name="w"), [[1], [2], [3], [4]])
+    # windows (t-3, t] at t = 1..6; 5 and 6 are the drain-out after the input ended
+    assert out == [[1], [1, 2], [1, 2, 3], [2, 3, 4], [3, 4], [4]]
+
+
+def test_window_with_slide_larger_than_batch_interval():
+    out = run_batches(lambda ssc, s: s.window(4, 2, name="w"), [[1], [2], [3], [4], [5]])
+    # outputs at t = 2, 4, 6, 8: (t-4, t]
+    assert out == [[1, 2], [1, 2, 3, 4], [3, 4, 5], [5]]
+
+
+def test_window_tumbling_and_length_shorter_than_slide():
+    inp = [[1], [2], [3], [4], [5], [6]]
+    assert run_batches(lambda ssc, s: s.window(3, 3, name="w"), inp) == [[1, 2, 3], [4, 5, 6]]
+    # batches 1, 3, 5 fall in no window
+    assert run_batches(lambda ssc, s: s.window(1, 2, name="w"), inp) == [[2], [4], [6]]
+
+
+def test_window_with_timedelta_and_multiple_partitions():
+    from datetime import timedelta
+
+    out = run_batches(lambda ssc, s: s.window(timedelta(seconds=2), name="w").glom(), [[1, 2], [3]], num_partitions=2)
+    # a window is the union of its batches' partitions (each batch here has 2)
+    assert out == [[[1], [2]], [[1], [2], [3], []], [[3], [], [], []]]
+
+
+def test_window_of_a_windowed_stream():
+    out = run_batches(lambda ssc, s: s.window(2, 2, name="w1").window(4, 2, name="w2"), [[1], [2], [3], [4], [5], [6]])
+    assert out == [[1, 2], [1, 2, 3, 4], [3, 4, 5, 6], [5, 6]]
+
+
+def test_window_then_per_batch_operators():
+    out = run_batches(lambda ssc, s: pairs(s.window(2, name="w")).reduce_by_key(add), [["a"], ["a", "b"], ["b"]], sort=True)
+    assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
+
+
+@pytest.mark.parametrize("inv", [None, sub])
+def test_reduce_by_window(inv):
+    inp = [[1, 2], [3], [], [4]]
+    out = run_batches(lambda ssc, s: s.reduce_by_window(add, 2, inv_f=inv, name="w"), inp)
+    # (t-2, t]: {1,2}; {1,2,3}; {3}; {4}; drain {4}
+    assert out == [[3], [6], [3], [4], [4]]
+
+
+@pytest.mark.parametrize("inv", [None, sub])
+def test_reduce_by_window_sliding(inv):
+    inp = [[1], [2], [3], [4], [5], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 3, 2, inv_f=inv, name="w"), inp) == [[3], [9], [15], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 1, 2, inv_f=inv, name="w"), inp) == [[2], [4], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 2, 3, inv_f=inv, name="w"), inp) == [[5], [11]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 5, 2, inv_f=inv, name="w"), inp) == [[3], [10], [20], [15], [6]]
+
+
+def test_count_by_window():
+    out = run_batches(lambda ssc, s: s.count_by_window(3, name="w"), [[1], [2, 2], [3], [], [5, 5, 5]])
+    # (t-3, t] at t = 1..7: 1; 3; 4; 3; 4; 3; drain 3 at t=7 (only batch 5 left)
+    assert out == [[1], [3], [4], [3], [4], [3], [3]]
+
+
+def test_count_by_window_sliding_multi_partition():
+    out = run_batches(lambda ssc, s: s.count_by_window(4, 2, name="w"), [[1, 2, 3], [4], [5, 6], [], [7]], num_partitions=3)
+    # t=2: 4; t=4: 6; t=6: batches 3..6 -> 2 + 0 + 1 = 3; t=8: batch 5 -> 1
+    assert out == [[4], [6], [3], [1]]
+
+
+def test_count_by_value_and_window():
+    out = run_batches(lambda ssc, s: s.count_by_value_and_window(2, name="w"), [["a"], ["a", "b"], ["b"]], sort=True)
+    # zero counts are dropped (Spark filters count > 0)
+    assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
+
+
+def test_count_by_value_and_window_sliding():
+    inp = [["a", "b"], ["a"], ["c"], ["a"], []]
+    out = run_batches(lambda ssc, s: s.count_by_value_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True)
+    # t=2: batches 1-2; t=4: 2-4; t=6: 4-6 (drain)
+    assert out == [[("a", 2), ("b", 1)], [("a", 2), ("c", 1)], [("a", 1)]]
+
+
+RBKW_INPUT = [["a"], ["a", "b"], ["b"]]
+
+
+def test_reduce_by_key_and_window_without_inverse():
+    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, name="w"), RBKW_INPUT, sort=True)
+    assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
+
+
+def test_reduce_by_key_and_window_with_inverse_keeps_zero_keys():
+    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, name="w"), RBKW_INPUT, sort=True)
+    # as Spark's ReducedWindowedDStream: a key whose value went back to 0 stays unless filter_f drops it
+    assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("a", 0), ("b", 1)]]
+
+
+def test_reduce_by_key_and_window_with_inverse_and_filter():
+    out = run_batches(
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, filter_f=lambda kv: kv[1] > 0, name="w"), RBKW_INPUT, sort=True
+    )
+    assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
+
+
+def test_reduce_by_key_and_window_filter_without_inverse():
+    out = run_batches(
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, filter_f=lambda kv: kv[1] > 1, name="w"), RBKW_INPUT, sort=True
+    )
+    assert out == [[], [("a", 2)], [("b", 2)], []]
+
+
+@pytest.mark.parametrize("inv", [None, sub])
+def test_reduce_by_key_and_window_sliding(inv):
+    inp = [[("a", 1)], [("b", 2)], [("a", 3)], [("a", 4), ("b", 5)], [("c", 6)], []]
+    out = run_batches(lambda ssc, s: s.reduce_by_key_and_window(add, 3, 2, inv_f=inv, name="w"), inp, sort=True)
+    # t=2: b1-2; t=4: b2-4; t=6: b4-6
+    expected = [[("a", 1), ("b", 2)], [("a", 7), ("b", 7)], [("a", 4), ("b", 5), ("c", 6)]]
+    assert as_dicts(out) == as_dicts(expected)
+
+
+def test_reduce_by_key_and_window_num_partitions():
+    out = run_batches(
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, num_partitions=3, name="w").glom(), [["a", "b", "c", "d", "a"]], num_partitions=2
+    )
+    assert [len(parts) for parts in out] == [3, 3]
+    assert sorted(kv for p in out[0] for kv in p) == [("a", 2), ("b", 1), ("c", 1), ("d", 1)]
+
+
+@pytest.mark.parametrize(("inp", "inv"), [([["a"], ["a"]], None), ([["a"], ["a"]], sub), ([["a", "a"]], None)])
+def test_reduce_by_key_and_window_error_names_operator(inp, inv):
+    def bad(a, b):
+        raise ValueError("boom")
+
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(bad, 2, inv_f=inv, name="w"), inp)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert info.value.operator == "w"
+    assert info.value.batch_time_ms == 1000 * len(inp)
+
+
+def test_group_by_key_and_window():
+    inp = [[("a", 1)], [("a", 2), ("b", 3)], [("b", 4)]]
+    out = run_batches(lambda ssc, s: s.group_by_key_and_window(2, name="w"), inp, sort=True)
+    assert out == [[("a", [1])], [("a", [1, 2]), ("b", [3])], [("a", [2]), ("b", [3, 4])], [("b", [4])]]
+
+
+def test_group_by_key_and_window_sliding():
+    inp = [[("a", 1)], [("a", 2), ("b", 3)], [("b", 4)], [("a", 5)]]
+    out = run_batches(lambda ssc, s: s.group_by_key_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True)
+    # t=2: b1-2; t=4: b2-4; t=6: b4 (drain)
+    assert out == [[("a", [1, 2]), ("b", [3])], [("a", [2, 5]), ("b", [3, 4])], [("a", [5])]]
+
+
+# -- update_state_by_key -----------------------------------------------------------
+
+
+def test_update_state_by_key_running_count():
+    def update(values, old):
+        return sum(values) + (old or 0)
+
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), [["a", "b", "a"], [], ["b"]], sort=True)
+    assert out == [[("a", 2), ("b", 1)], [("a", 2), ("b", 1)], [("a", 2), ("b", 2)]]
+
+
+def test_update_runs_for_keys_without_new_values():
+    calls = []
+
+    def update(values, old):
+        calls.append((values, old))
+        return (old or 0) + len(values)
+
+    run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), [["a", "a"], ["b"], []])
+    assert sorted(calls, key=repr) == sorted(
+        [([1, 1], None), ([], 2), ([1], None), ([], 2), ([], 1)],
+        key=repr,
+    )
+
+
+def test_update_returning_none_removes_a_key():
+    def update(values, old):
+        if not values:
+            return None  # forget keys that got nothing this batch
+        return (old or 0) + sum(values)
+
+    inp = [["a", "b"], ["a"], ["a", "b"], [], ["c"]]
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), inp, sort=True)
+    # b is removed at t=2 and comes back fresh at t=3
+    assert out == [[("a", 1), ("b", 1)], [("a", 2)], [("a", 3), ("b", 1)], [], [("c", 1)]]
+
+
+def test_update_returning_none_for_a_new_key_adds_nothing():
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: None if vs == [1] else len(vs), name="u"), [["a", "b", "b"]])
+    assert out == [[("b", 2)]]
+
+
+def test_update_state_by_key_initial_state():
+    def update(values, old):
+        return (old or 0) + sum(values)
+
+    out = run_batches(
+        lambda ssc, s: pairs(s).update_state_by_key(update, name="u", initial=[("a", 10), ("z", 100)]), [["a"], ["b"]], sort=True
+    )
+    assert out == [[("a", 11), ("z", 100)], [("a", 11), ("b", 1), ("z", 100)]]
+
+
+def test_update_state_by_key_initial_from_a_batch_and_removal():
+    initial = Batch([[("x", 1)], [("y", 2)]])
+    out = run_batches(
+        lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: None if old == 2 else (old or 0) + len(vs), name="u", initial=initial),
+        [["x"]],
+        sort=True,
+    )
+    assert out == [[("x", 2)]]
+
+
+def test_update_state_by_key_multi_partition():
+    words = ["a", "b", "c", "a", "b", "a"]
+    out = run_batches(
+        lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u", num_partitions=2).glom(),
+        [words, ["c"]],
+        num_partitions=3,
+    )
+    assert [len(parts) for parts in out] == [2, 2]
+    assert sorted(kv for p in out[0] for kv in p) == [("a", 3), ("b", 2), ("c", 1)]
+    assert sorted(kv for p in out[1] for kv in p) == [("a", 3), ("b", 2), ("c", 2)]
+
+
+def test_update_state_by_key_values_arrive_in_order():
+    out = run_batches(lambda ssc, s: s.update_state_by_key(lambda vs, old: (old or []) + vs, name="u"), [[("k", 1), ("k", 2)], [("k", 3)]])
+    assert out == [[("k", [1, 2])], [("k", [1, 2, 3])]]
+
+
+def test_update_state_by_key_error_names_operator_and_time():
+    def update(values, old):
+        if old is not None:
+            raise KeyError("no")
+        return 1
+
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="counts"), [["a"], []])
+    assert info.value.operator == "counts"
+    assert info.value.batch_time_ms == 2000
+    assert isinstance(info.value.__cause__, KeyError)
+    assert "'a'" in str(info.value)
+
+
+# -- map_with_state ------------------------------------------------------------------
+
+
+def track(key, value, state):
+    """Running sum per key; "del" removes the key; timeouts report the last state."""
+    if state.is_timing_out():
+        return ("timeout", key, value, state.get())
+    if value == "del":
+        existed = state.exists()
+        state.remove()
+        return ("removed", key, existed, state.exists())
+    total = (state.get() if state.exists() else 0) + value
+    state.update(total)
+    return (key, total)
+
+
+def test_map_with_state_exists_get_update_remove():
+    inp = [[("a", 1), ("b", 2), ("a", 3)], [("a", "del"), ("b", 1)], [("a", 5), ("c", "del")]]
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m"), inp)
+    assert out == [
+        [("a", 1), ("b", 2), ("a", 4)],
+        [("removed", "a", True, False), ("b", 3)],
+        [("a", 5), ("removed", "c", False, False)],
+    ]
+
+
+def test_map_with_state_snapshots():
+    inp = [[("a", 1), ("b", 2)], [("a", "del")], [], [("c", 7)]]
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, sort=True)
+    assert out == [[("a", 1), ("b", 2)], [("b", 2)], [("b", 2)], [("b", 2), ("c", 7)]]
+
+
+def test_map_with_state_initial():
+    inp = [[("a", 1)], [("z", 1)]]
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", initial=[("a", 10), ("z", 20)]), inp)
+    assert out == [[("a", 11)], [("z", 21)]]
+
+
+def test_map_with_state_timeout():
+    # timeout 2 s: a key whose last record is at t times out at the first batch later than t + 2 s
+    inp = [[("a", 1), ("b", 2)], [("a", 3)], [("b", "del")], [], [], []]
+
+    def setup(ssc, s):
+        m = s.map_with_state(track, name="m", timeout=2, initial=[("z", 100)])
+        m.state_snapshots().write_to(snaps)
+        return m
+
+    snaps = ListSink("snaps")
+    out = run_batches(setup, inp)
+    assert out == [
+        [("a", 1), ("b", 2)],
+        [("a", 4)],
+        [("removed", "b", True, False)],
+        [("timeout", "z", None, 100)],  # initial state counts as touched at the first batch
+        [("timeout", "a", None, 4)],
+        [],
+    ]
+    assert [sorted(rs) for _, rs in snaps.batches] == [
+        [("a", 1), ("b", 2), ("z", 100)],
+        [("a", 4), ("b", 2), ("z", 100)],
+        [("a", 4), ("z", 100)],
+        [("a", 4)],
+        [],
+        [],
+    ]
+
+
+def test_map_with_state_a_record_resets_the_timeout():
+    inp = [[("a", 1)], [], [("a", 1)], [], [], []]
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", timeout=2), inp)
+    assert out == [[("a", 1)], [], [("a", 2)], [], [], [("timeout", "a", None, 2)]]
+
+
+def test_map_with_state_reading_without_update_keeps_state():
+    def peek(key, value, state):
+        return state.get() if state.exists() else None
+
+    out = run_batches(lambda ssc, s: s.map_with_state(peek, name="m", initial=[("a", 5)]), [[("a", 0), ("b", 0)]])
+    assert out == [[5, None]]
+
+
+def test_map_with_state_cannot_update_a_timing_out_key():
+    def f(key, value, state):
+        if state.is_timing_out():
+            state.update(1)
+        else:
+            state.update(0)
+
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: s.map_with_state(f, name="m", timeout=1), [[("a", 1)], [], []])
+    assert isinstance(info.value.__cause__, StateError)
+    assert info.value.operator == "m"
+    assert info.value.batch_time_ms == 3000
+
+
+def test_map_with_state_get_without_state_is_a_user_error():
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: st.get(), name="m"), [[("a", 1)]])
+    assert isinstance(info.value.__cause__, StateError)
+    assert "exists()" in str(info.value.__cause__)
+
+
+def test_map_with_state_multi_partition():
+    inp = [[("a", 1), ("b", 1), ("a", 1), ("c", 1), ("a", 1)]]
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, num_partitions=3, sort=True)
+    assert out == [[("a", 3), ("b", 1), ("c", 1)]]
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+def _ctx(batches, **kw):
+    import streamkeep as sk
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    return ssc, ssc.queue_stream(batches, name="q", **kw)
+
+
+def test_foreach_batch_with_and_without_time():
+    ssc, s = _ctx([[1, 2], [], [3]])
+    seen = []
+    plain = []
+    s.foreach_batch(lambda t, b: seen.append((t, b.collect())))
+    s.foreach_batch(lambda b: plain.append(b.count()))
+    ssc.run()
+    ssc.stop()
+    assert seen == [(utc(1), [1, 2]), (utc(2), []), (utc(3), [3])]
+    for t, _ in seen:
+        assert t.tzinfo is not None and t.utcoffset().total_seconds() == 0
+    assert plain == [2, 0, 1]
+
+
+def test_foreach_batch_error_names_output_and_time():
+    ssc, s = _ctx([[1], [2]])
+
+    def f(b):
+        if 2 in b.collect():
+            raise OSError("disk full")
+
+    s.foreach_batch(f)
+    with pytest.raises(UserFunctionError) as info:
+        ssc.run()
+    assert info.value.operator == "foreach_batch"
+    assert info.value.batch_time_ms == 2000
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_outputs_run_in_registration_order():
+    ssc, s = _ctx([[1]])
+    order = []
+    s.foreach_batch(lambda b: order.append("first"))
+    s.map(lambda x: x).foreach_batch(lambda b: order.append("second"))
+    s.foreach_batch(lambda b: order.append("third"))
+    ssc.run()
+    ssc.stop()
+    assert order == ["first", "second", "third"]
+
+
+def test_pprint(capsys):
+    ssc, s = _ctx([[1, 2, 3], [], ["x"]])
+    s.pprint(2)
+    ssc.run()
+    ssc.stop()
+    out = capsys.readouterr().out
+    dashes = "-" * 43
+    blocks = out.split(dashes + "\nTime: ")
+    assert blocks[0] == ""
+    assert len(blocks) == 4
+    first, second, third = blocks[1:]
+    assert first.startswith("1970-01-01 00:00:01")
+    assert first.split("\n")[1:] == [dashes, "1", "2", "...", "", ""]
+    assert second.startswith("1970-01-01 00:00:02")
+    assert second.split("\n")[1:] == [dashes, "", ""]
+    assert third.split("\n")[1:] == [dashes, "x", "", ""]
+
+
+def test_pprint_default_shows_ten(capsys):
+    ssc, s = _ctx([list(range(11)), list(range(10))])
+    s.pprint()
+    ssc.run()
+    ssc.stop()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count("...") == 1
+    assert [ln for ln in lines if ln.isdigit()] == [str(i) for i in range(10)] * 2
+
+
+def test_save_as_text_files(tmp_path):
+    ssc, s = _ctx([[1, 2, 3], [], ["x"]])
+    s.repartition(2).save_as_text_files(str(tmp_path / "out"), "txt")
+    s.save_as_text_files(str(tmp_path / "plain"))
+    ssc.run()
+    ssc.stop()
+    assert sorted(os.listdir(tmp_path)) == [
+        "out-1000.txt",
+        "out-2000.txt",
+        "out-3000.txt",
+        "plain-1000",
+        "plain-2000",
+        "plain-3000",
+    ]
+
+    def read(d):
+        return {n: (tmp_path / d / n).read_text() for n in sorted(os.listdir(tmp_path / d))}
+
+    assert read("out-1000.txt") == {"_SUCCESS": "", "part-00000": "1\n3\n", "part-00001": "2\n"}
+    assert read("out-2000.txt") == {"_SUCCESS": "", "part-00000": "", "part-00001": ""}
+    assert read("out-3000.txt") == {"_SUCCESS": "", "part-00000": "x\n", "part-00001": ""}
+    assert read("plain-1000") == {"_SUCCESS": "", "part-00000": "1\n2\n3\n"}
+    assert read("plain-3000") == {"_SUCCESS": "", "part-00000": "x\n"}
+
+
+def test_save_as_text_files_of_a_window_uses_window_times(tmp_path):
+    ssc, s = _ctx([[1], [2], [3]])
+    s.window(2, 2, name="w").save_as_text_files(str(tmp_path / "w"))
+    ssc.run()
+    ssc.stop()
+    assert sorted(os.listdir(tmp_path)) == ["w-2000", "w-4000"]
+    # the window's partitions are its batches' partitions
+    assert sorted(os.listdir(tmp_path / "w-2000")) == ["_SUCCESS", "part-00000", "part-00001"]
+    assert (tmp_path / "w-2000" / "part-00000").read_text() == "1\n"
+    assert (tmp_path / "w-2000" / "part-00001").read_text() == "2\n"
+    assert (tmp_path / "w-4000" / "part-00000").read_text() == "3\n"
+
+
+def test_write_to_sink_gets_batch_times():
+    ssc, s = _ctx([[1], [2, 3]])
+    sink = ListSink("out")
+    s.map(lambda x: -x).write_to(sink)
+    ssc.run()
+    ssc.stop()
+    assert sink.batches == [(1000, [-1]), (2000, [-2, -3])]
+    assert sink.records() == [-1, -2, -3]
