@@ -3,7 +3,7 @@
 Example:
     >>> import streamkeep as sk
     >>> ssc = sk.StreamingContext(1.0)
-    >>> ssc.queue_stream([[1, 2, 3]]).map(lambda x: x * x).foreach_batch(lambda b: print(b.collect()))
+    >>> ssc.queue_stream([[1, 2, 3]], name="numbers").map(lambda x: x * x).foreach_batch(lambda b: print(b.collect()))
     >>> ssc.run()
     [1, 4, 9]
 """

@@ -362,6 +362,8 @@ class Batch(Generic[T]):
                         g = groups[k] = tuple([] for _ in range(width))
                     g[j].append(v)
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
+        if num_partitions is not None:
+            _check_partitions(num_partitions, "cogroup")
         return Batch([list(groups.items())], self.batch_time_ms).partition_by(n) if n > 1 else Batch([list(groups.items())], self.batch_time_ms)
 
     def join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W]]]:

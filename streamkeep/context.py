@@ -39,7 +39,7 @@ class StreamingContext:
     Example:
         >>> import streamkeep as sk
         >>> ssc = sk.StreamingContext(1.0)
-        >>> counts = ssc.queue_stream([["a b", "b"]]).flat_map(str.split).map(lambda w: (w, 1)).reduce_by_key(lambda a, b: a + b)
+        >>> counts = ssc.queue_stream([["a b", "b"]], name="lines").flat_map(str.split).map(lambda w: (w, 1)).reduce_by_key(lambda a, b: a + b)
         >>> counts.foreach_batch(lambda batch: print(sorted(batch.collect())))
         >>> ssc.run()
         [('a', 1), ('b', 2)]
@@ -143,6 +143,7 @@ class StreamingContext:
         """
         from streamkeep.sources.queue import QueueSource
 
+        _check_partitions(num_partitions, "queue_stream")
         n = self._graph.source_name("queue", name)
         return self.add_source(QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions))
 
@@ -156,6 +157,7 @@ class StreamingContext:
         """Records ``(i, timestamp_ms)``, `rows_per_second` per second of batch time (replayable)."""
         from streamkeep.sources.rate import RateSource
 
+        _check_partitions(num_partitions, "rate_stream")
         return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
 
     def text_file_stream(self, directory: str, *, name: str | None = None) -> DStream[str]:
@@ -335,6 +337,12 @@ class StreamingContext:
         if ssc._graph.outputs():
             ssc._make_scheduler()  # claim, check compatibility and load state now: fail at start
         return ssc
+
+
+def _check_partitions(n: Any, what: str) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        msg = f"{what}: num_partitions must be a positive int, got {n!r}"
+        raise ConfigError(msg)
 
 
 __all__ = ["BatchInfo", "StreamingContext", "StreamkeepError"]

@@ -133,6 +133,9 @@ class DStream(Generic[T]):
     def repartition(self, num_partitions: int) -> DStream[T]:
         """Spread records evenly over `num_partitions` partitions."""
         _check_partitions(num_partitions, "repartition")
+        if num_partitions is None:
+            msg = "repartition: num_partitions must be a positive int, got None"
+            raise ConfigError(msg)
         return self._transform("repartition", lambda t, bs: bs[0].repartition(num_partitions))
 
     # -- per batch --------------------------------------------------------
@@ -196,22 +199,27 @@ class DStream(Generic[T]):
 
     def join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V, W]]]:
         """Inner join of each pair of batches by key."""
+        _check_partitions(num_partitions, "join")
         return self._transform("join", lambda t, bs: bs[0].join(bs[1], num_partitions), other)
 
     def left_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V, W | None]]]:
         """Left outer join of each pair of batches by key (missing right values are None)."""
+        _check_partitions(num_partitions, "left_outer_join")
         return self._transform("left_outer_join", lambda t, bs: bs[0].left_outer_join(bs[1], num_partitions), other)
 
     def right_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V | None, W]]]:
         """Right outer join of each pair of batches by key (missing left values are None)."""
+        _check_partitions(num_partitions, "right_outer_join")
         return self._transform("right_outer_join", lambda t, bs: bs[0].right_outer_join(bs[1], num_partitions), other)
 
     def full_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V | None, W | None]]]:
         """Full outer join of each pair of batches by key."""
+        _check_partitions(num_partitions, "full_outer_join")
         return self._transform("full_outer_join", lambda t, bs: bs[0].full_outer_join(bs[1], num_partitions), other)
 
     def cogroup(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[list[V], list[W]]]]:
         """(key, ([values here], [values there])) for every key in either batch."""
+        _check_partitions(num_partitions, "cogroup")
         return self._transform("cogroup", lambda t, bs: bs[0].cogroup(bs[1], num_partitions=num_partitions), other)
 
     # -- windows ----------------------------------------------------------

@@ -10,6 +10,8 @@ state.base besides layer 1.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,17 @@ from streamkeep.sinks.base import Sink
 from streamkeep.sources.base import Source
 
 KNOWN_CODECS = ("msgpack", "pickle")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning point at the first caller outside streamkeep."""
+    frame = sys._getframe(2)  # the caller of the function that wants to warn
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -174,13 +187,15 @@ class Graph:
                 raise ConfigError(msg)
             return name
         n = self._derived.get(op, 0) + 1
+        while f"{op}#{n}" in self.names or f"{op}#{n}" in self.source_names:  # a user took that name
+            n += 1
         self._derived[op] = n
         derived = f"{op}#{n}"
         warnings.warn(
             f"{op} has no name=; its state is keyed by the derived name {derived!r}, which changes if you add or "
             f"reorder {op} operators. Pass name=... to keep checkpoints restorable across code changes.",
             DerivedNameWarning,
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
         return derived
 
@@ -188,8 +203,16 @@ class Graph:
         """Validate a source name or derive one."""
         if name is None:
             n = self._derived.get("source:" + kind, 0) + 1
+            while f"{kind}#{n}" in self.source_names or f"{kind}#{n}" in self.names:  # a user took that name
+                n += 1
             self._derived["source:" + kind] = n
             name = f"{kind}#{n}"
+            warnings.warn(
+                f"source {kind} has no name=; its position is keyed by the derived name {name!r}, which changes if you "
+                f"add or reorder {kind} sources. Pass name=... to keep checkpoints restorable across code changes.",
+                DerivedNameWarning,
+                stacklevel=_user_stacklevel(),
+            )
         elif not isinstance(name, str) or not name:
             msg = f"{kind}: name must be a non-empty string, got {name!r}"
             raise ConfigError(msg)

@@ -1,0 +1,472 @@
+"""Graph-build-time validation: each mistake is a ConfigError that says what to change.
+
+Nothing here runs a batch unless the test says so: the errors must come while the
+graph is built (STYLE.md section 5), not in batch 1.
+"""
+
+from __future__ import annotations
+
+import operator
+from datetime import timedelta
+
+import pytest
+
+import streamkeep as sk
+from streamkeep import Batch, ConfigError
+from streamkeep.errors import DerivedNameWarning
+from streamkeep.testing import ListSink, ManualClock
+
+add = operator.add
+
+
+@pytest.fixture
+def ssc():
+    ctx = sk.StreamingContext(1.0, clock=ManualClock())
+    yield ctx
+    ctx.stop()
+
+
+@pytest.fixture
+def s(ssc):
+    return ssc.queue_stream([[("a", 1)]], name="q")
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigError, sk.StreamkeepError)
+
+
+# -- window and slide durations ------------------------------------------------------
+
+WINDOW_OPS = {
+    "window": lambda s, length, slide: s.window(length, slide, name="w"),
+    "reduce_by_window": lambda s, length, slide: s.reduce_by_window(add, length, slide, name="w"),
+    "count_by_window": lambda s, length, slide: s.count_by_window(length, slide, name="w"),
+    "count_by_value_and_window": lambda s, length, slide: s.count_by_value_and_window(length, slide, name="w"),
+    "reduce_by_key_and_window": lambda s, length, slide: s.reduce_by_key_and_window(add, length, slide, name="w"),
+    "reduce_by_key_and_window(inv)": lambda s, length, slide: s.reduce_by_key_and_window(add, length, slide, inv_f=operator.sub, name="w"),
+    "group_by_key_and_window": lambda s, length, slide: s.group_by_key_and_window(length, slide, name="w"),
+}
+
+
+@pytest.mark.parametrize("op", sorted(WINDOW_OPS))
+def test_window_length_not_a_multiple_of_the_batch_interval(s, op):
+    with pytest.raises(ConfigError) as info:
+        WINDOW_OPS[op](s, 2.5, None)
+    msg = str(info.value)
+    assert "window length" in msg
+    assert "2500 ms" in msg and "1000 ms" in msg
+    assert "multiple" in msg
+
+
+@pytest.mark.parametrize("op", sorted(WINDOW_OPS))
+def test_slide_not_a_multiple_of_the_batch_interval(s, op):
+    with pytest.raises(ConfigError) as info:
+        WINDOW_OPS[op](s, 4, 1.5)
+    msg = str(info.value)
+    assert "slide" in msg and "1500 ms" in msg and "multiple" in msg
+
+
+@pytest.mark.parametrize(("length", "slide"), [(0, None), (-2, None), (2, 0), (2, -1), ("2", None), (None, None), (2, "1")])
+def test_window_durations_must_be_positive_numbers(s, length, slide):
+    with pytest.raises(ConfigError, match="window|slide"):
+        s.window(length, slide, name="w")
+
+
+def test_window_on_a_windowed_stream_checks_the_parent_slide(s):
+    w = s.window(4, 2, name="w1")
+    with pytest.raises(ConfigError, match=r"3000 ms.*multiple.*2000 ms"):
+        w.window(3, name="w2")
+    with pytest.raises(ConfigError, match=r"slide \(3000 ms\)"):
+        w.window(6, 3, name="w3")
+    w.window(6, 4, name="w4")  # multiples of 2 s are fine
+
+
+def test_timedelta_durations(s):
+    s.window(timedelta(seconds=3), timedelta(seconds=1), name="w")
+    with pytest.raises(ConfigError, match="multiple"):
+        s.window(timedelta(milliseconds=1500), name="w2")
+
+
+def test_batch_interval_validation():
+    for bad in (0, -1, "1", None, timedelta(0), 0.0001):
+        with pytest.raises(ConfigError, match="batch_interval"):
+            sk.StreamingContext(bad)
+    assert sk.StreamingContext(timedelta(milliseconds=250)).batch_interval_ms == 250
+    assert sk.StreamingContext(0.5).batch_interval_ms == 500
+
+
+def test_sub_second_interval_windows():
+    ctx = sk.StreamingContext(0.25)
+    s = ctx.queue_stream([], name="q")
+    s.window(0.75, 0.5, name="w")
+    with pytest.raises(ConfigError, match="multiple"):
+        s.window(0.6, name="w2")
+
+
+# -- functions -------------------------------------------------------------------------
+
+NON_CALLABLE_OPS = {
+    "map": lambda s, f: s.map(f),
+    "flat_map": lambda s, f: s.flat_map(f),
+    "filter": lambda s, f: s.filter(f),
+    "map_partitions": lambda s, f: s.map_partitions(f),
+    "map_values": lambda s, f: s.map_values(f),
+    "flat_map_values": lambda s, f: s.flat_map_values(f),
+    "reduce": lambda s, f: s.reduce(f),
+    "reduce_by_key": lambda s, f: s.reduce_by_key(f),
+    "combine_by_key": lambda s, f: s.combine_by_key(f, add, add),
+    "transform": lambda s, f: s.transform(f),
+    "transform_with": lambda s, f: s.transform_with(f, s),
+    "reduce_by_window": lambda s, f: s.reduce_by_window(f, 2, name="w"),
+    "reduce_by_key_and_window": lambda s, f: s.reduce_by_key_and_window(f, 2, name="w"),
+    "update_state_by_key": lambda s, f: s.update_state_by_key(f, name="u"),
+    "map_with_state": lambda s, f: s.map_with_state(f, name="m"),
+    "foreach_batch": lambda s, f: s.foreach_batch(f),
+}
+
+
+@pytest.mark.parametrize("op", sorted(NON_CALLABLE_OPS))
+@pytest.mark.parametrize("bad", [None, 3, "len"])
+def test_non_callable_functions(s, op, bad):
+    with pytest.raises(ConfigError) as info:
+        NON_CALLABLE_OPS[op](s, bad)
+    assert str(info.value).startswith(op)
+    assert "callable" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        ("reduce_by_key_and_window", lambda s: s.reduce_by_key_and_window(add, 2, inv_f=5, name="w")),
+        ("reduce_by_key_and_window", lambda s: s.reduce_by_key_and_window(add, 2, filter_f="x", name="w")),
+        ("combine_by_key", lambda s: s.combine_by_key(lambda v: v, None, add)),
+        ("combine_by_key", lambda s: s.combine_by_key(lambda v: v, add, 0)),
+    ],
+)
+def test_non_callable_secondary_functions(s, op, call):
+    with pytest.raises(ConfigError, match=f"^{op}: .*callable"):
+        call(s)
+
+
+WRONG_ARITY = [
+    ("map", lambda s: s.map(lambda a, b: a), "f(record)"),
+    ("map", lambda s: s.map(lambda: 1), "f(record)"),
+    ("filter", lambda s: s.filter(lambda a, b: a), "f(record)"),
+    ("flat_map", lambda s: s.flat_map(lambda: []), "f(record)"),
+    ("map_partitions", lambda s: s.map_partitions(lambda a, b: a), "f(iterator)"),
+    ("map_values", lambda s: s.map_values(lambda k, v: v), "f(value)"),
+    ("flat_map_values", lambda s: s.flat_map_values(lambda k, v: v), "f(value)"),
+    ("reduce", lambda s: s.reduce(lambda a: a), "f(a, b)"),
+    ("reduce_by_key", lambda s: s.reduce_by_key(lambda a: a), "f(a, b)"),
+    ("reduce_by_key", lambda s: s.reduce_by_key(lambda a, b, c: a), "f(a, b)"),
+    ("combine_by_key", lambda s: s.combine_by_key(lambda a, b: a, add, add), "create(value)"),
+    ("combine_by_key", lambda s: s.combine_by_key(lambda v: v, lambda c: c, add), "merge_value(combiner, value)"),
+    ("combine_by_key", lambda s: s.combine_by_key(lambda v: v, add, lambda a: a), "merge_combiners(a, b)"),
+    ("update_state_by_key", lambda s: s.update_state_by_key(lambda values: values, name="u"), "update(new_values, old_state)"),
+    ("update_state_by_key", lambda s: s.update_state_by_key(lambda k, vs, old: old, name="u"), "update(new_values, old_state)"),
+    ("map_with_state", lambda s: s.map_with_state(lambda k, v: v, name="m"), "f(key, value, state)"),
+    ("reduce_by_key_and_window", lambda s: s.reduce_by_key_and_window(lambda a: a, 2, name="w"), "f(a, b)"),
+    ("reduce_by_key_and_window", lambda s: s.reduce_by_key_and_window(add, 2, inv_f=lambda a: a, name="w"), "inv_f(a, b)"),
+    ("reduce_by_key_and_window", lambda s: s.reduce_by_key_and_window(add, 2, filter_f=lambda k, v: v, name="w"), "filter_f"),
+    ("reduce_by_window", lambda s: s.reduce_by_window(lambda a: a, 2, name="w"), "f(a, b)"),
+    ("transform", lambda s: s.transform(lambda a, b, c: a), "(batch) or (time, batch)"),
+    ("transform", lambda s: s.transform(lambda: None), "(batch) or (time, batch)"),
+    ("transform_with", lambda s: s.transform_with(lambda a: a, s), "f(batch, other) or f(time, batch, other)"),
+    ("foreach_batch", lambda s: s.foreach_batch(lambda: None), "(batch) or (time, batch)"),
+    ("foreach_batch", lambda s: s.foreach_batch(lambda a, b, c: None), "(batch) or (time, batch)"),
+]
+
+
+@pytest.mark.parametrize(("op", "call", "shape"), WRONG_ARITY, ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(WRONG_ARITY)])
+def test_wrong_arity(s, op, call, shape):
+    with pytest.raises(ConfigError) as info:
+        call(s)
+    msg = str(info.value)
+    assert msg.startswith(op + ":")
+    assert shape in msg
+
+
+def test_arity_message_says_what_the_function_takes(s):
+    def my_update(values):
+        return values
+
+    with pytest.raises(ConfigError) as info:
+        s.update_state_by_key(my_update, name="u")
+    msg = str(info.value)
+    assert "my_update" in msg and "takes 1 argument" in msg and "2 arguments" in msg
+
+
+def test_flexible_signatures_are_accepted(s):
+    s.map(lambda x, y=1: x)
+    s.map(lambda *args: args[0])
+    s.reduce_by_key(max)  # builtin: signature unknown, accepted
+    s.reduce_by_key(lambda *ab: ab[0])
+    s.update_state_by_key(lambda vs, old=None, *rest: old, name="u")
+    s.map_with_state(lambda k, v, st, extra=None: v, name="m")
+    s.transform(lambda b: b)
+    s.transform(lambda t, b: b)
+    s.transform_with(lambda t, a, b: a, s)
+
+    class Adder:
+        def __call__(self, a, b):
+            return a + b
+
+    s.reduce_by_key(Adder())
+    s.map(str)
+
+
+# -- partitions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5, True])
+@pytest.mark.parametrize(
+    "op",
+    [
+        "repartition",
+        "reduce_by_key",
+        "group_by_key",
+        "combine_by_key",
+        "join",
+        "left_outer_join",
+        "right_outer_join",
+        "full_outer_join",
+        "cogroup",
+        "reduce_by_key_and_window",
+        "count_by_value_and_window",
+        "group_by_key_and_window",
+        "update_state_by_key",
+    ],
+)
+def test_bad_num_partitions(s, op, bad):
+    calls = {
+        "repartition": lambda n: s.repartition(n),
+        "reduce_by_key": lambda n: s.reduce_by_key(add, n),
+        "group_by_key": lambda n: s.group_by_key(n),
+        "combine_by_key": lambda n: s.combine_by_key(lambda v: v, add, add, n),
+        "join": lambda n: s.join(s, n),
+        "left_outer_join": lambda n: s.left_outer_join(s, n),
+        "right_outer_join": lambda n: s.right_outer_join(s, n),
+        "full_outer_join": lambda n: s.full_outer_join(s, n),
+        "cogroup": lambda n: s.cogroup(s, n),
+        "reduce_by_key_and_window": lambda n: s.reduce_by_key_and_window(add, 2, num_partitions=n, name="w"),
+        "count_by_value_and_window": lambda n: s.count_by_value_and_window(2, num_partitions=n, name="w"),
+        "group_by_key_and_window": lambda n: s.group_by_key_and_window(2, num_partitions=n, name="w"),
+        "update_state_by_key": lambda n: s.update_state_by_key(lambda vs, old: old, num_partitions=n, name="u"),
+    }
+    with pytest.raises(ConfigError) as info:
+        calls[op](bad)
+    assert "num_partitions" in str(info.value)
+    assert repr(bad) in str(info.value)
+
+
+def test_repartition_needs_a_count(s):
+    with pytest.raises(ConfigError, match="repartition: num_partitions"):
+        s.repartition(None)
+
+
+@pytest.mark.parametrize("bad", [0, -2, "3", True])
+def test_bad_source_partitions(ssc, bad):
+    with pytest.raises(ConfigError, match="queue_stream: num_partitions"):
+        ssc.queue_stream([[1]], name="q1", num_partitions=bad)
+    with pytest.raises(ConfigError, match="rate_stream: num_partitions"):
+        ssc.rate_stream(10, name="r1", num_partitions=bad)
+
+
+def test_batch_level_num_partitions():
+    b = Batch([[("a", 1)]])
+    for call in (lambda: b.reduce_by_key(add, 0), lambda: b.group_by_key(-1), lambda: b.join(b, 0), lambda: b.cogroup(b, num_partitions="2")):
+        with pytest.raises(ConfigError, match="num_partitions"):
+            call()
+
+
+# -- names and codecs -----------------------------------------------------------------------
+
+
+def test_duplicate_stateful_names(s):
+    s.window(2, name="dup")
+    with pytest.raises(ConfigError, match="'dup' is already used"):
+        s.update_state_by_key(lambda vs, old: old, name="dup")
+    with pytest.raises(ConfigError, match="'dup' is already used"):
+        s.map_with_state(lambda k, v, st: v, name="dup")
+    with pytest.raises(ConfigError, match="'dup' is already used"):
+        s.reduce_by_key_and_window(add, 2, name="dup")
+
+
+def test_duplicate_source_names(ssc, s):
+    with pytest.raises(ConfigError, match="'q' is already used"):
+        ssc.queue_stream([], name="q")
+    with pytest.raises(ConfigError, match="'q' is already used"):
+        ssc.rate_stream(5, name="q")
+    with pytest.raises(ConfigError, match="'q' is already used"):
+        s.window(2, name="q")  # sources and stateful operators share one namespace
+    s.window(2, name="st")
+    with pytest.raises(ConfigError, match="'st' is already used"):
+        ssc.constant_stream([1], name="st")
+
+
+@pytest.mark.parametrize("bad", ["", 3, b"name"])
+def test_bad_names(ssc, s, bad):
+    with pytest.raises(ConfigError, match="name must be a non-empty string"):
+        s.window(2, name=bad)
+    with pytest.raises(ConfigError, match="name must be a non-empty string"):
+        ssc.queue_stream([], name=bad)
+
+
+def test_unknown_codec(s):
+    with pytest.raises(ConfigError, match="unknown codec 'json'.*msgpack.*pickle"):
+        s.window(2, name="w", codec="json")
+    with pytest.raises(ConfigError, match="unknown codec 'yaml'"):
+        s.update_state_by_key(lambda vs, old: old, name="u", codec="yaml")
+    with pytest.raises(ConfigError, match="unknown codec"):
+        s.map_with_state(lambda k, v, st: v, name="m", codec="")
+    with pytest.raises(ConfigError, match="unknown codec"):
+        s.reduce_by_key_and_window(add, 2, name="r", codec="json")
+    with pytest.raises(ConfigError, match="unknown codec 'json'"):
+        sk.StreamingContext(1.0, codec="json")
+    s.window(2, name="ok", codec="pickle")
+
+
+def test_derived_name_warning_for_stateful_operators(s):
+    with pytest.warns(DerivedNameWarning, match="window#1"):
+        s.window(2)
+    with pytest.warns(DerivedNameWarning, match="window#2"):
+        s.window(3)
+    with pytest.warns(DerivedNameWarning, match="update_state_by_key#1"):
+        s.update_state_by_key(lambda vs, old: old)
+    with pytest.warns(DerivedNameWarning, match="map_with_state#1.*name="):
+        s.map_with_state(lambda k, v, st: v)
+    with pytest.warns(DerivedNameWarning, match="reduce_by_key_and_window"):
+        s.reduce_by_key_and_window(add, 2)
+    with pytest.warns(DerivedNameWarning):
+        s.count_by_window(2)
+    with pytest.warns(DerivedNameWarning):
+        s.group_by_key_and_window(2)
+
+
+def test_derived_name_warning_points_at_the_callers_line(ssc, s):
+    calls = [
+        lambda: s.update_state_by_key(lambda vs, old: old),
+        lambda: s.window(2),
+        lambda: s.count_by_window(2),  # three operator calls deep inside streamkeep
+        lambda: s.group_by_key_and_window(2),
+        lambda: ssc.queue_stream([]),
+    ]
+    for call in calls:
+        with pytest.warns(DerivedNameWarning) as rec:
+            call()
+        assert [w.filename for w in rec] == [__file__]
+
+
+def test_derived_names_never_reuse_a_user_name(s):
+    s.window(2, name="window#1")
+    with pytest.warns(DerivedNameWarning, match="window#2"):
+        s.window(2)
+
+
+def test_derived_name_warning_for_sources(ssc):
+    with pytest.warns(DerivedNameWarning, match="queue#1"):
+        ssc.queue_stream([])
+    with pytest.warns(DerivedNameWarning, match="rate#1"):
+        ssc.rate_stream(10)
+    with pytest.warns(DerivedNameWarning, match="constant#1"):
+        ssc.constant_stream([1])
+
+
+def test_no_warning_when_named(ssc, s, recwarn):
+    s.window(2, name="w").count_by_window(2, name="c")
+    s.update_state_by_key(lambda vs, old: old, name="u")
+    ssc.rate_stream(1, name="r")
+    assert not [w for w in recwarn.list if issubclass(w.category, DerivedNameWarning)]
+
+
+# -- other build-time checks ---------------------------------------------------------------------
+
+
+def test_streams_from_different_contexts(s):
+    other = sk.StreamingContext(1.0).queue_stream([], name="other")
+    for call in (lambda: s.union(other), lambda: s.join(other), lambda: s.transform_with(lambda a, b: a, other)):
+        with pytest.raises(ConfigError, match="same StreamingContext"):
+            call()
+
+
+def test_combining_streams_with_different_slides(s):
+    w = s.window(4, 2, name="w")
+    for call in (lambda: s.union(w), lambda: s.join(w), lambda: w.cogroup(s), lambda: s.transform_with(lambda a, b: a, w)):
+        with pytest.raises(ConfigError, match="1000 ms and 2000 ms|2000 ms and 1000 ms"):
+            call()
+
+
+def test_context_union_needs_streams(ssc):
+    with pytest.raises(ConfigError, match="at least one"):
+        ssc.union()
+
+
+def test_pprint_num(s):
+    for bad in (-1, "3", 1.5):
+        with pytest.raises(ConfigError, match="pprint"):
+            s.pprint(bad)
+
+
+def test_write_to_needs_a_sink(s):
+    with pytest.raises(ConfigError, match="not a Sink"):
+        s.write_to(object())
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2"])
+def test_map_with_state_timeout(s, bad):
+    with pytest.raises(ConfigError, match="timeout"):
+        s.map_with_state(lambda k, v, st: v, name="m", timeout=bad)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], "ab c", [("a", 1, 2)], 5])
+def test_bad_initial_state(s, bad):
+    with pytest.raises(ConfigError, match="initial"):
+        s.update_state_by_key(lambda vs, old: old, name="u", initial=bad)
+
+
+def test_bad_context_options():
+    with pytest.raises(ConfigError, match="executor"):
+        sk.StreamingContext(1.0, executor="spark")
+    for bad in (0, -1, "3"):
+        with pytest.raises(ConfigError, match="snapshot_every"):
+            sk.StreamingContext(1.0, snapshot_every=bad)
+
+
+def test_rate_stream_rate(ssc):
+    for bad in (0, -5, "10"):
+        with pytest.raises(ConfigError, match="rows_per_second"):
+            ssc.rate_stream(bad, name=f"r{bad}")
+
+
+def test_building_the_graph_runs_no_user_function(ssc):
+    called = []
+
+    def f(*args):
+        called.append(args)
+        return args[0]
+
+    s = ssc.queue_stream([[("a", 1)]], name="src")
+    out = s.map(f).filter(f).reduce_by_key(f).transform(f).update_state_by_key(f, name="u")
+    out.window(2, name="w").reduce_by_key_and_window(f, 2, inv_f=f, filter_f=f, name="r").foreach_batch(f)
+    s.map_with_state(f, name="m").state_snapshots()
+    assert called == []
+
+
+def test_a_job_without_outputs_is_rejected(ssc, s):
+    s.map(lambda x: x)
+    with pytest.raises(ConfigError, match="no output operations"):
+        ssc.run(1)
+
+
+def test_transform_must_return_a_batch(ssc, s):
+    s.transform(lambda b: None).write_to(ListSink())
+    with pytest.raises(ConfigError, match="returned None"):
+        ssc.run(1)
+
+
+def test_adding_to_a_running_context_is_rejected(ssc, s):
+    s.write_to(ListSink())
+    ssc.run(1)
+    with pytest.raises(ConfigError, match="context is active"):
+        ssc.queue_stream([], name="late")
