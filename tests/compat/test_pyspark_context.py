@@ -1,0 +1,188 @@
+"""StreamingContext facade: lifecycle, recovery with getOrCreate, listeners, names, errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pytest
+from conftest import run_batches
+
+from streamkeep.compat.pyspark import SparkConf, SparkContext, StreamingContext, StreamingListener
+from streamkeep.errors import UserFunctionError
+
+
+def _running_count_app(ckpt: str, calls: list[str], out: list[Any], *, name: str | None = None) -> StreamingContext:
+    """A stateful word count; the setup function PySpark programs pass to getOrCreate."""
+    sc = SparkContext.getOrCreate(SparkConf().setMaster("local[2]").setAppName("running"))
+    ssc = StreamingContext(sc, 1)
+    calls.append("setup")
+    words = ssc.queueStream([["a", "b"], ["a"], ["c", "a"], ["b"]])
+    kw = {} if name is None else {"name": name}
+    counts = words.map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0), **kw)
+    counts.foreachRDD(lambda rdd: out.append(sorted(rdd.collect())))
+    ssc.checkpoint(ckpt)
+    return ssc
+
+
+def test_get_or_create_resumes_state_and_runs_setup_each_time(tmp_path: Any) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    calls: list[str] = []
+    out: list[Any] = []
+    ssc = StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, calls, out))
+    run_batches(ssc, 2)
+    assert out == [[("a", 1), ("b", 1)], [("a", 2), ("b", 1)]]
+    ssc2 = StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, calls, out))
+    assert ssc2 is not ssc
+    run_batches(ssc2, 2)
+    assert calls == ["setup", "setup"]  # the checkpoint holds no code: setup runs on recovery too
+    assert out[2:] == [[("a", 3), ("b", 1), ("c", 1)], [("a", 3), ("b", 2), ("c", 1)]]
+
+
+def test_get_or_create_sets_the_checkpoint_when_setup_does_not(tmp_path: Any) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+
+    def setup() -> StreamingContext:
+        ssc = StreamingContext(SparkContext.getOrCreate(), 1)
+        ssc.queueStream([[1], [2]]).map(lambda x: (x, 1)).updateStateByKey(lambda vs, s: sum(vs) + (s or 0)).foreachRDD(lambda r: out.append(r.collect()))
+        return ssc  # like the seed program: no ssc.checkpoint() call
+
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup()), 1)
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup()), 1)
+    assert out == [[(1, 1)], [(1, 1), (2, 1)]]
+    assert os.path.isdir(os.path.join(ckpt, "log"))
+
+
+def test_derived_names_are_stable_and_name_pins_state(tmp_path: Any) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out, name="counts")), 1)
+    assert os.listdir(os.path.join(ckpt, "state")) == ["counts"]
+    ckpt2 = str(tmp_path / "ckpt2")
+    run_batches(StreamingContext.getOrCreate(ckpt2, lambda: _running_count_app(ckpt2, [], out)), 1)
+    assert os.listdir(os.path.join(ckpt2, "state")) == ["update_state_by_key%231"]  # derived, without a warning
+
+
+def test_awaitTermination_reraises_the_job_failure(sc: SparkContext) -> None:
+    ssc = StreamingContext(sc, 0.05)
+    ssc.queueStream([[1], [0]]).map(lambda x: 1 // x).pprint()
+    ssc.start()
+    assert StreamingContext.getActive() is ssc
+    with pytest.raises(UserFunctionError) as info:
+        ssc.awaitTermination(timeout=30)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert StreamingContext.getActive() is None
+
+
+def test_start_stop_and_the_active_context(sc: SparkContext) -> None:
+    ssc = StreamingContext(sc, 0.05)
+    seen = threading.Event()
+    ssc.queueStream([], default=[1]).foreachRDD(lambda rdd: seen.set())
+    ssc.start()
+    assert StreamingContext.getActiveOrCreate(None, lambda: pytest.fail("not called")) is ssc
+    other = StreamingContext(sc, 1)
+    other.queueStream([[1]]).pprint()
+    with pytest.raises(ValueError, match="Only one StreamingContext"):
+        other.start()
+    assert seen.wait(30)
+    assert ssc.awaitTerminationOrTimeout(0.01) is False
+    ssc.stop(stopSparkContext=False, stopGraceFully=True)
+    assert ssc.awaitTerminationOrTimeout(5) is True
+    assert StreamingContext.getActive() is None
+    assert SparkContext._active_spark_context is sc  # kept: stopSparkContext=False
+    with pytest.raises(ValueError, match="stopped"):
+        ssc.start()  # as in Spark, a stopped context cannot be restarted
+    ssc.stop()  # stopSparkContext=True by default
+    assert SparkContext._active_spark_context is None
+
+
+def test_only_one_spark_context(sc: SparkContext) -> None:
+    with pytest.raises(ValueError, match="Cannot run multiple SparkContexts"):
+        SparkContext("local", "second")
+    assert SparkContext.getOrCreate() is sc
+
+
+class _Recorder(StreamingListener):
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: list[Any] = []
+        self.started: list[Any] = []
+
+    def onStreamingStarted(self, streamingStarted: Any) -> None:
+        self.started.append(streamingStarted.time)
+
+    def onBatchCompleted(self, batchCompleted: Any) -> None:
+        self.infos.append(batchCompleted.batchInfo())
+
+
+def test_streaming_listener_gets_pyspark_shaped_batch_info(sc: SparkContext) -> None:
+    ssc = StreamingContext(sc, 1)
+    rec = _Recorder()
+    ssc.addStreamingListener(rec)
+    ssc.queueStream([[1, 2, 3], [], [4]]).pprint()
+    run_batches(ssc, 3)
+    assert [i.numRecords() for i in rec.infos] == [3, 0, 1]
+    times = [i.batchTime().milliseconds() for i in rec.infos]
+    assert times[1] - times[0] == 1000 and times[2] - times[1] == 1000
+    for i in rec.infos:
+        assert i.processingDelay() >= 0 and i.schedulingDelay() >= 0
+        assert i.totalDelay() == i.schedulingDelay() + i.processingDelay()
+        assert i.processingEndTime() >= i.processingStartTime()
+
+
+def test_a_failing_listener_does_not_stop_the_job(sc: SparkContext, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(StreamingListener):
+        def onBatchCompleted(self, batchCompleted: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    ssc = StreamingContext(sc, 1)
+    ssc.addStreamingListener(Broken())
+    out: list[Any] = []
+    ssc.queueStream([[1], [2]]).foreachRDD(lambda rdd: out.append(rdd.collect()))
+    run_batches(ssc, 2)
+    assert out == [[1], [2]]
+    assert "listener bug" in caplog.text
+
+
+def test_constructor_and_remember_validation(sc: SparkContext) -> None:
+    with pytest.raises(ValueError, match="batchDuration"):
+        StreamingContext(sc)
+    with pytest.raises(TypeError, match="SparkContext"):
+        StreamingContext("local", 1)  # type: ignore[arg-type]
+    ssc = StreamingContext(sc, 2)
+    assert ssc.sparkContext is sc
+    ssc.remember(60)
+    with pytest.raises(ValueError):
+        ssc.remember(-1)
+    stream = ssc.textFileStream("/nonexistent-dir")
+    assert stream.context() is ssc
+
+
+def test_spark_context_basics(tmp_path: Any) -> None:
+    conf = SparkConf().setAppName("app").setMaster("local[3]").set("spark.x", 1)
+    assert conf.get("spark.x") == "1" and conf.contains("spark.x") and ("spark.app.name", "app") in conf.getAll()
+    with SparkContext(conf=conf) as sc:
+        assert (sc.appName, sc.master, sc.defaultParallelism, sc.defaultMinPartitions) == ("app", "local[3]", 3, 2)
+        sc.setLogLevel("WARN")
+        with pytest.raises(ValueError, match="did not match"):
+            sc.setLogLevel("LOUD")
+        sc.setCheckpointDir(str(tmp_path))
+        assert sc.getCheckpointDir() == str(tmp_path)
+        assert sc.parallelize(range(7), 3).glom().collect() == [[0, 1], [2, 3], [4, 5, 6]]
+        assert sc.range(3).collect() == [0, 1, 2] and sc.emptyRDD().isEmpty()
+        (tmp_path / "a.txt").write_text("x\ny\n")
+        (tmp_path / "b.txt").write_text("z\n")
+        (tmp_path / "_ignored").write_text("no\n")
+        assert sc.textFile(str(tmp_path)).collect() == ["x", "y", "z"]
+        assert sc.textFile(str(tmp_path / "a.txt")).count() == 2
+        assert sc.textFile(str(tmp_path / "*.txt")).getNumPartitions() == 2
+        assert sc.union([sc.parallelize([1]), sc.parallelize([2])]).collect() == [1, 2]
+        assert sc.broadcast({"k": 1}).value == {"k": 1}
+        acc = sc.accumulator(0)
+        sc.parallelize([1, 2, 3]).foreach(lambda x: acc.add(x))
+        acc += 4
+        assert acc.value == 10
+        assert sc.getConf().get("spark.app.name") == "app"
+    assert SparkContext._active_spark_context is None
