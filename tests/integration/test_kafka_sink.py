@@ -167,3 +167,10 @@ def test_bad_configuration_is_refused_early():
     with pytest.raises(ConfigError, match="may not set"):
         KafkaSink("t", bootstrap_servers="x:1", name="a", producer_config={"transactional.id": "x"})
     assert KafkaSink("t", bootstrap_servers="x:1", name="a b").marker_topic == ("streamkeep-markers-a_b")
+
+
+def test_missing_confluent_kafka_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    sink = KafkaSink("t", bootstrap_servers="127.0.0.1:1", name="a")
+    with pytest.raises(ConfigError, match=r"pip install 'streamkeep\[kafka\]'"):
+        sink.open()

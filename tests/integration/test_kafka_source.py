@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from typing import Any
@@ -269,6 +270,7 @@ def test_broker_down_is_retried_then_source_error(kafka_cluster_factory):
         with pytest.raises(SourceError, match=r"no progress reading events partition 0 \[0, 5\)"):
             src.read(plan, 1000)
         cluster.broker_up(1)
+        src.timeout_s = 20.0  # librdkafka's reconnect backoff grew while the broker was down
         assert _offsets(src.read(plan, 1000)) == [list(range(5))] * 2
         assert src.plan(2000) == {"events:0": [5, 5], "events:1": [5, 5]}
     finally:
@@ -424,3 +426,10 @@ def test_bad_configuration_is_refused_early():
         "max_rate_per_partition": None,
         "backpressure": False,
     }
+
+
+def test_missing_confluent_kafka_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    src = KafkaSource("t", bootstrap_servers="127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"pip install 'streamkeep\[kafka\]'"):
+        src.open(None)

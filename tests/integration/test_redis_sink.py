@@ -202,3 +202,10 @@ def test_bad_configuration_is_refused_early():
         RedisSink("127.0.0.1:6379", counting_write, name="a")
     with pytest.raises(ConfigError, match="callable"):
         RedisSink("redis://127.0.0.1:1/0", "nope", name="a")  # type: ignore[arg-type]
+
+
+def test_missing_redis_py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "redis", None)
+    sink = RedisSink("redis://127.0.0.1:1/0", counting_write, name="a")
+    with pytest.raises(ConfigError, match=r"pip install 'streamkeep\[redis\]'"):
+        sink.open()
