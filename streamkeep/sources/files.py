@@ -4,7 +4,9 @@ The plan for a batch is the sorted list of new files (name and size at planning
 time); reading it again gives the same lines as long as the files are not
 changed after they appear (write them elsewhere and move them in, as with
 Spark). The position is the set of file names already planned that still exist.
-Files whose name starts with ``.`` or ``_`` are ignored (temporary files).
+Files whose name starts with ``.`` or ``_`` are ignored (temporary files). As
+with Spark's textFileStream, files already in the directory when a job starts
+fresh are skipped; a restored job continues from its checkpointed position.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ class TextFileSource:
 
     replayable = True
 
-    def __init__(self, directory: str, *, name: str, num_partitions: int | None = None) -> None:
+    def __init__(self, directory: str, *, name: str, num_partitions: int | None = None, new_files_only: bool = True) -> None:
         self.name = name
         self.directory = os.fspath(directory)
         self._seen: set[str] = set()
         self._parts = num_partitions
+        self._new_files_only = new_files_only
 
     def open(self, blobs: BlobStore) -> None:
         if not os.path.isdir(self.directory):
             msg = f"text_file_stream {self.name!r}: directory {self.directory!r} does not exist; create it before starting the job"
             raise SourceError(msg)
+        if self._new_files_only:  # as Spark: files already there at start are skipped (restore() replaces this)
+            self._seen = set(os.listdir(self.directory))
 
     def restore(self, position: Data) -> None:
         self._seen = set(position["seen"])
