@@ -1,0 +1,266 @@
+"""What a checkpoint costs per batch, and what a restart costs (issue 4).
+
+A job keeps keyed state with ``map_with_state`` (seeded with ``initial=`` of
+KEYS keys) and changes CHANGED keys per batch (a ``rate_stream`` of CHANGED
+records per 1 s batch, record i touching key ``k{i * 7919 % KEYS}``, so the keys
+of one batch are distinct). Per batch it measures the time of the commit step
+(state deltas written, commit record appended: the scheduler's ``_commit``),
+the whole batch, and the bytes of the files the batch created (plan, delta,
+commit record; the snapshot every SNAPSHOT_EVERY batches separately).
+
+Printed ratios, all measured in this run:
+
+* per-batch commit time and bytes with 1M keys of state vs 10k keys, both with
+  1k keys changed per batch (target: within 2x: cost follows changes, not state);
+* delta bytes vs a full snapshot of the 1M-key state (target: <= 2%);
+* restart to the first new batch done with 1M keys of state (a fresh process:
+  get_or_create loads snapshot + deltas, then one batch; target <= 2 s);
+* tiny batches with a local checkpoint (see bench/throughput.py; target <= 5 ms).
+
+Run: ``.venv/bin/python bench/checkpoint.py [--quick] [--dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import streamkeep as sk  # noqa: E402
+
+STRIDE = 7919
+SNAPSHOT_EVERY = 10
+
+
+def _bump(key: str, value: int, state: sk.State) -> None:
+    state.update(state.get_option(0) + value)
+
+
+def setup_factory(url: str, n_keys: int, changed: int, *, seed: bool) -> Any:
+    """The job. `seed=False` builds the same graph without the initial state (restarts only
+    read `initial` on a fresh start, so a restart need not build a 1M-item list)."""
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, snapshot_every=SNAPSHOT_EVERY)
+        initial = [(f"k{i}", 0) for i in range(n_keys)] if seed else None
+        pairs = ssc.rate_stream(changed, name="rate").map(lambda r: (f"k{(r[0] * STRIDE) % n_keys}", 1))
+        pairs.map_with_state(_bump, name="state", initial=initial).foreach_batch(lambda b: None)
+        return ssc
+
+    return setup
+
+
+class _NewFiles:
+    """Bytes of the files that appeared under a directory since the last scan, by kind."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.seen: set[str] = set()
+
+    def scan(self) -> dict[str, int]:
+        out = {"plan": 0, "delta": 0, "record": 0, "snap": 0, "other": 0}
+        for d, _, names in os.walk(self.root):
+            for n in names:
+                p = os.path.join(d, n)
+                if p in self.seen or n.startswith(".tmp-") or n in ("lease", "lock", "CHECKPOINT"):
+                    continue
+                try:
+                    size = os.path.getsize(p)
+                except FileNotFoundError:
+                    continue
+                self.seen.add(p)
+                kind = {"plan": "plan", "delta": "delta", "rec": "record", "snap": "snap"}.get(n.rsplit(".", 1)[-1], "other")
+                out[kind] += size
+        return out
+
+
+def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, Any]:
+    """Build n_keys of state, then run `batches` batches changing `changed` keys each."""
+    url = os.path.join(base, f"ckpt-{n_keys}")
+    t0 = time.perf_counter()
+    ssc = sk.StreamingContext.get_or_create(url, setup_factory(url, n_keys, changed, seed=True))
+    sched = ssc._scheduler
+    assert sched is not None
+    commit_times: list[float] = []
+    snapshot_batch: list[bool] = []
+    orig_commit, orig_snap = sched._commit, sched._start_snapshot
+
+    def timed_commit(t: int, plan: dict[str, Any]) -> None:
+        c0 = time.perf_counter()
+        orig_commit(t, plan)
+        commit_times.append(time.perf_counter() - c0)
+
+    def flagged_snapshot(t: int) -> None:
+        snapshot_batch[-1] = True
+        orig_snap(t)
+
+    sched._commit = timed_commit  # type: ignore[method-assign]
+    sched._start_snapshot = flagged_snapshot  # type: ignore[method-assign]
+    files = _NewFiles(url)
+    snapshot_batch.append(False)
+    ssc.run(max_batches=1)  # batch 1 commits the seeded state as one big delta
+    first_commit = commit_times[-1]
+    files.scan()
+    build_s = time.perf_counter() - t0
+    rows = []
+    for _ in range(batches):
+        snapshot_batch.append(False)
+        b0 = time.perf_counter()
+        ssc.run(max_batches=1)
+        batch_s = time.perf_counter() - b0
+        rows.append({"commit_s": commit_times[-1], "batch_s": batch_s, "snapshot": snapshot_batch[-1], **files.scan()})
+    ssc.stop()  # waits for a snapshot in flight
+    snap_bytes = [v for v in (files.scan()["snap"],) if v] + [r["snap"] for r in rows if r["snap"]]
+    steady = [r for r in rows if not r["snapshot"]]
+    snaps = [r for r in rows if r["snapshot"]]
+    med = statistics.median
+    return {
+        "n_keys": n_keys,
+        "changed": changed,
+        "build_s": build_s,
+        "first_commit_s": first_commit,
+        "commit_ms": med(r["commit_s"] for r in steady) * 1e3,
+        "commit_ms_p90": sorted(r["commit_s"] for r in steady)[int(len(steady) * 0.9)] * 1e3,
+        "batch_ms": med(r["batch_s"] for r in steady) * 1e3,
+        "snapshot_commit_ms": med(r["commit_s"] for r in snaps) * 1e3 if snaps else float("nan"),
+        "snapshot_batch_ms": med(r["batch_s"] for r in snaps) * 1e3 if snaps else float("nan"),
+        "delta_bytes": statistics.fmean(r["delta"] for r in steady),
+        "record_bytes": statistics.fmean(r["record"] for r in steady),
+        "plan_bytes": statistics.fmean(r["plan"] for r in steady),
+        "snapshot_bytes": max(snap_bytes) if snap_bytes else 0,
+        "steady_batches": len(steady),
+        "snapshot_batches": len(snaps),
+        "url": url,
+    }
+
+
+_RESTART = """
+import json, sys, time
+t_start = time.time()
+sys.path[:0] = [{root!r}, {here!r}]
+import streamkeep as sk
+from checkpoint import setup_factory
+t_import = time.time()
+ssc = sk.StreamingContext.get_or_create({url!r}, setup_factory({url!r}, {n_keys}, {changed}, seed=False))
+assert ssc.restored
+t_restored = time.time()
+ssc.run(max_batches=1)
+t_batch = time.time()
+ssc.stop()
+print(json.dumps({{"start": t_start, "import": t_import, "restored": t_restored, "batch": t_batch}}), flush=True)
+"""
+
+
+def restart(case: dict[str, Any]) -> dict[str, float]:
+    code = _RESTART.format(root=ROOT, here=HERE, url=case["url"], n_keys=case["n_keys"], changed=case["changed"])
+    launched = time.time()
+    p0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - p0
+    if proc.returncode != 0:
+        raise SystemExit(f"restart child failed:\n{proc.stderr}")
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "total_s": m["batch"] - launched,
+        "interpreter_s": m["start"] - launched,
+        "import_s": m["import"] - m["start"],
+        "restore_s": m["restored"] - m["import"],
+        "first_batch_s": m["batch"] - m["restored"],
+        "process_wall_s": wall,
+    }
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1024:,.1f} KiB"
+
+
+def measure(parent: str | None, big: int, small: int, changed: int, batches: int) -> None:
+    """Both cases, their ratios and the restart, with checkpoints under `parent`."""
+    base = tempfile.mkdtemp(prefix="sk-bench-ckpt-", dir=parent)
+    print(f"\n=== checkpoints under {base} ===")
+    try:
+        results = {}
+        for n in (small, big):
+            r = run_case(base, n, changed, batches)
+            results[n] = r
+            print(
+                f"\n{n:>9,} keys of state (built in {r['build_s']:.2f} s; first commit, all keys as one delta: {r['first_commit_s'] * 1e3:.0f} ms)"
+            )
+            print(
+                f"  steady batches ({r['steady_batches']}): commit median {r['commit_ms']:.2f} ms (p90 {r['commit_ms_p90']:.2f}), whole batch median {r['batch_ms']:.2f} ms"
+            )
+            print(
+                f"  bytes per batch: delta {_kb(r['delta_bytes'])}, commit record {_kb(r['record_bytes'])}, plan {_kb(r['plan_bytes'])}"
+                f"  = {_kb(r['delta_bytes'] + r['record_bytes'] + r['plan_bytes'])}"
+            )
+            print(
+                f"  snapshot batches ({r['snapshot_batches']}): commit median {r['snapshot_commit_ms']:.1f} ms (state encoded in the batch loop,"
+                f" written by a background thread), whole batch {r['snapshot_batch_ms']:.1f} ms; snapshot file {_kb(r['snapshot_bytes'])}"
+            )
+        b, s = results[big], results[small]
+        t_ratio = b["commit_ms"] / s["commit_ms"]
+        per_batch = {k: v["delta_bytes"] + v["record_bytes"] + v["plan_bytes"] for k, v in results.items()}
+        bytes_ratio = per_batch[big] / per_batch[small]
+        delta_ratio = b["delta_bytes"] / s["delta_bytes"]
+        snap_ratio = b["delta_bytes"] / b["snapshot_bytes"] if b["snapshot_bytes"] else float("nan")
+        print("\nratios (this run):")
+        print(f"  commit time   {big:,} vs {small:,} keys: {t_ratio:.2f}x  (target within 2x: {'met' if t_ratio <= 2 else 'NOT met'})")
+        print(f"  batch time    {big:,} vs {small:,} keys: {b['batch_ms'] / s['batch_ms']:.2f}x")
+        print(
+            f"  bytes/batch   {big:,} vs {small:,} keys: {bytes_ratio:.2f}x (delta file alone {delta_ratio:.2f}x)  (target within 2x: {'met' if bytes_ratio <= 2 else 'NOT met'})"
+        )
+        print(
+            f"  delta bytes vs full snapshot of {big:,} keys: {snap_ratio * 100:.3f}%  (target <= 2%: {'met' if snap_ratio <= 0.02 else 'NOT met'})"
+        )
+        rs = [restart(b) for _ in range(3)]
+        best = min(rs, key=lambda x: x["total_s"])
+        runs = ", ".join(f"{x['total_s']:.2f}" for x in rs)
+        print(f"\nrestart with {big:,} keys of state -> first new batch done (fresh process, best of 3: {runs} s):")
+        print(
+            f"  {best['total_s']:.2f} s = interpreter {best['interpreter_s']:.2f} + import {best['import_s']:.2f}"
+            f" + get_or_create (load snapshot + deltas) {best['restore_s']:.2f} + first batch {best['first_batch_s']:.2f}"
+            f"  (target <= 2 s: {'met' if best['total_s'] <= 2 else 'NOT met'})"
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k keys instead of 1M (a smoke run)")
+    ap.add_argument("--dir", default=None, help="parent directory of the checkpoints (default: the temp dir, then /dev/shm)")
+    ap.add_argument("--batches", type=int, default=30, help="measured batches per case (default: %(default)s)")
+    args = ap.parse_args()
+    big = 100_000 if args.quick else 1_000_000
+    small, changed = 10_000, 1_000
+    print(f"python {sys.version.split()[0]}, streamkeep {sk.__version__}, {os.cpu_count()} CPUs")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew every number)")
+    print(
+        f"map_with_state, {changed:,} keys changed per 1 s batch, snapshot every {SNAPSHOT_EVERY} batches, {args.batches} measured batches per case"
+    )
+    parents: list[str | None] = [args.dir]
+    if args.dir is None and os.path.isdir("/dev/shm"):
+        parents.append("/dev/shm")  # tmpfs: fsync is free, so this shows the engine's own cost
+    for parent in parents:
+        measure(parent, big, small, changed, args.batches)
+    from throughput import tiny_checkpoint
+
+    print()
+    tiny_checkpoint(300, args.dir)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
