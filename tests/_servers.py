@@ -81,6 +81,16 @@ def _wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when pytest dies (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 # ------------------------------------------------------------------------- redis
 def _redis_ping(port: int) -> bool:
     try:
@@ -132,6 +142,7 @@ class RedisServerProcess:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             try:
                 _wait_for(lambda: _redis_ping(self.port) or self.proc.poll() is not None, 10, f"redis-server on port {self.port}")
