@@ -91,6 +91,7 @@ class _Owner:
     lock_fd: int | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    lost: bool = False  # another driver took over: never write the lease again
 
 
 class Checkpoint:
@@ -109,6 +110,8 @@ class Checkpoint:
         self.lease_timeout_s = lease_timeout_s
         self._owner: _Owner | None = None
         self._lock = threading.Lock()
+        #: Log records `records()` skipped because they could not be read (seq -> error).
+        self.unreadable: dict[int, CheckpointError] = {}
 
     # -- records ------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class Checkpoint:
     def _read_lease(self) -> dict[str, Any] | None:
         try:
             data = self.read(_LEASE, "lease")
-        except (CheckpointError, OSError):
+        except Exception:  # unreadable or unreachable: treated as no lease (commits are fenced anyway)
             return None
         return data if isinstance(data, dict) else None
 
@@ -255,9 +258,14 @@ class Checkpoint:
         me = self._owner
         assert me is not None
         while not me.stop.wait(max(0.2, self.lease_timeout_s / 3)):
+            lease = self._read_lease()
+            if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
+                me.lost = True  # taken over after a stall; our next commit will fail (fenced)
+                log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
+                return
             try:
                 self._write_lease()
-            except CheckpointError as exc:  # logged, retried at the next beat; commits are fenced anyway
+            except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
                 log.warning("could not renew the lease of %s: %s", self.url, exc)
 
     def release(self) -> None:
@@ -268,8 +276,9 @@ class Checkpoint:
         me.stop.set()
         if me.thread is not None:
             me.thread.join(timeout=5)
-        with contextlib.suppress(CheckpointError):
-            self._write_lease(released=True)
+        if not me.lost:
+            with contextlib.suppress(CheckpointError):
+                self._write_lease(released=True)
         self._owner = None
         self._release_lock(me)
 
@@ -316,6 +325,7 @@ class Checkpoint:
             except CheckpointError as exc:
                 if strict:
                     raise
+                self.unreadable[seq] = exc
                 log.warning("skipping unreadable commit-log record %s: %s", _log_path(seq), exc)
         return out
 
@@ -337,6 +347,8 @@ class Checkpoint:
         data = self.encode("record", {**record, "type": "commit", "epoch": me.epoch})
         _faults.point("commit.before_record")
         if not self.storage.create(_log_path(seq), data):
+            me.lost = True
+            me.stop.set()
             other = {}
             with contextlib.suppress(CheckpointError):
                 other = self.read(_log_path(seq), "record")
@@ -375,8 +387,22 @@ class Checkpoint:
         return rel
 
     def read_state(self, rel: str, allow_pickle: bool) -> tuple[str, bytes]:
-        """(codec, payload) of a state file, checked."""
-        return unframe(self.storage.path(rel), self.storage.read(rel), None)
+        """(codec, payload) of a state file, checked.
+
+        Raises:
+            CorruptCheckpointError: the file is damaged, or missing although a commit needs it.
+        """
+        try:
+            data = self.storage.read(rel)
+        except CheckpointError as exc:
+            if not isinstance(exc.__cause__, FileNotFoundError):
+                raise
+            msg = (
+                f"checkpoint file {self.storage.path(rel)} is missing: a commit record needs it, so it was deleted "
+                f"after it was written. Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
+            )
+            raise CorruptCheckpointError(msg) from exc
+        return unframe(self.storage.path(rel), data, None)
 
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""

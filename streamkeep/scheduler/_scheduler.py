@@ -206,6 +206,10 @@ class Scheduler:
         assert ckpt is not None
         commits = ckpt.commits()
         plan_times = ckpt.plan_times()
+        if not commits and ckpt.unreadable:  # never start over when the commits may just be unreadable
+            seq, exc = min(ckpt.unreadable.items())
+            msg = f"checkpoint {ckpt.url}: no readable commit record; {log_path(seq)} is damaged ({exc})"
+            raise CorruptCheckpointError(msg) from exc
         if not commits:
             if plan_times:  # crashed before the first commit: start over from those plans
                 self._adopt_plans(None, plan_times)
@@ -234,9 +238,11 @@ class Scheduler:
                 errors.append(exc)
                 log.warning("commit %d is not usable (%s); falling back to an older commit", rec.seq, exc)
                 continue
-            if errors:
+            skipped = sorted(seq for seq in ckpt.unreadable if seq > rec.seq)
+            if errors or skipped:
+                first = errors[0] if errors else ckpt.unreadable[skipped[0]]
                 warnings.warn(
-                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({errors[0]}); recovered from the "
+                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({first}); recovered from the "
                     f"older commit of batch {rec.batch_time} ms and will replay the batches after it from their plans",
                     StreamkeepWarning,
                     stacklevel=2,

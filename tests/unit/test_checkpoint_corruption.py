@@ -1,0 +1,205 @@
+"""Framing and corruption: damaged files are detected, recovery falls back or names the file.
+
+A truncated, altered or deleted file never yields a wrong result or a decoder
+traceback: recovery falls back to an older commit when one is complete (and warns),
+else raises `CorruptCheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from _ckpt_jobs import rate_job, run_until, totals_after
+
+import streamkeep as sk
+from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, frame, unframe
+from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
+from streamkeep.testing import ListSink
+
+# ------------------------------------------------------------------------------ framing
+
+
+def test_frame_round_trip_and_documented_layout() -> None:
+    data = frame("delta", "msgpack", b"payload")
+    assert unframe("f", data, "delta") == ("msgpack", b"payload")
+    # b"SKCP" u8 version, u8 len(kind) kind, u8 len(codec) codec, u64 len(payload), payload, u32 crc32
+    head = b"SKCP" + bytes([FORMAT_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">Q", 7)
+    assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
+
+
+def test_every_truncation_is_detected() -> None:
+    data = frame("record", "msgpack", b"some commit record bytes")
+    for n in range(len(data)):
+        with pytest.raises(CorruptCheckpointError, match="log/000000000003.rec"):
+            unframe("log/000000000003.rec", data[:n], "record")
+
+
+def test_every_flipped_byte_is_detected() -> None:
+    data = frame("snap", "msgpack", bytes(range(40)))
+    for i in range(len(data)):
+        for bit in (0x01, 0x80):
+            bad = bytearray(data)
+            bad[i] ^= bit
+            with pytest.raises(CorruptCheckpointError, match="state/op/1.snap"):
+                unframe("state/op/1.snap", bytes(bad))
+
+
+def test_wrong_kind_foreign_file_and_newer_version_are_refused() -> None:
+    with pytest.raises(CorruptCheckpointError, match="'plan' file where a 'record' file"):
+        unframe("x", frame("plan", "msgpack", b""), "record")
+    with pytest.raises(CorruptCheckpointError, match="magic"):
+        unframe("x", b'{"json": "not ours"}', None)
+    newer = bytearray(frame("plan", "msgpack", b""))
+    newer[4] = FORMAT_VERSION + 1
+    with pytest.raises(CorruptCheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
+        unframe("x", bytes(newer), None)
+
+
+def test_checksum_valid_garbage_payload_is_corrupt_not_a_decoder_traceback(tmp_path: Path) -> None:
+    ck = Checkpoint(str(tmp_path))
+    ck.storage.write("plans/000000000001000.plan", frame("plan", "msgpack", b"\xc1\xc1\xc1"))
+    with pytest.raises(CorruptCheckpointError, match="000000000001000.plan.*could not be decoded"):
+        ck.read_plan(1000)
+
+
+# ------------------------------------------------------------------------------ recovery
+
+
+def _committed(url: str, n: int = 5) -> None:
+    run_until(url, rate_job(url, ListSink()), n)
+
+
+def _state_files(url: str) -> list[Path]:
+    return sorted(Path(url, "state", "totals").iterdir())
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF  # inside the payload: only the checksum can tell
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-3])
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+DAMAGE = {"truncate": _truncate, "flip": _flip, "delete": _delete}
+
+
+def _recover_and_finish(url: str, total: int = 8) -> ListSink:
+    sink = ListSink()
+    run_until(url, rate_job(url, sink), total)
+    return sink
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_delta_falls_back_to_the_older_commit(tmp_path: Path, damage: str) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    newest = _state_files(url)[-1]
+    assert newest.name == "000000000005000.delta"
+    DAMAGE[damage](newest)
+    with pytest.warns(StreamkeepWarning, match=r"000000000005000\.delta.*older commit of batch 4000 ms"):
+        sink = _recover_and_finish(url)
+    assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]  # batch 5 replayed from its plan
+    assert sorted(sink.batches[0][1]) == totals_after(5)
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_commit_record_falls_back(tmp_path: Path, damage: str) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    newest = sorted(Path(url, "log").iterdir())[-1]
+    DAMAGE[damage](newest)
+    if damage == "delete":  # a vanished newest record is indistinguishable from a crash before it: no warning
+        sink = _recover_and_finish(url)
+    else:
+        with pytest.warns(StreamkeepWarning, match=rf"{newest.name}.*older commit of batch 4000 ms"):
+            sink = _recover_and_finish(url)
+    assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damage_every_commit_needs_names_the_file(tmp_path: Path, damage: str) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    first = _state_files(url)[0]  # the first delta: every retained commit's chain starts with it
+    assert first.name == "000000000001000.delta"
+    DAMAGE[damage](first)
+    with pytest.raises(CorruptCheckpointError, match=str(first)) as info:
+        _recover_and_finish(url)
+    assert "verify" in str(info.value)
+
+
+def test_all_commit_records_unreadable_never_starts_over(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    for rec in Path(url, "log").iterdir():
+        _flip(rec)
+    with pytest.raises(CorruptCheckpointError, match=r"no readable commit record"):
+        _recover_and_finish(url)
+
+
+def test_damaged_plan_of_a_pending_batch_names_it(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    ck = Checkpoint(url)
+    plan = ck.read_plan(5000)
+    ck.write_plan(6000, {**plan, "batch_time": 6000})  # a planned, uncommitted batch ...
+    _flip(Path(url, "plans", "000000000006000.plan"))  # ... whose plan is damaged
+    with pytest.raises(CorruptCheckpointError, match="000000000006000.plan"):
+        _recover_and_finish(url)
+
+
+def test_damaged_identity_file(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    _flip(Path(url, "CHECKPOINT"))
+    with pytest.raises(CorruptCheckpointError, match="CHECKPOINT"):
+        _recover_and_finish(url)
+
+
+def test_foreign_directory_is_refused(tmp_path: Path) -> None:
+    url = tmp_path / "not-a-checkpoint"
+    url.mkdir()
+    (url / "notes.txt").write_text("my files")
+    sink = ListSink()
+    with pytest.raises(CheckpointError, match="not a streamkeep checkpoint.*notes.txt"):
+        run_until(str(url), rate_job(str(url), sink), 2)
+    assert sorted(os.listdir(url)) == ["lock", "notes.txt"] or sorted(os.listdir(url)) == ["notes.txt"]
+    assert (url / "notes.txt").read_text() == "my files"
+
+
+def test_foreign_files_inside_a_checkpoint_are_corrupt_not_a_traceback(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    Path(url, "log", "000000000099.rec").write_text("hello")  # a newer "record" that is not ours
+    with pytest.warns(StreamkeepWarning, match="000000000099.rec"):
+        sink = _recover_and_finish(url)
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+def test_fresh_context_on_a_committed_checkpoint_refuses(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    _committed(url, 2)
+    ssc = rate_job(url, ListSink())()
+    with pytest.raises(CheckpointError, match="get_or_create"):
+        ssc.run(max_batches=1)
+
+
+def test_no_checkpoint_means_fresh_start(tmp_path: Path) -> None:
+    url = str(tmp_path / "new")
+    sink = ListSink()
+    ssc = sk.StreamingContext.get_or_create(url, rate_job(url, sink))
+    assert not ssc.restored
+    ssc.stop()

@@ -1,0 +1,142 @@
+"""One driver per checkpoint: a second driver is refused; a driver that lost its claim cannot commit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _ckpt_jobs import rate_job, run_until, totals_after, wait_for
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.errors import CheckpointInUseError
+from streamkeep.testing import ListSink
+
+
+def _stall(ck: Checkpoint) -> None:
+    """Freeze `ck`'s driver as a long pause would: no more heartbeats, and (local) its lock gone."""
+    me = ck._owner
+    assert me is not None
+    me.stop.set()
+    if me.thread is not None:
+        me.thread.join()
+    if me.lock_fd is not None:  # as on a filesystem whose locks did not hold (NFS): only fencing is left
+        os.close(me.lock_fd)
+        me.lock_fd = None
+
+
+def test_second_context_in_the_same_process_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    first = sk.StreamingContext.get_or_create(url, rate_job(url, ListSink()))
+    try:
+        first.run(max_batches=2)
+        with pytest.raises(CheckpointInUseError, match=rf"in use by another driver: pid {os.getpid()}"):
+            sk.StreamingContext.get_or_create(url, rate_job(url, ListSink()))
+    finally:
+        first.stop()
+    sink = ListSink()
+    run_until(url, rate_job(url, sink), 3)  # free again once the first one stopped
+    assert sorted(sink.batches[-1][1]) == totals_after(3)
+
+
+def test_second_process_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {here!r})
+        import streamkeep as sk
+        from _ckpt_jobs import rate_job
+        from streamkeep.errors import CheckpointInUseError
+        from streamkeep.testing import ListSink
+        try:
+            sk.StreamingContext.get_or_create({url!r}, rate_job({url!r}, ListSink()))
+        except CheckpointInUseError as exc:
+            print("IN USE:", exc)
+            sys.exit(3)
+        sys.exit(0)
+    """)
+    first = sk.StreamingContext.get_or_create(url, rate_job(url, ListSink()))
+    try:
+        first.run(max_batches=1)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert f"pid {os.getpid()}" in r.stdout and "stop the other driver" in r.stdout
+    finally:
+        first.stop()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _claimed(url: str, **kw: Any) -> Checkpoint:
+    ck = Checkpoint(url, **kw)
+    ck.claim("test", "0")
+    return ck
+
+
+def test_driver_that_lost_its_claim_cannot_commit_local(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    a = _claimed(url)
+    a.commit({"batch_time": 1000})
+    _stall(a)
+    b = _claimed(url)  # takes over
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim.*batch 2000"):
+        a.commit({"batch_time": 2000})
+    b.commit({"batch_time": 2000})
+    a.release()
+    b.release()
+    kinds = [(r.kind, r.data.get("batch_time"), r.data["epoch"]) for r in Checkpoint(url).records(newest_first=False)]
+    assert kinds == [("claim", None, 1), ("commit", 1000, 1), ("claim", None, 2), ("commit", 2000, 2)]
+
+
+@pytest.mark.integration
+def test_driver_that_lost_its_claim_cannot_commit_s3(s3_server: Any, s3_url: str) -> None:
+    opts = s3_server.storage_options
+    a = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    a.commit({"batch_time": 1000})
+    with pytest.raises(CheckpointInUseError, match="last heartbeat"):
+        _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)  # A's lease is fresh
+    _stall(a)
+    time.sleep(0.7)  # let A's lease expire (the lease rule is time-based by definition)
+    b = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    with pytest.raises(CheckpointInUseError, match="lost its claim"):
+        a.commit({"batch_time": 2000})
+    b.commit({"batch_time": 2000})
+    a.release()  # the loser must not mark B's lease released ...
+    with pytest.raises(CheckpointInUseError):  # ... so a third driver is still refused while B is alive
+        _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    b.release()
+    assert [r.data.get("batch_time") for r in Checkpoint(s3_url, storage_options=opts).commits()] == [2000, 1000]
+
+
+@pytest.mark.integration
+def test_stalled_context_is_fenced_and_the_new_driver_continues_s3(s3_server: Any, s3_url: str) -> None:
+    opts = s3_server.storage_options
+    sink_a, sink_b = ListSink(), ListSink()
+    a = sk.StreamingContext.get_or_create(s3_url, rate_job(s3_url, sink_a, lease_timeout_s=0.6), storage_options=opts)
+    try:
+        a.run(max_batches=2)
+        _stall(a._scheduler.ckpt)  # type: ignore[union-attr]
+        wait_for(lambda: _lease_age_s(s3_url, opts) > 0.6, 10, "the stalled driver's lease to expire")
+        b = sk.StreamingContext.get_or_create(s3_url, rate_job(s3_url, sink_b, lease_timeout_s=0.6), storage_options=opts)
+        with pytest.raises(CheckpointInUseError, match="lost its claim"):
+            a.run(max_batches=1)
+    finally:
+        a.stop()
+    try:
+        b.run(max_batches=2)
+    finally:
+        b.stop()
+    assert [t for t, _ in sink_b.batches] == [3000, 4000]
+    assert sorted(sink_b.batches[-1][1]) == totals_after(4)
+
+
+def _lease_age_s(url: str, opts: dict[str, Any]) -> float:
+    lease = Checkpoint(url, storage_options=opts).read("lease", "lease")
+    return (time.time() * 1000 - lease["heartbeat_ms"]) / 1000
