@@ -87,9 +87,7 @@ class UnsupportedValueError(StreamkeepError, TypeError):
             the key whose key or value is unsupported; otherwise ``None``.
     """
 
-    def __init__(
-        self, message: str, *, path: str, type_name: str, key_repr: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, path: str, type_name: str, key_repr: str | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.type_name = type_name
@@ -102,9 +100,7 @@ class UnsupportedValueError(StreamkeepError, TypeError):
         )
 
 
-def _rebuild_unsupported(
-    message: str, path: str, type_name: str, key_repr: str | None
-) -> UnsupportedValueError:
+def _rebuild_unsupported(message: str, path: str, type_name: str, key_repr: str | None) -> UnsupportedValueError:
     return UnsupportedValueError(message, path=path, type_name=type_name, key_repr=key_repr)
 
 
@@ -156,7 +152,7 @@ def short_repr(obj: object, limit: int = _REPR_LIMIT) -> str:
     try:
         text = repr(obj)
     except Exception:  # a user __repr__ may raise anything  # noqa: BLE001
-        text = f"<{type_name(type(obj))} object (repr failed)>"
+        return f"<{type_name(type(obj))} object (repr failed)>"
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
@@ -168,17 +164,50 @@ def index_path(path: str, key: object) -> str:
 
 
 class EncodeFailed(Exception):  # an internal signal, never escapes the codec
-    """Internal: a codec's fast path failed; the caller explains where and why."""
+    """Internal: a codec's fast path failed; the caller explains where and why.
 
-    def __init__(self, cause: BaseException) -> None:
+    Attributes:
+        cause: what the fast path raised.
+        chained: ``cause``, or ``None`` when it is itself an internal signal that
+            would only add noise as the ``__cause__`` of the user-facing error.
+    """
+
+    def __init__(self, cause: BaseException, *, internal: bool = False) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.chained: BaseException | None = None if internal else cause
 
 
 #: A problem found inside a value: (path, offending object, reason).
 Problem = tuple[str, object, str]
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+
+# A location inside a value, built lazily (paths of deep values would cost O(depth**2)):
+# (parent, kind, arg) with kind "root" (arg: name), "index" (arg: int), "key" (arg: the
+# dict key), "dict-key" (arg: position among the keys) or "element" (arg: position in a set).
+_Loc = tuple[Any, str, Any]
+
+
+def _render(loc: _Loc) -> str:
+    steps: list[_Loc] = []
+    node: _Loc | None = loc
+    while node is not None:
+        steps.append(node)
+        node = node[0]
+    path = ""
+    for _, kind, arg in reversed(steps):
+        if kind == "root":
+            path = str(arg)
+        elif kind == "index":
+            path = f"{path}[{arg}]"
+        elif kind == "key":
+            path = index_path(path, arg)
+        elif kind == "dict-key":
+            path = f"list({path}.keys())[{arg}]"
+        else:
+            path = f"list({path})[{arg}]"
+    return path
 
 
 def find_problem(
@@ -193,13 +222,13 @@ def find_problem(
     Walks exact ``list``/``tuple``/``dict``/``set``/``frozenset`` containers
     iteratively (no recursion limit) and asks ``leaf_problem`` about every other
     object. A reference cycle is a problem unless ``cycles_ok``. Only used once a
-    codec's fast path has failed, so it favours clear paths over speed.
+    codec's fast path has failed; linear in the size of ``obj``.
     """
     active: set[int] = set()  # ids of the containers on the current path
-    # (object, its path, leaving): ``leaving`` entries pop a container off ``active``.
-    stack: list[tuple[Any, str, bool]] = [(obj, root, False)]
+    # (object, its location, leaving): ``leaving`` entries pop a container off ``active``.
+    stack: list[tuple[Any, _Loc, bool]] = [(obj, (None, "root", root), False)]
     while stack:
-        item, path, leaving = stack.pop()
+        item, loc, leaving = stack.pop()
         if leaving:
             active.discard(id(item))
             continue
@@ -207,30 +236,28 @@ def find_problem(
         if tp not in _CONTAINERS:
             reason = leaf_problem(item)
             if reason is not None:
-                return (path, item, reason)
+                return (_render(loc), item, reason)
             continue
         if id(item) in active:
             if cycles_ok:
                 continue
-            return (path, item, "it contains itself (a reference cycle)")
+            return (_render(loc), item, "it contains itself (a reference cycle)")
         active.add(id(item))
-        stack.append((item, path, True))
-        children: list[tuple[Any, str, bool]] = []
+        stack.append((item, loc, True))
+        children: list[tuple[Any, _Loc, bool]] = []
         if tp is dict:
             for i, (key, value) in enumerate(item.items()):
-                children.append((key, f"list({path}.keys())[{i}]", False))
-                children.append((value, index_path(path, key), False))
+                children.append((key, (loc, "dict-key", i), False))
+                children.append((value, (loc, "key", key), False))
         elif tp is list or tp is tuple:
-            children.extend((child, f"{path}[{i}]", False) for i, child in enumerate(item))
+            children.extend((child, (loc, "index", i), False) for i, child in enumerate(item))
         else:
-            children.extend((child, f"list({path})[{i}]", False) for i, child in enumerate(item))
+            children.extend((child, (loc, "element", i), False) for i, child in enumerate(item))
         stack.extend(reversed(children))
     return None
 
 
-def unsupported_error(
-    problem: Problem, *, advice: str, key_repr: str | None = None
-) -> UnsupportedValueError:
+def unsupported_error(problem: Problem, *, advice: str, key_repr: str | None = None) -> UnsupportedValueError:
     """Build the :class:`UnsupportedValueError` for ``problem`` (what, where, what to do)."""
     path, obj, reason = problem
     name = type_name(type(obj))

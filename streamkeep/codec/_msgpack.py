@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
+import msgpack
 
 from streamkeep.codec._base import (
     MSGPACK_VERSION,
@@ -41,21 +41,25 @@ EXT_TIME: Final = 7  # [hour, minute, second, us, fold, offset_us|nil]
 EXT_TIMEDELTA: Final = 8  # [days, seconds, microseconds]
 EXT_DECIMAL: Final = 9  # str(decimal) as ASCII
 
+#: Extension values (tuple, set, frozenset, datetime, ...) nest at most this deep.
+#: Checked on encode and decode; it also bounds the C stack a payload can make decode use.
+MAX_EXT_NESTING: Final = 64
+# Nested extension payloads up to this depth (a tuple in a tuple key) are decoded with
+# msgpack.unpackb, which keeps a ~40 KB parse stack on the C stack; deeper ones use a
+# heap-allocated Unpacker. Measured: a 64-level payload then decodes in a thread with a
+# 256 KB stack (192 KB with depth 1, 384 KB with depth 4).
+_FAST_UNPACK_DEPTH: Final = 2
+
 _VERSION_PREFIX: Final = bytes((MSGPACK_VERSION,))
 _ONE_US: Final = timedelta(microseconds=1)
 
 ADVICE: Final = "convert it to plain data, or opt in to codec='pickle' on the operator or context"
 _SUPPORTED: Final = (
-    "None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, "
-    "datetime, date, time, timedelta and Decimal"
+    "None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, datetime, date, time, timedelta and Decimal"
 )
 # Exact types the msgpack library packs natively (strict_types=True) or our hook handles.
-_NATIVE: Final[frozenset[type]] = frozenset(
-    {type(None), bool, int, float, str, bytes, bytearray, memoryview}
-)
-_EXTENDED: Final[frozenset[type]] = frozenset(
-    {tuple, set, frozenset, datetime, date, time, timedelta, Decimal}
-)
+_NATIVE: Final[frozenset[type]] = frozenset({type(None), bool, int, float, str, bytes, bytearray, memoryview})
+_EXTENDED: Final[frozenset[type]] = frozenset({tuple, set, frozenset, datetime, date, time, timedelta, Decimal})
 
 
 def _offset_us(value: datetime | time) -> int | None:
@@ -71,6 +75,10 @@ class _Unsupported(Exception):  # internal signal raised from the pack hook
     def __init__(self, obj: object) -> None:
         super().__init__(type_name(type(obj)))
         self.obj = obj
+
+
+class _TooDeep(Exception):  # internal signal: more than MAX_EXT_NESTING extension levels
+    pass
 
 
 _new_tuple = tuple.__new__
@@ -103,6 +111,8 @@ class _Encoder:
 
     def pack(self, obj: object) -> bytes:
         depth = self._depth
+        if depth > MAX_EXT_NESTING:
+            raise _TooDeep
         if depth == len(self._packers):
             self._packers.append(
                 msgpack.Packer(
@@ -159,33 +169,119 @@ def _pack(obj: object, unicode_errors: str | None) -> bytes:
 _unpackb = msgpack.unpackb
 
 
-def _unpack(data: bytes | memoryview) -> Any:
-    # Keywords spelled out: a **options dict costs more than the whole unpack of a small tuple.
-    return _unpackb(
-        data,
-        ext_hook=_ext_hook,
-        raw=False,
-        strict_map_key=False,  # keys may be ints, tuples, ...
-        timestamp=3,  # a foreign ext -1 (msgpack timestamp) -> aware UTC datetime
-        unicode_errors="surrogatepass",
-        use_list=True,
-    )
+class _Decoder:
+    """Unpacks one payload; one instance per ``decode`` call (it counts nesting depth).
 
+    Extension payloads (a tuple's items) are unpacked by a nested call from the
+    ext hook. ``msgpack.unpackb`` keeps its parse stack on the C stack (~40 KB),
+    so deeply nested payloads, even corrupt ones, could overflow it: depth is
+    capped at MAX_EXT_NESTING and levels past _FAST_UNPACK_DEPTH use a
+    heap-allocated ``msgpack.Unpacker`` (~0.8 us instead of ~0.1 us).
+    """
 
-def _array(data: bytes, code: int) -> list[Any]:
-    items = _unpack(data)
-    if type(items) is not list:
-        msg = f"extension type {code} must hold an array, found {type_name(type(items))}"
+    __slots__ = ("_depth",)
+
+    def __init__(self) -> None:
+        self._depth = 0
+
+    def unpack(self, data: bytes | memoryview) -> Any:
+        depth = self._depth
+        if depth > MAX_EXT_NESTING:
+            msg = f"extension values are nested more than {MAX_EXT_NESTING} levels deep"
+            raise DecodeError(msg)
+        self._depth = depth + 1
+        try:
+            if depth <= _FAST_UNPACK_DEPTH:
+                # Keywords spelled out: a **options dict costs more than unpacking a small tuple.
+                return _unpackb(
+                    data,
+                    ext_hook=self._hook,
+                    raw=False,
+                    strict_map_key=False,  # keys may be ints, tuples, ...
+                    timestamp=3,  # a foreign ext -1 (msgpack timestamp) -> aware UTC datetime
+                    unicode_errors="surrogatepass",
+                    use_list=True,
+                )
+            unpacker = msgpack.Unpacker(
+                None,
+                ext_hook=self._hook,
+                raw=False,
+                strict_map_key=False,
+                timestamp=3,
+                unicode_errors="surrogatepass",
+                use_list=True,
+                max_buffer_size=max(len(data), 1),
+            )
+            unpacker.feed(data)
+            value = unpacker.unpack()
+            if unpacker.tell() != len(data):
+                raise msgpack.ExtraData(value, b"")
+            return value
+        finally:
+            self._depth = depth
+
+    def _array(self, data: bytes, code: int) -> list[Any]:
+        items = self.unpack(data)
+        if type(items) is not list:
+            msg = f"extension type {code} must hold an array, found {type_name(type(items))}"
+            raise DecodeError(msg)
+        return items
+
+    def _fields(self, data: bytes, code: int, count: int) -> list[Any]:
+        fields = self._array(data, code)
+        if len(fields) != count:
+            msg = f"extension type {code} must hold {count} fields, found {short_repr(fields)}"
+            raise DecodeError(msg)
+        return fields
+
+    def _hook(self, code: int, data: bytes) -> Any:
+        # Ordered by how common each type is in state keys and values.
+        if code == EXT_TUPLE:  # the hot case (tuple keys): unpack() inlined for shallow levels
+            depth = self._depth
+            if depth > _FAST_UNPACK_DEPTH:
+                return tuple(self._array(data, code))
+            self._depth = depth + 1
+            try:
+                items = _unpackb(
+                    data,
+                    ext_hook=self._hook,
+                    raw=False,
+                    strict_map_key=False,
+                    timestamp=3,
+                    unicode_errors="surrogatepass",
+                    use_list=True,
+                )
+            finally:
+                self._depth = depth
+            if type(items) is list:
+                return tuple(items)
+            msg = f"extension type {code} must hold an array, found {type_name(type(items))}"
+            raise DecodeError(msg)
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "big", signed=True)
+        if code == EXT_DATETIME:
+            year, month, day, hour, minute, second, micro, fold, offset = self._fields(data, code, 9)
+            return datetime(year, month, day, hour, minute, second, micro, _tz(offset), fold=fold)
+        if code == EXT_SET:
+            return set(self._array(data, code))
+        if code == EXT_FROZENSET:
+            return frozenset(self._array(data, code))
+        if code == EXT_DATE:
+            year, month, day = self._fields(data, code, 3)
+            return date(year, month, day)
+        if code == EXT_TIME:
+            hour, minute, second, micro, fold, offset = self._fields(data, code, 6)
+            return time(hour, minute, second, micro, _tz(offset), fold=fold)
+        if code == EXT_TIMEDELTA:
+            days, seconds, micro = self._fields(data, code, 3)
+            return timedelta(days=days, seconds=seconds, microseconds=micro)
+        if code == EXT_DECIMAL:
+            return Decimal(data.decode("ascii"))
+        msg = (
+            f"unknown msgpack extension type {code} (format version {MSGPACK_VERSION} knows "
+            f"1-9); the data may come from a newer streamkeep or another writer"
+        )
         raise DecodeError(msg)
-    return items
-
-
-def _fields(data: bytes, code: int, count: int) -> list[Any]:
-    fields = _array(data, code)
-    if len(fields) != count:
-        msg = f"extension type {code} must hold {count} fields, found {short_repr(fields)}"
-        raise DecodeError(msg)
-    return fields
 
 
 def _tz(offset_us: object) -> timezone | None:
@@ -195,49 +291,6 @@ def _tz(offset_us: object) -> timezone | None:
         msg = f"expected a UTC offset in microseconds, found {short_repr(offset_us)}"
         raise DecodeError(msg)
     return timezone(timedelta(microseconds=offset_us))
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    # Ordered by how common each type is in state keys and values.
-    if code == EXT_TUPLE:  # the hot case (tuple keys): _unpack inlined
-        items = _unpackb(
-            data,
-            ext_hook=_ext_hook,
-            raw=False,
-            strict_map_key=False,
-            timestamp=3,
-            unicode_errors="surrogatepass",
-            use_list=True,
-        )
-        if type(items) is list:
-            return tuple(items)
-        msg = f"extension type {code} must hold an array, found {type_name(type(items))}"
-        raise DecodeError(msg)
-    if code == EXT_BIGINT:
-        return int.from_bytes(data, "big", signed=True)
-    if code == EXT_DATETIME:
-        year, month, day, hour, minute, second, micro, fold, offset = _fields(data, code, 9)
-        return datetime(year, month, day, hour, minute, second, micro, _tz(offset), fold=fold)
-    if code == EXT_SET:
-        return set(_array(data, code))
-    if code == EXT_FROZENSET:
-        return frozenset(_array(data, code))
-    if code == EXT_DATE:
-        year, month, day = _fields(data, code, 3)
-        return date(year, month, day)
-    if code == EXT_TIME:
-        hour, minute, second, micro, fold, offset = _fields(data, code, 6)
-        return time(hour, minute, second, micro, _tz(offset), fold=fold)
-    if code == EXT_TIMEDELTA:
-        days, seconds, micro = _fields(data, code, 3)
-        return timedelta(days=days, seconds=seconds, microseconds=micro)
-    if code == EXT_DECIMAL:
-        return Decimal(data.decode("ascii"))
-    msg = (
-        f"unknown msgpack extension type {code} (format version {MSGPACK_VERSION} knows "
-        f"1-9); the data may come from a newer streamkeep or another writer"
-    )
-    raise DecodeError(msg)
 
 
 def _leaf_problem(obj: object) -> str | None:
@@ -288,8 +341,7 @@ class MsgpackCodec:
         try:
             return self.encode_raw(obj)
         except EncodeFailed as failed:
-            cause = None if isinstance(failed.cause, _Unsupported) else failed.cause
-            raise self.explain(obj, "value", failed.cause) from cause
+            raise self.explain(obj, "value", failed.cause) from failed.chained
 
     def encode_raw(self, obj: Any) -> bytes:
         """Internal fast path: like :meth:`encode`, but raises ``EncodeFailed`` unexplained."""
@@ -297,20 +349,20 @@ class MsgpackCodec:
             return _VERSION_PREFIX + _pack(obj, None)
         except UnicodeEncodeError:
             pass  # a str with lone surrogates: retry below
-        except (_Unsupported, ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise EncodeFailed(exc) from None
+        except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise EncodeFailed(exc, internal=isinstance(exc, (_Unsupported, _TooDeep))) from None
         try:  # lone surrogates ("\ud800") are kept with UTF-8 "surrogatepass"
             return _VERSION_PREFIX + _pack(obj, "surrogatepass")
-        except (_Unsupported, ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise EncodeFailed(exc) from None
+        except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise EncodeFailed(exc, internal=isinstance(exc, (_Unsupported, _TooDeep))) from None
 
-    def explain(
-        self, obj: object, root: str, cause: BaseException, key_repr: str | None = None
-    ) -> UnsupportedValueError:
+    def explain(self, obj: object, root: str, cause: BaseException, key_repr: str | None = None) -> UnsupportedValueError:
         """Internal: the error saying where in ``obj`` (named ``root``) encoding fails."""
         problem = find_problem(obj, root, _leaf_problem, cycles_ok=False)
         if problem is None:
-            if isinstance(cause, (ValueError, RecursionError)) and "recursion" in str(cause):
+            if isinstance(cause, _TooDeep):
+                reason = f"it nests tuples, sets or other extension values more than {MAX_EXT_NESTING} levels deep"
+            elif isinstance(cause, (ValueError, RecursionError)) and "recursion" in str(cause):
                 reason = "it is nested too deeply (the msgpack codec allows about 1,000 levels)"
             else:
                 reason = f"msgpack failed: {cause}"
@@ -327,7 +379,7 @@ class MsgpackCodec:
         """
         check_version(data, codec="msgpack", version=MSGPACK_VERSION)
         try:
-            return _unpack(memoryview(data)[1:])
+            return _Decoder().unpack(memoryview(data)[1:])
         except DecodeError as exc:
             msg = f"cannot decode a msgpack payload of {len(data)} bytes: {exc}"
             raise DecodeError(msg) from exc
@@ -348,6 +400,8 @@ def _describe_unpack_failure(exc: Exception) -> str:
         return "the value is nested too deeply to decode"
     if isinstance(exc, msgpack.FormatError):
         return "invalid msgpack data"
+    if isinstance(exc, msgpack.OutOfData):
+        return "the payload is truncated"
     text = str(exc) or type(exc).__name__
     if "incomplete input" in text:
         return "the payload is truncated"

@@ -70,7 +70,7 @@ class PickleCodec:
         try:
             return self.encode_raw(obj)
         except EncodeFailed as failed:
-            raise self.explain(obj, "value", failed.cause) from failed.cause
+            raise self.explain(obj, "value", failed.cause) from failed.chained
 
     def encode_raw(self, obj: Any) -> bytes:
         """Internal fast path: like :meth:`encode`, but raises ``EncodeFailed`` unexplained."""
@@ -79,9 +79,7 @@ class PickleCodec:
         except Exception as exc:  # pickling may run user __reduce__ code
             raise EncodeFailed(exc) from exc
 
-    def explain(
-        self, obj: object, root: str, cause: BaseException, key_repr: str | None = None
-    ) -> UnsupportedValueError:
+    def explain(self, obj: object, root: str, cause: BaseException, key_repr: str | None = None) -> UnsupportedValueError:
         """Internal: the error saying where in ``obj`` (named ``root``) pickling fails."""
         problem = find_problem(obj, root, _leaf_problem, cycles_ok=True)
         if problem is None:
@@ -102,10 +100,7 @@ class PickleCodec:
         except MemoryError:
             raise
         except Exception as exc:  # unpickling may raise anything
-            msg = (
-                f"cannot decode a pickle payload of {len(data)} bytes: "
-                f"{type(exc).__name__}: {exc}"
-            )
+            msg = f"cannot decode a pickle payload of {len(data)} bytes: {type(exc).__name__}: {exc}"
             raise DecodeError(msg) from exc
 
 
