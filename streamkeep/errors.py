@@ -11,6 +11,8 @@ Every error streamkeep raises on purpose derives from :class:`StreamkeepError`::
      ├── SourceError                           a source cannot produce its planned input
      ├── SinkError                             a sink could not write a batch
      ├── StateError                            a state store was used wrongly
+     ├── codec.UnsupportedValueError (TypeError)  a value the codec cannot store
+     ├── codec.DecodeError (ValueError)        bytes that are not a valid codec payload
      └── UserFunctionError                     a user function raised (original chained)
 
     StreamkeepWarning (UserWarning)

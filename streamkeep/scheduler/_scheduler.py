@@ -31,7 +31,7 @@ from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.local import LocalExecutor
-from streamkeep.scheduler._compat import check_compatible
+from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep.scheduler")
@@ -240,9 +240,9 @@ class Scheduler:
                 continue
             skipped = sorted(seq for seq in ckpt.unreadable if seq > rec.seq)
             if errors or skipped:
-                first = errors[0] if errors else ckpt.unreadable[skipped[0]]
+                cause = errors[0] if errors else ckpt.unreadable[skipped[0]]
                 warnings.warn(
-                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({first}); recovered from the "
+                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({cause}); recovered from the "
                     f"older commit of batch {rec.batch_time} ms and will replay the batches after it from their plans",
                     StreamkeepWarning,
                     stacklevel=2,
@@ -262,10 +262,12 @@ class Scheduler:
         ex.open(self.graph, zero)
         chains: dict[str, _Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
+        # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
+        changed = {n for n, _ in differences(data.get("graph", {}), self._description)["incompatible"]}
         for name, rt in ex.runtimes.items():
-            chain_data = stored_state.get(name)
+            chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
-                rt.seed()  # a new stateful operator starts from its initial state
+                rt.seed()  # a new (or reshaped) stateful operator starts from its initial state
                 continue
             load_chain(ckpt, rt, chain_data)
             chains[name] = _Chain(
