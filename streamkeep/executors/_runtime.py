@@ -289,7 +289,7 @@ class WindowRuntime(StatefulRuntime):
         return [s for ts, s in self.slices.items() if ts > next_valid - self.node.length_ms]
 
     def drained(self) -> bool:
-        return not any(any(p) for s in self._future_slices() for p in s)
+        return not any(p for s in self._future_slices() for p in s)  # a non-empty partition (records may be falsy)
 
 
 class ReduceWindowRuntime(WindowRuntime):

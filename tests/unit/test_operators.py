@@ -290,6 +290,12 @@ def test_window_drains_after_input_ends():
     assert out == [[1], [1, 2], [1, 2, 3], [2, 3, 4], [3, 4], [4]]
 
 
+def test_window_drains_falsy_records():
+    # records that are falsy (0, "", None) still hold the window open
+    out = run_batches(lambda ssc, s: s.window(2, name="w"), [[0], ["", None]])
+    assert out == [[0], [0, "", None], ["", None]]
+
+
 def test_window_with_slide_larger_than_batch_interval():
     out = run_batches(lambda ssc, s: s.window(4, 2, name="w"), [[1], [2], [3], [4], [5]])
     # outputs at t = 2, 4, 6, 8: (t-4, t]
