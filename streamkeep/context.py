@@ -132,6 +132,14 @@ class StreamingContext:
                 msg = f"{source!r} is not a Source: it lacks {attr!r} (see streamkeep.sources.base.Source)"
                 raise ConfigError(msg)
         g = self._graph
+        if any(isinstance(n, SourceNode) and n.source.name == source.name for n in g.nodes):
+            msg = f"add_source: the job already has a source named {source.name!r}; source names must be unique"
+            raise ConfigError(msg)
+        if not isinstance(source.name, str) or source.name not in g.source_names:  # a custom source: reserve its name
+            if not isinstance(source.name, str) or not source.name:
+                msg = f"add_source: a source's name must be a non-empty string, got {source.name!r}"
+                raise ConfigError(msg)
+            g.source_name("add_source", source.name)
         node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
         return DStream(g, node)
 

@@ -305,6 +305,24 @@ def test_duplicate_source_names(ssc, s):
         ssc.constant_stream([1], name="st")
 
 
+def test_duplicate_custom_source_names(ssc, s):
+    from streamkeep.sources import ConstantSource
+
+    ssc.add_source(ConstantSource([1], name="custom"))
+    with pytest.raises(ConfigError, match="'custom'"):
+        ssc.add_source(ConstantSource([2], name="custom"))
+    with pytest.raises(ConfigError, match="'q'"):
+        ssc.add_source(ConstantSource([2], name="q"))  # taken by queue_stream
+    with pytest.raises(ConfigError, match="'custom' is already used"):
+        s.window(2, name="custom")
+    s.window(2, name="win")
+    with pytest.raises(ConfigError, match="'win' is already used"):
+        ssc.add_source(ConstantSource([2], name="win"))
+    for bad in ("", None):
+        with pytest.raises(ConfigError, match="non-empty string"):
+            ssc.add_source(ConstantSource([2], name=bad))
+
+
 @pytest.mark.parametrize("bad", ["", 3, b"name"])
 def test_bad_names(ssc, s, bad):
     with pytest.raises(ConfigError, match="name must be a non-empty string"):

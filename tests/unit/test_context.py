@@ -16,7 +16,7 @@ import pytest
 import streamkeep as sk
 from streamkeep import ConfigError, UserFunctionError
 from streamkeep.errors import SourceError
-from streamkeep.testing import ListSink, ManualClock
+from streamkeep.testing import ListSink, ManualClock, run_batches
 
 
 def wait_for(cond, timeout=10.0, what="condition"):
@@ -81,6 +81,27 @@ def test_run_drains_sliding_windows_and_stops():
     ssc.run()
     assert sink.batches == [(2000, [3]), (4000, [6]), (6000, [3])]
     ssc.stop()
+
+
+def test_run_max_batches_runs_past_the_end_of_finite_sources():
+    # an explicit count is honoured (empty batches after the queue ran out), e.g. to let state time out
+    ssc, _ = ctx()
+    sink = ListSink()
+    ssc.queue_stream([[1]], name="q").write_to(sink)
+    assert ssc.run(3) == 3
+    ssc.stop()
+    assert sink.batches == [(1000, [1]), (2000, []), (3000, [])]
+
+
+def test_run_batches_num_batches_lets_state_time_out():
+    def f(key, value, state):
+        if state.is_timing_out():
+            return ("timeout", key)
+        state.update(value)
+        return key
+
+    out = run_batches(lambda ssc, s: s.map_with_state(f, name="m", timeout=1), [[("a", 1)]], num_batches=4)
+    assert out == [["a"], [], [("timeout", "a")], []]
 
 
 def test_run_with_an_empty_queue():
