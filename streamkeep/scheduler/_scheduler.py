@@ -149,6 +149,7 @@ class Scheduler:
         self._plans_written: deque[int] = deque()
         self._prepared = False
         self._description: dict[str, Any] = {}
+        self._reset_sources: set[str] = set()
         self.restored = False
 
     # -- start-up ------------------------------------------------------------------
@@ -263,7 +264,9 @@ class Scheduler:
         chains: dict[str, _Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
         # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
-        changed = {n for n, _ in differences(data.get("graph", {}), self._description)["incompatible"]}
+        diff = differences(data.get("graph", {}), self._description)
+        changed = {n for n, _ in diff["incompatible"]}
+        self._reset_sources = {n for n, _ in diff["sources_incompatible"]}  # allowed to lose their position
         for name, rt in ex.runtimes.items():
             chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
@@ -276,7 +279,7 @@ class Scheduler:
                 [(_time_of(r), r) for r in chain_data.get("deltas", [])],
             )
         for src in self.sources:
-            pos = data.get("positions", {}).get(src.name)
+            pos = None if src.name in self._reset_sources else data.get("positions", {}).get(src.name)
             if pos is not None:
                 src.restore(pos)
         self.executor = ex
@@ -291,6 +294,9 @@ class Scheduler:
         pending = []
         for t in times:
             plan = ckpt.read_plan(t)
+            for name in self._reset_sources:  # planned by a source of another kind: replay without it
+                plan.get("sources", {}).pop(name, None)
+                plan.get("positions", {}).pop(name, None)
             pending.append((t, plan))
             self._plans_written.append(t)
             self._plan_blobs[t] = list(plan.get("blobs", []))

@@ -68,9 +68,13 @@ def test_checksum_valid_garbage_payload_is_corrupt_not_a_decoder_traceback(tmp_p
 
 # ------------------------------------------------------------------------------ recovery
 
+# Every batch changes 5000 keys, so each delta is large enough to get a file of its own
+# (small deltas ride inline in the commit record, covered by the commit-record cases).
+BIG = {"rows_per_second": 5000, "keys": 5000}
+
 
 def _committed(url: str, n: int = 5) -> None:
-    run_until(url, rate_job(url, ListSink()), n)
+    run_until(url, rate_job(url, ListSink(), **BIG), n)
 
 
 def _state_files(url: str) -> list[Path]:
@@ -96,7 +100,7 @@ DAMAGE = {"truncate": _truncate, "flip": _flip, "delete": _delete}
 
 def _recover_and_finish(url: str, total: int = 8) -> ListSink:
     sink = ListSink()
-    run_until(url, rate_job(url, sink), total)
+    run_until(url, rate_job(url, sink, **BIG), total)
     return sink
 
 
@@ -110,8 +114,8 @@ def test_damaged_newest_delta_falls_back_to_the_older_commit(tmp_path: Path, dam
     with pytest.warns(StreamkeepWarning, match=r"000000000005000\.delta.*older commit of batch 4000 ms"):
         sink = _recover_and_finish(url)
     assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]  # batch 5 replayed from its plan
-    assert sorted(sink.batches[0][1]) == totals_after(5)
-    assert sorted(sink.batches[-1][1]) == totals_after(8)
+    assert sorted(sink.batches[0][1]) == totals_after(5, **BIG)
+    assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -126,7 +130,7 @@ def test_damaged_newest_commit_record_falls_back(tmp_path: Path, damage: str) ->
         with pytest.warns(StreamkeepWarning, match=rf"{newest.name}.*older commit of batch 4000 ms"):
             sink = _recover_and_finish(url)
     assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]
-    assert sorted(sink.batches[-1][1]) == totals_after(8)
+    assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -186,7 +190,7 @@ def test_foreign_files_inside_a_checkpoint_are_corrupt_not_a_traceback(tmp_path:
     Path(url, "log", "000000000099.rec").write_text("hello")  # a newer "record" that is not ours
     with pytest.warns(StreamkeepWarning, match="000000000099.rec"):
         sink = _recover_and_finish(url)
-    assert sorted(sink.batches[-1][1]) == totals_after(8)
+    assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)
 
 
 def test_fresh_context_on_a_committed_checkpoint_refuses(tmp_path: Path) -> None:
