@@ -35,6 +35,12 @@ class StreamingContext:
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
         allow_state_loss: names of stateful operators whose checkpointed state may be
             dropped when the code no longer matches it.
+        keep_commits: how many recent commits (and the files they need) retention keeps;
+            recovery can fall back to the older ones if the newest is damaged.
+        lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
+        inline_delta_bytes: deltas up to this size ride inside the commit record (one
+            file and one fsync/PUT per batch instead of one more per stateful operator);
+            0 writes every delta to a file of its own.
 
     Example:
         >>> import streamkeep as sk
@@ -58,6 +64,7 @@ class StreamingContext:
         allow_state_loss: Iterable[str] = (),
         keep_commits: int = 2,
         lease_timeout_s: float = 10.0,
+        inline_delta_bytes: int = 16 * 1024,
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         if executor != "local":
@@ -77,6 +84,7 @@ class StreamingContext:
         self._allow_state_loss = frozenset(allow_state_loss)
         self._keep_commits = keep_commits
         self._lease_timeout_s = lease_timeout_s
+        self._inline_delta_bytes = inline_delta_bytes
         self._resume = False
         self._scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
@@ -215,6 +223,7 @@ class StreamingContext:
                 snapshot_every=self._snapshot_every,
                 keep_commits=self._keep_commits,
                 allow_state_loss=self._allow_state_loss,
+                inline_delta_bytes=self._inline_delta_bytes,
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()

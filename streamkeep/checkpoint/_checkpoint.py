@@ -80,7 +80,7 @@ class CommitRecord:
         for chain in self.data.get("state", {}).values():
             if chain.get("snapshot"):
                 out.add(chain["snapshot"])
-            out.update(chain.get("deltas", ()))
+            out.update(d for d in chain.get("deltas", ()) if isinstance(d, str))  # others are inline
         return out
 
 

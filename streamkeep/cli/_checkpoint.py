@@ -35,7 +35,7 @@ from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, Statef
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.executors._runtime import StatefulRuntime, make_runtime
 from streamkeep.scheduler._compat import check_compatible, differences
-from streamkeep.scheduler._scheduler import load_chain, read_state_file
+from streamkeep.scheduler._scheduler import delta_time, load_chain, read_state_file
 
 _FRAMED_TOP = {"CHECKPOINT": "identity", "lease": "lease"}
 _UNFRAMED_TOP = {"lock"}  # the OS file lock of local drivers: empty by design
@@ -81,7 +81,9 @@ def _list_all(ckpt: Checkpoint, rel_dir: str) -> list[str]:
     return st.list(rel_dir)
 
 
-def _size(ckpt: Checkpoint, rel: str) -> int | None:
+def _size(ckpt: Checkpoint, rel: str | dict[str, Any]) -> int | None:
+    if isinstance(rel, dict):  # a small delta inline in the commit record
+        return len(rel["data"])
     try:
         return ckpt.storage.size(rel)
     except (OSError, CheckpointError):
@@ -375,7 +377,7 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
     for r in commits:
         for name, chain in r.data.get("state", {}).items():
             snap_t = int(chain.get("snapshot_time", 0)) if chain.get("snapshot") else None
-            times = [_time_of(d) for d in chain.get("deltas", [])]
+            times = [delta_time(d) for d in chain.get("deltas", [])]
             if times != sorted(times) or (snap_t is not None and any(t <= snap_t for t in times)):
                 rep.problems.append(f"{log_path(r.seq)}: the state chain of {name!r} is out of order (snapshot {snap_t}, deltas {times})")
         for rel in sorted(r.files()):
@@ -389,11 +391,6 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
         for b in plan.get("blobs", []):
             if blob_path(b) not in present:
                 rep.problems.append(f"{plan_path(t)} (pending batch {t} ms) needs {blob_path(b)}, which is missing")
-
-
-def _time_of(rel: str) -> int:
-    stem = rel.rsplit("/", 1)[-1].split(".")[0]
-    return int(stem) if stem.isdigit() else -1
 
 
 def _loadable(rec: CommitRecord, rep: _Report) -> bool:
@@ -571,12 +568,23 @@ def diff(url: str, app: str, *, storage_options: dict[str, Any] | None = None) -
 
 
 def storage_options(pairs: list[str]) -> dict[str, Any] | None:
-    """``["key=value", ...]`` from ``--storage-option`` as fsspec options (true/false become bools)."""
+    """``["key=value", ...]`` from ``--storage-option`` as fsspec options.
+
+    ``true``/``false`` become bools and a value starting with ``{`` or ``[`` is read
+    as JSON (``client_kwargs={"region_name": "us-east-1"}``); anything else stays a string.
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             msg = f"--storage-option expects KEY=VALUE, got {pair!r}"
             raise ConfigError(msg)
-        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+        if value[:1] in ("{", "["):
+            try:
+                out[key] = json.loads(value)
+            except ValueError as exc:
+                msg = f"--storage-option {key}: {value!r} starts like JSON but is not valid JSON ({exc})"
+                raise ConfigError(msg) from exc
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
     return out or None

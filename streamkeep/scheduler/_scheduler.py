@@ -37,6 +37,7 @@ from streamkeep.sources.base import Source
 log = logging.getLogger("streamkeep.scheduler")
 
 
+
 @dataclass
 class BatchInfo:
     """What listeners learn about a finished batch."""
@@ -103,7 +104,9 @@ class _CheckpointBlobs:
 class _Chain:
     snapshot: str | None = None
     snapshot_time: int = 0
-    deltas: list[tuple[int, str]] = field(default_factory=list)
+    #: (batch time, entry): an entry is a state file's path, or a small delta inline
+    #: in the commit record as {"t": batch time, "codec": name, "data": payload}.
+    deltas: list[tuple[int, Any]] = field(default_factory=list)
 
     def as_data(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
@@ -122,6 +125,7 @@ class Scheduler:
         snapshot_every: int,
         keep_commits: int = 2,
         allow_state_loss: frozenset[str] = frozenset(),
+        inline_delta_bytes: int = 16 * 1024,
     ) -> None:
         self.graph = graph
         self.ckpt = checkpoint
@@ -130,6 +134,7 @@ class Scheduler:
         self.snapshot_every = snapshot_every
         self.keep_commits = max(1, keep_commits)
         self.allow_state_loss = allow_state_loss
+        self.inline_delta_bytes = inline_delta_bytes
         self.interval = graph.batch_interval_ms
         self.executor = LocalExecutor()
         self.sources: list[Source] = []
@@ -276,7 +281,7 @@ class Scheduler:
             chains[name] = _Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),
-                [(_time_of(r), r) for r in chain_data.get("deltas", [])],
+                [(delta_time(r), r) for r in chain_data.get("deltas", [])],
             )
         for src in self.sources:
             pos = None if src.name in self._reset_sources else data.get("positions", {}).get(src.name)
@@ -418,8 +423,10 @@ class Scheduler:
             delta = rt.delta()
             if delta is not None:
                 payload = self._encode_state(rt.node, delta)
-                rel = ckpt.write_state(name, t, "delta", payload, rt.node.codec)
-                chain.deltas.append((t, rel))
+                if len(payload) <= self.inline_delta_bytes:  # small: ride in the commit record, no extra file or fsync
+                    chain.deltas.append((t, {"t": t, "codec": rt.node.codec, "data": payload}))
+                else:
+                    chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, rt.node.codec)))
                 _faults.point("state.mid_write")
         _faults.point("state.after_write")
         self._adopt_snapshots()
@@ -565,7 +572,10 @@ class Scheduler:
                 self.ckpt.release()
 
 
-def _time_of(rel: str) -> int:
+def delta_time(rel: Any) -> int:
+    """Batch time of a chain entry (a delta file path or an inline delta)."""
+    if isinstance(rel, dict):
+        return int(rel["t"])
     stem = rel.rsplit("/", 1)[-1].split(".")[0]
     return int(stem) if stem.isdigit() else 0
 
@@ -573,8 +583,13 @@ def _time_of(rel: str) -> int:
 def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str, Any]:
     """Read, check and decode one state file (snapshot or delta) into the data `load` takes."""
     codec_name, payload = ckpt.read_state(rel, allow_pickle)
+    return decode_state(codec_name, payload, allow_pickle, f"state file {ckpt.storage.path(rel)}")
+
+
+def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
+    """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
     if codec_name == "pickle" and not allow_pickle:
-        msg = f"state file {ckpt.storage.path(rel)} was written with the pickle codec; pass codec='pickle' on its operator to load it"
+        msg = f"{where} was written with the pickle codec; pass codec='pickle' on its operator to load it"
         raise CheckpointError(msg)
     try:
         codec = get_codec(codec_name)
@@ -587,7 +602,7 @@ def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str,
     except CheckpointError:
         raise
     except Exception as exc:
-        msg = f"state file {ckpt.storage.path(rel)} passed its checksum but could not be decoded: {exc}"
+        msg = f"{where} passed its checksum but could not be decoded: {exc}"
         raise CorruptCheckpointError(msg) from exc
 
 
@@ -595,5 +610,8 @@ def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]
     """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
     allow = rt.node.codec == "pickle"
     snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
-    deltas = [read_state_file(ckpt, r, allow) for r in chain_data.get("deltas", [])]
+    deltas = [
+        decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
+        for r in chain_data.get("deltas", [])
+    ]
     rt.load(snap, deltas)

@@ -31,6 +31,7 @@ def rate_job(
     """setup(): rate -> (i % keys, 1) -> update_state_by_key "totals" (+ window "win") -> sink."""
 
     def setup() -> sk.StreamingContext:
+        kw.setdefault("inline_delta_bytes", 0)  # these tests damage and measure delta files
         ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=snapshot_every, keep_commits=keep_commits, **kw)
         pairs = ssc.rate_stream(rows_per_second, name="rate").map(lambda r: (r[0] % keys, 1))
         pairs.update_state_by_key(add_up, name="totals").write_to(sink)

@@ -18,7 +18,7 @@ N_KEYS = 10_000
 
 def keyed_job(url: str, items: list[list[Any]]) -> Callable[[], sk.StreamingContext]:
     def setup() -> sk.StreamingContext:
-        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100)
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100, inline_delta_bytes=0)
         pairs = ssc.queue_stream(items, name="q")
         pairs.update_state_by_key(lambda new, old: (old or 0) + sum(new), name="totals").foreach_batch(lambda b: None)
 

@@ -22,12 +22,20 @@ def _count(new: list[int], old: int | None) -> int | None:
     return None if total >= 1000 else total  # a key past 1000 is removed
 
 
-def _job(url: str, *, batches: int, snapshot_every: int = 20, fail_at: int | None = None, queue: bool = False) -> list[Any]:
+def _job(
+    url: str,
+    *,
+    batches: int,
+    snapshot_every: int = 20,
+    fail_at: int | None = None,
+    queue: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> list[Any]:
     """Run a small stateful job; return the state output of its last batch."""
     outputs: list[Any] = []
 
     def setup() -> sk.StreamingContext:
-        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS), snapshot_every=snapshot_every)
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS), snapshot_every=snapshot_every, inline_delta_bytes=0)
         pairs = ssc.rate_stream(10, name="rate").map(lambda r: (r[0] % 5, 1))
         pairs.update_state_by_key(_count, name="counts").foreach_batch(lambda b: outputs.append(sorted(b.collect())))
         pairs.reduce_by_key_and_window(lambda a, b: a + b, 3.0, inv_f=lambda a, b: a - b, name="win").foreach_batch(lambda b: None)
@@ -43,7 +51,7 @@ def _job(url: str, *, batches: int, snapshot_every: int = 20, fail_at: int | Non
             pairs.foreach_batch(boom)
         return ssc
 
-    ssc = sk.StreamingContext.get_or_create(url, setup)
+    ssc = sk.StreamingContext.get_or_create(url, setup, storage_options=storage_options)
     try:
         ssc.run(max_batches=batches)
     finally:
@@ -158,6 +166,23 @@ def test_storage_options_are_passed_and_checked(ckpt: str, capsys: pytest.Captur
     rc, _, err = _cli(capsys, "checkpoint", "verify", ckpt, "-o", "no-equals-sign")
     assert rc == 2
     assert "KEY=VALUE" in err
+    rc, _, err = _cli(capsys, "checkpoint", "verify", ckpt, "-o", "client_kwargs={oops")
+    assert rc == 2
+    assert "not valid JSON" in err
+
+
+@pytest.mark.integration
+def test_inspect_and_verify_on_s3(s3_server: Any, s3_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _job(s3_url, batches=3, storage_options=s3_server.storage_options)
+    opts = [x for k, v in s3_server.storage_options.items() for x in ("-o", f"{k}={json.dumps(v) if isinstance(v, dict) else v}")]
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", s3_url, "--json", *opts)
+    assert rc == 0
+    info = json.loads(out)
+    assert info["operators"]["counts"]["keys"] == 5
+    assert info["last_commit"]["batch_time_ms"] == 1_003_000
+    assert any(f["path"].startswith("state/counts/") and f["bytes"] for f in info["files"])
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", s3_url, *opts)
+    assert rc == 0, out
 
 
 # --------------------------------------------------------------------------- verify
