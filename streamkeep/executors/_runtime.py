@@ -119,7 +119,11 @@ class UpdateStateRuntime(_Keyed):
                     del data[key]
                     changed.discard(key)
                     removed.add(key)
-                elif type(new) in _IMMUTABLE and (new is old or (type(old) is type(new) and new == old)):
+                elif (
+                    type(new) in _IMMUTABLE
+                    and (new is old or (type(old) is type(new) and new == old))
+                    and (type(new) is not tuple or _frozen(new))  # a list inside may have been mutated in place
+                ):
                     continue  # unchanged: costs nothing in the checkpoint
                 else:
                     data[key] = new
@@ -135,6 +139,13 @@ class UpdateStateRuntime(_Keyed):
         except Exception as exc:
             raise _user_error(self.node, t, exc, key) from exc
         return _output(list(data.items()), self.node.num_partitions, t)
+
+
+def _frozen(value: Any) -> bool:
+    """True when `value` holds nothing that can change in place (tuples checked deeply)."""
+    if type(value) is tuple:
+        return all(_frozen(v) for v in value)
+    return type(value) in _IMMUTABLE
 
 
 def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:

@@ -518,6 +518,37 @@ def test_update_state_by_key_values_arrive_in_order():
     assert out == [[("k", [1, 2])], [("k", [1, 2, 3])]]
 
 
+@pytest.mark.parametrize("fresh_tuple", [False, True])
+def test_update_state_mutated_in_place_survives_a_restore(tmp_path, fresh_tuple):
+    """State that changed inside a tuple (a list appended to) must reach the checkpoint."""
+    import streamkeep as sk
+
+    def update(values, old):
+        if old is None:
+            return (0, [])
+        old[1].extend(values)
+        return (old[0], old[1]) if fresh_tuple else old
+
+    def setup(sink):
+        def build():
+            ssc = sk.StreamingContext(1.0, checkpoint=str(tmp_path / "ckpt"), clock=ManualClock(), snapshot_every=100)
+            ssc.rate_stream(1, name="r").map(lambda r: ("k", r[0])).update_state_by_key(update, name="u").write_to(sink)
+            return ssc
+
+        return build
+
+    first = ListSink()
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "ckpt"), setup(first))
+    ssc.run(3)
+    ssc.stop()
+    assert first.batches[-1] == (3000, [("k", (0, [1, 2]))])
+    second = ListSink()
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "ckpt"), setup(second))
+    ssc.run(1)
+    ssc.stop()
+    assert second.batches == [(4000, [("k", (0, [1, 2, 3]))])]
+
+
 def test_update_state_by_key_error_names_operator_and_time():
     def update(values, old):
         if old is not None:
