@@ -164,7 +164,7 @@ class Checkpoint:
         if self.storage.exists(_IDENTITY):
             self.identity()
             return
-        others = [n for n in self.storage.list("") if n not in (_LOCK, _LEASE)] if self.storage.local else []
+        others = [n for n in self.storage.list("") if n not in (_LOCK, _LEASE)]
         if others and not {"log", "plans", "state", "blobs"} & set(others):
             msg = (
                 f"{self.url} already contains files that are not a streamkeep checkpoint ({', '.join(others[:5])}). "

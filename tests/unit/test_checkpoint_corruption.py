@@ -11,6 +11,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _ckpt_jobs import rate_job, run_until, totals_after
@@ -207,3 +208,14 @@ def test_no_checkpoint_means_fresh_start(tmp_path: Path) -> None:
     ssc = sk.StreamingContext.get_or_create(url, rate_job(url, sink))
     assert not ssc.restored
     ssc.stop()
+
+
+@pytest.mark.integration
+def test_foreign_s3_prefix_is_refused(s3_server: Any, s3_url: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server.storage_options)
+    fs.pipe(s3_url.removeprefix("s3://") + "/notes.txt", b"my files")
+    with pytest.raises(CheckpointError, match="not a streamkeep checkpoint.*notes.txt"):
+        Checkpoint(s3_url, storage_options=s3_server.storage_options).claim("test", "0")
+    assert fs.cat(s3_url.removeprefix("s3://") + "/notes.txt") == b"my files"
