@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any
@@ -55,14 +56,23 @@ def test_get_or_create_sets_the_checkpoint_when_setup_does_not(tmp_path: Any) ->
     assert os.path.isdir(os.path.join(ckpt, "log"))
 
 
-def test_derived_names_are_stable_and_name_pins_state(tmp_path: Any) -> None:
+def _operators(ckpt: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Names of the stateful operators in a checkpoint, from ``streamkeep checkpoint inspect --json``."""
+    from streamkeep.cli import main
+
+    capsys.readouterr()
+    assert main(["checkpoint", "inspect", ckpt, "--json"]) == 0
+    return sorted(json.loads(capsys.readouterr().out)["operators"])
+
+
+def test_derived_names_are_stable_and_name_pins_state(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = str(tmp_path / "ckpt")
     out: list[Any] = []
     run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out, name="counts")), 1)
-    assert os.listdir(os.path.join(ckpt, "state")) == ["counts"]
+    assert _operators(ckpt, capsys) == ["counts"]
     ckpt2 = str(tmp_path / "ckpt2")
     run_batches(StreamingContext.getOrCreate(ckpt2, lambda: _running_count_app(ckpt2, [], out)), 1)
-    assert os.listdir(os.path.join(ckpt2, "state")) == ["update_state_by_key%231"]  # derived, without a warning
+    assert _operators(ckpt2, capsys) == ["update_state_by_key#1"]  # derived, without a warning
 
 
 def test_awaitTermination_reraises_the_job_failure(sc: SparkContext) -> None:
@@ -186,3 +196,25 @@ def test_spark_context_basics(tmp_path: Any) -> None:
         assert acc.value == 10
         assert sc.getConf().get("spark.app.name") == "app"
     assert SparkContext._active_spark_context is None
+
+
+def test_pinning_the_derived_name_keeps_state_and_renaming_is_refused(tmp_path: Any) -> None:
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out)), 1)
+    # the migration guide's recipe: pin the derived name, keep the state
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out, name="update_state_by_key#1")), 1)
+    assert out == [[("a", 1), ("b", 1)], [("a", 2), ("b", 1)]]
+    with pytest.raises(IncompatibleCheckpointError, match="update_state_by_key#1"):
+        StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out, name="counts"))
+    SparkContext.getOrCreate().stop()
+
+    def allow_loss() -> StreamingContext:
+        SparkContext(conf=SparkConf().set("spark.streamkeep.allowStateLoss", "update_state_by_key#1"))
+        return _running_count_app(ckpt, [], out, name="counts")
+
+    out.clear()
+    run_batches(StreamingContext.getOrCreate(ckpt, allow_loss), 1)
+    assert out == [[("a", 1), ("c", 1)]]  # "counts" starts empty, at the third queued batch

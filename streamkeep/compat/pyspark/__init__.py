@@ -61,6 +61,7 @@ __all__ = [
     "UnsupportedModuleError",
     "install",
     "portable_hash",
+    "to_core",
     "uninstall",
     "utf8_decoder",
 ]
@@ -86,6 +87,26 @@ for _public in (
 ):
     _public.__module__ = __name__
 del _public
+
+
+def to_core(obj: Any) -> Any:
+    """The streamkeep object behind a facade object, for mixing in core features.
+
+    A `DStream` gives its `streamkeep.DStream` (e.g. to ``write_to(RedisSink(...))``
+    or ``map_with_state``), a `StreamingContext` its `streamkeep.StreamingContext`,
+    an `RDD` its `streamkeep.Batch`. Results of core calls on a stream can be wrapped
+    back with ``DStream(core_stream, ssc)``.
+
+    Example:
+        >>> sc = SparkContext("local[1]", "to_core")
+        >>> type(to_core(sc.parallelize([1]))).__name__
+        'Batch'
+        >>> sc.stop()
+    """
+    if isinstance(obj, (DStream, RDD, StreamingContext)):
+        return obj._core
+    msg = f"to_core: expected a facade DStream, StreamingContext or RDD, got {type(obj).__name__}"
+    raise TypeError(msg)
 
 
 def __getattr__(name: str) -> Any:

@@ -68,9 +68,7 @@ DSTREAM: dict[str, Alias] = {
         (P("func"), P("invFunc", REQUIRED, "inv_f"), P("windowDuration"), P("slideDuration", None), _NP, P("filterFunc", None, "filter_f")),
         named=True,
     ),
-    "updateStateByKey": Alias(
-        "update_state_by_key", (P("updateFunc"), _NP, P("initialRDD", None, "initial", conv="initial")), named=True
-    ),
+    "updateStateByKey": Alias("update_state_by_key", (P("updateFunc"), _NP, P("initialRDD", None, "initial", conv="initial")), named=True),
     # outputs
     "foreachRDD": Alias("foreach_batch", (P("func", conv="rdd_out"),), returns="none"),
     "pprint": Alias(a.ds_pprint, (P("num", 10),), returns="none"),

@@ -29,7 +29,9 @@ class StreamingContext:
         sparkContext: the `SparkContext`.
         batchDuration: the batch interval in seconds.
 
-    The core context is ``ssc._ssc`` (a `streamkeep.StreamingContext`); tests can
+    State is stored with the msgpack codec unless the SparkConf sets
+    ``spark.streamkeep.codec`` to ``pickle``; ``spark.streamkeep.allowStateLoss``
+    (comma-separated operator names) lets a restore drop those operators' state. The core context is ``ssc._ssc`` (a `streamkeep.StreamingContext`); tests can
     drive it with ``ssc._ssc.run(max_batches=...)`` instead of the wall clock.
 
     Example:
@@ -57,7 +59,10 @@ class StreamingContext:
             msg = "StreamingContext: batchDuration (the batch interval in seconds) is required"
             raise ValueError(msg)
         self._sc = sparkContext
-        self._ssc = sk.StreamingContext(batchDuration)
+        conf = sparkContext._conf
+        codec = conf.get("spark.streamkeep.codec") or "msgpack"
+        allow_loss = [n.strip() for n in (conf.get("spark.streamkeep.allowStateLoss") or "").split(",") if n.strip()]
+        self._ssc = sk.StreamingContext(batchDuration, codec=codec, allow_state_loss=allow_loss)
         self._core = self._ssc
         self._listeners: list[ListenerAdapter] = []
 
