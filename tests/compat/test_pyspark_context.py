@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import run_batches
+from _pyspark_helpers import run_batches
 
 from streamkeep.compat.pyspark import SparkConf, SparkContext, StreamingContext, StreamingListener
 from streamkeep.errors import UserFunctionError

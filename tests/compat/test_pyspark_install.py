@@ -9,7 +9,7 @@ import types
 from typing import Any
 
 import pytest
-from conftest import REPO, spawn
+from _pyspark_helpers import REPO, spawn
 
 import streamkeep.compat.pyspark as facade
 from streamkeep.errors import ConfigError

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from _pyspark_helpers import run_batches
 from _servers import produce
-from conftest import run_batches
 
 from streamkeep.compat.pyspark import KafkaUtils, SparkConf, SparkContext, StreamingContext, TopicAndPartition
 

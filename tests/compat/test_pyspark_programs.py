@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import run_batches
+from _pyspark_helpers import run_batches
 
 from streamkeep.compat.pyspark import DStream, SparkContext, StreamingContext
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import redis
+from _pyspark_helpers import SEEDS, LineReader, spawn, wait_for
 from _servers import produce
-from conftest import SEEDS, LineReader, spawn, wait_for
 
 KAFKA_TO_REDIS = os.path.join(SEEDS, "kafka_to_redis.py")
 CONSTANT = os.path.join(SEEDS, "constant_stream.py")
