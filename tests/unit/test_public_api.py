@@ -1,0 +1,40 @@
+"""The public surface is exactly what API.md promises (and nothing private leaks)."""
+
+from __future__ import annotations
+
+import streamkeep
+import streamkeep.errors
+import streamkeep.sinks
+import streamkeep.sources
+import streamkeep.testing
+
+
+def test_top_level_all_is_exact() -> None:
+    assert sorted(streamkeep.__all__) == sorted([
+        "Batch", "BatchInfo", "CheckpointError", "CheckpointInUseError", "ConfigError", "CorruptCheckpointError",
+        "DStream", "IncompatibleCheckpointError", "SinkError", "SourceError", "State", "StreamingContext",
+        "StreamkeepError", "UserFunctionError", "__version__",
+    ])
+    for name in streamkeep.__all__:
+        assert hasattr(streamkeep, name), name
+
+
+def test_public_names_have_public_modules() -> None:
+    for name in ("Batch", "StreamingContext", "DStream", "State", "BatchInfo"):
+        assert getattr(streamkeep, name).__module__ == "streamkeep", name
+    for name in ("ManualClock", "ListSink", "CrashAt"):
+        assert getattr(streamkeep.testing, name).__module__ == "streamkeep.testing", name
+
+
+def test_error_tree() -> None:
+    e = streamkeep.errors
+    assert issubclass(e.ConfigError, ValueError) and issubclass(e.ConfigError, e.StreamkeepError)
+    for sub in (e.CorruptCheckpointError, e.IncompatibleCheckpointError, e.CheckpointInUseError):
+        assert issubclass(sub, e.CheckpointError)
+    for cls in (e.CheckpointError, e.SourceError, e.SinkError, e.StateError, e.UserFunctionError):
+        assert issubclass(cls, e.StreamkeepError)
+
+
+def test_sinks_and_sources_exports() -> None:
+    assert {"FileSink", "KafkaSink", "RedisSink", "PrintSink", "Sink"} <= set(streamkeep.sinks.__all__)
+    assert {"KafkaRecord", "KafkaSource", "Source", "QueueSource", "RateSource", "TextFileSource", "SocketTextSource"} <= set(streamkeep.sources.__all__)
