@@ -293,3 +293,52 @@ def test_queue_stream_one_at_a_time_false_and_default(sc: SparkContext) -> None:
     run_batches(ssc, 3)
     assert all_at_once == [[1, 2, 3], [], []]
     assert with_default == [[1], [0], [0]]
+
+
+def test_text_file_stream_reads_new_files(sc: SparkContext, tmp_path: Any) -> None:
+    ssc = StreamingContext(sc, 1)
+    words = ssc.textFileStream(str(tmp_path)).flatMap(str.split)
+    got = collect(words.map(lambda w: (w, 1)).reduceByKey(operator.add))
+    ssc._ssc.run(max_batches=1)
+    (tmp_path / "a.txt").write_text("to be\nor not to be\n")
+    run_batches(ssc, 2)
+    assert got == [[], [("be", 2), ("not", 1), ("or", 1), ("to", 2)], []]
+
+
+def test_socket_text_stream_network_word_count(sc: SparkContext) -> None:
+    """The network_wordcount.py example against a local TCP server (like ``nc -lk``)."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"hello world\nhello\n")
+            sent.set()
+            time.sleep(0.5)  # keep the connection open while the job plans its batches
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    ssc = StreamingContext(sc, 1)
+    counts = ssc.socketTextStream("127.0.0.1", port).flatMap(lambda line: line.split(" ")).map(lambda w: (w, 1)).reduceByKey(operator.add)
+    got = collect(counts)
+    deadline = time.monotonic() + 30
+    try:
+        while sum(n for b in got for _, n in b) < 3 and time.monotonic() < deadline:
+            ssc._ssc.run(max_batches=1)  # batch times run back to back; lines arrive when they arrive
+            sent.wait(0.05)
+            time.sleep(0.01)
+    finally:
+        ssc.stop(stopSparkContext=False)
+        server.close()
+    total: Counter[str] = Counter()
+    for b in got:
+        total.update(dict(b))
+    assert total == {"hello": 2, "world": 1}
