@@ -1,0 +1,433 @@
+"""The seed's pipeline end to end: Kafka -> update_state_by_key -> Redis, killed and recovered.
+
+``examples/kafka_to_redis.py`` runs as a real child process against the mock
+Kafka cluster and a real redis-server. The topic holds N records over several
+partitions (a user's records in one partition, so "last action" is defined).
+The child is SIGKILLed at every crash point of ``streamkeep._faults.POINTS``
+(armed with ``CrashAt``; among them ``sink.after_write``, between the Redis
+transaction and the checkpoint commit) and at random instants, then rerun
+with ``get_or_create`` until it has read everything. Redis must then hold
+exactly the totals computed here from the produced records: for the HSET
+variant and for the HINCRBY/INCRBY one, where a batch applied twice would show.
+Every kill case checks that the child died by SIGKILL (no vacuous pass).
+
+Also: group offsets after recovery, undecodable records (SourceError naming
+topic/partition/offset; a dead-letter list loses nothing), Redis down mid-job.
+
+Limit: a kill *inside* a KafkaSink transaction cannot be checked here: the
+mock broker shows aborted/open transactions to read_committed consumers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _servers import produce
+
+from streamkeep import _faults
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.testing import CrashAt
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "kafka_to_redis.py"
+sys.path.insert(0, str(ROOT / "tests" / "faults"))
+from _harness import _COUNTING, expect_killed, expect_ok, scratch_dir  # noqa: E402
+
+redis = pytest.importorskip("redis")
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+N_RECORDS = 8000
+N_USERS = 50
+CAP = 250  # max records per partition and batch: 8 data batches + 1 idle one
+ACTIONS = ("view", "view", "view", "click", "click", "cart", "buy")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _make_lines(n: int, seed: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        user = f"u{rng.randrange(N_USERS)}"
+        out.append((user, f"{user},{rng.choice(ACTIONS)},/page/{rng.randrange(1000)}".encode()))
+    return out
+
+
+def _partition_of(user: str) -> int:
+    return int(user[1:]) % PARTITIONS
+
+
+def _produce_lines(bootstrap: str, topic: str, lines: list[tuple[str, bytes]]) -> None:
+    produce(
+        bootstrap,
+        topic,
+        [v for _, v in lines],
+        keys=[u.encode() for u, _ in lines],
+        partition=lambda i: _partition_of(lines[i][0]),
+    )
+
+
+def _expected(lines: list[tuple[str, bytes]]) -> dict[str, dict[str, str]]:
+    """The hashes an uncrashed run leaves: per user events, last action, count per action."""
+    counts: dict[str, Counter[str]] = {}
+    last: dict[str, str] = {}
+    for user, value in lines:  # produce order = offset order within the user's partition
+        action = value.decode().split(",")[1]
+        counts.setdefault(user, Counter())[action] += 1
+        last[user] = action
+    return {
+        u: {"events": str(sum(c.values())), "last_action": last[u], **{f"action:{a}": str(n) for a, n in c.items()}}
+        for u, c in counts.items()
+    }
+
+
+def _redis_view(url: str, prefix: str) -> tuple[dict[str, dict[str, str]], str | None]:
+    c = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        hashes = {k[len(prefix) + len("user:") :]: c.hgetall(k) for k in c.scan_iter(f"{prefix}user:*", count=1000)}
+        return hashes, c.get(f"{prefix}events_total")
+    finally:
+        c.close()
+
+
+def _check_totals(url: str, prefix: str, mode: str, expected: dict[str, dict[str, str]], what: str) -> None:
+    got, total = _redis_view(url, prefix)
+    wrong = sorted(u for u in set(expected) | set(got) if expected.get(u) != got.get(u))
+    shown = "; ".join(f"{u}: expected {expected.get(u)}, got {got.get(u)}" for u in wrong[:5])
+    assert not wrong, f"{what}: {len(wrong)} users differ in Redis ({mode} mode): {shown}"
+    if mode == "incr":
+        want = sum(int(h["events"]) for h in expected.values())
+        assert total == str(want), f"{what}: events_total is {total}, expected {want}"
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclass
+class Job:
+    """One run configuration of the example: its topic, Redis keys and checkpoint."""
+
+    bootstrap: str
+    topic: str
+    redis_url: str
+    ckpt: str
+    mode: str = "incr"
+    prefix: str = ""
+    group: str = ""
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            str(EXAMPLE),
+            "--bootstrap-servers",
+            self.bootstrap,
+            "--topic",
+            self.topic,
+            "--redis-url",
+            self.redis_url,
+            "--checkpoint",
+            self.ckpt,
+            "--mode",
+            self.mode,
+            "--key-prefix",
+            self.prefix,
+            "--group-id",
+            self.group,
+            "--max-records-per-partition",
+            str(CAP),
+            "--snapshot-every",
+            "3",
+            "--until-idle",
+            *self.extra,
+        ]
+
+    def env(self, crash: CrashAt | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop(_faults.ENV_VAR, None)
+        return crash.env(env) if crash is not None else env
+
+    def run(self, crash: CrashAt | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(), env=self.env(crash), capture_output=True, text=True, timeout=timeout_s)
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(), env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def count_points(self, out: str) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+        """Run uncrashed, counting how often each crash point is reached."""
+        code = _COUNTING.format(job=str(EXAMPLE))
+        r = subprocess.run([sys.executable, "-c", code, out, *self.argv()[2:]], env=self.env(), capture_output=True, text=True, timeout=120)
+        counts = json.loads(Path(out).read_text()) if r.returncode == 0 else {}
+        return r, counts
+
+
+@dataclass
+class World:
+    bootstrap: str
+    topic: str
+    redis_url: str
+    scratch: str
+    expected: dict[str, dict[str, str]]
+    counts: dict[str, int]
+
+    def job(self, name: str, mode: str = "incr", **kw: Any) -> Job:
+        safe = re.sub(r"[^A-Za-z0-9]+", "-", name)
+        root = os.path.join(self.scratch, safe)
+        shutil.rmtree(root, ignore_errors=True)
+        return Job(self.bootstrap, self.topic, self.redis_url, os.path.join(root, "ckpt"), mode=mode, prefix=f"{safe}:", **kw)
+
+    def check(self, job: Job, what: str) -> None:
+        _check_totals(self.redis_url, job.prefix, job.mode, self.expected, what)
+
+
+@pytest.fixture(scope="module")
+def world(kafka_cluster: Any, redis_server: str) -> Iterator[World]:
+    """One topic with N records, one Redis; an uncrashed reference run counts the crash points."""
+    topic = f"e2e-events-{uuid.uuid4().hex[:8]}"
+    kafka_cluster.create_topic(topic, PARTITIONS)
+    lines = _make_lines(N_RECORDS, seed=5)
+    _produce_lines(kafka_cluster.bootstrap, topic, lines)
+    scratch = scratch_dir("streamkeep-k2r-")
+    try:
+        w = World(kafka_cluster.bootstrap, topic, redis_server, scratch, _expected(lines), {})
+        ref = w.job("reference")
+        r, w.counts = ref.count_points(os.path.join(scratch, "points.json"))
+        expect_ok(r, "uncrashed reference run")
+        w.check(ref, "uncrashed reference run")
+        yield w
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _nth(spec: str, count: int) -> int:
+    return max(1, math.ceil(count * 0.75)) if spec == "late" else int(spec)
+
+
+# ----------------------------------------------------------------------------- kill matrix
+
+
+def test_uncrashed_set_mode_gives_the_expected_totals(world: World) -> None:
+    job = world.job("uncrashed-set", mode="set")
+    r = job.run()
+    expect_ok(r, "uncrashed set-mode run")
+    assert "started with checkpoint" in r.stdout, r.stdout
+    world.check(job, "uncrashed set-mode run")
+    # Running it again reads nothing new and changes nothing.
+    again = job.run()
+    expect_ok(again, "second run")
+    assert "resumed from checkpoint" in again.stdout, again.stdout
+    world.check(job, "second run")
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_the_job_reaches_every_crash_point(world: World) -> None:
+    missing = {p: world.counts.get(p, 0) for p in _faults.POINTS if world.counts.get(p, 0) < 2}
+    assert not missing, f"crash points the job reaches fewer than 2 times: {missing} (all counts: {world.counts})"
+
+
+_MATRIX = (
+    [(p, "incr", "2") for p in _faults.POINTS]
+    + [(p, "set", "late") for p in _faults.POINTS]
+    + [("sink.after_write", "incr", "1"), ("sink.after_write", "incr", "late"), ("sink.after_write", "set", "1")]
+)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.parametrize(("point", "mode", "nth_spec"), _MATRIX, ids=[f"{p}-{m}-{n}" for p, m, n in _MATRIX])
+def test_kill_at_crash_point_then_recover_gives_exact_totals(world: World, point: str, mode: str, nth_spec: str) -> None:
+    nth = _nth(nth_spec, world.counts.get(point, 0))
+    job = world.job(f"{point}-{mode}-{nth_spec}", mode=mode)
+    expect_killed(job.run(CrashAt(point, nth)), f"kill at {point}@{nth} ({mode})")
+    expect_ok(job.run(), f"recovery after {point}@{nth} ({mode})")
+    world.check(job, f"after a kill at {point}@{nth} ({mode})")
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.parametrize("point", ["sink.after_write", "commit.before_record", "plan.after_write"])
+def test_kill_again_during_recovery(world: World, point: str) -> None:
+    job = world.job(f"twice-{point}")
+    expect_killed(job.run(CrashAt(point, 3)), f"first kill at {point}@3")
+    expect_killed(job.run(CrashAt(point, 1)), f"second kill at {point}@1, while recovering")
+    expect_ok(job.run(), f"recovery after two kills at {point}")
+    world.check(job, f"after two kills at {point}")
+
+
+def _first_line(proc: subprocess.Popen[str], timeout_s: float) -> str | None:
+    """The child's first stdout line (printed once the context is restored), or None."""
+    got: list[str] = []
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        got.append(proc.stdout.readline())
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    th.join(timeout_s)
+    return got[0] if got and got[0] else None
+
+
+RANDOM_ROUNDS = 8
+RANDOM_DEADLINE_S = 25.0
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_random_kills_then_recover_gives_exact_totals(world: World) -> None:
+    seed = int(os.environ.get("STREAMKEEP_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    timing = world.job("random-timing")
+    t0 = time.monotonic()
+    expect_ok(timing.run(), "timing run")
+    run_s = time.monotonic() - t0
+    job = world.job("random")
+    kills = mid_data = rounds = 0
+    deadline = time.monotonic() + RANDOM_DEADLINE_S
+    while rounds < RANDOM_ROUNDS and time.monotonic() < deadline:
+        rounds += 1
+        proc = job.start()
+        try:
+            if rng.random() < 0.25:  # anywhere from process start, recovery included
+                time.sleep(rng.uniform(0.0, run_s))
+            else:
+                _first_line(proc, 60)
+                time.sleep(rng.uniform(0.0, run_s / 2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stdout is not None and proc.stderr is not None
+            err = proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
+        assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, round {rounds}: exit {proc.returncode}\n{err[-4000:]}"
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            _, total = _redis_view(world.redis_url, job.prefix)
+            mid_data += int(total or 0) < N_RECORDS
+        else:
+            break  # finished on its own: nothing left to kill
+    expect_ok(job.run(), f"seed {seed}: final recovery")
+    world.check(job, f"seed {seed}: after {kills} random kills")
+    assert kills >= 2 and mid_data >= 1, f"seed {seed}: {kills} kills in {rounds} rounds, {mid_data} before all data was written"
+
+
+def test_group_offsets_after_recovery_are_visible_to_another_consumer(world: World) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    group = f"k2r-{uuid.uuid4().hex[:8]}"
+    job = world.job("group-offsets", group=group)
+    nth = _nth("late", world.counts["commit.after_record"])
+    expect_killed(job.run(CrashAt("commit.after_record", nth)), "kill between the checkpoint commit and the group commit")
+    expect_ok(job.run(), "recovery")
+    world.check(job, "after recovery")
+    c = Consumer({"bootstrap.servers": world.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(world.topic, p) for p in range(PARTITIONS)]
+        ends = [c.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in tps]
+        committed = [tp.offset for tp in c.committed(tps, timeout=10)]
+    finally:
+        c.close()
+    assert committed == ends, f"group {group} committed {committed}, end offsets {ends}"
+
+
+# ----------------------------------------------------------------------------- bad input, Redis down
+
+
+def _end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}"})
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in range(partitions)]
+    finally:
+        c.close()
+
+
+def test_undecodable_record_fails_with_source_error_then_dead_letter_loses_nothing(kafka_cluster, topic_factory, redis_url, tmp_path):
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(3)
+    good = [(u, v) for u, v in _make_lines(900, seed=11) if _partition_of(u) < 3]
+    _produce_lines(bs, topic, good[:500])
+    bad = {1: b"\xff\xfe not utf-8", 2: b"no comma here"}
+    for p, value in bad.items():
+        produce(bs, topic, [value], partition=p)
+    ends = _end_offsets(bs, topic, 3)
+    bad_at = {p: ends[p] - 1 for p in bad}  # each bad record is its partition's last one so far
+    _produce_lines(bs, topic, good[500:])  # good records behind the bad ones
+
+    job = Job(bs, topic, redis_url, str(tmp_path / "ckpt"), mode="incr", prefix="dl:")
+    r = job.run()
+    assert r.returncode == 1, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    named = [f"topic {topic} partition {p} offset {o}" for p, o in bad_at.items()]
+    assert "SourceError" in r.stderr and any(n in r.stderr for n in named), r.stderr[-3000:]
+
+    job.extra = ["--dead-letter"]  # same checkpoint: the failed batch is replayed with the handler
+    expect_ok(job.run(), "rerun with a dead-letter list")
+    _check_totals(redis_url, "dl:", "incr", _expected(good), "after the dead-letter rerun")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        dead = [json.loads(x) for x in client.lrange("dl:dead_letters", 0, -1)]
+    finally:
+        client.close()
+    assert sorted((d["topic"], d["partition"], d["offset"]) for d in dead) == sorted((topic, p, o) for p, o in bad_at.items())
+    assert all(d["error"] for d in dead)
+    assert len(dead) + len(good) == sum(_end_offsets(bs, topic, 3))  # every record is in Redis or in the dead letters
+
+
+def test_redis_down_mid_job_is_a_sink_error_and_a_restart_is_exact(world: World, redis_server_factory) -> None:
+    server = redis_server_factory()
+    job = world.job("redis-down")
+    job.redis_url = server.url
+    job.extra = ["--redis-retries", "2", "--redis-timeout", "0.3", "--max-records-per-partition", "40"]  # ~50 batches
+    client = redis.Redis.from_url(server.url)
+    marker = f"{job.prefix}streamkeep:sink:users:last_batch"
+    proc = job.start()
+    stopped = False
+    try:
+        deadline = time.monotonic() + 60
+        while client.get(marker) is None:  # the job has applied a batch: it is mid-run
+            assert proc.poll() is None, f"the job ended before Redis went down: {proc.returncode}"
+            assert time.monotonic() < deadline, "the job applied no batch in 60 s"
+            time.sleep(0.005)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # Redis hangs: every request times out
+        stopped = True
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if stopped:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        client.close()
+    assert proc.returncode == 1, f"exit {proc.returncode}\n{err[-3000:]}"
+    assert "SinkError" in err and "cannot reach Redis" in err and "after 3 attempt(s)" in err, err[-3000:]
+    failed = int(re.search(r"writing batch (\d+)", err).group(1))  # type: ignore[union-attr]
+    committed = Checkpoint(job.ckpt).commits()[0].batch_time
+    assert committed < failed, f"batch {failed} failed in the sink but the checkpoint committed up to {committed}"
+    expect_ok(job.run(), "restart after Redis is back")
+    _check_totals(server.url, job.prefix, "incr", world.expected, "after Redis came back")
