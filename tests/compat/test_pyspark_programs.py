@@ -315,14 +315,14 @@ def test_socket_text_stream_network_word_count(sc: SparkContext) -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    sent = threading.Event()
+    sent, done = threading.Event(), threading.Event()
 
     def serve() -> None:
         conn, _ = server.accept()
         with conn:
             conn.sendall(b"hello world\nhello\n")
             sent.set()
-            time.sleep(0.5)  # keep the connection open while the job plans its batches
+            done.wait(30)  # keep the connection open while the job plans its batches
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
@@ -336,6 +336,7 @@ def test_socket_text_stream_network_word_count(sc: SparkContext) -> None:
             sent.wait(0.05)
             time.sleep(0.01)
     finally:
+        done.set()
         ssc.stop(stopSparkContext=False)
         server.close()
     total: Counter[str] = Counter()
