@@ -1,20 +1,19 @@
 """Kafka input: offset-range plans over confluent-kafka (Spark's direct stream).
 
-Owns :class:`KafkaRecord`, :class:`KafkaSource` and the backpressure rate
-estimator. The plan for a batch is data, ``{"topic:partition": [from, until)}``;
+Owns :class:`KafkaRecord` and :class:`KafkaSource`; re-exports
+:class:`PidRateEstimator` (batch sizing lives in ``sources._backpressure``). The plan for a batch is data, ``{"topic:partition": [from, until)}``;
 reading it assigns the partitions, seeks to ``from`` and polls until every range
 is complete, so a replay reads exactly the same records. confluent-kafka is
 imported lazily (extra ``streamkeep[kafka]``).
 
-Imports only ``streamkeep.errors``, ``streamkeep._types`` and
-``streamkeep.sources.base``; must not import sinks, dstream, the scheduler or
+Imports only ``streamkeep.errors``, ``streamkeep._types``,
+``streamkeep.sources.base`` and ``streamkeep.sources._backpressure``; must not import sinks, dstream, the scheduler or
 executors (a dead-letter sink is accepted structurally, through ``write``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from streamkeep._types import BatchTime, Data
 from streamkeep.errors import ConfigError, SourceError
+from streamkeep.sources._backpressure import PidRateEstimator, partition_caps
 from streamkeep.sources.base import BlobStore
 
 if TYPE_CHECKING:
@@ -71,72 +71,6 @@ class DeadLetterSink(Protocol):
 
 
 ErrorHandler = Callable[[KafkaRecord, Exception], None]
-
-
-class PidRateEstimator:
-    """Spark's PID rate estimator: how many records/s the job can process.
-
-    After each batch, ``compute`` compares the rate the job actually processed
-    (records / processing time) with the rate it last allowed and corrects the
-    allowed rate with a proportional term (the difference), an integral term
-    (the scheduling delay, i.e. the backlog of waiting batches, expressed as a
-    rate) and a derivative term (change of the difference). The first call only
-    records the observed processing rate; later calls return the new rate,
-    never below ``min_rate``.
-
-    Args:
-        batch_interval_ms: the job's batch interval.
-        proportional, integral, derivative: PID gains (Spark's defaults 1, 0.2, 0).
-        min_rate: lower bound for the estimate, records/s over the whole source.
-    """
-
-    def __init__(
-        self, batch_interval_ms: int, *, proportional: float = 1.0, integral: float = 0.2, derivative: float = 0.0, min_rate: float = 100.0
-    ) -> None:
-        if batch_interval_ms <= 0 or min_rate <= 0 or proportional < 0 or integral < 0 or derivative < 0:
-            msg = (
-                "PidRateEstimator needs batch_interval_ms > 0, min_rate > 0 and "
-                f"non-negative gains; got {batch_interval_ms=}, {min_rate=}, "
-                f"{proportional=}, {integral=}, {derivative=}"
-            )
-            raise ConfigError(msg)
-        self.batch_interval_ms = batch_interval_ms
-        self.proportional = proportional
-        self.integral = integral
-        self.derivative = derivative
-        self.min_rate = min_rate
-        self._first = True
-        self._latest_time = -1
-        self._latest_rate = -1.0
-        self._latest_error = -1.0
-
-    @property
-    def rate(self) -> float | None:
-        """The current estimate in records/s, or None before the second observation."""
-        return None if self._first or self._latest_rate < 0 else self._latest_rate
-
-    def compute(self, time_ms: int, records: int, processing_ms: float, scheduling_delay_ms: float = 0.0) -> float | None:
-        """Feed one finished batch; return the new rate (records/s) or None."""
-        if time_ms <= self._latest_time or records <= 0 or processing_ms <= 0:
-            return None
-        processing_rate = records / processing_ms * 1000.0
-        if self._first:
-            self._latest_time = time_ms
-            self._latest_rate = processing_rate
-            self._latest_error = 0.0
-            self._first = False
-            return None
-        since_update_s = (time_ms - self._latest_time) / 1000.0
-        error = self._latest_rate - processing_rate
-        historical_error = scheduling_delay_ms * processing_rate / self.batch_interval_ms
-        d_error = (error - self._latest_error) / since_update_s
-        new_rate = max(
-            self._latest_rate - self.proportional * error - self.integral * historical_error - self.derivative * d_error, self.min_rate
-        )
-        self._latest_time = time_ms
-        self._latest_rate = new_rate
-        self._latest_error = error
-        return new_rate
 
 
 def _import_kafka() -> Any:
@@ -544,29 +478,19 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ plan
     def _caps(self, lags: dict[str, int]) -> dict[str, int | None]:
-        caps: dict[str, int | None] = dict.fromkeys(lags, self.max_records_per_partition)
-        rate_limited = self.max_rate_per_partition is not None or self.backpressure
-        if not rate_limited:
-            return caps
-        if self._batch_interval_ms is None:
+        if (self.max_rate_per_partition is not None or self.backpressure) and self._batch_interval_ms is None:
             msg = (
                 f"kafka source {self.name!r}: max_rate_per_partition/backpressure need "
                 "the batch interval; the scheduler must call set_batch_interval_ms()"
             )
             raise ConfigError(msg)
-        secs = self._batch_interval_ms / 1000.0
-        total_lag = sum(lags.values())
-        est = self.rate_limit
-        for key, lag in lags.items():
-            rate: float | None = self.max_rate_per_partition
-            if est is not None and total_lag > 0:
-                share = est * lag / total_lag
-                rate = share if rate is None else min(rate, share)
-            if rate is not None:
-                limit = max(1, math.floor(rate * secs))
-                cur = caps[key]
-                caps[key] = limit if cur is None else min(cur, limit)
-        return caps
+        return partition_caps(
+            lags,
+            batch_interval_ms=self._batch_interval_ms,
+            max_records=self.max_records_per_partition,
+            max_rate=self.max_rate_per_partition,
+            estimate=self.rate_limit,
+        )
 
     def plan(self, batch_time: BatchTime) -> Data:
         """Return ``{"topic:partition": [from, until]}`` for `batch_time`; advance the position.
@@ -829,3 +753,6 @@ class KafkaSource:
                         raise ck.KafkaException(tp.error)
 
             self._retry(f"committing offsets to group {self.group_id!r}", commit)
+
+
+PidRateEstimator.__module__ = __name__  # documented as streamkeep.sources.kafka.PidRateEstimator
