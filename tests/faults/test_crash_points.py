@@ -157,4 +157,5 @@ def test_random_kills(scratch: str) -> None:
         problems = diff_results(expected, w.results())
         assert not problems, f"seed {seed}, sequence {sequences}:\n" + "\n".join(problems[:20])
         shutil.rmtree(w.root, ignore_errors=True)
+    print(f"random kills: seed={seed} rounds={rounds} kills={kills} sequences={sequences}")
     assert kills >= RANDOM_ROUNDS // 2, f"seed {seed}: only {kills} of {rounds} rounds killed a running job"
