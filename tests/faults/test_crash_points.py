@@ -56,8 +56,15 @@ def _case_dir(scratch: str, name: str) -> Workdir:
     return Workdir.make(root)
 
 
-def _nth(spec: str, count: int) -> int:
-    return max(1, math.ceil(count * 0.75)) if spec == "late" else int(spec)
+# Reached from the background snapshot thread: a snapshot is skipped while the previous one is
+# still being written, so how often these points are reached varies from run to run.
+TIMING_DEPENDENT = {"snapshot.mid_write", "storage.torn_write"}
+
+
+def _nth(point: str, spec: str, count: int) -> int:
+    if spec != "late":
+        return int(spec)
+    return max(1, math.ceil(count * (0.4 if point in TIMING_DEPENDENT else 0.75)))
 
 
 def test_every_point_is_reached_by_the_job(reference: dict[str, Any]) -> None:
@@ -70,7 +77,7 @@ def test_every_point_is_reached_by_the_job(reference: dict[str, Any]) -> None:
 @pytest.mark.parametrize("nth_spec", NTHS)
 @pytest.mark.parametrize("point", _faults.POINTS)
 def test_crash_then_recover_equals_uncrashed(point: str, nth_spec: str, reference: dict[str, Any], scratch: str) -> None:
-    nth = _nth(nth_spec, reference["counts"].get(point, 0))
+    nth = _nth(point, nth_spec, reference["counts"].get(point, 0))
     w = _case_dir(scratch, f"{point}@{nth_spec}")
     expect_killed(w.run(TOTAL, crash=(point, nth)), f"crash at {point}@{nth}")
     expect_ok(w.run(TOTAL), f"recovery after {point}@{nth}")
