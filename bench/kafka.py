@@ -1,0 +1,209 @@
+"""Records/s from Kafka through a stateful job into Redis, against the same job with a no-op sink.
+
+The job is ``examples/kafka_to_redis.py`` (Kafka lines ``user,action,page`` ->
+``update_state_by_key`` per user -> Redis hashes through ``RedisSink``, with a
+local checkpoint), run in this process with ``--until-idle`` semantics: batches
+back to back until one reads nothing. Each variant reads the same topic from
+the start with a fresh checkpoint:
+
+* ``redis (HSET)``: the example's default sink, HSET of the changed users' totals;
+* ``redis (HINCRBY)``: the example's ``--mode incr`` sink;
+* ``no-op sink``: the same graph, the sink replaced by one that drops the records.
+
+The sink's cost is the ratio redis / no-op (same run, same machine). Both
+servers are started here on 127.0.0.1 free ports: librdkafka's mock Kafka
+cluster (``tests/_kafka_mock.py``, in a child process) and a real
+``redis-server`` (``tests/_servers.py``), and stopped at the end.
+
+Run: ``.venv/bin/python bench/kafka.py [--quick] [--records N] [--users N] [--repeat N]``.
+Prints the numbers measured in this run; nothing is compared with stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from _kafka_mock import KafkaMockProcess  # noqa: E402
+from _servers import RedisServerProcess, produce  # noqa: E402
+
+import streamkeep as sk  # noqa: E402
+
+PARTITIONS = 4
+ACTIONS = ("view", "view", "view", "click", "click", "cart", "buy")
+
+
+def _load_example() -> Any:
+    path = os.path.join(ROOT, "examples", "kafka_to_redis.py")
+    spec = importlib.util.spec_from_file_location("kafka_to_redis", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class NoopSink:
+    """A sink that drops every batch (the baseline: everything but the sink's work)."""
+
+    name = "noop"
+
+    def open(self) -> None:
+        pass
+
+    def write(self, batch_time: int, records: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _produce(bootstrap: str, topic: str, n: int, users: int) -> int:
+    rng = random.Random(7)
+    keys, values, parts = [], [], []
+    for i in range(n):
+        u = rng.randrange(users)
+        keys.append(f"u{u}".encode())
+        values.append(f"u{u},{rng.choice(ACTIONS)},/page/{i % 997}".encode())
+        parts.append(u % PARTITIONS)
+    produce(bootstrap, topic, values, keys=keys, partition=lambda i: parts[i])
+    return sum(len(v) for v in values)
+
+
+def _context(example: Any, argv: list[str], noop: bool) -> sk.StreamingContext:
+    cfg = example.parse_args(argv)
+    if not noop:
+        return example.create_context(cfg)
+    # The example's graph with the RedisSink swapped for a no-op sink.
+    ssc = sk.StreamingContext(cfg.batch_interval, checkpoint=cfg.checkpoint, snapshot_every=cfg.snapshot_every)
+    events = ssc.kafka_stream(
+        cfg.topic,
+        bootstrap_servers=cfg.bootstrap_servers,
+        name="events",
+        max_records_per_partition=cfg.max_records_per_partition,
+        value_deserializer=example.parse_line,
+    )
+    events.map(lambda rec: rec.value).update_state_by_key(example.update_user, name="user_state").write_to(NoopSink())
+    return ssc
+
+
+def _run_once(example: Any, base_argv: list[str], mode: str | None, workdir: str, redis_url: str, n: int) -> tuple[float, int]:
+    """Seconds to read all n records (fresh checkpoint), and the number of batches."""
+    ckpt = os.path.join(workdir, f"ckpt-{mode or 'noop'}-{time.monotonic_ns()}")
+    argv = [*base_argv, "--checkpoint", ckpt, "--mode", mode or "set", "--key-prefix", f"{mode}:"]
+    if mode is not None:
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        r.flushall()
+        r.close()
+    ssc = sk.StreamingContext.get_or_create(ckpt, lambda: _context(example, argv, noop=mode is None))
+    counted: list[int] = []
+
+    class Count:
+        def on_batch_completed(self, info: sk.BatchInfo) -> None:
+            counted.append(info.num_records)
+
+    ssc.add_listener(Count())
+    t0 = time.perf_counter()
+    try:
+        batches = example.run_back_to_back(ssc, None, True)
+    finally:
+        ssc.stop()
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(ckpt, ignore_errors=True)
+    if sum(counted) != n:
+        raise SystemExit(f"bench: the job read {sum(counted)} records, expected {n}")
+    if mode == "incr":  # the sink really wrote: every record counted once
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        total = r.get(f"{mode}:events_total")
+        r.close()
+        if total is None or int(total) != n:
+            raise SystemExit(f"bench: Redis events_total is {total!r}, expected {n}")
+    return elapsed, batches
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer records and repeats")
+    ap.add_argument("--records", type=int, default=None, help="records in the topic (default 200k, quick 50k)")
+    ap.add_argument("--users", type=int, default=10_000, help="distinct users (keys of the state)")
+    ap.add_argument("--batch-records", type=int, default=None, help="max records per partition and batch (default records/20)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per variant (default 3, quick 1); the best counts")
+    args = ap.parse_args()
+    n = args.records or (50_000 if args.quick else 200_000)
+    repeat = args.repeat or (1 if args.quick else 3)
+    per_batch = args.batch_records or max(1, n // PARTITIONS // 5)  # 5 data batches + 1 idle one
+    redis_bin = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not redis_bin:
+        print("bench: redis-server not found (apt-get install -y redis-server)", file=sys.stderr)
+        return 2
+    example = _load_example()
+    workdir = tempfile.mkdtemp(prefix="streamkeep-bench-kafka-")
+    kafka = KafkaMockProcess(brokers=1)
+    server = RedisServerProcess(redis_bin)
+    try:
+        topic = "bench-events"
+        kafka.create_topic(topic, PARTITIONS)
+        t0 = time.perf_counter()
+        size = _produce(kafka.bootstrap, topic, n, args.users)
+        produce_s = time.perf_counter() - t0
+        base = [
+            "--bootstrap-servers",
+            kafka.bootstrap,
+            "--topic",
+            topic,
+            "--redis-url",
+            server.url,
+            "--group-id",
+            "",
+            "--max-records-per-partition",
+            str(per_batch),
+            "--snapshot-every",
+            "10",
+        ]
+        print(
+            f"bench/kafka.py: {n:,} records ({size / 1e6:.1f} MB of values) in {PARTITIONS} partitions, "
+            f"{args.users:,} users, <= {per_batch:,} records per partition and batch; "
+            f"mock Kafka (1 broker) + redis-server on 127.0.0.1; produced in {produce_s:.2f} s"
+        )
+        variants = [("no-op sink", None), ("redis (HSET)", "set"), ("redis (HINCRBY)", "incr")]
+        times: dict[str, list[float]] = {label: [] for label, _ in variants}
+        batches = 0
+        for _ in range(repeat):  # interleaved, so drift hits every variant alike
+            for label, mode in variants:
+                secs, batches = _run_once(example, base, mode, workdir, server.url, n)
+                times[label].append(secs)
+        best = {label: min(ts) for label, ts in times.items()}
+        print(f"{'variant':<18}{'best s':>9}{'median s':>10}{'records/s':>13}   ({batches} batches per run, {repeat} runs)")
+        for label, _ in variants:
+            ts = times[label]
+            print(f"{label:<18}{best[label]:>9.3f}{statistics.median(ts):>10.3f}{n / best[label]:>13,.0f}")
+        noop = best["no-op sink"]
+        for label in ("redis (HSET)", "redis (HINCRBY)"):
+            print(
+                f"{label} / no-op: throughput ratio {noop / best[label]:.2f}x (the sink costs {best[label] - noop:.3f} s per {n:,} records)"
+            )
+    finally:
+        server.close()
+        kafka.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
