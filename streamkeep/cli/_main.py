@@ -68,3 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `streamkeep checkpoint inspect URL | head`
+        sys.stderr.close()
+        return 0

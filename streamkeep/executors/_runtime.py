@@ -53,6 +53,10 @@ class StatefulRuntime:
         """The whole state as data (a consistent copy, safe to encode in another thread)."""
         raise NotImplementedError
 
+    def forget_changes(self) -> None:
+        """Drop the change tracking without building a delta (no checkpoint to write)."""
+        self.delta()
+
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
         """Replace the state with `snapshot` plus `deltas` applied in order."""
         raise NotImplementedError
@@ -82,6 +86,10 @@ class _Keyed(StatefulRuntime):
 
     def snapshot(self) -> dict[str, Any]:
         return {"set": list(self.store.data.items()), "del": []}
+
+    def forget_changes(self) -> None:
+        self.store.changed = set()
+        self.store.removed = set()
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
         self.store.load(snapshot["set"] if snapshot else ())

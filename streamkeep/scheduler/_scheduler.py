@@ -289,6 +289,8 @@ class Scheduler:
                 src.restore(pos)
         self.executor = ex
         self._chains = chains
+        # Resume the snapshot cadence: a job restarted often must still snapshot (bounded chains).
+        self._since_snapshot = max((len(c.deltas) for c in chains.values()), default=0)
         self.last_time = rec.batch_time
         self.batches_done = 0
         self._retained.append((rec.seq, rec.batch_time, rec.files()))
@@ -415,7 +417,7 @@ class Scheduler:
         ckpt = self.ckpt
         if ckpt is None:
             for rt in self.executor.runtimes.values():
-                rt.delta()  # keep change tracking bounded
+                rt.forget_changes()  # nothing to persist: keep change tracking bounded
             self._after_commit(plan)
             return
         for name, rt in self.executor.runtimes.items():
@@ -423,7 +425,10 @@ class Scheduler:
             delta = rt.delta()
             if delta is not None:
                 payload = self._encode_state(rt.node, delta)
-                if len(payload) <= self.inline_delta_bytes:  # small: ride in the commit record, no extra file or fsync
+                inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
+                # Small deltas ride in the commit record (no extra file or fsync), as long as the
+                # chain's inline total stays small: every commit record repeats the whole chain.
+                if inline_bytes + len(payload) <= self.inline_delta_bytes:
                     chain.deltas.append((t, {"t": t, "codec": rt.node.codec, "data": payload}))
                 else:
                     chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, rt.node.codec)))

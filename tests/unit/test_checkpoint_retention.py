@@ -94,7 +94,7 @@ def test_retention_removes_old_files_and_keeps_what_commits_need(tmp_path: Path)
         assert plans == [f"plans/{total * 1000:015d}.plan"], plans  # plans up to the oldest retained commit are gone
         logs = sorted(f for f in files if f.startswith("log/"))
         assert len(logs) <= 3, logs
-    assert max(counts) - min(counts) <= 4, counts  # bounded: does not grow with the number of batches
+    assert max(counts[1:]) <= counts[0] + 4, counts  # bounded: does not grow with the number of batches (the snapshot phase varies)
     sink = ListSink()
     run_until(url, rate_job(url, sink, snapshot_every=5, keep_commits=2), 61)
     assert sorted(sink.batches[-1][1]) == totals_after(61)
