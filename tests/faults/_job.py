@@ -58,6 +58,8 @@ def build(ckpt: str, out: str, inp: str, total: int, storage_options: dict | Non
     counts = pairs.map_values(lambda v: 1).reduce_by_key_and_window(operator.add, 4.0, 1.0, name="win_plain")
     lines = ssc.text_file_stream(inp, name="files")
     tracked = lines.flat_map(str.split).map(lambda w: (w, 1)).map_with_state(track, name="seen", timeout=3.0)
+    recent = lines.window(3.0, 1.0, name="recent").flat_map(str.split).count_by_value()  # plain window: slices of records
+    by_word = lines.flat_map(str.split).count_by_value_and_window(4.0, 2.0, name="by_word")  # inv_f + filter_f
     feed_last = int(total * FEED_UNTIL) * INTERVAL_MS
 
     def feed(t: int, batch: object) -> None:  # writes the input the next batch will plan
@@ -80,6 +82,8 @@ def build(ckpt: str, out: str, inp: str, total: int, storage_options: dict | Non
         ("seen", tracked),
         ("seen_state", tracked.state_snapshots()),
         ("lines", lines),
+        ("recent", recent),
+        ("by_word", by_word),
     ):
         stream.write_to(FileSink(os.path.join(out, name), name=name, format="jsonl"))
     return ssc
