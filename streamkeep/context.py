@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,6 +14,7 @@ from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode
 from streamkeep.errors import ConfigError, StreamkeepError
+from streamkeep.executors import LocalExecutor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.sources.base import Source
 
@@ -27,7 +29,9 @@ class StreamingContext:
     Args:
         batch_interval: seconds (float) or a timedelta; one batch per interval.
         checkpoint: fsspec URL of the checkpoint (None: no durability).
-        executor: "local" (embedded, the default).
+        executor: "local" (embedded, the default); "processes" or ``LocalExecutor(processes=N)``
+            to run chains of per-record operators in worker processes (pays off only for
+            CPU-heavy functions: see bench/process_pool.py).
         clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
         snapshot_every: write a full state snapshot every N batches (default 20);
             other batches write only the keys that changed.
@@ -56,7 +60,7 @@ class StreamingContext:
         batch_interval: Duration,
         *,
         checkpoint: str | None = None,
-        executor: str = "local",
+        executor: str | LocalExecutor = "local",
         clock: Any = None,
         snapshot_every: int | None = None,
         codec: str = "msgpack",
@@ -67,8 +71,17 @@ class StreamingContext:
         inline_delta_bytes: int = 16 * 1024,
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
-        if executor != "local":
-            msg = f"executor {executor!r} is not available; use executor='local' (the embedded executor)"
+        if isinstance(executor, LocalExecutor):
+            self._processes = executor.pool.processes if executor.pool is not None else 0
+        elif executor == "local":
+            self._processes = 0
+        elif executor == "processes":
+            self._processes = os.cpu_count() or 2
+        else:
+            msg = (
+                f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
+                f"(per-record operators in a process pool, for CPU-heavy functions) or LocalExecutor(processes=N)"
+            )
             raise ConfigError(msg)
         if codec not in KNOWN_CODECS:
             msg = f"unknown codec {codec!r}; use one of {', '.join(KNOWN_CODECS)}"
@@ -224,6 +237,7 @@ class StreamingContext:
                 keep_commits=self._keep_commits,
                 allow_state_loss=self._allow_state_loss,
                 inline_delta_bytes=self._inline_delta_bytes,
+                processes=self._processes,
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()

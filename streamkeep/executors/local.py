@@ -24,26 +24,34 @@ from streamkeep.dstream._graph import (
     StatefulNode,
     TransformNode,
 )
-from streamkeep.errors import SinkError, StreamkeepError, UserFunctionError
+from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
+from streamkeep.executors._pool import ProcessPool
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime, make_runtime
 
 
 class LocalExecutor:
-    """Runs every partition in the calling thread.
+    """Runs the graph in the driver process.
 
-    Measured on a 2-core machine (bench/process_pool.py), shipping partitions to a
-    process pool did not pay off for typical per-record functions, so the local
-    executor stays single-threaded; scale out with the Ray executor instead.
+    Args:
+        processes: 0 (default) runs every partition in the calling thread. N > 0 runs
+            chains of per-record operators in N worker processes (functions travel with
+            cloudpickle); it pays off only for CPU-heavy functions (a few microseconds
+            per record or more, bench/process_pool.py). Keyed state always stays here.
     """
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 0) -> None:
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 0:
+            msg = f"LocalExecutor: processes must be an int >= 0, got {processes!r}"
+            raise ConfigError(msg)
+        self.pool = ProcessPool(processes) if processes else None
         self.graph: Graph | None = None
         self.nodes: list[Node] = []
         self.runtimes: dict[str, StatefulRuntime] = {}
         self._by_id: dict[int, StatefulRuntime] = {}
         self._shared: set[int] = set()
+        self._chain_ends: set[int] = set()
         self.zero_ms = 0
 
     def open(self, graph: Graph, zero_ms: int) -> None:
@@ -56,11 +64,18 @@ class LocalExecutor:
             for p in n.parents:
                 consumers[p.id] = consumers.get(p.id, 0) + 1
         self._shared = {i for i, c in consumers.items() if c > 1}
+        narrow_fed = {p.id for n in self.nodes if isinstance(n, NarrowNode) for p in n.parents}
+        self._chain_ends = {n.id for n in self.nodes if isinstance(n, NarrowNode) and (n.id not in narrow_fed or n.id in self._shared)}
         for n in self.nodes:
             if isinstance(n, StatefulNode):
                 rt = make_runtime(n, zero_ms)
                 self.runtimes[n.name] = rt
                 self._by_id[n.id] = rt
+
+    def close(self) -> None:
+        """Stop worker processes, if any."""
+        if self.pool is not None:
+            self.pool.close()
 
     def set_zero(self, zero_ms: int) -> None:
         """Align windows to `zero_ms` (restored from a checkpoint)."""
@@ -94,6 +109,8 @@ class LocalExecutor:
                 else:  # pragma: no cover - every node kind is handled above
                     msg = f"unknown node kind {type(node).__name__}"
                     raise StreamkeepError(msg)
+            if out is not None and self.pool is not None and node.id in self._chain_ends:
+                out = self.pool.materialise(out)
             if out is not None and node.id in shared:
                 out.cache()
             results[node.id] = out

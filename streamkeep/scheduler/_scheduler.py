@@ -126,6 +126,7 @@ class Scheduler:
         keep_commits: int = 2,
         allow_state_loss: frozenset[str] = frozenset(),
         inline_delta_bytes: int = 16 * 1024,
+        processes: int = 0,
     ) -> None:
         self.graph = graph
         self.ckpt = checkpoint
@@ -136,7 +137,8 @@ class Scheduler:
         self.allow_state_loss = allow_state_loss
         self.inline_delta_bytes = inline_delta_bytes
         self.interval = graph.batch_interval_ms
-        self.executor = LocalExecutor()
+        self.processes = processes
+        self.executor = LocalExecutor(processes)
         self.sources: list[Source] = []
         self.sinks: list[Any] = []
         self.last_time: int | None = None
@@ -264,7 +266,7 @@ class Scheduler:
         assert ckpt is not None
         data = rec.data
         zero = int(data["zero_ms"])
-        ex = LocalExecutor()
+        ex = LocalExecutor(self.processes)
         ex.open(self.graph, zero)
         chains: dict[str, _Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
@@ -558,6 +560,7 @@ class Scheduler:
 
     def close(self) -> None:
         """Finish a snapshot in flight, close sinks and sources, release the checkpoint."""
+        self.executor.close()
         try:
             if self._snap_thread is not None:
                 self._snap_thread.join()
