@@ -288,8 +288,9 @@ def _first_line(proc: subprocess.Popen[str], timeout_s: float) -> str | None:
     return got[0] if got and got[0] else None
 
 
-RANDOM_ROUNDS = 8
-RANDOM_DEADLINE_S = 25.0
+RANDOM_ROUNDS = 10
+RANDOM_DEADLINE_S = 30.0
+RANDOM_BATCH = ["--max-records-per-partition", "50"]  # ~40 small batches: a run lasts long enough to be hit
 
 
 @pytest.mark.slow
@@ -297,43 +298,49 @@ RANDOM_DEADLINE_S = 25.0
 def test_random_kills_then_recover_gives_exact_totals(world: World) -> None:
     seed = int(os.environ.get("STREAMKEEP_FAULT_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
-    timing = world.job("random-timing")
+    timing = world.job("random-timing", extra=RANDOM_BATCH)
+    proc = timing.start()
+    _first_line(proc, 60)
     t0 = time.monotonic()
-    expect_ok(timing.run(), "timing run")
-    run_s = time.monotonic() - t0
-    job = world.job("random")
-    kills = mid_data = rounds = 0
+    out, err = proc.communicate(timeout=120)
+    run_s = time.monotonic() - t0  # the batch loop of a whole run, start-up excluded
+    assert proc.returncode == 0, err[-4000:]
+    kills = mid_data = rounds = sequences = 0
     deadline = time.monotonic() + RANDOM_DEADLINE_S
     while rounds < RANDOM_ROUNDS and time.monotonic() < deadline:
-        rounds += 1
-        proc = job.start()
-        try:
-            if rng.random() < 0.25:  # anywhere from process start, recovery included
-                time.sleep(rng.uniform(0.0, run_s))
-            else:
-                _first_line(proc, 60)
-                time.sleep(rng.uniform(0.0, run_s / 2))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            assert proc.stdout is not None and proc.stderr is not None
-            err = proc.stderr.read()
-            proc.stdout.close()
-            proc.stderr.close()
-        assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, round {rounds}: exit {proc.returncode}\n{err[-4000:]}"
-        if proc.returncode == -signal.SIGKILL:
+        sequences += 1
+        job = world.job(f"random-{sequences}", extra=RANDOM_BATCH)
+        while rounds < RANDOM_ROUNDS and time.monotonic() < deadline:
+            rounds += 1
+            proc = job.start()
+            try:
+                if rng.random() < 0.25:  # anywhere from process start, recovery included
+                    time.sleep(rng.uniform(0.0, 0.5 + run_s / 2))
+                else:
+                    _first_line(proc, 60)
+                    time.sleep(rng.uniform(0.0, run_s / 2))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                proc.wait(60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stdout is not None and proc.stderr is not None
+                err = proc.stderr.read()
+                proc.stdout.close()
+                proc.stderr.close()
+            assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, round {rounds}: exit {proc.returncode}\n{err[-4000:]}"
+            if proc.returncode == 0:
+                break  # this sequence finished on its own: nothing left to kill
             kills += 1
             _, total = _redis_view(world.redis_url, job.prefix)
             mid_data += int(total or 0) < N_RECORDS
-        else:
-            break  # finished on its own: nothing left to kill
-    expect_ok(job.run(), f"seed {seed}: final recovery")
-    world.check(job, f"seed {seed}: after {kills} random kills")
-    assert kills >= 2 and mid_data >= 1, f"seed {seed}: {kills} kills in {rounds} rounds, {mid_data} before all data was written"
+        expect_ok(job.run(), f"seed {seed}: final recovery of sequence {sequences}")
+        world.check(job, f"seed {seed}: sequence {sequences}, after random kills")
+    assert kills >= RANDOM_ROUNDS // 2 and mid_data >= 2, (
+        f"seed {seed}: {kills} kills in {rounds} rounds ({sequences} sequences), {mid_data} before all data was written"
+    )
 
 
 def test_group_offsets_after_recovery_are_visible_to_another_consumer(world: World) -> None:
