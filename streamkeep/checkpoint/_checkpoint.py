@@ -346,7 +346,9 @@ class Checkpoint:
         seq = me.seq + 1
         data = self.encode("record", {**record, "type": "commit", "epoch": me.epoch})
         _faults.point("commit.before_record")
-        if not self.storage.create(_log_path(seq), data):
+        # Anything at or past `seq` means another driver claimed after our last record. The listing is
+        # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
+        if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
             me.lost = True
             me.stop.set()
             other = {}
@@ -365,8 +367,8 @@ class Checkpoint:
     # -- plans, state, blobs ----------------------------------------------------------
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:
-        """Make the plan of `batch_time` durable."""
-        self.storage.write(plan_path(batch_time), self.encode("plan", plan))
+        """Make the plan of `batch_time` durable (a new file: an existing one means another driver)."""
+        self._create(plan_path(batch_time), self.encode("plan", plan))
 
     def plan_times(self) -> list[int]:
         """Batch times that have a plan file, ascending."""
@@ -383,7 +385,7 @@ class Checkpoint:
     def write_state(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str) -> str:
         """Write an operator's state file (`kind` "delta" or "snap"); return its path."""
         rel = f"{state_dir(op)}/{batch_time:015d}.{kind}"
-        self.storage.write(rel, frame(kind, codec, payload))
+        self._create(rel, frame(kind, codec, payload))
         return rel
 
     def read_state(self, rel: str, allow_pickle: bool) -> tuple[str, bytes]:
@@ -406,7 +408,31 @@ class Checkpoint:
 
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""
-        self.storage.write(f"blobs/{_safe(name)}", self.encode("blob", value))
+        self._create(f"blobs/{_safe(name)}", self.encode("blob", value))
+
+    def _create(self, rel: str, data: bytes) -> None:
+        """Write a plan, state file or blob, which never replaces another driver's file.
+
+        Recovery deletes every such file no commit or pending plan needs before anything runs, so
+        an existing file was written by another driver: either one that took this checkpoint over
+        (this driver lost its claim and stops), or one fenced out earlier that kept running for a
+        while (it never overwrites, and can no longer commit, so the owner's version replaces it).
+        """
+        if self.storage.create(rel, data):
+            return
+        me = self._owner
+        if me is not None and not me.lost and self.last_seq() == me.seq:
+            log.warning("replacing %s, written by a driver that lost its claim on %s", self.storage.path(rel), self.url)
+            self.storage.write(rel, data)
+            return
+        if me is not None:
+            me.lost = True
+            me.stop.set()
+        msg = (
+            f"checkpoint file {self.storage.path(rel)} already exists: another driver took over checkpoint "
+            f"{self.url} and wrote it, so this driver lost its claim. It stops without overwriting the file."
+        )
+        raise CheckpointInUseError(msg)
 
     def get_blob(self, name: str) -> Any:
         """Read a source blob."""

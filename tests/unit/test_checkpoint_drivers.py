@@ -16,7 +16,7 @@ from _ckpt_jobs import rate_job, run_until, totals_after, wait_for
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.errors import CheckpointInUseError
-from streamkeep.testing import ListSink
+from streamkeep.testing import ListSink, ManualClock
 
 
 def _stall(ck: Checkpoint) -> None:
@@ -140,3 +140,62 @@ def test_stalled_context_is_fenced_and_the_new_driver_continues_s3(s3_server: An
 def _lease_age_s(url: str, opts: dict[str, Any]) -> float:
     lease = Checkpoint(url, storage_options=opts).read("lease", "lease")
     return (time.time() * 1000 - lease["heartbeat_ms"]) / 1000
+
+
+def _queue_job(url: str, tag: str, sink: ListSink) -> Any:
+    """5000 distinct keys per batch (deltas get files of their own); `tag` makes each driver's input differ."""
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), keep_commits=2)
+        items = [[(f"{tag if i >= 2 else 'x'}{i}-{k}", 1) for k in range(5000)] for i in range(8)]
+        ssc.queue_stream(items, name="q").update_state_by_key(lambda new, old: (old or 0) + sum(new), name="counts").foreach_batch(
+            lambda t, b: sink.write(int(t.timestamp() * 1000), sorted({k.split("-")[0] for k, _ in b.collect()}))
+        )
+        return ssc
+
+    return setup
+
+
+def test_a_fenced_driver_cannot_overwrite_the_new_owners_files(tmp_path: Path) -> None:
+    """A stalled driver that wakes up after a takeover must not clobber plans, blobs or state files."""
+    url = str(tmp_path / "ckpt")
+    a = sk.StreamingContext.get_or_create(url, _queue_job(url, "a", ListSink()))
+    try:
+        a.run(max_batches=2)
+        _stall(a._scheduler.ckpt)  # type: ignore[union-attr]
+        b = sk.StreamingContext.get_or_create(url, _queue_job(url, "b", ListSink()))
+        try:
+            b.run(max_batches=2)  # batches 3000 and 4000, committed by B
+        finally:
+            b.stop()
+        with pytest.raises(CheckpointInUseError):
+            a.run(max_batches=1)  # A wakes up and tries batch 3000 again, with its own input
+    finally:
+        a.stop()
+    sink = ListSink()
+    run_until(url, _queue_job(url, "b", sink), 5)
+    assert sink.batches[-1][1] == ["b2", "b3", "b4", "x0", "x1"]  # nothing of A's batch 3000 got in
+
+
+def test_the_owner_continues_after_a_fenced_driver_wrote_first(tmp_path: Path) -> None:
+    """The stalled driver wakes up before the new owner runs: it is fenced, and the owner's files win."""
+    url = str(tmp_path / "ckpt")
+    a = sk.StreamingContext.get_or_create(url, _queue_job(url, "a", ListSink()))
+    try:
+        a.run(max_batches=2)
+        _stall(a._scheduler.ckpt)  # type: ignore[union-attr]
+        sink_b = ListSink()
+        b = sk.StreamingContext.get_or_create(url, _queue_job(url, "b", sink_b))
+        try:
+            with pytest.raises(CheckpointInUseError, match="lost its claim"):
+                a.run(max_batches=1)  # plans and runs batch 3000 with its own input, then cannot commit
+            b.run(max_batches=2)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+    assert [t for t, _ in sink_b.batches] == [3000, 4000]
+    assert sink_b.batches[-1][1] == ["b2", "b3", "x0", "x1"]
+    sink = ListSink()
+    run_until(url, _queue_job(url, "b", sink), 5)
+    assert sink.batches[-1][1] == ["b2", "b3", "b4", "x0", "x1"]
