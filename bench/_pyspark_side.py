@@ -1,10 +1,13 @@
 """PySpark Streaming side of the comparison. Runs under bench/.pyspark-venv's python.
 
-Usage (the orchestrator calls this; one workload per process):
-    python bench/_pyspark_side.py WORKLOAD '<json params>'
+Usage (the orchestrator calls these):
+    python bench/_pyspark_side.py suite '<json: {"parts": [...], <part>: params}>'
+    python bench/_pyspark_side.py restart_job '<json params>'
 
-Every workload runs in local[2] with checkpointing on and prints its figures as
-one ``@@RESULT {...}`` line (see _common.emit). Spark's own logging goes to stderr.
+``suite`` runs the parts in order in one process and one SparkContext (start-up
+first, as it times the process start), printing one ``@@RESULT {...}`` line per
+part (see _common.emit); ``restart_job`` runs until it is killed. Everything runs
+in local[2] with checkpointing on. Spark's own logging goes to stderr.
 
 PySpark Streaming runs on the wall clock only, so processing times come from
 Spark's StreamingListener (BatchInfo.processingDelay / schedulingDelay), the same
@@ -19,7 +22,6 @@ import operator
 import os
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -31,7 +33,6 @@ sys.path.insert(0, _HERE)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     x for x in (_HERE, os.environ.get("PYTHONPATH")) if x)
 import _common as C  # noqa: E402
-
 from pyspark import SparkConf, SparkContext  # noqa: E402
 from pyspark.streaming import StreamingContext  # noqa: E402
 from pyspark.streaming.listener import StreamingListener  # noqa: E402
@@ -97,8 +98,11 @@ def _positive(kv: tuple[str, int]) -> bool:
 
 
 def _count_into(sink: list[int]) -> Any:
+    # An output function must return None: PySpark treats a returned value as an RDD.
     def record(rdd: Any) -> None:
-        sink.append(rdd.count())
+        n = rdd.count()
+        if len(sink) < 10_000:
+            sink.append(n)
     return record
 
 
@@ -111,7 +115,7 @@ def _check(what: str, got: int, want: int) -> None:
 
 # --------------------------------------------------------------------------- (1) throughput
 
-def throughput(p: dict[str, Any]) -> None:
+def throughput(p: dict[str, Any]) -> dict[str, Any]:
     sc = _sc("bench-throughput")
     lines = C.make_lines(p["words"], p["distinct"])
     nb = p["batches"]
@@ -134,22 +138,25 @@ def throughput(p: dict[str, Any]) -> None:
         lst = _Listener()
         ssc.addStreamingListener(lst)
         ssc.start()
-        _wait(lambda: len(lst.batches) >= nb, 600)
+        _wait(lambda lst=lst: len(lst.batches) >= nb, 600)
         ssc.stop(stopSparkContext=False, stopGraceFully=False)
         done = lst.batches[:nb]
         _check(kind, len(keys), nb)
         proc_s = sum(b["proc_ms"] for b in done) / 1e3
-        out[kind] = {"words_per_s": p["words"] / proc_s, "proc_s": proc_s,
+        steady_s = sum(b["proc_ms"] for b in done[1:]) / 1e3
+        out[kind] = {"words_per_s": p["words"] / proc_s,
+                     "steady_words_per_s": p["words"] * (nb - 1) / nb / steady_s,
+                     "proc_s": proc_s,
                      "proc_ms": [b["proc_ms"] for b in done], "keys": keys[:nb],
                      "records": sum(b["records"] for b in done)}
-    C.emit(**out)
+    return out
 
 
 # --------------------------------------------------------------------------- (2) latency floor
 
 def _stateful_tiny(ssc: StreamingContext, default: Any) -> None:
     s = ssc.queueStream([], oneAtATime=True, default=default)
-    s.flatMap(_split).map(_pair).updateStateByKey(_update_sum).foreachRDD(lambda rdd: rdd.count())
+    s.flatMap(_split).map(_pair).updateStateByKey(_update_sum).foreachRDD(_count_into([]))
 
 
 def _try_interval(sc: SparkContext, default: Any, interval: float,
@@ -177,7 +184,7 @@ def _try_interval(sc: SparkContext, default: Any, interval: float,
     return ok, why, batches
 
 
-def latency(p: dict[str, Any]) -> None:
+def latency(p: dict[str, Any]) -> dict[str, Any]:
     sc = _sc("bench-latency")
     tiny = C.make_lines(p["records_per_batch"] * C.WORDS_PER_LINE, p["distinct"])
     default = sc.parallelize(tiny, 2)
@@ -185,47 +192,50 @@ def latency(p: dict[str, Any]) -> None:
         default.flatMap(_split).map(_pair).reduceByKey(operator.add).count()
     tried: list[dict[str, Any]] = []
     floor = tiny_ms = None
+    slowest_ms = 0.0
     for interval in p["ps_candidates_s"]:
+        if interval * 1e3 < 0.8 * slowest_ms:
+            # A batch already took longer than this interval: it cannot keep up.
+            tried.append({"interval_s": interval, "keeps_up": False,
+                          "why": f"skipped: batches take ~{slowest_ms:.0f} ms"})
+            continue
         ok, why, batches = _try_interval(sc, default, interval, p)
         proc = sorted(b["proc_ms"] for b in batches[len(batches) // 5:])
         med = proc[len(proc) // 2] if proc else None
+        slowest_ms = max(slowest_ms, med or 0)
         tried.append({"interval_s": interval, "keeps_up": ok, "why": why, "median_proc_ms": med})
         if ok:
             floor, tiny_ms = interval, med
             break
     # Per-batch overhead with tiny batches: the median processing time (Spark's
     # BatchInfo.processingDelay) of the batches run at the floor, where the job keeps up.
-    C.emit(floor_s=floor, tried=tried, tiny_batch_s=tiny_ms / 1e3 if tiny_ms is not None else None)
+    return {"floor_s": floor, "tried": tried,
+            "tiny_batch_s": tiny_ms / 1e3 if tiny_ms is not None else None}
 
 
 # --------------------------------------------------------------------------- (3) start-up
 
-def startup(p: dict[str, Any]) -> None:
+def startup(p: dict[str, Any]) -> dict[str, Any]:
     sc = _sc("bench-startup")
     ssc = StreamingContext(sc, p["interval_s"])
     ssc.checkpoint(tempfile.mkdtemp(prefix="ps-ckpt-"))
-    done = threading.Event()
-    first: list[float] = []
-
-    def record(rdd: Any) -> None:
-        rdd.count()
-        if not first:
-            first.append(time.time())
-            done.set()
-
     default = sc.parallelize(C.make_lines(100, 100), 2)
     (ssc.queueStream([], oneAtATime=True, default=default).flatMap(_split).map(_pair)
-        .updateStateByKey(_update_sum).foreachRDD(record))
+        .updateStateByKey(_update_sum).foreachRDD(_count_into([])))
+    # The listener runs in this process (output functions are pickled into the
+    # checkpoint, so they cannot hold a threading.Event).
+    lst = _Listener()
+    ssc.addStreamingListener(lst)
     ssc.start()
-    done.wait(120)
-    C.emit(first_batch_done=first[0] if first else None, process_start=T_PROCESS,
-           imported=T_IMPORTED)
-    ssc.stop(stopSparkContext=True, stopGraceFully=False)
+    _wait(lambda: bool(lst.batches), 120)
+    first = lst.batches[0]["wall"] if lst.batches else None
+    ssc.stop(stopSparkContext=False, stopGraceFully=False)
+    return {"first_batch_done": first, "process_start": T_PROCESS, "imported": T_IMPORTED}
 
 
 # --------------------------------------------------------------------------- (4) checkpoint cost
 
-def checkpoint(p: dict[str, Any]) -> None:
+def checkpoint(p: dict[str, Any]) -> dict[str, Any]:
     sc = _sc("bench-checkpoint")
     interval = p["interval_s"]
     # Spark checkpoints a stateful DStream's RDD every ceil(10 s / interval) batches
@@ -242,12 +252,12 @@ def checkpoint(p: dict[str, Any]) -> None:
                 for b in range(steady + 1)]
         state = (ssc.queueStream(rdds, oneAtATime=True).map(_pair)
                  .updateStateByKey(_update_sum, initialRDD=initial))
-        state.foreachRDD(lambda rdd: rdd.count())
+        state.foreachRDD(_count_into([]))
         lst = _Listener(on_batch=lambda c=counter: {"bytes": c.scan()})
         ssc.addStreamingListener(lst)
         counter.start_polling()
         ssc.start()
-        _wait(lambda: len(lst.batches) >= steady + 1, 1800)
+        _wait(lambda lst=lst: len(lst.batches) >= steady + 1, 1800)
         time.sleep(0.5)  # let the asynchronous metadata checkpoint of the last batch land
         counter.stop_polling()
         end_bytes = counter.total
@@ -258,16 +268,16 @@ def checkpoint(p: dict[str, Any]) -> None:
                        "ms_per_batch": sum(x["proc_ms"] for x in b[1:]) / steady,
                        "first_batch_bytes": b[0]["bytes"], "first_batch_ms": b[0]["proc_ms"],
                        "steady_batches": steady, "dir_bytes": C.dir_size(ckpt)}
-    C.emit(**out)
+    return out
 
 
 # --------------------------------------------------------------------------- (5)/(6) restartable jobs
 
 def _restartable(p: dict[str, Any], version: str) -> None:
-    """A word count over a file stream, restarted with getOrCreate.
+    """A word count over a file stream, started or restarted with getOrCreate.
 
-    Writes one line per output per batch to p["out"]: "pid version kind batch_ms value".
-    In the code-change run, version v2's update adds 1000 per word instead of 1.
+    Writes one line per output per batch to p["out"]: "pid version kind batch_ms value
+    wall". In the code-change run, version v2's update adds 1000 per word instead of 1.
     """
     ckpt, out, src = p["ckpt"], p["out"], p["input"]
     mult = 1000 if version == "v2" else 1
@@ -291,41 +301,25 @@ def _restartable(p: dict[str, Any], version: str) -> None:
                                f"{rdd.values().sum() if not rdd.isEmpty() else 0} "
                                f"{time.time():.3f}")
 
-        words.foreachRDD(rec_words)
+        if p.get("record_words"):  # the code-change run needs words per batch
+            words.foreachRDD(rec_words)
         state.foreachRDD(rec_state)
         return ssc
 
     ssc = StreamingContext.getOrCreate(ckpt, setup)
     ssc.sparkContext.setLogLevel("ERROR")
     ssc.start()
-    stop_after = p.get("stop_after")
-    if stop_after is None:
-        ssc.awaitTermination()  # the orchestrator SIGKILLs us
-        return
-    me = str(os.getpid())
-
-    def mine() -> int:
-        try:
-            with open(out, encoding="utf-8") as f:
-                return sum(1 for line in f if line.split()[0] == me and line.split()[2] == "state")
-        except FileNotFoundError:
-            return 0
-
-    _wait(lambda: mine() >= stop_after, 600)
-    ssc.stop(stopSparkContext=True, stopGraceFully=True)
-    C.emit(stopped=True)
+    ssc.awaitTermination()  # until the orchestrator SIGKILLs us
 
 
-def recovery_job(p: dict[str, Any]) -> None:
-    _restartable(p, "v1")
+def restart_job(p: dict[str, Any]) -> None:
+    _restartable(p, p.get("version", "v1"))
 
 
-def codechange_job(p: dict[str, Any]) -> None:
-    _restartable(p, p["version"])
-
-
-WORKLOADS = {f.__name__: f for f in (throughput, latency, startup, checkpoint, recovery_job,
-                                      codechange_job)}
+PARTS = {f.__name__: f for f in (startup, throughput, latency, checkpoint)}
 
 if __name__ == "__main__":
-    WORKLOADS[sys.argv[1]](json.loads(sys.argv[2]))
+    if sys.argv[1] == "restart_job":
+        restart_job(json.loads(sys.argv[2]))
+    else:
+        C.run_suite(PARTS, json.loads(sys.argv[2]))
