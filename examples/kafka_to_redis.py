@@ -200,6 +200,7 @@ def create_context(cfg: argparse.Namespace) -> sk.StreamingContext:
         backpressure=cfg.backpressure,
         value_deserializer=parse_line,
         on_error=on_error,
+        timeout_s=cfg.kafka_timeout,
     )
     users = events.map(lambda rec: rec.value).update_state_by_key(update_user, name="user_state")
     write = hincrby_writer(cfg.key_prefix) if cfg.mode == "incr" else hset_writer(cfg.key_prefix)
@@ -263,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backpressure", action="store_true", help="size batches adaptively (PID rate estimator)")
     ap.add_argument("--snapshot-every", type=int, default=None, help="full state snapshot every N batches")
     ap.add_argument("--dead-letter", action="store_true", help="send undecodable records to the Redis list <prefix>dead_letters")
+    ap.add_argument("--kafka-timeout", type=float, default=30.0, help="seconds an unreachable broker is retried before the job fails")
     ap.add_argument("--redis-retries", type=int, default=5, help="retries after a Redis connection error")
     ap.add_argument("--redis-timeout", type=float, default=5.0, help="Redis socket timeout, seconds")
     ap.add_argument("--max-batches", type=int, default=None, help="run at most N batches back to back, then exit")

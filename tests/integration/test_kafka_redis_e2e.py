@@ -438,3 +438,63 @@ def test_redis_down_mid_job_is_a_sink_error_and_a_restart_is_exact(world: World,
     assert committed < failed, f"batch {failed} failed in the sink but the checkpoint committed up to {committed}"
     expect_ok(job.run(), "restart after Redis is back")
     _check_totals(server.url, job.prefix, "incr", world.expected, "after Redis came back")
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.parametrize("point", ["run.after_read", "sink.after_write", "commit.before_record"])
+def test_dead_letters_are_written_once_across_kills(kafka_cluster, topic_factory, redis_url, tmp_path, point):
+    """Bad records go to the dead-letter list exactly once, also when the job is killed after writing them."""
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    good = [(u, v) for u, v in _make_lines(400, seed=13) if _partition_of(u) < 2]
+    _produce_lines(bs, topic, good[:150])
+    produce(bs, topic, [b"\xc3\x28 broken", b"user-only"], partition=0)
+    _produce_lines(bs, topic, good[150:])
+    job = Job(bs, topic, redis_url, str(tmp_path / "ckpt"), mode="incr", prefix="dlk:", extra=["--dead-letter"])
+    expect_killed(job.run(CrashAt(point, 1)), f"kill at {point}@1 in the batch with the bad records")
+    expect_ok(job.run(), f"recovery after {point}@1")
+    _check_totals(redis_url, "dlk:", "incr", _expected(good), f"after a kill at {point}")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        dead = [json.loads(x) for x in client.lrange("dlk:dead_letters", 0, -1)]
+    finally:
+        client.close()
+    assert sorted(d["value"] for d in dead) == sorted(["\xc3\x28 broken", "user-only"]), dead
+    assert len(dead) + len(good) == sum(_end_offsets(bs, topic, 2))
+
+
+def test_broker_down_mid_job_fails_clearly_and_a_restart_is_exact(kafka_cluster_factory, redis_url, tmp_path):
+    cluster = kafka_cluster_factory(1)
+    topic = "down-events"
+    cluster.create_topic(topic, 2)
+    lines = [(u, v) for u, v in _make_lines(3000, seed=17) if _partition_of(u) < 2]
+    _produce_lines(cluster.bootstrap, topic, lines)
+    job = Job(cluster.bootstrap, topic, redis_url, str(tmp_path / "ckpt"), prefix="down:")
+    job.extra = ["--kafka-timeout", "1.5", "--max-records-per-partition", "20"]  # ~75 batches
+    client = redis.Redis.from_url(redis_url)
+    marker = "down:streamkeep:sink:users:last_batch"
+    proc = job.start()
+    down = False
+    try:
+        deadline = time.monotonic() + 60
+        while client.get(marker) is None:  # a batch was applied: the job is mid-run
+            assert proc.poll() is None, f"the job ended before the broker went down: {proc.returncode}"
+            assert time.monotonic() < deadline, "the job applied no batch in 60 s"
+            time.sleep(0.005)
+        cluster.broker_down(1)
+        down = True
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        client.close()
+        if down:
+            cluster.broker_up(1)
+    assert proc.returncode == 1, f"exit {proc.returncode}\n{err[-3000:]}"
+    assert "SourceError" in err and "Check that the brokers are reachable" in err, err[-3000:]
+    got, total = _redis_view(redis_url, "down:")
+    assert int(total or 0) < len(lines), "the job had read everything before the broker went down"
+    expect_ok(job.run(), "restart with the broker back")
+    _check_totals(redis_url, "down:", "incr", _expected(lines), "after the broker came back")
