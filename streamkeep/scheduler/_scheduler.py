@@ -193,7 +193,7 @@ class Scheduler:
             zero = self._recover() if ckpt is not None else None
             if zero is None:
                 now = int(self.clock.now_ms())
-                zero = now // self.interval * self.interval
+                zero = self._after_sink_markers(now // self.interval * self.interval, needed)
                 self.last_time = zero
                 self.executor.open(g, zero)
                 for rt in self.executor.runtimes.values():
@@ -208,6 +208,34 @@ class Scheduler:
             self.close()
             raise
         self._prepared = True
+
+    def _after_sink_markers(self, zero: int, needed: Any) -> int:
+        """Start a fresh job after the last batch time its sinks already applied.
+
+        Sinks with a marker (RedisSink, KafkaSink: ``last_batch()``) skip every batch
+        time not after it. A fresh job (no checkpoint, or a new one) whose batch times
+        reached back to the marker -- e.g. after ``run()`` ran a backfill ahead of the
+        clock -- would lose those batches silently; start after the marker instead.
+        """
+        latest, who = None, ""
+        for n in needed:
+            sink = getattr(n, "sink", None)
+            last_batch = getattr(sink, "last_batch", None)
+            t = last_batch() if callable(last_batch) else None
+            if isinstance(t, int) and (latest is None or t > latest):
+                latest, who = t, getattr(sink, "name", "?")
+        if latest is None or latest < zero + self.interval:
+            return zero
+        shifted = latest // self.interval * self.interval
+        log.warning(
+            "sink %r already applied batch %d ms, not before this fresh job's first batch %d ms; the job starts at "
+            "batch %d ms instead, so that the sink does not skip its batches",
+            who,
+            latest,
+            zero + self.interval,
+            shifted + self.interval,
+        )
+        return shifted
 
     def _recover(self) -> int | None:
         ckpt = self.ckpt

@@ -498,3 +498,49 @@ def test_broker_down_mid_job_fails_clearly_and_a_restart_is_exact(kafka_cluster_
     assert int(total or 0) < len(lines), "the job had read everything before the broker went down"
     expect_ok(job.run(), "restart with the broker back")
     _check_totals(redis_url, "down:", "incr", _expected(lines), "after the broker came back")
+
+
+def test_without_its_checkpoint_the_job_continues_from_the_group_offsets(kafka_cluster, topic_factory, redis_url, tmp_path):
+    """starting_offsets='committed': the second seed's workaround (offsets outside the checkpoint), first-class."""
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(2)
+    lines = [(u, v) for u, v in _make_lines(1200, seed=19) if _partition_of(u) < 2]
+    _produce_lines(bs, topic, lines)
+    group = f"k2r-committed-{uuid.uuid4().hex[:6]}"
+    job = Job(bs, topic, redis_url, str(tmp_path / "ckpt-1"), prefix="gc:", group=group, extra=["--max-records-per-partition", "100"])
+    job.extra += ["--max-batches", "3"]  # part of the topic, then stop (offsets committed to the group)
+    expect_ok(job.run(), "first run, 3 batches")
+    _, total = _redis_view(redis_url, "gc:")
+    assert 0 < int(total or 0) < len(lines)
+    fresh = Job(bs, topic, redis_url, str(tmp_path / "ckpt-2"), prefix="gc:", group=group, extra=["--starting-offsets", "committed"])
+    r = fresh.run()
+    expect_ok(r, "second run on a new checkpoint, from the group's offsets")
+    assert "started with checkpoint" in r.stdout, r.stdout
+    # HINCRBY adds deltas, which do not need the lost state: the totals continue exactly.
+    _, total = _redis_view(redis_url, "gc:")
+    assert total == str(len(lines)), f"events_total {total}, expected {len(lines)}"
+
+
+def test_a_fresh_job_starts_after_its_sinks_markers(redis_url):
+    """A new job (no checkpoint) must not reuse batch times its RedisSink already applied: they would be skipped."""
+    import streamkeep as sk
+    from streamkeep.sinks import RedisSink
+    from streamkeep.testing import ManualClock
+
+    def write(pipe: Any, records: list[int]) -> None:
+        for x in records:
+            pipe.incrby("fresh:n", x)
+
+    times = []
+    for _ in range(2):  # the same job twice from scratch, on a clock that starts at 0 both times
+        ssc = sk.StreamingContext(1.0, clock=ManualClock())
+        ssc.queue_stream([[1], [2], [3]], name="q").write_to(RedisSink(redis_url, write, name="fresh", marker_key="fresh:marker"))
+        ssc.run()
+        times.append(ssc.last_batch_time_ms)
+        ssc.stop()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.get("fresh:n") == b"12", "the second job's batches were skipped by the first job's marker"
+    finally:
+        client.close()
+    assert times[1] > times[0]
