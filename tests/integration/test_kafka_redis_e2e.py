@@ -11,8 +11,12 @@ exactly the totals computed here from the produced records: for the HSET
 variant and for the HINCRBY/INCRBY one, where a batch applied twice would show.
 Every kill case checks that the child died by SIGKILL (no vacuous pass).
 
-Also: group offsets after recovery, undecodable records (SourceError naming
-topic/partition/offset; a dead-letter list loses nothing), Redis down mid-job.
+Also: group offsets after recovery; a job that lost its checkpoint continuing
+from the group's offsets; undecodable records (SourceError naming
+topic/partition/offset; a dead-letter list loses nothing and gets each bad
+record once, across kills); Redis hanging and the broker down mid-job (bounded
+retries, then SinkError/SourceError, nothing committed, exact after a restart);
+a fresh job starting after its sink's marker.
 
 Limit: a kill *inside* a KafkaSink transaction cannot be checked here: the
 mock broker shows aborted/open transactions to read_committed consumers.
