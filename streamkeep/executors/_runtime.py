@@ -68,8 +68,8 @@ class StatefulRuntime:
         """Number of keys (or records) held."""
         raise NotImplementedError
 
-    def drained(self) -> bool:
-        """True when no input is still waiting inside the operator (windows)."""
+    def drained(self, last_t: int) -> bool:
+        """True when no input is still waiting inside the operator (windows) after batch `last_t`."""
         return True
 
 
@@ -241,7 +241,6 @@ class WindowRuntime(StatefulRuntime):
         self.slices: dict[int, Any] = {}
         self._added: list[int] = []
         self._dropped: list[int] = []
-        self._last_t = zero_ms
 
     def _slice(self, parent: Batch[Any]) -> Any:
         return parent.partitions
@@ -262,7 +261,6 @@ class WindowRuntime(StatefulRuntime):
         return sorted(ts for ts in self.slices if lo < ts <= t)
 
     def _ingest(self, t: int, parent: Batch[Any] | None) -> bool:
-        self._last_t = t
         if parent is not None:
             self.slices[t] = self._slice(parent)
             self._added.append(t)
@@ -301,14 +299,14 @@ class WindowRuntime(StatefulRuntime):
     def key_count(self) -> int:
         return sum(len(p) for s in self.slices.values() for p in s)
 
-    def _future_slices(self) -> list[Any]:
-        """Slices that a window still to be output will contain."""
+    def _future_slices(self, last_t: int) -> list[Any]:
+        """Slices that a window output after batch `last_t` will contain."""
         slide = self.node.slide_ms
-        next_valid = self.zero_ms + ((self._last_t - self.zero_ms) // slide + 1) * slide
+        next_valid = self.zero_ms + ((last_t - self.zero_ms) // slide + 1) * slide
         return [s for ts, s in self.slices.items() if ts > next_valid - self.node.length_ms]
 
-    def drained(self) -> bool:
-        return not any(p for s in self._future_slices() for p in s)  # a non-empty partition (records may be falsy)
+    def drained(self, last_t: int) -> bool:
+        return not any(p for s in self._future_slices(last_t) for p in s)  # a non-empty partition (records may be falsy)
 
 
 class ReduceWindowRuntime(WindowRuntime):
@@ -415,8 +413,8 @@ class ReduceWindowRuntime(WindowRuntime):
     def key_count(self) -> int:
         return len(self.running) + sum(len(s) for s in self.slices.values())
 
-    def drained(self) -> bool:
-        return not any(self._future_slices())
+    def drained(self, last_t: int) -> bool:
+        return not any(self._future_slices(last_t))
 
 
 def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:

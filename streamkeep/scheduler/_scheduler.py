@@ -580,10 +580,11 @@ class Scheduler:
 
     def drained(self) -> bool:
         """True when every finite source is exhausted and windows hold no input."""
+        last = self.last_time if self.last_time is not None else 0  # restored on recovery, unlike runtime fields
         return (
             not self._pending
             and all(src.exhausted() for src in self.sources)
-            and all(rt.drained() for rt in self.executor.runtimes.values())
+            and all(rt.drained(last) for rt in self.executor.runtimes.values())
         )
 
     def close(self) -> None:
