@@ -107,6 +107,8 @@ class StreamingContext:
         self._state = "initialized"
         self._listeners: list[Any] = []
         self._lock = threading.Lock()
+        self._run_lock = threading.Lock()  # held by run() while it runs batches
+        self._run_thread: threading.Thread | None = None
 
     # -- configuration ---------------------------------------------------------
 
@@ -259,18 +261,24 @@ class StreamingContext:
         sched = self._make_scheduler()
         self._state = "active"
         done = 0
-        try:
-            while max_batches is None or done < max_batches:
-                if max_batches is None and sched.drained():
-                    break
-                t = sched.next_time()
-                if hasattr(self._clock, "set"):
-                    self._clock.set(t)
-                sched.run_next()
-                done += 1
-        except BaseException:
+        with self._run_lock:
+            self._run_thread = threading.current_thread()
+            try:
+                while (max_batches is None or done < max_batches) and not self._stop_event.is_set():
+                    if max_batches is None and sched.drained():
+                        break
+                    t = sched.next_time()
+                    if hasattr(self._clock, "set"):
+                        self._clock.set(t)
+                    sched.run_next()
+                    done += 1
+            except BaseException:
+                self._shutdown()
+                raise
+            finally:
+                self._run_thread = None
+        if self._stop_event.is_set():  # stop() was called during a batch: it left the shutdown to us
             self._shutdown()
-            raise
         return done
 
     def start(self) -> None:
@@ -292,6 +300,8 @@ class StreamingContext:
             self._error = exc
             log.error("streaming job failed: %s", exc)
         finally:
+            if self._error is None and self._stop_event.is_set():
+                self._shutdown()  # stop() may have been called from this thread (inside a batch)
             self._done.set()
 
     def await_termination(self, timeout: float | None = None) -> bool:
@@ -313,8 +323,15 @@ class StreamingContext:
         A batch is atomic with respect to the checkpoint, so stopping never leaves a
         half-written batch: with or without `graceful`, the batch in progress
         finishes and commits. `graceful` also waits for the scheduler thread to exit.
+        Called from inside a batch (e.g. in `foreach_batch`), it returns at once and
+        the job stops once that batch has committed.
         """
         self._stop_event.set()
+        me = threading.current_thread()
+        if me is self._thread or me is self._run_thread:
+            return  # inside a batch: the loop stops and shuts down after this batch's commit
+        if self._run_lock.acquire(timeout=-1 if graceful else 30):  # a run() in another thread finishes its batch first
+            self._run_lock.release()
         if self._thread is not None and graceful:
             self._thread.join()
         elif self._thread is not None:
@@ -322,12 +339,12 @@ class StreamingContext:
         self._shutdown()
 
     def _shutdown(self) -> None:
-        with self._lock:
+        with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
             if self._state == "stopped":
                 return
             self._state = "stopped"
-        if self._scheduler is not None:
-            self._scheduler.close()
+            if self._scheduler is not None:
+                self._scheduler.close()
 
     @property
     def last_batch_time_ms(self) -> int | None:
