@@ -264,7 +264,12 @@ def checkpoint(p: dict[str, Any]) -> dict[str, Any]:
         ssc.stop(stopSparkContext=False, stopGraceFully=False)
         b = lst.batches[:steady + 1]
         window = end_bytes - b[0]["bytes"]
+        # Per batch: bytes seen between two batch completions (approximate: Spark
+        # writes metadata checkpoints asynchronously).
+        per = [y["bytes"] - x["bytes"] for x, y in zip(b, b[1:], strict=False)]
         out[str(n)] = {"bytes_per_batch": window / steady,
+                       "median_batch_bytes": sorted(per)[len(per) // 2],
+                       "max_batch_bytes": max(per),
                        "ms_per_batch": sum(x["proc_ms"] for x in b[1:]) / steady,
                        "first_batch_bytes": b[0]["bytes"], "first_batch_ms": b[0]["proc_ms"],
                        "steady_batches": steady, "dir_bytes": C.dir_size(ckpt)}

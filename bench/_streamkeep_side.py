@@ -253,6 +253,21 @@ def _restartable(p: dict[str, Any], version: str) -> None:
             C.append_line(out, f"{os.getpid()} {version} state {_ms(t)} "
                                f"{sum(v for _, v in batch.collect())} {time.time():.3f}")
 
+        if p.get("redis_url"):
+            # The exactly-once path: a Sink. RPUSH is not idempotent, so a batch
+            # applied twice would show up twice in the list. Registered before the
+            # recorder, so the orchestrator's kill (right after a recorder line)
+            # falls after the sink's write and before the batch's commit.
+            from streamkeep.sinks import RedisSink
+
+            key = p["redis_key"]
+
+            def push(pipe: Any, records: list[Any]) -> None:
+                for rec in records:
+                    pipe.rpush(key, rec)
+
+            (state.count().transform(lambda t, b: b.map(lambda n, ms=_ms(t): f"{ms} {n}"))
+                .write_to(RedisSink(p["redis_url"], push, name=p["redis_sink"])))
         if p.get("record_words"):  # the code-change run needs words per batch
             words.foreach_batch(rec_words)
         state.foreach_batch(rec_state)
