@@ -109,7 +109,6 @@ class Checkpoint:
         self.url = url
         self.lease_timeout_s = lease_timeout_s
         self._owner: _Owner | None = None
-        self._lock = threading.Lock()
         #: Log records `records()` skipped because they could not be read (seq -> error).
         self.unreadable: dict[int, CheckpointError] = {}
 
@@ -202,7 +201,7 @@ class Checkpoint:
                 raise CheckpointInUseError(msg)
             self._owner = me
             self._write_lease()
-            me.thread = threading.Thread(target=self._heartbeat, name="streamkeep-lease", daemon=True)
+            me.thread = threading.Thread(target=self._heartbeat, args=(me,), name="streamkeep-lease", daemon=True)
             me.thread.start()
         except BaseException:
             self._release_lock(me)
@@ -254,9 +253,8 @@ class Checkpoint:
         lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
         self.storage.write(_LEASE, self.encode("lease", lease))
 
-    def _heartbeat(self) -> None:
-        me = self._owner
-        assert me is not None
+    def _heartbeat(self, me: _Owner) -> None:
+        # `me` is passed in: release() may clear self._owner before this thread first runs
         while not me.stop.wait(max(0.2, self.lease_timeout_s / 3)):
             lease = self._read_lease()
             if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
