@@ -174,10 +174,6 @@ class MapWithStateRuntime(_Keyed):
 
     node: MapWithStateNode
 
-    def __init__(self, node: MapWithStateNode) -> None:
-        super().__init__(node)
-        self.last_snapshot: list[tuple[Any, Any]] = []
-
     def seed(self) -> None:
         timed = self.node.timeout_ms is not None
         for k, v in self.node.initial:
@@ -195,16 +191,17 @@ class MapWithStateRuntime(_Keyed):
         handle = State()
         key: Any = _ABSENT
         try:
-            for key, value in parent.collect():
-                cur = data.get(key, _ABSENT)
-                if timed and cur is not _ABSENT:
-                    cur = cur[0]
-                handle._bind(key, cur, timing_out=False)
-                out.append(f(key, value, handle))
-                if handle._removed:
-                    store.delete(key)
-                elif handle._updated or (timed and handle._exists):
-                    store.put(key, (handle._value, t) if timed else handle._value)
+            for part in parent.partitions:  # no flat copy of the batch
+                for key, value in part:
+                    cur = data.get(key, _ABSENT)
+                    if timed and cur is not _ABSENT:
+                        cur = cur[0]
+                    handle._bind(key, cur, timing_out=False)
+                    out.append(f(key, value, handle))
+                    if handle._removed:
+                        store.delete(key)
+                    elif handle._updated or (timed and handle._exists):
+                        store.put(key, (handle._value, t) if timed else handle._value)
             if timed:
                 threshold = t - (node.timeout_ms or 0)
                 expired = []
@@ -282,6 +279,10 @@ class WindowRuntime(StatefulRuntime):
         self._added = []
         self._dropped = []
         return d
+
+    def forget_changes(self) -> None:
+        self._added = []
+        self._dropped = []
 
     def snapshot(self) -> dict[str, Any]:
         return {"add": [[ts, s] for ts, s in sorted(self.slices.items())], "drop": []}
@@ -392,6 +393,11 @@ class ReduceWindowRuntime(WindowRuntime):
         win["set"] = changed
         win["del"] = removed
         return win
+
+    def forget_changes(self) -> None:
+        super().forget_changes()
+        self.running.changed = set()
+        self.running.removed = set()
 
     def snapshot(self) -> dict[str, Any]:
         return {

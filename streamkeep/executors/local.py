@@ -77,13 +77,6 @@ class LocalExecutor:
         if self.pool is not None:
             self.pool.close()
 
-    def set_zero(self, zero_ms: int) -> None:
-        """Align windows to `zero_ms` (restored from a checkpoint)."""
-        self.zero_ms = zero_ms
-        for rt in self.runtimes.values():
-            if hasattr(rt, "zero_ms"):
-                rt.zero_ms = zero_ms
-
     def compute(self, t: int, inputs: dict[str, Batch[Any]]) -> dict[int, Batch[Any] | None]:
         """Compute every needed node for batch time t from the sources' batches."""
         results: dict[int, Batch[Any] | None] = {}
