@@ -257,6 +257,7 @@ class Scheduler:
                     rt.seed()
                 self._sweep(None)
                 return zero
+            self._sweep(None)  # a crash before the first plan may have left blobs and temp files
             return None
         if not self.resume:
             msg = (
@@ -633,8 +634,6 @@ def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str
         d = codec.decode(payload)
         if "set" in d:
             d["set"] = decode_items(codec, d["set"])
-        if "add" in d and d.get("slices_items"):
-            d["add"] = [[ts, decode_items(codec, s)] for ts, s in d["add"]]
         return dict(d)
     except CheckpointError:
         raise

@@ -33,3 +33,29 @@ def test_a_drained_window_job_stays_drained_after_a_restart(tmp_path: Path) -> N
     finally:
         ssc.stop()
     assert [t for t, _ in sink.batches] == [1000, 2000, 3000, 4000]
+
+
+def test_leftovers_of_a_crash_before_the_first_plan_are_swept(tmp_path: Path, caplog: Any) -> None:
+    # A crash after a queue batch's blob was written but before its plan: no commit, no plan.
+    from streamkeep.checkpoint import Checkpoint
+
+    url = str(tmp_path / "c")
+    ckpt = Checkpoint(url)
+    ckpt.claim(owner="crashed", engine_version="0")
+    ckpt.put_blob("q/1000", ["stale"])
+    ckpt.release()
+    sink = ListSink()
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        ssc.queue_stream([["fresh"]], name="q").write_to(sink)
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(url, setup)
+    assert not Path(url, "blobs").exists() or not list(Path(url, "blobs").iterdir())  # swept at start
+    try:
+        ssc.run()
+    finally:
+        ssc.stop()
+    assert sink.batches == [(1000, ["fresh"])]
+    assert "replacing" not in caplog.text
