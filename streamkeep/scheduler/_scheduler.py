@@ -465,7 +465,9 @@ class Scheduler:
                     chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, rt.node.codec)))
                 _faults.point("state.mid_write")
         _faults.point("state.after_write")
-        self._adopt_snapshots()
+        # A snapshot still in flight when the next one is due is waited for: chains stay bounded
+        # (at most about 2 * snapshot_every deltas) however slow the storage is.
+        self._adopt_snapshots(wait=self._since_snapshot + 1 >= self.snapshot_every)
         self._since_snapshot += 1
         if self._since_snapshot >= self.snapshot_every and self._snap_thread is None:
             self._start_snapshot(t)
