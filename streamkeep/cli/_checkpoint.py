@@ -35,7 +35,7 @@ from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, Statef
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.executors._runtime import StatefulRuntime, make_runtime
 from streamkeep.scheduler._compat import check_compatible, differences
-from streamkeep.scheduler._scheduler import delta_time, load_chain, read_state_file
+from streamkeep.scheduler._state_io import delta_time, load_chain, read_state_file
 
 _FRAMED_TOP = {"CHECKPOINT": "identity", "lease": "lease"}
 _UNFRAMED_TOP = {"lock"}  # the OS file lock of local drivers: empty by design

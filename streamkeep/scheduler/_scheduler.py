@@ -19,19 +19,19 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streamkeep import _faults
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
-from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
-from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
+from streamkeep.codec import UnsupportedValueError
+from streamkeep.dstream._graph import Graph, SourceNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
-from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible, differences
+from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
 from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep.scheduler")
@@ -100,18 +100,6 @@ class _CheckpointBlobs:
         self._ckpt.delete(blob_path(name))
 
 
-@dataclass
-class _Chain:
-    snapshot: str | None = None
-    snapshot_time: int = 0
-    #: (batch time, entry): an entry is a state file's path, or a small delta inline
-    #: in the commit record as {"t": batch time, "codec": name, "data": payload}.
-    deltas: list[tuple[int, Any]] = field(default_factory=list)
-
-    def as_data(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
-
-
 class Scheduler:
     """Drives one job's batches (used by `StreamingContext`)."""
 
@@ -146,7 +134,7 @@ class Scheduler:
         self.listeners: list[Any] = []
         self.batches_done = 0
         self._pending: list[tuple[int, dict[str, Any]]] = []
-        self._chains: dict[str, _Chain] = {}
+        self._chains: dict[str, Chain] = {}
         self._since_snapshot = 0
         self._snap_thread: threading.Thread | None = None
         self._snap_done: dict[str, tuple[int, str]] = {}
@@ -297,7 +285,7 @@ class Scheduler:
         zero = int(data["zero_ms"])
         ex = LocalExecutor(self.processes)
         ex.open(self.graph, zero)
-        chains: dict[str, _Chain] = {}
+        chains: dict[str, Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
         # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
         diff = differences(data.get("graph", {}), self._description)
@@ -309,7 +297,7 @@ class Scheduler:
                 rt.seed()  # a new (or reshaped) stateful operator starts from its initial state
                 continue
             load_chain(ckpt, rt, chain_data)
-            chains[name] = _Chain(
+            chains[name] = Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),
                 [(delta_time(r), r) for r in chain_data.get("deltas", [])],
@@ -452,10 +440,10 @@ class Scheduler:
             self._after_commit(plan)
             return
         for name, rt in self.executor.runtimes.items():
-            chain = self._chains.setdefault(name, _Chain())
+            chain = self._chains.setdefault(name, Chain())
             delta = rt.delta()
             if delta is not None:
-                payload = self._encode_state(rt.node, delta)
+                payload = encode_state(rt.node, delta)
                 inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
                 # Small deltas ride in the commit record (no extra file or fsync), as long as the
                 # chain's inline total stays small: every commit record repeats the whole chain.
@@ -496,29 +484,13 @@ class Scheduler:
                 except Exception as exc:  # informational only: the checkpoint holds the truth
                     log.warning("could not commit the positions of source %r to its broker: %s", src.name, exc)
 
-    def _encode_state(self, node: StatefulNode, data: dict[str, Any]) -> bytes:
-        codec = get_codec(node.codec)
-        try:
-            out = dict(data)
-            if "set" in out:
-                out["set"] = encode_items(codec, out["set"])
-            return codec.encode(out)
-        except UnsupportedValueError as exc:
-            key = f" under key {exc.key_repr}" if exc.key_repr else ""
-            msg = (
-                f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
-                f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "
-                f"float, bytes, set, datetime), or opt in to pickle with codec='pickle' on the operator (or the context)."
-            )
-            raise CheckpointError(msg) from exc
-
     # -- snapshots -------------------------------------------------------------------
 
     def _start_snapshot(self, t: int) -> None:
         ckpt = self.ckpt
         assert ckpt is not None
         self._since_snapshot = 0
-        payloads = {name: (rt.node.codec, self._encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
+        payloads = {name: (rt.node.codec, encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
 
         def write() -> None:
             try:
@@ -545,7 +517,7 @@ class Scheduler:
         self._snap_thread = None
         self._check_snapshot_error()
         for name, (t, rel) in self._snap_done.items():
-            chain = self._chains.setdefault(name, _Chain())
+            chain = self._chains.setdefault(name, Chain())
             chain.snapshot, chain.snapshot_time = rel, t
             chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
         self._snap_done = {}
@@ -610,46 +582,3 @@ class Scheduler:
                     log.warning("closing source %r failed: %s", src.name, exc)
             if self.ckpt is not None:
                 self.ckpt.release()
-
-
-def delta_time(rel: Any) -> int:
-    """Batch time of a chain entry (a delta file path or an inline delta)."""
-    if isinstance(rel, dict):
-        return int(rel["t"])
-    stem = rel.rsplit("/", 1)[-1].split(".")[0]
-    return int(stem) if stem.isdigit() else 0
-
-
-def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str, Any]:
-    """Read, check and decode one state file (snapshot or delta) into the data `load` takes."""
-    codec_name, payload = ckpt.read_state(rel, allow_pickle)
-    return decode_state(codec_name, payload, allow_pickle, f"state file {ckpt.storage.path(rel)}")
-
-
-def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
-    """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
-    if codec_name == "pickle" and not allow_pickle:
-        msg = f"{where} was written with the pickle codec; pass codec='pickle' on its operator to load it"
-        raise CheckpointError(msg)
-    try:
-        codec = get_codec(codec_name)
-        d = codec.decode(payload)
-        if "set" in d:
-            d["set"] = decode_items(codec, d["set"])
-        return dict(d)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        msg = f"{where} passed its checksum but could not be decoded: {exc}"
-        raise CorruptCheckpointError(msg) from exc
-
-
-def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]) -> None:
-    """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
-    allow = rt.node.codec == "pickle"
-    snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
-    deltas = [
-        decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
-        for r in chain_data.get("deltas", [])
-    ]
-    rt.load(snap, deltas)

@@ -1,0 +1,90 @@
+"""Reading and writing operator state: chains, state encoding, and decoding what a commit needs.
+
+Shared by the scheduler (commit, recovery) and `streamkeep checkpoint inspect/verify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
+from streamkeep.dstream._graph import StatefulNode
+from streamkeep.errors import CheckpointError, CorruptCheckpointError
+from streamkeep.executors._runtime import StatefulRuntime
+
+
+@dataclass
+class Chain:
+    """An operator's state chain: the snapshot it starts from and the deltas after it."""
+
+    snapshot: str | None = None
+    snapshot_time: int = 0
+    #: (batch time, entry): an entry is a state file's path, or a small delta inline
+    #: in the commit record as {"t": batch time, "codec": name, "data": payload}.
+    deltas: list[tuple[int, Any]] = field(default_factory=list)
+
+    def as_data(self) -> dict[str, Any]:
+        """The chain as stored in a commit record."""
+        return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
+
+
+def encode_state(node: StatefulNode, data: dict[str, Any]) -> bytes:
+    """Encode a delta or snapshot of `node` with its codec; CheckpointError names operator, key and type."""
+    codec = get_codec(node.codec)
+    try:
+        out = dict(data)
+        if "set" in out:
+            out["set"] = encode_items(codec, out["set"])
+        return codec.encode(out)
+    except UnsupportedValueError as exc:
+        key = f" under key {exc.key_repr}" if exc.key_repr else ""
+        msg = (
+            f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
+            f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "
+            f"float, bytes, set, datetime), or opt in to pickle with codec='pickle' on the operator (or the context)."
+        )
+        raise CheckpointError(msg) from exc
+
+def delta_time(rel: Any) -> int:
+    """Batch time of a chain entry (a delta file path or an inline delta)."""
+    if isinstance(rel, dict):
+        return int(rel["t"])
+    stem = rel.rsplit("/", 1)[-1].split(".")[0]
+    return int(stem) if stem.isdigit() else 0
+
+
+def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str, Any]:
+    """Read, check and decode one state file (snapshot or delta) into the data `load` takes."""
+    codec_name, payload = ckpt.read_state(rel, allow_pickle)
+    return decode_state(codec_name, payload, allow_pickle, f"state file {ckpt.storage.path(rel)}")
+
+
+def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
+    """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
+    if codec_name == "pickle" and not allow_pickle:
+        msg = f"{where} was written with the pickle codec; pass codec='pickle' on its operator to load it"
+        raise CheckpointError(msg)
+    try:
+        codec = get_codec(codec_name)
+        d = codec.decode(payload)
+        if "set" in d:
+            d["set"] = decode_items(codec, d["set"])
+        return dict(d)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        msg = f"{where} passed its checksum but could not be decoded: {exc}"
+        raise CorruptCheckpointError(msg) from exc
+
+
+def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]) -> None:
+    """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
+    allow = rt.node.codec == "pickle"
+    snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
+    deltas = [
+        decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
+        for r in chain_data.get("deltas", [])
+    ]
+    rt.load(snap, deltas)
