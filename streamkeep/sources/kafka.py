@@ -1,28 +1,40 @@
 """Kafka input: offset-range plans over confluent-kafka (Spark's direct stream).
 
-Owns :class:`KafkaRecord` and :class:`KafkaSource`; re-exports
-:class:`PidRateEstimator` (batch sizing lives in ``sources._backpressure``). The plan for a batch is data, ``{"topic:partition": [from, until)}``;
-reading it assigns the partitions, seeks to ``from`` and polls until every range
-is complete, so a replay reads exactly the same records. confluent-kafka is
-imported lazily (extra ``streamkeep[kafka]``).
+Owns :class:`KafkaSource` (planning, positions, the consumer's lifecycle,
+retries and metadata queries); re-exports :class:`KafkaRecord` and
+:class:`DeadLetterSink` (the exact-range read loop lives in
+``sources._kafka_read``), :class:`PidRateEstimator` (batch sizing lives in
+``sources._backpressure``); argument validation and consumer settings live in
+``sources._kafka_config``. The plan for a batch is data,
+``{"topic:partition": [from, until)}``; reading it assigns the partitions,
+seeks to ``from`` and polls until every range is complete, so a replay reads
+exactly the same records. confluent-kafka is imported lazily (extra
+``streamkeep[kafka]``).
 
 Imports only ``streamkeep.errors``, ``streamkeep._types``,
-``streamkeep.sources.base`` and ``streamkeep.sources._backpressure``; must not import sinks, dstream, the scheduler or
-executors (a dead-letter sink is accepted structurally, through ``write``).
+``streamkeep.sources.base`` and the private ``streamkeep.sources._backpressure``,
+``_kafka_config`` and ``_kafka_read``; must not import sinks, dstream, the
+scheduler or executors (a dead-letter sink is accepted structurally, through
+``write``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamkeep._types import BatchTime, Data
 from streamkeep.errors import ConfigError, SourceError
 from streamkeep.sources._backpressure import PidRateEstimator, partition_caps
+from streamkeep.sources._kafka_config import OFFSET_INVALID as _OFFSET_INVALID
+from streamkeep.sources._kafka_config import consumer_conf, validate_options
+from streamkeep.sources._kafka_config import import_kafka as _import_kafka
+from streamkeep.sources._kafka_config import pkey as _pkey
+from streamkeep.sources._kafka_config import split_pkey as _split_pkey
+from streamkeep.sources._kafka_read import DeadLetterSink, ErrorHandler, KafkaRecord, fetch_ranges
 from streamkeep.sources.base import BlobStore
 
 if TYPE_CHECKING:
@@ -32,66 +44,7 @@ __all__ = ["DeadLetterSink", "KafkaRecord", "KafkaSource", "PidRateEstimator"]
 
 log = logging.getLogger(__name__)
 
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_STARTING_MODES = ("earliest", "latest", "committed")
-# Keys the source sets itself; a consumer_config may not override them.
-_OWNED_KEYS = frozenset(
-    {"bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof"}
-)
-_OFFSET_INVALID = -1001
 _T = TypeVar("_T")
-
-
-class KafkaRecord(NamedTuple):
-    """One Kafka record as the source emits it.
-
-    ``key``/``value`` are the deserialised key and value (raw ``bytes`` or None
-    without deserialisers); ``timestamp`` is the record timestamp in ms since the
-    epoch, or None when the broker has none.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    key: Any
-    value: Any
-    timestamp: int | None
-
-
-class DeadLetterSink(Protocol):
-    """What ``on_error`` accepts as a dead-letter sink (any streamkeep Sink fits)."""
-
-    name: str
-
-    def open(self) -> None: ...
-
-    def write(self, batch_time: BatchTime, records: list[Any]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-ErrorHandler = Callable[[KafkaRecord, Exception], None]
-
-
-def _import_kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        msg = "the Kafka source needs confluent-kafka, which is not installed: pip install 'streamkeep[kafka]'"
-        raise ConfigError(msg) from exc
-    return confluent_kafka
-
-
-def _pkey(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-def _split_pkey(key: str, where: str) -> tuple[str, int]:
-    topic, sep, part = key.rpartition(":")
-    if not sep or not topic or not part.isdigit():
-        msg = f"{where}: {key!r} is not a 'topic:partition' key"
-        raise SourceError(msg)
-    return topic, int(part)
 
 
 class KafkaSource:
@@ -198,64 +151,24 @@ class KafkaSource:
         timeout_s: float = 30.0,
         retry_backoff_s: float = 0.1,
     ) -> None:
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        where = f"kafka source {name!r}" if name else "kafka source"
-        if not topic_list:
-            msg = f"{where}: no topics given; pass a topic name or a list of them"
-            raise ConfigError(msg)
-        for t in topic_list:
-            if not isinstance(t, str) or not _TOPIC_RE.match(t):
-                msg = f"{where}: {t!r} is not a valid Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
-                raise ConfigError(msg)
-        if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
-            msg = f"{where}: bootstrap_servers must be a 'host:port[,host:port]' string"
-            raise ConfigError(msg)
-        if isinstance(starting_offsets, str):
-            if starting_offsets not in _STARTING_MODES:
-                msg = (
-                    f"{where}: starting_offsets={starting_offsets!r} is not one of "
-                    f"{_STARTING_MODES} or a {{(topic, partition): offset}} mapping"
-                )
-                raise ConfigError(msg)
-            if starting_offsets == "committed" and not group_id:
-                msg = f"{where}: starting_offsets='committed' needs group_id"
-                raise ConfigError(msg)
-            explicit: dict[tuple[str, int], int] | None = None
-        else:
-            explicit = {}
-            for tp, off in dict(starting_offsets).items():
-                ok = (
-                    isinstance(tp, tuple)
-                    and len(tp) == 2
-                    and isinstance(tp[0], str)
-                    and isinstance(tp[1], int)
-                    and isinstance(off, int)
-                    and off >= 0
-                )
-                if not ok:
-                    msg = f"{where}: starting_offsets entry {tp!r}: {off!r} must be (topic: str, partition: int) -> offset: int >= 0"
-                    raise ConfigError(msg)
-                explicit[(tp[0], tp[1])] = off
-        for label, val in (("max_records_per_partition", max_records_per_partition), ("max_rate_per_partition", max_rate_per_partition)):
-            if val is not None and not val > 0:
-                msg = f"{where}: {label} must be > 0 (got {val!r}); use None for no limit"
-                raise ConfigError(msg)
-        if not timeout_s > 0 or not retry_backoff_s > 0:
-            msg = f"{where}: timeout_s and retry_backoff_s must be > 0"
-            raise ConfigError(msg)
-        cfg = dict(consumer_config or {})
-        owned = sorted(_OWNED_KEYS & cfg.keys())
-        if owned:
-            msg = f"{where}: consumer_config may not set {owned}; the source sets them (use bootstrap_servers= and group_id= instead)"
-            raise ConfigError(msg)
-        if on_error is not None and not callable(on_error) and not hasattr(on_error, "write"):
-            msg = f"{where}: on_error must be a callable(record, exc) or a sink with write()"
-            raise ConfigError(msg)
+        opts = validate_options(
+            topics,
+            bootstrap_servers=bootstrap_servers,
+            name=name,
+            starting_offsets=starting_offsets,
+            max_records_per_partition=max_records_per_partition,
+            group_id=group_id,
+            consumer_config=consumer_config,
+            on_error=on_error,
+            max_rate_per_partition=max_rate_per_partition,
+            timeout_s=timeout_s,
+            retry_backoff_s=retry_backoff_s,
+        )
 
-        self.topics: list[str] = sorted(set(topic_list))
-        self.name: str = name or "kafka-" + "+".join(self.topics)
+        self.topics: list[str] = opts.topics
+        self.name: str = opts.name
         self.bootstrap_servers = bootstrap_servers
-        self.starting_offsets: str | dict[tuple[str, int], int] = explicit if explicit is not None else str(starting_offsets)
+        self.starting_offsets: str | dict[tuple[str, int], int] = opts.starting_offsets
         self.max_records_per_partition = max_records_per_partition
         self.group_id = group_id
         self.key_deserializer = key_deserializer
@@ -265,7 +178,7 @@ class KafkaSource:
         self.backpressure = backpressure
         self.timeout_s = timeout_s
         self.retry_backoff_s = retry_backoff_s
-        self._consumer_config = cfg
+        self._consumer_config = opts.consumer_config
         self._batch_interval_ms: int | None = None
         self._estimator: PidRateEstimator | None = None
         self._position: dict[str, int] = {}
@@ -307,19 +220,8 @@ class KafkaSource:
     def _ensure_consumer(self) -> Consumer:
         if self._consumer is None:
             ck = _import_kafka()
-            # Fetches run only while reading a planned range; a short broker wait keeps
-            # a watermark query from queueing behind an idle fetch (500 ms default).
-            conf: dict[str, Any] = {"isolation.level": "read_committed", "fetch.wait.max.ms": 10}
-            conf.update(self._consumer_config)
-            conf.update(
-                {
-                    "bootstrap.servers": self.bootstrap_servers,
-                    "group.id": self.group_id or f"streamkeep-{self.name}",
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "error",
-                    "enable.partition.eof": True,
-                }
+            conf = consumer_conf(
+                self._consumer_config, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id or f"streamkeep-{self.name}"
             )
             try:
                 self._consumer = ck.Consumer(conf)
@@ -595,136 +497,7 @@ class KafkaSource:
     def _fetch(
         self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
     ) -> None:
-        ck = _import_kafka()
-        consumer = self._ensure_consumer()
-        todo: dict[tuple[str, int], tuple[int, int, int]] = {(t, p): (i, f, u) for i, (t, p, f, u) in enumerate(ranges) if u > f}
-        consumer.assign([ck.TopicPartition(t, p, todo[(t, p)][1]) for t, p in todo])
-        eof = ck.KafkaError._PARTITION_EOF
-        lost = {ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE}
-        last_error: object = None
-        deadline = time.monotonic() + self.timeout_s
-
-        paused: list[Any] = []
-
-        def finish(key: tuple[str, int]) -> None:
-            todo.pop(key, None)
-            tp = ck.TopicPartition(*key)
-            consumer.pause([tp])
-            paused.append(tp)
-
-        try:
-            while todo:
-                msgs = consumer.consume(num_messages=10_000, timeout=0)
-                if not msgs:
-                    first = consumer.poll(0.1)
-                    msgs = [] if first is None else [first]
-                progressed = False
-                for m in msgs:
-                    err = m.error()
-                    m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
-                    key = (m_topic or "", -1 if m_part is None else m_part)
-                    off = -1 if m_off is None else m_off
-                    if err is not None:
-                        code = err.code()
-                        if code == eof:
-                            entry = todo.get(key)
-                            if entry is not None and off >= entry[2]:
-                                finish(key)
-                                progressed = True
-                        elif code in lost and key in todo:
-                            self._raise_lost(key, todo[key], batch_time, err)
-                        elif err.fatal():
-                            msg = f"kafka source {self.name!r}, batch {batch_time}: fatal consumer error: {err}"
-                            raise SourceError(msg)
-                        else:
-                            last_error = err
-                        continue
-                    entry = todo.get(key)
-                    if entry is None:
-                        continue
-                    idx, start, until = entry
-                    if off >= until:
-                        finish(key)
-                        continue
-                    if off >= start:
-                        rec = self._decode(m, batch_time, bad)
-                        if rec is not None:
-                            out[idx].append(rec)
-                        progressed = True
-                    if off >= until - 1:
-                        finish(key)
-                if todo:  # transaction markers at a range's end advance only the position
-                    for tp in consumer.position([ck.TopicPartition(*k) for k in todo]):
-                        pos_key = (str(tp.topic), int(tp.partition))
-                        entry = todo.get(pos_key)
-                        if entry is not None and tp.offset >= entry[2]:
-                            finish(pos_key)
-                            progressed = True
-                now = time.monotonic()
-                if progressed:
-                    deadline = now + self.timeout_s
-                elif now > deadline:
-                    stuck = ", ".join(f"{t} partition {p} [{f}, {u})" for (t, p), (_, f, u) in sorted(todo.items()))
-                    msg = (
-                        f"kafka source {self.name!r}, batch {batch_time}: no progress "
-                        f"reading {stuck} for {self.timeout_s:g} s from "
-                        f"{self.bootstrap_servers} (last error: {last_error or 'none reported'}). "
-                        "Check that "
-                        "the brokers are reachable; the batch is not committed and is "
-                        "retried on restart."
-                    )
-                    raise SourceError(msg)
-        finally:
-            if paused:  # the pause flag outlives the assignment in librdkafka
-                consumer.resume(paused)
-            consumer.unassign()
-
-    def _raise_lost(self, key: tuple[str, int], entry: tuple[int, int, int], batch_time: BatchTime, err: object) -> None:
-        topic, partition = key
-        _, start, until = entry
-        try:
-            lo: object = self._watermarks(topic, partition)[0]
-        except SourceError:
-            lo = "unknown"
-        msg = (
-            f"kafka source {self.name!r}, batch {batch_time}: topic {topic} partition "
-            f"{partition} offsets [{start}, {until}) are no longer on the broker "
-            f"(earliest available offset: {lo}; {err}). Retention deleted records this "
-            "batch planned, so it cannot be replayed exactly; restart from a fresh "
-            "checkpoint with starting_offsets to accept the loss."
-        )
-        raise SourceError(msg)
-
-    def _decode(
-        self,
-        m: Any,
-        batch_time: BatchTime,
-        bad: list[dict[str, Any]],
-    ) -> KafkaRecord | None:
-        ts_type, ts = m.timestamp()
-        raw = KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts_type != 0 else None)
-        kd, vd = self.key_deserializer, self.value_deserializer
-        if kd is None and vd is None:
-            return raw
-        try:
-            key = raw.key if kd is None else kd(raw.key)
-            value = raw.value if vd is None else vd(raw.value)
-        except Exception as exc:
-            handler = self.on_error
-            if handler is None:
-                msg = (
-                    f"kafka source {self.name!r}, batch {batch_time}: cannot decode the "
-                    f"record at topic {raw.topic} partition {raw.partition} offset "
-                    f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
-                    "(a callable or a dead-letter sink) to route bad records."
-                )
-                raise SourceError(msg) from exc
-            if callable(handler):
-                handler(raw, exc)
-            else:
-                bad.append({**raw._asdict(), "error": repr(exc)})
-            return None
-        return KafkaRecord(raw[0], raw[1], raw[2], key, value, raw[5])  # cheaper than _replace in this per-record path
+        fetch_ranges(self, ranges, out, bad, batch_time)
 
     def commit_offsets(self, position: Data) -> None:
         """Commit `position` (as from :meth:`position`) to ``group_id``; no-op without it.
@@ -755,4 +528,7 @@ class KafkaSource:
             self._retry(f"committing offsets to group {self.group_id!r}", commit)
 
 
-PidRateEstimator.__module__ = __name__  # documented as streamkeep.sources.kafka.PidRateEstimator
+# documented under streamkeep.sources.kafka (also keeps pickles of KafkaRecord unchanged)
+for _public in (KafkaRecord, DeadLetterSink, PidRateEstimator):
+    _public.__module__ = __name__
+del _public

@@ -1,0 +1,231 @@
+"""Kafka exact-range reads: the record type and the loop that reads planned offset ranges.
+
+Owns :class:`KafkaRecord` and :class:`DeadLetterSink` (public path
+``streamkeep.sources.kafka``), and :func:`fetch_ranges`, which assigns the
+planned partitions, seeks to each range's start and polls until every range
+is complete (by record, by partition EOF, or by the consumer's position when
+transaction markers end a range), decoding records on the way with
+:func:`decode_record`. The source it reads for is passed in structurally
+(:class:`RangeReader`); planning, positions and retries stay in
+``streamkeep.sources.kafka``.
+
+Imports only ``streamkeep.errors``, ``streamkeep._types`` and
+``streamkeep.sources._kafka_config``; must not import sinks, dstream, the
+scheduler or executors (a dead-letter sink is accepted structurally, through
+``write``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from streamkeep._types import BatchTime
+from streamkeep.errors import SourceError
+from streamkeep.sources._kafka_config import import_kafka
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
+__all__ = ["DeadLetterSink", "ErrorHandler", "KafkaRecord", "RangeReader", "decode_record", "fetch_ranges"]
+
+
+class KafkaRecord(NamedTuple):
+    """One Kafka record as the source emits it.
+
+    ``key``/``value`` are the deserialised key and value (raw ``bytes`` or None
+    without deserialisers); ``timestamp`` is the record timestamp in ms since the
+    epoch, or None when the broker has none.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+    timestamp: int | None
+
+
+class DeadLetterSink(Protocol):
+    """What ``on_error`` accepts as a dead-letter sink (any streamkeep Sink fits)."""
+
+    name: str
+
+    def open(self) -> None: ...
+
+    def write(self, batch_time: BatchTime, records: list[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ErrorHandler = Callable[[KafkaRecord, Exception], None]
+
+
+class RangeReader(Protocol):
+    """What the read loop needs from the source (``KafkaSource`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def key_deserializer(self) -> Callable[[bytes | None], Any] | None: ...
+
+    @property
+    def value_deserializer(self) -> Callable[[bytes | None], Any] | None: ...
+
+    @property
+    def on_error(self) -> ErrorHandler | DeadLetterSink | None: ...
+
+    def _ensure_consumer(self) -> Consumer: ...
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]: ...
+
+
+def fetch_ranges(
+    src: RangeReader, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
+) -> None:
+    """Read every non-empty ``(topic, partition, from, until)`` range into ``out[i]``.
+
+    Undecodable records go to ``bad`` (dead-letter sink) or the ``on_error``
+    callable. The caller holds the source's lock.
+    """
+    ck = import_kafka()
+    consumer = src._ensure_consumer()
+    todo: dict[tuple[str, int], tuple[int, int, int]] = {(t, p): (i, f, u) for i, (t, p, f, u) in enumerate(ranges) if u > f}
+    consumer.assign([ck.TopicPartition(t, p, todo[(t, p)][1]) for t, p in todo])
+    eof = ck.KafkaError._PARTITION_EOF
+    lost = {ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE}
+    last_error: object = None
+    deadline = time.monotonic() + src.timeout_s
+
+    paused: list[Any] = []
+
+    def finish(key: tuple[str, int]) -> None:
+        todo.pop(key, None)
+        tp = ck.TopicPartition(*key)
+        consumer.pause([tp])
+        paused.append(tp)
+
+    try:
+        while todo:
+            msgs = consumer.consume(num_messages=10_000, timeout=0)
+            if not msgs:
+                first = consumer.poll(0.1)
+                msgs = [] if first is None else [first]
+            progressed = False
+            for m in msgs:
+                err = m.error()
+                m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
+                key = (m_topic or "", -1 if m_part is None else m_part)
+                off = -1 if m_off is None else m_off
+                if err is not None:
+                    code = err.code()
+                    if code == eof:
+                        entry = todo.get(key)
+                        if entry is not None and off >= entry[2]:
+                            finish(key)
+                            progressed = True
+                    elif code in lost and key in todo:
+                        _raise_lost(src, key, todo[key], batch_time, err)
+                    elif err.fatal():
+                        msg = f"kafka source {src.name!r}, batch {batch_time}: fatal consumer error: {err}"
+                        raise SourceError(msg)
+                    else:
+                        last_error = err
+                    continue
+                entry = todo.get(key)
+                if entry is None:
+                    continue
+                idx, start, until = entry
+                if off >= until:
+                    finish(key)
+                    continue
+                if off >= start:
+                    rec = decode_record(src, m, batch_time, bad)
+                    if rec is not None:
+                        out[idx].append(rec)
+                    progressed = True
+                if off >= until - 1:
+                    finish(key)
+            if todo:  # transaction markers at a range's end advance only the position
+                for tp in consumer.position([ck.TopicPartition(*k) for k in todo]):
+                    pos_key = (str(tp.topic), int(tp.partition))
+                    entry = todo.get(pos_key)
+                    if entry is not None and tp.offset >= entry[2]:
+                        finish(pos_key)
+                        progressed = True
+            now = time.monotonic()
+            if progressed:
+                deadline = now + src.timeout_s
+            elif now > deadline:
+                stuck = ", ".join(f"{t} partition {p} [{f}, {u})" for (t, p), (_, f, u) in sorted(todo.items()))
+                msg = (
+                    f"kafka source {src.name!r}, batch {batch_time}: no progress "
+                    f"reading {stuck} for {src.timeout_s:g} s from "
+                    f"{src.bootstrap_servers} (last error: {last_error or 'none reported'}). "
+                    "Check that "
+                    "the brokers are reachable; the batch is not committed and is "
+                    "retried on restart."
+                )
+                raise SourceError(msg)
+    finally:
+        if paused:  # the pause flag outlives the assignment in librdkafka
+            consumer.resume(paused)
+        consumer.unassign()
+
+
+def _raise_lost(src: RangeReader, key: tuple[str, int], entry: tuple[int, int, int], batch_time: BatchTime, err: object) -> None:
+    topic, partition = key
+    _, start, until = entry
+    try:
+        lo: object = src._watermarks(topic, partition)[0]
+    except SourceError:
+        lo = "unknown"
+    msg = (
+        f"kafka source {src.name!r}, batch {batch_time}: topic {topic} partition "
+        f"{partition} offsets [{start}, {until}) are no longer on the broker "
+        f"(earliest available offset: {lo}; {err}). Retention deleted records this "
+        "batch planned, so it cannot be replayed exactly; restart from a fresh "
+        "checkpoint with starting_offsets to accept the loss."
+    )
+    raise SourceError(msg)
+
+
+def decode_record(
+    src: RangeReader,
+    m: Any,
+    batch_time: BatchTime,
+    bad: list[dict[str, Any]],
+) -> KafkaRecord | None:
+    """Turn a consumer message into a KafkaRecord; None when it was routed to ``on_error``."""
+    ts_type, ts = m.timestamp()
+    raw = KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts_type != 0 else None)
+    kd, vd = src.key_deserializer, src.value_deserializer
+    if kd is None and vd is None:
+        return raw
+    try:
+        key = raw.key if kd is None else kd(raw.key)
+        value = raw.value if vd is None else vd(raw.value)
+    except Exception as exc:
+        handler = src.on_error
+        if handler is None:
+            msg = (
+                f"kafka source {src.name!r}, batch {batch_time}: cannot decode the "
+                f"record at topic {raw.topic} partition {raw.partition} offset "
+                f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
+                "(a callable or a dead-letter sink) to route bad records."
+            )
+            raise SourceError(msg) from exc
+        if callable(handler):
+            handler(raw, exc)
+        else:
+            bad.append({**raw._asdict(), "error": repr(exc)})
+        return None
+    return KafkaRecord(raw[0], raw[1], raw[2], key, value, raw[5])  # cheaper than _replace in this per-record path
