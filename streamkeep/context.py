@@ -321,8 +321,11 @@ class StreamingContext:
         """Stop after the batch in progress (its commit completes); release resources.
 
         A batch is atomic with respect to the checkpoint, so stopping never leaves a
-        half-written batch: with or without `graceful`, the batch in progress
-        finishes and commits. `graceful` also waits for the scheduler thread to exit.
+        half-written batch. With `graceful` (the default) this waits as long as the
+        batch in progress takes to finish and commit. Without it, it waits at most
+        30 s, then releases sources, sinks and the checkpoint anyway: a batch still
+        running then cannot commit (the checkpoint refuses it) and is re-run, with
+        exactly its plan, by the next `get_or_create`.
         Called from inside a batch (e.g. in `foreach_batch`), it returns at once and
         the job stops once that batch has committed.
         """
