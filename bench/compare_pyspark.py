@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: streamkeep against PySpark Streaming (issue 7).
 
     python bench/compare_pyspark.py            # default sizes (< 15 min on 2 cores)
-    python bench/compare_pyspark.py --quick    # small sizes (about 5 min)
+    python bench/compare_pyspark.py --quick    # small sizes, 2 runs (about 3.5 min)
 
 On first use this creates bench/.pyspark-venv (PySpark 4.x from PyPI; never the
 project's venv) and checks for Java 17+. Each run starts fresh subprocesses per
@@ -502,8 +502,9 @@ def print_table(rows: list[Row], out: Any = sys.stdout) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test, ~5 min)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per figure when the budget allows (3)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, 2 runs (~3.5 min)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per figure when the budget allows (3; --quick 2)")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="stop repeating PySpark runs past this (default 13.5; --quick 5)")
     ap.add_argument("--only", default="", help="comma list of: startup,throughput,latency,"
@@ -514,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t_setup = time.time()
+    args.runs = args.runs or (2 if args.quick else 3)
     sizes = C.sizes(args.quick)
     budget_s = 60 * (args.budget_min or (5 if args.quick else 13.5))
     only = [w for w in args.only.split(",") if w] or [
@@ -697,20 +699,23 @@ def main(argv: list[str] | None = None) -> int:
         raw["results"].append({"task": "codechange", "side": side, **res})
         r_cc.text[side] = res["outcome"]
 
-    # Round 1 runs everything once; then repeats, the costly 1M-key state last.
-    rounds: list[list[tuple[str, Any]]] = [[] for _ in range(args.runs)]
+    # Round 1 runs everything once, round 2 repeats everything (so every figure has
+    # two runs when the budget allows), later rounds add runs while time is left.
     big = bool(ck.get("big_keys")) and "checkpoint" in only
+    rounds: list[list[tuple[str, Any]]] = []
     for i in range(args.runs):
+        tasks: list[tuple[str, Any]] = []
         if parts:
-            rounds[i].append(("suite", suite_task))
+            tasks.append(("suite", suite_task))
         if "recovery" in only:
-            rounds[i].append(("recovery", recovery_task))
+            tasks.append(("recovery", recovery_task))
         if i == 0 and "codechange" in only:
-            rounds[i].append(("codechange", codechange_task))
-        if i == 0 and big:
-            rounds[i].append(("checkpoint-big", big_task))
+            tasks.append(("codechange", codechange_task))
+        if i < 2 and big:
+            tasks.append(("checkpoint-big", big_task))
+        rounds.append(tasks)
     if big:
-        rounds += [[("checkpoint-big", big_task)] for _ in range(args.runs - 1)]
+        rounds += [[("checkpoint-big", big_task)] for _ in range(args.runs - 2)]
     for tasks in rounds:
         for task, fn in tasks:
             for side in sides:
