@@ -20,7 +20,6 @@ from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep")
 
-_DEFAULT_SNAPSHOT_EVERY = 20
 
 
 class StreamingContext:
@@ -33,8 +32,11 @@ class StreamingContext:
             to run chains of per-record operators in worker processes (pays off only for
             CPU-heavy functions: see bench/process_pool.py).
         clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
-        snapshot_every: write a full state snapshot every N batches (default 20);
-            other batches write only the keys that changed.
+        snapshot_every: write a full state snapshot every N batches; other batches
+            write only the keys that changed. Default (None): adaptive, a snapshot once
+            the deltas since the last one reach half its size (the first after 20
+            batches, at most 500 batches apart), so checkpoint bytes per batch follow
+            the keys that changed, not the size of the state.
         codec: default codec of stateful operators ("msgpack"; "pickle" by opt-in).
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
         allow_state_loss: names of stateful operators whose checkpointed state may be
@@ -93,7 +95,7 @@ class StreamingContext:
         self._checkpoint_url = checkpoint
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
-        self._snapshot_every = snapshot_every or _DEFAULT_SNAPSHOT_EVERY
+        self._snapshot_every = snapshot_every
         self._allow_state_loss = frozenset(allow_state_loss)
         self._keep_commits = keep_commits
         self._lease_timeout_s = lease_timeout_s

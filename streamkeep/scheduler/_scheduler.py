@@ -36,6 +36,11 @@ from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep.scheduler")
 
+#: Adaptive snapshots (snapshot_every=None): the first one after this many batches ...
+FIRST_SNAPSHOT_AFTER = 20
+#: ... and never more than this many batches apart (bounds the files a restart reads).
+MAX_CHAIN = 500
+
 
 
 @dataclass
@@ -110,7 +115,7 @@ class Scheduler:
         checkpoint: Checkpoint | None,
         clock: Any,
         resume: bool,
-        snapshot_every: int,
+        snapshot_every: int | None,
         keep_commits: int = 2,
         allow_state_loss: frozenset[str] = frozenset(),
         inline_delta_bytes: int = 16 * 1024,
@@ -121,6 +126,8 @@ class Scheduler:
         self.clock = clock
         self.resume = resume
         self.snapshot_every = snapshot_every
+        self._delta_bytes = 0  # state bytes written as deltas since the last snapshot
+        self._snapshot_bytes: int | None = None  # size of the last snapshot this process wrote
         self.keep_commits = max(1, keep_commits)
         self.allow_state_loss = allow_state_loss
         self.inline_delta_bytes = inline_delta_bytes
@@ -444,6 +451,7 @@ class Scheduler:
             delta = rt.delta()
             if delta is not None:
                 payload = encode_state(rt.node, delta)
+                self._delta_bytes += len(payload)
                 inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
                 # Small deltas ride in the commit record (no extra file or fsync), as long as the
                 # chain's inline total stays small: every commit record repeats the whole chain.
@@ -453,11 +461,12 @@ class Scheduler:
                     chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, rt.node.codec)))
                 _faults.point("state.mid_write")
         _faults.point("state.after_write")
-        # A snapshot still in flight when the next one is due is waited for: chains stay bounded
-        # (at most about 2 * snapshot_every deltas) however slow the storage is.
-        self._adopt_snapshots(wait=self._since_snapshot + 1 >= self.snapshot_every)
         self._since_snapshot += 1
-        if self._since_snapshot >= self.snapshot_every and self._snap_thread is None:
+        due = self._snapshot_due()
+        # A snapshot still in flight when the next one is due is waited for: chains stay
+        # bounded however slow the storage is.
+        self._adopt_snapshots(wait=due)
+        if due and self._snap_thread is None:
             self._start_snapshot(t)
         record = {
             "batch_time": t,
@@ -486,11 +495,30 @@ class Scheduler:
 
     # -- snapshots -------------------------------------------------------------------
 
+    def _snapshot_due(self) -> bool:
+        """Is a full snapshot due after this batch?
+
+        With ``snapshot_every`` set: every that many batches. By default (adaptive): once
+        the deltas written since the last snapshot reach half its size, so the bytes a
+        batch costs follow the keys that changed, not the size of the state, and a restart
+        reads at most 1.5 snapshots' worth; the first snapshot after
+        `FIRST_SNAPSHOT_AFTER` batches, and never more than `MAX_CHAIN` batches apart.
+        """
+        if self.snapshot_every is not None:
+            return self._since_snapshot >= self.snapshot_every
+        if self._since_snapshot >= MAX_CHAIN:
+            return True
+        if self._snapshot_bytes is None:
+            return self._since_snapshot >= FIRST_SNAPSHOT_AFTER
+        return self._delta_bytes * 2 >= self._snapshot_bytes
+
     def _start_snapshot(self, t: int) -> None:
         ckpt = self.ckpt
         assert ckpt is not None
         self._since_snapshot = 0
         payloads = {name: (rt.node.codec, encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
+        self._delta_bytes = 0
+        self._snapshot_bytes = sum(len(p) for _, p in payloads.values())
 
         def write() -> None:
             try:

@@ -1,0 +1,63 @@
+"""Adaptive snapshots (the default): bytes per batch follow the keys that changed, not the state size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.testing import ListSink, ManualClock
+
+
+def _job(url: str, keys: int, changed: int) -> sk.StreamingContext:
+    """State of `keys` keys (seeded), `changed` of them updated per batch."""
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), inline_delta_bytes=0)
+    pairs = ssc.rate_stream(changed, name="r").map(lambda r: (r[0] % keys, 1))
+    pairs.map_with_state(lambda k, v, s: s.update((s.get() if s.exists() else 0) + v), name="m",
+                         initial=[(k, 0) for k in range(keys)]).write_to(ListSink())
+    return ssc
+
+
+def _snapshots(url: str) -> list[str]:
+    d = Path(url, "state", "m")
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".snap")) if d.exists() else []
+
+
+def test_few_changes_on_big_state_snapshot_rarely(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    ssc = sk.StreamingContext.get_or_create(url, lambda: _job(url, keys=20_000, changed=10))
+    ssc.run(80)
+    ssc.stop()
+    # the first snapshot comes after 20 batches; after it, 60 batches of 10-key deltas are far
+    # below half a 20k-key snapshot, so no second one
+    snaps = _snapshots(url)
+    assert len(snaps) == 1, snaps
+    chain = Checkpoint(url).commits()[0].data["state"]["m"]
+    assert chain["snapshot"] and len(chain["deltas"]) == 60
+
+
+def test_big_changes_snapshot_often(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    ssc = sk.StreamingContext.get_or_create(url, lambda: _job(url, keys=200, changed=200))
+    ssc.run(60)
+    ssc.stop()
+    # every batch rewrites every key: a delta is a whole snapshot, so after the first
+    # snapshot (batch 20) one follows every other batch or so
+    chain = Checkpoint(url).commits()[0].data["state"]["m"]
+    assert len(chain["deltas"]) <= 3, chain
+    assert len(_snapshots(url)) >= 1
+
+
+def test_restart_after_adaptive_snapshots_is_exact(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    for total in (30, 45):
+        ssc = sk.StreamingContext.get_or_create(url, lambda: _job(url, keys=50, changed=40))
+        ssc.run(total - ((ssc.last_batch_time_ms or 0) // 1000))
+        ssc.stop()
+    ssc = sk.StreamingContext.get_or_create(url, lambda: _job(url, keys=50, changed=40))
+    sched = ssc._scheduler
+    assert sched is not None
+    state = dict(sched.executor.runtimes["m"].state_items())  # type: ignore[attr-defined]
+    ssc.stop()
+    rows = 45 * 40
+    assert state == {k: len(range(k, rows, 50)) for k in range(50)}
