@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: streamkeep against PySpark Streaming (issue 7).
 
     python bench/compare_pyspark.py            # default sizes (< 15 min on 2 cores)
-    python bench/compare_pyspark.py --quick    # small sizes, 2 runs (about 3.5 min)
+    python bench/compare_pyspark.py --quick    # small sizes, 2 runs (about 4 min)
 
 On first use this creates bench/.pyspark-venv (PySpark 4.x from PyPI; never the
 project's venv) and checks for Java 17+. Each run starts fresh subprocesses per
@@ -502,7 +502,7 @@ def print_table(rows: list[Row], out: Any = sys.stdout) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes, 2 runs (~3.5 min)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, 2 runs (~4 min)")
     ap.add_argument("--runs", type=int, default=None,
                     help="runs per figure when the budget allows (3; --quick 2)")
     ap.add_argument("--budget-min", type=float, default=None,
