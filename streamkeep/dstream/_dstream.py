@@ -400,7 +400,13 @@ class DStream(Generic[T]):
     # -- outputs ----------------------------------------------------------
 
     def foreach_batch(self, f: Callable[..., Any]) -> None:
-        """Call ``f(batch)`` or ``f(time, batch)`` for every batch (time: aware UTC datetime)."""
+        """Call ``f(batch)`` or ``f(time, batch)`` for every batch (time: aware UTC datetime).
+
+        After a crash between a batch's outputs and its commit, the batch is re-run with
+        exactly the same input and `f` is called again for that batch time: make its
+        external effects idempotent per batch time (the time is passed for that), or use
+        `write_to` with a sink, which applies each batch time exactly once.
+        """
         g = _time_fn(f, "foreach_batch")
         self._graph.add(OutputNode, op="foreach_batch", parents=(self._node,), slide_ms=self.slide_ms, fn=g, sink=None)
 
