@@ -7,8 +7,9 @@ replayed batch rewrites identical files. Local paths only.
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
+
+from streamkeep._util import atomic_write_file
 
 
 def batch_dir(prefix: str, suffix: str | None, batch_time_ms: int) -> str:
@@ -22,15 +23,6 @@ def write_text_batch(prefix: str, suffix: str | None, batch_time_ms: int, partit
     d = batch_dir(prefix, suffix, batch_time_ms)
     os.makedirs(d, exist_ok=True)
     for i, part in enumerate(partitions):
-        _atomic_write(os.path.join(d, f"part-{i:05d}"), "".join(f"{r}\n" for r in part))
-    _atomic_write(os.path.join(d, "_SUCCESS"), "")
+        atomic_write_file(os.path.join(d, f"part-{i:05d}"), "".join(f"{r}\n" for r in part).encode("utf-8"))
+    atomic_write_file(os.path.join(d, "_SUCCESS"), b"")
     return d
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

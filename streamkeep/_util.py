@@ -5,10 +5,14 @@ Imports only `streamkeep.errors` and `streamkeep._types`.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import uuid
 import zlib
 from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
+from types import ModuleType
 from typing import Any
 
 from streamkeep._types import BatchTime
@@ -127,3 +131,46 @@ def short_repr(value: object, limit: int = 80) -> str:
     """repr() cut to `limit` characters for error messages."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def import_optional(module: str, who: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or raise ConfigError naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"{who} needs the {module!r} package, which is not installed: pip install 'streamkeep[{extra}]'"
+        raise ConfigError(msg) from exc
+
+
+def atomic_write_file(path: str, data: bytes) -> None:
+    """Replace the local file `path` with `data` atomically and durably.
+
+    Writes a temp file in the same directory, fsyncs it, renames it over `path`
+    and fsyncs the directory: readers see the old or the new content, never a mix,
+    and a rewrite with the same data (a replayed batch) leaves the same file.
+    Raises OSError; the temp file is removed on failure.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -14,12 +14,12 @@ import datetime as dt
 import json
 import os
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from streamkeep._types import BatchTime
+from streamkeep._util import atomic_write_file
 from streamkeep.errors import ConfigError, SinkError
 
 __all__ = ["FileSink"]
@@ -207,29 +207,9 @@ class FileSink:
             self._write_local(final, data)
 
     def _write_local(self, final: str, data: bytes) -> None:
-        directory = os.path.dirname(final)
-        tmp = os.path.join(directory, f".{os.path.basename(final)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            atomic_write_file(final, data)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             msg = (
                 f"FileSink {self.name!r}: cannot write {final!r}: {exc}. The batch is not "
                 "committed; fix the directory (space, permissions) and restart."

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamkeep._types import BatchTime
+from streamkeep._util import import_optional
 from streamkeep.errors import ConfigError, SinkError, UserFunctionError
 
 if TYPE_CHECKING:
@@ -32,12 +33,7 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def _import_kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        msg = "KafkaSink needs confluent-kafka, which is not installed: pip install 'streamkeep[kafka]'"
-        raise ConfigError(msg) from exc
-    return confluent_kafka
+    return import_optional("confluent_kafka", "KafkaSink", "kafka")
 
 
 def _to_bytes(obj: Any) -> bytes:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamkeep._types import BatchTime
+from streamkeep._util import import_optional
 from streamkeep.errors import ConfigError, SinkError, UserFunctionError
 
 if TYPE_CHECKING:
@@ -29,12 +30,7 @@ WriteFunction = Callable[["Pipeline", list[Any]], None]
 
 
 def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError as exc:
-        msg = "RedisSink needs redis-py, which is not installed: pip install 'streamkeep[redis]'"
-        raise ConfigError(msg) from exc
-    return redis
+    return import_optional("redis", "RedisSink", "redis")
 
 
 def _redact(url: str) -> str:

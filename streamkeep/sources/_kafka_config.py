@@ -6,7 +6,7 @@ Owns :class:`KafkaOptions` (the validated, normalised constructor arguments of
 lazy confluent-kafka import (extra ``streamkeep[kafka]``) and the
 ``"topic:partition"`` key helpers. No broker contact happens here.
 
-Imports only ``streamkeep.errors``; must not import sinks, dstream, the
+Imports only ``streamkeep.errors`` and ``streamkeep._util``; must not import sinks, dstream, the
 scheduler or executors.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streamkeep._util import import_optional
 from streamkeep.errors import ConfigError, SourceError
 
 __all__ = [
@@ -40,12 +41,7 @@ OFFSET_INVALID = -1001
 
 def import_kafka() -> Any:
     """Return the ``confluent_kafka`` module, or raise ConfigError naming the pip extra."""
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        msg = "the Kafka source needs confluent-kafka, which is not installed: pip install 'streamkeep[kafka]'"
-        raise ConfigError(msg) from exc
-    return confluent_kafka
+    return import_optional("confluent_kafka", "the Kafka source", "kafka")
 
 
 def pkey(topic: str, partition: int) -> str:
