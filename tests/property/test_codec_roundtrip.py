@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, time, timedelta, timezone
-from decimal import Decimal
+from datetime import timedelta, timezone
 from typing import Any
 
+from _strict import same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,34 +15,6 @@ PICKLE = get_codec("pickle")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def same(a: Any, b: Any) -> bool:
-    """True if ``a`` and ``b`` are equal *and* of the same types all the way down.
-
-    Python's ``==`` is too lenient here: ``1 == 1.0 == True``, ``(1,) != [1]`` only by
-    type, ``0.0 == -0.0``, ``Decimal("1.0") == Decimal("1.00")``, and ``nan != nan``.
-    """
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        if math.isnan(a):
-            return math.isnan(b)
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-    if isinstance(a, Decimal):
-        return a.compare_total(b) == 0
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True))
-    if isinstance(a, (set, frozenset)):
-        return len(a) == len(b) and all(any(same(x, y) for y in b) for x in a)
-    if isinstance(a, (datetime, time)):
-        return (
-            a.replace(tzinfo=None) == b.replace(tzinfo=None)
-            and a.fold == b.fold
-            and (a.tzinfo is None) == (b.tzinfo is None)
-            and a.utcoffset() == b.utcoffset()
-        )
-    return bool(a == b)
 
 
 # Fixed offsets strictly inside +-24 h, down to the microsecond (timezone() allows that).
