@@ -250,9 +250,9 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="parent directory of the checkpoints (default: the temp dir, then /dev/shm)")
     ap.add_argument("--batches", type=int, default=30, help="measured batches per case (default: %(default)s)")
     ap.add_argument("--inline-delta-bytes", type=int, default=None, help="the context's inline_delta_bytes (default: the engine's)")
-    ap.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, help="the context's snapshot_every (default: %(default)s)")
+    ap.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, help="the context's snapshot_every; 0 = the engine's adaptive default (default: %(default)s)")
     args = ap.parse_args()
-    INLINE_DELTA_BYTES, SNAPSHOT_EVERY = args.inline_delta_bytes, args.snapshot_every
+    INLINE_DELTA_BYTES, SNAPSHOT_EVERY = args.inline_delta_bytes, (args.snapshot_every or None)
     big = 100_000 if args.quick else 1_000_000
     small, changed = 10_000, 1_000
     print(f"python {sys.version.split()[0]}, streamkeep {sk.__version__}, {os.cpu_count()} CPUs")

@@ -44,9 +44,11 @@ class StreamingContext:
         keep_commits: how many recent commits (and the files they need) retention keeps;
             recovery can fall back to the older ones if the newest is damaged.
         lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
-        inline_delta_bytes: deltas up to this size ride inside the commit record (one
-            file and one fsync/PUT per batch instead of one more per stateful operator);
-            0 writes every delta to a file of its own.
+        inline_delta_bytes: small deltas ride inside the commit record (one file and one
+            fsync/PUT per batch instead of one more per stateful operator) while an
+            operator's inline deltas since its snapshot total at most this many bytes
+            (every commit record repeats them, so keep it small); 0 writes every delta
+            to a file of its own.
 
     Example:
         >>> import streamkeep as sk
@@ -70,7 +72,7 @@ class StreamingContext:
         allow_state_loss: Iterable[str] = (),
         keep_commits: int = 2,
         lease_timeout_s: float = 10.0,
-        inline_delta_bytes: int = 16 * 1024,
+        inline_delta_bytes: int = 4 * 1024,
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         if isinstance(executor, LocalExecutor):

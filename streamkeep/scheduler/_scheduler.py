@@ -118,7 +118,7 @@ class Scheduler:
         snapshot_every: int | None,
         keep_commits: int = 2,
         allow_state_loss: frozenset[str] = frozenset(),
-        inline_delta_bytes: int = 16 * 1024,
+        inline_delta_bytes: int = 4 * 1024,
         processes: int = 0,
     ) -> None:
         self.graph = graph
