@@ -15,11 +15,18 @@ Two halves in one file:
 
       topic NAME PARTITIONS [REPLICATION] | deltopic NAME
       down BROKER_ID | up BROKER_ID | rtt BROKER_ID MS
+      controller BROKER_ID | coordinator group|txn KEY BROKER_ID
+      leader TOPIC PARTITION BROKER_ID | apiversion API_KEY MIN MAX
       quit
 
 * parent side: :class:`KafkaMockProcess` starts the child and exposes
   ``.bootstrap``, ``.create_topic()``, ``.delete_topic()``, ``.broker_down()``, ``.broker_up()``,
-  ``.broker_rtt()`` and ``.close()``.
+  ``.broker_rtt()``, ``.set_controller()``, ``.set_coordinator()``,
+  ``.set_leader()``, ``.set_apiversion()`` and ``.close()``.
+
+The child sets broker 1 as the cluster's controller (``--controller 0`` leaves
+none): librdkafka's admin requests (``describe_topics``, which returns topic
+IDs) wait for a controller, and a real cluster always has one.
 
 Limits of the mock (librdkafka 2.16): in memory only; about 5 MB (or 100,000
 message sets) kept per partition, older message sets are dropped and the low
@@ -70,6 +77,14 @@ def _load_librdkafka() -> ctypes.CDLL:
         getattr(lib, fn).restype = i
     lib.rd_kafka_mock_broker_set_rtt.argtypes = [vp, i32, i]
     lib.rd_kafka_mock_broker_set_rtt.restype = i
+    lib.rd_kafka_mock_set_controller_id.argtypes = [vp, i32]
+    lib.rd_kafka_mock_set_controller_id.restype = i
+    lib.rd_kafka_mock_coordinator_set.argtypes = [vp, cp, cp, i32]
+    lib.rd_kafka_mock_coordinator_set.restype = i
+    lib.rd_kafka_mock_partition_set_leader.argtypes = [vp, cp, i32, i32]
+    lib.rd_kafka_mock_partition_set_leader.restype = i
+    lib.rd_kafka_mock_set_apiversion.argtypes = [vp, ctypes.c_int16, ctypes.c_int16, ctypes.c_int16]
+    lib.rd_kafka_mock_set_apiversion.restype = i
     lib.rd_kafka_err2str.argtypes = [i]
     lib.rd_kafka_err2str.restype = cp
     return lib
@@ -111,6 +126,18 @@ class MockCluster:
     def broker_rtt(self, broker_id: int, rtt_ms: int) -> None:
         self._check(self._lib.rd_kafka_mock_broker_set_rtt(self._mc, broker_id, rtt_ms), "set_rtt")
 
+    def set_controller(self, broker_id: int) -> None:
+        self._check(self._lib.rd_kafka_mock_set_controller_id(self._mc, broker_id), "set_controller_id")
+
+    def set_coordinator(self, key_type: str, key: str, broker_id: int) -> None:
+        self._check(self._lib.rd_kafka_mock_coordinator_set(self._mc, key_type.encode(), key.encode(), broker_id), "coordinator_set")
+
+    def set_leader(self, topic: str, partition: int, broker_id: int) -> None:
+        self._check(self._lib.rd_kafka_mock_partition_set_leader(self._mc, topic.encode(), partition, broker_id), "partition_set_leader")
+
+    def set_apiversion(self, api_key: int, min_version: int, max_version: int) -> None:
+        self._check(self._lib.rd_kafka_mock_set_apiversion(self._mc, api_key, min_version, max_version), "set_apiversion")
+
     def close(self) -> None:
         if self._mc:
             self._lib.rd_kafka_mock_cluster_destroy(self._mc)
@@ -120,8 +147,10 @@ class MockCluster:
             self._rk = None
 
 
-def _serve(brokers: int, stdin: IO[str], stdout: IO[str]) -> int:
+def _serve(brokers: int, stdin: IO[str], stdout: IO[str], controller: int = 1) -> int:
     mc = MockCluster(brokers)
+    if controller:
+        mc.set_controller(controller)
     print(f"BOOTSTRAP={mc.bootstrap}", file=stdout, flush=True)
     try:
         for line in stdin:
@@ -143,6 +172,14 @@ def _serve(brokers: int, stdin: IO[str], stdout: IO[str]) -> int:
                     mc.broker_up(int(words[1]))
                 elif words[0] == "rtt":
                     mc.broker_rtt(int(words[1]), int(words[2]))
+                elif words[0] == "controller":
+                    mc.set_controller(int(words[1]))
+                elif words[0] == "coordinator":
+                    mc.set_coordinator(words[1], words[2], int(words[3]))
+                elif words[0] == "leader":
+                    mc.set_leader(words[1], int(words[2]), int(words[3]))
+                elif words[0] == "apiversion":
+                    mc.set_apiversion(int(words[1]), int(words[2]), int(words[3]))
                 else:
                     raise ValueError(f"unknown command {words[0]!r}")
             except Exception as exc:  # keep serving; the parent raises
@@ -164,11 +201,11 @@ class KafkaMockProcess:
         pid: process id of the child hosting the cluster.
     """
 
-    def __init__(self, brokers: int = 1, *, start_timeout_s: float = 20.0) -> None:
+    def __init__(self, brokers: int = 1, *, start_timeout_s: float = 20.0, controller: int = 1) -> None:
         self.brokers = brokers
         self._lock = threading.Lock()
         self._proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--brokers", str(brokers)],
+            [sys.executable, os.path.abspath(__file__), "--brokers", str(brokers), "--controller", str(controller)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -229,6 +266,21 @@ class KafkaMockProcess:
     def broker_rtt(self, broker_id: int, rtt_ms: int) -> None:
         self.command(f"rtt {broker_id} {rtt_ms}")
 
+    def set_controller(self, broker_id: int) -> None:
+        """Make `broker_id` the controller the brokers report (0: none)."""
+        self.command(f"controller {broker_id}")
+
+    def set_coordinator(self, key_type: str, key: str, broker_id: int) -> None:
+        """Pin the coordinator of group (``key_type="group"``) or transactional id `key`."""
+        self.command(f"coordinator {key_type} {key} {broker_id}")
+
+    def set_leader(self, topic: str, partition: int, broker_id: int) -> None:
+        self.command(f"leader {topic} {partition} {broker_id}")
+
+    def set_apiversion(self, api_key: int, min_version: int, max_version: int) -> None:
+        """Limit the versions of one request type the brokers accept (-1 -1: unsupported)."""
+        self.command(f"apiversion {api_key} {min_version} {max_version}")
+
     def all_down(self) -> None:
         for b in range(1, self.brokers + 1):
             self.broker_down(b)
@@ -263,4 +315,6 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--brokers", type=int, default=1)
-    sys.exit(_serve(ap.parse_args().brokers, sys.stdin, sys.stdout))
+    ap.add_argument("--controller", type=int, default=1)
+    args = ap.parse_args()
+    sys.exit(_serve(args.brokers, sys.stdin, sys.stdout, args.controller))

@@ -22,6 +22,7 @@ from streamkeep.errors import ConfigError, SourceError
 
 __all__ = [
     "OFFSET_INVALID",
+    "RECREATED_MODES",
     "KafkaOptions",
     "consumer_conf",
     "import_kafka",
@@ -32,6 +33,7 @@ __all__ = [
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _STARTING_MODES = ("earliest", "latest", "committed")
+RECREATED_MODES = ("fail", "earliest")
 # Keys the source sets itself; a consumer_config may not override them.
 _OWNED_KEYS = frozenset(
     {"bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof"}
@@ -86,6 +88,7 @@ def validate_options(
     max_rate_per_partition: float | None,
     timeout_s: float,
     retry_backoff_s: float,
+    on_recreated_topic: str = "fail",
 ) -> KafkaOptions:
     """Check the KafkaSource arguments; ConfigError naming the source and the argument."""
     topic_list = [topics] if isinstance(topics, str) else list(topics)
@@ -126,10 +129,20 @@ def validate_options(
                 msg = f"{where}: starting_offsets entry {tp!r}: {off!r} must be (topic: str, partition: int) -> offset: int >= 0"
                 raise ConfigError(msg)
             explicit[(tp[0], tp[1])] = off
+        unread = sorted({t for t, _ in explicit} - set(topic_list))
+        if unread:
+            msg = (
+                f"{where}: starting_offsets names topic(s) {unread} that the source does not read "
+                f"(topics: {sorted(set(topic_list))}); fix the topic name or remove the entries"
+            )
+            raise ConfigError(msg)
     for label, val in (("max_records_per_partition", max_records_per_partition), ("max_rate_per_partition", max_rate_per_partition)):
         if val is not None and not val > 0:
             msg = f"{where}: {label} must be > 0 (got {val!r}); use None for no limit"
             raise ConfigError(msg)
+    if on_recreated_topic not in RECREATED_MODES:
+        msg = f"{where}: on_recreated_topic={on_recreated_topic!r} is not one of {RECREATED_MODES}"
+        raise ConfigError(msg)
     if not timeout_s > 0 or not retry_backoff_s > 0:
         msg = f"{where}: timeout_s and retry_backoff_s must be > 0"
         raise ConfigError(msg)
@@ -151,11 +164,15 @@ def validate_options(
     )
 
 
-def consumer_conf(consumer_config: Mapping[str, Any], *, bootstrap_servers: str, group_id: str) -> dict[str, Any]:
+def consumer_conf(consumer_config: Mapping[str, Any], *, bootstrap_servers: str, group_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
     """librdkafka settings: defaults, then the user's `consumer_config`, then the keys the source owns."""
     # Fetches run only while reading a planned range; a short broker wait keeps
     # a watermark query from queueing behind an idle fetch (500 ms default).
-    conf: dict[str, Any] = {"isolation.level": "read_committed", "fetch.wait.max.ms": 10}
+    # The source never joins the group (it assigns partitions itself), so the
+    # session timeout only bounds how long an offset commit waits for a group
+    # coordinator (45 s by default): bound it by the source's timeout.
+    session_ms = max(1000, min(int(timeout_s * 1000), 45_000))
+    conf: dict[str, Any] = {"isolation.level": "read_committed", "fetch.wait.max.ms": 10, "session.timeout.ms": session_ms}
     conf.update(consumer_config)
     conf.update(
         {

@@ -20,6 +20,7 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -34,17 +35,31 @@ from streamkeep.sources._kafka_config import consumer_conf, validate_options
 from streamkeep.sources._kafka_config import import_kafka as _import_kafka
 from streamkeep.sources._kafka_config import pkey as _pkey
 from streamkeep.sources._kafka_config import split_pkey as _split_pkey
+from streamkeep.sources._kafka_meta import Offsets, TopicInfo, admin_conf, collect_describe, collect_offsets, start_describe, start_offsets
 from streamkeep.sources._kafka_read import DeadLetterSink, ErrorHandler, KafkaRecord, fetch_ranges
 from streamkeep.sources.base import BlobStore
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient
 
 __all__ = ["DeadLetterSink", "KafkaRecord", "KafkaSource", "PidRateEstimator"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# Reserved position keys (no ":", so never a "topic:partition" key).
+_IDS_KEY = "topic_ids"  # {topic: topic ID} where the brokers report IDs
+_MARKS_KEY = "watermarks"  # {"topic:partition": [low, high]} seen at the last plan
+# Errors meaning "these brokers cannot describe topics": stop asking.
+_NO_DESCRIBE = ("UNSUPPORTED_VERSION", "_UNSUPPORTED_FEATURE", "INVALID_REQUEST", "_NOT_IMPLEMENTED")
+# How often a failing offset commit to the group is logged again (the count is always kept).
+_COMMIT_WARN_EVERY_S = 60.0
+
+
+class _MissingTopicError(SourceError):
+    """A topic the brokers do not know (internal: lets a replay tell it from an outage)."""
 
 
 class KafkaSource:
@@ -150,6 +165,7 @@ class KafkaSource:
         backpressure: bool = False,
         timeout_s: float = 30.0,
         retry_backoff_s: float = 0.1,
+        on_recreated_topic: str = "fail",
     ) -> None:
         opts = validate_options(
             topics,
@@ -163,6 +179,7 @@ class KafkaSource:
             max_rate_per_partition=max_rate_per_partition,
             timeout_s=timeout_s,
             retry_backoff_s=retry_backoff_s,
+            on_recreated_topic=on_recreated_topic,
         )
 
         self.topics: list[str] = opts.topics
@@ -178,11 +195,22 @@ class KafkaSource:
         self.backpressure = backpressure
         self.timeout_s = timeout_s
         self.retry_backoff_s = retry_backoff_s
+        self.on_recreated_topic = on_recreated_topic
+        #: Offset commits to the group confirmed by the broker / failed (read them for metrics).
+        self.offset_commits_ok = 0
+        self.offset_commits_failed = 0
+        self._commit_warned_at: float | None = None
         self._consumer_config = opts.consumer_config
+        self._read_committed = opts.consumer_config.get("isolation.level", "read_committed") == "read_committed"
         self._batch_interval_ms: int | None = None
         self._estimator: PidRateEstimator | None = None
         self._position: dict[str, int] = {}
+        self._topic_ids: dict[str, str] = {}  # stored with the position
+        self._marks: dict[str, tuple[int, int]] = {}  # watermarks seen at the last plan, stored with the position
+        self._planned_here: list[BatchTime] = []  # batch times this instance planned (the rest are replays)
+        self._describe_ok = True  # False once the brokers turned out unable to describe topics
         self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
         self._lock = threading.RLock()
         self._dead_letter_opened = False
 
@@ -200,8 +228,9 @@ class KafkaSource:
         """Close the consumer (and a dead-letter sink); safe to call twice."""
         with self._lock:
             consumer, self._consumer = self._consumer, None
+            self._admin = None
             if consumer is not None:
-                consumer.close()
+                consumer.close()  # waits (at most ~timeout_s) for offset commits in flight
             sink = self.on_error
             if self._dead_letter_opened and sink is not None and not callable(sink):
                 self._dead_letter_opened = False
@@ -210,6 +239,7 @@ class KafkaSource:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_consumer"] = None
+        state["_admin"] = None
         state["_lock"] = None
         return state
 
@@ -220,9 +250,8 @@ class KafkaSource:
     def _ensure_consumer(self) -> Consumer:
         if self._consumer is None:
             ck = _import_kafka()
-            conf = consumer_conf(
-                self._consumer_config, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id or f"streamkeep-{self.name}"
-            )
+            conf = self._conf()
+            conf["on_commit"] = self._on_commit
             try:
                 self._consumer = ck.Consumer(conf)
             except ck.KafkaException as exc:
@@ -230,10 +259,40 @@ class KafkaSource:
                 raise ConfigError(msg) from exc
         return self._consumer
 
+    def _conf(self) -> dict[str, Any]:
+        return consumer_conf(
+            self._consumer_config,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id or f"streamkeep-{self.name}",
+            timeout_s=self.timeout_s,
+        )
+
+    def _ensure_admin(self) -> AdminClient:
+        if self._admin is None:
+            ck = _import_kafka()
+            admin_mod = importlib.import_module("confluent_kafka.admin")
+            try:
+                self._admin = admin_mod.AdminClient(admin_conf(self._conf()))
+            except ck.KafkaException as exc:
+                msg = f"kafka source {self.name!r}: cannot create an admin client: {exc}"
+                raise ConfigError(msg) from exc
+        return self._admin
+
     # ------------------------------------------------------------------ position
     def position(self) -> Data:
-        """``{"topic:partition": next_offset}`` after the last plan."""
-        return dict(self._position)
+        """``{"topic:partition": next_offset}`` after the last plan.
+
+        Two more entries, when known, let a restarted job notice a topic that
+        was deleted and recreated: ``"topic_ids": {topic: id}`` (brokers with
+        topic IDs) and ``"watermarks": {"topic:partition": [low, high]}`` seen
+        at the last plan.
+        """
+        out: dict[str, Any] = dict(self._position)
+        if self._topic_ids:
+            out[_IDS_KEY] = dict(sorted(self._topic_ids.items()))
+        if self._marks:
+            out[_MARKS_KEY] = {k: [lo, hi] for k, (lo, hi) in sorted(self._marks.items())}
+        return out
 
     def restore(self, position: Data) -> None:
         """Continue after `position` (from an earlier run's checkpoint)."""
@@ -242,13 +301,23 @@ class KafkaSource:
             msg = f"{where} is {type(position).__name__}, not a mapping"
             raise SourceError(msg)
         restored: dict[str, int] = {}
+        ids: dict[str, str] = {}
+        marks: dict[str, tuple[int, int]] = {}
         for key, off in position.items():
+            if key == _IDS_KEY and isinstance(off, Mapping):
+                ids = {str(t): str(i) for t, i in off.items()}
+                continue
+            if key == _MARKS_KEY and isinstance(off, Mapping):
+                marks = {str(k): (int(v[0]), int(v[1])) for k, v in off.items() if isinstance(v, (list, tuple)) and len(v) == 2}
+                continue
             if not isinstance(key, str) or not isinstance(off, int) or off < 0:
                 msg = f"{where} has entry {key!r}: {off!r}, not 'topic:partition': offset"
                 raise SourceError(msg)
             _split_pkey(key, where)
             restored[key] = off
         self._position = restored
+        self._topic_ids = ids
+        self._marks = marks
 
     def set_batch_interval_ms(self, interval_ms: int) -> None:
         """Tell the source the job's batch interval (needed for the rate limits)."""
@@ -332,6 +401,7 @@ class KafkaSource:
                         pass
 
     def _partitions(self, topic: str) -> list[int]:
+        """The partitions of `topic` from the consumer's metadata (no topic ID); retried."""
         ck = _import_kafka()
         consumer = self._ensure_consumer()
 
@@ -341,11 +411,7 @@ class KafkaSource:
             if tmd is None or tmd.error is not None:
                 err = None if tmd is None else tmd.error
                 if err is not None and err.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    msg = (
-                        f"kafka source {self.name!r}: topic {topic!r} does not exist on "
-                        f"{self.bootstrap_servers}; create it or fix the topic name"
-                    )
-                    raise SourceError(msg)
+                    self._raise_missing_topic(topic)
                 raise ck.KafkaException(err or ck.KafkaError(ck.KafkaError._UNKNOWN_TOPIC))
             if not tmd.partitions:
                 raise ck.KafkaException(ck.KafkaError(ck.KafkaError._UNKNOWN_PARTITION))
@@ -353,16 +419,81 @@ class KafkaSource:
 
         return self._retry(f"listing partitions of topic {topic!r}", fetch)
 
-    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+    def _raise_missing_topic(self, topic: str) -> None:
+        msg = f"kafka source {self.name!r}: topic {topic!r} does not exist on {self.bootstrap_servers}; create it or fix the topic name"
+        raise _MissingTopicError(msg)
+
+    def _start_describe(self, topics: list[str]) -> dict[str, Any] | None:
+        """Send one DescribeTopics request (partitions and topic IDs); None if the brokers cannot answer it."""
+        if not self._describe_ok or not topics:
+            return None
         ck = _import_kafka()
-        consumer = self._ensure_consumer()
-        tp = ck.TopicPartition(topic, partition)
+        try:
+            return start_describe(self._ensure_admin(), topics, min(5.0, self.timeout_s))
+        except (ck.KafkaException, ValueError, TypeError) as exc:
+            log.debug("kafka source %r: describe_topics not sent: %s", self.name, exc)
+            return None
 
-        def fetch() -> tuple[int, int]:
-            lo, hi = consumer.get_watermark_offsets(tp, timeout=min(5.0, self.timeout_s), cached=False)
-            return int(lo), int(hi)
+    def _topic_infos(self, topics: list[str], futs: dict[str, Any] | None = None) -> dict[str, TopicInfo]:
+        """Partitions and topic IDs (None where unknown) of `topics`, in one request where the brokers allow.
 
-        return self._retry(f"reading offsets of {topic} partition {partition}", fetch)
+        Falls back to the consumer's metadata (one request per topic, retried,
+        no IDs) when the brokers cannot describe topics or the request fails.
+        """
+        ck = _import_kafka()
+        if futs is None:
+            futs = self._start_describe(topics)
+        if futs is not None:
+            try:
+                return collect_describe(futs)
+            except ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                name = err.name() if err is not None and hasattr(err, "name") else ""
+                if name == "UNKNOWN_TOPIC_OR_PART":
+                    for t, f in futs.items():  # confirm through the consumer's metadata (raises the clear error)
+                        if f.exception() is not None:
+                            self._partitions(t)
+                elif name in _NO_DESCRIBE:
+                    self._describe_ok = False
+                    log.warning(
+                        "kafka source %r: the brokers at %s cannot describe topics (%s): topic IDs are unknown, so a "
+                        "deleted and recreated topic is detected only from its offsets (see docs/kafka.md)",
+                        self.name,
+                        self.bootstrap_servers,
+                        exc,
+                    )
+                else:
+                    log.debug("kafka source %r: describe_topics failed, using the consumer's metadata: %s", self.name, exc)
+        return {t: TopicInfo(None, self._partitions(t)) for t in topics}
+
+    def _offsets(self, parts: list[tuple[str, int]], futs: Any = None) -> dict[tuple[str, int], Offsets]:
+        """Earliest and end offsets of `parts`: one ListOffsets round trip for all of them, retried.
+
+        `futs` are requests already in flight (from :func:`start_offsets`) for
+        some of the partitions; the others, or all after a failure, are asked again.
+        """
+        ck = _import_kafka()
+        got: dict[tuple[str, int], Offsets] = {}
+        if futs is not None:
+            try:
+                got = collect_offsets(futs)
+            except ck.KafkaException as exc:
+                log.debug("kafka source %r: prefetched offsets failed, asking again: %s", self.name, exc)
+                got = {}
+        todo = [tp for tp in parts if tp not in got]
+        if todo:
+            admin = self._ensure_admin()
+
+            def fetch() -> dict[tuple[str, int], Offsets]:
+                return collect_offsets(start_offsets(admin, todo, read_committed=self._read_committed, timeout_s=min(5.0, self.timeout_s)))
+
+            where = todo[0][0] if len({t for t, _ in todo}) == 1 else "several topics"
+            got.update(self._retry(f"reading offsets of {len(todo)} partition(s) of {where}", fetch))
+        return {tp: got[tp] for tp in parts}
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        lo, hi = self._offsets([(topic, partition)])[(topic, partition)]
+        return lo, hi
 
     def _committed(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         ck = _import_kafka()
@@ -397,14 +528,34 @@ class KafkaSource:
     def plan(self, batch_time: BatchTime) -> Data:
         """Return ``{"topic:partition": [from, until]}`` for `batch_time`; advance the position.
 
+        Costs about one round trip to the brokers however many partitions are
+        read: the topics' partitions and IDs and every partition's offsets are
+        asked for at once (the offsets for the partitions of the last plan).
+
         Raises:
             SourceError: the position is no longer on the broker (retention) or
-                past its end, a topic is missing, or the broker is unreachable.
+                past its end, a topic is missing or was deleted and recreated
+                (unless ``on_recreated_topic="earliest"``), a starting offset
+                names a partition that does not exist, or the broker is
+                unreachable.
         """
         with self._lock:
             known_topics = {_split_pkey(k, "position")[0] for k in self._position}
-            parts = [(t, p) for t in self.topics for p in self._partitions(t)]
-            new = [(t, p) for t, p in parts if _pkey(t, p) not in self._position]
+            guess = [tp for tp in (_split_pkey(k, "position") for k in sorted(self._position)) if tp[0] in self.topics]
+            describe = self._start_describe(self.topics)
+            prefetch = None
+            if guess:  # in flight together with the metadata request: one round trip in the steady state
+                try:
+                    prefetch = start_offsets(self._ensure_admin(), guess, read_committed=self._read_committed, timeout_s=min(5.0, self.timeout_s))
+                except (_import_kafka().KafkaException, ValueError, TypeError) as exc:
+                    log.debug("kafka source %r: offsets not prefetched: %s", self.name, exc)
+            infos = self._topic_infos(self.topics, describe)
+            parts = [(t, p) for t in self.topics for p in infos[t].partitions]
+            marks = self._offsets(parts, prefetch)
+            recreated = self._check_recreated(infos, marks, known_topics)
+            position = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] not in recreated}
+            self._check_starting_offsets(infos, known_topics)
+            new = [(t, p) for t, p in parts if _pkey(t, p) not in position]
             committed: dict[tuple[str, int], int] = {}
             if self.starting_offsets == "committed":
                 fresh = [(t, p) for t, p in new if t not in known_topics]
@@ -413,8 +564,8 @@ class KafkaSource:
             ranges: dict[str, tuple[int, int]] = {}
             for t, p in parts:
                 key = _pkey(t, p)
-                lo, hi = self._watermarks(t, p)
-                start = self._position.get(key)
+                lo, hi = marks[(t, p)]
+                start = position.get(key)
                 if start is None:
                     start = self._initial_offset(t, p, lo, hi, t in known_topics, committed)
                 if start < lo:
@@ -427,12 +578,11 @@ class KafkaSource:
                         "the loss."
                     )
                     raise SourceError(msg)
-                if start > hi:
+                if start > hi:  # a restored position past the end is caught by _check_recreated
                     msg = (
-                        f"kafka source {self.name!r}: topic {t} partition {p} position "
-                        f"{start} is past the partition's end offset {hi} (was the topic "
-                        "deleted and recreated, or a starting offset set too high?). "
-                        "Start from a fresh checkpoint or fix starting_offsets."
+                        f"kafka source {self.name!r}: topic {t} partition {p} starting "
+                        f"offset {start} is past the partition's end offset {hi}. Fix "
+                        "starting_offsets (or use 'latest')."
                     )
                     raise SourceError(msg)
                 ranges[key] = (start, hi)
@@ -441,10 +591,89 @@ class KafkaSource:
             for key, (start, hi) in ranges.items():
                 cap = caps[key]
                 plan[key] = [start, hi if cap is None else min(hi, start + cap)]
-            kept = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] not in self.topics}
+            kept = {k: v for k, v in position.items() if _split_pkey(k, "position")[0] not in self.topics}
             kept.update({k: until for k, (_, until) in plan.items()})
             self._position = kept
+            for t in self.topics:
+                tid = infos[t].topic_id
+                if tid is not None:
+                    self._topic_ids[t] = tid
+            self._marks = {
+                **{k: v for k, v in self._marks.items() if _split_pkey(k, "position")[0] not in self.topics},
+                **{_pkey(t, p): (lo, hi) for (t, p), (lo, hi) in marks.items()},
+            }
+            self._planned_here = [*self._planned_here[-15:], batch_time]
             return plan
+
+    def _check_recreated(self, infos: dict[str, TopicInfo], marks: dict[tuple[str, int], Offsets], known_topics: set[str]) -> set[str]:
+        """Topics deleted and recreated since the position was taken, whose position is to be dropped.
+
+        Raises SourceError (``on_recreated_topic="fail"``) unless nothing had
+        been read from the topic yet (every position 0).
+        """
+        out: set[str] = set()
+        for t in sorted(known_topics & set(self.topics)):
+            evidence = self._recreated_evidence(t, infos[t], marks)
+            if evidence is None:
+                continue
+            positions = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] == t}
+            if self.on_recreated_topic == "fail" and any(positions.values()):
+                msg = (
+                    f"kafka source {self.name!r}: topic {t} was deleted and recreated since the position "
+                    f"in the checkpoint was taken ({evidence}). Reading the new topic from the stored "
+                    f"offsets {dict(sorted(positions.items()))} would skip its first records, so the source "
+                    "stops. If the topic is meant to be new, pass on_recreated_topic='earliest' to the "
+                    "source to read it from its earliest offset (records of the old topic not read yet "
+                    "are lost); see 'Deleted and recreated topics' in docs/kafka.md."
+                )
+                raise SourceError(msg)
+            log.warning(
+                "kafka source %r: topic %s was deleted and recreated (%s); reading the new topic from its earliest offsets (%s)",
+                self.name,
+                t,
+                evidence,
+                "nothing had been read from the old one" if not any(positions.values()) else "on_recreated_topic='earliest'",
+            )
+            self._topic_ids.pop(t, None)
+            out.add(t)
+        return out
+
+    def _recreated_evidence(self, topic: str, info: TopicInfo, marks: Mapping[tuple[str, int], Offsets]) -> str | None:
+        """Why `topic` looks deleted and recreated since the stored position, or None."""
+        old_id = self._topic_ids.get(topic)
+        if old_id is not None and info.topic_id is not None and old_id != info.topic_id:
+            return f"its topic ID changed from {old_id} to {info.topic_id}"
+        for key, pos in sorted(self._position.items()):
+            t, p = _split_pkey(key, "position")
+            if t != topic:
+                continue
+            if p not in info.partitions:
+                return (
+                    f"partition {p}, at position {pos}, no longer exists: the topic has "
+                    f"{len(info.partitions)} partition(s), and Kafka never removes partitions"
+                )
+            lo, hi = marks[(t, p)]
+            if pos > hi:
+                return f"partition {p}: the stored position {pos} is past the partition's end offset {hi}"
+            seen = self._marks.get(key)
+            if seen is not None and lo < seen[0]:
+                return f"partition {p}: its earliest offset went back from {seen[0]} to {lo}"
+        return None
+
+    def _check_starting_offsets(self, infos: dict[str, TopicInfo], known_topics: set[str]) -> None:
+        """Explicit starting offsets must name partitions that exist (a typo would start from earliest)."""
+        mode = self.starting_offsets
+        if not isinstance(mode, dict):
+            return
+        bad = sorted((t, p) for t, p in mode if t not in known_topics and t in infos and p not in infos[t].partitions)
+        if bad:
+            t, p = bad[0]
+            msg = (
+                f"kafka source {self.name!r}: starting_offsets names topic {t} partition {p}, which does "
+                f"not exist (the topic has partitions {infos[t].partitions}); fix or remove the entry "
+                "(unlisted partitions start at the earliest offset)."
+            )
+            raise SourceError(msg)
 
     def _initial_offset(
         self, topic: str, partition: int, lo: int, hi: int, topic_known: bool, committed: dict[tuple[str, int], int]
@@ -484,6 +713,8 @@ class KafkaSource:
         bad: list[dict[str, Any]] = []
         if any(u > f for _, _, f, u in ranges):
             with self._lock:
+                if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
+                    ranges = self._check_replay(ranges, batch_time)
                 self._fetch(ranges, out, bad, batch_time)
         if bad:
             sink = self.on_error
@@ -494,18 +725,86 @@ class KafkaSource:
             sink.write(batch_time, bad)
         return out
 
+    def _check_replay(self, ranges: list[tuple[str, int, int, int]], batch_time: BatchTime) -> list[tuple[str, int, int, int]]:
+        """Before replaying a plan of an earlier run: do its topics and partitions still hold the planned records?
+
+        Returns the ranges to read: those of a deleted or recreated topic become
+        empty with ``on_recreated_topic="earliest"`` (their records are gone);
+        otherwise such a range raises SourceError naming topic and partition.
+        """
+        topics = sorted({t for t, _, f, u in ranges if u > f})
+        infos: dict[str, TopicInfo | None] = {}
+        for t in topics:
+            try:
+                infos[t] = self._topic_infos([t])[t]
+            except _MissingTopicError:
+                infos[t] = None
+        readable = [(t, p) for t, p, f, u in ranges if u > f and infos[t] is not None and p in infos[t].partitions]  # type: ignore[union-attr]
+        marks = self._offsets(readable) if readable else {}
+        out: list[tuple[str, int, int, int]] = []
+        for t, p, f, u in ranges:
+            info = infos.get(t)
+            why: str | None = None
+            if u <= f:
+                pass
+            elif info is None:
+                why = f"topic {t} no longer exists"
+            elif p not in info.partitions:
+                why = f"topic {t} partition {p} no longer exists (the topic has {len(info.partitions)} partition(s))"
+            elif (old := self._topic_ids.get(t)) is not None and info.topic_id is not None and old != info.topic_id:
+                why = f"topic {t} was deleted and recreated (its topic ID changed from {old} to {info.topic_id})"
+            elif marks[(t, p)].high < u:
+                why = (
+                    f"topic {t} partition {p} ends at offset {marks[(t, p)].high}, before the planned "
+                    f"range's end {u} (was the topic deleted and recreated?)"
+                )
+            if why is None:
+                out.append((t, p, f, u))
+                continue
+            if self.on_recreated_topic == "fail":
+                msg = (
+                    f"kafka source {self.name!r}, batch {batch_time}: this batch was planned by an earlier "
+                    f"run with offsets [{f}, {u}) of topic {t} partition {p}, but {why}. The batch cannot be "
+                    "replayed exactly. If the topic was deleted on purpose, pass on_recreated_topic='earliest' "
+                    "to the source: the batch is then replayed without those records (they are lost) and a "
+                    "recreated topic is read from its earliest offset. See 'Deleted and recreated topics' in "
+                    "docs/kafka.md."
+                )
+                raise SourceError(msg)
+            log.warning(
+                "kafka source %r, batch %d: replaying without offsets [%d, %d) of topic %s partition %d: %s (on_recreated_topic='earliest')",
+                self.name,
+                batch_time,
+                f,
+                u,
+                t,
+                p,
+                why,
+            )
+            out.append((t, p, f, f))
+        return out
+
     def _fetch(
         self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
     ) -> None:
         fetch_ranges(self, ranges, out, bad, batch_time)
 
     def commit_offsets(self, position: Data) -> None:
-        """Commit `position` (as from :meth:`position`) to ``group_id``; no-op without it.
+        """Commit `position` (as from :meth:`position`) to ``group_id``, asynchronously; no-op without it.
 
         The scheduler calls this after a batch's checkpoint commit, with the
-        position planned for that batch (None: nothing to commit). Bounded
-        retries, then SourceError; the checkpoint stays the source of truth, so
-        the caller may log that error and continue.
+        position planned for that batch (None: nothing to commit). The commit
+        to the group only serves lag monitoring and ``starting_offsets=
+        "committed"``: the checkpoint holds the positions. So it is sent and
+        not waited for; a batch never waits for an unreachable group
+        coordinator. The broker's answer arrives during a later read, commit
+        or :meth:`close` (which waits at most about ``timeout_s`` for commits in
+        flight): it counts in :attr:`offset_commits_ok` or
+        :attr:`offset_commits_failed`, and a failure is logged as a warning (at
+        most once a minute while it keeps failing).
+
+        Raises:
+            SourceError: `position` is not a position of this source.
         """
         if not self.group_id or position is None:
             return
@@ -514,18 +813,44 @@ class KafkaSource:
         if not isinstance(position, Mapping):
             msg = f"{where}: position is {type(position).__name__}, not a mapping"
             raise SourceError(msg)
-        tps = [ck.TopicPartition(*_split_pkey(k, where), int(off)) for k, off in sorted(position.items())]
+        offsets = {k: off for k, off in position.items() if k not in (_IDS_KEY, _MARKS_KEY)}
+        tps = [ck.TopicPartition(*_split_pkey(k, where), int(off)) for k, off in sorted(offsets.items())]
         if not tps:
             return
         with self._lock:
             consumer = self._ensure_consumer()
+            consumer.poll(0)  # serve the answers to earlier commits (nothing is assigned between reads)
+            try:
+                consumer.commit(offsets=tps, asynchronous=True)
+            except ck.KafkaException as exc:
+                self._on_commit(exc.args[0] if exc.args else exc, tps)
 
-            def commit() -> None:
-                for tp in consumer.commit(offsets=tps, asynchronous=False) or []:
-                    if tp.error is not None:
-                        raise ck.KafkaException(tp.error)
-
-            self._retry(f"committing offsets to group {self.group_id!r}", commit)
+    def _on_commit(self, err: Any, partitions: list[Any] | None) -> None:
+        """librdkafka's answer to an offset commit (runs inside poll/consume/close)."""
+        failed = [tp for tp in partitions or [] if getattr(tp, "error", None) is not None]
+        if err is None and not failed:
+            self.offset_commits_ok += 1
+            if self._commit_warned_at is not None:
+                log.info("kafka source %r: offset commits to group %r work again", self.name, self.group_id)
+                self._commit_warned_at = None
+            return
+        self.offset_commits_failed += 1
+        now = time.monotonic()
+        if self._commit_warned_at is not None and now - self._commit_warned_at < _COMMIT_WARN_EVERY_S:
+            return
+        self._commit_warned_at = now
+        what = err if err is not None else "; ".join(f"{tp.topic} partition {tp.partition}: {tp.error}" for tp in failed)
+        log.warning(
+            "kafka source %r: committing offsets to consumer group %r failed (%s; %d failure(s) so far). "
+            "The batches themselves are committed in the checkpoint, which holds the positions: only the "
+            "group's committed offsets (lag monitoring, starting_offsets='committed') lag behind. Check the "
+            "group coordinator on %s.",
+            self.name,
+            self.group_id,
+            what,
+            self.offset_commits_failed,
+            self.bootstrap_servers,
+        )
 
 
 # documented under streamkeep.sources.kafka (also keeps pickles of KafkaRecord unchanged)

@@ -25,6 +25,11 @@ def _source(bootstrap: str, topics: Any, **kw: Any) -> KafkaSource:
     return src
 
 
+def _pos(src: KafkaSource) -> dict[str, Any]:
+    """The source's offsets, without the topic IDs and watermarks kept alongside."""
+    return {k: v for k, v in src.position().items() if ":" in k}
+
+
 def _offsets(batch: list[list[Any]]) -> list[list[int]]:
     return [[r.offset for r in part] for part in batch]
 
@@ -49,7 +54,7 @@ def test_plan_reads_exact_ranges_across_partitions(kafka_cluster, topic_factory)
         assert isinstance(src, Source)
         plan = src.plan(1000)
         assert plan == {f"{topic}:0": [0, 10], f"{topic}:1": [0, 10], f"{topic}:2": [0, 10]}
-        assert src.position() == {f"{topic}:{p}": 10 for p in range(3)}
+        assert _pos(src) == {f"{topic}:{p}": 10 for p in range(3)}
         batch = src.read(plan, 1000)
         assert _offsets(batch) == [list(range(10))] * 3
         rec = batch[1][3]
@@ -132,7 +137,7 @@ def test_starting_offsets_explicit_mapping(kafka_cluster, topic_factory):
         src.close()
     src = _source(bs, topic, starting_offsets={(topic, 0): 11})
     try:
-        with pytest.raises(SourceError, match=rf"{topic} partition 0 position 11 is past"):
+        with pytest.raises(SourceError, match=rf"{topic} partition 0 starting offset 11 is past"):
             src.plan(1000)
     finally:
         src.close()
@@ -149,7 +154,9 @@ def test_restore_continues_after_the_position(kafka_cluster, topic_factory):
         saved = first.position()
     finally:
         first.close()
-    assert saved == {f"{topic}:0": 3, f"{topic}:1": 3}
+    assert {k: v for k, v in saved.items() if ":" in k} == {f"{topic}:0": 3, f"{topic}:1": 3}
+    # Kept with the offsets: the topic's ID and the partitions' [low, high) watermarks.
+    assert set(saved["topic_ids"]) == {topic} and saved["watermarks"] == {f"{topic}:0": [0, 8], f"{topic}:1": [0, 8]}
     # A new process: same topic restored; a newly added topic uses starting_offsets.
     second = _source(bs, [topic, other], starting_offsets="latest")
     try:
@@ -215,7 +222,7 @@ def test_retention_loss_is_a_source_error(kafka_cluster, topic_factory):
         src.restore({f"{topic}:0": 0})
         with pytest.raises(SourceError, match=rf"{topic} partition 0 offset 0 is no longer"):
             src.plan(2000)
-        assert src.position() == {f"{topic}:0": 0}
+        assert _pos(src) == {f"{topic}:0": 0}
     finally:
         src.close()
 
@@ -266,7 +273,7 @@ def test_broker_down_is_retried_then_source_error(kafka_cluster_factory):
             src.plan(2000)
         assert time.monotonic() - t0 < 10
         assert "brokers are reachable" in str(info.value) and bs in str(info.value)
-        assert src.position() == {"events:0": 5, "events:1": 5}  # not advanced
+        assert _pos(src) == {"events:0": 5, "events:1": 5}  # not advanced
         with pytest.raises(SourceError, match=r"no progress reading events partition 0 \[0, 5\)"):
             src.read(plan, 1000)
         cluster.broker_up(1)
