@@ -739,25 +739,27 @@ class KafkaSource:
                 infos[t] = self._topic_infos([t])[t]
             except _MissingTopicError:
                 infos[t] = None
-        readable = [(t, p) for t, p, f, u in ranges if u > f and infos[t] is not None and p in infos[t].partitions]  # type: ignore[union-attr]
+        readable = [(t, p) for t, p, f, u in ranges if u > f and (i := infos[t]) is not None and p in i.partitions]
         marks = self._offsets(readable) if readable else {}
-        out: list[tuple[str, int, int, int]] = []
+        evidence: dict[str, str] = {}  # topic -> why its planned ranges are gone (one partition tells for all)
         for t, p, f, u in ranges:
             info = infos.get(t)
-            why: str | None = None
-            if u <= f:
-                pass
-            elif info is None:
-                why = f"topic {t} no longer exists"
+            if u <= f or t in evidence:
+                continue
+            if info is None:
+                evidence[t] = f"topic {t} no longer exists"
             elif p not in info.partitions:
-                why = f"topic {t} partition {p} no longer exists (the topic has {len(info.partitions)} partition(s))"
+                evidence[t] = f"topic {t} partition {p} no longer exists (the topic has {len(info.partitions)} partition(s))"
             elif (old := self._topic_ids.get(t)) is not None and info.topic_id is not None and old != info.topic_id:
-                why = f"topic {t} was deleted and recreated (its topic ID changed from {old} to {info.topic_id})"
+                evidence[t] = f"topic {t} was deleted and recreated (its topic ID changed from {old} to {info.topic_id})"
             elif marks[(t, p)].high < u:
-                why = (
+                evidence[t] = (
                     f"topic {t} partition {p} ends at offset {marks[(t, p)].high}, before the planned "
                     f"range's end {u} (was the topic deleted and recreated?)"
                 )
+        out: list[tuple[str, int, int, int]] = []
+        for t, p, f, u in ranges:
+            why = evidence.get(t) if u > f else None
             if why is None:
                 out.append((t, p, f, u))
                 continue
