@@ -17,6 +17,11 @@ cluster (``tests/_kafka_mock.py``, in a child process) and a real
 
 Run: ``.venv/bin/python bench/kafka.py [--quick] [--records N] [--users N] [--repeat N]``.
 Prints the numbers measured in this run; nothing is compared with stored results.
+
+``--plan-rtt MS[,MS...]`` measures planning instead: ``KafkaSource.plan`` over
+a 64-partition topic (``--plan-partitions``) on a mock broker that delays
+every answer by MS ms, against one round trip (a metadata request) in the same
+run; the target is a ratio within 2x.
 """
 
 from __future__ import annotations
@@ -137,6 +142,45 @@ def _run_once(example: Any, base_argv: list[str], mode: str | None, workdir: str
     return elapsed, batches
 
 
+def plan_rtt(rtts: list[int], partitions: int, repeat: int) -> None:
+    """Print plan time / one round trip for a `partitions`-partition topic at each RTT."""
+    from confluent_kafka import Consumer
+
+    from streamkeep.sources.kafka import KafkaSource
+
+    kafka = KafkaMockProcess(brokers=1)
+    try:
+        topic = "bench-plan"
+        kafka.create_topic(topic, partitions)
+        produce(kafka.bootstrap, topic, [b"x"] * partitions, partition=lambda i: i)
+        print(f"bench/kafka.py --plan-rtt: KafkaSource.plan over {partitions} partitions (mock Kafka, 1 broker), best of {repeat}")
+        print(f"{'rtt ms':>7}{'one round trip ms':>19}{'plan ms':>9}{'plan / round trip':>19}")
+        for rtt in rtts:
+            src = KafkaSource(topic, bootstrap_servers=kafka.bootstrap, timeout_s=30.0)
+            probe = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "bench-probe"})
+            try:
+                src.open(None)
+                src.plan(0)  # connections and metadata warmed up before the delay is set
+                probe.list_topics(topic, timeout=10)
+                kafka.broker_rtt(1, rtt)
+                trips, plans = [], []
+                for i in range(repeat):
+                    t0 = time.perf_counter()
+                    probe.list_topics(topic, timeout=10)
+                    trips.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    src.plan(1000 * (i + 1))
+                    plans.append(time.perf_counter() - t0)
+            finally:
+                kafka.broker_rtt(1, 0)
+                probe.close()
+                src.close()
+            trip, plan = min(trips), min(plans)
+            print(f"{rtt:>7}{trip * 1000:>19.1f}{plan * 1000:>9.1f}{plan / trip:>18.2f}x")
+    finally:
+        kafka.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer records and repeats")
@@ -144,7 +188,12 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=10_000, help="distinct users (keys of the state)")
     ap.add_argument("--batch-records", type=int, default=None, help="max records per partition and batch (default records/20)")
     ap.add_argument("--repeat", type=int, default=None, help="runs per variant (default 3, quick 1); the best counts")
+    ap.add_argument("--plan-rtt", default=None, help="measure planning at these broker RTTs in ms (e.g. 20,100) instead")
+    ap.add_argument("--plan-partitions", type=int, default=64, help="partitions for --plan-rtt (default 64)")
     args = ap.parse_args()
+    if args.plan_rtt:
+        plan_rtt([int(x) for x in args.plan_rtt.split(",")], args.plan_partitions, args.repeat or 5)
+        return 0
     n = args.records or (50_000 if args.quick else 200_000)
     repeat = args.repeat or (1 if args.quick else 3)
     per_batch = args.batch_records or max(1, n // PARTITIONS // 5)  # 5 data batches + 1 idle one
