@@ -285,19 +285,57 @@ class StreamingContext:
             self._shutdown()
         return done
 
-    def start(self) -> None:
-        """Start processing in a background thread, one batch per interval of the clock."""
+    def start(self, *, wait_for_clock: bool = True) -> None:
+        """Start processing in a background thread, one batch per interval of the clock.
+
+        A batch runs when the clock reaches its batch time. After :meth:`run`
+        (or the CLI's ``--until-idle``) ran batches back to back, the
+        checkpoint's batch times can be ahead of the clock; the next batch time
+        is then in the future and, by default, the first batch waits for it
+        (a warning says how long and why). With ``wait_for_clock=False`` the
+        first batch runs at once and the next ones one interval of the clock
+        apart: batch times keep their lead over the clock. Results stay exact
+        (batch times still follow each other without gaps, so windows, state
+        timeouts and the sinks' deduplication by batch time are unchanged);
+        only the batch times' relation to wall time shifts: a batch labelled
+        12:00 holds the records read at 12:00 minus the lead.
+
+        Args:
+            wait_for_clock: wait for the clock to reach batch times that are
+                ahead of it (True), or keep their lead (False).
+        """
         self._require_state("start()", "initialized")
         sched = self._make_scheduler()
+        lead_ms = sched.next_time() - int(self._clock.now_ms())
+        offset_ms = 0
+        if lead_ms > sched.interval:  # only an earlier back-to-back run() puts batch times ahead of the clock
+            if wait_for_clock:
+                log.warning(
+                    "the next batch time (%d ms) is %.1f s ahead of the clock: an earlier run() or --until-idle ran "
+                    "batches faster than real time, so the first batch waits %.1f s for the clock. To start now and "
+                    "keep the batch times' lead, use start(wait_for_clock=False).",
+                    sched.next_time(),
+                    lead_ms / 1000,
+                    lead_ms / 1000,
+                )
+            else:
+                offset_ms = lead_ms
+                log.warning(
+                    "the next batch time (%d ms) is %.1f s ahead of the clock (an earlier run() or --until-idle); "
+                    "wait_for_clock=False: batches run now and their times stay %.1f s ahead of the clock",
+                    sched.next_time(),
+                    lead_ms / 1000,
+                    offset_ms / 1000,
+                )
         self._state = "active"
-        self._thread = threading.Thread(target=self._loop, args=(sched,), name="streamkeep-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms), name="streamkeep-scheduler", daemon=True)
         self._thread.start()
 
-    def _loop(self, sched: Scheduler) -> None:
+    def _loop(self, sched: Scheduler, offset_ms: int = 0) -> None:
         try:
             while not self._stop_event.is_set():
                 t = sched.next_time()
-                if not self._clock.wait_until(t, self._stop_event):
+                if not self._clock.wait_until(t - offset_ms, self._stop_event):
                     break
                 sched.run_next()
         except BaseException as exc:

@@ -251,3 +251,49 @@ def test_offset_commit_to_a_down_coordinator_does_not_hold_the_batch(kafka_clust
     assert len(warnings) == 1
     assert "group 'lagmon' failed" in warnings[0] and "committed in the checkpoint" in warnings[0]
     assert "not committed" not in warnings[0]
+
+
+def _job(ckpt: str, bootstrap: str, topic: str, seen: list[tuple[int, list[bytes]]]) -> Any:
+    import streamkeep as sk
+
+    ssc = sk.StreamingContext(60.0, checkpoint=ckpt)
+    ssc.kafka_stream(topic, bootstrap_servers=bootstrap, name="events", timeout_s=5.0).map(lambda r: r.value).foreach_batch(
+        lambda time, batch: seen.append((int(time.timestamp() * 1000), sorted(batch.collect())))
+    )
+    return ssc
+
+
+def test_start_after_a_backfill_ahead_of_the_clock_says_so_and_can_keep_the_lead(kafka_cluster, topic_factory, tmp_path, caplog):
+    import threading
+
+    import streamkeep as sk
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    produce(bs, topic, [b"a", b"b"], partition=0)
+    ckpt = str(tmp_path / "ckpt")
+    seen: list[tuple[int, list[bytes]]] = []
+    backfill = sk.StreamingContext.get_or_create(ckpt, lambda: _job(ckpt, bs, topic, seen))
+    assert backfill.run(max_batches=3) == 3  # three minutes of batch times in well under a minute
+    backfill.stop()
+    last = seen[-1][0]
+    assert [v for _, vs in seen for v in vs] == [b"a", b"b"]
+    produce(bs, topic, [b"c"], partition=0)
+
+    caplog.set_level(logging.WARNING, logger="streamkeep.context")
+    waiting = sk.StreamingContext.get_or_create(ckpt, lambda: _job(ckpt, bs, topic, seen))
+    waiting.start()
+    waiting.stop()
+    msgs = [r.getMessage() for r in caplog.records if "ahead of the clock" in r.getMessage()]
+    assert len(msgs) == 1 and "start(wait_for_clock=False)" in msgs[0] and f"next batch time ({last + 60_000} ms)" in msgs[0]
+    assert seen[-1][0] == last  # it waited: no batch ran
+
+    ran = threading.Event()
+    eager = sk.StreamingContext.get_or_create(ckpt, lambda: _job(ckpt, bs, topic, seen))
+    eager.add_listener(type("L", (), {"on_batch_completed": lambda self, info: ran.set()})())
+    eager.start(wait_for_clock=False)
+    try:
+        assert ran.wait(30), "the first batch after the backfill did not run"
+    finally:
+        eager.stop()
+    assert seen[-1] == (last + 60_000, [b"c"])  # batch times continue without a gap
