@@ -134,6 +134,8 @@ class DStream:
         if kind == "rdd_fn":
             return batch_fn(value, sc, op)
         if kind == "rdd_out":
+            if op.endswith("foreachRDD"):  # at least once after a crash: start() says so when there is a checkpoint
+                self._ssc._foreach_rdd_outputs = getattr(self._ssc, "_foreach_rdd_outputs", 0) + 1
             return batch_fn(value, sc, op, output=True)
         if kind == "rdd2_fn":
             return batch2_fn(value, sc, op)

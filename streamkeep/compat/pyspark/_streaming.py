@@ -7,6 +7,7 @@ recovery (``getOrCreate``) and the one-active-context registry PySpark has.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from streamkeep.compat.pyspark._errors import missing_attribute, unsupported
 from streamkeep.compat.pyspark._listener import ListenerAdapter
 from streamkeep.compat.pyspark._rdd import RDD
 from streamkeep.compat.pyspark._table import build_methods
+
+log = logging.getLogger(__name__)
 
 
 class StreamingContext:
@@ -65,6 +68,7 @@ class StreamingContext:
         self._ssc = sk.StreamingContext(batchDuration, codec=codec, allow_state_loss=allow_loss)
         self._core = self._ssc
         self._listeners: list[ListenerAdapter] = []
+        self._foreach_rdd_outputs = 0  # counted by DStream.foreachRDD
 
     # -- facade protocol (see _table.py) ---------------------------------------------
 
@@ -149,6 +153,17 @@ class StreamingContext:
                 raise ValueError(msg)
             self._ssc.start()
             StreamingContext._active = self
+        if self._foreach_rdd_outputs and self._ssc.checkpoint_url is not None:
+            log.warning(
+                "this job has a checkpoint and %d foreachRDD output(s): foreachRDD writes are at least once. "
+                "A batch whose output ran but whose checkpoint commit did not (a crash) runs again with the same "
+                "input and state, so a non-idempotent write (INCRBY, LPUSH, appending to a file) applies twice. "
+                "For exactly-once output write through a streamkeep sink, which applies each batch time once: "
+                "to_core(stream).write_to(RedisSink(...)) (or KafkaSink, FileSink); or make the write "
+                "idempotent per batch time with foreachRDD(lambda time, rdd: ...). See 'Exactly-once output' "
+                "in docs/migration-from-pyspark.md.",
+                self._foreach_rdd_outputs,
+            )
         now = int(time.time() * 1000)
         for li in self._listeners:
             li.started(now)
