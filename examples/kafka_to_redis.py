@@ -30,7 +30,9 @@ monitoring works.
 Records that are not UTF-8 or not ``user,action,...`` fail the job with a
 ``SourceError`` naming topic, partition and offset, unless ``--dead-letter`` is
 given: they then go, exactly once, to the Redis list ``<prefix>dead_letters``
-(as JSON) and the job goes on.
+(as compact JSON: topic, partition, offset, timestamp, error, and the key and
+value as text, or as ``key_base64``/``value_base64`` when they are not UTF-8)
+and the job goes on.
 
 Run it
 ------
@@ -76,6 +78,7 @@ is committed, so a rerun continues exactly).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -165,13 +168,29 @@ def hincrby_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], 
     return write
 
 
+def dead_letter_doc(rec: dict[str, Any]) -> str:
+    """A bad record as compact JSON: bytes as text when UTF-8, else base64 under ``<field>_base64``.
+
+    (Latin-1 text escaped by JSON took up to 6 bytes per byte.)
+    """
+    doc: dict[str, Any] = {}
+    for k, v in rec.items():
+        if isinstance(v, bytes):
+            try:
+                doc[k] = v.decode("utf-8")
+            except UnicodeDecodeError:
+                doc[f"{k}_base64"] = base64.b64encode(v).decode("ascii")
+        elif v is not None:
+            doc[k] = v
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def dead_letter_writer(prefix: str) -> Callable[[Any, list[dict[str, Any]]], None]:
     """``write(pipeline, records)`` for the dead-letter RedisSink: RPUSH each bad record as JSON."""
 
     def write(pipe: Any, records: list[dict[str, Any]]) -> None:
         for rec in records:
-            doc = {k: (v.decode("latin-1") if isinstance(v, bytes) else v) for k, v in rec.items()}
-            pipe.rpush(f"{prefix}dead_letters", json.dumps(doc, sort_keys=True))
+            pipe.rpush(f"{prefix}dead_letters", dead_letter_doc(rec))
 
     return write
 

@@ -221,7 +221,7 @@ class RedisSink:
                     tail = "; the batch is not committed and runs again after a restart" if batch_time is not None else ""
                     msg = (
                         f"RedisSink {self.name!r}: {what} failed: cannot reach Redis at "
-                        f"{_redact(self.url)} after {attempt} attempt(s): {exc}. Check "
+                        f"{_redact(self.url)} after {attempt} attempt(s): {str(exc).rstrip('.')}. Check "
                         f"that the server is up and reachable{tail}."
                     )
                     raise SinkError(msg) from exc

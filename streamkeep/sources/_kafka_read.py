@@ -226,6 +226,7 @@ def decode_record(
         if callable(handler):
             handler(raw, exc)
         else:
-            bad.append({**raw._asdict(), "error": repr(exc)})
+            # "Type: message", not repr: a UnicodeDecodeError's repr repeats the whole record
+            bad.append({**raw._asdict(), "error": f"{type(exc).__name__}: {exc}"})
         return None
     return KafkaRecord(raw[0], raw[1], raw[2], key, value, raw[5])  # cheaper than _replace in this per-record path

@@ -127,6 +127,7 @@ def test_redis_down_fails_after_bounded_retries(redis_server_factory):
         assert time.monotonic() - t0 < 5
         msg = str(info.value)
         assert f"cannot reach Redis at {server.url} after 4 attempt(s)" in msg
+        assert ".." not in msg, msg  # the error text ends with a period of its own
         assert "batch 2000" in msg and "runs again after a restart" in msg
         assert isinstance(info.value.__cause__, redis.ConnectionError)
         server.start()  # same port, empty (no persistence)
