@@ -83,7 +83,9 @@ class KafkaSource:
     ``"latest"`` (the end offset at the first plan), ``"committed"`` (the
     consumer group's committed offsets; partitions without one start at the
     earliest offset) or a mapping ``{(topic, partition): offset}`` (unlisted
-    partitions start at the earliest offset). A partition that appears later in
+    partitions start at the earliest offset; a topic not in ``topics`` is a
+    ConfigError, a partition the topic lacks a SourceError at the first
+    plan). A partition that appears later in
     a topic already being read always starts at its earliest offset: all its
     records are new.
 
@@ -113,9 +115,21 @@ class KafkaSource:
     records when a batch is replayed after a crash; a streamkeep sink
     deduplicates that by batch time.
 
+    **Deleted and recreated topics.** The position keeps each topic's ID (where
+    the brokers report IDs) and the watermarks seen at the last plan. A topic
+    whose ID changed, a stored partition that no longer exists, a position past
+    the end offset or an earliest offset that went back means the topic was
+    deleted and recreated: the plan (or the replay of a plan of an earlier run)
+    raises SourceError naming topic and partition, unless
+    ``on_recreated_topic="earliest"``, which reads the new topic from its
+    earliest offset and replays without the vanished ranges. See
+    docs/kafka.md for what cannot be detected.
+
     **Consumer group.** With ``group_id``, :meth:`commit_offsets` commits a
-    position to the group (the scheduler calls it after a batch's checkpoint
-    commit) so lag monitoring works; the checkpoint stays the source of truth.
+    position to the group asynchronously (the scheduler calls it after a
+    batch's checkpoint commit) so lag monitoring works; the checkpoint stays
+    the source of truth, and ``offset_commits_ok``/``offset_commits_failed``
+    count the broker's answers.
     Without ``group_id`` a private group id (``streamkeep-<name>``) is used for
     the consumer but nothing is ever committed.
 
@@ -135,6 +149,7 @@ class KafkaSource:
         backpressure: adaptive batch sizing (see above).
         timeout_s: how long an unreachable broker or a stalled read is retried.
         retry_backoff_s: first backoff between retries.
+        on_recreated_topic: ``"fail"`` (default) or ``"earliest"``, see above.
 
     Raises:
         ConfigError: a bad argument, or confluent-kafka is missing.
