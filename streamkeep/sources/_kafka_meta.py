@@ -103,7 +103,12 @@ def start_offsets(admin: Any, parts: list[tuple[str, int]], *, read_committed: b
 
 def collect_offsets(futs: tuple[Mapping[Any, Future[Any]], Mapping[Any, Future[Any]]]) -> dict[tuple[str, int], Offsets]:
     """Wait for :func:`start_offsets`' answers; raises the first KafkaException."""
+    ck = import_kafka()
     lo_futs, hi_futs = futs
     lows = {(str(tp.topic), int(tp.partition)): int(f.result().offset) for tp, f in lo_futs.items()}
     highs = {(str(tp.topic), int(tp.partition)): int(f.result().offset) for tp, f in hi_futs.items()}
+    for k in lows:
+        if lows[k] < 0 or highs.get(k, -1) < 0:  # no answer (e.g. a leader in transition): ask again
+            reason = f"no offsets for {k[0]} partition {k[1]} (got {lows[k]}, {highs.get(k)})"
+            raise ck.KafkaException(ck.KafkaError(ck.KafkaError._NO_OFFSET, reason))
     return {k: Offsets(lows[k], highs[k]) for k in lows}
