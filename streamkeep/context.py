@@ -195,11 +195,42 @@ class StreamingContext:
         _check_partitions(num_partitions, "rate_stream")
         return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
 
-    def text_file_stream(self, directory: str, *, name: str | None = None) -> DStream[str]:
-        """Lines of the files that appear in `directory` (replayable via the planned file list)."""
+    def text_file_stream(
+        self,
+        directory: str,
+        *,
+        name: str | None = None,
+        new_files_only: bool = True,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        on_error: Any = None,
+        storage_options: dict[str, Any] | None = None,
+        num_partitions: int | None = None,
+    ) -> DStream[str]:
+        """Lines of the files that appear in `directory` (replayable via the planned file list).
+
+        `directory` is a local path or an fsspec URL (``"s3://bucket/in"`` with
+        `storage_options`). With `new_files_only` (Spark's default) the files already
+        there when the job starts fresh are skipped. `encoding`/`errors` decode the
+        lines; `on_error` (a dead-letter sink or a callable) takes the lines that cannot
+        be decoded instead of failing the batch. See `streamkeep.sources.TextFileSource`.
+        """
         from streamkeep.sources.files import TextFileSource
 
-        return self.add_source(TextFileSource(directory, name=self._graph.source_name("text_files", name)))
+        if num_partitions is not None:
+            _check_partitions(num_partitions, "text_file_stream")
+        n = self._graph.source_name("text_files", name)
+        src = TextFileSource(
+            directory,
+            name=n,
+            new_files_only=new_files_only,
+            encoding=encoding,
+            errors=errors,
+            on_error=on_error,
+            storage_options=storage_options,
+            num_partitions=num_partitions,
+        )
+        return self.add_source(src)
 
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
         """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""

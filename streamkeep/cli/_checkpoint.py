@@ -546,10 +546,18 @@ def diff(url: str, app: str, *, storage_options: dict[str, Any] | None = None) -
         print("  sources continuing from their stored position:")
         for n in restored_src:
             print(f"    {n} ({c_src[n].get('kind', '?')}) at {_short(positions.get(n))}")
+    for n, what in d["sources_changed"]:
+        print(f"  source {n} changed: {what}")
     line("new sources (start from their configured start)", d["sources_new"], c_src)
-    line("sources no longer in the code (their position is dropped)", d["sources_dropped"], s_src)
+    if d["sources_dropped"]:
+        print("  sources with a stored position that no source of the code takes over (renamed or removed):")
+        for n in d["sources_dropped"]:
+            kind = s_src[n].get("kind", "?")
+            extra = " -- allowed by allow_state_loss (its position is dropped)" if n in allowed else ""
+            print(f"    {n} ({kind}) at {_short(positions.get(n))}{extra}")
     for n, why in d["sources_incompatible"]:
-        print(f"  incompatible source {n}: {why}")
+        extra = " -- allowed by allow_state_loss (starts from its configured start)" if n in allowed else ""
+        print(f"  incompatible source {n}: {why}{extra}")
     s_iv, c_iv = stored.get("batch_interval_ms"), current.get("batch_interval_ms")
     if s_iv != c_iv:
         print(f"  batch interval: {s_iv} ms -> {c_iv} ms")

@@ -32,7 +32,7 @@ from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointErr
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
-from streamkeep.sources.base import Source
+from streamkeep.sources.base import Source, start_blob
 
 log = logging.getLogger("streamkeep.scheduler")
 
@@ -352,13 +352,21 @@ class Scheduler:
             for seq in ckpt.log_seqs():
                 if seq < rec.seq:
                     st.delete(log_path(seq))
-        pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs}
+        pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs} | self._start_blobs(rec)
         for t in ckpt.plan_times():
             if t <= committed:
                 st.delete(plan_path(t))
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
                 st.delete(f"blobs/{n}")
+
+    def _start_blobs(self, rec: CommitRecord | None) -> set[str]:
+        """Start blobs (`start_blob`) still needed: of sources no commit or pending plan gives a position."""
+        positioned = set(rec.data.get("positions", {})) if rec is not None else set()
+        for _, plan in self._pending:
+            positioned |= set(plan.get("positions", {}))
+        positioned -= self._reset_sources
+        return {start_blob(src.name) for src in self.sources if src.name not in positioned}
 
     # -- the loop --------------------------------------------------------------------
 
