@@ -355,6 +355,22 @@ def test_diff_of_a_script_that_runs_at_import(ckpt: str, tmp_path: Path, capsys:
     assert not reached.exists()
 
 
+def test_diff_refuses_a_renamed_source_by_name(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app, reached = _app(tmp_path, ckpt, _SAME)
+    Path(app).write_text(Path(app).read_text().replace('name="rate"', 'name="events"'))
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 1, out
+    assert "new sources (start from their configured start):\n    events (rate)" in out
+    assert "no source of the code takes over (renamed or removed):\n    rate (rate) at {" in out
+    assert "verdict: INCOMPATIBLE" in out
+    assert "source 'rate' (rate) has a position in the checkpoint" in out and "allow_state_loss={'rate'}" in out
+    assert not reached.exists()
+    Path(app).write_text(Path(app).read_text().replace("checkpoint=URL", "checkpoint=URL, allow_state_loss={'rate'}"))
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 0, out
+    assert "-- allowed by allow_state_loss (its position is dropped)" in out
+
+
 def test_diff_before_the_first_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(tmp_path / "ckpt")
     with pytest.raises(sk.UserFunctionError):
