@@ -48,6 +48,18 @@ def _ignored(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def _not_found(exc: BaseException) -> bool:
+    """True when `exc` (or what it was raised from) says the file does not exist."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (FileNotFoundError, KeyError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _decode_error(raw: bytes, encoding: str, errors: str) -> UnicodeDecodeError | None:
     try:
         raw.decode(encoding, errors)
@@ -241,8 +253,8 @@ class TextFileSource:
     def _stored_start(self, blobs: BlobStore, key: str) -> dict[str, Any] | None:
         try:
             stored = blobs.get(key)
-        except CheckpointError as exc:
-            if isinstance(exc.__cause__, FileNotFoundError):
+        except (CheckpointError, KeyError) as exc:
+            if _not_found(exc):
                 return None
             raise
         if not isinstance(stored, dict) or not isinstance(stored.get("seen"), list):
