@@ -57,6 +57,7 @@ class Workdir:
     root: Path
     ckpt: str
     storage_options: dict[str, Any] | None = None
+    extra_env: dict[str, str] | None = None
 
     @property
     def out(self) -> Path:
@@ -67,10 +68,12 @@ class Workdir:
         return self.root / "in"
 
     @classmethod
-    def make(cls, root: str | Path, ckpt: str | None = None, storage_options: dict[str, Any] | None = None) -> Workdir:
+    def make(
+        cls, root: str | Path, ckpt: str | None = None, storage_options: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None
+    ) -> Workdir:
         root = Path(root)
         (root / "in").mkdir(parents=True, exist_ok=True)
-        return cls(root, ckpt if ckpt is not None else str(root / "ckpt"), storage_options)
+        return cls(root, ckpt if ckpt is not None else str(root / "ckpt"), storage_options, extra_env)
 
     def argv(self, total: int) -> list[str]:
         return [sys.executable, str(JOB), self.ckpt, str(self.out), str(self.inp), str(total)]
@@ -82,6 +85,7 @@ class Workdir:
             env[_faults.ENV_VAR] = f"{crash[0]}@{crash[1]}"
         if self.storage_options is not None:
             env["JOB_STORAGE_OPTIONS"] = json.dumps(self.storage_options)
+        env.update(self.extra_env or {})
         return env
 
     def run(self, total: int, crash: tuple[str, int] | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
