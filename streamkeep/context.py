@@ -247,6 +247,7 @@ class StreamingContext:
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()
+            self._graph.fixed = True  # the scheduler computes exactly this graph: refuse later additions
             self._scheduler = sched
         return self._scheduler
 

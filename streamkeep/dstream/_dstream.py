@@ -448,6 +448,7 @@ class DStream(Generic[T]):
             if not hasattr(sink, attr):
                 msg = f"write_to: {sink!r} is not a Sink (it has no {attr!r}); see streamkeep.sinks"
                 raise ConfigError(msg)
+        self._graph.register_sink(sink, "write_to")
         self._graph.add(OutputNode, op=f"sink {sink.name!r}", parents=(self._node,), slide_ms=self.slide_ms, fn=None, sink=sink)
 
 

@@ -166,10 +166,23 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     names: dict[str, Node] = field(default_factory=dict)
     source_names: set[str] = field(default_factory=set)
+    sinks: dict[str, Sink] = field(default_factory=dict)
+    fixed: bool = False
     _derived: dict[str, int] = field(default_factory=dict)
+
+    def check_open(self, what: str) -> None:
+        """ConfigError when the graph is fixed (the context started): nothing added now would run."""
+        if self.fixed:
+            msg = (
+                f"cannot add {what}: the operator graph is fixed once the context has started (start(), run() or "
+                f"get_or_create()), and an operator added now would never run. Build every source, operator and "
+                f"output before starting (in get_or_create's setup function when resuming)."
+            )
+            raise ConfigError(msg)
 
     def add(self, cls: type[Node], **kw: Any) -> Any:
         """Create and register a node of type `cls`."""
+        self.check_open(repr(kw.get("op", cls.__name__)))
         node = cls(id=len(self.nodes), **kw)
         self.nodes.append(node)
         if isinstance(node, StatefulNode):
@@ -178,6 +191,7 @@ class Graph:
 
     def stateful_name(self, op: str, name: str | None) -> str:
         """Validate a user name or derive one (with a DerivedNameWarning)."""
+        self.check_open(repr(op))
         if name is not None:
             if not isinstance(name, str) or not name:
                 msg = f"{op}: name must be a non-empty string, got {name!r}"
@@ -201,6 +215,7 @@ class Graph:
 
     def source_name(self, kind: str, name: str | None) -> str:
         """Validate a source name or derive one."""
+        self.check_open(f"source {kind!r}")
         if name is None:
             n = self._derived.get("source:" + kind, 0) + 1
             while f"{kind}#{n}" in self.source_names or f"{kind}#{n}" in self.names:  # a user took that name
@@ -221,6 +236,34 @@ class Graph:
             raise ConfigError(msg)
         self.source_names.add(name)
         return name
+
+    def register_sink(self, sink: Sink, what: str) -> None:
+        """Reserve `sink`'s name: sink names are unique within a job, and a sink object is used once.
+
+        Sinks with a batch marker (RedisSink, KafkaSink) key it by name: two sinks sharing a
+        name would share one marker, and the second would skip every batch as already applied.
+        """
+        self.check_open(what)
+        name = sink.name
+        if not isinstance(name, str) or not name:
+            msg = f"{what}: a sink's name must be a non-empty string, got {name!r}"
+            raise ConfigError(msg)
+        for other in self.sinks.values():
+            if other is sink:
+                msg = (
+                    f"{what}: the sink {name!r} is already an output of this job; a sink object is written once per "
+                    f"batch, so use one write_to per sink (union the streams first, or create a second sink with "
+                    f"another name=)"
+                )
+                raise ConfigError(msg)
+        if name in self.sinks:
+            msg = (
+                f"{what}: the job already has a sink named {name!r}; sink names must be unique (sinks with a batch "
+                f"marker, such as RedisSink and KafkaSink, keep it under their name, so a second sink of the same "
+                f"name would skip every batch). Pass another name= to one of them."
+            )
+            raise ConfigError(msg)
+        self.sinks[name] = sink
 
     def check_codec(self, op: str, codec: str | None) -> str:
         """The codec an operator uses, validated."""
