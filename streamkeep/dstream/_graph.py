@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamkeep.batch import Batch
+from streamkeep.batch import Batch, DeadLetters
 from streamkeep.errors import ConfigError, DerivedNameWarning
 from streamkeep.sinks.base import Sink
 from streamkeep.sources.base import Source
@@ -138,6 +138,7 @@ class MapWithStateNode(StatefulNode):
     f: Callable[[Any, Any, Any], Any]
     timeout_ms: int | None
     initial: Any
+    dead_letters: DeadLetters | None = None
 
     def describe(self) -> dict[str, Any]:
         """Kind, codec and whether keys carry timeout timestamps."""
@@ -157,6 +158,29 @@ class OutputNode(Node):
     sink: Sink | None
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DeadLetterNode(OutputNode):
+    """The dead-letter sink of per-record operators with ``on_error=sink``: written after the other outputs."""
+
+    letters: DeadLetters
+
+
+def _is_sink(value: Any) -> bool:
+    return all(hasattr(value, attr) for attr in ("name", "open", "write", "close"))
+
+
+def check_on_error(policy: Any, what: str) -> None:
+    """ConfigError unless `policy` is "fail" or a dead-letter sink."""
+    if isinstance(policy, str) and policy == "fail":
+        return
+    if isinstance(policy, str) or not _is_sink(policy):
+        msg = (
+            f"{what}: on_error must be 'fail' (the default: the batch fails and the job stops) or a sink that "
+            f"receives the failing records (see streamkeep.sinks), got {policy!r}"
+        )
+        raise ConfigError(msg)
+
+
 @dataclass
 class Graph:
     """The nodes of one job, in creation order (a topological order)."""
@@ -167,6 +191,7 @@ class Graph:
     names: dict[str, Node] = field(default_factory=dict)
     source_names: set[str] = field(default_factory=set)
     sinks: dict[str, Sink] = field(default_factory=dict)
+    default_on_error: Any = "fail"
     fixed: bool = False
     _derived: dict[str, int] = field(default_factory=dict)
 
@@ -265,6 +290,28 @@ class Graph:
             raise ConfigError(msg)
         self.sinks[name] = sink
 
+    def dead_letters(self, on_error: Any, op: str) -> DeadLetters | None:
+        """The dead-letter buffer for an operator's `on_error` (None: the context's default; "fail": none)."""
+        policy = self.default_on_error if on_error is None else on_error
+        check_on_error(policy, op)
+        if isinstance(policy, str):
+            return None
+        for n in self.nodes:
+            if isinstance(n, DeadLetterNode) and n.sink is policy:
+                return n.letters
+        self.register_sink(policy, f"{op}: on_error")
+        node = self.add(
+            DeadLetterNode,
+            op=f"dead letters {policy.name!r}",
+            parents=(),
+            slide_ms=self.batch_interval_ms,
+            fn=None,
+            sink=policy,
+            letters=DeadLetters(),
+        )
+        letters: DeadLetters = node.letters
+        return letters
+
     def check_codec(self, op: str, codec: str | None) -> str:
         """The codec an operator uses, validated."""
         c = self.default_codec if codec is None else codec
@@ -273,14 +320,18 @@ class Graph:
             raise ConfigError(msg)
         return c
 
+    def dead_letter_nodes(self) -> list[DeadLetterNode]:
+        """Dead-letter outputs in registration order."""
+        return [n for n in self.nodes if isinstance(n, DeadLetterNode)]
+
     def outputs(self) -> list[OutputNode]:
-        """Output nodes in registration order."""
-        return [n for n in self.nodes if isinstance(n, OutputNode)]
+        """Output nodes in registration order (dead-letter sinks are not outputs of their own)."""
+        return [n for n in self.nodes if isinstance(n, OutputNode) and not isinstance(n, DeadLetterNode)]
 
     def needed(self) -> list[Node]:
-        """Nodes reachable backwards from an output, in topological order."""
+        """Nodes reachable backwards from an output (or a dead-letter sink), in topological order."""
         keep: set[int] = set()
-        stack: list[Node] = list(self.outputs())
+        stack: list[Node] = [*self.outputs(), *self.dead_letter_nodes()]
         while stack:
             n = stack.pop()
             if n.id in keep:
