@@ -454,7 +454,10 @@ class ReduceWindowRuntime(WindowRuntime):
         acc: dict[Any, Any] = {}
         for ts in self._in_window(t):
             for k, v in self.slices[ts].items():
-                acc[k] = f(acc[k], v) if k in acc else v
+                if k in acc:
+                    acc[k] = f(acc[k], v)
+                else:  # f may change its first argument in place: never hand it a slice's value
+                    acc[k] = v if v.__class__ in _SCALARS else _detach(v)
         return list(acc.items())
 
     def _running(self, t: int) -> list[tuple[Any, Any]]:
@@ -474,14 +477,14 @@ class ReduceWindowRuntime(WindowRuntime):
         for ts in sorted(self.slices):
             if t - min(length, slide) < ts <= t:  # in this window, not the previous one (length may be < slide)
                 for k, v in self.slices[ts].items():
-                    store.put(k, f(data[k], v) if k in data else v)
+                    store.put(k, f(data[k], v) if k in data else v if v.__class__ in _SCALARS else _detach(v))
                     touched.add(k)
         if node.filter_f is not None:
             keep = node.filter_f
             for k in touched:
                 if k in data and not keep((k, data[k])):
                     store.delete(k)
-        return list(data.items())
+        return _detached_items(data)  # the running values change in place at the next slide when f does
 
     def delta(self) -> dict[str, Any] | None:
         win = super().delta()
