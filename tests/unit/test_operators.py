@@ -958,3 +958,137 @@ def test_user_function_error_shows_the_failing_record_truncated():
     assert "x" * 200 not in msg
     with pytest.raises(UserFunctionError, match=r"for key 'k', value 0"):
         run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: 1 // v, name="m"), [[("k", 0)]])
+
+
+# -- on_error: dead letters (issue 10.13) ---------------------------------------------
+
+
+def _inverse(x):
+    return 10 // x
+
+
+def test_a_poison_record_fails_the_batch_by_default():
+    with pytest.raises(UserFunctionError, match="for record 0"):
+        run_batches(lambda ssc, s: s.map(_inverse), [[1, 0, 2]])
+
+
+def test_dead_letter_sink_gets_the_failing_records_and_the_batch_goes_on():
+    dead = ListSink("dead")
+    out = run_batches(lambda ssc, s: s.map(_inverse, on_error=dead).filter(lambda y: y > 2, on_error=dead), [[1, 0, 2, "x"], [], [0, 5]])
+    assert out == [[10, 5], [], []]
+    assert [t for t, _ in dead.batches] == [1000, 3000]  # nothing written for a batch without failures
+    first = dead.batches[0][1]
+    assert [(d["operator"], d["batch_time_ms"], d["record"]) for d in first] == [("map", 1000, 0), ("map", 1000, "x")]
+    assert first[0]["error"].startswith("ZeroDivisionError: ")
+    assert first[1]["error"].startswith("TypeError: ")
+    assert [d["record"] for d in dead.batches[1][1]] == [0]
+
+
+def test_dead_letters_per_operator_and_later_operators_keep_failing():
+    dead = ListSink("dead")
+    with pytest.raises(UserFunctionError, match="for record 5"):
+        run_batches(lambda ssc, s: s.map(_inverse, on_error=dead).map(lambda y: 1 // (y - 5)), [[2, 0]])
+
+
+def test_the_context_on_error_is_the_default_of_per_record_operators():
+    import streamkeep as sk
+
+    dead = ListSink("dead")
+    out = ListSink("out")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), on_error=dead)
+    s = ssc.queue_stream([[("a", 1), ("b", 0), ("c", 2)]], name="q")
+    s.map_values(_inverse).flat_map(lambda kv: [kv] * (kv[1] // 5)).map(lambda kv: kv, on_error="fail").write_to(out)
+    ssc.run()
+    ssc.stop()
+    assert out.records() == [("a", 10), ("a", 10), ("c", 5)]
+    assert [(d["operator"], d["record"]) for d in dead.records()] == [("map_values", ("b", 0))]
+
+
+def test_map_with_state_dead_letters_skip_the_record_and_keep_the_state():
+    dead = ListSink("dead")
+
+    def total(key, value, state):
+        new = state.get_option(0) + 100 // value
+        state.update(new)
+        return (key, new)
+
+    inp = [[("k", 1), ("k", 0), ("k", 2)], [("k", 0), ("j", 4)]]
+    out = run_batches(lambda ssc, s: s.map_with_state(total, name="m", on_error=dead), inp)
+    assert out == [[("k", 100), ("k", 150)], [("j", 25)]]
+    assert [(d["operator"], d["batch_time_ms"], d["record"]) for d in dead.records()] == [("m", 1000, ("k", 0)), ("m", 2000, ("k", 0))]
+
+
+def test_dead_letters_with_the_process_executor():
+    import streamkeep as sk
+
+    dead, out = ListSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=sk.executors.LocalExecutor(processes=2))
+    ssc.queue_stream([list(range(-3, 3))], name="q").map(_inverse, on_error=dead).write_to(out)
+    try:
+        ssc.run()
+    finally:
+        ssc.stop()
+    assert out.records() == [10 // x for x in range(-3, 3) if x]
+    assert [d["record"] for d in dead.records()] == [0]
+
+
+def test_dead_letters_are_written_once_per_batch_time_across_a_restart(tmp_path):
+    """A dead-letter sink is a sink: replays after a restart write the same batch times, never twice more."""
+    import streamkeep as sk
+
+    class CountingSink(ListSink):
+        def __init__(self, name):
+            super().__init__(name)
+            self.writes = []
+
+        def write(self, batch_time, records):
+            self.writes.append(batch_time)
+            super().write(batch_time, records)
+
+    url = str(tmp_path / "ckpt")
+
+    def build(dead, out):
+        def setup():
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), on_error=dead)
+            ssc.rate_stream(3, name="r").map(lambda r: 10 // (r[0] % 4)).write_to(out)
+            return ssc
+
+        return setup
+
+    dead1, out1 = CountingSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext.get_or_create(url, build(dead1, out1))
+    ssc.run(2)
+    ssc.stop()
+    dead2, out2 = CountingSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext.get_or_create(url, build(dead2, out2))
+    ssc.run(2)
+    ssc.stop()
+    assert dead1.writes == [1000, 2000] and dead2.writes == [3000]  # records 0..11: 0, 4 and 8 fail
+    assert [d["record"][0] for d in dead1.records() + dead2.records()] == [0, 4, 8]
+    assert [t for t, _ in out1.batches + out2.batches] == [1000, 2000, 3000, 4000]
+
+
+@pytest.mark.parametrize("bad", ["skip", "ignore", 3, print])
+def test_on_error_must_be_fail_or_a_sink(bad):
+    import streamkeep as sk
+    from streamkeep import ConfigError
+
+    with pytest.raises(ConfigError, match="on_error must be 'fail'"):
+        sk.StreamingContext(1.0, on_error=bad)
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match="map: on_error must be 'fail'"):
+        ssc.queue_stream([], name="q").map(lambda x: x, on_error=bad)
+
+
+def test_a_dead_letter_sink_is_not_also_an_output():
+    import streamkeep as sk
+    from streamkeep import ConfigError
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    s = ssc.queue_stream([], name="q")
+    sink = ListSink("dead")
+    s.map(lambda x: x, on_error=sink).filter(bool, on_error=sink)  # one dead-letter sink for several operators
+    with pytest.raises(ConfigError, match="already an output"):
+        s.write_to(sink)
+    with pytest.raises(ConfigError, match="sink named 'dead'"):
+        s.write_to(ListSink("dead"))
