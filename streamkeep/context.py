@@ -12,7 +12,7 @@ from streamkeep._clock import WallClock
 from streamkeep._util import Duration, duration_ms
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
-from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode
+from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
 from streamkeep.executors import LocalExecutor
 from streamkeep.scheduler import BatchInfo, Scheduler
@@ -49,6 +49,12 @@ class StreamingContext:
             operator's inline deltas since its snapshot total at most this many bytes
             (every commit record repeats them, so keep it small); 0 writes every delta
             to a file of its own.
+        on_error: what a record does when the function of a per-record operator (map,
+            flat_map, filter, map_values, flat_map_values, map_with_state) raises on it:
+            "fail" (default: the batch fails with UserFunctionError and the job stops), or
+            a sink that dead-letters it (``{"operator", "batch_time_ms", "record", "error"}``
+            dicts, written with the batch time, exactly once like any sink) while the batch
+            goes on without it. Each of those operators may override it with ``on_error=``.
 
     Example:
         >>> import streamkeep as sk
@@ -73,6 +79,7 @@ class StreamingContext:
         keep_commits: int = 2,
         lease_timeout_s: float = 10.0,
         inline_delta_bytes: int = 4 * 1024,
+        on_error: Any = "fail",
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         if isinstance(executor, LocalExecutor):
@@ -93,7 +100,8 @@ class StreamingContext:
         if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
             raise ConfigError(msg)
-        self._graph = Graph(interval, default_codec=codec)
+        check_on_error(on_error, "StreamingContext")
+        self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
         self._checkpoint_url = checkpoint
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
@@ -278,6 +286,7 @@ class StreamingContext:
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()
+            self._graph.fixed = True  # the scheduler computes exactly this graph: refuse later additions
             self._scheduler = sched
         return self._scheduler
 
