@@ -13,8 +13,11 @@ Layout under the root URL (see docs/checkpoint-format.md)::
 The commit log is the single source of truth. A record is written with the
 storage's atomic create-if-absent at the next sequence number, so two drivers
 can never both append: the one that loses learns it lost its claim and stops
-(fencing). Knows nothing of operators; imports errors, codec, _faults and
-its own storage/format modules.
+(fencing). Before any side effect of a batch (its plan, its outputs) the
+driver proves it still owns the checkpoint (`Checkpoint.ensure_owner`): on
+local disks the OS lock it holds is the proof; elsewhere a lease renewed in
+time, or else a synchronous re-check of the log. Knows nothing of operators;
+imports errors, codec, _faults and its own storage/format modules.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,10 @@ _RECORDS = get_codec("msgpack")
 _IDENTITY = "CHECKPOINT"
 _LEASE = "lease"
 _LOCK = "lock"
+#: A lease renewal proves ownership for this fraction of ``lease_timeout_s`` (measured on this
+#: driver's monotonic clock from the start of the renewal); the rest absorbs clock skew between
+#: the hosts that compare the lease's wall-clock heartbeat with their own clocks.
+PROOF_FRACTION = 0.75
 
 
 def _safe(name: str) -> str:
@@ -92,6 +100,9 @@ class _Owner:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False  # another driver took over: never write the lease again
+    #: Lease mode: ownership is proven until this time.monotonic() value (0: prove it again first).
+    valid_until: float = 0.0
+    checkpoint_id: str = ""
 
 
 class Checkpoint:
@@ -170,25 +181,48 @@ class Checkpoint:
                 f"Point the checkpoint at an empty or new directory."
             )
             raise CheckpointError(msg)
-        record = {"format_version": FORMAT_VERSION, "engine_version": engine_version, "created_ms": int(time.time() * 1000)}
+        record = {
+            "format_version": FORMAT_VERSION,
+            "engine_version": engine_version,
+            "created_ms": int(time.time() * 1000),
+            "id": uuid.uuid4().hex,
+        }
         self.storage.create(_IDENTITY, self.encode("identity", record))
+
+    def _checkpoint_id(self) -> str:
+        """A name for this checkpoint instance (sinks compare fencing epochs only within one)."""
+        ident = self.identity()
+        raw = ident.get("id")
+        if isinstance(raw, str) and raw.isalnum():
+            return raw
+        return f"t{int(ident.get('created_ms', 0) or 0)}"  # created before identities had an id
 
     # -- ownership -------------------------------------------------------------
 
     def claim(self, owner: str, engine_version: str) -> None:
         """Become the only driver allowed to commit to this checkpoint.
 
+        On local disks the OS file lock decides. Elsewhere the lease must be expired (or
+        released), then a claim record is appended, the lease written and the log checked
+        again: a driver whose claim was overtaken (two drivers starting at the same instant)
+        raises here, before anything runs. When the lease changed while this driver claimed
+        (another driver claimed concurrently, or a paused owner woke up and renewed it), the
+        claim returns only after ``lease_timeout_s``, when the other one's proof of ownership
+        has run out for sure (see `ensure_owner`).
+
         Raises:
-            CheckpointInUseError: another live driver owns it.
+            CheckpointInUseError: another live driver owns it, or won a concurrent claim.
         """
         me = _Owner()
+        seen: dict[str, Any] | None = None
         if self.storage.local:
             os.makedirs(self.storage.root, exist_ok=True)
             me.lock_fd = self._take_local_lock()
         else:
-            self._check_lease()
+            seen = self._check_lease()
         try:
             self._ensure_identity(engine_version)
+            me.checkpoint_id = self._checkpoint_id()
             for _ in range(100):
                 last = self.last_seq()
                 epoch = self.max_epoch() + 1
@@ -199,11 +233,34 @@ class Checkpoint:
             else:  # pragma: no cover - needs 100 lost races in a row
                 msg = f"could not claim checkpoint {self.url}: other drivers keep appending to its log"
                 raise CheckpointInUseError(msg)
+            contended_at: float | None = None
+            if me.lock_fd is None:
+                read_at = time.monotonic()
+                if self._read_lease() != seen:  # someone wrote the lease since we found it expired
+                    contended_at = read_at
             self._owner = me
+            start = time.monotonic()
             self._write_lease()
+            self._check_log(me, "starting")
+            if contended_at is None:
+                me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
             me.thread = threading.Thread(target=self._heartbeat, args=(me,), name="streamkeep-lease", daemon=True)
             me.thread.start()
+            if contended_at is not None:
+                wait_s = contended_at + self.lease_timeout_s - time.monotonic()
+                log.warning(
+                    "checkpoint %s: its lease changed while this driver claimed it (another driver claimed it too, or a "
+                    "paused owner woke up); waiting %.1f s, until the other one's lease has certainly run out",
+                    self.url,
+                    max(0.0, wait_s),
+                )
+                if wait_s > 0:
+                    time.sleep(wait_s)
+                self.ensure_owner("starting")
         except BaseException:
+            me.stop.set()
+            if self._owner is me:
+                self._owner = None
             self._release_lock(me)
             raise
 
@@ -233,17 +290,18 @@ class Checkpoint:
             f"at a time; stop the other driver, or give this job its own checkpoint URL."
         )
 
-    def _check_lease(self) -> None:
+    def _check_lease(self) -> dict[str, Any] | None:
+        """The lease as read, if it lets this driver claim; else CheckpointInUseError."""
         lease = self._read_lease()
         if not lease:
-            return
+            return lease
         age_s = (_now_ms() - int(lease.get("heartbeat_ms", 0))) / 1000.0
         if age_s >= self.lease_timeout_s:
-            return
+            return lease
         if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
-            return
+            return lease
         if lease.get("released"):
-            return
+            return lease
         raise CheckpointInUseError(self._in_use_message() + f" Its last heartbeat was {age_s:.1f} s ago; a lease expires after {self.lease_timeout_s:.0f} s.")
 
     def _write_lease(self, released: bool = False) -> None:
@@ -258,13 +316,89 @@ class Checkpoint:
         while not me.stop.wait(max(0.2, self.lease_timeout_s / 3)):
             lease = self._read_lease()
             if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
-                me.lost = True  # taken over after a stall; our next commit will fail (fenced)
+                self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
                 log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
                 return
+            start = time.monotonic()
             try:
                 self._write_lease()
             except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
                 log.warning("could not renew the lease of %s: %s", self.url, exc)
+                continue
+            # Only a renewal that landed while the previous proof held extends it: after a pause
+            # past the lease another driver may have claimed, so ensure_owner re-checks the log.
+            if time.monotonic() < me.valid_until:
+                me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+
+    def ensure_owner(self, what: str) -> None:
+        """Prove that this driver still owns the checkpoint, before a side effect (`what`).
+
+        On local disks the OS lock this driver holds is the proof (free). Elsewhere: a lease
+        renewal that started less than ``PROOF_FRACTION * lease_timeout_s`` ago (by this
+        driver's monotonic clock) and kept the lease alive without a gap; otherwise (the
+        driver was paused, or renewals failed) the lease is renewed and the log re-read
+        synchronously: a claim record after this driver's last record means another driver
+        took over.
+
+        Raises:
+            CheckpointInUseError: another driver took the checkpoint over; nothing may be
+                written for the batch any more.
+            CheckpointError: the checkpoint is not claimed, or its storage failed during the
+                re-check (the batch fails without side effects; a restart retries it).
+        """
+        me = self._owner
+        if me is None:
+            msg = f"checkpoint {self.url}: ownership checked ({what}) without claiming the checkpoint"
+            raise CheckpointError(msg)
+        if me.lost:
+            raise CheckpointInUseError(self._lost_message(me, what))
+        if me.lock_fd is not None or time.monotonic() < me.valid_until:
+            return
+        start = time.monotonic()
+        lease = self._read_lease()
+        if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
+            self._mark_lost(me)
+            raise CheckpointInUseError(self._lost_message(me, what))
+        self._write_lease()
+        self._check_log(me, what)
+        me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+        log.info("checkpoint %s: lease renewed after a gap; the log shows no other driver, so this one continues", self.url)
+
+    def fencing(self) -> tuple[str, int]:
+        """(checkpoint id, claim epoch) of this driver: the fencing token sinks compare."""
+        me = self._owner
+        if me is None:
+            msg = f"checkpoint {self.url}: fencing token asked for without claiming the checkpoint"
+            raise CheckpointError(msg)
+        return me.checkpoint_id, me.epoch
+
+    def _check_log(self, me: _Owner, what: str) -> None:
+        """CheckpointInUseError if the log holds a record after this driver's last one."""
+        if self.last_seq() > me.seq:
+            self._mark_lost(me)
+            raise CheckpointInUseError(self._lost_message(me, what))
+
+    @staticmethod
+    def _mark_lost(me: _Owner) -> None:
+        me.lost = True
+        me.valid_until = 0.0
+        me.stop.set()
+
+    def _lost_message(self, me: _Owner, what: str) -> str:
+        other: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            for rec in self.records(newest_first=True):
+                if rec.kind == "claim" and int(rec.data.get("epoch", 0)) > me.epoch:
+                    other = rec.data
+                    break
+        who = f"epoch {other.get('epoch', '> ' + str(me.epoch))}"
+        if other:
+            who += f", pid {other.get('pid')} on {other.get('host')}"
+        return (
+            f"this driver (epoch {me.epoch}) lost its claim on checkpoint {self.url}: another driver ({who}) took it "
+            f"over, e.g. while this one was paused longer than lease_timeout_s ({self.lease_timeout_s:g} s). This driver "
+            f"stops before {what}, writing nothing more; the other one continues the job."
+        )
 
     def release(self) -> None:
         """Give up ownership (clean shutdown)."""
@@ -347,8 +481,7 @@ class Checkpoint:
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
         if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
-            me.lost = True
-            me.stop.set()
+            self._mark_lost(me)
             other = {}
             with contextlib.suppress(CheckpointError):
                 other = self.read(_log_path(seq), "record")
@@ -424,8 +557,7 @@ class Checkpoint:
             self.storage.write(rel, data)
             return
         if me is not None:
-            me.lost = True
-            me.stop.set()
+            self._mark_lost(me)
         msg = (
             f"checkpoint file {self.storage.path(rel)} already exists: another driver took over checkpoint "
             f"{self.url} and wrote it, so this driver lost its claim. It stops without overwriting the file."

@@ -32,6 +32,7 @@ from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointErr
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
+from streamkeep.sinks.base import FencedSink, FencingToken
 from streamkeep.sources.base import Source, start_blob
 
 log = logging.getLogger("streamkeep.scheduler")
@@ -181,6 +182,11 @@ class Scheduler:
             ckpt.claim(owner=f"streamkeep {__version__}", engine_version=__version__)
             blobs = _CheckpointBlobs(ckpt)
         try:
+            if ckpt is not None:  # before any sink call (fresh jobs ask sinks for their markers below)
+                token = FencingToken(*ckpt.fencing(), check=lambda: ckpt.ensure_owner("a sink's ownership check"))
+                for n in needed:
+                    if isinstance(getattr(n, "sink", None), FencedSink):
+                        n.sink.set_fencing_token(token)  # type: ignore[attr-defined]
             for src in self.sources:
                 if hasattr(src, "set_batch_interval_ms"):
                     src.set_batch_interval_ms(self.interval)
@@ -410,6 +416,8 @@ class Scheduler:
         return t
 
     def _plan(self, t: int) -> dict[str, Any]:
+        if self.ckpt is not None:  # sources may write blobs while planning
+            self.ckpt.ensure_owner(f"planning batch {t} ms")
         plans: dict[str, Any] = {}
         for src in self.sources:
             plans[src.name] = src.plan(t)
@@ -420,6 +428,7 @@ class Scheduler:
             plan["blobs"] = blobs
             self._plan_blobs[t] = blobs
         if self.ckpt is not None:
+            self.ckpt.ensure_owner(f"writing the plan of batch {t} ms")
             _faults.point("plan.before_write")
             try:
                 self.ckpt.write_plan(t, plan)
@@ -444,6 +453,8 @@ class Scheduler:
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
         results = self.executor.compute(t, inputs)
+        if self.ckpt is not None:
+            self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
         self.executor.run_outputs(t, results)
         return counts
 
