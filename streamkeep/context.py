@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
@@ -309,17 +310,44 @@ class StreamingContext:
             self._done.set()
 
     def await_termination(self, timeout: float | None = None) -> bool:
-        """Wait until the job stops; True if it did. Re-raises the job's failure."""
+        """Wait until the job stops; True if it did. Re-raises the job's failure.
+
+        Ctrl-C (KeyboardInterrupt) while waiting stops the job as `stop()` does: the batch
+        in progress commits, then sources, sinks and the checkpoint (its lease) are
+        released, and this returns True; the next `get_or_create` resumes after that
+        batch. A second Ctrl-C stops waiting for the batch in progress (it is re-run,
+        with its plan, by the next `get_or_create`) and raises KeyboardInterrupt.
+        """
         if self._thread is None:
             if self._error is not None:
                 raise self._error
             return self._state == "stopped"
-        finished = self._done.wait(timeout)
+        try:
+            finished = self._done.wait(timeout)
+        except KeyboardInterrupt:
+            self._stop_on_interrupt()
+            finished = True
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
             raise err
         return finished
+
+    def _stop_on_interrupt(self) -> None:
+        log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
+        try:
+            self.stop(graceful=True)
+        except KeyboardInterrupt:
+            log.warning("interrupted again: the batch in progress is abandoned; the next get_or_create re-runs it")
+            self._shutdown()
+            raise KeyboardInterrupt from None
+        if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it
+            err, self._error = self._error, None
+            raise err
+        last = self.last_batch_time_ms
+        if last is not None:
+            at = datetime.fromtimestamp(last / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            log.warning("stopped; the next get_or_create resumes after the batch of %s", at)
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in progress (its commit completes); release resources.
