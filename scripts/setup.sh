@@ -2,7 +2,7 @@
 # Create .venv and install streamkeep into it.
 #   ./scripts/setup.sh            streamkeep with every integration and the test tools
 #   ./scripts/setup.sh --servers  the same, plus redis-server (Debian package) when missing and we may use apt
-#   ./scripts/setup.sh --demo     streamkeep alone: what `streamkeep demo` needs (no integrations, no test tools)
+#   ./scripts/setup.sh --demo     streamkeep alone, what `streamkeep demo` needs (no integrations, no test tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=full servers=0
@@ -24,9 +24,11 @@ if [ "$mode" = full ] && ! fresh "$full_stamp"; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]'
   touch "$full_stamp" "$demo_stamp"
-elif [ "$mode" = demo ] && ! fresh "$full_stamp" && ! fresh "$demo_stamp"; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip  # editable installs need pip >= 21.3
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+elif [ "$mode" = demo ] && ! fresh "$full_stamp" && { ! fresh "$demo_stamp" || [ -n "$(find streamkeep -newer "$demo_stamp" -print -quit)" ]; }; then
+  # A regular (not editable) install: setuptools' editable mode warns about this flat layout;
+  # reinstalled whenever the sources are newer than the last install.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check .
   touch "$demo_stamp"
 fi
 if [ "$servers" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
