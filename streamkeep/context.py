@@ -171,17 +171,32 @@ class StreamingContext:
         node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
         return DStream(g, node)
 
-    def queue_stream(self, batches: Iterable[Iterable[Any]], *, one_at_a_time: bool = True, default: Iterable[Any] | None = None, name: str | None = None, num_partitions: int = 1) -> DStream[Any]:
+    def queue_stream(
+        self,
+        batches: Iterable[Iterable[Any]],
+        *,
+        one_at_a_time: bool = True,
+        default: Iterable[Any] | None = None,
+        name: str | None = None,
+        num_partitions: int = 1,
+        partitioned: bool = False,
+    ) -> DStream[Any]:
         """Each item of `batches` is one batch's records.
 
         With a checkpoint, each planned batch is materialised into the checkpoint so
         that a replay reads the same records (they must be msgpack-storable).
+        With ``partitioned=True`` each item (and `default`) is a list of partitions
+        instead, kept as they are (see `streamkeep.sources.queue.QueueSource`).
         """
         from streamkeep.sources.queue import QueueSource
 
         _check_partitions(num_partitions, "queue_stream")
+        if partitioned and num_partitions != 1:
+            msg = "queue_stream: partitioned=True keeps each item's own partitions; do not also pass num_partitions"
+            raise ConfigError(msg)
         n = self._graph.source_name("queue", name)
-        return self.add_source(QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions))
+        src = QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions, partitioned=partitioned)
+        return self.add_source(src)
 
     def constant_stream(self, records: Iterable[Any], *, name: str | None = None) -> DStream[Any]:
         """The same records in every batch."""

@@ -64,6 +64,13 @@ def ds_keep(ds: DStream[Any], *_args: Any) -> None:
     """nothing: streamkeep materialises each batch once and checkpoints every batch"""
 
 
+def ssc_queue_stream(
+    ssc: Any, rdds: list[list[list[Any]]], one_at_a_time: bool = True, default: list[list[Any]] | None = None, *, name: str | None = None
+) -> DStream[Any]:
+    """queue_stream(partitioned=True): each queued RDD's partitions stay its batch's partitions"""
+    return ssc.queue_stream(rdds, one_at_a_time=one_at_a_time, default=default, name=name, partitioned=True)  # type: ignore[no-any-return]
+
+
 def ssc_transform(ssc: Any, streams: list[DStream[Any]], fn: Callable[[list[Batch[Any]]], Batch[Any]]) -> DStream[Any]:
     """transform / transform_with, or a tagged union split again per stream"""
     if not streams:

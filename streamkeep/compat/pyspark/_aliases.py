@@ -176,10 +176,13 @@ STREAMING_CONTEXT: dict[str, Alias] = {
     "socketTextStream": Alias("socket_text_stream", (P("hostname"), P("port"), P("storageLevel", None, None)), named=True),
     "textFileStream": Alias("text_file_stream", (P("directory"),), named=True),
     "queueStream": Alias(
-        "queue_stream",
-        (P("rdds", conv="queue"), P("oneAtATime", True, "one_at_a_time"), P("default", None, "default", conv="records")),
+        a.ssc_queue_stream,
+        (P("rdds", conv="queue"), P("oneAtATime", True, "one_at_a_time"), P("default", None, "default", conv="partitions")),
         named=True,
-        note="With a checkpoint, each batch's records are stored in it, so a replay is exact (Spark refuses queueStream with checkpoints).",
+        note=(
+            "Each batch keeps the partitions of its queued RDD (a list is parallelized first, as in PySpark). "
+            "With a checkpoint, each batch's records are stored in it, so a replay is exact (Spark refuses queueStream with checkpoints)."
+        ),
     ),
     "union": Alias("union", (P("dstreams", conv="stream", varargs=True),)),
     "transform": Alias(a.ssc_transform, (P("dstreams", conv="streams"), P("transformFunc", conv="rdds_fn"))),

@@ -74,14 +74,19 @@ class StreamingContext:
         if kind == "streams":
             return [core_stream(v, op) for v in value]
         if kind == "queue":
-            return [records_of(r, op) for r in value]
-        if kind == "records":
-            return records_of(value, op)
+            return [self._partitions(r, op) for r in value]
+        if kind == "partitions":
+            return None if value is None else self._partitions(value, op)
         if kind == "rdds_fn":
             sc = self._sc
             return lambda batches: as_batch(value(tuple(RDD(b, sc) for b in batches)), op)
         msg = f"{op}: unknown conversion {kind!r}"  # pragma: no cover - a table bug
         raise AssertionError(msg)
+
+    def _partitions(self, value: Any, op: str) -> list[list[Any]]:
+        """An RDD's partitions; a list of records is parallelized first, as PySpark's queueStream does."""
+        rdd = value if isinstance(value, RDD) else self._sc.parallelize(records_of(value, op) or [])
+        return rdd._core.partitions
 
     def _wrap(self, kind: str, value: Any, op: str) -> Any:
         if kind == "stream":
