@@ -140,7 +140,11 @@ class StreamingContext:
             self._storage_options = storage_options
 
     def add_listener(self, listener: Any) -> None:
-        """Register an object whose ``on_batch_completed(info: BatchInfo)`` is called after each batch."""
+        """Register a listener of batch events (see `BatchInfo`).
+
+        Its ``on_batch_completed(info)`` is called after each batch's commit and its
+        ``on_batch_started(info)``, if it has one, once the batch's input is read.
+        """
         self._listeners.append(listener)
         if self._scheduler is not None:
             self._scheduler.listeners.append(listener)

@@ -69,10 +69,7 @@ DSTREAM: dict[str, Alias] = {
         named=True,
     ),
     "updateStateByKey": Alias("update_state_by_key", (P("updateFunc"), _NP, P("initialRDD", None, "initial", conv="initial")), named=True),
-    # outputs
-    "foreachRDD": Alias("foreach_batch", (P("func", conv="rdd_out"),), returns="none"),
-    "pprint": Alias(a.ds_pprint, (P("num", 10),), returns="none"),
-    "saveAsTextFiles": Alias("save_as_text_files", (P("prefix"), P("suffix", None)), returns="none"),
+    # outputs: `DStream` defines foreachRDD, pprint and saveAsTextFiles (see EXPLICIT): it runs them to tell listeners
     # storage hints: batches are materialised once and every batch is checkpointed
     "cache": Alias(a.ds_keep, returns="self", note="No effect: each batch is computed once per output run."),
     "persist": Alias(a.ds_keep, (P("storageLevel", REQUIRED, None),), returns="self", note="No effect (storage levels do not apply)."),
@@ -191,7 +188,7 @@ STREAMING_CONTEXT: dict[str, Alias] = {
 
 # Methods and properties the facade classes define by hand (lifecycle, recovery, registries).
 EXPLICIT: dict[str, tuple[str, ...]] = {
-    "DStream": ("context",),
+    "DStream": ("context", "foreachRDD", "pprint", "saveAsTextFiles"),
     "RDD": ("context", "ctx", "id", "name", "setName", "toDebugString", "getStorageLevel"),
     "StreamingContext": (
         "getOrCreate",
