@@ -221,6 +221,16 @@ class StreamingContext:
 
         return self.add_source(TextFileSource(directory, name=self._graph.source_name("text_files", name)))
 
+    def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:
+        """Records of `record_length` bytes from the files that appear in `directory` (as text_file_stream's files).
+
+        A file whose size is not a multiple of `record_length` fails its batch
+        (`SourceError` naming it). See `streamkeep.sources.binary.BinaryRecordsSource`.
+        """
+        from streamkeep.sources.binary import BinaryRecordsSource
+
+        return self.add_source(BinaryRecordsSource(directory, record_length, name=self._graph.source_name("binary_records", name)))
+
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
         """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
         from streamkeep.sources.socket import SocketTextSource

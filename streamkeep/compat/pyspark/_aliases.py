@@ -172,6 +172,12 @@ RDD: dict[str, Alias] = {
 STREAMING_CONTEXT: dict[str, Alias] = {
     "socketTextStream": Alias("socket_text_stream", (P("hostname"), P("port"), P("storageLevel", None, None)), named=True),
     "textFileStream": Alias("text_file_stream", (P("directory"),), named=True),
+    "binaryRecordsStream": Alias(
+        "binary_records_stream",
+        (P("directory"), P("recordLength")),
+        named=True,
+        note="Each new file is cut into records of recordLength bytes (bytes values), one partition per file.",
+    ),
     "queueStream": Alias(
         a.ssc_queue_stream,
         (P("rdds", conv="queue"), P("oneAtATime", True, "one_at_a_time"), P("default", None, "default", conv="partitions")),
@@ -238,9 +244,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "repartitionAndSortWithinPartitions": "not available; use sortByKey()",
         "cleanShuffleDependencies": "shuffles are in-process; nothing to clean",
     },
-    "StreamingContext": {
-        "binaryRecordsStream": "fixed-length binary record files are not available; use textFileStream or a custom Source",
-    },
+    "StreamingContext": {},
     "SparkContext": {
         "addFile": "the job runs in one process: read files directly",
         "addPyFile": "the job runs in one process: import modules directly",
