@@ -374,9 +374,11 @@ class StreamingContext:
             err, self._error = self._error, None
             raise err
         last = self.last_batch_time_ms
-        if last is not None:
+        if last is not None and self._checkpoint_url is not None:
             at = datetime.fromtimestamp(last / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
             log.warning("stopped; the next get_or_create resumes after the batch of %s", at)
+        else:
+            log.warning("stopped")
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in progress (its commit completes); release resources.
