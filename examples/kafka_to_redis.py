@@ -1,4 +1,4 @@
-"""The first seed's job on streamkeep: Kafka lines -> running state per user -> Redis hashes.
+"""A typical stateful streaming job on streamkeep: Kafka lines -> running state per user -> Redis hashes.
 
 Every Kafka record's value is a line ``user,action[,anything...]`` (e.g.
 ``u17,click,/home``). The job keeps a running state per user with

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
@@ -147,7 +148,11 @@ class StreamingContext:
             self._storage_options = storage_options
 
     def add_listener(self, listener: Any) -> None:
-        """Register an object whose ``on_batch_completed(info: BatchInfo)`` is called after each batch."""
+        """Register a listener of batch events (see `BatchInfo`).
+
+        Its ``on_batch_completed(info)`` is called after each batch's commit and its
+        ``on_batch_started(info)``, if it has one, once the batch's input is read.
+        """
         self._listeners.append(listener)
         if self._scheduler is not None:
             self._scheduler.listeners.append(listener)
@@ -178,17 +183,32 @@ class StreamingContext:
         node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
         return DStream(g, node)
 
-    def queue_stream(self, batches: Iterable[Iterable[Any]], *, one_at_a_time: bool = True, default: Iterable[Any] | None = None, name: str | None = None, num_partitions: int = 1) -> DStream[Any]:
+    def queue_stream(
+        self,
+        batches: Iterable[Iterable[Any]],
+        *,
+        one_at_a_time: bool = True,
+        default: Iterable[Any] | None = None,
+        name: str | None = None,
+        num_partitions: int = 1,
+        partitioned: bool = False,
+    ) -> DStream[Any]:
         """Each item of `batches` is one batch's records.
 
         With a checkpoint, each planned batch is materialised into the checkpoint so
         that a replay reads the same records (they must be msgpack-storable).
+        With ``partitioned=True`` each item (and `default`) is a list of partitions
+        instead, kept as they are (see `streamkeep.sources.queue.QueueSource`).
         """
         from streamkeep.sources.queue import QueueSource
 
         _check_partitions(num_partitions, "queue_stream")
+        if partitioned and num_partitions != 1:
+            msg = "queue_stream: partitioned=True keeps each item's own partitions; do not also pass num_partitions"
+            raise ConfigError(msg)
         n = self._graph.source_name("queue", name)
-        return self.add_source(QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions))
+        src = QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions, partitioned=partitioned)
+        return self.add_source(src)
 
     def constant_stream(self, records: Iterable[Any], *, name: str | None = None) -> DStream[Any]:
         """The same records in every batch."""
@@ -239,6 +259,16 @@ class StreamingContext:
             num_partitions=num_partitions,
         )
         return self.add_source(src)
+
+    def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:
+        """Records of `record_length` bytes from the files that appear in `directory` (as text_file_stream's files).
+
+        A file whose size is not a multiple of `record_length` fails its batch
+        (`SourceError` naming it). See `streamkeep.sources.binary.BinaryRecordsSource`.
+        """
+        from streamkeep.sources.binary import BinaryRecordsSource
+
+        return self.add_source(BinaryRecordsSource(directory, record_length, name=self._graph.source_name("binary_records", name)))
 
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
         """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
@@ -349,17 +379,46 @@ class StreamingContext:
             self._done.set()
 
     def await_termination(self, timeout: float | None = None) -> bool:
-        """Wait until the job stops; True if it did. Re-raises the job's failure."""
+        """Wait until the job stops; True if it did. Re-raises the job's failure.
+
+        Ctrl-C (KeyboardInterrupt) while waiting stops the job as `stop()` does: the batch
+        in progress commits, then sources, sinks and the checkpoint (its lease) are
+        released, and this returns True; the next `get_or_create` resumes after that
+        batch. A second Ctrl-C stops waiting for the batch in progress (it is re-run,
+        with its plan, by the next `get_or_create`) and raises KeyboardInterrupt.
+        """
         if self._thread is None:
             if self._error is not None:
                 raise self._error
             return self._state == "stopped"
-        finished = self._done.wait(timeout)
+        try:
+            finished = self._done.wait(timeout)
+        except KeyboardInterrupt:
+            self._stop_on_interrupt()
+            finished = True
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
             raise err
         return finished
+
+    def _stop_on_interrupt(self) -> None:
+        log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
+        try:
+            self.stop(graceful=True)
+        except KeyboardInterrupt:
+            log.warning("interrupted again: the batch in progress is abandoned; the next get_or_create re-runs it")
+            self._shutdown()
+            raise KeyboardInterrupt from None
+        if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it
+            err, self._error = self._error, None
+            raise err
+        last = self.last_batch_time_ms
+        if last is not None and self._checkpoint_url is not None:
+            at = datetime.fromtimestamp(last / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            log.warning("stopped; the next get_or_create resumes after the batch of %s", at)
+        else:
+            log.warning("stopped")
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in progress (its commit completes); release resources.

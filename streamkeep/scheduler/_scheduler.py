@@ -46,13 +46,18 @@ MAX_CHAIN = 500
 
 @dataclass
 class BatchInfo:
-    """What listeners learn about a finished batch."""
+    """What listeners learn about a batch.
+
+    ``on_batch_started(info)`` is called once the batch's input is read (before its
+    operators and outputs run), with ``processing_end_ms`` -1; ``on_batch_completed(info)``
+    after its commit.
+    """
 
     batch_time_ms: int
     num_records: int
     submission_ms: int
     processing_start_ms: int
-    processing_end_ms: int
+    processing_end_ms: int  # -1 while the batch runs
 
     @property
     def scheduling_delay_ms(self) -> int:
@@ -61,13 +66,13 @@ class BatchInfo:
 
     @property
     def processing_delay_ms(self) -> int:
-        """Time spent planning, running and committing the batch."""
-        return self.processing_end_ms - self.processing_start_ms
+        """Time spent planning, running and committing the batch (-1 while it runs)."""
+        return -1 if self.processing_end_ms < 0 else self.processing_end_ms - self.processing_start_ms
 
     @property
     def total_delay_ms(self) -> int:
-        """Scheduling plus processing delay."""
-        return self.scheduling_delay_ms + self.processing_delay_ms
+        """Scheduling plus processing delay (-1 while the batch runs)."""
+        return -1 if self.processing_end_ms < 0 else self.scheduling_delay_ms + self.processing_delay_ms
 
 
 class _MemoryBlobs:
@@ -140,6 +145,7 @@ class Scheduler:
         self.last_time: int | None = None
         self.zero_ms: int | None = None
         self.listeners: list[Any] = []
+        self._started: tuple[int, int] = (0, 0)  # (submission, processing start) of the batch in progress
         self.batches_done = 0
         self._pending: list[tuple[int, dict[str, Any]]] = []
         self._chains: dict[str, Chain] = {}
@@ -398,6 +404,7 @@ class Scheduler:
             t = self.next_time()
             plan = self._plan(t)
         start = int(time.time() * 1000)
+        self._started = (submitted, start)  # for on_batch_started, told once the input is read
         counts = self._run(t, plan)
         self._commit(t, plan)
         self.last_time = t
@@ -414,6 +421,13 @@ class Scheduler:
                 if cb is not None:
                     cb(info)
         return t
+
+    def _tell_started(self, t: int, num_records: int) -> None:
+        info = BatchInfo(t, num_records, *self._started, processing_end_ms=-1)
+        for li in self.listeners:
+            cb = getattr(li, "on_batch_started", None)
+            if cb is not None:
+                cb(info)
 
     def _plan(self, t: int) -> dict[str, Any]:
         if self.ckpt is not None:  # sources may write blobs while planning
@@ -452,6 +466,8 @@ class Scheduler:
             counts[src.name] = sum(len(p) for p in parts)
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
+        if self.listeners:
+            self._tell_started(t, sum(counts.values()))
         results = self.executor.compute(t, inputs)
         if self.ckpt is not None:
             self.ckpt.ensure_owner(f"the outputs of batch {t} ms")

@@ -390,3 +390,35 @@ def test_diff_of_a_broken_app(ckpt: str, tmp_path: Path, capsys: pytest.CaptureF
     rc, _, err = _cli(capsys, "checkpoint", "diff", ckpt, str(tmp_path / "missing.py"))
     assert rc == 2
     assert "no such file" in err
+
+
+# --------------------------------------------------------------------------- --version, demo messages
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"streamkeep {sk.__version__}"
+
+
+def test_demo_resume_message_uses_clock_times_and_counts_the_catch_up() -> None:
+    from datetime import datetime
+
+    from streamkeep.cli._demo import resume_message
+
+    last = int(datetime(2024, 5, 6, 14, 3, 7, 500_000).timestamp() * 1000)
+    msg = resume_message("/tmp/my ckpt", last, last + 3 * 60_000 + 2_250, 500)
+    assert "14:03:07.500" in msg and str(last) not in msg  # clock time, not raw ms
+    assert "3 min 2 s ago" in msg
+    assert "catching up 364 batches" in msg
+    assert "'/tmp/my ckpt'" in msg
+    assert "catching up" not in resume_message("c", last, last + 400, 500)
+    assert "2024-05-06 14:03:07.500" in resume_message("c", last, last + 2 * 86_400_000, 500)  # another day: the date too
+
+
+def test_demo_names_the_checkpoint_to_resume_from() -> None:
+    from streamkeep.cli._demo import DEFAULT_CHECKPOINT, again_command
+
+    assert again_command(DEFAULT_CHECKPOINT) == "streamkeep demo"
+    assert again_command("/tmp/my ckpt") == "streamkeep demo --checkpoint '/tmp/my ckpt'"
