@@ -395,7 +395,7 @@ class Checkpoint:
         out = []
         for seq in seqs:
             try:
-                out.append(CommitRecord(seq, _check_record(self.storage.path(_log_path(seq)), self.read(_log_path(seq), "record"))))
+                out.append(CommitRecord(seq, check_record(self.storage.path(_log_path(seq)), self.read(_log_path(seq), "record"))))
             except CheckpointError as exc:
                 if strict:
                     raise
@@ -598,7 +598,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_record(path: str, data: Any) -> dict[str, Any]:
+def check_record(path: str, data: Any) -> dict[str, Any]:
     """`data` if it has the shape of a claim or commit record, else `CorruptCheckpointError`."""
     why = ""
     if not isinstance(data, dict):

@@ -217,7 +217,8 @@ def test_verify_reports_a_missing_delta(ckpt: str, capsys: pytest.CaptureFixture
     rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
     assert rc == 1
     assert f"needs {os.path.relpath(path, ckpt)}, which is missing" in out
-    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+    assert "recovery would use the commit of batch 1002000 ms" in out
+    assert "streamkeep checkpoint verify" not in out  # its own output does not tell the reader to run it
 
 
 def test_verify_reports_a_truncated_commit_record(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +228,8 @@ def test_verify_reports_a_truncated_commit_record(ckpt: str, capsys: pytest.Capt
     rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
     assert rc == 1
     assert os.path.relpath(path, ckpt) in out
-    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+    assert "recovery would use the commit of batch 1002000 ms" in out
+    assert "streamkeep checkpoint verify" not in out  # its own output does not tell the reader to run it
 
 
 def test_verify_reports_a_missing_blob_of_a_pending_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
