@@ -217,7 +217,7 @@ def test_verify_reports_a_missing_delta(ckpt: str, capsys: pytest.CaptureFixture
     rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
     assert rc == 1
     assert f"needs {os.path.relpath(path, ckpt)}, which is missing" in out
-    assert "recovery would use the commit of batch 1002000 ms" in out
+    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
     assert "streamkeep checkpoint verify" not in out  # its own output does not tell the reader to run it
 
 
