@@ -42,8 +42,8 @@ class StreamingContext:
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
         allow_state_loss: names of stateful operators whose checkpointed state may be
             dropped when the code no longer matches it.
-        keep_commits: how many recent commits (and the files they need) retention keeps;
-            recovery can fall back to the older ones if the newest is damaged.
+        keep_commits: how many recent commits (and the files they need) retention keeps (at least 2;
+            1 keeps 2): recovery can fall back to the older ones if the newest is damaged or lost.
         lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
         inline_delta_bytes: small deltas ride inside the commit record (one file and one
             fsync/PUT per batch instead of one more per stateful operator) while an

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint._format import FORMAT_VERSION, frame, unframe
+from streamkeep.checkpoint._format import FORMAT_VERSION, VERIFY_HINT, frame, unframe
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
 from streamkeep.errors import CheckpointError, CheckpointInUseError, CorruptCheckpointError
@@ -51,8 +51,12 @@ PROOF_FRACTION = 0.75
 
 
 def _safe(name: str) -> str:
-    """A path component for an operator name (letters, digits, ``-._`` kept; others %XX)."""
-    return "".join(c if c.isalnum() and c.isascii() or c in "-._" else f"%{ord(c):02X}" for c in name)
+    """A path component for an operator name (letters, digits, ``-._`` kept; others %XX).
+
+    ``.`` and ``..`` are written as ``%2E`` and ``%2E%2E``: a name is never a way out of its directory.
+    """
+    out = "".join(c if c.isalnum() and c.isascii() or c in "-._" else f"%{ord(c):02X}" for c in name)
+    return out if out not in ("", ".", "..") else "".join(f"%{ord(c):02X}" for c in name) or "%"
 
 
 def state_dir(op: str) -> str:
@@ -63,6 +67,59 @@ def state_dir(op: str) -> str:
 def plan_path(batch_time: int) -> str:
     """Path of the plan of `batch_time`."""
     return f"plans/{batch_time:015d}.plan"
+
+
+def state_path(op: str, batch_time: int, kind: str) -> str:
+    """Path of operator `op`'s state file of `batch_time` (`kind` "delta" or "snap")."""
+    return f"{state_dir(op)}/{batch_time:015d}.{kind}"
+
+
+def check_chain(op: str, chain: Any, where: str) -> None:
+    """Check that a stored state chain only names `op`'s own state files, in order.
+
+    A chain comes from checkpoint data, so its paths are not trusted: each must be exactly
+    ``state/<op>/<T>.snap`` (T = ``snapshot_time``) or ``state/<op>/<T>.delta``, with the
+    delta times increasing after the snapshot's. Anything else (``../other_job/...``, an
+    absolute path, another operator's file) would read, and later let retention delete, a
+    file that is not this operator's.
+
+    Raises:
+        CorruptCheckpointError: the chain is malformed; the message names `where` and `op`.
+    """
+    why = _chain_problem(op, chain)
+    if why:
+        msg = (
+            f"{where}: the state chain of operator {op!r} {why}. Commit records only ever name the operator's own "
+            f"state files, so the record was altered. {VERIFY_HINT}"
+        )
+        raise CorruptCheckpointError(msg)
+
+
+def _chain_problem(op: str, chain: Any) -> str | None:
+    if not isinstance(chain, dict) or not isinstance(chain.get("deltas", []), list):
+        return "is not a map with a list of deltas"
+    snap, snap_t = chain.get("snapshot"), chain.get("snapshot_time", 0)
+    if not _is_int(snap_t):
+        return f"has a snapshot time {snap_t!r} that is not a batch time"
+    if snap is not None and snap != state_path(op, snap_t, "snap"):
+        return f"names the snapshot {snap!r}, not its own {state_path(op, snap_t, 'snap')!r}"
+    last = snap_t if snap is not None else None
+    for d in chain.get("deltas", []):
+        if isinstance(d, dict):
+            t = d.get("t")
+            if not _is_int(t) or not isinstance(d.get("codec"), str) or not isinstance(d.get("data"), bytes):
+                return f"holds a malformed inline delta ({sorted(map(str, d))})"
+        elif isinstance(d, str):
+            stem = d.rsplit("/", 1)[-1].removesuffix(".delta")
+            if not stem.isdigit() or d != state_path(op, int(stem), "delta"):
+                return f"names the delta file {d!r}, which is not one of its own (in {state_dir(op)!r})"
+            t = int(stem)
+        else:
+            return f"holds a delta entry of type {type(d).__name__}"
+        if last is not None and t <= last:
+            return f"is out of order (a delta of batch {t} ms after batch {last} ms)"
+        last = t
+    return None
 
 
 @dataclass
@@ -83,9 +140,18 @@ class CommitRecord:
         return int(self.data["batch_time"])
 
     def files(self) -> set[str]:
-        """Every state file this commit's state chain needs."""
+        """Every state file this commit's state chain needs.
+
+        Raises:
+            CorruptCheckpointError: a chain names a file that is not its operator's own (`check_chain`).
+        """
         out: set[str] = set()
-        for chain in self.data.get("state", {}).values():
+        state = self.data.get("state", {})
+        if not isinstance(state, dict):
+            msg = f"{_log_path(self.seq)}: its 'state' is not a map of operator chains. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        for op, chain in state.items():
+            check_chain(str(op), chain, _log_path(self.seq))
             if chain.get("snapshot"):
                 out.add(chain["snapshot"])
             out.update(d for d in chain.get("deltas", ()) if isinstance(d, str))  # others are inline
@@ -125,13 +191,13 @@ class Checkpoint:
 
     # -- records ------------------------------------------------------------
 
-    def encode(self, kind: str, value: Any, codec: str = "msgpack") -> bytes:
-        """Frame `value` encoded with `codec`."""
-        return frame(kind, codec, get_codec(codec).encode(value))
+    def encode(self, kind: str, value: Any, codec: str = "msgpack", *, rel: str) -> bytes:
+        """Frame `value` encoded with `codec`, as the file `rel` (its identity)."""
+        return frame(kind, codec, get_codec(codec).encode(value), rel)
 
     def decode(self, rel: str, data: bytes, kind: str | None = None, allow_pickle: bool = False) -> Any:
-        """Check, unframe and decode one file's bytes."""
-        codec, payload = unframe(self.storage.path(rel), data, kind)
+        """Check, unframe and decode one file's bytes (read from `rel`, checked against its identity)."""
+        codec, payload = unframe(self.storage.path(rel), data, kind, rel)
         if codec == "pickle" and not allow_pickle:
             msg = (
                 f"checkpoint file {self.storage.path(rel)} was written with the pickle codec, and loading it would "
@@ -187,7 +253,7 @@ class Checkpoint:
             "created_ms": int(time.time() * 1000),
             "id": uuid.uuid4().hex,
         }
-        self.storage.create(_IDENTITY, self.encode("identity", record))
+        self.storage.create(_IDENTITY, self.encode("identity", record, rel=_IDENTITY))
 
     def _checkpoint_id(self) -> str:
         """A name for this checkpoint instance (sinks compare fencing epochs only within one)."""
@@ -223,11 +289,13 @@ class Checkpoint:
         try:
             self._ensure_identity(engine_version)
             me.checkpoint_id = self._checkpoint_id()
+            # Epochs never go back, even when log records were lost: the previous owner's lease names its epoch.
+            prior = self._lease_epoch()
             for _ in range(100):
                 last = self.last_seq()
-                epoch = self.max_epoch() + 1
+                epoch = max(self.max_epoch(), prior) + 1
                 rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "time_ms": _now_ms()}
-                if self.storage.create(_log_path(last + 1), self.encode("record", rec)):
+                if self.storage.create(_log_path(last + 1), self.encode("record", rec, rel=_log_path(last + 1))):
                     me.epoch, me.seq = epoch, last + 1
                     break
             else:  # pragma: no cover - needs 100 lost races in a row
@@ -275,6 +343,11 @@ class Checkpoint:
             raise CheckpointInUseError(self._in_use_message()) from None
         return fd
 
+    def _lease_epoch(self) -> int:
+        """The epoch the lease names (0 without a readable lease)."""
+        epoch = (self._read_lease() or {}).get("epoch", 0)
+        return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+
     def _read_lease(self) -> dict[str, Any] | None:
         try:
             data = self.read(_LEASE, "lease")
@@ -283,8 +356,11 @@ class Checkpoint:
         return data if isinstance(data, dict) else None
 
     def _in_use_message(self) -> str:
-        lease = self._read_lease() or {}
-        who = f"pid {lease.get('pid', '?')} on host {lease.get('host', '?')} (owner {lease.get('owner', '?')})"
+        lease = self._read_lease()
+        if lease:
+            who = f"pid {lease.get('pid')} on host {lease.get('host')} (epoch {lease.get('epoch')})"
+        else:
+            who = "a driver whose lease could not be read" + (" (it holds the lock file)" if self.storage.local else "")
         return (
             f"checkpoint {self.url} is in use by another driver: {who}. Only one driver may run a checkpoint "
             f"at a time; stop the other driver, or give this job its own checkpoint URL."
@@ -309,7 +385,7 @@ class Checkpoint:
         if me is None:
             return
         lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
-        self.storage.write(_LEASE, self.encode("lease", lease))
+        self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
 
     def _heartbeat(self, me: _Owner) -> None:
         # `me` is passed in: release() may clear self._owner before this thread first runs
@@ -453,7 +529,7 @@ class Checkpoint:
         out = []
         for seq in seqs:
             try:
-                out.append(CommitRecord(seq, self.read(_log_path(seq), "record")))
+                out.append(CommitRecord(seq, check_record(self.storage.path(_log_path(seq)), self.read(_log_path(seq), "record"))))
             except CheckpointError as exc:
                 if strict:
                     raise
@@ -464,6 +540,52 @@ class Checkpoint:
     def commits(self) -> list[CommitRecord]:
         """Readable commit records, newest first."""
         return [r for r in self.records(newest_first=True) if r.kind == "commit"]
+
+    def lost_history(self, records: list[CommitRecord] | None = None) -> list[str]:
+        """Signs that this checkpoint once held commits, for a log without a readable commit.
+
+        Before its first commit nothing deletes a log record or a plan: the log holds claim
+        records 1, 2, ... with epochs 1, 2, ..., and every state file has its batch's plan.
+        Retention and recovery delete them only once a commit exists. So each of these means
+        commit records were lost (deleted, or their directory replaced), and the checkpoint
+        must not be taken for a new one:
+
+        * the log does not start at record 1;
+        * a record's epoch is past its sequence number (epochs continue the lease's);
+        * the lease names an epoch newer than every record;
+        * a state file whose batch has no plan.
+
+        Args:
+            records: the readable log records, if already read.
+
+        Returns:
+            One sentence per sign found ([] when the checkpoint looks never committed).
+        """
+        seqs = self.log_seqs()
+        recs = self.records(newest_first=False) if records is None else sorted(records, key=lambda r: r.seq)
+        out = []
+        if seqs and seqs[0] > 1:
+            out.append(f"the log starts at record {seqs[0]}, so records 1 to {seqs[0] - 1} were removed, which only happens after a commit")
+        for r in recs:
+            epoch = r.data.get("epoch", 0)
+            if isinstance(epoch, int) and epoch > r.seq:
+                out.append(f"{_log_path(r.seq)} has epoch {epoch}, so {epoch - 1} drivers ran before it, but only {r.seq - 1} earlier records exist")
+                break
+        lease_epoch = self._lease_epoch()
+        log_epoch = max((e for r in recs if isinstance(e := r.data.get("epoch", 0), int)), default=0)
+        if lease_epoch > log_epoch:
+            out.append(f"the lease names epoch {lease_epoch}, but the newest epoch in the log is {log_epoch or 'none'}")
+        plans = set(self.plan_times())
+        for d in self.storage.list_dirs("state"):
+            for n in self.storage.list(f"state/{d}"):
+                stem = n.split(".")[0]
+                if stem.isdigit() and int(stem) not in plans:
+                    out.append(f"state file state/{d}/{n} remains while the plan of its batch ({int(stem)} ms) is gone")
+                    break
+            else:
+                continue
+            break
+        return out
 
     def commit(self, record: dict[str, Any]) -> int:
         """Append a commit record atomically; return its sequence number.
@@ -476,18 +598,15 @@ class Checkpoint:
             msg = "commit() called without claiming the checkpoint"
             raise CheckpointError(msg)
         seq = me.seq + 1
-        data = self.encode("record", {**record, "type": "commit", "epoch": me.epoch})
+        rec = {**record, "type": "commit", "epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid()}
+        data = self.encode("record", rec, rel=_log_path(seq))
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
         if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
             self._mark_lost(me)
-            other = {}
-            with contextlib.suppress(CheckpointError):
-                other = self.read(_log_path(seq), "record")
             msg = (
-                f"this driver lost its claim on checkpoint {self.url}: another driver (epoch {other.get('epoch', '?')}, "
-                f"pid {other.get('pid', '?')} on {other.get('host', '?')}) wrote log record {seq} first. "
+                f"this driver lost its claim on checkpoint {self.url}: {self._describe_newer(seq)}. "
                 f"This driver stops without committing batch {record.get('batch_time')}; the other one continues the job."
             )
             raise CheckpointInUseError(msg)
@@ -495,11 +614,29 @@ class Checkpoint:
         _faults.point("commit.after_record")
         return seq
 
+    def _describe_newer(self, seq: int) -> str:
+        """Who wrote the log at or past `seq` (another driver), from its records or its lease."""
+        for s in sorted((q for q in self.log_seqs() if q >= seq), reverse=True):
+            with contextlib.suppress(CheckpointError):
+                other = self.read(_log_path(s), "record")
+                if isinstance(other, dict) and "pid" in other:
+                    return (
+                        f"another driver (epoch {other.get('epoch')}, pid {other.get('pid')} on {other.get('host')}) "
+                        f"wrote log record {s} (this driver's next record would have been {seq})"
+                    )
+        lease = self._read_lease()
+        if lease and self._owner is not None and lease.get("epoch") != self._owner.epoch:
+            return (
+                f"another driver (epoch {lease.get('epoch')}, pid {lease.get('pid')} on {lease.get('host')}, from its lease) "
+                f"appended to the log at or past record {seq}"
+            )
+        return f"another driver appended to the log at or past record {seq} (its records and lease do not say which)"
+
     # -- plans, state, blobs ----------------------------------------------------------
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:
         """Make the plan of `batch_time` durable (a new file: an existing one means another driver)."""
-        self._create(plan_path(batch_time), self.encode("plan", plan))
+        self._create(plan_path(batch_time), self.encode("plan", plan, rel=plan_path(batch_time)))
 
     def plan_times(self) -> list[int]:
         """Batch times that have a plan file, ascending."""
@@ -507,16 +644,27 @@ class Checkpoint:
 
     def read_plan(self, batch_time: int) -> dict[str, Any]:
         """The plan of `batch_time`."""
-        data = self.read(plan_path(batch_time), "plan")
-        if not isinstance(data, dict):
-            msg = f"{self.storage.path(plan_path(batch_time))} does not hold a plan"
+        rel = plan_path(batch_time)
+        data = self.read(rel, "plan")
+        if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict) or not isinstance(data.get("positions", {}), dict):
+            msg = f"{self.storage.path(rel)} does not hold a plan. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        if data.get("batch_time") != batch_time:
+            msg = (
+                f"{self.storage.path(rel)} holds the plan of batch {data.get('batch_time')!r} ms, not of batch "
+                f"{batch_time} ms: it was copied or renamed from another batch. {VERIFY_HINT}"
+            )
+            raise CorruptCheckpointError(msg)
+        blobs = data.get("blobs", [])
+        if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+            msg = f"{self.storage.path(rel)}: its 'blobs' is not a list of blob names. {VERIFY_HINT}"
             raise CorruptCheckpointError(msg)
         return data
 
     def write_state(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str) -> str:
         """Write an operator's state file (`kind` "delta" or "snap"); return its path."""
-        rel = f"{state_dir(op)}/{batch_time:015d}.{kind}"
-        self._create(rel, frame(kind, codec, payload))
+        rel = state_path(op, batch_time, kind)
+        self._create(rel, frame(kind, codec, payload, rel))
         return rel
 
     def read_state(self, rel: str, allow_pickle: bool) -> tuple[str, bytes]:
@@ -532,14 +680,15 @@ class Checkpoint:
                 raise
             msg = (
                 f"checkpoint file {self.storage.path(rel)} is missing: a commit record needs it, so it was deleted "
-                f"after it was written. Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
+                f"after it was written. {VERIFY_HINT}"
             )
             raise CorruptCheckpointError(msg) from exc
-        return unframe(self.storage.path(rel), data, None)
+        kind = "snap" if rel.endswith(".snap") else "delta" if rel.endswith(".delta") else None
+        return unframe(self.storage.path(rel), data, kind, rel)
 
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""
-        self._create(f"blobs/{_safe(name)}", self.encode("blob", value))
+        self._create(blob_path(name), self.encode("blob", value, rel=blob_path(name)))
 
     def _create(self, rel: str, data: bytes) -> None:
         """Write a plan, state file or blob, which never replaces another driver's file.
@@ -566,7 +715,7 @@ class Checkpoint:
 
     def get_blob(self, name: str) -> Any:
         """Read a source blob."""
-        return self.read(f"blobs/{_safe(name)}", "blob")
+        return self.read(blob_path(name), "blob")
 
     def delete(self, rel: str) -> None:
         """Delete one file (retention)."""
@@ -575,6 +724,30 @@ class Checkpoint:
 
 def _log_path(seq: int) -> str:
     return f"log/{seq:012d}.rec"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_record(path: str, data: Any) -> dict[str, Any]:
+    """`data` if it has the shape of a claim or commit record, else `CorruptCheckpointError`."""
+    why = ""
+    if not isinstance(data, dict):
+        why = f"it holds a {type(data).__name__}, not a log record"
+    elif data.get("type") not in ("claim", "commit"):
+        why = f"its type is {data.get('type')!r}, not 'claim' or 'commit'"
+    elif not _is_int(data.get("epoch")):
+        why = "it has no epoch"
+    elif data["type"] == "commit" and not (_is_int(data.get("batch_time")) and _is_int(data.get("zero_ms", 0))):
+        why = "it has no batch time, or a time origin that is not a number"
+    elif data["type"] == "commit" and not all(isinstance(data.get(k, {}), dict) for k in ("state", "positions", "graph")):
+        why = "its state, positions or graph is not a map"
+    if why:
+        msg = f"checkpoint file {path} is corrupt: {why}. {VERIFY_HINT}"
+        raise CorruptCheckpointError(msg)
+    out: dict[str, Any] = data
+    return out
 
 
 def log_path(seq: int) -> str:

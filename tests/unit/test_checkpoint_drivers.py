@@ -69,6 +69,7 @@ def test_second_process_is_refused(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert r.returncode == 3, r.stdout + r.stderr
         assert f"pid {os.getpid()}" in r.stdout and "stop the other driver" in r.stdout
+        assert "?" not in r.stdout.split("IN USE:", 1)[1], r.stdout  # real values, no placeholders
     finally:
         first.stop()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -94,6 +95,22 @@ def test_driver_that_lost_its_claim_cannot_commit_local(tmp_path: Path) -> None:
     b.release()
     kinds = [(r.kind, r.data.get("batch_time"), r.data["epoch"]) for r in Checkpoint(url).records(newest_first=False)]
     assert kinds == [("claim", None, 1), ("commit", 1000, 1), ("claim", None, 2), ("commit", 2000, 2)]
+
+
+def test_lost_claim_names_the_other_driver_after_its_claim_record_was_retained_away(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    a = _claimed(url)
+    a.commit({"batch_time": 1000, "zero_ms": 0})
+    _stall(a)
+    b = _claimed(url)
+    b.commit({"batch_time": 2000, "zero_ms": 0})
+    b.commit({"batch_time": 3000, "zero_ms": 0})
+    Path(url, "log", "000000000003.rec").unlink()  # B's claim, as B's retention deletes it
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim") as info:
+        a.commit({"batch_time": 2000, "zero_ms": 0})
+    assert "?" not in str(info.value) and f"pid {os.getpid()}" in str(info.value) and "epoch 2" in str(info.value)
+    a.release()
+    b.release()
 
 
 @pytest.mark.integration
