@@ -189,7 +189,7 @@ def test_a_plan_naming_a_file_outside_the_directory_is_refused(tmp_path: Path, p
     assert plan["sources"]["files"]["files"] == [["a.txt", 2]]
     target = str(secret) if planted == "/SECRET" else planted
     plan["sources"]["files"]["files"] = [[target, 12]]
-    ckpt.storage.write(plan_path(2000), ckpt.encode("plan", plan))
+    ckpt.storage.write(plan_path(2000), ckpt.encode("plan", plan, rel=plan_path(2000)))
     sink = ListSink()
     with pytest.raises(CorruptCheckpointError) as info:
         run_until(url, file_job(url, d, sink), 2)
