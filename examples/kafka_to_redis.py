@@ -1,4 +1,4 @@
-"""The first seed's job on streamkeep: Kafka lines -> running state per user -> Redis hashes.
+"""A typical stateful streaming job on streamkeep: Kafka lines -> running state per user -> Redis hashes.
 
 Every Kafka record's value is a line ``user,action[,anything...]`` (e.g.
 ``u17,click,/home``). The job keeps a running state per user with
@@ -17,7 +17,7 @@ Two ways to write the same hashes (``--mode``):
 * ``incr``: HINCRBY the batch's deltas, plus ``INCRBY <prefix>events_total``.
   These are not idempotent: applied twice, the numbers would be wrong. The
   ``RedisSink`` applies each batch's commands together with a batch marker in
-  one MULTI/EXEC and skips a batch whose marker is already there, so after a
+  one atomic Lua script and skips a batch whose marker is already there, so after a
   crash anywhere (even between the Redis transaction and the checkpoint
   commit) the numbers are exactly those of a run that never crashed.
 

@@ -3,5 +3,5 @@
 # Interrupt it (Ctrl-C or kill -9) and run it again: the counts continue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --demo  # streamkeep alone: no integrations, no test tools
 exec .venv/bin/streamkeep demo "$@"

@@ -31,6 +31,94 @@ _Op = tuple[str, _IterFn, Any]  # (operator name, iterator transform, user funct
 _MISSING: Any = object()
 
 
+def _safe_repr(value: Any, limit: int = 120) -> str:
+    """A short repr for error messages (never raises)."""
+    try:
+        return short_repr(value, limit)
+    except Exception as exc:  # a repr that raises must not hide the real error
+        return f"<{type(value).__name__} whose repr raised {type(exc).__name__}>"
+
+
+class DeadLetters:
+    """Where per-record operators with a dead-letter policy put the records their function raised on.
+
+    One instance per dead-letter sink; the executor writes what accumulated for a batch
+    to the sink with the batch time, then empties it. Each entry is a dict: ``operator``,
+    ``batch_time_ms``, ``record`` (the record the operator's function got), ``error``
+    (``"ExceptionType: message"``).
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, operator: str, batch_time_ms: BatchTime, record: Any, exc: BaseException) -> None:
+        """Record that `operator`'s function raised `exc` on `record`."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.records.append({"operator": operator, "batch_time_ms": batch_time_ms, "record": record, "error": error})
+
+    def take(self) -> list[dict[str, Any]]:
+        """The entries so far; empties the buffer."""
+        out, self.records = self.records, []
+        return out
+
+
+class RecordShapeError(TypeError):
+    """A keyed operator got a record that is not a (key, value) pair, or an unhashable key."""
+
+    def __init__(self, consumer: str, record: Any, *, key_unhashable: bool = False) -> None:
+        super().__init__(consumer, record)
+        self.consumer = consumer
+        self.record = record
+        self.key_unhashable = key_unhashable
+        self.upstream: str | None = None  # the operator that produced the record, once known
+
+    def __str__(self) -> str:
+        return self.describe(None)
+
+    def describe(self, upstream: str | None) -> str:
+        """What is wrong and what to do, naming the operator that produced the record if known."""
+        frm = f" from {upstream}" if upstream else ""
+        if self.key_unhashable:
+            key = self.record[0]
+            return (
+                f"{self.consumer}: the key {_safe_repr(key)} ({type(key).__name__}) of a record{frm} is not hashable; "
+                f"keys must be hashable (use a tuple instead of a list, a frozenset instead of a set)"
+            )
+        return (
+            f"{self.consumer}: (key, value) pairs expected, got {_safe_repr(self.record)} "
+            f"({type(self.record).__name__}){frm}; make the operator before it return 2-tuples, e.g. "
+            f".map(lambda x: (x, 1))"
+        )
+
+    def to_user_error(self, batch_time_ms: BatchTime, partition: int | None, upstream: str | None) -> UserFunctionError:
+        """The error users see (`operator` is the keyed operator; the message names the upstream one)."""
+        self.upstream = upstream
+        where = f"batch time {batch_time_ms} ms" + ("" if partition is None else f", partition {partition}")
+        msg = f"{self.describe(upstream)} ({where})"
+        return UserFunctionError(msg, operator=self.consumer, batch_time_ms=batch_time_ms)
+
+
+def as_pair(record: Any, consumer: str) -> tuple[Any, Any]:
+    """`record` as a (key, value) tuple: a 2-list is accepted, anything else is a RecordShapeError.
+
+    Called by the keyed loops only for records that are not tuples (one class check per record).
+    """
+    if (record.__class__ is tuple or record.__class__ is list) and len(record) == 2:
+        return (record[0], record[1])
+    raise RecordShapeError(consumer, record)
+
+
+def check_key(exc: TypeError, kv: Any, consumer: str) -> None:
+    """Raise a RecordShapeError when `exc` came from `kv`'s key being unhashable."""
+    if isinstance(kv, tuple) and len(kv) == 2:
+        try:
+            hash(kv[0])
+        except TypeError:
+            raise RecordShapeError(consumer, kv, key_unhashable=True) from exc
+
+
 class Batch(Generic[T]):
     """One micro-batch's records, partitioned.
 
@@ -43,12 +131,13 @@ class Batch(Generic[T]):
         [10, 20, 30]
     """
 
-    __slots__ = ("_ops", "_parts", "_src", "batch_time_ms")
+    __slots__ = ("_dead", "_ops", "_parts", "_src", "batch_time_ms")
 
     def __init__(self, partitions: Iterable[Iterable[T]] = (), batch_time_ms: BatchTime = 0) -> None:
         self._parts: list[list[Any]] | None = [p if isinstance(p, list) else list(p) for p in partitions]
         self._src: list[list[Any]] = self._parts
         self._ops: tuple[_Op, ...] = ()
+        self._dead: tuple[DeadLetters | None, ...] | None = None  # per op of `_ops`; None: every op fails the batch
         self.batch_time_ms = batch_time_ms
 
     @classmethod
@@ -56,6 +145,7 @@ class Batch(Generic[T]):
         b: Batch[Any] = cls.__new__(cls)
         b._src = src
         b._ops = ops
+        b._dead = None
         b._parts = None if ops else src
         b.batch_time_ms = batch_time_ms
         return b
@@ -68,7 +158,23 @@ class Batch(Generic[T]):
     # -- materialisation -------------------------------------------------
 
     def _then(self, name: str, fn: _IterFn, user: Any) -> Batch[Any]:
+        if self._dead is not None:  # run the dead-lettering ops once: whatever derives from them sees their result
+            self._materialise()
         return Batch._lazy(self._src, (*self._ops, (name, fn, user)), self.batch_time_ms)
+
+    def _dead_letter(self, letters: DeadLetters) -> Batch[T]:
+        """This batch with its last per-record operator sending failing records to `letters`.
+
+        The fused chain runs as usual (no per-record cost); only when it raises is the
+        partition re-run record by record, the failing records going to `letters`.
+        """
+        if not self._ops:
+            msg = "_dead_letter: the batch has no per-record operator"
+            raise ValueError(msg)
+        dead = self._dead or (None,) * len(self._ops)
+        b = Batch._lazy(self._src, self._ops, self.batch_time_ms)
+        b._dead = (*dead[:-1], letters)
+        return b
 
     def _iter_partition(self, index: int) -> Iterator[Any]:
         if self._parts is not None:
@@ -83,6 +189,8 @@ class Batch(Generic[T]):
 
         `op` is the (name, user function) of a per-batch operator doing the consuming.
         """
+        if self._dead is not None:
+            self._materialise()  # dead-lettering ops run once per partition, whoever consumes
         try:
             return consumer(self._iter_partition(index))
         except UserFunctionError:
@@ -90,40 +198,83 @@ class Batch(Generic[T]):
         except Exception as exc:
             raise self._user_error(exc, index, op) from exc
 
+    def _run_partition(self, index: int) -> list[Any]:
+        """Partition `index` with the ops applied, failing records sent to their dead letters."""
+        try:
+            return list(self._iter_partition(index))  # the fast path: fused, no per-record policy cost
+        except Exception:  # noqa: S110 - re-run below, record by record; errors there are raised as usual
+            pass
+        dead = self._dead or (None,) * len(self._ops)
+        t = self.batch_time_ms
+        records: list[Any] = self._src[index]
+        for (name, fn, user), letters in zip(self._ops, dead, strict=True):
+            try:
+                if letters is None:
+                    records = list(fn(iter(records)))
+                    continue
+                out: list[Any] = []
+                for rec in records:
+                    try:
+                        got = list(fn(iter((rec,))))
+                    except Exception as exc:
+                        letters.add(name, t, rec, exc)
+                    else:
+                        out.extend(got)
+                records = out
+            except UserFunctionError:
+                raise
+            except Exception as exc:
+                raise self._user_error(exc, index, (name, user)) from exc
+        return records
+
     def _user_error(self, exc: BaseException, index: int, op: tuple[str, Any] | None = None) -> UserFunctionError:
-        name = self._failing_op(exc, op)
+        if isinstance(exc, RecordShapeError):
+            names = [name for name, _, _ in self._ops]
+            if exc.consumer in names:  # a lazy keyed op (map_values, ...): the record comes from the op before it
+                names = names[: len(names) - 1 - names[::-1].index(exc.consumer)]
+            return exc.to_user_error(self.batch_time_ms, index, f"operator {names[-1]!r}" if names else None)
+        name, arg = self._failing_op(exc, op)
+        rec = "" if arg is _MISSING else f" for record {_safe_repr(arg)}"
         msg = (
-            f"user function in operator {name!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} "
+            f"user function in operator {name!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{rec} "
             f"(batch time {self.batch_time_ms} ms, partition {index})"
         )
         return UserFunctionError(msg, operator=name, batch_time_ms=self.batch_time_ms)
 
-    def _failing_op(self, exc: BaseException, op: tuple[str, Any] | None) -> str:
+    def _failing_op(self, exc: BaseException, op: tuple[str, Any] | None) -> tuple[str, Any]:
+        """The name of the operator whose function raised, and the argument it got (or _MISSING)."""
         codes = {getattr(user, "__code__", None): name for name, _, user in self._ops}
         if op is not None:
             codes[getattr(op[1], "__code__", None)] = op[0]
         codes.pop(None, None)
         tb = exc.__traceback__
         found = None
+        arg: Any = _MISSING
         while tb is not None:
-            name = codes.get(tb.tb_frame.f_code)
+            code = tb.tb_frame.f_code
+            name = codes.get(code)
             if name is not None:
                 found = name
+                arg = tb.tb_frame.f_locals.get(code.co_varnames[0], _MISSING) if code.co_argcount else _MISSING
             tb = tb.tb_next
         if found is not None:
-            return found
+            return found, arg
         names = [name for name, _, _ in self._ops]
         if op is not None:
             names.append(op[0])
-        return " | ".join(names) if names else "batch operation"
+        return (" | ".join(names) if names else "batch operation"), _MISSING
 
     def _materialise(self) -> list[list[Any]]:
         parts = self._parts
         if parts is None:
-            parts = [self._consume(i, list) for i in range(len(self._src))]
+            if self._dead is not None:
+                parts = [self._run_partition(i) for i in range(len(self._src))]
+            else:
+                parts = [self._consume(i, list) for i in range(len(self._src))]
             self._parts = parts
             self._src = parts
             self._ops = ()
+            self._dead = None
         return parts
 
     def cache(self) -> Batch[T]:
@@ -224,19 +375,19 @@ class Batch(Generic[T]):
 
     def map_values(self: Batch[tuple[K, V]], f: Callable[[V], W]) -> Batch[tuple[K, W]]:
         """Apply `f` to the value of every (key, value) record."""
-        return self._then("map_values", lambda it: ((k, f(v)) for k, v in it), f)
+        return self._then("map_values", lambda it: _map_values(it, f, "map_values"), f)
 
     def flat_map_values(self: Batch[tuple[K, V]], f: Callable[[V], Iterable[W]]) -> Batch[tuple[K, W]]:
         """Replace every (key, value) by (key, w) for each w in `f(value)`."""
-        return self._then("flat_map_values", lambda it: ((k, w) for k, v in it for w in f(v)), f)
+        return self._then("flat_map_values", lambda it: _flat_map_values(it, f), f)
 
     def keys(self: Batch[tuple[K, V]]) -> Batch[K]:
         """The keys of (key, value) records."""
-        return self._then("keys", lambda it: (kv[0] for kv in it), None)
+        return self._then("keys", _keys, None)
 
     def values(self: Batch[tuple[K, V]]) -> Batch[V]:
         """The values of (key, value) records."""
-        return self._then("values", lambda it: (kv[1] for kv in it), None)
+        return self._then("values", _values, None)
 
     # -- per-batch -------------------------------------------------------
 
@@ -285,6 +436,8 @@ class Batch(Generic[T]):
         out: list[list[Any]] = [[] for _ in range(num_partitions)]
         for p in self._materialise():
             for kv in p:
+                if kv.__class__ is not tuple:
+                    kv = as_pair(kv, "partition_by")
                 out[stable_hash(kv[0]) % num_partitions].append(kv)
         return Batch(out, self.batch_time_ms)
 
@@ -354,13 +507,26 @@ class Batch(Generic[T]):
         batches = (self, *others)
         width = len(batches)
         groups: dict[Any, tuple[list[Any], ...]] = {}
-        for j, b in enumerate(batches):
-            for p in b._materialise():
-                for k, v in p:
-                    g = groups.get(k)
-                    if g is None:
-                        g = groups[k] = tuple([] for _ in range(width))
-                    g[j].append(v)
+        kv: Any = None
+        try:
+            for j, b in enumerate(batches):
+                for p in b._materialise():
+                    for kv in p:
+                        if kv.__class__ is not tuple:
+                            kv = as_pair(kv, "cogroup")
+                        k, v = kv
+                        g = groups.get(k)
+                        if g is None:
+                            g = groups[k] = tuple([] for _ in range(width))
+                        g[j].append(v)
+        except RecordShapeError as exc:
+            raise exc.to_user_error(self.batch_time_ms, None, None) from exc
+        except TypeError as exc:
+            try:
+                check_key(exc, kv, "cogroup")
+            except RecordShapeError as shape:
+                raise shape.to_user_error(self.batch_time_ms, None, None) from shape
+            raise
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
         if num_partitions is not None:
             _check_partitions(num_partitions, "cogroup")
@@ -429,33 +595,88 @@ def _fold(f: Callable[[Any, Any], Any], it: Iterator[Any]) -> Any:
 
 
 def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[Any, Any], Any]) -> dict[Any, Any]:
-    for k, v in it:
-        if k in d:
-            d[k] = f(d[k], v)
-        else:
-            d[k] = v
+    kv: Any = None
+    try:
+        for kv in it:
+            if kv.__class__ is not tuple:
+                kv = as_pair(kv, "reduce_by_key")
+            k, v = kv
+            if k in d:
+                d[k] = f(d[k], v)
+            else:
+                d[k] = v
+    except TypeError as exc:
+        check_key(exc, kv, "reduce_by_key")
+        raise
     return d
 
 
 def _combine(it: Iterator[tuple[Any, Any]], create: Callable[[Any], Any], merge: Callable[[Any, Any], Any]) -> dict[Any, Any]:
     d: dict[Any, Any] = {}
-    for k, v in it:
-        if k in d:
-            d[k] = merge(d[k], v)
-        else:
-            d[k] = create(v)
+    kv: Any = None
+    try:
+        for kv in it:
+            if kv.__class__ is not tuple:
+                kv = as_pair(kv, "combine_by_key")
+            k, v = kv
+            if k in d:
+                d[k] = merge(d[k], v)
+            else:
+                d[k] = create(v)
+    except TypeError as exc:
+        check_key(exc, kv, "combine_by_key")
+        raise
     return d
 
 
 def _group(it: Iterator[tuple[Any, Any]]) -> dict[Any, list[Any]]:
     d: dict[Any, list[Any]] = {}
-    for k, v in it:
-        lst = d.get(k)
-        if lst is None:
-            d[k] = [v]
-        else:
-            lst.append(v)
+    kv: Any = None
+    try:
+        for kv in it:
+            if kv.__class__ is not tuple:
+                kv = as_pair(kv, "group_by_key")
+            k, v = kv
+            lst = d.get(k)
+            if lst is None:
+                d[k] = [v]
+            else:
+                lst.append(v)
+    except TypeError as exc:
+        check_key(exc, kv, "group_by_key")
+        raise
     return d
+
+
+def _map_values(it: Iterator[Any], f: Callable[[Any], Any], op: str) -> Iterator[tuple[Any, Any]]:
+    for kv in it:
+        if kv.__class__ is not tuple:
+            kv = as_pair(kv, op)
+        k, v = kv
+        yield (k, f(v))
+
+
+def _flat_map_values(it: Iterator[Any], f: Callable[[Any], Iterable[Any]]) -> Iterator[tuple[Any, Any]]:
+    for kv in it:
+        if kv.__class__ is not tuple:
+            kv = as_pair(kv, "flat_map_values")
+        k, v = kv
+        for w in f(v):
+            yield (k, w)
+
+
+def _keys(it: Iterator[Any]) -> Iterator[Any]:
+    for kv in it:
+        if kv.__class__ is not tuple:
+            kv = as_pair(kv, "keys")
+        yield kv[0]
+
+
+def _values(it: Iterator[Any]) -> Iterator[Any]:
+    for kv in it:
+        if kv.__class__ is not tuple:
+            kv = as_pair(kv, "values")
+        yield kv[1]
 
 
 def _concat(a: list[Any], b: list[Any]) -> list[Any]:

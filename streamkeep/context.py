@@ -6,13 +6,14 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
 from streamkeep._util import Duration, duration_ms
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
-from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode
+from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
 from streamkeep.executors import LocalExecutor
 from streamkeep.scheduler import BatchInfo, Scheduler
@@ -41,14 +42,20 @@ class StreamingContext:
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
         allow_state_loss: names of stateful operators whose checkpointed state may be
             dropped when the code no longer matches it.
-        keep_commits: how many recent commits (and the files they need) retention keeps;
-            recovery can fall back to the older ones if the newest is damaged.
+        keep_commits: how many recent commits (and the files they need) retention keeps (at least 2;
+            1 keeps 2): recovery can fall back to the older ones if the newest is damaged or lost.
         lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
         inline_delta_bytes: small deltas ride inside the commit record (one file and one
             fsync/PUT per batch instead of one more per stateful operator) while an
             operator's inline deltas since its snapshot total at most this many bytes
             (every commit record repeats them, so keep it small); 0 writes every delta
             to a file of its own.
+        on_error: what a record does when the function of a per-record operator (map,
+            flat_map, filter, map_values, flat_map_values, map_with_state) raises on it:
+            "fail" (default: the batch fails with UserFunctionError and the job stops), or
+            a sink that dead-letters it (``{"operator", "batch_time_ms", "record", "error"}``
+            dicts, written with the batch time, exactly once like any sink) while the batch
+            goes on without it. Each of those operators may override it with ``on_error=``.
 
     Example:
         >>> import streamkeep as sk
@@ -73,6 +80,7 @@ class StreamingContext:
         keep_commits: int = 2,
         lease_timeout_s: float = 10.0,
         inline_delta_bytes: int = 4 * 1024,
+        on_error: Any = "fail",
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         if isinstance(executor, LocalExecutor):
@@ -93,7 +101,8 @@ class StreamingContext:
         if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
             raise ConfigError(msg)
-        self._graph = Graph(interval, default_codec=codec)
+        check_on_error(on_error, "StreamingContext")
+        self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
         self._checkpoint_url = checkpoint
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
@@ -139,7 +148,11 @@ class StreamingContext:
             self._storage_options = storage_options
 
     def add_listener(self, listener: Any) -> None:
-        """Register an object whose ``on_batch_completed(info: BatchInfo)`` is called after each batch."""
+        """Register a listener of batch events (see `BatchInfo`).
+
+        Its ``on_batch_completed(info)`` is called after each batch's commit and its
+        ``on_batch_started(info)``, if it has one, once the batch's input is read.
+        """
         self._listeners.append(listener)
         if self._scheduler is not None:
             self._scheduler.listeners.append(listener)
@@ -170,17 +183,32 @@ class StreamingContext:
         node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
         return DStream(g, node)
 
-    def queue_stream(self, batches: Iterable[Iterable[Any]], *, one_at_a_time: bool = True, default: Iterable[Any] | None = None, name: str | None = None, num_partitions: int = 1) -> DStream[Any]:
+    def queue_stream(
+        self,
+        batches: Iterable[Iterable[Any]],
+        *,
+        one_at_a_time: bool = True,
+        default: Iterable[Any] | None = None,
+        name: str | None = None,
+        num_partitions: int = 1,
+        partitioned: bool = False,
+    ) -> DStream[Any]:
         """Each item of `batches` is one batch's records.
 
         With a checkpoint, each planned batch is materialised into the checkpoint so
         that a replay reads the same records (they must be msgpack-storable).
+        With ``partitioned=True`` each item (and `default`) is a list of partitions
+        instead, kept as they are (see `streamkeep.sources.queue.QueueSource`).
         """
         from streamkeep.sources.queue import QueueSource
 
         _check_partitions(num_partitions, "queue_stream")
+        if partitioned and num_partitions != 1:
+            msg = "queue_stream: partitioned=True keeps each item's own partitions; do not also pass num_partitions"
+            raise ConfigError(msg)
         n = self._graph.source_name("queue", name)
-        return self.add_source(QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions))
+        src = QueueSource(batches, name=n, one_at_a_time=one_at_a_time, default=default, num_partitions=num_partitions, partitioned=partitioned)
+        return self.add_source(src)
 
     def constant_stream(self, records: Iterable[Any], *, name: str | None = None) -> DStream[Any]:
         """The same records in every batch."""
@@ -195,11 +223,52 @@ class StreamingContext:
         _check_partitions(num_partitions, "rate_stream")
         return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
 
-    def text_file_stream(self, directory: str, *, name: str | None = None) -> DStream[str]:
-        """Lines of the files that appear in `directory` (replayable via the planned file list)."""
+    def text_file_stream(
+        self,
+        directory: str,
+        *,
+        name: str | None = None,
+        new_files_only: bool = True,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        on_error: Any = None,
+        storage_options: dict[str, Any] | None = None,
+        num_partitions: int | None = None,
+    ) -> DStream[str]:
+        """Lines of the files that appear in `directory` (replayable via the planned file list).
+
+        `directory` is a local path or an fsspec URL (``"s3://bucket/in"`` with
+        `storage_options`). With `new_files_only` (Spark's default) the files already
+        there when the job starts fresh are skipped. `encoding`/`errors` decode the
+        lines; `on_error` (a dead-letter sink or a callable) takes the lines that cannot
+        be decoded instead of failing the batch. See `streamkeep.sources.TextFileSource`.
+        """
         from streamkeep.sources.files import TextFileSource
 
-        return self.add_source(TextFileSource(directory, name=self._graph.source_name("text_files", name)))
+        if num_partitions is not None:
+            _check_partitions(num_partitions, "text_file_stream")
+        n = self._graph.source_name("text_files", name)
+        src = TextFileSource(
+            directory,
+            name=n,
+            new_files_only=new_files_only,
+            encoding=encoding,
+            errors=errors,
+            on_error=on_error,
+            storage_options=storage_options,
+            num_partitions=num_partitions,
+        )
+        return self.add_source(src)
+
+    def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:
+        """Records of `record_length` bytes from the files that appear in `directory` (as text_file_stream's files).
+
+        A file whose size is not a multiple of `record_length` fails its batch
+        (`SourceError` naming it). See `streamkeep.sources.binary.BinaryRecordsSource`.
+        """
+        from streamkeep.sources.binary import BinaryRecordsSource
+
+        return self.add_source(BinaryRecordsSource(directory, record_length, name=self._graph.source_name("binary_records", name)))
 
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
         """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
@@ -247,6 +316,7 @@ class StreamingContext:
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()
+            self._graph.fixed = True  # the scheduler computes exactly this graph: refuse later additions
             self._scheduler = sched
         return self._scheduler
 
@@ -347,17 +417,46 @@ class StreamingContext:
             self._done.set()
 
     def await_termination(self, timeout: float | None = None) -> bool:
-        """Wait until the job stops; True if it did. Re-raises the job's failure."""
+        """Wait until the job stops; True if it did. Re-raises the job's failure.
+
+        Ctrl-C (KeyboardInterrupt) while waiting stops the job as `stop()` does: the batch
+        in progress commits, then sources, sinks and the checkpoint (its lease) are
+        released, and this returns True; the next `get_or_create` resumes after that
+        batch. A second Ctrl-C stops waiting for the batch in progress (it is re-run,
+        with its plan, by the next `get_or_create`) and raises KeyboardInterrupt.
+        """
         if self._thread is None:
             if self._error is not None:
                 raise self._error
             return self._state == "stopped"
-        finished = self._done.wait(timeout)
+        try:
+            finished = self._done.wait(timeout)
+        except KeyboardInterrupt:
+            self._stop_on_interrupt()
+            finished = True
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
             raise err
         return finished
+
+    def _stop_on_interrupt(self) -> None:
+        log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
+        try:
+            self.stop(graceful=True)
+        except KeyboardInterrupt:
+            log.warning("interrupted again: the batch in progress is abandoned; the next get_or_create re-runs it")
+            self._shutdown()
+            raise KeyboardInterrupt from None
+        if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it
+            err, self._error = self._error, None
+            raise err
+        last = self.last_batch_time_ms
+        if last is not None and self._checkpoint_url is not None:
+            at = datetime.fromtimestamp(last / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            log.warning("stopped; the next get_or_create resumes after the batch of %s", at)
+        else:
+            log.warning("stopped")
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in progress (its commit completes); release resources.

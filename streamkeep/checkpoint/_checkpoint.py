@@ -13,8 +13,11 @@ Layout under the root URL (see docs/checkpoint-format.md)::
 The commit log is the single source of truth. A record is written with the
 storage's atomic create-if-absent at the next sequence number, so two drivers
 can never both append: the one that loses learns it lost its claim and stops
-(fencing). Knows nothing of operators; imports errors, codec, _faults and
-its own storage/format modules.
+(fencing). Before any side effect of a batch (its plan, its outputs) the
+driver proves it still owns the checkpoint (`Checkpoint.ensure_owner`): on
+local disks the OS lock it holds is the proof; elsewhere a lease renewed in
+time, or else a synchronous re-check of the log. Knows nothing of operators;
+imports errors, codec, _faults and its own storage/format modules.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint._format import FORMAT_VERSION, frame, unframe
+from streamkeep.checkpoint._format import FORMAT_VERSION, VERIFY_HINT, frame, unframe
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
 from streamkeep.errors import CheckpointError, CheckpointInUseError, CorruptCheckpointError
@@ -40,11 +44,19 @@ _RECORDS = get_codec("msgpack")
 _IDENTITY = "CHECKPOINT"
 _LEASE = "lease"
 _LOCK = "lock"
+#: A lease renewal proves ownership for this fraction of ``lease_timeout_s`` (measured on this
+#: driver's monotonic clock from the start of the renewal); the rest absorbs clock skew between
+#: the hosts that compare the lease's wall-clock heartbeat with their own clocks.
+PROOF_FRACTION = 0.75
 
 
 def _safe(name: str) -> str:
-    """A path component for an operator name (letters, digits, ``-._`` kept; others %XX)."""
-    return "".join(c if c.isalnum() and c.isascii() or c in "-._" else f"%{ord(c):02X}" for c in name)
+    """A path component for an operator name (letters, digits, ``-._`` kept; others %XX).
+
+    ``.`` and ``..`` are written as ``%2E`` and ``%2E%2E``: a name is never a way out of its directory.
+    """
+    out = "".join(c if c.isalnum() and c.isascii() or c in "-._" else f"%{ord(c):02X}" for c in name)
+    return out if out not in ("", ".", "..") else "".join(f"%{ord(c):02X}" for c in name) or "%"
 
 
 def state_dir(op: str) -> str:
@@ -55,6 +67,59 @@ def state_dir(op: str) -> str:
 def plan_path(batch_time: int) -> str:
     """Path of the plan of `batch_time`."""
     return f"plans/{batch_time:015d}.plan"
+
+
+def state_path(op: str, batch_time: int, kind: str) -> str:
+    """Path of operator `op`'s state file of `batch_time` (`kind` "delta" or "snap")."""
+    return f"{state_dir(op)}/{batch_time:015d}.{kind}"
+
+
+def check_chain(op: str, chain: Any, where: str) -> None:
+    """Check that a stored state chain only names `op`'s own state files, in order.
+
+    A chain comes from checkpoint data, so its paths are not trusted: each must be exactly
+    ``state/<op>/<T>.snap`` (T = ``snapshot_time``) or ``state/<op>/<T>.delta``, with the
+    delta times increasing after the snapshot's. Anything else (``../other_job/...``, an
+    absolute path, another operator's file) would read, and later let retention delete, a
+    file that is not this operator's.
+
+    Raises:
+        CorruptCheckpointError: the chain is malformed; the message names `where` and `op`.
+    """
+    why = _chain_problem(op, chain)
+    if why:
+        msg = (
+            f"{where}: the state chain of operator {op!r} {why}. Commit records only ever name the operator's own "
+            f"state files, so the record was altered. {VERIFY_HINT}"
+        )
+        raise CorruptCheckpointError(msg)
+
+
+def _chain_problem(op: str, chain: Any) -> str | None:
+    if not isinstance(chain, dict) or not isinstance(chain.get("deltas", []), list):
+        return "is not a map with a list of deltas"
+    snap, snap_t = chain.get("snapshot"), chain.get("snapshot_time", 0)
+    if not _is_int(snap_t):
+        return f"has a snapshot time {snap_t!r} that is not a batch time"
+    if snap is not None and snap != state_path(op, snap_t, "snap"):
+        return f"names the snapshot {snap!r}, not its own {state_path(op, snap_t, 'snap')!r}"
+    last = snap_t if snap is not None else None
+    for d in chain.get("deltas", []):
+        if isinstance(d, dict):
+            t = d.get("t")
+            if not _is_int(t) or not isinstance(d.get("codec"), str) or not isinstance(d.get("data"), bytes):
+                return f"holds a malformed inline delta ({sorted(map(str, d))})"
+        elif isinstance(d, str):
+            stem = d.rsplit("/", 1)[-1].removesuffix(".delta")
+            if not stem.isdigit() or d != state_path(op, int(stem), "delta"):
+                return f"names the delta file {d!r}, which is not one of its own (in {state_dir(op)!r})"
+            t = int(stem)
+        else:
+            return f"holds a delta entry of type {type(d).__name__}"
+        if last is not None and t <= last:
+            return f"is out of order (a delta of batch {t} ms after batch {last} ms)"
+        last = t
+    return None
 
 
 @dataclass
@@ -75,9 +140,18 @@ class CommitRecord:
         return int(self.data["batch_time"])
 
     def files(self) -> set[str]:
-        """Every state file this commit's state chain needs."""
+        """Every state file this commit's state chain needs.
+
+        Raises:
+            CorruptCheckpointError: a chain names a file that is not its operator's own (`check_chain`).
+        """
         out: set[str] = set()
-        for chain in self.data.get("state", {}).values():
+        state = self.data.get("state", {})
+        if not isinstance(state, dict):
+            msg = f"{_log_path(self.seq)}: its 'state' is not a map of operator chains. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        for op, chain in state.items():
+            check_chain(str(op), chain, _log_path(self.seq))
             if chain.get("snapshot"):
                 out.add(chain["snapshot"])
             out.update(d for d in chain.get("deltas", ()) if isinstance(d, str))  # others are inline
@@ -92,6 +166,9 @@ class _Owner:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False  # another driver took over: never write the lease again
+    #: Lease mode: ownership is proven until this time.monotonic() value (0: prove it again first).
+    valid_until: float = 0.0
+    checkpoint_id: str = ""
 
 
 class Checkpoint:
@@ -114,13 +191,13 @@ class Checkpoint:
 
     # -- records ------------------------------------------------------------
 
-    def encode(self, kind: str, value: Any, codec: str = "msgpack") -> bytes:
-        """Frame `value` encoded with `codec`."""
-        return frame(kind, codec, get_codec(codec).encode(value))
+    def encode(self, kind: str, value: Any, codec: str = "msgpack", *, rel: str) -> bytes:
+        """Frame `value` encoded with `codec`, as the file `rel` (its identity)."""
+        return frame(kind, codec, get_codec(codec).encode(value), rel)
 
     def decode(self, rel: str, data: bytes, kind: str | None = None, allow_pickle: bool = False) -> Any:
-        """Check, unframe and decode one file's bytes."""
-        codec, payload = unframe(self.storage.path(rel), data, kind)
+        """Check, unframe and decode one file's bytes (read from `rel`, checked against its identity)."""
+        codec, payload = unframe(self.storage.path(rel), data, kind, rel)
         if codec == "pickle" and not allow_pickle:
             msg = (
                 f"checkpoint file {self.storage.path(rel)} was written with the pickle codec, and loading it would "
@@ -170,40 +247,88 @@ class Checkpoint:
                 f"Point the checkpoint at an empty or new directory."
             )
             raise CheckpointError(msg)
-        record = {"format_version": FORMAT_VERSION, "engine_version": engine_version, "created_ms": int(time.time() * 1000)}
-        self.storage.create(_IDENTITY, self.encode("identity", record))
+        record = {
+            "format_version": FORMAT_VERSION,
+            "engine_version": engine_version,
+            "created_ms": int(time.time() * 1000),
+            "id": uuid.uuid4().hex,
+        }
+        self.storage.create(_IDENTITY, self.encode("identity", record, rel=_IDENTITY))
+
+    def _checkpoint_id(self) -> str:
+        """A name for this checkpoint instance (sinks compare fencing epochs only within one)."""
+        ident = self.identity()
+        raw = ident.get("id")
+        if isinstance(raw, str) and raw.isalnum():
+            return raw
+        return f"t{int(ident.get('created_ms', 0) or 0)}"  # created before identities had an id
 
     # -- ownership -------------------------------------------------------------
 
     def claim(self, owner: str, engine_version: str) -> None:
         """Become the only driver allowed to commit to this checkpoint.
 
+        On local disks the OS file lock decides. Elsewhere the lease must be expired (or
+        released), then a claim record is appended, the lease written and the log checked
+        again: a driver whose claim was overtaken (two drivers starting at the same instant)
+        raises here, before anything runs. When the lease changed while this driver claimed
+        (another driver claimed concurrently, or a paused owner woke up and renewed it), the
+        claim returns only after ``lease_timeout_s``, when the other one's proof of ownership
+        has run out for sure (see `ensure_owner`).
+
         Raises:
-            CheckpointInUseError: another live driver owns it.
+            CheckpointInUseError: another live driver owns it, or won a concurrent claim.
         """
         me = _Owner()
+        seen: dict[str, Any] | None = None
         if self.storage.local:
             os.makedirs(self.storage.root, exist_ok=True)
             me.lock_fd = self._take_local_lock()
         else:
-            self._check_lease()
+            seen = self._check_lease()
         try:
             self._ensure_identity(engine_version)
+            me.checkpoint_id = self._checkpoint_id()
+            # Epochs never go back, even when log records were lost: the previous owner's lease names its epoch.
+            prior = self._lease_epoch()
             for _ in range(100):
                 last = self.last_seq()
-                epoch = self.max_epoch() + 1
+                epoch = max(self.max_epoch(), prior) + 1
                 rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "time_ms": _now_ms()}
-                if self.storage.create(_log_path(last + 1), self.encode("record", rec)):
+                if self.storage.create(_log_path(last + 1), self.encode("record", rec, rel=_log_path(last + 1))):
                     me.epoch, me.seq = epoch, last + 1
                     break
             else:  # pragma: no cover - needs 100 lost races in a row
                 msg = f"could not claim checkpoint {self.url}: other drivers keep appending to its log"
                 raise CheckpointInUseError(msg)
+            contended_at: float | None = None
+            if me.lock_fd is None:
+                read_at = time.monotonic()
+                if self._read_lease() != seen:  # someone wrote the lease since we found it expired
+                    contended_at = read_at
             self._owner = me
+            start = time.monotonic()
             self._write_lease()
+            self._check_log(me, "starting")
+            if contended_at is None:
+                me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
             me.thread = threading.Thread(target=self._heartbeat, args=(me,), name="streamkeep-lease", daemon=True)
             me.thread.start()
+            if contended_at is not None:
+                wait_s = contended_at + self.lease_timeout_s - time.monotonic()
+                log.warning(
+                    "checkpoint %s: its lease changed while this driver claimed it (another driver claimed it too, or a "
+                    "paused owner woke up); waiting %.1f s, until the other one's lease has certainly run out",
+                    self.url,
+                    max(0.0, wait_s),
+                )
+                if wait_s > 0:
+                    time.sleep(wait_s)
+                self.ensure_owner("starting")
         except BaseException:
+            me.stop.set()
+            if self._owner is me:
+                self._owner = None
             self._release_lock(me)
             raise
 
@@ -218,6 +343,11 @@ class Checkpoint:
             raise CheckpointInUseError(self._in_use_message()) from None
         return fd
 
+    def _lease_epoch(self) -> int:
+        """The epoch the lease names (0 without a readable lease)."""
+        epoch = (self._read_lease() or {}).get("epoch", 0)
+        return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+
     def _read_lease(self) -> dict[str, Any] | None:
         try:
             data = self.read(_LEASE, "lease")
@@ -226,24 +356,28 @@ class Checkpoint:
         return data if isinstance(data, dict) else None
 
     def _in_use_message(self) -> str:
-        lease = self._read_lease() or {}
-        who = f"pid {lease.get('pid', '?')} on host {lease.get('host', '?')} (owner {lease.get('owner', '?')})"
+        lease = self._read_lease()
+        if lease:
+            who = f"pid {lease.get('pid')} on host {lease.get('host')} (epoch {lease.get('epoch')})"
+        else:
+            who = "a driver whose lease could not be read" + (" (it holds the lock file)" if self.storage.local else "")
         return (
             f"checkpoint {self.url} is in use by another driver: {who}. Only one driver may run a checkpoint "
             f"at a time; stop the other driver, or give this job its own checkpoint URL."
         )
 
-    def _check_lease(self) -> None:
+    def _check_lease(self) -> dict[str, Any] | None:
+        """The lease as read, if it lets this driver claim; else CheckpointInUseError."""
         lease = self._read_lease()
         if not lease:
-            return
+            return lease
         age_s = (_now_ms() - int(lease.get("heartbeat_ms", 0))) / 1000.0
         if age_s >= self.lease_timeout_s:
-            return
+            return lease
         if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
-            return
+            return lease
         if lease.get("released"):
-            return
+            return lease
         raise CheckpointInUseError(self._in_use_message() + f" Its last heartbeat was {age_s:.1f} s ago; a lease expires after {self.lease_timeout_s:.0f} s.")
 
     def _write_lease(self, released: bool = False) -> None:
@@ -251,20 +385,96 @@ class Checkpoint:
         if me is None:
             return
         lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
-        self.storage.write(_LEASE, self.encode("lease", lease))
+        self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
 
     def _heartbeat(self, me: _Owner) -> None:
         # `me` is passed in: release() may clear self._owner before this thread first runs
         while not me.stop.wait(max(0.2, self.lease_timeout_s / 3)):
             lease = self._read_lease()
             if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
-                me.lost = True  # taken over after a stall; our next commit will fail (fenced)
+                self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
                 log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
                 return
+            start = time.monotonic()
             try:
                 self._write_lease()
             except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
                 log.warning("could not renew the lease of %s: %s", self.url, exc)
+                continue
+            # Only a renewal that landed while the previous proof held extends it: after a pause
+            # past the lease another driver may have claimed, so ensure_owner re-checks the log.
+            if time.monotonic() < me.valid_until:
+                me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+
+    def ensure_owner(self, what: str) -> None:
+        """Prove that this driver still owns the checkpoint, before a side effect (`what`).
+
+        On local disks the OS lock this driver holds is the proof (free). Elsewhere: a lease
+        renewal that started less than ``PROOF_FRACTION * lease_timeout_s`` ago (by this
+        driver's monotonic clock) and kept the lease alive without a gap; otherwise (the
+        driver was paused, or renewals failed) the lease is renewed and the log re-read
+        synchronously: a claim record after this driver's last record means another driver
+        took over.
+
+        Raises:
+            CheckpointInUseError: another driver took the checkpoint over; nothing may be
+                written for the batch any more.
+            CheckpointError: the checkpoint is not claimed, or its storage failed during the
+                re-check (the batch fails without side effects; a restart retries it).
+        """
+        me = self._owner
+        if me is None:
+            msg = f"checkpoint {self.url}: ownership checked ({what}) without claiming the checkpoint"
+            raise CheckpointError(msg)
+        if me.lost:
+            raise CheckpointInUseError(self._lost_message(me, what))
+        if me.lock_fd is not None or time.monotonic() < me.valid_until:
+            return
+        start = time.monotonic()
+        lease = self._read_lease()
+        if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
+            self._mark_lost(me)
+            raise CheckpointInUseError(self._lost_message(me, what))
+        self._write_lease()
+        self._check_log(me, what)
+        me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+        log.info("checkpoint %s: lease renewed after a gap; the log shows no other driver, so this one continues", self.url)
+
+    def fencing(self) -> tuple[str, int]:
+        """(checkpoint id, claim epoch) of this driver: the fencing token sinks compare."""
+        me = self._owner
+        if me is None:
+            msg = f"checkpoint {self.url}: fencing token asked for without claiming the checkpoint"
+            raise CheckpointError(msg)
+        return me.checkpoint_id, me.epoch
+
+    def _check_log(self, me: _Owner, what: str) -> None:
+        """CheckpointInUseError if the log holds a record after this driver's last one."""
+        if self.last_seq() > me.seq:
+            self._mark_lost(me)
+            raise CheckpointInUseError(self._lost_message(me, what))
+
+    @staticmethod
+    def _mark_lost(me: _Owner) -> None:
+        me.lost = True
+        me.valid_until = 0.0
+        me.stop.set()
+
+    def _lost_message(self, me: _Owner, what: str) -> str:
+        other: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            for rec in self.records(newest_first=True):
+                if rec.kind == "claim" and int(rec.data.get("epoch", 0)) > me.epoch:
+                    other = rec.data
+                    break
+        who = f"epoch {other.get('epoch', '> ' + str(me.epoch))}"
+        if other:
+            who += f", pid {other.get('pid')} on {other.get('host')}"
+        return (
+            f"this driver (epoch {me.epoch}) lost its claim on checkpoint {self.url}: another driver ({who}) took it "
+            f"over, e.g. while this one was paused longer than lease_timeout_s ({self.lease_timeout_s:g} s). This driver "
+            f"stops before {what}, writing nothing more; the other one continues the job."
+        )
 
     def release(self) -> None:
         """Give up ownership (clean shutdown)."""
@@ -319,7 +529,7 @@ class Checkpoint:
         out = []
         for seq in seqs:
             try:
-                out.append(CommitRecord(seq, self.read(_log_path(seq), "record")))
+                out.append(CommitRecord(seq, check_record(self.storage.path(_log_path(seq)), self.read(_log_path(seq), "record"))))
             except CheckpointError as exc:
                 if strict:
                     raise
@@ -330,6 +540,52 @@ class Checkpoint:
     def commits(self) -> list[CommitRecord]:
         """Readable commit records, newest first."""
         return [r for r in self.records(newest_first=True) if r.kind == "commit"]
+
+    def lost_history(self, records: list[CommitRecord] | None = None) -> list[str]:
+        """Signs that this checkpoint once held commits, for a log without a readable commit.
+
+        Before its first commit nothing deletes a log record or a plan: the log holds claim
+        records 1, 2, ... with epochs 1, 2, ..., and every state file has its batch's plan.
+        Retention and recovery delete them only once a commit exists. So each of these means
+        commit records were lost (deleted, or their directory replaced), and the checkpoint
+        must not be taken for a new one:
+
+        * the log does not start at record 1;
+        * a record's epoch is past its sequence number (epochs continue the lease's);
+        * the lease names an epoch newer than every record;
+        * a state file whose batch has no plan.
+
+        Args:
+            records: the readable log records, if already read.
+
+        Returns:
+            One sentence per sign found ([] when the checkpoint looks never committed).
+        """
+        seqs = self.log_seqs()
+        recs = self.records(newest_first=False) if records is None else sorted(records, key=lambda r: r.seq)
+        out = []
+        if seqs and seqs[0] > 1:
+            out.append(f"the log starts at record {seqs[0]}, so records 1 to {seqs[0] - 1} were removed, which only happens after a commit")
+        for r in recs:
+            epoch = r.data.get("epoch", 0)
+            if isinstance(epoch, int) and epoch > r.seq:
+                out.append(f"{_log_path(r.seq)} has epoch {epoch}, so {epoch - 1} drivers ran before it, but only {r.seq - 1} earlier records exist")
+                break
+        lease_epoch = self._lease_epoch()
+        log_epoch = max((e for r in recs if isinstance(e := r.data.get("epoch", 0), int)), default=0)
+        if lease_epoch > log_epoch:
+            out.append(f"the lease names epoch {lease_epoch}, but the newest epoch in the log is {log_epoch or 'none'}")
+        plans = set(self.plan_times())
+        for d in self.storage.list_dirs("state"):
+            for n in self.storage.list(f"state/{d}"):
+                stem = n.split(".")[0]
+                if stem.isdigit() and int(stem) not in plans:
+                    out.append(f"state file state/{d}/{n} remains while the plan of its batch ({int(stem)} ms) is gone")
+                    break
+            else:
+                continue
+            break
+        return out
 
     def commit(self, record: dict[str, Any]) -> int:
         """Append a commit record atomically; return its sequence number.
@@ -342,19 +598,15 @@ class Checkpoint:
             msg = "commit() called without claiming the checkpoint"
             raise CheckpointError(msg)
         seq = me.seq + 1
-        data = self.encode("record", {**record, "type": "commit", "epoch": me.epoch})
+        rec = {**record, "type": "commit", "epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid()}
+        data = self.encode("record", rec, rel=_log_path(seq))
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
         if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
-            me.lost = True
-            me.stop.set()
-            other = {}
-            with contextlib.suppress(CheckpointError):
-                other = self.read(_log_path(seq), "record")
+            self._mark_lost(me)
             msg = (
-                f"this driver lost its claim on checkpoint {self.url}: another driver (epoch {other.get('epoch', '?')}, "
-                f"pid {other.get('pid', '?')} on {other.get('host', '?')}) wrote log record {seq} first. "
+                f"this driver lost its claim on checkpoint {self.url}: {self._describe_newer(seq)}. "
                 f"This driver stops without committing batch {record.get('batch_time')}; the other one continues the job."
             )
             raise CheckpointInUseError(msg)
@@ -362,11 +614,29 @@ class Checkpoint:
         _faults.point("commit.after_record")
         return seq
 
+    def _describe_newer(self, seq: int) -> str:
+        """Who wrote the log at or past `seq` (another driver), from its records or its lease."""
+        for s in sorted((q for q in self.log_seqs() if q >= seq), reverse=True):
+            with contextlib.suppress(CheckpointError):
+                other = self.read(_log_path(s), "record")
+                if isinstance(other, dict) and "pid" in other:
+                    return (
+                        f"another driver (epoch {other.get('epoch')}, pid {other.get('pid')} on {other.get('host')}) "
+                        f"wrote log record {s} (this driver's next record would have been {seq})"
+                    )
+        lease = self._read_lease()
+        if lease and self._owner is not None and lease.get("epoch") != self._owner.epoch:
+            return (
+                f"another driver (epoch {lease.get('epoch')}, pid {lease.get('pid')} on {lease.get('host')}, from its lease) "
+                f"appended to the log at or past record {seq}"
+            )
+        return f"another driver appended to the log at or past record {seq} (its records and lease do not say which)"
+
     # -- plans, state, blobs ----------------------------------------------------------
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:
         """Make the plan of `batch_time` durable (a new file: an existing one means another driver)."""
-        self._create(plan_path(batch_time), self.encode("plan", plan))
+        self._create(plan_path(batch_time), self.encode("plan", plan, rel=plan_path(batch_time)))
 
     def plan_times(self) -> list[int]:
         """Batch times that have a plan file, ascending."""
@@ -374,16 +644,27 @@ class Checkpoint:
 
     def read_plan(self, batch_time: int) -> dict[str, Any]:
         """The plan of `batch_time`."""
-        data = self.read(plan_path(batch_time), "plan")
-        if not isinstance(data, dict):
-            msg = f"{self.storage.path(plan_path(batch_time))} does not hold a plan"
+        rel = plan_path(batch_time)
+        data = self.read(rel, "plan")
+        if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict) or not isinstance(data.get("positions", {}), dict):
+            msg = f"{self.storage.path(rel)} does not hold a plan. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        if data.get("batch_time") != batch_time:
+            msg = (
+                f"{self.storage.path(rel)} holds the plan of batch {data.get('batch_time')!r} ms, not of batch "
+                f"{batch_time} ms: it was copied or renamed from another batch. {VERIFY_HINT}"
+            )
+            raise CorruptCheckpointError(msg)
+        blobs = data.get("blobs", [])
+        if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+            msg = f"{self.storage.path(rel)}: its 'blobs' is not a list of blob names. {VERIFY_HINT}"
             raise CorruptCheckpointError(msg)
         return data
 
     def write_state(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str) -> str:
         """Write an operator's state file (`kind` "delta" or "snap"); return its path."""
-        rel = f"{state_dir(op)}/{batch_time:015d}.{kind}"
-        self._create(rel, frame(kind, codec, payload))
+        rel = state_path(op, batch_time, kind)
+        self._create(rel, frame(kind, codec, payload, rel))
         return rel
 
     def read_state(self, rel: str, allow_pickle: bool) -> tuple[str, bytes]:
@@ -399,14 +680,15 @@ class Checkpoint:
                 raise
             msg = (
                 f"checkpoint file {self.storage.path(rel)} is missing: a commit record needs it, so it was deleted "
-                f"after it was written. Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
+                f"after it was written. {VERIFY_HINT}"
             )
             raise CorruptCheckpointError(msg) from exc
-        return unframe(self.storage.path(rel), data, None)
+        kind = "snap" if rel.endswith(".snap") else "delta" if rel.endswith(".delta") else None
+        return unframe(self.storage.path(rel), data, kind, rel)
 
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""
-        self._create(f"blobs/{_safe(name)}", self.encode("blob", value))
+        self._create(blob_path(name), self.encode("blob", value, rel=blob_path(name)))
 
     def _create(self, rel: str, data: bytes) -> None:
         """Write a plan, state file or blob, which never replaces another driver's file.
@@ -424,8 +706,7 @@ class Checkpoint:
             self.storage.write(rel, data)
             return
         if me is not None:
-            me.lost = True
-            me.stop.set()
+            self._mark_lost(me)
         msg = (
             f"checkpoint file {self.storage.path(rel)} already exists: another driver took over checkpoint "
             f"{self.url} and wrote it, so this driver lost its claim. It stops without overwriting the file."
@@ -434,7 +715,7 @@ class Checkpoint:
 
     def get_blob(self, name: str) -> Any:
         """Read a source blob."""
-        return self.read(f"blobs/{_safe(name)}", "blob")
+        return self.read(blob_path(name), "blob")
 
     def delete(self, rel: str) -> None:
         """Delete one file (retention)."""
@@ -443,6 +724,30 @@ class Checkpoint:
 
 def _log_path(seq: int) -> str:
     return f"log/{seq:012d}.rec"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_record(path: str, data: Any) -> dict[str, Any]:
+    """`data` if it has the shape of a claim or commit record, else `CorruptCheckpointError`."""
+    why = ""
+    if not isinstance(data, dict):
+        why = f"it holds a {type(data).__name__}, not a log record"
+    elif data.get("type") not in ("claim", "commit"):
+        why = f"its type is {data.get('type')!r}, not 'claim' or 'commit'"
+    elif not _is_int(data.get("epoch")):
+        why = "it has no epoch"
+    elif data["type"] == "commit" and not (_is_int(data.get("batch_time")) and _is_int(data.get("zero_ms", 0))):
+        why = "it has no batch time, or a time origin that is not a number"
+    elif data["type"] == "commit" and not all(isinstance(data.get(k, {}), dict) for k in ("state", "positions", "graph")):
+        why = "its state, positions or graph is not a map"
+    if why:
+        msg = f"checkpoint file {path} is corrupt: {why}. {VERIFY_HINT}"
+        raise CorruptCheckpointError(msg)
+    out: dict[str, Any] = data
+    return out
 
 
 def log_path(seq: int) -> str:

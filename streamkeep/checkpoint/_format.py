@@ -1,9 +1,15 @@
-"""The framing every checkpoint file carries: magic, version, kind, codec, length, CRC.
+"""The framing every checkpoint file carries: magic, version, kind, codec, identity, length, CRC.
 
 Layout of one file (all integers big-endian)::
 
     b"SKCP"  u8 format_version  u8 len(kind) kind  u8 len(codec) codec
+    u16 len(name) name                                  (format 2 and later)
     u64 len(payload)  payload  u32 crc32(everything before the crc)
+
+`name` is the file's own path relative to the checkpoint root (``log/000000000007.rec``,
+``state/totals/000000000005000.snap``): its identity, checked against the place it is
+read from, so a valid file copied or renamed to another name is refused. Format 1
+files (earlier 0.1.0 development builds; no name) are still read, without that check.
 
 A file that does not parse, or whose CRC does not match, is corrupt; the error
 names the file. Imports only streamkeep.errors.
@@ -13,58 +19,97 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-FORMAT_VERSION = 1
+#: The version this streamkeep writes.
+FORMAT_VERSION = 2
+#: The versions it reads (1: no identity in the frame).
+READABLE_VERSIONS = (1, 2)
+#: The advice at the end of errors about damaged files (the `verify` command leaves it out).
+VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")
+_NAME_LEN = struct.Struct(">H")
 _CRC = struct.Struct(">I")
 
 
-def frame(kind: str, codec: str, payload: bytes) -> bytes:
-    """Wrap `payload` with the header and checksum."""
+class Frame(NamedTuple):
+    """A checked file's header fields and payload."""
+
+    version: int
+    kind: str
+    codec: str
+    #: The path the file was written at (None in format 1 files).
+    name: str | None
+    payload: bytes
+
+
+def frame(kind: str, codec: str, payload: bytes, name: str) -> bytes:
+    """Wrap `payload` with the header (naming the file's own path `name`) and checksum."""
     k = kind.encode()
     c = codec.encode()
-    head = MAGIC + bytes([FORMAT_VERSION, len(k)]) + k + bytes([len(c)]) + c + _LEN.pack(len(payload))
+    n = name.encode()
+    head = b"".join(
+        (MAGIC, bytes([FORMAT_VERSION, len(k)]), k, bytes([len(c)]), c, _NAME_LEN.pack(len(n)), n, _LEN.pack(len(payload)))
+    )
     crc = zlib.crc32(payload, zlib.crc32(head))
     return b"".join((head, payload, _CRC.pack(crc)))
 
 
-def unframe(path: str, data: bytes, kind: str | None = None) -> tuple[str, bytes]:
-    """Check and strip the framing; return (codec name, payload).
+def corrupt_message(path: str, why: str) -> str:
+    """The message of a damaged file."""
+    return (
+        f"checkpoint file {path} is corrupt: {why}. It was truncated, altered, copied or renamed after it was "
+        f"written, or it is not a streamkeep checkpoint file. {VERIFY_HINT}"
+    )
+
+
+def read_frame(path: str, data: bytes, kind: str | None = None, name: str | None = None) -> Frame:
+    """Check and strip the framing of `data`, read from `path`.
+
+    Args:
+        path: where the file was read (for messages).
+        data: its bytes.
+        kind: the kind of file expected at that place, if known.
+        name: the path relative to the root it was read from, checked against the
+            identity the file carries (format 2 and later).
 
     Raises:
-        CorruptCheckpointError: the file is truncated, altered, foreign or of another kind.
+        CorruptCheckpointError: the file is truncated, altered, foreign, of another kind,
+            or belongs at another place.
     """
+
     def bad(why: str) -> CorruptCheckpointError:
-        msg = (
-            f"checkpoint file {path} is corrupt: {why}. It was truncated or altered after it was written, "
-            f"or it is not a streamkeep checkpoint file. Run `streamkeep checkpoint verify` on the checkpoint "
-            f"to see every damaged file."
-        )
-        return CorruptCheckpointError(msg)
+        return CorruptCheckpointError(corrupt_message(path, why))
 
     if len(data) < 4 or data[:4] != MAGIC:
         raise bad("it does not start with the streamkeep magic bytes")
     try:
         version = data[4]
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             msg = (
-                f"checkpoint file {path} has format version {version}; this streamkeep reads version "
-                f"{FORMAT_VERSION}. Use the streamkeep release that wrote it, or start a fresh checkpoint."
+                f"checkpoint file {path} has format version {version}; this streamkeep reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}. Use the streamkeep release that wrote it, or start a fresh checkpoint."
             )
             raise CorruptCheckpointError(msg)
         pos = 5
         klen = data[pos]
-        file_kind = data[pos + 1 : pos + 1 + klen].decode()
+        raw_kind = data[pos + 1 : pos + 1 + klen]
         pos += 1 + klen
         clen = data[pos]
-        codec = data[pos + 1 : pos + 1 + clen].decode()
+        raw_codec = data[pos + 1 : pos + 1 + clen]
         pos += 1 + clen
+        raw_name: bytes | None = None
+        if version >= 2:
+            (nlen,) = _NAME_LEN.unpack_from(data, pos)
+            pos += _NAME_LEN.size
+            raw_name = data[pos : pos + nlen]
+            pos += nlen
         (n,) = _LEN.unpack_from(data, pos)
         pos += _LEN.size
-    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+    except (IndexError, struct.error) as exc:
         raise bad("its header is truncated") from exc
     end = pos + n
     if len(data) != end + _CRC.size:
@@ -72,6 +117,24 @@ def unframe(path: str, data: bytes, kind: str | None = None) -> tuple[str, bytes
     (crc,) = _CRC.unpack_from(data, end)
     if zlib.crc32(memoryview(data)[:end]) != crc:
         raise bad("its checksum does not match its content")
+    try:  # checked by the CRC: text unless written by something else
+        file_kind, codec = raw_kind.decode(), raw_codec.decode()
+        own = raw_name.decode() if raw_name is not None else None
+    except UnicodeDecodeError as exc:
+        raise bad("its header holds bytes that are not text where the kind, codec or name belong") from exc
     if kind is not None and file_kind != kind:
         raise bad(f"it is a {file_kind!r} file where a {kind!r} file was expected")
-    return codec, data[pos:end]
+    if name is not None and own is not None and own != name:
+        raise bad(f"it was written as {own!r}, not {name!r} (a valid file under the wrong name)")
+    return Frame(version, file_kind, codec, own, data[pos:end])
+
+
+def unframe(path: str, data: bytes, kind: str | None = None, name: str | None = None) -> tuple[str, bytes]:
+    """Check and strip the framing; return (codec name, payload). See `read_frame`.
+
+    Raises:
+        CorruptCheckpointError: the file is truncated, altered, foreign, of another kind,
+            or belongs at another place.
+    """
+    f = read_frame(path, data, kind, name)
+    return f.codec, f.payload

@@ -21,7 +21,31 @@ import uuid
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.errors import CheckpointError, ConfigError
+from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError
+
+
+def confine(rel: str) -> str:
+    """`rel` if it names a place inside a checkpoint root, else `CorruptCheckpointError`.
+
+    Paths read back from checkpoint data (a commit record's state chain) must stay under the
+    root: relative, ``/``-separated, without empty, ``.`` or ``..`` components and without a
+    backslash or NUL. Anything else was not written by streamkeep.
+    """
+    parts = rel.split("/")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or any(p in ("", ".", "..") for p in parts)
+        or ":" in parts[0]  # a Windows drive or a URL scheme ("c:", "s3:")
+    ):
+        msg = (
+            f"checkpoint data names the path {rel!r}, which is not inside the checkpoint: streamkeep only ever "
+            f"writes plain relative paths there, so this file was altered or comes from elsewhere"
+        )
+        raise CorruptCheckpointError(msg)
+    return rel
 
 
 class CheckpointStorage:
@@ -52,8 +76,12 @@ class CheckpointStorage:
             self.root = os.path.abspath(self.root)
 
     def path(self, rel: str) -> str:
-        """Absolute path (in the filesystem's terms) of `rel`."""
-        return f"{self.root}/{rel}"
+        """Absolute path (in the filesystem's terms) of `rel`, which must stay under the root.
+
+        Raises:
+            CorruptCheckpointError: `rel` is absolute or climbs out of the root (see `confine`).
+        """
+        return f"{self.root}/{confine(rel)}" if rel else self.root
 
     def _err(self, what: str, rel: str, exc: BaseException) -> CheckpointError:
         msg = f"could not {what} checkpoint file {self.path(rel)} ({self.url}): {type(exc).__name__}: {exc}"
@@ -93,16 +121,23 @@ class CheckpointStorage:
         tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            view = memoryview(data)
             half = len(data) // 2
-            os.write(fd, data[:half]) if half else None
+            # os.write may write less than asked (Linux: at most ~2 GiB per call): loop until all is out.
+            _write_all(fd, view[:half])
             _faults.point("storage.torn_write")
-            view = memoryview(data)[half:]
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_all(fd, view[half:])
             os.fsync(fd)
-        finally:
+            size = os.fstat(fd).st_size
+            if size != len(data):  # checked before the name appears: nothing can rely on a short file
+                msg = f"wrote {size} bytes of {len(data)} to {tmp}"
+                raise OSError(msg)
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
         try:
             if exclusive:
                 try:
@@ -159,7 +194,8 @@ class CheckpointStorage:
         """Names of the subdirectories of `rel_dir`."""
         if self.local:
             try:
-                return sorted(n for n in os.listdir(self.path(rel_dir)) if os.path.isdir(self.path(f"{rel_dir}/{n}")))
+                base = self.path(rel_dir)
+                return sorted(n for n in os.listdir(base) if os.path.isdir(os.path.join(base, n)))
             except FileNotFoundError:
                 return []
         try:
@@ -197,3 +233,13 @@ class CheckpointStorage:
                 if n.startswith(".tmp-"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(dirpath, n))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    """Write every byte of `view` to `fd`, however many calls it takes."""
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            msg = f"os.write wrote nothing ({n}) with {len(view)} bytes left"
+            raise OSError(msg)
+        view = view[n:]

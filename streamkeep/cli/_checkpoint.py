@@ -28,14 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
-from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, unframe
-from streamkeep.checkpoint._checkpoint import log_path, plan_path
+from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path
+from streamkeep.checkpoint._checkpoint import check_chain, check_record, log_path, plan_path, state_dir
+from streamkeep.checkpoint._format import VERIFY_HINT, read_frame
+from streamkeep.checkpoint.storage import confine
 from streamkeep.context import StreamingContext
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.executors._runtime import StatefulRuntime, make_runtime
 from streamkeep.scheduler._compat import check_compatible, differences
-from streamkeep.scheduler._state_io import delta_time, load_chain, read_state_file
+from streamkeep.scheduler._state_io import load_chain, read_state_file
 
 _FRAMED_TOP = {"CHECKPOINT": "identity", "lease": "lease"}
 _UNFRAMED_TOP = {"lock"}  # the OS file lock of local drivers: empty by design
@@ -95,15 +97,17 @@ def _read_records(ckpt: Checkpoint) -> tuple[list[CommitRecord], list[str]]:
     out, bad = [], []
     for seq in reversed(ckpt.log_seqs()):
         try:
-            data = ckpt.read(log_path(seq), "record")
+            data = check_record(ckpt.storage.path(log_path(seq)), ckpt.read(log_path(seq), "record"))
         except (CheckpointError, FileNotFoundError) as exc:
-            bad.append(f"{log_path(seq)}: {exc}")
-            continue
-        if not isinstance(data, dict):
-            bad.append(f"{log_path(seq)}: not a log record")
+            bad.append(f"{log_path(seq)}: {_text(exc)}")
             continue
         out.append(CommitRecord(seq, data))
     return out, bad
+
+
+def _text(exc: BaseException) -> str:
+    """An error's message without the advice to run `verify` (the verify output itself)."""
+    return str(exc).replace(f" {VERIFY_HINT}", "").replace(VERIFY_HINT, "")
 
 
 def _ignore(*_: Any) -> None:  # stands in for user functions: never called when only loading
@@ -142,6 +146,11 @@ def _runtime_for(name: str, desc: dict[str, Any], interval_ms: int, zero_ms: int
 def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[str, Any]) -> dict[str, Any]:
     graph = rec.data.get("graph", {})
     desc = graph.get("operators", {}).get(name, {})
+    try:  # never stat or read a path the record names outside the operator's own files
+        check_chain(name, chain, log_path(rec.seq))
+    except CheckpointError as exc:
+        return {"kind": desc.get("kind"), "codec": desc.get("codec"), "keys": None, "bytes": 0, "snapshot": None,
+                "snapshot_time_ms": None, "snapshot_bytes": 0, "deltas": 0, "delta_bytes": 0, "error": str(exc)}
     snap = chain.get("snapshot")
     deltas = list(chain.get("deltas", []))
     snap_bytes = (_size(ckpt, snap) or 0) if snap else 0
@@ -319,11 +328,17 @@ class _Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ok_files: set[str] = field(default_factory=set)
+    bad_commits: set[int] = field(default_factory=set)
     checked: int = 0
 
 
-def _check_file(ckpt: Checkpoint, rel: str, rep: _Report) -> None:
-    """Framing, checksum and (unless pickled) decoding of one file."""
+def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str]) -> None:
+    """Framing, identity, checksum and decoding of one file, as recovery would read it.
+
+    `pickled_ops` are the state directories of operators with ``codec="pickle"``: only their
+    state files may be pickled (they are checked, not decoded); recovery refuses any other
+    pickled file, and so does this check.
+    """
     parts = rel.split("/")
     name = parts[-1]
     if name.startswith(".tmp-"):
@@ -352,17 +367,27 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report) -> None:
         if isinstance(exc.__cause__, FileNotFoundError):
             rep.notes.append(f"{rel}: deleted while verifying (a live driver's retention?)")
             return
-        rep.problems.append(f"{rel}: {exc}")
+        rep.problems.append(f"{rel}: {_text(exc)}")
         return
     try:
-        codec, _ = unframe(ckpt.storage.path(rel), data, kind)
-        if codec != "pickle":
-            if kind in ("delta", "snap"):
+        codec = read_frame(ckpt.storage.path(rel), data, kind, rel).codec
+        if kind in ("delta", "snap"):
+            if codec == "pickle" and parts[1] not in pickled_ops:
+                rep.problems.append(
+                    f"{rel}: written with the pickle codec, but its operator does not say codec='pickle' in the "
+                    f"retained commits (or no retained commit names it): recovery refuses to load it"
+                )
+                return
+            if codec != "pickle":
                 read_state_file(ckpt, rel, allow_pickle=False)
-            else:
-                ckpt.decode(rel, data, kind)
-    except CheckpointError as exc:
-        rep.problems.append(f"{rel}: {exc}")
+        elif kind == "plan":
+            ckpt.read_plan(int(name.split(".")[0]))  # also checks the batch time it holds
+        elif kind == "record":
+            check_record(ckpt.storage.path(rel), ckpt.decode(rel, data, kind))
+        else:
+            ckpt.decode(rel, data, kind)  # refuses pickle: records, plans, blobs are always msgpack
+    except (CheckpointError, ValueError) as exc:
+        rep.problems.append(f"{rel}: {_text(exc)}")
         return
     rep.ok_files.add(rel)
 
@@ -375,15 +400,17 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
             rep.problems.append(f"{log_path(r.seq)}: commits batch {r.batch_time} ms, not after the previous commit's {prev_t} ms")
         prev_t = r.batch_time
     for r in commits:
-        for name, chain in r.data.get("state", {}).items():
-            snap_t = int(chain.get("snapshot_time", 0)) if chain.get("snapshot") else None
-            times = [delta_time(d) for d in chain.get("deltas", [])]
-            if times != sorted(times) or (snap_t is not None and any(t <= snap_t for t in times)):
-                rep.problems.append(f"{log_path(r.seq)}: the state chain of {name!r} is out of order (snapshot {snap_t}, deltas {times})")
-        for rel in sorted(r.files()):
+        try:
+            files = r.files()  # checks every chain: own files only, in order
+        except CheckpointError as exc:
+            rep.problems.append(_text(exc))
+            rep.bad_commits.add(r.seq)
+            continue
+        for rel in sorted(files):
             if rel not in present:
                 rep.problems.append(f"{log_path(r.seq)} (batch {r.batch_time} ms) needs {rel}, which is missing")
     committed = commits[0].batch_time if commits else -1
+    sources = commits[0].data.get("graph", {}).get("sources", {}) if commits else {}
     for t in ckpt.plan_times():
         if t <= committed or plan_path(t) not in rep.ok_files:
             continue
@@ -391,10 +418,21 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
         for b in plan.get("blobs", []):
             if blob_path(b) not in present:
                 rep.problems.append(f"{plan_path(t)} (pending batch {t} ms) needs {blob_path(b)}, which is missing")
+        for src, p in plan.get("sources", {}).items():  # the check recovery makes before replaying a file plan
+            if sources.get(src, {}).get("kind") != "text_files":
+                continue
+            for entry in p.get("files", []) if isinstance(p, dict) else []:
+                try:
+                    confine(entry[0])
+                except (CheckpointError, TypeError, IndexError, KeyError):
+                    rep.problems.append(
+                        f"{plan_path(t)} (pending batch {t} ms): text_file_stream {src!r} plans {entry!r}, which is not "
+                        f"a file inside its directory: recovery refuses the plan"
+                    )
 
 
 def _loadable(rec: CommitRecord, rep: _Report) -> bool:
-    return all(f in rep.ok_files for f in rec.files())
+    return rec.seq not in rep.bad_commits and all(f in rep.ok_files for f in rec.files())
 
 
 def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
@@ -405,20 +443,36 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     if not [f for f in files if f not in _UNFRAMED_TOP]:
         print(f"{url}: FAILED: there is no streamkeep checkpoint here (no files)")
         return 1
+    records, _ = _read_records(ckpt)
+    commits = [r for r in records if r.kind == "commit"]
+    pickled = {
+        state_dir(op).split("/", 1)[1]
+        for r in commits
+        for op, desc in r.data.get("graph", {}).get("operators", {}).items()
+        if isinstance(desc, dict) and desc.get("codec") == "pickle"
+    }
     for rel in files:
-        _check_file(ckpt, rel, rep)
+        _check_file(ckpt, rel, rep, pickled)
     present = set(files)
     if "CHECKPOINT" not in present:
         rep.problems.append("CHECKPOINT: the identity file is missing")
-    records, _ = _read_records(ckpt)
     _check_references(ckpt, records, rep, present)
-    commits = [r for r in records if r.kind == "commit"]
+    if not commits and not any(p.startswith("log/") for p in rep.problems):
+        for sign in ckpt.lost_history(records):  # what recovery refuses rather than starting over
+            rep.problems.append(f"no commit record, but the checkpoint once held commits: {sign}")
     if commits and rep.problems:
         usable = next((r for r in commits if log_path(r.seq) in rep.ok_files and _loadable(r, rep)), None)
+        damaged_newer = [q for q in ckpt.log_seqs() if usable is not None and q > usable.seq and log_path(q) not in rep.ok_files]
         if usable is None:
             rep.notes.append("no retained commit is intact: recovery would fail with CorruptCheckpointError")
-        elif usable is not commits[0] or any(log_path(q) not in rep.ok_files for q in ckpt.log_seqs() if q > usable.seq):
+        elif usable is not commits[0]:
             rep.notes.append(f"recovery would fall back to the older commit of batch {usable.batch_time} ms (log record {usable.seq})")
+        elif damaged_newer:
+            rep.notes.append(
+                f"log record {damaged_newer[0]}, newer than the newest readable commit, is damaged: recovery would use the "
+                f"commit of batch {usable.batch_time} ms (log record {usable.seq}) and replay the batches after it from "
+                f"their plans (if the damaged record was a claim, nothing is lost)"
+            )
         else:
             rep.notes.append(f"the newest commit (batch {usable.batch_time} ms) and everything it needs are intact")
     for n in rep.notes:
@@ -546,10 +600,18 @@ def diff(url: str, app: str, *, storage_options: dict[str, Any] | None = None) -
         print("  sources continuing from their stored position:")
         for n in restored_src:
             print(f"    {n} ({c_src[n].get('kind', '?')}) at {_short(positions.get(n))}")
+    for n, what in d["sources_changed"]:
+        print(f"  source {n} changed: {what}")
     line("new sources (start from their configured start)", d["sources_new"], c_src)
-    line("sources no longer in the code (their position is dropped)", d["sources_dropped"], s_src)
+    if d["sources_dropped"]:
+        print("  sources with a stored position that no source of the code takes over (renamed or removed):")
+        for n in d["sources_dropped"]:
+            kind = s_src[n].get("kind", "?")
+            extra = " -- allowed by allow_state_loss (its position is dropped)" if n in allowed else ""
+            print(f"    {n} ({kind}) at {_short(positions.get(n))}{extra}")
     for n, why in d["sources_incompatible"]:
-        print(f"  incompatible source {n}: {why}")
+        extra = " -- allowed by allow_state_loss (starts from its configured start)" if n in allowed else ""
+        print(f"  incompatible source {n}: {why}{extra}")
     s_iv, c_iv = stored.get("batch_interval_ms"), current.get("batch_interval_ms")
     if s_iv != c_iv:
         print(f"  batch interval: {s_iv} ms -> {c_iv} ms")

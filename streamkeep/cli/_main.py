@@ -6,16 +6,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from streamkeep._version import __version__
+from streamkeep.cli._demo import DEFAULT_CHECKPOINT
 from streamkeep.errors import StreamkeepError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamkeep` command."""
     parser = argparse.ArgumentParser(prog="streamkeep", description="streamkeep: micro-batch streams with exact checkpoints")
+    parser.add_argument("--version", action="version", version=f"streamkeep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a stateful running word count with a checkpoint (interrupt and rerun: it resumes)")
-    demo.add_argument("--checkpoint", default="streamkeep-demo-checkpoint", help="checkpoint URL (default: %(default)s)")
+    demo.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint URL (default: %(default)s)")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long to run (default: %(default)s)")
     demo.add_argument("--interval", type=float, default=0.5, help="batch interval in seconds (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="delete the checkpoint first")

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from streamkeep._util import Duration, accepts, check_arity, check_callable, duration_ms, to_datetime
-from streamkeep.batch import Batch
+from streamkeep.batch import Batch, as_pair
 from streamkeep.dstream._graph import (
     Graph,
     MapWithStateNode,
@@ -39,6 +39,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 W = TypeVar("W")
 S = TypeVar("S")
+
+#: A per-record operator's error policy: "fail" or a dead-letter `Sink`.
+OnError = Any
 
 
 def _time_fn(f: Callable[..., Any], op: str) -> Callable[[int, Any], Any]:
@@ -78,7 +81,14 @@ class DStream(Generic[T]):
         """How often this stream produces a batch, in ms."""
         return self._node.slide_ms
 
-    def _narrow(self, op: str, apply: Callable[[Batch[Any]], Batch[Any]]) -> DStream[Any]:
+    def _narrow(self, op: str, apply: Callable[[Batch[Any]], Batch[Any]], on_error: Any = "fail") -> DStream[Any]:
+        letters = self._graph.dead_letters(on_error, op)
+        if letters is not None:
+            plain = apply
+
+            def apply(b: Batch[Any]) -> Batch[Any]:
+                return plain(b)._dead_letter(letters)
+
         node = self._graph.add(NarrowNode, op=op, parents=(self._node,), slide_ms=self._node.slide_ms, apply=apply)
         return DStream(self._graph, node)
 
@@ -96,20 +106,28 @@ class DStream(Generic[T]):
 
     # -- per record -------------------------------------------------------
 
-    def map(self, f: Callable[[T], U]) -> DStream[U]:
-        """Apply `f` to every record."""
+    def map(self, f: Callable[[T], U], *, on_error: OnError | None = None) -> DStream[U]:
+        """Apply `f` to every record.
+
+        `on_error` (here and on the other per-record operators): what a record on which
+        `f` raises does. ``"fail"`` fails the batch (`UserFunctionError`; the job stops
+        and the batch is re-run on restart). A sink dead-letters the record instead: it
+        receives ``{"operator", "batch_time_ms", "record", "error"}`` dicts with the batch
+        time, exactly once like any sink, and the batch goes on without the record.
+        None (default) uses the context's ``on_error``.
+        """
         check_arity(f, 1, "map", "f(record)")
-        return self._narrow("map", lambda b: b.map(f))
+        return self._narrow("map", lambda b: b.map(f), on_error)
 
-    def flat_map(self, f: Callable[[T], Iterable[U]]) -> DStream[U]:
-        """Replace every record by the records `f` returns."""
+    def flat_map(self, f: Callable[[T], Iterable[U]], *, on_error: OnError | None = None) -> DStream[U]:
+        """Replace every record by the records `f` returns (`on_error`: see `map`)."""
         check_arity(f, 1, "flat_map", "f(record) -> iterable")
-        return self._narrow("flat_map", lambda b: b.flat_map(f))
+        return self._narrow("flat_map", lambda b: b.flat_map(f), on_error)
 
-    def filter(self, f: Callable[[T], Any]) -> DStream[T]:
-        """Keep the records for which `f` is truthy."""
+    def filter(self, f: Callable[[T], Any], *, on_error: OnError | None = None) -> DStream[T]:
+        """Keep the records for which `f` is truthy (`on_error`: see `map`)."""
         check_arity(f, 1, "filter", "f(record) -> bool")
-        return self._narrow("filter", lambda b: b.filter(f))
+        return self._narrow("filter", lambda b: b.filter(f), on_error)
 
     def map_partitions(self, f: Callable[[Iterator[T]], Iterable[U]]) -> DStream[U]:
         """Apply `f` to each partition's iterator."""
@@ -120,15 +138,17 @@ class DStream(Generic[T]):
         """One record per partition: the list of its records."""
         return self._narrow("glom", lambda b: b.glom())
 
-    def map_values(self: DStream[tuple[K, V]], f: Callable[[V], W]) -> DStream[tuple[K, W]]:
-        """Apply `f` to the value of every (key, value) record."""
+    def map_values(self: DStream[tuple[K, V]], f: Callable[[V], W], *, on_error: OnError | None = None) -> DStream[tuple[K, W]]:
+        """Apply `f` to the value of every (key, value) record (`on_error`: see `map`)."""
         check_arity(f, 1, "map_values", "f(value)")
-        return self._narrow("map_values", lambda b: b.map_values(f))
+        return self._narrow("map_values", lambda b: b.map_values(f), on_error)
 
-    def flat_map_values(self: DStream[tuple[K, V]], f: Callable[[V], Iterable[W]]) -> DStream[tuple[K, W]]:
-        """Replace (key, value) by (key, w) for every w in `f(value)`."""
+    def flat_map_values(
+        self: DStream[tuple[K, V]], f: Callable[[V], Iterable[W]], *, on_error: OnError | None = None
+    ) -> DStream[tuple[K, W]]:
+        """Replace (key, value) by (key, w) for every w in `f(value)` (`on_error`: see `map`)."""
         check_arity(f, 1, "flat_map_values", "f(value) -> iterable")
-        return self._narrow("flat_map_values", lambda b: b.flat_map_values(f))
+        return self._narrow("flat_map_values", lambda b: b.flat_map_values(f), on_error)
 
     def repartition(self, num_partitions: int) -> DStream[T]:
         """Spread records evenly over `num_partitions` partitions."""
@@ -372,6 +392,7 @@ class DStream(Generic[T]):
         timeout: Duration | None = None,
         initial: Iterable[tuple[K, Any]] | Batch[tuple[K, Any]] | None = None,
         codec: str | None = None,
+        on_error: OnError | None = None,
     ) -> MapWithStateDStream[U]:
         """Call ``f(key, value, state)`` for every record; emit what it returns.
 
@@ -379,11 +400,16 @@ class DStream(Generic[T]):
         ``is_timing_out()``. With `timeout`, keys without records for that long are
         called once more with value None and ``is_timing_out()`` True, then removed.
         ``.state_snapshots()`` on the result streams every (key, state) each batch.
+        A mutable state changed in place (``state.get().append(v)``) is persisted like
+        an ``update()``. `on_error`: see `map`; a dead-lettered record's output is left
+        out, its ``update()``/``remove()`` is not applied (an in-place change made before
+        the function raised is kept, as a replay would make it again).
         """
         op = "map_with_state"
         check_arity(f, 3, op, "f(key, value, state)")
         timeout_ms = None if timeout is None else duration_ms(timeout, f"{op}: timeout")
         g = self._graph
+        letters = g.dead_letters(on_error, op)
         node = g.add(
             MapWithStateNode,
             op=op,
@@ -394,6 +420,7 @@ class DStream(Generic[T]):
             f=f,
             timeout_ms=timeout_ms,
             initial=_initial_items(initial, op),
+            dead_letters=letters,
         )
         return MapWithStateDStream(g, node)
 
@@ -448,6 +475,7 @@ class DStream(Generic[T]):
             if not hasattr(sink, attr):
                 msg = f"write_to: {sink!r} is not a Sink (it has no {attr!r}); see streamkeep.sinks"
                 raise ConfigError(msg)
+        self._graph.register_sink(sink, "write_to")
         self._graph.add(OutputNode, op=f"sink {sink.name!r}", parents=(self._node,), slide_ms=self.slide_ms, fn=None, sink=sink)
 
 
@@ -479,9 +507,11 @@ def _initial_items(initial: Any, op: str) -> tuple[tuple[Any, Any], ...]:
         return ()
     items = initial.collect() if isinstance(initial, Batch) else initial
     try:
-        out = tuple((k, v) for k, v in items)
+        out = tuple(kv if kv.__class__ is tuple and len(kv) == 2 else as_pair(kv, op) for kv in items)
+        for k, _ in out:
+            hash(k)
     except (TypeError, ValueError) as exc:
-        msg = f"{op}: initial must be an iterable of (key, state) pairs or a Batch of them ({exc})"
+        msg = f"{op}: initial must be an iterable of (key, state) pairs with hashable keys, or a Batch of them ({exc})"
         raise ConfigError(msg) from exc
     return out
 

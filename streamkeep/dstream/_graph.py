@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamkeep.batch import Batch
+from streamkeep.batch import Batch, DeadLetters
 from streamkeep.errors import ConfigError, DerivedNameWarning
 from streamkeep.sinks.base import Sink
 from streamkeep.sources.base import Source
@@ -138,6 +138,7 @@ class MapWithStateNode(StatefulNode):
     f: Callable[[Any, Any, Any], Any]
     timeout_ms: int | None
     initial: Any
+    dead_letters: DeadLetters | None = None
 
     def describe(self) -> dict[str, Any]:
         """Kind, codec and whether keys carry timeout timestamps."""
@@ -157,6 +158,29 @@ class OutputNode(Node):
     sink: Sink | None
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DeadLetterNode(OutputNode):
+    """The dead-letter sink of per-record operators with ``on_error=sink``: written after the other outputs."""
+
+    letters: DeadLetters
+
+
+def _is_sink(value: Any) -> bool:
+    return all(hasattr(value, attr) for attr in ("name", "open", "write", "close"))
+
+
+def check_on_error(policy: Any, what: str) -> None:
+    """ConfigError unless `policy` is "fail" or a dead-letter sink."""
+    if isinstance(policy, str) and policy == "fail":
+        return
+    if isinstance(policy, str) or not _is_sink(policy):
+        msg = (
+            f"{what}: on_error must be 'fail' (the default: the batch fails and the job stops) or a sink that "
+            f"receives the failing records (see streamkeep.sinks), got {policy!r}"
+        )
+        raise ConfigError(msg)
+
+
 @dataclass
 class Graph:
     """The nodes of one job, in creation order (a topological order)."""
@@ -166,10 +190,24 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     names: dict[str, Node] = field(default_factory=dict)
     source_names: set[str] = field(default_factory=set)
+    sinks: dict[str, Sink] = field(default_factory=dict)
+    default_on_error: Any = "fail"
+    fixed: bool = False
     _derived: dict[str, int] = field(default_factory=dict)
+
+    def check_open(self, what: str) -> None:
+        """ConfigError when the graph is fixed (the context started): nothing added now would run."""
+        if self.fixed:
+            msg = (
+                f"cannot add {what}: the operator graph is fixed once the context has started (start(), run() or "
+                f"get_or_create()), and an operator added now would never run. Build every source, operator and "
+                f"output before starting (in get_or_create's setup function when resuming)."
+            )
+            raise ConfigError(msg)
 
     def add(self, cls: type[Node], **kw: Any) -> Any:
         """Create and register a node of type `cls`."""
+        self.check_open(repr(kw.get("op", cls.__name__)))
         node = cls(id=len(self.nodes), **kw)
         self.nodes.append(node)
         if isinstance(node, StatefulNode):
@@ -178,6 +216,7 @@ class Graph:
 
     def stateful_name(self, op: str, name: str | None) -> str:
         """Validate a user name or derive one (with a DerivedNameWarning)."""
+        self.check_open(repr(op))
         if name is not None:
             if not isinstance(name, str) or not name:
                 msg = f"{op}: name must be a non-empty string, got {name!r}"
@@ -201,6 +240,7 @@ class Graph:
 
     def source_name(self, kind: str, name: str | None) -> str:
         """Validate a source name or derive one."""
+        self.check_open(f"source {kind!r}")
         if name is None:
             n = self._derived.get("source:" + kind, 0) + 1
             while f"{kind}#{n}" in self.source_names or f"{kind}#{n}" in self.names:  # a user took that name
@@ -222,6 +262,56 @@ class Graph:
         self.source_names.add(name)
         return name
 
+    def register_sink(self, sink: Sink, what: str) -> None:
+        """Reserve `sink`'s name: sink names are unique within a job, and a sink object is used once.
+
+        Sinks with a batch marker (RedisSink, KafkaSink) key it by name: two sinks sharing a
+        name would share one marker, and the second would skip every batch as already applied.
+        """
+        self.check_open(what)
+        name = sink.name
+        if not isinstance(name, str) or not name:
+            msg = f"{what}: a sink's name must be a non-empty string, got {name!r}"
+            raise ConfigError(msg)
+        for other in self.sinks.values():
+            if other is sink:
+                msg = (
+                    f"{what}: the sink {name!r} is already an output of this job; a sink object is written once per "
+                    f"batch, so use one write_to per sink (union the streams first, or create a second sink with "
+                    f"another name=)"
+                )
+                raise ConfigError(msg)
+        if name in self.sinks:
+            msg = (
+                f"{what}: the job already has a sink named {name!r}; sink names must be unique (sinks with a batch "
+                f"marker, such as RedisSink and KafkaSink, keep it under their name, so a second sink of the same "
+                f"name would skip every batch). Pass another name= to one of them."
+            )
+            raise ConfigError(msg)
+        self.sinks[name] = sink
+
+    def dead_letters(self, on_error: Any, op: str) -> DeadLetters | None:
+        """The dead-letter buffer for an operator's `on_error` (None: the context's default; "fail": none)."""
+        policy = self.default_on_error if on_error is None else on_error
+        check_on_error(policy, op)
+        if isinstance(policy, str):
+            return None
+        for n in self.nodes:
+            if isinstance(n, DeadLetterNode) and n.sink is policy:
+                return n.letters
+        self.register_sink(policy, f"{op}: on_error")
+        node = self.add(
+            DeadLetterNode,
+            op=f"dead letters {policy.name!r}",
+            parents=(),
+            slide_ms=self.batch_interval_ms,
+            fn=None,
+            sink=policy,
+            letters=DeadLetters(),
+        )
+        letters: DeadLetters = node.letters
+        return letters
+
     def check_codec(self, op: str, codec: str | None) -> str:
         """The codec an operator uses, validated."""
         c = self.default_codec if codec is None else codec
@@ -230,14 +320,18 @@ class Graph:
             raise ConfigError(msg)
         return c
 
+    def dead_letter_nodes(self) -> list[DeadLetterNode]:
+        """Dead-letter outputs in registration order."""
+        return [n for n in self.nodes if isinstance(n, DeadLetterNode)]
+
     def outputs(self) -> list[OutputNode]:
-        """Output nodes in registration order."""
-        return [n for n in self.nodes if isinstance(n, OutputNode)]
+        """Output nodes in registration order (dead-letter sinks are not outputs of their own)."""
+        return [n for n in self.nodes if isinstance(n, OutputNode) and not isinstance(n, DeadLetterNode)]
 
     def needed(self) -> list[Node]:
-        """Nodes reachable backwards from an output, in topological order."""
+        """Nodes reachable backwards from an output (or a dead-letter sink), in topological order."""
         keep: set[int] = set()
-        stack: list[Node] = list(self.outputs())
+        stack: list[Node] = [*self.outputs(), *self.dead_letter_nodes()]
         while stack:
             n = stack.pop()
             if n.id in keep:

@@ -16,7 +16,7 @@ class State:
     function returns.
     """
 
-    __slots__ = ("_exists", "_removed", "_timing_out", "_updated", "_value", "key")
+    __slots__ = ("_exists", "_read", "_removed", "_timing_out", "_updated", "_value", "key")
 
     def __init__(self) -> None:
         self._bind(None, _ABSENT, timing_out=False)
@@ -27,6 +27,7 @@ class State:
         self._exists = value is not _ABSENT
         self._updated = False
         self._removed = False
+        self._read = False
         self._timing_out = timing_out
 
     def exists(self) -> bool:
@@ -34,14 +35,20 @@ class State:
         return self._exists
 
     def get(self) -> Any:
-        """The key's state; StateError if it has none (check `exists()` first)."""
+        """The key's state; StateError if it has none (check `exists()` first).
+
+        A mutable state (a list, dict, ...) may be changed in place: it is then
+        checkpointed as changed, exactly as if ``update()`` had been called with it.
+        """
         if not self._exists:
             msg = f"map_with_state: key {self.key!r} has no state; check state.exists() before state.get()"
             raise StateError(msg)
+        self._read = True
         return self._value
 
     def get_option(self, default: Any = None) -> Any:
-        """The key's state, or `default` when it has none."""
+        """The key's state, or `default` when it has none (changes in place persist, as with `get`)."""
+        self._read = True
         return self._value if self._exists else default
 
     def update(self, value: Any) -> None:

@@ -9,12 +9,22 @@ uses a pool only when asked: ``StreamingContext(..., executor="processes")``.
 The fused operator chain travels to the workers with cloudpickle (lambdas and
 closures included); each worker runs it over one chunk with the same code as the
 in-process path, so errors name the operator and batch time the same way.
+
+A driver killed with SIGKILL cannot shut its pool down, and nothing else would:
+each worker holds the pipes that keep the forkserver and multiprocessing's
+resource tracker alive, and waits for work forever. So every worker watches the
+driver's pid (a pidfd on Linux, which becomes readable when the driver exits,
+even as an unreaped zombie; polling elsewhere) and exits with it; the forkserver
+and the resource tracker then see their pipes close and exit too.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -23,6 +33,39 @@ from streamkeep.errors import ConfigError
 
 #: Operators whose result depends on partition boundaries: such chains keep their partitions.
 _PER_PARTITION = frozenset({"map_partitions", "glom"})
+
+
+#: Exit status of a worker that outlived its driver.
+_ORPHANED = 70
+
+
+def _watch_driver(driver_pid: int) -> None:
+    """Worker initializer: exit this worker as soon as the driver process is gone."""
+    try:
+        pidfd = os.pidfd_open(driver_pid) if hasattr(os, "pidfd_open") else None
+    except ProcessLookupError:
+        os._exit(_ORPHANED)
+    except OSError:  # pidfd_open unsupported by this kernel: poll instead
+        pidfd = None
+    threading.Thread(target=_wait_for_exit, args=(driver_pid, pidfd), name="streamkeep-driver-watch", daemon=True).start()
+
+
+def _wait_for_exit(driver_pid: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():  # readable once the driver has exited
+            pass
+    else:
+        while True:
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, owned by another user (cannot be ours, but keep waiting)
+                pass
+            time.sleep(0.5)
+    os._exit(_ORPHANED)  # no cleanup: the driver that would receive our results is dead
 
 
 def _run_chain(payload: bytes, part: list[Any], batch_time_ms: int) -> list[Any]:
@@ -48,7 +91,7 @@ class ProcessPool:
         if self._pool is None:
             # forkserver: never fork the driver's threads (scheduler, lease heartbeat).
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_watch_driver, initargs=(os.getpid(),))
         return self._pool
 
     def materialise(self, batch: Batch[Any]) -> Batch[Any]:

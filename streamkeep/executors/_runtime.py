@@ -11,11 +11,12 @@ last call (keys set and removed, window slices added and dropped);
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from typing import Any
 
 from streamkeep._util import short_repr
-from streamkeep.batch import Batch
+from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import CheckpointError, UserFunctionError
@@ -23,12 +24,44 @@ from streamkeep.state.memory import MemoryStateStore
 
 # Values whose equality means "unchanged"; mutable containers are always re-written.
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset, complex, tuple})
+# Values that hold no reference to anything that can change in place (tuples are checked deeply).
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
-def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSENT) -> UserFunctionError:
+def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSENT, value: Any = _ABSENT) -> UserFunctionError:
+    if isinstance(exc, RecordShapeError):
+        return exc.to_user_error(t, None, None)
     where = "" if key is _ABSENT else f" for key {short_repr(key)}"
+    if value is not _ABSENT:
+        where += f", value {short_repr(value)}"
     msg = f"user function of {node.label} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{where} (batch time {t} ms)"
     return UserFunctionError(msg, operator=node.name, batch_time_ms=t)
+
+
+def _detach(value: Any) -> Any:
+    """`value`, or a copy of it that shares nothing mutable with it (so a later in-place change does not show)."""
+    t = value.__class__
+    if t in _SCALARS or t is frozenset:
+        return value
+    if t is tuple:
+        return value if _frozen(value) else tuple(_detach(v) for v in value)
+    if t is list:
+        return [v if v.__class__ in _SCALARS else _detach(v) for v in value]
+    if t is dict:
+        return {k: v if v.__class__ in _SCALARS else _detach(v) for k, v in value.items()}
+    if t is set:
+        return set(value)
+    return copy.deepcopy(value)
+
+
+def _detached_items(data: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """(key, value) pairs of `data` that a later in-place change of a value cannot alter (scalars shared, not copied)."""
+    return [(k, v) if v.__class__ in _SCALARS else (k, _detach(v)) for k, v in data.items()]
+
+
+def _seed_value(value: Any) -> Any:
+    """An initial state value, detached from the object the user passed (state may be changed in place)."""
+    return value if value.__class__ in _SCALARS else _detach(value)
 
 
 def _output(items: list[tuple[Any, Any]], n: int | None, t: int) -> Batch[Any]:
@@ -107,7 +140,7 @@ class UpdateStateRuntime(_Keyed):
 
     def seed(self) -> None:
         for k, v in self.node.initial:
-            self.store.put(k, v)
+            self.store.put(k, _seed_value(v))
 
     def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
         if parent is None:
@@ -146,7 +179,9 @@ class UpdateStateRuntime(_Keyed):
             raise
         except Exception as exc:
             raise _user_error(self.node, t, exc, key) from exc
-        return _output(list(data.items()), self.node.num_partitions, t)
+        # The output is this batch's view of the state: never the state objects themselves, which a
+        # later batch may change in place (the earlier batch's output would change with them).
+        return _output(_detached_items(data), self.node.num_partitions, t)
 
 
 def _frozen(value: Any) -> bool:
@@ -161,8 +196,15 @@ def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
     groups: defaultdict[Any, list[Any]] = defaultdict(list)
 
     def consume(it: Any) -> None:
-        for k, v in it:
-            groups[k].append(v)
+        kv: Any = None
+        try:
+            for kv in it:
+                if kv.__class__ is not tuple:
+                    kv = as_pair(kv, "update_state_by_key")
+                groups[kv[0]].append(kv[1])
+        except TypeError as exc:
+            check_key(exc, kv, "update_state_by_key")
+            raise
 
     for i in range(batch.num_partitions):
         batch._consume(i, consume)
@@ -170,61 +212,119 @@ def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
 
 
 class MapWithStateRuntime(_Keyed):
-    """`map_with_state`, with optional idle timeout (values stored as [state, last_ms])."""
+    """`map_with_state`, with optional idle timeout (values stored as [state, last_ms]).
+
+    A state the function changed in place (``state.get().append(x)``) is persisted as if
+    ``update()`` had been called: after ``get()``, a mutable state is marked changed. An
+    output that may share objects with a mutable state is detached (copied), so a batch's
+    output never changes when a later batch changes the state in place.
+    """
 
     node: MapWithStateNode
 
     def seed(self) -> None:
         timed = self.node.timeout_ms is not None
         for k, v in self.node.initial:
+            v = _seed_value(v)
             self.store.put(k, (v, -1) if timed else v)  # -1: stamped at the first batch
 
     def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
         if parent is None:
             return None
         node = self.node
+        out: list[Any] = []
+        handle = State()
+        for part in parent.partitions:  # no flat copy of the batch
+            start: int | None = 0
+            while start is not None:
+                start = self._records(t, part, start, out, handle)
+        if node.timeout_ms is not None:
+            self._time_out(t, out, handle)
+        return Batch([out], t)
+
+    def _records(self, t: int, part: list[Any], start: int, out: list[Any], handle: State) -> int | None:
+        """Run the function over part[start:]; None when done, else where to resume after a dead-lettered record."""
+        node = self.node
         f = node.f
         timed = node.timeout_ms is not None
         store = self.store
         data = store.data
-        out: list[Any] = []
-        handle = State()
-        key: Any = _ABSENT
+        base = len(out) - start  # every record done appends exactly one output
+        kv: Any = None
         try:
-            for part in parent.partitions:  # no flat copy of the batch
-                for key, value in part:
-                    cur = data.get(key, _ABSENT)
-                    if timed and cur is not _ABSENT:
-                        cur = cur[0]
-                    handle._bind(key, cur, timing_out=False)
-                    out.append(f(key, value, handle))
-                    if handle._removed:
-                        store.delete(key)
-                    elif handle._updated or (timed and handle._exists):
-                        store.put(key, (handle._value, t) if timed else handle._value)
-            if timed:
-                threshold = t - (node.timeout_ms or 0)
-                expired = []
-                for k, v in list(data.items()):
-                    if v[1] < 0:
-                        store.put(k, (v[0], t))
-                    elif v[1] < threshold:
-                        expired.append((k, v[0]))
-                for key, value in expired:
-                    handle._bind(key, value, timing_out=True)
-                    out.append(f(key, None, handle))
+            for kv in part if start == 0 else part[start:]:
+                if kv.__class__ is not tuple:
+                    kv = as_pair(kv, "map_with_state")
+                key, value = kv
+                cur = data.get(key, _ABSENT)
+                if timed and cur is not _ABSENT:
+                    cur = cur[0]
+                handle._bind(key, cur, timing_out=False)
+                o = f(key, value, handle)
+                if handle._removed:
                     store.delete(key)
+                elif handle._updated or (timed and handle._exists) or (handle._read and handle._exists and not _frozen(handle._value)):
+                    store.put(key, (handle._value, t) if timed else handle._value)
+                if handle._exists and o.__class__ not in _SCALARS and not _frozen(handle._value):
+                    o = _detach(o)  # it may be (or hold) the state, which a later record or batch may change in place
+                out.append(o)
         except UserFunctionError:
             raise
+        except TypeError as exc:
+            try:
+                check_key(exc, kv, "map_with_state")
+            except RecordShapeError as shape:
+                raise shape.to_user_error(t, None, None) from shape
+            return self._failed(t, exc, part, len(out) - base, handle)
         except Exception as exc:
-            raise _user_error(node, t, exc, key) from exc
-        return Batch([out], t)
+            return self._failed(t, exc, part, len(out) - base, handle)
+        return None
+
+    def _failed(self, t: int, exc: Exception, part: list[Any], index: int, handle: State) -> int:
+        """Dead-letter part[index] and say where to resume, or raise the error naming the record."""
+        node = self.node
+        rec = part[index] if index < len(part) else None
+        if isinstance(exc, RecordShapeError):
+            raise exc.to_user_error(t, None, None) from exc
+        if node.dead_letters is None:
+            key, value = rec if isinstance(rec, tuple) and len(rec) == 2 else (_ABSENT, _ABSENT)
+            raise _user_error(node, t, exc, key, value) from exc
+        node.dead_letters.add(node.name, t, rec, exc)
+        # What the function changed in place before raising stays in memory: persist it (a replay does the same).
+        if handle._read and handle._exists and not _frozen(handle._value) and handle.key in self.store.data:
+            timed = node.timeout_ms is not None
+            self.store.put(handle.key, (handle._value, t) if timed else handle._value)
+        return index + 1
+
+    def _time_out(self, t: int, out: list[Any], handle: State) -> None:
+        node = self.node
+        store = self.store
+        threshold = t - (node.timeout_ms or 0)
+        expired = []
+        for k, v in list(store.data.items()):
+            if v[1] < 0:
+                store.put(k, (v[0], t))
+            elif v[1] < threshold:
+                expired.append((k, v[0]))
+        for key, value in expired:
+            handle._bind(key, value, timing_out=True)
+            try:
+                o = node.f(key, None, handle)
+            except UserFunctionError:
+                raise
+            except Exception as exc:
+                if node.dead_letters is None:
+                    raise _user_error(node, t, exc, key) from exc
+                node.dead_letters.add(node.name, t, (key, None), exc)
+            else:
+                out.append(o if o.__class__ in _SCALARS or _frozen(o) else _detach(o))
+            store.delete(key)
 
     def state_items(self) -> list[tuple[Any, Any]]:
-        """Every (key, state) (timestamps stripped)."""
+        """Every (key, state) (timestamps stripped), detached from the state (see `_detach`)."""
         if self.node.timeout_ms is None:
-            return list(self.store.data.items())
-        return [(k, v[0]) for k, v in self.store.data.items()]
+            return _detached_items(self.store.data)
+        return [(k, v[0] if v[0].__class__ in _SCALARS else _detach(v[0])) for k, v in self.store.data.items()]
 
 
 class WindowRuntime(StatefulRuntime):
@@ -354,7 +454,10 @@ class ReduceWindowRuntime(WindowRuntime):
         acc: dict[Any, Any] = {}
         for ts in self._in_window(t):
             for k, v in self.slices[ts].items():
-                acc[k] = f(acc[k], v) if k in acc else v
+                if k in acc:
+                    acc[k] = f(acc[k], v)
+                else:  # f may change its first argument in place: never hand it a slice's value
+                    acc[k] = v if v.__class__ in _SCALARS else _detach(v)
         return list(acc.items())
 
     def _running(self, t: int) -> list[tuple[Any, Any]]:
@@ -374,14 +477,14 @@ class ReduceWindowRuntime(WindowRuntime):
         for ts in sorted(self.slices):
             if t - min(length, slide) < ts <= t:  # in this window, not the previous one (length may be < slide)
                 for k, v in self.slices[ts].items():
-                    store.put(k, f(data[k], v) if k in data else v)
+                    store.put(k, f(data[k], v) if k in data else v if v.__class__ in _SCALARS else _detach(v))
                     touched.add(k)
         if node.filter_f is not None:
             keep = node.filter_f
             for k in touched:
                 if k in data and not keep((k, data[k])):
                     store.delete(k)
-        return list(data.items())
+        return _detached_items(data)  # the running values change in place at the next slide when f does
 
     def delta(self) -> dict[str, Any] | None:
         win = super().delta()

@@ -13,8 +13,9 @@ from typing import Any
 
 from streamkeep import _faults
 from streamkeep._util import short_repr
-from streamkeep.batch import Batch
+from streamkeep.batch import Batch, RecordShapeError
 from streamkeep.dstream._graph import (
+    DeadLetterNode,
     Graph,
     NarrowNode,
     Node,
@@ -82,28 +83,42 @@ class LocalExecutor:
         results: dict[int, Batch[Any] | None] = {}
         shared = self._shared
         for node in self.nodes:
+            if isinstance(node, DeadLetterNode):
+                node.letters.take()  # nothing left from a batch that failed
+        for node in self.nodes:
             out: Batch[Any] | None
-            if isinstance(node, SourceNode):
-                out = inputs.get(node.source.name)
-            elif isinstance(node, OutputNode):
-                continue
-            else:
-                parents = [results[p.id] for p in node.parents]
-                if isinstance(node, NarrowNode):
-                    out = None if parents[0] is None else node.apply(parents[0])
-                elif isinstance(node, StatefulNode):
-                    out = self._by_id[node.id].step(t, parents[0])
-                elif isinstance(node, SnapshotsNode):
-                    rt = self._by_id[node.parents[0].id]
-                    assert isinstance(rt, MapWithStateRuntime)
-                    out = None if parents[0] is None else Batch([rt.state_items()], t)
-                elif isinstance(node, TransformNode):
-                    out = None if any(p is None for p in parents) else _call(node, t, [p for p in parents if p is not None])
-                else:  # pragma: no cover - every node kind is handled above
-                    msg = f"unknown node kind {type(node).__name__}"
-                    raise StreamkeepError(msg)
+            try:
+                if isinstance(node, SourceNode):
+                    out = inputs.get(node.source.name)
+                elif isinstance(node, OutputNode):
+                    continue
+                else:
+                    parents = [results[p.id] for p in node.parents]
+                    if isinstance(node, NarrowNode):
+                        out = None if parents[0] is None else node.apply(parents[0])
+                    elif isinstance(node, StatefulNode):
+                        out = self._by_id[node.id].step(t, parents[0])
+                    elif isinstance(node, SnapshotsNode):
+                        rt = self._by_id[node.parents[0].id]
+                        assert isinstance(rt, MapWithStateRuntime)
+                        out = None if parents[0] is None else Batch([rt.state_items()], t)
+                    elif isinstance(node, TransformNode):
+                        out = None if any(p is None for p in parents) else _call(node, t, [p for p in parents if p is not None])
+                    else:  # pragma: no cover - every node kind is handled above
+                        msg = f"unknown node kind {type(node).__name__}"
+                        raise StreamkeepError(msg)
+            except UserFunctionError as exc:
+                named = _name_upstream(exc, node, t)
+                if named is None:
+                    raise
+                raise named from exc.__cause__
             if out is not None and self.pool is not None and node.id in self._chain_ends:
-                out = self.pool.materialise(out)
+                try:
+                    out = self.pool.materialise(out)
+                except UserFunctionError:
+                    if out._dead is None:
+                        raise
+                    out.cache()  # a chain with a dead-letter policy failed: re-run it here, record by record
             if out is not None and node.id in shared:
                 out.cache()
             results[node.id] = out
@@ -112,32 +127,57 @@ class LocalExecutor:
     def run_outputs(self, t: int, results: dict[int, Batch[Any] | None]) -> None:
         """Run the outputs in registration order for batch time t."""
         for node in self.nodes:
-            if not isinstance(node, OutputNode):
+            if not isinstance(node, OutputNode) or isinstance(node, DeadLetterNode):
                 continue
             batch = results[node.parents[0].id]
             if batch is None:
                 continue
             if node.sink is not None:
-                records = batch.collect()
-                _faults.point("sink.before_write")
-                try:
-                    node.sink.write(t, records)
-                except (UserFunctionError, SinkError):
-                    raise
-                except StreamkeepError:
-                    raise
-                except Exception as exc:
-                    msg = f"sink {node.sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
-                    raise SinkError(msg) from exc
-                _faults.point("sink.after_write")
+                _write(node, t, batch.collect())
             else:
                 assert node.fn is not None
                 _call_output(node, t, batch)
+        # Last: the outputs above may be what ran the lazy per-record operators that dead-letter.
+        for node in self.nodes:
+            if isinstance(node, DeadLetterNode):
+                letters = node.letters.take()
+                if letters:  # a batch without failing records writes nothing
+                    _write(node, t, letters)
+
+
+def _write(node: OutputNode, t: int, records: list[Any]) -> None:
+    assert node.sink is not None
+    _faults.point("sink.before_write")
+    try:
+        node.sink.write(t, records)
+    except StreamkeepError:
+        raise
+    except Exception as exc:
+        msg = f"sink {node.sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+        raise SinkError(msg) from exc
+    _faults.point("sink.after_write")
+
+
+def _upstream_label(node: Node) -> str:
+    if isinstance(node, (SourceNode, StatefulNode)):
+        return node.label
+    return f"operator {node.op!r}"
+
+
+def _name_upstream(exc: UserFunctionError, node: Node, t: int) -> UserFunctionError | None:
+    """A wrong-shaped record's error naming the operator(s) that produced it, when the batch could not."""
+    cause = exc.__cause__
+    if not isinstance(cause, RecordShapeError) or cause.upstream is not None or not node.parents:
+        return None
+    upstream = " or ".join(dict.fromkeys(_upstream_label(p) for p in node.parents))
+    return cause.to_user_error(t, None, upstream)
 
 
 def _call(node: TransformNode, t: int, parents: list[Batch[Any]]) -> Batch[Any]:
     try:
         return node.fn(t, parents)
+    except RecordShapeError as exc:
+        raise exc.to_user_error(t, None, None) from exc
     except StreamkeepError:
         raise
     except Exception as exc:

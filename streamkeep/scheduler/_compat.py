@@ -2,10 +2,14 @@
 
 Stateful operators are matched by name. Restores: changed functions, added or
 removed stateless operators, new stateful operators (they start empty or from
-`initial`), new sources. Fails with `IncompatibleCheckpointError`: a stateful
-operator that disappeared, changed kind or changed window shape, a source that
-changed kind, or a batch interval change under windows -- unless the operator is
-listed in ``allow_state_loss``.
+`initial`), new sources (they start from their configured start). Fails with
+`IncompatibleCheckpointError`: a stateful operator that disappeared, changed kind
+or changed window shape; a source whose stored position no source of the code
+takes over (renamed or removed), that changed kind, or whose stored position
+means nothing to its new configuration (a text file source reading another
+directory, a Kafka source none of whose topics it read before); or a batch
+interval change under windows -- unless the operator or source is listed in
+``allow_state_loss`` (a source listed there starts from its configured start).
 """
 
 from __future__ import annotations
@@ -15,13 +19,52 @@ from typing import Any
 from streamkeep.errors import IncompatibleCheckpointError
 
 _SHAPE = ("kind", "length_ms", "slide_ms", "parent_slide_ms", "inverse", "timeout")
+#: Source kinds whose position is empty: removing one loses nothing.
+_POSITIONLESS = frozenset({"constant"})
+
+
+def _source_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(why the stored position cannot be used, or None; a change that keeps it usable, or None)."""
+    if old.get("kind") != new.get("kind"):
+        return f"kind {old.get('kind')!r} -> {new.get('kind')!r}", None
+    kind = new.get("kind")
+    if kind == "text_files":
+        o, n = old.get("path"), new.get("path")
+        if o is not None and n is not None and o != n:  # checkpoints before 0.x did not store "path"
+            return f"directory {o!r} -> {n!r} (the stored position lists files of the old directory)", None
+    elif kind == "kafka":
+        o_t, n_t = set(old.get("topics") or ()), set(new.get("topics") or ())
+        if o_t and n_t and not o_t & n_t:
+            return f"topics {sorted(o_t)} -> {sorted(n_t)} (the stored offsets are for topics it no longer reads)", None
+        if o_t != n_t:
+            parts = []
+            if n_t - o_t:
+                parts.append(f"topics {sorted(n_t - o_t)} added (they start from starting_offsets)")
+            if o_t - n_t:
+                parts.append(f"topics {sorted(o_t - n_t)} removed (their offsets are dropped)")
+            return None, "; ".join(parts)
+    return None, None
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
-    """Classify operators: restored, new, dropped, incompatible (with reasons)."""
+    """Classify operators and sources: restored, new, dropped, incompatible (with reasons).
+
+    Sources: ``sources_new`` and ``sources_dropped`` (names), ``sources_incompatible``
+    (name, reason: the stored position cannot be used) and ``sources_changed``
+    (name, what changed while the stored position stays usable).
+    """
     s_ops: dict[str, Any] = stored.get("operators", {})
     c_ops: dict[str, Any] = current.get("operators", {})
-    out: dict[str, list[Any]] = {"restored": [], "new": [], "dropped": [], "incompatible": [], "sources_new": [], "sources_dropped": [], "sources_incompatible": []}
+    out: dict[str, list[Any]] = {
+        "restored": [],
+        "new": [],
+        "dropped": [],
+        "incompatible": [],
+        "sources_new": [],
+        "sources_dropped": [],
+        "sources_incompatible": [],
+        "sources_changed": [],
+    }
     for name, desc in c_ops.items():
         old = s_ops.get(name)
         if old is None:
@@ -39,8 +82,12 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, li
         old = s_src.get(name)
         if old is None:
             out["sources_new"].append(name)
-        elif old.get("kind") != desc.get("kind"):
-            out["sources_incompatible"].append((name, f"kind {old.get('kind')!r} -> {desc.get('kind')!r}"))
+            continue
+        why, changed = _source_change(old, desc)
+        if why is not None:
+            out["sources_incompatible"].append((name, why))
+        elif changed is not None:
+            out["sources_changed"].append((name, changed))
     out["sources_dropped"] = [n for n in s_src if n not in c_src]
     return out
 
@@ -62,9 +109,26 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
                 f"- stateful operator {name!r} changed shape ({why}); its stored state cannot be used. Restore the old "
                 f"shape, give the changed operator a new name (it then starts empty), or pass allow_state_loss={{{name!r}}}."
             )
+    s_src: dict[str, Any] = stored.get("sources", {})
+    new_sources = ", ".join(f"{n!r}" for n in d["sources_new"])
+    for name in d["sources_dropped"]:
+        kind = s_src[name].get("kind")
+        if name in allow_state_loss or kind in _POSITIONLESS:
+            continue
+        hint = f" (sources without a stored position: {new_sources})" if new_sources else ""
+        problems.append(
+            f"- source {name!r} ({kind}) has a position in the checkpoint but no source of the current code is named "
+            f"{name!r}{hint}. A renamed source would start over from its configured start while the state built from "
+            f"its input is restored (input counted twice or skipped). If you renamed it, give it back name={name!r}; "
+            f"to drop its position, pass allow_state_loss={{{name!r}}}."
+        )
     for name, why in d["sources_incompatible"]:
         if name not in allow_state_loss:
-            problems.append(f"- source {name!r} changed {why}; its stored position means nothing to the new source. Give the new source another name, or pass allow_state_loss={{{name!r}}}.")
+            problems.append(
+                f"- source {name!r} changed {why}; its stored position means nothing to the new source. Restore the old "
+                f"configuration, give the new source another name (and allow dropping the old one's position), or pass "
+                f"allow_state_loss={{{name!r}}} to start it from its configured start."
+            )
     s_iv, c_iv = stored.get("batch_interval_ms"), current.get("batch_interval_ms")
     if s_iv is not None and s_iv != c_iv and any("length_ms" in o for o in current.get("operators", {}).values()):
         problems.append(f"- the batch interval changed from {s_iv} ms to {c_iv} ms while window operators keep per-batch state; keep {s_iv} ms or start a fresh checkpoint.")
@@ -74,4 +138,3 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
             + "\nOr start fresh with a new checkpoint URL. Run `streamkeep checkpoint diff URL APP.py` to see every difference."
         )
         raise IncompatibleCheckpointError(msg)
-

@@ -26,13 +26,15 @@ from streamkeep import _faults
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
+from streamkeep.checkpoint.storage import confine
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, SourceNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
-from streamkeep.sources.base import Source
+from streamkeep.sinks.base import FencedSink, FencingToken
+from streamkeep.sources.base import Source, start_blob
 
 log = logging.getLogger("streamkeep.scheduler")
 
@@ -45,13 +47,18 @@ MAX_CHAIN = 500
 
 @dataclass
 class BatchInfo:
-    """What listeners learn about a finished batch."""
+    """What listeners learn about a batch.
+
+    ``on_batch_started(info)`` is called once the batch's input is read (before its
+    operators and outputs run), with ``processing_end_ms`` -1; ``on_batch_completed(info)``
+    after its commit.
+    """
 
     batch_time_ms: int
     num_records: int
     submission_ms: int
     processing_start_ms: int
-    processing_end_ms: int
+    processing_end_ms: int  # -1 while the batch runs
 
     @property
     def scheduling_delay_ms(self) -> int:
@@ -60,13 +67,13 @@ class BatchInfo:
 
     @property
     def processing_delay_ms(self) -> int:
-        """Time spent planning, running and committing the batch."""
-        return self.processing_end_ms - self.processing_start_ms
+        """Time spent planning, running and committing the batch (-1 while it runs)."""
+        return -1 if self.processing_end_ms < 0 else self.processing_end_ms - self.processing_start_ms
 
     @property
     def total_delay_ms(self) -> int:
-        """Scheduling plus processing delay."""
-        return self.scheduling_delay_ms + self.processing_delay_ms
+        """Scheduling plus processing delay (-1 while the batch runs)."""
+        return -1 if self.processing_end_ms < 0 else self.scheduling_delay_ms + self.processing_delay_ms
 
 
 class _MemoryBlobs:
@@ -128,7 +135,8 @@ class Scheduler:
         self.snapshot_every = snapshot_every
         self._delta_bytes = 0  # state bytes written as deltas since the last snapshot
         self._snapshot_bytes: int | None = None  # size of the last snapshot this process wrote
-        self.keep_commits = max(1, keep_commits)
+        # At least two: the newest commit and one to fall back to if it is lost (keep_commits=1 keeps two).
+        self.keep_commits = max(2, keep_commits)
         self.allow_state_loss = allow_state_loss
         self.inline_delta_bytes = inline_delta_bytes
         self.interval = graph.batch_interval_ms
@@ -139,6 +147,7 @@ class Scheduler:
         self.last_time: int | None = None
         self.zero_ms: int | None = None
         self.listeners: list[Any] = []
+        self._started: tuple[int, int] = (0, 0)  # (submission, processing start) of the batch in progress
         self.batches_done = 0
         self._pending: list[tuple[int, dict[str, Any]]] = []
         self._chains: dict[str, Chain] = {}
@@ -181,6 +190,11 @@ class Scheduler:
             ckpt.claim(owner=f"streamkeep {__version__}", engine_version=__version__)
             blobs = _CheckpointBlobs(ckpt)
         try:
+            if ckpt is not None:  # before any sink call (fresh jobs ask sinks for their markers below)
+                token = FencingToken(*ckpt.fencing(), check=lambda: ckpt.ensure_owner("a sink's ownership check"))
+                for n in needed:
+                    if isinstance(getattr(n, "sink", None), FencedSink):
+                        n.sink.set_fencing_token(token)  # type: ignore[attr-defined]
             for src in self.sources:
                 if hasattr(src, "set_batch_interval_ms"):
                     src.set_batch_interval_ms(self.interval)
@@ -241,6 +255,14 @@ class Scheduler:
             seq, exc = min(ckpt.unreadable.items())
             msg = f"checkpoint {ckpt.url}: no readable commit record; {log_path(seq)} is damaged ({exc})"
             raise CorruptCheckpointError(msg) from exc
+        if not commits and (signs := ckpt.lost_history()):  # never start over when commits were lost
+            msg = (
+                f"checkpoint {ckpt.url} holds no commit record, but it once did: {'; '.join(signs)}. Its commit "
+                f"records were deleted, so starting over would silently lose the job's state and reprocess its "
+                f"input. Put the missing log/ records back (from a backup or copy of the checkpoint), or, to give "
+                f"the state up, move this checkpoint away and start the job on a new checkpoint URL."
+            )
+            raise CorruptCheckpointError(msg)
         if not commits:
             if plan_times:  # crashed before the first commit: start over from those plans
                 self._adopt_plans(None, plan_times)
@@ -263,7 +285,7 @@ class Scheduler:
             raise CheckpointError(msg)
         check_compatible(commits[0].data.get("graph", {}), self._description, self.allow_state_loss, ckpt.url)
         errors = []
-        for rec in commits:
+        for i, rec in enumerate(commits):
             try:
                 self._load(rec)
             except CorruptCheckpointError as exc:
@@ -271,16 +293,32 @@ class Scheduler:
                 log.warning("commit %d is not usable (%s); falling back to an older commit", rec.seq, exc)
                 continue
             skipped = sorted(seq for seq in ckpt.unreadable if seq > rec.seq)
-            if errors or skipped:
-                cause = errors[0] if errors else ckpt.unreadable[skipped[0]]
+            if errors:
                 warnings.warn(
-                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({cause}); recovered from the "
+                    f"checkpoint {ckpt.url}: the newest commit could not be loaded ({errors[0]}); recovered from the "
                     f"older commit of batch {rec.batch_time} ms and will replay the batches after it from their plans",
                     StreamkeepWarning,
                     stacklevel=2,
                 )
-            self._adopt_plans(rec, [t for t in plan_times if t > rec.batch_time])
-            self._sweep(rec)
+            elif skipped:  # a damaged record newer than the commit used: a claim, or a commit it falls back from
+                warnings.warn(
+                    f"checkpoint {ckpt.url}: log record {log_path(skipped[0])} is unreadable ({ckpt.unreadable[skipped[0]]}); "
+                    f"recovered from the newest readable commit, of batch {rec.batch_time} ms (log record {rec.seq}). "
+                    f"If the damaged record was a commit, the batches after {rec.batch_time} ms are replayed from their plans",
+                    StreamkeepWarning,
+                    stacklevel=2,
+                )
+            # The next older commit stays, with everything its replay needs: the fallback if this one is lost.
+            prev = commits[i + 1] if i + 1 < len(commits) else None
+            self._retained.clear()
+            if prev is not None:
+                try:
+                    self._retained.append((prev.seq, prev.batch_time, prev.files()))
+                except CorruptCheckpointError:
+                    prev = None
+            self._retained.append((rec.seq, rec.batch_time, rec.files()))
+            self._adopt_plans(rec, [t for t in plan_times if t > rec.batch_time], prev)
+            self._sweep(rec, prev)
             self.restored = True
             return int(rec.data["zero_ms"])
         raise errors[0]
@@ -288,7 +326,11 @@ class Scheduler:
     def _load(self, rec: CommitRecord) -> None:
         ckpt = self.ckpt
         assert ckpt is not None
+        rec.files()  # every chain names only its operator's own state files, or CorruptCheckpointError
         data = rec.data
+        if "zero_ms" not in data:
+            msg = f"checkpoint {ckpt.url}: commit record {log_path(rec.seq)} has no time origin (zero_ms)"
+            raise CorruptCheckpointError(msg)
         zero = int(data["zero_ms"])
         ex = LocalExecutor(self.processes)
         ex.open(self.graph, zero)
@@ -319,14 +361,23 @@ class Scheduler:
         self._since_snapshot = max((len(c.deltas) for c in chains.values()), default=0)
         self.last_time = rec.batch_time
         self.batches_done = 0
-        self._retained.append((rec.seq, rec.batch_time, rec.files()))
 
-    def _adopt_plans(self, rec: CommitRecord | None, times: list[int]) -> None:
+    def _adopt_plans(self, rec: CommitRecord | None, times: list[int], prev: CommitRecord | None = None) -> None:
         ckpt = self.ckpt
         assert ckpt is not None
+        if rec is not None and prev is not None:
+            # Plans after the fallback commit `prev` stay (with their blobs) until retention drops `prev`.
+            for t in ckpt.plan_times():
+                if prev.batch_time < t <= rec.batch_time:
+                    self._plans_written.append(t)
+                    try:
+                        self._plan_blobs[t] = list(ckpt.read_plan(t).get("blobs", []))
+                    except CheckpointError as exc:  # only the fallback needs it; recovery goes on
+                        log.warning("the plan of batch %d ms (needed only to fall back to batch %d ms) is unreadable: %s", t, prev.batch_time, exc)
         pending = []
         for t in times:
             plan = ckpt.read_plan(t)
+            self._check_file_plans(t, plan)
             for name in self._reset_sources:  # planned by a source of another kind: replay without it
                 plan.get("sources", {}).pop(name, None)
                 plan.get("positions", {}).pop(name, None)
@@ -335,30 +386,75 @@ class Scheduler:
             self._plan_blobs[t] = list(plan.get("blobs", []))
         self._pending = pending
 
-    def _sweep(self, rec: CommitRecord | None) -> None:
-        """Delete files no retained commit or pending plan needs (crash leftovers)."""
+    def _check_file_plans(self, t: int, plan: dict[str, Any]) -> None:
+        """A pending text-file plan read back from the checkpoint names files inside its source's directory only."""
+        planned = plan.get("sources", {})
+        for src in self.sources:
+            p = planned.get(src.name)
+            if p is None or src.describe().get("kind") != "text_files":
+                continue
+            files = p.get("files") if isinstance(p, dict) else None
+            bad = None if isinstance(files, list) else f"{files!r} is not a list of files"
+            for entry in files or []:
+                if bad:
+                    break
+                ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and type(entry[1]) is int and entry[1] >= 0
+                try:
+                    if not ok:
+                        raise CorruptCheckpointError(repr(entry))
+                    confine(entry[0])
+                except CorruptCheckpointError:
+                    bad = f"it names {entry!r}, which is not a [name, size] of a file inside the source's directory"
+            if bad:
+                msg = (
+                    f"checkpoint {self.ckpt.url if self.ckpt else ''}: the plan of batch {t} ms ({plan_path(t)}) for "
+                    f"text_file_stream {src.name!r} is corrupt: {bad}. Plans only ever name files the source listed in "
+                    f"its directory, so the plan was altered; it is never read."
+                )
+                raise CorruptCheckpointError(msg)
+
+    def _sweep(self, rec: CommitRecord | None, prev: CommitRecord | None = None) -> None:
+        """Delete what neither the commit `rec`, nor the fallback `prev`, nor a pending plan needs.
+
+        Only files of the checkpoint's own naming are deleted: log records by number, plans
+        by batch time, state files named ``<T>.delta``/``<T>.snap``, blobs, temp files.
+        """
         ckpt = self.ckpt
         assert ckpt is not None
         st = ckpt.storage
         st.remove_temp_files("")
         keep = rec.files() if rec is not None else set()
-        committed = rec.batch_time if rec is not None else -1
+        if prev is not None:
+            keep |= prev.files()
+        oldest = prev if prev is not None else rec
+        committed = oldest.batch_time if oldest is not None else -1
         for d in st.list_dirs("state"):
             for n in st.list(f"state/{d}"):
                 rel = f"state/{d}/{n}"
-                if rel not in keep:
+                stem, _, ext = n.partition(".")
+                if not (stem.isdigit() and len(stem) == 15 and ext in ("delta", "snap")):
+                    log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
+                elif rel not in keep:
                     st.delete(rel)
-        if rec is not None:
+        if oldest is not None:
             for seq in ckpt.log_seqs():
-                if seq < rec.seq:
+                if seq < oldest.seq:
                     st.delete(log_path(seq))
-        pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs}
+        pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs} | self._start_blobs(rec)
         for t in ckpt.plan_times():
             if t <= committed:
                 st.delete(plan_path(t))
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
                 st.delete(f"blobs/{n}")
+
+    def _start_blobs(self, rec: CommitRecord | None) -> set[str]:
+        """Start blobs (`start_blob`) still needed: of sources no commit or pending plan gives a position."""
+        positioned = set(rec.data.get("positions", {})) if rec is not None else set()
+        for _, plan in self._pending:
+            positioned |= set(plan.get("positions", {}))
+        positioned -= self._reset_sources
+        return {start_blob(src.name) for src in self.sources if src.name not in positioned}
 
     # -- the loop --------------------------------------------------------------------
 
@@ -384,6 +480,7 @@ class Scheduler:
             t = self.next_time()
             plan = self._plan(t)
         start = int(time.time() * 1000)
+        self._started = (submitted, start)  # for on_batch_started, told once the input is read
         counts = self._run(t, plan)
         self._commit(t, plan)
         self.last_time = t
@@ -401,7 +498,16 @@ class Scheduler:
                     cb(info)
         return t
 
+    def _tell_started(self, t: int, num_records: int) -> None:
+        info = BatchInfo(t, num_records, *self._started, processing_end_ms=-1)
+        for li in self.listeners:
+            cb = getattr(li, "on_batch_started", None)
+            if cb is not None:
+                cb(info)
+
     def _plan(self, t: int) -> dict[str, Any]:
+        if self.ckpt is not None:  # sources may write blobs while planning
+            self.ckpt.ensure_owner(f"planning batch {t} ms")
         plans: dict[str, Any] = {}
         for src in self.sources:
             plans[src.name] = src.plan(t)
@@ -412,6 +518,7 @@ class Scheduler:
             plan["blobs"] = blobs
             self._plan_blobs[t] = blobs
         if self.ckpt is not None:
+            self.ckpt.ensure_owner(f"writing the plan of batch {t} ms")
             _faults.point("plan.before_write")
             try:
                 self.ckpt.write_plan(t, plan)
@@ -435,7 +542,11 @@ class Scheduler:
             counts[src.name] = sum(len(p) for p in parts)
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
+        if self.listeners:
+            self._tell_started(t, sum(counts.values()))
         results = self.executor.compute(t, inputs)
+        if self.ckpt is not None:
+            self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
         self.executor.run_outputs(t, results)
         return counts
 

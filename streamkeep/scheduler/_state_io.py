@@ -40,6 +40,14 @@ def encode_state(node: StatefulNode, data: dict[str, Any]) -> bytes:
         return codec.encode(out)
     except UnsupportedValueError as exc:
         key = f" under key {exc.key_repr}" if exc.key_repr else ""
+        reason = str(exc).rsplit("; ", 1)[0].rsplit(": ", 1)[-1]  # the codec's "why", e.g. its depth limit
+        if "levels deep" in reason or "nested too deeply" in reason:
+            msg = (
+                f"the state of operator {node.name!r} ({node.op}) holds a value{key} that the {node.codec} codec cannot "
+                f"store ({exc.path}): {reason}. Flatten it (e.g. a list instead of tuples in tuples), or opt in to "
+                f"pickle with codec='pickle' on the operator (or the context)."
+            )
+            raise CheckpointError(msg) from exc
         msg = (
             f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
             f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "

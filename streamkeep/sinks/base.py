@@ -1,23 +1,53 @@
-"""The `Sink` interface: an output that makes a replayed batch harmless.
+"""The `Sink` interface: an output that makes a replayed batch harmless, and fencing.
 
 A sink is told the batch time with every write. After a crash the scheduler
 may call ``write`` again for a batch time the sink already saw (the batch ran
 but its commit record was not written). A sink must then leave the external
 system as if the batch had been written once: overwrite per batch time, or
 record the last applied batch time atomically with the data and skip replays.
+
+`FencedSink` is the optional capability of a sink that also refuses writes
+from a driver that lost the checkpoint to a newer one (a "zombie"); the
+scheduler hands such a sink a `FencingToken` once it owns the checkpoint.
 Must not import the scheduler, dstream, sources or executors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from streamkeep._types import BatchTime
 
+__all__ = ["FencedSink", "FencingToken", "Sink"]
+
 
 @runtime_checkable
 class Sink(Protocol):
-    """An output of a streaming job, written once per batch time."""
+    """An output of a streaming job, written once per batch time.
+
+    What the engine guarantees: ``write(T, records)`` is called only by the driver
+    that owns the checkpoint, after it proved so (a driver paused past its lease
+    that was taken over stops before writing). It may be called again for ``T``
+    after a crash, with the same records. What the engine cannot guarantee: that
+    the driver does not pause *inside* ``write`` (or just before it) long enough
+    for another driver to take over and write ``T`` or later batches meanwhile.
+
+    What a sink must do:
+
+    * **Replays.** Make a repeated ``T`` harmless: overwrite per batch time, or
+      keep a marker (the last applied ``T``) updated atomically with the data and
+      skip ``T`` not after it.
+    * **Zombies** (to be exactly once even when a driver is paused mid-write):
+      implement `FencedSink`. Keep the highest `FencingToken.epoch` seen for the
+      token's ``checkpoint_id`` next to the data (e.g. in the marker), and in the
+      same atomic step as the write refuse it when the stored epoch is higher
+      than the token's (raise `streamkeep.errors.CheckpointInUseError`), else
+      store the token's epoch. Epochs of different ``checkpoint_id`` values are not
+      comparable (a new checkpoint starts again at 1): treat them as unrelated.
+      Before (re)acquiring an exclusive resource that would cut off the current
+      owner (e.g. a Kafka ``init_transactions``), call ``token.check()``.
+    """
 
     name: str
 
@@ -29,3 +59,60 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush and release resources; safe to call twice."""
+
+
+class FencingToken:
+    """Proof of ownership that a driver hands its sinks (see `FencedSink`).
+
+    Attributes:
+        checkpoint_id: identifies the checkpoint (one instance: a deleted and
+            recreated checkpoint gets a new id).
+        epoch: the driver's claim epoch; a driver that took the checkpoint over
+            has a higher one. A write with a lower epoch than one already seen for
+            the same ``checkpoint_id`` comes from a fenced-out driver.
+        check: ``check()`` raises `CheckpointInUseError` when this driver no longer
+            owns the checkpoint (cheap while the driver's lease is fresh; a storage
+            round trip otherwise). Not kept when a sink is pickled.
+
+    Example:
+        >>> token = FencingToken("3f2a", 4)
+        >>> token.epoch, token.checkpoint_id
+        (4, '3f2a')
+        >>> token.check()  # no check given: nothing to do
+    """
+
+    __slots__ = ("_check", "checkpoint_id", "epoch")
+
+    def __init__(self, checkpoint_id: str, epoch: int, check: Callable[[], None] | None = None) -> None:
+        self.checkpoint_id = checkpoint_id
+        self.epoch = epoch
+        self._check = check
+
+    def check(self) -> None:
+        """Raise `CheckpointInUseError` if the driver lost the checkpoint."""
+        if self._check is not None:
+            self._check()
+
+    def __getstate__(self) -> tuple[str, int]:
+        return self.checkpoint_id, self.epoch
+
+    def __setstate__(self, state: tuple[str, int]) -> None:
+        self.checkpoint_id, self.epoch = state
+        self._check = None
+
+    def __repr__(self) -> str:
+        return f"FencingToken(checkpoint_id={self.checkpoint_id!r}, epoch={self.epoch})"
+
+
+@runtime_checkable
+class FencedSink(Protocol):
+    """A sink that refuses writes from a driver fenced out by a newer owner.
+
+    The scheduler calls ``set_fencing_token`` once, after claiming the
+    checkpoint and before ``open()`` or any other call; jobs without a
+    checkpoint never call it (the sink then writes unfenced, as before).
+    `RedisSink`, `KafkaSink` and `FileSink` implement it.
+    """
+
+    def set_fencing_token(self, token: FencingToken) -> None:
+        """Remember the token; compare it with the stored epoch at every write."""

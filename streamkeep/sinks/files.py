@@ -14,17 +14,21 @@ import datetime as dt
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from streamkeep._types import BatchTime
 from streamkeep._util import atomic_write_file
-from streamkeep.errors import ConfigError, SinkError
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
+from streamkeep.sinks.base import FencingToken
 
 __all__ = ["FileSink"]
 
 _FORMATS = {"lines": "txt", "jsonl": "jsonl"}
+#: The fence file in the sink's directory: "<checkpoint id> <epoch>" of the newest driver that wrote.
+FENCE_FILE = ".streamkeep-fence"
 
 
 def _json_default(obj: Any) -> Any:
@@ -56,6 +60,23 @@ class FileSink:
     On an object store (any fsspec URL other than ``file://``) the file is one
     PUT, which is atomic there.
 
+    Fencing (jobs with a checkpoint): the directory holds a fence file,
+    ``.streamkeep-fence``, with the checkpoint id and claim epoch of the newest
+    driver that wrote there. On a local (POSIX) filesystem every write takes an
+    exclusive ``flock`` on it, refuses to write (`CheckpointInUseError`) when it
+    names a newer epoch of the same checkpoint, records its own epoch, renames its
+    file into place and only then unlocks: a driver that lost the checkpoint to a
+    newer one can never replace a file the newer one wrote, even if it was paused
+    between its ownership check and the rename. Limits: the lock needs a filesystem
+    whose ``flock`` works across the writers (local disks; NFS v4); a writer paused
+    *while holding* the lock (a few microseconds per batch) holds up the next
+    writer for at most ``fence_timeout_s``, which then fails with SinkError. On an
+    object store there is no lock: the fence object is read before each PUT, which
+    narrows the window to that one request but cannot close it (a writer paused
+    between the read and the PUT can still replace a newer file). Readers that
+    must never see a fenced driver's file should read only files of committed
+    batches.
+
     Formats:
         ``"lines"`` (extension ``txt``, the default, like Spark's
         ``saveAsTextFiles``): ``str(record)`` per line, UTF-8. A record whose
@@ -74,6 +95,7 @@ class FileSink:
         format: ``"lines"`` or ``"jsonl"``.
         json_default: ``default=`` for ``json.dumps`` in ``"jsonl"`` format.
         storage_options: fsspec options for non-local URLs (credentials, endpoint).
+        fence_timeout_s: how long a write waits for the fence lock (local paths).
 
     Raises:
         ConfigError: a bad argument.
@@ -94,6 +116,7 @@ class FileSink:
         format: Literal["lines", "jsonl"] = "lines",  # noqa: A002
         json_default: Callable[[Any], Any] | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        fence_timeout_s: float = 30.0,
     ) -> None:
         if not isinstance(name, str) or not name:
             msg = "FileSink needs a non-empty name="
@@ -116,6 +139,13 @@ class FileSink:
         self.path = raw.rstrip("/") if self._remote else str(Path(raw))
         self._fs: Any = None
         self._lock = threading.Lock()
+        self.fence_timeout_s = fence_timeout_s
+        self._token: FencingToken | None = None
+        self._fence_fd: int | None = None
+
+    def set_fencing_token(self, token: FencingToken) -> None:
+        """Fence this sink's directory with the driver's claim epoch (see the class docs)."""
+        self._token = token
 
     def path_for(self, batch_time: BatchTime) -> str:
         """The file that holds batch `batch_time`."""
@@ -136,11 +166,15 @@ class FileSink:
     def close(self) -> None:
         """Nothing is buffered between writes; safe to call twice."""
         self._fs = None
+        fd, self._fence_fd = self._fence_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_fs"] = None
         state["_lock"] = None
+        state["_fence_fd"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -199,12 +233,98 @@ class FileSink:
         with self._lock:
             if self._remote:
                 try:
+                    if self._token is not None:
+                        self._fence_remote(batch_time)
                     self._remote_fs().pipe_file(final, data)
+                except (CheckpointInUseError, SinkError):
+                    raise
                 except Exception as exc:
                     msg = f"FileSink {self.name!r}: cannot write {final!r}: {exc}"
                     raise SinkError(msg) from exc
                 return
-            self._write_local(final, data)
+            if self._token is None:
+                self._write_local(final, data)
+                return
+            import fcntl
+
+            fd = self._lock_fence(batch_time)
+            try:
+                self._fence_local(fd, batch_time)
+                self._write_local(final, data)  # renamed into place while the fence is locked
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # -- fencing -----------------------------------------------------------------------
+
+    def _fence_path(self) -> str:
+        return f"{self.path}/{FENCE_FILE}"
+
+    def _lock_fence(self, batch_time: BatchTime) -> int:
+        import fcntl
+
+        try:
+            if self._fence_fd is None:
+                self._fence_fd = os.open(self._fence_path(), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._fence_fd
+            deadline = time.monotonic() + self.fence_timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.005)
+        except OSError as exc:
+            msg = f"FileSink {self.name!r}: cannot lock the fence file {self._fence_path()!r}: {exc}"
+            raise SinkError(msg) from exc
+        msg = (
+            f"FileSink {self.name!r}, batch {batch_time}: the fence file {self._fence_path()!r} stayed locked by another "
+            f"process for {self.fence_timeout_s:g} s (a driver paused while writing this directory?). The batch is not "
+            "committed; stop the other driver and restart."
+        )
+        raise SinkError(msg)
+
+    def _check_fence(self, raw: bytes, batch_time: BatchTime) -> bool:
+        """True if the fence must be (re)written with our token; CheckpointInUseError if a newer driver wrote."""
+        token = self._token
+        assert token is not None
+        fields = raw.split(b"\n", 1)[0].decode("ascii", "replace").split()
+        stored_id, stored_epoch = (fields[0], int(fields[1])) if len(fields) == 2 and fields[1].isdigit() else (None, 0)
+        if stored_id == token.checkpoint_id and stored_epoch > token.epoch:
+            msg = (
+                f"FileSink {self.name!r}, batch {batch_time}: a newer driver (epoch {stored_epoch}) of this job's checkpoint "
+                f"already writes {self.path!r}; this driver (epoch {token.epoch}) lost the checkpoint and stops without "
+                "writing."
+            )
+            raise CheckpointInUseError(msg)
+        return (stored_id, stored_epoch) != (token.checkpoint_id, token.epoch)
+
+    def _fence_bytes(self) -> bytes:
+        token = self._token
+        assert token is not None
+        return f"{token.checkpoint_id} {token.epoch}\n".encode("ascii")
+
+    def _fence_local(self, fd: int, batch_time: BatchTime) -> None:
+        try:
+            raw = os.pread(fd, 512, 0)
+            if self._check_fence(raw, batch_time):
+                mine = self._fence_bytes()
+                os.pwrite(fd, mine, 0)  # the first line is what counts: a crash here leaves it whole or old
+                os.ftruncate(fd, len(mine))
+                os.fsync(fd)
+        except OSError as exc:
+            msg = f"FileSink {self.name!r}: cannot read or write the fence file {self._fence_path()!r}: {exc}"
+            raise SinkError(msg) from exc
+
+    def _fence_remote(self, batch_time: BatchTime) -> None:
+        fs = self._remote_fs()
+        try:
+            raw = fs.cat_file(self._fence_path())
+        except FileNotFoundError:
+            raw = b""
+        if self._check_fence(raw, batch_time):
+            fs.pipe_file(self._fence_path(), self._fence_bytes())
 
     def _write_local(self, final: str, data: bytes) -> None:
         try:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from streamkeep._types import BatchTime
 from streamkeep._util import import_optional
-from streamkeep.errors import ConfigError, SinkError, UserFunctionError
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Producer
@@ -50,7 +51,8 @@ class KafkaSink:
     **How a replay is recognised.** Every batch ``T`` is written in one producer
     transaction (``transactional.id = "streamkeep-sink-<name>"``, idempotent
     producer) holding the batch's records *and* one marker record, key ``name``,
-    value ``{"sink", "batch_time", "records", "topic"}`` (JSON), on partition 0
+    value ``{"sink", "batch_time", "records", "topic"}`` (JSON; plus ``"epoch"`` and
+    ``"checkpoint"`` in a job with a checkpoint), on partition 0
     of the marker topic (default ``"streamkeep-markers-<name>"``). Kafka commits
     both or neither. On open (and after any failure) the sink calls
     ``init_transactions`` — which fences a previous producer with the same id
@@ -59,6 +61,21 @@ class KafkaSink:
     time; a write for a batch time not after it is skipped. While the sink
     lives it tracks the marker in memory, as the transactional id guarantees it
     is the only writer.
+
+    **Zombie fencing.** Kafka fences by ``transactional.id``: every
+    ``init_transactions`` with the id bumps its producer epoch on the broker, and
+    from then on every transactional request of an older producer with that id
+    (a driver that lost the checkpoint while paused) fails with a fatal
+    ``PRODUCER_FENCED``/``INVALID_PRODUCER_EPOCH``; its open transaction is
+    aborted. So once a newer driver has opened its sink, a zombie can neither
+    commit a transaction it had begun nor start a new one; its write raises
+    SinkError. Two more guards keep a zombie from fencing the newer driver in
+    turn (which a new ``init_transactions`` after a retriable error would do): with
+    a checkpoint (see `FencedSink`) the sink calls the driver's ownership check
+    before every ``init_transactions`` and every transaction, and marker records carry the driver's
+    claim epoch and checkpoint id, so a sink that finds a marker of a newer epoch
+    of its checkpoint refuses to write (`CheckpointInUseError`). The fence is per
+    ``transactional.id``: two jobs must not share a sink name.
 
     Why a marker record rather than ``send_offsets_to_transaction`` (committing
     "offset = T" for a private consumer group in the transaction): both are
@@ -76,6 +93,10 @@ class KafkaSink:
     transactions from read_committed consumers, so there a batch cut off by a
     crash *inside* its transaction stays visible and is written again on replay;
     a replay of a batch whose transaction committed is skipped on any broker.
+    Nor does the mock fence an older producer with the same ``transactional.id``
+    (a zombie's transaction commits there), so the tests check the sink's own
+    guards (ownership check, marker epochs) and leave the broker's epoch fence to
+    a real broker.
 
     Args:
         topic: the output topic.
@@ -151,7 +172,12 @@ class KafkaSink:
         self._producer_config = cfg
         self._producer: Producer | None = None
         self._last: BatchTime | None = None
+        self._token: FencingToken | None = None
         self._lock = threading.Lock()
+
+    def set_fencing_token(self, token: FencingToken) -> None:
+        """Fence with the driver's claim epoch (checked before init_transactions and in the markers)."""
+        self._token = token
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -193,6 +219,8 @@ class KafkaSink:
         conf: dict[str, Any] = {"acks": "all", "linger.ms": 5}
         conf.update(self._producer_config)
         conf.update({"bootstrap.servers": self.bootstrap_servers, "transactional.id": self.transactional_id, "enable.idempotence": True})
+        if self._token is not None:
+            self._token.check()  # init_transactions fences whoever holds the id: only the owner may do it
         try:
             producer: Producer = ck.Producer(conf)
         except ck.KafkaException as exc:
@@ -212,7 +240,7 @@ class KafkaSink:
             raise SinkError(msg) from exc
         try:
             self._last = self._read_marker()
-        except SinkError:
+        except (SinkError, CheckpointInUseError):
             del producer
             raise
         self._producer = producer
@@ -284,14 +312,24 @@ class KafkaSink:
                     continue
                 if m.key() == own:
                     try:
-                        bt = int(json.loads(m.value() or b"")["batch_time"])
-                    except (TypeError, ValueError, KeyError) as exc:
+                        doc = json.loads(m.value() or b"")
+                        bt = int(doc["batch_time"])
+                        epoch = int(doc.get("epoch", 0))
+                    except (TypeError, ValueError, KeyError, AttributeError) as exc:
                         msg = (
                             f"{where}: record at offset {m.offset()} has key {self.name!r} "
                             f"but is not a streamkeep marker ({exc!r}); is the topic "
                             "used by something else? Pass another marker_topic=."
                         )
                         raise SinkError(msg) from exc
+                    token = self._token
+                    if token is not None and doc.get("checkpoint") == token.checkpoint_id and epoch > token.epoch:
+                        msg = (
+                            f"KafkaSink {self.name!r}: marker of batch {bt} (offset {m.offset()}) was written by a newer "
+                            f"driver (epoch {epoch}) of this job's checkpoint; this driver (epoch {token.epoch}) lost the "
+                            "checkpoint and stops without writing."
+                        )
+                        raise CheckpointInUseError(msg)
                     best = bt if best is None else max(best, bt)
                 if (m.offset() or 0) >= end - 1:
                     return best
@@ -345,6 +383,8 @@ class KafkaSink:
                 if self._last is not None and batch_time <= self._last:
                     log.info("KafkaSink %r: batch %d already applied (marker %d); skipped", self.name, batch_time, self._last)
                     return
+                if self._token is not None:
+                    self._token.check()  # free while the driver's lease is fresh; the broker's epoch fence is the backstop
                 try:
                     self._transaction(batch_time, encoded)
                 except ck.KafkaException as exc:
@@ -387,9 +427,10 @@ class KafkaSink:
                         ) from None
                     producer.poll(0.05)
             producer.poll(0)
-        marker = json.dumps(
-            {"sink": self.name, "batch_time": batch_time, "records": len(encoded), "topic": self.topic}, separators=(",", ":")
-        ).encode("utf-8")
+        doc: dict[str, Any] = {"sink": self.name, "batch_time": batch_time, "records": len(encoded), "topic": self.topic}
+        if self._token is not None:
+            doc.update(epoch=self._token.epoch, checkpoint=self._token.checkpoint_id)
+        marker = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         producer.produce(self.marker_topic, value=marker, key=self.name.encode("utf-8"), partition=0)
         while True:
             try:

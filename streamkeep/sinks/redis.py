@@ -1,8 +1,8 @@
-"""Redis output applied exactly once per batch time (redis-py, MULTI/EXEC + WATCH).
+"""Redis output applied exactly once per batch time (redis-py, one Lua script per batch).
 
 Owns :class:`RedisSink`. redis-py is imported lazily (extra ``streamkeep[redis]``).
-Imports only ``streamkeep.errors`` and ``streamkeep._types``; must not import
-sources, dstream, the scheduler or executors.
+Imports only ``streamkeep.errors``, ``streamkeep._types`` and ``streamkeep.sinks.base``;
+must not import sources, dstream, the scheduler or executors.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamkeep._types import BatchTime
 from streamkeep._util import import_optional
-from streamkeep.errors import ConfigError, SinkError, UserFunctionError
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -28,6 +30,99 @@ log = logging.getLogger(__name__)
 
 WriteFunction = Callable[["Pipeline", list[Any]], None]
 
+#: Redis's Lua unpacks at most ~8000 values onto its stack: the most arguments one command may have here.
+MAX_COMMAND_ARGS = 7900
+
+# One batch, atomically (a script runs alone on the server): check the marker (skip an applied
+# batch; refuse a fenced driver; re-run only the recorded failed commands of a partly applied
+# one), validate every command before running any (unknown, wrong arity, not allowed: nothing
+# applied), run them with pcall, and set the marker with the failures that remain.
+# ARGV: batch time, epoch ("" = unfenced), checkpoint id, n, then per command: argc, args...
+_SCRIPT = r"""
+local function parse(raw)
+  local t = string.match(raw, '^(%-?%d+)')
+  if not t then return nil end
+  return tonumber(t), tonumber(string.match(raw, ' epoch=(%d+)')), string.match(raw, ' ckpt=(%w+)'),
+         string.match(raw, ' failed=([%w/,]+)')
+end
+local function digest(args)
+  local parts = {}
+  for j = 1, #args do parts[j] = #args[j] .. ':' .. args[j] end
+  return string.sub(redis.sha1hex(table.concat(parts, ' ')), 1, 12)
+end
+local bt, epoch, ckpt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local raw = redis.call('GET', KEYS[1])
+local only = nil
+if raw then
+  local t, e, c, f = parse(raw)
+  if t == nil then return {'foreign', raw} end
+  if epoch and e and c == ckpt and e > epoch then return {'fenced', raw} end
+  if t > bt or (t == bt and not f) then return {'skip', raw} end
+  if f then
+    if t < bt then return {'blocked', raw} end
+    only = {}
+    for item in string.gmatch(f, '[^,]+') do
+      local i, d = string.match(item, '^(%d+)/(%x+)$')
+      if i then only[tonumber(i)] = d end
+    end
+  end
+end
+local cmds, pos = {}, 5
+for i = 1, n do
+  local argc, args = tonumber(ARGV[pos]), {}
+  for j = 1, argc do args[j] = ARGV[pos + j] end
+  cmds[i] = args
+  pos = pos + argc + 1
+end
+local run = {}
+if only then
+  for i, d in pairs(only) do
+    if i > n or digest(cmds[i]) ~= d then return {'changed', raw, i, n} end
+  end
+end
+for i = 1, n do if (not only) or only[i] then run[#run + 1] = i end end
+local known = {}
+for _, i in ipairs(run) do
+  local args = cmds[i]
+  local name = string.lower(args[1])
+  if known[name] == nil then known[name] = redis.call('COMMAND', 'INFO', name)[1] end
+  local info = known[name]
+  if not info then return {'malformed', i, 'unknown command'} end
+  local arity = info[2]
+  if (arity > 0 and #args ~= arity) or (arity < 0 and #args < -arity) then
+    return {'malformed', i, 'wrong number of arguments'}
+  end
+  for _, flag in ipairs(info[3]) do
+    if (type(flag) == 'table' and flag['ok'] or flag) == 'noscript' then
+      return {'malformed', i, 'not allowed inside a transaction or script'}
+    end
+  end
+end
+local failed, errs = {}, {}
+for _, i in ipairs(run) do
+  local r = redis.pcall(unpack(cmds[i]))
+  if type(r) == 'table' and r['err'] then
+    failed[#failed + 1] = i .. '/' .. digest(cmds[i])
+    if #errs < 40 then errs[#errs + 1] = i; errs[#errs + 1] = r['err'] end
+  end
+end
+local m = ARGV[1]
+if epoch then m = m .. ' epoch=' .. ARGV[2] .. ' ckpt=' .. ckpt end
+if #failed > 0 then m = m .. ' failed=' .. table.concat(failed, ',') end
+redis.call('SET', KEYS[1], m)
+return {'applied', m, #failed, #run, errs}
+"""
+
+_MARKER_RE = re.compile(r"^(-?\d+)(?: epoch=(\d+) ckpt=(\w+))?(?: failed=([0-9a-f/,]+))?$")
+
+
+@dataclass(frozen=True)
+class _Marker:
+    batch_time: BatchTime
+    epoch: int | None = None
+    checkpoint_id: str | None = None
+    failed: str | None = None  # "i/digest,..." of commands that failed in that batch
+
 
 def _import_redis() -> Any:
     return import_optional("redis", "RedisSink", "redis")
@@ -37,31 +132,63 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
 
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _show(cmd: tuple[Any, ...], limit: int = 120) -> str:
+    """A command as it is typed, arguments truncated: ``INCRBY 'a-list' 1``."""
+    parts = [_text(cmd[0]).upper()]
+    for a in cmd[1:]:
+        if isinstance(a, (int, float)):
+            parts.append(str(a))
+            continue
+        t = _text(a)
+        parts.append(repr(t if len(t) <= 40 else t[:37] + "..."))
+    out = " ".join(parts)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 class RedisSink:
     """Writes each batch to Redis in one transaction, exactly once per batch time.
 
-    For every batch time ``T`` the sink opens a transaction guarded by ``WATCH``
-    on a marker key (default ``streamkeep:sink:<name>:last_batch``) that holds
-    the last applied batch time. If the marker is ``>= T`` the batch was
-    already applied (a replay after a crash between this write and the
-    checkpoint commit) and nothing is sent. Otherwise ``write(pipeline,
-    records)`` queues the batch's commands and the sink queues ``SET marker T``
-    behind them; both run in one ``MULTI``/``EXEC``. Either all of them are
-    applied or none, so even non-idempotent commands (INCRBY, HINCRBY, LPUSH)
-    take effect exactly once. If the marker changes between WATCH and EXEC
-    (another writer, e.g. a zombie driver), EXEC is refused and the check runs
-    again.
+    For every batch time ``T`` the sink runs one Lua script on the server, which
+    executes alone (nothing interleaves) and does, atomically: read the marker key
+    (default ``streamkeep:sink:<name>:last_batch``) holding the last applied batch
+    time; if it is ``>= T`` the batch was already applied (a replay after a crash
+    between this write and the checkpoint commit) and nothing runs; otherwise run
+    the commands that ``write(pipeline, records)`` queued, then set the marker to
+    ``T``. So even non-idempotent commands (INCRBY, HINCRBY, LPUSH) take effect
+    exactly once. The marker is read first without the script, too, so ``write``
+    is not called for a batch that is clearly applied.
 
-    ``write`` must only queue commands on the pipeline: it must not call
-    ``execute()``, ``watch()``, ``multi()`` or ``reset()``, and it must not rely
-    on reading values (replies are only known after EXEC). It is called once
-    per applied batch, also for an empty batch, and never for a skipped one.
+    ``write`` must only queue commands on the pipeline: ``execute()``,
+    ``watch()``, ``multi()`` or ``reset()`` raise SinkError, and replies are never
+    available to it. It is called for each batch not yet applied, also an empty
+    one, and must queue the same commands in the same order for the same records
+    (a replay relies on it, see below).
 
-    Redis does not roll back: a command that fails inside EXEC (e.g. WRONGTYPE)
-    leaves the other commands and the marker applied. The sink then raises
-    SinkError listing the failures; the batch counts as applied and is skipped
-    on replay, so fix the write function. A command refused while queueing
-    (EXECABORT) discards the whole transaction: nothing is applied.
+    **A command that fails** (e.g. WRONGTYPE on a dead-letter list) does not undo
+    the others: Redis has no rollback, and the other commands stay applied,
+    exactly once. The script records the failed commands (position and a digest
+    of their arguments) in the marker, ``"T epoch=.. ckpt=.. failed=2/3fa1..,.."``,
+    and the sink raises SinkError naming each failed command (its number, name,
+    arguments and the error). The batch is therefore not committed and *not*
+    treated as applied: fix the cause (the key's type, a full memory) and restart
+    the job. Its replay of ``T`` runs exactly the recorded failed commands again
+    (checking that ``write`` queued the same commands there) and nothing else. To
+    give them up deliberately, SET the marker to the value without ``failed=``
+    that the error shows. A job that reaches a later batch while the marker still
+    records failures refuses to write rather than lose them. Commands Redis
+    rejects before running anything (unknown command, wrong number of arguments,
+    not allowed in a script) fail the batch with nothing applied.
+
+    **Fencing** (jobs with a checkpoint, see `FencedSink`): the marker also holds
+    the driver's claim epoch and checkpoint id (``"T epoch=4 ckpt=<id>"``); a
+    driver whose epoch is lower than the marker's for the same checkpoint lost
+    the checkpoint to a newer driver, and its write is refused with
+    `CheckpointInUseError`, in the same atomic step. A marker holding only a batch
+    time (the format of earlier versions) is read as before.
 
     Connection errors and timeouts are retried ``max_retries`` times with
     exponential backoff from ``retry_backoff_s`` (doubling, at most 2 s); a
@@ -129,7 +256,13 @@ class RedisSink:
         self.timeout_s = timeout_s
         self._write = write
         self._client: Redis | None = None
+        self._script: Any = None
+        self._token: FencingToken | None = None
         self._lock = threading.Lock()
+
+    def set_fencing_token(self, token: FencingToken) -> None:
+        """Fence writes with the driver's claim epoch (kept in the marker)."""
+        self._token = token
 
     def open(self) -> None:
         """Create the client (connections are made on first use)."""
@@ -140,12 +273,14 @@ class RedisSink:
         """Close the client's connections; safe to call twice."""
         with self._lock:
             client, self._client = self._client, None
+            self._script = None
             if client is not None:
                 client.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_script"] = None
         state["_lock"] = None
         return state
 
@@ -166,25 +301,38 @@ class RedisSink:
             except ValueError as exc:
                 msg = f"RedisSink {self.name!r}: bad url {_redact(self.url)!r}: {exc}"
                 raise ConfigError(msg) from exc
+            self._script = self._client.register_script(_SCRIPT)
         assert self._client is not None
         return self._client
 
     def last_batch(self) -> BatchTime | None:
-        """The last batch time applied by this sink (the marker), or None."""
+        """The last batch time applied (or partly applied: see failures) by this sink, or None."""
         with self._lock:
             raw = self._retrying("reading the marker", None, lambda: self._ensure_client().get(self.marker_key))
-        return None if raw is None else self._parse_marker(raw)
+        return None if raw is None else self._parse_marker(raw).batch_time
 
-    def _parse_marker(self, raw: Any) -> BatchTime:
-        try:
-            return int(raw)
-        except (TypeError, ValueError) as exc:
+    def _parse_marker(self, raw: Any) -> _Marker:
+        m = _MARKER_RE.match(_text(raw))
+        if m is None:
             msg = (
                 f"RedisSink {self.name!r}: marker key {self.marker_key!r} holds {raw!r}, "
                 "not a batch time; another program uses this key? Pick another "
                 "marker_key= or delete the key if it is stray."
             )
-            raise SinkError(msg) from exc
+            raise SinkError(msg)
+        epoch = m.group(2)
+        return _Marker(int(m.group(1)), int(epoch) if epoch else None, m.group(3), m.group(4))
+
+    def _fenced(self, marker: _Marker, batch_time: BatchTime) -> CheckpointInUseError | None:
+        token = self._token
+        if token is None or marker.epoch is None or marker.checkpoint_id != token.checkpoint_id or marker.epoch <= token.epoch:
+            return None
+        msg = (
+            f"RedisSink {self.name!r}, batch {batch_time}: marker {self.marker_key!r} was written by a newer driver "
+            f"(epoch {marker.epoch}) of this job's checkpoint; this driver (epoch {token.epoch}) lost the checkpoint and "
+            "stops without writing."
+        )
+        return CheckpointInUseError(msg)
 
     def write(self, batch_time: BatchTime, records: list[Any]) -> None:
         """Apply the batch once: skipped if the marker says `batch_time` is applied.
@@ -201,20 +349,9 @@ class RedisSink:
         transient = (redis.ConnectionError, redis.TimeoutError)
         backoff = self.retry_backoff_s
         attempt = 0
-        conflicts = 0
         while True:
             try:
                 return fn()
-            except redis.WatchError as exc:
-                conflicts += 1
-                if conflicts > 100:
-                    msg = (
-                        f"RedisSink {self.name!r}: marker {self.marker_key!r} changed "
-                        f"under {what} {conflicts} times in a row; is a second job "
-                        "writing with the same sink name?"
-                    )
-                    raise SinkError(msg) from exc
-                log.info("RedisSink %r: marker changed during %s; checking again", self.name, what)
             except transient as exc:
                 attempt += 1
                 if attempt > self.max_retries:
@@ -237,48 +374,122 @@ class RedisSink:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _apply(self, batch_time: BatchTime, records: list[Any]) -> None:
-        redis = _import_redis()
+    def _queue(self, batch_time: BatchTime, records: list[Any]) -> list[tuple[Any, ...]]:
+        """Run the write function on a queue-only pipeline; the commands it queued."""
         client = self._ensure_client()
-        with client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.marker_key)  # type: ignore[no-untyped-call]
-            raw = pipe.get(self.marker_key)
-            if raw is not None and self._parse_marker(raw) >= batch_time:
-                log.info("RedisSink %r: batch %d already applied (marker %s); skipped", self.name, batch_time, raw)
-                return
-            pipe.multi()
+        pipe = client.pipeline(transaction=True)
+        guarded = ("execute", "watch", "multi", "unwatch", "reset", "discard")
+
+        def refuse(name: str) -> Callable[..., Any]:
+            def call(*_a: Any, **_k: Any) -> Any:
+                msg = (
+                    f"RedisSink {self.name!r}, batch {batch_time}: the write function called {name}() on the pipeline; it "
+                    "must only queue commands (the sink runs them together with its marker). Nothing was applied."
+                )
+                raise SinkError(msg)
+
+            return call
+
+        for name in guarded:
+            setattr(pipe, name, refuse(name))
+        try:
             try:
                 self._write(pipe, records)
+            except SinkError:
+                raise
             except Exception as exc:
                 msg = f"RedisSink {self.name!r}: the write function raised for batch {batch_time}: {exc!r}; nothing was applied"
                 raise UserFunctionError(msg, operator=f"RedisSink {self.name}", batch_time_ms=batch_time) from exc
-            if not pipe.explicit_transaction:
+            commands: list[tuple[Any, ...]] = []
+            for args, _options in pipe.command_stack:
+                head = args[0]
+                # redis-py sends "CLIENT LIST"-style names as separate words
+                words = tuple(head.split()) if isinstance(head, str) else (head,)
+                commands.append((*words, *args[1:]))
+        finally:
+            for name in guarded:
+                delattr(pipe, name)
+            pipe.reset()
+        for i, cmd in enumerate(commands, 1):
+            if len(cmd) > MAX_COMMAND_ARGS:
                 msg = (
-                    f"RedisSink {self.name!r}, batch {batch_time}: the write function "
-                    "called execute()/reset() on the pipeline; it must only queue "
-                    "commands (its commands may have been applied without the marker)"
+                    f"RedisSink {self.name!r}, batch {batch_time}: command #{i} ({_show(cmd)}) has {len(cmd)} arguments; "
+                    f"the sink runs a batch's commands in a Lua script, which takes at most {MAX_COMMAND_ARGS} per "
+                    "command. Split it into several commands. Nothing was applied."
                 )
                 raise SinkError(msg)
-            queued = len(pipe.command_stack)
-            pipe.set(self.marker_key, batch_time)
-            try:
-                results = pipe.execute(raise_on_error=False)
-            except redis.ResponseError as exc:  # queue-time error -> EXECABORT
-                msg = (
-                    f"RedisSink {self.name!r}, batch {batch_time}: Redis refused the "
-                    f"transaction ({exc}); nothing was applied. A command queued by the "
-                    "write function is malformed (wrong arguments or unknown command)."
-                )
-                raise SinkError(msg) from exc
-        failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
-        if failed:
-            shown = "; ".join(f"command #{i + 1}: {r}" for i, r in failed[:5])
-            marker_ok = failed[-1][0] != queued
+        return commands
+
+    def _apply(self, batch_time: BatchTime, records: list[Any]) -> None:
+        client = self._ensure_client()
+        raw = client.get(self.marker_key)
+        if raw is not None:
+            marker = self._parse_marker(raw)
+            fenced = self._fenced(marker, batch_time)
+            if fenced is not None:
+                raise fenced
+            if marker.batch_time > batch_time or (marker.batch_time == batch_time and not marker.failed):
+                log.info("RedisSink %r: batch %d already applied (marker %s); skipped", self.name, batch_time, _text(raw))
+                return
+        commands = self._queue(batch_time, records)
+        token = self._token
+        args: list[Any] = [batch_time, "" if token is None else token.epoch, "" if token is None else token.checkpoint_id, len(commands)]
+        for cmd in commands:
+            args.append(len(cmd))
+            args.extend(cmd)
+        reply = self._script(keys=[self.marker_key], args=args, client=client)
+        self._outcome(batch_time, commands, reply)
+
+    def _outcome(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], reply: list[Any]) -> None:
+        status = _text(reply[0])
+        where = f"RedisSink {self.name!r}, batch {batch_time}"
+        if status == "skip":
+            log.info("RedisSink %r: batch %d already applied (marker %s); skipped", self.name, batch_time, _text(reply[1]))
+            return
+        if status == "foreign":
+            self._parse_marker(reply[1])  # raises
+        marker = _text(reply[1]) if len(reply) > 1 else ""
+        give_up = f"SET {self.marker_key} {marker.split(' failed=')[0]!r}"
+        if status == "fenced":
+            fenced = self._fenced(self._parse_marker(reply[1]), batch_time)
+            assert fenced is not None
+            raise fenced
+        if status == "malformed":
+            i, why = int(reply[1]), _text(reply[2])
             msg = (
-                f"RedisSink {self.name!r}, batch {batch_time}: {len(failed)} of "
-                f"{len(results)} commands failed inside MULTI/EXEC ({shown}). Redis does "
-                "not roll back: the other commands were applied"
-                + (" and the batch is marked applied (a replay skips it)" if marker_ok else "")
-                + ". Fix the write function."
+                f"{where}: Redis cannot run command #{i} ({_show(commands[i - 1])}): {why}. Nothing of the batch was "
+                "applied; fix the write function and restart (the batch is not committed)."
             )
             raise SinkError(msg)
+        if status == "blocked":
+            msg = (
+                f"{where}: marker {self.marker_key!r} is {marker!r}: commands of batch {self._parse_marker(reply[1]).batch_time} "
+                "failed and were never re-applied, and this job is past that batch, so they would be lost. Run the job "
+                "from the checkpoint that still holds that batch (its replay re-runs them), or give them up deliberately: "
+                f"{give_up}."
+            )
+            raise SinkError(msg)
+        if status == "changed":
+            i, n = int(reply[2]), int(reply[3])
+            shown = _show(commands[i - 1]) if i <= len(commands) else f"none: only {n} commands were queued"
+            msg = (
+                f"{where}: the marker records command #{i} of this batch as failed, but the write function now queues a "
+                f"different command there ({shown}); re-running it could apply something else than what failed. Restore "
+                f"the write function that ran this batch, or give the failed commands up deliberately: {give_up}."
+            )
+            raise SinkError(msg)
+        n_failed, n_run, errs = int(reply[2]), int(reply[3]), reply[4]
+        if not n_failed:
+            return
+        shown = "; ".join(
+            f"command #{int(errs[k])} {_show(commands[int(errs[k]) - 1])}: {_text(errs[k + 1]).rstrip('.')}" for k in range(0, len(errs), 2)
+        )
+        more = f" (and {n_failed - len(errs) // 2} more)" if n_failed > len(errs) // 2 else ""
+        msg = (
+            f"{where}: {n_failed} of {n_run} commands failed in Redis: {shown}{more}. Redis does not roll back: the other "
+            f"commands were applied, exactly once. The failed ones are recorded in the marker {self.marker_key!r}, so the "
+            "batch is not committed and not treated as applied: fix the cause (e.g. the key's type) and restart the job; "
+            f"its replay of batch {batch_time} runs exactly those commands again, nothing else. To give them up "
+            f"instead: {give_up}"
+        )
+        raise SinkError(msg)

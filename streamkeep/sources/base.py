@@ -32,6 +32,17 @@ class BlobStore(Protocol):
         """Forget `name` (called once no commit needs it)."""
 
 
+def start_blob(source_name: str) -> str:
+    """Name of the blob in which a source records where it started (e.g. the files present at start).
+
+    A source that decides at ``open()`` what it will skip writes that decision here
+    (``BlobStore.put``) so a restart before its first durable plan decides the same.
+    The scheduler keeps the blob while no commit or pending plan holds a position
+    for the source, and deletes it at a restart after that.
+    """
+    return f"{source_name}/start"
+
+
 @runtime_checkable
 class Source(Protocol):
     """An input of a streaming job.

@@ -24,6 +24,10 @@ class QueueSource:
         one_at_a_time: one item per batch (True) or everything in the first batch.
         default: records for batches after the queue ran out (None: empty batches).
         num_partitions: split each batch round-robin into this many partitions.
+        partitioned: each item of `batches` (and `default`) is a list of partitions,
+            each a list of records, and a batch keeps exactly those partitions (as
+            Spark's queueStream keeps the queued RDDs' partitioning); with
+            ``one_at_a_time=False`` the first batch has every item's partitions in turn.
     """
 
     replayable = False
@@ -37,14 +41,19 @@ class QueueSource:
         one_at_a_time: bool = True,
         default: Iterable[Any] | None = None,
         num_partitions: int = 1,
+        partitioned: bool = False,
     ) -> None:
         self.name = name
-        self._items: list[list[Any]] = [list(b) for b in batches]
+        self._partitioned = partitioned
+        self._items: list[list[Any]] = [self._item(b) for b in batches]
         self._one = one_at_a_time
-        self._default = None if default is None else list(default)
+        self._default = None if default is None else self._item(default)
         self._taken = 0
         self._parts = num_partitions
         self._blobs: BlobStore | None = None
+
+    def _item(self, records: Iterable[Any]) -> list[Any]:
+        return [list(p) for p in records] if self._partitioned else list(records)
 
     def open(self, blobs: BlobStore) -> None:
         self._blobs = blobs
@@ -72,6 +81,8 @@ class QueueSource:
         assert self._blobs is not None
         key = f"{self.name}/{batch_time}"
         self._blobs.put(key, records)
+        if self._partitioned:  # n counts partitions: a batch of empty partitions keeps them
+            return {"n": len(records), "blobs": [key], "partitioned": True}
         return {"n": len(records), "blobs": [key]}
 
     def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
@@ -81,6 +92,8 @@ class QueueSource:
         records = list(self._blobs.get(plan["blobs"][0]))
         if not self._blobs.durable:
             self._blobs.delete(plan["blobs"][0])
+        if plan.get("partitioned"):
+            return [list(p) for p in records]
         if self._parts == 1:
             return [records]
         return [records[i :: self._parts] for i in range(self._parts)]

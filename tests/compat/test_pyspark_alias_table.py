@@ -131,8 +131,8 @@ def test_unsupported_dstream_and_context_features(sc: SparkContext) -> None:
     ssc = StreamingContext(sc, 1)
     with pytest.raises(NotImplementedError, match="DStream.slice is not supported.*past batches"):
         ssc.queueStream([[1]]).slice(0, 1)
-    with pytest.raises(NotImplementedError, match="binaryRecordsStream"):
-        ssc.binaryRecordsStream("/tmp", 8)
+    with pytest.raises(NotImplementedError, match="StreamingContext.fileStream"):
+        ssc.fileStream("/tmp")
     with pytest.raises(NotImplementedError, match="SparkContext.wholeTextFiles"):
         sc.wholeTextFiles("/tmp")
     with pytest.raises(NotImplementedError, match="SparkContext.somethingNew"):

@@ -6,6 +6,7 @@ of pytest fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +58,7 @@ class Workdir:
     root: Path
     ckpt: str
     storage_options: dict[str, Any] | None = None
+    extra_env: dict[str, str] | None = None
 
     @property
     def out(self) -> Path:
@@ -67,10 +69,12 @@ class Workdir:
         return self.root / "in"
 
     @classmethod
-    def make(cls, root: str | Path, ckpt: str | None = None, storage_options: dict[str, Any] | None = None) -> Workdir:
+    def make(
+        cls, root: str | Path, ckpt: str | None = None, storage_options: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None
+    ) -> Workdir:
         root = Path(root)
         (root / "in").mkdir(parents=True, exist_ok=True)
-        return cls(root, ckpt if ckpt is not None else str(root / "ckpt"), storage_options)
+        return cls(root, ckpt if ckpt is not None else str(root / "ckpt"), storage_options, extra_env)
 
     def argv(self, total: int) -> list[str]:
         return [sys.executable, str(JOB), self.ckpt, str(self.out), str(self.inp), str(total)]
@@ -82,6 +86,7 @@ class Workdir:
             env[_faults.ENV_VAR] = f"{crash[0]}@{crash[1]}"
         if self.storage_options is not None:
             env["JOB_STORAGE_OPTIONS"] = json.dumps(self.storage_options)
+        env.update(self.extra_env or {})
         return env
 
     def run(self, total: int, crash: tuple[str, int] | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -134,3 +139,96 @@ def diff_results(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
         else:
             problems.append(f"{key}: expected {e!r}, got {g!r}")
     return problems
+
+
+FENCE_JOB = Path(__file__).with_name("_fence_job.py")
+
+
+class Driver:
+    """`_fence_job.py` in a child process, driven line by line (see its docstring)."""
+
+    def __init__(self, ckpt: str, out: Path, tag: str, lease_timeout_s: float, storage_options: dict[str, Any] | None = None) -> None:
+        import queue
+        import threading
+
+        env = dict(os.environ)
+        env.pop(_faults.ENV_VAR, None)
+        if storage_options is not None:
+            env["JOB_STORAGE_OPTIONS"] = json.dumps(storage_options)
+        argv = [sys.executable, str(FENCE_JOB), ckpt, str(out), tag, str(lease_timeout_s)]
+        self.tag = tag
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.stderr: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True),
+        ]
+        for t in self._pumps:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: Any, put: Any) -> None:
+        for line in stream:
+            put(line.rstrip("\n"))
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, prefix: str, timeout_s: float = 60) -> str:
+        """The next stdout line; it must start with `prefix` (else the test fails showing the child's output)."""
+        import queue
+
+        try:
+            line = self.lines.get(timeout=timeout_s)
+        except queue.Empty:
+            line = f"<nothing within {timeout_s} s>"
+        self.seen.append(line)
+        assert line.startswith(prefix), f"driver {self.tag}: expected {prefix!r}, got {line!r}\nstderr:\n" + "\n".join(self.stderr[-40:])
+        return line
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def finish(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.resume()
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.send("stop")
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        for t in self._pumps:  # EOF once the child is gone
+            t.join(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return rc
+
+
+def journal(out: Path) -> list[tuple[str, int]]:
+    """Every sink write any driver made, in order: (tag, batch time)."""
+    path = out / "journal"
+    if not path.exists():
+        return []
+    return [(tag, int(t)) for tag, t in (line.split() for line in path.read_text().splitlines())]
+
+
+def file_tags(out: Path) -> dict[int, set[str]]:
+    """Batch time -> tags of the records in that batch's FileSink file."""
+    files = out / "files"
+    found: dict[int, set[str]] = {}
+    for f in sorted(files.iterdir()) if files.exists() else []:
+        if f.name.startswith("batch-"):
+            found[int(f.name[6:19])] = {json.loads(line)[0] for line in f.read_text().splitlines()}
+    return found

@@ -1,7 +1,8 @@
 """A deterministic stateful streaming job, run as a child process by the fault tests.
 
 Usage: ``python _job.py CHECKPOINT OUT_DIR IN_DIR TOTAL_BATCHES`` (env ``JOB_STORAGE_OPTIONS``:
-fsspec options as JSON, for s3:// checkpoints). The job is resumed with
+fsspec options as JSON, for s3:// checkpoints; env ``JOB_INLINE_DELTA_BYTES``: the context's
+``inline_delta_bytes``, 0 to write every delta to its own file). The job is resumed with
 `StreamingContext.get_or_create` and runs until batch ``TOTAL_BATCHES`` is committed,
 whatever was committed before. Inputs are replayable: ``rate_stream`` and a
 ``text_file_stream`` whose files a feeder output writes deterministically (one per
@@ -50,7 +51,10 @@ def words_for(t_ms: int) -> str:
 
 
 def build(ckpt: str, out: str, inp: str, total: int, storage_options: dict | None) -> sk.StreamingContext:
-    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=3, keep_commits=2, storage_options=storage_options)
+    inline = int(os.environ.get("JOB_INLINE_DELTA_BYTES", 4 * 1024))
+    ssc = sk.StreamingContext(
+        1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=3, keep_commits=2, storage_options=storage_options, inline_delta_bytes=inline
+    )
     rate = ssc.rate_stream(5, name="rate")
     pairs = rate.map(lambda r: (r[0] % 4, r[0]))
     totals = pairs.update_state_by_key(update_total, name="totals")

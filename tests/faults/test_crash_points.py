@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,10 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 TOTAL = 12  # batches per job: snapshots at 3, 6, 9, 12 (snapshot_every=3); retention with keep_commits=2
 NTHS = ("1", "2", "5", "late")
+#: How the job keeps its deltas: inline in the commit record (the default cap) or every delta in its
+#: own file (inline_delta_bytes=0), so state.mid_write and the torn-write point interrupt delta-file
+#: writes of every operator kind (update_state_by_key, both windows, map_with_state).
+DELTA_MODES = {"inline": {}, "files": {"JOB_INLINE_DELTA_BYTES": "0"}}
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +48,32 @@ def scratch() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(scratch: str) -> dict[str, Any]:
-    """Output and state of the uncrashed job, and how often it reaches each crash point."""
-    w = Workdir.make(os.path.join(scratch, "reference"))
-    counts = w.count_points(TOTAL)
-    return {"results": w.results(), "counts": counts}
+def references(scratch: str) -> dict[str, dict[str, Any]]:
+    """Per delta mode: output and state of the uncrashed job, how often it reaches each crash point,
+    and the delta files it wrote per operator."""
+    out = {}
+    for mode, env in DELTA_MODES.items():
+        w = Workdir.make(os.path.join(scratch, f"reference-{mode}"), extra_env=env)
+        counts = w.count_points(TOTAL)
+        out[mode] = {"results": w.results(), "counts": counts, "delta_files": _delta_files(w)}
+    return out
 
 
-def _case_dir(scratch: str, name: str) -> Workdir:
+@pytest.fixture(scope="module")
+def reference(references: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return references["inline"]
+
+
+def _delta_files(w: Workdir) -> dict[str, int]:
+    """Delta files left in the checkpoint per operator directory (retention keeps the newest)."""
+    state = Path(w.ckpt) / "state"
+    return {d.name: sum(1 for f in d.iterdir() if f.suffix == ".delta") for d in state.iterdir()} if state.is_dir() else {}
+
+
+def _case_dir(scratch: str, name: str, mode: str = "inline") -> Workdir:
     root = os.path.join(scratch, name.replace("/", "_"))
     shutil.rmtree(root, ignore_errors=True)
-    return Workdir.make(root)
+    return Workdir.make(root, extra_env=DELTA_MODES[mode])
 
 
 # Reached from the background snapshot thread: a snapshot is skipped while the previous one is
@@ -67,18 +87,31 @@ def _nth(point: str, spec: str, count: int) -> int:
     return max(1, math.ceil(count * (0.4 if point in TIMING_DEPENDENT else 0.75)))
 
 
-def test_every_point_is_reached_by_the_job(reference: dict[str, Any]) -> None:
+@pytest.mark.parametrize("mode", DELTA_MODES)
+def test_every_point_is_reached_by_the_job(mode: str, references: dict[str, dict[str, Any]]) -> None:
     """The job exercises every crash point often enough for the matrix below."""
-    counts = reference["counts"]
+    counts = references[mode]["counts"]
     missing = {p: counts.get(p, 0) for p in _faults.POINTS if counts.get(p, 0) < 5}
     assert not missing, f"crash points the job reaches fewer than 5 times: {missing}"
 
 
+def test_files_mode_writes_delta_files_for_every_operator_kind(references: dict[str, dict[str, Any]]) -> None:
+    """In "files" mode every stateful operator keeps delta files (so the matrix interrupts their writes)."""
+    files = references["files"]["delta_files"]
+    ops = ("totals", "win", "win_plain", "seen", "recent", "by_word")
+    assert all(files.get(op, 0) > 0 for op in ops), f"delta files per operator: {files}"
+    assert references["files"]["results"] == references["inline"]["results"], "the delta mode changed the job's results"
+
+
+@pytest.mark.parametrize("mode", DELTA_MODES)
 @pytest.mark.parametrize("nth_spec", NTHS)
 @pytest.mark.parametrize("point", _faults.POINTS)
-def test_crash_then_recover_equals_uncrashed(point: str, nth_spec: str, reference: dict[str, Any], scratch: str) -> None:
+def test_crash_then_recover_equals_uncrashed(
+    point: str, nth_spec: str, mode: str, references: dict[str, dict[str, Any]], scratch: str
+) -> None:
+    reference = references[mode]
     nth = _nth(point, nth_spec, reference["counts"].get(point, 0))
-    w = _case_dir(scratch, f"{point}@{nth_spec}")
+    w = _case_dir(scratch, f"{mode}-{point}@{nth_spec}", mode)
     expect_killed(w.run(TOTAL, crash=(point, nth)), f"crash at {point}@{nth}")
     expect_ok(w.run(TOTAL), f"recovery after {point}@{nth}")
     problems = diff_results(reference["results"], w.results())

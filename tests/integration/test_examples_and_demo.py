@@ -38,21 +38,26 @@ def _totals(text: str) -> list[int]:
 def test_demo_kill_and_resume(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [*STREAMKEEP, "demo", "--seconds", "30", "--interval", "0.2", "--checkpoint", str(tmp_path / "ck")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    assert proc.stdout is not None
     seen = []
-    deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        seen += _totals(line)
-        if len(seen) >= 4 or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path) as proc:
+        assert proc.stdout is not None
+        try:
+            deadline = time.monotonic() + 30
+            first = proc.stdout.readline()
+            for line in proc.stdout:
+                seen += _totals(line)
+                if len(seen) >= 4 or time.monotonic() > deadline:
+                    break
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert re.match(r"fresh start at \d\d:\d\d:\d\d\.\d{3}; ", first), first
+    assert f"run `streamkeep demo --checkpoint {tmp_path / 'ck'}` to resume" in first, first  # the command that resumes it
     assert len(seen) >= 4, seen
     out = subprocess.run([*cmd[:-4], "--seconds", "1.5", "--interval", "0.2", "--checkpoint", str(tmp_path / "ck")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60).stdout
-    assert "resumed from checkpoint" in out
+    assert re.search(r"resumed from checkpoint .*: the last committed batch is of \d\d:\d\d:\d\d\.\d{3}", out), out
+    assert re.search(r"^stopped; the last committed batch is of \d\d:\d\d:\d\d\.\d{3}\. Run `streamkeep demo --checkpoint ", out, re.M), out
     after = _totals(out)
     assert after and after[0] > seen[-1] - 200 and after == sorted(after)  # counts continue, never restart from 0
     assert after[0] >= seen[0]

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from streamkeep.errors import ConfigError, SinkError, UserFunctionError
-from streamkeep.sinks.base import Sink
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.base import FencedSink, FencingToken, Sink
 from streamkeep.sinks.redis import RedisSink
 
 pytestmark = pytest.mark.integration
@@ -154,21 +154,84 @@ def test_write_function_error_applies_nothing(redis_url):
     assert r.get("n") is None and r.get("streamkeep:sink:bad:last_batch") is None
 
 
-def test_command_failing_inside_exec_is_reported(redis_url):
+def dead_letter_write(pipe: Any, records: list[Any]) -> None:
+    for rec in records:
+        if rec.startswith("bad"):
+            pipe.rpush("dead", rec)  # dead letters
+        else:
+            pipe.incrby("ok", 1)  # non-idempotent: must apply exactly once
+
+
+def test_failed_command_is_recorded_and_replayed_alone_after_the_fix(redis_url):
+    """A dead letter that fails (WRONGTYPE) never vanishes, and the batch's INCRBY stays exactly once."""
     r = redis.Redis.from_url(redis_url)
-    r.lpush("a-list", "x")
-
-    def write(pipe: Any, records: list[Any]) -> None:
-        pipe.incrby("ok", 1)
-        pipe.incrby("a-list", 1)  # WRONGTYPE at EXEC time
-
-    sink = _sink(redis_url, write, name="wrongtype")
+    r.set("dead", "not a list")  # the dead-letter key has the wrong type
+    batch = ["a", "bad-1", "b"]
+    sink = _sink(redis_url, dead_letter_write, name="dl")
     try:
-        with pytest.raises(SinkError, match=r"1 of 3 commands failed .*WRONGTYPE.*roll back"):
+        with pytest.raises(SinkError) as info:
+            sink.write(1000, batch)
+    finally:
+        sink.close()
+    msg = str(info.value)
+    assert "1 of 3 commands failed" in msg
+    assert "command #2 RPUSH 'dead' 'bad-1': WRONGTYPE" in msg  # the failing command, not "the write function"
+    assert "not treated as applied" in msg and "SET streamkeep:sink:dl:last_batch '1000'" in msg
+    assert r.get("ok") == b"2"  # Redis does not roll back: the other commands were applied
+    marker = r.get("streamkeep:sink:dl:last_batch")
+    assert marker is not None and marker.startswith(b"1000 failed=2/")
+
+    # A replay before the fix (a new driver process: only Redis remembers) fails again and applies nothing twice.
+    again = _sink(redis_url, dead_letter_write, name="dl")
+    try:
+        assert again.last_batch() == 1000
+        with pytest.raises(SinkError, match=r"1 of 1 commands failed.*command #2 RPUSH 'dead' 'bad-1': WRONGTYPE"):
+            again.write(1000, batch)
+        with pytest.raises(SinkError, match=r"commands of batch 1000 failed.*would be lost"):
+            again.write(2000, ["c"])  # the job cannot move past the failed batch silently
+        assert r.get("ok") == b"2"
+        r.delete("dead")  # the user fixes the key
+        again.write(1000, batch)  # the replay runs exactly the failed command
+        again.write(1000, batch)  # and is now skipped
+        again.write(2000, ["c", "bad-2"])
+    finally:
+        again.close()
+    assert r.get("ok") == b"3"
+    assert r.lrange("dead", 0, -1) == [b"bad-1", b"bad-2"]
+    assert r.get("streamkeep:sink:dl:last_batch") == b"2000"
+
+
+def test_failed_command_replay_refuses_a_different_command(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.set("dead", "x")
+    sink = _sink(redis_url, dead_letter_write, name="dl2")
+    try:
+        with pytest.raises(SinkError, match="WRONGTYPE"):
+            sink.write(1000, ["a", "bad-1"])
+        r.delete("dead")
+        with pytest.raises(SinkError, match=r"command #2 .*different command there \(RPUSH 'dead' 'bad-X'\)"):
+            sink.write(1000, ["a", "bad-X"])  # not what failed: never applied in its place
+        with pytest.raises(SinkError, match="different command"):
+            sink.write(1000, ["a"])  # fewer commands than recorded
+        r.set("streamkeep:sink:dl2:last_batch", "1000")  # the documented way to give the command up
+        sink.write(2000, ["b"])
+    finally:
+        sink.close()
+    assert r.get("ok") == b"2" and r.get("dead") is None
+
+
+def test_write_function_may_not_execute(redis_url):
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.incrby("n", 1)
+        pipe.execute()
+
+    sink = _sink(redis_url, write, name="exec")
+    try:
+        with pytest.raises(SinkError, match=r"called execute\(\) on the pipeline.*Nothing was applied"):
             sink.write(1000, [1])
     finally:
         sink.close()
-    assert r.get("ok") == b"1"
+    assert redis.Redis.from_url(redis_url).get("n") is None
 
 
 def test_malformed_command_discards_the_transaction(redis_url):
@@ -178,7 +241,7 @@ def test_malformed_command_discards_the_transaction(redis_url):
 
     sink = _sink(redis_url, write, name="malformed")
     try:
-        with pytest.raises(SinkError, match="nothing was applied"):
+        with pytest.raises(SinkError, match=r"command #2 \(NOSUCHCOMMAND 'x'\): unknown command. Nothing of the batch was applied"):
             sink.write(1000, [1])
     finally:
         sink.close()
@@ -210,3 +273,61 @@ def test_missing_redis_py_names_the_extra(monkeypatch):
     sink = RedisSink("redis://127.0.0.1:1/0", counting_write, name="a")
     with pytest.raises(ConfigError, match=r"pip install 'streamkeep\[redis\]'"):
         sink.open()
+
+
+def _fenced_sink(url: str, epoch: int, ckpt: str = "c0ffee", **kw: Any) -> RedisSink:
+    kw.setdefault("name", "fenced")
+    sink = RedisSink(url, counting_write, **kw)
+    assert isinstance(sink, FencedSink)
+    sink.set_fencing_token(FencingToken(ckpt, epoch))
+    sink.open()
+    return sink
+
+
+def test_a_driver_fenced_by_a_newer_epoch_cannot_write(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.set("streamkeep:sink:fenced:last_batch", "1000")  # the marker format of earlier versions still reads
+    old, new = _fenced_sink(redis_url, 1), _fenced_sink(redis_url, 2)
+    try:
+        assert old.last_batch() == 1000
+        old.write(1000, [("ann", 1)])  # applied before: skipped
+        old.write(2000, [("ann", 1)])
+        assert r.get("streamkeep:sink:fenced:last_batch") == b"2000 epoch=1 ckpt=c0ffee"
+        new.write(3000, [("ann", 10)])  # the new owner (epoch 2) takes over
+        with pytest.raises(CheckpointInUseError, match=r"newer driver \(epoch 2\).*this driver \(epoch 1\) lost"):
+            old.write(4000, [("ann", 100)])  # the zombie's next batch
+        with pytest.raises(CheckpointInUseError):
+            old.write(3000, [("ann", 100)])
+        new.write(4000, [("ann", 1000)])
+        # Another checkpoint (deleted and recreated: epochs start again) is not fenced by the old one's epochs.
+        fresh = _fenced_sink(redis_url, 1, ckpt="beef")
+        try:
+            fresh.write(5000, [("ann", 10000)])
+        finally:
+            fresh.close()
+    finally:
+        old.close()
+        new.close()
+    assert r.get("count:ann") == b"11011"
+    assert r.get("streamkeep:sink:fenced:last_batch") == b"5000 epoch=1 ckpt=beef"
+
+
+def test_fencing_is_checked_in_the_same_atomic_step_as_the_write(redis_url):
+    """The new owner writes between the zombie's own marker read and its script: the script still refuses."""
+    r = redis.Redis.from_url(redis_url)
+    new = _fenced_sink(redis_url, 2, name="race2")
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        new.write(2000, [("bob", 5)])  # the takeover lands while the zombie queues its commands
+        counting_write(pipe, records)
+
+    old = RedisSink(redis_url, write, name="race2")
+    old.set_fencing_token(FencingToken("c0ffee", 1))
+    old.open()
+    try:
+        with pytest.raises(CheckpointInUseError, match="lost the checkpoint"):
+            old.write(2000, [("bob", 100)])
+    finally:
+        old.close()
+        new.close()
+    assert r.get("count:bob") == b"5"

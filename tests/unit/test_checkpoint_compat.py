@@ -12,6 +12,7 @@ from _ckpt_jobs import add_up, run_until, totals_after
 
 import streamkeep as sk
 from streamkeep.errors import IncompatibleCheckpointError
+from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.testing import ListSink, ManualClock
 
 KEYS = 3
@@ -30,10 +31,12 @@ def job(
     allow_state_loss: tuple[str, ...] = (),
     interval: float = 1.0,
     rate_as_queue: bool = False,
+    rate_name: str = "rate",
+    constant_output: bool = False,
 ) -> Callable[[], sk.StreamingContext]:
     def setup() -> sk.StreamingContext:
         ssc = sk.StreamingContext(interval, checkpoint=url, clock=ManualClock(), allow_state_loss=allow_state_loss)
-        src = ssc.queue_stream([[(i, 0)] for i in range(100)], name="rate") if rate_as_queue else ssc.rate_stream(6, name="rate")
+        src = ssc.queue_stream([[(i, 0)] for i in range(100)], name=rate_name) if rate_as_queue else ssc.rate_stream(6, name=rate_name)
         pairs = src.map(lambda r: (r[0] % KEYS, 1))
         if stateless_extra:
             pairs = pairs.filter(lambda kv: True).map_values(lambda v: v * 1)
@@ -52,6 +55,8 @@ def job(
             win.write_to(sinks.setdefault("win", ListSink("win")))
         if new_stateful:
             pairs.update_state_by_key(add_up, name="fresh").write_to(sinks.setdefault("fresh", ListSink("fresh")))
+        if constant_output:
+            ssc.constant_stream([1], name="const").foreach_batch(lambda b: None)
         if new_source:
             ssc.constant_stream([("c", 1)], name="extra").update_state_by_key(add_up, name="extra_totals").write_to(
                 sinks.setdefault("extra", ListSink("extra"))
@@ -184,3 +189,79 @@ def test_a_source_of_another_kind_starts_from_scratch_when_allowed(tmp_path: Pat
     run_until(url, job(url, sinks, rate_as_queue=True, allow_state_loss=("rate",)), 5)
     before = dict(totals_after(4))
     assert _last(sinks["totals"]) == sorted([(0, before[0] + 1), (1, before[1]), (2, before[2])])  # queue item (0, 0)
+
+
+def test_renaming_a_source_is_refused_by_name_then_allowed(tmp_path: Path) -> None:
+    """A renamed source would start over while the state built from its input is restored (counted twice)."""
+    url = str(tmp_path / "c")
+    _first_run(url)
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        run_until(url, job(url, {}, rate_name="rate2"), 5)
+    msg = str(info.value)
+    assert "source 'rate' (rate) has a position in the checkpoint" in msg and "'rate2'" in msg
+    assert "name='rate'" in msg and "allow_state_loss={'rate'}" in msg
+    sinks: dict[str, ListSink] = {}
+    run_until(url, job(url, sinks, rate_name="rate"), 5)  # renamed back: continues exactly
+    assert _last(sinks["totals"]) == totals_after(5)
+    sinks = {}
+    run_until(url, job(url, sinks, rate_name="rate2", allow_state_loss=("rate",)), 6)  # allowed: rate2 starts at offset 0
+    before = dict(totals_after(5))
+    assert _last(sinks["totals"]) == [(k, before[k] + 2) for k in range(KEYS)]
+
+
+def test_removing_a_source_without_a_position_restores(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    run_until(url, job(url, {}, constant_output=True), 4)
+    sinks: dict[str, ListSink] = {}
+    run_until(url, job(url, sinks), 5)  # constant_stream "const" is gone: it had nothing to lose
+    assert _last(sinks["totals"]) == totals_after(5)
+
+
+def _desc(**sources: dict[str, Any]) -> dict[str, Any]:
+    return {"batch_interval_ms": 1000, "operators": {}, "sources": sources}
+
+
+def test_a_text_file_source_reading_another_directory_is_incompatible() -> None:
+    old = _desc(files={"kind": "text_files", "directory": "in", "path": "/job/in"})
+    moved = _desc(files={"kind": "text_files", "directory": "/job/in", "path": "/job/in"})
+    other = _desc(files={"kind": "text_files", "directory": "in2", "path": "/job/in2"})
+    legacy = _desc(files={"kind": "text_files", "directory": "in"})  # stored before "path" existed
+    assert not differences(old, moved)["sources_incompatible"]
+    assert not differences(legacy, other)["sources_incompatible"]
+    assert differences(old, other)["sources_incompatible"] == [("files", "directory '/job/in' -> '/job/in2' (the stored position lists files of the old directory)")]
+    with pytest.raises(IncompatibleCheckpointError, match=r"source 'files' changed directory .*allow_state_loss=\{'files'\}"):
+        check_compatible(old, other, frozenset(), "ckpt")
+    check_compatible(old, other, frozenset({"files"}), "ckpt")
+
+
+def test_kafka_topics_added_keep_the_position_and_disjoint_topics_are_incompatible() -> None:
+    def kafka(*topics: str) -> dict[str, Any]:
+        return _desc(events={"kind": "kafka", "topics": list(topics), "starting_offsets": "earliest"})
+
+    d = differences(kafka("a"), kafka("a", "b"))
+    assert not d["sources_incompatible"]
+    assert d["sources_changed"] == [("events", "topics ['b'] added (they start from starting_offsets)")]
+    assert differences(kafka("a", "b"), kafka("b"))["sources_changed"] == [("events", "topics ['a'] removed (their offsets are dropped)")]
+    d = differences(kafka("a"), kafka("renamed"))
+    assert d["sources_incompatible"] == [("events", "topics ['a'] -> ['renamed'] (the stored offsets are for topics it no longer reads)")]
+    with pytest.raises(IncompatibleCheckpointError, match="source 'events' changed topics"):
+        check_compatible(kafka("a"), kafka("renamed"), frozenset(), "ckpt")
+
+
+def test_a_text_file_source_pointed_at_another_directory_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    for sub in ("in", "in2"):
+        (tmp_path / sub).mkdir()
+
+    def setup(directory: str, allow: tuple[str, ...] = ()) -> Callable[[], sk.StreamingContext]:
+        def build() -> sk.StreamingContext:
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=allow)
+            ssc.text_file_stream(directory, name="files").foreach_batch(lambda b: None)
+            return ssc
+
+        return build
+
+    run_until(url, setup(str(tmp_path / "in")), 2)
+    with pytest.raises(IncompatibleCheckpointError, match=r"source 'files' changed directory"):
+        run_until(url, setup(str(tmp_path / "in2")), 3)
+    run_until(url, setup(str(tmp_path / "in2"), ("files",)), 3)  # allowed: starts with a fresh cut-off

@@ -25,22 +25,37 @@ from streamkeep.testing import ListSink
 
 
 def test_frame_round_trip_and_documented_layout() -> None:
-    data = frame("delta", "msgpack", b"payload")
-    assert unframe("f", data, "delta") == ("msgpack", b"payload")
-    # b"SKCP" u8 version, u8 len(kind) kind, u8 len(codec) codec, u64 len(payload), payload, u32 crc32
-    head = b"SKCP" + bytes([FORMAT_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">Q", 7)
+    data = frame("delta", "msgpack", b"payload", "state/op/1.delta")
+    assert unframe("f", data, "delta", "state/op/1.delta") == ("msgpack", b"payload")
+    # b"SKCP" u8 version, u8 len(kind) kind, u8 len(codec) codec, u16 len(name) name, u64 len(payload), payload, u32 crc32
+    head = (
+        b"SKCP" + bytes([FORMAT_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
+    )
+    assert FORMAT_VERSION == 2
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
+def test_format_1_files_without_identity_are_still_read() -> None:
+    head = b"SKCP" + bytes([1, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">Q", 7)
+    v1 = head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
+    assert unframe("f", v1, "delta", "state/op/1.delta") == ("msgpack", b"payload")  # no identity to check
+
+
+def test_a_valid_file_under_another_name_is_refused() -> None:
+    data = frame("snap", "msgpack", b"old state", "state/op/000000000001000.snap")
+    with pytest.raises(CorruptCheckpointError, match=r"written as 'state/op/000000000001000.snap', not 'state/op/000000000009000.snap'"):
+        unframe("ckpt/state/op/000000000009000.snap", data, "snap", "state/op/000000000009000.snap")
+
+
 def test_every_truncation_is_detected() -> None:
-    data = frame("record", "msgpack", b"some commit record bytes")
+    data = frame("record", "msgpack", b"some commit record bytes", "log/000000000003.rec")
     for n in range(len(data)):
         with pytest.raises(CorruptCheckpointError, match="log/000000000003.rec"):
             unframe("log/000000000003.rec", data[:n], "record")
 
 
 def test_every_flipped_byte_is_detected() -> None:
-    data = frame("snap", "msgpack", bytes(range(40)))
+    data = frame("snap", "msgpack", bytes(range(40)), "state/op/1.snap")
     for i in range(len(data)):
         for bit in (0x01, 0x80):
             bad = bytearray(data)
@@ -51,10 +66,10 @@ def test_every_flipped_byte_is_detected() -> None:
 
 def test_wrong_kind_foreign_file_and_newer_version_are_refused() -> None:
     with pytest.raises(CorruptCheckpointError, match="'plan' file where a 'record' file"):
-        unframe("x", frame("plan", "msgpack", b""), "record")
+        unframe("x", frame("plan", "msgpack", b"", "x"), "record")
     with pytest.raises(CorruptCheckpointError, match="magic"):
         unframe("x", b'{"json": "not ours"}', None)
-    newer = bytearray(frame("plan", "msgpack", b""))
+    newer = bytearray(frame("plan", "msgpack", b"", "x"))
     newer[4] = FORMAT_VERSION + 1
     with pytest.raises(CorruptCheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
         unframe("x", bytes(newer), None)
@@ -62,7 +77,7 @@ def test_wrong_kind_foreign_file_and_newer_version_are_refused() -> None:
 
 def test_checksum_valid_garbage_payload_is_corrupt_not_a_decoder_traceback(tmp_path: Path) -> None:
     ck = Checkpoint(str(tmp_path))
-    ck.storage.write("plans/000000000001000.plan", frame("plan", "msgpack", b"\xc1\xc1\xc1"))
+    ck.storage.write("plans/000000000001000.plan", frame("plan", "msgpack", b"\xc1\xc1\xc1", "plans/000000000001000.plan"))
     with pytest.raises(CorruptCheckpointError, match="000000000001000.plan.*could not be decoded"):
         ck.read_plan(1000)
 
@@ -128,7 +143,7 @@ def test_damaged_newest_commit_record_falls_back(tmp_path: Path, damage: str) ->
     if damage == "delete":  # a vanished newest record is indistinguishable from a crash before it: no warning
         sink = _recover_and_finish(url)
     else:
-        with pytest.warns(StreamkeepWarning, match=rf"{newest.name}.*older commit of batch 4000 ms"):
+        with pytest.warns(StreamkeepWarning, match=rf"{newest.name} is unreadable.*newest readable commit, of batch 4000 ms"):
             sink = _recover_and_finish(url)
     assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]
     assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)

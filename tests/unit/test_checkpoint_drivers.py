@@ -14,7 +14,8 @@ import pytest
 from _ckpt_jobs import rate_job, run_until, totals_after, wait_for
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, log_path
+from streamkeep.checkpoint._checkpoint import _Owner
 from streamkeep.errors import CheckpointInUseError
 from streamkeep.testing import ListSink, ManualClock
 
@@ -68,6 +69,7 @@ def test_second_process_is_refused(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert r.returncode == 3, r.stdout + r.stderr
         assert f"pid {os.getpid()}" in r.stdout and "stop the other driver" in r.stdout
+        assert "?" not in r.stdout.split("IN USE:", 1)[1], r.stdout  # real values, no placeholders
     finally:
         first.stop()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -93,6 +95,22 @@ def test_driver_that_lost_its_claim_cannot_commit_local(tmp_path: Path) -> None:
     b.release()
     kinds = [(r.kind, r.data.get("batch_time"), r.data["epoch"]) for r in Checkpoint(url).records(newest_first=False)]
     assert kinds == [("claim", None, 1), ("commit", 1000, 1), ("claim", None, 2), ("commit", 2000, 2)]
+
+
+def test_lost_claim_names_the_other_driver_after_its_claim_record_was_retained_away(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    a = _claimed(url)
+    a.commit({"batch_time": 1000, "zero_ms": 0})
+    _stall(a)
+    b = _claimed(url)
+    b.commit({"batch_time": 2000, "zero_ms": 0})
+    b.commit({"batch_time": 3000, "zero_ms": 0})
+    Path(url, "log", "000000000003.rec").unlink()  # B's claim, as B's retention deletes it
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim") as info:
+        a.commit({"batch_time": 2000, "zero_ms": 0})
+    assert "?" not in str(info.value) and f"pid {os.getpid()}" in str(info.value) and "epoch 2" in str(info.value)
+    a.release()
+    b.release()
 
 
 @pytest.mark.integration
@@ -199,3 +217,155 @@ def test_the_owner_continues_after_a_fenced_driver_wrote_first(tmp_path: Path) -
     sink = ListSink()
     run_until(url, _queue_job(url, "b", sink), 5)
     assert sink.batches[-1][1] == ["b2", "b3", "b4", "x0", "x1"]
+
+
+# -- each fencing check of Checkpoint.commit, on local disk and on S3 (issue 17.1) -----------------
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """(url, Checkpoint kwargs) on a local disk or on the moto S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "ckpt"), {"lease_timeout_s": 0.6}
+    server = request.getfixturevalue("s3_server")
+    return request.getfixturevalue("s3_url"), {"storage_options": server.storage_options, "lease_timeout_s": 0.6}
+
+
+def _takeover(url: str, kw: dict[str, Any], a: Checkpoint) -> Checkpoint:
+    """B claims after A stalled (lock gone on local disks; lease expired elsewhere)."""
+    _stall(a)
+    wait_for(lambda: _lease_age_s(url, kw.get("storage_options") or {}) > 0.6, 10, "A's lease to expire")
+    return _claimed(url, **kw)
+
+
+def test_commit_is_fenced_by_the_log_listing_after_retention_deleted_the_new_claim(where: tuple[str, dict[str, Any]]) -> None:
+    """`last_seq() >= seq`: B's claim record (at A's next sequence number) was deleted by B's retention."""
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})  # A: claim 1, commit 2
+    b = _takeover(url, kw, a)  # B: claim 3
+    b.commit({"batch_time": 2000})  # 4
+    b.commit({"batch_time": 3000})  # 5
+    b.delete(log_path(3))  # B's retention drops log records older than its retained commits: seq 3 is free again
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim.*batch 4000"):
+        a.commit({"batch_time": 4000})
+    a.release()
+    b.release()
+    assert [r.data.get("batch_time") for r in Checkpoint(url, **kw).commits()] == [3000, 2000, 1000]
+
+
+def test_commit_is_fenced_by_create_if_absent_when_the_listing_raced(where: tuple[str, dict[str, Any]], monkeypatch: Any) -> None:
+    """create-if-absent: B's claim appeared after A listed the log (A's listing is stale)."""
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})
+    b = _takeover(url, kw, a)  # B's claim is record 3, A's next number
+    monkeypatch.setattr(a, "last_seq", lambda: 2)  # the log as A listed it, an instant before B's claim landed
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim.*batch 2000"):
+        a.commit({"batch_time": 2000})
+    b.commit({"batch_time": 2000})
+    a.release()
+    b.release()
+    kinds = [(r.kind, r.data["epoch"]) for r in Checkpoint(url, **kw).records(newest_first=False)]
+    assert kinds == [("claim", 1), ("commit", 1), ("claim", 2), ("commit", 2)]  # B's claim was not overwritten
+
+
+def test_commit_is_fenced_when_the_heartbeat_saw_a_newer_owner(where: tuple[str, dict[str, Any]]) -> None:
+    """`me.lost`: the lease shows a newer epoch, whose claim record is not (yet) in A's view of the log.
+
+    (E.g. a listing that lags behind, or a claim still in flight.) The heartbeat marks A lost;
+    A must not commit even though the log looks free at its next sequence number.
+    """
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})
+    newer = Checkpoint(url, **kw)
+    newer._owner = _Owner(epoch=2)
+    newer._write_lease()  # what B writes right after its claim record
+    wait_for(lambda: a._owner is not None and a._owner.lost, 10, "A's heartbeat to see the newer lease")
+    with pytest.raises(CheckpointInUseError, match=r"lost its claim.*batch 2000"):
+        a.commit({"batch_time": 2000})
+    with pytest.raises(CheckpointInUseError, match="before planning"):
+        a.ensure_owner("planning batch 2000 ms")
+    newer._owner = None
+    a.release()
+    assert [r.data.get("batch_time") for r in Checkpoint(url, **kw).commits()] == [1000]
+
+
+# -- ownership before side effects (issue 10.1) --------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_stalled_driver_fails_its_ownership_check_after_a_takeover_s3(s3_server: Any, s3_url: str) -> None:
+    opts = s3_server.storage_options
+    a = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    a.ensure_owner("x")  # fresh lease: no storage round trip needed
+    _stall(a)
+    wait_for(lambda: _lease_age_s(s3_url, opts) > 0.6, 10, "A's lease to expire")
+    b = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    with pytest.raises(CheckpointInUseError, match=r"epoch 1\) lost its claim.*epoch 2, pid .*before the outputs of batch 3000 ms"):
+        a.ensure_owner("the outputs of batch 3000 ms")
+    b.ensure_owner("y")
+    a.release()
+    b.release()
+
+
+@pytest.mark.integration
+def test_a_driver_whose_lease_lapsed_without_a_takeover_continues_s3(s3_server: Any, s3_url: str) -> None:
+    """A pause past the lease with nobody taking over: the re-check of the log lets the driver go on."""
+    opts = s3_server.storage_options
+    a = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    me = a._owner
+    assert me is not None
+    _stall(a)
+    wait_for(lambda: time.monotonic() > me.valid_until, 10, "A's proof of ownership to run out")
+    a.ensure_owner("planning batch 2000 ms")  # renews the lease and re-reads the log
+    assert time.monotonic() < me.valid_until
+    a.commit({"batch_time": 2000})
+    a.release()
+
+
+@pytest.mark.integration
+def test_two_drivers_claiming_at_the_same_instant_never_both_pass_the_ownership_check_s3(s3_server: Any, s3_url: str) -> None:
+    """B claims completely between A's lease check and A's claim record: A's claim returns only
+    once B can no longer prove ownership, and B's next check fails."""
+    opts = s3_server.storage_options
+    a = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    b = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    real_check = a._check_lease
+
+    def check_then_b_claims() -> Any:
+        seen = real_check()  # A finds no lease ...
+        b.claim("b", "0")  # ... and B claims completely before A appends its claim record
+        b.ensure_owner("the first plan")
+        return seen
+
+    a._check_lease = check_then_b_claims  # type: ignore[method-assign]
+    a.claim("a", "0")
+    with pytest.raises(CheckpointInUseError, match="lost its claim"):
+        b.ensure_owner("the outputs of batch 1000 ms")  # without A's wait, B would still pass here
+    a.ensure_owner("the outputs of batch 1000 ms")
+    a.release()
+    b.release()
+
+
+@pytest.mark.integration
+def test_the_later_claim_loses_when_the_earlier_claimer_already_checked_the_log_s3(s3_server: Any, s3_url: str) -> None:
+    """A claims first but B's claim record lands before A re-reads the log: A loses at once, at claim."""
+    opts = s3_server.storage_options
+    a = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    b = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    real_write = a._write_lease
+    calls = []
+
+    def b_claims_before_a_writes_its_lease(released: bool = False) -> None:
+        if not calls:
+            calls.append(1)
+            b.claim("b", "0")  # B found no lease either; its claim record follows A's
+        real_write(released)
+
+    a._write_lease = b_claims_before_a_writes_its_lease  # type: ignore[method-assign]
+    with pytest.raises(CheckpointInUseError, match="lost its claim.*before starting"):
+        a.claim("a", "0")
+    b.ensure_owner("the first plan")
+    b.release()

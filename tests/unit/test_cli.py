@@ -91,7 +91,7 @@ def test_inspect_json_counts_keys_and_lists_files(ckpt: str, capsys: pytest.Capt
     rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt, "--json")
     assert rc == 0
     info = json.loads(out)
-    assert info["format_version"] == 1
+    assert info["format_version"] == 2
     assert info["engine_version"] == sk.__version__
     assert info["last_commit"]["batch_time_ms"] == 1_003_000
     assert info["pending_batches"] == []
@@ -218,6 +218,7 @@ def test_verify_reports_a_missing_delta(ckpt: str, capsys: pytest.CaptureFixture
     assert rc == 1
     assert f"needs {os.path.relpath(path, ckpt)}, which is missing" in out
     assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+    assert "streamkeep checkpoint verify" not in out  # its own output does not tell the reader to run it
 
 
 def test_verify_reports_a_truncated_commit_record(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +228,8 @@ def test_verify_reports_a_truncated_commit_record(ckpt: str, capsys: pytest.Capt
     rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
     assert rc == 1
     assert os.path.relpath(path, ckpt) in out
-    assert "recovery would fall back to the older commit of batch 1002000 ms" in out
+    assert "recovery would use the commit of batch 1002000 ms" in out
+    assert "streamkeep checkpoint verify" not in out  # its own output does not tell the reader to run it
 
 
 def test_verify_reports_a_missing_blob_of_a_pending_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,6 +243,55 @@ def test_verify_reports_a_missing_blob_of_a_pending_batch(tmp_path: Path, capsys
     rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
     assert rc == 1
     assert "pending batch 1003000 ms" in out and "which is missing" in out
+
+
+def _pickle_framed(rel: str, kind: str, value: Any) -> bytes:
+    import pickle
+
+    from streamkeep.checkpoint import frame
+
+    return frame(kind, "pickle", bytes([0x81]) + pickle.dumps(value), rel)
+
+
+def test_verify_reports_a_pickled_pending_plan_like_recovery(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamkeep.checkpoint import Checkpoint, plan_path
+
+    plan = Checkpoint(ckpt).read_plan(1_003_000)
+    rel = plan_path(1_004_000)
+    Path(ckpt, rel).write_bytes(_pickle_framed(rel, "plan", {**plan, "batch_time": 1_004_000}))
+    rc, out, err = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1, out + err  # not a crash (rc 2)
+    assert f"{rel}: " in out and "pickle codec" in out
+    with pytest.raises(sk.errors.CheckpointError, match="pickle codec"):
+        _job(ckpt, batches=1)
+
+
+def test_verify_reports_pickled_state_of_a_msgpack_operator_like_recovery(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _newest(ckpt, "state/counts")
+    rel = os.path.relpath(path, ckpt)
+    Path(path).write_bytes(_pickle_framed(rel, "delta", {"set": b"", "del": []}))
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1 and f"{rel}: written with the pickle codec" in out, out
+    assert "recovery would fall back to the older commit" in out
+
+
+def test_verify_and_recovery_call_a_damaged_claim_record_what_it_is(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamkeep.checkpoint import Checkpoint
+
+    _job(ckpt, batches=0)  # a restart that commits nothing: the log ends with its claim record
+    ck = Checkpoint(ckpt)
+    newest = ck.records()[0]
+    assert newest.kind == "claim"
+    path = Path(ckpt, "log", f"{newest.seq:012d}.rec")
+    path.write_bytes(path.read_bytes()[:-2])
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", ckpt)
+    assert rc == 1
+    assert "newest commit could not be loaded" not in out and "fall back" not in out
+    assert f"log record {newest.seq}, newer than the newest readable commit, is damaged" in out
+    with pytest.warns(sk.errors.StreamkeepWarning) as caught:
+        _job(ckpt, batches=1)
+    text = " ".join(str(w.message) for w in caught)
+    assert "newest commit could not be loaded" not in text and f"{path.name} is unreadable" in text
 
 
 def test_verify_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -355,6 +406,22 @@ def test_diff_of_a_script_that_runs_at_import(ckpt: str, tmp_path: Path, capsys:
     assert not reached.exists()
 
 
+def test_diff_refuses_a_renamed_source_by_name(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app, reached = _app(tmp_path, ckpt, _SAME)
+    Path(app).write_text(Path(app).read_text().replace('name="rate"', 'name="events"'))
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 1, out
+    assert "new sources (start from their configured start):\n    events (rate)" in out
+    assert "no source of the code takes over (renamed or removed):\n    rate (rate) at {" in out
+    assert "verdict: INCOMPATIBLE" in out
+    assert "source 'rate' (rate) has a position in the checkpoint" in out and "allow_state_loss={'rate'}" in out
+    assert not reached.exists()
+    Path(app).write_text(Path(app).read_text().replace("checkpoint=URL", "checkpoint=URL, allow_state_loss={'rate'}"))
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert rc == 0, out
+    assert "-- allowed by allow_state_loss (its position is dropped)" in out
+
+
 def test_diff_before_the_first_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(tmp_path / "ckpt")
     with pytest.raises(sk.UserFunctionError):
@@ -374,3 +441,35 @@ def test_diff_of_a_broken_app(ckpt: str, tmp_path: Path, capsys: pytest.CaptureF
     rc, _, err = _cli(capsys, "checkpoint", "diff", ckpt, str(tmp_path / "missing.py"))
     assert rc == 2
     assert "no such file" in err
+
+
+# --------------------------------------------------------------------------- --version, demo messages
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"streamkeep {sk.__version__}"
+
+
+def test_demo_resume_message_uses_clock_times_and_counts_the_catch_up() -> None:
+    from datetime import datetime
+
+    from streamkeep.cli._demo import resume_message
+
+    last = int(datetime(2024, 5, 6, 14, 3, 7, 500_000).timestamp() * 1000)
+    msg = resume_message("/tmp/my ckpt", last, last + 3 * 60_000 + 2_250, 500)
+    assert "14:03:07.500" in msg and str(last) not in msg  # clock time, not raw ms
+    assert "3 min 2 s ago" in msg
+    assert "catching up 364 batches" in msg
+    assert "'/tmp/my ckpt'" in msg
+    assert "catching up" not in resume_message("c", last, last + 400, 500)
+    assert "2024-05-06 14:03:07.500" in resume_message("c", last, last + 2 * 86_400_000, 500)  # another day: the date too
+
+
+def test_demo_names_the_checkpoint_to_resume_from() -> None:
+    from streamkeep.cli._demo import DEFAULT_CHECKPOINT, again_command
+
+    assert again_command(DEFAULT_CHECKPOINT) == "streamkeep demo"
+    assert again_command("/tmp/my ckpt") == "streamkeep demo --checkpoint '/tmp/my ckpt'"

@@ -486,5 +486,108 @@ def test_transform_must_return_a_batch(ssc, s):
 def test_adding_to_a_running_context_is_rejected(ssc, s):
     s.write_to(ListSink())
     ssc.run(1)
-    with pytest.raises(ConfigError, match="context is active"):
+    with pytest.raises(ConfigError, match="graph is fixed once the context has started"):
         ssc.queue_stream([], name="late")
+
+
+# -- sink names (issue 10.6) ----------------------------------------------------------
+
+
+def test_duplicate_sink_names_are_refused(s):
+    s.write_to(ListSink("out"))
+    with pytest.raises(ConfigError, match="already has a sink named 'out'; sink names must be unique"):
+        s.map(lambda r: r).write_to(ListSink("out"))
+
+
+def test_one_sink_object_used_twice_is_refused(s):
+    sink = ListSink("out")
+    s.write_to(sink)
+    with pytest.raises(ConfigError, match="sink 'out' is already an output of this job"):
+        s.map(lambda r: r).write_to(sink)
+
+
+def test_two_redis_sinks_with_one_name_are_refused(s):
+    from streamkeep.sinks import RedisSink
+
+    s.write_to(RedisSink("redis://127.0.0.1:1/0", lambda pipe, records: None, name="counts"))
+    with pytest.raises(ConfigError, match="sink named 'counts'"):
+        s.write_to(RedisSink("redis://127.0.0.1:1/0", lambda pipe, records: None, name="counts"))
+
+
+def test_sink_name_must_be_a_non_empty_string(s):
+    with pytest.raises(ConfigError, match="non-empty string"):
+        s.write_to(ListSink(""))
+
+
+def test_sinks_with_distinct_names_are_accepted(ssc, s):
+    a, b = ListSink("a"), ListSink("b")
+    s.write_to(a)
+    s.map(lambda r: r).write_to(b)
+    ssc.run(1)
+    assert a.batches == b.batches == [(1000, [("a", 1)])]
+
+
+# -- the graph is fixed once started (issue 10.9) -------------------------------------
+
+
+def _late_additions(ssc, s):
+    """Every kind of thing a user may add to a graph."""
+    return {
+        "map": lambda: s.map(lambda r: r),
+        "reduce_by_key": lambda: s.reduce_by_key(add),
+        "window": lambda: s.window(2, name="late-window"),
+        "update_state_by_key": lambda: s.update_state_by_key(lambda vs, old: old, name="late-state"),
+        "foreach_batch": lambda: s.foreach_batch(lambda b: None),
+        "write_to": lambda: s.write_to(ListSink("late")),
+        "pprint": lambda: s.pprint(),
+    }
+
+
+@pytest.mark.parametrize("what", ["map", "reduce_by_key", "window", "update_state_by_key", "foreach_batch", "write_to", "pprint"])
+def test_adding_an_operator_after_run_is_refused(ssc, s, what):
+    sink = ListSink()
+    s.write_to(sink)
+    ssc.run(1)
+    with pytest.raises(ConfigError, match="the operator graph is fixed once the context has started"):
+        _late_additions(ssc, s)[what]()
+    ssc.run(1)
+    assert [t for t, _ in sink.batches] == [1000, 2000]
+
+
+def test_adding_an_output_after_start_is_refused():
+    clock = ManualClock()
+    ssc = sk.StreamingContext(1.0, clock=clock)
+    s = ssc.queue_stream([[1]], name="q")
+    s.write_to(ListSink())
+    ssc.start()
+    try:
+        with pytest.raises(ConfigError, match="graph is fixed"):
+            s.map(lambda r: r).foreach_batch(lambda b: None)
+    finally:
+        ssc.stop()
+
+
+def test_adding_after_get_or_create_is_refused(tmp_path):
+    url = str(tmp_path / "ckpt")
+
+    def setup():
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        ssc.rate_stream(1, name="r").write_to(ListSink())
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(url, setup)
+    try:
+        with pytest.raises(ConfigError, match="graph is fixed"):
+            ssc.rate_stream(1, name="late")
+    finally:
+        ssc.stop()
+
+
+def test_a_failed_start_leaves_the_graph_open(ssc, s):
+    s.map(lambda r: r)
+    with pytest.raises(ConfigError, match="no output operations"):
+        ssc.run(1)
+    sink = ListSink()
+    s.write_to(sink)  # still allowed: nothing started
+    ssc.run(1)
+    assert sink.batches == [(1000, [("a", 1)])]

@@ -156,7 +156,7 @@ def test_lifecycle_misuse():
             ssc.run(1)
         with pytest.raises(ConfigError, match="start"):
             ssc.start()
-        with pytest.raises(ConfigError, match="active"):
+        with pytest.raises(ConfigError, match="graph is fixed"):
             ssc.queue_stream([], name="late")
     finally:
         ssc.stop()

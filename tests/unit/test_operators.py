@@ -795,3 +795,300 @@ def test_write_to_sink_gets_batch_times():
     ssc.stop()
     assert sink.batches == [(1000, [-1]), (2000, [-2, -3])]
     assert sink.records() == [-1, -2, -3]
+
+
+# -- state changed in place, outputs that must not change after their batch (issue 10.7, 10.8) ----
+
+
+def _append_state(key, value, state):
+    """Keeps every value of a key in a list changed in place (no state.update() after the first)."""
+    if not state.exists():
+        state.update([])
+    state.get().append(value)
+    return (key, state.get())
+
+
+def _rate_job(url, sink, snapshots, *, timeout=None):
+    import streamkeep as sk
+
+    def build():
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100)
+        m = ssc.rate_stream(2, name="r").map(lambda r: (r[0] % 2, r[0])).map_with_state(_append_state, name="m", timeout=timeout)
+        m.write_to(sink)
+        m.state_snapshots().write_to(snapshots)
+        return ssc
+
+    return build
+
+
+@pytest.mark.parametrize("timeout", [None, 60])
+def test_map_with_state_changed_in_place_survives_a_restart(tmp_path, timeout):
+    """state.get().append(v) without state.update() reaches the checkpoint: a restart equals an uninterrupted run."""
+    import streamkeep as sk
+
+    whole, whole_snaps = ListSink("out"), ListSink("snaps")
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "a"), _rate_job(str(tmp_path / "a"), whole, whole_snaps, timeout=timeout))
+    ssc.run(4)
+    ssc.stop()
+
+    url = str(tmp_path / "b")
+    first, first_snaps = ListSink("out"), ListSink("snaps")
+    ssc = sk.StreamingContext.get_or_create(url, _rate_job(url, first, first_snaps, timeout=timeout))
+    ssc.run(2)
+    ssc.stop()
+    second, second_snaps = ListSink("out"), ListSink("snaps")
+    ssc = sk.StreamingContext.get_or_create(url, _rate_job(url, second, second_snaps, timeout=timeout))
+    assert ssc.restored
+    ssc.run(2)
+    ssc.stop()
+    assert first.batches + second.batches == whole.batches
+    assert first_snaps.batches + second_snaps.batches == whole_snaps.batches
+    assert sorted(second_snaps.batches[-1][1]) == [(0, [0, 2, 4, 6]), (1, [1, 3, 5, 7])]
+
+
+def test_update_state_by_key_outputs_do_not_change_after_their_batch():
+    """update_state_by_key hands out its state each batch; a later in-place change must not reach earlier outputs."""
+
+    def collect(values, old):
+        old = [] if old is None else old
+        old.extend(values)  # in place, returned as is
+        return old
+
+    out = run_batches(lambda ssc, s: s.update_state_by_key(collect, name="u"), [[("k", 1)], [("k", 2)], [("k", 3)]])
+    assert out == [[("k", [1])], [("k", [1, 2])], [("k", [1, 2, 3])]]
+
+
+def test_update_state_by_key_nested_state_outputs_are_detached():
+    def collect(values, old):
+        old = {"seen": [], "n": 0} if old is None else old
+        old["seen"].extend(values)
+        old["n"] += len(values)
+        return old
+
+    out = run_batches(lambda ssc, s: s.update_state_by_key(collect, name="u"), [[("k", "a")], [("k", "b")]])
+    assert out == [[("k", {"seen": ["a"], "n": 1})], [("k", {"seen": ["a", "b"], "n": 2})]]
+
+
+def test_map_with_state_outputs_and_snapshots_do_not_change_after_their_batch():
+    inp = [[("k", 1)], [("k", 2)], [("k", 3)]]
+    assert run_batches(lambda ssc, s: s.map_with_state(_append_state, name="m"), inp) == [
+        [("k", [1])],
+        [("k", [1, 2])],
+        [("k", [1, 2, 3])],
+    ]
+    assert run_batches(lambda ssc, s: s.map_with_state(_append_state, name="m").state_snapshots(), inp) == [
+        [("k", [1])],
+        [("k", [1, 2])],
+        [("k", [1, 2, 3])],
+    ]
+
+
+def test_map_with_state_initial_state_is_not_the_callers_object():
+    initial = [("k", [0])]
+    run_batches(lambda ssc, s: s.map_with_state(_append_state, name="m", initial=initial), [[("k", 1)]])
+    assert initial == [("k", [0])]
+
+
+def test_reduce_by_key_and_window_with_an_in_place_reducer_keeps_earlier_outputs():
+    def extend(a, b):
+        a.extend(b)  # in place: allowed for reduce functions, as in Spark
+        return a
+
+    inp = [[("k", [1])], [("k", [2])], [("k", [3])]]
+    out = run_batches(lambda ssc, s: s.reduce_by_key_and_window(extend, 2, name="w"), inp)
+    assert out == [[("k", [1])], [("k", [1, 2])], [("k", [2, 3])], [("k", [3])]]
+
+
+# -- records that are not (key, value) pairs (issue 10.14) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "keyed",
+    [
+        lambda s: s.reduce_by_key(add),
+        lambda s: s.group_by_key(),
+        lambda s: s.combine_by_key(lambda v: v, add, add),
+        lambda s: s.update_state_by_key(lambda vs, old: 1, name="u"),
+        lambda s: s.map_with_state(lambda k, v, st: v, name="m"),
+        lambda s: s.map_values(str.upper),
+        lambda s: s.flat_map_values(list),
+        lambda s: s.join(s),
+        lambda s: s.reduce_by_key_and_window(add, 2, name="w"),
+    ],
+)
+def test_two_character_strings_are_not_unpacked_as_pairs(keyed):
+    with pytest.raises(UserFunctionError, match=r"\(key, value\) pairs expected, got 'ab' \(str\) from operator 'map'") as info:
+        run_batches(lambda ssc, s: keyed(s.map(str.strip)), [[" ab "]])
+    assert "user function" not in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_non_pairs_from_a_source_name_the_source():
+    with pytest.raises(UserFunctionError, match=r"reduce_by_key: \(key, value\) pairs expected, got 'abc' \(str\) from source 'input'"):
+        run_batches(lambda ssc, s: s.reduce_by_key(add), [["abc"]])
+
+
+def test_non_pairs_after_a_stateful_operator_name_it():
+    with pytest.raises(UserFunctionError, match=r"got 7 \(int\) from map_with_state 'm'"):
+        run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: v, name="m").reduce_by_key(add), [[("k", 7)]])
+
+
+def test_two_element_lists_are_pairs():
+    assert run_batches(lambda ssc, s: s.map(lambda w: [w, 1]).reduce_by_key(add), [["a", "a"]]) == [[("a", 2)]]
+
+
+def test_unhashable_keys_name_the_operator_that_made_them():
+    with pytest.raises(UserFunctionError, match=r"reduce_by_key: the key \['a'\] \(list\) of a record from operator 'map' is not hashable"):
+        run_batches(lambda ssc, s: s.map(lambda w: ([w], 1)).reduce_by_key(add), [["a"]])
+    with pytest.raises(UserFunctionError, match=r"the key \['a'\] \(list\) of a record from operator 'map' is not hashable"):
+        run_batches(lambda ssc, s: s.map(lambda w: ([w], 1)).update_state_by_key(lambda vs, old: 1, name="u"), [["a"]])
+
+
+def test_a_type_error_of_the_reduce_function_still_blames_it():
+    with pytest.raises(UserFunctionError, match="user function in operator 'reduce_by_key' raised TypeError") as info:
+        run_batches(lambda ssc, s: s.map(lambda w: ("k", 1 if w == "a" else "x")).reduce_by_key(lambda a, b: a + b), [["a", "b"]])
+    assert info.value.operator == "reduce_by_key"
+
+
+def test_user_function_error_shows_the_failing_record_truncated():
+    with pytest.raises(UserFunctionError) as info:
+        run_batches(lambda ssc, s: s.map(lambda r: r["missing"]), [[{"id": 1, "payload": "x" * 500}]])
+    msg = str(info.value)
+    assert "for record {'id': 1, 'payload': 'xxx" in msg
+    assert "x" * 200 not in msg
+    with pytest.raises(UserFunctionError, match=r"for key 'k', value 0"):
+        run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: 1 // v, name="m"), [[("k", 0)]])
+
+
+# -- on_error: dead letters (issue 10.13) ---------------------------------------------
+
+
+def _inverse(x):
+    return 10 // x
+
+
+def test_a_poison_record_fails_the_batch_by_default():
+    with pytest.raises(UserFunctionError, match="for record 0"):
+        run_batches(lambda ssc, s: s.map(_inverse), [[1, 0, 2]])
+
+
+def test_dead_letter_sink_gets_the_failing_records_and_the_batch_goes_on():
+    dead = ListSink("dead")
+    out = run_batches(lambda ssc, s: s.map(_inverse, on_error=dead).filter(lambda y: y > 2, on_error=dead), [[1, 0, 2, "x"], [], [0, 5]])
+    assert out == [[10, 5], [], []]
+    assert [t for t, _ in dead.batches] == [1000, 3000]  # nothing written for a batch without failures
+    first = dead.batches[0][1]
+    assert [(d["operator"], d["batch_time_ms"], d["record"]) for d in first] == [("map", 1000, 0), ("map", 1000, "x")]
+    assert first[0]["error"].startswith("ZeroDivisionError: ")
+    assert first[1]["error"].startswith("TypeError: ")
+    assert [d["record"] for d in dead.batches[1][1]] == [0]
+
+
+def test_dead_letters_per_operator_and_later_operators_keep_failing():
+    dead = ListSink("dead")
+    with pytest.raises(UserFunctionError, match="for record 5"):
+        run_batches(lambda ssc, s: s.map(_inverse, on_error=dead).map(lambda y: 1 // (y - 5)), [[2, 0]])
+
+
+def test_the_context_on_error_is_the_default_of_per_record_operators():
+    import streamkeep as sk
+
+    dead = ListSink("dead")
+    out = ListSink("out")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), on_error=dead)
+    s = ssc.queue_stream([[("a", 1), ("b", 0), ("c", 2)]], name="q")
+    s.map_values(_inverse).flat_map(lambda kv: [kv] * (kv[1] // 5)).map(lambda kv: kv, on_error="fail").write_to(out)
+    ssc.run()
+    ssc.stop()
+    assert out.records() == [("a", 10), ("a", 10), ("c", 5)]
+    assert [(d["operator"], d["record"]) for d in dead.records()] == [("map_values", ("b", 0))]
+
+
+def test_map_with_state_dead_letters_skip_the_record_and_keep_the_state():
+    dead = ListSink("dead")
+
+    def total(key, value, state):
+        new = state.get_option(0) + 100 // value
+        state.update(new)
+        return (key, new)
+
+    inp = [[("k", 1), ("k", 0), ("k", 2)], [("k", 0), ("j", 4)]]
+    out = run_batches(lambda ssc, s: s.map_with_state(total, name="m", on_error=dead), inp)
+    assert out == [[("k", 100), ("k", 150)], [("j", 25)]]
+    assert [(d["operator"], d["batch_time_ms"], d["record"]) for d in dead.records()] == [("m", 1000, ("k", 0)), ("m", 2000, ("k", 0))]
+
+
+def test_dead_letters_with_the_process_executor():
+    import streamkeep as sk
+
+    dead, out = ListSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=sk.executors.LocalExecutor(processes=2))
+    ssc.queue_stream([list(range(-3, 3))], name="q").map(_inverse, on_error=dead).write_to(out)
+    try:
+        ssc.run()
+    finally:
+        ssc.stop()
+    assert out.records() == [10 // x for x in range(-3, 3) if x]
+    assert [d["record"] for d in dead.records()] == [0]
+
+
+def test_dead_letters_are_written_once_per_batch_time_across_a_restart(tmp_path):
+    """A dead-letter sink is a sink: replays after a restart write the same batch times, never twice more."""
+    import streamkeep as sk
+
+    class CountingSink(ListSink):
+        def __init__(self, name):
+            super().__init__(name)
+            self.writes = []
+
+        def write(self, batch_time, records):
+            self.writes.append(batch_time)
+            super().write(batch_time, records)
+
+    url = str(tmp_path / "ckpt")
+
+    def build(dead, out):
+        def setup():
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), on_error=dead)
+            ssc.rate_stream(3, name="r").map(lambda r: 10 // (r[0] % 4)).write_to(out)
+            return ssc
+
+        return setup
+
+    dead1, out1 = CountingSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext.get_or_create(url, build(dead1, out1))
+    ssc.run(2)
+    ssc.stop()
+    dead2, out2 = CountingSink("dead"), ListSink("out")
+    ssc = sk.StreamingContext.get_or_create(url, build(dead2, out2))
+    ssc.run(2)
+    ssc.stop()
+    assert dead1.writes == [1000, 2000] and dead2.writes == [3000]  # records 0..11: 0, 4 and 8 fail
+    assert [d["record"][0] for d in dead1.records() + dead2.records()] == [0, 4, 8]
+    assert [t for t, _ in out1.batches + out2.batches] == [1000, 2000, 3000, 4000]
+
+
+@pytest.mark.parametrize("bad", ["skip", "ignore", 3, print])
+def test_on_error_must_be_fail_or_a_sink(bad):
+    import streamkeep as sk
+    from streamkeep import ConfigError
+
+    with pytest.raises(ConfigError, match="on_error must be 'fail'"):
+        sk.StreamingContext(1.0, on_error=bad)
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match="map: on_error must be 'fail'"):
+        ssc.queue_stream([], name="q").map(lambda x: x, on_error=bad)
+
+
+def test_a_dead_letter_sink_is_not_also_an_output():
+    import streamkeep as sk
+    from streamkeep import ConfigError
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    s = ssc.queue_stream([], name="q")
+    sink = ListSink("dead")
+    s.map(lambda x: x, on_error=sink).filter(bool, on_error=sink)  # one dead-letter sink for several operators
+    with pytest.raises(ConfigError, match="already an output"):
+        s.write_to(sink)
+    with pytest.raises(ConfigError, match="sink named 'dead'"):
+        s.write_to(ListSink("dead"))

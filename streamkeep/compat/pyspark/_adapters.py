@@ -8,6 +8,7 @@ Referenced from the alias table in `_aliases.py`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import heapq
 import math
@@ -46,8 +47,8 @@ def ds_partition_by(ds: DStream[Any], num_partitions: int, partition_func: Any =
     return ds.transform(lambda b: b.partition_by(num_partitions))
 
 
-def ds_pprint(ds: DStream[Any], num: int = 10) -> None:
-    """foreach_batch(print the first num records, PySpark's format)"""
+def pprint_fn(num: int = 10) -> Callable[[datetime, Batch[Any]], None]:
+    """the output function of pprint: print the first num records, PySpark's format"""
 
     def take_and_print(t: datetime, batch: Batch[Any]) -> None:
         taken = batch.take(num + 1)
@@ -57,11 +58,28 @@ def ds_pprint(ds: DStream[Any], num: int = 10) -> None:
             lines.append("...")
         print("\n".join(lines) + "\n", flush=True)
 
-    ds.foreach_batch(take_and_print)
+    return take_and_print
+
+
+def save_fn(prefix: str, suffix: str | None = None) -> Callable[[datetime, Batch[Any]], None]:
+    """the output function of saveAsTextFiles: rdd.saveAsTextFile(prefix-<ms>[.suffix]), as PySpark does"""
+
+    def save(t: datetime, batch: Batch[Any]) -> None:
+        name = f"{prefix}-{round(t.timestamp() * 1000)}"
+        rdd_save_as_text_file(batch, f"{name}.{suffix}" if suffix else name)
+
+    return save
 
 
 def ds_keep(ds: DStream[Any], *_args: Any) -> None:
     """nothing: streamkeep materialises each batch once and checkpoints every batch"""
+
+
+def ssc_queue_stream(
+    ssc: Any, rdds: list[list[list[Any]]], one_at_a_time: bool = True, default: list[list[Any]] | None = None, *, name: str | None = None
+) -> DStream[Any]:
+    """queue_stream(partitioned=True): each queued RDD's partitions stay its batch's partitions"""
+    return ssc.queue_stream(rdds, one_at_a_time=one_at_a_time, default=default, name=name, partitioned=True)  # type: ignore[no-any-return]
 
 
 def ssc_transform(ssc: Any, streams: list[DStream[Any]], fn: Callable[[list[Batch[Any]]], Batch[Any]]) -> DStream[Any]:
@@ -369,7 +387,20 @@ def rdd_save_as_text_file(b: Batch[Any], path: str, compression: Any = None) -> 
 
 
 def _atomic_write(path: str, text: str) -> None:
+    """Replace `path` atomically and durably (the file and its directory entry are fsynced)."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -69,10 +69,7 @@ DSTREAM: dict[str, Alias] = {
         named=True,
     ),
     "updateStateByKey": Alias("update_state_by_key", (P("updateFunc"), _NP, P("initialRDD", None, "initial", conv="initial")), named=True),
-    # outputs
-    "foreachRDD": Alias("foreach_batch", (P("func", conv="rdd_out"),), returns="none"),
-    "pprint": Alias(a.ds_pprint, (P("num", 10),), returns="none"),
-    "saveAsTextFiles": Alias("save_as_text_files", (P("prefix"), P("suffix", None)), returns="none"),
+    # outputs: `DStream` defines foreachRDD, pprint and saveAsTextFiles (see EXPLICIT): it runs them to tell listeners
     # storage hints: batches are materialised once and every batch is checkpointed
     "cache": Alias(a.ds_keep, returns="self", note="No effect: each batch is computed once per output run."),
     "persist": Alias(a.ds_keep, (P("storageLevel", REQUIRED, None),), returns="self", note="No effect (storage levels do not apply)."),
@@ -175,11 +172,20 @@ RDD: dict[str, Alias] = {
 STREAMING_CONTEXT: dict[str, Alias] = {
     "socketTextStream": Alias("socket_text_stream", (P("hostname"), P("port"), P("storageLevel", None, None)), named=True),
     "textFileStream": Alias("text_file_stream", (P("directory"),), named=True),
-    "queueStream": Alias(
-        "queue_stream",
-        (P("rdds", conv="queue"), P("oneAtATime", True, "one_at_a_time"), P("default", None, "default", conv="records")),
+    "binaryRecordsStream": Alias(
+        "binary_records_stream",
+        (P("directory"), P("recordLength")),
         named=True,
-        note="With a checkpoint, each batch's records are stored in it, so a replay is exact (Spark refuses queueStream with checkpoints).",
+        note="Each new file is cut into records of recordLength bytes (bytes values), one partition per file.",
+    ),
+    "queueStream": Alias(
+        a.ssc_queue_stream,
+        (P("rdds", conv="queue"), P("oneAtATime", True, "one_at_a_time"), P("default", None, "default", conv="partitions")),
+        named=True,
+        note=(
+            "Each batch keeps the partitions of its queued RDD (a list is parallelized first, as in PySpark). "
+            "With a checkpoint, each batch's records are stored in it, so a replay is exact (Spark refuses queueStream with checkpoints)."
+        ),
     ),
     "union": Alias("union", (P("dstreams", conv="stream", varargs=True),)),
     "transform": Alias(a.ssc_transform, (P("dstreams", conv="streams"), P("transformFunc", conv="rdds_fn"))),
@@ -188,7 +194,7 @@ STREAMING_CONTEXT: dict[str, Alias] = {
 
 # Methods and properties the facade classes define by hand (lifecycle, recovery, registries).
 EXPLICIT: dict[str, tuple[str, ...]] = {
-    "DStream": ("context",),
+    "DStream": ("context", "foreachRDD", "pprint", "saveAsTextFiles"),
     "RDD": ("context", "ctx", "id", "name", "setName", "toDebugString", "getStorageLevel"),
     "StreamingContext": (
         "getOrCreate",
@@ -238,9 +244,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "repartitionAndSortWithinPartitions": "not available; use sortByKey()",
         "cleanShuffleDependencies": "shuffles are in-process; nothing to clean",
     },
-    "StreamingContext": {
-        "binaryRecordsStream": "fixed-length binary record files are not available; use textFileStream or a custom Source",
-    },
+    "StreamingContext": {},
     "SparkContext": {
         "addFile": "the job runs in one process: read files directly",
         "addPyFile": "the job runs in one process: import modules directly",

@@ -16,7 +16,7 @@ from typing import Any
 
 from streamkeep import Batch
 from streamkeep import DStream as CoreDStream
-from streamkeep.compat.pyspark._adapters import local_time
+from streamkeep.compat.pyspark._adapters import local_time, pprint_fn, save_fn
 from streamkeep.compat.pyspark._aliases import DSTREAM, UNSUPPORTED
 from streamkeep.compat.pyspark._errors import missing_attribute
 from streamkeep.compat.pyspark._rdd import RDD, portable_hash
@@ -127,16 +127,31 @@ class DStream:
         """The StreamingContext this stream belongs to."""
         return self._ssc
 
+    # -- output operations: the context runs them, to tell its listeners ----------------
+
+    def foreachRDD(self, func: Callable[..., Any]) -> None:
+        """Call ``func(rdd)`` or ``func(time, rdd)`` for every batch (time: a naive local datetime).
+
+        After a crash between a batch's outputs and its commit, the batch is re-run
+        with the same input: make ``func``'s external effects idempotent per batch time.
+        """
+        op = "DStream.foreachRDD"
+        self._ssc._add_output("foreachRDD", self._core, batch_fn(func, self._ssc.sparkContext, op, output=True))
+
+    def pprint(self, num: int = 10) -> None:
+        """Print the first `num` records of every batch, as PySpark does."""
+        self._ssc._add_output("pprint", self._core, pprint_fn(num))
+
+    def saveAsTextFiles(self, prefix: str, suffix: str | None = None) -> None:
+        """Write each batch with ``saveAsTextFile`` to ``prefix-<time ms>[.suffix]`` (a replay rewrites the same files)."""
+        self._ssc._add_output("saveAsTextFiles", self._core, save_fn(prefix, suffix))
+
     def _convert(self, kind: str, value: Any, op: str) -> Any:
         sc = self._ssc.sparkContext
         if kind == "stream":
             return core_stream(value, op)
         if kind == "rdd_fn":
             return batch_fn(value, sc, op)
-        if kind == "rdd_out":
-            if op.endswith("foreachRDD"):  # at least once after a crash: start() says so when there is a checkpoint
-                self._ssc._foreach_rdd_outputs = getattr(self._ssc, "_foreach_rdd_outputs", 0) + 1
-            return batch_fn(value, sc, op, output=True)
         if kind == "rdd2_fn":
             return batch2_fn(value, sc, op)
         if kind == "initial":

@@ -7,18 +7,23 @@ recovery (``getOrCreate``) and the one-active-context registry PySpark has.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
 import streamkeep as sk
+from streamkeep import DStream as CoreDStream
 from streamkeep.compat.pyspark._aliases import STREAMING_CONTEXT, UNSUPPORTED
 from streamkeep.compat.pyspark._context import SparkContext
 from streamkeep.compat.pyspark._dstream import DStream, as_batch, core_stream, records_of
 from streamkeep.compat.pyspark._errors import missing_attribute, unsupported
-from streamkeep.compat.pyspark._listener import ListenerAdapter
+from streamkeep.compat.pyspark._listener import ListenerAdapter, _OutputRun
 from streamkeep.compat.pyspark._rdd import RDD
 from streamkeep.compat.pyspark._table import build_methods
 
@@ -68,7 +73,8 @@ class StreamingContext:
         self._ssc = sk.StreamingContext(batchDuration, codec=codec, allow_state_loss=allow_loss)
         self._core = self._ssc
         self._listeners: list[ListenerAdapter] = []
-        self._foreach_rdd_outputs = 0  # counted by DStream.foreachRDD
+        self._outputs = 0  # output operations registered: the next one's id
+        self._foreach_rdd_outputs = 0  # at least once after a crash: start() says so when there is a checkpoint
 
     # -- facade protocol (see _table.py) ---------------------------------------------
 
@@ -78,14 +84,19 @@ class StreamingContext:
         if kind == "streams":
             return [core_stream(v, op) for v in value]
         if kind == "queue":
-            return [records_of(r, op) for r in value]
-        if kind == "records":
-            return records_of(value, op)
+            return [self._partitions(r, op) for r in value]
+        if kind == "partitions":
+            return None if value is None else self._partitions(value, op)
         if kind == "rdds_fn":
             sc = self._sc
             return lambda batches: as_batch(value(tuple(RDD(b, sc) for b in batches)), op)
         msg = f"{op}: unknown conversion {kind!r}"  # pragma: no cover - a table bug
         raise AssertionError(msg)
+
+    def _partitions(self, value: Any, op: str) -> list[list[Any]]:
+        """An RDD's partitions; a list of records is parallelized first, as PySpark's queueStream does."""
+        rdd = value if isinstance(value, RDD) else self._sc.parallelize(records_of(value, op) or [])
+        return rdd._core.partitions
 
     def _wrap(self, kind: str, value: Any, op: str) -> Any:
         if kind == "stream":
@@ -176,7 +187,9 @@ class StreamingContext:
     def awaitTermination(self, timeout: float | None = None) -> None:
         """Wait for the job to stop (or `timeout` seconds); re-raises the job's failure.
 
-        Ctrl-C stops the context (the batch in progress completes) and re-raises.
+        Ctrl-C stops the context gracefully (the batch in progress commits and the
+        checkpoint is released) and returns; a second Ctrl-C stops without waiting
+        for that batch and raises KeyboardInterrupt.
         """
         self._await(timeout)
 
@@ -187,8 +200,9 @@ class StreamingContext:
     def _await(self, timeout: float | None) -> bool:
         try:
             done = self._ssc.await_termination(timeout)
-        except KeyboardInterrupt:
-            self.stop(stopSparkContext=True, stopGraceFully=False)
+        except KeyboardInterrupt:  # a second Ctrl-C: the core has released everything without waiting
+            self._deactivate()
+            self._sc.stop()
             raise
         except BaseException:
             self._deactivate()
@@ -215,16 +229,55 @@ class StreamingContext:
             raise ValueError(msg)
 
     def addStreamingListener(self, streamingListener: Any) -> None:
-        """Add a `StreamingListener`; its ``onBatchCompleted`` runs after every batch."""
+        """Add a `StreamingListener`: batch submitted/started/completed, output operation started/completed events."""
         adapter = ListenerAdapter(streamingListener)
         self._listeners.append(adapter)
         self._ssc.add_listener(adapter)
+
+    def _add_output(self, op: str, stream: CoreDStream[Any], fn: Callable[[datetime, Any], Any]) -> None:
+        """Register an output operation that tells the listeners when it starts and ends, as Spark does."""
+        index, self._outputs = self._outputs, self._outputs + 1
+        if op == "foreachRDD":
+            self._foreach_rdd_outputs += 1
+        name = f"{op} at {_call_site()}"
+        listeners = self._listeners  # the live list: listeners added later hear of it too
+
+        def run(t: datetime, batch: Any) -> None:
+            if not listeners:
+                fn(t, batch)
+                return
+            started = _OutputRun(round(t.timestamp() * 1000), index, name, name, start_ms=int(time.time() * 1000))
+            for li in listeners:
+                li.output_started(started)
+            try:
+                fn(t, batch)
+            except BaseException as exc:
+                failed = dataclasses.replace(started, end_ms=int(time.time() * 1000), failure=f"{type(exc).__name__}: {exc}")
+                for li in listeners:
+                    li.output_completed(failed)
+                raise
+            done = dataclasses.replace(started, end_ms=int(time.time() * 1000))
+            for li in listeners:
+                li.output_completed(done)
+
+        stream.foreach_batch(run)
 
     def __repr__(self) -> str:
         return f"<pyspark facade StreamingContext batch={self._ssc.batch_interval_ms} ms state={self._ssc.state}>"
 
     def __getattr__(self, name: str) -> Any:
         return missing_attribute("StreamingContext", name, UNSUPPORTED["StreamingContext"])
+
+
+def _call_site() -> str:
+    """``file.py:line`` of the user's code that called into the facade (Spark names output operations so)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the streamkeep package
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "<unknown>"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 build_methods(StreamingContext, STREAMING_CONTEXT)

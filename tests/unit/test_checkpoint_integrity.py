@@ -1,0 +1,288 @@
+"""Integrity of what a checkpoint holds: lost commits, short writes, confined paths, file identity.
+
+Each test damages a checkpoint the way a person or a broken tool could (deleting the
+newest commit, copying a valid file under another name, editing a path into a record)
+and checks the outcome: exactly the result of an undamaged run, or a loud
+`CorruptCheckpointError` -- never a silently different result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _ckpt_jobs import rate_job, run_until, totals_after
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint, CheckpointStorage, log_path, plan_path
+from streamkeep.cli import main
+from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
+from streamkeep.testing import ListSink, ManualClock
+
+
+def _finish(url: str, total: int = 8, **kw: Any) -> ListSink:
+    sink = ListSink()
+    run_until(url, rate_job(url, sink, **kw), total)
+    return sink
+
+
+def _log_files(url: str) -> list[Path]:
+    return sorted(Path(url, "log").iterdir())
+
+
+def _commit_files(url: str) -> list[Path]:
+    ck = Checkpoint(url)
+    return [Path(url, log_path(r.seq)) for r in sorted(ck.commits(), key=lambda r: r.seq)]
+
+
+def _verify(capsys: pytest.CaptureFixture[str], url: str) -> tuple[int, str]:
+    rc = main(["checkpoint", "verify", url])
+    return rc, capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 10.2: lost commit records
+
+
+@pytest.mark.parametrize("keep_commits", [1, 2])
+def test_deleting_the_newest_commit_right_after_a_restart_falls_back_exactly(tmp_path: Path, keep_commits: int) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), keep_commits=keep_commits), 5)
+    run_until(url, rate_job(url, ListSink(), keep_commits=keep_commits), 5)  # a restart that runs nothing (recovery sweeps)
+    _commit_files(url)[-1].unlink()
+    sink = _finish(url, keep_commits=keep_commits)
+    assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]  # batch 5 replayed from its plan
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+@pytest.mark.parametrize("what", ["commit records", "whole log"])
+def test_a_checkpoint_that_lost_every_commit_is_refused_not_restarted(tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    if what == "whole log":
+        shutil.rmtree(Path(url, "log"))
+    else:
+        for f in _commit_files(url):
+            f.unlink()
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "once held commits" in out, out
+    with pytest.raises(CorruptCheckpointError, match=r"holds no commit record, but it once did.*new checkpoint URL") as info:
+        _finish(url)
+    assert str(url) in str(info.value)
+
+
+def test_a_checkpoint_that_never_committed_still_starts_from_its_plans(tmp_path: Path) -> None:
+    # The signs of lost commits must not fire on a job that crashed before its first commit.
+    url = str(tmp_path / "ckpt")
+    ck = Checkpoint(url)
+    ck.claim("test", "0")
+    ck.write_plan(1000, {"batch_time": 1000, "sources": {"rate": {"from": 0, "until": 6, "t0": 0}}, "positions": {"rate": {"next": 6, "t0": 0}}})
+    ck.release()
+    again = Checkpoint(url)  # a second driver that stopped before its first commit
+    again.claim("test", "0")
+    again.release()
+    assert [(r.seq, r.data["epoch"]) for r in Checkpoint(url).records(newest_first=False)] == [(1, 1), (2, 2)]
+    assert Checkpoint(url).lost_history() == []
+    sink = _finish(url, 3)
+    assert [t for t, _ in sink.batches] == [1000, 2000, 3000]
+    assert sorted(sink.batches[-1][1]) == totals_after(3)
+
+
+# ------------------------------------------------------------------ 10.3: short writes
+
+
+def test_short_os_writes_still_write_whole_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.write
+    calls = []
+
+    def short(fd: int, data: Any) -> int:  # as Linux does past ~2 GiB: writes less than asked
+        calls.append(len(data))
+        return real(fd, bytes(memoryview(data)[:7]))
+
+    monkeypatch.setattr(os, "write", short)
+    st = CheckpointStorage(str(tmp_path / "s"))
+    payload = bytes(range(256)) * 10
+    assert st.create("state/op/000000000001000.snap", payload)
+    st.write("lease", payload)
+    assert len(calls) > 2 * len(payload) // 7 - 4
+    monkeypatch.undo()
+    assert st.read("state/op/000000000001000.snap") == payload
+    assert st.read("lease") == payload
+
+
+def test_a_write_that_loses_bytes_fails_before_the_file_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.write
+
+    def lying(fd: int, data: Any) -> int:  # claims everything, writes half: only the size check can tell
+        real(fd, bytes(memoryview(data)[: max(1, len(data) // 2)]))
+        return len(data)
+
+    monkeypatch.setattr(os, "write", lying)
+    st = CheckpointStorage(str(tmp_path / "s"))
+    with pytest.raises(CheckpointError, match=r"wrote \d+ bytes of 2560"):
+        st.create("state/op/000000000001000.snap", bytes(2560))
+    monkeypatch.undo()
+    assert not st.exists("state/op/000000000001000.snap")
+    assert os.listdir(tmp_path / "s" / "state" / "op") == []  # no temp file left either
+
+
+def test_a_job_whose_writes_are_short_recovers_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(memoryview(data)[:100])))
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), snapshot_every=2, rows_per_second=600, keys=300), 5)
+    sink = ListSink()
+    run_until(url, rate_job(url, sink, snapshot_every=2, rows_per_second=600, keys=300), 7)
+    assert sorted(sink.batches[-1][1]) == totals_after(7, rows_per_second=600, keys=300)
+
+
+# ------------------------------------------------------------------ 10.10: confined paths
+
+
+def _rewrite_newest_commit(url: str, change: Any) -> Path:
+    ck = Checkpoint(url)
+    rec = ck.commits()[0]
+    data = dict(rec.data)
+    change(data)
+    Path(url, log_path(rec.seq)).write_bytes(ck.encode("record", data, rel=log_path(rec.seq)))
+    return Path(url, log_path(rec.seq))
+
+
+def test_a_commit_naming_another_jobs_state_neither_loads_nor_deletes_it(tmp_path: Path) -> None:
+    other = str(tmp_path / "other")
+    run_until(other, rate_job(other, ListSink(), snapshot_every=2, keys=5), 6)  # another job, different state
+    victim = sorted(Path(other, "state", "totals").glob("*.snap"))[-1]
+    victim_bytes = victim.read_bytes()
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+
+    def point_at_other(data: dict[str, Any]) -> None:
+        snap_t = int(victim.name.split(".")[0])
+        data["state"] = {**data["state"], "totals": {"snapshot": f"../other/state/totals/{victim.name}", "snapshot_time": snap_t, "deltas": []}}
+
+    _rewrite_newest_commit(url, point_at_other)
+    with pytest.warns(StreamkeepWarning, match=r"not one of its own|not its own"):
+        sink = _finish(url, 12)  # past retention of the altered commit
+    assert sorted(sink.batches[-1][1]) == totals_after(12)
+    assert victim.read_bytes() == victim_bytes  # never deleted by this job's retention
+
+
+@pytest.mark.parametrize("path", ["absolute", "dotdot"])
+def test_inspect_never_stats_a_path_outside_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 12345)
+    name = str(secret) if path == "absolute" else "../secret"
+    _rewrite_newest_commit(url, lambda d: d["state"]["totals"].update(snapshot=name, snapshot_time=0))
+    assert main(["checkpoint", "inspect", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    op = info["operators"]["totals"]
+    assert "12345" not in json.dumps(op) and "not its own" in op["error"]
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "not its own" in out
+
+
+def _text_job(url: str, inp: Path, sink: ListSink) -> Any:
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        ssc.text_file_stream(str(inp), name="files").write_to(sink)
+        return ssc
+
+    return setup
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "ABSOLUTE"])
+def test_a_pending_file_plan_naming_a_file_outside_the_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.txt").write_text("a\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the secret\n")
+    name = str(secret) if name == "ABSOLUTE" else name
+    url = str(tmp_path / "ckpt")
+    run_until(url, _text_job(url, inp, ListSink()), 2)
+    ck = Checkpoint(url)
+    ck.storage.write(plan_path(3000), ck.encode("plan", {"batch_time": 3000, "sources": {"files": {"files": [[name, 11]]}}, "positions": {"files": {"seen": ["a.txt"]}}}, rel=plan_path(3000)))
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "not a file inside its directory" in out, out
+    sink = ListSink()
+    with pytest.raises(CorruptCheckpointError, match=r"plan of batch 3000 ms.*text_file_stream 'files' is corrupt"):
+        run_until(url, _text_job(url, inp, sink), 4)
+    assert not any("the secret" in r for _, recs in sink.batches for r in recs)
+
+
+def test_operator_names_never_leave_the_state_directory(tmp_path: Path) -> None:
+    from streamkeep.checkpoint import state_dir
+
+    assert state_dir("..") == "state/%2E%2E" and state_dir(".") == "state/%2E"
+    assert state_dir("../x") == "state/..%2Fx"
+    with pytest.raises(CorruptCheckpointError, match="not inside the checkpoint"):
+        CheckpointStorage(str(tmp_path)).read("../etc/passwd")
+
+
+# ------------------------------------------------------------------ 10.11: files under the wrong name
+
+
+def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    shutil.copy(Path(url, plan_path(5000)), Path(url, plan_path(6000)))  # looks like a pending batch 6
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "written as 'plans/000000000005000.plan', not 'plans/000000000006000.plan'" in out, out
+    with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plan.*written as"):
+        _finish(url)
+
+
+def test_an_older_snapshot_copied_over_a_newer_one_is_never_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), snapshot_every=2), 9)
+    snaps = sorted(Path(url, "state", "totals").glob("*.snap"))
+    assert len(snaps) >= 2, snaps
+    needed = {Path(url, f) for c in Checkpoint(url).commits() for f in c.files()}
+    newer = max(s for s in snaps if s in needed)
+    older = max(s for s in snaps if s < newer)
+    shutil.copy(older, newer)
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and f"written as 'state/totals/{older.name}'" in out, out
+    try:
+        with pytest.warns(StreamkeepWarning, match="written as"):
+            sink = _finish(url, 11, snapshot_every=2)
+    except CorruptCheckpointError as exc:  # refused loudly when no retained commit avoids the file
+        assert "written as" in str(exc)
+    else:
+        assert sorted(sink.batches[-1][1]) == totals_after(11)
+
+
+def test_a_record_copied_under_a_newer_sequence_number_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    first, newest = _commit_files(url)[0], _commit_files(url)[-1]
+    shutil.copy(first, newest)
+    with pytest.warns(StreamkeepWarning, match=rf"{newest.name} is unreadable.*written as"):
+        sink = _finish(url)
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+# ------------------------------------------------------------------ 10.16: clear errors
+
+
+def test_state_nested_past_the_codec_depth_limit_says_so(tmp_path: Path) -> None:
+    def deep(values: list[int], old: Any) -> Any:
+        v: Any = 0
+        for _ in range(70):
+            v = (v,)
+        return v
+
+    url = str(tmp_path / "ckpt")
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        ssc.rate_stream(2, name="rate").map(lambda r: (r[0] % 2, 1)).update_state_by_key(deep, name="s").foreach_batch(lambda b: None)
+        return ssc
+
+    with pytest.raises(CheckpointError, match=r"operator 's'.*more than 64 levels deep.*Flatten it"):
+        run_until(url, setup, 1)

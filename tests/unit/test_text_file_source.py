@@ -1,0 +1,217 @@
+"""text_file_stream under a checkpoint: the start cut-off, decoding errors, plan confinement, options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _ckpt_jobs import run_until
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint, plan_path
+from streamkeep.errors import ConfigError, CorruptCheckpointError, SourceError, UserFunctionError
+from streamkeep.sources import TextFileSource
+from streamkeep.testing import ListSink, ManualClock
+
+
+def _put(d: Path, name: str, data: bytes | str) -> None:
+    """Write a file elsewhere and move it in (how inputs are meant to arrive)."""
+    tmp = d / f".tmp-{name}"
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, d / name)
+
+
+def file_job(
+    url: str,
+    d: Path,
+    sink: ListSink,
+    *,
+    fail_at_ms: int | None = None,
+    **options: Any,
+) -> Callable[[], sk.StreamingContext]:
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        lines = ssc.text_file_stream(str(d), name="files", **options)
+        lines.write_to(sink)
+
+        def fail(t: Any, batch: Any) -> None:
+            if fail_at_ms is not None and int(t.timestamp() * 1000) == fail_at_ms:
+                raise RuntimeError("driver dies before the commit")
+
+        lines.foreach_batch(fail)
+        return ssc
+
+    return setup
+
+
+def _lines(sink: ListSink) -> list[str]:
+    return sorted(x for _, recs in sink.batches for x in recs)
+
+
+# -------------------------------------------------------------- 10.4: the start cut-off is durable
+
+
+def test_files_that_arrive_before_the_first_plan_survive_a_restart(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    _put(d, "old.txt", "old\n")
+    url = str(tmp_path / "ckpt")
+    first = sk.StreamingContext.get_or_create(url, file_job(url, d, ListSink()))  # opens: takes the cut-off
+    _put(d, "new.txt", "new\n")  # arrives after the job started ...
+    first.stop()  # ... and the driver goes away before its first plan
+    sink = ListSink()
+    run_until(url, file_job(url, d, sink), 2)
+    assert _lines(sink) == ["new"]  # read once; the file present at the first start stays skipped
+
+
+def test_the_start_record_is_dropped_once_a_commit_holds_the_position(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    blobs = Path(url) / "blobs"
+    assert [p.name for p in blobs.iterdir()] == ["files%2Fstart"]  # kept until a restart sees a committed position
+    _put(d, "a.txt", "a\n")
+    sink = ListSink()
+    run_until(url, file_job(url, d, sink), 2)
+    assert _lines(sink) == ["a"]
+    assert not [p.name for p in blobs.iterdir()]
+
+
+def test_new_files_only_false_reads_the_files_already_there(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    _put(d, "old.txt", "old\n")
+    _put(d, "_temp", "ignored\n")
+    url = str(tmp_path / "ckpt")
+    sink = ListSink()
+    run_until(url, file_job(url, d, sink, new_files_only=False), 1)
+    assert _lines(sink) == ["old"]
+    assert not (Path(url) / "blobs").exists() or not list((Path(url) / "blobs").iterdir())
+
+
+# -------------------------------------------------------------- 10.12: undecodable input
+
+
+def test_an_undecodable_line_names_the_source_file_and_line(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    _put(d, "bad.txt", b"fine\ncaf\xe9 latin-1\nalso fine\n")
+    with pytest.raises(SourceError) as info:
+        run_until(url, file_job(url, d, ListSink()), 2)
+    msg = str(info.value)
+    assert "'files'" in msg and str(d / "bad.txt") in msg and "line 2" in msg and "utf-8" in msg
+    assert "on_error=" in msg and "encoding=" in msg
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+
+
+def test_a_dead_letter_sink_takes_undecodable_lines_after_a_restart(tmp_path: Path) -> None:
+    """The documented way out: the batch that failed is replayed with on_error=; nothing is lost."""
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    _put(d, "bad.txt", b"fine\nbad \xff\xfe line\r\nlast")
+    with pytest.raises(SourceError):
+        run_until(url, file_job(url, d, ListSink()), 2)
+    sink, dead = ListSink(), ListSink("dead")
+    run_until(url, file_job(url, d, sink, on_error=dead), 3)
+    assert sink.batches == [(2000, ["fine", "last"]), (3000, [])]
+    assert dead.batches == [(2000, [{"file": str(d / "bad.txt"), "line": 2, "value": b"bad \xff\xfe line", "error": dead.batches[0][1][0]["error"]}])]
+    assert "UnicodeDecodeError" in dead.batches[0][1][0]["error"]
+
+
+def test_a_callable_on_error_sees_each_undecodable_line(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    seen: list[tuple[int, bytes]] = []
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    sink = ListSink()
+    ssc.text_file_stream(str(d), name="f", on_error=lambda rec, exc: seen.append((rec["line"], rec["value"]))).write_to(sink)
+    ssc.run(max_batches=1)
+    _put(d, "x.txt", b"\xff\nok\n\xfe\xfe\n")
+    ssc.run(max_batches=1)
+    ssc.stop()
+    assert seen == [(1, b"\xff"), (3, b"\xfe\xfe")]
+    assert _lines(sink) == ["ok"]
+
+
+def test_encoding_and_errors_options(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    latin, replaced = ListSink("latin"), ListSink("replaced")
+    ssc.text_file_stream(str(d), name="latin", encoding="latin-1").write_to(latin)
+    ssc.text_file_stream(str(d), name="replaced", errors="replace").write_to(replaced)
+    ssc.run(max_batches=1)
+    _put(d, "x.txt", "café\n".encode("latin-1"))
+    ssc.run(max_batches=1)
+    ssc.stop()
+    assert _lines(latin) == ["café"]
+    assert _lines(replaced) == ["caf\ufffd"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"encoding": "no-such-codec"}, "encoding="),
+        ({"errors": "no-such-handler"}, "errors="),
+        ({"on_error": 42}, "on_error must be a dead-letter sink"),
+    ],
+)
+def test_bad_decoding_options_are_refused_when_built(tmp_path: Path, kw: dict[str, Any], match: str) -> None:
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=match):
+        ssc.text_file_stream(str(tmp_path), name="f", **kw)
+
+
+# -------------------------------------------------------------- 10.10: planned paths stay inside the directory
+
+
+@pytest.mark.parametrize("planted", ["../secret.txt", "/SECRET", "sub/../../secret.txt", ".."])
+def test_a_plan_naming_a_file_outside_the_directory_is_refused(tmp_path: Path, planted: str) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read\n")
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    _put(d, "a.txt", "a\n")
+    with pytest.raises(UserFunctionError):
+        run_until(url, file_job(url, d, ListSink(), fail_at_ms=2000), 2)  # batch 2 planned, not committed
+    ckpt = Checkpoint(url)
+    plan = ckpt.read_plan(2000)
+    assert plan["sources"]["files"]["files"] == [["a.txt", 2]]
+    target = str(secret) if planted == "/SECRET" else planted
+    plan["sources"]["files"]["files"] = [[target, 12]]
+    ckpt.storage.write(plan_path(2000), ckpt.encode("plan", plan, rel=plan_path(2000)))
+    sink = ListSink()
+    with pytest.raises(CorruptCheckpointError) as info:
+        run_until(url, file_job(url, d, sink), 2)
+    msg = str(info.value)
+    assert "plan of batch 2000 ms" in msg and "'files'" in msg and repr(target) in msg
+    assert not sink.batches
+
+
+def test_a_damaged_plan_entry_is_refused(tmp_path: Path) -> None:
+    src = TextFileSource(str(tmp_path), name="f")
+    with pytest.raises(CorruptCheckpointError, match="damaged entry"):
+        src.read({"files": [["a.txt", -1]]}, 1000)
+    with pytest.raises(CorruptCheckpointError, match="no file list"):
+        src.read({}, 1000)
+
+
+# -------------------------------------------------------------- the README tour's defaults
+
+
+def test_text_file_stream_exposes_new_files_only() -> None:
+    import inspect
+
+    params = inspect.signature(sk.StreamingContext.text_file_stream).parameters
+    assert params["new_files_only"].default is True
+    assert {"encoding", "errors", "on_error", "storage_options"} <= set(params)
