@@ -254,6 +254,7 @@ class Checkpoint:
             "id": uuid.uuid4().hex,
         }
         self.storage.create(_IDENTITY, self.encode("identity", record, rel=_IDENTITY))
+        _faults.point("identity.after_write")
 
     def _checkpoint_id(self) -> str:
         """A name for this checkpoint instance (sinks compare fencing epochs only within one)."""
@@ -295,8 +296,10 @@ class Checkpoint:
                 last = self.last_seq()
                 epoch = max(self.max_epoch(), prior) + 1
                 rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "time_ms": _now_ms()}
+                _faults.point("claim.before_record")
                 if self.storage.create(_log_path(last + 1), self.encode("record", rec, rel=_log_path(last + 1))):
                     me.epoch, me.seq = epoch, last + 1
+                    _faults.point("claim.after_record")
                     break
             else:  # pragma: no cover - needs 100 lost races in a row
                 msg = f"could not claim checkpoint {self.url}: other drivers keep appending to its log"
@@ -386,6 +389,7 @@ class Checkpoint:
             return
         lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
         self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
+        _faults.point("lease.after_write")
 
     def _heartbeat(self, me: _Owner) -> None:
         # `me` is passed in: release() may clear self._owner before this thread first runs
@@ -689,6 +693,7 @@ class Checkpoint:
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""
         self._create(blob_path(name), self.encode("blob", value, rel=blob_path(name)))
+        _faults.point("blob.after_write")
 
     def _create(self, rel: str, data: bytes) -> None:
         """Write a plan, state file or blob, which never replaces another driver's file.

@@ -423,6 +423,15 @@ class Scheduler:
         assert ckpt is not None
         st = ckpt.storage
         st.remove_temp_files("")
+        deleted = 0
+
+        def delete(rel: str) -> None:
+            nonlocal deleted
+            st.delete(rel)
+            deleted += 1
+            if deleted == 1:
+                _faults.point("recovery.mid_sweep")
+
         keep = rec.files() if rec is not None else set()
         if prev is not None:
             keep |= prev.files()
@@ -435,18 +444,18 @@ class Scheduler:
                 if not (stem.isdigit() and len(stem) == 15 and ext in ("delta", "snap")):
                     log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
                 elif rel not in keep:
-                    st.delete(rel)
+                    delete(rel)
         if oldest is not None:
             for seq in ckpt.log_seqs():
                 if seq < oldest.seq:
-                    st.delete(log_path(seq))
+                    delete(log_path(seq))
         pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs} | self._start_blobs(rec)
         for t in ckpt.plan_times():
             if t <= committed:
-                st.delete(plan_path(t))
+                delete(plan_path(t))
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
-                st.delete(f"blobs/{n}")
+                delete(f"blobs/{n}")
 
     def _start_blobs(self, rec: CommitRecord | None) -> set[str]:
         """Start blobs (`start_blob`) still needed: of sources no commit or pending plan gives a position."""
@@ -603,6 +612,7 @@ class Scheduler:
                     commit(plan["positions"].get(src.name))
                 except Exception as exc:  # informational only: the checkpoint holds the truth
                     log.warning("could not commit the positions of source %r to its broker: %s", src.name, exc)
+                _faults.point("source.after_offset_commit")
 
     # -- snapshots -------------------------------------------------------------------
 
