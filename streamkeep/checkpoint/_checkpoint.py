@@ -109,6 +109,7 @@ class Checkpoint:
         self.url = url
         self.lease_timeout_s = lease_timeout_s
         self._owner: _Owner | None = None
+        self._tally = threading.local()  # bytes written per thread (a batch's vs a background snapshot's)
         #: Log records `records()` skipped because they could not be read (seq -> error).
         self.unreadable: dict[int, CheckpointError] = {}
 
@@ -359,8 +360,16 @@ class Checkpoint:
             )
             raise CheckpointInUseError(msg)
         me.seq = seq
+        self._count(len(data))
         _faults.point("commit.after_record")
         return seq
+
+    def written_bytes(self) -> int:
+        """Bytes this thread has written (plans, state files, blobs, commit records); for metrics."""
+        return int(getattr(self._tally, "n", 0))
+
+    def _count(self, n: int) -> None:
+        self._tally.n = getattr(self._tally, "n", 0) + n
 
     # -- plans, state, blobs ----------------------------------------------------------
 
@@ -417,11 +426,13 @@ class Checkpoint:
         while (it never overwrites, and can no longer commit, so the owner's version replaces it).
         """
         if self.storage.create(rel, data):
+            self._count(len(data))
             return
         me = self._owner
         if me is not None and not me.lost and self.last_seq() == me.seq:
             log.warning("replacing %s, written by a driver that lost its claim on %s", self.storage.path(rel), self.url)
             self.storage.write(rel, data)
+            self._count(len(data))
             return
         if me is not None:
             me.lost = True

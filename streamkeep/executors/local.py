@@ -9,6 +9,7 @@ user functions shipped with cloudpickle.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from streamkeep import _faults
@@ -53,6 +54,8 @@ class LocalExecutor:
         self._shared: set[int] = set()
         self._chain_ends: set[int] = set()
         self.zero_ms = 0
+        #: when a dict (listeners want it), ms per stateful operator and per output of the last batch
+        self.timings: dict[str, float] | None = None
 
     def open(self, graph: Graph, zero_ms: int) -> None:
         """Prepare runtimes for the graph's needed nodes."""
@@ -92,7 +95,12 @@ class LocalExecutor:
                 if isinstance(node, NarrowNode):
                     out = None if parents[0] is None else node.apply(parents[0])
                 elif isinstance(node, StatefulNode):
-                    out = self._by_id[node.id].step(t, parents[0])
+                    if self.timings is None:
+                        out = self._by_id[node.id].step(t, parents[0])
+                    else:
+                        s0 = time.perf_counter()
+                        out = self._by_id[node.id].step(t, parents[0])
+                        self.timings[node.name] = (time.perf_counter() - s0) * 1e3
                 elif isinstance(node, SnapshotsNode):
                     rt = self._by_id[node.parents[0].id]
                     assert isinstance(rt, MapWithStateRuntime)
@@ -117,22 +125,36 @@ class LocalExecutor:
             batch = results[node.parents[0].id]
             if batch is None:
                 continue
-            if node.sink is not None:
-                records = batch.collect()
-                _faults.point("sink.before_write")
-                try:
-                    node.sink.write(t, records)
-                except (UserFunctionError, SinkError):
-                    raise
-                except StreamkeepError:
-                    raise
-                except Exception as exc:
-                    msg = f"sink {node.sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
-                    raise SinkError(msg) from exc
-                _faults.point("sink.after_write")
-            else:
-                assert node.fn is not None
-                _call_output(node, t, batch)
+            s0 = time.perf_counter() if self.timings is not None else 0.0
+            self._output(node, t, batch)
+            if self.timings is not None:
+                self.timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
+
+    def _output(self, node: OutputNode, t: int, batch: Batch[Any]) -> None:
+        """Write one output's batch (a sink, or the user's foreach function)."""
+        if node.sink is not None:
+            records = batch.collect()
+            _faults.point("sink.before_write")
+            try:
+                node.sink.write(t, records)
+            except (UserFunctionError, SinkError):
+                raise
+            except StreamkeepError:
+                raise
+            except Exception as exc:
+                msg = f"sink {node.sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+                raise SinkError(msg) from exc
+            _faults.point("sink.after_write")
+        else:
+            assert node.fn is not None
+            _call_output(node, t, batch)
+
+
+def output_label(node: OutputNode) -> str:
+    """How metrics and the dashboard name an output: its sink's name, else the op and node id."""
+    if node.sink is not None:
+        return f"sink {node.sink.name}"
+    return f"{node.op}#{node.id}"
 
 
 def _call(node: TransformNode, t: int, parents: list[Batch[Any]]) -> Batch[Any]:
