@@ -433,7 +433,7 @@ class StreamingContext:
             from streamkeep.ui._server import start_ui
 
             self._ui = start_ui(self._ui_host, self._ui_port, lambda: self._state)
-            sched.listeners.append(self._ui.collector)
+            sched.listeners.insert(0, self._ui.collector)
             log.info("dashboard at %s (metrics at %smetrics)", self._ui.url, self._ui.url)
         ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
         emit(sched.listeners, "on_job_started", ev)
