@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -21,6 +22,12 @@ from streamkeep.scheduler._observe import job_started
 from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep")
+
+#: Set by `streamkeep run` for the script it runs: (ui_port, ui_host, scan for a free port from ui_port,
+#: hook called as hook(ssc, scheduler) when a context starts). A context created without ui_port uses it.
+RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any, Any], None] | None] | None] = contextvars.ContextVar(
+    "streamkeep_run_defaults", default=None
+)
 
 
 
@@ -104,6 +111,13 @@ class StreamingContext:
         if ui_port is not None and (not isinstance(ui_port, int) or isinstance(ui_port, bool) or not 0 <= ui_port <= 65535):
             msg = f"ui_port must be None (no dashboard), 0 (any free port) or a port number, got {ui_port!r}"
             raise ConfigError(msg)
+        run_defaults = RUN_DEFAULTS.get()
+        self._ui_scan = False
+        self._run_hook: Callable[[Any, Any], None] | None = None
+        if run_defaults is not None:
+            if ui_port is None:
+                ui_port, ui_host, self._ui_scan = run_defaults[0], run_defaults[1], run_defaults[2]
+            self._run_hook = run_defaults[3]
         self._ui_port = ui_port
         self._ui_host = ui_host
         self._ui: Any = None
@@ -432,9 +446,11 @@ class StreamingContext:
         if self._ui_port is not None and self._ui is None:
             from streamkeep.ui._server import start_ui
 
-            self._ui = start_ui(self._ui_host, self._ui_port, lambda: self._state)
+            self._ui = start_ui(self._ui_host, self._ui_port, lambda: self._state, scan=self._ui_scan)
             sched.listeners.insert(0, self._ui.collector)
             log.info("dashboard at %s (metrics at %smetrics)", self._ui.url, self._ui.url)
+        if self._run_hook is not None:
+            self._run_hook(self, sched)
         ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
         emit(sched.listeners, "on_job_started", ev)
 

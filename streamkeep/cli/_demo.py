@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -43,6 +44,10 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print(f"{time_:%H:%M:%S.%f}"[:-3] + f"  words so far: {total:6d}  top: " + ", ".join(f"{w}={n}" for w, n in top), flush=True)
 
     ssc = sk.StreamingContext.get_or_create(checkpoint, setup)
+    if sys.stderr.isatty():  # one live status line under the counts (rich); nothing extra in a pipe
+        from streamkeep.cli._console import console_listener
+
+        ssc.add_listener(console_listener())
     if ssc.restored:
         print(f"resumed from checkpoint {checkpoint!r} at batch {ssc.last_batch_time_ms} ms: counts continue where they were")
     else:

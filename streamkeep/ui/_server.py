@@ -101,6 +101,21 @@ class UIServer:
         self._server.server_close()
 
 
-def start_ui(host: str, port: int, job_state: Callable[[], str]) -> UIServer:
-    """Start the dashboard server for one job; register ``.collector`` as its listener."""
-    return UIServer(host, port, StatusCollector(job_state))
+#: how many ports after the first `start_ui(scan=True)` tries (4040, 4041, ... as Spark's UI does)
+SCAN_PORTS = 100
+
+
+def start_ui(host: str, port: int, job_state: Callable[[], str], *, scan: bool = False) -> UIServer:
+    """Start the dashboard server for one job; register ``.collector`` as its listener.
+
+    With `scan`, a taken `port` is not an error: the next free one (up to `SCAN_PORTS` on) is used.
+    """
+    collector = StatusCollector(job_state)
+    p = port
+    while True:
+        try:
+            return UIServer(host, p, collector)
+        except ConfigError:
+            if not (scan and port) or p >= port + SCAN_PORTS - 1:
+                raise
+            p += 1
