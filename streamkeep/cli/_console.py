@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamkeep.scheduler import BatchInfo, JobStarted, JobStopped, StreamingListener
@@ -19,16 +20,23 @@ from streamkeep.scheduler._observe import describe_start
 log = logging.getLogger("streamkeep.progress")
 
 
-def setup_logging() -> None:
-    """INFO logs of streamkeep on stderr, unless the application configured logging itself."""
+def setup_logging() -> Callable[[], None]:
+    """INFO logs of streamkeep on stderr, unless the application configured logging itself; returns the undo."""
     root = logging.getLogger()
     sk = logging.getLogger("streamkeep")
     if root.handlers or sk.handlers:
-        return
+        return lambda: None
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = sk.level
     sk.addHandler(h)
     sk.setLevel(logging.INFO)
+
+    def undo() -> None:
+        sk.removeHandler(h)
+        sk.setLevel(level)
+
+    return undo
 
 
 def status_line(info: BatchInfo, interval_ms: int) -> str:

@@ -26,11 +26,12 @@ def run_app(app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4
         from streamkeep.compat.pyspark import install
 
         install()
-    setup_logging()
+    undo_logging = setup_logging()
     sys.argv = [app, *args]
     token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
     try:
         runpy.run_path(app, run_name="__main__")
     finally:
         RUN_DEFAULTS.reset(token)
+        undo_logging()
     return 0
