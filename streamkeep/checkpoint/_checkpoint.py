@@ -186,6 +186,7 @@ class Checkpoint:
         self.url = url
         self.lease_timeout_s = lease_timeout_s
         self._owner: _Owner | None = None
+        self._tally = threading.local()  # bytes written per thread (a batch's vs a background snapshot's)
         #: Log records `records()` skipped because they could not be read (seq -> error).
         self.unreadable: dict[int, CheckpointError] = {}
 
@@ -615,6 +616,7 @@ class Checkpoint:
             )
             raise CheckpointInUseError(msg)
         me.seq = seq
+        self._count(len(data))
         _faults.point("commit.after_record")
         return seq
 
@@ -635,6 +637,13 @@ class Checkpoint:
                 f"appended to the log at or past record {seq}"
             )
         return f"another driver appended to the log at or past record {seq} (its records and lease do not say which)"
+
+    def written_bytes(self) -> int:
+        """Bytes this thread has written (plans, state files, blobs, commit records); for metrics."""
+        return int(getattr(self._tally, "n", 0))
+
+    def _count(self, n: int) -> None:
+        self._tally.n = getattr(self._tally, "n", 0) + n
 
     # -- plans, state, blobs ----------------------------------------------------------
 
@@ -704,11 +713,13 @@ class Checkpoint:
         while (it never overwrites, and can no longer commit, so the owner's version replaces it).
         """
         if self.storage.create(rel, data):
+            self._count(len(data))
             return
         me = self._owner
         if me is not None and not me.lost and self.last_seq() == me.seq:
             log.warning("replacing %s, written by a driver that lost its claim on %s", self.storage.path(rel), self.url)
             self.storage.write(rel, data)
+            self._count(len(data))
             return
         if me is not None:
             self._mark_lost(me)

@@ -182,6 +182,7 @@ class KafkaSource:
         self._batch_interval_ms: int | None = None
         self._estimator: PidRateEstimator | None = None
         self._position: dict[str, int] = {}
+        self.last_lag: dict[str, int] = {}
         self._consumer: Consumer | None = None
         self._lock = threading.RLock()
         self._dead_letter_opened = False
@@ -444,6 +445,8 @@ class KafkaSource:
             kept = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] not in self.topics}
             kept.update({k: until for k, (_, until) in plan.items()})
             self._position = kept
+            #: records left on the broker after this plan, per "topic:partition" (consumer lag; for metrics)
+            self.last_lag = {k: ranges[k][1] - until for k, (_, until) in plan.items()}
             return plan
 
     def _initial_offset(
