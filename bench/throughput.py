@@ -7,6 +7,8 @@
 2. Per-batch overhead of tiny batches (one short line each) without a checkpoint
    (queue_stream; target < 1 ms) and with a local checkpoint (rate_stream;
    target <= 5 ms), next to a bare loop doing the same records.
+4. The same word count with the dashboard on (``ui_port=0``: listener events, /metrics
+   registry, HTTP server) vs off. Target: on >= 0.9x off.
 3. Time from process start to the first batch done (a fresh subprocess; target
    < 0.5 s), next to the time a bare ``python -c pass`` takes.
 
@@ -119,6 +121,42 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> dict[
     cpu_ratio = min(bare_c) / min(eng_c)
     print(f"  ratio engine/bare = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time  (target >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})")
     return {"ratio": ratio, "cpu_ratio": cpu_ratio, "engine_wps": n / eng, "bare_wps": n / bare}
+
+
+# --------------------------------------------------------------------------- 4. dashboard on vs off
+
+
+def _dashboard_run(batches: list[list[str]], ui: bool) -> float:
+    ssc = sk.StreamingContext(0.5, ui_port=0 if ui else None)
+    ssc.queue_stream(batches, name="lines").flat_map(str.split).map(_pair).update_state_by_key(_add, name="counts").foreach_batch(
+        lambda b: None
+    )
+    t0 = time.perf_counter()
+    ssc.run(max_batches=len(batches))
+    elapsed = time.perf_counter() - t0
+    if ui and not (ssc.ui_url or "").startswith("http://127.0.0.1:"):
+        raise SystemExit("the dashboard did not start")
+    ssc.stop()
+    return elapsed
+
+
+def dashboard(words: int, n_batches: int, distinct: int, repeats: int) -> dict[str, float]:
+    lines = make_lines(words, distinct)
+    per = len(lines) // n_batches
+    batches = [lines[i * per : (i + 1) * per] for i in range(n_batches)]
+    n = per * n_batches * WORDS_PER_LINE
+    off, on = [], []
+    for _ in range(repeats):  # interleaved
+        gc.collect()
+        off.append(_dashboard_run(batches, False))
+        gc.collect()
+        on.append(_dashboard_run(batches, True))
+    ratio = min(off) / min(on)
+    print(f"dashboard on vs off: word count, {n:,} words in {n_batches} batches, {distinct:,} distinct words, best of {repeats}")
+    print(f"  dashboard off: {n / min(off):>12,.0f} words/s  (runs {', '.join(f'{t * 1e3:.0f}' for t in off)} ms)")
+    print(f"  dashboard on : {n / min(on):>12,.0f} words/s  (runs {', '.join(f'{t * 1e3:.0f}' for t in on)} ms)")
+    print(f"  ratio on/off = {ratio:.2f}x  (target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'})")
+    return {"ratio": ratio}
 
 
 # --------------------------------------------------------------------------- 2. per-batch overhead
@@ -277,7 +315,7 @@ def startup(repeats: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--only", choices=["wordcount", "tiny", "startup"], help="run one part")
+    ap.add_argument("--only", choices=["wordcount", "tiny", "startup", "dashboard"], help="run one part")
     ap.add_argument("--dir", default=None, help="where the checkpoint of the tiny-batch run lives (default: the temp dir)")
     args = ap.parse_args()
     q = args.quick
@@ -291,6 +329,8 @@ def main() -> None:
         if args.dir is None and os.path.isdir("/dev/shm"):
             print("  (again on tmpfs, where fsync costs nothing: the engine's own per-batch cost with a checkpoint)")
             tiny_checkpoint(100 if q else 500, "/dev/shm")
+    if args.only in (None, "dashboard"):
+        dashboard(100_000 if q else 1_000_000, 100 if q else 500, 10_000, 3 if q else 5)
     if args.only in (None, "startup"):
         startup(3 if q else 5)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -25,26 +25,58 @@ from streamkeep.errors import (
     StreamkeepError,
     UserFunctionError,
 )
-from streamkeep.scheduler import BatchInfo
+from streamkeep.scheduler import (
+    BatchInfo,
+    BatchPlanned,
+    BatchReplayed,
+    ErrorInfo,
+    JobStarted,
+    JobStopped,
+    SnapshotCompleted,
+    StateInfo,
+    StreamingListener,
+)
 
 __all__ = [
     "Batch",
     "BatchInfo",
+    "BatchPlanned",
+    "BatchReplayed",
     "CheckpointError",
     "CheckpointInUseError",
     "ConfigError",
     "CorruptCheckpointError",
     "DStream",
+    "ErrorInfo",
     "IncompatibleCheckpointError",
+    "JobStarted",
+    "JobStopped",
     "SinkError",
+    "SnapshotCompleted",
     "SourceError",
     "State",
+    "StateInfo",
     "StreamingContext",
+    "StreamingListener",
     "StreamkeepError",
     "UserFunctionError",
     "__version__",
 ]
 
-for _public in (Batch, BatchInfo, StreamingContext, DStream, State):
+for _public in (
+    Batch,
+    BatchInfo,
+    BatchPlanned,
+    BatchReplayed,
+    ErrorInfo,
+    JobStarted,
+    JobStopped,
+    SnapshotCompleted,
+    StateInfo,
+    StreamingContext,
+    StreamingListener,
+    DStream,
+    State,
+):
     _public.__module__ = __name__
 del _public

@@ -4,7 +4,10 @@ The engine calls ``point("commit.after_record")`` at each step of the batch
 protocol. Points are no-ops unless a test armed one in a child process through
 the ``STREAMKEEP_CRASH_AT`` environment variable (``"<point>@<n>"``: SIGKILL this
 process the n-th time the point is reached, counting from 1). Every point is
-listed in `POINTS`, so the fault suite covers new points automatically.
+listed in `POINTS`, so the fault suite covers new points automatically; the
+groups below say which part of the suite reaches each one (a point reached on
+every batch of the fault job, once per driver start, only while recovering,
+or only by a Kafka job).
 Imports nothing from streamkeep.
 """
 
@@ -15,8 +18,9 @@ import signal
 
 ENV_VAR = "STREAMKEEP_CRASH_AT"
 
-#: Every crash point, in the order the batch protocol reaches them.
-POINTS: tuple[str, ...] = (
+#: Points every batch of a checkpointed job reaches, in protocol order (the main matrix).
+BATCH_POINTS: tuple[str, ...] = (
+    "blob.after_write",
     "plan.before_write",
     "plan.after_write",
     "run.after_read",
@@ -30,6 +34,21 @@ POINTS: tuple[str, ...] = (
     "retention.mid_delete",
     "storage.torn_write",
 )
+
+#: Points a driver reaches once per start: the checkpoint's identity (first start only), its
+#: claim record in the commit log, its lease.
+START_POINTS: tuple[str, ...] = ("identity.after_write", "claim.before_record", "claim.after_record", "lease.after_write")
+
+#: Points reached while recovering: deleting crash leftovers no commit or pending plan needs.
+RECOVERY_POINTS: tuple[str, ...] = ("recovery.mid_sweep",)
+
+#: Points of Kafka jobs: the (informational) offset commit to the consumer group after a commit,
+#: and the KafkaSink's transaction (records sent, marker sent, transaction committed).
+KAFKA_POINTS: tuple[str, ...] = ("source.after_offset_commit",)
+KAFKA_SINK_POINTS: tuple[str, ...] = ("kafka_sink.after_send", "kafka_sink.after_marker", "kafka_sink.after_commit")
+
+#: Every crash point.
+POINTS: tuple[str, ...] = BATCH_POINTS + START_POINTS + RECOVERY_POINTS + KAFKA_POINTS + KAFKA_SINK_POINTS
 
 
 class _Armed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -17,9 +18,17 @@ from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_
 from streamkeep.errors import ConfigError, StreamkeepError
 from streamkeep.executors import LocalExecutor
 from streamkeep.scheduler import BatchInfo, Scheduler
+from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
+from streamkeep.scheduler._observe import job_started
 from streamkeep.sources.base import Source
 
 log = logging.getLogger("streamkeep")
+
+#: Set by `streamkeep run` for the script it runs: (ui_port, ui_host, scan for a free port from ui_port,
+#: hook called as hook(ssc, scheduler) when a context starts). A context created without ui_port uses it.
+RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any, Any], None] | None] | None] = contextvars.ContextVar(
+    "streamkeep_run_defaults", default=None
+)
 
 
 
@@ -56,6 +65,10 @@ class StreamingContext:
             a sink that dead-letters it (``{"operator", "batch_time_ms", "record", "error"}``
             dicts, written with the batch time, exactly once like any sink) while the batch
             goes on without it. Each of those operators may override it with ``on_error=``.
+        ui_port: serve the dashboard, ``/metrics`` (Prometheus), ``/api/status`` and
+            ``/healthz`` on this port once the job starts: None (default) no server,
+            0 any free port, N that port. See `ui_url`. Needs the ``ui`` extra.
+        ui_host: the address the dashboard binds (default loopback only).
 
     Example:
         >>> import streamkeep as sk
@@ -81,6 +94,8 @@ class StreamingContext:
         lease_timeout_s: float = 10.0,
         inline_delta_bytes: int = 4 * 1024,
         on_error: Any = "fail",
+        ui_port: int | None = None,
+        ui_host: str = "127.0.0.1",
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         if isinstance(executor, LocalExecutor):
@@ -101,6 +116,21 @@ class StreamingContext:
         if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
             raise ConfigError(msg)
+        if ui_port is not None and (not isinstance(ui_port, int) or isinstance(ui_port, bool) or not 0 <= ui_port <= 65535):
+            msg = f"ui_port must be None (no dashboard), 0 (any free port) or a port number, got {ui_port!r}"
+            raise ConfigError(msg)
+        run_defaults = RUN_DEFAULTS.get()
+        self._ui_scan = False
+        self._run_hook: Callable[[Any, Any], None] | None = None
+        if run_defaults is not None:
+            if ui_port is None:
+                ui_port, ui_host, self._ui_scan = run_defaults[0], run_defaults[1], run_defaults[2]
+            self._run_hook = run_defaults[3]
+        self._ui_port = ui_port
+        self._ui_host = ui_host
+        self._ui: Any = None
+        self._announced = False
+        self._failed = False
         check_on_error(on_error, "StreamingContext")
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
         self._checkpoint_url = checkpoint
@@ -148,10 +178,12 @@ class StreamingContext:
             self._storage_options = storage_options
 
     def add_listener(self, listener: Any) -> None:
-        """Register a listener of batch events (see `BatchInfo`).
+        """Register a listener: an object with any of the `streamkeep.StreamingListener` callbacks.
 
-        Its ``on_batch_completed(info)`` is called after each batch's commit and its
-        ``on_batch_started(info)``, if it has one, once the batch's input is read.
+        ``on_batch_completed(info: BatchInfo)`` is called after each batch and
+        ``on_batch_started(info)`` once the batch's input is read; see `StreamingListener`
+        for the others (job started/stopped, batch planned, snapshot completed, batch
+        replayed, error). A listener's exception is logged, never raised.
         """
         self._listeners.append(listener)
         if self._scheduler is not None:
@@ -334,6 +366,7 @@ class StreamingContext:
             raise ConfigError(msg)
         sched = self._make_scheduler()
         self._state = "active"
+        self._announce(sched, "run")
         done = 0
         with self._run_lock:
             self._run_thread = threading.current_thread()
@@ -346,7 +379,8 @@ class StreamingContext:
                         self._clock.set(t)
                     sched.run_next()
                     done += 1
-            except BaseException:
+            except BaseException as exc:
+                self._report_error(exc)
                 self._shutdown()
                 raise
             finally:
@@ -398,6 +432,8 @@ class StreamingContext:
                     offset_ms / 1000,
                 )
         self._state = "active"
+        sched.live = True
+        self._announce(sched, "start")
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms), name="streamkeep-scheduler", daemon=True)
         self._thread.start()
 
@@ -410,7 +446,7 @@ class StreamingContext:
                 sched.run_next()
         except BaseException as exc:
             self._error = exc
-            log.error("streaming job failed: %s", exc)
+            self._report_error(exc)
         finally:
             if self._error is None and self._stop_event.is_set():
                 self._shutdown()  # stop() may have been called from this thread (inside a batch)
@@ -487,8 +523,57 @@ class StreamingContext:
             if self._state == "stopped":
                 return
             self._state = "stopped"
-            if self._scheduler is not None:
-                self._scheduler.close()
+            sched = self._scheduler
+            try:
+                if sched is not None:
+                    sched.close()
+            finally:
+                if sched is not None and self._announced:
+                    log.info(
+                        "stopped after %d batches; last batch %s",
+                        sched.batches_done,
+                        iso_ms(sched.last_time),
+                        extra=batch_extra(sched.last_time),
+                    )
+                    emit(sched.listeners, "on_job_stopped", JobStopped(sched.last_time, sched.batches_done, self._failed))
+                if self._ui is not None:
+                    self._ui.close()
+
+    # -- observability -----------------------------------------------------------
+
+    def _announce(self, sched: Scheduler, mode: str) -> None:
+        """First start()/run(): start the dashboard, then tell listeners (and the log) how the job starts."""
+        if self._announced:
+            return
+        self._announced = True
+        if self._ui_port is not None and self._ui is None:
+            from streamkeep.ui._server import start_ui
+
+            self._ui = start_ui(self._ui_host, self._ui_port, lambda: self._state, scan=self._ui_scan)
+            sched.listeners.insert(0, self._ui.collector)
+            log.info("dashboard at %s (metrics at %smetrics)", self._ui.url, self._ui.url)
+        if self._run_hook is not None:
+            self._run_hook(self, sched)
+        ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
+        emit(sched.listeners, "on_job_started", ev)
+
+    def _report_error(self, exc: BaseException) -> None:
+        self._failed = True
+        sched = self._scheduler
+        t = None
+        if sched is not None:
+            try:
+                t = sched.next_time()
+            except Exception:  # no batch time yet: the failure is outside a batch
+                t = None
+        log.error("streaming job failed at batch %s: %s: %s", iso_ms(t), type(exc).__name__, exc, extra=batch_extra(t))
+        if sched is not None:
+            emit(sched.listeners, "on_error", ErrorInfo(t, type(exc).__name__, str(exc), exc))
+
+    @property
+    def ui_url(self) -> str | None:
+        """The dashboard's address (``http://127.0.0.1:PORT/``) once started with `ui_port`; else None."""
+        return None if self._ui is None else str(self._ui.url)
 
     @property
     def last_batch_time_ms(self) -> int | None:

@@ -186,6 +186,7 @@ class Checkpoint:
         self.url = url
         self.lease_timeout_s = lease_timeout_s
         self._owner: _Owner | None = None
+        self._tally = threading.local()  # bytes written per thread (a batch's vs a background snapshot's)
         #: Log records `records()` skipped because they could not be read (seq -> error).
         self.unreadable: dict[int, CheckpointError] = {}
 
@@ -254,6 +255,7 @@ class Checkpoint:
             "id": uuid.uuid4().hex,
         }
         self.storage.create(_IDENTITY, self.encode("identity", record, rel=_IDENTITY))
+        _faults.point("identity.after_write")
 
     def _checkpoint_id(self) -> str:
         """A name for this checkpoint instance (sinks compare fencing epochs only within one)."""
@@ -295,8 +297,10 @@ class Checkpoint:
                 last = self.last_seq()
                 epoch = max(self.max_epoch(), prior) + 1
                 rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "time_ms": _now_ms()}
+                _faults.point("claim.before_record")
                 if self.storage.create(_log_path(last + 1), self.encode("record", rec, rel=_log_path(last + 1))):
                     me.epoch, me.seq = epoch, last + 1
+                    _faults.point("claim.after_record")
                     break
             else:  # pragma: no cover - needs 100 lost races in a row
                 msg = f"could not claim checkpoint {self.url}: other drivers keep appending to its log"
@@ -386,6 +390,7 @@ class Checkpoint:
             return
         lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
         self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
+        _faults.point("lease.after_write")
 
     def _heartbeat(self, me: _Owner) -> None:
         # `me` is passed in: release() may clear self._owner before this thread first runs
@@ -611,6 +616,7 @@ class Checkpoint:
             )
             raise CheckpointInUseError(msg)
         me.seq = seq
+        self._count(len(data))
         _faults.point("commit.after_record")
         return seq
 
@@ -631,6 +637,13 @@ class Checkpoint:
                 f"appended to the log at or past record {seq}"
             )
         return f"another driver appended to the log at or past record {seq} (its records and lease do not say which)"
+
+    def written_bytes(self) -> int:
+        """Bytes this thread has written (plans, state files, blobs, commit records); for metrics."""
+        return int(getattr(self._tally, "n", 0))
+
+    def _count(self, n: int) -> None:
+        self._tally.n = getattr(self._tally, "n", 0) + n
 
     # -- plans, state, blobs ----------------------------------------------------------
 
@@ -689,6 +702,7 @@ class Checkpoint:
     def put_blob(self, name: str, value: Any) -> None:
         """Store a source blob."""
         self._create(blob_path(name), self.encode("blob", value, rel=blob_path(name)))
+        _faults.point("blob.after_write")
 
     def _create(self, rel: str, data: bytes) -> None:
         """Write a plan, state file or blob, which never replaces another driver's file.
@@ -699,11 +713,13 @@ class Checkpoint:
         while (it never overwrites, and can no longer commit, so the owner's version replaces it).
         """
         if self.storage.create(rel, data):
+            self._count(len(data))
             return
         me = self._owner
         if me is not None and not me.lost and self.last_seq() == me.seq:
             log.warning("replacing %s, written by a driver that lost its claim on %s", self.storage.path(rel), self.url)
             self.storage.write(rel, data)
+            self._count(len(data))
             return
         if me is not None:
             self._mark_lost(me)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import signal
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -86,6 +87,10 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
 
     again = again_command(checkpoint)
     ssc = sk.StreamingContext.get_or_create(checkpoint, setup)
+    if sys.stderr.isatty():  # one live status line under the counts (rich); nothing extra in a pipe
+        from streamkeep.cli._console import console_listener
+
+        ssc.add_listener(console_listener())
     now_ms = int(time.time() * 1000)
     last = ssc.last_batch_time_ms
     if ssc.restored and last is not None:

@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a streaming job script")
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
+    run.add_argument("--ui-port", type=int, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
+    run.add_argument("--ui-host", default="127.0.0.1", help="address the dashboard binds (default: %(default)s)")
+    run.add_argument("--no-ui", action="store_true", help="no dashboard")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
     ck = sub.add_parser("checkpoint", help="inspect, verify or diff a checkpoint")
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from streamkeep.cli._run import run_app
 
-            return run_app(args.app, args.args, pyspark=args.pyspark)
+            return run_app(args.app, args.args, pyspark=args.pyspark, ui_port=None if args.no_ui else args.ui_port, ui_host=args.ui_host)
         from streamkeep.cli import _checkpoint
 
         opts = _checkpoint.storage_options(args.storage_option)

@@ -1,17 +1,37 @@
-"""`streamkeep run APP.py`: run a job script (optionally with the PySpark facade)."""
+"""`streamkeep run APP.py`: run a job script (optionally with the PySpark facade).
+
+The dashboard is on by default for the contexts the script creates (port 4040, or
+the next free one; the address is printed), with a console status line in a terminal.
+"""
 
 from __future__ import annotations
 
 import runpy
 import sys
+from typing import Any
+
+from streamkeep.cli._console import console_listener, setup_logging
+from streamkeep.context import RUN_DEFAULTS
 
 
-def run_app(app: str, args: list[str], *, pyspark: bool) -> int:
-    """Execute `app` as __main__ with `args`."""
+def _on_start(ssc: Any, sched: Any) -> None:
+    if ssc.ui_url is not None:
+        print(f"streamkeep: dashboard at {ssc.ui_url} (metrics: {ssc.ui_url}metrics)", file=sys.stderr, flush=True)
+    sched.listeners.append(console_listener())
+
+
+def run_app(app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1") -> int:
+    """Execute `app` as __main__ with `args`; contexts it creates serve the dashboard on `ui_port` (None: off)."""
     if pyspark:
         from streamkeep.compat.pyspark import install
 
         install()
+    undo_logging = setup_logging()
     sys.argv = [app, *args]
-    runpy.run_path(app, run_name="__main__")
+    token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
+    try:
+        runpy.run_path(app, run_name="__main__")
+    finally:
+        RUN_DEFAULTS.reset(token)
+        undo_logging()
     return 0

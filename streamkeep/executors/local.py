@@ -9,6 +9,7 @@ user functions shipped with cloudpickle.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from streamkeep import _faults
@@ -54,6 +55,8 @@ class LocalExecutor:
         self._shared: set[int] = set()
         self._chain_ends: set[int] = set()
         self.zero_ms = 0
+        #: when a dict (listeners want it), ms per stateful operator and per output of the last batch
+        self.timings: dict[str, float] | None = None
 
     def open(self, graph: Graph, zero_ms: int) -> None:
         """Prepare runtimes for the graph's needed nodes."""
@@ -97,7 +100,12 @@ class LocalExecutor:
                     if isinstance(node, NarrowNode):
                         out = None if parents[0] is None else node.apply(parents[0])
                     elif isinstance(node, StatefulNode):
-                        out = self._by_id[node.id].step(t, parents[0])
+                        if self.timings is None:
+                            out = self._by_id[node.id].step(t, parents[0])
+                        else:
+                            s0 = time.perf_counter()
+                            out = self._by_id[node.id].step(t, parents[0])
+                            self.timings[node.name] = (time.perf_counter() - s0) * 1e3
                     elif isinstance(node, SnapshotsNode):
                         rt = self._by_id[node.parents[0].id]
                         assert isinstance(rt, MapWithStateRuntime)
@@ -132,17 +140,27 @@ class LocalExecutor:
             batch = results[node.parents[0].id]
             if batch is None:
                 continue
+            s0 = time.perf_counter() if self.timings is not None else 0.0
             if node.sink is not None:
                 _write(node, t, batch.collect())
             else:
                 assert node.fn is not None
                 _call_output(node, t, batch)
+            if self.timings is not None:
+                self.timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
         # Last: the outputs above may be what ran the lazy per-record operators that dead-letter.
         for node in self.nodes:
             if isinstance(node, DeadLetterNode):
                 letters = node.letters.take()
                 if letters:  # a batch without failing records writes nothing
                     _write(node, t, letters)
+
+
+def output_label(node: OutputNode) -> str:
+    """How metrics and the dashboard name an output: its sink's name, else the op and node id."""
+    if node.sink is not None:
+        return f"sink {node.sink.name}"
+    return f"{node.op}#{node.id}"
 
 
 def _write(node: OutputNode, t: int, records: list[Any]) -> None:

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
-from streamkeep.scheduler._scheduler import BatchInfo, Scheduler
+from streamkeep.scheduler._events import (
+    BatchInfo,
+    BatchPlanned,
+    BatchReplayed,
+    ErrorInfo,
+    JobStarted,
+    JobStopped,
+    SnapshotCompleted,
+    StateInfo,
+    StreamingListener,
+)
+from streamkeep.scheduler._scheduler import Scheduler
 
-__all__ = ["BatchInfo", "Scheduler"]
+__all__ = [
+    "BatchInfo",
+    "BatchPlanned",
+    "BatchReplayed",
+    "ErrorInfo",
+    "JobStarted",
+    "JobStopped",
+    "Scheduler",
+    "SnapshotCompleted",
+    "StateInfo",
+    "StreamingListener",
+]

@@ -19,7 +19,6 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from streamkeep import _faults
@@ -32,6 +31,18 @@ from streamkeep.dstream._graph import Graph, SourceNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.executors.local import LocalExecutor
 from streamkeep.scheduler._compat import check_compatible, differences
+from streamkeep.scheduler._events import (
+    BatchInfo,
+    BatchPlanned,
+    BatchReplayed,
+    LagWatch,
+    SnapshotCompleted,
+    StateSizer,
+    batch_extra,
+    emit,
+    iso_ms,
+)
+from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
 from streamkeep.sinks.base import FencedSink, FencingToken
 from streamkeep.sources.base import Source, start_blob
@@ -43,37 +54,6 @@ FIRST_SNAPSHOT_AFTER = 20
 #: ... and never more than this many batches apart (bounds the files a restart reads).
 MAX_CHAIN = 500
 
-
-
-@dataclass
-class BatchInfo:
-    """What listeners learn about a batch.
-
-    ``on_batch_started(info)`` is called once the batch's input is read (before its
-    operators and outputs run), with ``processing_end_ms`` -1; ``on_batch_completed(info)``
-    after its commit.
-    """
-
-    batch_time_ms: int
-    num_records: int
-    submission_ms: int
-    processing_start_ms: int
-    processing_end_ms: int  # -1 while the batch runs
-
-    @property
-    def scheduling_delay_ms(self) -> int:
-        """Wait between the batch time and the start of its processing."""
-        return max(0, self.processing_start_ms - self.batch_time_ms)
-
-    @property
-    def processing_delay_ms(self) -> int:
-        """Time spent planning, running and committing the batch (-1 while it runs)."""
-        return -1 if self.processing_end_ms < 0 else self.processing_end_ms - self.processing_start_ms
-
-    @property
-    def total_delay_ms(self) -> int:
-        """Scheduling plus processing delay (-1 while the batch runs)."""
-        return -1 if self.processing_end_ms < 0 else self.scheduling_delay_ms + self.processing_delay_ms
 
 
 class _MemoryBlobs:
@@ -162,6 +142,15 @@ class Scheduler:
         self._description: dict[str, Any] = {}
         self._reset_sources: set[str] = set()
         self.restored = False
+        # observability (events are built only when listeners exist; see _events.py)
+        self.live = False  # start(): one batch per interval, so a growing scheduling delay means falling behind
+        self.lag_watch = LagWatch(self.interval)
+        self.sizer = StateSizer()
+        self._t_plan_write = self._t_outputs = 0.0
+        self._part_counts: dict[str, list[int]] = {}
+        self._snap_started = False
+        self._snap_sizes: dict[str, int] = {}
+        self._snap_stats: tuple[int, float] = (0, 0.0)
 
     # -- start-up ------------------------------------------------------------------
 
@@ -423,6 +412,15 @@ class Scheduler:
         assert ckpt is not None
         st = ckpt.storage
         st.remove_temp_files("")
+        deleted = 0
+
+        def delete(rel: str) -> None:
+            nonlocal deleted
+            st.delete(rel)
+            deleted += 1
+            if deleted == 1:
+                _faults.point("recovery.mid_sweep")
+
         keep = rec.files() if rec is not None else set()
         if prev is not None:
             keep |= prev.files()
@@ -435,18 +433,18 @@ class Scheduler:
                 if not (stem.isdigit() and len(stem) == 15 and ext in ("delta", "snap")):
                     log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
                 elif rel not in keep:
-                    st.delete(rel)
+                    delete(rel)
         if oldest is not None:
             for seq in ckpt.log_seqs():
                 if seq < oldest.seq:
-                    st.delete(log_path(seq))
+                    delete(log_path(seq))
         pending_blobs = {b for blobs in self._plan_blobs.values() for b in blobs} | self._start_blobs(rec)
         for t in ckpt.plan_times():
             if t <= committed:
-                st.delete(plan_path(t))
+                delete(plan_path(t))
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
-                st.delete(f"blobs/{n}")
+                delete(f"blobs/{n}")
 
     def _start_blobs(self, rec: CommitRecord | None) -> set[str]:
         """Start blobs (`start_blob`) still needed: of sources no commit or pending plan gives a position."""
@@ -469,6 +467,10 @@ class Scheduler:
         """Plan (or take the pending plan), run and commit the next batch; return its time."""
         self._check_snapshot_error()
         submitted = int(self.clock.now_ms())
+        listeners = self.listeners
+        p0 = time.perf_counter()
+        replay = bool(self._pending)
+        self._snap_started = False
         if self._pending:
             t, plan = self._pending.pop(0)
             if not self._pending:  # the last replayed batch: continue after its plan
@@ -481,29 +483,37 @@ class Scheduler:
             plan = self._plan(t)
         start = int(time.time() * 1000)
         self._started = (submitted, start)  # for on_batch_started, told once the input is read
+        p1 = time.perf_counter()
+        if listeners:
+            emit(listeners, "on_batch_planned", BatchPlanned(t, (p1 - p0) * 1e3, replay, [s.name for s in self.sources]))
+            self.executor.timings = {}
+            written = self.ckpt.written_bytes() if self.ckpt is not None else 0
         counts = self._run(t, plan)
+        p2 = time.perf_counter()
         self._commit(t, plan)
         self.last_time = t
         self.batches_done += 1
         end = int(time.time() * 1000)
+        p3 = time.perf_counter()
         for src in self.sources:
             observe = getattr(src, "observe", None)
             if observe is not None:  # backpressure: sources may size the next plans
                 observe(t, end - start, counts.get(src.name, 0), scheduling_delay_ms=max(0, submitted - t))
-        if self.listeners:
-            info = BatchInfo(t, sum(counts.values()), submitted, start, end)
-            for li in self.listeners:
-                cb = getattr(li, "on_batch_completed", None)
-                if cb is not None:
-                    cb(info)
+        if self.live:
+            self.lag_watch.observe(t, max(0, start - t))
+        if listeners:
+            info = batch_info(self, t, plan, counts, submitted, start, end, (p0, p1, p2, p3), written, replay)
+            emit(listeners, "on_batch_completed", info)
+            if replay:
+                emit(listeners, "on_batch_replayed", BatchReplayed(t, info.num_records, len(self._pending)))
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("batch %s done: %d records in %d ms", iso_ms(t), sum(counts.values()), end - start, extra=batch_extra(t))
+        if replay and not self._pending:
+            log.info("replayed the planned batches; last one %s", iso_ms(t), extra=batch_extra(t))
         return t
 
     def _tell_started(self, t: int, num_records: int) -> None:
-        info = BatchInfo(t, num_records, *self._started, processing_end_ms=-1)
-        for li in self.listeners:
-            cb = getattr(li, "on_batch_started", None)
-            if cb is not None:
-                cb(info)
+        emit(self.listeners, "on_batch_started", BatchInfo(t, num_records, *self._started, processing_end_ms=-1))
 
     def _plan(self, t: int) -> dict[str, Any]:
         if self.ckpt is not None:  # sources may write blobs while planning
@@ -520,12 +530,14 @@ class Scheduler:
         if self.ckpt is not None:
             self.ckpt.ensure_owner(f"writing the plan of batch {t} ms")
             _faults.point("plan.before_write")
+            w0 = time.perf_counter()
             try:
                 self.ckpt.write_plan(t, plan)
             except UnsupportedValueError as exc:
                 msg = f"the plan of batch {t} ms cannot be stored in the checkpoint: {exc}"
                 raise CheckpointError(msg) from exc
             self._plans_written.append(t)
+            self._t_plan_write = time.perf_counter() - w0
             _faults.point("plan.after_write")
         return plan
 
@@ -539,15 +551,19 @@ class Scheduler:
                 parts = src.read(planned[src.name], t)
             else:  # a source added since this batch was planned: no input for it
                 parts = [[]]
-            counts[src.name] = sum(len(p) for p in parts)
+            per_part = [len(p) for p in parts]
+            counts[src.name] = sum(per_part)
+            self._part_counts[src.name] = per_part
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
         if self.listeners:
             self._tell_started(t, sum(counts.values()))
         results = self.executor.compute(t, inputs)
+        c1 = time.perf_counter()
         if self.ckpt is not None:
             self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
         self.executor.run_outputs(t, results)
+        self._t_outputs = time.perf_counter() - c1
         return counts
 
     def _commit(self, t: int, plan: dict[str, Any]) -> None:
@@ -603,6 +619,7 @@ class Scheduler:
                     commit(plan["positions"].get(src.name))
                 except Exception as exc:  # informational only: the checkpoint holds the truth
                     log.warning("could not commit the positions of source %r to its broker: %s", src.name, exc)
+                _faults.point("source.after_offset_commit")
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -630,14 +647,19 @@ class Scheduler:
         payloads = {name: (rt.node.codec, encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
         self._delta_bytes = 0
         self._snapshot_bytes = sum(len(p) for _, p in payloads.values())
+        self._snap_sizes = {name: len(p) for name, (_, p) in payloads.items()}
+        self._snap_started = True
+        self.sizer.from_snapshot(t, self._snap_sizes)
 
         def write() -> None:
             try:
                 done = {}
+                w0, b0 = time.perf_counter(), ckpt.written_bytes()
                 for name, (codec, payload) in payloads.items():
                     rel = ckpt.write_state(name, t, "snap", payload, codec)
                     done[name] = (t, rel)
                     _faults.point("snapshot.mid_write")
+                self._snap_stats = (ckpt.written_bytes() - b0, (time.perf_counter() - w0) * 1e3)
                 self._snap_done = done
             except BaseException as exc:
                 self._snap_error = exc
@@ -655,11 +677,18 @@ class Scheduler:
             return
         self._snap_thread = None
         self._check_snapshot_error()
+        snap_t = None
         for name, (t, rel) in self._snap_done.items():
             chain = self._chains.setdefault(name, Chain())
             chain.snapshot, chain.snapshot_time = rel, t
             chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
+            snap_t = t
         self._snap_done = {}
+        if snap_t is not None:
+            nbytes, ms = self._snap_stats
+            log.info("snapshot of batch %s written: %d bytes in %.1f ms", iso_ms(snap_t), nbytes, ms, extra=batch_extra(snap_t))
+            if self.listeners:
+                emit(self.listeners, "on_snapshot_completed", SnapshotCompleted(snap_t, nbytes, ms, dict(self._snap_sizes)))
 
     def _check_snapshot_error(self) -> None:
         err = self._snap_error

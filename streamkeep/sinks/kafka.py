@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from streamkeep import _faults
 from streamkeep._types import BatchTime
 from streamkeep._util import import_optional
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
@@ -427,14 +428,17 @@ class KafkaSink:
                         ) from None
                     producer.poll(0.05)
             producer.poll(0)
+        _faults.point("kafka_sink.after_send")
         doc: dict[str, Any] = {"sink": self.name, "batch_time": batch_time, "records": len(encoded), "topic": self.topic}
         if self._token is not None:
             doc.update(epoch=self._token.epoch, checkpoint=self._token.checkpoint_id)
         marker = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         producer.produce(self.marker_topic, value=marker, key=self.name.encode("utf-8"), partition=0)
+        _faults.point("kafka_sink.after_marker")
         while True:
             try:
                 producer.commit_transaction(max(0.1, deadline - time.monotonic()))
+                _faults.point("kafka_sink.after_commit")
                 return
             except ck.KafkaException as exc:
                 err = exc.args[0] if exc.args else None

@@ -220,6 +220,7 @@ class KafkaSource:
         self._batch_interval_ms: int | None = None
         self._estimator: PidRateEstimator | None = None
         self._position: dict[str, int] = {}
+        self.last_lag: dict[str, int] = {}
         self._topic_ids: dict[str, str] = {}  # stored with the position
         self._marks: dict[str, tuple[int, int]] = {}  # watermarks seen at the last plan, stored with the position
         self._planned_here: list[BatchTime] = []  # batch times this instance planned (the rest are replays)
@@ -609,6 +610,8 @@ class KafkaSource:
             kept = {k: v for k, v in position.items() if _split_pkey(k, "position")[0] not in self.topics}
             kept.update({k: until for k, (_, until) in plan.items()})
             self._position = kept
+            #: records left on the broker after this plan, per "topic:partition" (consumer lag; for metrics)
+            self.last_lag = {k: ranges[k][1] - until for k, (_, until) in plan.items()}
             for t in self.topics:
                 tid = infos[t].topic_id
                 if tid is not None:

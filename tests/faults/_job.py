@@ -79,7 +79,10 @@ def build(ckpt: str, out: str, inp: str, total: int, storage_options: dict | Non
         os.replace(tmp, final)
 
     rate.foreach_batch(feed)
+    # A queue cannot be re-read: each planned batch is materialised into the checkpoint as a blob.
+    queued = ssc.queue_stream([[f"q{i % 3}"] * (i % 4 + 1) for i in range(total)], name="queue").count_by_value()
     for name, stream in (
+        ("queued", queued),
         ("totals", totals),
         ("win", win),
         ("win_plain", counts),

@@ -1,12 +1,16 @@
 """SIGKILL a real child job at every crash point, recover it with get_or_create, compare.
 
-For every point in ``streamkeep._faults.POINTS`` and several n, the child
-(`_job.py`: rate and text-file inputs, update_state_by_key, reduce_by_key_and_window
-with and without inv_f, map_with_state with a timeout, FileSinks) is killed the n-th
-time it reaches the point, then rerun without a crash to its last batch. Its
-per-batch sink output and its final state must equal an uncrashed run's. A case
-fails when the child was not killed by SIGKILL (the point was never reached): no
-vacuous passes. Then randomized kills at arbitrary instants.
+For every point in ``streamkeep._faults.BATCH_POINTS``, several n, and deltas
+inline or in files, the child (`_job.py`: rate, queue and text-file inputs,
+update_state_by_key, reduce_by_key_and_window with and without inv_f,
+map_with_state with a timeout, FileSinks) is killed the n-th time it reaches the
+point, then rerun without a crash to its last batch. Its per-batch sink output
+and its final state must equal an uncrashed run's. The start points (identity,
+claim, lease) are hit on a first start and on a restart, the recovery sweep while
+it deletes a crash's leftovers. A case fails when the child was not killed by
+SIGKILL (the point was never reached): no vacuous passes. Then randomized kills
+at arbitrary instants. Kafka points are covered by tests/integration
+(test_kafka_redis_e2e.py, test_kafka_sink.py).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def _nth(point: str, spec: str, count: int) -> int:
 def test_every_point_is_reached_by_the_job(mode: str, references: dict[str, dict[str, Any]]) -> None:
     """The job exercises every crash point often enough for the matrix below."""
     counts = references[mode]["counts"]
-    missing = {p: counts.get(p, 0) for p in _faults.POINTS if counts.get(p, 0) < 5}
+    missing = {p: counts.get(p, 0) for p in _faults.BATCH_POINTS if counts.get(p, 0) < 5}
     assert not missing, f"crash points the job reaches fewer than 5 times: {missing}"
 
 
@@ -105,7 +109,7 @@ def test_files_mode_writes_delta_files_for_every_operator_kind(references: dict[
 
 @pytest.mark.parametrize("mode", DELTA_MODES)
 @pytest.mark.parametrize("nth_spec", NTHS)
-@pytest.mark.parametrize("point", _faults.POINTS)
+@pytest.mark.parametrize("point", _faults.BATCH_POINTS)
 def test_crash_then_recover_equals_uncrashed(
     point: str, nth_spec: str, mode: str, references: dict[str, dict[str, Any]], scratch: str
 ) -> None:
@@ -119,7 +123,7 @@ def test_crash_then_recover_equals_uncrashed(
     shutil.rmtree(w.root, ignore_errors=True)
 
 
-@pytest.mark.parametrize("point", _faults.POINTS)
+@pytest.mark.parametrize("point", _faults.BATCH_POINTS)
 def test_crash_again_during_recovery(point: str, reference: dict[str, Any], scratch: str) -> None:
     """Killed at the point, then killed at the same point while recovering, then recovered."""
     w = _case_dir(scratch, f"twice-{point}")
@@ -129,6 +133,44 @@ def test_crash_again_during_recovery(point: str, reference: dict[str, Any], scra
     problems = diff_results(reference["results"], w.results())
     assert not problems, f"after two crashes at {point}:\n" + "\n".join(problems[:20])
     shutil.rmtree(w.root, ignore_errors=True)
+
+
+_START_CASES = [(p, "first") for p in _faults.START_POINTS] + [(p, "restart") for p in _faults.START_POINTS if p != "identity.after_write"]
+
+
+@pytest.mark.parametrize(("point", "when"), _START_CASES, ids=[f"{p}-{w}" for p, w in _START_CASES])
+def test_crash_while_starting_then_recover_equals_uncrashed(point: str, when: str, reference: dict[str, Any], scratch: str) -> None:
+    """Killed while claiming the checkpoint: on its very first start, or on a restart with state."""
+    w = _case_dir(scratch, f"start-{point}-{when}")
+    if when == "restart":
+        expect_killed(w.run(TOTAL, crash=("commit.after_record", 5)), "first crash at commit.after_record@5")
+    expect_killed(w.run(TOTAL, crash=(point, 1)), f"crash at {point} ({when} start)")
+    expect_ok(w.run(TOTAL), f"recovery after a crash at {point} ({when} start)")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, f"after a crash at {point} ({when} start):\n" + "\n".join(problems[:20])
+    shutil.rmtree(w.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("point", _faults.RECOVERY_POINTS)
+@pytest.mark.parametrize("first", ["commit.before_record", "snapshot.mid_write", "plan.after_write"])
+def test_crash_while_sweeping_leftovers_then_recover(point: str, first: str, references: dict[str, dict[str, Any]], scratch: str) -> None:
+    """A crash leaves files no commit needs (delta files, a snapshot, a plan's blob); recovery deletes them and
+    is killed in the middle of that; the next recovery is still exact."""
+    reference = references["files"]
+    w = _case_dir(scratch, f"sweep-{point}-{first}", "files")
+    expect_killed(w.run(TOTAL, crash=(first, _nth(first, "late", reference["counts"].get(first, 0)))), f"first crash at {first}")
+    expect_killed(w.run(TOTAL, crash=(point, 1)), f"crash at {point} while recovering from {first}")
+    expect_ok(w.run(TOTAL), f"recovery after a crash at {point}")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, f"after a crash at {point} (leftovers of {first}):\n" + "\n".join(problems[:20])
+    shutil.rmtree(w.root, ignore_errors=True)
+
+
+def test_every_crash_point_belongs_to_a_part_of_the_suite() -> None:
+    """New points must be added to one group, which says which test reaches them."""
+    groups = (_faults.BATCH_POINTS, _faults.START_POINTS, _faults.RECOVERY_POINTS, _faults.KAFKA_POINTS, _faults.KAFKA_SINK_POINTS)
+    flat = [p for g in groups for p in g]
+    assert sorted(flat) == sorted(_faults.POINTS) and len(set(flat)) == len(flat)
 
 
 # ---------------------------------------------------------------------------- random kills

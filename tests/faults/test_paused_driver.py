@@ -68,7 +68,8 @@ def test_s3_paused_between_batches_plans_nothing_after_the_takeover(s3: tuple[st
         line = a.expect("ERROR CheckpointInUseError")
         assert "lost its claim" in line and "before planning batch 3000 ms" in line
         assert a.proc.wait(timeout=60) == 3
-        assert _plan_times(url, opts) == []  # A wrote no plan for 3000 (nor anything else)
+        # A wrote no plan for 3000 (B's recovery keeps the plans of its two retained commits, none after them)
+        assert [t for t in _plan_times(url, opts) if t > 2000] == []
         b.send("run 3")
         b.expect("RAN 5000")
     finally:

@@ -88,7 +88,8 @@ def test_restarts_at_random_batch_boundaries_match_the_model(spec: dict[str, Any
     _compare(spec, got, total)
 
 
-_POINTS = [p for p in _faults.POINTS if p != "storage.torn_write"] + ["storage.torn_write"]
+#: Points the model job reaches: every batch's (its queue writes blobs), its starts and its recoveries.
+_POINTS = list(_faults.BATCH_POINTS + _faults.START_POINTS + _faults.RECOVERY_POINTS)
 
 
 @pytest.mark.slow

@@ -14,13 +14,16 @@ def test_top_level_all_is_exact() -> None:
         "Batch", "BatchInfo", "CheckpointError", "CheckpointInUseError", "ConfigError", "CorruptCheckpointError",
         "DStream", "IncompatibleCheckpointError", "SinkError", "SourceError", "State", "StreamingContext",
         "StreamkeepError", "UserFunctionError", "__version__",
+        # observability (issue 13): the listener base class and its events
+        "StreamingListener", "JobStarted", "BatchPlanned", "BatchReplayed", "SnapshotCompleted", "ErrorInfo", "JobStopped",
+        "StateInfo",
     ])
     for name in streamkeep.__all__:
         assert hasattr(streamkeep, name), name
 
 
 def test_public_names_have_public_modules() -> None:
-    for name in ("Batch", "StreamingContext", "DStream", "State", "BatchInfo"):
+    for name in ("Batch", "StreamingContext", "DStream", "State", "BatchInfo", "StreamingListener", "JobStarted", "StateInfo"):
         assert getattr(streamkeep, name).__module__ == "streamkeep", name
     for name in ("ManualClock", "ListSink", "CrashAt"):
         assert getattr(streamkeep.testing, name).__module__ == "streamkeep.testing", name

@@ -1,0 +1,54 @@
+"""`streamkeep run` serves the dashboard by default at 4040 or the next free port, and prints it (issue 13)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from streamkeep.cli import main
+
+APP = """
+import json, sys, urllib.request
+import streamkeep as sk
+from streamkeep.testing import ManualClock
+ssc = sk.StreamingContext(1.0, clock=ManualClock())
+ssc.queue_stream([[1, 2], [3]], name="q").foreach_batch(lambda b: None)
+ssc.run(max_batches=2)
+with urllib.request.urlopen(ssc.ui_url + "api/status", timeout=10) as r:
+    status = json.load(r)
+with open(sys.argv[1], "w") as f:
+    f.write(json.dumps({"url": ssc.ui_url, "batches": status["job"]["batches_completed"]}))
+ssc.stop()
+"""
+
+
+def test_run_serves_the_dashboard_on_the_next_free_port(tmp_path: Path, capsys: Any) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "out.json"
+    blocker = socket.socket()
+    try:
+        try:
+            blocker.bind(("127.0.0.1", 4040))
+            blocker.listen()
+        except OSError:
+            pass  # 4040 is taken already: the same situation
+        assert main(["run", str(app), str(out)]) == 0
+    finally:
+        blocker.close()
+    import json
+
+    got = json.loads(out.read_text())
+    port = int(got["url"].rsplit(":", 1)[1].rstrip("/"))
+    assert got["url"].startswith("http://127.0.0.1:") and 4040 < port < 4140
+    assert got["batches"] == 2
+    assert f"dashboard at {got['url']}" in capsys.readouterr().err
+
+
+def test_run_no_ui(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text("import streamkeep as sk, sys\nssc = sk.StreamingContext(1.0)\nwith open(sys.argv[1], 'w') as f:\n    f.write(repr(ssc._ui_port))\n")
+    out = tmp_path / "out.txt"
+    assert main(["run", "--no-ui", str(app), str(out)]) == 0
+    assert out.read_text() == "None"
