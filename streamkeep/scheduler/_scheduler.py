@@ -469,6 +469,8 @@ class Scheduler:
         submitted = int(self.clock.now_ms())
         listeners = self.listeners
         p0 = time.perf_counter()
+        # bytes this batch writes to the checkpoint count from here: its plan and blobs included
+        written = self.ckpt.written_bytes() if listeners and self.ckpt is not None else 0
         replay = bool(self._pending)
         self._snap_started = False
         if self._pending:
@@ -487,7 +489,6 @@ class Scheduler:
         if listeners:
             emit(listeners, "on_batch_planned", BatchPlanned(t, (p1 - p0) * 1e3, replay, [s.name for s in self.sources]))
             self.executor.timings = {}
-            written = self.ckpt.written_bytes() if self.ckpt is not None else 0
         counts = self._run(t, plan)
         p2 = time.perf_counter()
         self._commit(t, plan)

@@ -224,3 +224,25 @@ def test_falling_behind_warns(caplog: Any) -> None:
     warn = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warn) == 1 and "falling behind" in warn[0].getMessage() and "batch 1970-01-01T00:00:01.900Z started 0.450 s" in warn[0].getMessage()
     assert any(r.getMessage().startswith("caught up") for r in caplog.records)
+
+
+def test_checkpoint_bytes_are_the_bytes_of_the_files_the_batch_wrote(tmp_path: Any) -> None:
+    """BatchInfo.checkpoint_bytes = plan + delta files + commit record of that batch, read back from disk."""
+    from pathlib import Path
+
+    from streamkeep.checkpoint import Checkpoint, log_path, plan_path
+
+    url = str(tmp_path / "ckpt")
+    rec = Recorder()
+    ssc = _job(url, keep_commits=100, snapshot_every=100, inline_delta_bytes=0)
+    ssc.add_listener(rec)
+    ssc.run(max_batches=4)
+    ssc.stop()
+    by_time = {c.batch_time: c for c in Checkpoint(url).commits()}
+    infos = rec.of("completed")
+    assert len(infos) == 4
+    for info in infos:
+        t = info.batch_time_ms
+        files = [plan_path(t), log_path(by_time[t].seq), *(f for f in by_time[t].files() if f.endswith(f"{t:015d}.delta"))]
+        want = sum(Path(url, f).stat().st_size for f in files)
+        assert info.checkpoint_bytes == want, (t, files)
