@@ -284,8 +284,7 @@ class Checkpoint:
         me = _Owner()
         seen: dict[str, Any] | None = None
         if self.storage.local:
-            os.makedirs(self.storage.root, exist_ok=True)
-            me.lock_fd = self._take_local_lock()
+            me.lock_fd = self._open_local()
         else:
             seen = self._check_lease()
         try:
@@ -335,6 +334,31 @@ class Checkpoint:
                 self._owner = None
             self._release_lock(me)
             raise
+
+    def _open_local(self) -> int:
+        """Create the checkpoint directory and take its lock; an unusable directory is a CheckpointError."""
+        root = self.storage.root
+        try:
+            os.makedirs(root, exist_ok=True)
+            return self._take_local_lock()
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            parent = next((p for p in _parents(root) if os.path.exists(p)), "/")
+            if os.path.exists(root) and not os.path.isdir(root):
+                why = f"{root} is a file, not a directory"
+            elif not os.path.isdir(parent):
+                why = f"{parent} is a file, so no directory can be created under it"
+            elif isinstance(exc, PermissionError) or not os.access(parent, os.W_OK):
+                why = f"this process (uid {os.getuid()}) may not create or write files in {parent}"
+            else:
+                why = f"creating it in {parent} failed: {exc.strerror or exc}"
+            msg = (
+                f"cannot use {self.url!r} as a checkpoint: {why}. A checkpoint needs a directory this process can "
+                f"create files in, on a filesystem that keeps them (not /proc, /sys or a read-only mount): pass "
+                f"another checkpoint URL (a local path or s3://bucket/prefix)."
+            )
+            raise CheckpointError(msg) from exc
 
     def _take_local_lock(self) -> int:
         import fcntl
@@ -774,6 +798,16 @@ def log_path(seq: int) -> str:
 def blob_path(name: str) -> str:
     """Path of a source blob."""
     return f"blobs/{_safe(name)}"
+
+
+def _parents(path: str) -> list[str]:
+    """`path` and its ancestors, nearest first."""
+    out = [path]
+    while True:
+        up = os.path.dirname(out[-1])
+        if up == out[-1]:
+            return out
+        out.append(up)
 
 
 def _now_ms() -> int:

@@ -71,3 +71,28 @@ def test_local_create_leaves_no_temp_files(tmp_path: Any) -> None:
 def test_unknown_protocol_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nosuchfs://"):
         CheckpointStorage("nosuchfs://bucket/app")
+
+
+def _tiny_job(url: str) -> Any:
+    import streamkeep as sk
+    from streamkeep.testing import ManualClock
+
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+    ssc.rate_stream(3, name="r").map(lambda r: (r[0] % 2, 1)).update_state_by_key(lambda n, o: (o or 0) + sum(n), name="c").foreach_batch(
+        lambda b: None
+    )
+    return ssc
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "proc", "sys"])
+def test_an_unusable_checkpoint_url_is_a_checkpoint_error_saying_what_to_do(tmp_path: Any, where: str) -> None:
+    """Issue 10.15: under a regular file, a regular file itself, /proc, /sys -> CheckpointError, not a raw OSError."""
+    (tmp_path / "f").write_text("x")
+    url = {"a-file": str(tmp_path / "f"), "under-a-file": str(tmp_path / "f" / "ckpt"), "proc": "/proc/streamkeep-ckpt", "sys": "/sys/streamkeep-ckpt"}[where]
+    ssc = _tiny_job(url)
+    with pytest.raises(CheckpointError) as info:
+        ssc.run(max_batches=1)
+    ssc.stop()
+    msg = str(info.value)
+    assert f"cannot use {url!r} as a checkpoint" in msg and "pass another checkpoint URL" in msg, msg
+    assert not isinstance(info.value.__cause__, CheckpointError)
