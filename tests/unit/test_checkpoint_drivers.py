@@ -369,3 +369,25 @@ def test_the_later_claim_loses_when_the_earlier_claimer_already_checked_the_log_
         a.claim("a", "0")
     b.ensure_owner("the first plan")
     b.release()
+
+
+def test_a_driver_refused_a_file_it_did_not_write_stays_fenced(tmp_path: Path) -> None:
+    """When _create finds another driver's file after a takeover, this driver is marked lost:
+    its next ownership check fails at once, even on a local disk where it still holds the flock."""
+    from streamkeep.checkpoint import Checkpoint, log_path, plan_path
+
+    url = str(tmp_path / "ckpt")
+    a = Checkpoint(url)
+    a.claim(owner="a", engine_version="test")
+    try:
+        a.ensure_owner("before the takeover")  # the flock proves it
+        seq = a.last_seq() + 1  # another driver's claim after A's, and its plan of batch 5000
+        rec = {"type": "claim", "epoch": 99, "owner": "b", "host": "elsewhere", "pid": 1, "time_ms": 0}
+        assert a.storage.create(log_path(seq), a.encode("record", rec, rel=log_path(seq)))
+        assert a.storage.create(plan_path(5000), a.encode("plan", {"batch_time": 5000}, rel=plan_path(5000)))
+        with pytest.raises(CheckpointInUseError):
+            a.write_plan(5000, {"batch_time": 5000, "sources": {}, "positions": {}})
+        with pytest.raises(CheckpointInUseError):
+            a.ensure_owner("the outputs of batch 5000")
+    finally:
+        a.release()
