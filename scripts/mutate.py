@@ -56,6 +56,8 @@ _CKPT_TESTS = (
     "tests/unit/test_checkpoint_inline.py",
     "tests/unit/test_checkpoint_snapshot_policy.py",
     "tests/unit/test_checkpoint_sources.py",
+    "tests/unit/test_checkpoint_integrity.py",
+    "tests/unit/test_listener_events.py",  # the bytes a batch writes to the checkpoint are reported
     "tests/property/test_recovery_model.py::test_restarts_at_random_batch_boundaries_match_the_model",
 )
 # A kill at every point during recovery (one case per point, ~15 s): the whole matrix per mutant would take hours.
