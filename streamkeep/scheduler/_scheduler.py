@@ -27,9 +27,9 @@ from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
 from streamkeep.checkpoint.storage import confine
 from streamkeep.codec import UnsupportedValueError
-from streamkeep.dstream._graph import Graph, SourceNode
+from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
-from streamkeep.executors.local import LocalExecutor
+from streamkeep.executors.base import Executor
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._events import (
     BatchInfo,
@@ -43,7 +43,7 @@ from streamkeep.scheduler._events import (
     iso_ms,
 )
 from streamkeep.scheduler._observe import batch_info
-from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, load_chain
+from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, read_chain
 from streamkeep.sinks.base import FencedSink, FencingToken
 from streamkeep.sources.base import Source, start_blob
 
@@ -106,7 +106,7 @@ class Scheduler:
         keep_commits: int = 2,
         allow_state_loss: frozenset[str] = frozenset(),
         inline_delta_bytes: int = 4 * 1024,
-        processes: int = 0,
+        executor: Executor,
     ) -> None:
         self.graph = graph
         self.ckpt = checkpoint
@@ -120,8 +120,9 @@ class Scheduler:
         self.allow_state_loss = allow_state_loss
         self.inline_delta_bytes = inline_delta_bytes
         self.interval = graph.batch_interval_ms
-        self.processes = processes
-        self.executor = LocalExecutor(processes)
+        self.executor = executor
+        #: stateful operators by name (their codec encodes what the executor hands over)
+        self.stateful: dict[str, StatefulNode] = {n.name: n for n in graph.needed() if isinstance(n, StatefulNode)}
         self.sources: list[Source] = []
         self.sinks: list[Any] = []
         self.last_time: int | None = None
@@ -193,9 +194,7 @@ class Scheduler:
                 now = int(self.clock.now_ms())
                 zero = self._after_sink_markers(now // self.interval * self.interval, needed)
                 self.last_time = zero
-                self.executor.open(g, zero)
-                for rt in self.executor.runtimes.values():
-                    rt.seed()
+                self._open_executor(zero)
             self.zero_ms = zero
             for n in needed:
                 sink = getattr(n, "sink", None)
@@ -206,6 +205,14 @@ class Scheduler:
             self.close()
             raise
         self._prepared = True
+
+    def _open_executor(self, zero: int, restore: Any = None) -> None:
+        """Open the executor at `zero`; seed every stateful operator `restore(name)` does not restore."""
+        ex = self.executor
+        ex.open(self.graph, zero)
+        for name in ex.operators():
+            if restore is None or not restore(name):
+                ex.seed(name)
 
     def _after_sink_markers(self, zero: int, needed: Any) -> int:
         """Start a fresh job after the last batch time its sinks already applied.
@@ -258,9 +265,7 @@ class Scheduler:
                 first = plan_times[0]
                 zero = first - self.interval
                 self.last_time = zero
-                self.executor.open(self.graph, zero)
-                for rt in self.executor.runtimes.values():
-                    rt.seed()
+                self._open_executor(zero)
                 self._sweep(None)
                 return zero
             self._sweep(None)  # a crash before the first plan may have left blobs and temp files
@@ -321,30 +326,30 @@ class Scheduler:
             msg = f"checkpoint {ckpt.url}: commit record {log_path(rec.seq)} has no time origin (zero_ms)"
             raise CorruptCheckpointError(msg)
         zero = int(data["zero_ms"])
-        ex = LocalExecutor(self.processes)
-        ex.open(self.graph, zero)
         chains: dict[str, Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
         # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
         diff = differences(data.get("graph", {}), self._description)
         changed = {n for n, _ in diff["incompatible"]}
         self._reset_sources = {n for n, _ in diff["sources_incompatible"]}  # allowed to lose their position
-        for name, rt in ex.runtimes.items():
+
+        def restore(name: str) -> bool:  # False: a new (or reshaped) stateful operator starts from its initial state
             chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
-                rt.seed()  # a new (or reshaped) stateful operator starts from its initial state
-                continue
-            load_chain(ckpt, rt, chain_data)
+                return False
+            self.executor.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data))
             chains[name] = Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),
                 [(delta_time(r), r) for r in chain_data.get("deltas", [])],
             )
+            return True
+
+        self._open_executor(zero, restore)
         for src in self.sources:
             pos = None if src.name in self._reset_sources else data.get("positions", {}).get(src.name)
             if pos is not None:
                 src.restore(pos)
-        self.executor = ex
         self._chains = chains
         # Resume the snapshot cadence: a job restarted often must still snapshot (bounded chains).
         self._since_snapshot = max((len(c.deltas) for c in chains.values()), default=0)
@@ -486,7 +491,7 @@ class Scheduler:
         p1 = time.perf_counter()
         if listeners:
             emit(listeners, "on_batch_planned", BatchPlanned(t, (p1 - p0) * 1e3, replay, [s.name for s in self.sources]))
-            self.executor.timings = {}
+            self.executor.measure_timings()
             written = self.ckpt.written_bytes() if self.ckpt is not None else 0
         counts = self._run(t, plan)
         p2 = time.perf_counter()
@@ -569,23 +574,23 @@ class Scheduler:
     def _commit(self, t: int, plan: dict[str, Any]) -> None:
         ckpt = self.ckpt
         if ckpt is None:
-            for rt in self.executor.runtimes.values():
-                rt.forget_changes()  # nothing to persist: keep change tracking bounded
+            self.executor.forget_changes()  # nothing to persist: keep change tracking bounded
             self._after_commit(plan)
             return
-        for name, rt in self.executor.runtimes.items():
+        for name in self.executor.operators():
             chain = self._chains.setdefault(name, Chain())
-            delta = rt.delta()
+            delta = self.executor.delta(name)
             if delta is not None:
-                payload = encode_state(rt.node, delta)
+                node = self.stateful[name]
+                payload = encode_state(node, delta)
                 self._delta_bytes += len(payload)
                 inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
                 # Small deltas ride in the commit record (no extra file or fsync), as long as the
                 # chain's inline total stays small: every commit record repeats the whole chain.
                 if inline_bytes + len(payload) <= self.inline_delta_bytes:
-                    chain.deltas.append((t, {"t": t, "codec": rt.node.codec, "data": payload}))
+                    chain.deltas.append((t, {"t": t, "codec": node.codec, "data": payload}))
                 else:
-                    chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, rt.node.codec)))
+                    chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, node.codec)))
                 _faults.point("state.mid_write")
         _faults.point("state.after_write")
         self._since_snapshot += 1
@@ -644,7 +649,8 @@ class Scheduler:
         ckpt = self.ckpt
         assert ckpt is not None
         self._since_snapshot = 0
-        payloads = {name: (rt.node.codec, encode_state(rt.node, rt.snapshot())) for name, rt in self.executor.runtimes.items()}
+        ex, nodes = self.executor, self.stateful
+        payloads = {name: (nodes[name].codec, encode_state(nodes[name], ex.snapshot(name))) for name in ex.operators()}
         self._delta_bytes = 0
         self._snapshot_bytes = sum(len(p) for _, p in payloads.values())
         self._snap_sizes = {name: len(p) for name, (_, p) in payloads.items()}
@@ -727,7 +733,7 @@ class Scheduler:
         return (
             not self._pending
             and all(src.exhausted() for src in self.sources)
-            and all(rt.drained(last) for rt in self.executor.runtimes.values())
+            and self.executor.drained(last)
         )
 
     def close(self) -> None:
