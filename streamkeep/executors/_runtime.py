@@ -19,7 +19,7 @@ from streamkeep._util import short_repr
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
-from streamkeep.errors import CheckpointError, UserFunctionError
+from streamkeep.errors import UserFunctionError
 from streamkeep.state.memory import MemoryStateStore
 
 # Values whose equality means "unchanged"; mutable containers are always re-written.
@@ -525,16 +525,3 @@ class ReduceWindowRuntime(WindowRuntime):
     def drained(self, last_t: int) -> bool:
         return not any(self._future_slices(last_t))
 
-
-def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:
-    """The runtime for a stateful node."""
-    if isinstance(node, ReduceWindowNode):
-        return ReduceWindowRuntime(node, zero_ms)
-    if isinstance(node, WindowNode):
-        return WindowRuntime(node, zero_ms)
-    if isinstance(node, UpdateStateNode):
-        return UpdateStateRuntime(node)
-    if isinstance(node, MapWithStateNode):
-        return MapWithStateRuntime(node)
-    msg = f"no runtime for stateful operator {node.label}"
-    raise CheckpointError(msg)

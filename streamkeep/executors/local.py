@@ -28,7 +28,8 @@ from streamkeep.dstream._graph import (
 )
 from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
 from streamkeep.executors._pool import ProcessPool
-from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime, make_runtime
+from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors.kinds import make_runtime
 
 
 class LocalExecutor:
