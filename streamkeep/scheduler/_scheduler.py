@@ -27,7 +27,7 @@ from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
 from streamkeep.checkpoint.storage import confine
 from streamkeep.codec import UnsupportedValueError
-from streamkeep.dstream._graph import Graph, SourceNode, StatefulNode
+from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler._compat import check_compatible, differences
@@ -44,8 +44,8 @@ from streamkeep.scheduler._events import (
 )
 from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._state_io import Chain, delta_time, encode_state, read_chain
-from streamkeep.sinks.base import FencedSink, FencingToken
-from streamkeep.sources.base import Source, start_blob
+from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, Sink
+from streamkeep.sources.base import Backpressured, BatchIntervalAware, Materialisable, OffsetCommitting, Source, start_blob
 
 log = logging.getLogger("streamkeep.scheduler")
 
@@ -124,7 +124,9 @@ class Scheduler:
         #: stateful operators by name (their codec encodes what the executor hands over)
         self.stateful: dict[str, StatefulNode] = {n.name: n for n in graph.needed() if isinstance(n, StatefulNode)}
         self.sources: list[Source] = []
-        self.sinks: list[Any] = []
+        self._backpressured: list[tuple[str, Backpressured]] = []
+        self._committing: list[tuple[str, OffsetCommitting]] = []
+        self.sinks: list[Sink] = []
         self.last_time: int | None = None
         self.zero_ms: int | None = None
         self.listeners: list[Any] = []
@@ -165,12 +167,15 @@ class Scheduler:
             msg = "the job has no output operations: add foreach_batch, pprint, save_as_text_files or write_to before starting"
             raise ConfigError(msg)
         self.sources = [n.source for n in needed if isinstance(n, SourceNode)]
+        self._backpressured = [(s.name, s) for s in self.sources if isinstance(s, Backpressured)]
+        self._committing = [(s.name, s) for s in self.sources if isinstance(s, OffsetCommitting)]
+        sinks = [n.sink for n in needed if isinstance(n, OutputNode) and n.sink is not None]
         self._description = g.describe()
         ckpt = self.ckpt
         blobs: Any = _MemoryBlobs()
         if ckpt is not None:
             for src in self.sources:
-                if not src.replayable and not getattr(src, "can_materialise", False):
+                if not src.replayable and not (isinstance(src, Materialisable) and src.can_materialise):
                     msg = (
                         f"source {src.name!r} cannot replay its input after a crash, so it cannot be used with a "
                         f"checkpoint. Use a replayable source (rate_stream, text_file_stream, kafka_stream) or run "
@@ -182,25 +187,23 @@ class Scheduler:
         try:
             if ckpt is not None:  # before any sink call (fresh jobs ask sinks for their markers below)
                 token = FencingToken(*ckpt.fencing(), check=lambda: ckpt.ensure_owner("a sink's ownership check"))
-                for n in needed:
-                    if isinstance(getattr(n, "sink", None), FencedSink):
-                        n.sink.set_fencing_token(token)  # type: ignore[attr-defined]
+                for sink in sinks:
+                    if isinstance(sink, FencedSink):
+                        sink.set_fencing_token(token)
             for src in self.sources:
-                if hasattr(src, "set_batch_interval_ms"):
+                if isinstance(src, BatchIntervalAware):
                     src.set_batch_interval_ms(self.interval)
                 src.open(blobs)
             zero = self._recover() if ckpt is not None else None
             if zero is None:
                 now = int(self.clock.now_ms())
-                zero = self._after_sink_markers(now // self.interval * self.interval, needed)
+                zero = self._after_sink_markers(now // self.interval * self.interval, sinks)
                 self.last_time = zero
                 self._open_executor(zero)
             self.zero_ms = zero
-            for n in needed:
-                sink = getattr(n, "sink", None)
-                if sink is not None:
-                    sink.open()
-                    self.sinks.append(sink)
+            for sink in sinks:
+                sink.open()
+                self.sinks.append(sink)
         except BaseException:
             self.close()
             raise
@@ -214,7 +217,7 @@ class Scheduler:
             if restore is None or not restore(name):
                 ex.seed(name)
 
-    def _after_sink_markers(self, zero: int, needed: Any) -> int:
+    def _after_sink_markers(self, zero: int, sinks: list[Sink]) -> int:
         """Start a fresh job after the last batch time its sinks already applied.
 
         Sinks with a marker (RedisSink, KafkaSink: ``last_batch()``) skip every batch
@@ -223,12 +226,10 @@ class Scheduler:
         clock -- would lose those batches silently; start after the marker instead.
         """
         latest, who = None, ""
-        for n in needed:
-            sink = getattr(n, "sink", None)
-            last_batch = getattr(sink, "last_batch", None)
-            t = last_batch() if callable(last_batch) else None
+        for sink in sinks:
+            t = sink.last_batch() if isinstance(sink, MarkedSink) else None
             if isinstance(t, int) and (latest is None or t > latest):
-                latest, who = t, getattr(sink, "name", "?")
+                latest, who = t, sink.name
         if latest is None or latest < zero + self.interval:
             return zero
         shifted = latest // self.interval * self.interval
@@ -500,10 +501,8 @@ class Scheduler:
         self.batches_done += 1
         end = int(time.time() * 1000)
         p3 = time.perf_counter()
-        for src in self.sources:
-            observe = getattr(src, "observe", None)
-            if observe is not None:  # backpressure: sources may size the next plans
-                observe(t, end - start, counts.get(src.name, 0), scheduling_delay_ms=max(0, submitted - t))
+        for name, bp in self._backpressured:  # sources may size the next plans
+            bp.observe(t, end - start, counts.get(name, 0), scheduling_delay_ms=max(0, submitted - t))
         if self.live:
             self.lag_watch.observe(t, max(0, start - t))
         if listeners:
@@ -617,14 +616,12 @@ class Scheduler:
     def _after_commit(self, plan: dict[str, Any]) -> None:
         if self._pending:
             return
-        for src in self.sources:
-            commit = getattr(src, "commit_offsets", None)
-            if commit is not None:
-                try:
-                    commit(plan["positions"].get(src.name))
-                except Exception as exc:  # informational only: the checkpoint holds the truth
-                    log.warning("could not commit the positions of source %r to its broker: %s", src.name, exc)
-                _faults.point("source.after_offset_commit")
+        for name, oc in self._committing:
+            try:
+                oc.commit_offsets(plan["positions"].get(name))
+            except Exception as exc:  # informational only: the checkpoint holds the truth
+                log.warning("could not commit the positions of source %r to its broker: %s", name, exc)
+            _faults.point("source.after_offset_commit")
 
     # -- snapshots -------------------------------------------------------------------
 
