@@ -51,12 +51,13 @@ def batch_info(
                 lag[src.name] = dict(src.last_lag)
     ex = sched.executor
     names = ex.operators()
-    snap = sched._snap_started
+    writer = sched.writer
+    snap = writer is not None and writer.started
     if not snap:
         sched.sizer.measure(t, names, lambda name: len(encode_state(sched.stateful[name], ex.snapshot(name))))
     ckpt = sched.ckpt
     written = (ckpt.written_bytes() - written_before) if ckpt is not None else 0
-    chains = sched._chains
+    restart_bytes, restart_deltas = writer.restart_cost() if writer is not None else (0, 0)
     info = BatchInfo(
         t,
         sum(counts.values()),
@@ -76,8 +77,8 @@ def batch_info(
         snapshot=snap,
         replayed=replay,
         pending_batches=len(sched._pending),
-        restart_bytes=((sched._snapshot_bytes or 0) + sched._delta_bytes) if ckpt is not None else 0,
-        restart_deltas=max((len(c.deltas) for c in chains.values()), default=0),
+        restart_bytes=restart_bytes,
+        restart_deltas=restart_deltas,
         kafka_lag=lag,
     )
     sched._t_plan_write = 0.0
