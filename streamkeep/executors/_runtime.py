@@ -1,7 +1,8 @@
 """Runtime of the stateful operators: their state, per-batch step, and checkpoint form.
 
 Each runtime owns one stateful node's state (held by whoever runs the
-operator: the local executor in-process; later a Ray actor per partition).
+operator: `LocalExecutor` keeps them in the driver process; another executor
+may hold them elsewhere, behind the `Executor` protocol).
 ``step(t, parent)`` consumes the parent's batch for time t (None when the
 parent produced none) and returns the operator's output batch (None when the
 operator does not produce at t). ``delta()`` returns what changed since the
