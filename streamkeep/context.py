@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
-from streamkeep._util import Duration, duration_ms
+from streamkeep._util import Duration, check_partitions, duration_ms
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
@@ -238,7 +238,7 @@ class StreamingContext:
         """
         from streamkeep.sources.queue import QueueSource
 
-        _check_partitions(num_partitions, "queue_stream")
+        check_partitions(num_partitions, "queue_stream")
         if partitioned and num_partitions != 1:
             msg = "queue_stream: partitioned=True keeps each item's own partitions; do not also pass num_partitions"
             raise ConfigError(msg)
@@ -256,7 +256,7 @@ class StreamingContext:
         """Records ``(i, timestamp_ms)``, `rows_per_second` per second of batch time (replayable)."""
         from streamkeep.sources.rate import RateSource
 
-        _check_partitions(num_partitions, "rate_stream")
+        check_partitions(num_partitions, "rate_stream")
         return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
 
     def text_file_stream(
@@ -282,7 +282,7 @@ class StreamingContext:
         from streamkeep.sources.files import TextFileSource
 
         if num_partitions is not None:
-            _check_partitions(num_partitions, "text_file_stream")
+            check_partitions(num_partitions, "text_file_stream")
         n = self._graph.source_name("text_files", name)
         src = TextFileSource(
             directory,
@@ -618,12 +618,6 @@ class StreamingContext:
         if ssc._graph.outputs():
             ssc._make_scheduler()  # claim, check compatibility and load state now: fail at start
         return ssc
-
-
-def _check_partitions(n: Any, what: str) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        msg = f"{what}: num_partitions must be a positive int, got {n!r}"
-        raise ConfigError(msg)
 
 
 __all__ = ["BatchInfo", "StreamingContext", "StreamkeepError"]

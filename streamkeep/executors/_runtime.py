@@ -16,7 +16,7 @@ import copy
 from collections import defaultdict
 from typing import Any
 
-from streamkeep._util import short_repr
+from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
@@ -35,8 +35,7 @@ def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSE
     where = "" if key is _ABSENT else f" for key {short_repr(key)}"
     if value is not _ABSENT:
         where += f", value {short_repr(value)}"
-    msg = f"user function of {node.label} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{where} (batch time {t} ms)"
-    return UserFunctionError(msg, operator=node.name, batch_time_ms=t)
+    return user_function_error(f"of {node.label}", exc, t, node.name, detail=where)
 
 
 def _detach(value: Any) -> Any:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep._util import short_repr
+from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError
 from streamkeep.dstream._graph import (
     DeadLetterNode,
@@ -246,8 +246,8 @@ def _call(node: TransformNode, t: int, parents: list[Batch[Any]]) -> Batch[Any]:
     except StreamkeepError:
         raise
     except Exception as exc:
-        msg = f"user function in operator {node.op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {t} ms)"
-        raise UserFunctionError(msg, operator=node.op, batch_time_ms=t) from exc
+        err = user_function_error(f"in operator {node.op!r}", exc, t, node.op)
+        raise err from exc
 
 
 def _call_output(node: OutputNode, t: int, batch: Batch[Any]) -> None:
@@ -257,5 +257,5 @@ def _call_output(node: OutputNode, t: int, batch: Batch[Any]) -> None:
     except StreamkeepError:
         raise
     except Exception as exc:
-        msg = f"user function in output {node.op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {t} ms)"
-        raise UserFunctionError(msg, operator=node.op, batch_time_ms=t) from exc
+        err = user_function_error(f"in output {node.op!r}", exc, t, node.op)
+        raise err from exc
