@@ -10,6 +10,7 @@ from typing import Any
 
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
+from streamkeep.codec._registry import refuse_pickle
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
 from streamkeep.executors._runtime import StatefulRuntime
@@ -71,9 +72,7 @@ def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str,
 
 def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
     """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
-    if codec_name == "pickle" and not allow_pickle:
-        msg = f"{where} was written with the pickle codec; pass codec='pickle' on its operator to load it"
-        raise CheckpointError(msg)
+    refuse_pickle(codec_name, allow_pickle, where)
     try:
         codec = get_codec(codec_name)
         d = codec.decode(payload)

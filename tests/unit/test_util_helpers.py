@@ -35,3 +35,16 @@ def test_a_user_function_error_names_where_what_and_when() -> None:
     err = user_function_error("in operator 'map'", ValueError("boom"), 3000, "map", detail=" for record 7", at=", partition 1")
     assert isinstance(err, UserFunctionError) and err.operator == "map" and err.batch_time_ms == 3000
     assert str(err) == "user function in operator 'map' raised ValueError: 'boom' for record 7 (batch time 3000 ms, partition 1)"
+
+
+def test_pickle_is_refused_the_same_way_for_files_and_inline_deltas() -> None:
+    from streamkeep.codec import get_codec
+    from streamkeep.codec._registry import refuse_pickle
+    from streamkeep.errors import CheckpointError
+    from streamkeep.scheduler._state_io import decode_state
+
+    refuse_pickle("pickle", True, "x")
+    refuse_pickle("msgpack", False, "x")
+    payload = get_codec("pickle").encode({"set": [], "del": []})
+    with pytest.raises(CheckpointError, match=r"^inline delta of batch 5 was written with the pickle codec, and loading it would execute code .*codec='pickle'"):
+        decode_state("pickle", payload, False, "inline delta of batch 5")
