@@ -98,19 +98,21 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
     assert sched is not None
     commit_times: list[float] = []
     snapshot_batch: list[bool] = []
-    orig_commit, orig_snap = sched._commit, sched._start_snapshot
+    writer = sched.writer
+    assert writer is not None
+    orig_commit, orig_snap = sched._commit, writer.start_snapshot
 
     def timed_commit(t: int, plan: dict[str, Any]) -> None:
         c0 = time.perf_counter()
         orig_commit(t, plan)
         commit_times.append(time.perf_counter() - c0)
 
-    def flagged_snapshot(t: int) -> None:
+    def flagged_snapshot(t: int, executor: Any) -> None:
         snapshot_batch[-1] = True
-        orig_snap(t)
+        orig_snap(t, executor)
 
     sched._commit = timed_commit  # type: ignore[method-assign]
-    sched._start_snapshot = flagged_snapshot  # type: ignore[method-assign]
+    writer.start_snapshot = flagged_snapshot  # type: ignore[method-assign]
     files = _NewFiles(url)
     snapshot_batch.append(False)
     ssc.run(max_batches=1)  # batch 1 commits the seeded state as one big delta

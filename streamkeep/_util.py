@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from streamkeep._types import BatchTime
-from streamkeep.errors import ConfigError
+from streamkeep.errors import ConfigError, UserFunctionError
 
 Duration = float | int | timedelta
 
@@ -125,6 +125,25 @@ def stable_hash(key: Hashable) -> int:
     if isinstance(key, float):
         return hash(key) & 0xFFFFFFFF
     return zlib.crc32(repr(key).encode("utf-8", "surrogatepass"))
+
+
+def check_partitions(n: Any, what: str, *, optional: bool = False) -> None:
+    """ConfigError unless `n` is a positive int (or None, with `optional`); `what` names the call."""
+    if optional and n is None:
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        msg = f"{what}: num_partitions must be a positive int{' or None' if optional else ''}, got {n!r}"
+        raise ConfigError(msg)
+
+
+def user_function_error(where: str, exc: BaseException, batch_time: int, operator: str, *, detail: str = "", at: str = "") -> UserFunctionError:
+    """The `UserFunctionError` for a user function that raised `exc` (chain it: ``raise ... from exc``).
+
+    Message: "user function <where> raised <Type>: <message><detail> (batch time <T> ms<at>)",
+    e.g. where="in operator 'map'", detail=" for record 3", at=", partition 0".
+    """
+    msg = f"user function {where} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{detail} (batch time {batch_time} ms{at})"
+    return UserFunctionError(msg, operator=operator, batch_time_ms=batch_time)
 
 
 def short_repr(value: object, limit: int = 80) -> str:

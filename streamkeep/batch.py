@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from streamkeep._types import BatchTime
-from streamkeep._util import short_repr, stable_hash
-from streamkeep.errors import ConfigError, UserFunctionError
+from streamkeep._util import check_partitions, short_repr, stable_hash, user_function_error
+from streamkeep.errors import UserFunctionError
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -235,11 +235,7 @@ class Batch(Generic[T]):
             return exc.to_user_error(self.batch_time_ms, index, f"operator {names[-1]!r}" if names else None)
         name, arg = self._failing_op(exc, op)
         rec = "" if arg is _MISSING else f" for record {_safe_repr(arg)}"
-        msg = (
-            f"user function in operator {name!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{rec} "
-            f"(batch time {self.batch_time_ms} ms, partition {index})"
-        )
-        return UserFunctionError(msg, operator=name, batch_time_ms=self.batch_time_ms)
+        return user_function_error(f"in operator {name!r}", exc, self.batch_time_ms, name, detail=rec, at=f", partition {index}")
 
     def _failing_op(self, exc: BaseException, op: tuple[str, Any] | None) -> tuple[str, Any]:
         """The name of the operator whose function raised, and the argument it got (or _MISSING)."""
@@ -421,7 +417,7 @@ class Batch(Generic[T]):
 
     def repartition(self, num_partitions: int) -> Batch[T]:
         """Spread the records round-robin over `num_partitions` partitions."""
-        _check_partitions(num_partitions, "repartition")
+        check_partitions(num_partitions, "repartition")
         out: list[list[Any]] = [[] for _ in range(num_partitions)]
         i = 0
         for p in self._materialise():
@@ -432,7 +428,7 @@ class Batch(Generic[T]):
 
     def partition_by(self: Batch[tuple[K, V]], num_partitions: int) -> Batch[tuple[K, V]]:
         """Place each (key, value) in partition ``stable_hash(key) % num_partitions``."""
-        _check_partitions(num_partitions, "partition_by")
+        check_partitions(num_partitions, "partition_by")
         out: list[list[Any]] = [[] for _ in range(num_partitions)]
         for p in self._materialise():
             for kv in p:
@@ -467,7 +463,7 @@ class Batch(Generic[T]):
         self, partials: list[dict[Any, Any]], merge: Callable[[Any, Any], Any], num_partitions: int | None, op: str
     ) -> Batch[Any]:
         n = self.num_partitions if num_partitions is None else num_partitions
-        _check_partitions(n, op)
+        check_partitions(n, op)
         if n == 1:
             if len(partials) == 1:
                 return Batch([list(partials[0].items())], self.batch_time_ms)
@@ -499,8 +495,8 @@ class Batch(Generic[T]):
         try:
             return f(*args)
         except Exception as exc:
-            msg = f"user function in operator {op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {self.batch_time_ms} ms)"
-            raise UserFunctionError(msg, operator=op, batch_time_ms=self.batch_time_ms) from exc
+            err = user_function_error(f"in operator {op!r}", exc, self.batch_time_ms, op)
+            raise err from exc
 
     def cogroup(self: Batch[tuple[K, V]], *others: Batch[tuple[K, Any]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[list[Any], ...]]]:
         """(key, ([values in self], [values in other1], ...)) for every key in any batch."""
@@ -529,7 +525,7 @@ class Batch(Generic[T]):
             raise
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
         if num_partitions is not None:
-            _check_partitions(num_partitions, "cogroup")
+            check_partitions(num_partitions, "cogroup")
         return Batch([list(groups.items())], self.batch_time_ms).partition_by(n) if n > 1 else Batch([list(groups.items())], self.batch_time_ms)
 
     def join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W]]]:
@@ -572,12 +568,6 @@ class Batch(Generic[T]):
     def __repr__(self) -> str:
         state = "materialised" if self._parts is not None else f"lazy ops={[n for n, _, _ in self._ops]}"
         return f"Batch(time={self.batch_time_ms}, partitions={self.num_partitions}, {state})"
-
-
-def _check_partitions(n: int, op: str) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        msg = f"{op}: num_partitions must be a positive int, got {n!r}"
-        raise ConfigError(msg)
 
 
 def _drain(it: Iterator[Any]) -> None:

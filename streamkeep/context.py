@@ -11,12 +11,13 @@ from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
-from streamkeep._util import Duration, duration_ms
+from streamkeep._util import Duration, check_partitions, duration_ms
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
 from streamkeep.executors import LocalExecutor
+from streamkeep.executors.base import Executor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
 from streamkeep.scheduler._observe import job_started
@@ -40,7 +41,8 @@ class StreamingContext:
         checkpoint: fsspec URL of the checkpoint (None: no durability).
         executor: "local" (embedded, the default); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
-            CPU-heavy functions: see bench/process_pool.py).
+            CPU-heavy functions: see bench/process_pool.py); or any object implementing
+            `streamkeep.executors.base.Executor`, which then runs the job's graph.
         clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
         snapshot_every: write a full state snapshot every N batches; other batches
             write only the keys that changed. Default (None): adaptive, a snapshot once
@@ -84,7 +86,7 @@ class StreamingContext:
         batch_interval: Duration,
         *,
         checkpoint: str | None = None,
-        executor: str | LocalExecutor = "local",
+        executor: str | Executor = "local",
         clock: Any = None,
         snapshot_every: int | None = None,
         codec: str = "msgpack",
@@ -98,16 +100,18 @@ class StreamingContext:
         ui_host: str = "127.0.0.1",
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
-        if isinstance(executor, LocalExecutor):
-            self._processes = executor.pool.processes if executor.pool is not None else 0
+        self._executor: Executor
+        if isinstance(executor, Executor):
+            self._executor = executor
         elif executor == "local":
-            self._processes = 0
+            self._executor = LocalExecutor()
         elif executor == "processes":
-            self._processes = os.cpu_count() or 2
+            self._executor = LocalExecutor(os.cpu_count() or 2)
         else:
             msg = (
                 f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
-                f"(per-record operators in a process pool, for CPU-heavy functions) or LocalExecutor(processes=N)"
+                f"(per-record operators in a process pool, for CPU-heavy functions), LocalExecutor(processes=N), "
+                f"or an object implementing streamkeep.executors.base.Executor"
             )
             raise ConfigError(msg)
         if codec not in KNOWN_CODECS:
@@ -234,7 +238,7 @@ class StreamingContext:
         """
         from streamkeep.sources.queue import QueueSource
 
-        _check_partitions(num_partitions, "queue_stream")
+        check_partitions(num_partitions, "queue_stream")
         if partitioned and num_partitions != 1:
             msg = "queue_stream: partitioned=True keeps each item's own partitions; do not also pass num_partitions"
             raise ConfigError(msg)
@@ -252,7 +256,7 @@ class StreamingContext:
         """Records ``(i, timestamp_ms)``, `rows_per_second` per second of batch time (replayable)."""
         from streamkeep.sources.rate import RateSource
 
-        _check_partitions(num_partitions, "rate_stream")
+        check_partitions(num_partitions, "rate_stream")
         return self.add_source(RateSource(rows_per_second, name=self._graph.source_name("rate", name), start=start, num_partitions=num_partitions))
 
     def text_file_stream(
@@ -278,7 +282,7 @@ class StreamingContext:
         from streamkeep.sources.files import TextFileSource
 
         if num_partitions is not None:
-            _check_partitions(num_partitions, "text_file_stream")
+            check_partitions(num_partitions, "text_file_stream")
         n = self._graph.source_name("text_files", name)
         src = TextFileSource(
             directory,
@@ -344,7 +348,7 @@ class StreamingContext:
                 keep_commits=self._keep_commits,
                 allow_state_loss=self._allow_state_loss,
                 inline_delta_bytes=self._inline_delta_bytes,
-                processes=self._processes,
+                executor=self._executor,
             )
             sched.listeners.extend(self._listeners)
             sched.prepare()
@@ -614,12 +618,6 @@ class StreamingContext:
         if ssc._graph.outputs():
             ssc._make_scheduler()  # claim, check compatibility and load state now: fail at start
         return ssc
-
-
-def _check_partitions(n: Any, what: str) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        msg = f"{what}: num_partitions must be a positive int, got {n!r}"
-        raise ConfigError(msg)
 
 
 __all__ = ["BatchInfo", "StreamingContext", "StreamkeepError"]

@@ -14,13 +14,17 @@ from streamkeep.checkpoint._checkpoint import (
     state_dir,
 )
 from streamkeep.checkpoint._format import FORMAT_VERSION, frame, unframe
+from streamkeep.checkpoint._retention import CheckpointBlobs, MemoryBlobs, Retention
 from streamkeep.checkpoint.storage import CheckpointStorage
 
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
+    "CheckpointBlobs",
     "CheckpointStorage",
     "CommitRecord",
+    "MemoryBlobs",
+    "Retention",
     "blob_path",
     "frame",
     "log_path",

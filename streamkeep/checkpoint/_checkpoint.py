@@ -36,6 +36,7 @@ from streamkeep import _faults
 from streamkeep.checkpoint._format import FORMAT_VERSION, VERIFY_HINT, frame, unframe
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
+from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CheckpointInUseError, CorruptCheckpointError
 
 log = logging.getLogger("streamkeep.checkpoint")
@@ -199,12 +200,7 @@ class Checkpoint:
     def decode(self, rel: str, data: bytes, kind: str | None = None, allow_pickle: bool = False) -> Any:
         """Check, unframe and decode one file's bytes (read from `rel`, checked against its identity)."""
         codec, payload = unframe(self.storage.path(rel), data, kind, rel)
-        if codec == "pickle" and not allow_pickle:
-            msg = (
-                f"checkpoint file {self.storage.path(rel)} was written with the pickle codec, and loading it would "
-                f"execute code from the checkpoint. Opt in with codec='pickle' on the operator that owns it."
-            )
-            raise CheckpointError(msg)
+        refuse_pickle(codec, allow_pickle, f"checkpoint file {self.storage.path(rel)}")
         try:
             return get_codec(codec).decode(payload)
         except (DecodeError, CheckpointError) as exc:

@@ -33,9 +33,9 @@ from streamkeep.checkpoint._checkpoint import check_chain, check_record, log_pat
 from streamkeep.checkpoint._format import VERIFY_HINT, read_frame
 from streamkeep.checkpoint.storage import confine
 from streamkeep.context import StreamingContext
-from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
-from streamkeep.executors._runtime import StatefulRuntime, make_runtime
+from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors.kinds import make_runtime, node_from_description
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._state_io import load_chain, read_state_file
 
@@ -110,34 +110,10 @@ def _text(exc: BaseException) -> str:
     return str(exc).replace(f" {VERIFY_HINT}", "").replace(VERIFY_HINT, "")
 
 
-def _ignore(*_: Any) -> None:  # stands in for user functions: never called when only loading
-    return None
-
-
 def _runtime_for(name: str, desc: dict[str, Any], interval_ms: int, zero_ms: int) -> StatefulRuntime | None:
     """A runtime able to load an operator's stored state, built from its description alone."""
-    kind = desc.get("kind")
-    common: dict[str, Any] = {
-        "id": -1,
-        "op": kind,
-        "parents": (),
-        "slide_ms": int(desc.get("slide_ms", interval_ms)),
-        "name": name,
-        "codec": str(desc.get("codec", "msgpack")),
-    }
-    node: StatefulNode
-    if kind == "update_state_by_key":
-        node = UpdateStateNode(**common, update=_ignore, initial=(), num_partitions=None)
-    elif kind == "map_with_state":
-        node = MapWithStateNode(**common, f=_ignore, timeout_ms=1 if desc.get("timeout") else None, initial=())
-    elif kind == "reduce_by_key_and_window":
-        inv = _ignore if desc.get("inverse") else None
-        node = ReduceWindowNode(**common, length_ms=int(desc["length_ms"]), f=_ignore, inv_f=inv, filter_f=None, num_partitions=None)
-    elif kind == "window":
-        node = WindowNode(**common, length_ms=int(desc["length_ms"]))
-    else:
-        return None
-    return make_runtime(node, zero_ms)
+    node = node_from_description(name, desc, interval_ms)
+    return None if node is None else make_runtime(node, zero_ms)
 
 
 # --------------------------------------------------------------------------- inspect

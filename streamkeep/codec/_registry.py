@@ -13,7 +13,7 @@ from typing import Final
 from streamkeep.codec._base import Codec
 from streamkeep.codec._msgpack import MSGPACK
 from streamkeep.codec._pickle import PICKLE
-from streamkeep.errors import ConfigError
+from streamkeep.errors import CheckpointError, ConfigError
 
 __all__ = ["get_codec"]
 
@@ -50,3 +50,17 @@ def get_codec(name: str = "msgpack") -> Codec:
         )
         raise ConfigError(msg)
     return codec
+
+
+def refuse_pickle(codec_name: str, allow_pickle: bool, where: str) -> None:
+    """CheckpointError when `where` (e.g. "checkpoint file PATH") was written with pickle and the caller did not opt in.
+
+    Decoding pickle runs code stored in the checkpoint: only an operator declared with
+    ``codec='pickle'`` may load its own pickled state.
+    """
+    if codec_name == "pickle" and not allow_pickle:
+        msg = (
+            f"{where} was written with the pickle codec, and loading it would execute code from the checkpoint. "
+            f"Opt in with codec='pickle' on the operator that owns it."
+        )
+        raise CheckpointError(msg)

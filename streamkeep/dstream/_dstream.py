@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from streamkeep._util import Duration, accepts, check_arity, check_callable, duration_ms, to_datetime
+from streamkeep._util import Duration, accepts, check_arity, check_callable, check_partitions, duration_ms, to_datetime
 from streamkeep.batch import Batch, as_pair
 from streamkeep.dstream._graph import (
     Graph,
@@ -53,12 +53,6 @@ def _time_fn(f: Callable[..., Any], op: str) -> Callable[[int, Any], Any]:
         msg = f"{op}: the function must take (batch) or (time, batch)"
         raise ConfigError(msg)
     return lambda t, b: f(b)
-
-
-def _check_partitions(n: int | None, op: str) -> None:
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        msg = f"{op}: num_partitions must be a positive int or None, got {n!r}"
-        raise ConfigError(msg)
 
 
 class DStream(Generic[T]):
@@ -152,10 +146,7 @@ class DStream(Generic[T]):
 
     def repartition(self, num_partitions: int) -> DStream[T]:
         """Spread records evenly over `num_partitions` partitions."""
-        _check_partitions(num_partitions, "repartition")
-        if num_partitions is None:
-            msg = "repartition: num_partitions must be a positive int, got None"
-            raise ConfigError(msg)
+        check_partitions(num_partitions, "repartition")
         return self._transform("repartition", lambda t, bs: bs[0].repartition(num_partitions))
 
     # -- per batch --------------------------------------------------------
@@ -193,12 +184,12 @@ class DStream(Generic[T]):
     def reduce_by_key(self: DStream[tuple[K, V]], f: Callable[[V, V], V], num_partitions: int | None = None) -> DStream[tuple[K, V]]:
         """Combine the values of each key with `f`, per batch."""
         check_arity(f, 2, "reduce_by_key", "f(a, b)")
-        _check_partitions(num_partitions, "reduce_by_key")
+        check_partitions(num_partitions, "reduce_by_key", optional=True)
         return self._transform("reduce_by_key", lambda t, bs: bs[0].reduce_by_key(f, num_partitions))
 
     def group_by_key(self: DStream[tuple[K, V]], num_partitions: int | None = None) -> DStream[tuple[K, list[V]]]:
         """(key, [values]) per key of each batch."""
-        _check_partitions(num_partitions, "group_by_key")
+        check_partitions(num_partitions, "group_by_key", optional=True)
         return self._transform("group_by_key", lambda t, bs: bs[0].group_by_key(num_partitions))
 
     def combine_by_key(
@@ -212,34 +203,34 @@ class DStream(Generic[T]):
         check_arity(create, 1, "combine_by_key", "create(value)")
         check_arity(merge_value, 2, "combine_by_key", "merge_value(combiner, value)")
         check_arity(merge_combiners, 2, "combine_by_key", "merge_combiners(a, b)")
-        _check_partitions(num_partitions, "combine_by_key")
+        check_partitions(num_partitions, "combine_by_key", optional=True)
         return self._transform(
             "combine_by_key", lambda t, bs: bs[0].combine_by_key(create, merge_value, merge_combiners, num_partitions)
         )
 
     def join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V, W]]]:
         """Inner join of each pair of batches by key."""
-        _check_partitions(num_partitions, "join")
+        check_partitions(num_partitions, "join", optional=True)
         return self._transform("join", lambda t, bs: bs[0].join(bs[1], num_partitions), other)
 
     def left_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V, W | None]]]:
         """Left outer join of each pair of batches by key (missing right values are None)."""
-        _check_partitions(num_partitions, "left_outer_join")
+        check_partitions(num_partitions, "left_outer_join", optional=True)
         return self._transform("left_outer_join", lambda t, bs: bs[0].left_outer_join(bs[1], num_partitions), other)
 
     def right_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V | None, W]]]:
         """Right outer join of each pair of batches by key (missing left values are None)."""
-        _check_partitions(num_partitions, "right_outer_join")
+        check_partitions(num_partitions, "right_outer_join", optional=True)
         return self._transform("right_outer_join", lambda t, bs: bs[0].right_outer_join(bs[1], num_partitions), other)
 
     def full_outer_join(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[V | None, W | None]]]:
         """Full outer join of each pair of batches by key."""
-        _check_partitions(num_partitions, "full_outer_join")
+        check_partitions(num_partitions, "full_outer_join", optional=True)
         return self._transform("full_outer_join", lambda t, bs: bs[0].full_outer_join(bs[1], num_partitions), other)
 
     def cogroup(self: DStream[tuple[K, V]], other: DStream[tuple[K, W]], num_partitions: int | None = None) -> DStream[tuple[K, tuple[list[V], list[W]]]]:
         """(key, ([values here], [values there])) for every key in either batch."""
-        _check_partitions(num_partitions, "cogroup")
+        check_partitions(num_partitions, "cogroup", optional=True)
         return self._transform("cogroup", lambda t, bs: bs[0].cogroup(bs[1], num_partitions=num_partitions), other)
 
     # -- windows ----------------------------------------------------------
@@ -297,7 +288,7 @@ class DStream(Generic[T]):
             check_arity(inv_f, 2, op, "inv_f(a, b)")
         if filter_f is not None:
             check_arity(filter_f, 1, op, "filter_f((key, value)) -> bool")
-        _check_partitions(num_partitions, op)
+        check_partitions(num_partitions, op, optional=True)
         length_ms, slide_ms = self._window_shape(op, length, slide)
         g = self._graph
         node = g.add(
@@ -369,7 +360,7 @@ class DStream(Generic[T]):
         """
         op = "update_state_by_key"
         check_arity(update, 2, op, "update(new_values, old_state)")
-        _check_partitions(num_partitions, op)
+        check_partitions(num_partitions, op, optional=True)
         g = self._graph
         node = g.add(
             UpdateStateNode,

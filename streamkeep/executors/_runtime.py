@@ -1,7 +1,8 @@
 """Runtime of the stateful operators: their state, per-batch step, and checkpoint form.
 
 Each runtime owns one stateful node's state (held by whoever runs the
-operator: the local executor in-process; later a Ray actor per partition).
+operator: `LocalExecutor` keeps them in the driver process; another executor
+may hold them elsewhere, behind the `Executor` protocol).
 ``step(t, parent)`` consumes the parent's batch for time t (None when the
 parent produced none) and returns the operator's output batch (None when the
 operator does not produce at t). ``delta()`` returns what changed since the
@@ -15,11 +16,11 @@ import copy
 from collections import defaultdict
 from typing import Any
 
-from streamkeep._util import short_repr
+from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
-from streamkeep.errors import CheckpointError, UserFunctionError
+from streamkeep.errors import UserFunctionError
 from streamkeep.state.memory import MemoryStateStore
 
 # Values whose equality means "unchanged"; mutable containers are always re-written.
@@ -34,8 +35,7 @@ def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSE
     where = "" if key is _ABSENT else f" for key {short_repr(key)}"
     if value is not _ABSENT:
         where += f", value {short_repr(value)}"
-    msg = f"user function of {node.label} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{where} (batch time {t} ms)"
-    return UserFunctionError(msg, operator=node.name, batch_time_ms=t)
+    return user_function_error(f"of {node.label}", exc, t, node.name, detail=where)
 
 
 def _detach(value: Any) -> Any:
@@ -525,16 +525,3 @@ class ReduceWindowRuntime(WindowRuntime):
     def drained(self, last_t: int) -> bool:
         return not any(self._future_slices(last_t))
 
-
-def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:
-    """The runtime for a stateful node."""
-    if isinstance(node, ReduceWindowNode):
-        return ReduceWindowRuntime(node, zero_ms)
-    if isinstance(node, WindowNode):
-        return WindowRuntime(node, zero_ms)
-    if isinstance(node, UpdateStateNode):
-        return UpdateStateRuntime(node)
-    if isinstance(node, MapWithStateNode):
-        return MapWithStateRuntime(node)
-    msg = f"no runtime for stateful operator {node.label}"
-    raise CheckpointError(msg)

@@ -2,9 +2,9 @@
 
 The executor holds the stateful operators' runtimes (their keyed state lives
 with whoever runs them), computes every needed node for a batch time in
-topological order, and runs the outputs in registration order. A Ray executor
-implements the same interface with stateful partitions held in actors and
-user functions shipped with cloudpickle.
+topological order, and runs the outputs in registration order. It implements
+`streamkeep.executors.base.Executor`, the only interface the scheduler uses;
+another executor implements the same protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep._util import short_repr
+from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError
 from streamkeep.dstream._graph import (
     DeadLetterNode,
@@ -28,7 +28,8 @@ from streamkeep.dstream._graph import (
 )
 from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
 from streamkeep.executors._pool import ProcessPool
-from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime, make_runtime
+from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors.kinds import make_runtime
 
 
 class LocalExecutor:
@@ -55,12 +56,14 @@ class LocalExecutor:
         self._shared: set[int] = set()
         self._chain_ends: set[int] = set()
         self.zero_ms = 0
-        #: when a dict (listeners want it), ms per stateful operator and per output of the last batch
-        self.timings: dict[str, float] | None = None
+        # when a dict (listeners want it), ms per stateful operator and per output of the last batch
+        self._timings: dict[str, float] | None = None
 
     def open(self, graph: Graph, zero_ms: int) -> None:
-        """Prepare runtimes for the graph's needed nodes."""
+        """Prepare runtimes (empty state) for the graph's needed nodes; again from scratch when called again."""
         self.graph = graph
+        self.runtimes = {}
+        self._by_id = {}
         self.zero_ms = zero_ms
         self.nodes = graph.needed()
         consumers: dict[int, int] = {}
@@ -81,6 +84,50 @@ class LocalExecutor:
         if self.pool is not None:
             self.pool.close()
 
+    # -- state, for the scheduler (the `Executor` protocol) ---------------------------------
+
+    def operators(self) -> list[str]:
+        """Names of the stateful operators, in graph order."""
+        return list(self.runtimes)
+
+    def seed(self, name: str) -> None:
+        """Give operator `name` its initial state."""
+        self.runtimes[name].seed()
+
+    def restore(self, name: str, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        """Replace operator `name`'s state with `snapshot` plus `deltas`."""
+        self.runtimes[name].load(snapshot, deltas)
+
+    def delta(self, name: str) -> dict[str, Any] | None:
+        """What changed in operator `name` since the last call; None when nothing did."""
+        return self.runtimes[name].delta()
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """The whole state of operator `name` (a copy)."""
+        return self.runtimes[name].snapshot()
+
+    def forget_changes(self) -> None:
+        """Drop every operator's change tracking."""
+        for rt in self.runtimes.values():
+            rt.forget_changes()
+
+    def key_count(self, name: str) -> int:
+        """Keys (or records) operator `name` holds."""
+        return self.runtimes[name].key_count()
+
+    def measure_timings(self) -> None:
+        """Measure ms per stateful operator and per output during the next batch."""
+        self._timings = {}
+
+    def timings(self) -> dict[str, float]:
+        """What `measure_timings` measured during the last batch."""
+        return dict(self._timings or {})
+
+    def drained(self, last_t: int) -> bool:
+        """True when no window still holds input for a batch after `last_t`."""
+        return all(rt.drained(last_t) for rt in self.runtimes.values())
+
+
     def compute(self, t: int, inputs: dict[str, Batch[Any]]) -> dict[int, Batch[Any] | None]:
         """Compute every needed node for batch time t from the sources' batches."""
         results: dict[int, Batch[Any] | None] = {}
@@ -100,12 +147,12 @@ class LocalExecutor:
                     if isinstance(node, NarrowNode):
                         out = None if parents[0] is None else node.apply(parents[0])
                     elif isinstance(node, StatefulNode):
-                        if self.timings is None:
+                        if self._timings is None:
                             out = self._by_id[node.id].step(t, parents[0])
                         else:
                             s0 = time.perf_counter()
                             out = self._by_id[node.id].step(t, parents[0])
-                            self.timings[node.name] = (time.perf_counter() - s0) * 1e3
+                            self._timings[node.name] = (time.perf_counter() - s0) * 1e3
                     elif isinstance(node, SnapshotsNode):
                         rt = self._by_id[node.parents[0].id]
                         assert isinstance(rt, MapWithStateRuntime)
@@ -140,14 +187,14 @@ class LocalExecutor:
             batch = results[node.parents[0].id]
             if batch is None:
                 continue
-            s0 = time.perf_counter() if self.timings is not None else 0.0
+            s0 = time.perf_counter() if self._timings is not None else 0.0
             if node.sink is not None:
                 _write(node, t, batch.collect())
             else:
                 assert node.fn is not None
                 _call_output(node, t, batch)
-            if self.timings is not None:
-                self.timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
+            if self._timings is not None:
+                self._timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
         # Last: the outputs above may be what ran the lazy per-record operators that dead-letter.
         for node in self.nodes:
             if isinstance(node, DeadLetterNode):
@@ -199,8 +246,8 @@ def _call(node: TransformNode, t: int, parents: list[Batch[Any]]) -> Batch[Any]:
     except StreamkeepError:
         raise
     except Exception as exc:
-        msg = f"user function in operator {node.op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {t} ms)"
-        raise UserFunctionError(msg, operator=node.op, batch_time_ms=t) from exc
+        err = user_function_error(f"in operator {node.op!r}", exc, t, node.op)
+        raise err from exc
 
 
 def _call_output(node: OutputNode, t: int, batch: Batch[Any]) -> None:
@@ -210,5 +257,5 @@ def _call_output(node: OutputNode, t: int, batch: Batch[Any]) -> None:
     except StreamkeepError:
         raise
     except Exception as exc:
-        msg = f"user function in output {node.op!r} raised {type(exc).__name__}: {short_repr(str(exc), 200)} (batch time {t} ms)"
-        raise UserFunctionError(msg, operator=node.op, batch_time_ms=t) from exc
+        err = user_function_error(f"in output {node.op!r}", exc, t, node.op)
+        raise err from exc

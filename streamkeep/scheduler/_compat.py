@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from streamkeep.errors import IncompatibleCheckpointError
+from streamkeep.executors.kinds import shape_keys
 
-_SHAPE = ("kind", "length_ms", "slide_ms", "parent_slide_ms", "inverse", "timeout")
 #: Source kinds whose position is empty: removing one loses nothing.
 _POSITIONLESS = frozenset({"constant"})
 
@@ -65,12 +65,13 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, li
         "sources_incompatible": [],
         "sources_changed": [],
     }
+    shape = shape_keys()
     for name, desc in c_ops.items():
         old = s_ops.get(name)
         if old is None:
             out["new"].append(name)
             continue
-        diffs = [f"{k} {old.get(k)!r} -> {desc.get(k)!r}" for k in _SHAPE if old.get(k) != desc.get(k)]
+        diffs = [f"{k} {old.get(k)!r} -> {desc.get(k)!r}" for k in shape if old.get(k) != desc.get(k)]
         if diffs:
             out["incompatible"].append((name, "; ".join(diffs)))
         else:

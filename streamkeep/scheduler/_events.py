@@ -292,22 +292,22 @@ class StateSizer:
             self.sizes[name] = (n, t)
         self._next = time.perf_counter() + 1.0
 
-    def measure(self, t: int, runtimes: dict[str, Any], encode: Any) -> None:
-        """Re-encode every operator's state if the budget allows (`encode(node, data) -> bytes`)."""
+    def measure(self, t: int, names: list[str], size_of: Any) -> None:
+        """Re-encode every operator's state if the budget allows (`size_of(name) -> bytes` of its state)."""
         now = time.perf_counter()
-        if now < self._next or not runtimes:
+        if now < self._next or not names:
             return
-        for name, rt in runtimes.items():
-            self.sizes[name] = (len(encode(rt.node, rt.snapshot())), t)
+        for name in names:
+            self.sizes[name] = (size_of(name), t)
         cost = time.perf_counter() - now
         self._next = time.perf_counter() + max(0.05, cost * self.BUDGET)
 
-    def info(self, runtimes: dict[str, Any]) -> dict[str, StateInfo]:
-        """`StateInfo` per operator: keys now, bytes as last measured."""
+    def info(self, keys: dict[str, int]) -> dict[str, StateInfo]:
+        """`StateInfo` per operator: keys now (`keys`: operator -> key count), bytes as last measured."""
         out = {}
-        for name, rt in runtimes.items():
+        for name, n in keys.items():
             b = self.sizes.get(name)
-            out[name] = StateInfo(rt.key_count(), b[0] if b else None, b[1] if b else None)
+            out[name] = StateInfo(n, b[0] if b else None, b[1] if b else None)
         return out
 
 

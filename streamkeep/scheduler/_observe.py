@@ -49,13 +49,15 @@ def batch_info(
                 per_partition[src.name] = dict(zip(keys, parts, strict=True))
             if not replay:
                 lag[src.name] = dict(src.last_lag)
-    runtimes = sched.executor.runtimes
-    snap = sched._snap_started
+    ex = sched.executor
+    names = ex.operators()
+    writer = sched.writer
+    snap = writer is not None and writer.started
     if not snap:
-        sched.sizer.measure(t, runtimes, encode_state)
+        sched.sizer.measure(t, names, lambda name: len(encode_state(sched.stateful[name], ex.snapshot(name))))
     ckpt = sched.ckpt
     written = (ckpt.written_bytes() - written_before) if ckpt is not None else 0
-    chains = sched._chains
+    restart_bytes, restart_deltas = writer.restart_cost() if writer is not None else (0, 0)
     info = BatchInfo(
         t,
         sum(counts.values()),
@@ -68,15 +70,15 @@ def batch_info(
         compute_ms=max(0.0, (p2 - p1) * 1e3 - outputs_ms),
         outputs_ms=outputs_ms,
         commit_ms=(p3 - p2) * 1e3,
-        operator_ms=dict(sched.executor.timings or {}),
-        state=sched.sizer.info(runtimes),
+        operator_ms=ex.timings(),
+        state=sched.sizer.info({name: ex.key_count(name) for name in names}),
         checkpoint_bytes=written,
         checkpoint_write_ms=((p3 - p2) + (sched._t_plan_write if not replay else 0.0)) * 1e3 if ckpt is not None else 0.0,
         snapshot=snap,
         replayed=replay,
         pending_batches=len(sched._pending),
-        restart_bytes=((sched._snapshot_bytes or 0) + sched._delta_bytes) if ckpt is not None else 0,
-        restart_deltas=max((len(c.deltas) for c in chains.values()), default=0),
+        restart_bytes=restart_bytes,
+        restart_deltas=restart_deltas,
         kafka_lag=lag,
     )
     sched._t_plan_write = 0.0
@@ -101,7 +103,7 @@ def job_started(sched: Any, mode: str, now_ms: int, checkpoint: str | None) -> J
         interval,
         checkpoint,
         [s.name for s in sched.sources],
-        list(sched.executor.runtimes),
+        sched.executor.operators(),
     )
     log.info("%s", describe_start(ev), extra=batch_extra(nxt))
     return ev

@@ -10,6 +10,7 @@ from typing import Any
 
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
+from streamkeep.codec._registry import refuse_pickle
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
 from streamkeep.executors._runtime import StatefulRuntime
@@ -71,9 +72,7 @@ def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str,
 
 def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
     """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
-    if codec_name == "pickle" and not allow_pickle:
-        msg = f"{where} was written with the pickle codec; pass codec='pickle' on its operator to load it"
-        raise CheckpointError(msg)
+    refuse_pickle(codec_name, allow_pickle, where)
     try:
         codec = get_codec(codec_name)
         d = codec.decode(payload)
@@ -87,12 +86,20 @@ def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str
         raise CorruptCheckpointError(msg) from exc
 
 
-def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]) -> None:
-    """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
-    allow = rt.node.codec == "pickle"
+def read_chain(ckpt: Checkpoint, codec: str, chain_data: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Read and decode a commit's chain ({snapshot, snapshot_time, deltas}) of an operator whose codec is `codec`.
+
+    Returns (snapshot or None, deltas in order): what `Executor.restore` takes.
+    """
+    allow = codec == "pickle"
     snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
     deltas = [
         decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
         for r in chain_data.get("deltas", [])
     ]
-    rt.load(snap, deltas)
+    return snap, deltas
+
+
+def load_chain(ckpt: Checkpoint, rt: StatefulRuntime, chain_data: dict[str, Any]) -> None:
+    """Load an operator's state from a commit's chain ({snapshot, snapshot_time, deltas}) into `rt`."""
+    rt.load(*read_chain(ckpt, rt.node.codec, chain_data))

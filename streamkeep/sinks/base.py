@@ -9,6 +9,9 @@ record the last applied batch time atomically with the data and skip replays.
 `FencedSink` is the optional capability of a sink that also refuses writes
 from a driver that lost the checkpoint to a newer one (a "zombie"); the
 scheduler hands such a sink a `FencingToken` once it owns the checkpoint.
+`MarkedSink` is the optional capability of a sink that records the last batch
+time it applied; a fresh job starts after it. The scheduler checks these with
+``isinstance(sink, Protocol)``; nothing else is probed.
 Must not import the scheduler, dstream, sources or executors.
 """
 
@@ -19,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from streamkeep._types import BatchTime
 
-__all__ = ["FencedSink", "FencingToken", "Sink"]
+__all__ = ["FencedSink", "FencingToken", "MarkedSink", "Sink"]
 
 
 @runtime_checkable
@@ -116,3 +119,16 @@ class FencedSink(Protocol):
 
     def set_fencing_token(self, token: FencingToken) -> None:
         """Remember the token; compare it with the stored epoch at every write."""
+
+
+@runtime_checkable
+class MarkedSink(Protocol):
+    """A sink that keeps a marker: the last batch time it applied (and skips batch times not after it).
+
+    A fresh job (no checkpoint, or a new one) whose first batch times would not be
+    after the marker starts after it instead, so the sink does not skip them.
+    `RedisSink` and `KafkaSink` implement it.
+    """
+
+    def last_batch(self) -> BatchTime | None:
+        """The last batch time applied, or None when the sink has applied none."""

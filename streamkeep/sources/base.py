@@ -5,6 +5,11 @@ first returns a *plan* (plain data: an offset range, a file list, a WAL segment
 id), which the scheduler makes durable, then reads exactly the planned input.
 Reading the same plan again must give the same records: that is what makes
 recovery exact. Must not import the scheduler, dstream, sinks or executors.
+
+Optional capabilities: a source that has one implements the matching small
+protocol below (`Materialisable`, `BatchIntervalAware`, `Backpressured`,
+`OffsetCommitting`); the scheduler checks ``isinstance(source, Protocol)`` and
+calls it. Nothing else is probed.
 """
 
 from __future__ import annotations
@@ -79,3 +84,43 @@ class Source(Protocol):
 
     def describe(self) -> dict[str, Data]:
         """Plain data describing the source's kind and shape (stored in the checkpoint)."""
+
+
+@runtime_checkable
+class Materialisable(Protocol):
+    """A source that is not replayable but writes its input into blobs when it plans (socket WAL, queues).
+
+    With ``can_materialise = True`` the source may run with a checkpoint: each plan
+    names the blobs (``plan["blobs"]``) holding exactly the input read back on replay.
+    """
+
+    can_materialise: bool
+
+
+@runtime_checkable
+class BatchIntervalAware(Protocol):
+    """A source that needs the job's batch interval (rate limits, records per batch)."""
+
+    def set_batch_interval_ms(self, interval_ms: int) -> None:
+        """Called once, before ``open()``, with the batch interval in ms."""
+
+
+@runtime_checkable
+class Backpressured(Protocol):
+    """A source that sizes its next plans from how the last batches went (backpressure)."""
+
+    def observe(self, batch_time: BatchTime, processing_ms: float, records: int, *, scheduling_delay_ms: float = 0.0) -> None:
+        """Called after every committed batch: its processing time, this source's records, its scheduling delay."""
+
+
+@runtime_checkable
+class OffsetCommitting(Protocol):
+    """A source that reports its progress to an external system (e.g. Kafka consumer-group offsets).
+
+    Informational only: the checkpoint holds the truth. The scheduler calls it after a
+    batch's commit (not while replaying planned batches) with the position of that
+    batch's plan; an exception is logged, not raised.
+    """
+
+    def commit_offsets(self, position: Data) -> None:
+        """Report `position` (as from ``position()``) to the external system."""

@@ -10,7 +10,8 @@ from streamkeep._types import Key
 
 class MemoryStateStore:
     """Keyed state in a dict. Operators may read `data` directly on hot paths,
-    but must write through `put`/`delete` (or `mark_changed`) so deltas stay right."""
+    but must write through `put`/`delete` (or add the key to `changed` after
+    changing a value in place) so deltas stay right."""
 
     __slots__ = ("changed", "data", "removed")
 

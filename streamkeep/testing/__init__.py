@@ -1,4 +1,4 @@
-"""Public test helpers: `ManualClock`, `ListSink`, `run_batches`, `CrashAt`.
+"""Public test helpers: `ManualClock`, `ListSink`, `run_batches`, `CrashAt`, `state_of`, `key_count_of`.
 
 Example:
     >>> from streamkeep.testing import run_batches
@@ -11,9 +11,9 @@ Example:
 from __future__ import annotations
 
 from streamkeep._clock import ManualClock
-from streamkeep.testing._helpers import CrashAt, ListSink, run_batches
+from streamkeep.testing._helpers import CrashAt, ListSink, key_count_of, run_batches, state_of
 
-__all__ = ["CrashAt", "ListSink", "ManualClock", "run_batches"]
+__all__ = ["CrashAt", "ListSink", "ManualClock", "key_count_of", "run_batches", "state_of"]
 
 for _public in (ManualClock, ListSink, CrashAt):
     _public.__module__ = __name__

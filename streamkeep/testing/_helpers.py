@@ -105,4 +105,29 @@ class CrashAt:
         return env
 
 
-__all__ = ["CrashAt", "ListSink", "ManualClock", "run_batches"]
+__all__ = ["CrashAt", "ListSink", "ManualClock", "key_count_of", "run_batches", "state_of"]
+
+
+def _executor(ssc: StreamingContext) -> Any:
+    sched = ssc._scheduler
+    if sched is None:
+        msg = "the job has not started: run a batch (ssc.run, ssc.start) or resume it with get_or_create first"
+        raise ConfigError(msg)
+    return sched.executor
+
+
+def state_of(ssc: StreamingContext, operator: str) -> dict[str, Any]:
+    """The whole state of stateful `operator` of a started job, as the checkpoint stores it.
+
+    Keyed operators: ``{"set": [(key, value), ...], "del": []}`` (map_with_state with a
+    timeout stores ``[state, last_ms]`` values); windows: their slices. Read through the
+    job's `Executor`, so it works for any executor.
+    """
+    data: dict[str, Any] = _executor(ssc).snapshot(operator)
+    return data
+
+
+def key_count_of(ssc: StreamingContext, operator: str) -> int:
+    """Keys (or records) stateful `operator` of a started job holds."""
+    n: int = _executor(ssc).key_count(operator)
+    return n

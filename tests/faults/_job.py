@@ -23,7 +23,7 @@ import time
 
 import streamkeep as sk
 from streamkeep.sinks import FileSink
-from streamkeep.testing import ManualClock
+from streamkeep.testing import ManualClock, state_of
 
 INTERVAL_MS = 1000
 FEED_UNTIL = 0.6  # the feeder stops after this fraction of the batches, so keys time out
@@ -107,9 +107,8 @@ def _norm(x: object) -> object:
 
 def dump_state(ssc: sk.StreamingContext) -> dict[str, object]:
     out: dict[str, object] = {}
-    runtimes = ssc._scheduler.executor.runtimes  # type: ignore[union-attr]
-    for name, rt in sorted(runtimes.items()):
-        snap = rt.snapshot()
+    for name in sorted(ssc._scheduler.executor.operators()):  # type: ignore[union-attr]
+        snap = state_of(ssc, name)
         out[name] = {k: sorted((_norm(v) for v in vals), key=repr) for k, vals in snap.items()}
     return out
 

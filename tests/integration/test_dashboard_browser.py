@@ -18,7 +18,7 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.scheduler._events import iso_ms
-from streamkeep.testing import ManualClock
+from streamkeep.testing import ManualClock, key_count_of
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_dashboard_shows_the_running_jobs_real_numbers(tmp_path: Path) -> None:
         assert [int(r.get_attribute("data-t")) for r in rows] == [i.batch_time_ms for i in reversed(ev.batches)]
         assert [r.find_element("css selector", "td.records").text for r in rows] == [_fmt(i.num_records) for i in reversed(ev.batches)]
         # state per operator: the real key count
-        keys = len(ssc._scheduler.executor.runtimes["clicks_per_user"].store)  # type: ignore[union-attr]
+        keys = key_count_of(ssc, "clicks_per_user")
         assert keys == 37 == last.state["clicks_per_user"].keys
         assert find("css selector", 'tr[data-operator="clicks_per_user"] td.keys').text == _fmt(keys)
         # checkpoint panel: last commit and pending plans

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
-from streamkeep.testing import ListSink, ManualClock
+from streamkeep.testing import ListSink, ManualClock, state_of
 
 
 def _job(url: str, keys: int, changed: int) -> sk.StreamingContext:
@@ -55,9 +55,7 @@ def test_restart_after_adaptive_snapshots_is_exact(tmp_path: Path) -> None:
         ssc.run(total - ((ssc.last_batch_time_ms or 0) // 1000))
         ssc.stop()
     ssc = sk.StreamingContext.get_or_create(url, lambda: _job(url, keys=50, changed=40))
-    sched = ssc._scheduler
-    assert sched is not None
-    state = dict(sched.executor.runtimes["m"].state_items())  # type: ignore[attr-defined]
+    state = dict(state_of(ssc, "m")["set"])
     ssc.stop()
     rows = 45 * 40
     assert state == {k: len(range(k, rows, 50)) for k in range(50)}

@@ -9,7 +9,7 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.scheduler._state_io import encode_state
-from streamkeep.testing import ManualClock
+from streamkeep.testing import ManualClock, key_count_of, state_of
 
 
 class Recorder(sk.StreamingListener):
@@ -64,8 +64,8 @@ class _Peek:
         self.ssc, self.seen = ssc, seen
 
     def on_batch_completed(self, info: sk.BatchInfo) -> None:
-        rt = self.ssc._scheduler.executor.runtimes["counts"]  # type: ignore[union-attr]
-        self.seen.append((info, len(rt.store), len(encode_state(rt.node, rt.snapshot()))))
+        node = self.ssc._scheduler.stateful["counts"]  # type: ignore[union-attr]
+        self.seen.append((info, key_count_of(self.ssc, "counts"), len(encode_state(node, state_of(self.ssc, "counts")))))
 
 
 def test_events_of_a_fresh_job_carry_its_real_numbers(tmp_path: Any) -> None:

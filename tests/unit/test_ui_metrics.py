@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import streamkeep as sk
 from streamkeep.errors import ConfigError
-from streamkeep.testing import ManualClock
+from streamkeep.testing import ManualClock, key_count_of, state_of
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -62,13 +62,14 @@ def test_metrics_agree_with_events_and_the_real_job(tmp_path: Any) -> None:
         code, body = _get(url + "metrics")
         assert code == 200
         m = _samples(body.decode())
-        rt = ssc._scheduler.executor.runtimes["counts"]  # type: ignore[union-attr]
         assert m[("streamkeep_batches_completed_total", ())] == 7 == len(ev.batches)
         assert m[("streamkeep_input_records_total", (("source", "rate"),))] == 7 * 13 == sum(i.num_records for i in ev.batches)
-        assert m[("streamkeep_state_keys", (("operator", "counts"),))] == len(rt.store) == 11
+        assert m[("streamkeep_state_keys", (("operator", "counts"),))] == key_count_of(ssc, "counts") == 11
         assert m[("streamkeep_state_bytes", (("operator", "counts"),))] == ev.batches[-1].state["counts"].bytes
         assert ev.batches[5].snapshot and ev.batches[5].state["counts"].bytes == len(
-            __import__("streamkeep.scheduler._state_io", fromlist=["encode_state"]).encode_state(rt.node, rt.snapshot())
+            __import__("streamkeep.scheduler._state_io", fromlist=["encode_state"]).encode_state(
+                ssc._scheduler.stateful["counts"], state_of(ssc, "counts")  # type: ignore[union-attr]
+            )
         )  # the size at the last snapshot (batch 6) is the real encoded state (state unchanged in shape since)
         written = sum(i.checkpoint_bytes for i in ev.batches) + sum(s.bytes for s in ev.snapshots)
         assert m[("streamkeep_checkpoint_write_bytes_total", ())] == written > 0

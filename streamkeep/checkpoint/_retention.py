@@ -1,0 +1,170 @@
+"""Which files of a checkpoint are still needed, deleting the rest, and the blob stores of sources.
+
+Knows the layout (``log/``, ``plans/``, ``state/<op>/<T>.delta|snap``, ``blobs/``) and
+nothing of operators or sources beyond the blob names the scheduler hands it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from streamkeep import _faults
+from streamkeep.checkpoint._checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
+from streamkeep.codec import UnsupportedValueError
+from streamkeep.errors import CheckpointError, CorruptCheckpointError
+
+log = logging.getLogger("streamkeep.scheduler")
+
+
+class MemoryBlobs:
+    """Blobs of sources in memory (a job without a checkpoint)."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._d: dict[str, Any] = {}
+
+    def put(self, name: str, data: Any) -> None:
+        """Store `data` under `name`."""
+        self._d[name] = data
+
+    def get(self, name: str) -> Any:
+        """The data stored under `name`."""
+        return self._d[name]
+
+    def delete(self, name: str) -> None:
+        """Forget `name`."""
+        self._d.pop(name, None)
+
+
+class CheckpointBlobs:
+    """Blobs of sources in the checkpoint's ``blobs/`` (durable)."""
+
+    durable = True
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self._ckpt = ckpt
+
+    def put(self, name: str, data: Any) -> None:
+        """Store `data` under `name`; CheckpointError when the codec cannot store it."""
+        try:
+            self._ckpt.put_blob(name, data)
+        except UnsupportedValueError as exc:
+            msg = f"source data for blob {name!r} cannot be stored in the checkpoint: {exc}"
+            raise CheckpointError(msg) from exc
+
+    def get(self, name: str) -> Any:
+        """The data stored under `name`."""
+        return self._ckpt.get_blob(name)
+
+    def delete(self, name: str) -> None:
+        """Delete the blob `name`."""
+        self._ckpt.delete(blob_path(name))
+
+
+class Retention:
+    """Keeps the files the newest `keep_commits` commits (and pending plans) need; deletes the rest.
+
+    The scheduler tells it what it wrote (`planned`, `committed`) and, at recovery, which
+    commit it uses and which it could fall back to (`recovered`, `keep_plan`); `sweep`
+    then deletes a crash's leftovers.
+    """
+
+    def __init__(self, ckpt: Checkpoint, keep_commits: int) -> None:
+        self.ckpt = ckpt
+        # At least two: the newest commit and one to fall back to if it is lost (keep_commits=1 keeps two).
+        self.keep_commits = max(2, keep_commits)
+        self.retained: deque[tuple[int, int, set[str]]] = deque()  # (seq, batch time, files) per kept commit
+        self.plan_blobs: dict[int, list[str]] = {}  # batch time -> blobs its plan names
+        self.plans_written: deque[int] = deque()  # batch times of plans on storage, oldest first
+
+    def planned(self, t: int, blobs: list[str]) -> None:
+        """The plan of batch `t`, naming `blobs`, was written (or found pending at recovery)."""
+        self.plans_written.append(t)
+        if blobs:
+            self.plan_blobs[t] = list(blobs)
+
+    def recovered(self, rec: CommitRecord, prev: CommitRecord | None) -> CommitRecord | None:
+        """Recovery uses commit `rec`; `prev` (the next older one) stays as its fallback. Returns `prev`, or None when unusable."""
+        self.retained.clear()
+        if prev is not None:
+            try:
+                self.retained.append((prev.seq, prev.batch_time, prev.files()))
+            except CorruptCheckpointError:
+                prev = None
+        self.retained.append((rec.seq, rec.batch_time, rec.files()))
+        if prev is not None:
+            # Plans after the fallback commit `prev` stay (with their blobs) until retention drops `prev`.
+            for t in self.ckpt.plan_times():
+                if prev.batch_time < t <= rec.batch_time:
+                    self.plans_written.append(t)
+                    try:
+                        self.plan_blobs[t] = list(self.ckpt.read_plan(t).get("blobs", []))
+                    except CheckpointError as exc:  # only the fallback needs it; recovery goes on
+                        log.warning("the plan of batch %d ms (needed only to fall back to batch %d ms) is unreadable: %s", t, prev.batch_time, exc)
+        return prev
+
+    def committed(self, seq: int, t: int, files: set[str]) -> None:
+        """Commit `seq` of batch `t` needs `files`: delete what the commit falling out of the kept ones alone needed."""
+        ckpt = self.ckpt
+        self.retained.append((seq, t, files))
+        if len(self.retained) <= self.keep_commits:
+            return
+        old_seq, _, old_files = self.retained.popleft()
+        oldest_seq, oldest_t, _ = self.retained[0]
+        keep = set().union(*(f for _, _, f in self.retained))
+        doomed = [f for f in old_files if f not in keep]
+        doomed += [log_path(s) for s in range(old_seq, oldest_seq)]
+        for pt in [pt for pt in self.plan_blobs if pt <= oldest_t]:
+            doomed += [blob_path(b) for b in self.plan_blobs.pop(pt)]
+        while self.plans_written and self.plans_written[0] <= oldest_t:
+            doomed.append(plan_path(self.plans_written.popleft()))
+        for i, rel in enumerate(doomed):
+            ckpt.delete(rel)
+            if i == 0:
+                _faults.point("retention.mid_delete")
+
+    def sweep(self, rec: CommitRecord | None, prev: CommitRecord | None, keep_blobs: set[str]) -> None:
+        """Delete what neither the commit `rec`, nor the fallback `prev`, nor a pending plan, nor `keep_blobs` needs.
+
+        Only files of the checkpoint's own naming are deleted: log records by number, plans
+        by batch time, state files named ``<T>.delta``/``<T>.snap``, blobs, temp files.
+        """
+        ckpt = self.ckpt
+        st = ckpt.storage
+        st.remove_temp_files("")
+        deleted = 0
+
+        def delete(rel: str) -> None:
+            nonlocal deleted
+            st.delete(rel)
+            deleted += 1
+            if deleted == 1:
+                _faults.point("recovery.mid_sweep")
+
+        keep = rec.files() if rec is not None else set()
+        if prev is not None:
+            keep |= prev.files()
+        oldest = prev if prev is not None else rec
+        committed = oldest.batch_time if oldest is not None else -1
+        for d in st.list_dirs("state"):
+            for n in st.list(f"state/{d}"):
+                rel = f"state/{d}/{n}"
+                stem, _, ext = n.partition(".")
+                if not (stem.isdigit() and len(stem) == 15 and ext in ("delta", "snap")):
+                    log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
+                elif rel not in keep:
+                    delete(rel)
+        if oldest is not None:
+            for seq in ckpt.log_seqs():
+                if seq < oldest.seq:
+                    delete(log_path(seq))
+        pending_blobs = {b for blobs in self.plan_blobs.values() for b in blobs} | keep_blobs
+        for t in ckpt.plan_times():
+            if t <= committed:
+                delete(plan_path(t))
+        for n in st.list("blobs"):
+            if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
+                delete(f"blobs/{n}")

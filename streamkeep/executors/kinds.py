@@ -1,0 +1,139 @@
+"""One place per stateful operator kind: the registry of node class -> runtime (and description).
+
+Everything that needs to know the stateful operator kinds reads this registry: the
+executors build runtimes with `make_runtime`, the checkpoint compatibility check
+compares the description keys in `shape_keys()`, and ``streamkeep checkpoint``
+rebuilds a node from a stored description (`node_from_description`) to load
+state without the job's code.
+
+Adding a stateful operator takes: its node class (``dstream/_graph.py``, with
+``describe()``), its DStream method, its runtime (a `StatefulRuntime`, e.g. in
+``executors/_runtime.py``), and one `register(OperatorKind(...))` call (below, or
+in the runtime's own module imported from here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
+from streamkeep.errors import CheckpointError
+from streamkeep.executors._runtime import (
+    MapWithStateRuntime,
+    ReduceWindowRuntime,
+    StatefulRuntime,
+    UpdateStateRuntime,
+    WindowRuntime,
+)
+
+
+@dataclass(frozen=True)
+class OperatorKind:
+    """A stateful operator kind, as registered.
+
+    Attributes:
+        kind: the ``kind`` its node's ``describe()`` stores (the node's ``op``).
+        node: its node class (subclasses are matched only if not registered themselves).
+        runtime: ``runtime(node, zero_ms)`` builds the runtime holding its state.
+        shape: description keys (besides ``kind``) whose change makes stored state unusable.
+        from_description: ``from_description(common, desc)`` builds a node able to load
+            stored state from the stored description `desc` alone (no user functions);
+            `common` holds the keyword arguments every `StatefulNode` takes.
+    """
+
+    kind: str
+    node: type[StatefulNode]
+    runtime: Callable[[Any, int], StatefulRuntime]
+    shape: tuple[str, ...]
+    from_description: Callable[[dict[str, Any], dict[str, Any]], StatefulNode]
+
+
+#: Registered kinds by `OperatorKind.kind`, in registration order.
+KINDS: dict[str, OperatorKind] = {}
+
+
+def register(kind: OperatorKind) -> OperatorKind:
+    """Register a stateful operator kind (once; a second registration of a kind replaces it)."""
+    KINDS[kind.kind] = kind
+    return kind
+
+
+def kind_of(node: StatefulNode) -> OperatorKind:
+    """The registered kind of `node` (by its class, nearest registered base class first)."""
+    for cls in type(node).__mro__:
+        for k in KINDS.values():
+            if k.node is cls:
+                return k
+    msg = f"no runtime for stateful operator {node.label}: its kind is not registered (streamkeep.executors.kinds.register)"
+    raise CheckpointError(msg)
+
+
+def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:
+    """The runtime for a stateful node."""
+    return kind_of(node).runtime(node, zero_ms)
+
+
+def shape_keys() -> tuple[str, ...]:
+    """``kind`` and every registered kind's shape keys, in registration order (no repeats)."""
+    keys = {"kind": None}
+    for k in KINDS.values():
+        keys.update(dict.fromkeys(k.shape))
+    return tuple(keys)
+
+
+def _ignore(*_: Any) -> None:  # stands in for user functions: never called when only loading state
+    return None
+
+
+def node_from_description(name: str, desc: dict[str, Any], interval_ms: int) -> StatefulNode | None:
+    """A node able to load operator `name`'s stored state, from its stored description; None for an unknown kind."""
+    k = KINDS.get(str(desc.get("kind")))
+    if k is None:
+        return None
+    common: dict[str, Any] = {
+        "id": -1,
+        "op": k.kind,
+        "parents": (),
+        "slide_ms": int(desc.get("slide_ms", interval_ms)),
+        "name": name,
+        "codec": str(desc.get("codec", "msgpack")),
+    }
+    return k.from_description(common, desc)
+
+
+# -- the built-in kinds (registration order is the order `shape_keys` lists their keys) -----------
+
+_WINDOW_SHAPE = ("length_ms", "slide_ms", "parent_slide_ms")
+
+register(OperatorKind("window", WindowNode, WindowRuntime, _WINDOW_SHAPE, lambda c, d: WindowNode(**c, length_ms=int(d["length_ms"]))))
+register(
+    OperatorKind(
+        "reduce_by_key_and_window",
+        ReduceWindowNode,
+        ReduceWindowRuntime,
+        (*_WINDOW_SHAPE, "inverse"),
+        lambda c, d: ReduceWindowNode(
+            **c, length_ms=int(d["length_ms"]), f=_ignore, inv_f=_ignore if d.get("inverse") else None, filter_f=None, num_partitions=None
+        ),
+    )
+)
+register(
+    OperatorKind(
+        "update_state_by_key",
+        UpdateStateNode,
+        lambda n, _zero: UpdateStateRuntime(n),
+        (),
+        lambda c, d: UpdateStateNode(**c, update=_ignore, initial=(), num_partitions=None),
+    )
+)
+register(
+    OperatorKind(
+        "map_with_state",
+        MapWithStateNode,
+        lambda n, _zero: MapWithStateRuntime(n),
+        ("timeout",),
+        lambda c, d: MapWithStateNode(**c, f=_ignore, timeout_ms=1 if d.get("timeout") else None, initial=()),
+    )
+)

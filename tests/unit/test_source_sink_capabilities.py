@@ -1,0 +1,88 @@
+"""Optional source and sink capabilities are declared protocols, not probed attributes (issue 11.5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamkeep as sk
+from streamkeep.sinks import FileSink
+from streamkeep.sinks.base import FencedSink, MarkedSink
+from streamkeep.sinks.kafka import KafkaSink
+from streamkeep.sinks.redis import RedisSink
+from streamkeep.sources.base import Backpressured, BatchIntervalAware, Materialisable, OffsetCommitting
+from streamkeep.sources.files import TextFileSource
+from streamkeep.sources.kafka import KafkaSource
+from streamkeep.sources.queue import QueueSource
+from streamkeep.sources.rate import RateSource
+from streamkeep.sources.socket import SocketTextSource
+from streamkeep.testing import ListSink, ManualClock
+
+
+def test_builtin_sources_and_sinks_declare_their_capabilities() -> None:
+    assert issubclass(KafkaSource, BatchIntervalAware) and issubclass(KafkaSource, Backpressured) and issubclass(KafkaSource, OffsetCommitting)
+    assert issubclass(RateSource, BatchIntervalAware) and not issubclass(RateSource, Backpressured)
+    assert not issubclass(TextFileSource, OffsetCommitting)
+    assert QueueSource.can_materialise is True and SocketTextSource.can_materialise is True
+    assert issubclass(RedisSink, MarkedSink) and issubclass(KafkaSink, MarkedSink) and not issubclass(FileSink, MarkedSink)
+    assert issubclass(FileSink, FencedSink)
+
+
+class _Counting:
+    """A user-written replayable source with every optional capability."""
+
+    replayable = True
+
+    def __init__(self) -> None:
+        self.name, self.next, self.calls = "c", 0, []  # type: ignore[var-annotated]
+
+    def set_batch_interval_ms(self, interval_ms: int) -> None:
+        self.calls.append(("interval", interval_ms))
+
+    def open(self, blobs: Any) -> None:
+        self.calls.append(("open",))
+
+    def restore(self, position: Any) -> None:
+        self.next = position
+
+    def position(self) -> Any:
+        return self.next
+
+    def plan(self, batch_time: int) -> Any:
+        self.next += 2
+        return [self.next - 2, self.next]
+
+    def read(self, plan: Any, batch_time: int) -> list[list[Any]]:
+        return [list(range(plan[0], plan[1]))]
+
+    def exhausted(self) -> bool:
+        return self.next >= 6
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "counting"}
+
+    def observe(self, batch_time: int, processing_ms: float, records: int, *, scheduling_delay_ms: float = 0.0) -> None:
+        self.calls.append(("observe", batch_time, records))
+
+    def commit_offsets(self, position: Any) -> None:
+        self.calls.append(("commit", position))
+
+
+def test_a_user_source_gets_the_calls_its_capabilities_declare(tmp_path: Any) -> None:
+    src = _Counting()
+    assert isinstance(src, BatchIntervalAware) and isinstance(src, Backpressured) and isinstance(src, OffsetCommitting)
+    assert not isinstance(src, Materialisable)
+    ssc = sk.StreamingContext(2.0, checkpoint=str(tmp_path / "c"), clock=ManualClock())
+    out = ListSink()
+    ssc.add_source(src).write_to(out)
+    ssc.run()
+    ssc.stop()
+    assert out.batches == [(2000, [0, 1]), (4000, [2, 3]), (6000, [4, 5])]
+    assert src.calls == [
+        ("interval", 2000), ("open",),
+        ("commit", 2), ("observe", 2000, 2),
+        ("commit", 4), ("observe", 4000, 2),
+        ("commit", 6), ("observe", 6000, 2),
+    ]

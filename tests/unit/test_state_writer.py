@@ -1,0 +1,146 @@
+"""`StateWriter`: inline deltas, delta files and the snapshot cadence, on a real local checkpoint (issue 11.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.dstream._graph import UpdateStateNode
+from streamkeep.errors import CheckpointError
+from streamkeep.scheduler._state_io import Chain, read_chain
+from streamkeep.scheduler._state_writer import FIRST_SNAPSHOT_AFTER, MAX_CHAIN, StateWriter
+
+
+class _FakeExecutor:
+    """Hands over the deltas and snapshots a test sets: the writer sees only the Executor protocol."""
+
+    def __init__(self) -> None:
+        self.state: dict[Any, Any] = {}
+        self.changed: dict[Any, Any] = {}
+
+    def operators(self) -> list[str]:
+        return ["n"]
+
+    def put(self, key: Any, value: Any) -> None:
+        self.state[key] = value
+        self.changed[key] = value
+
+    def delta(self, name: str) -> dict[str, Any] | None:
+        if not self.changed:
+            return None
+        out = {"set": list(self.changed.items()), "del": []}
+        self.changed = {}
+        return out
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        return {"set": list(self.state.items()), "del": []}
+
+
+def _node() -> UpdateStateNode:
+    return UpdateStateNode(id=1, op="update_state_by_key", parents=(), slide_ms=1000, name="n", codec="msgpack", update=lambda v, s: s, initial=(), num_partitions=None)
+
+
+def _writer(tmp_path: Path, **kw: Any) -> tuple[StateWriter, Checkpoint, list[Any]]:
+    ckpt = Checkpoint(str(tmp_path / "c"))
+    ckpt.claim(owner="test", engine_version="test")
+    seen: list[Any] = []
+    kw.setdefault("snapshot_every", None)
+    kw.setdefault("inline_delta_bytes", 4096)
+    w = StateWriter(ckpt, {"n": _node()}, on_snapshot=lambda *a: seen.append(a), **kw)
+    return w, ckpt, seen
+
+
+def test_small_deltas_ride_inline_until_their_total_is_reached(tmp_path: Path) -> None:
+    w, ckpt, _ = _writer(tmp_path, inline_delta_bytes=40)
+    ex = _FakeExecutor()
+    kinds = []
+    for t in range(1000, 6000, 1000):
+        ex.put(f"k{t}", "x" * 8)
+        state = w.write(t, ex)  # type: ignore[arg-type]
+        kinds.append("inline" if isinstance(state["n"]["deltas"][-1], dict) else "file")
+    assert kinds[0] == "inline" and kinds[-1] == "file" and kinds == sorted(kinds, key=lambda k: k == "file")
+    snap, deltas = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
+    assert snap is None and [k for d in deltas for k, _ in d["set"]] == [f"k{t}" for t in range(1000, 6000, 1000)]
+    ckpt.release()
+
+
+def test_a_batch_without_changes_adds_no_delta(tmp_path: Path) -> None:
+    w, ckpt, _ = _writer(tmp_path)
+    state = w.write(1000, _FakeExecutor())  # type: ignore[arg-type]
+    assert state == {"n": {"snapshot": None, "snapshot_time": 0, "deltas": []}}
+    ckpt.release()
+
+
+def test_snapshot_every_n_batches_is_written_in_the_background_and_adopted(tmp_path: Path) -> None:
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=3)
+    ex = _FakeExecutor()
+    started = []
+    for i in range(1, 8):
+        ex.put(i % 2, i)
+        w.write(i * 1000, ex)  # type: ignore[arg-type]
+        started.append(w.started)
+    w.adopt(wait=True)
+    assert started == [False, False, True, False, False, True, False]
+    assert [s[0] for s in seen] == [3000, 6000]
+    chain = w.chains["n"]
+    assert chain.snapshot_time == 6000 and [t for t, _ in chain.deltas] == [7000]
+    snap, deltas = read_chain(ckpt, "msgpack", chain.as_data())
+    assert snap is not None and dict(snap["set"]) == {1: 5, 0: 6} and dict(deltas[0]["set"]) == {1: 7}
+    w.close()
+    ckpt.release()
+
+
+def test_adaptive_cadence_first_snapshot_then_half_its_size_in_deltas(tmp_path: Path) -> None:
+    w, ckpt, _ = _writer(tmp_path)
+    ex = _FakeExecutor()
+    for k in range(200):
+        ex.state[k] = k
+    t = 0
+    for _ in range(FIRST_SNAPSHOT_AFTER - 1):
+        t += 1000
+        ex.put(0, t)
+        w.write(t, ex)  # type: ignore[arg-type]
+        assert not w.started
+    t += 1000
+    ex.put(0, t)
+    w.write(t, ex)  # type: ignore[arg-type]
+    assert w.started and w.snapshot_bytes is not None
+    w.adopt(wait=True)
+    n = 0
+    while True:  # each delta is small: it takes many batches to reach half the snapshot
+        t += 1000
+        ex.put(0, t)
+        w.write(t, ex)  # type: ignore[arg-type]
+        n += 1
+        if w.started or n > MAX_CHAIN:
+            break
+    assert 2 < n < MAX_CHAIN
+    w.close()
+    ckpt.release()
+
+
+def test_restored_chains_resume_the_cadence(tmp_path: Path) -> None:
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=4)
+    w.restored({"n": Chain(None, 0, [(1000, "a"), (2000, "b"), (3000, "c")])})
+    assert w.since_snapshot == 3
+    ex = _FakeExecutor()
+    w.write(4000, ex)  # type: ignore[arg-type]
+    assert w.started
+    w.close()
+    ckpt.release()
+
+
+def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> None:
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=1)
+
+    def broken(*_: Any) -> str:
+        raise OSError("disk full")
+
+    ckpt.write_state = broken  # type: ignore[method-assign]
+    w.write(1000, _FakeExecutor())  # type: ignore[arg-type]  # no delta to write; the snapshot thread fails
+    with pytest.raises(CheckpointError, match="writing a state snapshot to the checkpoint failed: disk full"):
+        w.adopt(wait=True)
+    ckpt.release()
