@@ -17,6 +17,7 @@ from typing import Any
 
 from streamkeep._util import short_repr
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
+from streamkeep.dstream._event_time import EventWindowNode
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import CheckpointError, UserFunctionError
@@ -528,6 +529,10 @@ class ReduceWindowRuntime(WindowRuntime):
 
 def make_runtime(node: StatefulNode, zero_ms: int) -> StatefulRuntime:
     """The runtime for a stateful node."""
+    if isinstance(node, EventWindowNode):  # event time: streamkeep/executors/_event_time.py
+        from streamkeep.executors._event_time import EventWindowRuntime
+
+        return EventWindowRuntime(node)
     if isinstance(node, ReduceWindowNode):
         return ReduceWindowRuntime(node, zero_ms)
     if isinstance(node, WindowNode):

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamkeep.dstream._event_time import EVENT_TIME_SHAPE
 from streamkeep.errors import IncompatibleCheckpointError
 
-_SHAPE = ("kind", "length_ms", "slide_ms", "parent_slide_ms", "inverse", "timeout")
+_SHAPE = ("kind", "length_ms", "slide_ms", "parent_slide_ms", "inverse", "timeout", *EVENT_TIME_SHAPE)
 #: Source kinds whose position is empty: removing one loses nothing.
 _POSITIONLESS = frozenset({"constant"})
 
