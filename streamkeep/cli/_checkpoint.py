@@ -33,8 +33,10 @@ from streamkeep.checkpoint._checkpoint import check_chain, check_record, log_pat
 from streamkeep.checkpoint._format import VERIFY_HINT, read_frame
 from streamkeep.checkpoint.storage import confine
 from streamkeep.context import StreamingContext
+from streamkeep.dstream._event_time import node_from_description
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
+from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import StatefulRuntime, make_runtime
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._state_io import load_chain, read_state_file
@@ -135,6 +137,8 @@ def _runtime_for(name: str, desc: dict[str, Any], interval_ms: int, zero_ms: int
         node = ReduceWindowNode(**common, length_ms=int(desc["length_ms"]), f=_ignore, inv_f=inv, filter_f=None, num_partitions=None)
     elif kind == "window":
         node = WindowNode(**common, length_ms=int(desc["length_ms"]))
+    elif kind in ("event_window_reduce", "event_window_count"):
+        node = node_from_description(common, desc)
     else:
         return None
     return make_runtime(node, zero_ms)
@@ -182,6 +186,8 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
         info["error"] = str(exc)
         return info
     info["keys"] = rt.key_count()
+    if isinstance(rt, EventWindowRuntime):
+        info["event_time"] = rt.status()
     return info
 
 
@@ -300,6 +306,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
         p(
             f"    {name} ({op['kind']}, {op['codec']}): {keys} keys, {_human(op['bytes'])} = {snap} + {op['deltas']} deltas ({_human(op['delta_bytes'])})"
         )
+        if "event_time" in op:
+            p(f"      event time: {_short(op['event_time'])}")
         if "shape" in op:
             p(f"      shape {_short(op['shape'])}")
         for k in ("note", "error"):

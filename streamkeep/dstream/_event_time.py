@@ -100,6 +100,22 @@ class EventWindowNode(StatefulNode):
         }
 
 
+def node_from_description(common: dict[str, Any], desc: dict[str, Any]) -> EventWindowNode:
+    """A node able to load an event-time window's stored state (``checkpoint inspect``), from its description alone."""
+    kind = str(desc.get("window"))
+    size = int(desc.get("gap_ms") or desc.get("size_ms") or 1)
+    slide = int(desc.get("window_slide_ms") or size)
+    return EventWindowNode(
+        **common, ts=_never, max_delay_ms=int(desc.get("max_delay_ms") or 0), idle_timeout_ms=desc.get("idle_timeout_ms"),
+        window=kind, size_ms=size, window_slide_ms=slide, lateness_ms=int(desc.get("allowed_lateness_ms") or 0),
+        f=operator.add, counting=False, keyed=True, num_partitions=None,
+    )
+
+
+def _never(_record: Any) -> Any:  # stands in for the user's ts when only loading state
+    return None
+
+
 def _lateness(value: Duration | None, op: str) -> int:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
         return 0
@@ -288,5 +304,6 @@ __all__ = [
     "WindowResult",
     "event_ms",
     "ms_datetime",
+    "node_from_description",
     "with_event_time",
 ]

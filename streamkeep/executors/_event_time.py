@@ -289,6 +289,15 @@ class EventWindowRuntime(StatefulRuntime):
     def key_count(self) -> int:
         return len(self.store)
 
+    def status(self) -> dict[str, Any]:
+        """Watermark, largest event time, open windows and late records so far (``checkpoint inspect``)."""
+        return {
+            "watermark_ms": self.watermark_ms,
+            "max_event_ms": self.max_event_ms,
+            "open_windows": sum(len(v) for v in self.store.data.values()) if self.node.window == "session" else len(self.store),
+            "late_records": self.late_total,
+        }
+
     def drained(self, last_t: int) -> bool:
         """Open windows wait for more input, except with idle_timeout (later batches advance the watermark)."""
         return self.node.idle_timeout_ms is None or not self.store.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 from datetime import datetime, timedelta, timezone
@@ -187,3 +188,20 @@ def test_windows_describe_their_shape_for_the_checkpoint() -> None:
         "kind": "event_window_reduce", "codec": "msgpack", "window": "sliding", "size_ms": 4000, "window_slide_ms": 2000,
         "gap_ms": None, "max_delay_ms": 2000, "allowed_lateness_ms": 1000, "idle_timeout_ms": 5000,
     }
+
+
+def test_checkpoint_inspect_shows_the_watermark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamkeep.cli._main import main
+
+    url = str(tmp_path / "ckpt")
+    ssc = sk.StreamingContext.get_or_create(url, lambda: _ckpt_job(url, 5, ListSink()))
+    ssc.run(max_batches=3)  # events 1, 2, 9 s (relative to T0), max_delay 1 s: watermark T0 + 8 s; [5, 10) open
+    ssc.stop()
+    capsys.readouterr()
+    assert main(["checkpoint", "inspect", url, "--json"]) == 0
+    op = json.loads(capsys.readouterr().out)["operators"]["per_win"]
+    t0 = int(T0.timestamp() * 1000)
+    assert op["event_time"] == {"watermark_ms": t0 + 8000, "max_event_ms": t0 + 9000, "open_windows": 1, "late_records": 0}
+    assert op["keys"] == 1
+    assert main(["checkpoint", "inspect", url]) == 0
+    assert "event time: " in capsys.readouterr().out
