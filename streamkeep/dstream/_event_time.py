@@ -62,11 +62,8 @@ class LateBuffer:
         self.records = records
 
     def take(self, t: int) -> list[Any]:
-        """The late records of batch `t` (empty when the runtime has none for `t`)."""
-        if self.t != t:
-            return []
-        out, self.records = self.records, []
-        return out
+        """The late records of batch `t` (empty when the runtime has none for `t`); every reader gets them."""
+        return list(self.records) if self.t == t else []
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -213,3 +213,15 @@ def test_the_docs_example_prints_what_the_docs_say(capsys: pytest.CaptureFixture
     printed = text.split("prints\n\n```\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "docs/event-time.md", "exec"), {})
     assert capsys.readouterr().out == printed
+
+
+def test_two_late_records_streams_both_get_every_late_record() -> None:
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    ets = ssc.queue_stream([[rec("a", 5.0)], [rec("a", 0.1)]], name="in").with_event_time(lambda kv: at(kv[1][0]), max_delay=1)
+    out = ets.tumbling_window(1).count_by_key(name="c")
+    one, two = ListSink("one"), ListSink("two")
+    out.late_records().write_to(one)
+    out.late_records().map(lambda r: r[0]).write_to(two)
+    ssc.run()
+    ssc.stop()
+    assert one.records() == [rec("a", 0.1)] and two.records() == ["a"]
