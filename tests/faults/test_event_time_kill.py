@@ -101,3 +101,25 @@ def test_kill_at_each_crash_point_equals_the_uncrashed_run(
     got = _finished(spec, tmp_path, crashes)
     for name in job.OUTPUTS:
         assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
+
+
+_ANY_POINT = list(_faults.BATCH_POINTS + _faults.START_POINTS + _faults.RECOVERY_POINTS)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_kill_sequences_equal_the_uncrashed_run(
+    seed: int, baseline: tuple[dict[str, Any], dict[str, dict[int, list[Any]]]], tmp_path: Path
+) -> None:
+    """Two or three kills in a row at random points and reaches (starts and recoveries included)."""
+    spec, want = baseline
+    rng = random.Random(seed)
+    crashes = [f"{rng.choice(_ANY_POINT)}@{rng.randint(1, 8)}" for _ in range(rng.randint(2, 3))]
+    for crash in crashes:
+        r = _run(spec, tmp_path, crash)
+        # killed there, or finished because the point is reached fewer times in what was left to run
+        assert r.returncode in (0, -signal.SIGKILL), f"{crash}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    r = _run(spec, tmp_path, None)
+    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    got = job.read_file_sinks(str(tmp_path / "out"))
+    for name in job.OUTPUTS:
+        assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
