@@ -13,7 +13,7 @@ from __future__ import annotations
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.context import StreamingContext
-from streamkeep.dstream import DStream, State
+from streamkeep.dstream import DStream, State, WindowResult
 from streamkeep.errors import (
     CheckpointError,
     CheckpointInUseError,
@@ -60,6 +60,7 @@ __all__ = [
     "StreamingListener",
     "StreamkeepError",
     "UserFunctionError",
+    "WindowResult",
     "__version__",
 ]
 
@@ -77,6 +78,7 @@ for _public in (
     StreamingListener,
     DStream,
     State,
+    WindowResult,
 ):
     _public.__module__ = __name__
 del _public

@@ -34,6 +34,7 @@ from streamkeep.checkpoint._format import VERIFY_HINT, read_frame
 from streamkeep.checkpoint.storage import confine
 from streamkeep.context import StreamingContext
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
+from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.kinds import make_runtime, node_from_description
 from streamkeep.scheduler._compat import check_compatible, differences
@@ -158,6 +159,8 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
         info["error"] = str(exc)
         return info
     info["keys"] = rt.key_count()
+    if isinstance(rt, EventWindowRuntime):
+        info["event_time"] = rt.status()
     return info
 
 
@@ -276,6 +279,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
         p(
             f"    {name} ({op['kind']}, {op['codec']}): {keys} keys, {_human(op['bytes'])} = {snap} + {op['deltas']} deltas ({_human(op['delta_bytes'])})"
         )
+        if "event_time" in op:
+            p(f"      event time: {_short(op['event_time'])}")
         if "shape" in op:
             p(f"      shape {_short(op['shape'])}")
         for k in ("note", "error"):

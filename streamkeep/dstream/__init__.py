@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from streamkeep.dstream._dstream import DStream, MapWithStateDStream
+from streamkeep.dstream._event_time import EventTimeDStream, EventWindowDStream, EventWindows, WindowResult
 from streamkeep.dstream._state import State
 
-__all__ = ["DStream", "MapWithStateDStream", "State"]
+__all__ = ["DStream", "EventTimeDStream", "EventWindowDStream", "EventWindows", "MapWithStateDStream", "State", "WindowResult"]

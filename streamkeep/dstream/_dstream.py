@@ -31,6 +31,7 @@ from streamkeep.errors import ConfigError
 from streamkeep.sinks.base import Sink
 
 if TYPE_CHECKING:
+    from streamkeep.dstream._event_time import EventTimeDStream
     from streamkeep.dstream._state import State
 
 T = TypeVar("T")
@@ -339,6 +340,24 @@ class DStream(Generic[T]):
     ) -> DStream[tuple[K, list[V]]]:
         """Every `slide`, (key, [values]) over the last `length`."""
         return self.window(length, slide, name=name).group_by_key(num_partitions)
+
+    # -- event time -------------------------------------------------------
+
+    def with_event_time(self, ts: Callable[[T], Any], *, max_delay: Duration, idle_timeout: Duration | None = None) -> EventTimeDStream[T]:
+        """This stream with an event time per record, for event-time windows (docs/event-time.md).
+
+        `ts(record)` returns the record's event time: an aware `datetime` or int epoch
+        milliseconds. The watermark of a window operator opened on the result is the
+        largest event time it has seen minus `max_delay` (seconds or timedelta; 0 allowed),
+        moved after each batch and never back; it is state, checkpointed with the windows.
+        `idle_timeout` (batch time, not wall time): after that long without records, the
+        watermark moves on with batch time, so the last windows of a quiet (or finished)
+        input are emitted. Open windows with ``.tumbling_window(size)``,
+        ``.sliding_window(size, slide)`` or ``.session_window(gap)`` on the result.
+        """
+        from streamkeep.dstream._event_time import with_event_time
+
+        return with_event_time(self, ts, max_delay, idle_timeout)
 
     # -- state ------------------------------------------------------------
 

@@ -18,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamkeep.dstream._event_time import EVENT_TIME_SHAPE, EventWindowNode
+from streamkeep.dstream._event_time import node_from_description as event_window_from_description
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.errors import CheckpointError
+from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import (
     MapWithStateRuntime,
     ReduceWindowRuntime,
@@ -137,3 +140,6 @@ register(
         lambda c, d: MapWithStateNode(**c, f=_ignore, timeout_ms=1 if d.get("timeout") else None, initial=()),
     )
 )
+# Event-time windows (streamkeep/dstream/_event_time.py): a keyed reduction or a count per window.
+for _kind in ("event_window_reduce", "event_window_count"):
+    register(OperatorKind(_kind, EventWindowNode, lambda n, _zero: EventWindowRuntime(n), EVENT_TIME_SHAPE, event_window_from_description))

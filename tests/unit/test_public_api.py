@@ -17,13 +17,15 @@ def test_top_level_all_is_exact() -> None:
         # observability (issue 13): the listener base class and its events
         "StreamingListener", "JobStarted", "BatchPlanned", "BatchReplayed", "SnapshotCompleted", "ErrorInfo", "JobStopped",
         "StateInfo",
+        # event time (issue 16): the record an event-time window emits
+        "WindowResult",
     ])
     for name in streamkeep.__all__:
         assert hasattr(streamkeep, name), name
 
 
 def test_public_names_have_public_modules() -> None:
-    for name in ("Batch", "StreamingContext", "DStream", "State", "BatchInfo", "StreamingListener", "JobStarted", "StateInfo"):
+    for name in ("Batch", "StreamingContext", "DStream", "State", "BatchInfo", "StreamingListener", "JobStarted", "StateInfo", "WindowResult"):
         assert getattr(streamkeep, name).__module__ == "streamkeep", name
     for name in ("ManualClock", "ListSink", "CrashAt"):
         assert getattr(streamkeep.testing, name).__module__ == "streamkeep.testing", name
