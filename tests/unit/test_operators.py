@@ -1092,3 +1092,19 @@ def test_a_dead_letter_sink_is_not_also_an_output():
         s.write_to(sink)
     with pytest.raises(ConfigError, match="sink named 'dead'"):
         s.write_to(ListSink("dead"))
+
+
+def test_inverse_window_filter_drops_a_key_whose_first_slice_sums_to_zero() -> None:
+    """A key whose values cancel out within its first batch enters the running window at 0: filter_f
+    must drop it like any other key it rejects (found by scripts/mutate.py: new keys were not checked)."""
+    import operator as op
+
+    from streamkeep.testing import run_batches
+
+    out = run_batches(
+        lambda ssc, s: s.reduce_by_key_and_window(op.add, 2.0, 1.0, inv_f=op.sub, filter_f=lambda kv: kv[1] != 0, name="w"),
+        [[("a", 1), ("a", -1), ("b", 2)], [("b", 1)]],
+        num_batches=2,
+        sort=True,
+    )
+    assert out == [[("b", 2)], [("b", 3)]]
