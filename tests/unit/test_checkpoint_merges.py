@@ -117,3 +117,34 @@ def test_the_model_sees_removals_after_snapshots() -> None:
     assert removed_at and any(b % 2 for b in removed_at), removed_at
     assert all(len(_model(b)["win"]) <= 3 for b in range(1, BATCHES + 1))
     assert {k for k, _ in _model(5)["win"]} == {2, 3, 0}  # key 1 (batches 2, 6) left the window: deleted
+
+
+@pytest.mark.parametrize("restart_after", [2, 3, 4, 5])
+def test_a_restored_window_holds_exactly_the_slices_an_uncrashed_one_holds(tmp_path: Path, restart_after: int) -> None:
+    """A window restored from snapshot + deltas holds the same slices and running values as one that never
+    stopped (outputs alone would not show leftover slices or running values)."""
+    import operator as op
+
+    from streamkeep.testing import state_of
+
+    batches = [[("a", i), ("b", 1)] for i in range(1, 9)]
+
+    def setup(url: str) -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100, inline_delta_bytes=0)
+        pairs = ssc.queue_stream(batches, name="q")
+        pairs.window(2.0, 1.0, name="plain").foreach_batch(lambda b: None)
+        pairs.reduce_by_key_and_window(op.add, 3.0, 1.0, inv_f=op.sub, name="inv").foreach_batch(lambda b: None)
+        return ssc
+
+    def final_state(url: str, stops: list[int]) -> dict[str, Any]:
+        done = 0
+        for stop in [*stops, len(batches)]:
+            ssc = sk.StreamingContext.get_or_create(url, lambda: setup(url))
+            ssc.run(max_batches=stop - done)
+            done = stop
+            if stop == len(batches):
+                out = {name: {k: sorted(v, key=repr) for k, v in state_of(ssc, name).items()} for name in ("plain", "inv")}
+            ssc.stop()
+        return out
+
+    assert final_state(str(tmp_path / "restarted"), [restart_after]) == final_state(str(tmp_path / "straight"), [])
