@@ -290,6 +290,8 @@ class StreamingContext:
             storage_options=storage_options,
             num_partitions=num_partitions,
         )
+        if on_error is not None and not callable(on_error):  # a dead-letter sink: its name is a sink name like any other
+            self._graph.register_sink(on_error, f"text_file_stream {n!r}: on_error")
         return self.add_source(src)
 
     def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:

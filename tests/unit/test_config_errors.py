@@ -514,6 +514,20 @@ def test_two_redis_sinks_with_one_name_are_refused(s):
         s.write_to(RedisSink("redis://127.0.0.1:1/0", lambda pipe, records: None, name="counts"))
 
 
+def test_a_text_file_dead_letter_sink_takes_part_in_the_sink_name_check(ssc, tmp_path):
+    """The undecodable-lines sink of text_file_stream is written with the batch time like any sink: a second sink
+    of its name would share its marker (and skip its batches), so either order is refused."""
+    ssc.text_file_stream(str(tmp_path), name="lines", on_error=ListSink("bad")).write_to(ListSink("out"))
+    with pytest.raises(ConfigError, match="sink named 'bad'"):
+        ssc.queue_stream([], name="q").write_to(ListSink("bad"))
+    with pytest.raises(ConfigError, match="sink named 'out'"):
+        ssc.text_file_stream(str(tmp_path), name="lines2", on_error=ListSink("out"))
+    letters = ListSink("letters")
+    ssc.queue_stream([], name="q2").map(lambda r: r, on_error=letters).pprint()
+    with pytest.raises(ConfigError, match="sink 'letters' is already an output of this job"):
+        ssc.text_file_stream(str(tmp_path), name="lines3", on_error=letters)
+
+
 def test_sink_name_must_be_a_non_empty_string(s):
     with pytest.raises(ConfigError, match="non-empty string"):
         s.write_to(ListSink(""))
