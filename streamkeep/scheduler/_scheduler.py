@@ -184,6 +184,10 @@ class Scheduler:
                 for n in needed:
                     if isinstance(getattr(n, "sink", None), FencedSink):
                         n.sink.set_fencing_token(token)  # type: ignore[attr-defined]
+                for src in self.sources:  # a source's own dead-letter sink (text_file_stream on_error=) writes too
+                    dead = getattr(src, "on_error", None)
+                    if not callable(dead) and isinstance(dead, FencedSink):
+                        dead.set_fencing_token(token)
             for src in self.sources:
                 if hasattr(src, "set_batch_interval_ms"):
                     src.set_batch_interval_ms(self.interval)
