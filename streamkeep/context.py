@@ -368,7 +368,7 @@ class StreamingContext:
             raise ConfigError(msg)
         sched = self._make_scheduler()
         self._state = "active"
-        self._announce(sched, "run")
+        self._announce_or_release(sched, "run")
         done = 0
         with self._run_lock:
             self._run_thread = threading.current_thread()
@@ -435,7 +435,7 @@ class StreamingContext:
                 )
         self._state = "active"
         sched.live = True
-        self._announce(sched, "start")
+        self._announce_or_release(sched, "start")
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms), name="streamkeep-scheduler", daemon=True)
         self._thread.start()
 
@@ -543,11 +543,18 @@ class StreamingContext:
 
     # -- observability -----------------------------------------------------------
 
+    def _announce_or_release(self, sched: Scheduler, mode: str) -> None:
+        """`_announce`; if that fails (e.g. the dashboard's port is taken), stop: the checkpoint is released."""
+        try:
+            self._announce(sched, mode)
+        except BaseException:
+            self._shutdown()
+            raise
+
     def _announce(self, sched: Scheduler, mode: str) -> None:
         """First start()/run(): start the dashboard, then tell listeners (and the log) how the job starts."""
         if self._announced:
             return
-        self._announced = True
         if self._ui_port is not None and self._ui is None:
             from streamkeep.ui._server import start_ui
 
@@ -556,6 +563,7 @@ class StreamingContext:
             log.info("dashboard at %s (metrics at %smetrics)", self._ui.url, self._ui.url)
         if self._run_hook is not None:
             self._run_hook(self, sched)
+        self._announced = True
         ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
         emit(sched.listeners, "on_job_started", ev)
 
