@@ -381,6 +381,16 @@ class StreamingContext:
                         self._clock.set(t)
                     sched.run_next()
                     done += 1
+            except KeyboardInterrupt:  # Ctrl-C: an interruption, not a failure of the job
+                if self._checkpoint_url is not None:
+                    log.warning(
+                        "interrupted: a batch in progress that had not committed is abandoned (the next get_or_create "
+                        "re-runs it with its plan); sources, sinks and the checkpoint are released"
+                    )
+                else:
+                    log.warning("interrupted: stopped (the batch in progress is abandoned)")
+                self._shutdown()
+                raise
             except BaseException as exc:
                 self._report_error(exc)
                 self._shutdown()

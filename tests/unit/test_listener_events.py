@@ -268,3 +268,33 @@ def test_a_listener_added_during_a_batch_sees_whole_batches_with_their_own_numbe
     assert planned and [i.batch_time_ms for i in completed] == planned
     for info in completed:
         assert 0 < info.checkpoint_bytes < 20_000, info
+
+
+def test_ctrl_c_during_run_is_an_interruption_not_a_failure(tmp_path: Any, caplog: Any) -> None:
+    """Ctrl-C in a script that called run(): KeyboardInterrupt propagates (run() is in the foreground), but the job is
+    not reported as failed (no ERROR log, no on_error, JobStopped.failed False), the log says what happens to the
+    batch in progress, and the checkpoint is released for the next driver."""
+    url = str(tmp_path / "ckpt")
+    rec = Recorder()
+
+    def build() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        counts = ssc.rate_stream(7, name="rate").map(lambda r: (r[0] % 3, 1)).update_state_by_key(_add, name="counts")
+
+        def ctrl_c(t: Any, batch: Any) -> None:
+            if int(t.timestamp() * 1000) == 3000 and rec.of("started"):
+                raise KeyboardInterrupt
+
+        counts.foreach_batch(ctrl_c)
+        return ssc
+
+    ssc = build()
+    ssc.add_listener(rec)
+    with caplog.at_level(logging.INFO, logger="streamkeep"), pytest.raises(KeyboardInterrupt):
+        ssc.run(max_batches=5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "interrupted" in caplog.text and "re-run" in caplog.text
+    assert rec.of("error") == [] and [e.failed for e in rec.of("stopped")] == [False]
+    again = sk.StreamingContext.get_or_create(url, build)  # released: another driver takes it at once
+    assert again.last_batch_time_ms == 2000
+    again.stop()
