@@ -116,6 +116,12 @@ class StreamingContext:
         if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
             raise ConfigError(msg)
+        if not isinstance(keep_commits, int) or isinstance(keep_commits, bool) or keep_commits < 1:
+            msg = f"keep_commits must be a positive int (how many recent commits retention keeps; at least 2 are), got {keep_commits!r}"
+            raise ConfigError(msg)
+        if not isinstance(lease_timeout_s, (int, float)) or isinstance(lease_timeout_s, bool) or not 0 < lease_timeout_s < float("inf"):
+            msg = f"lease_timeout_s must be a positive number of seconds (how long a silent driver keeps its claim), got {lease_timeout_s!r}"
+            raise ConfigError(msg)
         if ui_port is not None and (not isinstance(ui_port, int) or isinstance(ui_port, bool) or not 0 <= ui_port <= 65535):
             msg = f"ui_port must be None (no dashboard), 0 (any free port) or a port number, got {ui_port!r}"
             raise ConfigError(msg)

@@ -605,3 +605,21 @@ def test_a_failed_start_leaves_the_graph_open(ssc, s):
     s.write_to(sink)  # still allowed: nothing started
     ssc.run(1)
     assert sink.batches == [(1000, [("a", 1)])]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"keep_commits": 0}, "keep_commits must be a positive int"),
+        ({"keep_commits": "3"}, "keep_commits must be a positive int"),
+        ({"lease_timeout_s": -1}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": 0}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": "10"}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": float("nan")}, "lease_timeout_s must be a positive number"),
+    ],
+)
+def test_retention_and_lease_settings_are_checked_when_built(kw, match):
+    """A zero/negative/str keep_commits or lease_timeout_s was accepted (a negative lease expires at once: any other
+    driver takes the checkpoint over; a str fails deep inside retention or the heartbeat)."""
+    with pytest.raises(ConfigError, match=match):
+        sk.StreamingContext(1.0, checkpoint="/nonexistent/never-created", **kw)
