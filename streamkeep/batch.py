@@ -110,6 +110,15 @@ def as_pair(record: Any, consumer: str) -> tuple[Any, Any]:
     raise RecordShapeError(consumer, record)
 
 
+def check_length(exc: ValueError, kv: Any, consumer: str) -> None:
+    """Raise a RecordShapeError when `exc` came from unpacking `kv`, a tuple that is not a pair.
+
+    The keyed loops check only the class of each record and let ``k, v = kv`` find other lengths.
+    """
+    if kv.__class__ is tuple and len(kv) != 2:
+        raise RecordShapeError(consumer, kv) from exc
+
+
 def check_key(exc: TypeError, kv: Any, consumer: str) -> None:
     """Raise a RecordShapeError when `exc` came from `kv`'s key being unhashable."""
     if isinstance(kv, tuple) and len(kv) == 2:
@@ -436,7 +445,7 @@ class Batch(Generic[T]):
         out: list[list[Any]] = [[] for _ in range(num_partitions)]
         for p in self._materialise():
             for kv in p:
-                if kv.__class__ is not tuple:
+                if kv.__class__ is not tuple or len(kv) != 2:
                     kv = as_pair(kv, "partition_by")
                 out[stable_hash(kv[0]) % num_partitions].append(kv)
         return Batch(out, self.batch_time_ms)
@@ -527,6 +536,12 @@ class Batch(Generic[T]):
             except RecordShapeError as shape:
                 raise shape.to_user_error(self.batch_time_ms, None, None) from shape
             raise
+        except ValueError as exc:
+            try:
+                check_length(exc, kv, "cogroup")
+            except RecordShapeError as shape:
+                raise shape.to_user_error(self.batch_time_ms, None, None) from shape
+            raise
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
         if num_partitions is not None:
             _check_partitions(num_partitions, "cogroup")
@@ -608,6 +623,9 @@ def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[
     except TypeError as exc:
         check_key(exc, kv, "reduce_by_key")
         raise
+    except ValueError as exc:
+        check_length(exc, kv, "reduce_by_key")
+        raise
     return d
 
 
@@ -625,6 +643,9 @@ def _combine(it: Iterator[tuple[Any, Any]], create: Callable[[Any], Any], merge:
                 d[k] = create(v)
     except TypeError as exc:
         check_key(exc, kv, "combine_by_key")
+        raise
+    except ValueError as exc:
+        check_length(exc, kv, "combine_by_key")
         raise
     return d
 
@@ -645,12 +666,15 @@ def _group(it: Iterator[tuple[Any, Any]]) -> dict[Any, list[Any]]:
     except TypeError as exc:
         check_key(exc, kv, "group_by_key")
         raise
+    except ValueError as exc:
+        check_length(exc, kv, "group_by_key")
+        raise
     return d
 
 
 def _map_values(it: Iterator[Any], f: Callable[[Any], Any], op: str) -> Iterator[tuple[Any, Any]]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, op)
         k, v = kv
         yield (k, f(v))
@@ -658,7 +682,7 @@ def _map_values(it: Iterator[Any], f: Callable[[Any], Any], op: str) -> Iterator
 
 def _flat_map_values(it: Iterator[Any], f: Callable[[Any], Iterable[Any]]) -> Iterator[tuple[Any, Any]]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "flat_map_values")
         k, v = kv
         for w in f(v):
@@ -667,14 +691,14 @@ def _flat_map_values(it: Iterator[Any], f: Callable[[Any], Iterable[Any]]) -> It
 
 def _keys(it: Iterator[Any]) -> Iterator[Any]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "keys")
         yield kv[0]
 
 
 def _values(it: Iterator[Any]) -> Iterator[Any]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "values")
         yield kv[1]
 
