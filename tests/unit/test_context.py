@@ -380,6 +380,15 @@ def test_text_file_stream_missing_directory(tmp_path):
     ssc.stop()
 
 
+def test_text_file_stream_on_a_regular_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "words.txt").write_text("a b\n")
+    ssc, _ = ctx()
+    ssc.text_file_stream(str(tmp_path / "words.txt"), name="files").write_to(ListSink())
+    with pytest.raises(SourceError, match=r"words.txt' is a file, not a directory: pass the directory the files arrive in"):
+        ssc.run(1)
+    ssc.stop()
+
+
 class LineServer:
     """A real TCP server on 127.0.0.1 that accepts one client at a time."""
 
