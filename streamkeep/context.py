@@ -603,8 +603,14 @@ class StreamingContext:
 
     @property
     def last_batch_time_ms(self) -> int | None:
-        """The batch time of the last batch run (committed when a checkpoint is set)."""
-        return None if self._scheduler is None else self._scheduler.last_time
+        """The batch time of the last batch run (committed when a checkpoint is set); None before any.
+
+        After a restore, the batch of the commit restored (until a newer one runs).
+        """
+        sched = self._scheduler
+        if sched is None or (sched.batches_done == 0 and not sched.restored):
+            return None  # a fresh job's last_time is the time before its first batch: no batch ran
+        return sched.last_time
 
     @property
     def restored(self) -> bool:

@@ -39,6 +39,18 @@ def ctx(start_ms=0, interval=1.0):
 # -- run() ------------------------------------------------------------------------------
 
 
+def test_last_batch_time_is_none_until_a_batch_ran(tmp_path):
+    """A fresh job that ran no batch has no last batch (it reported the time before its first batch, which the demo
+    then called 'the last committed batch')."""
+    ssc, _ = ctx(start_ms=50_000)
+    ssc.rate_stream(1, name="r").write_to(ListSink())
+    assert ssc.run(0) == 0
+    assert ssc.last_batch_time_ms is None
+    assert ssc.run(1) == 1
+    assert ssc.last_batch_time_ms == 51_000
+    ssc.stop()
+
+
 def test_run_max_batches_continues_with_the_next_batch_time():
     ssc, _ = ctx()
     sink = ListSink()
