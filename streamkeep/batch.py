@@ -513,6 +513,10 @@ class Batch(Generic[T]):
 
     def cogroup(self: Batch[tuple[K, V]], *others: Batch[tuple[K, Any]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[list[Any], ...]]]:
         """(key, ([values in self], [values in other1], ...)) for every key in any batch."""
+        return self._cogroup(others, num_partitions, "cogroup")
+
+    def _cogroup(self, others: tuple[Batch[Any], ...], num_partitions: int | None, op: str) -> Batch[Any]:
+        """`cogroup`, with errors naming the operator `op` the user called (a join is a cogroup)."""
         batches = (self, *others)
         width = len(batches)
         groups: dict[Any, tuple[list[Any], ...]] = {}
@@ -522,7 +526,7 @@ class Batch(Generic[T]):
                 for p in b._materialise():
                     for kv in p:
                         if kv.__class__ is not tuple:
-                            kv = as_pair(kv, "cogroup")
+                            kv = as_pair(kv, op)
                         k, v = kv
                         g = groups.get(k)
                         if g is None:
@@ -532,36 +536,36 @@ class Batch(Generic[T]):
             raise exc.to_user_error(self.batch_time_ms, None, None) from exc
         except TypeError as exc:
             try:
-                check_key(exc, kv, "cogroup")
+                check_key(exc, kv, op)
             except RecordShapeError as shape:
                 raise shape.to_user_error(self.batch_time_ms, None, None) from shape
             raise
         except ValueError as exc:
             try:
-                check_length(exc, kv, "cogroup")
+                check_length(exc, kv, op)
             except RecordShapeError as shape:
                 raise shape.to_user_error(self.batch_time_ms, None, None) from shape
             raise
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
         if num_partitions is not None:
-            _check_partitions(num_partitions, "cogroup")
+            _check_partitions(num_partitions, op)
         return Batch([list(groups.items())], self.batch_time_ms).partition_by(n) if n > 1 else Batch([list(groups.items())], self.batch_time_ms)
 
     def join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W]]]:
         """(key, (v, w)) for every pair of values of keys present in both batches."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in g[1]])
+        return self._cogroup((other,), num_partitions, "join").flat_map_values(lambda g: [(v, w) for v in g[0] for w in g[1]])
 
     def left_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W | None]]]:
         """Like `join`, keeping keys missing from `other` with None as their value."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in (g[1] or [None])])
+        return self._cogroup((other,), num_partitions, "left_outer_join").flat_map_values(lambda g: [(v, w) for v in g[0] for w in (g[1] or [None])])
 
     def right_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W]]]:
         """Like `join`, keeping keys missing from this batch with None as their value."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in (g[0] or [None]) for w in g[1]])
+        return self._cogroup((other,), num_partitions, "right_outer_join").flat_map_values(lambda g: [(v, w) for v in (g[0] or [None]) for w in g[1]])
 
     def full_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W | None]]]:
         """Like `join`, keeping keys missing from either side with None in their place."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(
+        return self._cogroup((other,), num_partitions, "full_outer_join").flat_map_values(
             lambda g: [(v, w) for v in (g[0] or [None]) for w in (g[1] or [None])]
         )
 

@@ -946,6 +946,13 @@ def test_tuples_of_the_wrong_length_are_not_pairs(keyed, record):
     assert "user function" not in str(info.value)
 
 
+@pytest.mark.parametrize("op", ["join", "left_outer_join", "right_outer_join", "full_outer_join", "cogroup"])
+def test_non_pairs_into_a_join_name_the_join(op):
+    """The error names the operator the user called, not "cogroup" (which joins are built on)."""
+    with pytest.raises(UserFunctionError, match=rf"^{op}: \(key, value\) pairs expected, got 'ab' \(str\)"):
+        run_batches(lambda ssc, s: getattr(s, op)(s.map(lambda r: ("k", r))), [["ab"]])
+
+
 def test_non_pairs_from_a_source_name_the_source():
     with pytest.raises(UserFunctionError, match=r"reduce_by_key: \(key, value\) pairs expected, got 'abc' \(str\) from source 'input'"):
         run_batches(lambda ssc, s: s.reduce_by_key(add), [["abc"]])
