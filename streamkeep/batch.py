@@ -110,6 +110,15 @@ def as_pair(record: Any, consumer: str) -> tuple[Any, Any]:
     raise RecordShapeError(consumer, record)
 
 
+def check_length(exc: ValueError, kv: Any, consumer: str) -> None:
+    """Raise a RecordShapeError when `exc` came from unpacking `kv`, a tuple that is not a pair.
+
+    The keyed loops check only the class of each record and let ``k, v = kv`` find other lengths.
+    """
+    if kv.__class__ is tuple and len(kv) != 2:
+        raise RecordShapeError(consumer, kv) from exc
+
+
 def check_key(exc: TypeError, kv: Any, consumer: str) -> None:
     """Raise a RecordShapeError when `exc` came from `kv`'s key being unhashable."""
     if isinstance(kv, tuple) and len(kv) == 2:
@@ -432,7 +441,7 @@ class Batch(Generic[T]):
         out: list[list[Any]] = [[] for _ in range(num_partitions)]
         for p in self._materialise():
             for kv in p:
-                if kv.__class__ is not tuple:
+                if kv.__class__ is not tuple or len(kv) != 2:
                     kv = as_pair(kv, "partition_by")
                 out[stable_hash(kv[0]) % num_partitions].append(kv)
         return Batch(out, self.batch_time_ms)
@@ -500,6 +509,10 @@ class Batch(Generic[T]):
 
     def cogroup(self: Batch[tuple[K, V]], *others: Batch[tuple[K, Any]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[list[Any], ...]]]:
         """(key, ([values in self], [values in other1], ...)) for every key in any batch."""
+        return self._cogroup(others, num_partitions, "cogroup")
+
+    def _cogroup(self, others: tuple[Batch[Any], ...], num_partitions: int | None, op: str) -> Batch[Any]:
+        """`cogroup`, with errors naming the operator `op` the user called (a join is a cogroup)."""
         batches = (self, *others)
         width = len(batches)
         groups: dict[Any, tuple[list[Any], ...]] = {}
@@ -509,7 +522,7 @@ class Batch(Generic[T]):
                 for p in b._materialise():
                     for kv in p:
                         if kv.__class__ is not tuple:
-                            kv = as_pair(kv, "cogroup")
+                            kv = as_pair(kv, op)
                         k, v = kv
                         g = groups.get(k)
                         if g is None:
@@ -519,30 +532,36 @@ class Batch(Generic[T]):
             raise exc.to_user_error(self.batch_time_ms, None, None) from exc
         except TypeError as exc:
             try:
-                check_key(exc, kv, "cogroup")
+                check_key(exc, kv, op)
+            except RecordShapeError as shape:
+                raise shape.to_user_error(self.batch_time_ms, None, None) from shape
+            raise
+        except ValueError as exc:
+            try:
+                check_length(exc, kv, op)
             except RecordShapeError as shape:
                 raise shape.to_user_error(self.batch_time_ms, None, None) from shape
             raise
         n = max(b.num_partitions for b in batches) if num_partitions is None else num_partitions
         if num_partitions is not None:
-            check_partitions(num_partitions, "cogroup")
+            check_partitions(num_partitions, op)
         return Batch([list(groups.items())], self.batch_time_ms).partition_by(n) if n > 1 else Batch([list(groups.items())], self.batch_time_ms)
 
     def join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W]]]:
         """(key, (v, w)) for every pair of values of keys present in both batches."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in g[1]])
+        return self._cogroup((other,), num_partitions, "join").flat_map_values(lambda g: [(v, w) for v in g[0] for w in g[1]])
 
     def left_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V, W | None]]]:
         """Like `join`, keeping keys missing from `other` with None as their value."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in g[0] for w in (g[1] or [None])])
+        return self._cogroup((other,), num_partitions, "left_outer_join").flat_map_values(lambda g: [(v, w) for v in g[0] for w in (g[1] or [None])])
 
     def right_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W]]]:
         """Like `join`, keeping keys missing from this batch with None as their value."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(lambda g: [(v, w) for v in (g[0] or [None]) for w in g[1]])
+        return self._cogroup((other,), num_partitions, "right_outer_join").flat_map_values(lambda g: [(v, w) for v in (g[0] or [None]) for w in g[1]])
 
     def full_outer_join(self: Batch[tuple[K, V]], other: Batch[tuple[K, W]], num_partitions: int | None = None) -> Batch[tuple[K, tuple[V | None, W | None]]]:
         """Like `join`, keeping keys missing from either side with None in their place."""
-        return self.cogroup(other, num_partitions=num_partitions).flat_map_values(
+        return self._cogroup((other,), num_partitions, "full_outer_join").flat_map_values(
             lambda g: [(v, w) for v in (g[0] or [None]) for w in (g[1] or [None])]
         )
 
@@ -598,6 +617,9 @@ def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[
     except TypeError as exc:
         check_key(exc, kv, "reduce_by_key")
         raise
+    except ValueError as exc:
+        check_length(exc, kv, "reduce_by_key")
+        raise
     return d
 
 
@@ -615,6 +637,9 @@ def _combine(it: Iterator[tuple[Any, Any]], create: Callable[[Any], Any], merge:
                 d[k] = create(v)
     except TypeError as exc:
         check_key(exc, kv, "combine_by_key")
+        raise
+    except ValueError as exc:
+        check_length(exc, kv, "combine_by_key")
         raise
     return d
 
@@ -635,12 +660,15 @@ def _group(it: Iterator[tuple[Any, Any]]) -> dict[Any, list[Any]]:
     except TypeError as exc:
         check_key(exc, kv, "group_by_key")
         raise
+    except ValueError as exc:
+        check_length(exc, kv, "group_by_key")
+        raise
     return d
 
 
 def _map_values(it: Iterator[Any], f: Callable[[Any], Any], op: str) -> Iterator[tuple[Any, Any]]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, op)
         k, v = kv
         yield (k, f(v))
@@ -648,7 +676,7 @@ def _map_values(it: Iterator[Any], f: Callable[[Any], Any], op: str) -> Iterator
 
 def _flat_map_values(it: Iterator[Any], f: Callable[[Any], Iterable[Any]]) -> Iterator[tuple[Any, Any]]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "flat_map_values")
         k, v = kv
         for w in f(v):
@@ -657,14 +685,14 @@ def _flat_map_values(it: Iterator[Any], f: Callable[[Any], Iterable[Any]]) -> It
 
 def _keys(it: Iterator[Any]) -> Iterator[Any]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "keys")
         yield kv[0]
 
 
 def _values(it: Iterator[Any]) -> Iterator[Any]:
     for kv in it:
-        if kv.__class__ is not tuple:
+        if kv.__class__ is not tuple or len(kv) != 2:
             kv = as_pair(kv, "values")
         yield kv[1]
 

@@ -120,6 +120,12 @@ class StreamingContext:
         if snapshot_every is not None and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             msg = f"snapshot_every must be a positive int, got {snapshot_every!r}"
             raise ConfigError(msg)
+        if not isinstance(keep_commits, int) or isinstance(keep_commits, bool) or keep_commits < 1:
+            msg = f"keep_commits must be a positive int (how many recent commits retention keeps; at least 2 are), got {keep_commits!r}"
+            raise ConfigError(msg)
+        if not isinstance(lease_timeout_s, (int, float)) or isinstance(lease_timeout_s, bool) or not 0 < lease_timeout_s < float("inf"):
+            msg = f"lease_timeout_s must be a positive number of seconds (how long a silent driver keeps its claim), got {lease_timeout_s!r}"
+            raise ConfigError(msg)
         if ui_port is not None and (not isinstance(ui_port, int) or isinstance(ui_port, bool) or not 0 <= ui_port <= 65535):
             msg = f"ui_port must be None (no dashboard), 0 (any free port) or a port number, got {ui_port!r}"
             raise ConfigError(msg)
@@ -294,6 +300,8 @@ class StreamingContext:
             storage_options=storage_options,
             num_partitions=num_partitions,
         )
+        if on_error is not None and not callable(on_error):  # a dead-letter sink: its name is a sink name like any other
+            self._graph.register_sink(on_error, f"text_file_stream {n!r}: on_error")
         return self.add_source(src)
 
     def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:
@@ -370,7 +378,7 @@ class StreamingContext:
             raise ConfigError(msg)
         sched = self._make_scheduler()
         self._state = "active"
-        self._announce(sched, "run")
+        self._announce_or_release(sched, "run")
         done = 0
         with self._run_lock:
             self._run_thread = threading.current_thread()
@@ -383,6 +391,16 @@ class StreamingContext:
                         self._clock.set(t)
                     sched.run_next()
                     done += 1
+            except KeyboardInterrupt:  # Ctrl-C: an interruption, not a failure of the job
+                if self._checkpoint_url is not None:
+                    log.warning(
+                        "interrupted: a batch in progress that had not committed is abandoned (the next get_or_create "
+                        "re-runs it with its plan); sources, sinks and the checkpoint are released"
+                    )
+                else:
+                    log.warning("interrupted: stopped (the batch in progress is abandoned)")
+                self._shutdown()
+                raise
             except BaseException as exc:
                 self._report_error(exc)
                 self._shutdown()
@@ -437,7 +455,7 @@ class StreamingContext:
                 )
         self._state = "active"
         sched.live = True
-        self._announce(sched, "start")
+        self._announce_or_release(sched, "start")
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms), name="streamkeep-scheduler", daemon=True)
         self._thread.start()
 
@@ -545,11 +563,18 @@ class StreamingContext:
 
     # -- observability -----------------------------------------------------------
 
+    def _announce_or_release(self, sched: Scheduler, mode: str) -> None:
+        """`_announce`; if that fails (e.g. the dashboard's port is taken), stop: the checkpoint is released."""
+        try:
+            self._announce(sched, mode)
+        except BaseException:
+            self._shutdown()
+            raise
+
     def _announce(self, sched: Scheduler, mode: str) -> None:
         """First start()/run(): start the dashboard, then tell listeners (and the log) how the job starts."""
         if self._announced:
             return
-        self._announced = True
         if self._ui_port is not None and self._ui is None:
             from streamkeep.ui._server import start_ui
 
@@ -558,6 +583,7 @@ class StreamingContext:
             log.info("dashboard at %s (metrics at %smetrics)", self._ui.url, self._ui.url)
         if self._run_hook is not None:
             self._run_hook(self, sched)
+        self._announced = True
         ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
         emit(sched.listeners, "on_job_started", ev)
 
@@ -581,8 +607,14 @@ class StreamingContext:
 
     @property
     def last_batch_time_ms(self) -> int | None:
-        """The batch time of the last batch run (committed when a checkpoint is set)."""
-        return None if self._scheduler is None else self._scheduler.last_time
+        """The batch time of the last batch run (committed when a checkpoint is set); None before any.
+
+        After a restore, the batch of the commit restored (until a newer one runs).
+        """
+        sched = self._scheduler
+        if sched is None or (sched.batches_done == 0 and not sched.restored):
+            return None  # a fresh job's last_time is the time before its first batch: no batch ran
+        return sched.last_time
 
     @property
     def restored(self) -> bool:

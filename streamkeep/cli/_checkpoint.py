@@ -47,11 +47,27 @@ _UNFRAMED_TOP = {"lock"}  # the OS file lock of local drivers: empty by design
 # --------------------------------------------------------------------------- helpers
 
 
+_LAYOUT_TOP = {"CHECKPOINT", "log", "plans", "state", "lease", "blobs"}
+
+
+def _no_checkpoint(url: str) -> str:
+    return (
+        f"there is no streamkeep checkpoint at {url} (no CHECKPOINT file, commit log or plans): pass the directory or "
+        f"URL the job was given as its checkpoint"
+    )
+
+
+def _looks_like_checkpoint(ckpt: Checkpoint) -> bool:
+    """False for a file, a path under a file, or a directory with nothing of a checkpoint's layout."""
+    if ckpt.storage.local and not os.path.isdir(ckpt.storage.root):
+        return False
+    return bool(_LAYOUT_TOP & set(_list_all(ckpt, "")))
+
+
 def _open(url: str, storage_options: dict[str, Any] | None) -> Checkpoint:
     ckpt = Checkpoint(url, storage_options=storage_options)
-    if ckpt.is_empty() and not ckpt.storage.list("plans"):
-        msg = f"there is no streamkeep checkpoint at {url} (no CHECKPOINT file and no commit log)"
-        raise CheckpointError(msg)
+    if not _looks_like_checkpoint(ckpt) or (ckpt.is_empty() and not ckpt.storage.list("plans")):
+        raise CheckpointError(_no_checkpoint(url))
     return ckpt
 
 
@@ -419,10 +435,13 @@ def _loadable(rec: CommitRecord, rep: _Report) -> bool:
 def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     """Check every file and the commit chain; print the problems; 0 when sound, else 1."""
     ckpt = Checkpoint(url, storage_options=storage_options)
+    if not _looks_like_checkpoint(ckpt):  # a file, or a foreign tree: do not walk it file by file
+        print(f"{url}: FAILED: {_no_checkpoint(url)}")
+        return 1
     files = list(_walk(ckpt))
     rep = _Report()
     if not [f for f in files if f not in _UNFRAMED_TOP]:
-        print(f"{url}: FAILED: there is no streamkeep checkpoint here (no files)")
+        print(f"{url}: FAILED: {_no_checkpoint(url)}")
         return 1
     records, _ = _read_records(ckpt)
     commits = [r for r in records if r.kind == "commit"]

@@ -11,6 +11,18 @@ from streamkeep.cli._demo import DEFAULT_CHECKPOINT
 from streamkeep.errors import StreamkeepError
 
 
+def _port(text: str) -> int:
+    """argparse type of --ui-port: an int in 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        msg = f"{text!r} is not a port: use 0 (any free port) to 65535"
+        raise argparse.ArgumentTypeError(msg)
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamkeep` command."""
     parser = argparse.ArgumentParser(prog="streamkeep", description="streamkeep: micro-batch streams with exact checkpoints")
@@ -26,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a streaming job script")
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
-    run.add_argument("--ui-port", type=int, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
+    run.add_argument("--ui-port", type=_port, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
     run.add_argument("--ui-host", default="127.0.0.1", help="address the dashboard binds (default: %(default)s)")
     run.add_argument("--no-ui", action="store_true", help="no dashboard")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")

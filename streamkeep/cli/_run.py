@@ -6,12 +6,14 @@ the next free one; the address is printed), with a console status line in a term
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from typing import Any
 
 from streamkeep.cli._console import console_listener, setup_logging
 from streamkeep.context import RUN_DEFAULTS
+from streamkeep.errors import ConfigError
 
 
 def _on_start(ssc: Any, sched: Any) -> None:
@@ -22,6 +24,9 @@ def _on_start(ssc: Any, sched: Any) -> None:
 
 def run_app(app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1") -> int:
     """Execute `app` as __main__ with `args`; contexts it creates serve the dashboard on `ui_port` (None: off)."""
+    if not os.path.isfile(app):
+        msg = f"{app}: no such file (the job's Python file to run)"
+        raise ConfigError(msg)
     if pyspark:
         from streamkeep.compat.pyspark import install
 

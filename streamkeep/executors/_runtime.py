@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from streamkeep._util import short_repr, user_function_error
-from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key
+from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import UserFunctionError
@@ -201,9 +201,13 @@ def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
             for kv in it:
                 if kv.__class__ is not tuple:
                     kv = as_pair(kv, "update_state_by_key")
-                groups[kv[0]].append(kv[1])
+                k, v = kv  # unpacked, not indexed: a 3-tuple must not lose its third element silently
+                groups[k].append(v)
         except TypeError as exc:
             check_key(exc, kv, "update_state_by_key")
+            raise
+        except ValueError as exc:
+            check_length(exc, kv, "update_state_by_key")
             raise
 
     for i in range(batch.num_partitions):
@@ -273,6 +277,12 @@ class MapWithStateRuntime(_Keyed):
         except TypeError as exc:
             try:
                 check_key(exc, kv, "map_with_state")
+            except RecordShapeError as shape:
+                raise shape.to_user_error(t, None, None) from shape
+            return self._failed(t, exc, part, len(out) - base, handle)
+        except ValueError as exc:
+            try:
+                check_length(exc, kv, "map_with_state")
             except RecordShapeError as shape:
                 raise shape.to_user_error(t, None, None) from shape
             return self._failed(t, exc, part, len(out) - base, handle)

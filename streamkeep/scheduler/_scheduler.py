@@ -83,6 +83,7 @@ class Scheduler(Recovery):
         self.last_time: int | None = None
         self.zero_ms: int | None = None
         self.listeners: list[Any] = []
+        self._observing: list[Any] = []  # the listeners registered when the batch in progress began
         self._started: tuple[int, int] = (0, 0)  # (submission, processing start) of the batch in progress
         self.batches_done = 0
         self._pending: list[tuple[int, dict[str, Any]]] = []
@@ -132,6 +133,10 @@ class Scheduler(Recovery):
                 for sink in sinks:
                     if isinstance(sink, FencedSink):
                         sink.set_fencing_token(token)
+                for src in self.sources:  # a source's own dead-letter sink (text_file_stream on_error=) writes too
+                    dead = getattr(src, "on_error", None)
+                    if not callable(dead) and isinstance(dead, FencedSink):
+                        dead.set_fencing_token(token)
             for src in self.sources:
                 if isinstance(src, BatchIntervalAware):
                     src.set_batch_interval_ms(self.interval)
@@ -191,7 +196,8 @@ class Scheduler(Recovery):
         if self.writer is not None:
             self.writer.check_error()
         submitted = int(self.clock.now_ms())
-        listeners = self.listeners
+        # Decided once per batch: a listener added while this batch runs (the list is shared) starts with the next one.
+        listeners = self._observing = list(self.listeners)
         p0 = time.perf_counter()
         # bytes this batch writes to the checkpoint count from here: its plan and blobs included
         written = self.ckpt.written_bytes() if listeners and self.ckpt is not None else 0
@@ -235,7 +241,7 @@ class Scheduler(Recovery):
         return t
 
     def _tell_started(self, t: int, num_records: int) -> None:
-        emit(self.listeners, "on_batch_started", BatchInfo(t, num_records, *self._started, processing_end_ms=-1))
+        emit(self._observing, "on_batch_started", BatchInfo(t, num_records, *self._started, processing_end_ms=-1))
 
     def _plan(self, t: int) -> dict[str, Any]:
         if self.ckpt is not None:  # sources may write blobs while planning
@@ -278,7 +284,7 @@ class Scheduler(Recovery):
             self._part_counts[src.name] = per_part
             inputs[src.name] = Batch(parts, t)
         _faults.point("run.after_read")
-        if self.listeners:
+        if self._observing:
             self._tell_started(t, sum(counts.values()))
         results = self.executor.compute(t, inputs)
         c1 = time.perf_counter()

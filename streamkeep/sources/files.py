@@ -80,6 +80,12 @@ class _LocalDir:
         return os.path.join(self.path, name)
 
     def check(self, source: str) -> None:
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            msg = (
+                f"text_file_stream {source!r}: {self.path!r} is a file, not a directory: pass the directory the files "
+                f"arrive in (each new file in it is read once)"
+            )
+            raise SourceError(msg)
         if not os.path.isdir(self.path):
             msg = f"text_file_stream {source!r}: directory {self.path!r} does not exist; create it before starting the job"
             raise SourceError(msg)

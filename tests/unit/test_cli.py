@@ -300,6 +300,22 @@ def test_verify_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "no streamkeep checkpoint" in out
 
 
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "foreign-dir"])
+def test_inspect_and_verify_of_a_file_or_a_foreign_directory_fail_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """A regular file, a path under one, or a directory that is not a checkpoint: a clear answer, no traceback."""
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "proj" / "src").mkdir(parents=True)
+    (tmp_path / "proj" / "src" / "app.py").write_text("print(1)\n")
+    url = {"a-file": tmp_path / "f", "under-a-file": tmp_path / "f" / "ckpt", "foreign-dir": tmp_path / "proj"}[where]
+    rc, _, err = _cli(capsys, "checkpoint", "inspect", str(url))
+    assert rc == 2 and "no streamkeep checkpoint" in err, err
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", str(url))
+    assert rc == 1 and "no streamkeep checkpoint" in out, out
+    assert "not part of the checkpoint layout" not in out, out  # it did not walk a foreign tree file by file
+
+
 # --------------------------------------------------------------------------- diff
 
 _APP = """

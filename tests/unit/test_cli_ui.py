@@ -52,3 +52,26 @@ def test_run_no_ui(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     assert main(["run", "--no-ui", str(app), str(out)]) == 0
     assert out.read_text() == "None"
+
+
+def test_run_refuses_a_port_out_of_range_before_running_the_app(tmp_path: Path, capsys: Any) -> None:
+    """`--ui-port 70000` is a usage error naming the range, not an OverflowError traceback from socketserver."""
+    app = tmp_path / "app.py"
+    ran = tmp_path / "ran"
+    app.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    for port in ("70000", "-1"):
+        try:
+            main(["run", "--ui-port", port, str(app)])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"--ui-port {port} was accepted")
+        assert "0 (any free port) to 65535" in capsys.readouterr().err
+    assert not ran.exists()
+
+
+def test_run_of_a_missing_script_says_so(tmp_path: Path, capsys: Any) -> None:
+    missing = tmp_path / "nope.py"
+    assert main(["run", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err and "Traceback" not in err, err

@@ -514,6 +514,20 @@ def test_two_redis_sinks_with_one_name_are_refused(s):
         s.write_to(RedisSink("redis://127.0.0.1:1/0", lambda pipe, records: None, name="counts"))
 
 
+def test_a_text_file_dead_letter_sink_takes_part_in_the_sink_name_check(ssc, tmp_path):
+    """The undecodable-lines sink of text_file_stream is written with the batch time like any sink: a second sink
+    of its name would share its marker (and skip its batches), so either order is refused."""
+    ssc.text_file_stream(str(tmp_path), name="lines", on_error=ListSink("bad")).write_to(ListSink("out"))
+    with pytest.raises(ConfigError, match="sink named 'bad'"):
+        ssc.queue_stream([], name="q").write_to(ListSink("bad"))
+    with pytest.raises(ConfigError, match="sink named 'out'"):
+        ssc.text_file_stream(str(tmp_path), name="lines2", on_error=ListSink("out"))
+    letters = ListSink("letters")
+    ssc.queue_stream([], name="q2").map(lambda r: r, on_error=letters).pprint()
+    with pytest.raises(ConfigError, match="sink 'letters' is already an output of this job"):
+        ssc.text_file_stream(str(tmp_path), name="lines3", on_error=letters)
+
+
 def test_sink_name_must_be_a_non_empty_string(s):
     with pytest.raises(ConfigError, match="non-empty string"):
         s.write_to(ListSink(""))
@@ -591,3 +605,21 @@ def test_a_failed_start_leaves_the_graph_open(ssc, s):
     s.write_to(sink)  # still allowed: nothing started
     ssc.run(1)
     assert sink.batches == [(1000, [("a", 1)])]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"keep_commits": 0}, "keep_commits must be a positive int"),
+        ({"keep_commits": "3"}, "keep_commits must be a positive int"),
+        ({"lease_timeout_s": -1}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": 0}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": "10"}, "lease_timeout_s must be a positive number"),
+        ({"lease_timeout_s": float("nan")}, "lease_timeout_s must be a positive number"),
+    ],
+)
+def test_retention_and_lease_settings_are_checked_when_built(kw, match):
+    """A zero/negative/str keep_commits or lease_timeout_s was accepted (a negative lease expires at once: any other
+    driver takes the checkpoint over; a str fails deep inside retention or the heartbeat)."""
+    with pytest.raises(ConfigError, match=match):
+        sk.StreamingContext(1.0, checkpoint="/nonexistent/never-created", **kw)

@@ -39,6 +39,18 @@ def ctx(start_ms=0, interval=1.0):
 # -- run() ------------------------------------------------------------------------------
 
 
+def test_last_batch_time_is_none_until_a_batch_ran(tmp_path):
+    """A fresh job that ran no batch has no last batch (it reported the time before its first batch, which the demo
+    then called 'the last committed batch')."""
+    ssc, _ = ctx(start_ms=50_000)
+    ssc.rate_stream(1, name="r").write_to(ListSink())
+    assert ssc.run(0) == 0
+    assert ssc.last_batch_time_ms is None
+    assert ssc.run(1) == 1
+    assert ssc.last_batch_time_ms == 51_000
+    ssc.stop()
+
+
 def test_run_max_batches_continues_with_the_next_batch_time():
     ssc, _ = ctx()
     sink = ListSink()
@@ -376,6 +388,15 @@ def test_text_file_stream_missing_directory(tmp_path):
     ssc, _ = ctx()
     ssc.text_file_stream(str(tmp_path / "nope"), name="files").write_to(ListSink())
     with pytest.raises(SourceError, match="does not exist"):
+        ssc.run(1)
+    ssc.stop()
+
+
+def test_text_file_stream_on_a_regular_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "words.txt").write_text("a b\n")
+    ssc, _ = ctx()
+    ssc.text_file_stream(str(tmp_path / "words.txt"), name="files").write_to(ListSink())
+    with pytest.raises(SourceError, match=r"words.txt' is a file, not a directory: pass the directory the files arrive in"):
         ssc.run(1)
     ssc.stop()
 

@@ -246,3 +246,55 @@ def test_checkpoint_bytes_are_the_bytes_of_the_files_the_batch_wrote(tmp_path: A
         files = [plan_path(t), log_path(by_time[t].seq), *(f for f in by_time[t].files() if f.endswith(f"{t:015d}.delta"))]
         want = sum(Path(url, f).stat().st_size for f in files)
         assert info.checkpoint_bytes == want, (t, files)
+
+
+def test_a_listener_added_during_a_batch_sees_whole_batches_with_their_own_numbers(tmp_path: Any) -> None:
+    """A listener added while a batch runs (here from an output) starts with the next batch: it is never told of a
+    batch it did not see planned, and never gets a checkpoint_bytes counted from the start of the job."""
+    url = str(tmp_path / "ckpt")
+    rec = Recorder()
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+    counts = ssc.rate_stream(7, name="rate").map(lambda r: (f"k{r[0] % 5}", 1)).update_state_by_key(_add, name="counts")
+
+    def add_late(t: Any, batch: Any) -> None:
+        if int(t.timestamp() * 1000) == 3000 and rec not in ssc._listeners:
+            ssc.add_listener(rec)
+
+    counts.foreach_batch(add_late)
+    ssc.run(max_batches=5)
+    ssc.stop()
+    planned = [e.batch_time_ms for e in rec.of("planned")]
+    completed = rec.of("completed")
+    assert planned and [i.batch_time_ms for i in completed] == planned
+    for info in completed:
+        assert 0 < info.checkpoint_bytes < 20_000, info
+
+
+def test_ctrl_c_during_run_is_an_interruption_not_a_failure(tmp_path: Any, caplog: Any) -> None:
+    """Ctrl-C in a script that called run(): KeyboardInterrupt propagates (run() is in the foreground), but the job is
+    not reported as failed (no ERROR log, no on_error, JobStopped.failed False), the log says what happens to the
+    batch in progress, and the checkpoint is released for the next driver."""
+    url = str(tmp_path / "ckpt")
+    rec = Recorder()
+
+    def build() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        counts = ssc.rate_stream(7, name="rate").map(lambda r: (r[0] % 3, 1)).update_state_by_key(_add, name="counts")
+
+        def ctrl_c(t: Any, batch: Any) -> None:
+            if int(t.timestamp() * 1000) == 3000 and rec.of("started"):
+                raise KeyboardInterrupt
+
+        counts.foreach_batch(ctrl_c)
+        return ssc
+
+    ssc = build()
+    ssc.add_listener(rec)
+    with caplog.at_level(logging.INFO, logger="streamkeep"), pytest.raises(KeyboardInterrupt):
+        ssc.run(max_batches=5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "interrupted" in caplog.text and "re-run" in caplog.text
+    assert rec.of("error") == [] and [e.failed for e in rec.of("stopped")] == [False]
+    again = sk.StreamingContext.get_or_create(url, build)  # released: another driver takes it at once
+    assert again.last_batch_time_ms == 2000
+    again.stop()

@@ -923,6 +923,36 @@ def test_two_character_strings_are_not_unpacked_as_pairs(keyed):
     assert isinstance(info.value.__cause__, TypeError)
 
 
+@pytest.mark.parametrize(
+    "keyed",
+    [
+        lambda s: s.reduce_by_key(add),
+        lambda s: s.group_by_key(),
+        lambda s: s.combine_by_key(lambda v: v, add, add),
+        lambda s: s.update_state_by_key(lambda vs, old: vs, name="u"),
+        lambda s: s.map_with_state(lambda k, v, st: v, name="m"),
+        lambda s: s.map_values(str.upper),
+        lambda s: s.flat_map_values(list),
+        lambda s: s.join(s),
+        lambda s: s.reduce_by_key_and_window(add, 2, name="w"),
+    ],
+)
+@pytest.mark.parametrize("record", [("k", "a", "b"), ("k",)])
+def test_tuples_of_the_wrong_length_are_not_pairs(keyed, record):
+    """Issue 10.14 sibling: a 3-tuple was unpacked with a ValueError blamed on a user function (or, into
+    update_state_by_key, silently lost its third element); a 1-tuple raised IndexError."""
+    with pytest.raises(UserFunctionError, match=r"\(key, value\) pairs expected, got \(.*\) \(tuple\) from operator 'map'") as info:
+        run_batches(lambda ssc, s: keyed(s.map(lambda r: record)), [["x"]])
+    assert "user function" not in str(info.value)
+
+
+@pytest.mark.parametrize("op", ["join", "left_outer_join", "right_outer_join", "full_outer_join", "cogroup"])
+def test_non_pairs_into_a_join_name_the_join(op):
+    """The error names the operator the user called, not "cogroup" (which joins are built on)."""
+    with pytest.raises(UserFunctionError, match=rf"^{op}: \(key, value\) pairs expected, got 'ab' \(str\)"):
+        run_batches(lambda ssc, s: getattr(s, op)(s.map(lambda r: ("k", r))), [["ab"]])
+
+
 def test_non_pairs_from_a_source_name_the_source():
     with pytest.raises(UserFunctionError, match=r"reduce_by_key: \(key, value\) pairs expected, got 'abc' \(str\) from source 'input'"):
         run_batches(lambda ssc, s: s.reduce_by_key(add), [["abc"]])

@@ -126,6 +126,36 @@ def test_a_dead_letter_sink_takes_undecodable_lines_after_a_restart(tmp_path: Pa
     assert "UnicodeDecodeError" in dead.batches[0][1][0]["error"]
 
 
+class _FencedListSink(ListSink):
+    """A dead-letter sink that records the fencing token it is given before its first write."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.token: Any = None
+        self.token_at_first_write: Any = "never written"
+
+    def set_fencing_token(self, token: Any) -> None:
+        self.token = token
+
+    def write(self, batch_time: Any, records: Any) -> None:
+        if self.token_at_first_write == "never written":
+            self.token_at_first_write = self.token
+        super().write(batch_time, records)
+
+
+def test_the_dead_letter_sink_of_text_file_stream_is_fenced_like_other_sinks(tmp_path: Path) -> None:
+    """Issue 10.1 sibling: a RedisSink/KafkaSink/FileSink given as on_error= gets the driver's fencing token."""
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    _put(d, "bad.txt", b"fine\nbad \xff line\n")
+    dead = _FencedListSink("dead")
+    run_until(url, file_job(url, d, ListSink(), on_error=dead), 2)
+    assert dead.batches and dead.token_at_first_write is not None
+    assert dead.token_at_first_write.epoch == Checkpoint(url).max_epoch()
+
+
 def test_a_callable_on_error_sees_each_undecodable_line(tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()

@@ -133,3 +133,34 @@ def test_bad_ui_port_is_refused_and_a_taken_port_says_so() -> None:
             second.run(max_batches=1)
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("how", ["start", "run"])
+def test_a_dashboard_that_cannot_start_releases_the_checkpoint(tmp_path: Any, how: str) -> None:
+    """A taken ui_port fails start()/run() with a ConfigError, and leaves nothing claimed: the checkpoint is free for
+    another driver at once, and the context is stopped (not stuck 'active')."""
+    import socket
+
+    url = str(tmp_path / "ckpt")
+
+    def job(**kw: Any) -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), **kw)
+        ssc.queue_stream([[1], [2]], name="q").foreach_batch(lambda b: None)
+        return ssc
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        failed = job(ui_port=taken.getsockname()[1])
+        seen: list[str] = []
+        failed.add_listener(
+            type("L", (), {"on_job_started": lambda self, e: seen.append("started"), "on_job_stopped": lambda self, e: seen.append("stopped")})()
+        )
+        with pytest.raises(ConfigError, match="cannot serve the dashboard"):
+            failed.start() if how == "start" else failed.run(1)
+    assert seen == []  # it never started, so it is not reported as stopped either
+    other = job()
+    assert other.run(1) == 1
+    other.stop()
+    with pytest.raises(ConfigError, match="the context is stopped"):
+        failed.start()
