@@ -19,6 +19,7 @@ from streamkeep.dstream._graph import Graph, StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler._compat import check_compatible, differences
+from streamkeep.scheduler._events import iso_ms
 from streamkeep.scheduler._state_io import Chain, delta_time, read_chain
 from streamkeep.scheduler._state_writer import StateWriter
 from streamkeep.sources.base import Source, start_blob
@@ -102,14 +103,14 @@ class Recovery:
             if errors:
                 warnings.warn(
                     f"checkpoint {ckpt.url}: the newest commit could not be loaded ({errors[0]}); recovered from the "
-                    f"older commit of batch {rec.batch_time} ms and will replay the batches after it from their plans",
+                    f"older commit of batch {rec.batch_time} ms ({iso_ms(rec.batch_time)}) and will replay the batches after it from their plans",
                     StreamkeepWarning,
                     stacklevel=2,
                 )
             elif skipped:  # a damaged record newer than the commit used: a claim, or a commit it falls back from
                 warnings.warn(
                     f"checkpoint {ckpt.url}: log record {log_path(skipped[0])} is unreadable ({ckpt.unreadable[skipped[0]]}); "
-                    f"recovered from the newest readable commit, of batch {rec.batch_time} ms (log record {rec.seq}). "
+                    f"recovered from the newest readable commit, of batch {rec.batch_time} ms ({iso_ms(rec.batch_time)}, log record {rec.seq}). "
                     f"If the damaged record was a commit, the batches after {rec.batch_time} ms are replayed from their plans",
                     StreamkeepWarning,
                     stacklevel=2,
