@@ -21,7 +21,7 @@ from streamkeep.executors.base import Executor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
 from streamkeep.scheduler._observe import job_started
-from streamkeep.sources.base import Source
+from streamkeep.sources.base import DeadLettering, Source
 
 log = logging.getLogger("streamkeep")
 
@@ -222,6 +222,8 @@ class StreamingContext:
                 msg = f"add_source: a source's name must be a non-empty string, got {source.name!r}"
                 raise ConfigError(msg)
             g.source_name("add_source", source.name)
+        if isinstance(source, DeadLettering) and source.dead_letter_sink is not None:  # a sink of the job like any other
+            g.register_sink(source.dead_letter_sink, f"source {source.name!r}: on_error")
         node = g.add(SourceNode, op="source", parents=(), slide_ms=g.batch_interval_ms, source=source)
         return DStream(g, node)
 
@@ -300,8 +302,6 @@ class StreamingContext:
             storage_options=storage_options,
             num_partitions=num_partitions,
         )
-        if on_error is not None and not callable(on_error):  # a dead-letter sink: its name is a sink name like any other
-            self._graph.register_sink(on_error, f"text_file_stream {n!r}: on_error")
         return self.add_source(src)
 
     def binary_records_stream(self, directory: str, record_length: int, *, name: str | None = None) -> DStream[bytes]:

@@ -41,7 +41,7 @@ from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
 from streamkeep.scheduler._state_writer import StateWriter
 from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, Sink
-from streamkeep.sources.base import Backpressured, BatchIntervalAware, Materialisable, OffsetCommitting, Source
+from streamkeep.sources.base import Backpressured, BatchIntervalAware, DeadLettering, Materialisable, OffsetCommitting, Source
 
 log = logging.getLogger("streamkeep.scheduler")
 
@@ -133,10 +133,9 @@ class Scheduler(Recovery):
                 for sink in sinks:
                     if isinstance(sink, FencedSink):
                         sink.set_fencing_token(token)
-                for src in self.sources:  # a source's own dead-letter sink (text_file_stream on_error=) writes too
-                    dead = getattr(src, "on_error", None)
-                    if not callable(dead) and isinstance(dead, FencedSink):
-                        dead.set_fencing_token(token)
+                for src in self.sources:  # a source's own dead-letter sink writes too
+                    if isinstance(src, DeadLettering) and isinstance(src.dead_letter_sink, FencedSink):
+                        src.dead_letter_sink.set_fencing_token(token)
             for src in self.sources:
                 if isinstance(src, BatchIntervalAware):
                     src.set_batch_interval_ms(self.interval)

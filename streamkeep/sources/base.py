@@ -124,3 +124,54 @@ class OffsetCommitting(Protocol):
 
     def commit_offsets(self, position: Data) -> None:
         """Report `position` (as from ``position()``) to the external system."""
+
+
+@runtime_checkable
+class DeadLettering(Protocol):
+    """A source that writes the records it cannot decode to a dead-letter sink of its own.
+
+    That sink is a sink of the job: its name is checked against the job's other sinks, and the
+    scheduler hands it the driver's fencing token like every other `FencedSink`.
+    """
+
+    @property
+    def dead_letter_sink(self) -> Any | None:
+        """The dead-letter sink (None when the source fails or calls a function instead)."""
+
+
+class DeadLetters:
+    """A source's ``on_error``: a dead-letter sink (opened once, written per batch) or a callable.
+
+    Shared by the text-file and Kafka sources, so both open, write and close it the same way.
+    """
+
+    def __init__(self, on_error: Any) -> None:
+        self.on_error = on_error
+        self._opened = False
+
+    @property
+    def sink(self) -> Any | None:
+        """The dead-letter sink, or None (no ``on_error``, or a callable)."""
+        return None if self.on_error is None or callable(self.on_error) else self.on_error
+
+    def open(self) -> None:
+        """Open the sink (once)."""
+        sink = self.sink
+        if sink is not None and not self._opened:
+            sink.open()
+            self._opened = True
+
+    def write(self, batch_time: BatchTime, records: list[Any]) -> None:
+        """Write a batch's dead letters to the sink (nothing when there are none)."""
+        if records:
+            sink = self.sink
+            assert sink is not None, "dead letters without a dead-letter sink"
+            self.open()
+            sink.write(batch_time, records)
+
+    def close(self) -> None:
+        """Close the sink if it was opened; safe to call twice."""
+        sink = self.sink
+        if self._opened and sink is not None:
+            self._opened = False
+            sink.close()

@@ -36,7 +36,7 @@ from typing import Any
 from streamkeep._types import BatchTime, Data
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError, SourceError
 from streamkeep.sources._kafka_read import DeadLetterSink
-from streamkeep.sources.base import BlobStore, start_blob
+from streamkeep.sources.base import BlobStore, DeadLetters, start_blob
 
 #: What ``on_error`` accepts besides a dead-letter sink: ``f(record, exception)``.
 LineErrorHandler = Callable[[dict[str, Any], Exception], None]
@@ -229,17 +229,19 @@ class TextFileSource:
         self.encoding = encoding
         self.errors = errors
         self.on_error = on_error
-        self._dead_letter_opened = False
+        self._dead = DeadLetters(on_error)
 
     # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def dead_letter_sink(self) -> Any | None:
+        """The ``on_error`` dead-letter sink (None for a callable or no ``on_error``)."""
+        return self._dead.sink
 
     def open(self, blobs: BlobStore) -> None:
         """Check the directory; with `new_files_only`, take (or reload) the files to skip."""
         self._dir.check(self.name)
-        sink = self.on_error
-        if sink is not None and not callable(sink) and not self._dead_letter_opened:
-            sink.open()
-            self._dead_letter_opened = True
+        self._dead.open()
         if not self.new_files_only:
             return
         # As Spark: the files there at start are skipped (restore() replaces this). The list is
@@ -286,10 +288,7 @@ class TextFileSource:
 
     def close(self) -> None:
         """Close a dead-letter sink; safe to call twice."""
-        sink = self.on_error
-        if self._dead_letter_opened and sink is not None and not callable(sink):
-            self._dead_letter_opened = False
-            sink.close()
+        self._dead.close()
 
     def describe(self) -> dict[str, Any]:
         """Kind and directory (a changed directory makes the stored position meaningless)."""
@@ -354,13 +353,7 @@ class TextFileSource:
                 msg = f"text_file_stream {self.name!r}: file {path!r} shrank after it was planned for batch {batch_time} ms (had {size} bytes, now {len(data)})"
                 raise SourceError(msg)
             parts.append(self._lines(path, data, batch_time, bad))
-        if bad:
-            sink = self.on_error
-            assert sink is not None and not callable(sink)
-            if not self._dead_letter_opened:
-                sink.open()
-                self._dead_letter_opened = True
-            sink.write(batch_time, bad)
+        self._dead.write(batch_time, bad)
         if not parts:
             return [[]]
         if self._parts:

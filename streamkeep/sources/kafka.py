@@ -37,7 +37,7 @@ from streamkeep.sources._kafka_config import pkey as _pkey
 from streamkeep.sources._kafka_config import split_pkey as _split_pkey
 from streamkeep.sources._kafka_meta import Offsets, TopicInfo, admin_conf, collect_describe, collect_offsets, start_describe, start_offsets
 from streamkeep.sources._kafka_read import DeadLetterSink, ErrorHandler, KafkaRecord, fetch_ranges
-from streamkeep.sources.base import BlobStore
+from streamkeep.sources.base import BlobStore, DeadLetters
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
@@ -206,6 +206,7 @@ class KafkaSource:
         self.key_deserializer = key_deserializer
         self.value_deserializer = value_deserializer
         self.on_error = on_error
+        self._dead = DeadLetters(on_error)
         self.max_rate_per_partition = max_rate_per_partition
         self.backpressure = backpressure
         self.timeout_s = timeout_s
@@ -228,17 +229,18 @@ class KafkaSource:
         self._consumer: Consumer | None = None
         self._admin: AdminClient | None = None
         self._lock = threading.RLock()
-        self._dead_letter_opened = False
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def dead_letter_sink(self) -> Any | None:
+        """The ``on_error`` dead-letter sink (None for a callable or no ``on_error``)."""
+        return self._dead.sink
+
     def open(self, blobs: BlobStore | None = None) -> None:
         """Create the consumer (no broker contact yet). Blobs are not needed."""
         with self._lock:
             self._ensure_consumer()
-            sink = self.on_error
-            if sink is not None and not callable(sink) and not self._dead_letter_opened:
-                sink.open()
-                self._dead_letter_opened = True
+            self._dead.open()
 
     def close(self) -> None:
         """Close the consumer (and a dead-letter sink); safe to call twice."""
@@ -247,10 +249,7 @@ class KafkaSource:
             self._admin = None
             if consumer is not None:
                 consumer.close()  # waits (at most ~timeout_s) for offset commits in flight
-            sink = self.on_error
-            if self._dead_letter_opened and sink is not None and not callable(sink):
-                self._dead_letter_opened = False
-                sink.close()
+            self._dead.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -734,13 +733,7 @@ class KafkaSource:
                 if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
                     ranges = self._check_replay(ranges, batch_time)
                 self._fetch(ranges, out, bad, batch_time)
-        if bad:
-            sink = self.on_error
-            assert sink is not None and not callable(sink)
-            if not self._dead_letter_opened:
-                sink.open()
-                self._dead_letter_opened = True
-            sink.write(batch_time, bad)
+        self._dead.write(batch_time, bad)
         return out
 
     def _check_replay(self, ranges: list[tuple[str, int, int, int]], batch_time: BatchTime) -> list[tuple[str, int, int, int]]:

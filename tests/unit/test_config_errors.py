@@ -623,3 +623,11 @@ def test_retention_and_lease_settings_are_checked_when_built(kw, match):
     driver takes the checkpoint over; a str fails deep inside retention or the heartbeat)."""
     with pytest.raises(ConfigError, match=match):
         sk.StreamingContext(1.0, checkpoint="/nonexistent/never-created", **kw)
+
+
+def test_a_kafka_dead_letter_sink_takes_part_in_the_sink_name_check(ssc):
+    """The Kafka source's dead-letter sink is a sink of the job too (same check as text_file_stream's)."""
+    pytest.importorskip("confluent_kafka")
+    ssc.kafka_stream("t", bootstrap_servers="127.0.0.1:1", name="k", on_error=ListSink("dead")).pprint()
+    with pytest.raises(ConfigError, match="sink named 'dead'"):
+        ssc.queue_stream([], name="q").write_to(ListSink("dead"))
