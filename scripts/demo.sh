@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --demo  # streamkeep alone: no integrations, no test tools
-exec .venv/bin/streamkeep demo "$@"
+STREAMKEEP_DEMO_COMMAND=./scripts/demo.sh exec .venv/bin/streamkeep demo "$@"

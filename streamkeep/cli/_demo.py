@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import signal
@@ -51,8 +52,13 @@ def _duration(ms: int) -> str:
 
 
 def again_command(checkpoint: str) -> str:
-    """The command that resumes this demo (naming --checkpoint when it is not the default)."""
-    return "streamkeep demo" + ("" if checkpoint == DEFAULT_CHECKPOINT else f" --checkpoint {shlex.quote(checkpoint)}")
+    """The command that resumes this demo (naming --checkpoint when it is not the default).
+
+    ``./scripts/demo.sh`` sets ``STREAMKEEP_DEMO_COMMAND`` to itself: the user who started the demo
+    that way has no ``streamkeep`` on their PATH.
+    """
+    program = os.environ.get("STREAMKEEP_DEMO_COMMAND") or "streamkeep demo"
+    return program + ("" if checkpoint == DEFAULT_CHECKPOINT else f" --checkpoint {shlex.quote(checkpoint)}")
 
 
 def resume_message(checkpoint: str, last_ms: int, now_ms: int, interval_ms: int) -> str:

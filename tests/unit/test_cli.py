@@ -489,3 +489,13 @@ def test_demo_names_the_checkpoint_to_resume_from() -> None:
 
     assert again_command(DEFAULT_CHECKPOINT) == "streamkeep demo"
     assert again_command("/tmp/my ckpt") == "streamkeep demo --checkpoint '/tmp/my ckpt'"
+
+
+def test_the_demo_script_names_itself_as_the_command_to_resume(monkeypatch):
+    """Started through ./scripts/demo.sh (which sets STREAMKEEP_DEMO_COMMAND), the demo tells that command, not
+    `streamkeep demo`, which is not on the PATH of a user who never activated the virtualenv."""
+    from streamkeep.cli._demo import DEFAULT_CHECKPOINT, again_command
+
+    monkeypatch.setenv("STREAMKEEP_DEMO_COMMAND", "./scripts/demo.sh")
+    assert again_command(DEFAULT_CHECKPOINT) == "./scripts/demo.sh"
+    assert again_command("/tmp/ck") == "./scripts/demo.sh --checkpoint /tmp/ck"
