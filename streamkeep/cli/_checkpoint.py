@@ -37,7 +37,7 @@ from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpoi
 from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.kinds import make_runtime, node_from_description
-from streamkeep.scheduler._compat import check_compatible, differences
+from streamkeep.scheduler._compat import DIFF_HINT, check_compatible, differences
 from streamkeep.scheduler._state_io import load_chain, read_state_file
 
 _FRAMED_TOP = {"CHECKPOINT": "identity", "lease": "lease"}
@@ -619,7 +619,7 @@ def diff(url: str, app: str, *, storage_options: dict[str, Any] | None = None) -
         check_compatible(stored, current, allowed, url)
     except IncompatibleCheckpointError as exc:
         print("verdict: INCOMPATIBLE -- get_or_create would raise IncompatibleCheckpointError:")
-        for ln in str(exc).splitlines()[1:]:
+        for ln in str(exc).replace(f" {DIFF_HINT}", "").splitlines()[1:]:
             print(f"  {ln}")
         return 1
     print("verdict: compatible -- get_or_create restores this checkpoint into the new code")

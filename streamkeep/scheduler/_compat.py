@@ -19,6 +19,9 @@ from typing import Any
 from streamkeep.errors import IncompatibleCheckpointError
 from streamkeep.executors.kinds import shape_keys
 
+#: The last sentence of an incompatibility error; `streamkeep checkpoint diff` leaves it out of its own output.
+DIFF_HINT = "Run `streamkeep checkpoint diff URL APP.py` to see every difference."
+
 #: Source kinds whose position is empty: removing one loses nothing.
 _POSITIONLESS = frozenset({"constant"})
 
@@ -136,6 +139,6 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
     if problems:
         msg = (
             f"the current code cannot take over checkpoint {url}:\n" + "\n".join(problems)
-            + "\nOr start fresh with a new checkpoint URL. Run `streamkeep checkpoint diff URL APP.py` to see every difference."
+            + "\nOr start fresh with a new checkpoint URL. " + DIFF_HINT
         )
         raise IncompatibleCheckpointError(msg)

@@ -431,6 +431,7 @@ def test_diff_refuses_a_renamed_source_by_name(ckpt: str, tmp_path: Path, capsys
     assert "no source of the code takes over (renamed or removed):\n    rate (rate) at {" in out
     assert "verdict: INCOMPATIBLE" in out
     assert "source 'rate' (rate) has a position in the checkpoint" in out and "allow_state_loss={'rate'}" in out
+    assert "streamkeep checkpoint diff" not in out  # no advice to run the command being run
     assert not reached.exists()
     Path(app).write_text(Path(app).read_text().replace("checkpoint=URL", "checkpoint=URL, allow_state_loss={'rate'}"))
     rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
