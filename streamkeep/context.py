@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,65 @@ RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any,
     "streamkeep_run_defaults", default=None
 )
 
+
+class JobHeld(BaseException):
+    """Raised, under `hold_jobs`, where a job would start running: its setup code stops there.
+
+    A BaseException so that a script's ``except Exception`` does not swallow it.
+    """
+
+
+class HeldJobs:
+    """The contexts a job's code creates under `hold_jobs` (none of them runs)."""
+
+    def __init__(self) -> None:
+        self.created: list[StreamingContext] = []
+        self.started: list[StreamingContext] = []
+        self.via_get_or_create: list[StreamingContext] = []
+
+    def job(self) -> StreamingContext | None:
+        """The job's context: the last that would have started, else the last `get_or_create` returned,
+        else the last with an output, else the last created (None if none was)."""
+        with_outputs = [c for c in self.created if c._graph.outputs()]
+        for group in (self.started, self.via_get_or_create, with_outputs, self.created):
+            if group:
+                return group[-1]
+        return None
+
+
+_HOLD: contextvars.ContextVar[HeldJobs | None] = contextvars.ContextVar("streamkeep_hold_jobs", default=None)
+
+
+@contextlib.contextmanager
+def hold_jobs() -> Iterator[HeldJobs]:
+    """Build jobs without running them (``streamkeep checkpoint diff`` builds a job's graph this way).
+
+    Inside the block, every `StreamingContext` created is recorded; `run`, `start` and
+    `await_termination` raise `JobHeld` instead of running; `get_or_create` calls
+    ``setup()`` and returns its context without opening the checkpoint (the context takes
+    the checkpoint URL if it has none). Nothing is claimed, read or written.
+
+    Example:
+        >>> with hold_jobs() as held:
+        ...     try:
+        ...         setup_and_run()  # the job's code: builds a context, then starts it
+        ...     except JobHeld:
+        ...         pass
+        >>> graph = held.job()._graph.describe()  # doctest: +SKIP
+    """
+    held = HeldJobs()
+    token = _HOLD.set(held)
+    try:
+        yield held
+    finally:
+        _HOLD.reset(token)
+
+
+def _hold_here(ssc: StreamingContext) -> None:
+    held = _HOLD.get()
+    if held is not None:
+        held.started.append(ssc)
+        raise JobHeld
 
 
 class StreamingContext:
@@ -162,6 +222,8 @@ class StreamingContext:
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()  # held by run() while it runs batches
         self._run_thread: threading.Thread | None = None
+        if (held := _HOLD.get()) is not None:
+            held.created.append(self)
 
     # -- configuration ---------------------------------------------------------
 
@@ -372,6 +434,7 @@ class StreamingContext:
         without `max_batches`). Calling it again continues with the next batch time.
         Returns the number of batches run.
         """
+        _hold_here(self)
         self._require_state("run()", "initialized", "active")
         if self._thread is not None:
             msg = "run() cannot be used while the context was started with start(); use await_termination()"
@@ -430,6 +493,7 @@ class StreamingContext:
             wait_for_clock: wait for the clock to reach batch times that are
                 ahead of it (True), or keep their lead (False).
         """
+        _hold_here(self)
         self._require_state("start()", "initialized")
         sched = self._make_scheduler()
         lead_ms = sched.next_time() - int(self._clock.now_ms())
@@ -483,6 +547,7 @@ class StreamingContext:
         batch. A second Ctrl-C stops waiting for the batch in progress (it is re-run,
         with its plan, by the next `get_or_create`) and raises KeyboardInterrupt.
         """
+        _hold_here(self)
         if self._thread is None:
             if self._error is not None:
                 raise self._error
@@ -636,6 +701,12 @@ class StreamingContext:
         `IncompatibleCheckpointError` here, before anything runs.
         """
         ssc = setup()
+        held = _HOLD.get()
+        if held is not None and isinstance(ssc, StreamingContext):
+            if ssc._checkpoint_url is None:
+                ssc._checkpoint_url = checkpoint
+            held.via_get_or_create.append(ssc)
+            return ssc
         if not isinstance(ssc, StreamingContext):
             msg = f"get_or_create: setup() must return a StreamingContext, got {type(ssc).__name__}"
             raise ConfigError(msg)

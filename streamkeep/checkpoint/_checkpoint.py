@@ -546,20 +546,33 @@ class Checkpoint:
                 break
         return best
 
-    def records(self, *, newest_first: bool = True, strict: bool = False) -> list[CommitRecord]:
-        """Decoded log records; corrupt ones are skipped with a warning unless `strict`."""
+    def read_records(self, *, newest_first: bool = True, strict: bool = False) -> tuple[list[CommitRecord], dict[int, CheckpointError]]:
+        """Every readable log record, and the error of each unreadable one (by sequence number).
+
+        Logs nothing: the caller says what an unreadable record means (`records` warns and
+        recovery falls back; ``streamkeep checkpoint`` lists them). With `strict` the first
+        unreadable record raises its error instead.
+        """
         seqs = self.log_seqs()
         if newest_first:
             seqs.reverse()
         out = []
+        bad: dict[int, CheckpointError] = {}
         for seq in seqs:
             try:
                 out.append(CommitRecord(seq, check_record(self.storage.path(_log_path(seq)), self.read(_log_path(seq), "record"))))
             except CheckpointError as exc:
                 if strict:
                     raise
-                self.unreadable[seq] = exc
-                log.warning("skipping unreadable commit-log record %s: %s", _log_path(seq), exc)
+                bad[seq] = exc
+        return out, bad
+
+    def records(self, *, newest_first: bool = True, strict: bool = False) -> list[CommitRecord]:
+        """Decoded log records; corrupt ones are skipped with a warning unless `strict`."""
+        out, bad = self.read_records(newest_first=newest_first, strict=strict)
+        for seq, exc in bad.items():
+            self.unreadable[seq] = exc
+            log.warning("skipping unreadable commit-log record %s: %s", _log_path(seq), exc)
         return out
 
     def commits(self) -> list[CommitRecord]:

@@ -73,14 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamkeep.cli._run import run_app
 
             return run_app(args.app, args.args, pyspark=args.pyspark, ui_port=None if args.no_ui else args.ui_port, ui_host=args.ui_host)
-        from streamkeep.cli import _checkpoint
+        from streamkeep.cli._common import storage_options
 
-        opts = _checkpoint.storage_options(args.storage_option)
+        opts = storage_options(args.storage_option)
         if args.action == "inspect":
-            return _checkpoint.inspect(args.url, as_json=args.json, storage_options=opts)
+            from streamkeep.cli._inspect import inspect
+
+            return inspect(args.url, as_json=args.json, storage_options=opts)
         if args.action == "verify":
-            return _checkpoint.verify(args.url, storage_options=opts)
-        return _checkpoint.diff(args.url, args.app, storage_options=opts)
+            from streamkeep.cli._verify import verify
+
+            return verify(args.url, storage_options=opts)
+        from streamkeep.cli._diff import diff
+
+        return diff(args.url, args.app, storage_options=opts)
     except StreamkeepError as exc:
         print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -485,3 +485,36 @@ def test_multiple_sources_in_one_job(tmp_path):
     ssc.run(2)
     ssc.stop()
     assert sink.batches == [(1000, ["q1", "r0", "c"]), (2000, ["q2", "r1", "c"])]
+
+
+def test_hold_jobs_builds_a_job_without_running_or_opening_its_checkpoint(tmp_path) -> None:
+    """`hold_jobs` (what `streamkeep checkpoint diff` uses): the graph is built, nothing runs or is written."""
+    from streamkeep.context import JobHeld, hold_jobs
+
+    ckpt = tmp_path / "ckpt"
+    seen: list[object] = []
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0)
+        ssc.queue_stream([[("a", 1)]], name="q").update_state_by_key(lambda new, old: (old or 0) + sum(new), name="counts").foreach_batch(
+            lambda b: seen.append(b.collect())
+        )
+        return ssc
+
+    def job() -> None:
+        ssc = sk.StreamingContext.get_or_create(str(ckpt), setup)
+        try:
+            ssc.start()
+        except Exception:  # a job's own error handling must not swallow the hold
+            pytest.fail("JobHeld was caught as an Exception")
+
+    with hold_jobs() as held:
+        with pytest.raises(JobHeld):
+            job()
+    ssc = held.job()
+    assert ssc is not None and ssc.checkpoint_url == str(ckpt)
+    assert list(ssc._graph.describe()["operators"]) == ["counts"]
+    assert seen == [] and not ckpt.exists() and ssc.state == "initialized"
+    # outside the block the same code runs for real
+    ssc = sk.StreamingContext.get_or_create(str(ckpt), setup)
+    assert ssc.run() == 1 and seen == [[("a", 1)]] and ckpt.exists()

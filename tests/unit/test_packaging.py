@@ -46,3 +46,13 @@ def test_the_demo_installs_no_extras() -> None:
     demo_branch = setup[setup.index('elif [ "$mode" = demo ]') :].split("\nfi\n")[0]
     installs = [line for line in demo_branch.splitlines() if "pip install" in line]
     assert installs and all("[" not in line.split("pip install", 1)[1] for line in installs), installs
+
+
+def test_shipped_code_does_not_use_test_doubles() -> None:
+    """The package uses its own APIs (e.g. `context.hold_jobs` for `checkpoint diff`), never unittest.mock."""
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "streamkeep").rglob("*.py"))
+        if re.search(r"^\s*(from unittest|import unittest)", p.read_text(encoding="utf-8"), re.MULTILINE)
+    ]
+    assert offenders == []
