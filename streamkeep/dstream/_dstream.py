@@ -448,36 +448,21 @@ class DStream(Generic[T]):
         self._graph.add(OutputNode, op="foreach_batch", parents=(self._node,), slide_ms=self.slide_ms, fn=g, sink=None)
 
     def pprint(self, num: int = 10) -> None:
-        """Print the first `num` records of every batch, Spark style."""
-        if not isinstance(num, int) or num < 0:
-            msg = f"pprint: num must be a non-negative int, got {num!r}"
-            raise ConfigError(msg)
+        """Print the first `num` records of every batch, Spark style (a `streamkeep.sinks.text.PPrintSink`)."""
+        from streamkeep.sinks.text import PPrintSink
 
-        def show(t: int, batch: Batch[Any]) -> None:
-            taken = batch.take(num + 1)
-            lines = ["-" * 43, f"Time: {to_datetime(t):%Y-%m-%d %H:%M:%S.%f}"[:-3], "-" * 43]
-            lines += [str(r) for r in taken[:num]]
-            if len(taken) > num:
-                lines.append("...")
-            print("\n".join(lines) + "\n", flush=True)
-
-        self._graph.add(OutputNode, op="pprint", parents=(self._node,), slide_ms=self.slide_ms, fn=show, sink=None)
+        sink = PPrintSink(num, name=self._output_name("pprint"))
+        self._write_to(sink, "pprint")
 
     def save_as_text_files(self, prefix: str, suffix: str | None = None) -> None:
         """Write each batch to ``prefix-<time ms>[.suffix]/part-NNNNN`` (one file per partition).
 
-        A replayed batch rewrites the same files, so output is exact after recovery.
+        A replayed batch rewrites the same files, so output is exact after recovery
+        (a `streamkeep.sinks.text.TextFilesSink`).
         """
-        from streamkeep._textfiles import write_text_batch
+        from streamkeep.sinks.text import TextFilesSink
 
-        self._graph.add(
-            OutputNode,
-            op="save_as_text_files",
-            parents=(self._node,),
-            slide_ms=self.slide_ms,
-            fn=lambda t, b: write_text_batch(prefix, suffix, t, b.partitions),
-            sink=None,
-        )
+        self._write_to(TextFilesSink(prefix, suffix, name=self._output_name("save_as_text_files")), "save_as_text_files")
 
     def write_to(self, sink: Sink) -> None:
         """Send every batch to `sink`, which receives the batch time with the records."""
@@ -485,8 +470,15 @@ class DStream(Generic[T]):
             if not hasattr(sink, attr):
                 msg = f"write_to: {sink!r} is not a Sink (it has no {attr!r}); see streamkeep.sinks"
                 raise ConfigError(msg)
-        self._graph.register_sink(sink, "write_to")
-        self._graph.add(OutputNode, op=f"sink {sink.name!r}", parents=(self._node,), slide_ms=self.slide_ms, fn=None, sink=sink)
+        self._write_to(sink, f"sink {sink.name!r}", "write_to")
+
+    def _output_name(self, op: str) -> str:
+        """The name of the sink behind an output operator: the label of its node (``pprint#3``)."""
+        return f"{op}#{len(self._graph.nodes)}"
+
+    def _write_to(self, sink: Sink, op: str, what: str | None = None) -> None:
+        self._graph.register_sink(sink, what or op)
+        self._graph.add(OutputNode, op=op, parents=(self._node,), slide_ms=self.slide_ms, fn=None, sink=sink)
 
 
 class MapWithStateDStream(DStream[T]):

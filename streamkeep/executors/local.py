@@ -10,7 +10,7 @@ another executor implements the same protocol.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from streamkeep import _faults
 from streamkeep._util import short_repr, user_function_error
@@ -30,6 +30,7 @@ from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunct
 from streamkeep.executors._pool import ProcessPool
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
+from streamkeep.sinks.base import BatchSink
 
 
 class LocalExecutor:
@@ -189,7 +190,7 @@ class LocalExecutor:
                 continue
             s0 = time.perf_counter() if self._timings is not None else 0.0
             if node.sink is not None:
-                _write(node, t, batch.collect())
+                _write(node, t, batch)
             else:
                 assert node.fn is not None
                 _call_output(node, t, batch)
@@ -205,20 +206,27 @@ class LocalExecutor:
 
 def output_label(node: OutputNode) -> str:
     """How metrics and the dashboard name an output: its sink's name, else the op and node id."""
-    if node.sink is not None:
+    if node.sink is not None and node.op.startswith("sink "):  # write_to; pprint and the like keep their op's label
         return f"sink {node.sink.name}"
     return f"{node.op}#{node.id}"
 
 
-def _write(node: OutputNode, t: int, records: list[Any]) -> None:
-    assert node.sink is not None
+def _write(node: OutputNode, t: int, data: Batch[Any] | list[Any]) -> None:
+    """Write batch `t` to the node's sink: a `BatchSink` reads the batch itself, any other gets its records."""
+    sink = node.sink
+    assert sink is not None
+    if not isinstance(data, list) and not isinstance(sink, BatchSink):
+        data = data.collect()
     _faults.point("sink.before_write")
     try:
-        node.sink.write(t, records)
+        if isinstance(data, list):
+            sink.write(t, data)
+        else:
+            cast(BatchSink, sink).write_batch(t, data)
     except StreamkeepError:
         raise
     except Exception as exc:
-        msg = f"sink {node.sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+        msg = f"sink {sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
         raise SinkError(msg) from exc
     _faults.point("sink.after_write")
 

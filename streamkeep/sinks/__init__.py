@@ -10,5 +10,6 @@ from streamkeep.sinks.files import FileSink
 from streamkeep.sinks.kafka import KafkaSink
 from streamkeep.sinks.print import PrintSink
 from streamkeep.sinks.redis import RedisSink
+from streamkeep.sinks.text import PPrintSink, TextFilesSink
 
-__all__ = ["FileSink", "KafkaSink", "PrintSink", "RedisSink", "Sink"]
+__all__ = ["FileSink", "KafkaSink", "PPrintSink", "PrintSink", "RedisSink", "Sink", "TextFilesSink"]

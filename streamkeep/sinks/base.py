@@ -10,8 +10,10 @@ record the last applied batch time atomically with the data and skip replays.
 from a driver that lost the checkpoint to a newer one (a "zombie"); the
 scheduler hands such a sink a `FencingToken` once it owns the checkpoint.
 `MarkedSink` is the optional capability of a sink that records the last batch
-time it applied; a fresh job starts after it. The scheduler checks these with
-``isinstance(sink, Protocol)``; nothing else is probed.
+time it applied; a fresh job starts after it. `BatchSink` is the optional
+capability of a sink that reads the batch itself (only its first records, or one
+list per partition) instead of getting all its records as one list. The scheduler
+and executors check these with ``isinstance(sink, Protocol)``; nothing else is probed.
 Must not import the scheduler, dstream, sources or executors.
 """
 
@@ -22,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from streamkeep._types import BatchTime
 
-__all__ = ["FencedSink", "FencingToken", "MarkedSink", "Sink"]
+__all__ = ["BatchSink", "BatchView", "FencedSink", "FencingToken", "MarkedSink", "Sink"]
 
 
 @runtime_checkable
@@ -132,3 +134,30 @@ class MarkedSink(Protocol):
 
     def last_batch(self) -> BatchTime | None:
         """The last batch time applied, or None when the sink has applied none."""
+
+
+class BatchView(Protocol):
+    """What a `BatchSink` is handed: one batch, read as the sink needs (a `streamkeep.batch.Batch`)."""
+
+    @property
+    def partitions(self) -> list[list[Any]]:
+        """The records, one list per partition (computes the whole batch)."""
+
+    def take(self, n: int) -> list[Any]:
+        """The first `n` records (computes only as many partitions as needed)."""
+
+    def collect(self) -> list[Any]:
+        """All records in partition order."""
+
+
+@runtime_checkable
+class BatchSink(Protocol):
+    """A sink that reads the batch itself instead of getting all its records as one list.
+
+    The executor calls ``write_batch(T, batch)`` instead of ``write(T, records)``; the
+    rules of `Sink` (replays of ``T``, fencing) are the same. `PPrintSink` reads only the
+    first records; `TextFilesSink` writes one file per partition.
+    """
+
+    def write_batch(self, batch_time: BatchTime, batch: BatchView) -> None:
+        """Write batch `batch_time`; may be called again for the same batch time."""

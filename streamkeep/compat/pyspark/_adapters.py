@@ -8,19 +8,18 @@ Referenced from the alias table in `_aliases.py`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import heapq
 import math
 import operator
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from streamkeep import Batch, DStream
 from streamkeep.compat.pyspark._errors import unsupported
+from streamkeep.sinks._textfiles import write_text_dir
+from streamkeep.sinks.text import PPrintSink, TextFilesSink
 
 
 def local_time(t: datetime) -> datetime:
@@ -48,25 +47,21 @@ def ds_partition_by(ds: DStream[Any], num_partitions: int, partition_func: Any =
 
 
 def pprint_fn(num: int = 10) -> Callable[[datetime, Batch[Any]], None]:
-    """the output function of pprint: print the first num records, PySpark's format"""
+    """the output function of pprint: a PPrintSink with PySpark's time format (naive local time)"""
+    sink = PPrintSink(num, name="pprint", time_format=lambda ms: str(datetime.fromtimestamp(ms / 1000)))
 
     def take_and_print(t: datetime, batch: Batch[Any]) -> None:
-        taken = batch.take(num + 1)
-        lines = ["-" * 43, f"Time: {local_time(t)}", "-" * 43]
-        lines += [str(r) for r in taken[:num]]
-        if len(taken) > num:
-            lines.append("...")
-        print("\n".join(lines) + "\n", flush=True)
+        sink.write_batch(round(t.timestamp() * 1000), batch)
 
     return take_and_print
 
 
 def save_fn(prefix: str, suffix: str | None = None) -> Callable[[datetime, Batch[Any]], None]:
-    """the output function of saveAsTextFiles: rdd.saveAsTextFile(prefix-<ms>[.suffix]), as PySpark does"""
+    """the output function of saveAsTextFiles: a TextFilesSink, rdd.saveAsTextFile(prefix-<ms>[.suffix]) as PySpark does"""
+    sink = TextFilesSink(prefix, suffix, name="saveAsTextFiles")
 
     def save(t: datetime, batch: Batch[Any]) -> None:
-        name = f"{prefix}-{round(t.timestamp() * 1000)}"
-        rdd_save_as_text_file(batch, f"{name}.{suffix}" if suffix else name)
+        sink.write_batch(round(t.timestamp() * 1000), batch)
 
     return save
 
@@ -380,27 +375,4 @@ def rdd_save_as_text_file(b: Batch[Any], path: str, compression: Any = None) -> 
     """write part-NNNNN per partition and _SUCCESS into `path` (local paths)"""
     if compression is not None:
         unsupported("RDD.saveAsTextFile(compressionCodecClass=...)", "output is written uncompressed")
-    os.makedirs(path, exist_ok=True)
-    for i, part in enumerate(b.partitions):
-        _atomic_write(os.path.join(path, f"part-{i:05d}"), "".join(f"{r}\n" for r in part))
-    _atomic_write(os.path.join(path, "_SUCCESS"), "")
-
-
-def _atomic_write(path: str, text: str) -> None:
-    """Replace `path` atomically and durably (the file and its directory entry are fsynced)."""
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_text_dir(path, b.partitions)
