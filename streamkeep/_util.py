@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from streamkeep._types import BatchTime
 from streamkeep.errors import ConfigError, UserFunctionError
@@ -136,13 +137,18 @@ def check_partitions(n: Any, what: str, *, optional: bool = False) -> None:
         raise ConfigError(msg)
 
 
-def user_function_error(where: str, exc: BaseException, batch_time: int, operator: str, *, detail: str = "", at: str = "") -> UserFunctionError:
+def user_function_error(
+    where: str, exc: BaseException, batch_time: int, operator: str, *, detail: str = "", at: str = "", subject: str | None = None
+) -> UserFunctionError:
     """The `UserFunctionError` for a user function that raised `exc` (chain it: ``raise ... from exc``).
 
     Message: "user function <where> raised <Type>: <message><detail> (batch time <T> ms<at>)",
-    e.g. where="in operator 'map'", detail=" for record 3", at=", partition 0".
+    e.g. where="in operator 'map'", detail=" for record 3", at=", partition 0". A `subject`
+    names the function otherwise (it replaces "user function <where>"), e.g.
+    subject="RedisSink 'out': the write function".
     """
-    msg = f"user function {where} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{detail} (batch time {batch_time} ms{at})"
+    who = subject if subject is not None else f"user function {where}"
+    msg = f"{who} raised {type(exc).__name__}: {short_repr(str(exc), 200)}{detail} (batch time {batch_time} ms{at})"
     return UserFunctionError(msg, operator=operator, batch_time_ms=batch_time)
 
 
@@ -193,3 +199,54 @@ def atomic_write_file(path: str, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+_R = TypeVar("_R")
+
+
+def retry_with_backoff(
+    fn: Callable[[], _R],
+    *,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    first_s: float,
+    give_up: Callable[[BaseException, int, float], BaseException | None],
+    on_retry: Callable[[BaseException, int, float], None] = lambda exc, attempt, delay_s: None,
+    between: Callable[[], None] | None = None,
+    cap_s: float = 2.0,
+    sleep: Callable[[float], object] = time.sleep,
+) -> _R:
+    """Call `fn` until it returns, retrying the exceptions `retry_on` after an exponential backoff.
+
+    The one retry loop of the connectors (connectors own their retries: bounded, configurable,
+    logged). After a failed attempt ``give_up(exc, attempt, delay_s)`` decides: None retries
+    after ``delay_s``; an exception is raised (chained to `exc`; `exc` itself re-raises it
+    as is). ``on_retry`` (e.g. a log line) runs before the wait, ``between`` (e.g. a metadata
+    refresh) after it. The delay starts at `first_s` and doubles up to `cap_s`.
+
+    Example:
+        >>> calls = []
+        >>> def flaky() -> str:
+        ...     calls.append(1)
+        ...     if len(calls) < 3:
+        ...         raise ConnectionError("down")
+        ...     return "up"
+        >>> retry_with_backoff(flaky, retry_on=ConnectionError, first_s=0.001, give_up=lambda e, n, d: None)
+        'up'
+    """
+    delay_s = first_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except retry_on as exc:
+            err = give_up(exc, attempt, delay_s)
+            if err is exc:
+                raise
+            if err is not None:
+                raise err from exc
+            on_retry(exc, attempt, delay_s)
+            sleep(delay_s)
+            delay_s = min(delay_s * 2, cap_s)
+            if between is not None:
+                between()

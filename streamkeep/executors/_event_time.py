@@ -23,22 +23,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streamkeep._util import short_repr, stable_hash
+from streamkeep._util import short_repr, stable_hash, user_function_error
 from streamkeep.batch import Batch, as_pair
 from streamkeep.dstream._event_time import EventWindowNode, WindowResult, event_ms, ms_datetime
 from streamkeep.errors import UserFunctionError
 from streamkeep.executors._runtime import _SCALARS, StatefulRuntime, _detach
-from streamkeep.state.memory import MemoryStateStore
+from streamkeep.state.factory import StoreFactory, memory_store
 
 log = logging.getLogger("streamkeep.event_time")
 
 
 def _user_error(node: EventWindowNode, t: int, what: str, exc: BaseException, record: Any) -> UserFunctionError:
-    msg = (
-        f"{what} of {node.label} raised {type(exc).__name__}: {short_repr(str(exc), 200)} "
-        f"on record {short_repr(record)} (batch time {t} ms)"
-    )
-    return UserFunctionError(msg, operator=node.name, batch_time_ms=t)
+    return user_function_error("", exc, t, node.name, detail=f" on record {short_repr(record)}", subject=f"{what} of {node.label}")
 
 
 def _sort_key(r: WindowResult) -> tuple[Any, ...]:
@@ -50,9 +46,9 @@ class EventWindowRuntime(StatefulRuntime):
 
     node: EventWindowNode
 
-    def __init__(self, node: EventWindowNode) -> None:
+    def __init__(self, node: EventWindowNode, stores: StoreFactory = memory_store) -> None:
         self.node = node
-        self.store = MemoryStateStore()
+        self.store = stores()
         self.max_event_ms: int | None = None
         self.watermark_ms: int | None = None
         self.last_data_t: int | None = None

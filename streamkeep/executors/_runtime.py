@@ -21,7 +21,7 @@ from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import UserFunctionError
-from streamkeep.state.memory import MemoryStateStore
+from streamkeep.state.factory import StoreFactory, memory_store
 
 # Values whose equality means "unchanged"; mutable containers are always re-written.
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset, complex, tuple})
@@ -107,9 +107,9 @@ class StatefulRuntime:
 
 
 class _Keyed(StatefulRuntime):
-    def __init__(self, node: StatefulNode) -> None:
+    def __init__(self, node: StatefulNode, stores: StoreFactory = memory_store) -> None:
         self.node = node
-        self.store = MemoryStateStore()
+        self.store = stores()
 
     def delta(self) -> dict[str, Any] | None:
         changed, removed = self.store.take_delta()
@@ -430,9 +430,9 @@ class ReduceWindowRuntime(WindowRuntime):
 
     node: ReduceWindowNode
 
-    def __init__(self, node: ReduceWindowNode, zero_ms: int) -> None:
+    def __init__(self, node: ReduceWindowNode, zero_ms: int, stores: StoreFactory = memory_store) -> None:
         super().__init__(node, zero_ms)
-        self.running = MemoryStateStore()
+        self.running = stores()
 
     def _slice(self, parent: Batch[Any]) -> Any:
         try:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from streamkeep import _faults
 from streamkeep._types import BatchTime
-from streamkeep._util import import_optional
-from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
+from streamkeep._util import import_optional, retry_with_backoff, user_function_error
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
@@ -358,11 +358,15 @@ class KafkaSink:
                         "value= to serialise it"
                     )
                     raise SinkError(msg) from exc
-                msg = (
-                    f"KafkaSink {self.name!r}, batch {batch_time}: the key/value "
-                    f"serialiser raised for record #{i}: {exc!r}; nothing was written"
+                err = user_function_error(
+                    "",
+                    exc,
+                    batch_time,
+                    f"KafkaSink {self.name}",
+                    detail=f" for record #{i}; nothing was written",
+                    subject=f"KafkaSink {self.name!r}: the key/value serialiser",
                 )
-                raise UserFunctionError(msg, operator=f"KafkaSink {self.name}", batch_time_ms=batch_time) from exc
+                raise err from exc
             out.append((None if k is None else _to_bytes(k), _to_bytes(v)))
         return out
 
@@ -435,17 +439,22 @@ class KafkaSink:
         marker = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         producer.produce(self.marker_topic, value=marker, key=self.name.encode("utf-8"), partition=0)
         _faults.point("kafka_sink.after_marker")
-        while True:
-            try:
-                producer.commit_transaction(max(0.1, deadline - time.monotonic()))
-                _faults.point("kafka_sink.after_commit")
-                return
-            except ck.KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                # A retriable commit error (e.g. timeout) may be retried with the same call.
-                if err is None or not err.retriable() or err.txn_requires_abort() or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
+
+        def give_up(exc: BaseException, _attempt: int, _delay_s: float) -> BaseException | None:
+            err = exc.args[0] if exc.args else None
+            # A retriable commit error (e.g. timeout) may be retried with the same call.
+            if err is None or not err.retriable() or err.txn_requires_abort() or time.monotonic() >= deadline:
+                return exc  # re-raised as is
+            return None
+
+        retry_with_backoff(
+            lambda: producer.commit_transaction(max(0.1, deadline - time.monotonic())),
+            retry_on=ck.KafkaException,
+            first_s=0.05,
+            cap_s=0.05,
+            give_up=give_up,
+        )
+        _faults.point("kafka_sink.after_commit")
 
     def _discard_producer(self, err: Any) -> None:
         """Abort what can be aborted and drop the producer, so the marker is read again."""

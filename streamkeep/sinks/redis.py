@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamkeep._types import BatchTime
-from streamkeep._util import import_optional
-from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError, UserFunctionError
+from streamkeep._util import import_optional, retry_with_backoff, user_function_error
+from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
@@ -346,33 +345,24 @@ class RedisSink:
 
     def _retrying(self, what: str, batch_time: BatchTime | None, fn: Callable[[], Any]) -> Any:
         redis = _import_redis()
-        transient = (redis.ConnectionError, redis.TimeoutError)
-        backoff = self.retry_backoff_s
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except transient as exc:
-                attempt += 1
-                if attempt > self.max_retries:
-                    tail = "; the batch is not committed and runs again after a restart" if batch_time is not None else ""
-                    msg = (
-                        f"RedisSink {self.name!r}: {what} failed: cannot reach Redis at "
-                        f"{_redact(self.url)} after {attempt} attempt(s): {str(exc).rstrip('.')}. Check "
-                        f"that the server is up and reachable{tail}."
-                    )
-                    raise SinkError(msg) from exc
-                log.warning(
-                    "RedisSink %r: %s failed (attempt %d/%d), retrying in %.2f s: %s",
-                    self.name,
-                    what,
-                    attempt,
-                    self.max_retries + 1,
-                    backoff,
-                    exc,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+
+        def give_up(exc: BaseException, attempt: int, _delay_s: float) -> BaseException | None:
+            if attempt <= self.max_retries:
+                return None
+            tail = "; the batch is not committed and runs again after a restart" if batch_time is not None else ""
+            msg = (
+                f"RedisSink {self.name!r}: {what} failed: cannot reach Redis at "
+                f"{_redact(self.url)} after {attempt} attempt(s): {str(exc).rstrip('.')}. Check "
+                f"that the server is up and reachable{tail}."
+            )
+            return SinkError(msg)
+
+        def on_retry(exc: BaseException, attempt: int, delay_s: float) -> None:
+            log.warning("RedisSink %r: %s failed (attempt %d/%d), retrying in %.2f s: %s", self.name, what, attempt, self.max_retries + 1, delay_s, exc)
+
+        return retry_with_backoff(
+            fn, retry_on=(redis.ConnectionError, redis.TimeoutError), first_s=self.retry_backoff_s, give_up=give_up, on_retry=on_retry
+        )
 
     def _queue(self, batch_time: BatchTime, records: list[Any]) -> list[tuple[Any, ...]]:
         """Run the write function on a queue-only pipeline; the commands it queued."""
@@ -398,8 +388,10 @@ class RedisSink:
             except SinkError:
                 raise
             except Exception as exc:
-                msg = f"RedisSink {self.name!r}: the write function raised for batch {batch_time}: {exc!r}; nothing was applied"
-                raise UserFunctionError(msg, operator=f"RedisSink {self.name}", batch_time_ms=batch_time) from exc
+                err = user_function_error(
+                    "", exc, batch_time, f"RedisSink {self.name}", detail="; nothing was applied", subject=f"RedisSink {self.name!r}: the write function"
+                )
+                raise err from exc
             commands: list[tuple[Any, ...]] = []
             for args, _options in pipe.command_stack:
                 head = args[0]

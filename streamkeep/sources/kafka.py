@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamkeep._types import BatchTime, Data
+from streamkeep._util import retry_with_backoff
 from streamkeep.errors import ConfigError, SourceError
 from streamkeep.sources._backpressure import PidRateEstimator, partition_caps
 from streamkeep.sources._kafka_config import OFFSET_INVALID as _OFFSET_INVALID
@@ -389,31 +390,33 @@ class KafkaSource:
         """Call `fn` until it succeeds, retrying Kafka errors with backoff for timeout_s."""
         ck = _import_kafka()
         deadline = time.monotonic() + self.timeout_s
-        backoff = self.retry_backoff_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except ck.KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                fatal = bool(err is not None and hasattr(err, "fatal") and err.fatal())
-                if fatal or time.monotonic() + backoff > deadline:
-                    msg = (
-                        f"kafka source {self.name!r}: {what} failed after {attempt} "
-                        f"attempt(s) over {self.timeout_s:g} s (bootstrap "
-                        f"{self.bootstrap_servers}): {exc}. Check that the brokers are "
-                        "reachable; the batch is not committed and is retried on restart."
-                    )
-                    raise SourceError(msg) from exc
-                log.warning("kafka source %r: %s failed (attempt %d), retrying in %.2f s: %s", self.name, what, attempt, backoff, exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                if self._consumer is not None:  # refresh metadata before the next try
-                    try:
-                        self._consumer.list_topics(timeout=min(1.0, self.timeout_s))
-                    except ck.KafkaException:
-                        pass
+
+        def give_up(exc: BaseException, attempt: int, delay_s: float) -> BaseException | None:
+            err = exc.args[0] if exc.args else None
+            fatal = bool(err is not None and hasattr(err, "fatal") and err.fatal())
+            if not fatal and time.monotonic() + delay_s <= deadline:
+                return None
+            msg = (
+                f"kafka source {self.name!r}: {what} failed after {attempt} "
+                f"attempt(s) over {self.timeout_s:g} s (bootstrap "
+                f"{self.bootstrap_servers}): {exc}. Check that the brokers are "
+                "reachable; the batch is not committed and is retried on restart."
+            )
+            return SourceError(msg)
+
+        def on_retry(exc: BaseException, attempt: int, delay_s: float) -> None:
+            log.warning("kafka source %r: %s failed (attempt %d), retrying in %.2f s: %s", self.name, what, attempt, delay_s, exc)
+
+        def refresh() -> None:
+            if self._consumer is not None:  # refresh metadata before the next try
+                try:
+                    self._consumer.list_topics(timeout=min(1.0, self.timeout_s))
+                except ck.KafkaException:
+                    pass
+
+        return retry_with_backoff(
+            fn, retry_on=ck.KafkaException, first_s=self.retry_backoff_s, give_up=give_up, on_retry=on_retry, between=refresh
+        )
 
     def _partitions(self, topic: str) -> list[int]:
         """The partitions of `topic` from the consumer's metadata (no topic ID); retried."""

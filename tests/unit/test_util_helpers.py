@@ -48,3 +48,79 @@ def test_pickle_is_refused_the_same_way_for_files_and_inline_deltas() -> None:
     payload = get_codec("pickle").encode({"set": [], "del": []})
     with pytest.raises(CheckpointError, match=r"^inline delta of batch 5 was written with the pickle codec, and loading it would execute code .*codec='pickle'"):
         decode_state("pickle", payload, False, "inline delta of batch 5")
+
+
+def test_retry_with_backoff_doubles_up_to_the_cap_and_gives_up_as_told() -> None:
+    from streamkeep._util import retry_with_backoff
+
+    waits: list[float] = []
+    between: list[int] = []
+    logged: list[tuple[int, float]] = []
+    attempts = iter(range(100))
+
+    def flaky() -> str:
+        if next(attempts) < 4:
+            raise ConnectionError("down")
+        return "up"
+
+    got = retry_with_backoff(
+        flaky,
+        retry_on=ConnectionError,
+        first_s=0.1,
+        cap_s=0.3,
+        give_up=lambda exc, n, d: None,
+        on_retry=lambda exc, n, d: logged.append((n, d)),
+        between=lambda: between.append(len(waits)),
+        sleep=waits.append,
+    )
+    assert got == "up" and waits == [0.1, 0.2, 0.3, 0.3] and logged == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.3)]
+    assert between == [1, 2, 3, 4]  # after each wait
+
+    def down() -> None:
+        raise ConnectionError("still down")
+
+    def give_up(exc: BaseException, n: int, d: float) -> BaseException | None:
+        return RuntimeError(f"gave up after {n}") if n >= 3 else None
+
+    with pytest.raises(RuntimeError, match="gave up after 3") as info:
+        retry_with_backoff(down, retry_on=ConnectionError, first_s=0.1, give_up=give_up, sleep=lambda s: None)
+    assert isinstance(info.value.__cause__, ConnectionError)
+    original = ConnectionError("as is")
+
+    def fail() -> None:
+        raise original
+
+    with pytest.raises(ConnectionError) as same:
+        retry_with_backoff(fail, retry_on=ConnectionError, first_s=0.1, give_up=lambda exc, n, d: exc, sleep=lambda s: None)
+    assert same.value is original and same.value.__cause__ is None
+    with pytest.raises(ValueError):  # not retried
+        retry_with_backoff(lambda: int("x"), retry_on=ConnectionError, first_s=0.1, give_up=lambda exc, n, d: None)
+
+
+def test_connector_errors_of_user_functions_use_the_one_message_shape() -> None:
+    err = user_function_error("", ValueError("bad"), 3000, "RedisSink out", detail="; nothing was applied", subject="RedisSink 'out': the write function")
+    assert str(err) == "RedisSink 'out': the write function raised ValueError: 'bad'; nothing was applied (batch time 3000 ms)"
+    assert err.operator == "RedisSink out" and err.batch_time_ms == 3000
+
+
+def test_stateful_runtimes_get_their_stores_from_a_factory() -> None:
+    from streamkeep.executors._event_time import EventWindowRuntime
+    from streamkeep.executors._runtime import ReduceWindowRuntime, UpdateStateRuntime
+    from streamkeep.state.factory import memory_store
+
+    made: list[object] = []
+
+    def factory():  # type: ignore[no-untyped-def]
+        made.append(memory_store())
+        return made[-1]
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    s = ssc.queue_stream([[("a", 1)]], name="q")
+    s.update_state_by_key(lambda new, old: sum(new) + (old or 0), name="u")
+    s.reduce_by_key_and_window(lambda a, b: a + b, 2, 1, inv_f=lambda a, b: a - b, name="w")
+    s.with_event_time(lambda kv: 0, max_delay=1).tumbling_window(1).count_by_key(name="e")
+    g = ssc._graph
+    assert UpdateStateRuntime(g.names["u"], stores=factory).store is made[-1]
+    assert ReduceWindowRuntime(g.names["w"], 0, stores=factory).running is made[-1]
+    assert EventWindowRuntime(g.names["e"], stores=factory).store is made[-1]
+    assert len(made) == 3
