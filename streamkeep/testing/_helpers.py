@@ -105,7 +105,7 @@ class CrashAt:
         return env
 
 
-__all__ = ["CrashAt", "ListSink", "ManualClock", "key_count_of", "run_batches", "state_of"]
+__all__ = ["CrashAt", "ListSink", "ManualClock", "key_count_of", "run_batches", "state_of", "stateful_operators_of"]
 
 
 def _executor(ssc: StreamingContext) -> Any:
@@ -131,3 +131,8 @@ def key_count_of(ssc: StreamingContext, operator: str) -> int:
     """Keys (or records) stateful `operator` of a started job holds."""
     n: int = _executor(ssc).key_count(operator)
     return n
+
+
+def stateful_operators_of(ssc: StreamingContext) -> list[str]:
+    """The names of the stateful operators of a started job (what `state_of` accepts), sorted."""
+    return sorted(_executor(ssc).operators())

@@ -23,7 +23,7 @@ import time
 
 import streamkeep as sk
 from streamkeep.sinks import FileSink
-from streamkeep.testing import ManualClock, state_of
+from streamkeep.testing import ManualClock, state_of, stateful_operators_of
 
 INTERVAL_MS = 1000
 FEED_UNTIL = 0.6  # the feeder stops after this fraction of the batches, so keys time out
@@ -107,7 +107,7 @@ def _norm(x: object) -> object:
 
 def dump_state(ssc: sk.StreamingContext) -> dict[str, object]:
     out: dict[str, object] = {}
-    for name in sorted(ssc._scheduler.executor.operators()):  # type: ignore[union-attr]
+    for name in stateful_operators_of(ssc):
         snap = state_of(ssc, name)
         out[name] = {k: sorted((_norm(v) for v in vals), key=repr) for k, vals in snap.items()}
     return out
