@@ -36,8 +36,9 @@ def flat(r: sk.WindowResult) -> list[Any]:
     return [r.key, _ms(r.start), _ms(r.end), r.value]
 
 
-def event_time(rec: tuple[str, list[Any]]) -> int:
-    return int(rec[1][0])
+def event_time(rec: tuple[str, list[Any]]) -> float:
+    """Epoch seconds (a float: ms / 1000 must come back as the same whole ms)."""
+    return int(rec[1][0]) / 1000
 
 
 def value_of(rec: tuple[str, list[Any]]) -> tuple[str, int]:
