@@ -179,10 +179,11 @@ class DeadLetters:
 
 @runtime_checkable
 class PartitionLabelled(Protocol):
-    """A source whose batch partitions are partitions of the input itself (Kafka partitions, a queue's own partitions).
+    """A source whose batch partitions are partitions of the input itself (Kafka's topic partitions).
 
     Event-time windows keep a watermark per source partition; a source without this
-    capability is one partition (every partition of its batches has the source's name).
+    capability (queue, files, socket, rate) is one partition: every partition of its
+    batches has the source's name.
     """
 
     def partition_labels(self, plan: Data, batch_time: BatchTime) -> list[str]:

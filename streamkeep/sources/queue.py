@@ -85,12 +85,6 @@ class QueueSource:
             return {"n": len(records), "blobs": [key], "partitioned": True}
         return {"n": len(records), "blobs": [key]}
 
-    def partition_labels(self, plan: Data, batch_time: BatchTime) -> list[str]:
-        """With ``partitioned=True`` each item's partitions are the input's own: ``"0"``, ``"1"``, ...; else none."""
-        if not plan.get("partitioned") or not plan.get("n"):
-            return []
-        return [str(i) for i in range(int(plan["n"]))]
-
     def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
         if not plan.get("n"):
             return [[] for _ in range(self._parts)]

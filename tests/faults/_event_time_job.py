@@ -7,8 +7,8 @@ A spec is JSON: ``batches`` (lists of ``[key, event_ms, value]`` records, in
 arrival order), ``window`` ("tumbling" | "sliding" | "session"), ``size_ms``,
 ``slide_ms``, ``max_delay_ms``, ``lateness_ms``, ``idle_ms`` (or None),
 ``partitions``, ``snapshot_every``; with ``partitioned`` each batch is a list of
-source partitions (each a list of records) and the watermark is per partition
-(`model_partitioned`); with ``kafka`` (bootstrap, topic, cap) the records come from
+source partitions (each a list of records, read by a queue source of its own, the
+sources in a union) and the watermark is per partition (`model_partitioned`); with ``kafka`` (bootstrap, topic, cap) the records come from
 that topic, one partition per source partition, ``cap`` records per partition and
 batch (a backlog read batch by batch). The model computes the emitted windows from
 the records without engine code: a record counts in the windows whose
@@ -59,9 +59,10 @@ def build(spec: dict[str, Any], ckpt: str | None, sinks: dict[str, Any]) -> sk.S
             [kafka["topic"]], bootstrap_servers=kafka["bootstrap"], name="in", max_records_per_partition=kafka["cap"]
         ).map(lambda r: tuple(json.loads(r.value)))
         src = src.map(lambda kev: (kev[0], [kev[1], kev[2]]))
-    elif spec.get("partitioned"):
-        batches = [[[(k, [e, v]) for k, e, v in part] for part in b] for b in spec["batches"]]
-        src = ssc.queue_stream(batches, name="in", partitioned=True)
+    elif spec.get("partitioned"):  # one queue source per source partition, in a union
+        nparts = len(spec["batches"][0])
+        streams = [ssc.queue_stream([[(k, [e, v]) for k, e, v in b[p]] for b in spec["batches"]], name=f"in{p}") for p in range(nparts)]
+        src = streams[0].union(*streams[1:])
     else:
         batches = [[(k, [e, v]) for k, e, v in b] for b in spec["batches"]]
         src = ssc.queue_stream(batches, name="in", num_partitions=spec.get("partitions", 1))

@@ -101,9 +101,15 @@ SKEWED = [
 ]
 
 
+def partitioned(ssc: sk.StreamingContext, batches: list[list[list[Any]]]) -> Any:
+    """One queue source per source partition (a queue source is one partition), in a union: "in0", "in1", ..."""
+    streams = [ssc.queue_stream([b[p] for b in batches], name=f"in{p}") for p in range(len(batches[0]))]
+    return streams[0].union(*streams[1:])
+
+
 def _partitioned_job(batches: list[Any], idle: float | None = None, **kw: Any) -> tuple[list[list[Any]], list[list[Any]]]:
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
-    ets = ssc.queue_stream(batches, name="in", partitioned=True).with_event_time(ts, max_delay=1, idle_timeout=idle)
+    ets = partitioned(ssc, batches).with_event_time(ts, max_delay=1, idle_timeout=idle)
     return windows(ssc, ets.tumbling_window(1, **kw).count_by_key(name="c"), max_batches=len(batches))
 
 
@@ -126,6 +132,7 @@ def test_an_idle_partition_stops_holding_the_watermark_back() -> None:
 
 
 def test_each_source_of_a_union_is_a_partition_but_a_shuffle_loses_them() -> None:
+    """(The other tests use a union too: here with per-record operators after it, then with a shuffle.)"""
     def job(shuffle: bool) -> tuple[list[list[Any]], list[list[Any]]]:
         ssc = sk.StreamingContext(1.0, clock=ManualClock())
         fast = ssc.queue_stream([b[0] for b in SKEWED], name="fast")
@@ -152,7 +159,7 @@ def test_partition_watermarks_are_checkpointed_and_shown_by_inspect(tmp_path: Pa
 
     def setup(sink: ListSink, checkpoint: str | None) -> sk.StreamingContext:
         ssc = sk.StreamingContext(1.0, checkpoint=checkpoint, clock=ManualClock())
-        ets = ssc.queue_stream(batches, name="in", partitioned=True).with_event_time(ts, max_delay=1)
+        ets = partitioned(ssc, batches).with_event_time(ts, max_delay=1)
         ets.tumbling_window(1).count_by_key(name="c").map(flat).write_to(sink)
         return ssc
 
@@ -171,17 +178,24 @@ def test_partition_watermarks_are_checkpointed_and_shown_by_inspect(tmp_path: Pa
     et = json.loads(capsys.readouterr().out)["operators"]["c"]["event_time"]
     t0 = T0_S * 1000
     assert et["watermark_ms"] == t0 and et["partitions"] == {
-        "in/0": {"watermark_ms": t0, "max_event_ms": t0 + 1000, "last_records_batch_ms": 1000},
-        "in/1": {"watermark_ms": t0 + 9000, "max_event_ms": t0 + 10000, "last_records_batch_ms": 1000},
+        "in0": {"watermark_ms": t0, "max_event_ms": t0 + 1000, "last_records_batch_ms": 1000},
+        "in1": {"watermark_ms": t0 + 9000, "max_event_ms": t0 + 10000, "last_records_batch_ms": 1000},
     }
     assert main(["checkpoint", "inspect", url]) == 0
     text = capsys.readouterr().out
-    assert "event time: watermark 2026-01-01T00:00:00Z" in text and "partition in/1: watermark 2026-01-01T00:00:09Z" in text
+    assert "event time: watermark 2026-01-01T00:00:00Z" in text and "partition in1: watermark 2026-01-01T00:00:09Z" in text
     second = ListSink("w")
     ssc = sk.StreamingContext.get_or_create(url, lambda: setup(second, url))
     ssc.run(max_batches=2)
     ssc.stop()
     assert first.batches + second.batches == whole.batches
+
+
+def test_a_queue_source_is_one_partition_even_with_its_own_partitions() -> None:
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    ets = ssc.queue_stream(SKEWED, name="in", partitioned=True).with_event_time(ts, max_delay=1)
+    wins, late = windows(ssc, ets.tumbling_window(1).count_by_key(name="c"), max_batches=3)
+    assert wins[0] == [("b", 1.0, 2.0, 1)] and late[1] == [("b", 2.0)]  # one watermark: 9 s after batch 1
 
 
 def test_kafka_partition_labels_follow_the_order_read_returns() -> None:
