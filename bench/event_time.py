@@ -39,8 +39,8 @@ def make_input(per_batch: int, keys: int) -> list[list[tuple[int, int]]]:
     return [[(rng.randrange(keys), i * 1000 - rng.randrange(3000)) for _ in range(per_batch)] for i in range(BATCHES)]
 
 
-def _event_ms(kv: tuple[int, int]) -> int:
-    return kv[1]
+def _event_s(kv: tuple[int, int]) -> float:
+    return kv[1] / 1000  # epoch seconds
 
 
 def _one(kv: tuple[int, int]) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def run(kind: str, data: list[list[tuple[int, int]]], checkpoint: bool) -> tuple
         src = ssc.queue_stream(data, name="in")
         out: Any
         if kind == "event":
-            out = src.with_event_time(_event_ms, max_delay=5).tumbling_window(10).count_by_key(name="w")
+            out = src.with_event_time(_event_s, max_delay=5).tumbling_window(10).count_by_key(name="w")
         else:
             out = src.map(_one).reduce_by_key_and_window(operator.add, 10, 10, name="w")
         emitted = [0]

@@ -134,29 +134,42 @@ class Batch(Generic[T]):
     Args:
         partitions: one iterable of records per partition.
         batch_time_ms: the batch time, used in error messages.
+        source_partitions: the source partition each partition holds (``"source/topic:3"``),
+            as the scheduler labels a source's batch; per-record operators and ``union``
+            keep it, operators that move records between partitions drop it (None).
+            Event-time windows keep a watermark per label.
 
     Example:
         >>> Batch([[1, 2], [3]]).map(lambda x: x * 10).collect()
         [10, 20, 30]
     """
 
-    __slots__ = ("_dead", "_ops", "_parts", "_src", "batch_time_ms")
+    __slots__ = ("_dead", "_ops", "_parts", "_src", "batch_time_ms", "source_partitions")
 
-    def __init__(self, partitions: Iterable[Iterable[T]] = (), batch_time_ms: BatchTime = 0) -> None:
+    def __init__(
+        self, partitions: Iterable[Iterable[T]] = (), batch_time_ms: BatchTime = 0, *, source_partitions: tuple[str, ...] | None = None
+    ) -> None:
         self._parts: list[list[Any]] | None = [p if isinstance(p, list) else list(p) for p in partitions]
         self._src: list[list[Any]] = self._parts
         self._ops: tuple[_Op, ...] = ()
         self._dead: tuple[DeadLetters | None, ...] | None = None  # per op of `_ops`; None: every op fails the batch
         self.batch_time_ms = batch_time_ms
+        if source_partitions is not None and len(source_partitions) != len(self._parts):
+            msg = f"Batch: {len(source_partitions)} source partition labels for {len(self._parts)} partitions"
+            raise ValueError(msg)
+        self.source_partitions = source_partitions
 
     @classmethod
-    def _lazy(cls, src: list[list[Any]], ops: tuple[_Op, ...], batch_time_ms: BatchTime) -> Batch[Any]:
+    def _lazy(
+        cls, src: list[list[Any]], ops: tuple[_Op, ...], batch_time_ms: BatchTime, source_partitions: tuple[str, ...] | None = None
+    ) -> Batch[Any]:
         b: Batch[Any] = cls.__new__(cls)
         b._src = src
         b._ops = ops
         b._dead = None
         b._parts = None if ops else src
         b.batch_time_ms = batch_time_ms
+        b.source_partitions = source_partitions
         return b
 
     @classmethod
@@ -169,7 +182,7 @@ class Batch(Generic[T]):
     def _then(self, name: str, fn: _IterFn, user: Any) -> Batch[Any]:
         if self._dead is not None:  # run the dead-lettering ops once: whatever derives from them sees their result
             self._materialise()
-        return Batch._lazy(self._src, (*self._ops, (name, fn, user)), self.batch_time_ms)
+        return Batch._lazy(self._src, (*self._ops, (name, fn, user)), self.batch_time_ms, self.source_partitions)
 
     def _dead_letter(self, letters: DeadLetters) -> Batch[T]:
         """This batch with its last per-record operator sending failing records to `letters`.
@@ -181,7 +194,7 @@ class Batch(Generic[T]):
             msg = "_dead_letter: the batch has no per-record operator"
             raise ValueError(msg)
         dead = self._dead or (None,) * len(self._ops)
-        b = Batch._lazy(self._src, self._ops, self.batch_time_ms)
+        b = Batch._lazy(self._src, self._ops, self.batch_time_ms, self.source_partitions)
         b._dead = (*dead[:-1], letters)
         return b
 
@@ -372,7 +385,7 @@ class Batch(Generic[T]):
     def map_partitions_with_index(self, f: Callable[[int, Iterator[T]], Iterable[U]]) -> Batch[U]:
         """Like `map_partitions`, with the partition index as first argument."""
         parts = [self._consume(i, lambda it, i=i: list(f(i, it))) for i in range(self.num_partitions)]  # type: ignore[misc]
-        return Batch(parts, self.batch_time_ms)
+        return Batch(parts, self.batch_time_ms, source_partitions=self.source_partitions)
 
     def glom(self) -> Batch[list[T]]:
         """One record per partition: the list of its records."""
@@ -399,9 +412,11 @@ class Batch(Generic[T]):
     def union(self, *others: Batch[T]) -> Batch[T]:
         """All partitions of this batch and the others (no shuffle)."""
         parts = list(self._materialise())
+        labels = self.source_partitions
         for o in others:
             parts.extend(o._materialise())
-        return Batch(parts, self.batch_time_ms)
+            labels = None if labels is None or o.source_partitions is None else labels + o.source_partitions
+        return Batch(parts, self.batch_time_ms, source_partitions=labels)
 
     def reduce(self, f: Callable[[T, T], T]) -> Batch[T]:
         """One record: all records combined with `f`; empty if the batch is empty."""

@@ -15,7 +15,7 @@ from streamkeep.checkpoint._checkpoint import check_chain, log_path
 from streamkeep.checkpoint._layout import walk
 from streamkeep.cli._common import human, iso, open_checkpoint, read_records, short, size
 from streamkeep.errors import CheckpointError
-from streamkeep.executors._event_time import EventWindowRuntime
+from streamkeep.executors._event_time import EventWindowRuntime, iso_ms
 from streamkeep.executors._runtime import StatefulRuntime
 from streamkeep.executors.kinds import make_runtime, node_from_description
 from streamkeep.scheduler._state_io import load_chain
@@ -172,7 +172,14 @@ def _print_inspect(info: dict[str, Any]) -> None:
             f"    {name} ({op['kind']}, {op['codec']}): {keys} keys, {human(op['bytes'])} = {snap} + {op['deltas']} deltas ({human(op['delta_bytes'])})"
         )
         if "event_time" in op:
-            p(f"      event time: {short(op['event_time'])}")
+            et = op["event_time"]
+            p(
+                f"      event time: watermark {et.get('watermark') or 'none yet'}, {et.get('open_windows')} open window(s), "
+                f"{et.get('late_records')} late record(s) so far"
+            )
+            for label, part in (et.get("partitions") or {}).items():
+                last = part.get("last_records_batch_ms")
+                p(f"        partition {label}: watermark {iso_ms(part.get('watermark_ms'))}, last records in batch {iso_ms(last) or '-'}")
         if "shape" in op:
             p(f"      shape {short(op['shape'])}")
         for k in ("note", "error"):

@@ -346,14 +346,19 @@ class DStream(Generic[T]):
     def with_event_time(self, ts: Callable[[T], Any], *, max_delay: Duration, idle_timeout: Duration | None = None) -> EventTimeDStream[T]:
         """This stream with an event time per record, for event-time windows (docs/event-time.md).
 
-        `ts(record)` returns the record's event time: an aware `datetime` or int epoch
-        milliseconds. The watermark of a window operator opened on the result is the
-        largest event time it has seen minus `max_delay` (seconds or timedelta; 0 allowed),
-        moved after each batch and never back; it is state, checkpointed with the windows.
-        `idle_timeout` (batch time, not wall time): after that long without records, the
-        watermark moves on with batch time, so the last windows of a quiet (or finished)
-        input are emitted. Open windows with ``.tumbling_window(size)``,
-        ``.sliding_window(size, slide)`` or ``.session_window(gap)`` on the result.
+        `ts(record)` returns the record's event time: a `datetime` (aware; a naive one is
+        taken as UTC) or epoch seconds (int or float); anything else fails the batch with a
+        UserFunctionError naming the window operator and the record. The watermark is kept
+        per source partition (Kafka partition, queue partition; a source without
+        partitions is one): the largest event time seen there minus `max_delay` (seconds or
+        timedelta; 0 allowed). A window operator's watermark is the minimum over the
+        active partitions, moved after each batch and never back; it is state,
+        checkpointed with the windows. `idle_timeout` (batch time, not wall time): a
+        partition without records for that long stops holding the watermark back; when
+        every partition is idle the watermark moves on with batch time, so the last
+        windows of a finished input are emitted. Open windows with
+        ``.tumbling_window(size)``, ``.sliding_window(size, slide)`` or
+        ``.session_window(gap)`` on the result.
         """
         from streamkeep.dstream._event_time import with_event_time
 

@@ -5,20 +5,25 @@ its ``tumbling_window(size)``, ``sliding_window(size, slide)`` and
 ``session_window(gap)`` return an `EventWindows` spec whose aggregations
 (``reduce_by_key``, ``count_by_key``, ``count``) add one stateful node, an
 `EventWindowNode`, run by ``executors/_event_time.py``. The node's output is
-an `EventWindowDStream` of `WindowResult` records, each window emitted once
-when the watermark passes its end (plus ``allowed_lateness``);
-``late_records()`` on it is the side stream of records that came too late.
+an `EventWindowDStream` of `WindowResult` records: each window emitted once
+when the watermark passes its end plus ``allowed_lateness`` (``emit="final"``,
+the default), or its new value in every batch that changed it
+(``emit="updates"``); ``late_records()`` on it is the side stream of records
+that came too late. The watermark is kept per source partition (see
+``Batch.source_partitions``) and combined as the minimum over active ones.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from streamkeep._util import Duration, check_arity, check_partitions, duration_ms
+from streamkeep._util import Duration, check_arity, check_partitions, duration_ms, short_repr
 from streamkeep.batch import Batch
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import Graph, Node, StatefulNode, TransformNode
@@ -77,6 +82,7 @@ class EventWindowNode(StatefulNode):
     size_ms: int  # tumbling/sliding length; the gap for sessions
     window_slide_ms: int  # == size_ms for tumbling, the gap for sessions
     lateness_ms: int
+    emit: str  # "final" | "updates"
     f: Callable[[Any, Any], Any]
     counting: bool  # the value of every record is 1 (count_by_key, count)
     keyed: bool  # records are (key, value) pairs; else the key is None
@@ -94,6 +100,7 @@ class EventWindowNode(StatefulNode):
             "max_delay_ms": self.max_delay_ms,
             "allowed_lateness_ms": self.lateness_ms,
             "idle_timeout_ms": self.idle_timeout_ms,
+            "emit": self.emit,
         }
 
 
@@ -105,7 +112,7 @@ def node_from_description(common: dict[str, Any], desc: dict[str, Any]) -> Event
     return EventWindowNode(
         **common, ts=_never, max_delay_ms=int(desc.get("max_delay_ms") or 0), idle_timeout_ms=desc.get("idle_timeout_ms"),
         window=kind, size_ms=size, window_slide_ms=slide, lateness_ms=int(desc.get("allowed_lateness_ms") or 0),
-        f=operator.add, counting=False, keyed=True, num_partitions=None,
+        emit=str(desc.get("emit") or "final"), f=operator.add, counting=False, keyed=True, num_partitions=None,
     )
 
 
@@ -113,10 +120,25 @@ def _never(_record: Any) -> Any:  # stands in for the user's ts when only loadin
     return None
 
 
-def _lateness(value: Duration | None, op: str) -> int:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+def _zero_or_ms(value: Duration | None, what: str) -> int:
+    """A duration that may be 0 (seconds or timedelta), as whole ms; None is 0."""
+    if value is None or (isinstance(value, (int, float, timedelta)) and not isinstance(value, bool) and not value):
         return 0
-    return duration_ms(value, f"{op}: allowed_lateness")
+    return duration_ms(value, what)
+
+
+def _lateness(value: Duration | None, op: str) -> int:
+    return _zero_or_ms(value, f"{op}: allowed_lateness")
+
+
+EMIT_MODES = ("final", "updates")
+
+
+def _check_emit(emit: str, op: str) -> str:
+    if emit not in EMIT_MODES:
+        msg = f"{op}: emit must be 'final' (each window once, when the watermark passes its end) or 'updates' (a window's new value in every batch that changed it), got {emit!r}"
+        raise ConfigError(msg)
+    return emit
 
 
 class EventTimeDStream(DStream[T]):
@@ -137,24 +159,31 @@ class EventTimeDStream(DStream[T]):
     def __repr__(self) -> str:
         return f"EventTimeDStream({self._node.label}, max_delay={self._max_delay_ms} ms)"
 
-    def tumbling_window(self, size: Duration, *, allowed_lateness: Duration | None = None) -> EventWindows[T]:
-        """Fixed, non-overlapping windows ``[k*size, (k+1)*size)`` of event time (epoch-aligned)."""
-        size_ms = duration_ms(size, "tumbling_window: size")
-        return EventWindows(self, "tumbling", size_ms, size_ms, _lateness(allowed_lateness, "tumbling_window"))
+    def tumbling_window(self, size: Duration, *, allowed_lateness: Duration | None = None, emit: str = "final") -> EventWindows[T]:
+        """Fixed, non-overlapping windows ``[k*size, (k+1)*size)`` of event time (epoch-aligned).
 
-    def sliding_window(self, size: Duration, slide: Duration, *, allowed_lateness: Duration | None = None) -> EventWindows[T]:
+        Durations are seconds (int/float) or timedeltas. `emit`: ``"final"`` emits each
+        window once, when the watermark passes its end plus `allowed_lateness`;
+        ``"updates"`` emits a window's value in every batch that changed it.
+        """
+        size_ms = duration_ms(size, "tumbling_window: size")
+        return EventWindows(self, "tumbling", size_ms, size_ms, _lateness(allowed_lateness, "tumbling_window"), _check_emit(emit, "tumbling_window"))
+
+    def sliding_window(
+        self, size: Duration, slide: Duration, *, allowed_lateness: Duration | None = None, emit: str = "final"
+    ) -> EventWindows[T]:
         """Windows of length `size` starting every `slide` of event time (epoch-aligned); a record is in size/slide of them."""
         size_ms = duration_ms(size, "sliding_window: size")
         slide_ms = duration_ms(slide, "sliding_window: slide")
         if size_ms % slide_ms:
             msg = f"sliding_window: size ({size_ms} ms) must be a multiple of slide ({slide_ms} ms)"
             raise ConfigError(msg)
-        return EventWindows(self, "sliding", size_ms, slide_ms, _lateness(allowed_lateness, "sliding_window"))
+        return EventWindows(self, "sliding", size_ms, slide_ms, _lateness(allowed_lateness, "sliding_window"), _check_emit(emit, "sliding_window"))
 
-    def session_window(self, gap: Duration, *, allowed_lateness: Duration | None = None) -> EventWindows[T]:
+    def session_window(self, gap: Duration, *, allowed_lateness: Duration | None = None, emit: str = "final") -> EventWindows[T]:
         """Per key, records less than `gap` apart in event time form one window ``[first, last + gap)``."""
         gap_ms = duration_ms(gap, "session_window: gap")
-        return EventWindows(self, "session", gap_ms, gap_ms, _lateness(allowed_lateness, "session_window"))
+        return EventWindows(self, "session", gap_ms, gap_ms, _lateness(allowed_lateness, "session_window"), _check_emit(emit, "session_window"))
 
 
 class EventWindows(Generic[T]):
@@ -164,10 +193,11 @@ class EventWindows(Generic[T]):
     checkpoint) and returns an `EventWindowDStream` of `WindowResult` records.
     """
 
-    __slots__ = ("_kind", "_lateness_ms", "_size_ms", "_slide_ms", "_stream")
+    __slots__ = ("_emit", "_kind", "_lateness_ms", "_size_ms", "_slide_ms", "_stream")
 
-    def __init__(self, stream: EventTimeDStream[T], kind: str, size_ms: int, slide_ms: int, lateness_ms: int) -> None:
+    def __init__(self, stream: EventTimeDStream[T], kind: str, size_ms: int, slide_ms: int, lateness_ms: int, emit: str = "final") -> None:
         self._stream = stream
+        self._emit = emit
         self._kind = kind
         self._size_ms = size_ms
         self._slide_ms = slide_ms
@@ -195,6 +225,7 @@ class EventWindows(Generic[T]):
             size_ms=self._size_ms,
             window_slide_ms=self._slide_ms,
             lateness_ms=self._lateness_ms,
+            emit=self._emit,
             f=f,
             counting=counting,
             keyed=keyed,
@@ -213,7 +244,8 @@ class EventWindows(Generic[T]):
         """Per key and window, the values combined with `f` (associative; commutative for sliding and session windows).
 
         Records are (key, value) pairs; `ts` gets the whole pair. Emits
-        ``WindowResult(key, start, end, value)`` once per window and key.
+        ``WindowResult(key, start, end, value)`` once per window and key (with
+        ``emit="updates"``: in every batch that changed it).
         """
         check_arity(f, 2, "event_window_reduce", "f(a, b)")
         return self._add("event_window_reduce", f, counting=False, keyed=True, name=name, num_partitions=num_partitions, codec=codec)
@@ -254,11 +286,8 @@ class EventWindowDStream(DStream[T]):
 def with_event_time(stream: DStream[T], ts: Callable[[T], Any], max_delay: Duration, idle_timeout: Duration | None) -> EventTimeDStream[T]:
     """See `DStream.with_event_time`."""
     op = "with_event_time"
-    check_arity(ts, 1, op, "ts(record) -> datetime | int ms")
-    if isinstance(max_delay, (int, float)) and not isinstance(max_delay, bool) and max_delay == 0:
-        max_delay_ms = 0
-    else:
-        max_delay_ms = duration_ms(max_delay, f"{op}: max_delay")
+    check_arity(ts, 1, op, "ts(record) -> datetime | epoch seconds")
+    max_delay_ms = _zero_or_ms(max_delay, f"{op}: max_delay")
     idle_ms = None if idle_timeout is None else duration_ms(idle_timeout, f"{op}: idle_timeout")
     stream._graph.check_open(repr(op))
     return EventTimeDStream(stream._graph, stream._node, ts, max_delay_ms, idle_ms)
@@ -273,26 +302,61 @@ def ms_datetime(ms: int) -> datetime:
     return _EPOCH + ms * _MS
 
 
+class EventTimeValueError(TypeError):
+    """`ts` returned something that is not an event time (the runtime names the operator and record)."""
+
+
+#: Epoch seconds at or past this (the year 5138) are taken to be a unit mistake (milliseconds, microseconds).
+_MAX_SECONDS = 100_000_000_000
+
+
 def event_ms(value: Any) -> int:
-    """An event time (aware datetime, or int epoch milliseconds) as int ms; TypeError/ValueError otherwise."""
-    if value.__class__ is int:
-        return int(value)
-    if isinstance(value, datetime):
+    """An event time as int epoch milliseconds, exactly.
+
+    `value` is a `datetime` (aware; a naive one is taken as UTC) or epoch seconds
+    (int or float). Datetimes and floats are floored to the millisecond; a float within
+    a microsecond of a whole millisecond counts as that millisecond (``1.001`` is 1001 ms,
+    not 1000 because ``1.001 * 1000 == 1000.9999999999999``). Raises
+    `EventTimeValueError` for anything else (bool, str, NaN, infinities, values past
+    the year 5000 that look like epoch milliseconds).
+    """
+    cls = value.__class__
+    if cls is int:
+        if -_MAX_SECONDS < value < _MAX_SECONDS:
+            return int(value) * 1000
+    elif cls is float:
+        if -_MAX_SECONDS < value < _MAX_SECONDS:  # False for NaN
+            m = float(value) * 1000.0
+            r = round(m)
+            return r if abs(m - r) <= 1e-3 else math.floor(m)
+    elif isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            msg = f"the event time {value!r} is a naive datetime; return an aware one (e.g. .replace(tzinfo=timezone.utc)) or int epoch ms"
-            raise ValueError(msg)
-        return (value - _EPOCH) // _MS
-    if isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    msg = (
-        f"the event time must be an aware datetime or int epoch milliseconds, got {type(value).__name__} {value!r:.40}"
-        + (" (epoch seconds? return int(seconds * 1000))" if isinstance(value, float) else "")
-    )
-    raise TypeError(msg)
+            value = value.replace(tzinfo=timezone.utc)
+        ms: int = (value - _EPOCH) // _MS
+        return ms
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy scalars, Fraction, Decimal
+        if isinstance(value, numbers.Integral):
+            return event_ms(int(value))
+        return event_ms(float(value))
+    raise EventTimeValueError(_bad_event_time(value))
+
+
+def _bad_event_time(value: Any) -> str:
+    what = f"{type(value).__name__} {short_repr(value, 60)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (math.inf, -math.inf):
+            return f"returned {what}, not a time"
+        return (
+            f"returned {what}, which as epoch seconds is past the year 5000: epoch milliseconds? "
+            f"return ms / 1000 (or a datetime)"
+        )
+    return f"returned {what}; return a datetime (aware; a naive one is taken as UTC) or epoch seconds (int or float)"
 
 
 __all__ = [
+    "EMIT_MODES",
     "EVENT_TIME_SHAPE",
+    "EventTimeValueError",
     "EventTimeDStream",
     "EventWindowDStream",
     "EventWindowNode",

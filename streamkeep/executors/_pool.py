@@ -118,7 +118,7 @@ class ProcessPool:
         futures = [self._get().submit(_run_chain, payload, c, t) for c in chunks]
         results = [f.result() for f in futures]
         parts = [[x for i in idx for x in results[i]] if len(idx) > 1 else results[idx[0]] for idx in joins]
-        return Batch(parts, t)
+        return Batch(parts, t, source_partitions=batch.source_partitions)
 
     def close(self) -> None:
         """Stop the workers."""

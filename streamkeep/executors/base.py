@@ -25,7 +25,9 @@ Deltas and snapshots are plain data (``{"set": [(key, value), ...], "del":
 [key, ...]}`` for keyed state, window slices for windows); the scheduler encodes
 them with the operator's codec. For metrics the scheduler asks
 ``key_count(name)`` and, when listeners want them, per-operator timings
-(``measure_timings()`` before a batch, ``timings()`` after it).
+(``measure_timings()`` before a batch, ``timings()`` after it). An executor that
+also implements `EventTimeReporting` reports event-time watermarks and late
+records per operator (metrics).
 """
 
 from __future__ import annotations
@@ -94,4 +96,13 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release worker processes and connections."""
+        ...
+
+
+@runtime_checkable
+class EventTimeReporting(Protocol):
+    """An executor that reports its event-time window operators after each batch (optional capability)."""
+
+    def event_time(self) -> dict[str, dict[str, Any]]:
+        """Per event-time window operator: ``watermark_ms``, ``late_records`` (this batch), ``late_records_total``."""
         ...

@@ -27,6 +27,7 @@ from streamkeep.dstream._graph import (
     TransformNode,
 )
 from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
+from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._pool import ProcessPool
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
@@ -127,6 +128,14 @@ class LocalExecutor:
     def drained(self, last_t: int) -> bool:
         """True when no window still holds input for a batch after `last_t`."""
         return all(rt.drained(last_t) for rt in self.runtimes.values())
+
+    def event_time(self) -> dict[str, dict[str, Any]]:
+        """Watermark and late records of each event-time window operator after the last batch (`EventTimeReporting`)."""
+        return {
+            name: {"watermark_ms": rt.watermark_ms, "late_records": rt.late_batch, "late_records_total": rt.late_total}
+            for name, rt in self.runtimes.items()
+            if isinstance(rt, EventWindowRuntime)
+        }
 
 
     def compute(self, t: int, inputs: dict[str, Batch[Any]]) -> dict[int, Batch[Any] | None]:

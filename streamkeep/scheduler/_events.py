@@ -117,6 +117,9 @@ class BatchInfo:
     restart_deltas: int = 0
     #: Kafka consumer lag per source and "topic:partition" (end offset minus planned position)
     kafka_lag: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per event-time window operator: ``watermark_ms`` (None before any record), ``late_records``
+    #: (behind the watermark in this batch) and ``late_records_total`` (so far, as checkpointed)
+    event_time: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def scheduling_delay_ms(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamkeep.executors.base import EventTimeReporting
 from streamkeep.scheduler._events import BatchInfo, JobStarted, batch_extra, iso_ms, log
 from streamkeep.scheduler._state_io import encode_state
 from streamkeep.sources.kafka import KafkaSource
@@ -80,6 +81,7 @@ def batch_info(
         restart_bytes=restart_bytes,
         restart_deltas=restart_deltas,
         kafka_lag=lag,
+        event_time=ex.event_time() if isinstance(ex, EventTimeReporting) else {},
     )
     sched._t_plan_write = 0.0
     return info

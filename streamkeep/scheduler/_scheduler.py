@@ -41,7 +41,15 @@ from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
 from streamkeep.scheduler._state_writer import StateWriter
 from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, Sink
-from streamkeep.sources.base import Backpressured, BatchIntervalAware, DeadLettering, Materialisable, OffsetCommitting, Source
+from streamkeep.sources.base import (
+    Backpressured,
+    BatchIntervalAware,
+    DeadLettering,
+    Materialisable,
+    OffsetCommitting,
+    Source,
+    source_partitions,
+)
 
 log = logging.getLogger("streamkeep.scheduler")
 
@@ -281,7 +289,8 @@ class Scheduler(Recovery):
             per_part = [len(p) for p in parts]
             counts[src.name] = sum(per_part)
             self._part_counts[src.name] = per_part
-            inputs[src.name] = Batch(parts, t)
+            labels = source_partitions(src, planned.get(src.name), len(parts), t)  # event-time watermarks per partition
+            inputs[src.name] = Batch(parts, t, source_partitions=labels)
         _faults.point("run.after_read")
         if self._observing:
             self._tell_started(t, sum(counts.values()))

@@ -8,7 +8,7 @@ recovery exact. Must not import the scheduler, dstream, sinks or executors.
 
 Optional capabilities: a source that has one implements the matching small
 protocol below (`Materialisable`, `BatchIntervalAware`, `Backpressured`,
-`OffsetCommitting`); the scheduler checks ``isinstance(source, Protocol)`` and
+`OffsetCommitting`, `PartitionLabelled`); the scheduler checks ``isinstance(source, Protocol)`` and
 calls it. Nothing else is probed.
 """
 
@@ -175,3 +175,29 @@ class DeadLetters:
         if self._opened and sink is not None:
             self._opened = False
             sink.close()
+
+
+@runtime_checkable
+class PartitionLabelled(Protocol):
+    """A source whose batch partitions are partitions of the input itself (Kafka's topic partitions).
+
+    Event-time windows keep a watermark per source partition; a source without this
+    capability (queue, files, socket, rate) is one partition: every partition of its
+    batches has the source's name.
+    """
+
+    def partition_labels(self, plan: Data, batch_time: BatchTime) -> list[str]:
+        """The label of each partition ``read(plan, batch_time)`` returns, in order (stable across batches)."""
+        ...
+
+
+def source_partitions(source: Source, plan: Data | None, count: int, batch_time: BatchTime) -> tuple[str, ...]:
+    """The source partition of each of the `count` partitions `source` read for a plan: ``"name/label"``, or ``"name"``.
+
+    The scheduler puts them on the source's batch (``Batch.source_partitions``).
+    """
+    if plan is not None and isinstance(source, PartitionLabelled):
+        labels = source.partition_labels(plan, batch_time)
+        if len(labels) == count:
+            return tuple(f"{source.name}/{label}" for label in labels)
+    return (source.name,) * count

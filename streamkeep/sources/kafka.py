@@ -709,6 +709,15 @@ class KafkaSource:
         return off if off >= 0 else lo
 
     # ------------------------------------------------------------------ read
+    def partition_labels(self, plan: Data, batch_time: BatchTime) -> list[str]:
+        """``"topic:partition"`` of each list `read` returns for `plan` (event-time watermarks per partition)."""
+        where = f"kafka source {self.name!r}, batch {batch_time}: plan"
+        if not isinstance(plan, Mapping):
+            return []
+        keys = [(*_split_pkey(key, where), key) for key in plan]
+        return [key for _, _, key in sorted(keys, key=lambda k: (k[0], k[1]))]
+
+    # ------------------------------------------------------------------ read
     def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
         """Return the planned records: one list of KafkaRecord per planned partition.
 

@@ -66,6 +66,14 @@ class StatusCollector:
             "streamkeep_last_committed_batch_timestamp_seconds", "Batch time of the last committed batch (s since the epoch).", registry=r
         )
         self.m_lag = pc.Gauge("streamkeep_kafka_consumer_lag", "Records on the broker after the planned position.", ["topic", "partition"], registry=r)
+        self.m_late = pc.Counter(
+            "streamkeep_late_records", "Records behind the watermark of an event-time window operator (to late_records() or dropped).",
+            ["operator"], registry=r,
+        )
+        self.m_watermark = pc.Gauge(
+            "streamkeep_event_time_watermark_seconds", "Watermark of an event-time window operator (event time, s since the epoch).",
+            ["operator"], registry=r,
+        )
         self.m_failures = pc.Counter("streamkeep_failures", "Job failures by kind (exception class).", ["kind"], registry=r)
         self._generate = pc.generate_latest
         self.content_type = pc.CONTENT_TYPE_LATEST
@@ -114,6 +122,10 @@ class StatusCollector:
             self.m_ckpt_bytes.inc(info.checkpoint_bytes)
             self.m_ckpt_seconds.observe(info.checkpoint_write_ms / 1000)
             self.m_last_commit.set(info.batch_time_ms / 1000)
+        for op, et in info.event_time.items():
+            self.m_late.labels(op).inc(et.get("late_records") or 0)
+            if et.get("watermark_ms") is not None:
+                self.m_watermark.labels(op).set(et["watermark_ms"] / 1000)
         for parts in info.kafka_lag.values():
             for key, lag in parts.items():
                 topic, _, part = key.rpartition(":")
@@ -138,6 +150,7 @@ class StatusCollector:
             "replayed": info.replayed,
             "end_ms": info.processing_end_ms,
             "state": {k: {"keys": v.keys, "bytes": v.bytes} for k, v in info.state.items()},
+            "event_time": {k: dict(v) for k, v in info.event_time.items()},
         }
         with self._lock:
             self.batches.append(row)

@@ -91,7 +91,7 @@ def test_session_windows_merge_per_key_when_a_record_bridges_the_gap() -> None:
 def test_count_of_unkeyed_records() -> None:
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
     sink = ListSink()
-    ets = ssc.queue_stream([[1000, 1500, 2500], [9000]], name="in").with_event_time(lambda ms: ms, max_delay=0)
+    ets = ssc.queue_stream([[1, 1.5, 2.5], [9]], name="in").with_event_time(lambda s: s, max_delay=0)  # epoch seconds
     ets.tumbling_window(timedelta(seconds=1)).count(name="n").map(lambda r: (r.key, r.start.timestamp(), r.value)).write_to(sink)
     ssc.run()
     ssc.stop()
@@ -112,21 +112,28 @@ def test_idle_timeout_flushes_the_last_windows_of_a_finished_input() -> None:
         ssc = sk.StreamingContext(1.0, clock=ManualClock())
         sink = ListSink()
         ets = ssc.queue_stream([[rec("a", 0.5)], [rec("a", 1.5)]], name="in").with_event_time(
-            lambda kv: int(kv[1][0] * 1000), max_delay=timedelta(seconds=1), idle_timeout=idle
+            lambda kv: kv[1][0], max_delay=timedelta(seconds=1), idle_timeout=idle
         )
         ets.tumbling_window(1).count_by_key(name="c").map(flat).write_to(sink)
         ssc.run()  # returns once the input is exhausted and no window waits for the idle watermark
         ssc.stop()
         return sink.records()
 
-    # event times are epoch ms here: windows relative to T0 are far negative, so compare the counts only
+    # event times are epoch seconds here: windows relative to T0 are far negative, so compare the counts only
     assert [r[3] for r in job(None)] == []  # max 1.5 - delay 1 = 0.5: no window closed, none ever will
     assert [r[3] for r in job(3.0)] == [1, 1]
 
 
 @pytest.mark.parametrize(
     ("value", "words"),
-    [(1.5e12, "epoch seconds? return int(seconds * 1000)"), (datetime(2026, 1, 1), "naive datetime"), ("x", "got str")],
+    [
+        (1_700_000_000_000, "returned int 1700000000000, which as epoch seconds is past the year 5000: epoch milliseconds?"),
+        (1.5e12, "epoch milliseconds? return ms / 1000"),
+        ("x", "returned str 'x'; return a datetime (aware; a naive one is taken as UTC) or epoch seconds"),
+        (True, "returned bool True"),
+        (float("nan"), "returned float nan, not a time"),
+        (None, "returned NoneType None"),
+    ],
 )
 def test_a_bad_event_time_names_the_operator_and_the_record(value: Any, words: str) -> None:
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
@@ -137,6 +144,7 @@ def test_a_bad_event_time_names_the_operator_and_the_record(value: Any, words: s
     ssc.stop()
     msg = str(info.value)
     assert words in msg and "'per_sec'" in msg and "('k', 1)" in msg and info.value.operator == "per_sec"
+    assert "the event time function (ts)" in msg and "batch time" in msg
 
 
 def test_bad_window_arguments_are_config_errors() -> None:
@@ -186,7 +194,7 @@ def test_windows_describe_their_shape_for_the_checkpoint() -> None:
     desc = ssc._graph.describe()["operators"]["w"]
     assert desc == {
         "kind": "event_window_reduce", "codec": "msgpack", "window": "sliding", "size_ms": 4000, "window_slide_ms": 2000,
-        "gap_ms": None, "max_delay_ms": 2000, "allowed_lateness_ms": 1000, "idle_timeout_ms": 5000,
+        "gap_ms": None, "max_delay_ms": 2000, "allowed_lateness_ms": 1000, "idle_timeout_ms": 5000, "emit": "final",
     }
 
 
@@ -201,7 +209,10 @@ def test_checkpoint_inspect_shows_the_watermark(tmp_path: Path, capsys: pytest.C
     assert main(["checkpoint", "inspect", url, "--json"]) == 0
     op = json.loads(capsys.readouterr().out)["operators"]["per_win"]
     t0 = int(T0.timestamp() * 1000)
-    assert op["event_time"] == {"watermark_ms": t0 + 8000, "max_event_ms": t0 + 9000, "open_windows": 1, "late_records": 0}
+    assert op["event_time"] == {
+        "watermark_ms": t0 + 8000, "watermark": "2026-01-01T00:00:08Z", "max_event_ms": t0 + 9000, "open_windows": 1, "late_records": 0,
+        "partitions": {"in": {"watermark_ms": t0 + 8000, "max_event_ms": t0 + 9000, "last_records_batch_ms": 3000}},
+    }
     assert op["keys"] == 1
     assert main(["checkpoint", "inspect", url]) == 0
     assert "event time: " in capsys.readouterr().out
