@@ -27,8 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint import Checkpoint
-from streamkeep.checkpoint import _compact
+from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.checkpoint._compact import Job, compact, mergeable
 from streamkeep.codec import get_codec
 from streamkeep.dstream._graph import StatefulNode
