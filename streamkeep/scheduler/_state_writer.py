@@ -40,8 +40,11 @@ FIRST_SNAPSHOT_AFTER = 20
 #: ... and never more than this many batches apart (bounds the files a restart reads).
 MAX_CHAIN = 500
 #: From this many bytes of state (last snapshot plus deltas since) a snapshot is "big": the batch
-#: loop never waits for it before MAX_CHAIN, and on a local disk a helper process merges it.
+#: loop does not wait for it before MAX_CHAIN ...
 BIG_STATE_BYTES = 4 * 1024 * 1024
+#: ... and from this many, on a local disk, a helper process merges it (starting one costs ~0.2 s
+#: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
+HELPER_STATE_BYTES = 4 * 1024 * 1024
 
 #: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a snapshot is adopted
 OnSnapshot = Callable[[int, int, float, dict[str, int]], None]
@@ -165,13 +168,14 @@ class StateWriter:
                 copies[name] = (nodes[name].codec, encode_state(nodes[name], executor.snapshot(name)))
             else:
                 jobs.append((name, nodes[name].codec, chain.as_data()))
-        self._big = self.base_bytes + self.delta_bytes >= BIG_STATE_BYTES
+        size = self.base_bytes + self.delta_bytes
+        self._big = size >= BIG_STATE_BYTES
         self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
         self.delta_bytes = 0
         self.started = bool(jobs or copies)
         if not self.started:
             return
-        helper = self._big and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
+        helper = size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
         def work() -> None:
             try:
