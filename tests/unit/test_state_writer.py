@@ -146,3 +146,24 @@ def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="writing a state snapshot to the checkpoint failed: disk full"):
         w.adopt(wait=True)
     ckpt.release()
+
+
+def test_a_snapshot_never_copies_the_live_state_in_the_batch_loop(tmp_path: Path) -> None:
+    """Issue 14: the snapshot is merged from the previous one and the deltas on storage, never read from the
+    executor (a copy of 1M keys paused the batch loop ~0.3 s)."""
+
+    class _NoCopy(_FakeExecutor):
+        def snapshot(self, name: str) -> dict[str, Any]:
+            raise AssertionError("the batch loop copied the whole state")
+
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=2)
+    ex = _NoCopy()
+    for i in range(1, 6):
+        ex.put(i % 3, [i])
+        w.write(i * 1000, ex)  # type: ignore[arg-type]
+    w.adopt(wait=True)
+    assert [s[0] for s in seen] == [2000, 4000]
+    snap, deltas = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
+    assert snap is not None and dict(snap["set"]) == {1: [4], 2: [2], 0: [3]} and [dict(d["set"]) for d in deltas] == [{2: [5]}]
+    w.close()
+    ckpt.release()
