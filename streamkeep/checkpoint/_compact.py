@@ -156,15 +156,16 @@ def merge(snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> dict
 Job = tuple[str, str, dict[str, Any]]
 
 
-def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] = _faults.point) -> dict[str, tuple[str, int]]:
+def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] | None = None) -> dict[str, tuple[str, int]]:
     """Merge each job's chain into a snapshot of batch `t` and write it; {operator: (its path, payload bytes)}.
 
     An operator whose inputs cannot be merged is left out (its chain stays as it is).
-    `point` is called at the crash points (a helper process passes a no-op).
+    `point` is called at the crash points (default `_faults.point`; a helper process passes a no-op).
 
     Raises:
         CheckpointError: an input could not be read, or the snapshot not written.
     """
+    point = point if point is not None else _faults.point
     done: dict[str, tuple[str, int]] = {}
     for op, codec, chain in jobs:
         allow = codec == "pickle"

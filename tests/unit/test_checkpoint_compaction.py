@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import copy
 import operator
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +218,49 @@ def test_big_states_are_merged_by_a_helper_process(tmp_path: Path, monkeypatch: 
     again = sk.StreamingContext.get_or_create(url, lambda: _job(url))
     assert _norm(state_of(again, "dicts")) == final
     again.stop()
+
+
+_GRANDCHILD = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from streamkeep.checkpoint._compact import _die_with_parent
+_die_with_parent(os.getppid())
+print("ready", flush=True)
+time.sleep(60)
+"""
+_CHILD = """
+import subprocess, sys, time
+p = subprocess.Popen([sys.executable, "-c", {code!r}], stdout=subprocess.PIPE, text=True)
+assert p.stdout.readline().strip() == "ready"
+print(p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux only")
+def test_a_helper_dies_with_the_driver_it_works_for() -> None:
+    """A helper must not outlive a SIGKILLed driver (it would go on writing into a checkpoint someone else owns)."""
+    root = str(Path(compaction.__file__).parents[2])
+    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(code=_GRANDCHILD.format(root=root))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        helper = int(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(helper) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(helper), "the helper outlived its parent"
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie (not yet reaped by init) is dead
