@@ -89,6 +89,7 @@ class StateWriter:
         self._thread: threading.Thread | None = None
         self._big = False
         self._done: dict[str, tuple[int, str, int]] = {}  # operator -> (batch time, snapshot path, payload bytes)
+        self._merging: set[str] = set()  # operators the worker in flight merges
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
 
@@ -175,6 +176,7 @@ class StateWriter:
         self.started = bool(jobs or copies)
         if not self.started:
             return
+        self._merging = {name for name, _, _ in jobs}
         helper = size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
         def work() -> None:
@@ -219,6 +221,7 @@ class StateWriter:
             chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
             snap_t = t
             sizes[name] = size
+        self.copied |= self._merging - set(self._done)  # its stored chain could not be merged: copy it next time
         self._done = {}
         if snap_t is None:
             return
