@@ -56,11 +56,13 @@ def test_merge_equals_applying_the_deltas_directly(batches: list[Any], split: in
             windows.pop(ts, None)
         deltas.append(_round_trip({"set": sets, "del": dels, "add": [[ts, s] for ts, s in add], "drop": drop, "meta": {"i": i}}, False))
     split = min(split, len(deltas))
-    first = _round_trip(merge(None, deltas[:split]), True) if split else None
-    merged = _round_trip(merge(first, deltas[split:]), True)
-    assert list(merged["set"].items()) == list(live.items())
-    assert merged["add"] == [[ts, s] for ts, s in sorted(windows.items())]
-    assert merged["del"] == merged["drop"] == [] and merged["meta"] == {"i": len(batches) - 1}
+    first = encode_snapshot("msgpack", merge(None, deltas[:split])) if split else None
+    for columns in (False, True):  # the base as a dict (as a restore reads it) or as columns (as compaction does)
+        base = decode_payload("msgpack", first, False, "test", columns=columns) if first is not None else None
+        merged = _round_trip(merge(base, deltas[split:]), True)
+        assert list(merged["set"].items()) == list(live.items())
+        assert merged["add"] == [[ts, s] for ts, s in sorted(windows.items())]
+        assert merged["del"] == merged["drop"] == [] and merged["meta"] == {"i": len(batches) - 1}
 
 
 def test_columnar_snapshots_span_chunks_and_format_2_snapshots_still_load() -> None:
