@@ -92,7 +92,7 @@ class _NewFiles:
                     continue
                 self.seen.add(p)
                 kind = {"plan": "plan", "delta": "delta", "rec": "record", "snap": "snap"}.get(n.rsplit(".", 1)[-1], "other")
-                out[kind] += size
+                out[kind] = max(out[kind], size) if kind == "snap" else out[kind] + size  # snap: the largest file
         return out
 
 
