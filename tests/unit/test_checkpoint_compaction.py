@@ -146,7 +146,7 @@ def test_in_place_changes_while_a_snapshot_is_compacted_do_not_reach_it(tmp_path
         ssc.run(max_batches=1)
         t = ssc._scheduler.last_time  # type: ignore[union-attr]
         as_of[t] = {op: copy.deepcopy(state_of(ssc, op)) for op in ("lists", "dicts")}
-    assert hold.entered.is_set() and len(hold.jobs) == 1  # started at batch 3, still held at batch 7
+    assert hold.entered.wait(30) and len(hold.jobs) == 1  # started at batch 3, still held at batch 7
     snap_t = hold.jobs[0][0]
     hold.release.set()
     ssc._scheduler.writer.adopt(wait=True)  # type: ignore[union-attr]
