@@ -18,6 +18,7 @@ by a helper process, out of the way of the batch loop's interpreter lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler._state_io import Chain, encode_state
+
+log = logging.getLogger("streamkeep.scheduler")
 
 #: Adaptive snapshots (snapshot_every=None): the first one after this many batches ...
 FIRST_SNAPSHOT_AFTER = 20
@@ -184,10 +187,10 @@ class StateWriter:
                 w0, b0 = time.perf_counter(), ckpt.written_bytes()
                 done: dict[str, tuple[str, int]] = {}
                 nbytes = 0
-                if helper:
-                    out = _run_helper(ckpt, t, jobs)
+                out = _run_helper(ckpt, t, jobs) if helper else None
+                if out is not None:
                     done, nbytes = {k: (str(v[0]), int(v[1])) for k, v in out["done"].items()}, int(out["bytes"])
-                else:
+                else:  # in this process: small states, other storages and codecs, or the helper failed
                     done = compact(ckpt, t, jobs)
                 for name, (codec, payload) in copies.items():
                     done[name] = (ckpt.write_state(name, t, "snap", payload, codec), len(payload))
@@ -251,26 +254,32 @@ class StateWriter:
             self._thread = None
 
 
-def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any]:
+def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any] | None:
     """Run `compact` in a helper process (``python -m streamkeep.checkpoint._compact``); its report.
 
     Only for checkpoints on local disks (no storage options to hand over). The helper dies
     with this process (Linux), and never writes over a file: a late one cannot harm a successor.
+    None when it failed (logged): the caller merges in this process instead, which raises
+    the error that matters (an unreadable input) with its own type.
     """
     codec = get_codec("msgpack")
     job = {"parent": os.getpid(), "url": ckpt.url, "storage_options": None, "t": t, "jobs": [list(j) for j in jobs]}
     env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}  # crash points are the driver's
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_compact.__file__))))  # holds streamkeep/
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run(
-        [sys.executable, "-m", "streamkeep.checkpoint._compact"], input=codec.encode(job), capture_output=True, env=env, check=False
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamkeep.checkpoint._compact"], input=codec.encode(job), capture_output=True, env=env, check=False
+        )
+    except OSError as exc:
+        log.warning("could not start a helper process to merge the snapshot of batch %d ms (%s); merging it in this process", t, exc)
+        return None
     try:
         out: dict[str, Any] = codec.decode(proc.stdout)
     except Exception:
         out = {}
     if proc.returncode != 0 or "error" in out or "done" not in out:
         why = out.get("error") or f"exit status {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
-        msg = f"the helper process merging the snapshot of batch {t} ms failed: {why}"
-        raise CheckpointError(msg)
+        log.warning("the helper process merging the snapshot of batch %d ms failed (%s); merging it in this process", t, why)
+        return None
     return out

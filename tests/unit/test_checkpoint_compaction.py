@@ -266,3 +266,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie (not yet reaped by init) is dead
+
+
+def test_a_failed_helper_falls_back_to_merging_in_the_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_state_writer, "HELPER_STATE_BYTES", 0)
+    monkeypatch.setattr(_state_writer.sys, "executable", str(tmp_path / "no-such-python"))
+    url = str(tmp_path / "c")
+    ssc = _job(url)
+    ssc.run(max_batches=3)
+    ssc._scheduler.writer.adopt(wait=True)  # type: ignore[union-attr]
+    assert "could not start a helper process to merge the snapshot of batch 3000 ms" in caplog.text
+    newest = ssc._scheduler.writer.chains  # type: ignore[union-attr]
+    assert all(c.snapshot == f"state/{op}/{3000:015d}.snap" for op, c in newest.items())
+    ssc.stop()
