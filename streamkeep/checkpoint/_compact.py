@@ -278,7 +278,7 @@ def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] 
 
 
 def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this helper when its parent dies (Linux); exit if it already did. Lower its priority."""
+    """Have the kernel kill this helper when its parent dies (Linux); exit if it already did."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -290,10 +290,6 @@ def _die_with_parent(parent: int) -> None:
             pass
     if os.getppid() != parent:
         os._exit(3)
-    try:
-        os.nice(10)  # the driver's batches come first when the CPUs are busy; a snapshot can wait
-    except (AttributeError, OSError):  # pragma: no cover - no nice() on this platform
-        pass
 
 
 def main() -> None:
