@@ -13,8 +13,11 @@ Printed ratios, all measured in this run:
 * per-batch commit time and bytes with 1M keys of state vs 10k keys, both with
   1k keys changed per batch (target: within 2x: cost follows changes, not state);
 * delta bytes vs a full snapshot of the 1M-key state (target: <= 2%);
+* every batch of the 1M-key case, snapshot batches included (a snapshot every 25
+  batches over 150): p99 <= 3x the median and max <= 5x the median (issue 14: a
+  snapshot must not pause the batch loop);
 * restart to the first new batch done with 1M keys of state (a fresh process:
-  get_or_create loads snapshot + deltas, then one batch; target <= 2 s);
+  get_or_create loads snapshot + deltas, then one batch; target <= 0.5 s);
 * tiny batches with a local checkpoint (see bench/throughput.py; target <= 5 ms).
 
 Run: ``.venv/bin/python bench/checkpoint.py [--quick] [--dir DIR]``.
@@ -41,7 +44,11 @@ sys.path.insert(0, HERE)
 import streamkeep as sk  # noqa: E402
 
 STRIDE = 7919
-SNAPSHOT_EVERY = 10
+SNAPSHOT_EVERY = 25
+#: Latency targets (issue 14): over every measured batch of the big case, snapshot batches included.
+P99_TARGET, MAX_TARGET = 3.0, 5.0
+#: Restart with the big state to the first new batch done (issue 14).
+RESTART_TARGET_S = 0.5
 #: None: the engine's default inline_delta_bytes (small deltas ride inside the commit record).
 INLINE_DELTA_BYTES: int | None = None
 
@@ -85,7 +92,7 @@ class _NewFiles:
                     continue
                 self.seen.add(p)
                 kind = {"plan": "plan", "delta": "delta", "rec": "record", "snap": "snap"}.get(n.rsplit(".", 1)[-1], "other")
-                out[kind] += size
+                out[kind] = max(out[kind], size) if kind == "snap" else out[kind] + size  # snap: the largest file
         return out
 
 
@@ -126,12 +133,30 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
         ssc.run(max_batches=1)
         batch_s = time.perf_counter() - b0
         rows.append({"commit_s": commit_times[-1], "batch_s": batch_s, "snapshot": snapshot_batch[-1], **files.scan()})
+    # A snapshot is merged in the background and used by the commits once done. Batches run back to
+    # back here, faster than a merge of 1M keys, so snapshots lag; a real job's batches are spaced (1 s),
+    # giving a merge time to finish. Before the restart below, two more batches (not measured) each wait
+    # for the snapshot in flight first, as spaced batches would: the restart then reads a recent
+    # snapshot and the delta since, as after a stop of a job that ran for a while.
+    started_snaps = sum(snapshot_batch)
+    extra = 0
+    for _ in range(2):
+        th = writer._thread
+        if th is not None:
+            th.join()
+        snapshot_batch.append(False)
+        ssc.run(max_batches=1)
+        extra += 1
     ssc.stop()  # waits for a snapshot in flight
     snap_bytes = [v for v in (files.scan()["snap"],) if v] + [r["snap"] for r in rows if r["snap"]]
     steady = [r for r in rows if not r["snapshot"]]
     snaps = [r for r in rows if r["snapshot"]]
     med = statistics.median
+    every = sorted(r["batch_s"] for r in rows)
     return {
+        "all_batch_ms": med(every) * 1e3,
+        "p99_batch_ms": every[max(0, -(-len(every) * 99 // 100) - 1)] * 1e3,  # nearest rank
+        "max_batch_ms": every[-1] * 1e3,
         "n_keys": n_keys,
         "changed": changed,
         "build_s": build_s,
@@ -148,6 +173,9 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
         "steady_batches": len(steady),
         "snapshot_batches": len(snaps),
         "url": url,
+        "snapshots_started": started_snaps,
+        "extra_batches": extra,
+        "chain_at_stop": len(writer.chains["state"].deltas),
     }
 
 
@@ -211,8 +239,18 @@ def measure(parent: str | None, big: int, small: int, changed: int, batches: int
                 f"  = {_kb(r['delta_bytes'] + r['record_bytes'] + r['plan_bytes'])}"
             )
             print(
-                f"  snapshot batches ({r['snapshot_batches']}): commit median {r['snapshot_commit_ms']:.1f} ms (state encoded in the batch loop,"
-                f" written by a background thread), whole batch {r['snapshot_batch_ms']:.1f} ms; snapshot file {_kb(r['snapshot_bytes'])}"
+                f"  snapshot batches ({r['snapshot_batches']}): commit median {r['snapshot_commit_ms']:.1f} ms,"
+                f" whole batch {r['snapshot_batch_ms']:.1f} ms; snapshot file {_kb(r['snapshot_bytes'])}"
+            )
+            print(
+                f"  snapshots started during the measured batches: {r['snapshots_started']}; then {r['extra_batches']} more batches,"
+                f" each after the snapshot in flight was done (the restart reads a snapshot plus {r['chain_at_stop']} deltas)"
+            )
+            p99, mx = r["p99_batch_ms"] / r["all_batch_ms"], r["max_batch_ms"] / r["all_batch_ms"]
+            print(
+                f"  every batch ({r['steady_batches'] + r['snapshot_batches']}): median {r['all_batch_ms']:.2f} ms, p99 {r['p99_batch_ms']:.2f} ms"
+                f" = {p99:.1f}x median (target <= {P99_TARGET:g}x: {'met' if p99 <= P99_TARGET else 'NOT met'}),"
+                f" max {r['max_batch_ms']:.2f} ms = {mx:.1f}x median (target <= {MAX_TARGET:g}x: {'met' if mx <= MAX_TARGET else 'NOT met'})"
             )
         b, s = results[big], results[small]
         t_ratio = b["commit_ms"] / s["commit_ms"]
@@ -239,7 +277,7 @@ def measure(parent: str | None, big: int, small: int, changed: int, batches: int
         print(
             f"  {best['total_s']:.2f} s = interpreter {best['interpreter_s']:.2f} + import {best['import_s']:.2f}"
             f" + get_or_create (load snapshot + deltas) {best['restore_s']:.2f} + first batch {best['first_batch_s']:.2f}"
-            f"  (target <= 2 s: {'met' if best['total_s'] <= 2 else 'NOT met'})"
+            f"  (target <= {RESTART_TARGET_S:g} s: {'met' if best['total_s'] <= RESTART_TARGET_S else 'NOT met'})"
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -250,7 +288,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k keys instead of 1M (a smoke run)")
     ap.add_argument("--dir", default=None, help="parent directory of the checkpoints (default: the temp dir, then /dev/shm)")
-    ap.add_argument("--batches", type=int, default=30, help="measured batches per case (default: %(default)s)")
+    ap.add_argument("--batches", type=int, default=150, help="measured batches per case (default: %(default)s)")
     ap.add_argument("--inline-delta-bytes", type=int, default=None, help="the context's inline_delta_bytes (default: the engine's)")
     ap.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, help="the context's snapshot_every; 0 = the engine's adaptive default (default: %(default)s)")
     args = ap.parse_args()

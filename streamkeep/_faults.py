@@ -30,7 +30,9 @@ BATCH_POINTS: tuple[str, ...] = (
     "state.after_write",
     "commit.before_record",
     "commit.after_record",
+    "snapshot.mid_compact",
     "snapshot.mid_write",
+    "snapshot.before_adopt",
     "retention.mid_delete",
     "storage.torn_write",
 )

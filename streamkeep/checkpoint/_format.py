@@ -3,7 +3,7 @@
 Layout of one file (all integers big-endian)::
 
     b"SKCP"  u8 format_version  u8 len(kind) kind  u8 len(codec) codec
-    u16 len(name) name                                  (format 2 and later)
+    u16 len(name) name                                  (format 2 and later; 3 frames files as 2 does)
     u64 len(payload)  payload  u32 crc32(everything before the crc)
 
 `name` is the file's own path relative to the checkpoint root (``log/000000000007.rec``,
@@ -24,10 +24,11 @@ from typing import NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The version this streamkeep writes.
-FORMAT_VERSION = 2
-#: The versions it reads (1: no identity in the frame).
-READABLE_VERSIONS = (1, 2)
+#: The version this streamkeep writes (3: snapshots may be columnar, see checkpoint/_compact.py;
+#: the frame is the same as in 2).
+FORMAT_VERSION = 3
+#: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
+READABLE_VERSIONS = (1, 2, 3)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")

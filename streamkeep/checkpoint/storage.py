@@ -57,23 +57,37 @@ class CheckpointStorage:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        if "://" not in url and not storage_options:  # a plain local path: no need to import fsspec (~0.1 s)
+            self.local = True
+            self.root = os.path.abspath(os.path.expanduser(url.rstrip("/") or "/"))
+            self._fs: Any = None
+            return
         try:
             import fsspec
             from fsspec.implementations.local import LocalFileSystem
         except ImportError as exc:  # pragma: no cover - fsspec is a core dependency
             msg = "checkpointing needs fsspec: pip install streamkeep"
             raise ConfigError(msg) from exc
-        self.url = url
         try:
             fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
             msg = f"cannot open checkpoint URL {url!r}: {exc}. For s3:// URLs install the extra: pip install 'streamkeep[s3]'"
             raise ConfigError(msg) from exc
-        self.fs = fs
+        self._fs = fs
         self.root = root.rstrip("/")
         self.local = isinstance(fs, LocalFileSystem)
         if self.local:
             self.root = os.path.abspath(self.root)
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (created on first use for a plain local path)."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem()
+        return self._fs
 
     def path(self, rel: str) -> str:
         """Absolute path (in the filesystem's terms) of `rel`, which must stay under the root.

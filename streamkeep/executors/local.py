@@ -10,7 +10,7 @@ another executor implements the same protocol.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from streamkeep import _faults
 from streamkeep._util import short_repr, user_function_error
@@ -28,10 +28,12 @@ from streamkeep.dstream._graph import (
 )
 from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
 from streamkeep.executors._event_time import EventWindowRuntime
-from streamkeep.executors._pool import ProcessPool
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
 from streamkeep.sinks.base import BatchSink
+
+if TYPE_CHECKING:  # imported when used: concurrent.futures.process and multiprocessing cost ~30 ms at start-up
+    from streamkeep.executors._pool import ProcessPool
 
 
 class LocalExecutor:
@@ -50,7 +52,11 @@ class LocalExecutor:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 0:
             msg = f"LocalExecutor: processes must be an int >= 0, got {processes!r}"
             raise ConfigError(msg)
-        self.pool = ProcessPool(processes) if processes else None
+        self.pool: ProcessPool | None = None
+        if processes:
+            from streamkeep.executors._pool import ProcessPool
+
+            self.pool = ProcessPool(processes)
         self.graph: Graph | None = None
         self.nodes: list[Node] = []
         self.runtimes: dict[str, StatefulRuntime] = {}

@@ -309,8 +309,6 @@ class Scheduler(Recovery):
             self._after_commit(plan)
             return
         state = writer.write(t, self.executor)
-        if writer.started:
-            self.sizer.from_snapshot(t, writer.snapshot_sizes)
         record = {
             "batch_time": t,
             "zero_ms": self.zero_ms,
@@ -337,6 +335,7 @@ class Scheduler(Recovery):
 
     def _snapshot_done(self, t: int, nbytes: int, ms: float, sizes: dict[str, int]) -> None:
         log.info("snapshot of batch %s written: %d bytes in %.1f ms", iso_ms(t), nbytes, ms, extra=batch_extra(t))
+        self.sizer.from_snapshot(t, sizes)
         if self.listeners:
             emit(self.listeners, "on_snapshot_completed", SnapshotCompleted(t, nbytes, ms, sizes))
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep.checkpoint import Checkpoint
-from streamkeep.codec import UnsupportedValueError, decode_items, encode_items, get_codec
-from streamkeep.codec._registry import refuse_pickle
+from streamkeep.checkpoint._compact import decode_payload
+from streamkeep.codec import UnsupportedValueError, encode_items, get_codec
 from streamkeep.dstream._graph import StatefulNode
-from streamkeep.errors import CheckpointError, CorruptCheckpointError
+from streamkeep.errors import CheckpointError
 from streamkeep.executors._runtime import StatefulRuntime
 
 
@@ -71,19 +71,11 @@ def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str,
 
 
 def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
-    """Decode a state payload (from a file or inline in a commit record) into the data `load` takes."""
-    refuse_pickle(codec_name, allow_pickle, where)
-    try:
-        codec = get_codec(codec_name)
-        d = codec.decode(payload)
-        if "set" in d:
-            d["set"] = decode_items(codec, d["set"])
-        return dict(d)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        msg = f"{where} passed its checksum but could not be decoded: {exc}"
-        raise CorruptCheckpointError(msg) from exc
+    """Decode a state payload (from a file or inline in a commit record) into the data `load` takes.
+
+    A columnar snapshot's ``set`` comes back as a dict (see `streamkeep.checkpoint._compact`).
+    """
+    return decode_payload(codec_name, payload, allow_pickle, where)
 
 
 def read_chain(ckpt: Checkpoint, codec: str, chain_data: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

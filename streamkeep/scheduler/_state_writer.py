@@ -4,30 +4,50 @@ Every batch, each stateful operator's delta (what changed) is written: small del
 ride inside the commit record (no extra file or fsync) as long as the operator's
 inline total since its snapshot stays under ``inline_delta_bytes`` (every commit
 record repeats the chain), bigger ones go to ``state/<op>/<T>.delta``. Now and then
-a full snapshot is due (`snapshot_due`): it is encoded in the batch loop (a
-consistent copy) and written by a background thread; the chains switch to it once
-the thread is done (`adopt`), so a slow storage never stalls the batches, and a
-snapshot still in flight when the next one is due is waited for (chains stay bounded).
+a full snapshot is due (`snapshot_due`). It is not taken from the live state: a
+background worker merges the operator's previous snapshot with the deltas written
+since, all already on storage (`streamkeep.checkpoint._compact`), so the batch loop
+neither copies nor encodes the state, and values user code changes in place later
+cannot reach it. The chains switch to the new snapshot once the worker is done
+(`adopt`), so its inputs stay referenced by every commit until then (retention keeps
+them). A small state's snapshot still in flight when the next one is due is waited
+for (it is quick); a big state's is not: the next one starts as soon as it is done,
+and only a chain of `MAX_CHAIN` batches waits. Big states on local disks are merged
+by a helper process, out of the way of the batch loop's interpreter lock.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, _compact
+from streamkeep.checkpoint._compact import Job, compact, mergeable
+from streamkeep.codec import get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler._state_io import Chain, encode_state
 
+log = logging.getLogger("streamkeep.scheduler")
+
 #: Adaptive snapshots (snapshot_every=None): the first one after this many batches ...
 FIRST_SNAPSHOT_AFTER = 20
 #: ... and never more than this many batches apart (bounds the files a restart reads).
 MAX_CHAIN = 500
+#: From this many bytes of state (last snapshot plus deltas since) a snapshot is "big": the batch
+#: loop does not wait for it before MAX_CHAIN ...
+BIG_STATE_BYTES = 4 * 1024 * 1024
+#: ... and from this many, on a local disk, a helper process merges it (starting one costs ~0.2 s
+#: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
+HELPER_STATE_BYTES = 4 * 1024 * 1024
 
 #: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a snapshot is adopted
 OnSnapshot = Callable[[int, int, float, dict[str, int]], None]
@@ -60,13 +80,19 @@ class StateWriter:
         self.on_snapshot = on_snapshot
         self.chains: dict[str, Chain] = {}
         self.since_snapshot = 0
-        self.delta_bytes = 0  # state bytes written as deltas since the last snapshot
+        self.delta_bytes = 0  # state bytes written as deltas since the last snapshot started
         self.snapshot_bytes: int | None = None  # size of the last snapshot this process wrote
-        #: did the last `write` start a snapshot, and its encoded size per operator
+        self._snap_size: dict[str, int] = {}  # size of the snapshot each chain starts from, when known
+        self.base_bytes = 0  # their total, plus the deltas of a snapshot in flight
+        #: did the last `write` start a snapshot; encoded size per operator of the last one adopted
         self.started = False
         self.snapshot_sizes: dict[str, int] = {}
+        #: operators whose deltas `merge` cannot apply: their snapshot is a copy of the live state
+        self.copied: set[str] = set()
         self._thread: threading.Thread | None = None
-        self._done: dict[str, tuple[int, str]] = {}
+        self._big = False
+        self._done: dict[str, tuple[int, str, int]] = {}  # operator -> (batch time, snapshot path, payload bytes)
+        self._merging: set[str] = set()  # operators the worker in flight merges
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
 
@@ -75,6 +101,13 @@ class StateWriter:
         self.chains = chains
         # Resume the snapshot cadence: a job restarted often must still snapshot (bounded chains).
         self.since_snapshot = max((len(c.deltas) for c in chains.values()), default=0)
+        for name, c in chains.items():
+            if c.snapshot:
+                try:
+                    self._snap_size[name] = self.ckpt.storage.size(c.snapshot)
+                except CheckpointError:
+                    pass  # only an estimate (how to merge); a missing file fails the restore, not this
+        self.base_bytes = sum(self._snap_size.values())
 
     def write(self, t: int, executor: Executor) -> dict[str, Any]:
         """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record."""
@@ -85,6 +118,8 @@ class StateWriter:
             delta = executor.delta(name)
             if delta is not None:
                 node = self.nodes[name]
+                if not mergeable(delta):
+                    self.copied.add(name)
                 payload = encode_state(node, delta)
                 self.delta_bytes += len(payload)
                 inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
@@ -96,7 +131,8 @@ class StateWriter:
         _faults.point("state.after_write")
         self.since_snapshot += 1
         due = self.snapshot_due()
-        self.adopt(wait=due)
+        # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long.
+        self.adopt(wait=due and (not self._big or self.since_snapshot >= MAX_CHAIN))
         if due and self._thread is None:
             self.start_snapshot(t, executor)
         return {name: c.as_data() for name, c in self.chains.items()}
@@ -119,33 +155,57 @@ class StateWriter:
         return self.delta_bytes * 2 >= self.snapshot_bytes
 
     def start_snapshot(self, t: int, executor: Executor) -> None:
-        """Encode every operator's whole state now; write it in a background thread."""
+        """Start a snapshot of batch `t`: a background worker merges each operator's chain into one file.
+
+        Only an operator whose deltas cannot be merged (`copied`) has its live state copied
+        and encoded here, in the batch loop (the way every snapshot was taken before format 3).
+        """
         ckpt, nodes = self.ckpt, self.nodes
         self.since_snapshot = 0
-        payloads = {name: (nodes[name].codec, encode_state(nodes[name], executor.snapshot(name))) for name in executor.operators()}
+        jobs: list[Job] = []
+        copies: dict[str, tuple[str, bytes]] = {}
+        for name in executor.operators():
+            chain = self.chains.get(name)
+            if chain is None or not chain.deltas:
+                continue  # nothing changed since its snapshot (or it never held state): its chain stays
+            if name in self.copied:
+                copies[name] = (nodes[name].codec, encode_state(nodes[name], executor.snapshot(name)))
+            else:
+                jobs.append((name, nodes[name].codec, chain.as_data()))
+        size = self.base_bytes + self.delta_bytes
+        self._big = size >= BIG_STATE_BYTES
+        self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
         self.delta_bytes = 0
-        self.snapshot_bytes = sum(len(p) for _, p in payloads.values())
-        self.snapshot_sizes = {name: len(p) for name, (_, p) in payloads.items()}
-        self.started = True
+        self.started = bool(jobs or copies)
+        if not self.started:
+            return
+        self._merging = {name for name, _, _ in jobs}
+        helper = size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
-        def write() -> None:
+        def work() -> None:
             try:
-                done = {}
                 w0, b0 = time.perf_counter(), ckpt.written_bytes()
-                for name, (codec, payload) in payloads.items():
-                    rel = ckpt.write_state(name, t, "snap", payload, codec)
-                    done[name] = (t, rel)
+                done: dict[str, tuple[str, int]] = {}
+                nbytes = 0
+                out = _run_helper(ckpt, t, jobs) if helper else None
+                if out is not None:
+                    done, nbytes = {k: (str(v[0]), int(v[1])) for k, v in out["done"].items()}, int(out["bytes"])
+                else:  # in this process: small states, other storages and codecs, or the helper failed
+                    done = compact(ckpt, t, jobs)
+                for name, (codec, payload) in copies.items():
+                    done[name] = (ckpt.write_state(name, t, "snap", payload, codec), len(payload))
                     _faults.point("snapshot.mid_write")
-                self._stats = (ckpt.written_bytes() - b0, (time.perf_counter() - w0) * 1e3)
-                self._done = done
+                nbytes += ckpt.written_bytes() - b0
+                self._stats = (nbytes, (time.perf_counter() - w0) * 1e3)
+                self._done = {name: (t, rel, size) for name, (rel, size) in done.items()}
             except BaseException as exc:
                 self._error = exc
 
-        self._thread = threading.Thread(target=write, name="streamkeep-snapshot", daemon=True)
+        self._thread = threading.Thread(target=work, name="streamkeep-snapshot", daemon=True)
         self._thread.start()
 
     def adopt(self, wait: bool = False) -> None:
-        """Switch the chains to a snapshot the background thread finished (waiting for it with `wait`)."""
+        """Switch the chains to a snapshot the background worker finished (waiting for it with `wait`)."""
         th = self._thread
         if th is None:
             return
@@ -156,15 +216,24 @@ class StateWriter:
         self._thread = None
         self.check_error()
         snap_t = None
-        for name, (t, rel) in self._done.items():
+        sizes: dict[str, int] = {}
+        for name, (t, rel, size) in self._done.items():
+            _faults.point("snapshot.before_adopt")  # written, not yet named by any commit record
             chain = self.chains.setdefault(name, Chain())
             chain.snapshot, chain.snapshot_time = rel, t
             chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
             snap_t = t
+            sizes[name] = size
+        self.copied |= self._merging - set(self._done)  # its stored chain could not be merged: copy it next time
         self._done = {}
-        if snap_t is not None and self.on_snapshot is not None:
+        if snap_t is None:
+            return
+        self._snap_size.update(sizes)
+        self.snapshot_sizes = sizes
+        self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
+        if self.on_snapshot is not None:
             nbytes, ms = self._stats
-            self.on_snapshot(snap_t, nbytes, ms, dict(self.snapshot_sizes))
+            self.on_snapshot(snap_t, nbytes, ms, dict(sizes))
 
     def check_error(self) -> None:
         """Raise CheckpointError if the background snapshot failed."""
@@ -183,3 +252,42 @@ class StateWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+#: The helper's command: lower its priority first (its start-up imports take ~0.3 s of CPU too), then run.
+_HELPER_MAIN = (
+    "import os\n"
+    "try:\n    os.nice(10)\nexcept (AttributeError, OSError):\n    pass\n"
+    "import runpy\nrunpy.run_module('streamkeep.checkpoint._compact', run_name='__main__')\n"
+)
+
+
+def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any] | None:
+    """Run `compact` in a helper process (``streamkeep.checkpoint._compact`` as a script, at a lower priority); its report.
+
+    Only for checkpoints on local disks (no storage options to hand over). The helper dies
+    with this process (Linux), and never writes over a file: a late one cannot harm a successor.
+    None when it failed (logged): the caller merges in this process instead, which raises
+    the error that matters (an unreadable input) with its own type.
+    """
+    codec = get_codec("msgpack")
+    job = {"parent": os.getpid(), "url": ckpt.url, "storage_options": None, "t": t, "jobs": [list(j) for j in jobs]}
+    env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}  # crash points are the driver's
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_compact.__file__))))  # holds streamkeep/
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _HELPER_MAIN], input=codec.encode(job), capture_output=True, env=env, check=False
+        )
+    except OSError as exc:
+        log.warning("could not start a helper process to merge the snapshot of batch %d ms (%s); merging it in this process", t, exc)
+        return None
+    try:
+        out: dict[str, Any] = codec.decode(proc.stdout)
+    except Exception:
+        out = {}
+    if proc.returncode != 0 or "error" in out or "done" not in out:
+        why = out.get("error") or f"exit status {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+        log.warning("the helper process merging the snapshot of batch %d ms failed (%s); merging it in this process", t, why)
+        return None
+    return out

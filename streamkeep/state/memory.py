@@ -55,9 +55,9 @@ class MemoryStateStore:
         self.removed = set()
         return changed, removed
 
-    def load(self, items: Iterable[tuple[Key, Any]]) -> None:
-        """Replace the content with `items`; clears the tracking."""
-        self.data = dict(items)
+    def load(self, items: Iterable[tuple[Key, Any]] | dict[Key, Any]) -> None:
+        """Replace the content with `items` (a dict is taken over, not copied); clears the tracking."""
+        self.data = items if type(items) is dict else dict(items)
         self.changed = set()
         self.removed = set()
 

@@ -97,7 +97,7 @@ def test_adaptive_cadence_first_snapshot_then_half_its_size_in_deltas(tmp_path: 
     w, ckpt, _ = _writer(tmp_path)
     ex = _FakeExecutor()
     for k in range(200):
-        ex.state[k] = k
+        ex.put(k, k)  # a snapshot merges what the deltas wrote: these reach it through the first one
     t = 0
     for _ in range(FIRST_SNAPSHOT_AFTER - 1):
         t += 1000
@@ -107,8 +107,9 @@ def test_adaptive_cadence_first_snapshot_then_half_its_size_in_deltas(tmp_path: 
     t += 1000
     ex.put(0, t)
     w.write(t, ex)  # type: ignore[arg-type]
-    assert w.started and w.snapshot_bytes is not None
+    assert w.started
     w.adopt(wait=True)
+    assert w.snapshot_bytes is not None
     n = 0
     while True:  # each delta is small: it takes many batches to reach half the snapshot
         t += 1000
@@ -134,13 +135,35 @@ def test_restored_chains_resume_the_cadence(tmp_path: Path) -> None:
 
 
 def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> None:
-    w, ckpt, _ = _writer(tmp_path, snapshot_every=1)
-
     def broken(*_: Any) -> str:
         raise OSError("disk full")
 
+    ex = _FakeExecutor()
+    ex.put("k", 1)
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=1, inline_delta_bytes=1 << 20)  # the delta rides inline
     ckpt.write_state = broken  # type: ignore[method-assign]
-    w.write(1000, _FakeExecutor())  # type: ignore[arg-type]  # no delta to write; the snapshot thread fails
+    w.write(1000, ex)  # type: ignore[arg-type]  # the snapshot thread fails
     with pytest.raises(CheckpointError, match="writing a state snapshot to the checkpoint failed: disk full"):
         w.adopt(wait=True)
+    ckpt.release()
+
+
+def test_a_snapshot_never_copies_the_live_state_in_the_batch_loop(tmp_path: Path) -> None:
+    """Issue 14: the snapshot is merged from the previous one and the deltas on storage, never read from the
+    executor (a copy of 1M keys paused the batch loop ~0.3 s)."""
+
+    class _NoCopy(_FakeExecutor):
+        def snapshot(self, name: str) -> dict[str, Any]:
+            raise AssertionError("the batch loop copied the whole state")
+
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=2)
+    ex = _NoCopy()
+    for i in range(1, 6):
+        ex.put(i % 3, [i])
+        w.write(i * 1000, ex)  # type: ignore[arg-type]
+    w.adopt(wait=True)
+    assert [s[0] for s in seen] == [2000, 4000]
+    snap, deltas = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
+    assert snap is not None and dict(snap["set"]) == {1: [4], 2: [2], 0: [3]} and [dict(d["set"]) for d in deltas] == [{2: [5]}]
+    w.close()
     ckpt.release()

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import streamkeep as sk
 from streamkeep.errors import ConfigError
-from streamkeep.testing import ManualClock, key_count_of, state_of
+from streamkeep.testing import ManualClock, key_count_of
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -66,11 +66,10 @@ def test_metrics_agree_with_events_and_the_real_job(tmp_path: Any) -> None:
         assert m[("streamkeep_input_records_total", (("source", "rate"),))] == 7 * 13 == sum(i.num_records for i in ev.batches)
         assert m[("streamkeep_state_keys", (("operator", "counts"),))] == key_count_of(ssc, "counts") == 11
         assert m[("streamkeep_state_bytes", (("operator", "counts"),))] == ev.batches[-1].state["counts"].bytes
-        assert ev.batches[5].snapshot and ev.batches[5].state["counts"].bytes == len(
-            __import__("streamkeep.scheduler._state_io", fromlist=["encode_state"]).encode_state(
-                ssc._scheduler.stateful["counts"], state_of(ssc, "counts")  # type: ignore[union-attr]
-            )
-        )  # the size at the last snapshot (batch 6) is the real encoded state (state unchanged in shape since)
+        # the size reported at the batch that adopts a snapshot is that snapshot's encoded payload
+        adopted = ev.batches[5].state["counts"]
+        assert ev.batches[5].snapshot and adopted.bytes_at_ms == 3000
+        assert adopted.bytes == next(s.operators["counts"] for s in ev.snapshots if s.batch_time_ms == 3000)
         written = sum(i.checkpoint_bytes for i in ev.batches) + sum(s.bytes for s in ev.snapshots)
         assert m[("streamkeep_checkpoint_write_bytes_total", ())] == written > 0
         assert m[("streamkeep_checkpoint_write_seconds_count", ())] == 7 + len(ev.snapshots)
