@@ -36,6 +36,7 @@ from streamkeep.context import StreamingContext
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors._tables import AggregateStateRuntime
 from streamkeep.executors.kinds import make_runtime, node_from_description
 from streamkeep.scheduler._compat import DIFF_HINT, check_compatible, differences
 from streamkeep.scheduler._state_io import load_chain, read_state_file
@@ -177,6 +178,8 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
     info["keys"] = rt.key_count()
     if isinstance(rt, EventWindowRuntime):
         info["event_time"] = rt.status()
+    if isinstance(rt, AggregateStateRuntime):  # an Arrow table: its columns (rows are the keys)
+        info["table"] = rt.state_info()
     return info
 
 
@@ -297,6 +300,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
         )
         if "event_time" in op:
             p(f"      event time: {_short(op['event_time'])}")
+        if "table" in op:
+            p(f"      Arrow table (IPC), columns: {', '.join(op['table']['columns']) or 'none yet'}")
         if "shape" in op:
             p(f"      shape {_short(op['shape'])}")
         for k in ("note", "error"):

@@ -1,0 +1,15 @@
+"""Tables: Arrow batches, vectorised keyed state, Parquet in and out (``pip install streamkeep[tables]``).
+
+The table operators are DStream and Batch methods (``to_tables``, ``map_tables``,
+``to_records``, ``aggregate_state``, ``Batch.to_arrow/to_pandas/to_polars``); this
+module holds what goes with them. Importing it does not import pyarrow.
+See docs/tables.md.
+"""
+
+from __future__ import annotations
+
+from streamkeep.dstream._tables import Combine
+
+__all__ = ["Combine"]
+
+Combine.__module__ = __name__

@@ -1,0 +1,334 @@
+"""Tables (issue 15): Arrow batches through the graph, aggregate_state, columnar checkpoints, code-change rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import streamkeep as sk
+from streamkeep.batch import Batch
+from streamkeep.codec import MSGPACK
+from streamkeep.errors import ConfigError, IncompatibleCheckpointError, UserFunctionError
+from streamkeep.tables import Combine
+from streamkeep.testing import ManualClock, run_batches
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WORDS = [
+    ["a b a c", "b d"],
+    ["a", "e e e"],
+    [],
+    ["c a b", "f"],
+]
+
+
+def _rows(table: Any) -> list[tuple[Any, ...]]:
+    return sorted(tuple(r.values()) for r in table.to_pylist())
+
+
+# --------------------------------------------------------------------------- batch conversions
+
+
+def test_records_and_tables_convert_both_ways() -> None:
+    b = Batch([[{"k": "a", "v": 1}, {"k": "b", "v": 2}], [{"k": "c", "v": 3}]])
+    tables = b.to_tables()
+    assert [type(t).__name__ for t in tables.collect()] == ["Table", "Table"]  # one table per partition
+    assert tables.to_records().collect() == b.collect()
+    assert tables.to_arrow().to_pylist() == b.collect()
+    assert b.to_arrow().to_pylist() == b.collect()  # records convert directly too
+    assert b.to_pandas()["v"].tolist() == [1, 2, 3]
+    assert b.to_polars()["k"].to_list() == ["a", "b", "c"]
+    pairs = Batch([[("a", 1), ("b", 2)]]).to_tables(("word", "n"))
+    assert pairs.to_arrow().column_names == ["word", "n"]
+    assert Batch([[1, 2]]).to_arrow().column_names == ["value"]
+    typed = Batch([[]]).to_tables(pa.schema([("x", pa.int32())]))
+    assert typed.to_arrow().schema == pa.schema([("x", pa.int32())])  # a schema keeps the columns of an empty batch
+
+
+def test_map_tables_is_lazy_and_fused_with_record_operators() -> None:
+    calls: list[int] = []
+
+    def double(t: Any) -> Any:
+        calls.append(t.num_rows)
+        return t.set_column(0, "x", pc.multiply(t["x"], 2))
+
+    b = Batch([[1, 2, 3]]).map(lambda x: {"x": x}).to_tables().map_tables(double)
+    assert calls == []  # nothing ran yet
+    assert repr(b).endswith("lazy ops=['map', 'to_tables', 'map_tables'])")  # one fused pass
+    assert b.to_records().collect() == [{"x": 2}, {"x": 4}, {"x": 6}]
+    assert calls == [3]
+
+
+def test_map_tables_on_records_says_to_call_to_tables() -> None:
+    with pytest.raises(UserFunctionError, match=r"call \.to_tables\(\) before map_tables"):
+        Batch([[1]]).map_tables(lambda t: t).collect()
+    with pytest.raises(UserFunctionError, match="must return a pyarrow.Table"):
+        Batch([[1]]).to_tables().map_tables(lambda t: t.num_rows).collect()
+
+
+def test_msgpack_codec_round_trips_arrow_tables() -> None:
+    t = pa.table({"a": [1, None, 3], "b": ["x", "y", None]})
+    got = MSGPACK.decode(MSGPACK.encode({"plan": [t, ("k", 1)]}))
+    assert got["plan"][0].equals(t) and got["plan"][1] == ("k", 1)
+
+
+# --------------------------------------------------------------------------- golden: records vs tables
+
+
+def _record_job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+    return s.flat_map(str.split).map(lambda w: (w, 1)).update_state_by_key(lambda new, old: (old or 0) + sum(new), name="counts")
+
+
+def _table_job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+    def split(t: Any) -> Any:
+        return pa.table({"word": pc.list_flatten(pc.split_pattern(t["value"], " "))})
+
+    counts = s.to_tables(pa.schema([("value", pa.string())])).map_tables(split).aggregate_state(
+        by="word", aggs={"n": ("*", "count")}, name="counts"
+    )
+    return counts.to_records().map(lambda r: (r["word"], r["n"]))
+
+
+def test_golden_word_count_records_equal_tables_per_batch() -> None:
+    want = run_batches(_record_job, WORDS, sort=True)
+    got = run_batches(_table_job, WORDS, sort=True)
+    assert got == want
+    assert want[-1] == sorted([("a", 4), ("b", 3), ("c", 2), ("d", 1), ("e", 3), ("f", 1)])
+
+
+STATS_INPUT = [
+    [("a", 3), ("b", -1), ("a", 5)],
+    [("c", 2)],
+    [("a", 1), ("c", 7), ("b", 4), ("b", 0)],
+]
+
+
+def _stats_update(new: list[int], old: dict[str, Any] | None) -> dict[str, Any]:
+    o = old or {"n": 0, "s": 0, "mn": None, "mx": None, "last": None}
+    vals = new + ([] if o["mn"] is None else [o["mn"], o["mx"]])
+    last = new[-1] if new else o["last"]
+    return {"n": o["n"] + len(new), "s": o["s"] + sum(new), "mn": min(vals), "mx": max(vals), "last": last}
+
+
+def test_golden_every_builtin_aggregate_equals_update_state_by_key() -> None:
+    def records(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        st = s.update_state_by_key(_stats_update, name="stats")
+        return st.map(lambda kv: (kv[0], kv[1]["n"], kv[1]["s"], kv[1]["mn"], kv[1]["mx"], kv[1]["s"] / kv[1]["n"], kv[1]["last"]))
+
+    def tables(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        aggs = {"n": ("*", "count"), "s": ("v", "sum"), "mn": ("v", "min"), "mx": ("v", "max"), "avg": ("v", "mean"), "last": ("v", "last")}
+        st = s.to_tables(["k", "v"]).aggregate_state(by="k", aggs=aggs, name="stats")
+        return st.to_records().map(lambda r: tuple(r.values()))
+
+    want = run_batches(records, STATS_INPUT, sort=True, num_partitions=2)
+    got = run_batches(tables, STATS_INPUT, sort=True, num_partitions=2)
+    assert got == want
+
+
+def test_user_combine_is_vectorised_and_named() -> None:
+    calls: list[int] = []
+
+    def merge(old: Any, new: Any) -> Any:
+        calls.append(len(new))
+        return pc.max_element_wise(old, new, skip_nulls=True)
+
+    def job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        top = Combine("max", merge, name="top")
+        return s.to_tables(["k", "v"]).aggregate_state(by="k", aggs={"top": ("v", top)}, name="tops").to_records().map(lambda r: (r["k"], r["top"]))
+
+    got = run_batches(job, STATS_INPUT, sort=True)
+    assert got[-1] == [("a", 5), ("b", 4), ("c", 7)]
+    assert calls == [1, 3]  # once per batch that had stored keys (never per key)
+
+
+def test_emit_changed_and_multi_column_keys() -> None:
+    def job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        st = s.to_tables(["a", "b", "v"]).aggregate_state(by=["a", "b"], aggs={"s": ("v", "sum")}, name="s", emit="changed")
+        return st.to_records().map(lambda r: (r["a"], r["b"], r["s"]))
+
+    got = run_batches(job, [[("x", 1, 1), ("x", 2, 1), ("x", 1, 5)], [("x", 2, 3)], [("y", 1, 1)]], sort=True)
+    assert got == [[("x", 1, 6), ("x", 2, 1)], [("x", 2, 4)], [("y", 1, 1)]]
+
+
+def test_null_keys_are_refused_by_name() -> None:
+    def job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        return s.to_tables(["k", "v"]).aggregate_state(by="k", aggs={"n": ("*", "count")}, name="nulls")
+
+    with pytest.raises(ConfigError, match=r"aggregate_state 'nulls': the key column 'k' has 1 null value"):
+        run_batches(job, [[("a", 1), (None, 2)]])
+
+
+def test_tables_survive_union_window_and_transform() -> None:
+    def job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        t = s.to_tables(["k", "v"])
+        other = t.map_tables(lambda x: x.filter(pc.equal(x["k"], "a")))
+        both = t.union(other).window(2.0, name="w").transform(lambda b: Batch([[b.to_arrow()]], b.batch_time_ms))
+        return both.map_tables(lambda x: x.group_by("k").aggregate([("v", "sum")])).to_records().map(lambda r: (r["k"], r["v_sum"]))
+
+    got = run_batches(job, STATS_INPUT, sort=True, num_batches=3)
+    # window of 2 batches over (all rows + the rows of 'a' again)
+    assert got == [[("a", 16), ("b", -1)], [("a", 16), ("b", -1), ("c", 2)], [("a", 2), ("b", 4), ("c", 9)]]
+
+
+# --------------------------------------------------------------------------- checkpoints and code changes
+
+
+def _ckpt_setup(url: str, aggs: dict[str, Any], out: list[Any], by: str = "k", name: str = "agg") -> Any:
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=2)
+        tables = [[pa.table({"k": [k for k, _ in b], "v": [v for _, v in b]})] for b in STATS_INPUT * 2]
+        s = ssc.queue_stream(tables, name="q")
+        s.aggregate_state(by=by, aggs=aggs, name=name).foreach_batch(lambda b: out.append(_rows(b.to_arrow())))
+        return ssc
+
+    return setup
+
+
+def test_restart_restores_table_state_exactly(tmp_path: Path) -> None:
+    aggs = {"n": ("*", "count"), "s": ("v", "sum"), "avg": ("v", "mean")}
+    want: list[Any] = []
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "a"), _ckpt_setup(str(tmp_path / "a"), aggs, want))
+    ssc.run(max_batches=6)
+    ssc.stop()
+    got: list[Any] = []
+    url = str(tmp_path / "b")
+    for n in (2, 1, 3):  # stop and resume twice: snapshots and delta chains are both read back
+        ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, aggs, got))
+        ssc.run(max_batches=n)
+        ssc.stop()
+    assert got == want and len(want) == 6
+
+
+def test_delta_bytes_follow_changed_rows(tmp_path: Path) -> None:
+    from streamkeep.testing import state_of
+
+    url = str(tmp_path / "ck")
+    keys = [f"k{i}" for i in range(20_000)]
+    batches = [[pa.table({"k": keys, "v": [1] * len(keys)})], [pa.table({"k": keys[:10], "v": [1] * 10})]]
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100, inline_delta_bytes=0)
+    ssc.queue_stream(batches, name="q").aggregate_state(by="k", aggs={"n": ("*", "count")}, name="agg").foreach_batch(lambda b: None)
+    ssc.run(max_batches=2)
+    assert len(state_of(ssc, "agg")["rows"]) > 50_000  # the snapshot form holds every key
+    ssc.stop()
+    files = sorted((Path(url) / "state" / "agg").iterdir())
+    sizes = [f.stat().st_size for f in files if f.name.endswith(".delta")]
+    assert len(sizes) == 2
+    assert sizes[1] * 50 < sizes[0]  # 10 changed rows cost a small fraction of 20,000
+
+
+def test_a_new_aggregate_column_restores_and_starts_null(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    out: list[Any] = []
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, {"n": ("*", "count")}, out))
+    ssc.run(max_batches=3)
+    ssc.stop()
+    out.clear()
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, {"n": ("*", "count"), "s": ("v", "sum")}, out))
+    ssc.run(max_batches=1)  # batch 4 = STATS_INPUT[0] again: keys a, b
+    ssc.stop()
+    assert out == [[("a", 5, 8), ("b", 4, -1), ("c", 2, None)]]  # c was not in the batch: its new column is null
+
+
+@pytest.mark.parametrize(
+    ("aggs", "by", "why"),
+    [
+        ({"n": ("*", "count"), "s": ("v", "max")}, "k", r"aggregate column 's': sum of 'v' -> max of 'v'"),
+        ({"n": ("*", "count")}, "k", r"aggregate column 's' \(sum of 'v'\) removed"),
+        ({"n": ("*", "count"), "s": ("v", "sum")}, "v", r"key columns \['k'\] -> \['v'\]"),
+    ],
+)
+def test_state_schema_changes_are_refused_by_name(tmp_path: Path, aggs: dict[str, Any], by: str, why: str) -> None:
+    url = str(tmp_path / "ck")
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, {"n": ("*", "count"), "s": ("v", "sum")}, []))
+    ssc.run(max_batches=2)
+    ssc.stop()
+    with pytest.raises(IncompatibleCheckpointError, match=r"stateful operator 'agg' changed shape \(state schema: .*" + why):
+        sk.StreamingContext.get_or_create(url, _ckpt_setup(url, aggs, [], by=by))
+
+
+def test_cli_inspect_verify_and_diff_understand_table_state(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, {"n": ("*", "count"), "s": ("v", "sum")}, []))
+    ssc.run(max_batches=3)
+    ssc.stop()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "streamkeep.cli", "checkpoint"]
+    r = subprocess.run([*cli, "inspect", url, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    op = json.loads(r.stdout)["operators"]["agg"]
+    assert op["kind"] == "aggregate_state" and op["keys"] == 3
+    assert op["table"]["columns"] == ["k: string", "n: int64", "s: int64"]
+    r = subprocess.run([*cli, "verify", url], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            f"""
+            import streamkeep as sk
+            ssc = sk.StreamingContext(1.0, checkpoint={url!r})
+            ssc.queue_stream([], name="q").aggregate_state(by="k", aggs={{"n": ("*", "count"), "s": ("v", "min")}}, name="agg").foreach_batch(print)
+            ssc.start()
+            """
+        )
+    )
+    r = subprocess.run([*cli, "diff", url, str(app)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "agg: state schema: aggregate column 's': sum of 'v' -> min of 'v'" in r.stdout
+
+
+# --------------------------------------------------------------------------- without pyarrow
+
+_NO_PYARROW = """
+import sys, tempfile, os
+sys.modules["pyarrow"] = None  # any import of pyarrow now raises ImportError
+import streamkeep as sk
+from streamkeep.testing import ManualClock
+assert "pyarrow" not in [m for m in sys.modules if sys.modules[m] is not None]
+url = os.path.join(tempfile.mkdtemp(), "ck")
+def setup():
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+    s = ssc.queue_stream([["a b a"], ["b"]], name="q").flat_map(str.split).map(lambda w: (w, 1))
+    s.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="c").window(2.0, name="w").foreach_batch(lambda b: print(sorted(b.collect())))
+    return ssc
+ssc = sk.StreamingContext.get_or_create(url, setup)
+ssc.run(max_batches=2)
+ssc.stop()
+try:
+    ssc2 = sk.StreamingContext(1.0)
+    ssc2.queue_stream([[1]], name="q").to_tables()
+except sk.ConfigError as exc:
+    print("ERROR:", exc)
+try:
+    sk.Batch([[1]]).to_arrow()
+except sk.ConfigError as exc:
+    print("ERROR:", exc)
+"""
+
+
+def test_engine_works_without_pyarrow_and_table_apis_name_the_extra() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", _NO_PYARROW], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["[('a', 2), ('b', 1)]", "[('a', 2), ('a', 2), ('b', 1), ('b', 2)]"]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    assert len(errors) == 2
+    for e in errors:
+        assert "needs pyarrow, which is not installed" in e and "pip install streamkeep[tables]" in e
+
+
+def test_import_streamkeep_does_not_import_pyarrow() -> None:
+    code = "import sys, streamkeep, streamkeep.sources, streamkeep.sinks, streamkeep.tables; print('pyarrow' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
