@@ -9,7 +9,10 @@ See docs/tables.md.
 from __future__ import annotations
 
 from streamkeep.dstream._tables import Combine
+from streamkeep.sinks.base import TableSink
+from streamkeep.sinks.files import ParquetSink
+from streamkeep.sources.tables import JsonLinesTableSource, ParquetFileSource
 
-__all__ = ["Combine"]
+__all__ = ["Combine", "JsonLinesTableSource", "ParquetFileSource", "ParquetSink", "TableSink"]
 
 Combine.__module__ = __name__

@@ -30,6 +30,7 @@ from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunct
 from streamkeep.executors._pool import ProcessPool
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
+from streamkeep.sinks.base import sink_records
 
 
 class LocalExecutor:
@@ -214,7 +215,7 @@ def _write(node: OutputNode, t: int, records: list[Any]) -> None:
     assert node.sink is not None
     _faults.point("sink.before_write")
     try:
-        node.sink.write(t, records)
+        node.sink.write(t, sink_records(node.sink, records))
     except StreamkeepError:
         raise
     except Exception as exc:

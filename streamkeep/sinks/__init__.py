@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 from streamkeep.sinks.base import Sink
-from streamkeep.sinks.files import FileSink
+from streamkeep.sinks.files import FileSink, ParquetSink
 from streamkeep.sinks.kafka import KafkaSink
 from streamkeep.sinks.print import PrintSink
 from streamkeep.sinks.redis import RedisSink
 
-__all__ = ["FileSink", "KafkaSink", "PrintSink", "RedisSink", "Sink"]
+__all__ = ["FileSink", "KafkaSink", "ParquetSink", "PrintSink", "RedisSink", "Sink"]

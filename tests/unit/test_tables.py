@@ -332,3 +332,84 @@ def test_import_streamkeep_does_not_import_pyarrow() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- Parquet / JSON-lines sources, Parquet sink
+
+
+def _file_job(url: str, inp: Path, js: Path, out: Path) -> Any:
+    from streamkeep.sinks import FileSink, ParquetSink
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        a = ssc.parquet_file_stream(str(inp), name="pq", new_files_only=False)
+        b = ssc.json_file_stream(str(js), name="js", new_files_only=False, schema=pa.schema([("k", pa.string()), ("v", pa.int64())]))
+        agg = a.union(b).aggregate_state(by="k", aggs={"s": ("v", "sum")}, name="agg").map_tables(lambda t: t.sort_by("k"))
+        agg.write_to(ParquetSink(str(out / "pq"), name="pq_out"))
+        agg.write_to(FileSink(str(out / "jsonl"), name="jsonl_out", format="jsonl"))  # not a TableSink: gets dict rows
+        return ssc
+
+    return setup
+
+
+def test_parquet_and_json_sources_into_parquet_and_jsonl_sinks(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    inp, js, out = tmp_path / "in", tmp_path / "js", tmp_path / "out"
+    inp.mkdir()
+    js.mkdir()
+    pq.write_table(pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3]}), inp / "f1.parquet")
+    (js / "f1.jsonl").write_text('{"k": "a", "v": 10}\n{"k": "c", "v": 5}\n')
+    url = str(tmp_path / "ck")
+    ssc = sk.StreamingContext.get_or_create(url, _file_job(url, inp, js, out))
+    ssc.run(max_batches=1)
+    ssc.stop()
+    pq.write_table(pa.table({"k": ["c"], "v": [1]}), inp / "f2.parquet")  # a new file: read by the next batch only
+    ssc = sk.StreamingContext.get_or_create(url, _file_job(url, inp, js, out))
+    ssc.run(max_batches=1)
+    ssc.stop()
+    assert pq.read_table(out / "pq" / "batch-0000000001000.parquet").to_pylist() == [
+        {"k": "a", "s": 14}, {"k": "b", "s": 2}, {"k": "c", "s": 5}
+    ]
+    assert pq.read_table(out / "pq" / "batch-0000000002000.parquet").to_pylist() == [
+        {"k": "a", "s": 14}, {"k": "b", "s": 2}, {"k": "c", "s": 6}
+    ]
+    lines = (out / "jsonl" / "batch-0000000002000.jsonl").read_text().splitlines()
+    assert [json.loads(ln) for ln in lines] == [{"k": "a", "s": 14}, {"k": "b", "s": 2}, {"k": "c", "s": 6}]
+
+
+def test_parquet_sink_replay_rewrites_identical_bytes_and_is_fenced(tmp_path: Path) -> None:
+    from streamkeep.errors import CheckpointInUseError
+    from streamkeep.sinks import ParquetSink
+    from streamkeep.sinks.base import FencedSink, FencingToken, TableSink
+
+    t = pa.table({"k": ["a", "b"], "n": [1, 2]})
+    sink = ParquetSink(str(tmp_path / "p"), name="p")
+    assert isinstance(sink, TableSink) and isinstance(sink, FencedSink)
+    sink.set_fencing_token(FencingToken("ck-1", 2))
+    sink.open()
+    sink.write(1000, [t])
+    first = Path(sink.path_for(1000)).read_bytes()
+    sink.write(1000, [t])  # a replay of the same batch
+    assert Path(sink.path_for(1000)).read_bytes() == first
+    sink.write(2000, [])  # an empty batch still gets its file
+    assert Path(sink.path_for(2000)).exists()
+    sink.close()
+    stale = ParquetSink(str(tmp_path / "p"), name="p")
+    stale.set_fencing_token(FencingToken("ck-1", 1))  # a driver that lost the checkpoint
+    stale.open()
+    with pytest.raises(CheckpointInUseError, match="newer driver"):
+        stale.write(3000, [t])
+    stale.close()
+    assert not Path(stale.path_for(3000)).exists()
+
+
+def test_a_damaged_parquet_file_fails_its_batch_naming_the_file(tmp_path: Path) -> None:
+    from streamkeep.errors import SourceError
+
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    ssc.parquet_file_stream(str(tmp_path), name="pq", new_files_only=False).foreach_batch(lambda b: None)
+    with pytest.raises(SourceError, match=r"parquet_file_stream 'pq', batch 1000 ms: file '.*bad\.parquet' cannot be decoded"):
+        ssc.run(max_batches=1)
+    ssc.stop()
