@@ -28,7 +28,7 @@ from streamkeep.dstream._graph import (
     UpdateStateNode,
     WindowNode,
 )
-from streamkeep.dstream._tables import AggregateStateNode, check_pyarrow, parse_aggs, parse_by
+from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, check_pyarrow, parse_aggs, parse_by
 from streamkeep.errors import ConfigError
 from streamkeep.sinks.base import Sink
 
@@ -230,6 +230,49 @@ class DStream(Generic[T]):
             by=cols,
             aggs=specs,
             emit=emit,
+        )
+        return DStream(g, node)
+
+    def aggregate_window(
+        self,
+        *,
+        by: str | list[str] | tuple[str, ...],
+        aggs: dict[str, tuple[str, Any]],
+        length: Duration,
+        slide: Duration | None = None,
+        name: str | None = None,
+    ) -> DStream[Any]:
+        """Every `slide`, aggregates per key over the tables of the last `length` (vectorised).
+
+        `by` and `aggs` as for `aggregate_state` (``"sum"``, ``"count"``, ``"mean"``,
+        ``"min"``, ``"max"``, ``"last"``; no Combine). When every aggregate is sum,
+        count or mean, a running table is kept and each slide adds the new batches and
+        subtracts the expired ones in one vectorised step (the `reduce_by_key_and_window`
+        ``inv_f`` path, done in Arrow); otherwise each window is re-aggregated from its
+        per-batch partial tables. Keys without rows in the window are left out. Emits
+        one table per slide. State (the per-batch partials and the running table) is
+        checkpointed as Arrow IPC; changing `by` or `aggs` is refused on restore.
+        """
+        op = "aggregate_window"
+        check_pyarrow(op)
+        cols = parse_by(by, op)
+        specs = parse_aggs(aggs, cols, op)
+        for spec in specs:
+            if not isinstance(spec.fn, str):
+                msg = f"{op}: aggs[{spec.out!r}]: a Combine is not supported in windows (use sum, count, mean, min, max or last)"
+                raise ConfigError(msg)
+        length_ms, slide_ms = self._window_shape(op, length, slide)
+        g = self._graph
+        node = g.add(
+            AggregateWindowNode,
+            op=op,
+            parents=(self._node,),
+            slide_ms=slide_ms,
+            length_ms=length_ms,
+            name=g.stateful_name(op, name),
+            codec="msgpack",
+            by=cols,
+            aggs=specs,
         )
         return DStream(g, node)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamkeep import _arrow
-from streamkeep.dstream._graph import StatefulNode
+from streamkeep.dstream._graph import StatefulNode, WindowNode
 from streamkeep.errors import ConfigError
 
 #: Built-in running aggregates: how a key's value combines with a batch's partial.
@@ -170,3 +170,42 @@ def _no_merge(old: Any, new: Any) -> Any:  # stands in for a user merge: never c
 def check_pyarrow(op: str) -> None:
     """ConfigError naming the ``streamkeep[tables]`` extra when pyarrow cannot be imported."""
     _arrow.pa(op)
+
+
+#: Aggregates a window keeps incrementally (added for new batches, subtracted for expired ones).
+INVERTIBLE = frozenset({"sum", "count", "mean"})
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class AggregateWindowNode(WindowNode):
+    """`aggregate_window`: aggregates per key over the tables of the last `length_ms`, every slide."""
+
+    by: tuple[str, ...]
+    aggs: tuple[AggSpec, ...]
+
+    @property
+    def inverse(self) -> bool:
+        """True when every aggregate is invertible: a running table is kept (new slices added, expired ones subtracted)."""
+        return all(isinstance(a.fn, str) and a.fn in INVERTIBLE for a in self.aggs)
+
+    def describe(self) -> dict[str, Any]:
+        """Window shape, key columns and aggregates (the stored slices hold partials of exactly these)."""
+        return {**super().describe(), "by": list(self.by), "aggs": [[a.out, a.column, a.label] for a in self.aggs], "inverse": self.inverse}
+
+
+def window_state_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why stored `aggregate_window` state cannot serve the new description (its slices hold partials of the old aggregates)."""
+    o_by, n_by = list(old.get("by") or []), list(new.get("by") or [])
+    o_aggs, n_aggs = [list(a) for a in old.get("aggs") or []], [list(a) for a in new.get("aggs") or []]
+    why = []
+    if o_by != n_by:
+        why.append(f"key columns {o_by} -> {n_by}")
+    if o_aggs != n_aggs:
+        why.append(f"aggregates {o_aggs} -> {n_aggs} (the stored window slices hold partials of the old ones)")
+    return "; ".join(why) or None
+
+
+def window_from_description(common: dict[str, Any], desc: dict[str, Any]) -> AggregateWindowNode:
+    """A node able to load stored `aggregate_window` state from its description alone."""
+    agg = node_from_description(common, desc)
+    return AggregateWindowNode(**common, length_ms=int(desc["length_ms"]), by=agg.by, aggs=agg.aggs)

@@ -32,6 +32,38 @@ _OP = "aggregate_state"
 _MAX_CHUNKS = 32
 
 
+#: How a stored column's values of several batches combine into one (partial aggregation -> aggregation).
+COMBINE = {"sum": "sum", "count": "sum", "count_all": "sum", "min": "min", "max": "max", "last": "last"}
+
+
+def grouped(pa: Any, table: Any, by: tuple[str, ...], specs: list[Any], names: list[str]) -> Any:
+    """``table.group_by(by).aggregate(specs)`` (ordered: use_threads=False) as key columns then `names`."""
+    out = table.group_by(list(by), use_threads=False).aggregate(specs)
+    # Keys come first (pyarrow >= 19) or last (older pyarrow).
+    n, nk = len(specs), len(by)
+    key_at, agg_at = (0, nk) if out.column_names[:nk] == list(by) else (n, 0)
+    return pa.table([*(out.column(key_at + i) for i in range(nk)), *(out.column(agg_at + i) for i in range(n))], names=[*by, *names])
+
+
+def check_columns(node: Any, t: int, table: Any, inputs: list[str]) -> None:
+    """ConfigError naming the operator when the batch lacks a key or input column, or has a null key."""
+    missing = [c for c in (*node.by, *(c for c in inputs if c != "*")) if c not in table.column_names]
+    if missing:
+        msg = (
+            f"{node.label}: the batch of {t} ms has no column {missing[0]!r} (its columns: {table.column_names}); "
+            f"{node.op} needs the key columns {list(node.by)} and every input column of aggs"
+        )
+        raise ConfigError(msg)
+    for k in node.by:
+        nulls = table.column(k).null_count
+        if nulls:
+            msg = (
+                f"{node.label}: the key column {k!r} has {nulls} null value(s) in the batch of {t} ms; keys must not "
+                f"be null (fill them, e.g. pyarrow.compute.fill_null, or filter the rows in map_tables)"
+            )
+            raise ConfigError(msg)
+
+
 def _stored(spec: AggSpec) -> list[tuple[str, str, str]]:
     """(state column, input column, partial aggregation) of one aggregate; mean keeps a sum and a count."""
     fn = spec.fn
@@ -91,33 +123,9 @@ class AggregateStateRuntime(StatefulRuntime):
     def _partials(self, t: int, table: Any) -> Any:
         """The batch reduced per key: key columns, then one column per stored column."""
         node = self.node
-        missing = [c for c in (*node.by, *(col for _, col, _ in self.columns if col != "*")) if c not in table.column_names]
-        if missing:
-            msg = (
-                f"{node.label}: the batch of {t} ms has no column {missing[0]!r} (its columns: {table.column_names}); "
-                f"aggregate_state needs the key columns {list(node.by)} and every input column of aggs"
-            )
-            raise ConfigError(msg)
-        for k in node.by:
-            nulls = table.column(k).null_count
-            if nulls:
-                msg = (
-                    f"{node.label}: the key column {k!r} has {nulls} null value(s) in the batch of {t} ms; keys must not "
-                    f"be null (fill them, e.g. pyarrow.compute.fill_null, or filter the rows in map_tables)"
-                )
-                raise ConfigError(msg)
-        specs = []
-        for _, col, partial in self.columns:
-            specs.append(([], "count_all") if partial == "count_all" else (col, partial))
-        grouped = table.group_by(list(node.by), use_threads=False).aggregate(specs)
-        # Keys come first (pyarrow >= 19) or last (older pyarrow); name the aggregates by their state column.
-        n, nk = len(self.columns), len(node.by)
-        keys_first = grouped.column_names[:nk] == list(node.by)
-        key_at, agg_at = (0, nk) if keys_first else (n, 0)
-        return self.pa.table(
-            [*(grouped.column(key_at + i) for i in range(nk)), *(grouped.column(agg_at + i) for i in range(n))],
-            names=[*node.by, *(c for c, _, _ in self.columns)],
-        )
+        check_columns(node, t, table, [col for _, col, _ in self.columns])
+        specs = [([], "count_all") if partial == "count_all" else (col, partial) for _, col, partial in self.columns]
+        return grouped(self.pa, table, node.by, specs, [c for c, _, _ in self.columns])
 
     def _merge(self, t: int, table: Any) -> Any:
         """Fold the batch into the state; return the changed rows (every key of the batch)."""
@@ -174,17 +182,9 @@ class AggregateStateRuntime(StatefulRuntime):
                 partial.cast(state.schema).append_column(mark, pa.repeat(pa.scalar(1, pa.int8()), partial.num_rows)),
             ]
         )
-        combine = {"sum": "sum", "count": "sum", "count_all": "sum", "min": "min", "max": "max", "last": "last"}
-        specs = [(col, combine[fn]) for col, _, fn in self.columns] + [(mark, "max")]
-        grouped = both.group_by(list(node.by), use_threads=False).aggregate(specs)
-        n, nk = len(specs), len(node.by)
-        keys_first = grouped.column_names[:nk] == list(node.by)
-        key_at, agg_at = (0, nk) if keys_first else (n, 0)
-        merged = pa.table(
-            [*(grouped.column(key_at + i) for i in range(nk)), *(grouped.column(agg_at + i) for i in range(len(self.columns)))],
-            names=[*node.by, *(c for c, _, _ in self.columns)],
-        )
-        return merged, merged.filter(pc.equal(grouped.column(agg_at + n - 1), 1))
+        specs = [(col, COMBINE[fn]) for col, _, fn in self.columns] + [(mark, "max")]
+        out = grouped(pa, both, node.by, specs, [*(c for c, _, _ in self.columns), mark])
+        return out.drop_columns([mark]), out.filter(pc.equal(out.column(mark), 1)).drop_columns([mark])
 
     def _combine(self, spec: AggSpec, partial_fn: str, old: Any, new: Any) -> Any:
         pc = self.pc

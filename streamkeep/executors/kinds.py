@@ -21,7 +21,7 @@ from typing import Any
 from streamkeep.dstream._event_time import EVENT_TIME_SHAPE, EventWindowNode
 from streamkeep.dstream._event_time import node_from_description as event_window_from_description
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
-from streamkeep.dstream._tables import AggregateStateNode
+from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, window_from_description, window_state_change
 from streamkeep.dstream._tables import node_from_description as aggregate_from_description
 from streamkeep.dstream._tables import state_change as aggregate_state_change
 from streamkeep.errors import CheckpointError
@@ -33,6 +33,7 @@ from streamkeep.executors._runtime import (
     UpdateStateRuntime,
     WindowRuntime,
 )
+from streamkeep.executors._table_window import AggregateWindowRuntime
 from streamkeep.executors._tables import AggregateStateRuntime
 
 
@@ -169,5 +170,11 @@ register(
         (),
         aggregate_from_description,
         state_change=aggregate_state_change,
+    )
+)
+# Windowed aggregation over tables (the inverse done vectorised when every aggregate is sum, count or mean).
+register(
+    OperatorKind(
+        "aggregate_window", AggregateWindowNode, AggregateWindowRuntime, _WINDOW_SHAPE, window_from_description, state_change=window_state_change
     )
 )

@@ -5,7 +5,8 @@ Usage: ``python _table_job.py SPEC.json`` with ``ckpt``, ``out``, ``total`` and 
 (two tables per batch, one per partition: the plans hold Arrow IPC through the codec); the
 job keeps a running aggregate per key (``aggregate_state``, emit="changed", written as
 JSON lines), a second one over two key columns (emit="all", written as Parquet by
-`ParquetSink`), and a window of tables reduced per key in ``transform`` (JSON lines).
+`ParquetSink`), a window of tables reduced per key in ``transform`` (JSON lines), and an
+``aggregate_window`` with the vectorised inverse (JSON lines).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import streamkeep as sk
 from streamkeep.sinks import FileSink, ParquetSink
 from streamkeep.testing import ManualClock
 
-OUTPUTS = ("changed", "all", "win")
+OUTPUTS = ("changed", "all", "win", "awin")
 
 
 def _tables(batch: list[list[Any]]) -> list[Any]:
@@ -52,6 +53,8 @@ def build(spec: dict[str, Any], ckpt: str | None, out: str) -> sk.StreamingConte
     big = q.map_tables(lambda t: t.filter(pc.greater(t["v"], 2))).aggregate_state(by=["k", "g"], aggs={"s": ("v", "sum")}, name="all")
     big.map_tables(lambda t: t.sort_by([("k", "ascending"), ("g", "ascending")])).write_to(ParquetSink(os.path.join(out, "all"), name="all"))
     q.window(3.0, 1.0, name="win").transform(_window_sums).write_to(FileSink(os.path.join(out, "win"), name="win", format="jsonl"))
+    awin = q.aggregate_window(by="k", aggs={"s": ("v", "sum"), "n": ("*", "count"), "avg": ("v", "mean")}, length=4.0, slide=2.0, name="awin")
+    awin.map_tables(lambda t: t.sort_by("k")).write_to(FileSink(os.path.join(out, "awin"), name="awin", format="jsonl"))
     return ssc
 
 

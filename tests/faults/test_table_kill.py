@@ -1,7 +1,7 @@
 """SIGKILL a table job (issue 15) at every crash point: its outputs equal an uncrashed run and the model.
 
 The child (`_table_job.py`) reads a materialised queue of Arrow tables, keeps two
-``aggregate_state`` operators (Arrow IPC deltas and snapshots) and a window of tables,
+``aggregate_state`` operators (Arrow IPC deltas and snapshots) a window of tables and an ``aggregate_window`` (running table, vectorised inverse),
 and writes JSON lines and Parquet files. It is killed at the n-th reach of each batch
 crash point (twice for some: the second kill hits recovery and catch-up), then resumed
 with ``get_or_create`` until done. Every output file of every batch must equal the
@@ -61,6 +61,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
     want = job.model_changed(spec)
     assert {t: rows for t, rows in got["changed"].items() if rows} == want, "the uncrashed run differs from the model"
     assert len(got["all"]) == spec["total"] and len(got["win"]) == spec["total"]
+    assert len(got["awin"]) == spec["total"] // 2 and any(got["awin"].values())
     return spec, got
 
 

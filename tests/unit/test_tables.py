@@ -413,3 +413,71 @@ def test_a_damaged_parquet_file_fails_its_batch_naming_the_file(tmp_path: Path) 
     with pytest.raises(SourceError, match=r"parquet_file_stream 'pq', batch 1000 ms: file '.*bad\.parquet' cannot be decoded"):
         ssc.run(max_batches=1)
     ssc.stop()
+
+
+# --------------------------------------------------------------------------- windowed aggregation over tables
+
+WINDOW_INPUT = [
+    [("a", 1), ("b", 2)],
+    [("a", 3)],
+    [],
+    [("c", 4), ("a", 1)],
+    [("b", 5)],
+    [],
+    [],
+    [("a", 2)],
+]
+
+
+@pytest.mark.parametrize(("length", "slide"), [(3.0, 1.0), (4.0, 2.0), (2.0, 2.0)])
+def test_golden_aggregate_window_equals_reduce_by_key_and_window(length: float, slide: float) -> None:
+    def records(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+        pairs = s.map(lambda kv: (kv[0], (kv[1], 1, kv[1], kv[1])))
+        win = pairs.reduce_by_key_and_window(lambda a, b: (a[0] + b[0], a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])), length, slide, name="w")
+        return win.map(lambda kv: (kv[0], kv[1][0], kv[1][1], kv[1][0] / kv[1][1], kv[1][2], kv[1][3]))
+
+    def tables(aggs: dict[str, Any]) -> Any:
+        def job(ssc: sk.StreamingContext, s: sk.DStream[Any]) -> sk.DStream[Any]:
+            win = s.to_tables(pa.schema([("k", pa.string()), ("v", pa.int64())])).aggregate_window(by="k", aggs=aggs, length=length, slide=slide, name="w")
+            return win.to_records().map(lambda r: tuple(r.values()))
+
+        return job
+
+    want = run_batches(records, WINDOW_INPUT, sort=True, num_partitions=2)
+    inverse = {"s": ("v", "sum"), "n": ("*", "count"), "avg": ("v", "mean")}  # every aggregate invertible: the running path
+    got_inv = run_batches(tables(inverse), WINDOW_INPUT, sort=True, num_partitions=2)
+    assert got_inv == [[r[:4] for r in rs] for rs in want]
+    full = {**inverse, "mn": ("v", "min"), "mx": ("v", "max")}  # min/max: re-aggregated from the slices
+    got = run_batches(tables(full), WINDOW_INPUT, sort=True, num_partitions=2)
+    assert got == want
+    keys = [{r[0] for r in rs} for rs in want]
+    assert any(keys[i] - keys[i + 1] for i in range(len(keys) - 1))  # keys leave the window (the inverse drops them)
+
+
+def test_aggregate_window_restarts_exactly_and_refuses_changed_aggregates(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+
+    def setup_with(aggs: dict[str, Any], out: list[Any], url: str = url) -> Any:
+        def setup() -> sk.StreamingContext:
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=2)
+            tables = [[pa.table({"k": [k for k, _ in b], "v": [v for _, v in b]}, schema=pa.schema([("k", pa.string()), ("v", pa.int64())]))]
+                      for b in WINDOW_INPUT]
+            w = ssc.queue_stream(tables, name="q").aggregate_window(by="k", aggs=aggs, length=3.0, name="w")
+            w.foreach_batch(lambda b: out.append(_rows(b.to_arrow())))
+            return ssc
+
+        return setup
+
+    aggs = {"s": ("v", "sum"), "n": ("*", "count")}
+    want: list[Any] = []
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "plain"), setup_with(aggs, want, str(tmp_path / "plain")))
+    ssc.run(max_batches=len(WINDOW_INPUT))
+    ssc.stop()
+    got: list[Any] = []
+    for n in (3, 2, 3):
+        ssc = sk.StreamingContext.get_or_create(url, setup_with(aggs, got))
+        ssc.run(max_batches=n)
+        ssc.stop()
+    assert got == want
+    with pytest.raises(IncompatibleCheckpointError, match=r"'w' changed shape \(.*state schema: aggregates .*'sum'.* -> .*'max'"):
+        sk.StreamingContext.get_or_create(url, setup_with({"s": ("v", "max"), "n": ("*", "count")}, []))
