@@ -194,3 +194,20 @@ def to_records_iter(it: Any) -> Any:
             yield from table.to_pylist()
         else:
             yield table
+
+
+def json_values_table(values: list[bytes], schema: Any, what: str) -> Any:
+    """One table from JSON documents (one per value), parsed in one pyarrow.json call (no Python object per value).
+
+    Newlines inside a value (pretty-printed JSON) are replaced by spaces first: outside
+    strings they are whitespace, and JSON strings cannot hold a raw newline.
+    """
+    pa_ = pa(what)
+    pj = require("pyarrow.json", what)
+    if not values:
+        return schema.empty_table() if schema is not None else pa_.table({})
+    data = b"\n".join(values)
+    if data.count(b"\n") != len(values) - 1:  # some value spans lines: flatten those (rare; per value)
+        data = b"\n".join(v.replace(b"\r", b" ").replace(b"\n", b" ") for v in values)
+    opts = pj.ParseOptions(explicit_schema=schema, newlines_in_values=False) if schema is not None else None
+    return pj.read_json(pa_.py_buffer(data), parse_options=opts)
