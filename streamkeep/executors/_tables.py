@@ -214,6 +214,9 @@ class AggregateStateRuntime(StatefulRuntime):
                 col = state.column(field.name)
                 if col.type != field.type:
                     try:
+                        if not self._same_family(col.type, field.type):
+                            msg = f"{col.type} and {field.type} are different kinds of values"
+                            raise TypeError(msg)  # noqa: TRY301
                         col = col.cast(field.type)
                     except Exception as exc:
                         msg = (
@@ -227,6 +230,14 @@ class AggregateStateRuntime(StatefulRuntime):
             cols.append(col)
             names.append(field.name)
         return pa.table(cols, names=names)
+
+    def _same_family(self, a: Any, b: Any) -> bool:
+        """True when values of type `a` may be stored as `b` (ints as wider ints, floats, strings as large strings)."""
+        t = self.pa.types
+        for family in (t.is_integer, t.is_floating, lambda x: t.is_string(x) or t.is_large_string(x), t.is_boolean, t.is_timestamp):
+            if family(a) and family(b):
+                return True
+        return bool(t.is_integer(a) and t.is_floating(b))
 
     def _without(self, state: Any, changed: Any) -> Any:
         """The rows of `state` whose key is not in `changed`."""

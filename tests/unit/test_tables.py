@@ -481,3 +481,20 @@ def test_aggregate_window_restarts_exactly_and_refuses_changed_aggregates(tmp_pa
     assert got == want
     with pytest.raises(IncompatibleCheckpointError, match=r"'w' changed shape \(.*state schema: aggregates .*'sum'.* -> .*'max'"):
         sk.StreamingContext.get_or_create(url, setup_with({"s": ("v", "max"), "n": ("*", "count")}, []))
+
+
+def test_a_stored_column_widens_but_does_not_change_kind() -> None:
+    out: list[Any] = []
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    batches = [
+        [pa.table({"k": pa.array([1, 2], pa.int32()), "v": [1, 2]})],
+        [pa.table({"k": pa.array([1, 3], pa.int64()), "v": [5, 5]})],  # int32 keys stored, int64 now: widened
+        [pa.table({"k": ["x"], "v": [1]})],  # strings: refused, naming the column
+    ]
+    ssc.queue_stream(batches, name="q").aggregate_state(by="k", aggs={"s": ("v", "sum")}, name="a").foreach_batch(
+        lambda b: out.append(_rows(b.to_arrow()))
+    )
+    with pytest.raises(ConfigError, match=r"aggregate_state 'a': the stored column 'k' is int64 but this batch makes it string"):
+        ssc.run(max_batches=3)
+    ssc.stop()
+    assert out == [[(1, 1), (2, 2)], [(1, 6), (2, 2), (3, 5)]]
