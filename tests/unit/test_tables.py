@@ -285,6 +285,22 @@ def test_cli_inspect_verify_and_diff_understand_table_state(tmp_path: Path) -> N
     assert "agg: state schema: aggregate column 's': sum of 'v' -> min of 'v'" in r.stdout
 
 
+def test_cli_verify_reports_an_arrow_payload_that_does_not_decode(tmp_path: Path) -> None:
+    from streamkeep.checkpoint import Checkpoint
+
+    url = str(tmp_path / "ck")
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, {"n": ("*", "count")}, []))
+    ssc.run(max_batches=1)
+    ssc.stop()
+    # A state file whose frame and checksum are right but whose Arrow IPC bytes are not (written through the
+    # checkpoint's own framing, as a bug or a foreign writer would).
+    Checkpoint(url).write_state("agg", 999_000, "delta", MSGPACK.encode({"rows": b"\xff\xff not arrow", "n": 1}), "msgpack")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "streamkeep.cli", "checkpoint", "verify", url], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "000000000999000.delta: passed its checksum but its Arrow table (rows) does not decode" in r.stdout
+
+
 # --------------------------------------------------------------------------- without pyarrow
 
 _NO_PYARROW = """
