@@ -157,7 +157,7 @@ def node_from_description(common: dict[str, Any], desc: dict[str, Any]) -> Aggre
     for out, col, label in desc.get("aggs") or []:
         fn: str | Combine = label
         if str(label).startswith("combine:"):
-            _, name, partial = str(label).split(":", 2)
+            name, partial = str(label)[len("combine:") :].rsplit(":", 1)
             fn = Combine(partial, _no_merge, name)
         specs.append(AggSpec(str(out), str(col), fn))
     return AggregateStateNode(**common, by=tuple(desc.get("by") or ()), aggs=tuple(specs), emit="all")

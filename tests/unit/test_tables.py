@@ -514,3 +514,27 @@ def test_a_stored_column_widens_but_does_not_change_kind() -> None:
         ssc.run(max_batches=3)
     ssc.stop()
     assert out == [[(1, 1), (2, 2)], [(1, 6), (2, 2), (3, 5)]]
+
+
+def test_a_combine_restores_by_name_and_a_renamed_combine_is_refused(tmp_path: Path) -> None:
+    from streamkeep.executors.kinds import make_runtime, node_from_description
+
+    url = str(tmp_path / "ck")
+
+    def aggs(name: str) -> dict[str, Any]:
+        return {"top": ("v", Combine("max", lambda old, new: pc.max_element_wise(old, new, skip_nulls=True), name=name))}
+
+    out: list[Any] = []
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, aggs("top:v1"), out))
+    ssc.run(max_batches=2)
+    ssc.stop()
+    ssc = sk.StreamingContext.get_or_create(url, _ckpt_setup(url, aggs("top:v1"), out))
+    ssc.run(max_batches=1)
+    ssc.stop()
+    assert out[-1] == [("a", 5), ("b", 4), ("c", 7)]
+    desc = {"kind": "aggregate_state", "codec": "msgpack", "by": ["k"], "aggs": [["top", "v", "combine:top:v1:max"]]}
+    node = node_from_description("agg", desc, 1000)  # what `streamkeep checkpoint inspect` rebuilds
+    assert node is not None and node.describe()["aggs"] == desc["aggs"]
+    assert make_runtime(node, 0).key_count() == 0
+    with pytest.raises(IncompatibleCheckpointError, match=r"combine:top:v1:max of 'v' -> combine:top:v2:max of 'v'"):
+        sk.StreamingContext.get_or_create(url, _ckpt_setup(url, aggs("top:v2"), []))
