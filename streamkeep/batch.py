@@ -7,7 +7,8 @@ consumed. Per-batch operators (`reduce_by_key`, joins, ...) consume their
 input once and return a materialised Batch. A materialised batch is cached, so
 consuming it twice does not run user functions twice.
 
-Imports only `streamkeep.errors`, `streamkeep._types` and `streamkeep._util`.
+Imports only `streamkeep.errors`, `streamkeep._types`, `streamkeep._util` and `streamkeep._arrow`
+(which imports pyarrow only when a table operator runs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+from streamkeep import _arrow
 from streamkeep._types import BatchTime
 from streamkeep._util import check_partitions, short_repr, stable_hash, user_function_error
 from streamkeep.errors import UserFunctionError
@@ -406,6 +408,43 @@ class Batch(Generic[T]):
     def values(self: Batch[tuple[K, V]]) -> Batch[V]:
         """The values of (key, value) records."""
         return self._then("values", _values, None)
+
+    # -- tables (pyarrow; imported only when used, see docs/tables.md) -----------------------
+
+    def to_tables(self, schema: Any = None) -> Batch[Any]:
+        """Each partition's records as one ``pyarrow.Table`` (lazy, fused with the operators around it).
+
+        Records may be dicts (a column per key), tuples (columns named by `schema`,
+        else ``_0``, ``_1``, ...) or scalars (one column, ``value``); tables pass
+        through. `schema`: a ``pyarrow.Schema`` (types enforced) or column names.
+        """
+        return self._then("to_tables", lambda it: _arrow.to_tables_iter(it, schema), None)
+
+    def map_tables(self, f: Callable[[Any], Any]) -> Batch[Any]:
+        """Apply ``f(pyarrow.Table) -> pyarrow.Table`` to every table (lazy, fused)."""
+        return self._then("map_tables", lambda it: _arrow.map_tables_iter(it, f), f)
+
+    def to_records(self) -> Batch[dict[str, Any]]:
+        """Every row of every table as a dict (column -> value); other records pass through."""
+        return self._then("to_records", _arrow.to_records_iter, None)
+
+    def to_arrow(self, schema: Any = None) -> Any:
+        """The whole batch as one ``pyarrow.Table`` (its tables concatenated, or its records converted).
+
+        Raises:
+            ConfigError: pyarrow is not installed (``pip install streamkeep[tables]``).
+        """
+        return _arrow.table_of(self._materialise(), schema, "Batch.to_arrow")
+
+    def to_pandas(self) -> Any:
+        """The batch as a ``pandas.DataFrame`` (through `to_arrow`)."""
+        _arrow.require("pandas", "Batch.to_pandas")
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        """The batch as a ``polars.DataFrame`` (through `to_arrow`, zero-copy where Arrow allows)."""
+        pl = _arrow.require("polars", "Batch.to_polars")
+        return pl.from_arrow(self.to_arrow())
 
     # -- per-batch -------------------------------------------------------
 

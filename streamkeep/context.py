@@ -376,6 +376,34 @@ class StreamingContext:
 
         return self.add_source(BinaryRecordsSource(directory, record_length, name=self._graph.source_name("binary_records", name)))
 
+    def parquet_file_stream(
+        self, directory: str, *, name: str | None = None, columns: list[str] | None = None, new_files_only: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> DStream[Any]:
+        """New Parquet files of `directory` (local or fsspec URL), one ``pyarrow.Table`` per file (docs/tables.md).
+
+        Planned and replayed as text_file_stream's files. See `streamkeep.sources.tables.ParquetFileSource`.
+        """
+        from streamkeep.sources.tables import ParquetFileSource
+
+        n = self._graph.source_name("parquet_files", name)
+        src = ParquetFileSource(directory, name=n, columns=columns, new_files_only=new_files_only, storage_options=storage_options)
+        return self.add_source(src)
+
+    def json_file_stream(
+        self, directory: str, *, name: str | None = None, schema: Any = None, new_files_only: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> DStream[Any]:
+        """New JSON-lines files of `directory`, each decoded by pyarrow into one table (docs/tables.md).
+
+        Planned and replayed as text_file_stream's files. See `streamkeep.sources.tables.JsonLinesTableSource`.
+        """
+        from streamkeep.sources.tables import JsonLinesTableSource
+
+        n = self._graph.source_name("json_files", name)
+        src = JsonLinesTableSource(directory, name=n, schema=schema, new_files_only=new_files_only, storage_options=storage_options)
+        return self.add_source(src)
+
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
         """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
         from streamkeep.sources.socket import SocketTextSource

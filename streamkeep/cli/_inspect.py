@@ -17,6 +17,7 @@ from streamkeep.cli._common import human, iso, open_checkpoint, read_records, sh
 from streamkeep.errors import CheckpointError
 from streamkeep.executors._event_time import EventWindowRuntime, iso_ms
 from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors._tables import AggregateStateRuntime
 from streamkeep.executors.kinds import make_runtime, node_from_description
 from streamkeep.scheduler._state_io import load_chain
 
@@ -71,6 +72,8 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
     info["keys"] = rt.key_count()
     if isinstance(rt, EventWindowRuntime):
         info["event_time"] = rt.status()
+    if isinstance(rt, AggregateStateRuntime):  # an Arrow table: its columns (rows are the keys)
+        info["table"] = rt.state_info()
     return info
 
 
@@ -180,6 +183,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
             for label, part in (et.get("partitions") or {}).items():
                 last = part.get("last_records_batch_ms")
                 p(f"        partition {label}: watermark {iso_ms(part.get('watermark_ms'))}, last records in batch {iso_ms(last) or '-'}")
+        if "table" in op:
+            p(f"      Arrow table (IPC), columns: {', '.join(op['table']['columns']) or 'none yet'}")
         if "shape" in op:
             p(f"      shape {short(op['shape'])}")
         for k in ("note", "error"):

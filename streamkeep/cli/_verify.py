@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamkeep._arrow import INSTALL_HINT, ipc_table
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path
 from streamkeep.checkpoint._checkpoint import check_record, log_path, plan_path, state_dir
 from streamkeep.checkpoint._format import read_frame
 from streamkeep.checkpoint._layout import FRAMED_KINDS, classify, looks_like_checkpoint, walk
 from streamkeep.checkpoint.storage import confine
 from streamkeep.cli._common import no_checkpoint, read_records, text
-from streamkeep.errors import CheckpointError
+from streamkeep.errors import CheckpointError, ConfigError
 from streamkeep.scheduler._state_io import read_state_file
 
 
@@ -66,7 +67,7 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str])
                 )
                 return
             if codec != "pickle":
-                read_state_file(ckpt, rel, allow_pickle=False)
+                _check_arrow(rel, read_state_file(ckpt, rel, allow_pickle=False), rep)
         elif kind == "plan":
             ckpt.read_plan(int(name.split(".")[0]))  # also checks the batch time it holds
         elif kind == "record":
@@ -77,6 +78,19 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str])
         rep.problems.append(f"{rel}: {text(exc)}")
         return
     rep.ok_files.add(rel)
+
+
+def _check_arrow(rel: str, state: dict[str, Any], rep: _Report) -> None:
+    """A table state's Arrow IPC payload (``rows``) must decode, as recovery would decode it."""
+    rows = state.get("rows")
+    if not isinstance(rows, bytes):
+        return
+    try:
+        ipc_table(rows)
+    except ConfigError:
+        rep.notes.append(f"{rel}: holds an Arrow table, not decoded because pyarrow is not installed ({INSTALL_HINT})")
+    except Exception as exc:
+        rep.problems.append(f"{rel}: passed its checksum but its Arrow table (rows) does not decode: {type(exc).__name__}: {exc}")
 
 
 def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Report, present: set[str]) -> None:

@@ -3,9 +3,10 @@
 Owns: the msgpack payload format version 1 (a version byte, then one msgpack
 object) and its extension types, documented in ``docs/codec-format.md``.
 Decoding never executes code: it only builds builtins, datetime and Decimal
-values. Depends on the ``msgpack`` library; of streamkeep it imports only
-``streamkeep.errors`` and ``streamkeep._types`` (through ``codec._base``) and
-must not import any other streamkeep module.
+values (and Arrow tables, through pyarrow, imported only when a payload holds one).
+Depends on the ``msgpack`` library; of streamkeep it imports only
+``streamkeep.errors``, ``streamkeep._types`` (through ``codec._base``) and the leaf
+``streamkeep._arrow``, and must not import any other streamkeep module.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 import msgpack
 
+from streamkeep._arrow import ipc_bytes, ipc_table, is_table
 from streamkeep.codec._base import (
     MSGPACK_VERSION,
     DecodeError,
@@ -27,6 +29,7 @@ from streamkeep.codec._base import (
     type_name,
     unsupported_error,
 )
+from streamkeep.errors import ConfigError
 
 __all__ = ["MSGPACK", "MsgpackCodec"]
 
@@ -40,6 +43,7 @@ EXT_DATE: Final = 6  # [year, month, day]
 EXT_TIME: Final = 7  # [hour, minute, second, us, fold, offset_us|nil]
 EXT_TIMEDELTA: Final = 8  # [days, seconds, microseconds]
 EXT_DECIMAL: Final = 9  # str(decimal) as ASCII
+EXT_ARROW: Final = 10  # pyarrow.Table / RecordBatch: Arrow IPC stream bytes (decodes as a Table; needs pyarrow)
 
 #: Extension values (tuple, set, frozenset, datetime, ...) nest at most this deep.
 #: Checked on encode and decode; it also bounds the C stack a payload can make decode use.
@@ -155,6 +159,8 @@ class _Encoder:
             return _ext(EXT_TIMEDELTA, self.pack([obj.days, obj.seconds, obj.microseconds]))
         if tp is Decimal:
             return _ext(EXT_DECIMAL, str(obj).encode("ascii"))
+        if is_table(obj):
+            return _ext(EXT_ARROW, ipc_bytes(obj))
         raise _Unsupported(obj)
 
 
@@ -277,11 +283,24 @@ class _Decoder:
             return timedelta(days=days, seconds=seconds, microseconds=micro)
         if code == EXT_DECIMAL:
             return Decimal(data.decode("ascii"))
+        if code == EXT_ARROW:
+            return _arrow_table(data)
         msg = (
             f"unknown msgpack extension type {code} (format version {MSGPACK_VERSION} knows "
-            f"1-9); the data may come from a newer streamkeep or another writer"
+            f"1-10); the data may come from a newer streamkeep or another writer"
         )
         raise DecodeError(msg)
+
+
+def _arrow_table(data: bytes) -> Any:
+    """An Arrow table from its IPC bytes; DecodeError naming the extra when pyarrow is missing."""
+    try:
+        return ipc_table(bytes(data))
+    except ConfigError as exc:  # pyarrow missing
+        raise DecodeError(str(exc)) from exc
+    except Exception as exc:
+        msg = f"extension type {EXT_ARROW} does not hold a readable Arrow IPC stream: {exc}"
+        raise DecodeError(msg) from exc
 
 
 def _tz(offset_us: object) -> timezone | None:
@@ -295,6 +314,8 @@ def _tz(offset_us: object) -> timezone | None:
 
 def _leaf_problem(obj: object) -> str | None:
     tp = type(obj)
+    if is_table(obj):
+        return None
     if tp in _NATIVE or tp in _EXTENDED:
         if isinstance(obj, (datetime, time)) and obj.tzinfo and obj.utcoffset() is None:
             return "its tzinfo gives no UTC offset, so it cannot be kept as a fixed offset"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from streamkeep._arrow import as_schema
 from streamkeep._util import Duration, accepts, check_arity, check_callable, check_partitions, duration_ms, to_datetime
 from streamkeep.batch import Batch, as_pair
 from streamkeep.dstream._graph import (
@@ -27,6 +28,7 @@ from streamkeep.dstream._graph import (
     UpdateStateNode,
     WindowNode,
 )
+from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, check_pyarrow, parse_aggs, parse_by
 from streamkeep.errors import ConfigError
 from streamkeep.sinks.base import Sink
 
@@ -149,6 +151,130 @@ class DStream(Generic[T]):
         """Spread records evenly over `num_partitions` partitions."""
         check_partitions(num_partitions, "repartition")
         return self._transform("repartition", lambda t, bs: bs[0].repartition(num_partitions))
+
+    # -- tables (pyarrow, imported only when used; docs/tables.md) --------------------------
+
+    def to_tables(self, schema: Any = None) -> DStream[Any]:
+        """Each partition's records as one ``pyarrow.Table`` (lazy, fused with the per-record operators).
+
+        Records may be dicts (a column per key), tuples (columns named by `schema`, else
+        ``_0``, ``_1``, ...) or scalars (one column ``value``); tables pass through.
+        `schema`: a ``pyarrow.Schema`` (types enforced, empty batches keep the columns)
+        or a list of column names. The tables survive ``union``, ``window`` and ``transform``.
+
+        Raises:
+            ConfigError: pyarrow is not installed (``pip install streamkeep[tables]``).
+        """
+        check_pyarrow("to_tables")
+        checked = as_schema(schema, "to_tables")
+        return self._narrow("to_tables", lambda b: b.to_tables(checked))
+
+    def map_tables(self, f: Callable[[Any], Any]) -> DStream[Any]:
+        """Apply ``f(pyarrow.Table) -> pyarrow.Table`` to every table (lazy, fused like `map`)."""
+        check_pyarrow("map_tables")
+        check_arity(f, 1, "map_tables", "f(table) -> table")
+        return self._narrow("map_tables", lambda b: b.map_tables(f))
+
+    def to_records(self) -> DStream[dict[str, Any]]:
+        """Every row of every table as a dict (column -> value), back to a record stream."""
+        return self._narrow("to_records", lambda b: b.to_records())
+
+    def aggregate_state(
+        self,
+        *,
+        by: str | list[str] | tuple[str, ...],
+        aggs: dict[str, tuple[str, Any]],
+        name: str | None = None,
+        emit: str = "all",
+    ) -> DStream[Any]:
+        """Keep a running aggregate per key, vectorised (no Python call per record or per key).
+
+        `aggs` maps each output column to ``(input column, aggregate)``: ``"sum"``,
+        ``"count"`` (``"*"`` counts rows; a column counts its non-null values), ``"min"``,
+        ``"max"``, ``"mean"``, ``"last"`` (the last non-null value), or a
+        ``streamkeep.tables.Combine`` (a user vectorised combine). The input is a table
+        stream (records are converted as by `to_tables`). Each batch emits one table:
+        the whole state (``emit="all"``, like `update_state_by_key`) or only the keys the
+        batch changed (``emit="changed"``). Keys must not be null.
+
+        Checkpoints hold the state as Arrow IPC: each batch's delta is the changed rows,
+        a snapshot the whole table. As with `update_state_by_key`, state is matched by
+        `name`; a restore with different key columns, or a stored aggregate column
+        removed or changed, is refused naming the operator; adding a column is allowed
+        (it starts null for keys already stored).
+
+        Example:
+            >>> import streamkeep as sk
+            >>> ssc = sk.StreamingContext(1.0)
+            >>> words = ssc.queue_stream([[{"word": "a"}, {"word": "b"}, {"word": "a"}]], name="words")
+            >>> counts = words.to_tables().aggregate_state(by="word", aggs={"n": ("*", "count")}, name="counts")
+            >>> counts.foreach_batch(lambda b: print(sorted(b.to_records().collect(), key=str)))
+            >>> ssc.run()
+            [{'word': 'a', 'n': 2}, {'word': 'b', 'n': 1}]
+        """
+        op = "aggregate_state"
+        check_pyarrow(op)
+        cols = parse_by(by, op)
+        specs = parse_aggs(aggs, cols, op)
+        if emit not in ("all", "changed"):
+            msg = f"{op}: emit must be 'all' (the whole state each batch) or 'changed' (the keys the batch changed), got {emit!r}"
+            raise ConfigError(msg)
+        g = self._graph
+        node = g.add(
+            AggregateStateNode,
+            op=op,
+            parents=(self._node,),
+            slide_ms=self.slide_ms,
+            name=g.stateful_name(op, name),
+            codec="msgpack",
+            by=cols,
+            aggs=specs,
+            emit=emit,
+        )
+        return DStream(g, node)
+
+    def aggregate_window(
+        self,
+        *,
+        by: str | list[str] | tuple[str, ...],
+        aggs: dict[str, tuple[str, Any]],
+        length: Duration,
+        slide: Duration | None = None,
+        name: str | None = None,
+    ) -> DStream[Any]:
+        """Every `slide`, aggregates per key over the tables of the last `length` (vectorised).
+
+        `by` and `aggs` as for `aggregate_state` (``"sum"``, ``"count"``, ``"mean"``,
+        ``"min"``, ``"max"``, ``"last"``; no Combine). When every aggregate is sum,
+        count or mean, a running table is kept and each slide adds the new batches and
+        subtracts the expired ones in one vectorised step (the `reduce_by_key_and_window`
+        ``inv_f`` path, done in Arrow); otherwise each window is re-aggregated from its
+        per-batch partial tables. Keys without rows in the window are left out. Emits
+        one table per slide. State (the per-batch partials and the running table) is
+        checkpointed as Arrow IPC; changing `by` or `aggs` is refused on restore.
+        """
+        op = "aggregate_window"
+        check_pyarrow(op)
+        cols = parse_by(by, op)
+        specs = parse_aggs(aggs, cols, op)
+        for spec in specs:
+            if not isinstance(spec.fn, str):
+                msg = f"{op}: aggs[{spec.out!r}]: a Combine is not supported in windows (use sum, count, mean, min, max or last)"
+                raise ConfigError(msg)
+        length_ms, slide_ms = self._window_shape(op, length, slide)
+        g = self._graph
+        node = g.add(
+            AggregateWindowNode,
+            op=op,
+            parents=(self._node,),
+            slide_ms=slide_ms,
+            length_ms=length_ms,
+            name=g.stateful_name(op, name),
+            codec="msgpack",
+            by=cols,
+            aggs=specs,
+        )
+        return DStream(g, node)
 
     # -- per batch --------------------------------------------------------
 

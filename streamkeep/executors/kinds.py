@@ -21,6 +21,9 @@ from typing import Any
 from streamkeep.dstream._event_time import EVENT_TIME_SHAPE, EventWindowNode
 from streamkeep.dstream._event_time import node_from_description as event_window_from_description
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
+from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, window_from_description, window_state_change
+from streamkeep.dstream._tables import node_from_description as aggregate_from_description
+from streamkeep.dstream._tables import state_change as aggregate_state_change
 from streamkeep.errors import CheckpointError
 from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import (
@@ -30,6 +33,8 @@ from streamkeep.executors._runtime import (
     UpdateStateRuntime,
     WindowRuntime,
 )
+from streamkeep.executors._table_window import AggregateWindowRuntime
+from streamkeep.executors._tables import AggregateStateRuntime
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class OperatorKind:
         from_description: ``from_description(common, desc)`` builds a node able to load
             stored state from the stored description `desc` alone (no user functions);
             `common` holds the keyword arguments every `StatefulNode` takes.
+        state_change: ``state_change(stored_desc, current_desc)`` says why stored state
+            cannot serve the current code (None: it can), for rules finer than equal
+            `shape` keys (e.g. a state schema that may gain a column); None: shape only.
     """
 
     kind: str
@@ -51,6 +59,7 @@ class OperatorKind:
     runtime: Callable[[Any, int], StatefulRuntime]
     shape: tuple[str, ...]
     from_description: Callable[[dict[str, Any], dict[str, Any]], StatefulNode]
+    state_change: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
 
 
 #: Registered kinds by `OperatorKind.kind`, in registration order.
@@ -84,6 +93,14 @@ def shape_keys() -> tuple[str, ...]:
     for k in KINDS.values():
         keys.update(dict.fromkeys(k.shape))
     return tuple(keys)
+
+
+def state_change(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why an operator's stored state cannot serve its current description beyond its shape keys (None: it can)."""
+    k = KINDS.get(str(current.get("kind")))
+    if k is None or k.state_change is None or stored.get("kind") != current.get("kind"):
+        return None
+    return k.state_change(stored, current)
 
 
 def _ignore(*_: Any) -> None:  # stands in for user functions: never called when only loading state
@@ -143,3 +160,21 @@ register(
 # Event-time windows (streamkeep/dstream/_event_time.py): a keyed reduction or a count per window.
 for _kind in ("event_window_reduce", "event_window_count"):
     register(OperatorKind(_kind, EventWindowNode, lambda n, _zero: EventWindowRuntime(n), EVENT_TIME_SHAPE, event_window_from_description))
+# Vectorised keyed state over Arrow tables (streamkeep/dstream/_tables.py, executors/_tables.py): its
+# state schema (key columns, aggregates) may gain a column; anything else is a state-schema change.
+register(
+    OperatorKind(
+        "aggregate_state",
+        AggregateStateNode,
+        lambda n, _zero: AggregateStateRuntime(n),
+        (),
+        aggregate_from_description,
+        state_change=aggregate_state_change,
+    )
+)
+# Windowed aggregation over tables (the inverse done vectorised when every aggregate is sum, count or mean).
+register(
+    OperatorKind(
+        "aggregate_window", AggregateWindowNode, AggregateWindowRuntime, _WINDOW_SHAPE, window_from_description, state_change=window_state_change
+    )
+)

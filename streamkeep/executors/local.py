@@ -30,7 +30,7 @@ from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunct
 from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
-from streamkeep.sinks.base import BatchSink
+from streamkeep.sinks.base import BatchSink, sink_records
 
 if TYPE_CHECKING:  # imported when used: concurrent.futures.process and multiprocessing cost ~30 ms at start-up
     from streamkeep.executors._pool import ProcessPool
@@ -235,7 +235,7 @@ def _write(node: OutputNode, t: int, data: Batch[Any] | list[Any]) -> None:
     _faults.point("sink.before_write")
     try:
         if isinstance(data, list):
-            sink.write(t, data)
+            sink.write(t, sink_records(sink, data))
         else:
             cast(BatchSink, sink).write_batch(t, data)
     except StreamkeepError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamkeep.errors import IncompatibleCheckpointError
-from streamkeep.executors.kinds import shape_keys
+from streamkeep.executors.kinds import shape_keys, state_change
 
 #: The last sentence of an incompatibility error; `streamkeep checkpoint diff` leaves it out of its own output.
 DIFF_HINT = "Run `streamkeep checkpoint diff URL APP.py` to see every difference."
@@ -75,6 +75,9 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, li
             out["new"].append(name)
             continue
         diffs = [f"{k} {old.get(k)!r} -> {desc.get(k)!r}" for k in shape if old.get(k) != desc.get(k)]
+        why = state_change(old, desc)
+        if why is not None:
+            diffs.append(f"state schema: {why}")
         if diffs:
             out["incompatible"].append((name, "; ".join(diffs)))
         else:

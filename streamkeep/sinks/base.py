@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from streamkeep._arrow import is_table
 from streamkeep._types import BatchTime
 
-__all__ = ["BatchSink", "BatchView", "FencedSink", "FencingToken", "MarkedSink", "Sink"]
+__all__ = ["BatchSink", "BatchView", "FencedSink", "FencingToken", "MarkedSink", "Sink", "TableSink", "sink_records"]
 
 
 @runtime_checkable
@@ -161,3 +162,23 @@ class BatchSink(Protocol):
 
     def write_batch(self, batch_time: BatchTime, batch: BatchView) -> None:
         """Write batch `batch_time`; may be called again for the same batch time."""
+
+
+@runtime_checkable
+class TableSink(Protocol):
+    """A sink that takes a table stream's ``pyarrow.Table`` records as they are (e.g. `ParquetSink`).
+
+    The engine calls ``write(T, tables)`` of such a sink with the batch's tables; every
+    other sink receives a table stream's rows as dicts (column -> value), so RedisSink,
+    KafkaSink and FileSink(format="jsonl") write tables without conversion code.
+    """
+
+    def takes_tables(self) -> bool:
+        """True: `write` receives the tables themselves."""
+
+
+def sink_records(sink: Any, records: list[Any]) -> list[Any]:
+    """What `sink.write` receives for a batch's `records`: a table stream's rows as dicts unless `sink` is a TableSink."""
+    if not records or not is_table(records[0]) or isinstance(sink, TableSink):
+        return records
+    return [row for r in records for row in (r.to_pylist() if is_table(r) else (r,))]

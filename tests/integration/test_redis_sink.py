@@ -331,3 +331,25 @@ def test_fencing_is_checked_in_the_same_atomic_step_as_the_write(redis_url):
         old.close()
         new.close()
     assert r.get("count:bob") == b"5"
+
+
+def test_a_table_stream_reaches_the_redis_write_as_dict_rows(redis_url):
+    """Tables (issue 15): RedisSink is not a TableSink, so its write() gets each table's rows as dicts."""
+    import pyarrow as pa
+
+    import streamkeep as sk
+    from streamkeep.testing import ManualClock
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.delete("tcount:ann", "tcount:bob")
+
+    def write(pipe: Any, rows: list[Any]) -> None:
+        for row in rows:
+            pipe.incrby(f"tcount:{row['user']}", row["n"])
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    batches = [[pa.table({"user": ["ann", "bob"], "n": [5, 1]})], [pa.table({"user": ["ann"], "n": [2]})]]
+    ssc.queue_stream(batches, name="t").write_to(RedisSink(redis_url, write, name="tables"))
+    ssc.run(max_batches=2)
+    ssc.stop()
+    assert (r.get("tcount:ann"), r.get("tcount:bob")) == ("7", "1")

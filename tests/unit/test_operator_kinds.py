@@ -34,7 +34,8 @@ def session_kind() -> Iterator[OperatorKind]:
 
 def test_the_builtin_kinds_and_their_shape() -> None:
     assert list(KINDS) == [
-        "window", "reduce_by_key_and_window", "update_state_by_key", "map_with_state", "event_window_reduce", "event_window_count"
+        "window", "reduce_by_key_and_window", "update_state_by_key", "map_with_state", "event_window_reduce", "event_window_count",
+        "aggregate_state", "aggregate_window",
     ]
     assert shape_keys() == (
         "kind", "length_ms", "slide_ms", "parent_slide_ms", "inverse", "timeout", "window", "size_ms", "window_slide_ms", "gap_ms", "max_delay_ms"

@@ -43,3 +43,20 @@ def test_error_tree() -> None:
 def test_sinks_and_sources_exports() -> None:
     assert {"FileSink", "KafkaSink", "RedisSink", "PrintSink", "Sink"} <= set(streamkeep.sinks.__all__)
     assert {"KafkaRecord", "KafkaSource", "Source", "QueueSource", "RateSource", "TextFileSource", "SocketTextSource"} <= set(streamkeep.sources.__all__)
+
+
+def test_tables_exports() -> None:
+    import streamkeep.tables
+
+    assert sorted(streamkeep.tables.__all__) == sorted(
+        ["Combine", "JsonLinesTableSource", "ParquetFileSource", "ParquetSink", "TableSink", "kafka_json_tables"]
+    )
+    for name in ("Combine", "kafka_json_tables"):
+        assert getattr(streamkeep.tables, name).__module__ == "streamkeep.tables", name
+    assert "ParquetSink" in streamkeep.sinks.__all__
+    for method in ("to_tables", "map_tables", "to_records", "aggregate_state", "aggregate_window"):
+        assert callable(getattr(streamkeep.DStream, method)), method
+    for method in ("to_arrow", "to_pandas", "to_polars", "to_tables", "map_tables", "to_records"):
+        assert callable(getattr(streamkeep.Batch, method)), method
+    for method in ("parquet_file_stream", "json_file_stream"):
+        assert callable(getattr(streamkeep.StreamingContext, method)), method

@@ -1,0 +1,215 @@
+"""Tables vs records (issue 15), ratios measured in one run.
+
+1. The running word count of bench/throughput.py (1M words in 10 batches over 10k
+   distinct words; every batch updates the counts): the bare Python loop (split,
+   pair, sum into a dict), the record job (``flat_map(str.split).map(pair)
+   .update_state_by_key(sum)``) and two table jobs (``map_tables`` splitting the
+   lines with pyarrow, ``aggregate_state(by="word", aggs={"n": ("*", "count")})``):
+   one fed the same Python lines (``to_tables`` converts them: the cost a record
+   source pays), one fed Arrow tables of the lines (what ``parquet_file_stream`` /
+   ``json_file_stream`` deliver). Target: table job >= 5x the bare loop.
+2. The group-by engine: one batch's partial count plus the merge into 10k keys of
+   state, with pyarrow.compute (what aggregate_state uses) and with polars.
+3. 1M keys of state (a local checkpoint, every delta in its own file): per-batch
+   checkpoint bytes when 1,000 keys change, next to the snapshot, and the time a
+   restart takes (get_or_create + one small batch), tables vs records.
+
+Run: ``.venv/bin/python bench/tables.py [--quick]``. Prints numbers and ratios
+measured in this run; nothing is compared with stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+from throughput import bare_word_count, engine_word_count, make_lines  # noqa: E402
+
+import streamkeep as sk  # noqa: E402
+from streamkeep.testing import ManualClock  # noqa: E402
+
+_LINE = pa.schema([("line", pa.string())])
+
+
+def _split(t: Any) -> Any:
+    return pa.table({"word": pc.list_flatten(pc.split_pattern(t["line"], " "))})
+
+
+def table_word_count(batches: list[Any], *, arrow_input: bool) -> tuple[float, dict[str, int]]:
+    """The table job over `batches` (lists of lines, or one Arrow table of lines each); (wall s, final counts)."""
+    last: list[Any] = []
+    ssc = sk.StreamingContext(0.5)
+    src = ssc.queue_stream(batches, name="lines")
+    tables = src if arrow_input else src.to_tables(_LINE)
+    counts = tables.map_tables(_split).aggregate_state(by="word", aggs={"n": ("*", "count")}, name="counts")
+    counts.foreach_batch(lambda b: last.append(b))
+    t0 = time.perf_counter()
+    ssc.run(max_batches=len(batches))
+    elapsed = time.perf_counter() - t0
+    ssc.stop()
+    final = last[-1].to_arrow()
+    return elapsed, dict(zip(final["word"].to_pylist(), final["n"].to_pylist(), strict=True))
+
+
+def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
+    lines = make_lines(words, distinct)
+    per = len(lines) // n_batches
+    batches = [lines[i * per : (i + 1) * per] for i in range(n_batches)]
+    arrow_batches = [[pa.table({"line": pa.array(b, pa.string())})] for b in batches]
+    n = per * n_batches * 10
+    table_word_count(arrow_batches[:1], arrow_input=True)  # warm-up: pyarrow loads its kernels on first use
+    runs: dict[str, list[float]] = {"bare": [], "records": [], "tables (Python lines in)": [], "tables (Arrow in)": []}
+    expected: dict[str, int] = {}
+    for _ in range(repeats):  # interleaved, so every side sees the same machine load
+        gc.collect()
+        t0 = time.perf_counter()
+        expected = bare_word_count(batches)
+        runs["bare"].append(time.perf_counter() - t0)
+        gc.collect()
+        t, _c, got = engine_word_count(batches)
+        runs["records"].append(t)
+        if got != expected:
+            raise SystemExit("the record job and the bare loop disagree")
+        for label, inp, arrow in (("tables (Python lines in)", batches, False), ("tables (Arrow in)", arrow_batches, True)):
+            gc.collect()
+            t, got = table_word_count(inp, arrow_input=arrow)
+            runs[label].append(t)
+            if got != expected:
+                raise SystemExit(f"{label} and the bare loop disagree")
+    bare = min(runs["bare"])
+    print(f"word count: {n:,} words in {n_batches} batches, {distinct:,} distinct words, best of {repeats} (wall)")
+    for label, ts in runs.items():
+        best = min(ts)
+        print(f"  {label:<26}: {n / best:>12,.0f} words/s ({best * 1e3:7.1f} ms; runs {', '.join(f'{x * 1e3:.0f}' for x in ts)})"
+              f"  = {bare / best:5.2f}x the bare loop")
+    for label in ("tables (Python lines in)", "tables (Arrow in)"):
+        ratio = bare / min(runs[label])
+        print(f"  {label} / bare = {ratio:.2f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'});"
+              f" / record job = {min(runs['records']) / min(runs[label]):.2f}x")
+
+
+def group_by_engines(words: int, distinct: int, repeats: int) -> None:
+    """One batch's count per word merged into a 10k-key state: pyarrow.compute vs polars."""
+    import polars as pl
+
+    lines = make_lines(words, distinct)
+    table = _split(pa.table({"line": pa.array(lines, pa.string())}))
+    state = table.group_by("word").aggregate([([], "count_all")]).rename_columns(["word", "n"])
+
+    def with_arrow() -> Any:
+        part = table.group_by("word", use_threads=False).aggregate([([], "count_all")]).rename_columns(["word", "n"])
+        j = part.join(state, keys="word", join_type="left outer", right_suffix="#old", use_threads=False)
+        changed = pa.table({"word": j["word"], "n": pc.coalesce(pc.add(j["n"], j["n#old"]), j["n"])})
+        rest = state.filter(pc.invert(pc.is_in(state["word"], value_set=changed["word"].combine_chunks())))
+        return pa.concat_tables([rest, changed])
+
+    pstate = pl.from_arrow(state)
+
+    def with_polars() -> Any:
+        part = pl.from_arrow(table).group_by("word").len(name="n")
+        j = part.join(pstate, on="word", how="left", suffix="#old")
+        changed = j.select(pl.col("word"), (pl.col("n") + pl.col("n#old").fill_null(0)).alias("n"))
+        out = pl.concat([pstate.join(changed.select("word"), on="word", how="anti"), changed])
+        return out.to_arrow()
+
+    with_arrow()
+    with_polars()
+    res = {}
+    for label, fn in (("pyarrow.compute", with_arrow), ("polars", with_polars)):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        res[label] = min(ts)
+    print(f"group-by engine: count {table.num_rows:,} words per key and merge into {state.num_rows:,} keys of state, best of {repeats}")
+    for label, t in res.items():
+        print(f"  {label:<16}: {t * 1e3:7.2f} ms")
+    print(f"  polars / pyarrow time = {res['polars'] / res['pyarrow.compute']:.2f}x (pyarrow.compute needs no second library)")
+
+
+def _dir_bytes(path: str, suffix: str) -> list[int]:
+    return [os.path.getsize(os.path.join(path, f)) for f in sorted(os.listdir(path)) if f.endswith(suffix)] if os.path.isdir(path) else []
+
+
+def big_state(keys: int, changed: int, batches_after: int) -> None:
+    base = tempfile.mkdtemp(prefix="sk-bench-tables-")
+    names = [f"key{i}" for i in range(keys)]
+    small = [names[(j * 7919) % keys] for j in range(changed)]
+    table_in = [[pa.table({"k": names})]] + [[pa.table({"k": small})] for _ in range(batches_after)]
+    record_in = [names] + [small for _ in range(batches_after)]
+    results = {}
+    try:
+        for label in ("tables", "records"):
+            url = os.path.join(base, label)
+
+            def setup(label: str = label, url: str = url) -> sk.StreamingContext:
+                ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=batches_after, inline_delta_bytes=0)
+                if label == "tables":
+                    src = ssc.queue_stream(table_in, name="in")
+                    src.aggregate_state(by="k", aggs={"n": ("*", "count")}, name="state").foreach_batch(lambda b: None)
+                else:
+                    src = ssc.queue_stream(record_in, name="in")
+                    src.map(lambda k: (k, 1)).update_state_by_key(lambda new, old: (old or 0) + len(new), name="state").foreach_batch(
+                        lambda b: None
+                    )
+                return ssc
+
+            ssc = sk.StreamingContext.get_or_create(url, setup)
+            t0 = time.perf_counter()
+            ssc.run(max_batches=1 + batches_after)
+            run_s = time.perf_counter() - t0
+            ssc.stop()
+            state_dir = os.path.join(url, "state", "state")
+            deltas, snaps = _dir_bytes(state_dir, ".delta"), _dir_bytes(state_dir, ".snap")
+            gc.collect()
+            t0 = time.perf_counter()
+            ssc = sk.StreamingContext.get_or_create(url, setup)  # restores the snapshot and the deltas after it
+            restart_s = time.perf_counter() - t0
+            ssc.stop()
+            results[label] = (run_s, deltas, snaps, restart_s)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"state of {keys:,} keys, then {batches_after} batches changing {changed:,} keys each (local checkpoint, a snapshot after batch {batches_after}):")
+    for label, (run_s, deltas, snaps, restart_s) in results.items():
+        later = deltas[1:] or [0]
+        print(f"  {label:<8}: run {run_s:6.2f} s; first delta {deltas[0] if deltas else 0:>11,} B, later deltas {min(later):,}-{max(later):,} B per batch;"
+              f" snapshot {snaps[-1] if snaps else 0:>11,} B; restart {restart_s * 1e3:8.1f} ms")
+    t_restart, r_restart = results["tables"][3], results["records"][3]
+    t_later = results["tables"][1][1:] or [0]
+    print(f"  table deltas for {changed:,} changed keys are {max(t_later) / max(results['tables'][1][0], 1):.4f}x the first (all {keys:,} keys);"
+          f" restart tables / records = {t_restart / r_restart:.2f}x ({'faster' if t_restart < r_restart else 'NOT faster'})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--only", choices=["wordcount", "engines", "state"], help="run one part")
+    args = ap.parse_args()
+    q = args.quick
+    print(f"python {sys.version.split()[0]}, streamkeep {sk.__version__}, pyarrow {pa.__version__}, {os.cpu_count()} CPUs")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew every number)")
+    if args.only in (None, "wordcount"):
+        word_count(100_000 if q else 1_000_000, 10, 10_000, 3 if q else 5)
+    if args.only in (None, "engines"):
+        group_by_engines(10_000 if q else 100_000, 10_000, 5 if q else 20)
+    if args.only in (None, "state"):
+        big_state(100_000 if q else 1_000_000, 1_000, 3)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Runtime of `aggregate_state`: a running aggregate per key as one Arrow table, merged vectorised.
+
+Per batch (no Python call per record or per key):
+
+1. the batch's tables are concatenated and reduced per key with one pyarrow
+   ``group_by`` (the partials: sum, count, min, max, last, a Combine's partial);
+2. the stored rows of the batch's keys are found with one hash probe of the key
+   column (``is_in``; several key columns: the whole state takes part) and merged
+   with the partials by a second ``group_by`` over [stored rows, partials] (sums
+   and counts add up, min/max, last), or, with a Combine, by a hash join and the
+   Combine's ``merge`` over aligned columns: these are the *changed rows*;
+3. the state becomes the other stored rows plus the changed rows.
+
+The checkpoint delta of a batch is its changed rows (Arrow IPC); a snapshot is the
+whole table (Arrow IPC). Tables are immutable, so a batch's output never changes
+when a later batch updates the state. Why pyarrow rather than polars: docs/tables.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamkeep import _arrow
+from streamkeep._util import user_function_error
+from streamkeep.batch import Batch
+from streamkeep.dstream._tables import AggregateStateNode, AggSpec, Combine
+from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
+from streamkeep.executors._runtime import StatefulRuntime
+
+_OP = "aggregate_state"
+# Compact the state's chunks (one per batch's changed rows) past this many.
+_MAX_CHUNKS = 32
+
+
+#: How a stored column's values of several batches combine into one (partial aggregation -> aggregation).
+COMBINE = {"sum": "sum", "count": "sum", "count_all": "sum", "min": "min", "max": "max", "last": "last"}
+
+
+def grouped(pa: Any, table: Any, by: tuple[str, ...], specs: list[Any], names: list[str]) -> Any:
+    """``table.group_by(by).aggregate(specs)`` (ordered: use_threads=False) as key columns then `names`."""
+    out = table.group_by(list(by), use_threads=False).aggregate(specs)
+    # Keys come first (pyarrow >= 19) or last (older pyarrow).
+    n, nk = len(specs), len(by)
+    key_at, agg_at = (0, nk) if out.column_names[:nk] == list(by) else (n, 0)
+    return pa.table([*(out.column(key_at + i) for i in range(nk)), *(out.column(agg_at + i) for i in range(n))], names=[*by, *names])
+
+
+def check_columns(node: Any, t: int, table: Any, inputs: list[str]) -> None:
+    """ConfigError naming the operator when the batch lacks a key or input column, or has a null key."""
+    missing = [c for c in (*node.by, *(c for c in inputs if c != "*")) if c not in table.column_names]
+    if missing:
+        msg = (
+            f"{node.label}: the batch of {t} ms has no column {missing[0]!r} (its columns: {table.column_names}); "
+            f"{node.op} needs the key columns {list(node.by)} and every input column of aggs"
+        )
+        raise ConfigError(msg)
+    for k in node.by:
+        nulls = table.column(k).null_count
+        if nulls:
+            msg = (
+                f"{node.label}: the key column {k!r} has {nulls} null value(s) in the batch of {t} ms; keys must not "
+                f"be null (fill them, e.g. pyarrow.compute.fill_null, or filter the rows in map_tables)"
+            )
+            raise ConfigError(msg)
+
+
+def _stored(spec: AggSpec) -> list[tuple[str, str, str]]:
+    """(state column, input column, partial aggregation) of one aggregate; mean keeps a sum and a count."""
+    fn = spec.fn
+    if isinstance(fn, Combine):
+        return [(spec.out, spec.column, fn.partial)]
+    if fn == "mean":
+        return [(f"{spec.out}#sum", spec.column, "sum"), (f"{spec.out}#count", spec.column, "count")]
+    if fn == "count":
+        return [(spec.out, spec.column, "count_all" if spec.column == "*" else "count")]
+    return [(spec.out, spec.column, fn)]
+
+
+class AggregateStateRuntime(StatefulRuntime):
+    """`aggregate_state`'s state: one ``pyarrow.Table`` (key columns, then the stored aggregate columns)."""
+
+    node: AggregateStateNode
+
+    def __init__(self, node: AggregateStateNode) -> None:
+        self.node = node
+        self.pa = _arrow.pa(_OP)
+        self.pc = _arrow.pc(_OP)
+        self.state: Any = None  # pyarrow.Table or None (no key yet)
+        self._t = 0  # the batch being computed (error messages)
+        self._changes: list[Any] = []  # changed rows per batch since the last delta()
+        self.columns = [c for spec in node.aggs for c in _stored(spec)]
+
+    # -- one batch --------------------------------------------------------------------------
+
+    def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
+        if parent is None:
+            return None
+        node = self.node
+        self._t = t
+        try:
+            table = parent.to_arrow()
+        except UserFunctionError:
+            raise
+        except ConfigError as exc:
+            msg = f"{node.label}: {exc} (batch time {t} ms)"
+            raise ConfigError(msg) from exc
+        changed = None
+        if table.num_rows:
+            try:
+                changed = self._merge(t, table)
+            except StreamkeepError:
+                raise
+            except Exception as exc:  # pyarrow refusing the data (e.g. a sum of strings)
+                msg = f"{node.label}: aggregating the batch of {t} ms failed: {type(exc).__name__}: {exc}"
+                raise ConfigError(msg) from exc
+            self._changes.append(changed)
+        if node.emit == "changed":
+            out = self._output(changed if changed is not None else self._empty())
+        else:
+            out = self._output(self.state if self.state is not None else self._empty())
+        return Batch([[out]], t)
+
+    def _partials(self, t: int, table: Any) -> Any:
+        """The batch reduced per key: key columns, then one column per stored column."""
+        node = self.node
+        check_columns(node, t, table, [col for _, col, _ in self.columns])
+        specs = [([], "count_all") if partial == "count_all" else (col, partial) for _, col, partial in self.columns]
+        return grouped(self.pa, table, node.by, specs, [c for c, _, _ in self.columns])
+
+    def _merge(self, t: int, table: Any) -> Any:
+        """Fold the batch into the state; return the changed rows (every key of the batch)."""
+        pa, pc = self.pa, self.pc
+        node = self.node
+        partial = self._partials(t, table)
+        if self.state is None:
+            self.state = partial
+            return partial
+        state = self._conform(self.state, partial)
+        custom = any(isinstance(spec.fn, Combine) for spec in node.aggs)
+        if len(node.by) == 1:
+            # Only the stored rows of the batch's keys take part: a hash probe of the key column
+            # (is_in), then the small merge; the cost follows the state only through that probe.
+            key = node.by[0]
+            mask = pc.is_in(state.column(key), value_set=partial.column(key).combine_chunks())
+            old, rest = state.filter(mask), state.filter(pc.invert(mask))
+            changed = self._joined(old, partial) if custom else self._regroup(old, partial)[0]
+        elif not custom:
+            self.state, changed = self._regroup(state, partial)
+            return changed
+        else:
+            changed = self._joined(state, partial)
+            rest = self._without(state, changed)
+        self.state = pa.concat_tables([rest, changed.cast(rest.schema) if changed.schema != rest.schema else changed])
+        if self.state.column(0).num_chunks > _MAX_CHUNKS:
+            self.state = self.state.combine_chunks()
+        return changed
+
+    def _joined(self, state: Any, partial: Any) -> Any:
+        """A Combine among the aggregates: the partials joined with the stored rows, combined column by column."""
+        node = self.node
+        joined = partial.join(state, keys=list(node.by), join_type="left outer", right_suffix="#old", use_threads=False)
+        arrays = [joined.column(k) for k in node.by]
+        for spec in node.aggs:
+            for col, _, partial_fn in _stored(spec):
+                arrays.append(self._combine(spec, partial_fn, joined.column(f"{col}#old"), joined.column(col)))
+        return self.pa.table(arrays, names=[*node.by, *(c for c, _, _ in self.columns)])
+
+    def _regroup(self, state: Any, partial: Any) -> tuple[Any, Any]:
+        """Built-in aggregates: one group_by over the stored rows then the batch's partials (in that order).
+
+        Each stored column is re-aggregated with its combining function (sums and counts
+        add up, min/max, last = the batch's value if not null), and a marker column says
+        which keys the batch had. Returns (every merged row, the rows of the batch's keys).
+        Cheaper than a join (bench/tables.py), and ordered: use_threads=False keeps "last".
+        """
+        pa, pc = self.pa, self.pc
+        node = self.node
+        mark = "#batch"
+        both = pa.concat_tables(
+            [
+                state.append_column(mark, pa.repeat(pa.scalar(0, pa.int8()), state.num_rows)),
+                partial.cast(state.schema).append_column(mark, pa.repeat(pa.scalar(1, pa.int8()), partial.num_rows)),
+            ]
+        )
+        specs = [(col, COMBINE[fn]) for col, _, fn in self.columns] + [(mark, "max")]
+        out = grouped(pa, both, node.by, specs, [*(c for c, _, _ in self.columns), mark])
+        return out.drop_columns([mark]), out.filter(pc.equal(out.column(mark), 1)).drop_columns([mark])
+
+    def _combine(self, spec: AggSpec, partial_fn: str, old: Any, new: Any) -> Any:
+        pc = self.pc
+        fn = spec.fn
+        if isinstance(fn, Combine):
+            try:
+                return fn.merge(old, new)
+            except Exception as exc:
+                where = f"merge of Combine {fn.name!r} (column {spec.out!r}) of {self.node.label}"
+                raise user_function_error(where, exc, self._t, self.node.name) from exc
+        if partial_fn in ("sum", "count", "count_all"):
+            return pc.coalesce(pc.add(old, new), new, old)
+        if partial_fn == "min":
+            return pc.min_element_wise(old, new, skip_nulls=True)
+        if partial_fn == "max":
+            return pc.max_element_wise(old, new, skip_nulls=True)
+        return pc.coalesce(new, old)  # last
+
+    def _conform(self, state: Any, partial: Any) -> Any:
+        """`state` with the columns of `partial` (a column added to aggs starts null), key types cast to the batch's."""
+        pa = self.pa
+        if state.schema.names == partial.schema.names and state.schema == partial.schema:
+            return state
+        cols, names = [], []
+        for field in partial.schema:
+            if field.name in state.column_names:
+                col = state.column(field.name)
+                if col.type != field.type:
+                    try:
+                        if not self._same_family(col.type, field.type):
+                            msg = f"{col.type} and {field.type} are different kinds of values"
+                            raise TypeError(msg)  # noqa: TRY301
+                        col = col.cast(field.type)
+                    except Exception as exc:
+                        msg = (
+                            f"{self.node.label}: the stored column {field.name!r} is {col.type} but this batch makes it "
+                            f"{field.type}, and {col.type} does not convert: keep the input column's type (cast it in "
+                            f"map_tables), or start this operator's state anew under another name"
+                        )
+                        raise ConfigError(msg) from exc
+            else:
+                col = pa.nulls(state.num_rows, field.type)
+            cols.append(col)
+            names.append(field.name)
+        return pa.table(cols, names=names)
+
+    def _same_family(self, a: Any, b: Any) -> bool:
+        """True when values of type `a` may be stored as `b` (ints as wider ints, floats, strings as large strings)."""
+        t = self.pa.types
+        for family in (t.is_integer, t.is_floating, lambda x: t.is_string(x) or t.is_large_string(x), t.is_boolean, t.is_timestamp):
+            if family(a) and family(b):
+                return True
+        return bool(t.is_integer(a) and t.is_floating(b))
+
+    def _without(self, state: Any, changed: Any) -> Any:
+        """The rows of `state` whose key is not in `changed`."""
+        by = list(self.node.by)
+        if len(by) == 1:
+            mask = self.pc.is_in(state.column(by[0]), value_set=changed.column(by[0]).combine_chunks())
+            return state.filter(self.pc.invert(mask))
+        return state.join(changed.select(by), keys=by, join_type="left anti", use_threads=False).select(state.column_names)
+
+    def _empty(self) -> Any:
+        pa = self.pa
+        return pa.table({n: pa.array([], pa.null()) for n in (*self.node.by, *(a.out for a in self.node.aggs))})
+
+    def _output(self, table: Any) -> Any:
+        """The user's view of state rows: key columns and one column per aggregate (means divided out)."""
+        pa, pc = self.pa, self.pc
+        node = self.node
+        if table.num_columns and table.column_names == [*node.by, *(a.out for a in node.aggs)]:
+            return table
+        if not table.num_rows and not table.num_columns:
+            return table
+        arrays, names = [table.column(k) for k in node.by], list(node.by)
+        for spec in node.aggs:
+            if spec.fn == "mean":
+                s, c = table.column(f"{spec.out}#sum"), table.column(f"{spec.out}#count")
+                arrays.append(pc.divide(pc.cast(s, pa.float64()), pc.cast(c, pa.float64())))
+            elif spec.out in table.column_names:
+                arrays.append(table.column(spec.out))
+            else:
+                arrays.append(pa.nulls(table.num_rows))
+            names.append(spec.out)
+        return pa.table(arrays, names=names)
+
+    # -- checkpoint form ----------------------------------------------------------------------
+
+    def _changed_rows(self) -> Any:
+        changes, self._changes = self._changes, []
+        if not changes:
+            return None
+        if len(changes) == 1:
+            return changes[0]
+        # Several batches since the last delta: the latest row of each key (the state holds exactly those).
+        keys = self.pa.concat_tables([c.select(list(self.node.by)) for c in changes])
+        return self.state.join(keys.group_by(list(self.node.by), use_threads=False).aggregate([]), keys=list(self.node.by), join_type="left semi")
+
+    def delta(self) -> dict[str, Any] | None:
+        rows = self._changed_rows()
+        if rows is None:
+            return None
+        return {"rows": _arrow.ipc_bytes(rows), "n": rows.num_rows}
+
+    def forget_changes(self) -> None:
+        self._changes = []
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self.state if self.state is not None else self._empty()
+        return {"rows": _arrow.ipc_bytes(state), "n": state.num_rows}
+
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        state = None
+        if snapshot is not None:
+            state = _arrow.ipc_table(snapshot["rows"])
+            if not state.num_columns:
+                state = None
+        for d in deltas:
+            rows = _arrow.ipc_table(d["rows"])
+            if state is None:
+                state = rows
+                continue
+            state = self._conform(state, rows)
+            rest = self._without(state, rows)
+            state = self.pa.concat_tables([rest, rows.cast(rest.schema) if rows.schema != rest.schema else rows])
+        self.state = state.combine_chunks() if state is not None else None
+        self._changes = []
+
+    def key_count(self) -> int:
+        return 0 if self.state is None else int(self.state.num_rows)
+
+    def state_info(self) -> dict[str, Any]:
+        """Columns and types of the stored table (for ``streamkeep checkpoint inspect``)."""
+        if self.state is None:
+            return {"columns": []}
+        return {"columns": [f"{f.name}: {f.type}" for f in self.state.schema]}

@@ -1,0 +1,100 @@
+"""SIGKILL a table job (issue 15) at every crash point: its outputs equal an uncrashed run and the model.
+
+The child (`_table_job.py`) reads a materialised queue of Arrow tables, keeps two
+``aggregate_state`` operators (Arrow IPC deltas and snapshots) a window of tables and an ``aggregate_window`` (running table, vectorised inverse),
+and writes JSON lines and Parquet files. It is killed at the n-th reach of each batch
+crash point (twice for some: the second kill hits recovery and catch-up), then resumed
+with ``get_or_create`` until done. Every output file of every batch must equal the
+uncrashed run's, and the running aggregate must equal the pure-Python model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamkeep import _faults
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _table_job as job  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+
+def _spec() -> dict[str, Any]:
+    rng = random.Random(15)
+    batches = [[[rng.choice("abcdefg"), rng.randint(0, 2), rng.randint(0, 9)] for _ in range(rng.randint(2, 8))] for _ in range(9)]
+    return {"batches": batches, "total": len(batches) + 2, "snapshot_every": 3}
+
+
+def _run(spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
+    spec_path = root / "spec.json"
+    spec_path.write_text(json.dumps({**spec, "ckpt": str(root / "ckpt"), "out": str(root / "out")}))
+    env = dict(os.environ)
+    env.pop(_faults.ENV_VAR, None)
+    if crash is not None:
+        env[_faults.ENV_VAR] = crash
+    return subprocess.run([sys.executable, job.__file__, str(spec_path)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _finished(spec: dict[str, Any], root: Path, crashes: list[str]) -> dict[str, dict[int, list[Any]]]:
+    for crash in crashes:
+        r = _run(spec, root, crash)
+        assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
+    r = _run(spec, root, None)
+    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    return job.read_outputs(str(root / "out"))
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, dict[int, list[Any]]]]:
+    spec = _spec()
+    got = _finished(spec, tmp_path_factory.mktemp("tables-base"), [])
+    want = job.model_changed(spec)
+    assert {t: rows for t, rows in got["changed"].items() if rows} == want, "the uncrashed run differs from the model"
+    assert len(got["all"]) == spec["total"] and len(got["win"]) == spec["total"]
+    assert len(got["awin"]) == spec["total"] // 2 and any(got["awin"].values())
+    return spec, got
+
+
+_POINTS = list(_faults.BATCH_POINTS)
+
+
+@pytest.mark.parametrize("point", _POINTS)
+def test_kill_at_each_crash_point_equals_the_uncrashed_run(
+    point: str, baseline: tuple[dict[str, Any], dict[str, dict[int, list[Any]]]], tmp_path: Path
+) -> None:
+    spec, want = baseline
+    crashes = [f"{point}@5"] + ([f"{point}@1"] if point in ("state.after_write", "sink.before_write", "commit.before_record") else [])
+    got = _finished(spec, tmp_path, crashes)
+    for name in job.OUTPUTS:
+        assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
+
+
+_ANY_POINT = list(_faults.BATCH_POINTS + _faults.START_POINTS + _faults.RECOVERY_POINTS)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_kill_sequences_equal_the_uncrashed_run(
+    seed: int, baseline: tuple[dict[str, Any], dict[str, dict[int, list[Any]]]], tmp_path: Path
+) -> None:
+    """Two or three kills in a row at random points and reaches (starts and recoveries included)."""
+    spec, want = baseline
+    rng = random.Random(seed)
+    crashes = [f"{rng.choice(_ANY_POINT)}@{rng.randint(1, 8)}" for _ in range(rng.randint(2, 3))]
+    for crash in crashes:
+        r = _run(spec, tmp_path, crash)
+        assert r.returncode in (0, -signal.SIGKILL), f"{crash}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    r = _run(spec, tmp_path, None)
+    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    got = job.read_outputs(str(tmp_path / "out"))
+    for name in job.OUTPUTS:
+        assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
