@@ -16,7 +16,7 @@ from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
-from streamkeep.executors import LocalExecutor
+from streamkeep.executors import LocalExecutor, RayExecutor
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
@@ -41,7 +41,8 @@ class StreamingContext:
         checkpoint: fsspec URL of the checkpoint (None: no durability).
         executor: "local" (embedded, the default); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
-            CPU-heavy functions: see bench/process_pool.py); or any object implementing
+            CPU-heavy functions: see bench/process_pool.py); "ray" or ``RayExecutor(...)`` to
+            split keyed state over Ray actors (docs/ray.md; ``pip install streamkeep[ray]``); or any object implementing
             `streamkeep.executors.base.Executor`, which then runs the job's graph.
         clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
         snapshot_every: write a full state snapshot every N batches; other batches
@@ -107,10 +108,13 @@ class StreamingContext:
             self._executor = LocalExecutor()
         elif executor == "processes":
             self._executor = LocalExecutor(os.cpu_count() or 2)
+        elif executor == "ray":
+            self._executor = RayExecutor()  # ConfigError naming the pip extra when Ray is missing
         else:
             msg = (
                 f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
                 f"(per-record operators in a process pool, for CPU-heavy functions), LocalExecutor(processes=N), "
+                f"'ray' or RayExecutor(address=..., num_partitions=...) (keyed state in Ray actors), "
                 f"or an object implementing streamkeep.executors.base.Executor"
             )
             raise ConfigError(msg)

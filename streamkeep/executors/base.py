@@ -26,6 +26,17 @@ Deltas and snapshots are plain data (``{"set": [(key, value), ...], "del":
 them with the operator's codec. For metrics the scheduler asks
 ``key_count(name)`` and, when listeners want them, per-operator timings
 (``measure_timings()`` before a batch, ``timings()`` after it).
+
+Losing workers: ``compute``, ``run_outputs``, ``delta`` and ``snapshot`` may raise
+`streamkeep.errors.WorkerLostError` when a worker holding state died. The
+scheduler then calls ``open`` again and restores every operator from the last
+commit (the executor replaces the dead workers in ``open``), and runs the batch
+again from its plan. An executor that holds all state in the driver never raises it.
+
+An executor that splits keyed state into partitions also implements
+`KeyPartitioned`; the scheduler records its ``partitioning()`` in each commit
+record (for ``checkpoint inspect``; restoring never needs it: deltas and snapshots
+hold every partition's keys merged, so a checkpoint restores on any partition count).
 """
 
 from __future__ import annotations
@@ -94,4 +105,13 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release worker processes and connections."""
+        ...
+
+
+@runtime_checkable
+class KeyPartitioned(Protocol):
+    """A declared capability: the executor splits keyed state into key partitions."""
+
+    def partitioning(self) -> dict[str, Any]:
+        """How keys are split, as plain data (e.g. ``{"executor": "ray", "partitions": 4, "hash": ...}``)."""
         ...
