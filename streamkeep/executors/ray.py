@@ -202,6 +202,10 @@ class RayExecutor:
                 "ops": ray.remote(run_ops),
             }
 
+    def actor_pids(self) -> list[int]:
+        """The process ids of the partition actors, in partition order (monitoring; fault tests kill them)."""
+        return [int(pid) for pid in self._get([h.ping.remote() for h in self._hosts])]
+
     def partitioning(self) -> dict[str, Any]:
         """How keyed state is split (recorded in each commit record; restoring does not need it)."""
         return {"executor": "ray", "partitions": self._count or self.num_partitions, "hash": HASH_NAME}
