@@ -31,6 +31,8 @@ RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any,
     "streamkeep_run_defaults", default=None
 )
 
+#: Set by `streamkeep run --executor NAME`: the executor of the contexts the script creates without one.
+RUN_EXECUTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("streamkeep_run_executor", default=None)
 
 
 class StreamingContext:
@@ -39,7 +41,7 @@ class StreamingContext:
     Args:
         batch_interval: seconds (float) or a timedelta; one batch per interval.
         checkpoint: fsspec URL of the checkpoint (None: no durability).
-        executor: "local" (embedded, the default); "processes" or ``LocalExecutor(processes=N)``
+        executor: "local" (embedded, the default; ``streamkeep run --executor`` may set another); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
             CPU-heavy functions: see bench/process_pool.py); "ray" or ``RayExecutor(...)`` to
             split keyed state over Ray actors (docs/ray.md; ``pip install streamkeep[ray]``); or any object implementing
@@ -87,7 +89,7 @@ class StreamingContext:
         batch_interval: Duration,
         *,
         checkpoint: str | None = None,
-        executor: str | Executor = "local",
+        executor: str | Executor | None = None,
         clock: Any = None,
         snapshot_every: int | None = None,
         codec: str = "msgpack",
@@ -102,6 +104,8 @@ class StreamingContext:
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         self._executor: Executor
+        if executor is None:  # `streamkeep run --executor` decides, else the local one
+            executor = RUN_EXECUTOR.get() or "local"
         if isinstance(executor, Executor):
             self._executor = executor
         elif executor == "local":

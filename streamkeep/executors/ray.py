@@ -111,7 +111,8 @@ class RayExecutor:
     Args:
         address: the Ray cluster: ``"ray://host:10001"`` (Ray client), ``"host:port"`` (the
             GCS of a cluster this machine belongs to) or ``"auto"``. None (default): an
-            already-initialised Ray in this process, else a local Ray started on demand,
+            already-initialised Ray in this process, else the cluster in the ``RAY_ADDRESS``
+            environment variable, else a local Ray started on demand,
             bound to 127.0.0.1 (no dashboard, no usage stats), stopped by `close`.
         num_partitions: key partitions (and actors) per job; None: the cluster's CPU count.
         actor_options: passed to the actors' ``.options(...)`` (e.g. ``{"num_cpus": 1}``,
@@ -176,8 +177,9 @@ class RayExecutor:
         ray = self.ray
         if not ray.is_initialized():
             opts: dict[str, Any] = {"configure_logging": False}
-            if self.address is not None:
-                ray.init(address=self.address, **opts)
+            address = self.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as ray.init reads it
+            if address is not None:
+                ray.init(address=address, **opts)
             else:
                 _loopback_only(ray)
                 ray.init(

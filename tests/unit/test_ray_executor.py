@@ -270,3 +270,36 @@ def test_ray_listens_and_connects_on_loopback_only(ray_address, ray_executor):
     assert any(s[3] in ("LISTEN", "0A") for s in socks), "no listening socket found: the check would prove nothing"
     bad = [s for s in socks if not _is_loopback(s[1]) or (s[2] and not _is_loopback(s[2]))]
     assert not bad, f"Ray sockets outside 127.0.0.0/8: {bad[:10]}"
+
+
+PYSPARK_JOB = """
+import json, time
+from pyspark import SparkContext
+from pyspark.streaming import StreamingContext
+
+sc = SparkContext("local[2]", "ray wordcount")
+ssc = StreamingContext(sc, 0.2)
+lines = ssc.queueStream([sc.parallelize(["a b a", "c"]), sc.parallelize(["b b"]), sc.parallelize(["a"])])
+counts = lines.flatMap(str.split).map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0))
+seen = []
+counts.foreachRDD(lambda rdd: seen.append(sorted(rdd.collect())))
+ssc.start()
+deadline = time.monotonic() + 120
+while len(seen) < 3 and time.monotonic() < deadline:  # the first three batches, however slow the machine
+    ssc.awaitTerminationOrTimeout(0.2)
+ssc.stop(stopSparkContext=True, stopGraceFully=False)
+print(json.dumps({"executor": type(ssc._ssc._executor).__name__, "seen": seen}))
+"""
+
+
+@pytest.mark.ray
+def test_streamkeep_run_pyspark_on_ray(tmp_path, ray_address):
+    job = tmp_path / "job.py"
+    job.write_text(PYSPARK_JOB)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_address}
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--pyspark", "--executor", "ray", "--no-ui", str(job)]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert got["executor"] == "RayExecutor"
+    assert got["seen"][:3] == [[["a", 2], ["b", 1], ["c", 1]], [["a", 2], ["b", 3], ["c", 1]], [["a", 3], ["b", 3], ["c", 1]]]
