@@ -24,21 +24,17 @@ from typing import Any
 
 from streamkeep._util import stable_hash
 from streamkeep.batch import Batch
-from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode
+from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
 from streamkeep.errors import StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
-from streamkeep.executors.kinds import make_runtime
+from streamkeep.executors.kinds import kind_of, make_runtime
 
 #: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
 HASH_NAME = "streamkeep-stable-hash-v1"
 
-#: Stateful node kinds whose state is split by key (the others stay in the driver).
-PARTITIONED_KINDS = (UpdateStateNode, MapWithStateNode, ReduceWindowNode)
-
-
 def partitioned(node: StatefulNode) -> bool:
-    """True when `node`'s state is keyed and can be split into key partitions."""
-    return isinstance(node, PARTITIONED_KINDS)
+    """True when `node`'s kind is registered as `keyed` (its state can be split into key partitions)."""
+    return kind_of(node).keyed
 
 
 def key_hash(key: Any) -> int:

@@ -44,6 +44,9 @@ class OperatorKind:
         from_description: ``from_description(common, desc)`` builds a node able to load
             stored state from the stored description `desc` alone (no user functions);
             `common` holds the keyword arguments every `StatefulNode` takes.
+        keyed: its state is (key, value) pairs that evolve key by key, independently: an
+            executor may split it into key partitions (`RayExecutor` does); its deltas and
+            snapshots then hold ``set``/``del`` (and window ``add``) entries keyed by record key.
     """
 
     kind: str
@@ -51,6 +54,7 @@ class OperatorKind:
     runtime: Callable[[Any, int], StatefulRuntime]
     shape: tuple[str, ...]
     from_description: Callable[[dict[str, Any], dict[str, Any]], StatefulNode]
+    keyed: bool = False
 
 
 #: Registered kinds by `OperatorKind.kind`, in registration order.
@@ -120,6 +124,7 @@ register(
         lambda c, d: ReduceWindowNode(
             **c, length_ms=int(d["length_ms"]), f=_ignore, inv_f=_ignore if d.get("inverse") else None, filter_f=None, num_partitions=None
         ),
+        keyed=True,
     )
 )
 register(
@@ -129,6 +134,7 @@ register(
         lambda n, _zero: UpdateStateRuntime(n),
         (),
         lambda c, d: UpdateStateNode(**c, update=_ignore, initial=(), num_partitions=None),
+        keyed=True,
     )
 )
 register(
@@ -138,8 +144,10 @@ register(
         lambda n, _zero: MapWithStateRuntime(n),
         ("timeout",),
         lambda c, d: MapWithStateNode(**c, f=_ignore, timeout_ms=1 if d.get("timeout") else None, initial=()),
+        keyed=True,
     )
 )
 # Event-time windows (streamkeep/dstream/_event_time.py): a keyed reduction or a count per window.
+# Not `keyed`: one watermark moves with the largest event time over all keys.
 for _kind in ("event_window_reduce", "event_window_count"):
     register(OperatorKind(_kind, EventWindowNode, lambda n, _zero: EventWindowRuntime(n), EVENT_TIME_SHAPE, event_window_from_description))
