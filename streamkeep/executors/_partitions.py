@@ -171,10 +171,15 @@ def run_ops(ops: tuple[Any, ...], t: int, parts: list[list[Any]]) -> list[list[A
         raise portable(exc) from None
 
 
-def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]]) -> list[list[Any]]:
-    """`parts` with `ops` applied, split by owning partition (a Ray task: the shuffle's map side)."""
+def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]]) -> Any:
+    """`parts` with `ops` applied, split by owning partition (a Ray task: the shuffle's map side).
+
+    Returns the `count` buckets, or with `count` 1 the one bucket itself (a Ray task
+    returns its value as one object when it has one return, as many when it has several).
+    """
     try:
-        return bucket(Batch._lazy(parts, ops, t), count)
+        buckets = bucket(Batch._lazy(parts, ops, t), count)
+        return buckets if count > 1 else buckets[0]
     except StreamkeepError as exc:
         raise portable(exc) from None
 

@@ -115,12 +115,13 @@ def _sorted_batches(sink):
 
 
 @pytest.mark.ray
-def test_many_keys_on_three_partitions_equal_the_local_executor(ray_address):
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_many_keys_on_1_and_3_partitions_equal_the_local_executor(ray_address, partitions):
     # big batches go through the shuffle tasks, small ones are split in the driver
     batches = [list(range(i * 7, i * 7 + (3000 if i % 2 else 40))) for i in range(5)] + [[], []]
     names = ("totals", "big", "seen", "seen_state", "win", "win_plain", "chained")
     results = {}
-    for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=3))):
+    for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=partitions))):
         sinks = {n: ListSink(n) for n in names}
         ssc = _many_keys_job(ex, sinks, batches)
         ssc.run()
