@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import streamkeep as sk  # noqa: E402
-from streamkeep.testing import ListSink, ManualClock  # noqa: E402
+from streamkeep.testing import ManualClock  # noqa: E402
 
 
 def heavy(w: str) -> tuple[str, int]:
