@@ -74,7 +74,7 @@ log = logging.getLogger("streamkeep.executors.ray")
 
 #: A driver-side batch with fewer records than this is split by key in the driver (a task costs more).
 SMALL_BATCH = 2000
-#: Records per chunk (and task) when a driver-side batch is split for the shuffle.
+#: Fewest records per chunk (and task) when a driver-side batch is split for the shuffle (at most a chunk per CPU).
 CHUNK_RECORDS = 2000
 
 _INSTALL = "pip install streamkeep[ray]"
@@ -512,7 +512,7 @@ class RayExecutor:
         ops = batch._ops
         chunks: list[list[list[Any]]] = []
         for part in src:
-            pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), 4 * self._cpus))
+            pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), self._cpus))  # a task per CPU: each costs ms
             step = -(-len(part) // pieces) if part else 0
             chunks.extend([part[i * step : (i + 1) * step]] for i in range(pieces))
         return [submit(ops, c) for c in chunks]
