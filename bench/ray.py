@@ -45,9 +45,9 @@ def add(values: list[int], old: int | None) -> int:
 
 
 def _time_job(executor: Any, batches: list[list[Any]], per_record: Any) -> float:
-    """Seconds for the batches after a warm-up batch (actors started, functions shipped)."""
+    """Seconds for the batches after a warm-up batch (actors and task workers started, functions shipped)."""
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
-    src = ssc.queue_stream([batches[0][:10], *batches], name="in")
+    src = ssc.queue_stream([batches[0], *batches], name="in")  # warm-up at full size: starts the task workers too
     src.map(per_record).update_state_by_key(add, name="state").foreach_batch(lambda b: b.count())
     ssc.run(1)
     t0 = time.perf_counter()

@@ -68,13 +68,21 @@ def _key_of(record: Any) -> Any:
 def bucket(batch: Batch[Any], count: int) -> list[list[Any]]:
     """The records of `batch` (its pending per-record operators applied) split by owning partition, in order."""
     out: list[list[Any]] = [[] for _ in range(count)]
+    crc32 = zlib.crc32
 
     def consume(it: Any) -> None:
-        for rec in it:
-            try:
-                i = partition_of(_key_of(rec), count)
-            except TypeError:  # an unhashable key: partition 0's runtime names the record
-                i = 0
+        for rec in it:  # the shuffle's hot loop: str and int keys inline what key_hash does for them
+            k = rec[0] if rec.__class__ is tuple and len(rec) == 2 else _key_of(rec)
+            cls = k.__class__
+            if cls is str:
+                i = crc32(k.encode("utf-8", "surrogatepass")) % count
+            elif cls is int:
+                i = (hash(k) & 0xFFFFFFFF) % count
+            else:
+                try:
+                    i = partition_of(k, count)
+                except TypeError:  # an unhashable key: partition 0's runtime reports the record
+                    i = 0
             out[i].append(rec)
 
     for i in range(batch.num_partitions):

@@ -61,6 +61,22 @@ def test_key_hash_is_the_same_in_another_process_with_another_hash_seed():
     assert partition_of(1, 4) == partition_of(1.0, 4) == partition_of(True, 4)  # one dict key, one partition
 
 
+def test_bucket_puts_each_record_in_its_keys_partition_in_order():
+    from streamkeep import Batch
+    from streamkeep.executors._partitions import bucket
+
+    recs = [(k, i) for i, k in enumerate(["a", "b", "zz", 1, -7, 2**40, True, 1.5, None, ("t", 1), b"x", frozenset({"p"})] * 3)]
+    odd = ["not a pair", ([1], "unhashable key")]
+    for n in (1, 2, 3):
+        parts = bucket(Batch([recs[:20], recs[20:] + odd]), n)
+        assert sum(len(p) for p in parts) == len(recs) + len(odd)
+        for i, p in enumerate(parts):
+            pairs = [r for r in p if r not in odd]
+            assert all(partition_of(k, n) == i for k, _ in pairs)
+            assert pairs == [r for r in recs if partition_of(r[0], n) == i]  # input order kept
+        assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
+
+
 def test_split_then_merge_gives_back_the_same_state():
     snap = {
         "add": [[1000, [(f"k{i}", i) for i in range(20)]], [2000, []]],
