@@ -10,7 +10,7 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
   the local executor's runtime for its keys between batches.
 - The shuffle into those actors: the per-record chain before the operator runs in
-  Ray tasks (one per chunk of the input, or per actor output upstream) that split
+  Ray tasks (two per cluster CPU for a big input, one per actor output upstream) that split
   their records by owning partition; each actor receives its buckets as object refs,
   straight from the object store. Small driver-side batches (fewer than
   `SMALL_BATCH` records) are split in the driver, which costs less than a task.
@@ -512,7 +512,7 @@ class RayExecutor:
         ops = batch._ops
         chunks: list[list[list[Any]]] = []
         for part in src:
-            pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), self._cpus))  # a task per CPU: each costs ms
+            pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), 2 * self._cpus))  # two tasks per CPU: stragglers even out
             step = -(-len(part) // pieces) if part else 0
             chunks.extend([part[i * step : (i + 1) * step]] for i in range(pieces))
         return [submit(ops, c) for c in chunks]
