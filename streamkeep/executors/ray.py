@@ -300,6 +300,14 @@ class RayExecutor:
         except self._lost as exc:
             raise self._lost_error(exc) from exc
 
+    def _settle(self, refs: list[Any]) -> None:
+        """Read results whose error is already being raised (else Ray prints each as an "unhandled error")."""
+        for r in refs:
+            try:
+                self.ray.get(r, timeout=30)
+            except Exception:  # noqa: S110 - the error itself is raised by the caller
+                pass
+
     def _lost_error(self, exc: BaseException) -> WorkerLostError:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         msg = f"a Ray worker holding key partitions of the job's state died ({type(exc).__name__}: {first[:200]})."
@@ -480,7 +488,11 @@ class RayExecutor:
                     per_host[i].append(buckets[i])
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, *per_host[i]) for i, h in enumerate(self._hosts)]
-        metas: list[tuple[bool, list[Any], float]] = self._get([m for _, m in calls])
+        try:
+            metas: list[tuple[bool, list[Any], float]] = self._get([m for _, m in calls])
+        except BaseException:
+            self._settle([r for r, _ in calls])
+            raise
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
             for _, letters, _ in metas:
                 node.dead_letters.records.extend(letters)
