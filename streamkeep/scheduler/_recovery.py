@@ -179,12 +179,20 @@ class Recovery:
         writer.adopt(wait=True)  # a snapshot in flight belongs to a committed batch
         done = self.batches_done
         commits = ckpt.commits()
-        if commits:
-            self._load(commits[0])
-        else:  # lost before the first commit: start over from the initial state
-            assert self.zero_ms is not None
-            self._open_executor(self.zero_ms)
-            writer.restored({})
+        for left in range(attempts, 0, -1):  # a worker may die while the state is loaded too
+            try:
+                if commits:
+                    self._load(commits[0])
+                else:  # lost before the first commit: start over from the initial state
+                    assert self.zero_ms is not None
+                    self._open_executor(self.zero_ms)
+                    writer.restored({})
+                break
+            except WorkerLostError as again:
+                if left == 1:
+                    msg = f"batch {t} ms lost a worker, and the state of the last commit could not be reloaded {attempts} times: {again}"
+                    raise WorkerLostError(msg) from again
+                log.warning("reloading the last commit for batch %s ms lost a worker again (%s); retrying", t, again)
         self.batches_done = done
         for src in self.sources:  # _load put them at the commit; this batch's plan is already made
             pos = plan.get("positions", {}).get(src.name)

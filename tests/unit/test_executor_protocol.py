@@ -94,3 +94,30 @@ def test_a_lost_worker_without_a_checkpoint_says_the_state_is_lost() -> None:
     with pytest.raises(WorkerLostError, match="no checkpoint"):
         ssc.run(3)
     ssc.stop()
+
+
+class _LosesAWorkerWhileRestoring(_LosesAWorker):
+    """Also loses a worker in the first restore after the loss (a worker dies while the state is loaded)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at, times=1)
+        self.restore_losses = 1
+
+    def restore(self, name, snapshot, deltas):  # type: ignore[no-untyped-def]
+        if self.restore_losses and self.times == 0:
+            self.restore_losses -= 1
+            raise WorkerLostError("a worker died while its state was restored (test)")
+        super().restore(name, snapshot, deltas)
+
+
+def test_a_worker_lost_while_reloading_the_state_is_reloaded_again(tmp_path) -> None:
+    ref, got = ListSink(), ListSink()
+    ssc = _counting_job(str(tmp_path / "ref"), LocalExecutor(), ref)
+    ssc.run(4)
+    ssc.stop()
+    ex = _LosesAWorkerWhileRestoring(at=3000)
+    ssc = _counting_job(str(tmp_path / "ckpt"), ex, got)
+    ssc.run(4)
+    ssc.stop()
+    assert ex.restore_losses == 0 and ex.computed == [1000, 2000, 3000, 3000, 4000]
+    assert got.batches == ref.batches
