@@ -17,7 +17,7 @@ from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
-from streamkeep.executors import LocalExecutor
+from streamkeep.executors import LocalExecutor, RayExecutor
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
@@ -32,6 +32,8 @@ RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any,
     "streamkeep_run_defaults", default=None
 )
 
+#: Set by `streamkeep run --executor NAME`: the executor of the contexts the script creates without one.
+RUN_EXECUTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("streamkeep_run_executor", default=None)
 
 class JobHeld(BaseException):
     """Raised, under `hold_jobs`, where a job would start running: its setup code stops there.
@@ -99,9 +101,10 @@ class StreamingContext:
     Args:
         batch_interval: seconds (float) or a timedelta; one batch per interval.
         checkpoint: fsspec URL of the checkpoint (None: no durability).
-        executor: "local" (embedded, the default); "processes" or ``LocalExecutor(processes=N)``
+        executor: "local" (embedded, the default; ``streamkeep run --executor`` may set another); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
-            CPU-heavy functions: see bench/process_pool.py); or any object implementing
+            CPU-heavy functions: see bench/process_pool.py); "ray" or ``RayExecutor(...)`` to
+            split keyed state over Ray actors (docs/ray.md; ``pip install streamkeep[ray]``); or any object implementing
             `streamkeep.executors.base.Executor`, which then runs the job's graph.
         clock: None for wall-clock time; `streamkeep.testing.ManualClock()` in tests.
         snapshot_every: write a full state snapshot every N batches; other batches
@@ -146,7 +149,7 @@ class StreamingContext:
         batch_interval: Duration,
         *,
         checkpoint: str | None = None,
-        executor: str | Executor = "local",
+        executor: str | Executor | None = None,
         clock: Any = None,
         snapshot_every: int | None = None,
         codec: str = "msgpack",
@@ -161,16 +164,21 @@ class StreamingContext:
     ) -> None:
         interval = duration_ms(batch_interval, "batch_interval")
         self._executor: Executor
+        if executor is None:  # `streamkeep run --executor` decides, else the local one
+            executor = RUN_EXECUTOR.get() or "local"
         if isinstance(executor, Executor):
             self._executor = executor
         elif executor == "local":
             self._executor = LocalExecutor()
         elif executor == "processes":
             self._executor = LocalExecutor(os.cpu_count() or 2)
+        elif executor == "ray":
+            self._executor = RayExecutor()  # ConfigError naming the pip extra when Ray is missing
         else:
             msg = (
                 f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
                 f"(per-record operators in a process pool, for CPU-heavy functions), LocalExecutor(processes=N), "
+                f"'ray' or RayExecutor(address=..., num_partitions=...) (keyed state in Ray actors), "
                 f"or an object implementing streamkeep.executors.base.Executor"
             )
             raise ConfigError(msg)

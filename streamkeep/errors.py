@@ -11,6 +11,7 @@ Every error streamkeep raises on purpose derives from :class:`StreamkeepError`::
      ├── SourceError                           a source cannot produce its planned input
      ├── SinkError                             a sink could not write a batch
      ├── StateError                            a state store was used wrongly
+     ├── WorkerLostError                       an executor lost a worker holding state (the batch is retried)
      ├── codec.UnsupportedValueError (TypeError)  a value the codec cannot store
      ├── codec.DecodeError (ValueError)        bytes that are not a valid codec payload
      └── UserFunctionError                     a user function raised (original chained)
@@ -37,6 +38,7 @@ __all__ = [
     "StreamkeepError",
     "StreamkeepWarning",
     "UserFunctionError",
+    "WorkerLostError",
 ]
 
 
@@ -74,6 +76,14 @@ class SinkError(StreamkeepError):
 
 class StateError(StreamkeepError):
     """A state store or state handle was used wrongly."""
+
+
+class WorkerLostError(StreamkeepError):
+    """An executor lost a worker (a Ray actor or node) holding state during a batch.
+
+    The scheduler reloads the state of the last commit into fresh workers and runs
+    the batch again from its plan (sinks deduplicate by batch time, as after a crash).
+    """
 
 
 class UserFunctionError(StreamkeepError):

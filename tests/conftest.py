@@ -14,4 +14,4 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-pytest_plugins = ["_servers"]
+pytest_plugins = ["_servers", "_ray_cluster"]

@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--ui-port", type=_port, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
     run.add_argument("--ui-host", default="127.0.0.1", help="address the dashboard binds (default: %(default)s)")
     run.add_argument("--no-ui", action="store_true", help="no dashboard")
+    run.add_argument(
+        "--executor",
+        choices=["local", "processes", "ray"],
+        default=None,
+        help="executor of the contexts the script creates without one (ray: RAY_ADDRESS, else a local Ray; default: local)",
+    )
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
     ck = sub.add_parser("checkpoint", help="inspect, verify or diff a checkpoint")
@@ -72,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from streamkeep.cli._run import run_app
 
-            return run_app(args.app, args.args, pyspark=args.pyspark, ui_port=None if args.no_ui else args.ui_port, ui_host=args.ui_host)
+            return run_app(
+                args.app,
+                args.args,
+                pyspark=args.pyspark,
+                ui_port=None if args.no_ui else args.ui_port,
+                ui_host=args.ui_host,
+                executor=args.executor,
+            )
         from streamkeep.cli._common import storage_options
 
         opts = storage_options(args.storage_option)

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from streamkeep.cli._console import console_listener, setup_logging
-from streamkeep.context import RUN_DEFAULTS
+from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR
 from streamkeep.errors import ConfigError
 
 
@@ -22,8 +22,14 @@ def _on_start(ssc: Any, sched: Any) -> None:
     sched.listeners.append(console_listener())
 
 
-def run_app(app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1") -> int:
-    """Execute `app` as __main__ with `args`; contexts it creates serve the dashboard on `ui_port` (None: off)."""
+def run_app(
+    app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1", executor: str | None = None
+) -> int:
+    """Execute `app` as __main__ with `args`; contexts it creates serve the dashboard on `ui_port` (None: off).
+
+    With `executor` ("local", "processes", "ray"), contexts the script creates without an
+    executor use that one (the PySpark facade's included).
+    """
     if not os.path.isfile(app):
         msg = f"{app}: no such file (the job's Python file to run)"
         raise ConfigError(msg)
@@ -34,9 +40,11 @@ def run_app(app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4
     undo_logging = setup_logging()
     sys.argv = [app, *args]
     token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
+    ex_token = RUN_EXECUTOR.set(executor)
     try:
         runpy.run_path(app, run_name="__main__")
     finally:
+        RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)
         undo_logging()
     return 0

@@ -1,6 +1,8 @@
 """Executors: where a job's partitions and keyed state run.
 
-`LocalExecutor` (embedded, the default) is the only built-in one; any object
+`LocalExecutor` (embedded, the default) and `RayExecutor` (keyed state in Ray
+actors; ``pip install streamkeep[ray]``, Ray is imported only when one is made) are
+built in; any object
 implementing `streamkeep.executors.base.Executor` can run a job
 (``StreamingContext(..., executor=...)``). Stateful operator kinds are registered
 in `streamkeep.executors.kinds`.
@@ -10,5 +12,6 @@ from __future__ import annotations
 
 from streamkeep.executors.base import Executor
 from streamkeep.executors.local import LocalExecutor
+from streamkeep.executors.ray import RayExecutor
 
-__all__ = ["Executor", "LocalExecutor"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor"]

@@ -28,6 +28,17 @@ them with the operator's codec. For metrics the scheduler asks
 (``measure_timings()`` before a batch, ``timings()`` after it). An executor that
 also implements `EventTimeReporting` reports event-time watermarks and late
 records per operator (metrics).
+
+Losing workers: ``compute``, ``run_outputs``, ``delta`` and ``snapshot`` may raise
+`streamkeep.errors.WorkerLostError` when a worker holding state died. The
+scheduler then calls ``open`` again and restores every operator from the last
+commit (the executor replaces the dead workers in ``open``), and runs the batch
+again from its plan. An executor that holds all state in the driver never raises it.
+
+An executor that splits keyed state into partitions also implements
+`KeyPartitioned`; the scheduler records its ``partitioning()`` in each commit
+record (for ``checkpoint inspect``; restoring never needs it: deltas and snapshots
+hold every partition's keys merged, so a checkpoint restores on any partition count).
 """
 
 from __future__ import annotations
@@ -105,4 +116,13 @@ class EventTimeReporting(Protocol):
 
     def event_time(self) -> dict[str, dict[str, Any]]:
         """Per event-time window operator: ``watermark_ms``, ``late_records`` (this batch), ``late_records_total``."""
+        ...
+
+
+@runtime_checkable
+class KeyPartitioned(Protocol):
+    """A declared capability: the executor splits keyed state into key partitions."""
+
+    def partitioning(self) -> dict[str, Any]:
+        """How keys are split, as plain data (e.g. ``{"executor": "ray", "partitions": 4, "hash": ...}``)."""
         ...

@@ -52,6 +52,9 @@ class OperatorKind:
         state_change: ``state_change(stored_desc, current_desc)`` says why stored state
             cannot serve the current code (None: it can), for rules finer than equal
             `shape` keys (e.g. a state schema that may gain a column); None: shape only.
+        keyed: its state is (key, value) pairs that evolve key by key, independently: an
+            executor may split it into key partitions (`RayExecutor` does); its deltas and
+            snapshots then hold ``set``/``del`` (and window ``add``) entries keyed by record key.
     """
 
     kind: str
@@ -60,6 +63,7 @@ class OperatorKind:
     shape: tuple[str, ...]
     from_description: Callable[[dict[str, Any], dict[str, Any]], StatefulNode]
     state_change: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    keyed: bool = False
 
 
 #: Registered kinds by `OperatorKind.kind`, in registration order.
@@ -137,6 +141,7 @@ register(
         lambda c, d: ReduceWindowNode(
             **c, length_ms=int(d["length_ms"]), f=_ignore, inv_f=_ignore if d.get("inverse") else None, filter_f=None, num_partitions=None
         ),
+        keyed=True,
     )
 )
 register(
@@ -146,6 +151,7 @@ register(
         lambda n, _zero: UpdateStateRuntime(n),
         (),
         lambda c, d: UpdateStateNode(**c, update=_ignore, initial=(), num_partitions=None),
+        keyed=True,
     )
 )
 register(
@@ -155,9 +161,11 @@ register(
         lambda n, _zero: MapWithStateRuntime(n),
         ("timeout",),
         lambda c, d: MapWithStateNode(**c, f=_ignore, timeout_ms=1 if d.get("timeout") else None, initial=()),
+        keyed=True,
     )
 )
 # Event-time windows (streamkeep/dstream/_event_time.py): a keyed reduction or a count per window.
+# Not `keyed`: one watermark moves with the largest event time over all keys.
 for _kind in ("event_window_reduce", "event_window_count"):
     register(OperatorKind(_kind, EventWindowNode, lambda n, _zero: EventWindowRuntime(n), EVENT_TIME_SHAPE, event_window_from_description))
 # Vectorised keyed state over Arrow tables (streamkeep/dstream/_tables.py, executors/_tables.py): its

@@ -197,26 +197,31 @@ class LocalExecutor:
 
     def run_outputs(self, t: int, results: dict[int, Batch[Any] | None]) -> None:
         """Run the outputs in registration order for batch time t."""
-        for node in self.nodes:
-            if not isinstance(node, OutputNode) or isinstance(node, DeadLetterNode):
-                continue
-            batch = results[node.parents[0].id]
-            if batch is None:
-                continue
-            s0 = time.perf_counter() if self._timings is not None else 0.0
-            if node.sink is not None:
-                _write(node, t, batch)
-            else:
-                assert node.fn is not None
-                _call_output(node, t, batch)
-            if self._timings is not None:
-                self._timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
-        # Last: the outputs above may be what ran the lazy per-record operators that dead-letter.
-        for node in self.nodes:
-            if isinstance(node, DeadLetterNode):
-                letters = node.letters.take()
-                if letters:  # a batch without failing records writes nothing
-                    _write(node, t, letters)
+        run_outputs(self.nodes, t, results, self._timings)
+
+
+def run_outputs(nodes: list[Node], t: int, results: dict[int, Batch[Any] | None], timings: dict[str, float] | None) -> None:
+    """Run the outputs among `nodes` in registration order for batch time t (ms per output into `timings`)."""
+    for node in nodes:
+        if not isinstance(node, OutputNode) or isinstance(node, DeadLetterNode):
+            continue
+        batch = results[node.parents[0].id]
+        if batch is None:
+            continue
+        s0 = time.perf_counter() if timings is not None else 0.0
+        if node.sink is not None:
+            _write(node, t, batch)
+        else:
+            assert node.fn is not None
+            _call_output(node, t, batch)
+        if timings is not None:
+            timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
+    # Last: the outputs above may be what ran the lazy per-record operators that dead-letter.
+    for node in nodes:
+        if isinstance(node, DeadLetterNode):
+            letters = node.letters.take()
+            if letters:  # a batch without failing records writes nothing
+                _write(node, t, letters)
 
 
 def output_label(node: OutputNode) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from streamkeep.checkpoint import Checkpoint, CommitRecord, Retention, log_path, plan_path
 from streamkeep.checkpoint.storage import confine
 from streamkeep.dstream._graph import Graph, StatefulNode
-from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
+from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning, WorkerLostError
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._events import iso_ms
@@ -41,6 +41,7 @@ class Recovery:
     resume: bool
     allow_state_loss: frozenset[str]
     last_time: int | None
+    zero_ms: int | None
     batches_done: int
     restored: bool
     _pending: list[tuple[int, dict[str, Any]]]
@@ -161,6 +162,42 @@ class Recovery:
         self.writer.restored(chains)
         self.last_time = rec.batch_time
         self.batches_done = 0
+
+    def _reload_lost(self, t: int, plan: dict[str, Any], exc: WorkerLostError, attempt: int, attempts: int) -> None:
+        """After a worker died in batch `t`: reopen the executor with the newest commit's state, sources after `plan`.
+
+        Raises `exc` again when there is no checkpoint to reload from or after the last attempt.
+        """
+        ckpt, writer = self.ckpt, self.writer
+        if ckpt is None or writer is None:
+            msg = f"{exc} The job has no checkpoint, so the lost state cannot be restored; run it with a checkpoint to survive this."
+            raise WorkerLostError(msg) from exc
+        if attempt >= attempts:
+            msg = f"batch {t} ms lost a worker {attempts} times in a row; the job stops (the batch is replayed at the next start): {exc}"
+            raise WorkerLostError(msg) from exc
+        log.warning("batch %s ms: %s; reloading the state of the last commit and running the batch again", t, exc)
+        writer.adopt(wait=True)  # a snapshot in flight belongs to a committed batch
+        done = self.batches_done
+        commits = ckpt.commits()
+        for left in range(attempts, 0, -1):  # a worker may die while the state is loaded too
+            try:
+                if commits:
+                    self._load(commits[0])
+                else:  # lost before the first commit: start over from the initial state
+                    assert self.zero_ms is not None
+                    self._open_executor(self.zero_ms)
+                    writer.restored({})
+                break
+            except WorkerLostError as again:
+                if left == 1:
+                    msg = f"batch {t} ms lost a worker, and the state of the last commit could not be reloaded {attempts} times: {again}"
+                    raise WorkerLostError(msg) from again
+                log.warning("reloading the last commit for batch %s ms lost a worker again (%s); retrying", t, again)
+        self.batches_done = done
+        for src in self.sources:  # _load put them at the commit; this batch's plan is already made
+            pos = plan.get("positions", {}).get(src.name)
+            if pos is not None:
+                src.restore(pos)
 
     def _adopt_plans(self, times: list[int]) -> None:
         """Replay the planned but uncommitted batches `times` with exactly their plans."""

@@ -24,8 +24,8 @@ from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, MemoryBlobs, Retention
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
-from streamkeep.errors import CheckpointError, ConfigError
-from streamkeep.executors.base import Executor
+from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
+from streamkeep.executors.base import Executor, KeyPartitioned
 from streamkeep.scheduler._events import (
     BatchInfo,
     BatchPlanned,
@@ -52,6 +52,10 @@ from streamkeep.sources.base import (
 )
 
 log = logging.getLogger("streamkeep.scheduler")
+
+#: Runs of one batch when the executor keeps losing workers (`WorkerLostError`) before the job stops.
+MAX_BATCH_ATTEMPTS = 3
+
 
 class Scheduler(Recovery):
     """Drives one job's batches (used by `StreamingContext`)."""
@@ -225,9 +229,14 @@ class Scheduler(Recovery):
         if listeners:
             emit(listeners, "on_batch_planned", BatchPlanned(t, (p1 - p0) * 1e3, replay, [s.name for s in self.sources]))
             self.executor.measure_timings()
-        counts = self._run(t, plan)
-        p2 = time.perf_counter()
-        self._commit(t, plan)
+        for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
+            try:
+                counts = self._run(t, plan)
+                p2 = time.perf_counter()
+                self._commit(t, plan)
+                break
+            except WorkerLostError as exc:  # a worker holding state died: last commit's state, same plan
+                self._reload_lost(t, plan, exc, attempt, MAX_BATCH_ATTEMPTS)
         self.last_time = t
         self.batches_done += 1
         end = int(time.time() * 1000)
@@ -319,6 +328,8 @@ class Scheduler(Recovery):
             "engine_version": __version__,
             "written_ms": int(time.time() * 1000),
         }
+        if isinstance(self.executor, KeyPartitioned):
+            record["partitioning"] = self.executor.partitioning()
         seq = ckpt.commit(record)
         self._after_commit(plan)
         retention.committed(seq, t, CommitRecord(seq, record).files())

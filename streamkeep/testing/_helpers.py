@@ -56,6 +56,7 @@ def run_batches(
     num_batches: int | None = None,
     num_partitions: int = 1,
     sort: bool = False,
+    executor: Any = "local",
 ) -> list[list[Any]]:
     """Run `setup(ssc, input_stream)` over the given input batches; return the output per batch.
 
@@ -63,9 +64,10 @@ def run_batches(
     per input batch, plus what windows need to drain; `num_batches` overrides that.
     Batches in which the output stream produced nothing (windows between slides)
     are left out. With `sort`, each batch's records are sorted (for per-key results
-    whose order is not defined).
+    whose order is not defined). `executor` is the context's (``"local"``, ``"ray"``, an
+    `Executor`), so one golden test runs on every executor.
     """
-    ssc = StreamingContext(batch_interval, clock=ManualClock())
+    ssc = StreamingContext(batch_interval, clock=ManualClock(), executor=executor)
     stream = ssc.queue_stream(batches, name="input", num_partitions=num_partitions)
     out = setup(ssc, stream)
     if not isinstance(out, DStream):

@@ -241,3 +241,38 @@ def test_random_kills(scratch: str) -> None:
         shutil.rmtree(w.root, ignore_errors=True)
     print(f"random kills: seed={seed} rounds={rounds} kills={kills} sequences={sequences}")
     assert kills >= RANDOM_ROUNDS // 2, f"seed {seed}: only {kills} of {rounds} rounds killed a running job"
+
+
+# -- the same cases on Ray: the child connects to the session's Ray (3 key partitions per operator) --
+
+RAY_CASES = [("run.after_read", "2"), ("commit.before_record", "late"), ("snapshot.mid_write", "1")]
+
+
+@pytest.fixture(scope="module")
+def ray_env(ray_address: str) -> dict[str, str]:
+    return {"JOB_RAY_ADDRESS": ray_address}
+
+
+@pytest.mark.ray
+def test_ray_uncrashed_equals_local(reference: dict[str, Any], ray_env: dict[str, str], scratch: str) -> None:
+    """Every operator kind on 3 key partitions gives the local executor's output and state, batch by batch."""
+    w = Workdir.make(os.path.join(scratch, "ray-reference"), extra_env=ray_env)
+    expect_ok(w.run(TOTAL, timeout_s=240), "the job on Ray")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, "Ray vs local:\n" + "\n".join(problems[:20])
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(("point", "nth_spec"), RAY_CASES, ids=[f"{p}@{n}" for p, n in RAY_CASES])
+def test_ray_driver_killed_then_recovered_on_fresh_actors(
+    point: str, nth_spec: str, reference: dict[str, Any], ray_env: dict[str, str], scratch: str
+) -> None:
+    """The driver SIGKILLed at a crash point (its actors die with it); get_or_create on fresh actors ends exact."""
+    nth = _nth(point, nth_spec, reference["counts"].get(point, 0))
+    w = _case_dir(scratch, f"ray-{point}@{nth_spec}")
+    w.extra_env = ray_env
+    expect_killed(w.run(TOTAL, crash=(point, nth), timeout_s=240), f"crash at {point}@{nth} on Ray")
+    expect_ok(w.run(TOTAL, timeout_s=240), f"recovery on Ray after {point}@{nth}")
+    problems = diff_results(reference["results"], w.results())
+    assert not problems, f"Ray, after a crash at {point}@{nth}:\n" + "\n".join(problems[:20])
+    shutil.rmtree(w.root, ignore_errors=True)

@@ -284,87 +284,87 @@ def test_shared_stream_runs_user_functions_once_per_record():
 # -- windows ---------------------------------------------------------------------
 
 
-def test_window_drains_after_input_ends():
-    out = run_batches(lambda ssc, s: s.window(3, name="w"), [[1], [2], [3], [4]])
+def test_window_drains_after_input_ends(executor):
+    out = run_batches(lambda ssc, s: s.window(3, name="w"), [[1], [2], [3], [4]], executor=executor)
     # windows (t-3, t] at t = 1..6; 5 and 6 are the drain-out after the input ended
     assert out == [[1], [1, 2], [1, 2, 3], [2, 3, 4], [3, 4], [4]]
 
 
-def test_window_drains_falsy_records():
+def test_window_drains_falsy_records(executor):
     # records that are falsy (0, "", None) still hold the window open
-    out = run_batches(lambda ssc, s: s.window(2, name="w"), [[0], ["", None]])
+    out = run_batches(lambda ssc, s: s.window(2, name="w"), [[0], ["", None]], executor=executor)
     assert out == [[0], [0, "", None], ["", None]]
 
 
-def test_window_with_slide_larger_than_batch_interval():
-    out = run_batches(lambda ssc, s: s.window(4, 2, name="w"), [[1], [2], [3], [4], [5]])
+def test_window_with_slide_larger_than_batch_interval(executor):
+    out = run_batches(lambda ssc, s: s.window(4, 2, name="w"), [[1], [2], [3], [4], [5]], executor=executor)
     # outputs at t = 2, 4, 6, 8: (t-4, t]
     assert out == [[1, 2], [1, 2, 3, 4], [3, 4, 5], [5]]
 
 
-def test_window_tumbling_and_length_shorter_than_slide():
+def test_window_tumbling_and_length_shorter_than_slide(executor):
     inp = [[1], [2], [3], [4], [5], [6]]
-    assert run_batches(lambda ssc, s: s.window(3, 3, name="w"), inp) == [[1, 2, 3], [4, 5, 6]]
+    assert run_batches(lambda ssc, s: s.window(3, 3, name="w"), inp, executor=executor) == [[1, 2, 3], [4, 5, 6]]
     # batches 1, 3, 5 fall in no window
-    assert run_batches(lambda ssc, s: s.window(1, 2, name="w"), inp) == [[2], [4], [6]]
+    assert run_batches(lambda ssc, s: s.window(1, 2, name="w"), inp, executor=executor) == [[2], [4], [6]]
 
 
-def test_window_with_timedelta_and_multiple_partitions():
+def test_window_with_timedelta_and_multiple_partitions(executor):
     from datetime import timedelta
 
-    out = run_batches(lambda ssc, s: s.window(timedelta(seconds=2), name="w").glom(), [[1, 2], [3]], num_partitions=2)
+    out = run_batches(lambda ssc, s: s.window(timedelta(seconds=2), name="w").glom(), [[1, 2], [3]], num_partitions=2, executor=executor)
     # a window is the union of its batches' partitions (each batch here has 2)
     assert out == [[[1], [2]], [[1], [2], [3], []], [[3], [], [], []]]
 
 
-def test_window_of_a_windowed_stream():
-    out = run_batches(lambda ssc, s: s.window(2, 2, name="w1").window(4, 2, name="w2"), [[1], [2], [3], [4], [5], [6]])
+def test_window_of_a_windowed_stream(executor):
+    out = run_batches(lambda ssc, s: s.window(2, 2, name="w1").window(4, 2, name="w2"), [[1], [2], [3], [4], [5], [6]], executor=executor)
     assert out == [[1, 2], [1, 2, 3, 4], [3, 4, 5, 6], [5, 6]]
 
 
-def test_window_then_per_batch_operators():
-    out = run_batches(lambda ssc, s: pairs(s.window(2, name="w")).reduce_by_key(add), [["a"], ["a", "b"], ["b"]], sort=True)
+def test_window_then_per_batch_operators(executor):
+    out = run_batches(lambda ssc, s: pairs(s.window(2, name="w")).reduce_by_key(add), [["a"], ["a", "b"], ["b"]], sort=True, executor=executor)
     assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
 
 
 @pytest.mark.parametrize("inv", [None, sub])
-def test_reduce_by_window(inv):
+def test_reduce_by_window(inv, executor):
     inp = [[1, 2], [3], [], [4]]
-    out = run_batches(lambda ssc, s: s.reduce_by_window(add, 2, inv_f=inv, name="w"), inp)
+    out = run_batches(lambda ssc, s: s.reduce_by_window(add, 2, inv_f=inv, name="w"), inp, executor=executor)
     # (t-2, t]: {1,2}; {1,2,3}; {3}; {4}; drain {4}
     assert out == [[3], [6], [3], [4], [4]]
 
 
 @pytest.mark.parametrize("inv", [None, sub])
-def test_reduce_by_window_sliding(inv):
+def test_reduce_by_window_sliding(inv, executor):
     inp = [[1], [2], [3], [4], [5], [6]]
-    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 3, 2, inv_f=inv, name="w"), inp) == [[3], [9], [15], [6]]
-    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 1, 2, inv_f=inv, name="w"), inp) == [[2], [4], [6]]
-    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 2, 3, inv_f=inv, name="w"), inp) == [[5], [11]]
-    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 5, 2, inv_f=inv, name="w"), inp) == [[3], [10], [20], [15], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 3, 2, inv_f=inv, name="w"), inp, executor=executor) == [[3], [9], [15], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 1, 2, inv_f=inv, name="w"), inp, executor=executor) == [[2], [4], [6]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 2, 3, inv_f=inv, name="w"), inp, executor=executor) == [[5], [11]]
+    assert run_batches(lambda ssc, s: s.reduce_by_window(add, 5, 2, inv_f=inv, name="w"), inp, executor=executor) == [[3], [10], [20], [15], [6]]
 
 
-def test_count_by_window():
-    out = run_batches(lambda ssc, s: s.count_by_window(3, name="w"), [[1], [2, 2], [3], [], [5, 5, 5]])
+def test_count_by_window(executor):
+    out = run_batches(lambda ssc, s: s.count_by_window(3, name="w"), [[1], [2, 2], [3], [], [5, 5, 5]], executor=executor)
     # (t-3, t] at t = 1..7: 1; 3; 4; 3; 4; 3; drain 3 at t=7 (only batch 5 left)
     assert out == [[1], [3], [4], [3], [4], [3], [3]]
 
 
-def test_count_by_window_sliding_multi_partition():
-    out = run_batches(lambda ssc, s: s.count_by_window(4, 2, name="w"), [[1, 2, 3], [4], [5, 6], [], [7]], num_partitions=3)
+def test_count_by_window_sliding_multi_partition(executor):
+    out = run_batches(lambda ssc, s: s.count_by_window(4, 2, name="w"), [[1, 2, 3], [4], [5, 6], [], [7]], num_partitions=3, executor=executor)
     # t=2: 4; t=4: 6; t=6: batches 3..6 -> 2 + 0 + 1 = 3; t=8: batch 5 -> 1
     assert out == [[4], [6], [3], [1]]
 
 
-def test_count_by_value_and_window():
-    out = run_batches(lambda ssc, s: s.count_by_value_and_window(2, name="w"), [["a"], ["a", "b"], ["b"]], sort=True)
+def test_count_by_value_and_window(executor):
+    out = run_batches(lambda ssc, s: s.count_by_value_and_window(2, name="w"), [["a"], ["a", "b"], ["b"]], sort=True, executor=executor)
     # zero counts are dropped (Spark filters count > 0)
     assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
 
 
-def test_count_by_value_and_window_sliding():
+def test_count_by_value_and_window_sliding(executor):
     inp = [["a", "b"], ["a"], ["c"], ["a"], []]
-    out = run_batches(lambda ssc, s: s.count_by_value_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True)
+    out = run_batches(lambda ssc, s: s.count_by_value_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True, executor=executor)
     # t=2: batches 1-2; t=4: 2-4; t=6: 4-6 (drain)
     assert out == [[("a", 2), ("b", 1)], [("a", 2), ("c", 1)], [("a", 1)]]
 
@@ -372,69 +372,69 @@ def test_count_by_value_and_window_sliding():
 RBKW_INPUT = [["a"], ["a", "b"], ["b"]]
 
 
-def test_reduce_by_key_and_window_without_inverse():
-    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, name="w"), RBKW_INPUT, sort=True)
+def test_reduce_by_key_and_window_without_inverse(executor):
+    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, name="w"), RBKW_INPUT, sort=True, executor=executor)
     assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
 
 
-def test_reduce_by_key_and_window_with_inverse_keeps_zero_keys():
-    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, name="w"), RBKW_INPUT, sort=True)
+def test_reduce_by_key_and_window_with_inverse_keeps_zero_keys(executor):
+    out = run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, name="w"), RBKW_INPUT, sort=True, executor=executor)
     # as Spark's ReducedWindowedDStream: a key whose value went back to 0 stays unless filter_f drops it
     assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("a", 0), ("b", 1)]]
 
 
-def test_reduce_by_key_and_window_with_inverse_and_filter():
+def test_reduce_by_key_and_window_with_inverse_and_filter(executor):
     out = run_batches(
-        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, filter_f=lambda kv: kv[1] > 0, name="w"), RBKW_INPUT, sort=True
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, inv_f=sub, filter_f=lambda kv: kv[1] > 0, name="w"), RBKW_INPUT, sort=True, executor=executor
     )
     assert out == [[("a", 1)], [("a", 2), ("b", 1)], [("a", 1), ("b", 2)], [("b", 1)]]
 
 
-def test_reduce_by_key_and_window_filter_without_inverse():
+def test_reduce_by_key_and_window_filter_without_inverse(executor):
     out = run_batches(
-        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, filter_f=lambda kv: kv[1] > 1, name="w"), RBKW_INPUT, sort=True
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, filter_f=lambda kv: kv[1] > 1, name="w"), RBKW_INPUT, sort=True, executor=executor
     )
     assert out == [[], [("a", 2)], [("b", 2)], []]
 
 
 @pytest.mark.parametrize("inv", [None, sub])
-def test_reduce_by_key_and_window_sliding(inv):
+def test_reduce_by_key_and_window_sliding(inv, executor):
     inp = [[("a", 1)], [("b", 2)], [("a", 3)], [("a", 4), ("b", 5)], [("c", 6)], []]
-    out = run_batches(lambda ssc, s: s.reduce_by_key_and_window(add, 3, 2, inv_f=inv, name="w"), inp, sort=True)
+    out = run_batches(lambda ssc, s: s.reduce_by_key_and_window(add, 3, 2, inv_f=inv, name="w"), inp, sort=True, executor=executor)
     # t=2: b1-2; t=4: b2-4; t=6: b4-6
     expected = [[("a", 1), ("b", 2)], [("a", 7), ("b", 7)], [("a", 4), ("b", 5), ("c", 6)]]
     assert as_dicts(out) == as_dicts(expected)
 
 
-def test_reduce_by_key_and_window_num_partitions():
+def test_reduce_by_key_and_window_num_partitions(executor):
     out = run_batches(
-        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, num_partitions=3, name="w").glom(), [["a", "b", "c", "d", "a"]], num_partitions=2
+        lambda ssc, s: pairs(s).reduce_by_key_and_window(add, 2, num_partitions=3, name="w").glom(), [["a", "b", "c", "d", "a"]], num_partitions=2, executor=executor
     )
     assert [len(parts) for parts in out] == [3, 3]
     assert sorted(kv for p in out[0] for kv in p) == [("a", 2), ("b", 1), ("c", 1), ("d", 1)]
 
 
 @pytest.mark.parametrize(("inp", "inv"), [([["a"], ["a"]], None), ([["a"], ["a"]], sub), ([["a", "a"]], None)])
-def test_reduce_by_key_and_window_error_names_operator(inp, inv):
+def test_reduce_by_key_and_window_error_names_operator(inp, inv, executor):
     def bad(a, b):
         raise ValueError("boom")
 
     with pytest.raises(UserFunctionError) as info:
-        run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(bad, 2, inv_f=inv, name="w"), inp)
+        run_batches(lambda ssc, s: pairs(s).reduce_by_key_and_window(bad, 2, inv_f=inv, name="w"), inp, executor=executor)
     assert isinstance(info.value.__cause__, ValueError)
     assert info.value.operator == "w"
     assert info.value.batch_time_ms == 1000 * len(inp)
 
 
-def test_group_by_key_and_window():
+def test_group_by_key_and_window(executor):
     inp = [[("a", 1)], [("a", 2), ("b", 3)], [("b", 4)]]
-    out = run_batches(lambda ssc, s: s.group_by_key_and_window(2, name="w"), inp, sort=True)
+    out = run_batches(lambda ssc, s: s.group_by_key_and_window(2, name="w"), inp, sort=True, executor=executor)
     assert out == [[("a", [1])], [("a", [1, 2]), ("b", [3])], [("a", [2]), ("b", [3, 4])], [("b", [4])]]
 
 
-def test_group_by_key_and_window_sliding():
+def test_group_by_key_and_window_sliding(executor):
     inp = [[("a", 1)], [("a", 2), ("b", 3)], [("b", 4)], [("a", 5)]]
-    out = run_batches(lambda ssc, s: s.group_by_key_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True)
+    out = run_batches(lambda ssc, s: s.group_by_key_and_window(3, 2, name="w"), inp, num_partitions=2, sort=True, executor=executor)
     # t=2: b1-2; t=4: b2-4; t=6: b4 (drain)
     assert out == [[("a", [1, 2]), ("b", [3])], [("a", [2, 5]), ("b", [3, 4])], [("a", [5])]]
 
@@ -442,16 +442,16 @@ def test_group_by_key_and_window_sliding():
 # -- update_state_by_key -----------------------------------------------------------
 
 
-def test_update_state_by_key_running_count():
+def test_update_state_by_key_running_count(executor):
     def update(values, old):
         return sum(values) + (old or 0)
 
-    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), [["a", "b", "a"], [], ["b"]], sort=True)
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), [["a", "b", "a"], [], ["b"]], sort=True, executor=executor)
     assert out == [[("a", 2), ("b", 1)], [("a", 2), ("b", 1)], [("a", 2), ("b", 2)]]
 
 
 def test_update_runs_for_keys_without_new_values():
-    calls = []
+    calls = []  # filled by the update function: runs in this process with the local executor only
 
     def update(values, old):
         calls.append((values, old))
@@ -464,62 +464,64 @@ def test_update_runs_for_keys_without_new_values():
     )
 
 
-def test_update_returning_none_removes_a_key():
+def test_update_returning_none_removes_a_key(executor):
     def update(values, old):
         if not values:
             return None  # forget keys that got nothing this batch
         return (old or 0) + sum(values)
 
     inp = [["a", "b"], ["a"], ["a", "b"], [], ["c"]]
-    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), inp, sort=True)
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="u"), inp, sort=True, executor=executor)
     # b is removed at t=2 and comes back fresh at t=3
     assert out == [[("a", 1), ("b", 1)], [("a", 2)], [("a", 3), ("b", 1)], [], [("c", 1)]]
 
 
-def test_update_returning_none_for_a_new_key_adds_nothing():
-    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: None if vs == [1] else len(vs), name="u"), [["a", "b", "b"]])
+def test_update_returning_none_for_a_new_key_adds_nothing(executor):
+    out = run_batches(lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: None if vs == [1] else len(vs), name="u"), [["a", "b", "b"]], executor=executor)
     assert out == [[("b", 2)]]
 
 
-def test_update_state_by_key_initial_state():
+def test_update_state_by_key_initial_state(executor):
     def update(values, old):
         return (old or 0) + sum(values)
 
     out = run_batches(
-        lambda ssc, s: pairs(s).update_state_by_key(update, name="u", initial=[("a", 10), ("z", 100)]), [["a"], ["b"]], sort=True
+        lambda ssc, s: pairs(s).update_state_by_key(update, name="u", initial=[("a", 10), ("z", 100)]), [["a"], ["b"]], sort=True, executor=executor
     )
     assert out == [[("a", 11), ("z", 100)], [("a", 11), ("b", 1), ("z", 100)]]
 
 
-def test_update_state_by_key_initial_from_a_batch_and_removal():
+def test_update_state_by_key_initial_from_a_batch_and_removal(executor):
     initial = Batch([[("x", 1)], [("y", 2)]])
     out = run_batches(
         lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: None if old == 2 else (old or 0) + len(vs), name="u", initial=initial),
         [["x"]],
         sort=True,
+        executor=executor,
     )
     assert out == [[("x", 2)]]
 
 
-def test_update_state_by_key_multi_partition():
+def test_update_state_by_key_multi_partition(executor):
     words = ["a", "b", "c", "a", "b", "a"]
     out = run_batches(
         lambda ssc, s: pairs(s).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u", num_partitions=2).glom(),
         [words, ["c"]],
         num_partitions=3,
+        executor=executor,
     )
     assert [len(parts) for parts in out] == [2, 2]
     assert sorted(kv for p in out[0] for kv in p) == [("a", 3), ("b", 2), ("c", 1)]
     assert sorted(kv for p in out[1] for kv in p) == [("a", 3), ("b", 2), ("c", 2)]
 
 
-def test_update_state_by_key_values_arrive_in_order():
-    out = run_batches(lambda ssc, s: s.update_state_by_key(lambda vs, old: (old or []) + vs, name="u"), [[("k", 1), ("k", 2)], [("k", 3)]])
+def test_update_state_by_key_values_arrive_in_order(executor):
+    out = run_batches(lambda ssc, s: s.update_state_by_key(lambda vs, old: (old or []) + vs, name="u"), [[("k", 1), ("k", 2)], [("k", 3)]], executor=executor)
     assert out == [[("k", [1, 2])], [("k", [1, 2, 3])]]
 
 
 @pytest.mark.parametrize("fresh_tuple", [False, True])
-def test_update_state_mutated_in_place_survives_a_restore(tmp_path, fresh_tuple):
+def test_update_state_mutated_in_place_survives_a_restore(tmp_path, fresh_tuple, executor):
     """State that changed inside a tuple (a list appended to) must reach the checkpoint."""
     import streamkeep as sk
 
@@ -531,7 +533,7 @@ def test_update_state_mutated_in_place_survives_a_restore(tmp_path, fresh_tuple)
 
     def setup(sink):
         def build():
-            ssc = sk.StreamingContext(1.0, checkpoint=str(tmp_path / "ckpt"), clock=ManualClock(), snapshot_every=100)
+            ssc = sk.StreamingContext(1.0, checkpoint=str(tmp_path / "ckpt"), clock=ManualClock(), snapshot_every=100, executor=executor)
             ssc.rate_stream(1, name="r").map(lambda r: ("k", r[0])).update_state_by_key(update, name="u").write_to(sink)
             return ssc
 
@@ -549,14 +551,14 @@ def test_update_state_mutated_in_place_survives_a_restore(tmp_path, fresh_tuple)
     assert second.batches == [(4000, [("k", (0, [1, 2, 3]))])]
 
 
-def test_update_state_by_key_error_names_operator_and_time():
+def test_update_state_by_key_error_names_operator_and_time(executor):
     def update(values, old):
         if old is not None:
             raise KeyError("no")
         return 1
 
     with pytest.raises(UserFunctionError) as info:
-        run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="counts"), [["a"], []])
+        run_batches(lambda ssc, s: pairs(s).update_state_by_key(update, name="counts"), [["a"], []], executor=executor)
     assert info.value.operator == "counts"
     assert info.value.batch_time_ms == 2000
     assert isinstance(info.value.__cause__, KeyError)
@@ -579,9 +581,9 @@ def track(key, value, state):
     return (key, total)
 
 
-def test_map_with_state_exists_get_update_remove():
+def test_map_with_state_exists_get_update_remove(executor):
     inp = [[("a", 1), ("b", 2), ("a", 3)], [("a", "del"), ("b", 1)], [("a", 5), ("c", "del")]]
-    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m"), inp)
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m"), inp, executor=executor)
     assert out == [
         [("a", 1), ("b", 2), ("a", 4)],
         [("removed", "a", True, False), ("b", 3)],
@@ -589,19 +591,19 @@ def test_map_with_state_exists_get_update_remove():
     ]
 
 
-def test_map_with_state_snapshots():
+def test_map_with_state_snapshots(executor):
     inp = [[("a", 1), ("b", 2)], [("a", "del")], [], [("c", 7)]]
-    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, sort=True)
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, sort=True, executor=executor)
     assert out == [[("a", 1), ("b", 2)], [("b", 2)], [("b", 2)], [("b", 2), ("c", 7)]]
 
 
-def test_map_with_state_initial():
+def test_map_with_state_initial(executor):
     inp = [[("a", 1)], [("z", 1)]]
-    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", initial=[("a", 10), ("z", 20)]), inp)
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", initial=[("a", 10), ("z", 20)]), inp, executor=executor)
     assert out == [[("a", 11)], [("z", 21)]]
 
 
-def test_map_with_state_timeout():
+def test_map_with_state_timeout(executor):
     # timeout 2 s: a key whose last record is at t times out at the first batch later than t + 2 s
     inp = [[("a", 1), ("b", 2)], [("a", 3)], [("b", "del")], [], [], []]
 
@@ -611,7 +613,7 @@ def test_map_with_state_timeout():
         return m
 
     snaps = ListSink("snaps")
-    out = run_batches(setup, inp)
+    out = run_batches(setup, inp, executor=executor)
     assert out == [
         [("a", 1), ("b", 2)],
         [("a", 4)],
@@ -630,21 +632,21 @@ def test_map_with_state_timeout():
     ]
 
 
-def test_map_with_state_a_record_resets_the_timeout():
+def test_map_with_state_a_record_resets_the_timeout(executor):
     inp = [[("a", 1)], [], [("a", 1)], [], [], []]
-    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", timeout=2), inp)
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m", timeout=2), inp, executor=executor)
     assert out == [[("a", 1)], [], [("a", 2)], [], [], [("timeout", "a", None, 2)]]
 
 
-def test_map_with_state_reading_without_update_keeps_state():
+def test_map_with_state_reading_without_update_keeps_state(executor):
     def peek(key, value, state):
         return state.get() if state.exists() else None
 
-    out = run_batches(lambda ssc, s: s.map_with_state(peek, name="m", initial=[("a", 5)]), [[("a", 0), ("b", 0)]])
+    out = run_batches(lambda ssc, s: s.map_with_state(peek, name="m", initial=[("a", 5)]), [[("a", 0), ("b", 0)]], executor=executor)
     assert out == [[5, None]]
 
 
-def test_map_with_state_cannot_update_a_timing_out_key():
+def test_map_with_state_cannot_update_a_timing_out_key(executor):
     def f(key, value, state):
         if state.is_timing_out():
             state.update(1)
@@ -652,22 +654,22 @@ def test_map_with_state_cannot_update_a_timing_out_key():
             state.update(0)
 
     with pytest.raises(UserFunctionError) as info:
-        run_batches(lambda ssc, s: s.map_with_state(f, name="m", timeout=1), [[("a", 1)], [], []])
+        run_batches(lambda ssc, s: s.map_with_state(f, name="m", timeout=1), [[("a", 1)], [], []], executor=executor)
     assert isinstance(info.value.__cause__, StateError)
     assert info.value.operator == "m"
     assert info.value.batch_time_ms == 3000
 
 
-def test_map_with_state_get_without_state_is_a_user_error():
+def test_map_with_state_get_without_state_is_a_user_error(executor):
     with pytest.raises(UserFunctionError) as info:
-        run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: st.get(), name="m"), [[("a", 1)]])
+        run_batches(lambda ssc, s: s.map_with_state(lambda k, v, st: st.get(), name="m"), [[("a", 1)]], executor=executor)
     assert isinstance(info.value.__cause__, StateError)
     assert "exists()" in str(info.value.__cause__)
 
 
-def test_map_with_state_multi_partition():
+def test_map_with_state_multi_partition(executor):
     inp = [[("a", 1), ("b", 1), ("a", 1), ("c", 1), ("a", 1)]]
-    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, num_partitions=3, sort=True)
+    out = run_batches(lambda ssc, s: s.map_with_state(track, name="m").state_snapshots(), inp, num_partitions=3, sort=True, executor=executor)
     assert out == [[("a", 3), ("b", 1), ("c", 1)]]
 
 

@@ -1,0 +1,111 @@
+"""The Ray executor vs the local one, ratios in one run (issue 12).
+
+Three jobs, each on the local executor and on Ray with W = 1, 2 and 4 workers (a local
+Ray with ``num_cpus=W`` and ``num_partitions=W``), no checkpoint, ManualClock (no waiting):
+
+* **word count**: ``update_state_by_key`` over words from 10k keys (cheap per record);
+* **CPU-heavy**: a per-record function of about 50 us (a busy loop) before
+  ``reduce_by_key``-style state (``update_state_by_key``): the chain runs in Ray tasks;
+* **tiny batches**: one record per batch into ``update_state_by_key``: Ray's added cost per batch.
+
+Ray's start-up (a few seconds) and the actors' start are excluded (a warm-up batch runs
+first); each figure is the best of 3 runs (the machine is shared: the others are noise).
+Run: ``.venv/bin/python bench/ray.py [--quick]``. On a 2-core machine W=4 only adds
+contention: it shows where scaling stops, not more speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# this file is named ray.py: its directory must not shadow the ray package
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, before ray is imported
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import streamkeep as sk  # noqa: E402
+from streamkeep.testing import ManualClock  # noqa: E402
+
+
+def heavy(w: str) -> tuple[str, int]:
+    """About 50 us of pure Python per record on the reference machine."""
+    acc = len(w)
+    for i in range(400):
+        acc = (acc * 31 + i) % 1_000_003
+    return (w, acc % 7)
+
+
+def add(values: list[int], old: int | None) -> int:
+    return (old or 0) + sum(values)
+
+
+def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> float:
+    """Best of `reps` runs of the batches (seconds), after a warm-up batch (actors and task workers started)."""
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    src = ssc.queue_stream([batches[0]] + batches * reps, name="in")  # warm-up at full size: starts the task workers too
+    src.map(per_record).update_state_by_key(add, name="state").foreach_batch(lambda b: b.count())
+    ssc.run(1)
+    best = float("inf")
+    for _ in range(reps):  # the best run: this machine is shared, the others are noise
+        t0 = time.perf_counter()
+        ssc.run(len(batches))
+        best = min(best, time.perf_counter() - t0)
+    ssc.stop()
+    return best
+
+
+def pair(w: str) -> tuple[str, int]:
+    return (w, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    q = 4 if args.quick else 1
+    reps = 2 if args.quick else 3
+    words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
+    heavy_in = [[f"h{(i * 31 + b) % 500}" for i in range(8_000 // q)] for b in range(5)]
+    tiny = [[f"t{b % 3}"] for b in range(200 // q)]
+    jobs = {
+        "word count (1M words, 10k keys)": (words, pair),
+        "CPU-heavy (~50 us/record, 40k records)": (heavy_in, heavy),
+        "tiny batches (1 record)": (tiny, pair),
+    }
+    t0 = time.perf_counter()
+    for i in range(2000):
+        heavy(f"h{i}")
+    print(f"the CPU-heavy function: {(time.perf_counter() - t0) / 2000 * 1e6:.0f} us per record here")
+    results: dict[str, dict[str, float]] = {name: {"local": _time_job("local", b, f, reps)} for name, (b, f) in jobs.items()}
+    import ray
+
+    from streamkeep.executors import RayExecutor
+
+    for w in (1, 2, 4):
+        ray.init(num_cpus=w, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        try:
+            ex = RayExecutor(num_partitions=w, keep_actors=True)
+            for name, (b, f) in jobs.items():
+                results[name][f"ray W={w}"] = _time_job(ex, b, f, reps)
+            ex.shutdown()
+        finally:
+            ray.shutdown()
+    for name, row in results.items():
+        base = row["local"]
+        (b, _) = jobs[name]
+        n = len(b)
+        cells = ", ".join(f"{k}: {v:.2f} s ({base / v:.2f}x)" for k, v in row.items())
+        print(f"{name}: {cells}")
+        if name.startswith("tiny"):
+            per = {k: (v - base) / n * 1e3 for k, v in row.items() if k != "local"}
+            print("  Ray's added cost per batch: " + ", ".join(f"{k}: {v:.1f} ms" for k, v in per.items()))
+
+
+if __name__ == "__main__":
+    main()

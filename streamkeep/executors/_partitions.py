@@ -1,0 +1,271 @@
+"""Key partitions of keyed state: the stable key hash, splitting and merging state data, the partition host.
+
+Everything here is plain Python (no Ray): `RayExecutor` (``executors/ray.py``) wraps
+`PartitionHost` in a Ray actor and runs `bucket` in Ray tasks, and the tests use
+the functions directly.
+
+A key belongs to partition ``key_hash(key) % count``. `key_hash` is the same in
+every process and every run (never Python's salted ``hash`` of a string), and
+equal keys hash equally (``1``, ``1.0`` and ``True`` are one dict key, and one
+partition). The state data of a partitioned operator is the same data the local
+executor hands the scheduler: `merge_state` joins the partitions' deltas or
+snapshots into one, `split_state` cuts one (read from any checkpoint, written by
+any number of partitions) into ``count`` slices. So the checkpoint format is
+the same for every executor and partition count, and rescaling is a restore.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import zlib
+from typing import Any
+
+from streamkeep._util import stable_hash
+from streamkeep.batch import Batch
+from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
+from streamkeep.errors import StreamkeepError
+from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors.kinds import kind_of, make_runtime
+
+#: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
+HASH_NAME = "streamkeep-stable-hash-v1"
+
+def partitioned(node: StatefulNode) -> bool:
+    """True when `node`'s kind is registered as `keyed` (its state can be split into key partitions)."""
+    return kind_of(node).keyed
+
+
+def key_hash(key: Any) -> int:
+    """A 32-bit hash of `key`, the same in every process and run; equal keys hash equally."""
+    if isinstance(key, tuple):
+        h = 0x345678
+        for item in key:
+            h = ((h * 1000003) ^ key_hash(item)) & 0xFFFFFFFF
+        return h
+    if isinstance(key, frozenset):  # its repr's order follows the salted string hash: combine order-free
+        acc = 0
+        for item in key:
+            acc = (acc + zlib.crc32(key_hash(item).to_bytes(4, "little"))) & 0xFFFFFFFF
+        return acc ^ 0x7F4A7C15
+    return stable_hash(key)
+
+
+def partition_of(key: Any, count: int) -> int:
+    """The partition (0 .. count-1) that owns `key`."""
+    return key_hash(key) % count
+
+
+def _key_of(record: Any) -> Any:
+    """The key of a (key, value) record; None for anything else (the owning runtime reports the bad record)."""
+    cls = record.__class__
+    if (cls is tuple or cls is list) and len(record) == 2:
+        return record[0]
+    return None
+
+
+def bucket(batch: Batch[Any], count: int) -> list[list[Any]]:
+    """The records of `batch` (its pending per-record operators applied) split by owning partition, in order."""
+    out: list[list[Any]] = [[] for _ in range(count)]
+    crc32 = zlib.crc32
+
+    def consume(it: Any) -> None:
+        for rec in it:  # the shuffle's hot loop: str and int keys inline what key_hash does for them
+            k = rec[0] if rec.__class__ is tuple and len(rec) == 2 else _key_of(rec)
+            cls = k.__class__
+            if cls is str:
+                i = crc32(k.encode("utf-8", "surrogatepass")) % count
+            elif cls is int:
+                i = (hash(k) & 0xFFFFFFFF) % count
+            else:
+                try:
+                    i = partition_of(k, count)
+                except TypeError:  # an unhashable key: partition 0's runtime reports the record
+                    i = 0
+            out[i].append(rec)
+
+    for i in range(batch.num_partitions):
+        batch._consume(i, consume)
+    return out
+
+
+def split_state(data: dict[str, Any] | None, count: int) -> list[dict[str, Any] | None]:
+    """Cut a delta or snapshot of a keyed operator into `count` partition slices (None stays None)."""
+    if data is None:
+        return [None] * count
+    slices: list[dict[str, Any]] = [{} for _ in range(count)]
+    for field, value in data.items():
+        if field == "set":
+            parts: list[list[Any]] = [[] for _ in range(count)]
+            for kv in value:
+                parts[partition_of(kv[0], count)].append(kv)
+            for s, p in zip(slices, parts, strict=True):
+                s[field] = p
+        elif field == "del":
+            dels: list[list[Any]] = [[] for _ in range(count)]
+            for k in value:
+                dels[partition_of(k, count)].append(k)
+            for s, d in zip(slices, dels, strict=True):
+                s[field] = d
+        elif field == "add":  # window slices: every partition keeps every slice time, with its own keys
+            per: list[list[Any]] = [[] for _ in range(count)]
+            for ts, items in value:
+                cut: list[list[Any]] = [[] for _ in range(count)]
+                for kv in items:
+                    cut[partition_of(kv[0], count)].append(kv)
+                for p, c in zip(per, cut, strict=True):
+                    p.append([ts, c])
+            for s, p in zip(slices, per, strict=True):
+                s[field] = p
+        else:  # "drop" (slice times) and anything not keyed: every partition gets it whole
+            for s in slices:
+                s[field] = value
+    return list(slices)
+
+
+def merge_state(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Join the partitions' deltas or snapshots of one operator into one (None when none changed)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    out: dict[str, Any] = {}
+    adds: dict[Any, list[Any]] = {}
+    for p in present:
+        for field, value in p.items():
+            if field in ("set", "del"):
+                out.setdefault(field, []).extend(value)
+            elif field == "add":
+                out.setdefault("add", [])
+                for ts, items in value:
+                    adds.setdefault(ts, []).extend(items)
+            elif field == "drop":
+                seen = out.setdefault("drop", [])
+                seen.extend(ts for ts in value if ts not in seen)
+            else:
+                out[field] = value
+    if "add" in out:
+        out["add"] = [[ts, items] for ts, items in adds.items()]
+    return out
+
+
+class RemoteFailure(Exception):  # noqa: N818 - a transport, never seen by users
+    """A streamkeep error raised in a worker, with its cause (pickling an exception drops ``__cause__``)."""
+
+    def __init__(self, error: BaseException, cause: BaseException | None) -> None:
+        super().__init__(error, cause)
+        self.error = error
+        self.cause = cause
+
+
+def portable(exc: StreamkeepError) -> RemoteFailure:
+    """`exc` and its cause, ready to cross a process boundary (an unpicklable cause becomes a RuntimeError)."""
+    cause = exc.__cause__
+    if cause is not None:
+        try:
+            pickle.dumps(cause)
+        except Exception:
+            cause = RuntimeError(f"{type(cause).__name__}: {cause}")
+    return RemoteFailure(exc, cause)
+
+
+def run_ops(ops: tuple[Any, ...], t: int, parts: list[list[Any]]) -> list[list[Any]]:
+    """`parts` with the per-record operators `ops` applied (a Ray task, where the records are)."""
+    try:
+        return Batch._lazy(parts, ops, t).partitions
+    except StreamkeepError as exc:
+        raise portable(exc) from None
+
+
+def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]]) -> Any:
+    """`parts` with `ops` applied, split by owning partition (a Ray task: the shuffle's map side).
+
+    Returns the `count` buckets, or with `count` 1 the one bucket itself (a Ray task
+    returns its value as one object when it has one return, as many when it has several).
+    """
+    try:
+        buckets = bucket(Batch._lazy(parts, ops, t), count)
+        return buckets if count > 1 else buckets[0]
+    except StreamkeepError as exc:
+        raise portable(exc) from None
+
+
+class PartitionHost:
+    """One key partition of every partitioned stateful operator of a job (a Ray actor's body).
+
+    Keeps, per operator, the runtime the local executor would use, fed only the
+    records whose key this partition owns. Long-lived: state stays here between batches.
+    """
+
+    def __init__(self, index: int, count: int) -> None:
+        self.index = index
+        self.count = count
+        self.runtimes: dict[str, StatefulRuntime] = {}
+
+    def ping(self) -> int:
+        """The worker's pid (a liveness check)."""
+        return os.getpid()
+
+    def open(self, nodes: list[StatefulNode], zero_ms: int, index: int, count: int) -> None:
+        """Build empty runtimes for `nodes` (stripped of their parents) as partition `index` of `count`."""
+        self.index, self.count = index, count
+        self.runtimes = {n.name: make_runtime(n, zero_ms) for n in nodes}
+
+    def seed(self, name: str, state: dict[str, Any]) -> None:
+        """Initial state of operator `name` in this partition (reported as changed, as `seed` does locally)."""
+        rt = self.runtimes[name]
+        rt.load(state, [])
+        store = getattr(rt, "store", None)
+        if store is not None:
+            store.changed = set(store.data)
+
+    def restore(self, name: str, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
+        self.runtimes[name].load(snapshot, deltas)
+
+    def step(self, name: str, t: int, present: bool, *parts: list[Any]) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
+        """Run operator `name` for batch `t` over this partition's records (one list per upstream chunk).
+
+        Returns (output partitions or None, (produced, dead letters, ms)).
+        """
+        rt = self.runtimes[name]
+        parent = Batch(list(parts) or [[]], t) if present else None
+        s0 = time.perf_counter()
+        try:
+            out = rt.step(t, parent)
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+        ms = (time.perf_counter() - s0) * 1e3
+        node = rt.node
+        letters = node.dead_letters.take() if isinstance(node, MapWithStateNode) and node.dead_letters is not None else []
+        group = None if out is None else out.partitions
+        return group, (group is not None, letters, ms)
+
+    def delta(self, name: str) -> dict[str, Any] | None:
+        """What changed in operator `name` in this partition since the last call."""
+        return self.runtimes[name].delta()
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """This partition's whole state of operator `name`."""
+        return self.runtimes[name].snapshot()
+
+    def forget_changes(self) -> None:
+        """Drop every operator's change tracking."""
+        for rt in self.runtimes.values():
+            rt.forget_changes()
+
+    def key_count(self, name: str) -> int:
+        """Keys operator `name` holds in this partition."""
+        return self.runtimes[name].key_count()
+
+    def drained(self, last_t: int) -> bool:
+        """True when no operator of this partition holds input for a batch after `last_t`."""
+        return all(rt.drained(last_t) for rt in self.runtimes.values())
+
+    def state_items(self, name: str) -> list[tuple[Any, Any]]:
+        """(key, state) of map_with_state `name` in this partition (``state_snapshots()``)."""
+        rt = self.runtimes[name]
+        assert isinstance(rt, MapWithStateRuntime)
+        return rt.state_items()

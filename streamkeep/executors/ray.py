@@ -1,0 +1,560 @@
+"""`RayExecutor`: the same job on Ray, keyed state split into partitions held by long-lived actors.
+
+The only module that imports ``ray`` (lazily: ``import streamkeep`` works without it).
+
+Per batch, as the local executor, it computes the graph's nodes in order, but:
+
+- Each keyed stateful operator (`update_state_by_key`, `map_with_state`,
+  `reduce_by_key_and_window` with or without an inverse) is split into
+  ``num_partitions`` key partitions (`streamkeep.executors._partitions.key_hash`).
+  Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
+  the local executor's runtime for its keys between batches.
+- The shuffle into those actors: the per-record chain before the operator runs in
+  Ray tasks (two per cluster CPU for a big input, one per actor output upstream) that split
+  their records by owning partition; each actor receives its buckets as object refs,
+  straight from the object store. Small driver-side batches (fewer than
+  `SMALL_BATCH` records) are split in the driver, which costs less than a task.
+- A stateful operator's output stays in the actors' object store; a per-record
+  chain after it runs in Ray tasks where the output is. Per-batch operators
+  (``transform``, joins, ``reduce_by_key``), outputs and sinks get the records on
+  the driver (a first version: sinks run on the driver).
+- Windows of whole records (``window``) and event-time windows (one watermark
+  across all keys) keep their state in the driver, as with the local executor.
+
+Checkpoints: `delta`/`snapshot` merge the partitions' data into the data the local
+executor produces (`merge_state`), and `restore` splits it again (`split_state`), so
+the on-disk format is the same for every executor and partition count, and a
+checkpoint restores on any partition count (rescaling) and on the local executor.
+
+Failures: a dead actor (or its node) raises `WorkerLostError`; the scheduler then
+re-opens the executor (dead actors are replaced, every partition restored from the
+last commit) and runs the batch again from its plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from streamkeep.batch import Batch
+from streamkeep.dstream._graph import (
+    DeadLetterNode,
+    Graph,
+    MapWithStateNode,
+    NarrowNode,
+    Node,
+    OutputNode,
+    SnapshotsNode,
+    SourceNode,
+    StatefulNode,
+    TransformNode,
+)
+from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError, WorkerLostError
+from streamkeep.executors._partitions import (
+    HASH_NAME,
+    PartitionHost,
+    RemoteFailure,
+    bucket,
+    bucket_parts,
+    merge_state,
+    partitioned,
+    run_ops,
+    split_state,
+)
+from streamkeep.executors._pool import _PER_PARTITION
+from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors.kinds import make_runtime
+from streamkeep.executors.local import _call, _name_upstream, run_outputs
+
+log = logging.getLogger("streamkeep.executors.ray")
+
+#: A driver-side batch with fewer records than this is split by key in the driver (a task costs more).
+SMALL_BATCH = 2000
+#: Fewest records per chunk (and task) when a driver-side batch is split for the shuffle (at most a chunk per CPU).
+CHUNK_RECORDS = 2000
+
+_INSTALL = "pip install streamkeep[ray]"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        msg = f"executor='ray' needs Ray, which is not installed: {_INSTALL} (or pip install 'ray>=2.9')"
+        raise ConfigError(msg) from exc
+    return ray
+
+
+class _Remote:
+    """A batch whose partitions are in Ray's object store (actor outputs), with per-record ops still to apply.
+
+    Each ref holds a list of partitions (one actor's output). On the driver, partition j
+    is the concatenation of every actor's partition j (when all have the same count).
+    """
+
+    __slots__ = ("local", "ops", "refs", "t")
+
+    def __init__(self, refs: list[Any], ops: tuple[Any, ...], t: int) -> None:
+        self.refs = refs
+        self.ops = ops
+        self.t = t
+        self.local: Batch[Any] | None = None
+
+
+class RayExecutor:
+    """Runs the job on Ray: keyed state in `num_partitions` actors, per-record chains in tasks.
+
+    Args:
+        address: the Ray cluster: ``"ray://host:10001"`` (Ray client), ``"host:port"`` (the
+            GCS of a cluster this machine belongs to) or ``"auto"``. None (default): an
+            already-initialised Ray in this process, else the cluster in the ``RAY_ADDRESS``
+            environment variable, else a local Ray started on demand,
+            bound to 127.0.0.1 (no dashboard, no usage stats), stopped by `close`.
+        num_partitions: key partitions (and actors) per job; None: the cluster's CPU count.
+        actor_options: passed to the actors' ``.options(...)`` (e.g. ``{"num_cpus": 1}``,
+            ``{"resources": {...}}``).
+        num_cpus: CPUs of a local Ray started on demand (None: Ray's default, all of them).
+        keep_actors: `close` keeps the partition actors (emptied at the next `open`), so the
+            next job run with this same executor object skips starting them (notebooks,
+            test suites: an actor takes a second or more to start); `shutdown` stops them.
+
+    Raises:
+        ConfigError: a bad argument, or Ray is not installed (``pip install streamkeep[ray]``).
+
+    Example:
+        >>> import streamkeep as sk
+        >>> ssc = sk.StreamingContext(1.0, executor=sk.executors.RayExecutor(num_partitions=4))  # doctest: +SKIP
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_partitions: int | None = None,
+        actor_options: dict[str, Any] | None = None,
+        num_cpus: int | None = None,
+        keep_actors: bool = False,
+    ) -> None:
+        if num_partitions is not None and (not isinstance(num_partitions, int) or isinstance(num_partitions, bool) or num_partitions < 1):
+            msg = f"RayExecutor: num_partitions must be a positive int or None (the cluster's CPU count), got {num_partitions!r}"
+            raise ConfigError(msg)
+        if address is not None and (not isinstance(address, str) or not address):
+            msg = f"RayExecutor: address must be 'ray://host:port', 'host:port', 'auto' or None (a local Ray), got {address!r}"
+            raise ConfigError(msg)
+        if actor_options is not None and not isinstance(actor_options, dict):
+            msg = f"RayExecutor: actor_options must be a dict of Ray actor options, got {actor_options!r}"
+            raise ConfigError(msg)
+        self.ray = _import_ray()  # fail at construction, not at the first batch
+        self.address = address
+        self.num_partitions = num_partitions
+        self.actor_options = dict(actor_options or {})
+        self.num_cpus = num_cpus
+        self.keep_actors = keep_actors
+        self._started_ray = False
+        self._hosts: list[Any] = []
+        self._count = 0
+        self._cpus = 1
+        self._lost: tuple[type[BaseException], ...] = ()
+        self._remote_fns: dict[str, Any] = {}
+        self.graph: Graph | None = None
+        self.nodes: list[Node] = []
+        self.zero_ms = 0
+        self._partitioned: dict[str, StatefulNode] = {}
+        self._driver: dict[str, StatefulRuntime] = {}
+        self._by_id: dict[int, StatefulRuntime] = {}
+        self._shared: set[int] = set()
+        self._timings: dict[str, float] | None = None
+
+    # -- connecting ------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            opts: dict[str, Any] = {"configure_logging": False}
+            address = self.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as ray.init reads it
+            if address is not None:
+                ray.init(address=address, **opts)
+            else:
+                _loopback_only(ray)
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    log_to_driver=False,
+                    **opts,
+                )
+                self._started_ray = True
+        exc = ray.exceptions
+        self._lost = tuple(
+            e for e in (getattr(exc, n, None) for n in ("RayActorError", "ObjectLostError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError"))
+            if isinstance(e, type)
+        )
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if not self._remote_fns:
+            self._remote_fns = {
+                "host": ray.remote(PartitionHost),
+                "bucket": ray.remote(bucket_parts),
+                "ops": ray.remote(run_ops),
+            }
+
+    def actor_pids(self) -> list[int]:
+        """The process ids of the partition actors, in partition order (monitoring; fault tests kill them)."""
+        return [int(pid) for pid in self._get([h.ping.remote() for h in self._hosts])]
+
+    def partitioning(self) -> dict[str, Any]:
+        """How keyed state is split (recorded in each commit record; restoring does not need it)."""
+        return {"executor": "ray", "partitions": self._count or self.num_partitions, "hash": HASH_NAME}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self, graph: Graph, zero_ms: int) -> None:
+        """Connect, start (or replace dead) partition actors, and build every stateful operator with empty state."""
+        self._connect()
+        self.graph = graph
+        self.zero_ms = zero_ms
+        self.nodes = graph.needed()
+        consumers: dict[int, int] = {}
+        for n in self.nodes:
+            for p in n.parents:
+                consumers[p.id] = consumers.get(p.id, 0) + 1
+        self._shared = {i for i, c in consumers.items() if c > 1}
+        self._partitioned = {}
+        self._driver = {}
+        self._by_id = {}
+        for n in self.nodes:
+            if isinstance(n, StatefulNode):
+                if partitioned(n):
+                    self._partitioned[n.name] = n
+                else:
+                    rt = make_runtime(n, zero_ms)
+                    self._driver[n.name] = rt
+                    self._by_id[n.id] = rt
+        if not self._partitioned:
+            return
+        self._count = self.num_partitions or self._cpus
+        self._ensure_hosts()
+        # Actors get the nodes without their upstream graph (sources are not theirs) nor initial state (see seed).
+        stripped = [_strip(n) for n in self._partitioned.values()]
+        self._get([h.open.remote(stripped, zero_ms, i, self._count) for i, h in enumerate(self._hosts)])
+
+    def _ensure_hosts(self) -> None:
+        """Exactly `_count` live actors: dead ones replaced, extra ones stopped."""
+        ray = self.ray
+        live: list[Any] = []
+        for h in self._hosts:
+            try:
+                ray.get(h.ping.remote(), timeout=60)
+                live.append(h)
+            except Exception as exc:  # dead (or unreachable): replaced below
+                log.warning("a partition actor is gone (%s); starting a new one", type(exc).__name__)
+                self._kill(h)
+        for h in live[self._count :]:
+            self._kill(h)
+        live = live[: self._count]
+        cls = self._remote_fns["host"]
+        opts = {"max_restarts": 0, **self.actor_options}
+        while len(live) < self._count:
+            live.append(cls.options(**opts).remote(len(live), self._count))
+        self._hosts = live
+        self._get([h.ping.remote() for h in live])
+
+    def _kill(self, handle: Any) -> None:
+        try:
+            self.ray.kill(handle, no_restart=True)
+        except Exception as exc:  # already gone
+            log.debug("killing a partition actor: %s", exc)
+
+    def close(self) -> None:
+        """Stop the partition actors (unless `keep_actors`) and the local Ray this executor started, if any."""
+        if not self.keep_actors:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the partition actors and the local Ray this executor started, if any (also with `keep_actors`)."""
+        for h in self._hosts:
+            self._kill(h)
+        self._hosts = []
+        if self._started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._started_ray = False
+
+    def _get(self, refs: Any) -> Any:
+        """ray.get, with a dead actor or node as WorkerLostError and a worker's streamkeep error as itself."""
+        ray = self.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RemoteFailure):
+                raise cause.error from cause.cause
+            if self._lost and isinstance(exc, self._lost):
+                raise self._lost_error(exc) from exc
+            raise
+        except self._lost as exc:
+            raise self._lost_error(exc) from exc
+
+    def _settle(self, refs: list[Any]) -> None:
+        """Read results whose error is already being raised (else Ray prints each as an "unhandled error")."""
+        for r in refs:
+            try:
+                self.ray.get(r, timeout=30)
+            except Exception:  # noqa: S110 - the error itself is raised by the caller
+                pass
+
+    def _lost_error(self, exc: BaseException) -> WorkerLostError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = f"a Ray worker holding key partitions of the job's state died ({type(exc).__name__}: {first[:200]})."
+        return WorkerLostError(msg)
+
+    # -- state, for the scheduler ------------------------------------------------------
+
+    def operators(self) -> list[str]:
+        """Names of the stateful operators, in graph order."""
+        return [n.name for n in self.nodes if isinstance(n, StatefulNode)]
+
+    def seed(self, name: str) -> None:
+        """Give operator `name` its initial state (split by key for a partitioned one)."""
+        if name in self._driver:
+            self._driver[name].seed()
+            return
+        rt = make_runtime(self._partitioned[name], self.zero_ms)  # the initial state, as the local executor builds it
+        rt.seed()
+        if rt.key_count() == 0:  # the actors' runtimes are empty already
+            return
+        slices = split_state(rt.snapshot(), self._count)
+        self._get([h.seed.remote(name, s) for h, s in zip(self._hosts, slices, strict=True)])
+
+    def restore(self, name: str, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        """Replace operator `name`'s state with `snapshot` plus `deltas` (split over the partitions, whatever wrote them)."""
+        if name in self._driver:
+            self._driver[name].load(snapshot, deltas)
+            return
+        n = self._count
+        snaps = split_state(snapshot, n)
+        per_delta = [split_state(d, n) for d in deltas]
+        refs = [h.restore.remote(name, snaps[i], [d[i] for d in per_delta]) for i, h in enumerate(self._hosts)]
+        self._get(refs)
+
+    def delta(self, name: str) -> dict[str, Any] | None:
+        """What changed in operator `name` since the last call, every partition's changes merged."""
+        if name in self._driver:
+            return self._driver[name].delta()
+        return merge_state(self._get([h.delta.remote(name) for h in self._hosts]))
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """The whole state of operator `name`, every partition merged."""
+        if name in self._driver:
+            return self._driver[name].snapshot()
+        merged = merge_state(self._get([h.snapshot.remote(name) for h in self._hosts]))
+        assert merged is not None
+        return merged
+
+    def forget_changes(self) -> None:
+        """Drop every operator's change tracking."""
+        for rt in self._driver.values():
+            rt.forget_changes()
+        if self._partitioned:
+            self._get([h.forget_changes.remote() for h in self._hosts])
+
+    def key_count(self, name: str) -> int:
+        """Keys (or records) operator `name` holds, over all partitions."""
+        if name in self._driver:
+            return self._driver[name].key_count()
+        return int(sum(self._get([h.key_count.remote(name) for h in self._hosts])))
+
+    def measure_timings(self) -> None:
+        """Measure ms per stateful operator (the slowest partition) and per output during the next batch."""
+        self._timings = {}
+
+    def timings(self) -> dict[str, float]:
+        """What `measure_timings` measured during the last batch."""
+        return dict(self._timings or {})
+
+    def drained(self, last_t: int) -> bool:
+        """True when no window (in the driver or any partition) still holds input for a batch after `last_t`."""
+        if not all(rt.drained(last_t) for rt in self._driver.values()):
+            return False
+        if not self._partitioned:
+            return True
+        return all(self._get([h.drained.remote(last_t) for h in self._hosts]))
+
+    # -- one batch -------------------------------------------------------------------
+
+    def compute(self, t: int, inputs: dict[str, Batch[Any]]) -> dict[int, Batch[Any] | None]:
+        """Compute every needed node for batch time t (results may stay in Ray's object store until an output needs them)."""
+        results: dict[int, Any] = {}
+        for node in self.nodes:
+            if isinstance(node, DeadLetterNode):
+                node.letters.take()  # nothing left from a batch that failed
+        for node in self.nodes:
+            out: Any
+            try:
+                if isinstance(node, SourceNode):
+                    out = inputs.get(node.source.name)
+                elif isinstance(node, OutputNode):
+                    continue
+                else:
+                    parents = [results[p.id] for p in node.parents]
+                    if isinstance(node, NarrowNode):
+                        out = None if parents[0] is None else self._narrow(node, parents[0])
+                    elif isinstance(node, StatefulNode):
+                        s0 = time.perf_counter()
+                        if node.name in self._partitioned:
+                            out = self._step(node, t, parents[0])
+                        else:
+                            parent = None if parents[0] is None else self._local(parents[0])
+                            out = self._by_id[node.id].step(t, parent)
+                        if self._timings is not None:
+                            self._timings[node.name] = (time.perf_counter() - s0) * 1e3
+                    elif isinstance(node, SnapshotsNode):
+                        out = None if parents[0] is None else Batch([self._state_items(node.parents[0])], t)
+                    elif isinstance(node, TransformNode):
+                        out = None if any(p is None for p in parents) else _call(node, t, [self._local(p) for p in parents])
+                    else:  # pragma: no cover - every node kind is handled above
+                        msg = f"unknown node kind {type(node).__name__}"
+                        raise StreamkeepError(msg)
+            except UserFunctionError as exc:
+                named = _name_upstream(exc, node, t)
+                if named is None:
+                    raise
+                raise named from exc.__cause__
+            if out is not None and node.id in self._shared:
+                out = self._cache(out)
+            results[node.id] = out
+        return results  # type: ignore[return-value]  # _Remote values go back to run_outputs only
+
+    def run_outputs(self, t: int, results: dict[int, Batch[Any] | None]) -> None:
+        """Run the outputs in registration order (their records fetched to the driver)."""
+        needed = {n.parents[0].id for n in self.nodes if isinstance(n, OutputNode) and not isinstance(n, DeadLetterNode)}
+        local: dict[int, Batch[Any] | None] = {}
+        for i in needed:
+            r: Any = results.get(i)
+            local[i] = None if r is None else self._local(r)
+        run_outputs(self.nodes, t, local, self._timings)
+
+    # -- moving records ------------------------------------------------------------------
+
+    def _narrow(self, node: NarrowNode, parent: Any) -> Any:
+        if isinstance(parent, Batch):
+            return node.apply(parent)
+        probe: Batch[Any] = Batch._lazy([[]], (), parent.t)
+        got = node.apply(probe)
+        if got._src is probe._src and got._parts is None and got._dead is None:  # only per-record ops: keep them lazy
+            return _Remote(parent.refs, parent.ops + got._ops, parent.t)
+        return node.apply(self._local(parent))  # dead letters (driver-side buffers): run here
+
+    def _cache(self, out: Any) -> Any:
+        """Run a shared result's pending ops once (where its records are)."""
+        if isinstance(out, Batch):
+            return out.cache()
+        if out.ops and not _per_partition(out.ops):
+            return _Remote([self._remote_fns["ops"].remote(out.ops, out.t, r) for r in out.refs], (), out.t)
+        return out
+
+    def _local(self, value: Batch[Any] | _Remote) -> Batch[Any]:
+        """`value` as a Batch in the driver (fetching an actor output, its per-record ops run in tasks first)."""
+        if isinstance(value, Batch):
+            return value
+        if value.local is not None:
+            return value.local
+        ops, refs = value.ops, value.refs
+        if ops and not _per_partition(ops):
+            refs = [self._remote_fns["ops"].remote(ops, value.t, r) for r in refs]
+            ops = ()
+        groups: list[list[list[Any]]] = self._get(refs)
+        counts = {len(g) for g in groups}
+        if len(counts) == 1:  # partition j = every actor's partition j
+            parts = [[x for g in groups for x in g[j]] for j in range(counts.pop())]
+        else:
+            parts = [p for g in groups for p in g]
+        local: Batch[Any] = Batch._lazy(parts, ops, value.t)
+        value.local = local
+        return local
+
+    def _step(self, node: StatefulNode, t: int, parent: Any) -> _Remote | None:
+        """Shuffle `parent` to the partition actors of `node` and run its step there."""
+        n = self._count
+        per_host: list[list[Any]] = [[] for _ in range(n)]
+        if parent is not None:
+            for buckets in self._shuffle(parent, t):
+                for i in range(n):
+                    per_host[i].append(buckets[i])
+        present = parent is not None
+        calls = [h.step.options(num_returns=2).remote(node.name, t, present, *per_host[i]) for i, h in enumerate(self._hosts)]
+        try:
+            metas: list[tuple[bool, list[Any], float]] = self._get([m for _, m in calls])
+        except BaseException:
+            self._settle([r for r, _ in calls])
+            raise
+        if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
+            for _, letters, _ in metas:
+                node.dead_letters.records.extend(letters)
+        if not metas[0][0]:
+            return None
+        return _Remote([r for r, _ in calls], (), t)
+
+    def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
+        """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
+        n = self._count
+        task = self._remote_fns["bucket"].options(num_returns=n) if n > 1 else self._remote_fns["bucket"]
+
+        def submit(ops: tuple[Any, ...], parts: Any) -> list[Any]:
+            got = task.remote(ops, t, n, parts)
+            return list(got) if n > 1 else [got]
+
+        if isinstance(parent, _Remote):
+            if _per_partition(parent.ops):
+                parent = self._local(parent)
+            else:
+                return [submit(parent.ops, r) for r in parent.refs]
+        batch: Batch[Any] = parent
+        if batch._dead is not None or _per_partition(batch._ops):
+            batch.cache()  # dead letters go to driver-side buffers; per-partition ops need whole partitions
+        src = batch._src
+        size = sum(len(p) for p in src)
+        if size < SMALL_BATCH:
+            return [bucket(batch, n)]
+        ops = batch._ops
+        chunks: list[list[list[Any]]] = []
+        for part in src:
+            pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), 2 * self._cpus))  # two tasks per CPU: stragglers even out
+            step = -(-len(part) // pieces) if part else 0
+            chunks.extend([part[i * step : (i + 1) * step]] for i in range(pieces))
+        return [submit(ops, c) for c in chunks]
+
+    def _state_items(self, node: Node) -> list[tuple[Any, Any]]:
+        assert isinstance(node, StatefulNode)
+        if node.name in self._driver:
+            rt = self._driver[node.name]
+            assert isinstance(rt, MapWithStateRuntime)
+            return rt.state_items()
+        groups = self._get([h.state_items.remote(node.name) for h in self._hosts])
+        return [kv for g in groups for kv in g]
+
+
+def _per_partition(ops: tuple[Any, ...]) -> bool:
+    return any(name in _PER_PARTITION for name, _, _ in ops)
+
+
+def _strip(node: StatefulNode) -> StatefulNode:
+    """`node` without its upstream graph and initial state (what an actor needs to hold its partition)."""
+    changes: dict[str, Any] = {"parents": ()}
+    if hasattr(node, "initial"):
+        changes["initial"] = ()
+    return dataclasses.replace(node, **changes)
+
+
+def _loopback_only(ray: Any) -> None:
+    """Make a Ray started here use 127.0.0.1 for every socket (Ray picks the first interface's address otherwise)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read by the processes Ray starts
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010 - read at import: this driver imported ray before the variable was set

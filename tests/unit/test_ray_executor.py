@@ -1,0 +1,322 @@
+"""RayExecutor: same results as the local executor over many keys and partitions, rescaling, loopback-only sockets.
+
+The operator golden tests (test_operators.py) and crash points (tests/faults) run on
+both executors through the ``executor`` fixture; this file holds what is Ray's own.
+All Ray tests share the session's Ray (``ray_address``, tests/_ray_cluster.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.executors._partitions import key_hash, merge_state, partition_of, split_state
+from streamkeep.testing import ListSink, ManualClock, state_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- without Ray ------------------------------------------------------------------------
+
+
+def test_streamkeep_imports_without_ray_and_asking_for_it_names_the_extra():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # makes `import ray` fail as if not installed
+        "import streamkeep as sk\n"
+        "from streamkeep.errors import ConfigError\n"
+        "for make in (lambda: sk.StreamingContext(1.0, executor='ray'), lambda: sk.executors.RayExecutor()):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ConfigError as exc:\n"
+        "        print('ERR', exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all("pip install streamkeep[ray]" in line for line in lines), r.stdout
+    plain = subprocess.run([sys.executable, "-c", "import sys, streamkeep; print('ray' in sys.modules)"], capture_output=True, text=True, env=env, timeout=60)
+    assert plain.stdout.strip() == "False", "import streamkeep must not import ray"
+
+
+# -- the key partitioning (plain functions) ----------------------------------------------
+
+
+def test_key_hash_is_the_same_in_another_process_with_another_hash_seed():
+    keys = ["a", "zz", 7, -3, 2.5, None, True, b"x", ("a", 1), frozenset({"p", "q", "r"}), ("t", frozenset({"u", "v"}))]
+    here = [key_hash(k) for k in keys]
+    code = f"from streamkeep.executors._partitions import key_hash; print([key_hash(k) for k in {keys!r}])"
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert r.stdout.strip() == repr(here), r.stderr
+    assert partition_of(1, 4) == partition_of(1.0, 4) == partition_of(True, 4)  # one dict key, one partition
+
+
+def test_bucket_puts_each_record_in_its_keys_partition_in_order():
+    from streamkeep import Batch
+    from streamkeep.executors._partitions import bucket
+
+    recs = [(k, i) for i, k in enumerate(["a", "b", "zz", 1, -7, 2**40, True, 1.5, None, ("t", 1), b"x", frozenset({"p"})] * 3)]
+    odd = ["not a pair", ([1], "unhashable key")]
+    for n in (1, 2, 3):
+        parts = bucket(Batch([recs[:20], recs[20:] + odd]), n)
+        assert sum(len(p) for p in parts) == len(recs) + len(odd)
+        for i, p in enumerate(parts):
+            pairs = [r for r in p if r not in odd]
+            assert all(partition_of(k, n) == i for k, _ in pairs)
+            assert pairs == [r for r in recs if partition_of(r[0], n) == i]  # input order kept
+        assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
+
+
+def test_split_then_merge_gives_back_the_same_state():
+    snap = {
+        "add": [[1000, [(f"k{i}", i) for i in range(20)]], [2000, []]],
+        "drop": [0],
+        "set": [(f"k{i}", i * 2) for i in range(50)],
+        "del": ["gone", "also"],
+    }
+    for n in (1, 2, 3, 4):
+        parts = split_state(snap, n)
+        assert all(all(partition_of(k, n) == i for k, _ in p["set"]) for i, p in enumerate(parts))
+        merged = merge_state(parts)
+        assert sorted(merged["set"]) == sorted(snap["set"]) and sorted(merged["del"]) == sorted(snap["del"])
+        assert merged["drop"] == [0]
+        assert [[ts, sorted(items)] for ts, items in merged["add"]] == [[ts, sorted(items)] for ts, items in snap["add"]]
+
+
+# -- on Ray ------------------------------------------------------------------------------
+
+def _update(values, old):
+    total = (old or 0) + sum(values)
+    return None if total % 13 == 0 else total
+
+
+def _track(key, value, state):
+    if state.is_timing_out():
+        return ("timeout", key)
+    n = (state.get() if state.exists() else 0) + value
+    state.update(n)
+    return (key, n)
+
+
+def _many_keys_job(executor, sinks, batches):
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    src = ssc.queue_stream(batches, name="q", num_partitions=2)
+    pairs = src.map(lambda x: (f"k{x % 97}", x % 5))
+    shared = pairs.update_state_by_key(_update, name="totals").map_values(lambda v: v * 10)  # a chain after the actors
+    shared.write_to(sinks["totals"])
+    shared.filter(lambda kv: kv[1] > 100).write_to(sinks["big"])  # the chain's result feeds two outputs
+    tracked = pairs.map_with_state(_track, name="seen", timeout=2.0)
+    tracked.write_to(sinks["seen"])
+    tracked.state_snapshots().write_to(sinks["seen_state"])
+    pairs.reduce_by_key_and_window(operator.add, 3.0, 1.0, inv_f=operator.sub, name="win").write_to(sinks["win"])
+    pairs.reduce_by_key_and_window(operator.add, 2.0, 2.0, name="win_plain").write_to(sinks["win_plain"])
+    pairs.update_state_by_key(_update, name="again").map(lambda kv: (kv[0][:2], kv[1])).update_state_by_key(_update, name="chained").write_to(
+        sinks["chained"]
+    )  # one partitioned operator's output shuffled into another's
+    return ssc
+
+
+def _sorted_batches(sink):
+    return [(t, sorted(rs, key=repr)) for t, rs in sink.batches]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_many_keys_on_1_and_3_partitions_equal_the_local_executor(ray_address, partitions):
+    # big batches go through the shuffle tasks, small ones are split in the driver
+    batches = [list(range(i * 7, i * 7 + (3000 if i % 2 else 40))) for i in range(5)] + [[], []]
+    names = ("totals", "big", "seen", "seen_state", "win", "win_plain", "chained")
+    results = {}
+    for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=partitions))):
+        sinks = {n: ListSink(n) for n in names}
+        ssc = _many_keys_job(ex, sinks, batches)
+        ssc.run()
+        states = {op: state_of(ssc, op) for op in ("totals", "seen", "win", "win_plain", "chained")}
+        ssc.stop()
+        results[label] = ({n: _sorted_batches(s) for n, s in sinks.items()}, states)
+    local, ray_ = results["local"], results["ray"]
+    for n in names:
+        assert ray_[0][n] == local[0][n], n
+    assert any(rs for _, rs in local[0]["seen"]) and any(rs for _, rs in local[0]["win"])  # the job did produce
+    for op, snap in local[1].items():
+        got = ray_[1][op]
+        for field in ("set", "del"):
+            assert sorted(got.get(field, []), key=repr) == sorted(snap.get(field, []), key=repr), (op, field)
+        if "add" in snap:
+            assert [[ts, sorted(i, key=repr)] for ts, i in got["add"]] == [[ts, sorted(i, key=repr)] for ts, i in snap["add"]]
+
+
+def _rate_job(ckpt, executor, sink):
+    def build():
+        ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=2, executor=executor)
+        pairs = ssc.rate_stream(20, name="rate").map(lambda r: (r[0] % 11, 1))
+        pairs.update_state_by_key(_update, name="totals").write_to(sink)
+        pairs.reduce_by_key_and_window(operator.add, 3.0, 1.0, inv_f=operator.sub, name="win").write_to(ListSink("w"))
+        return ssc
+
+    return build
+
+
+def _run(ckpt, executor, batches):
+    sink = ListSink("totals")
+    ssc = sk.StreamingContext.get_or_create(ckpt, _rate_job(ckpt, executor, sink))
+    ssc.run(batches)
+    states = {op: state_of(ssc, op) for op in ("totals", "win")}
+    ssc.stop()
+    return sink, states
+
+
+def _canon(states):
+    out = {}
+    for op, snap in states.items():
+        out[op] = {k: sorted(v, key=repr) for k, v in snap.items() if k != "add"}
+        if "add" in snap:
+            out[op]["add"] = sorted([[ts, sorted(i, key=repr)] for ts, i in snap["add"]])
+    return out
+
+
+@pytest.mark.ray
+def test_a_4_partition_checkpoint_restores_on_2_partitions_and_on_the_local_executor(tmp_path, ray_address):
+    ref_sink, ref_states = _run(str(tmp_path / "ref"), "local", 9)
+    ckpt = str(tmp_path / "ckpt")
+    outputs = []
+    for ex, n, parts in ((sk.executors.RayExecutor(num_partitions=4), 3, 4), (sk.executors.RayExecutor(num_partitions=2), 3, 2), ("local", 3, None)):
+        sink, states = _run(ckpt, ex, n)
+        outputs.extend(_sorted_batches(sink))
+        assert Checkpoint(ckpt).commits()[0].data.get("partitioning", {}).get("partitions") == parts
+    assert outputs == _sorted_batches(ref_sink)
+    assert _canon(states) == _canon(ref_states)
+    # and back: the local executor's checkpoint on 3 partitions
+    sink, states = _run(ckpt, sk.executors.RayExecutor(num_partitions=3), 1)
+    ref2, ref2_states = _run(str(tmp_path / "ref"), "local", 1)
+    assert _sorted_batches(sink) == _sorted_batches(ref2)
+    assert _canon(states) == _canon(ref2_states)
+
+
+# -- loopback only ----------------------------------------------------------------------
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process below it, from /proc/*/stat."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in out]
+        out.update(kids)
+        frontier.extend(kids)
+    return out
+
+
+def _proc_sockets(pids: set[int]) -> list[tuple[int, str, str, str]]:
+    """(pid, local ip, remote ip, state) of every TCP socket the processes hold, read from /proc."""
+    import socket
+    import struct
+
+    def ip_of(hexaddr: str, v6: bool) -> str:
+        raw = bytes.fromhex(hexaddr)
+        if not v6:
+            return socket.inet_ntop(socket.AF_INET, raw[::-1])
+        words = struct.unpack("<4I", raw)
+        return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
+
+    out = []
+    for pid in pids:
+        try:
+            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        inodes = {i for i in inodes if i.isdigit()}
+        for table, v6 in (("tcp", False), ("tcp6", True)):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                f = line.split()
+                if f[9] in inodes:
+                    out.append((pid, ip_of(f[1].split(":")[0], v6), ip_of(f[2].split(":")[0], v6), f[3]))
+    return out
+
+
+@pytest.mark.ray
+def test_ray_listens_and_connects_on_loopback_only(ray_address, ray_executor):
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
+    ssc.queue_stream([[("a", 1), ("b", 2)]] * 3, name="q").update_state_by_key(_update, name="u").write_to(ListSink())
+    ssc.run()
+    ssc.stop()
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        me = psutil.Process()
+        pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
+        socks = [
+            (c.pid, c.laddr.ip, c.raddr.ip if c.raddr else "", c.status)
+            for c in psutil.net_connections(kind="inet")
+            if c.pid in pids and c.type == __import__("socket").SOCK_STREAM
+        ]
+    else:
+        pids = _descendants(os.getpid())
+        socks = _proc_sockets(pids)
+    assert len(pids) > 3, "the session's Ray processes should be children of this process"
+    assert any(s[3] in ("LISTEN", "0A") for s in socks), "no listening socket found: the check would prove nothing"
+    bad = [s for s in socks if not _is_loopback(s[1]) or (s[2] and not _is_loopback(s[2]))]
+    assert not bad, f"Ray sockets outside 127.0.0.0/8: {bad[:10]}"
+
+
+PYSPARK_JOB = """
+import json, time
+from pyspark import SparkContext
+from pyspark.streaming import StreamingContext
+
+sc = SparkContext("local[2]", "ray wordcount")
+ssc = StreamingContext(sc, 0.2)
+lines = ssc.queueStream([sc.parallelize(["a b a", "c"]), sc.parallelize(["b b"]), sc.parallelize(["a"])])
+counts = lines.flatMap(str.split).map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0))
+seen = []
+counts.foreachRDD(lambda rdd: seen.append(sorted(rdd.collect())))
+ssc.start()
+deadline = time.monotonic() + 120
+while len(seen) < 3 and time.monotonic() < deadline:  # the first three batches, however slow the machine
+    ssc.awaitTerminationOrTimeout(0.2)
+ssc.stop(stopSparkContext=True, stopGraceFully=False)
+print(json.dumps({"executor": type(ssc._ssc._executor).__name__, "seen": seen}))
+"""
+
+
+@pytest.mark.ray
+def test_streamkeep_run_pyspark_on_ray(tmp_path, ray_address):
+    job = tmp_path / "job.py"
+    job.write_text(PYSPARK_JOB)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_address}
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--pyspark", "--executor", "ray", "--no-ui", str(job)]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert got["executor"] == "RayExecutor"
+    assert got["seen"][:3] == [[["a", 2], ["b", 1], ["c", 1]], [["a", 2], ["b", 3], ["c", 1]], [["a", 3], ["b", 3], ["c", 1]]]
