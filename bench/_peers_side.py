@@ -305,7 +305,9 @@ def bw_job(p: dict[str, Any]) -> dict[str, Any]:
     os.makedirs(p["out"], exist_ok=True)
     rec = _bw_recovery(p["state"])
     sink = FileSink(Path(p["out"]) / "out.txt")  # resumes at the snapshot's file position (truncates)
-    flow = _bw_flow(_bw_kafka_source(p, tail=p["stop"] != "idle"), sink, p, p.get("source_name", "lines"), p.get("step_name", "counts"), kafka=True)
+    flow = _bw_flow(
+        _bw_kafka_source(p, tail=p["stop"] != "idle"), sink, p, p.get("source_name", "lines"), p.get("step_name", "counts"), kafka=True
+    )
     run_main(flow, epoch_interval=timedelta(seconds=p["interval_s"]), recovery_config=rec)
     return {"stopped": "end of input"}
 
@@ -313,13 +315,14 @@ def bw_job(p: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- Quix Streams
 
 
-def _qx_patch_admin() -> None:
-    """The mock broker has no DescribeConfigs (KIP-133): answer from the metadata instead.
+def _qx_patch_admin(bootstrap: str) -> None:
+    """The mock broker has no DescribeConfigs (KIP-133) nor CreateTopics: stand in for both.
 
     Quix Streams reads every topic's configuration when it is declared. librdkafka's
     mock cluster answers that request with _UNSUPPORTED_FEATURE, so the partition
     count and replication come from the metadata (what the mock can tell) and the
-    configs Quix derives changelog settings from get Kafka's defaults.
+    configs Quix derives changelog settings from get Kafka's defaults. Topics Quix
+    creates (its changelog topics) are auto-created by a metadata request instead.
     """
     from quixstreams.models.topics import admin as qadmin
     from quixstreams.models.topics.topic import TopicConfig
@@ -339,7 +342,25 @@ def _qx_patch_admin() -> None:
             for t in topic_names
         }
 
+    def create_topics(self: Any, topics: list[Any], timeout: float = 30, finalize_timeout: float = 60) -> None:
+        # CreateTopics is not supported by the mock either; it auto-creates a topic (with 4
+        # partitions, as many as the input topics have) when a client asks for its metadata.
+        from confluent_kafka import Consumer
+
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "quix-topic-probe", "allow.auto.create.topics": True})
+        try:
+            for topic in topics:
+                deadline = time.time() + finalize_timeout
+                while time.time() < deadline:
+                    md = probe.list_topics(topic.name, timeout=timeout).topics.get(topic.name)
+                    if md is not None and md.error is None and md.partitions:
+                        break
+                    time.sleep(0.1)
+        finally:
+            probe.close()
+
     qadmin.TopicAdmin.inspect_topics = inspect_topics
+    qadmin.TopicAdmin.create_topics = create_topics
 
 
 def _qx_app(p: dict[str, Any], state_dir: str, group: str, on_output: Any) -> Any:
@@ -348,49 +369,57 @@ def _qx_app(p: dict[str, Any], state_dir: str, group: str, on_output: Any) -> An
     warnings.simplefilter("ignore")
     from quixstreams import Application
 
-    _qx_patch_admin()
+    _qx_patch_admin(p["bootstrap"])
     app = Application(
         broker_address=p["bootstrap"],
         consumer_group=group,
         auto_offset_reset="earliest",
-        auto_create_topics=False,  # the mock cannot create topics through the admin API
-        use_changelog_topics=False,  # ...so state lives in local RocksDB only (recovery from the local state dir)
+        use_changelog_topics=p.get("changelog", True),  # state backed up to a Kafka changelog topic (Quix's default)
         state_dir=state_dir,
         loglevel="WARNING",
         commit_interval=p.get("commit_interval_s", 5.0),
         consumer_extra_config={"fetch.wait.max.ms": 10},
     )
     sdf = app.dataframe(app.topic(p["topic"], value_deserializer="str"))
+    # Quix keeps state per message key (and partition): a word count re-keys by word with
+    # group_by, which goes through a repartition topic. A line's words are pre-counted first.
+    sdf = sdf.apply(lambda line: [[w, n] for w, n in Counter(line.split()).items()], expand=True)
+    sdf = sdf.group_by(lambda pair: pair[0], name="word")
 
-    def count(line: str, state: Any) -> list[str]:
-        per: Counter[str] = Counter(line.split())
-        out = []
-        for w, n in per.items():
-            c = state.get(w, 0) + n
-            state.set(w, c)
-            out.append(f"{w} {c}")
-        return out
+    def add(pair: list[Any], state: Any) -> tuple[str, int]:
+        total = state.get("n", 0) + pair[1]
+        state.set("n", total)
+        return f"{pair[0]} {total}", pair[1]  # the output line, and how many words it accounts for
 
-    sdf = sdf.apply(count, stateful=True)
+    sdf = sdf.apply(add, stateful=True)
     sdf = sdf.update(on_output)
     return app, sdf
 
 
 def qx_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
-    box: dict[str, Any] = {"outputs": 0, "first": None, "last": None}
+    box: dict[str, Any] = {"outputs": 0, "words": 0, "first": None, "last": None}
+    total_words = p["lines"] * C.WORDS_PER_LINE
+    apps: list[Any] = []
 
-    def on_output(out: list[str]) -> None:
+    def on_output(out: tuple[str, int]) -> None:
         now = time.perf_counter()
         if box["first"] is None:
             box["first"] = now
         box["last"] = now
-        box["outputs"] += len(out)
+        box["outputs"] += 1
+        box["words"] += out[1]
+        if box["words"] >= total_words:
+            apps[0].stop()
 
-    app, sdf = _qx_app(p, tempfile.mkdtemp(prefix="qx-peers-"), "throughput", on_output)
+    app, sdf = _qx_app(p, tempfile.mkdtemp(prefix="qx-peers-"), f"throughput-{os.getpid()}", on_output)
+    apps.append(app)
     t0 = time.perf_counter()
-    app.run(sdf, count=p["lines"], timeout=60, collect=False)
+    app.run(sdf)
     total = time.perf_counter() - t0
     # Quix joins a consumer group first (seconds): timed from its first message, not from run().
+    if box["words"] < total_words:
+        msg = f"quix counted {box['words']} of {total_words} words"
+        raise RuntimeError(msg)
     return {"seconds": box["last"] - box["first"], "seconds_with_join": total, "outputs": box["outputs"]}
 
 
@@ -399,8 +428,8 @@ def qx_job(p: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(p["out"], f"out-{os.getpid()}.txt")
     first: dict[str, bool] = {}
 
-    def on_output(out: list[str]) -> None:
-        _append(path, out)
+    def on_output(out: tuple[str, int]) -> None:
+        _append(path, [out[0]])
         _mark_first(p["events"], first)
 
     app, sdf = _qx_app(p, p["state"], p.get("source_name", "lines"), on_output)
