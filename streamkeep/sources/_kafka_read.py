@@ -118,7 +118,8 @@ def fetch_ranges(
 
     try:
         while todo:
-            msgs = consumer.consume(num_messages=10_000, timeout=0)
+            # Any: a message without an error always has its topic, partition and offset (the stubs say Optional)
+            msgs: list[Any] = consumer.consume(num_messages=10_000, timeout=0)
             if not msgs:
                 first = consumer.poll(0.1)
                 msgs = [] if first is None else [first]
