@@ -8,9 +8,17 @@ the start with a fresh checkpoint:
 
 * ``redis (HSET)``: the example's default sink, HSET of the changed users' totals;
 * ``redis (HINCRBY)``: the example's ``--mode incr`` sink;
-* ``no-op sink``: the same graph, the sink replaced by one that drops the records.
+* ``no-op sink``: the same graph, the sink replaced by one that drops the records;
+* ``bare consumer loop``: no engine. A plain confluent-kafka ``Consumer`` assigned
+  to the topic's partitions from offset 0, reading with the same
+  ``consume(num_messages=10_000)`` calls and fetch settings the source uses, decoding every value
+  with the example's ``parse_line``, grouping the actions per user and folding
+  them into a state dict with the example's ``update_user`` once per batch of
+  the engine's size (``<= N records per partition and batch`` x partitions), so
+  the user function runs as often as in the engine.
 
-The sink's cost is the ratio redis / no-op (same run, same machine). Both
+The engine's cost is the ratio no-op / bare (target >= 0.6x, with the checkpoint
+on); the sink's cost is the ratio redis / no-op (same run, same machine). Both
 servers are started here on 127.0.0.1 free ports: librdkafka's mock Kafka
 cluster (``tests/_kafka_mock.py``, in a child process) and a real
 ``redis-server`` (``tests/_servers.py``), and stopped at the end.
@@ -142,6 +150,57 @@ def _run_once(example: Any, base_argv: list[str], mode: str | None, workdir: str
     return elapsed, batches
 
 
+def _bare_once(example: Any, bootstrap: str, topic: str, n: int, batch_size: int) -> float:
+    """Seconds for a plain consumer loop to read, decode and aggregate all n records per user."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    # The fetch settings the source uses by default (streamkeep.sources._kafka_config.consumer_conf):
+    # read_committed and a 10 ms broker wait (librdkafka's 500 ms default would slow the bare loop down).
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-bare",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    parse, update = example.parse_line, example.update_user
+    state: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        seen = 0
+        pending: dict[str, list[str]] = {}
+        in_batch = 0
+        while seen < n:
+            msgs = consumer.consume(num_messages=10_000, timeout=0.1)
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                user, action = parse(m.value())
+                acts = pending.get(user)
+                if acts is None:
+                    pending[user] = [action]
+                else:
+                    acts.append(action)
+                seen += 1
+                in_batch += 1
+                if in_batch == batch_size:
+                    for u, a in pending.items():
+                        state[u] = update(a, state.get(u))
+                    pending, in_batch = {}, 0
+        for u, a in pending.items():
+            state[u] = update(a, state.get(u))
+    finally:
+        consumer.close()
+    elapsed = time.perf_counter() - t0
+    total = sum(s[0] for s in state.values())
+    if total != n:
+        raise SystemExit(f"bench: the bare loop counted {total} events, expected {n}")
+    return elapsed
+
+
 def plan_rtt(rtts: list[int], partitions: int, repeat: int) -> None:
     """Print plan time / one round trip for a `partitions`-partition topic at each RTT."""
     from confluent_kafka import Consumer
@@ -230,22 +289,37 @@ def main() -> int:
             f"{args.users:,} users, <= {per_batch:,} records per partition and batch; "
             f"mock Kafka (1 broker) + redis-server on 127.0.0.1; produced in {produce_s:.2f} s"
         )
-        variants = [("no-op sink", None), ("redis (HSET)", "set"), ("redis (HINCRBY)", "incr")]
+        bare = "bare consumer loop"
+        variants: list[tuple[str, str | None]] = [(bare, "bare"), ("no-op sink", None), ("redis (HSET)", "set"), ("redis (HINCRBY)", "incr")]
         times: dict[str, list[float]] = {label: [] for label, _ in variants}
+        cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # this process's CPU time (all its threads)
         batches = 0
         for _ in range(repeat):  # interleaved, so drift hits every variant alike
             for label, mode in variants:
-                secs, batches = _run_once(example, base, mode, workdir, server.url, n)
-                times[label].append(secs)
+                c0 = time.process_time()
+                if mode == "bare":
+                    times[label].append(_bare_once(example, kafka.bootstrap, topic, n, per_batch * PARTITIONS))
+                else:
+                    secs, batches = _run_once(example, base, mode, workdir, server.url, n)
+                    times[label].append(secs)
+                cpu[label].append(time.process_time() - c0)
         best = {label: min(ts) for label, ts in times.items()}
-        print(f"{'variant':<18}{'best s':>9}{'median s':>10}{'records/s':>13}   ({batches} batches per run, {repeat} runs)")
+        best_cpu = {label: min(ts) for label, ts in cpu.items()}
+        print(f"{'variant':<20}{'best s':>9}{'median s':>10}{'records/s':>13}{'CPU best s':>12}   ({batches} batches per run, {repeat} runs)")
         for label, _ in variants:
             ts = times[label]
-            print(f"{label:<18}{best[label]:>9.3f}{statistics.median(ts):>10.3f}{n / best[label]:>13,.0f}")
+            print(f"{label:<20}{best[label]:>9.3f}{statistics.median(ts):>10.3f}{n / best[label]:>13,.0f}{best_cpu[label]:>12.3f}")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew wall times)")
         noop = best["no-op sink"]
+        ratio, ratio_cpu = best[bare] / noop, best_cpu[bare] / best_cpu["no-op sink"]
+        print(
+            f"engine (no-op sink, checkpoint on) / bare consumer loop: throughput ratio {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU time "
+            f"(target >= 0.6x: {'met' if ratio >= 0.6 else 'NOT met'})"
+        )
         for label in ("redis (HSET)", "redis (HINCRBY)"):
             print(
-                f"{label} / no-op: throughput ratio {noop / best[label]:.2f}x (the sink costs {best[label] - noop:.3f} s per {n:,} records)"
+                f"{label} / no-op: throughput ratio {noop / best[label]:.2f}x wall, {best_cpu['no-op sink'] / best_cpu[label]:.2f}x CPU time "
+                f"of this process (the sink costs {best[label] - noop:.3f} s per {n:,} records; CPU ratio leaves redis-server out)"
             )
     finally:
         server.close()

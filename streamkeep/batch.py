@@ -664,10 +664,8 @@ def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[
             if kv.__class__ is not tuple:
                 kv = as_pair(kv, "reduce_by_key")
             k, v = kv
-            if k in d:
-                d[k] = f(d[k], v)
-            else:
-                d[k] = v
+            old = d.get(k, _MISSING)  # one lookup, not `in` then `[]`
+            d[k] = v if old is _MISSING else f(old, v)
     except TypeError as exc:
         check_key(exc, kv, "reduce_by_key")
         raise

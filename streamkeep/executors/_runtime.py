@@ -186,9 +186,17 @@ class UpdateStateRuntime(_Keyed):
 
 def _frozen(value: Any) -> bool:
     """True when `value` holds nothing that can change in place (tuples checked deeply)."""
-    if type(value) is tuple:
-        return all(_frozen(v) for v in value)
-    return type(value) in _IMMUTABLE
+    if value.__class__ is not tuple:
+        return value.__class__ in _IMMUTABLE
+    # A loop, not all(generator): this runs for every tuple state value of every batch (~4x faster).
+    for v in value:
+        c = v.__class__
+        if c is tuple:
+            if not _frozen(v):
+                return False
+        elif c not in _IMMUTABLE:
+            return False
+    return True
 
 
 def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:

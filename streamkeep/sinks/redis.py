@@ -395,9 +395,9 @@ class RedisSink:
             commands: list[tuple[Any, ...]] = []
             for args, _options in pipe.command_stack:
                 head = args[0]
-                # redis-py sends "CLIENT LIST"-style names as separate words
-                words = tuple(head.split()) if isinstance(head, str) else (head,)
-                commands.append((*words, *args[1:]))
+                if isinstance(head, str) and " " in head:  # redis-py sends "CLIENT LIST"-style names as separate words
+                    args = (*head.split(), *args[1:])
+                commands.append(args)
         finally:
             for name in guarded:
                 delattr(pipe, name)
@@ -426,9 +426,10 @@ class RedisSink:
         commands = self._queue(batch_time, records)
         token = self._token
         args: list[Any] = [batch_time, "" if token is None else token.epoch, "" if token is None else token.checkpoint_id, len(commands)]
+        append, extend = args.append, args.extend
         for cmd in commands:
-            args.append(len(cmd))
-            args.extend(cmd)
+            append(len(cmd))
+            extend(cmd)
         reply = self._script(keys=[self.marker_key], args=args, client=client)
         self._outcome(batch_time, commands, reply)
 

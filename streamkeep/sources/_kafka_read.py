@@ -106,6 +106,9 @@ def fetch_ranges(
     deadline = time.monotonic() + src.timeout_s
 
     paused: list[Any] = []
+    kd, vd = src.key_deserializer, src.value_deserializer
+    plain = kd is None and vd is None
+    make = tuple.__new__  # KafkaRecord(...) goes through a Python-level __new__: ~2x the cost per record
 
     def finish(key: tuple[str, int]) -> None:
         todo.pop(key, None)
@@ -115,17 +118,18 @@ def fetch_ranges(
 
     try:
         while todo:
-            msgs = consumer.consume(num_messages=10_000, timeout=0)
+            # Any: a message without an error always has its topic, partition and offset (the stubs say Optional)
+            msgs: list[Any] = consumer.consume(num_messages=10_000, timeout=0)
             if not msgs:
                 first = consumer.poll(0.1)
                 msgs = [] if first is None else [first]
             progressed = False
             for m in msgs:
                 err = m.error()
-                m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
-                key = (m_topic or "", -1 if m_part is None else m_part)
-                off = -1 if m_off is None else m_off
                 if err is not None:
+                    m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
+                    key = (m_topic or "", -1 if m_part is None else m_part)
+                    off = -1 if m_off is None else m_off
                     code = err.code()
                     if code == eof:
                         entry = todo.get(key)
@@ -140,6 +144,9 @@ def fetch_ranges(
                     else:
                         last_error = err
                     continue
+                # A record (no error) always has its topic, partition and offset.
+                m_topic, m_part, off = m.topic(), m.partition(), m.offset()
+                key = (m_topic, m_part)
                 entry = todo.get(key)
                 if entry is None:
                     continue
@@ -148,9 +155,18 @@ def fetch_ranges(
                     finish(key)
                     continue
                 if off >= start:
-                    rec = decode_record(src, m, batch_time, bad)
-                    if rec is not None:
-                        out[idx].append(rec)
+                    # decode_record inlined (the per-record path): one KafkaRecord, built once.
+                    ts_type, ts = m.timestamp()
+                    if plain:
+                        out[idx].append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
+                    else:
+                        k, v = m.key(), m.value()
+                        try:
+                            rec = make(KafkaRecord, (m_topic, m_part, off, k if kd is None else kd(k), v if vd is None else vd(v), ts if ts_type else None))
+                        except Exception as exc:
+                            _undecodable(src, KafkaRecord(m_topic, m_part, off, k, v, ts if ts_type else None), exc, batch_time, bad)
+                        else:
+                            out[idx].append(rec)
                     progressed = True
                 if off >= until - 1:
                     finish(key)
@@ -214,19 +230,24 @@ def decode_record(
         key = raw.key if kd is None else kd(raw.key)
         value = raw.value if vd is None else vd(raw.value)
     except Exception as exc:
-        handler = src.on_error
-        if handler is None:
-            msg = (
-                f"kafka source {src.name!r}, batch {batch_time}: cannot decode the "
-                f"record at topic {raw.topic} partition {raw.partition} offset "
-                f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
-                "(a callable or a dead-letter sink) to route bad records."
-            )
-            raise SourceError(msg) from exc
-        if callable(handler):
-            handler(raw, exc)
-        else:
-            # "Type: message", not repr: a UnicodeDecodeError's repr repeats the whole record
-            bad.append({**raw._asdict(), "error": f"{type(exc).__name__}: {exc}"})
+        _undecodable(src, raw, exc, batch_time, bad)
         return None
     return KafkaRecord(raw[0], raw[1], raw[2], key, value, raw[5])  # cheaper than _replace in this per-record path
+
+
+def _undecodable(src: RangeReader, raw: KafkaRecord, exc: Exception, batch_time: BatchTime, bad: list[dict[str, Any]]) -> None:
+    """Route a record whose deserialiser raised `exc` to ``on_error``, or raise SourceError naming it."""
+    handler = src.on_error
+    if handler is None:
+        msg = (
+            f"kafka source {src.name!r}, batch {batch_time}: cannot decode the "
+            f"record at topic {raw.topic} partition {raw.partition} offset "
+            f"{raw.offset}: {exc!r}. Fix the deserialiser or pass on_error= "
+            "(a callable or a dead-letter sink) to route bad records."
+        )
+        raise SourceError(msg) from exc
+    if callable(handler):
+        handler(raw, exc)
+    else:
+        # "Type: message", not repr: a UnicodeDecodeError's repr repeats the whole record
+        bad.append({**raw._asdict(), "error": f"{type(exc).__name__}: {exc}"})

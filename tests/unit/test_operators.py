@@ -871,6 +871,18 @@ def test_update_state_by_key_nested_state_outputs_are_detached():
     assert out == [[("k", {"seen": ["a"], "n": 1})], [("k", {"seen": ["a", "b"], "n": 2})]]
 
 
+def test_update_state_by_key_tuple_state_with_a_list_deep_inside_is_detached():
+    # A tuple is only safe to share when nothing inside it, however deep, can change in place.
+    def collect(values, old):
+        if old is None:
+            return (0, ("seen", [*values]))
+        old[1][1].extend(values)  # in place, two tuple levels down
+        return (old[0] + 1, old[1])
+
+    out = run_batches(lambda ssc, s: s.update_state_by_key(collect, name="u"), [[("k", "a")], [("k", "b")], [("k", "c")]])
+    assert out == [[("k", (0, ("seen", ["a"])))], [("k", (1, ("seen", ["a", "b"])))], [("k", (2, ("seen", ["a", "b", "c"])))]]
+
+
 def test_map_with_state_outputs_and_snapshots_do_not_change_after_their_batch():
     inp = [[("k", 1)], [("k", 2)], [("k", 3)]]
     assert run_batches(lambda ssc, s: s.map_with_state(_append_state, name="m"), inp) == [

@@ -1,0 +1,470 @@
+"""One system's side of ``compare_peers.py``: streamkeep, Bytewax or Quix Streams.
+
+    python _peers_side.py SYSTEM WORKLOAD JSON-PARAMS
+
+SYSTEM is ``streamkeep`` (the project's venv), ``bytewax`` (bench/.bytewax-venv) or
+``quix`` (bench/.quix-venv); only that system's library is imported. Every system runs
+the same job: a running word count over lines (10 words a line), emitting each
+batch's updated counts as ``"<word> <count>"`` (Quix, which has no batches, emits
+per message: the line's updated counts). Results go to stdout as ``@@RESULT`` JSON
+lines (``_common.emit``). Workloads:
+
+* ``throughput_mem``: lines from memory (streamkeep ``rate_stream``, Bytewax
+  ``TestingSource``), outputs counted in memory. Not for Quix (it reads Kafka only).
+* ``throughput_kafka``: the same over a Kafka topic (the librdkafka mock broker),
+  from the earliest offset until every line is counted.
+* ``job``: a long-running job on a Kafka topic writing its outputs to a directory
+  (``out``) and the wall time of its first output to ``events`` (one line per
+  process); used for start-up, SIGKILL/restart and code-change runs. ``stop``:
+  ``"never"`` (run until killed), or ``"idle"`` (exit once every line of the topic
+  present at start-up is counted).
+
+Standard library only, apart from the system's own package.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+
+def _mark_first(events: str | None, state: dict[str, bool]) -> None:
+    """Append ``pid wall`` to the events file the first time this process outputs."""
+    if events and not state.get("done"):
+        state["done"] = True
+        C.append_line(events, f"{os.getpid()} {time.time():.6f}")
+
+
+def _append(path: str, lines: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(x + "\n" for x in lines))
+        f.flush()
+
+
+# --------------------------------------------------------------------------- streamkeep
+
+
+def _sk_count_words(lines: Any) -> Any:
+    """A partition's lines -> (word, occurrences): pre-aggregated per batch, as the Bytewax job does."""
+    return Counter(w for line in lines for w in line.split()).items()
+
+
+def _sk_add(word: str, n: int | None, state: Any) -> str:
+    total = (state.get() if state.exists() else 0) + (n or 0)
+    state.update(total)
+    return f"{word} {total}"
+
+
+def _sk_value(rec: Any) -> Any:
+    return rec.value
+
+
+def _sk_decode(b: bytes | None) -> str:
+    return b.decode() if b else ""
+
+
+def _sk_pair(w: str) -> tuple[str, int]:
+    return (w, 1)
+
+
+def _sk_counts(lines: Any, step: str, variant: str = "word") -> Any:
+    """Each batch's updated counts as ``"word count"``: one map_with_state call per word and batch.
+
+    ``variant="word"``: every word goes through the engine's keyed shuffle (reduce_by_key);
+    ``"batch"``: a partition's words are counted first (Counter), then shuffled.
+    """
+    if variant == "batch":
+        pairs = lines.map_partitions(_sk_count_words)
+    else:
+        pairs = lines.flat_map(str.split).map(_sk_pair)
+    return pairs.reduce_by_key(operator.add).map_with_state(_sk_add, name=step)
+
+
+def sk_throughput_mem(p: dict[str, Any]) -> dict[str, Any]:
+    import streamkeep as sk
+
+    lines = C.make_lines(p["words"], p["distinct"])
+    n, per = len(lines), p["batch_lines"]
+    ssc = sk.StreamingContext(1.0, checkpoint=tempfile.mkdtemp(prefix="sk-peers-"))
+    outputs = [0]
+
+    def count(_t: int, batch: Any) -> None:
+        outputs[0] += batch.count()
+
+    src = ssc.rate_stream(per, name="lines").map(lambda r: lines[r[0] % n])
+    _sk_counts(src, "counts", p["variant"]).foreach_batch(count)
+    t0 = time.perf_counter()
+    ssc.run(max_batches=n // per)
+    secs = time.perf_counter() - t0
+    ssc.stop()
+    return {"seconds": secs, "outputs": outputs[0], "batches": n // per}
+
+
+def _sk_kafka_context(p: dict[str, Any], ckpt: str, src: str, step: str) -> Any:
+    import streamkeep as sk
+
+    ssc = sk.StreamingContext(p["interval_s"], checkpoint=ckpt)
+    lines = ssc.kafka_stream(
+        p["topic"],
+        bootstrap_servers=p["bootstrap"],
+        name=src,
+        max_records_per_partition=max(1, p["batch_lines"] // p["partitions"]),
+        value_deserializer=_sk_decode,
+    ).map(_sk_value)
+    return ssc, _sk_counts(lines, step, p.get("variant", "word"))
+
+
+def sk_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
+    ssc, counts = _sk_kafka_context(p, tempfile.mkdtemp(prefix="sk-peers-"), "lines", "counts")
+    got = {"outputs": 0, "words": 0}
+    total_words = p["lines"] * C.WORDS_PER_LINE
+
+    def count(_t: int, batch: Any) -> None:
+        got["outputs"] += batch.count()
+
+    words = [0]
+
+    class Listener:
+        def on_batch_completed(self, info: Any) -> None:
+            words[0] += info.num_records * C.WORDS_PER_LINE
+
+    counts.foreach_batch(count)
+    ssc.add_listener(Listener())
+    t0 = time.perf_counter()
+    batches = 0
+    while words[0] < total_words:
+        batches += ssc.run(max_batches=1)
+    secs = time.perf_counter() - t0
+    ssc.stop()
+    return {"seconds": secs, "outputs": got["outputs"], "batches": batches, "words": words[0]}
+
+
+def sk_job(p: dict[str, Any]) -> dict[str, Any]:
+    import streamkeep as sk
+    from streamkeep.sinks import FileSink
+
+    def create() -> Any:
+        ssc, counts = _sk_kafka_context(p, p["state"], p.get("source_name", "lines"), p.get("step_name", "counts"))
+        counts.write_to(FileSink(p["out"], name="out"))
+        first: dict[str, bool] = {}
+
+        def mark(_t: int, batch: Any) -> None:
+            if batch.count():
+                _mark_first(p["events"], first)
+
+        counts.foreach_batch(mark)  # after the sink: the mark follows a written batch
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(p["state"], create)
+    if p["stop"] == "idle":
+        last = [1]
+
+        class Last:
+            def on_batch_completed(self, info: Any) -> None:
+                last[0] = info.num_records
+
+        ssc.add_listener(Last())
+        while True:
+            ssc.run(max_batches=1)
+            if last[0] == 0:
+                break
+        ssc.stop()
+        return {"stopped": "idle"}
+    ssc.start()  # on the wall clock, one batch per interval, until killed
+    ssc.await_termination()
+    return {"stopped": "terminated"}
+
+
+# --------------------------------------------------------------------------- Bytewax
+
+
+def _bw_flow(source: Any, sink: Any, p: dict[str, Any], src: str, step: str, kafka: bool) -> Any:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+
+    flow = Dataflow("wordcount")
+    s = op.input(src, flow, source)
+    if kafka:
+        s = op.map("value", s, lambda m: m.value.decode() if m.value else "")
+
+    if p.get("variant", "word") == "batch":
+
+        def split_count(lines: list[str]) -> list[tuple[str, int]]:
+            # Pre-aggregated per source batch: one update per word and batch, as streamkeep emits.
+            return list(Counter(w for line in lines for w in line.split()).items())
+
+        pairs = op.flat_map_batch("split_count", s, split_count)
+
+        def add(state: int | None, n: int) -> tuple[int, int]:
+            total = (state or 0) + n
+            return total, total
+
+        counts = op.stateful_map(step, pairs, add)
+    else:  # every word routed by key; the keyed step sums a key's values of the batch and emits once
+        words = op.flat_map("split", s, lambda line: [(w, 1) for w in line.split()])
+        counts = op.stateful_batch(step, words, _bw_total_logic())
+    out = op.map("fmt", counts, lambda kv: f"{kv[0]} {kv[1]}")
+    if p.get("events"):
+        first: dict[str, bool] = {}
+        op.inspect("first", out, lambda _step, _x: _mark_first(p["events"], first))
+    if p.get("events"):  # the FileSink is partitioned: it routes (key, line) pairs by key and writes the line
+        out = op.key_on("route", out, lambda _line: "out")
+    op.output("out", out, sink)
+    return flow
+
+
+def _bw_total_logic() -> Any:
+    from bytewax.operators import StatefulBatchLogic
+
+    class Total(StatefulBatchLogic[int, int, int]):
+        def __init__(self, resume: int | None) -> None:
+            self.total = resume or 0
+
+        def on_batch(self, values: list[int]) -> tuple[list[int], bool]:
+            self.total += sum(values)
+            return [self.total], False  # keep the logic (its state)
+
+        def snapshot(self) -> int:
+            return self.total
+
+    return Total
+
+
+def _bw_counting_sink(box: dict[str, int]) -> Any:
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+    class Part(StatelessSinkPartition[str]):
+        def write_batch(self, items: list[str]) -> None:
+            box["outputs"] += len(items)
+
+    class Sink(DynamicSink[str]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Part:
+            return Part()
+
+    return Sink()
+
+
+def _bw_kafka_source(p: dict[str, Any], tail: bool) -> Any:
+    from bytewax.connectors.kafka import KafkaSource
+
+    # The fetch wait streamkeep's source uses (librdkafka's 500 ms default would slow Bytewax down).
+    return KafkaSource([p["bootstrap"]], [p["topic"]], tail=tail, batch_size=p["batch_lines"], add_config={"fetch.wait.max.ms": "10"})
+
+
+def bw_throughput_mem(p: dict[str, Any]) -> dict[str, Any]:
+    from bytewax.testing import TestingSource, run_main
+
+    lines = C.make_lines(p["words"], p["distinct"])
+    box = {"outputs": 0}
+    rec = _bw_recovery(tempfile.mkdtemp(prefix="bw-peers-"))
+    flow = _bw_flow(TestingSource(lines, batch_size=p["batch_lines"]), _bw_counting_sink(box), p, "lines", "counts", kafka=False)
+    t0 = time.perf_counter()
+    run_main(flow, recovery_config=rec)
+    return {"seconds": time.perf_counter() - t0, "outputs": box["outputs"]}
+
+
+def _bw_recovery(db: str) -> Any:
+    from pathlib import Path
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    path = Path(db)
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(path.glob("*.sqlite3")):
+        init_db_dir(path, 1)
+    return RecoveryConfig(path)
+
+
+def bw_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
+    from bytewax.testing import run_main
+
+    box = {"outputs": 0}
+    rec = _bw_recovery(tempfile.mkdtemp(prefix="bw-peers-"))
+    flow = _bw_flow(_bw_kafka_source(p, tail=False), _bw_counting_sink(box), p, "lines", "counts", kafka=True)
+    t0 = time.perf_counter()
+    run_main(flow, recovery_config=rec)
+    return {"seconds": time.perf_counter() - t0, "outputs": box["outputs"]}
+
+
+def bw_job(p: dict[str, Any]) -> dict[str, Any]:
+    from datetime import timedelta
+    from pathlib import Path
+
+    from bytewax.connectors.files import FileSink
+    from bytewax.testing import run_main
+
+    os.makedirs(p["out"], exist_ok=True)
+    rec = _bw_recovery(p["state"])
+    sink = FileSink(Path(p["out"]) / "out.txt")  # resumes at the snapshot's file position (truncates)
+    flow = _bw_flow(
+        _bw_kafka_source(p, tail=p["stop"] != "idle"), sink, p, p.get("source_name", "lines"), p.get("step_name", "counts"), kafka=True
+    )
+    run_main(flow, epoch_interval=timedelta(seconds=p["interval_s"]), recovery_config=rec)
+    return {"stopped": "end of input"}
+
+
+# --------------------------------------------------------------------------- Quix Streams
+
+
+def _qx_patch_admin(bootstrap: str) -> None:
+    """The mock broker has no DescribeConfigs (KIP-133) nor CreateTopics: stand in for both.
+
+    Quix Streams reads every topic's configuration when it is declared. librdkafka's
+    mock cluster answers that request with _UNSUPPORTED_FEATURE, so the partition
+    count and replication come from the metadata (what the mock can tell) and the
+    configs Quix derives changelog settings from get Kafka's defaults. Topics Quix
+    creates (its changelog topics) are auto-created by a metadata request instead.
+    """
+    from quixstreams.models.topics import admin as qadmin
+    from quixstreams.models.topics.topic import TopicConfig
+
+    defaults = {"retention.ms": "604800000", "retention.bytes": "-1", "cleanup.policy": "delete"}
+
+    def inspect_topics(self: Any, topic_names: list[str], timeout: float = 30) -> dict[str, Any]:
+        cluster = self.list_topics(timeout=timeout)
+        return {
+            t: TopicConfig(
+                num_partitions=len(cluster[t].partitions),
+                replication_factor=len(cluster[t].partitions[0].replicas),
+                extra_config=dict(defaults),
+            )
+            if t in cluster
+            else None
+            for t in topic_names
+        }
+
+    def create_topics(self: Any, topics: list[Any], timeout: float = 30, finalize_timeout: float = 60) -> None:
+        # CreateTopics is not supported by the mock either; it auto-creates a topic (with 4
+        # partitions, as many as the input topics have) when a client asks for its metadata.
+        from confluent_kafka import Consumer
+
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "quix-topic-probe", "allow.auto.create.topics": True})
+        try:
+            for topic in topics:
+                deadline = time.time() + finalize_timeout
+                while time.time() < deadline:
+                    md = probe.list_topics(topic.name, timeout=timeout).topics.get(topic.name)
+                    if md is not None and md.error is None and md.partitions:
+                        break
+                    time.sleep(0.1)
+        finally:
+            probe.close()
+
+    qadmin.TopicAdmin.inspect_topics = inspect_topics
+    qadmin.TopicAdmin.create_topics = create_topics
+
+
+def _qx_app(p: dict[str, Any], state_dir: str, group: str, on_output: Any) -> Any:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from quixstreams import Application
+
+    _qx_patch_admin(p["bootstrap"])
+    app = Application(
+        broker_address=p["bootstrap"],
+        consumer_group=group,
+        auto_offset_reset="earliest",
+        use_changelog_topics=p.get("changelog", True),  # state backed up to a Kafka changelog topic (Quix's default)
+        state_dir=state_dir,
+        loglevel="WARNING",
+        commit_interval=p.get("commit_interval_s", 5.0),
+        consumer_extra_config={"fetch.wait.max.ms": 10},
+    )
+    sdf = app.dataframe(app.topic(p["topic"], value_deserializer="str"))
+    # Quix keeps state per message key (and partition): a word count re-keys by word with
+    # group_by, which goes through a repartition topic. A line's words are pre-counted first.
+    sdf = sdf.apply(lambda line: [[w, n] for w, n in Counter(line.split()).items()], expand=True)
+    sdf = sdf.group_by(lambda pair: pair[0], name="word")
+
+    def add(pair: list[Any], state: Any) -> tuple[str, int]:
+        total = state.get("n", 0) + pair[1]
+        state.set("n", total)
+        return f"{pair[0]} {total}", pair[1]  # the output line, and how many words it accounts for
+
+    sdf = sdf.apply(add, stateful=True)
+    sdf = sdf.update(on_output)
+    return app, sdf
+
+
+def qx_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
+    box: dict[str, Any] = {"outputs": 0, "words": 0, "first": None, "last": None}
+    total_words = p["lines"] * C.WORDS_PER_LINE
+    apps: list[Any] = []
+
+    def on_output(out: tuple[str, int]) -> None:
+        now = time.perf_counter()
+        if box["first"] is None:
+            box["first"] = now
+        box["last"] = now
+        box["outputs"] += 1
+        box["words"] += out[1]
+        if box["words"] >= total_words:
+            apps[0].stop()
+
+    app, sdf = _qx_app(p, tempfile.mkdtemp(prefix="qx-peers-"), f"throughput-{os.getpid()}", on_output)
+    apps.append(app)
+    t0 = time.perf_counter()
+    app.run(sdf)
+    total = time.perf_counter() - t0
+    # Quix joins a consumer group first (seconds): timed from its first message, not from run().
+    if box["words"] < total_words:
+        msg = f"quix counted {box['words']} of {total_words} words"
+        raise RuntimeError(msg)
+    return {"seconds": box["last"] - box["first"], "seconds_with_join": total, "outputs": box["outputs"]}
+
+
+def qx_job(p: dict[str, Any]) -> dict[str, Any]:
+    os.makedirs(p["out"], exist_ok=True)
+    path = os.path.join(p["out"], f"out-{os.getpid()}.txt")
+    first: dict[str, bool] = {}
+
+    def on_output(out: tuple[str, int]) -> None:
+        _append(path, [out[0]])
+        _mark_first(p["events"], first)
+
+    app, sdf = _qx_app(p, p["state"], p.get("source_name", "lines"), on_output)
+    if p["stop"] == "idle":
+        if p.get("idle_timeout_s"):  # stop once no message came for that long (how much it re-reads is the question)
+            app.run(sdf, timeout=p["idle_timeout_s"], collect=False)
+        else:
+            app.run(sdf, count=p["lines"], timeout=60, collect=False)
+        return {"stopped": "idle"}
+    app.run(sdf)
+    return {"stopped": "run returned"}
+
+
+WORKLOADS = {
+    "streamkeep": {"throughput_mem": sk_throughput_mem, "throughput_kafka": sk_throughput_kafka, "job": sk_job},
+    "bytewax": {"throughput_mem": bw_throughput_mem, "throughput_kafka": bw_throughput_kafka, "job": bw_job},
+    "quix": {"throughput_kafka": qx_throughput_kafka, "job": qx_job},
+}
+
+
+def main() -> int:
+    system, workload, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    try:
+        fn = WORKLOADS[system][workload]
+    except KeyError:
+        C.emit(error=f"{system} has no workload {workload!r}")
+        return 2
+    try:
+        res = fn(params)
+    except Exception as exc:  # noqa: BLE001 (reported to the orchestrator)
+        C.emit(error=f"{type(exc).__name__}: {exc}"[:600])
+        raise
+    C.emit(**res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
