@@ -49,15 +49,15 @@ class Target:
 
 
 _CKPT_TESTS = (
-    "tests/unit/test_checkpoint_drivers.py",
-    "tests/unit/test_checkpoint_corruption.py",
-    "tests/unit/test_checkpoint_retention.py",
-    "tests/unit/test_checkpoint_storage.py",
-    "tests/unit/test_checkpoint_inline.py",
-    "tests/unit/test_checkpoint_snapshot_policy.py",
-    "tests/unit/test_checkpoint_sources.py",
-    "tests/unit/test_checkpoint_integrity.py",
-    "tests/unit/test_listener_events.py",  # the bytes a batch writes to the checkpoint are reported
+    "tests/unit/checkpoint/test_checkpoint_drivers.py",
+    "tests/unit/checkpoint/test_checkpoint_corruption.py",
+    "tests/unit/checkpoint/test_checkpoint_retention.py",
+    "tests/unit/checkpoint/test_checkpoint_storage.py",
+    "tests/unit/checkpoint/test_checkpoint_inline.py",
+    "tests/unit/checkpoint/test_checkpoint_snapshot_policy.py",
+    "tests/unit/checkpoint/test_checkpoint_sources.py",
+    "tests/unit/checkpoint/test_checkpoint_integrity.py",
+    "tests/unit/scheduler/test_listener_events.py",  # the bytes a batch writes to the checkpoint are reported
     "tests/property/test_recovery_model.py::test_restarts_at_random_batch_boundaries_match_the_model",
 )
 # A kill at every point during recovery (one case per point, ~15 s): the whole matrix per mutant would take hours.
@@ -66,7 +66,7 @@ _REDIS_TESTS = ("tests/integration/test_redis_sink.py", "tests/integration/test_
 _WINDOW_TESTS = (
     "tests/property/test_windows.py",
     "tests/property/test_recovery_model.py::test_restarts_at_random_batch_boundaries_match_the_model",
-    "tests/unit/test_operators.py",
+    "tests/unit/operators/test_operators.py",
 )
 
 TARGETS: tuple[Target, ...] = (

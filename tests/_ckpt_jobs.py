@@ -1,4 +1,4 @@
-"""Small checkpointed jobs shared by the tests/unit/test_checkpoint_*.py modules."""
+"""Small checkpointed jobs shared by the tests under tests/unit (checkpoint, sources, context)."""
 
 from __future__ import annotations
 

@@ -219,7 +219,7 @@ def test_checkpoint_inspect_shows_the_watermark(tmp_path: Path, capsys: pytest.C
 
 
 def test_the_docs_example_prints_what_the_docs_say(capsys: pytest.CaptureFixture[str]) -> None:
-    text = (Path(__file__).parents[2] / "docs" / "event-time.md").read_text()
+    text = (Path(__file__).parents[3] / "docs" / "event-time.md").read_text()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     printed = text.split("prints\n\n```\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "docs/event-time.md", "exec"), {})

@@ -48,7 +48,7 @@ def test_second_context_in_the_same_process_is_refused(tmp_path: Path) -> None:
 
 def test_second_process_is_refused(tmp_path: Path) -> None:
     url = str(tmp_path / "ckpt")
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, home of _ckpt_jobs
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {here!r})
