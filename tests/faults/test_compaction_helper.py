@@ -3,7 +3,7 @@
 The fault job (`_job.py`) with ``JOB_COMPACT_HELPER`` merges every snapshot in a helper process
 (``python -m streamkeep.checkpoint._compact``), the path big states on local disks take. The crash
 matrix (test_crash_points.py) covers the same steps with the in-process merge; that a helper dies
-with its driver is tested in tests/unit/test_checkpoint_compaction.py.
+with its driver is tested in tests/unit/checkpoint/test_checkpoint_compaction.py.
 """
 
 from __future__ import annotations

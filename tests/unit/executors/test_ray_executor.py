@@ -21,7 +21,7 @@ from streamkeep.checkpoint import Checkpoint
 from streamkeep.executors._partitions import key_hash, merge_state, partition_of, split_state
 from streamkeep.testing import ListSink, ManualClock, state_of
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # -- without Ray ------------------------------------------------------------------------

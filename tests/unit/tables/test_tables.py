@@ -21,7 +21,7 @@ from streamkeep.errors import ConfigError, IncompatibleCheckpointError, UserFunc
 from streamkeep.tables import Combine
 from streamkeep.testing import ManualClock, run_batches
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 WORDS = [
     ["a b a c", "b d"],
