@@ -73,7 +73,10 @@ def test_kill_at_each_crash_point_equals_the_uncrashed_run(
     point: str, baseline: tuple[dict[str, Any], dict[str, dict[int, list[Any]]]], tmp_path: Path
 ) -> None:
     spec, want = baseline
-    crashes = [f"{point}@5"] + ([f"{point}@1"] if point in ("state.after_write", "sink.before_write", "commit.before_record") else [])
+    # mid-compaction is reached only by the mergeable operators' snapshots (the window's slices; the
+    # table states' snapshots are their table written as Arrow IPC, no merge): fewer reaches than the others
+    reach = 1 if point == "snapshot.mid_compact" else 5
+    crashes = [f"{point}@{reach}"] + ([f"{point}@1"] if point in ("state.after_write", "sink.before_write", "commit.before_record") else [])
     got = _finished(spec, tmp_path, crashes)
     for name in job.OUTPUTS:
         assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"

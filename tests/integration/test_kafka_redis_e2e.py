@@ -443,8 +443,11 @@ def test_redis_down_mid_job_is_a_sink_error_and_a_restart_is_exact(world: World,
     assert proc.returncode == 1, f"exit {proc.returncode}\n{err[-3000:]}"
     assert "SinkError" in err and "cannot reach Redis" in err and "after 3 attempt(s)" in err, err[-3000:]
     failed = int(re.search(r"writing batch (\d+)", err).group(1))  # type: ignore[union-attr]
-    committed = Checkpoint(job.ckpt).commits()[0].batch_time
-    assert committed < failed, f"batch {failed} failed in the sink but the checkpoint committed up to {committed}"
+    # No commit at all is possible: under load the first batch's reply can miss the 0.3 s timeout
+    # (its script ran: the marker is set), and the retries then meet the stopped server.
+    commits = Checkpoint(job.ckpt).commits()
+    committed = commits[0].batch_time if commits else None
+    assert committed is None or committed < failed, f"batch {failed} failed in the sink but the checkpoint committed up to {committed}"
     expect_ok(job.run(), "restart after Redis is back")
     _check_totals(server.url, job.prefix, "incr", world.expected, "after Redis came back")
 

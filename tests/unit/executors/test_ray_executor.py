@@ -320,3 +320,34 @@ def test_streamkeep_run_pyspark_on_ray(tmp_path, ray_address):
     got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
     assert got["executor"] == "RayExecutor"
     assert got["seen"][:3] == [[["a", 2], ["b", 1], ["c", 1]], [["a", 2], ["b", 3], ["c", 1]], [["a", 3], ["b", 3], ["c", 1]]]
+
+
+# -- event time on Ray ------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_event_time_windows_on_ray_keep_the_watermark_per_source_partition(ray_address):
+    """Event-time windows stay in the driver on Ray; their input keeps its source partitions, so the
+    watermark is still the minimum over partitions (one watermark over all records would make
+    ("b", 2.0) late in batch 2) and the windows equal the local executor's."""
+    from datetime import datetime, timezone
+
+    skewed = [[[("a", 10.0)], [("b", 1.0)]], [[], [("b", 2.0)]], [[("a", 11.0)], [("b", 20.0)]]]
+
+    def run(executor):
+        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        streams = [ssc.queue_stream([b[p] for b in skewed], name=f"in{p}") for p in range(2)]
+        ets = streams[0].union(streams[1]).map(lambda kv: kv).with_event_time(
+            lambda kv: datetime.fromtimestamp(kv[1], timezone.utc), max_delay=1
+        )
+        out = ets.tumbling_window(1).count_by_key(name="c")
+        wins, lates = ListSink("w"), ListSink("late")
+        out.map(lambda w: (w.key, w.start.timestamp(), w.end.timestamp(), w.value)).write_to(wins)
+        out.late_records().write_to(lates)
+        ssc.run(len(skewed))
+        ssc.stop()
+        return [sorted(rs) for _, rs in wins.batches], [rs for _, rs in lates.batches]
+
+    local = run("local")
+    assert local == ([[], [], [("b", 1.0, 2.0, 1), ("b", 2.0, 3.0, 1)]], [[], [], []])
+    assert run(sk.executors.RayExecutor(num_partitions=2)) == local
