@@ -137,11 +137,7 @@ class LocalExecutor:
 
     def event_time(self) -> dict[str, dict[str, Any]]:
         """Watermark and late records of each event-time window operator after the last batch (`EventTimeReporting`)."""
-        return {
-            name: {"watermark_ms": rt.watermark_ms, "late_records": rt.late_batch, "late_records_total": rt.late_total}
-            for name, rt in self.runtimes.items()
-            if isinstance(rt, EventWindowRuntime)
-        }
+        return event_time_status(self.runtimes)
 
 
     def compute(self, t: int, inputs: dict[str, Batch[Any]]) -> dict[int, Batch[Any] | None]:
@@ -222,6 +218,15 @@ def run_outputs(nodes: list[Node], t: int, results: dict[int, Batch[Any] | None]
             letters = node.letters.take()
             if letters:  # a batch without failing records writes nothing
                 _write(node, t, letters)
+
+
+def event_time_status(runtimes: dict[str, StatefulRuntime]) -> dict[str, dict[str, Any]]:
+    """Watermark and late records of the event-time window operators among `runtimes` (`EventTimeReporting`)."""
+    return {
+        name: {"watermark_ms": rt.watermark_ms, "late_records": rt.late_batch, "late_records_total": rt.late_total}
+        for name, rt in runtimes.items()
+        if isinstance(rt, EventWindowRuntime)
+    }
 
 
 def output_label(node: OutputNode) -> str:

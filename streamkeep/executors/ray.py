@@ -68,7 +68,7 @@ from streamkeep.executors._partitions import (
 from streamkeep.executors._pool import _PER_PARTITION
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
-from streamkeep.executors.local import _call, _name_upstream, run_outputs
+from streamkeep.executors.local import _call, _name_upstream, event_time_status, run_outputs
 
 log = logging.getLogger("streamkeep.executors.ray")
 
@@ -362,6 +362,10 @@ class RayExecutor:
             rt.forget_changes()
         if self._partitioned:
             self._get([h.forget_changes.remote() for h in self._hosts])
+
+    def event_time(self) -> dict[str, dict[str, Any]]:
+        """Watermark and late records of each event-time window operator (`EventTimeReporting`; they run in the driver)."""
+        return event_time_status(self._driver)
 
     def key_count(self, name: str) -> int:
         """Keys (or records) operator `name` holds, over all partitions."""

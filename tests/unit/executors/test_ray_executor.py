@@ -332,10 +332,20 @@ def test_event_time_windows_on_ray_keep_the_watermark_per_source_partition(ray_a
     ("b", 2.0) late in batch 2) and the windows equal the local executor's."""
     from datetime import datetime, timezone
 
-    skewed = [[[("a", 10.0)], [("b", 1.0)]], [[], [("b", 2.0)]], [[("a", 11.0)], [("b", 20.0)]]]
+    # ("b", 0.5) in the last batch is behind the watermark: late, counted and reported by both executors
+    skewed = [[[("a", 10.0)], [("b", 1.0)]], [[], [("b", 2.0)]], [[("a", 11.0)], [("b", 20.0), ("b", 0.5)]]]
+
+    class Reported(sk.StreamingListener):
+        def __init__(self):
+            self.event_time = []
+
+        def on_batch_completed(self, info):
+            self.event_time.append(info.event_time)
 
     def run(executor):
         ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        reported = Reported()
+        ssc.add_listener(reported)
         streams = [ssc.queue_stream([b[p] for b in skewed], name=f"in{p}") for p in range(2)]
         ets = streams[0].union(streams[1]).map(lambda kv: kv).with_event_time(
             lambda kv: datetime.fromtimestamp(kv[1], timezone.utc), max_delay=1
@@ -346,8 +356,9 @@ def test_event_time_windows_on_ray_keep_the_watermark_per_source_partition(ray_a
         out.late_records().write_to(lates)
         ssc.run(len(skewed))
         ssc.stop()
-        return [sorted(rs) for _, rs in wins.batches], [rs for _, rs in lates.batches]
+        return [sorted(rs) for _, rs in wins.batches], [rs for _, rs in lates.batches], reported.event_time
 
     local = run("local")
-    assert local == ([[], [], [("b", 1.0, 2.0, 1), ("b", 2.0, 3.0, 1)]], [[], [], []])
-    assert run(sk.executors.RayExecutor(num_partitions=2)) == local
+    assert local[:2] == ([[], [], [("b", 1.0, 2.0, 1), ("b", 2.0, 3.0, 1)]], [[], [], [("b", 0.5)]])
+    assert [e["c"]["late_records_total"] for e in local[2]] == [0, 0, 1]
+    assert run(sk.executors.RayExecutor(num_partitions=2)) == local  # windows, late records and what listeners get
