@@ -232,3 +232,23 @@ def file_tags(out: Path) -> dict[int, set[str]]:
         if f.name.startswith("batch-"):
             found[int(f.name[6:19])] = {json.loads(line)[0] for line in f.read_text().splitlines()}
     return found
+
+
+#: Every crash point a random kill sequence may pick: batches, starts and recoveries.
+ANY_POINT: list[str] = list(_faults.BATCH_POINTS + _faults.START_POINTS + _faults.RECOVERY_POINTS)
+
+
+def random_crashes(rng: Any) -> list[str]:
+    """Two or three ``point@reach`` kills in a row, drawn from `ANY_POINT` with `rng` (a random.Random)."""
+    return [f"{rng.choice(ANY_POINT)}@{rng.randint(1, 8)}" for _ in range(rng.randint(2, 3))]
+
+
+def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
+    """Run a job script that reads its spec (plus ``ckpt``/``out`` under `root`) from ``root/spec.json``, killed at `crash`."""
+    spec_path = root / "spec.json"
+    spec_path.write_text(json.dumps({**spec, "ckpt": str(root / "ckpt"), "out": str(root / "out")}))
+    env = dict(os.environ)
+    env.pop(_faults.ENV_VAR, None)
+    if crash is not None:
+        env[_faults.ENV_VAR] = crash
+    return subprocess.run([sys.executable, script, str(spec_path)], env=env, capture_output=True, text=True, timeout=120)

@@ -10,8 +10,6 @@ uncrashed run's, and the running aggregate must equal the pure-Python model.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
 import subprocess
@@ -25,6 +23,7 @@ from streamkeep import _faults
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _table_job as job  # noqa: E402
+from _harness import random_crashes, run_spec_job  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -36,13 +35,7 @@ def _spec() -> dict[str, Any]:
 
 
 def _run(spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
-    spec_path = root / "spec.json"
-    spec_path.write_text(json.dumps({**spec, "ckpt": str(root / "ckpt"), "out": str(root / "out")}))
-    env = dict(os.environ)
-    env.pop(_faults.ENV_VAR, None)
-    if crash is not None:
-        env[_faults.ENV_VAR] = crash
-    return subprocess.run([sys.executable, job.__file__, str(spec_path)], env=env, capture_output=True, text=True, timeout=120)
+    return run_spec_job(job.__file__, spec, root, crash)
 
 
 def _finished(spec: dict[str, Any], root: Path, crashes: list[str]) -> dict[str, dict[int, list[Any]]]:
@@ -82,9 +75,6 @@ def test_kill_at_each_crash_point_equals_the_uncrashed_run(
         assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
 
 
-_ANY_POINT = list(_faults.BATCH_POINTS + _faults.START_POINTS + _faults.RECOVERY_POINTS)
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_random_kill_sequences_equal_the_uncrashed_run(
     seed: int, baseline: tuple[dict[str, Any], dict[str, dict[int, list[Any]]]], tmp_path: Path
@@ -92,7 +82,7 @@ def test_random_kill_sequences_equal_the_uncrashed_run(
     """Two or three kills in a row at random points and reaches (starts and recoveries included)."""
     spec, want = baseline
     rng = random.Random(seed)
-    crashes = [f"{rng.choice(_ANY_POINT)}@{rng.randint(1, 8)}" for _ in range(rng.randint(2, 3))]
+    crashes = random_crashes(rng)
     for crash in crashes:
         r = _run(spec, tmp_path, crash)
         assert r.returncode in (0, -signal.SIGKILL), f"{crash}: exit {r.returncode}\n{r.stderr[-3000:]}"
