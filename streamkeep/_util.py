@@ -125,6 +125,11 @@ def stable_hash(key: Hashable) -> int:
         return 0
     if isinstance(key, float):
         return hash(key) & 0xFFFFFFFF
+    if isinstance(key, frozenset):  # its repr's order follows the salted string hash: combine order-free
+        acc = 0
+        for item in key:
+            acc = (acc + zlib.crc32(stable_hash(item).to_bytes(4, "little"))) & 0xFFFFFFFF
+        return acc ^ 0x7F4A7C15
     return zlib.crc32(repr(key).encode("utf-8", "surrogatepass"))
 
 

@@ -32,23 +32,14 @@ from streamkeep.executors.kinds import kind_of, make_runtime
 #: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
 HASH_NAME = "streamkeep-stable-hash-v1"
 
+
 def partitioned(node: StatefulNode) -> bool:
     """True when `node`'s kind is registered as `keyed` (its state can be split into key partitions)."""
     return kind_of(node).keyed
 
 
 def key_hash(key: Any) -> int:
-    """A 32-bit hash of `key`, the same in every process and run; equal keys hash equally."""
-    if isinstance(key, tuple):
-        h = 0x345678
-        for item in key:
-            h = ((h * 1000003) ^ key_hash(item)) & 0xFFFFFFFF
-        return h
-    if isinstance(key, frozenset):  # its repr's order follows the salted string hash: combine order-free
-        acc = 0
-        for item in key:
-            acc = (acc + zlib.crc32(key_hash(item).to_bytes(4, "little"))) & 0xFFFFFFFF
-        return acc ^ 0x7F4A7C15
+    """A 32-bit hash of `key`, the same in every process and run; equal keys hash equally (`stable_hash`)."""
     return stable_hash(key)
 
 

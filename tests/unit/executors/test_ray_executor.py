@@ -51,9 +51,14 @@ def test_streamkeep_imports_without_ray_and_asking_for_it_names_the_extra():
 
 
 def test_key_hash_is_the_same_in_another_process_with_another_hash_seed():
+    from streamkeep._util import stable_hash  # the local executor's partition_by uses it too
+
     keys = ["a", "zz", 7, -3, 2.5, None, True, b"x", ("a", 1), frozenset({"p", "q", "r"}), ("t", frozenset({"u", "v"}))]
-    here = [key_hash(k) for k in keys]
-    code = f"from streamkeep.executors._partitions import key_hash; print([key_hash(k) for k in {keys!r}])"
+    here = [(key_hash(k), stable_hash(k)) for k in keys]
+    code = (
+        "from streamkeep.executors._partitions import key_hash; from streamkeep._util import stable_hash; "
+        f"print([(key_hash(k), stable_hash(k)) for k in {keys!r}])"
+    )
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
