@@ -181,3 +181,36 @@ def test_a_checkpoint_storage_the_actors_cannot_see_is_refused_at_start(ray_addr
     root = url.split("://", 1)[1]
     written = [p for p in fs.find(f"/{root}") if "/state/" in p or "/plans/" in p]
     assert not written and not sink.batches  # refused before any batch ran or any state was written
+
+
+def test_files_the_actors_of_a_fenced_driver_write_never_reach_the_new_owner(tmp_path, ray_address):
+    """A fenced driver's actors keep writing (here: after the new owner committed the same batches): nothing of it is read."""
+    ckpt = str(tmp_path / "ckpt")
+    sink1, _ = _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 3)
+    old_epoch = Checkpoint(ckpt).commits()[0].data["epoch"]
+    sink2, _ = _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 3)  # the next owner (a higher epoch)
+    c = Checkpoint(ckpt)
+    live = c.commits()[0]
+    assert live.data["epoch"] > old_epoch
+    # The old owner's actors, still running a batch, write their files for every batch the new owner wrote: well-framed,
+    # checksummed, and wrong (a huge count for every key).
+    from streamkeep.codec import encode_items, get_codec
+
+    codec = get_codec("msgpack")
+    forged = []
+    for f in live.files():
+        name = parse_state_name(f.rsplit("/", 1)[1])
+        if name is None or name[3] == 1:
+            continue
+        t, kind, part, count, _ = name
+        op = f.split("/")[1]
+        data = {"set": encode_items(codec, [(f"k{i}", 10**9) for i in range(23)]), "del": []}
+        if op == "win":
+            data = {"add": [[t, [(f"k{i}", 10**9) for i in range(23)]]], "drop": [], "set": data["set"], "del": []}
+        forged.append(c.write_part(op, t, kind, codec.encode(data), "msgpack", part, count, old_epoch))
+    assert forged and not set(forged) & live.files()  # other names than the new owner's: nothing of it was replaced
+    sink3, states = _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 2)
+    ref, ref_states = _run(str(tmp_path / "ref"), "local", 8)
+    assert _batches(sink1) + _batches(sink2) + _batches(sink3) == _batches(ref)
+    assert _canon(states) == _canon(ref_states)
+    assert not [f for f in forged if c.storage.exists(f)]  # and the next start swept them: no commit names them
