@@ -102,6 +102,7 @@ class StateWriter:
         self._merging: set[str] = set()  # operators the worker in flight merges
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
+        self._owners_cache: tuple[Executor, StateOwners | None] | None = None
 
     def restored(self, chains: dict[str, Chain]) -> None:
         """Continue the chains a recovered commit holds (and its snapshot cadence)."""
@@ -121,7 +122,7 @@ class StateWriter:
         """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record."""
         ckpt = self.ckpt
         self.started = False
-        owners = executor if isinstance(executor, StateOwners) else None
+        owners = self._owners_of(executor)
         owned = set(owners.owned()) if owners is not None else set()
         acks: dict[str, tuple[list[Any], int, bool]] = {}
         if owners is not None and owned:
@@ -160,6 +161,13 @@ class StateWriter:
             self.start_snapshot(t, executor)
         return {name: c.as_data() for name, c in self.chains.items()}
 
+    def _owners_of(self, executor: Executor) -> StateOwners | None:
+        """`executor` if its workers write their own state files (checked once: a Protocol check costs ~20 us)."""
+        known = self._owners_cache
+        if known is None or known[0] is not executor:
+            known = self._owners_cache = (executor, executor if isinstance(executor, StateOwners) else None)
+        return known[1]
+
     def snapshot_due(self) -> bool:
         """Is a full snapshot due after this batch?
 
@@ -188,7 +196,7 @@ class StateWriter:
         jobs: list[Job] = []
         owner_jobs: list[Job] = []
         copies: dict[str, tuple[str, bytes]] = {}
-        owners = executor if isinstance(executor, StateOwners) else None
+        owners = self._owners_of(executor)
         owned = set(owners.owned()) if owners is not None else set()
         owner_copies: list[str] = []
         for name in executor.operators():
