@@ -27,11 +27,12 @@ from typing import Any
 
 from streamkeep._util import stable_hash
 from streamkeep.batch import Batch
+from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, join_parts
 from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
 from streamkeep.errors import StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
-from streamkeep.executors._state_files import Ack, PartWriter, compact_part, read_probe, write_probe
+from streamkeep.executors._state_files import Ack, PartWriter, compact_part, read_probe, slice_entry, write_probe
 from streamkeep.executors.kinds import kind_of, make_runtime
 
 #: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
@@ -269,6 +270,17 @@ class PartitionHost:
         except StreamkeepError as exc:
             raise portable(exc) from None
         return out
+
+    def restore_files(self, name: str, url: str, storage_options: dict[str, Any] | None, codec: str, chain: dict[str, Any]) -> None:
+        """Load operator `name`'s state in this partition from a stored chain: its own files, or its keys of any other entry."""
+        try:
+            ckpt = self.writer.ckpt if self.writer is not None else Checkpoint(url, storage_options=storage_options)
+            allow = codec == "pickle"
+            snap = slice_entry(ckpt, chain["snapshot"], allow, self.index, self.count, split_state) if chain.get("snapshot") else None
+            deltas = [d for d in (slice_entry(ckpt, r, allow, self.index, self.count, split_state) for r in chain.get("deltas", ())) if d is not None]
+            self.runtimes[name].load(snap, deltas)
+        except StreamkeepError as exc:
+            raise portable(exc) from None
 
     def write_snapshots(self, t: int, epoch: int, names: list[str]) -> dict[str, tuple[str | None, int]]:
         """Write a copy of operators `names`' state as their snapshots of batch `t` (claim `epoch`)."""

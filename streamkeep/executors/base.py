@@ -154,6 +154,14 @@ class StateOwners(Protocol):
         """Names of the operators whose state files the workers write (in graph order)."""
         ...
 
+    def restore_files(self, name: str, codec: str, chain: dict[str, Any]) -> None:
+        """Have the workers load owned operator `name`'s state from a commit's stored `chain`, each its own keys.
+
+        Like ``restore``, but the workers read the files (any partition count, or whole files)
+        themselves. Raises what reading raises (`CorruptCheckpointError` for a damaged file).
+        """
+        ...
+
     def write_deltas(self, t: int, epoch: int, inline_max: dict[str, int]) -> dict[str, tuple[list[Any], int, bool]]:
         """Have each owned operator's changes of batch `t` written for claim `epoch`.
 

@@ -27,10 +27,10 @@ back inline for the commit record) and acknowledges them; snapshots are compacte
 partition in Ray tasks that read and write the storage. The driver writes the commit
 record only after every partition acknowledged. At `open` every actor must read a probe
 file the driver wrote, and the driver every actor's: a storage that is not shared between
-the nodes is refused (ConfigError) before any state is written. `restore` reads every
-partition's files (any partition count, or a local executor's files), joins them and
-splits them by key hash (`split_state`): a checkpoint restores on any partition count
-(rescaling) and on the local executor.
+the nodes is refused (ConfigError) before any state is written. On recovery each actor
+reads its keys' files itself (`restore_files`: its own partition's files, or with another
+partition count every file, cut by key hash with `split_state`): a checkpoint restores on
+any partition count (rescaling) and on the local executor, and back.
 
 Failures: a dead actor (or its node) raises `WorkerLostError`; the scheduler then
 re-opens the executor (dead actors are replaced, every partition restored from the
@@ -409,6 +409,14 @@ class RayExecutor:
     def owned(self) -> list[str]:
         """The partitioned operators (their actors write their state files), in graph order."""
         return [n.name for n in self.nodes if isinstance(n, StatefulNode) and n.name in self._partitioned]
+
+    def restore_files(self, name: str, codec: str, chain: dict[str, Any]) -> None:
+        """Every actor reads operator `name`'s state of its keys from the stored `chain` (the driver reads no state)."""
+        if self._storage is None:  # pragma: no cover - the scheduler attaches the checkpoint it restores from
+            msg = f"restore_files({name!r}) without a checkpoint attached"
+            raise StreamkeepError(msg)
+        url, opts = self._storage
+        self._get([h.restore_files.remote(name, url, opts, codec, chain) for h in self._hosts])
 
     def write_deltas(self, t: int, epoch: int, inline_max: dict[str, int]) -> dict[str, tuple[list[Any], int, bool]]:
         """Every actor writes its partitions' changes of batch `t`; per operator that changed, (entry per partition, bytes, mergeable)."""

@@ -110,13 +110,27 @@ def test_the_actors_write_every_partitioned_state_file_and_the_driver_none(tmp_p
     assert _canon(states) == _canon(ref_states)
 
 
-def test_rescale_4_2_local_3_from_owner_written_files(tmp_path, ray_address):
+def test_rescale_4_2_local_3_from_owner_written_files_read_by_the_actors(tmp_path, ray_address, monkeypatch):
+    driver_reads: list[str] = []
+    real = Checkpoint.read_state
+
+    def spy(self, rel, allow_pickle):
+        driver_reads.append(rel.split("/")[1])
+        return real(self, rel, allow_pickle)
+
+    monkeypatch.setattr(Checkpoint, "read_state", spy)  # this (driver) process only
     ref_sink, ref_states = _run(str(tmp_path / "ref"), "local", 12)
     ckpt = str(tmp_path / "ckpt")
     outputs = []
-    for ex, n in ((sk.executors.RayExecutor(num_partitions=4), 3), (sk.executors.RayExecutor(num_partitions=2), 3), ("local", 3), (sk.executors.RayExecutor(num_partitions=3), 3)):
-        sink, states = _run(ckpt, ex, n)
+    runs = (("ray", 4, 3), ("ray", 2, 3), ("local", None, 3), ("ray", 3, 3))
+    for i, (kind, parts, n) in enumerate(runs):
+        driver_reads.clear()
+        sink, states = _run(ckpt, sk.executors.RayExecutor(num_partitions=parts) if kind == "ray" else "local", n)
         outputs.extend(_batches(sink))
+        if i > 0:
+            read = {op for op in driver_reads if op in PARTITIONED}
+            # on Ray the actors read their keys' files (another partition count, or the local executor's whole files)
+            assert read == (set(PARTITIONED) if kind == "local" else set()), (kind, parts, driver_reads)
     assert outputs == _batches(ref_sink)
     assert _canon(states) == _canon(ref_states)
 
