@@ -766,6 +766,10 @@ class Checkpoint:
     def _count(self, n: int) -> None:
         self._tally.n = getattr(self._tally, "n", 0) + n
 
+    def count_written(self, n: int) -> None:
+        """Add `n` bytes written for this driver by other processes (partition owners' state files) to `written_bytes`."""
+        self._count(n)
+
     # -- plans, state, blobs ----------------------------------------------------------
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:

@@ -137,6 +137,7 @@ class StateWriter:
                     if not can_merge:
                         self.copied.add(name)
                     self.delta_bytes += nbytes
+                    ckpt.count_written(nbytes - sum(len(p["data"]) for p in parts if isinstance(p, dict)))  # the owners' files
                     chain.deltas.append((t, {"t": t, "parts": parts}))
                     _faults.point("state.mid_write")
                 continue
