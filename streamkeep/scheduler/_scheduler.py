@@ -365,10 +365,10 @@ class Scheduler(Recovery):
 
     def close(self) -> None:
         """Finish a snapshot in flight, close sinks and sources, release the checkpoint."""
-        self.executor.close()
         try:
             if self.writer is not None:
-                self.writer.close()
+                self.writer.close()  # first: a snapshot in flight may be merged by the executor's workers
+            self.executor.close()
         finally:
             for s in self.sinks:
                 try:

@@ -216,7 +216,8 @@ class StateWriter:
         # Copies of live state are taken now (batch t's state), by the owners; merges run in the background.
         copied_parts = owners.write_snapshots(t, epoch, owner_copies) if owners is not None and owner_copies else {}
         size = self.base_bytes + self.delta_bytes
-        self._big = size >= BIG_STATE_BYTES
+        # Owners' compactions (Ray tasks) take round trips even for small states: never waited for before MAX_CHAIN.
+        self._big = size >= BIG_STATE_BYTES or bool(owner_jobs)
         self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
         self.delta_bytes = 0
         self.started = bool(jobs or copies or owner_jobs or copied_parts)
@@ -241,9 +242,9 @@ class StateWriter:
                 parts: dict[str, tuple[Any, int]] = dict(copied_parts)
                 if owners is not None and owner_jobs:
                     parts.update(owners.compact(t, epoch, owner_jobs))
-                for name, (paths, size) in parts.items():
-                    done[name] = (paths, size)
-                    nbytes += size
+                for name, (paths, part_bytes) in parts.items():
+                    done[name] = (paths, part_bytes)
+                    nbytes += part_bytes
                     _faults.point("snapshot.mid_write")  # written by the owners, named by no commit yet
                 nbytes += ckpt.written_bytes() - b0
                 self._stats = (nbytes, (time.perf_counter() - w0) * 1e3)
