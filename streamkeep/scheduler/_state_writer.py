@@ -216,8 +216,9 @@ class StateWriter:
         # Copies of live state are taken now (batch t's state), by the owners; merges run in the background.
         copied_parts = owners.write_snapshots(t, epoch, owner_copies) if owners is not None and owner_copies else {}
         size = self.base_bytes + self.delta_bytes
-        # Owners' compactions (Ray tasks) take round trips even for small states: never waited for before MAX_CHAIN.
-        self._big = size >= BIG_STATE_BYTES or bool(owner_jobs)
+        # Owners' compactions (Ray tasks) take round trips even for small states: with adaptive snapshots they are
+        # not waited for before MAX_CHAIN (a fixed snapshot_every keeps its exact cadence, as for small local states).
+        self._big = size >= BIG_STATE_BYTES or (bool(owner_jobs) and self.snapshot_every is None)
         self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
         self.delta_bytes = 0
         self.started = bool(jobs or copies or owner_jobs or copied_parts)

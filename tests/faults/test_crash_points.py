@@ -250,7 +250,6 @@ RAY_CASES = [
     ("commit.before_record", "late"),
     ("snapshot.mid_write", "1"),
     ("state.mid_write", "late"),  # some partitions' owners wrote their delta files, no commit names them
-    ("snapshot.before_adopt", "1"),  # the owners wrote a snapshot's partition files, no commit names them yet
 ]
 
 
