@@ -8,6 +8,9 @@ Layout under the root URL (see docs/checkpoint-format.md)::
     plans/<T:015d>.plan        each batch's input plan, durable before the batch runs
     state/<op>/<T:015d>.delta  the keys an operator changed in batch T
     state/<op>/<T:015d>.snap   an operator's full state as of batch T
+    state/<op>/<T:015d>.p<i>of<n>.e<epoch>.delta|snap
+                               key partition i of n of the same, written by the partition's owner
+                               (a Ray actor) for the driver of claim epoch <epoch> (format 4)
     blobs/<name>               source data that cannot be re-read (socket WAL, queues)
 
 The commit log is the single source of truth. A record is written with the
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint._format import FORMAT_VERSION, VERIFY_HINT, frame, unframe
+from streamkeep.checkpoint._format import FORMAT_VERSION, PLAIN_VERSION, VERIFY_HINT, frame, unframe
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
 from streamkeep.codec._registry import refuse_pickle
@@ -75,12 +78,66 @@ def state_path(op: str, batch_time: int, kind: str) -> str:
     return f"{state_dir(op)}/{batch_time:015d}.{kind}"
 
 
+def part_path(op: str, batch_time: int, kind: str, part: int, count: int, epoch: int) -> str:
+    """Path of key partition `part` (of `count`) of operator `op`'s state file of `batch_time`, written for claim `epoch`.
+
+    The epoch in the name fences the writers: the partition owners of a driver that lost its
+    claim write only names the new owner never writes, and only a commit record makes a file live.
+    """
+    return f"{state_dir(op)}/{batch_time:015d}.p{part}of{count}.e{epoch}.{kind}"
+
+
+def parse_state_name(name: str) -> tuple[int, str, int, int, int] | None:
+    """(batch time, kind, part, count, epoch) of a state file name (part 0 of 1, epoch 0 for a whole one); None if not one."""
+    fields = name.split(".")
+    if len(fields) == 2:
+        stem, kind = fields
+        part, count, epoch = 0, 1, 0
+    elif len(fields) == 4 and fields[1].startswith("p") and "of" in fields[1] and fields[2].startswith("e"):
+        stem, pn, e, kind = fields
+        p, _, n = pn[1:].partition("of")
+        if not (p.isdigit() and n.isdigit() and e[1:].isdigit()):
+            return None
+        part, count, epoch = int(p), int(n), int(e[1:])
+        if not part < count or str(part) != p or str(count) != n or str(epoch) != e[1:]:
+            return None
+    else:
+        return None
+    if kind not in ("delta", "snap") or not (stem.isdigit() and len(stem) == 15):
+        return None
+    return int(stem), kind, part, count, epoch
+
+
+def partitioned_chain(chain: dict[str, Any]) -> bool:
+    """True when a stored chain holds key-partitioned entries (format 4: files written by the partition owners)."""
+    return isinstance(chain.get("snapshot"), list) or any(isinstance(d, dict) and "parts" in d for d in chain.get("deltas", ()))
+
+
+def chain_files(chain: dict[str, Any]) -> list[str]:
+    """The state files a (checked) chain names, snapshot first (inline deltas are not files)."""
+    out: list[str] = []
+    snap = chain.get("snapshot")
+    if isinstance(snap, list):
+        out.extend(p for p in snap if isinstance(p, str))
+    elif snap:
+        out.append(snap)
+    for d in chain.get("deltas", ()):
+        if isinstance(d, str):
+            out.append(d)
+        elif isinstance(d, dict) and "parts" in d:
+            out.extend(p for p in d["parts"] if isinstance(p, str))
+    return out
+
+
 def check_chain(op: str, chain: Any, where: str) -> None:
     """Check that a stored state chain only names `op`'s own state files, in order.
 
     A chain comes from checkpoint data, so its paths are not trusted: each must be exactly
     ``state/<op>/<T>.snap`` (T = ``snapshot_time``) or ``state/<op>/<T>.delta``, with the
-    delta times increasing after the snapshot's. Anything else (``../other_job/...``, an
+    delta times increasing after the snapshot's. A key-partitioned chain (format 4) names, in
+    place of one file, a list with one entry per key partition: the partition's own file
+    (``state/<op>/<T>.p<i>of<n>.e<epoch>.<kind>``, i its place in the list, n the list's length),
+    None (the partition had nothing), or for a delta a small payload inline. Anything else (``../other_job/...``, an
     absolute path, another operator's file) would read, and later let retention delete, a
     file that is not this operator's.
 
@@ -102,11 +159,22 @@ def _chain_problem(op: str, chain: Any) -> str | None:
     snap, snap_t = chain.get("snapshot"), chain.get("snapshot_time", 0)
     if not _is_int(snap_t):
         return f"has a snapshot time {snap_t!r} that is not a batch time"
-    if snap is not None and snap != state_path(op, snap_t, "snap"):
+    if isinstance(snap, list):
+        why = _parts_problem(op, snap_t, "snap", snap, inline=False)
+        if why:
+            return f"has a partitioned snapshot that {why}"
+    elif snap is not None and snap != state_path(op, snap_t, "snap"):
         return f"names the snapshot {snap!r}, not its own {state_path(op, snap_t, 'snap')!r}"
     last = snap_t if snap is not None else None
     for d in chain.get("deltas", []):
-        if isinstance(d, dict):
+        if isinstance(d, dict) and "parts" in d:
+            t = d.get("t")
+            if not isinstance(t, int) or isinstance(t, bool) or not isinstance(d["parts"], list):
+                return f"holds a malformed partitioned delta ({sorted(map(str, d))})"
+            why = _parts_problem(op, t, "delta", d["parts"], inline=True)
+            if why:
+                return f"has a partitioned delta of batch {t} ms that {why}"
+        elif isinstance(d, dict):
             t = d.get("t")
             if not _is_int(t) or not isinstance(d.get("codec"), str) or not isinstance(d.get("data"), bytes):
                 return f"holds a malformed inline delta ({sorted(map(str, d))})"
@@ -120,6 +188,26 @@ def _chain_problem(op: str, chain: Any) -> str | None:
         if last is not None and t <= last:
             return f"is out of order (a delta of batch {t} ms after batch {last} ms)"
         last = t
+    return None
+
+
+def _parts_problem(op: str, t: int, kind: str, parts: list[Any], *, inline: bool) -> str | None:
+    """Why a list of per-partition entries of batch `t` is not `op`'s own (None when it is)."""
+    if not parts:
+        return "has no partitions"
+    prefix = f"{state_dir(op)}/"
+    for i, p in enumerate(parts):
+        if p is None:
+            continue
+        if isinstance(p, dict) and inline:
+            if not isinstance(p.get("codec"), str) or not isinstance(p.get("data"), bytes):
+                return f"holds a malformed inline payload for partition {i}"
+            continue
+        if not isinstance(p, str):
+            return f"holds an entry of type {type(p).__name__} for partition {i}"
+        got = parse_state_name(p[len(prefix) :]) if p.startswith(prefix) else None
+        if got is None or got[:4] != (t, kind, i, len(parts)) or p != part_path(op, t, kind, i, len(parts), got[4]):
+            return f"names {p!r} for partition {i} of {len(parts)}, which is not that partition's own file of batch {t} ms (in {state_dir(op)!r})"
     return None
 
 
@@ -153,9 +241,7 @@ class CommitRecord:
             raise CorruptCheckpointError(msg)
         for op, chain in state.items():
             check_chain(str(op), chain, _log_path(self.seq))
-            if chain.get("snapshot"):
-                out.add(chain["snapshot"])
-            out.update(d for d in chain.get("deltas", ()) if isinstance(d, str))  # others are inline
+            out.update(chain_files(chain))  # inline deltas are not files
         return out
 
 
@@ -224,7 +310,7 @@ class Checkpoint:
         """The CHECKPOINT record (format and engine versions)."""
         if not self.storage.exists(_IDENTITY):
             if self.storage.list("log") or self.storage.list("plans"):
-                return {"format_version": FORMAT_VERSION}
+                return {"format_version": PLAIN_VERSION}
             msg = f"{self.url} is not a streamkeep checkpoint (no {_IDENTITY} file)"
             raise CheckpointError(msg)
         data = self.read(_IDENTITY, "identity")
@@ -245,7 +331,7 @@ class Checkpoint:
             )
             raise CheckpointError(msg)
         record = {
-            "format_version": FORMAT_VERSION,
+            "format_version": PLAIN_VERSION,
             "engine_version": engine_version,
             "created_ms": int(time.time() * 1000),
             "id": uuid.uuid4().hex,
@@ -637,7 +723,9 @@ class Checkpoint:
             raise CheckpointError(msg)
         seq = me.seq + 1
         rec = {**record, "type": "commit", "epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid()}
-        data = self.encode("record", rec, rel=_log_path(seq))
+        state = record.get("state", {})
+        version = FORMAT_VERSION if any(isinstance(c, dict) and partitioned_chain(c) for c in state.values()) else PLAIN_VERSION
+        data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
@@ -678,6 +766,10 @@ class Checkpoint:
     def _count(self, n: int) -> None:
         self._tally.n = getattr(self._tally, "n", 0) + n
 
+    def count_written(self, n: int) -> None:
+        """Add `n` bytes written for this driver by other processes (partition owners' state files) to `written_bytes`."""
+        self._count(n)
+
     # -- plans, state, blobs ----------------------------------------------------------
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:
@@ -711,6 +803,19 @@ class Checkpoint:
         """Write an operator's state file (`kind` "delta" or "snap"); return its path."""
         rel = state_path(op, batch_time, kind)
         self._create(rel, frame(kind, codec, payload, rel))
+        return rel
+
+    def write_part(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str, part: int, count: int, epoch: int) -> str:
+        """Write key partition `part` of `count` of an operator's state file (a partition owner, for claim `epoch`); its path.
+
+        Written whole (atomically on local disks), replacing a file of the same name: only
+        this epoch's owner of that partition writes that name (a retry of the batch rewrites
+        it), and no commit names it before the owner acknowledged it.
+        """
+        rel = part_path(op, batch_time, kind, part, count, epoch)
+        data = frame(kind, codec, payload, rel, FORMAT_VERSION)
+        self.storage.write(rel, data)
+        self._count(len(data))
         return rel
 
     def read_state(self, rel: str, allow_pickle: bool) -> tuple[str, bytes]:

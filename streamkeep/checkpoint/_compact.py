@@ -239,11 +239,64 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
 Job = tuple[str, str, dict[str, Any]]
 
 
+def join_parts(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Join the key partitions' deltas (or snapshots) of one operator and batch into one (None when all are None).
+
+    The partitions hold disjoint keys: ``set``/``del`` are concatenated (a snapshot's ``set``
+    may be a dict, as decoded), window slices of the same time joined, ``drop`` and ``meta``
+    (the same in every partition) kept once.
+    """
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    out: dict[str, Any] = {}
+    adds: dict[Any, list[Any]] = {}
+    for p in present:
+        for name, value in p.items():
+            if name in ("set", "del"):
+                items = value.items() if isinstance(value, dict) else zip(*value, strict=True) if isinstance(value, Columns) else value
+                out.setdefault(name, []).extend(items)
+            elif name == "add":
+                out.setdefault("add", [])
+                for ts, items in value:
+                    adds.setdefault(ts, []).extend(items.items() if isinstance(items, dict) else items)
+            elif name == "drop":
+                seen = out.setdefault("drop", [])
+                seen.extend(ts for ts in value if ts not in seen)
+            else:
+                out[name] = value
+    if "add" in out:
+        out["add"] = [[ts, items] for ts, items in adds.items()]
+    return out
+
+
+def read_entry(ckpt: Any, entry: Any, allow: bool, *, columns: bool = False) -> dict[str, Any] | None:
+    """The state data of one entry of a stored chain: a file's path, an inline delta, or every key partition's part joined.
+
+    A key-partitioned entry (format 4) is a snapshot's list of per-partition paths or a delta's
+    ``{"t": T, "parts": [...]}`` (each part a path, an inline ``{"codec", "data"}`` or None);
+    None when every part is None. `columns` is honoured for whole files and inline deltas.
+    """
+    if isinstance(entry, list):
+        return join_parts([read_entry(ckpt, p, allow) for p in entry])
+    if isinstance(entry, dict) and "parts" in entry:
+        return join_parts([read_entry(ckpt, p, allow) for p in entry["parts"]])
+    if entry is None:
+        return None
+    if isinstance(entry, dict):
+        return decode_payload(entry["codec"], entry["data"], allow, f"inline delta of batch {entry.get('t', '?')}", columns=columns)
+    name, payload = ckpt.read_state(entry, allow)
+    return decode_payload(name, payload, allow, f"state file {ckpt.storage.path(entry)}", columns=columns)
+
+
 def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] | None = None) -> dict[str, tuple[str, int]]:
     """Merge each job's chain into a snapshot of batch `t` and write it; {operator: (its path, payload bytes)}.
 
     An operator whose inputs cannot be merged is left out (its chain stays as it is).
     `point` is called at the crash points (default `_faults.point`; a helper process passes a no-op).
+    A chain's key-partitioned entries (written on Ray) are joined: the snapshot is one whole file.
 
     Raises:
         CheckpointError: an input could not be read, or the snapshot not written.
@@ -252,29 +305,29 @@ def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] 
     done: dict[str, tuple[str, int]] = {}
     for op, codec, chain in jobs:
         allow = codec == "pickle"
-        snap = None
-        if chain.get("snapshot"):
-            name, payload = ckpt.read_state(chain["snapshot"], allow)
-            snap = decode_payload(name, payload, allow, f"state file {ckpt.storage.path(chain['snapshot'])}", columns=True)
+        snap = read_entry(ckpt, chain["snapshot"], allow, columns=True) if chain.get("snapshot") else None
         deltas = []
         for i, r in enumerate(chain.get("deltas", ())):
             base = snap is None and i == 0  # the first delta on empty state becomes the base (below): as columns
-            if isinstance(r, dict):
-                deltas.append(decode_payload(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}", columns=base))
-            else:
-                name, payload = ckpt.read_state(r, allow)
-                deltas.append(decode_payload(name, payload, allow, f"state file {ckpt.storage.path(r)}", columns=base))
+            d = read_entry(ckpt, r, allow, columns=base)
+            if d is not None:
+                deltas.append(d)
         if not all(mergeable(p) for p in ([snap] if snap else []) + deltas):
             continue
-        if snap is None and deltas:
-            # The first delta on empty state is the base (a delta sets each key once; its removals find nothing).
-            snap = {**deltas.pop(0), "del": []}
-        data = merge(snap, deltas)
+        data = merged(snap, deltas)
         point("snapshot.mid_compact")
         payload = encode_snapshot(codec, data)
         done[op] = (ckpt.write_state(op, t, "snap", payload, codec), len(payload))
         point("snapshot.mid_write")
     return done
+
+
+def merged(snap: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> dict[str, Any]:
+    """`merge` of a chain's decoded snapshot and deltas (`deltas` is consumed)."""
+    if snap is None and deltas:
+        # The first delta on empty state is the base (a delta sets each key once; its removals find nothing).
+        snap = {**deltas.pop(0), "del": []}
+    return merge(snap, deltas)
 
 
 def _die_with_parent(parent: int) -> None:

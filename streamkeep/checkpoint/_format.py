@@ -24,11 +24,15 @@ from typing import NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The version this streamkeep writes (3: snapshots may be columnar, see checkpoint/_compact.py;
-#: the frame is the same as in 2).
-FORMAT_VERSION = 3
+#: The newest version this streamkeep writes (4: the key-partitioned layout, whose state files the
+#: partition owners write -- ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records
+#: naming them; the frame is the same as in 2 and 3).
+FORMAT_VERSION = 4
+#: The version of every other file (3: snapshots may be columnar, see checkpoint/_compact.py). A
+#: checkpoint of the local executor is all version 3, readable by the releases that read 3.
+PLAIN_VERSION = 3
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")
@@ -47,13 +51,13 @@ class Frame(NamedTuple):
     payload: bytes
 
 
-def frame(kind: str, codec: str, payload: bytes, name: str) -> bytes:
-    """Wrap `payload` with the header (naming the file's own path `name`) and checksum."""
+def frame(kind: str, codec: str, payload: bytes, name: str, version: int = PLAIN_VERSION) -> bytes:
+    """Wrap `payload` with the header (naming the file's own path `name`) and checksum (format `version`)."""
     k = kind.encode()
     c = codec.encode()
     n = name.encode()
     head = b"".join(
-        (MAGIC, bytes([FORMAT_VERSION, len(k)]), k, bytes([len(c)]), c, _NAME_LEN.pack(len(n)), n, _LEN.pack(len(payload)))
+        (MAGIC, bytes([version, len(k)]), k, bytes([len(c)]), c, _NAME_LEN.pack(len(n)), n, _LEN.pack(len(payload)))
     )
     crc = zlib.crc32(payload, zlib.crc32(head))
     return b"".join((head, payload, _CRC.pack(crc)))

@@ -1,6 +1,6 @@
 """Which files of a checkpoint are still needed, deleting the rest, and the blob stores of sources.
 
-Knows the layout (``log/``, ``plans/``, ``state/<op>/<T>.delta|snap``, ``blobs/``) and
+Knows the layout (``log/``, ``plans/``, ``state/<op>/<T>[.p<i>of<n>.e<epoch>].delta|snap``, ``blobs/``) and
 nothing of operators or sources beyond the blob names the scheduler hands it.
 """
 
@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep.checkpoint._checkpoint import Checkpoint, CommitRecord, blob_path, log_path, plan_path
+from streamkeep.checkpoint._checkpoint import Checkpoint, CommitRecord, blob_path, log_path, parse_state_name, plan_path
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
 
@@ -130,7 +130,9 @@ class Retention:
         """Delete what neither the commit `rec`, nor the fallback `prev`, nor a pending plan, nor `keep_blobs` needs.
 
         Only files of the checkpoint's own naming are deleted: log records by number, plans
-        by batch time, state files named ``<T>.delta``/``<T>.snap``, blobs, temp files.
+        by batch time, state files named ``<T>.delta``/``<T>.snap`` (or a key partition's
+        ``<T>.p<i>of<n>.e<epoch>.delta|snap``: a fenced driver's owners may still write those
+        after this sweep; no commit of this driver ever names them), blobs, temp files.
         """
         ckpt = self.ckpt
         st = ckpt.storage
@@ -152,8 +154,7 @@ class Retention:
         for d in st.list_dirs("state"):
             for n in st.list(f"state/{d}"):
                 rel = f"state/{d}/{n}"
-                stem, _, ext = n.partition(".")
-                if not (stem.isdigit() and len(stem) == 15 and ext in ("delta", "snap")):
+                if parse_state_name(n) is None:
                     log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
                 elif rel not in keep:
                     delete(rel)

@@ -58,6 +58,7 @@ class CheckpointStorage:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
+        self.storage_options = storage_options
         if "://" not in url and not storage_options:  # a plain local path: no need to import fsspec (~0.1 s)
             self.local = True
             self.root = os.path.abspath(os.path.expanduser(url.rstrip("/") or "/"))

@@ -41,8 +41,8 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
                 "snapshot_time_ms": None, "snapshot_bytes": 0, "deltas": 0, "delta_bytes": 0, "error": str(exc)}
     snap = chain.get("snapshot")
     deltas = list(chain.get("deltas", []))
-    snap_bytes = (size(ckpt, snap) or 0) if snap else 0
-    delta_bytes = sum(size(ckpt, d) or 0 for d in deltas)
+    snap_bytes = _entry_bytes(ckpt, snap)
+    delta_bytes = sum(_entry_bytes(ckpt, d) for d in deltas)
     info: dict[str, Any] = {
         "kind": desc.get("kind"),
         "codec": desc.get("codec"),
@@ -54,6 +54,9 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
         "deltas": len(deltas),
         "delta_bytes": delta_bytes,
     }
+    partitions = sorted({len(e) for e in [snap, *deltas] if isinstance(e, list)} | {len(e["parts"]) for e in deltas if isinstance(e, dict) and "parts" in e})
+    if partitions:  # written by key partition owners (Ray): the partition counts its files were written with
+        info["partitions"] = partitions
     shape = {k: v for k, v in desc.items() if k not in ("kind", "codec")}
     if shape:
         info["shape"] = shape
@@ -75,6 +78,17 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[s
     if isinstance(rt, AggregateStateRuntime):  # an Arrow table: its columns (rows are the keys)
         info["table"] = rt.state_info()
     return info
+
+
+def _entry_bytes(ckpt: Checkpoint, entry: Any) -> int:
+    """Bytes of a chain entry: a file, an inline delta, or every key partition's part."""
+    if not entry:
+        return 0
+    if isinstance(entry, list):
+        return sum(_entry_bytes(ckpt, p) for p in entry)
+    if isinstance(entry, dict) and "parts" in entry:
+        return sum(_entry_bytes(ckpt, p) for p in entry["parts"])
+    return size(ckpt, entry) or 0
 
 
 def _collect(ckpt: Checkpoint) -> dict[str, Any]:
@@ -174,6 +188,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
         p(
             f"    {name} ({op['kind']}, {op['codec']}): {keys} keys, {human(op['bytes'])} = {snap} + {op['deltas']} deltas ({human(op['delta_bytes'])})"
         )
+        if "partitions" in op:
+            p(f"      written by key partition owners ({', '.join(map(str, op['partitions']))} partitions): a file per partition per snapshot and delta")
         if "event_time" in op:
             et = op["event_time"]
             p(

@@ -10,8 +10,11 @@ equal keys hash equally (``1``, ``1.0`` and ``True`` are one dict key, and one
 partition). The state data of a partitioned operator is the same data the local
 executor hands the scheduler: `merge_state` joins the partitions' deltas or
 snapshots into one, `split_state` cuts one (read from any checkpoint, written by
-any number of partitions) into ``count`` slices. So the checkpoint format is
-the same for every executor and partition count, and rescaling is a restore.
+any number of partitions) into ``count`` slices, so rescaling is a restore.
+
+With a checkpoint, each `PartitionHost` writes its own partition's state files
+(`write_deltas`, `write_snapshots`; snapshots are compacted per partition by
+`compact_task`) and acknowledges their paths: see `streamkeep.executors._state_files`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import Any
 
 from streamkeep._util import stable_hash
 from streamkeep.batch import Batch
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint._compact import Job, join_parts
 from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
 from streamkeep.errors import StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors._state_files import Ack, PartWriter, compact_part, read_probe, slice_entry, write_probe
 from streamkeep.executors.kinds import kind_of, make_runtime
 
 #: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
@@ -118,29 +124,7 @@ def split_state(data: dict[str, Any] | None, count: int) -> list[dict[str, Any] 
 
 def merge_state(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Join the partitions' deltas or snapshots of one operator into one (None when none changed)."""
-    present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-    out: dict[str, Any] = {}
-    adds: dict[Any, list[Any]] = {}
-    for p in present:
-        for field, value in p.items():
-            if field in ("set", "del"):
-                out.setdefault(field, []).extend(value)
-            elif field == "add":
-                out.setdefault("add", [])
-                for ts, items in value:
-                    adds.setdefault(ts, []).extend(items)
-            elif field == "drop":
-                seen = out.setdefault("drop", [])
-                seen.extend(ts for ts in value if ts not in seen)
-            else:
-                out[field] = value
-    if "add" in out:
-        out["add"] = [[ts, items] for ts, items in adds.items()]
-    return out
+    return join_parts(parts)
 
 
 class RemoteFailure(Exception):  # noqa: N818 - a transport, never seen by users
@@ -195,6 +179,7 @@ class PartitionHost:
         self.index = index
         self.count = count
         self.runtimes: dict[str, StatefulRuntime] = {}
+        self.writer: PartWriter | None = None
 
     def ping(self) -> int:
         """The worker's pid (a liveness check)."""
@@ -248,6 +233,55 @@ class PartitionHost:
         for rt in self.runtimes.values():
             rt.forget_changes()
 
+    # -- the partition's state files (a checkpoint's storage, shared by every node) --
+
+    def attach(self, url: str | None, storage_options: dict[str, Any] | None) -> None:
+        """Write this partition's state files under checkpoint `url` from now on (None: no checkpoint)."""
+        self.writer = None if url is None else PartWriter(url, storage_options, self.index, self.count)
+
+    def probe(self, url: str, storage_options: dict[str, Any] | None, rel: str, token: str) -> tuple[str | None, str, str]:
+        """Read the driver's probe `rel` and write one of this partition's: (why the read failed or None, own probe, its token)."""
+        why = read_probe(url, storage_options, rel, token)
+        try:
+            mine, mine_token = write_probe(url, storage_options, f"p{self.index}")
+        except (StreamkeepError, OSError) as exc:
+            return why or f"writing a probe failed: {type(exc).__name__}: {exc}", "", ""
+        return why, mine, mine_token
+
+    def write_deltas(self, t: int, epoch: int, inline_max: dict[str, int]) -> dict[str, Ack]:
+        """Write each operator's changes since the last call for batch `t` (claim `epoch`); acknowledge what was written."""
+        writer = self.writer
+        assert writer is not None, "write_deltas before attach"
+        out: dict[str, Ack] = {}
+        try:
+            for name, rt in self.runtimes.items():
+                ack = writer.delta(rt, t, epoch, inline_max.get(name, 0))
+                if ack is not None:
+                    out[name] = ack
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+        return out
+
+    def restore_files(self, name: str, url: str, storage_options: dict[str, Any] | None, codec: str, chain: dict[str, Any]) -> None:
+        """Load operator `name`'s state in this partition from a stored chain: its own files, or its keys of any other entry."""
+        try:
+            ckpt = self.writer.ckpt if self.writer is not None else Checkpoint(url, storage_options=storage_options)
+            allow = codec == "pickle"
+            snap = slice_entry(ckpt, chain["snapshot"], allow, self.index, self.count, split_state) if chain.get("snapshot") else None
+            deltas = [d for d in (slice_entry(ckpt, r, allow, self.index, self.count, split_state) for r in chain.get("deltas", ())) if d is not None]
+            self.runtimes[name].load(snap, deltas)
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+
+    def write_snapshots(self, t: int, epoch: int, names: list[str]) -> dict[str, tuple[str | None, int]]:
+        """Write a copy of operators `names`' state as their snapshots of batch `t` (claim `epoch`)."""
+        writer = self.writer
+        assert writer is not None, "write_snapshots before attach"
+        try:
+            return {name: writer.snapshot(self.runtimes[name], t, epoch) for name in names}
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+
     def key_count(self, name: str) -> int:
         """Keys operator `name` holds in this partition."""
         return self.runtimes[name].key_count()
@@ -261,3 +295,11 @@ class PartitionHost:
         rt = self.runtimes[name]
         assert isinstance(rt, MapWithStateRuntime)
         return rt.state_items()
+
+
+def compact_task(url: str, storage_options: dict[str, Any] | None, t: int, epoch: int, part: int, count: int, jobs: list[Job]) -> dict[str, tuple[str | None, int]]:
+    """`compact_part` of key partition `part` (a Ray task: reads and writes the checkpoint storage only)."""
+    try:
+        return compact_part(url, storage_options, t, epoch, part, count, jobs, split_state)
+    except StreamkeepError as exc:
+        raise portable(exc) from None

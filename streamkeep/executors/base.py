@@ -37,8 +37,17 @@ again from its plan. An executor that holds all state in the driver never raises
 
 An executor that splits keyed state into partitions also implements
 `KeyPartitioned`; the scheduler records its ``partitioning()`` in each commit
-record (for ``checkpoint inspect``; restoring never needs it: deltas and snapshots
-hold every partition's keys merged, so a checkpoint restores on any partition count).
+record (for ``checkpoint inspect``; restoring never needs it: every chain entry
+says how many partitions wrote it, so a checkpoint restores on any partition count).
+
+An executor whose workers write the state files of some operators themselves (the
+partition owners of a cluster) also implements `StateOwners`: the scheduler hands it
+the checkpoint once (``attach_checkpoint``, before ``open``, which then checks that
+every worker sees the storage), and for its ``owned()`` operators asks it, instead of
+``delta``/``snapshot``, to have the files written and acknowledged (``write_deltas``,
+``write_snapshots``, ``compact``). The files are named for the batch, the partition
+and the claim epoch; the commit record the scheduler writes after every
+acknowledgement is what makes them part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -125,4 +134,50 @@ class KeyPartitioned(Protocol):
 
     def partitioning(self) -> dict[str, Any]:
         """How keys are split, as plain data (e.g. ``{"executor": "ray", "partitions": 4, "hash": ...}``)."""
+        ...
+
+
+@runtime_checkable
+class StateOwners(Protocol):
+    """A declared capability: the executor's workers write the state files of its ``owned()`` operators.
+
+    Per operator, an entry lists one item per key partition, in partition order: the
+    partition's file (a path relative to the checkpoint root), a small payload inline
+    (``{"codec": name, "data": bytes}``, deltas only) or None (nothing to write).
+    """
+
+    def attach_checkpoint(self, url: str | None, storage_options: dict[str, Any] | None) -> None:
+        """Write state files under checkpoint `url` (None: none); ``open`` checks every worker can read and write it."""
+        ...
+
+    def owned(self) -> list[str]:
+        """Names of the operators whose state files the workers write (in graph order)."""
+        ...
+
+    def restore_files(self, name: str, codec: str, chain: dict[str, Any]) -> None:
+        """Have the workers load owned operator `name`'s state from a commit's stored `chain`, each its own keys.
+
+        Like ``restore``, but the workers read the files (any partition count, or whole files)
+        themselves. Raises what reading raises (`CorruptCheckpointError` for a damaged file).
+        """
+        ...
+
+    def write_deltas(self, t: int, epoch: int, inline_max: dict[str, int]) -> dict[str, tuple[list[Any], int, bool]]:
+        """Have each owned operator's changes of batch `t` written for claim `epoch`.
+
+        `inline_max` is per operator the bytes its whole delta may have inline. Returns, per
+        operator that changed: (entry per partition, payload bytes, whether `merge` applies).
+        """
+        ...
+
+    def write_snapshots(self, t: int, epoch: int, names: list[str]) -> dict[str, tuple[list[str | None], int]]:
+        """Have a copy of the live state of `names` written as their snapshots of batch `t` (called between batches)."""
+        ...
+
+    def compact(self, t: int, epoch: int, jobs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, tuple[list[str | None], int]]:
+        """Have each job's stored chain (operator, codec, chain) merged per partition into a snapshot of batch `t`.
+
+        Reads storage only (may run in another thread while batches run). An operator whose
+        chain cannot be merged is left out.
+        """
         ...

@@ -21,10 +21,16 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
 - Windows of whole records (``window``) and event-time windows (one watermark
   across all keys) keep their state in the driver, as with the local executor.
 
-Checkpoints: `delta`/`snapshot` merge the partitions' data into the data the local
-executor produces (`merge_state`), and `restore` splits it again (`split_state`), so
-the on-disk format is the same for every executor and partition count, and a
-checkpoint restores on any partition count (rescaling) and on the local executor.
+Checkpoints (`StateOwners`): each actor writes its own partition's state files straight
+to the checkpoint storage (``state/<op>/<T>.p<i>of<n>.e<epoch>.delta``; small deltas come
+back inline for the commit record) and acknowledges them; snapshots are compacted per
+partition in Ray tasks that read and write the storage. The driver writes the commit
+record only after every partition acknowledged. At `open` every actor must read a probe
+file the driver wrote, and the driver every actor's: a storage that is not shared between
+the nodes is refused (ConfigError) before any state is written. On recovery each actor
+reads its keys' files itself (`restore_files`: its own partition's files, or with another
+partition count every file, cut by key hash with `split_state`): a checkpoint restores on
+any partition count (rescaling) and on the local executor, and back.
 
 Failures: a dead actor (or its node) raises `WorkerLostError`; the scheduler then
 re-opens the executor (dead actors are replaced, every partition restored from the
@@ -60,6 +66,7 @@ from streamkeep.executors._partitions import (
     RemoteFailure,
     bucket,
     bucket_parts,
+    compact_task,
     merge_state,
     partitioned,
     run_ops,
@@ -67,6 +74,7 @@ from streamkeep.executors._partitions import (
 )
 from streamkeep.executors._pool import _PER_PARTITION
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
+from streamkeep.executors._state_files import delete_probe, read_probe, write_probe
 from streamkeep.executors.kinds import make_runtime
 from streamkeep.executors.local import _call, _name_upstream, event_time_status, run_outputs
 
@@ -170,6 +178,7 @@ class RayExecutor:
         self._by_id: dict[int, StatefulRuntime] = {}
         self._shared: set[int] = set()
         self._timings: dict[str, float] | None = None
+        self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
 
     # -- connecting ------------------------------------------------------------------
 
@@ -199,9 +208,10 @@ class RayExecutor:
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if not self._remote_fns:
             self._remote_fns = {
-                "host": ray.remote(PartitionHost),
+                "host": ray.remote(_Host),
                 "bucket": ray.remote(bucket_parts),
                 "ops": ray.remote(run_ops),
+                "compact": ray.remote(compact_task),
             }
 
     def actor_pids(self) -> list[int]:
@@ -243,6 +253,37 @@ class RayExecutor:
         # Actors get the nodes without their upstream graph (sources are not theirs) nor initial state (see seed).
         stripped = [_strip(n) for n in self._partitioned.values()]
         self._get([h.open.remote(stripped, zero_ms, i, self._count) for i, h in enumerate(self._hosts)])
+        url, opts = self._storage or (None, None)
+        if url is not None:
+            self._check_shared(url, opts)
+        self._get([h.attach.remote(url, opts) for h in self._hosts])
+
+    def _check_shared(self, url: str, opts: dict[str, Any] | None) -> None:
+        """ConfigError unless every actor reads a probe the driver wrote under `url`, and the driver every actor's."""
+        rel, token = write_probe(url, opts, "driver")
+        written: list[str] = []
+        try:
+            got = self._get([h.probe.remote(url, opts, rel, token) for h in self._hosts])
+            ips = self._get([h.node_ip.remote() for h in self._hosts])
+            for (why, mine, mine_token), ip in zip(got, ips, strict=True):
+                if mine:
+                    written.append(mine)
+                    if why is None:
+                        why = read_probe(url, opts, mine, mine_token)
+                        why = None if why is None else f"the driver cannot read the file the actor wrote ({why})"
+                    else:
+                        why = f"the actor cannot read the file the driver wrote ({why})"
+                if why is not None:
+                    msg = (
+                        f"the checkpoint storage at {url} is not visible from Ray node {ip}: {why}. Each partition actor "
+                        f"writes its own state files there, so every node of the cluster must see the same storage: use a "
+                        f"filesystem mounted at the same path on every node (NFS, a cluster filesystem) or an object store "
+                        f"URL (s3://bucket/prefix, with storage_options). Nothing was written to the checkpoint's state."
+                    )
+                    raise ConfigError(msg)
+        finally:
+            for r in [rel, *written]:
+                delete_probe(url, opts, r)
 
     def _ensure_hosts(self) -> None:
         """Exactly `_count` live actors: dead ones replaced, extra ones stopped."""
@@ -355,6 +396,64 @@ class RayExecutor:
         merged = merge_state(self._get([h.snapshot.remote(name) for h in self._hosts]))
         assert merged is not None
         return merged
+
+    # -- the actors' own state files (`StateOwners`) -----------------------------------
+
+    def attach_checkpoint(self, url: str | None, storage_options: dict[str, Any] | None) -> None:
+        """Have the actors write their partitions' state files under checkpoint `url` (None: no checkpoint).
+
+        `open` then checks that every actor can read what the driver writes there and the other way round.
+        """
+        self._storage = None if url is None else (url, dict(storage_options) if storage_options else None)
+
+    def owned(self) -> list[str]:
+        """The partitioned operators (their actors write their state files), in graph order."""
+        return [n.name for n in self.nodes if isinstance(n, StatefulNode) and n.name in self._partitioned]
+
+    def restore_files(self, name: str, codec: str, chain: dict[str, Any]) -> None:
+        """Every actor reads operator `name`'s state of its keys from the stored `chain` (the driver reads no state)."""
+        if self._storage is None:  # pragma: no cover - the scheduler attaches the checkpoint it restores from
+            msg = f"restore_files({name!r}) without a checkpoint attached"
+            raise StreamkeepError(msg)
+        url, opts = self._storage
+        self._get([h.restore_files.remote(name, url, opts, codec, chain) for h in self._hosts])
+
+    def write_deltas(self, t: int, epoch: int, inline_max: dict[str, int]) -> dict[str, tuple[list[Any], int, bool]]:
+        """Every actor writes its partitions' changes of batch `t`; per operator that changed, (entry per partition, bytes, mergeable)."""
+        if not self._partitioned:
+            return {}
+        n = self._count
+        per_part = {name: max(0, m) // n for name, m in inline_max.items()}
+        acks: list[dict[str, Any]] = self._get([h.write_deltas.remote(t, epoch, per_part) for h in self._hosts])
+        out: dict[str, tuple[list[Any], int, bool]] = {}
+        for name in self.owned():
+            got = [a.get(name) for a in acks]
+            if all(g is None for g in got):
+                continue
+            out[name] = (
+                [None if g is None else g[0] for g in got],
+                sum(g[1] for g in got if g is not None),
+                all(g[2] for g in got if g is not None),
+            )
+        return out
+
+    def write_snapshots(self, t: int, epoch: int, names: list[str]) -> dict[str, tuple[list[str | None], int]]:
+        """Every actor writes a copy of its partitions' state of `names` as their snapshots of batch `t`."""
+        if not names:
+            return {}
+        acks: list[dict[str, tuple[str | None, int]]] = self._get([h.write_snapshots.remote(t, epoch, names) for h in self._hosts])
+        return {name: ([a[name][0] for a in acks], sum(a[name][1] for a in acks)) for name in names}
+
+    def compact(self, t: int, epoch: int, jobs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, tuple[list[str | None], int]]:
+        """One Ray task per partition merges its slice of each job's stored chain into its snapshot of batch `t`."""
+        if not jobs or self._storage is None:
+            return {}
+        url, opts = self._storage
+        n = self._count
+        fn = self._remote_fns["compact"]
+        done: list[dict[str, tuple[str | None, int]]] = self._get([fn.remote(url, opts, t, epoch, i, n, jobs) for i in range(n)])
+        names = [op for op, _, _ in jobs if all(op in d for d in done)]
+        return {op: ([d[op][0] for d in done], sum(d[op][1] for d in done)) for op in names}
 
     def forget_changes(self) -> None:
         """Drop every operator's change tracking."""
@@ -562,3 +661,13 @@ def _loopback_only(ray: Any) -> None:
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
         setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010 - read at import: this driver imported ray before the variable was set
+
+
+class _Host(PartitionHost):
+    """`PartitionHost` as a Ray actor (knows its node's address)."""
+
+    def node_ip(self) -> str:
+        """The address of the Ray node this actor runs on."""
+        import ray
+
+        return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]

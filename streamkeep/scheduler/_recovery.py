@@ -17,7 +17,7 @@ from streamkeep.checkpoint import Checkpoint, CommitRecord, Retention, log_path,
 from streamkeep.checkpoint.storage import confine
 from streamkeep.dstream._graph import Graph, StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning, WorkerLostError
-from streamkeep.executors.base import Executor
+from streamkeep.executors.base import Executor, StateOwners
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._events import iso_ms
 from streamkeep.scheduler._state_io import Chain, delta_time, read_chain
@@ -141,11 +141,17 @@ class Recovery:
         changed = {n for n, _ in diff["incompatible"]}
         self._reset_sources = {n for n, _ in diff["sources_incompatible"]}  # allowed to lose their position
 
+        ex = self.executor
+        owners = ex if isinstance(ex, StateOwners) else None
+
         def restore(name: str) -> bool:  # False: a new (or reshaped) stateful operator starts from its initial state
             chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
                 return False
-            self.executor.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data))
+            if owners is not None and name in owners.owned():  # the workers read their keys' files themselves
+                owners.restore_files(name, self.stateful[name].codec, chain_data)
+            else:
+                ex.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data))
             chains[name] = Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),

@@ -25,7 +25,7 @@ from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, Mem
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
-from streamkeep.executors.base import Executor, KeyPartitioned
+from streamkeep.executors.base import Executor, KeyPartitioned, StateOwners
 from streamkeep.scheduler._events import (
     BatchInfo,
     BatchPlanned,
@@ -140,6 +140,8 @@ class Scheduler(Recovery):
             ckpt.claim(owner=f"streamkeep {__version__}", engine_version=__version__)
             blobs = CheckpointBlobs(ckpt)
         try:
+            if isinstance(self.executor, StateOwners):  # its workers write their state files there (checked at open)
+                self.executor.attach_checkpoint(*((ckpt.url, ckpt.storage.storage_options) if ckpt is not None else (None, None)))
             if ckpt is not None:  # before any sink call (fresh jobs ask sinks for their markers below)
                 token = FencingToken(*ckpt.fencing(), check=lambda: ckpt.ensure_owner("a sink's ownership check"))
                 for sink in sinks:
@@ -363,10 +365,10 @@ class Scheduler(Recovery):
 
     def close(self) -> None:
         """Finish a snapshot in flight, close sinks and sources, release the checkpoint."""
-        self.executor.close()
         try:
             if self.writer is not None:
-                self.writer.close()
+                self.writer.close()  # first: a snapshot in flight may be merged by the executor's workers
+            self.executor.close()
         finally:
             for s in self.sinks:
                 try:

@@ -9,52 +9,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep.checkpoint import Checkpoint
-from streamkeep.checkpoint._compact import decode_payload
-from streamkeep.codec import UnsupportedValueError, encode_items, get_codec
-from streamkeep.dstream._graph import StatefulNode
-from streamkeep.errors import CheckpointError
+from streamkeep.checkpoint._compact import decode_payload, read_entry
 from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors._state_files import encode_state
+
+__all__ = ["Chain", "decode_state", "delta_time", "encode_state", "load_chain", "read_chain", "read_state_file"]
 
 
 @dataclass
 class Chain:
     """An operator's state chain: the snapshot it starts from and the deltas after it."""
 
-    snapshot: str | None = None
+    #: The snapshot's path; a list of one path (or None) per key partition when partition owners wrote it.
+    snapshot: str | list[str | None] | None = None
     snapshot_time: int = 0
     #: (batch time, entry): an entry is a state file's path, or a small delta inline
-    #: in the commit record as {"t": batch time, "codec": name, "data": payload}.
+    #: in the commit record as {"t": batch time, "codec": name, "data": payload}, or
+    #: per key partition as {"t": batch time, "parts": [path, inline payload or None, ...]}.
     deltas: list[tuple[int, Any]] = field(default_factory=list)
 
     def as_data(self) -> dict[str, Any]:
         """The chain as stored in a commit record."""
         return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
 
-
-def encode_state(node: StatefulNode, data: dict[str, Any]) -> bytes:
-    """Encode a delta or snapshot of `node` with its codec; CheckpointError names operator, key and type."""
-    codec = get_codec(node.codec)
-    try:
-        out = dict(data)
-        if "set" in out:
-            out["set"] = encode_items(codec, out["set"])
-        return codec.encode(out)
-    except UnsupportedValueError as exc:
-        key = f" under key {exc.key_repr}" if exc.key_repr else ""
-        reason = str(exc).rsplit("; ", 1)[0].rsplit(": ", 1)[-1]  # the codec's "why", e.g. its depth limit
-        if "levels deep" in reason or "nested too deeply" in reason:
-            msg = (
-                f"the state of operator {node.name!r} ({node.op}) holds a value{key} that the {node.codec} codec cannot "
-                f"store ({exc.path}): {reason}. Flatten it (e.g. a list instead of tuples in tuples), or opt in to "
-                f"pickle with codec='pickle' on the operator (or the context)."
-            )
-            raise CheckpointError(msg) from exc
-        msg = (
-            f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
-            f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "
-            f"float, bytes, set, datetime), or opt in to pickle with codec='pickle' on the operator (or the context)."
-        )
-        raise CheckpointError(msg) from exc
 
 def delta_time(rel: Any) -> int:
     """Batch time of a chain entry (a delta file path or an inline delta)."""
@@ -81,14 +58,13 @@ def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str
 def read_chain(ckpt: Checkpoint, codec: str, chain_data: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Read and decode a commit's chain ({snapshot, snapshot_time, deltas}) of an operator whose codec is `codec`.
 
-    Returns (snapshot or None, deltas in order): what `Executor.restore` takes.
+    Key-partitioned entries (written by partition owners, any partition count) come back
+    with every partition's part joined. Returns (snapshot or None, deltas in order): what
+    `Executor.restore` takes.
     """
     allow = codec == "pickle"
-    snap = read_state_file(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
-    deltas = [
-        decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
-        for r in chain_data.get("deltas", [])
-    ]
+    snap = read_entry(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
+    deltas = [d for d in (read_entry(ckpt, r, allow) for r in chain_data.get("deltas", [])) if d is not None]
     return snap, deltas
 
 

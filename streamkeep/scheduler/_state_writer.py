@@ -14,6 +14,12 @@ them). A small state's snapshot still in flight when the next one is due is wait
 for (it is quick); a big state's is not: the next one starts as soon as it is done,
 and only a chain of `MAX_CHAIN` batches waits. Big states on local disks are merged
 by a helper process, out of the way of the batch loop's interpreter lock.
+
+An executor whose workers own key partitions (`StateOwners`, the Ray executor) has
+them write its partitioned operators' deltas and snapshots themselves, straight to
+the storage: the writer only collects their acknowledgements (a path, or a small
+payload inline, per partition) into the chains, so no state passes through the driver,
+and the commit record names every partition's file.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from streamkeep.checkpoint._compact import Job, compact, mergeable
 from streamkeep.codec import get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
-from streamkeep.executors.base import Executor
+from streamkeep.executors.base import Executor, StateOwners
 from streamkeep.scheduler._state_io import Chain, encode_state
 
 log = logging.getLogger("streamkeep.scheduler")
@@ -91,10 +97,12 @@ class StateWriter:
         self.copied: set[str] = set()
         self._thread: threading.Thread | None = None
         self._big = False
-        self._done: dict[str, tuple[int, str, int]] = {}  # operator -> (batch time, snapshot path, payload bytes)
+        #: operator -> (batch time, snapshot path -- a list of one per key partition when the owners wrote it --, payload bytes)
+        self._done: dict[str, tuple[int, Any, int]] = {}
         self._merging: set[str] = set()  # operators the worker in flight merges
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
+        self._owners_cache: tuple[Executor, StateOwners | None] | None = None
 
     def restored(self, chains: dict[str, Chain]) -> None:
         """Continue the chains a recovered commit holds (and its snapshot cadence)."""
@@ -104,8 +112,9 @@ class StateWriter:
         for name, c in chains.items():
             if c.snapshot:
                 try:
-                    self._snap_size[name] = self.ckpt.storage.size(c.snapshot)
-                except CheckpointError:
+                    files = c.snapshot if isinstance(c.snapshot, list) else [c.snapshot]
+                    self._snap_size[name] = sum(self.ckpt.storage.size(f) for f in files if f)
+                except (CheckpointError, OSError):
                     pass  # only an estimate (how to merge); a missing file fails the restore, not this
         self.base_bytes = sum(self._snap_size.values())
 
@@ -113,8 +122,25 @@ class StateWriter:
         """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record."""
         ckpt = self.ckpt
         self.started = False
+        owners = self._owners_of(executor)
+        owned = set(owners.owned()) if owners is not None else set()
+        acks: dict[str, tuple[list[Any], int, bool]] = {}
+        if owners is not None and owned:
+            budget = {name: self.inline_delta_bytes - _inline_bytes(self.chains.get(name)) for name in owned}
+            acks = owners.write_deltas(t, ckpt.fencing()[1], budget)
         for name in executor.operators():
             chain = self.chains.setdefault(name, Chain())
+            if name in owned:
+                ack = acks.get(name)
+                if ack is not None:
+                    parts, nbytes, can_merge = ack
+                    if not can_merge:
+                        self.copied.add(name)
+                    self.delta_bytes += nbytes
+                    ckpt.count_written(nbytes - sum(len(p["data"]) for p in parts if isinstance(p, dict)))  # the owners' files
+                    chain.deltas.append((t, {"t": t, "parts": parts}))
+                    _faults.point("state.mid_write")
+                continue
             delta = executor.delta(name)
             if delta is not None:
                 node = self.nodes[name]
@@ -122,8 +148,7 @@ class StateWriter:
                     self.copied.add(name)
                 payload = encode_state(node, delta)
                 self.delta_bytes += len(payload)
-                inline_bytes = sum(len(e["data"]) for _, e in chain.deltas if isinstance(e, dict))
-                if inline_bytes + len(payload) <= self.inline_delta_bytes:
+                if _inline_bytes(chain) + len(payload) <= self.inline_delta_bytes:
                     chain.deltas.append((t, {"t": t, "codec": node.codec, "data": payload}))
                 else:
                     chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, node.codec)))
@@ -136,6 +161,13 @@ class StateWriter:
         if due and self._thread is None:
             self.start_snapshot(t, executor)
         return {name: c.as_data() for name, c in self.chains.items()}
+
+    def _owners_of(self, executor: Executor) -> StateOwners | None:
+        """`executor` if its workers write their own state files (checked once: a Protocol check costs ~20 us)."""
+        known = self._owners_cache
+        if known is None or known[0] is not executor:
+            known = self._owners_cache = (executor, executor if isinstance(executor, StateOwners) else None)
+        return known[1]
 
     def snapshot_due(self) -> bool:
         """Is a full snapshot due after this batch?
@@ -163,29 +195,42 @@ class StateWriter:
         ckpt, nodes = self.ckpt, self.nodes
         self.since_snapshot = 0
         jobs: list[Job] = []
+        owner_jobs: list[Job] = []
         copies: dict[str, tuple[str, bytes]] = {}
+        owners = self._owners_of(executor)
+        owned = set(owners.owned()) if owners is not None else set()
+        owner_copies: list[str] = []
         for name in executor.operators():
             chain = self.chains.get(name)
             if chain is None or not chain.deltas:
                 continue  # nothing changed since its snapshot (or it never held state): its chain stays
-            if name in self.copied:
+            if name in self.copied and name in owned:
+                owner_copies.append(name)
+            elif name in self.copied:
                 copies[name] = (nodes[name].codec, encode_state(nodes[name], executor.snapshot(name)))
+            elif name in owned:
+                owner_jobs.append((name, nodes[name].codec, chain.as_data()))
             else:
                 jobs.append((name, nodes[name].codec, chain.as_data()))
+        epoch = ckpt.fencing()[1] if owned else 0
+        # Copies of live state are taken now (batch t's state), by the owners; merges run in the background.
+        copied_parts = owners.write_snapshots(t, epoch, owner_copies) if owners is not None and owner_copies else {}
         size = self.base_bytes + self.delta_bytes
-        self._big = size >= BIG_STATE_BYTES
+        # Owners' compactions (Ray tasks) take round trips even for small states: with adaptive snapshots they are
+        # not waited for before MAX_CHAIN (a fixed snapshot_every keeps its exact cadence, as for small local states).
+        self._big = size >= BIG_STATE_BYTES or (bool(owner_jobs) and self.snapshot_every is None)
         self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
         self.delta_bytes = 0
-        self.started = bool(jobs or copies)
+        self.started = bool(jobs or copies or owner_jobs or copied_parts)
         if not self.started:
             return
-        self._merging = {name for name, _, _ in jobs}
-        helper = size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
+        self._merging = {name for name, _, _ in jobs + owner_jobs}
+        helper = bool(jobs) and size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
         def work() -> None:
             try:
                 w0, b0 = time.perf_counter(), ckpt.written_bytes()
-                done: dict[str, tuple[str, int]] = {}
+                done: dict[str, tuple[Any, int]] = {}
                 nbytes = 0
                 out = _run_helper(ckpt, t, jobs) if helper else None
                 if out is not None:
@@ -195,6 +240,13 @@ class StateWriter:
                 for name, (codec, payload) in copies.items():
                     done[name] = (ckpt.write_state(name, t, "snap", payload, codec), len(payload))
                     _faults.point("snapshot.mid_write")
+                parts: dict[str, tuple[Any, int]] = dict(copied_parts)
+                if owners is not None and owner_jobs:
+                    parts.update(owners.compact(t, epoch, owner_jobs))
+                for name, (paths, part_bytes) in parts.items():
+                    done[name] = (paths, part_bytes)
+                    nbytes += part_bytes
+                    _faults.point("snapshot.mid_write")  # written by the owners, named by no commit yet
                 nbytes += ckpt.written_bytes() - b0
                 self._stats = (nbytes, (time.perf_counter() - w0) * 1e3)
                 self._done = {name: (t, rel, size) for name, (rel, size) in done.items()}
@@ -252,6 +304,19 @@ class StateWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _inline_bytes(chain: Chain | None) -> int:
+    """Bytes of the deltas `chain` holds inline in the commit record (every partition's)."""
+    if chain is None:
+        return 0
+    n = 0
+    for _, e in chain.deltas:
+        if isinstance(e, dict) and "parts" in e:
+            n += sum(len(p["data"]) for p in e["parts"] if isinstance(p, dict))
+        elif isinstance(e, dict):
+            n += len(e["data"])
+    return n
 
 
 #: The helper's command: lower its priority first (its start-up imports take ~0.3 s of CPU too), then run.

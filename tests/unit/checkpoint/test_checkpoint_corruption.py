@@ -18,6 +18,7 @@ from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
 from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, frame, unframe
+from streamkeep.checkpoint._format import PLAIN_VERSION
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.testing import ListSink
 
@@ -29,9 +30,9 @@ def test_frame_round_trip_and_documented_layout() -> None:
     assert unframe("f", data, "delta", "state/op/1.delta") == ("msgpack", b"payload")
     # b"SKCP" u8 version, u8 len(kind) kind, u8 len(codec) codec, u16 len(name) name, u64 len(payload), payload, u32 crc32
     head = (
-        b"SKCP" + bytes([FORMAT_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
+        b"SKCP" + bytes([PLAIN_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
-    assert FORMAT_VERSION == 3
+    assert PLAIN_VERSION == 3 and FORMAT_VERSION == 4  # 4: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
