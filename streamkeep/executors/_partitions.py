@@ -25,7 +25,7 @@ from typing import Any
 from streamkeep._util import stable_hash
 from streamkeep.batch import Batch
 from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
-from streamkeep.errors import StreamkeepError
+from streamkeep.errors import SourceError, StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import kind_of, make_runtime
 
@@ -191,6 +191,20 @@ def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]
         return buckets if count > 1 else buckets[0]
     except StreamkeepError as exc:
         raise portable(exc) from None
+
+
+def run_fetch(fetch: Any) -> tuple[list[list[Any]], tuple[list[int], Any]]:
+    """Run one fetch of a source's `RemoteRead` (a Ray task): its partitions, and (records per partition, extra)."""
+    try:
+        parts, extra = fetch()
+    except StreamkeepError as exc:
+        raise portable(exc) from None
+    except Exception as exc:
+        msg = f"reading a source's planned input in a Ray worker (pid {os.getpid()}) failed: {type(exc).__name__}: {exc}"
+        err = SourceError(msg)
+        err.__cause__ = exc
+        raise portable(err) from None
+    return parts, ([len(p) for p in parts], extra)
 
 
 class PartitionHost:

@@ -62,6 +62,7 @@ from streamkeep.executors._partitions import (
     bucket_parts,
     merge_state,
     partitioned,
+    run_fetch,
     run_ops,
     split_state,
 )
@@ -69,6 +70,7 @@ from streamkeep.executors._pool import _PER_PARTITION
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
 from streamkeep.executors.local import _call, _name_upstream, event_time_status, run_outputs
+from streamkeep.sources.base import RemotelyReadable, Source, source_partitions
 
 log = logging.getLogger("streamkeep.executors.ray")
 
@@ -96,13 +98,27 @@ class _Remote:
     is the concatenation of every actor's partition j (when all have the same count).
     """
 
-    __slots__ = ("local", "ops", "refs", "t")
+    __slots__ = ("labels", "local", "ops", "refs", "stacked", "t")
 
-    def __init__(self, refs: list[Any], ops: tuple[Any, ...], t: int) -> None:
+    def __init__(
+        self, refs: list[Any], ops: tuple[Any, ...], t: int, *, stacked: bool = False, labels: tuple[str, ...] | None = None
+    ) -> None:
         self.refs = refs
         self.ops = ops
         self.t = t
+        #: True: the batch's partitions are every ref's partitions one after another (a source read
+        #: in tasks: each partition whole in one ref); False: partition j is every ref's partition j.
+        self.stacked = stacked
+        self.labels = labels  # Batch.source_partitions (stacked only)
         self.local: Batch[Any] | None = None
+
+    def with_ops(self, refs: list[Any], ops: tuple[Any, ...]) -> _Remote:
+        """The same batch's layout and labels over other refs with other pending ops."""
+        return _Remote(refs, ops, self.t, stacked=self.stacked, labels=self.labels)
+
+    def whole_partitions(self) -> bool:
+        """True when each ref holds whole partitions (per-partition ops can run on one ref)."""
+        return self.stacked or len(self.refs) == 1
 
 
 class RayExecutor:
@@ -202,6 +218,7 @@ class RayExecutor:
                 "host": ray.remote(PartitionHost),
                 "bucket": ray.remote(bucket_parts),
                 "ops": ray.remote(run_ops),
+                "fetch": ray.remote(run_fetch),
             }
 
     def actor_pids(self) -> list[int]:
@@ -443,6 +460,30 @@ class RayExecutor:
             local[i] = None if r is None else self._local(r)
         run_outputs(self.nodes, t, local, self._timings)
 
+    def read_input(self, source: Any, plan: Any, batch_time: int) -> tuple[_Remote, list[int]] | None:
+        """Read a `RemotelyReadable` source's planned input in Ray tasks (`RemoteInput`); None for other sources.
+
+        The records stay in the object store of the workers that fetched them (a
+        chain and a shuffle after the source run there too); the driver gets only
+        the record counts and what the source's ``finish`` needs (dead letters).
+        """
+        if not isinstance(source, RemotelyReadable) or not isinstance(source, Source):
+            return None
+        read = source.remote_read(plan, batch_time, self._cpus)
+        if read is None:
+            return None
+        task = self._remote_fns["fetch"].options(num_returns=2)
+        calls = [task.remote(f) for f in read.fetches]
+        try:
+            metas: list[tuple[list[int], Any]] = self._get([m for _, m in calls])
+        except BaseException:
+            self._settle([r for r, _ in calls])
+            raise
+        read.finish([extra for _, extra in metas])
+        counts = [c for per_part, _ in metas for c in per_part]
+        labels = source_partitions(source, plan, len(counts), batch_time)
+        return _Remote([r for r, _ in calls], (), batch_time, stacked=True, labels=labels), counts
+
     # -- moving records ------------------------------------------------------------------
 
     def _narrow(self, node: NarrowNode, parent: Any) -> Any:
@@ -451,15 +492,15 @@ class RayExecutor:
         probe: Batch[Any] = Batch._lazy([[]], (), parent.t)
         got = node.apply(probe)
         if got._src is probe._src and got._parts is None and got._dead is None:  # only per-record ops: keep them lazy
-            return _Remote(parent.refs, parent.ops + got._ops, parent.t)
+            return parent.with_ops(parent.refs, parent.ops + got._ops)
         return node.apply(self._local(parent))  # dead letters (driver-side buffers): run here
 
     def _cache(self, out: Any) -> Any:
         """Run a shared result's pending ops once (where its records are)."""
         if isinstance(out, Batch):
             return out.cache()
-        if out.ops and not _per_partition(out.ops):
-            return _Remote([self._remote_fns["ops"].remote(out.ops, out.t, r) for r in out.refs], (), out.t)
+        if out.ops and (out.whole_partitions() or not _per_partition(out.ops)):
+            return out.with_ops([self._remote_fns["ops"].remote(out.ops, out.t, r) for r in out.refs], ())
         return out
 
     def _local(self, value: Batch[Any] | _Remote) -> Batch[Any]:
@@ -469,16 +510,17 @@ class RayExecutor:
         if value.local is not None:
             return value.local
         ops, refs = value.ops, value.refs
-        if ops and not _per_partition(ops):
+        if ops and (value.whole_partitions() or not _per_partition(ops)):
             refs = [self._remote_fns["ops"].remote(ops, value.t, r) for r in refs]
             ops = ()
         groups: list[list[list[Any]]] = self._get(refs)
         counts = {len(g) for g in groups}
-        if len(counts) == 1:  # partition j = every actor's partition j
-            parts = [[x for g in groups for x in g[j]] for j in range(counts.pop())]
-        else:
+        if value.stacked or len(counts) != 1:
             parts = [p for g in groups for p in g]
-        local: Batch[Any] = Batch._lazy(parts, ops, value.t)
+        else:  # partition j = every actor's partition j
+            parts = [[x for g in groups for x in g[j]] for j in range(counts.pop())]
+        labels = value.labels if value.labels is not None and len(value.labels) == len(parts) else None
+        local: Batch[Any] = Batch._lazy(parts, ops, value.t, labels)
         value.local = local
         return local
 
@@ -514,7 +556,7 @@ class RayExecutor:
             return list(got) if n > 1 else [got]
 
         if isinstance(parent, _Remote):
-            if _per_partition(parent.ops):
+            if _per_partition(parent.ops) and not parent.whole_partitions():
                 parent = self._local(parent)
             else:
                 return [submit(parent.ops, r) for r in parent.refs]
