@@ -38,8 +38,11 @@ import logging
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
+from streamkeep import _faults
+from streamkeep._util import short_repr
 from streamkeep.batch import Batch
 from streamkeep.dstream._graph import (
     DeadLetterNode,
@@ -53,7 +56,7 @@ from streamkeep.dstream._graph import (
     StatefulNode,
     TransformNode,
 )
-from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError, WorkerLostError
+from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError, WorkerLostError
 from streamkeep.executors._partitions import (
     HASH_NAME,
     PartitionHost,
@@ -65,11 +68,13 @@ from streamkeep.executors._partitions import (
     run_fetch,
     run_ops,
     split_state,
+    write_part,
 )
 from streamkeep.executors._pool import _PER_PARTITION
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
-from streamkeep.executors.local import _call, _name_upstream, event_time_status, run_outputs
+from streamkeep.executors.local import _call, _name_upstream, event_time_status, output_label, run_outputs
+from streamkeep.sinks.base import PartitionWritable
 from streamkeep.sources.base import RemotelyReadable, Source, source_partitions
 
 log = logging.getLogger("streamkeep.executors.ray")
@@ -219,6 +224,7 @@ class RayExecutor:
                 "bucket": ray.remote(bucket_parts),
                 "ops": ray.remote(run_ops),
                 "fetch": ray.remote(run_fetch),
+                "write": ray.remote(write_part),
             }
 
     def actor_pids(self) -> list[int]:
@@ -452,13 +458,53 @@ class RayExecutor:
         return results  # type: ignore[return-value]  # _Remote values go back to run_outputs only
 
     def run_outputs(self, t: int, results: dict[int, Batch[Any] | None]) -> None:
-        """Run the outputs in registration order (their records fetched to the driver)."""
-        needed = {n.parents[0].id for n in self.nodes if isinstance(n, OutputNode) and not isinstance(n, DeadLetterNode)}
-        local: dict[int, Batch[Any] | None] = {}
-        for i in needed:
-            r: Any = results.get(i)
-            local[i] = None if r is None else self._local(r)
-        run_outputs(self.nodes, t, local, self._timings)
+        """Run the outputs in registration order.
+
+        A `PartitionWritable` sink whose records are in the object store is written by
+        Ray tasks where they are (one part per ref), then published by the driver; every
+        other output gets its records in the driver.
+        """
+        timings = self._timings
+        for node in self.nodes:
+            if not isinstance(node, OutputNode) or isinstance(node, DeadLetterNode):
+                continue
+            r: Any = results.get(node.parents[0].id)
+            if r is None:
+                continue
+            sink = node.sink
+            if (
+                isinstance(r, _Remote)
+                and isinstance(sink, PartitionWritable)
+                and sink.partition_writable()
+                and (r.whole_partitions() or not _per_partition(r.ops))
+            ):
+                s0 = time.perf_counter()
+                self._write_parts(sink, t, r)
+                if timings is not None:
+                    timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
+            else:
+                run_outputs([node], t, {node.parents[0].id: self._local(r)}, timings)
+        run_outputs([n for n in self.nodes if isinstance(n, DeadLetterNode)], t, {}, timings)
+
+    def _write_parts(self, sink: Any, t: int, value: _Remote) -> None:
+        """Batch `t` of `sink` written in parts by tasks (one per ref of `value`), then published once here."""
+        attempt = uuid.uuid4().hex[:12]  # parts of a try that failed are never published
+        _faults.point("sink.before_write")
+        task = self._remote_fns["write"]
+        refs = [task.remote(sink, t, attempt, i, value.ops, ref) for i, ref in enumerate(value.refs)]
+        try:
+            receipts = self._get(refs)
+        except BaseException:
+            self._settle(refs)
+            raise
+        try:
+            sink.publish(t, attempt, receipts)
+        except StreamkeepError:
+            raise
+        except Exception as exc:  # as the driver's write reports it
+            msg = f"sink {sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+            raise SinkError(msg) from exc
+        _faults.point("sink.after_write")
 
     def read_input(self, source: Any, plan: Any, batch_time: int) -> tuple[_Remote, list[int]] | None:
         """Read a `RemotelyReadable` source's planned input in Ray tasks (`RemoteInput`); None for other sources.

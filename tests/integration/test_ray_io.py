@@ -83,3 +83,90 @@ def test_kafka_job_on_ray_reads_in_the_workers_and_equals_local(kafka_cluster, t
     if on_error == "callable":
         assert sorted(ray_calls) == sorted(local_calls)  # called in the driver (the list is the driver's)
     assert all(len(set(lbl)) == 3 for lbl in on_ray["labels"])  # one "words/topic:p" label per Kafka partition
+
+
+# -- sinks written where the records are --------------------------------------------------
+
+
+def _words(batches: int = 3, n: int = 3000) -> list[list[str]]:
+    return [[f"w{(i * 7 + b) % 50}" for i in range(n)] for b in range(batches)]
+
+
+def _redis_write(prefix: str):
+    def write(pipe, records):
+        for w, n in records:
+            pipe.hincrby(f"{prefix}:totals", w, n)  # not idempotent: applied twice would show
+            pipe.rpush(f"{prefix}:log:{w}", n)
+        pipe.sadd(f"{prefix}:pids", os.getpid())  # where write ran (not compared)
+
+    return write
+
+
+def _sinks_job(executor: Any, sinks: list[Any], extra: Any = None) -> None:
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    totals = ssc.queue_stream(_words(), name="q").map(lambda w: (w, 1)).update_state_by_key(_add, name="totals")
+    for s in sinks:
+        totals.write_to(s)
+    if extra is not None:
+        extra(ssc)
+    ssc.run()
+    ssc.stop()
+
+
+def _files(path: Any) -> dict[str, list[str]]:
+    return {p.name: sorted(p.read_text().splitlines()) for p in sorted(path.iterdir()) if not p.name.startswith(".")}
+
+
+def test_sinks_on_ray_write_in_the_workers_and_equal_local(tmp_path, redis_url, ray_executor, monkeypatch, kafka_cluster, topic_factory):
+    import pyarrow.parquet as pq
+    import redis as redis_mod
+    from _servers import consume_all
+
+    from streamkeep.sinks import FileSink, KafkaSink, RedisSink
+    from streamkeep.sinks.files import ParquetSink
+    from streamkeep.sinks.text import TextFilesSink
+
+    bs = kafka_cluster.bootstrap
+    client = redis_mod.Redis.from_url(redis_url)
+    out: dict[str, Any] = {}
+    for label in ("local", "ray"):
+        if label == "ray":  # from here on the driver must not write a record itself
+            def refuse(*_a: Any, **_k: Any) -> None:
+                msg = "the driver wrote a sink's records"
+                raise AssertionError(msg)
+
+            monkeypatch.setattr(FileSink, "write", refuse)
+            monkeypatch.setattr(FileSink, "encode", refuse)
+            monkeypatch.setattr(RedisSink, "_queue", refuse)
+            monkeypatch.setattr(KafkaSink, "_encode", refuse)
+            monkeypatch.setattr(TextFilesSink, "write_batch", refuse)
+        topic = topic_factory(2)
+        sinks = [
+            FileSink(tmp_path / label / "lines", name="lines"),
+            FileSink(tmp_path / label / "jsonl", name="jsonl", format="jsonl"),
+            ParquetSink(tmp_path / label / "parquet", name="parquet"),
+            TextFilesSink(str(tmp_path / label / "text" / "out"), "txt", name="text"),
+            RedisSink(redis_url, _redis_write(label), name=f"redis-{label}"),
+            KafkaSink(topic, bootstrap_servers=bs, name=f"kafka-{topic}", value=lambda kv: f"{kv[0]}={kv[1]}"),
+        ]
+        _sinks_job("local" if label == "local" else ray_executor, sinks)
+        text_root = tmp_path / label / "text"
+        out[label] = {
+            "lines": _files(tmp_path / label / "lines"),
+            "jsonl": _files(tmp_path / label / "jsonl"),
+            "parquet": {p.name: sorted(pq.read_table(p).to_pylist(), key=repr) for p in sorted((tmp_path / label / "parquet").glob("batch-*"))},
+            "text": {d.name: sorted(x for f in sorted(d.glob("part-*")) for x in f.read_text().splitlines()) for d in sorted(text_root.iterdir())},
+            "text_done": sorted(d.name for d in text_root.iterdir() if (d / "_SUCCESS").exists()),
+            "redis": sorted(client.hgetall(f"{label}:totals").items()),
+            "redis_log": {k.decode().rsplit(":", 1)[1]: client.lrange(k, 0, -1) for k in client.scan_iter(f"{label}:log:*")},
+            "kafka": sorted(m.value() for m in consume_all(bs, topic)),
+            "pids": {int(p) for p in client.smembers(f"{label}:pids")},
+        }
+    local, ray = out["local"], out["ray"]
+    assert len(local["lines"]) == 3 and len(local["kafka"]) == 150 and len(local["text_done"]) == 3
+    for key in ("lines", "jsonl", "parquet", "text", "text_done", "redis", "kafka"):
+        assert ray[key] == local[key], key
+    assert {k: sorted(v) for k, v in ray["redis_log"].items()} == {k: sorted(v) for k, v in local["redis_log"].items()}
+    assert os.getpid() not in ray["pids"] and ray["pids"]  # write ran in the workers
+    assert client.keys("streamkeep:sink:*:stage:*") == []  # no staged commands left
+    assert not [p for p in (tmp_path / "ray").rglob(".*part*")]  # no part files left
