@@ -170,3 +170,44 @@ def test_sinks_on_ray_write_in_the_workers_and_equal_local(tmp_path, redis_url, 
     assert os.getpid() not in ray["pids"] and ray["pids"]  # write ran in the workers
     assert client.keys("streamkeep:sink:*:stage:*") == []  # no staged commands left
     assert not [p for p in (tmp_path / "ray").rglob(".*part*")]  # no part files left
+
+
+def _bad_write(pipe, records):
+    for w, n in records:
+        if w == "w7":
+            msg = f"no writes for {w}"
+            raise KeyError(msg)
+        pipe.set(w, n)
+
+
+def _text_update(values: list[int], old: Any) -> str:
+    return "two\nlines" if old is not None else "one line"  # the second batch's records cannot be written as lines
+
+
+def _same(message: str) -> str:
+    """An error message without what differs by design: the sink's name here, a record's number (its place in its part)."""
+    import re
+
+    return re.sub(r"record #\d+", "record #N", message.replace("bad-ray", "bad-local"))
+
+
+def test_a_sink_failing_in_a_task_raises_what_it_raises_in_the_driver(tmp_path, redis_url, ray_executor):
+    from streamkeep.sinks import FileSink, RedisSink
+
+    def failure(executor: Any, label: str, kind: str) -> BaseException:
+        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        pairs = ssc.queue_stream(_words(), name="q").map(lambda w: (w, 1))
+        if kind == "redis":
+            pairs.update_state_by_key(_add, name="totals").write_to(RedisSink(redis_url, _bad_write, name=f"bad-{label}"))
+        else:
+            pairs.update_state_by_key(_text_update, name="texts").map(lambda kv: f"{kv[0]}: {kv[1]}").write_to(FileSink(tmp_path / label, name="files"))
+        with pytest.raises(sk.errors.StreamkeepError) as info:
+            ssc.run()
+        ssc.stop()
+        return info.value
+
+    for kind in ("redis", "file"):
+        local, ray = failure("local", "local", kind), failure(ray_executor, "ray", kind)
+        assert type(ray) is type(local), kind
+        assert type(ray.__cause__) is type(local.__cause__), kind
+        assert _same(str(ray)) == _same(str(local)), kind
