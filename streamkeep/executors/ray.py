@@ -16,8 +16,12 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   `SMALL_BATCH` records) are split in the driver, which costs less than a task.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
-  (``transform``, joins, ``reduce_by_key``), outputs and sinks get the records on
-  the driver (a first version: sinks run on the driver).
+  (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,
+  except sinks that are `PartitionWritable` (Redis, Kafka, files): Ray tasks write
+  their parts where the records are, and the driver publishes the batch once.
+- Sources: the driver plans; a `RemotelyReadable` source (Kafka) is read by Ray tasks
+  (`read_input`, the `RemoteInput` capability), so its records go from the broker to
+  the workers' object store; other sources are read by the driver.
 - Windows of whole records (``window``) and event-time windows (one watermark
   across all keys) keep their state in the driver, as with the local executor.
 
