@@ -30,6 +30,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, before ray is imported
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor's own local Ray: workers at the driver's priority
 
 import streamkeep as sk  # noqa: E402
 from streamkeep.testing import ManualClock  # noqa: E402
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=5, help="alternating local/Ray rounds per job and W (default 5)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="Ray worker counts W (default 1 2 4)")
+    ap.add_argument("--only", default="", help="run only the jobs whose name contains this text (e.g. CPU)")
     args = ap.parse_args()
     q = 4 if args.quick else 1
     words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
@@ -86,6 +88,7 @@ def main() -> None:
         "CPU-heavy (~50 us/record, 40k records)": (heavy_in, heavy),
         "tiny batches (1 record)": (tiny, pair),
     }
+    jobs = {name: job for name, job in jobs.items() if args.only in name}
     t0 = time.perf_counter()
     for i in range(2000):
         heavy(f"h{i}")

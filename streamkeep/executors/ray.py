@@ -207,6 +207,9 @@ class RayExecutor:
                 ray.init(address=address, **opts)
             else:
                 _loopback_only(ray)
+                # Ray starts workers at nice 15: on a machine shared with other work they would get a
+                # fraction of a core while the driver runs at the user's priority. The job's work is the job.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(
                     address="local",
                     num_cpus=self.num_cpus,
