@@ -29,7 +29,9 @@ class TextFilesSink:
 
     Exactly once: each file is written to a temp name, fsynced and renamed, and
     ``_SUCCESS`` last, so a replayed batch time rewrites identical files (readers
-    see a batch once its ``_SUCCESS`` exists). Local paths only.
+    see a batch once its ``_SUCCESS`` exists). Local paths only. On the Ray executor
+    (`PartitionWritable`) each worker writes its part under a hidden name and the driver
+    renames the parts into place, removes parts of an earlier try, then writes ``_SUCCESS``.
 
     Args:
         prefix: path prefix of the batch directories.
