@@ -9,8 +9,9 @@ Ray with ``num_cpus=W`` and ``num_partitions=W``), no checkpoint, ManualClock (n
 * **tiny batches**: one record per batch into ``update_state_by_key``: Ray's added cost per batch.
 
 Ray's start-up (a few seconds) and the actors' start are excluded (a warm-up batch runs
-first); each figure is the best of 3 runs (the machine is shared: the others are noise).
-Run: ``.venv/bin/python bench/ray.py [--quick]``. On a 2-core machine W=4 only adds
+first). The machine is shared, so each round runs the job on the local executor and then on
+Ray, back to back, and the figures are the median (min-max) over rounds of those ratios.
+Run: ``.venv/bin/python bench/ray.py [--quick] [--rounds N] [--workers 1 2 4]``. On a 2-core machine W=4 only adds
 contention: it shows where scaling stops, not more speed.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -28,6 +30,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, before ray is imported
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor's own local Ray: workers at the driver's priority
 
 import streamkeep as sk  # noqa: E402
 from streamkeep.testing import ManualClock  # noqa: E402
@@ -60,6 +63,11 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     return best
 
 
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """``median (min-max)`` of `values`."""
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def pair(w: str) -> tuple[str, int]:
     return (w, 1)
 
@@ -67,9 +75,11 @@ def pair(w: str) -> tuple[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating local/Ray rounds per job and W (default 5)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="Ray worker counts W (default 1 2 4)")
+    ap.add_argument("--only", default="", help="run only the jobs whose name contains this text (e.g. CPU)")
     args = ap.parse_args()
     q = 4 if args.quick else 1
-    reps = 2 if args.quick else 3
     words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
     heavy_in = [[f"h{(i * 31 + b) % 500}" for i in range(8_000 // q)] for b in range(5)]
     tiny = [[f"t{b % 3}"] for b in range(200 // q)]
@@ -78,33 +88,42 @@ def main() -> None:
         "CPU-heavy (~50 us/record, 40k records)": (heavy_in, heavy),
         "tiny batches (1 record)": (tiny, pair),
     }
+    jobs = {name: job for name, job in jobs.items() if args.only in name}
     t0 = time.perf_counter()
     for i in range(2000):
         heavy(f"h{i}")
     print(f"the CPU-heavy function: {(time.perf_counter() - t0) / 2000 * 1e6:.0f} us per record here")
-    results: dict[str, dict[str, float]] = {name: {"local": _time_job("local", b, f, reps)} for name, (b, f) in jobs.items()}
     import ray
 
     from streamkeep.executors import RayExecutor
 
-    for w in (1, 2, 4):
+    # ratio[job][W]: local time / Ray time, one pair per round, the two runs back to back (alternating),
+    # so a load change on this shared machine hits both sides of a ratio about equally.
+    ratio: dict[str, dict[int, list[float]]] = {name: {} for name in jobs}
+    secs: dict[str, dict[str, list[float]]] = {name: {} for name in jobs}
+    added: dict[int, list[float]] = {}
+    for w in args.workers:
         ray.init(num_cpus=w, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
         try:
             ex = RayExecutor(num_partitions=w, keep_actors=True)
             for name, (b, f) in jobs.items():
-                results[name][f"ray W={w}"] = _time_job(ex, b, f, reps)
+                for _ in range(args.rounds):
+                    loc = _time_job("local", b, f, 1)
+                    on_ray = _time_job(ex, b, f, 1)
+                    ratio[name].setdefault(w, []).append(loc / on_ray)
+                    secs[name].setdefault("local", []).append(loc)
+                    secs[name].setdefault(f"ray W={w}", []).append(on_ray)
+                    if name.startswith("tiny"):
+                        added.setdefault(w, []).append((on_ray - loc) / len(b) * 1e3)
             ex.shutdown()
         finally:
             ray.shutdown()
-    for name, row in results.items():
-        base = row["local"]
-        (b, _) = jobs[name]
-        n = len(b)
-        cells = ", ".join(f"{k}: {v:.2f} s ({base / v:.2f}x)" for k, v in row.items())
-        print(f"{name}: {cells}")
-        if name.startswith("tiny"):
-            per = {k: (v - base) / n * 1e3 for k, v in row.items() if k != "local"}
-            print("  Ray's added cost per batch: " + ", ".join(f"{k}: {v:.1f} ms" for k, v in per.items()))
+    print(f"{args.rounds} alternating rounds per W; median (min-max) over rounds")
+    for name in jobs:
+        cells = "; ".join(f"W={w}: {_spread(r)}x" for w, r in ratio[name].items())
+        print(f"{name}: local/Ray ratio {cells}")
+        print("  seconds: " + "; ".join(f"{k}: {_spread(v)}" for k, v in secs[name].items()))
+    print("Ray's added cost per batch (tiny batches): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in added.items()))
 
 
 if __name__ == "__main__":

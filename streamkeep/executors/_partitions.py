@@ -25,15 +25,16 @@ import time
 import zlib
 from typing import Any
 
-from streamkeep._util import stable_hash
+from streamkeep._util import short_repr, stable_hash
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, join_parts
 from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
-from streamkeep.errors import StreamkeepError
+from streamkeep.errors import SinkError, SourceError, StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors._state_files import Ack, PartWriter, compact_part, read_probe, slice_entry, write_probe
 from streamkeep.executors.kinds import kind_of, make_runtime
+from streamkeep.sinks.base import sink_records
 
 #: The hash `key_hash` implements, as recorded in commit records (``partitioning``).
 HASH_NAME = "streamkeep-stable-hash-v1"
@@ -166,6 +167,34 @@ def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]
         return buckets if count > 1 else buckets[0]
     except StreamkeepError as exc:
         raise portable(exc) from None
+
+
+def run_fetch(fetch: Any) -> tuple[list[list[Any]], tuple[list[int], Any]]:
+    """Run one fetch of a source's `RemoteRead` (a Ray task): its partitions, and (records per partition, extra)."""
+    try:
+        parts, extra = fetch()
+    except StreamkeepError as exc:
+        raise portable(exc) from None
+    except Exception as exc:
+        msg = f"reading a source's planned input in a Ray worker (pid {os.getpid()}) failed: {type(exc).__name__}: {exc}"
+        err = SourceError(msg)
+        err.__cause__ = exc
+        raise portable(err) from None
+    return parts, ([len(p) for p in parts], extra)
+
+
+def write_part(sink: Any, t: int, attempt: str, index: int, ops: tuple[Any, ...], parts: list[list[Any]]) -> Any:
+    """Write part `index` of batch `t` to a `PartitionWritable` sink where its records are (a Ray task): the receipt."""
+    try:
+        records = [r for p in Batch._lazy(parts, ops, t).partitions for r in p]
+        return sink.write_part(t, attempt, index, sink_records(sink, records))
+    except StreamkeepError as exc:
+        raise portable(exc) from None
+    except Exception as exc:  # as the driver's write reports it
+        msg = f"sink {sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+        err = SinkError(msg)
+        err.__cause__ = exc
+        raise portable(err) from None
 
 
 class PartitionHost:

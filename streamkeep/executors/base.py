@@ -35,6 +35,10 @@ scheduler then calls ``open`` again and restores every operator from the last
 commit (the executor replaces the dead workers in ``open``), and runs the batch
 again from its plan. An executor that holds all state in the driver never raises it.
 
+An executor that runs work in other processes may implement `RemoteInput`: the
+scheduler then lets it read a source's planned input (``read_input``) where it
+computes, instead of calling the source's ``read`` in the driver.
+
 An executor that splits keyed state into partitions also implements
 `KeyPartitioned`; the scheduler records its ``partitioning()`` in each commit
 record (for ``checkpoint inspect``; restoring never needs it: every chain entry
@@ -179,5 +183,18 @@ class StateOwners(Protocol):
 
         Reads storage only (may run in another thread while batches run). An operator whose
         chain cannot be merged is left out.
+        """
+        ...
+
+
+@runtime_checkable
+class RemoteInput(Protocol):
+    """A declared capability: the executor reads planned input in its workers (sources that are `RemotelyReadable`)."""
+
+    def read_input(self, source: Any, plan: Any, batch_time: int) -> tuple[Any, list[int]] | None:
+        """`source`'s input for `plan` as a value ``compute`` accepts in ``inputs``, and its records per partition.
+
+        None: the scheduler reads the input itself (``source.read``). Raises what the
+        source's read raises (e.g. `streamkeep.errors.SourceError`).
         """
         ...

@@ -16,8 +16,12 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   `SMALL_BATCH` records) are split in the driver, which costs less than a task.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
-  (``transform``, joins, ``reduce_by_key``), outputs and sinks get the records on
-  the driver (a first version: sinks run on the driver).
+  (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,
+  except sinks that are `PartitionWritable` (Redis, Kafka, files): Ray tasks write
+  their parts where the records are, and the driver publishes the batch once.
+- Sources: the driver plans; a `RemotelyReadable` source (Kafka) is read by Ray tasks
+  (`read_input`, the `RemoteInput` capability), so its records go from the broker to
+  the workers' object store; other sources are read by the driver.
 - Windows of whole records (``window``) and event-time windows (one watermark
   across all keys) keep their state in the driver, as with the local executor.
 
@@ -44,8 +48,11 @@ import logging
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
+from streamkeep import _faults
+from streamkeep._util import short_repr
 from streamkeep.batch import Batch
 from streamkeep.dstream._graph import (
     DeadLetterNode,
@@ -59,7 +66,7 @@ from streamkeep.dstream._graph import (
     StatefulNode,
     TransformNode,
 )
-from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError, WorkerLostError
+from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError, WorkerLostError
 from streamkeep.executors._partitions import (
     HASH_NAME,
     PartitionHost,
@@ -69,14 +76,18 @@ from streamkeep.executors._partitions import (
     compact_task,
     merge_state,
     partitioned,
+    run_fetch,
     run_ops,
     split_state,
+    write_part,
 )
 from streamkeep.executors._pool import _PER_PARTITION
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors._state_files import delete_probe, read_probe, write_probe
 from streamkeep.executors.kinds import make_runtime
-from streamkeep.executors.local import _call, _name_upstream, event_time_status, run_outputs
+from streamkeep.executors.local import _call, _name_upstream, event_time_status, output_label, run_outputs
+from streamkeep.sinks.base import PartitionWritable
+from streamkeep.sources.base import RemotelyReadable, Source, source_partitions
 
 log = logging.getLogger("streamkeep.executors.ray")
 
@@ -104,13 +115,27 @@ class _Remote:
     is the concatenation of every actor's partition j (when all have the same count).
     """
 
-    __slots__ = ("local", "ops", "refs", "t")
+    __slots__ = ("labels", "local", "ops", "refs", "stacked", "t")
 
-    def __init__(self, refs: list[Any], ops: tuple[Any, ...], t: int) -> None:
+    def __init__(
+        self, refs: list[Any], ops: tuple[Any, ...], t: int, *, stacked: bool = False, labels: tuple[str, ...] | None = None
+    ) -> None:
         self.refs = refs
         self.ops = ops
         self.t = t
+        #: True: the batch's partitions are every ref's partitions one after another (a source read
+        #: in tasks: each partition whole in one ref); False: partition j is every ref's partition j.
+        self.stacked = stacked
+        self.labels = labels  # Batch.source_partitions (stacked only)
         self.local: Batch[Any] | None = None
+
+    def with_ops(self, refs: list[Any], ops: tuple[Any, ...]) -> _Remote:
+        """The same batch's layout and labels over other refs with other pending ops."""
+        return _Remote(refs, ops, self.t, stacked=self.stacked, labels=self.labels)
+
+    def whole_partitions(self) -> bool:
+        """True when each ref holds whole partitions (per-partition ops can run on one ref)."""
+        return self.stacked or len(self.refs) == 1
 
 
 class RayExecutor:
@@ -191,6 +216,9 @@ class RayExecutor:
                 ray.init(address=address, **opts)
             else:
                 _loopback_only(ray)
+                # Ray starts workers at nice 15: on a machine shared with other work they would get a
+                # fraction of a core while the driver runs at the user's priority. The job's work is the job.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(
                     address="local",
                     num_cpus=self.num_cpus,
@@ -212,6 +240,8 @@ class RayExecutor:
                 "bucket": ray.remote(bucket_parts),
                 "ops": ray.remote(run_ops),
                 "compact": ray.remote(compact_task),
+                "fetch": ray.remote(run_fetch),
+                "write": ray.remote(write_part),
             }
 
     def actor_pids(self) -> list[int]:
@@ -534,13 +564,77 @@ class RayExecutor:
         return results  # type: ignore[return-value]  # _Remote values go back to run_outputs only
 
     def run_outputs(self, t: int, results: dict[int, Batch[Any] | None]) -> None:
-        """Run the outputs in registration order (their records fetched to the driver)."""
-        needed = {n.parents[0].id for n in self.nodes if isinstance(n, OutputNode) and not isinstance(n, DeadLetterNode)}
-        local: dict[int, Batch[Any] | None] = {}
-        for i in needed:
-            r: Any = results.get(i)
-            local[i] = None if r is None else self._local(r)
-        run_outputs(self.nodes, t, local, self._timings)
+        """Run the outputs in registration order.
+
+        A `PartitionWritable` sink whose records are in the object store is written by
+        Ray tasks where they are (one part per ref), then published by the driver; every
+        other output gets its records in the driver.
+        """
+        timings = self._timings
+        for node in self.nodes:
+            if not isinstance(node, OutputNode) or isinstance(node, DeadLetterNode):
+                continue
+            r: Any = results.get(node.parents[0].id)
+            if r is None:
+                continue
+            sink = node.sink
+            if (
+                isinstance(r, _Remote)
+                and isinstance(sink, PartitionWritable)
+                and sink.partition_writable()
+                and (r.whole_partitions() or not _per_partition(r.ops))
+            ):
+                s0 = time.perf_counter()
+                self._write_parts(sink, t, r)
+                if timings is not None:
+                    timings[output_label(node)] = (time.perf_counter() - s0) * 1e3
+            else:
+                run_outputs([node], t, {node.parents[0].id: self._local(r)}, timings)
+        run_outputs([n for n in self.nodes if isinstance(n, DeadLetterNode)], t, {}, timings)
+
+    def _write_parts(self, sink: Any, t: int, value: _Remote) -> None:
+        """Batch `t` of `sink` written in parts by tasks (one per ref of `value`), then published once here."""
+        attempt = uuid.uuid4().hex[:12]  # parts of a try that failed are never published
+        _faults.point("sink.before_write")
+        task = self._remote_fns["write"]
+        refs = [task.remote(sink, t, attempt, i, value.ops, ref) for i, ref in enumerate(value.refs)]
+        try:
+            receipts = self._get(refs)
+        except BaseException:
+            self._settle(refs)
+            raise
+        try:
+            sink.publish(t, attempt, receipts)
+        except StreamkeepError:
+            raise
+        except Exception as exc:  # as the driver's write reports it
+            msg = f"sink {sink.name!r} failed to write batch {t} ms: {type(exc).__name__}: {short_repr(str(exc), 200)}"
+            raise SinkError(msg) from exc
+        _faults.point("sink.after_write")
+
+    def read_input(self, source: Any, plan: Any, batch_time: int) -> tuple[_Remote, list[int]] | None:
+        """Read a `RemotelyReadable` source's planned input in Ray tasks (`RemoteInput`); None for other sources.
+
+        The records stay in the object store of the workers that fetched them (a
+        chain and a shuffle after the source run there too); the driver gets only
+        the record counts and what the source's ``finish`` needs (dead letters).
+        """
+        if not isinstance(source, RemotelyReadable) or not isinstance(source, Source):
+            return None
+        read = source.remote_read(plan, batch_time, self._cpus)
+        if read is None:
+            return None
+        task = self._remote_fns["fetch"].options(num_returns=2)
+        calls = [task.remote(f) for f in read.fetches]
+        try:
+            metas: list[tuple[list[int], Any]] = self._get([m for _, m in calls])
+        except BaseException:
+            self._settle([r for r, _ in calls])
+            raise
+        read.finish([extra for _, extra in metas])
+        counts = [c for per_part, _ in metas for c in per_part]
+        labels = source_partitions(source, plan, len(counts), batch_time)
+        return _Remote([r for r, _ in calls], (), batch_time, stacked=True, labels=labels), counts
 
     # -- moving records ------------------------------------------------------------------
 
@@ -550,15 +644,15 @@ class RayExecutor:
         probe: Batch[Any] = Batch._lazy([[]], (), parent.t)
         got = node.apply(probe)
         if got._src is probe._src and got._parts is None and got._dead is None:  # only per-record ops: keep them lazy
-            return _Remote(parent.refs, parent.ops + got._ops, parent.t)
+            return parent.with_ops(parent.refs, parent.ops + got._ops)
         return node.apply(self._local(parent))  # dead letters (driver-side buffers): run here
 
     def _cache(self, out: Any) -> Any:
         """Run a shared result's pending ops once (where its records are)."""
         if isinstance(out, Batch):
             return out.cache()
-        if out.ops and not _per_partition(out.ops):
-            return _Remote([self._remote_fns["ops"].remote(out.ops, out.t, r) for r in out.refs], (), out.t)
+        if out.ops and (out.whole_partitions() or not _per_partition(out.ops)):
+            return out.with_ops([self._remote_fns["ops"].remote(out.ops, out.t, r) for r in out.refs], ())
         return out
 
     def _local(self, value: Batch[Any] | _Remote) -> Batch[Any]:
@@ -568,16 +662,17 @@ class RayExecutor:
         if value.local is not None:
             return value.local
         ops, refs = value.ops, value.refs
-        if ops and not _per_partition(ops):
+        if ops and (value.whole_partitions() or not _per_partition(ops)):
             refs = [self._remote_fns["ops"].remote(ops, value.t, r) for r in refs]
             ops = ()
         groups: list[list[list[Any]]] = self._get(refs)
         counts = {len(g) for g in groups}
-        if len(counts) == 1:  # partition j = every actor's partition j
-            parts = [[x for g in groups for x in g[j]] for j in range(counts.pop())]
-        else:
+        if value.stacked or len(counts) != 1:
             parts = [p for g in groups for p in g]
-        local: Batch[Any] = Batch._lazy(parts, ops, value.t)
+        else:  # partition j = every actor's partition j
+            parts = [[x for g in groups for x in g[j]] for j in range(counts.pop())]
+        labels = value.labels if value.labels is not None and len(value.labels) == len(parts) else None
+        local: Batch[Any] = Batch._lazy(parts, ops, value.t, labels)
         value.local = local
         return local
 
@@ -613,7 +708,7 @@ class RayExecutor:
             return list(got) if n > 1 else [got]
 
         if isinstance(parent, _Remote):
-            if _per_partition(parent.ops):
+            if _per_partition(parent.ops) and not parent.whole_partitions():
                 parent = self._local(parent)
             else:
                 return [submit(parent.ops, r) for r in parent.refs]

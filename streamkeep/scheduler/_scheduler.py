@@ -25,7 +25,7 @@ from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, Mem
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
-from streamkeep.executors.base import Executor, KeyPartitioned, StateOwners
+from streamkeep.executors.base import Executor, KeyPartitioned, RemoteInput, StateOwners
 from streamkeep.scheduler._events import (
     BatchInfo,
     BatchPlanned,
@@ -292,7 +292,14 @@ class Scheduler(Recovery):
         inputs: dict[str, Batch[Any]] = {}
         planned = plan["sources"]
         counts: dict[str, int] = {}
+        remote = self.executor if isinstance(self.executor, RemoteInput) else None
         for src in self.sources:
+            got = None if remote is None or src.name not in planned else remote.read_input(src, planned[src.name], t)
+            if got is not None:  # read by the executor's workers (the records stay there)
+                inputs[src.name], per_part = got
+                counts[src.name] = sum(per_part)
+                self._part_counts[src.name] = per_part
+                continue
             if src.name in planned:
                 parts = src.read(planned[src.name], t)
             else:  # a source added since this batch was planned: no input for it

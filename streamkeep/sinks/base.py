@@ -12,7 +12,9 @@ scheduler hands such a sink a `FencingToken` once it owns the checkpoint.
 `MarkedSink` is the optional capability of a sink that records the last batch
 time it applied; a fresh job starts after it. `BatchSink` is the optional
 capability of a sink that reads the batch itself (only its first records, or one
-list per partition) instead of getting all its records as one list. The scheduler
+list per partition) instead of getting all its records as one list. `PartitionWritable` is
+the optional capability of a sink whose batch can be written in parts, each by the
+process that holds the part's records, then published once by the driver. The scheduler
 and executors check these with ``isinstance(sink, Protocol)``; nothing else is probed.
 Must not import the scheduler, dstream, sources or executors.
 """
@@ -25,7 +27,17 @@ from typing import Any, Protocol, runtime_checkable
 from streamkeep._arrow import is_table
 from streamkeep._types import BatchTime
 
-__all__ = ["BatchSink", "BatchView", "FencedSink", "FencingToken", "MarkedSink", "Sink", "TableSink", "sink_records"]
+__all__ = [
+    "BatchSink",
+    "BatchView",
+    "FencedSink",
+    "FencingToken",
+    "MarkedSink",
+    "PartitionWritable",
+    "Sink",
+    "TableSink",
+    "sink_records",
+]
 
 
 @runtime_checkable
@@ -175,6 +187,42 @@ class TableSink(Protocol):
 
     def takes_tables(self) -> bool:
         """True: `write` receives the tables themselves."""
+
+
+@runtime_checkable
+class PartitionWritable(Protocol):
+    """A sink whose batch is written in parts where the records are, then published once (Ray executor).
+
+    An executor whose records live in other processes (`RayExecutor`) writes batch ``T``
+    in two phases instead of calling ``write``:
+
+    1. ``write_part(T, attempt, i, records)`` for each part ``i = 0..n-1``, each in a
+       worker process, on a copy of the sink (pickled: no connections, no fencing check;
+       it opens what it needs). It must have no effect a reader sees (a temporary file,
+       staged commands) and return a small, picklable receipt.
+    2. ``publish(T, attempt, receipts)`` in the driver once every part succeeded (the
+       receipts in part order): makes the batch visible atomically and exactly once, with
+       the same replay and fencing rules as ``write``.
+
+    ``attempt`` is new for every try of a batch: parts of a try that crashed are never
+    published (a publish may clean them up). A replay of ``T`` may cut the records into
+    another number of parts; published results must not depend on where the cut is
+    (beyond record order, which differs between executors anyway).
+    ``partition_writable()`` says whether this instance can (e.g. a `FileSink` on an
+    object store cannot concatenate parts cheaply: False, it is written by the driver).
+    """
+
+    def partition_writable(self) -> bool:
+        """True when ``write_part``/``publish`` may be used instead of ``write``."""
+        ...
+
+    def write_part(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> Any:
+        """Stage part `index` of batch `batch_time` (in a worker); return a small receipt for ``publish``."""
+        ...
+
+    def publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        """Make the staged parts of `attempt` the batch's output, atomically and once (in the driver)."""
+        ...
 
 
 def sink_records(sink: Any, records: list[Any]) -> list[Any]:

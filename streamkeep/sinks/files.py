@@ -9,12 +9,16 @@ dstream, the scheduler or executors.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +30,8 @@ from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
 __all__ = ["FileSink", "ParquetSink"]
+
+log = logging.getLogger(__name__)
 
 _FORMATS = {"lines": "txt", "jsonl": "jsonl", "parquet": "parquet"}
 #: The fence file in the sink's directory: "<checkpoint id> <epoch>" of the newest driver that wrote.
@@ -60,6 +66,13 @@ class FileSink:
     leaves a partial one. Every batch gets a file, an empty batch an empty one.
     On an object store (any fsspec URL other than ``file://``) the file is one
     PUT, which is atomic there.
+
+    On the Ray executor (`PartitionWritable`, local or mounted directories) each part
+    of a batch is encoded and written by the worker holding its records, to a hidden
+    ``.batch-<T>.<attempt>.part-NNNNN.<ext>`` file; the driver then joins the parts
+    into the batch's file (temporary file, fsync, rename, as above, under the same
+    fence) and removes them. The directory must be shared by the driver and the
+    workers (as the checkpoint storage is).
 
     Fencing (jobs with a checkpoint): the directory holds a fence file,
     ``.streamkeep-fence``, with the checkpoint id and claim epoch of the newest
@@ -258,6 +271,96 @@ class FileSink:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
+    # -- in parts, where the records are (PartitionWritable) -------------------------------
+
+    def partition_writable(self) -> bool:
+        """True for a local (or shared, mounted) directory: parts are files there, published by one rename.
+
+        On an object store the parts could not be joined without downloading them: the
+        driver writes the batch (``write``).
+        """
+        return not self._remote
+
+    def _part_path(self, batch_time: BatchTime, attempt: str, index: int) -> str:
+        return f"{self.path}/.batch-{batch_time:013d}.{attempt}.part-{index:05d}.{self._ext}"
+
+    def write_part(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> int:
+        """Write part `index` of the batch to a hidden file in the directory (a worker); returns its size.
+
+        Raises:
+            SinkError: a record cannot be encoded, or the file cannot be written.
+        """
+        data = self.encode(batch_time, records)
+        self._write_local(self._part_path(batch_time, attempt, index), data)
+        return len(data)
+
+    def publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        """Join the parts of `attempt` into the batch's file, renamed into place as `write` does (fenced alike).
+
+        The file holds the parts' records in part order, as one `write` of them would
+        (Parquet: the parts' tables concatenated); the parts (and leftovers of tries of
+        this batch that crashed) are removed afterwards.
+
+        Raises:
+            SinkError: a part is missing or the file cannot be written.
+        """
+        parts = [self._part_path(batch_time, attempt, i) for i in range(len(receipts))]
+        final = self.path_for(batch_time)
+        with self._lock:
+            if self._token is None:
+                self._join_parts(batch_time, final, parts)
+            else:
+                import fcntl
+
+                fd = self._lock_fence(batch_time)
+                try:
+                    self._fence_local(fd, batch_time)
+                    self._join_parts(batch_time, final, parts)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        prefix = f".batch-{batch_time:013d}."
+        try:
+            leftovers = [n for n in os.listdir(self.path) if n.startswith(prefix) and ".part-" in n]
+        except OSError:
+            leftovers = []
+        for name in leftovers:
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except OSError as exc:  # a stray hidden file costs nothing: the batch is published
+                log.warning("FileSink %r: cannot remove the part file %r: %s", self.name, name, exc)
+
+    def _join_parts(self, batch_time: BatchTime, final: str, parts: list[str]) -> None:
+        where = f"FileSink {self.name!r}, batch {batch_time}"
+        try:
+            if self.format == "parquet":
+                self._write_local(final, _join_parquet(parts, where))
+                return
+            directory = os.path.dirname(final) or "."
+            tmp = os.path.join(directory, f".{os.path.basename(final)}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    for part in parts:
+                        with open(part, "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            msg = (
+                f"{where}: cannot join the part files written by the workers into {final!r}: {exc}. The batch is not "
+                "committed; check that the directory is shared by the driver and every worker (and has space), then restart."
+            )
+            raise SinkError(msg) from exc
+
     # -- fencing -----------------------------------------------------------------------
 
     def _fence_path(self) -> str:
@@ -374,6 +477,24 @@ class ParquetSink(FileSink):
     def takes_tables(self) -> bool:
         """True: `write` receives a table stream's tables as they are (`TableSink`)."""
         return True
+
+
+def _join_parquet(parts: list[str], where: str) -> bytes:
+    """The Parquet part files as one file's bytes (their tables concatenated; parts without rows left out)."""
+    pa = _arrow.pa(where)
+    pq = _arrow.require("pyarrow.parquet", where)
+    tables = [pq.read_table(p) for p in parts]
+    rows = [t for t in tables if t.num_rows]
+    if not rows:
+        return parquet_bytes([], where)
+    try:
+        table = pa.concat_tables(rows, promote_options="permissive")
+    except Exception as exc:
+        msg = f"{where}: the parts' tables do not make one table ({type(exc).__name__}: {exc}); give every record the same columns"
+        raise SinkError(msg) from exc
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return bytes(buf.getvalue())
 
 
 def parquet_bytes(records: list[Any], where: str) -> bytes:

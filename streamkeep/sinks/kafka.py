@@ -379,7 +379,32 @@ class KafkaSink:
                 took over the transactional id.
             UserFunctionError: a key/value serialiser raised (nothing written).
         """
-        encoded = self._encode(batch_time, records)
+        self._write_encoded(batch_time, self._encode(batch_time, records))
+
+    # -- in parts (PartitionWritable) ------------------------------------------------------
+
+    def partition_writable(self) -> bool:
+        """True: on Ray the key/value serialisers run in the workers holding the records (`write_part`)."""
+        return True
+
+    def write_part(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> list[tuple[bytes | None, bytes]]:
+        """Serialise part `index`'s records (a worker): its ``(key, value)`` bytes, produced by `publish`.
+
+        Raises:
+            SinkError: a record cannot be encoded as JSON.
+            UserFunctionError: a key/value serialiser raised.
+        """
+        return self._encode(batch_time, records)
+
+    def publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        """Write every part's serialised records and the marker in the one transaction of the batch, as `write` does.
+
+        A Kafka transaction belongs to one producer, so the batch's records are produced by
+        the driver's: that keeps a batch all-or-nothing and exactly once whatever the parts.
+        """
+        self._write_encoded(batch_time, [kv for part in receipts for kv in part])
+
+    def _write_encoded(self, batch_time: BatchTime, encoded: list[tuple[bytes | None, bytes]]) -> None:
         ck = _import_kafka()
         with self._lock:
             attempt = 0

@@ -112,6 +112,50 @@ redis.call('SET', KEYS[1], m)
 return {'applied', m, #failed, #run, errs}
 """
 
+_PARSE = r"""local cmds, pos = {}, 5
+for i = 1, n do
+  local argc, args = tonumber(ARGV[pos]), {}
+  for j = 1, argc do args[j] = ARGV[pos + j] end
+  cmds[i] = args
+  pos = pos + argc + 1
+end
+"""
+# The same batch script for a batch staged in parts (PartitionWritable): the commands come from the
+# lists KEYS[2..] that the parts wrote (argc, args... per command) instead of ARGV; they are deleted
+# once the batch is applied (or found applied). ARGV: batch time, epoch, checkpoint id, n (all parts).
+_STAGED_PARSE = r"""local cmds = {}
+for k = 2, #KEYS do
+  local flat = redis.call('LRANGE', KEYS[k], 0, -1)
+  local pos = 1
+  while pos <= #flat do
+    local argc, args = tonumber(flat[pos]), {}
+    for j = 1, argc do args[j] = flat[pos + j] end
+    cmds[#cmds + 1] = args
+    pos = pos + argc + 1
+  end
+end
+if #cmds ~= n then return {'staged', #cmds, n} end
+"""
+_CLEANUP = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n"
+
+
+def _staged_script() -> str:
+    out = _CLEANUP + _SCRIPT
+    for old, new in (
+        (_PARSE, _STAGED_PARSE),
+        ("then return {'skip', raw} end", "then cleanup(); return {'skip', raw} end"),
+        ("return {'applied', m, #failed, #run, errs}", "if #failed == 0 then cleanup() end\nreturn {'applied', m, #failed, #run, errs}"),
+    ):
+        assert old in out, old
+        out = out.replace(old, new)
+    return out
+
+
+_STAGED_SCRIPT = _staged_script()
+#: How long a part's staged commands wait for their batch to be published (a crashed try leaves them).
+STAGE_TTL_S = 86_400
+_RPUSH_ARGS = 10_000  # values per RPUSH when staging
+
 _MARKER_RE = re.compile(r"^(-?\d+)(?: epoch=(\d+) ckpt=(\w+))?(?: failed=([0-9a-f/,]+))?$")
 
 
@@ -211,6 +255,12 @@ class RedisSink:
         max_retries: retries after a connection error or timeout.
         retry_backoff_s: first backoff between retries.
         timeout_s: socket connect and read timeout.
+        write_per_partition: on the Ray executor, call ``write`` once per part of the
+            batch, in the worker holding the part's records, with those records (as
+            Spark's ``foreachPartition``); every part's commands are staged in Redis and
+            applied together with the marker in the one script, so the batch stays
+            exactly once. False: ``write`` gets the whole batch in one call, in the
+            driver (for a write function that needs every record at once).
 
     Raises:
         ConfigError: a bad argument, or redis-py is missing.
@@ -234,6 +284,7 @@ class RedisSink:
         max_retries: int = 5,
         retry_backoff_s: float = 0.1,
         timeout_s: float = 5.0,
+        write_per_partition: bool = True,
     ) -> None:
         if not isinstance(name, str) or not name:
             msg = "RedisSink needs a non-empty name= (it keys the sink's batch marker)"
@@ -253,9 +304,11 @@ class RedisSink:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.timeout_s = timeout_s
+        self.write_per_partition = write_per_partition
         self._write = write
         self._client: Redis | None = None
         self._script: Any = None
+        self._staged: Any = None
         self._token: FencingToken | None = None
         self._lock = threading.Lock()
 
@@ -272,7 +325,7 @@ class RedisSink:
         """Close the client's connections; safe to call twice."""
         with self._lock:
             client, self._client = self._client, None
-            self._script = None
+            self._script = self._staged = None
             if client is not None:
                 client.close()
 
@@ -280,6 +333,7 @@ class RedisSink:
         state = self.__dict__.copy()
         state["_client"] = None
         state["_script"] = None
+        state["_staged"] = None
         state["_lock"] = None
         return state
 
@@ -301,6 +355,7 @@ class RedisSink:
                 msg = f"RedisSink {self.name!r}: bad url {_redact(self.url)!r}: {exc}"
                 raise ConfigError(msg) from exc
             self._script = self._client.register_script(_SCRIPT)
+            self._staged = self._client.register_script(_STAGED_SCRIPT)
         assert self._client is not None
         return self._client
 
@@ -432,6 +487,95 @@ class RedisSink:
             extend(cmd)
         reply = self._script(keys=[self.marker_key], args=args, client=client)
         self._outcome(batch_time, commands, reply)
+
+    # -- in parts, where the records are (PartitionWritable) -------------------------------
+
+    def partition_writable(self) -> bool:
+        """``write_per_partition``: on Ray, ``write`` runs per part in the worker holding its records."""
+        return self.write_per_partition
+
+    def _stage_key(self, batch_time: BatchTime, attempt: str, index: int) -> str:
+        return f"{self.marker_key}:stage:{batch_time}:{attempt}:{index}"  # the marker's hash tag comes first: same slot
+
+    def write_part(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> int:
+        """Run ``write`` on part `index`'s records (a worker) and stage its commands in Redis; returns their number.
+
+        Staged commands do nothing until `publish` runs them with the marker, in one script.
+
+        Raises:
+            SinkError: Redis stayed unreachable, or a command is too long.
+            UserFunctionError: the write function raised (nothing was applied).
+        """
+        try:
+            with self._lock:
+                return int(self._retrying(f"staging part {index} of batch {batch_time}", batch_time, lambda: self._stage(batch_time, attempt, index, records)))
+        finally:
+            self.close()  # a worker's copy of the sink: its connection goes with the part
+
+    def _stage(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> int:
+        client = self._ensure_client()
+        raw = client.get(self.marker_key)
+        if raw is not None:
+            marker = self._parse_marker(raw)
+            if marker.batch_time > batch_time or (marker.batch_time == batch_time and not marker.failed):
+                return 0  # applied already: `publish` skips the batch
+        commands = self._queue(batch_time, records)
+        key = self._stage_key(batch_time, attempt, index)
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(key)
+        flat: list[Any] = []
+        for cmd in commands:
+            flat.append(len(cmd))
+            flat.extend(cmd)
+            if len(flat) >= _RPUSH_ARGS:
+                pipe.rpush(key, *flat)
+                flat = []
+        if flat:
+            pipe.rpush(key, *flat)
+        pipe.expire(key, STAGE_TTL_S)
+        pipe.execute()
+        return len(commands)
+
+    def publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        """Apply every part's staged commands and the marker in one script, exactly once, as `write` does.
+
+        Raises:
+            SinkError: Redis stayed unreachable, a part's commands are gone, or commands failed.
+            CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
+        """
+        with self._lock:
+            self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._publish(batch_time, attempt, receipts))
+
+    def _publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        client = self._ensure_client()
+        keys = [self._stage_key(batch_time, attempt, i) for i, n in enumerate(receipts) if n]
+        token = self._token
+        args: list[Any] = [batch_time, "" if token is None else token.epoch, "" if token is None else token.checkpoint_id, sum(receipts)]
+        reply = self._staged(keys=[self.marker_key, *keys], args=args, client=client)
+        status = _text(reply[0])
+        if status == "staged":
+            msg = (
+                f"RedisSink {self.name!r}, batch {batch_time}: {int(reply[2])} commands were staged by the parts but "
+                f"{int(reply[1])} are left in Redis (expired after {STAGE_TTL_S} s, or evicted?). Nothing of the batch was "
+                "applied; restart the job (the batch is not committed and runs again)."
+            )
+            raise SinkError(msg)
+        if status == "skip" or (status == "applied" and not int(reply[2])):
+            self._outcome(batch_time, [], reply)
+            return
+        try:  # an error to report: its message shows the commands, read back from the staging lists
+            commands: list[tuple[Any, ...]] = []
+            for key in keys:
+                flat = client.lrange(key, 0, -1)
+                pos = 0
+                while pos < len(flat):
+                    argc = int(flat[pos])
+                    commands.append(tuple(flat[pos + 1 : pos + 1 + argc]))
+                    pos += argc + 1
+            self._outcome(batch_time, commands, reply)
+        finally:
+            if keys:
+                client.delete(*keys)
 
     def _outcome(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], reply: list[Any]) -> None:
         status = _text(reply[0])

@@ -7,13 +7,14 @@ scheduler, dstream, sources or executors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from streamkeep._types import BatchTime
-from streamkeep._util import to_datetime
+from streamkeep._util import atomic_write_file, to_datetime
 from streamkeep.errors import ConfigError
-from streamkeep.sinks._textfiles import write_text_batch
+from streamkeep.sinks._textfiles import batch_dir, write_text_batch
 from streamkeep.sinks.base import BatchView
 
 __all__ = ["PPrintSink", "TextFilesSink"]
@@ -28,7 +29,9 @@ class TextFilesSink:
 
     Exactly once: each file is written to a temp name, fsynced and renamed, and
     ``_SUCCESS`` last, so a replayed batch time rewrites identical files (readers
-    see a batch once its ``_SUCCESS`` exists). Local paths only.
+    see a batch once its ``_SUCCESS`` exists). Local paths only. On the Ray executor
+    (`PartitionWritable`) each worker writes its part under a hidden name and the driver
+    renames the parts into place, removes parts of an earlier try, then writes ``_SUCCESS``.
 
     Args:
         prefix: path prefix of the batch directories.
@@ -64,6 +67,33 @@ class TextFilesSink:
     def write_batch(self, batch_time: BatchTime, batch: BatchView) -> None:
         """Write one file per partition of `batch`."""
         write_text_batch(self.prefix, self.suffix, batch_time, batch.partitions)
+
+    def partition_writable(self) -> bool:
+        """True: on Ray each part's file is written by the worker holding its records (`PartitionWritable`)."""
+        return True
+
+    def write_part(self, batch_time: BatchTime, attempt: str, index: int, records: list[Any]) -> None:
+        """Write part `index` under a hidden name in the batch's directory (a worker)."""
+        directory = batch_dir(self.prefix, self.suffix, batch_time)
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_file(os.path.join(directory, f".{attempt}.part-{index:05d}"), "".join(f"{r}\n" for r in records).encode("utf-8"))
+
+    def publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:
+        """Rename the parts of `attempt` to ``part-NNNNN`` (removing other parts), then write ``_SUCCESS``."""
+        directory = batch_dir(self.prefix, self.suffix, batch_time)
+        os.makedirs(directory, exist_ok=True)
+        names = [f"part-{i:05d}" for i in range(len(receipts))]
+        for i, name in enumerate(names):
+            os.replace(os.path.join(directory, f".{attempt}.part-{i:05d}"), os.path.join(directory, name))
+        for name in os.listdir(directory):  # parts of an earlier try of this batch that had more parts
+            if (name.startswith("part-") and name not in names) or (name.startswith(".") and ".part-" in name):
+                os.unlink(os.path.join(directory, name))
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        atomic_write_file(os.path.join(directory, "_SUCCESS"), b"")
 
     def close(self) -> None:
         """Nothing to release."""

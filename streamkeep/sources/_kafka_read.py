@@ -10,15 +10,19 @@ transaction markers end a range), decoding records on the way with
 ``streamkeep.sources.kafka``.
 
 Imports only ``streamkeep.errors``, ``streamkeep._types`` and
-``streamkeep.sources._kafka_config``; must not import sinks, dstream, the
+``streamkeep.sources._kafka_config``. :func:`fetch_remote` runs the same loop in
+another process (a Ray worker) for a `streamkeep.sources.base.RemoteRead`; must not import sinks, dstream, the
 scheduler or executors (a dead-letter sink is accepted structurally, through
 ``write``).
 """
 
 from __future__ import annotations
 
+import pickle
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from streamkeep._types import BatchTime
@@ -28,7 +32,7 @@ from streamkeep.sources._kafka_config import import_kafka
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
-__all__ = ["DeadLetterSink", "ErrorHandler", "KafkaRecord", "RangeReader", "decode_record", "fetch_ranges"]
+__all__ = ["DeadLetterSink", "ErrorHandler", "KafkaRecord", "RangeReader", "RemoteRanges", "decode_record", "fetch_ranges", "fetch_remote"]
 
 
 class KafkaRecord(NamedTuple):
@@ -251,3 +255,90 @@ def _undecodable(src: RangeReader, raw: KafkaRecord, exc: Exception, batch_time:
     else:
         # "Type: message", not repr: a UnicodeDecodeError's repr repeats the whole record
         bad.append({**raw._asdict(), "error": f"{type(exc).__name__}: {exc}"})
+
+
+# -- reads in other processes (RemotelyReadable) ---------------------------------------
+
+#: The consumers of this process's remote fetches, by consumer settings: a worker that
+#: fetches every batch keeps its connection (creating a consumer and reaching the broker
+#: costs more than a small batch). Fetches in one process run one at a time (the lock).
+_CONSUMERS: dict[tuple[tuple[str, str], ...], Any] = {}
+_CONSUMERS_LOCK = threading.Lock()
+
+#: ``RemoteRanges.on_error`` when the source has a dead-letter sink (it stays in the driver).
+DEAD_LETTER_SINK = "dead-letter sink"
+
+
+class _Collect:
+    """``on_error`` in a remote fetch when the source's is a callable: kept for the driver to call, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[KafkaRecord, BaseException]] = []
+
+    def __call__(self, raw: KafkaRecord, exc: Exception) -> None:
+        try:
+            pickle.dumps(exc)
+            kept: BaseException = exc
+        except Exception:
+            kept = RuntimeError(f"{type(exc).__name__}: {exc}")
+        self.calls.append((raw, kept))
+
+
+@dataclass
+class RemoteRanges:
+    """What a remote fetch needs of a `KafkaSource` (a `RangeReader`; picklable: no consumer, no sink).
+
+    ``on_error`` is None (fail), `DEAD_LETTER_SINK` (undecodable records come back as
+    dicts for the driver's dead-letter sink) or True (a callable in the driver: the
+    records and errors come back for the driver to call it with).
+    """
+
+    name: str
+    bootstrap_servers: str
+    timeout_s: float
+    conf: dict[str, Any]
+    key_deserializer: Callable[[bytes | None], Any] | None
+    value_deserializer: Callable[[bytes | None], Any] | None
+    on_error: Any
+    _consumer: Any = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_consumer"] = None
+        return state
+
+    def _ensure_consumer(self) -> Consumer:
+        if self._consumer is None:
+            key = tuple(sorted((k, repr(v)) for k, v in self.conf.items()))
+            consumer = _CONSUMERS.get(key)
+            if consumer is None:
+                ck = import_kafka()
+                try:
+                    consumer = ck.Consumer(self.conf)
+                except ck.KafkaException as exc:
+                    msg = f"kafka source {self.name!r}: cannot create a consumer in worker process: {exc}"
+                    raise SourceError(msg) from exc
+                _CONSUMERS[key] = consumer
+            self._consumer = consumer
+        return self._consumer  # type: ignore[no-any-return]
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        ck = import_kafka()
+        try:
+            lo, hi = self._ensure_consumer().get_watermark_offsets(ck.TopicPartition(topic, partition), timeout=min(5.0, self.timeout_s), cached=False)
+        except ck.KafkaException as exc:
+            msg = f"kafka source {self.name!r}: cannot read the watermarks of {topic} partition {partition}: {exc}"
+            raise SourceError(msg) from exc
+        return int(lo), int(hi)
+
+
+def fetch_remote(spec: RemoteRanges, ranges: list[tuple[str, int, int, int]], batch_time: BatchTime) -> tuple[list[list[Any]], Any]:
+    """Read `ranges` (sorted, as the driver's ``read`` would) in this process: ``(partitions, (dead letters, on_error calls))``."""
+    out: list[list[Any]] = [[] for _ in ranges]
+    bad: list[dict[str, Any]] = []
+    collect = _Collect() if spec.on_error is True else None
+    reader = spec if collect is None else RemoteRanges(**{**spec.__getstate__(), "on_error": collect})
+    if any(u > f for _, _, f, u in ranges):
+        with _CONSUMERS_LOCK:
+            fetch_ranges(reader, ranges, out, bad, batch_time)
+    return out, (bad, [] if collect is None else collect.calls)

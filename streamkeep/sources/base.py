@@ -8,12 +8,15 @@ recovery exact. Must not import the scheduler, dstream, sinks or executors.
 
 Optional capabilities: a source that has one implements the matching small
 protocol below (`Materialisable`, `BatchIntervalAware`, `Backpressured`,
-`OffsetCommitting`, `PartitionLabelled`); the scheduler checks ``isinstance(source, Protocol)`` and
-calls it. Nothing else is probed.
+`OffsetCommitting`, `PartitionLabelled`, `RemotelyReadable`); the scheduler (or, for
+`RemotelyReadable`, an executor that runs work in other processes) checks
+``isinstance(source, Protocol)`` and calls it. Nothing else is probed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from streamkeep._types import BatchTime, Data
@@ -201,3 +204,41 @@ def source_partitions(source: Source, plan: Data | None, count: int, batch_time:
         if len(labels) == count:
             return tuple(f"{source.name}/{label}" for label in labels)
     return (source.name,) * count
+
+
+#: One fetch of a `RemoteRead`: run in any process, returns its partitions (in order) and data for ``finish``.
+RemoteFetch = Callable[[], tuple[list[list[Any]], Any]]
+
+
+@dataclass(frozen=True)
+class RemoteRead:
+    """A planned read cut into fetches that run where the records are wanted (e.g. Ray workers).
+
+    Attributes:
+        fetches: picklable callables; fetch ``i`` returns ``(partitions, extra)``. The
+            partitions of every fetch, one after another in order, are exactly what
+            ``read(plan, batch_time)`` returns. A fetch raises what ``read`` would
+            (e.g. `SourceError`).
+        finish: called in the driver, once every fetch succeeded, with each fetch's
+            ``extra`` in order (e.g. to write the batch's dead letters to the source's
+            dead-letter sink, or call its ``on_error`` callable, as ``read`` does).
+    """
+
+    fetches: tuple[RemoteFetch, ...]
+    finish: Callable[[list[Any]], None]
+
+
+@runtime_checkable
+class RemotelyReadable(Protocol):
+    """A source whose planned input can be fetched in other processes (Kafka offset ranges).
+
+    The driver still plans (and the plan is durable as always); an executor that runs
+    work elsewhere (`RayExecutor`) asks for a `RemoteRead` and runs its fetches in its
+    workers, so the records go from the external system to the workers, never through
+    the driver. Executors that compute in the driver ignore this capability and call
+    ``read``. A replay of the same plan fetches the same records either way.
+    """
+
+    def remote_read(self, plan: Data, batch_time: BatchTime, tasks: int) -> RemoteRead | None:
+        """The fetches (at most `tasks`) reading `plan`, or None when ``read`` should be called instead."""
+        ...

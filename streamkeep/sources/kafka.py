@@ -20,6 +20,7 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import threading
@@ -37,8 +38,16 @@ from streamkeep.sources._kafka_config import import_kafka as _import_kafka
 from streamkeep.sources._kafka_config import pkey as _pkey
 from streamkeep.sources._kafka_config import split_pkey as _split_pkey
 from streamkeep.sources._kafka_meta import Offsets, TopicInfo, admin_conf, collect_describe, collect_offsets, start_describe, start_offsets
-from streamkeep.sources._kafka_read import DeadLetterSink, ErrorHandler, KafkaRecord, fetch_ranges
-from streamkeep.sources.base import BlobStore, DeadLetters
+from streamkeep.sources._kafka_read import (
+    DEAD_LETTER_SINK,
+    DeadLetterSink,
+    ErrorHandler,
+    KafkaRecord,
+    RemoteRanges,
+    fetch_ranges,
+    fetch_remote,
+)
+from streamkeep.sources.base import BlobStore, DeadLetters, RemoteRead
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
@@ -49,6 +58,7 @@ __all__ = ["DeadLetterSink", "KafkaRecord", "KafkaSource", "PidRateEstimator"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_Range = tuple[str, int, int, int]  # (topic, partition, from, until)
 
 # Reserved position keys (no ":", so never a "topic:partition" key).
 _IDS_KEY = "topic_ids"  # {topic: topic ID} where the brokers report IDs
@@ -726,6 +736,19 @@ class KafkaSource:
                 unreachable for ``timeout_s``, or a record cannot be decoded and
                 there is no ``on_error``.
         """
+        ranges = self._ranges(plan, batch_time)
+        out: list[list[Any]] = [[] for _ in ranges]
+        bad: list[dict[str, Any]] = []
+        if any(u > f for _, _, f, u in ranges):
+            with self._lock:
+                if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
+                    ranges = self._check_replay(ranges, batch_time)
+                self._fetch(ranges, out, bad, batch_time)
+        self._dead.write(batch_time, bad)
+        return out
+
+    def _ranges(self, plan: Data, batch_time: BatchTime) -> list[tuple[str, int, int, int]]:
+        """The plan's ``(topic, partition, from, until)`` ranges, sorted by topic and partition."""
         where = f"kafka source {self.name!r}, batch {batch_time}: plan"
         if not isinstance(plan, Mapping):
             msg = f"{where} is {type(plan).__name__}, not a mapping"
@@ -738,15 +761,51 @@ class KafkaSource:
                 raise SourceError(msg)
             ranges.append((t, p, rng[0], rng[1]))
         ranges.sort(key=lambda r: (r[0], r[1]))
-        out: list[list[Any]] = [[] for _ in ranges]
+        return ranges
+
+    def remote_read(self, plan: Data, batch_time: BatchTime, tasks: int) -> RemoteRead | None:
+        """`read` cut into at most `tasks` fetches that run in other processes (`RemotelyReadable`).
+
+        The driver still checks a replayed plan against the brokers (metadata only, as
+        `read` does); each fetch reads a run of consecutive planned ranges with a consumer
+        of its own process, decoding records with the same rules. Undecodable records go
+        back to the driver: to the dead-letter sink (one write for the batch, in ``finish``)
+        or to the ``on_error`` callable, called in the driver in offset order. None when no
+        range holds records (reading nothing costs less than a task).
+
+        Raises:
+            SourceError: the plan is malformed, or a replayed plan's records are gone.
+        """
+        ranges = self._ranges(plan, batch_time)
+        if not any(u > f for _, _, f, u in ranges):
+            return None
+        with self._lock:
+            if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
+                ranges = self._check_replay(ranges, batch_time)
+        handler = self.on_error
+        spec = RemoteRanges(
+            name=self.name,
+            bootstrap_servers=self.bootstrap_servers,
+            timeout_s=self.timeout_s,
+            conf=self._conf(),
+            key_deserializer=self.key_deserializer,
+            value_deserializer=self.value_deserializer,
+            on_error=None if handler is None else True if callable(handler) else DEAD_LETTER_SINK,
+        )
+        groups = _split_even(ranges, max(1, tasks))
+        fetches = tuple(functools.partial(fetch_remote, spec, g, batch_time) for g in groups)
+        return RemoteRead(fetches, functools.partial(self._finish_remote, batch_time))
+
+    def _finish_remote(self, batch_time: BatchTime, extras: list[Any]) -> None:
+        """In the driver, after every fetch of a `remote_read`: dead letters to the sink, or ``on_error`` calls."""
         bad: list[dict[str, Any]] = []
-        if any(u > f for _, _, f, u in ranges):
-            with self._lock:
-                if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
-                    ranges = self._check_replay(ranges, batch_time)
-                self._fetch(ranges, out, bad, batch_time)
+        for dead, calls in extras:
+            bad.extend(dead)
+            for raw, exc in calls:
+                handler = self.on_error
+                assert callable(handler)
+                handler(raw, exc)
         self._dead.write(batch_time, bad)
-        return out
 
     def _check_replay(self, ranges: list[tuple[str, int, int, int]], batch_time: BatchTime) -> list[tuple[str, int, int, int]]:
         """Before replaying a plan of an earlier run: do its topics and partitions still hold the planned records?
@@ -876,6 +935,21 @@ class KafkaSource:
             self.offset_commits_failed,
             self.bootstrap_servers,
         )
+
+
+def _split_even(ranges: list[_Range], pieces: int) -> list[list[_Range]]:
+    """`ranges` cut into at most `pieces` runs of consecutive ranges with about as many records each (none empty)."""
+    total = sum(u - f for _, _, f, u in ranges)
+    if pieces <= 1 or total == 0:
+        return [ranges]
+    out: list[list[_Range]] = [[]]
+    done = 0
+    for r in ranges:
+        if out[-1] and len(out) < pieces and done >= total * len(out) / pieces:
+            out.append([])
+        out[-1].append(r)
+        done += r[3] - r[2]
+    return out
 
 
 # documented under streamkeep.sources.kafka (also keeps pickles of KafkaRecord unchanged)

@@ -440,3 +440,28 @@ def test_missing_confluent_kafka_names_the_extra(monkeypatch):
     src = KafkaSource("t", bootstrap_servers="127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"pip install 'streamkeep\[kafka\]'"):
         src.open(None)
+
+
+def test_remote_read_fetches_give_exactly_what_read_gives(kafka_cluster, topic_factory):
+    """RemotelyReadable: the fetches (run here, as a Ray task would run them) concatenate to read()'s partitions."""
+    import pickle
+
+    from streamkeep.sources.base import RemotelyReadable
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(5)
+    produce(bs, topic, [f"v{i}".encode() for i in range(37)], partition=lambda i: (i * i) % 5)  # uneven partitions
+    src = _source(bs, topic)
+    try:
+        assert isinstance(src, RemotelyReadable)
+        plan = src.plan(1000)
+        want = src.read(plan, 1000)
+        for tasks in (1, 2, 3, 5, 8):
+            read = src.remote_read(plan, 1000, tasks)
+            assert read is not None and 1 <= len(read.fetches) <= min(tasks, 5)
+            got = [pickle.loads(pickle.dumps(f))() for f in read.fetches]  # picklable, and self-contained
+            assert [p for parts, _ in got for p in parts] == want
+            read.finish([extra for _, extra in got])
+        assert src.remote_read(src.plan(2000), 2000, 2) is None  # nothing planned: read() is cheaper than a task
+    finally:
+        src.close()
