@@ -145,7 +145,7 @@ class Recovery:
             chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
                 return False
-            self.executor.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data))
+            self.executor.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data, lazy=True))
             chains[name] = Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),
