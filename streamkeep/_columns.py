@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any, Final
 
 #: Key types an index may sort: all keys of one of these exact types (their order and equality agree).
@@ -74,6 +75,33 @@ def sorted_order(keys: list[Any]) -> array[int] | None:
     if kt not in INDEXABLE or set(map(type, keys)) != {kt} or len(keys) >= 2**32:
         return None
     return array("I", sorted(range(len(keys)), key=keys.__getitem__))
+
+
+def order_without(order: array[int], keep: list[bool]) -> array[int]:
+    """`order` of a key list after dropping the keys whose `keep` flag is False (positions renumbered)."""
+    rank = list(accumulate(keep))  # kept keys up to and including each position: the new position + 1
+    return array("I", [rank[p] - 1 for p in order if keep[p]])
+
+
+def order_with(order: array[int], keys: list[Any], start: int) -> array[int] | None:
+    """`order` of ``keys[:start]`` extended by the keys from `start` on (appended keys), or None when
+    they are not all of the indexed key type (or too many to insert one by one: sort them all instead)."""
+    n = len(keys) - start
+    if not order or n > max(1024, start // 8):
+        return None
+    kt = type(keys[order[0]])
+    if any(type(k) is not kt for k in keys[start:]):
+        return None
+    at = keys.__getitem__
+    out: array[int] = array("I")
+    prev = 0
+    for p in sorted(range(start, len(keys)), key=at):
+        i = bisect.bisect_left(order, keys[p], prev, key=at)
+        out.extend(order[prev:i])
+        out.append(p)
+        prev = i
+    out.extend(order[prev:])
+    return out
 
 
 def order_to_bytes(order: array[int]) -> bytes:

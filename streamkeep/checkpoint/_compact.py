@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from streamkeep import _faults
-from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, sorted_order
+from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, order_with, order_without, sorted_order
 from streamkeep.codec import decode_items, encode_items, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
@@ -219,7 +219,8 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
 
     The same result as a dict: a key set again keeps its place, a removed key goes,
     and a key (re-)added after it was absent goes to the end, in order. The base's key
-    index stays valid (is kept) when no key came or went.
+    index is carried over (removed keys dropped, a few added ones inserted) rather than
+    sorted again.
     """
     touched: set[Any] = set()
     for d in deltas:
@@ -244,16 +245,19 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
                 new_values.pop(k, None)
             else:
                 tail.pop(k, None)
-    keys, values = base.keys, base.values
+    keys, values, order = base.keys, base.values, base.order
     if gone:
         keep = [k not in gone for k in keys]
         keys = [k for k, y in zip(keys, keep, strict=True) if y]
         values = [v for v, y in zip(values, keep, strict=True) if y]
+        if order is not None:
+            order = order_without(order, keep)
     if new_values:
         values = list(map(new_values.get, keys, values))  # the new value, else the old one
-    if not gone and not tail:
-        return Columns(keys, values, base.order)  # the same keys in the same places
-    return Columns([*keys, *tail], [*values, *tail.values()])
+    if not tail:
+        return Columns(keys, values, order)  # the key index follows (no full sort)
+    out_keys = [*keys, *tail]
+    return Columns(out_keys, [*values, *tail.values()], order_with(order, out_keys, len(keys)) if order is not None else None)
 
 
 #: One operator's compaction: (operator, codec, its chain as stored in a commit record).
