@@ -5,6 +5,7 @@ Shared by the scheduler (commit, recovery) and `streamkeep checkpoint inspect/ve
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,11 +90,20 @@ def read_chain(
     snapshot's ``set`` may be a `Columns`, see `decode_state`).
     """
     allow = codec == "pickle"
-    snap = read_state_file(ckpt, chain_data["snapshot"], allow, lazy=lazy) if chain_data.get("snapshot") else None
-    deltas = [
-        decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
-        for r in chain_data.get("deltas", [])
-    ]
+    # The cyclic GC stays off while the chain is decoded: with a big snapshot's columns alive (two
+    # tracked lists of a million items), each collection the deltas' tuples trigger scans them all.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        snap = read_state_file(ckpt, chain_data["snapshot"], allow, lazy=lazy) if chain_data.get("snapshot") else None
+        deltas = [
+            decode_state(r["codec"], r["data"], allow, f"inline delta of batch {r['t']}") if isinstance(r, dict) else read_state_file(ckpt, r, allow)
+            for r in chain_data.get("deltas", [])
+        ]
+    finally:
+        if paused:
+            gc.enable()
     return snap, deltas
 
 
