@@ -87,7 +87,9 @@ def order_with(order: array[int], keys: list[Any], start: int) -> array[int] | N
     """`order` of ``keys[:start]`` extended by the keys from `start` on (appended keys), or None when
     they are not all of the indexed key type (or too many to insert one by one: sort them all instead)."""
     n = len(keys) - start
-    if not order or n > max(1024, start // 8):
+    if not order:  # every earlier key went: the new keys alone
+        return sorted_order(keys) if start == 0 else None
+    if n > max(1024, start // 8):
         return None
     kt = type(keys[order[0]])
     if any(type(k) is not kt for k in keys[start:]):
