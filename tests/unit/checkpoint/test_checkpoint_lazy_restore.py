@@ -268,3 +268,16 @@ def test_a_restored_map_with_state_loads_lazily_and_equals_an_eager_restore_and_
     assert runs["lazy"] == runs["eager"]
     assert runs["lazy"][0] == ref_out[12:]
     assert dict(runs["lazy"][2]) == ref_state
+
+
+def test_an_executor_that_splits_a_restored_snapshot_gets_the_same_pairs_from_columns() -> None:
+    """A restore hands `Columns` to `Executor.restore`; splitting it over partitions (the Ray executor)
+    gives what splitting the dict gives."""
+    from streamkeep.executors._partitions import split_state
+
+    data = {f"k{i}": i for i in range(100)}
+    payload = encode_snapshot("msgpack", {"set": data, "del": []}, order_min_keys=1)
+    lazy = decode_payload("msgpack", payload, False, "t", lazy=True)
+    assert isinstance(lazy["set"], Columns)
+    eager = decode_payload("msgpack", payload, False, "t")
+    assert split_state(lazy, 3) == split_state(eager, 3)
