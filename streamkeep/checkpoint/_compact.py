@@ -17,7 +17,11 @@ else (a key it does not know) cannot be merged and the caller falls back to a co
 the live state. Snapshots are written columnar (format 3): ``cols`` holds chunks of
 `CHUNK_KEYS` keys, each ``codec.encode([keys, values])``, decoded in bulk into one dict
 (no per-pair tuples; about twice as fast to load as the flat ``set`` pairs payload,
-which deltas keep and which snapshots of format 2 used, still read).
+which deltas keep and which snapshots of format 2 used, still read). A snapshot of at
+least `ORDER_MIN_KEYS` keys of one type (str, bytes or int) also holds ``order``: the
+positions of its keys in sorted order (little-endian uint32), so that a restart can look
+keys up before the dict is built (`streamkeep._columns.Columns`). Readers that do not
+know ``order`` ignore it: the columns alone are the whole state.
 
 The worker is a thread, or for big states on local disks a helper process (``python -m
 streamkeep.checkpoint._compact``), so that the merge does not compete with the batch
@@ -31,9 +35,10 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from streamkeep import _faults
+from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, order_with, order_without, sorted_order
 from streamkeep.codec import decode_items, encode_items, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
@@ -42,21 +47,21 @@ from streamkeep.errors import CheckpointError, CorruptCheckpointError
 CHUNK_KEYS: Final = 65536
 #: The data keys `merge` knows.
 MERGEABLE: Final = frozenset({"set", "del", "add", "drop", "meta"})
+#: A snapshot of at least this many keys gets a sorted key index (``order``; sorting 1M keys takes
+#: ~1 s, in the background, and only when keys came or went since the previous snapshot).
+ORDER_MIN_KEYS = 65536
 
 
-class Columns(NamedTuple):
-    """Keyed state as two lists (keys unique, in order): what compaction merges without a dict."""
-
-    keys: list[Any]
-    values: list[Any]
-
-
-def decode_payload(codec_name: str, payload: bytes, allow_pickle: bool, where: str, *, columns: bool = False) -> dict[str, Any]:
+def decode_payload(
+    codec_name: str, payload: bytes, allow_pickle: bool, where: str, *, columns: bool = False, lazy: bool = False
+) -> dict[str, Any]:
     """Decode a state payload (snapshot or delta, any format) into state data.
 
     ``set`` comes back as (key, value) pairs from a delta or a format-2 snapshot, and as a
     dict (key -> value, fresh: the caller may keep it) from a columnar snapshot; with
-    `columns`, as `Columns` from either (cheaper than both: no tuple or dict per key).
+    `columns`, as `Columns` from either (cheaper than both: no tuple or dict per key),
+    with the snapshot's key index if it has one; with `lazy`, as `Columns` from a
+    columnar snapshot that has a key index (no dict built), else as without.
 
     Raises:
         CorruptCheckpointError: the payload passed its checksum but does not decode.
@@ -66,9 +71,13 @@ def decode_payload(codec_name: str, payload: bytes, allow_pickle: bool, where: s
     try:
         codec = get_codec(codec_name)
         d = dict(codec.decode(payload))
-        if columns:
+        raw_order = d.pop("order", None)
+        if columns or (lazy and "cols" in d and raw_order is not None):
             if "cols" in d:
-                d["set"] = _decode_column_lists(codec, d.pop("cols"))
+                cols = _decode_column_lists(codec, d.pop("cols"))
+                if raw_order is not None:
+                    cols.order = order_from_bytes(raw_order, len(cols.keys))
+                d["set"] = cols
             elif "set" in d:
                 flat = codec.decode(d["set"])
                 if type(flat) is not list or len(flat) % 2:
@@ -125,18 +134,27 @@ def _decode_column_lists(codec: Any, chunks: list[bytes]) -> Columns:
     return Columns(keys, values)
 
 
-def encode_snapshot(codec_name: str, data: dict[str, Any]) -> bytes:
-    """Encode state data as a columnar snapshot payload (``set`` in column chunks)."""
+def encode_snapshot(codec_name: str, data: dict[str, Any], *, order_min_keys: int | None = None) -> bytes:
+    """Encode state data as a columnar snapshot payload (``set`` in column chunks, with a key index
+    from `order_min_keys` (default `ORDER_MIN_KEYS`) keys of one indexable type: the one `Columns`
+    carries, else sorted here)."""
     codec = get_codec(codec_name)
+    order_min_keys = ORDER_MIN_KEYS if order_min_keys is None else order_min_keys
     out = dict(data)
     if "set" in out:
         items = out.pop("set")
+        order = None
         if isinstance(items, Columns):
-            keys, values = items
+            keys, values, order = items.keys, items.values, items.order
         else:
             mapping = items if type(items) is dict else dict(items)
             keys, values = list(mapping), list(mapping.values())
         out["cols"] = [codec.encode([keys[i : i + CHUNK_KEYS], values[i : i + CHUNK_KEYS]]) for i in range(0, len(keys), CHUNK_KEYS)]
+        if len(keys) >= order_min_keys:
+            if order is None or len(order) != len(keys):
+                order = sorted_order(keys)
+            if order is not None:
+                out["order"] = order_to_bytes(order)
     return codec.encode(out)
 
 
@@ -200,7 +218,9 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
     """`merge` of keyed state given as columns, in a few C-speed passes over the keys (no dict of them all).
 
     The same result as a dict: a key set again keeps its place, a removed key goes,
-    and a key (re-)added after it was absent goes to the end, in order.
+    and a key (re-)added after it was absent goes to the end, in order. The base's key
+    index is carried over (removed keys dropped, a few added ones inserted) rather than
+    sorted again.
     """
     touched: set[Any] = set()
     for d in deltas:
@@ -225,14 +245,19 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
                 new_values.pop(k, None)
             else:
                 tail.pop(k, None)
-    keys, values = base
+    keys, values, order = base.keys, base.values, base.order
     if gone:
         keep = [k not in gone for k in keys]
         keys = [k for k, y in zip(keys, keep, strict=True) if y]
         values = [v for v, y in zip(values, keep, strict=True) if y]
+        if order is not None:
+            order = order_without(order, keep)
     if new_values:
         values = list(map(new_values.get, keys, values))  # the new value, else the old one
-    return Columns([*keys, *tail], [*values, *tail.values()])
+    if not tail:
+        return Columns(keys, values, order)  # the key index follows (no full sort)
+    out_keys = [*keys, *tail]
+    return Columns(out_keys, [*values, *tail.values()], order_with(order, out_keys, len(keys)) if order is not None else None)
 
 
 #: One operator's compaction: (operator, codec, its chain as stored in a commit record).
@@ -272,12 +297,13 @@ def join_parts(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return out
 
 
-def read_entry(ckpt: Any, entry: Any, allow: bool, *, columns: bool = False) -> dict[str, Any] | None:
+def read_entry(ckpt: Any, entry: Any, allow: bool, *, columns: bool = False, lazy: bool = False) -> dict[str, Any] | None:
     """The state data of one entry of a stored chain: a file's path, an inline delta, or every key partition's part joined.
 
     A key-partitioned entry (format 4) is a snapshot's list of per-partition paths or a delta's
     ``{"t": T, "parts": [...]}`` (each part a path, an inline ``{"codec", "data"}`` or None);
-    None when every part is None. `columns` is honoured for whole files and inline deltas.
+    None when every part is None. `columns` is honoured for whole files and inline deltas, `lazy`
+    (see `decode_payload`) for whole files.
     """
     if isinstance(entry, list):
         return join_parts([read_entry(ckpt, p, allow) for p in entry])
@@ -288,15 +314,18 @@ def read_entry(ckpt: Any, entry: Any, allow: bool, *, columns: bool = False) -> 
     if isinstance(entry, dict):
         return decode_payload(entry["codec"], entry["data"], allow, f"inline delta of batch {entry.get('t', '?')}", columns=columns)
     name, payload = ckpt.read_state(entry, allow)
-    return decode_payload(name, payload, allow, f"state file {ckpt.storage.path(entry)}", columns=columns)
+    return decode_payload(name, payload, allow, f"state file {ckpt.storage.path(entry)}", columns=columns, lazy=lazy)
 
 
-def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] | None = None) -> dict[str, tuple[str, int]]:
+def compact(
+    ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] | None = None, order_min_keys: int | None = None
+) -> dict[str, tuple[str, int]]:
     """Merge each job's chain into a snapshot of batch `t` and write it; {operator: (its path, payload bytes)}.
 
     An operator whose inputs cannot be merged is left out (its chain stays as it is).
     `point` is called at the crash points (default `_faults.point`; a helper process passes a no-op).
     A chain's key-partitioned entries (written on Ray) are joined: the snapshot is one whole file.
+    `order_min_keys`: see `encode_snapshot`.
 
     Raises:
         CheckpointError: an input could not be read, or the snapshot not written.
@@ -316,7 +345,7 @@ def compact(ckpt: Any, t: int, jobs: list[Job], *, point: Callable[[str], None] 
             continue
         data = merged(snap, deltas)
         point("snapshot.mid_compact")
-        payload = encode_snapshot(codec, data)
+        payload = encode_snapshot(codec, data, order_min_keys=order_min_keys)
         done[op] = (ckpt.write_state(op, t, "snap", payload, codec), len(payload))
         point("snapshot.mid_write")
     return done
@@ -355,7 +384,8 @@ def main() -> None:
     _die_with_parent(int(job["parent"]))
     try:
         ckpt = Checkpoint(job["url"], storage_options=job["storage_options"])
-        done = compact(ckpt, int(job["t"]), [(op, c, chain) for op, c, chain in job["jobs"]], point=lambda _: None)
+        jobs = [(op, c, chain) for op, c, chain in job["jobs"]]
+        done = compact(ckpt, int(job["t"]), jobs, point=lambda _: None, order_min_keys=job.get("order_min_keys"))
         out: dict[str, Any] = {"done": done, "bytes": ckpt.written_bytes()}
     except Exception as exc:
         out = {"error": f"{type(exc).__name__}: {exc}"}

@@ -96,7 +96,7 @@ def split_state(data: dict[str, Any] | None, count: int) -> list[dict[str, Any] 
     for field, value in data.items():
         if field == "set":
             parts: list[list[Any]] = [[] for _ in range(count)]
-            # a columnar snapshot's ``set`` is restored as a dict (key -> value), a delta's as pairs
+            # a columnar snapshot's ``set`` is restored as a dict (key -> value) or `Columns` (pairs), a delta's as pairs
             for kv in value.items() if isinstance(value, dict) else value:
                 parts[partition_of(kv[0], count)].append(kv)
             for s, p in zip(slices, parts, strict=True):

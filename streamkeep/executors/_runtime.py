@@ -16,6 +16,7 @@ import copy
 from collections import defaultdict
 from typing import Any
 
+from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
@@ -118,11 +119,11 @@ class _Keyed(StatefulRuntime):
         return {"set": changed, "del": removed}
 
     def snapshot(self) -> dict[str, Any]:
+        self.store.materialize()
         return {"set": list(self.store.data.items()), "del": []}
 
     def forget_changes(self) -> None:
-        self.store.changed = set()
-        self.store.removed = set()
+        self.store.forget_changes()
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
         self.store.load(snapshot["set"] if snapshot else ())
@@ -199,6 +200,17 @@ def _frozen(value: Any) -> bool:
     return True
 
 
+def _keys_of(batch: Batch[Any]) -> list[Any]:
+    """The keys of a batch's (key, value) records (other records have none: they fail in the operator)."""
+    keys = []
+    for part in batch.partitions:
+        for kv in part:
+            c = kv.__class__
+            if (c is tuple or c is list) and len(kv) == 2:
+                keys.append(kv[0])
+    return keys
+
+
 def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
     """key -> [values] over all partitions (the per-record hot loop of update_state_by_key)."""
     groups: defaultdict[Any, list[Any]] = defaultdict(list)
@@ -240,12 +252,25 @@ class MapWithStateRuntime(_Keyed):
             v = _seed_value(v)
             self.store.put(k, (v, -1) if timed else v)  # -1: stamped at the first batch
 
+    def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        base = snapshot["set"] if snapshot else ()
+        if isinstance(base, Columns) and self.node.timeout_ms is None:
+            # A big snapshot with a key index: batches look their keys up until the dict is built (no
+            # timeout: a timed-out check reads every key each batch, so that state is loaded at once).
+            self.store.load_lazy(base)
+            for d in deltas:
+                self.store.apply_delta(d["set"], d["del"])
+            return
+        super().load(snapshot, deltas)
+
     def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
         if parent is None:
             return None
         node = self.node
         out: list[Any] = []
         handle = State()
+        if self.store.lazy:
+            self.store.fault(_keys_of(parent))
         for part in parent.partitions:  # no flat copy of the batch
             start: int | None = 0
             while start is not None:
@@ -340,6 +365,7 @@ class MapWithStateRuntime(_Keyed):
 
     def state_items(self) -> list[tuple[Any, Any]]:
         """Every (key, state) (timestamps stripped), detached from the state (see `_detach`)."""
+        self.store.materialize()
         if self.node.timeout_ms is None:
             return _detached_items(self.store.data)
         return [(k, v[0] if v[0].__class__ in _SCALARS else _detach(v[0])) for k, v in self.store.data.items()]

@@ -15,7 +15,7 @@ from typing import Any
 
 from streamkeep.checkpoint import Checkpoint, CommitRecord, Retention, log_path, plan_path
 from streamkeep.checkpoint.storage import confine
-from streamkeep.dstream._graph import Graph, StatefulNode
+from streamkeep.dstream._graph import Graph, MapWithStateNode, StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning, WorkerLostError
 from streamkeep.executors.base import Executor, StateOwners
 from streamkeep.scheduler._compat import check_compatible, differences
@@ -148,10 +148,14 @@ class Recovery:
             chain_data = None if name in changed else stored_state.get(name)
             if chain_data is None:
                 return False
+            node = self.stateful[name]
             if owners is not None and name in owners.owned():  # the workers read their keys' files themselves
-                owners.restore_files(name, self.stateful[name].codec, chain_data)
+                owners.restore_files(name, node.codec, chain_data)
             else:
-                ex.restore(name, *read_chain(ckpt, self.stateful[name].codec, chain_data))
+                # Only map_with_state without a timeout looks keys up lazily (MapWithStateRuntime.load); the
+                # others take a dict, which the columnar decoding builds directly.
+                lazy = isinstance(node, MapWithStateNode) and node.timeout_ms is None
+                ex.restore(name, *read_chain(ckpt, node.codec, chain_data, lazy=lazy))
             chains[name] = Chain(
                 chain_data.get("snapshot"),
                 int(chain_data.get("snapshot_time", 0)),

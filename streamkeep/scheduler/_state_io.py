@@ -5,6 +5,7 @@ Shared by the scheduler (commit, recovery) and `streamkeep checkpoint inspect/ve
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,30 +42,44 @@ def delta_time(rel: Any) -> int:
     return int(stem) if stem.isdigit() else 0
 
 
-def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool) -> dict[str, Any]:
+def read_state_file(ckpt: Checkpoint, rel: str, allow_pickle: bool, *, lazy: bool = False) -> dict[str, Any]:
     """Read, check and decode one state file (snapshot or delta) into the data `load` takes."""
     codec_name, payload = ckpt.read_state(rel, allow_pickle)
-    return decode_state(codec_name, payload, allow_pickle, f"state file {ckpt.storage.path(rel)}")
+    return decode_state(codec_name, payload, allow_pickle, f"state file {ckpt.storage.path(rel)}", lazy=lazy)
 
 
-def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str) -> dict[str, Any]:
+def decode_state(codec_name: str, payload: bytes, allow_pickle: bool, where: str, *, lazy: bool = False) -> dict[str, Any]:
     """Decode a state payload (from a file or inline in a commit record) into the data `load` takes.
 
-    A columnar snapshot's ``set`` comes back as a dict (see `streamkeep.checkpoint._compact`).
+    A columnar snapshot's ``set`` comes back as a dict (see `streamkeep.checkpoint._compact`); with
+    `lazy`, as `streamkeep._columns.Columns` when it has a key index (no dict built: the store may
+    build it later, see `MemoryStateStore.load_lazy`).
     """
-    return decode_payload(codec_name, payload, allow_pickle, where)
+    return decode_payload(codec_name, payload, allow_pickle, where, lazy=lazy)
 
 
-def read_chain(ckpt: Checkpoint, codec: str, chain_data: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def read_chain(
+    ckpt: Checkpoint, codec: str, chain_data: dict[str, Any], *, lazy: bool = False
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Read and decode a commit's chain ({snapshot, snapshot_time, deltas}) of an operator whose codec is `codec`.
 
     Key-partitioned entries (written by partition owners, any partition count) come back
     with every partition's part joined. Returns (snapshot or None, deltas in order): what
-    `Executor.restore` takes.
+    `Executor.restore` takes (with `lazy`, a whole snapshot file's ``set`` may be a `Columns`,
+    see `decode_state`).
     """
     allow = codec == "pickle"
-    snap = read_entry(ckpt, chain_data["snapshot"], allow) if chain_data.get("snapshot") else None
-    deltas = [d for d in (read_entry(ckpt, r, allow) for r in chain_data.get("deltas", [])) if d is not None]
+    # The cyclic GC stays off while the chain is decoded: with a big snapshot's columns alive (two
+    # tracked lists of a million items), each collection the deltas' tuples trigger scans them all.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        snap = read_entry(ckpt, chain_data["snapshot"], allow, lazy=lazy) if chain_data.get("snapshot") else None
+        deltas = [d for d in (read_entry(ckpt, r, allow) for r in chain_data.get("deltas", [])) if d is not None]
+    finally:
+        if paused:
+            gc.enable()
     return snap, deltas
 
 

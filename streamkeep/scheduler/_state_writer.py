@@ -336,7 +336,14 @@ def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any] | N
     the error that matters (an unreadable input) with its own type.
     """
     codec = get_codec("msgpack")
-    job = {"parent": os.getpid(), "url": ckpt.url, "storage_options": None, "t": t, "jobs": [list(j) for j in jobs]}
+    job = {
+        "parent": os.getpid(),
+        "url": ckpt.url,
+        "storage_options": None,
+        "t": t,
+        "jobs": [list(j) for j in jobs],
+        "order_min_keys": _compact.ORDER_MIN_KEYS,
+    }
     env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}  # crash points are the driver's
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_compact.__file__))))  # holds streamkeep/
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
