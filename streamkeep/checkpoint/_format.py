@@ -24,11 +24,11 @@ from typing import NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The version this streamkeep writes (3: snapshots may be columnar, see checkpoint/_compact.py;
-#: the frame is the same as in 2).
-FORMAT_VERSION = 3
+#: The version this streamkeep writes (4: items payloads may be segmented, msgpack format 2 in
+#: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py; the frame is the same as in 2).
+FORMAT_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")

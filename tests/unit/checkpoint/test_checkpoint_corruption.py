@@ -31,7 +31,7 @@ def test_frame_round_trip_and_documented_layout() -> None:
     head = (
         b"SKCP" + bytes([FORMAT_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
