@@ -1186,9 +1186,9 @@ def _tuple_job(url):
 
 def test_update_state_by_key_tuple_states_restart_exactly(tmp_path):
     """Tuple states go to deltas as natively packed segments; a restart gives back the same values and types."""
-    import streamkeep as sk
     from _strict import same
 
+    import streamkeep as sk
     from streamkeep.testing import state_of
 
     whole = sk.StreamingContext.get_or_create(str(tmp_path / "a"), _tuple_job(str(tmp_path / "a")))
