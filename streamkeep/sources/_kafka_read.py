@@ -17,6 +17,7 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -116,6 +117,13 @@ def fetch_ranges(
         consumer.pause([tp])
         paused.append(tp)
 
+    # Every record read here stays alive until the batch is done, so garbage collections while the
+    # loop builds them free nothing: they only walk the growing heap (measured ~0.8 us per record
+    # with 100k records, a third of the loop). The collector is paused for the loop, as
+    # codec.decode_items does for large payloads; cyclic garbage a deserialiser makes waits until it ends.
+    gc_paused = gc.isenabled()
+    if gc_paused:
+        gc.disable()
     try:
         while todo:
             # Any: a message without an error always has its topic, partition and offset (the stubs say Optional)
@@ -192,6 +200,8 @@ def fetch_ranges(
                 )
                 raise SourceError(msg)
     finally:
+        if gc_paused:
+            gc.enable()
         if paused:  # the pause flag outlives the assignment in librdkafka
             consumer.resume(paused)
         consumer.unassign()
