@@ -135,7 +135,11 @@ class _Keyed(StatefulRuntime):
         return {"set": changed, "del": removed}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"set": list(self.store.data.items()), "del": []}
+        data = self.store.data
+        plain = self._plain
+        if self._plain_checked and len(plain) >= len(data) > 0 and plain.issuperset(data):  # all checked: say so
+            return {"set": PlainFirstPairs(data.items(), len(data)), "del": []}
+        return {"set": list(data.items()), "del": []}
 
     def forget_changes(self) -> None:
         self.store.changed = set()

@@ -1234,3 +1234,9 @@ def test_update_state_by_key_hands_its_delta_over_plain_pairs_first():
     assert third is not None
     assert type(third["set"]) is list  # nothing changed is plain
     assert third["set"] == [("l", (3, [2, 3]))]
+    assert type(rt.snapshot()["set"]) is list  # "l" is not plain
+    rt.step(4000, Batch([[("l", ("x", 0))]], 4000))
+    rt.delta()
+    snap = rt.snapshot()["set"]  # every key plain again: the sizer's and copied snapshots' encoder need not look
+    assert type(snap) is PlainFirstPairs and snap.known_plain == 3
+    assert dict(snap) == {"p": (1, ("first", 1.5, None, b"x", True)), "l": (3, ("seen", (0, "deep"))), ("t", 1): (3, ("seen", (2, "deep")))}
