@@ -92,6 +92,10 @@ class _TooDeep(Exception):  # internal signal: more than MAX_EXT_NESTING extensi
     pass
 
 
+class _HasTuple(Exception):  # internal signal: a probing encoder met a tuple
+    pass
+
+
 _new_tuple = tuple.__new__
 _ExtType: Final = msgpack.ExtType
 
@@ -110,12 +114,13 @@ class _Encoder:
     Call :meth:`close` when done (it breaks the encoder <-> packer cycle).
     """
 
-    __slots__ = ("_depth", "_packers", "_unicode_errors")
+    __slots__ = ("_depth", "_packers", "_probe", "_unicode_errors")
 
-    def __init__(self, unicode_errors: str | None) -> None:
+    def __init__(self, unicode_errors: str | None, probe: bool = False) -> None:
         self._unicode_errors = unicode_errors
         self._packers: list[Any] = []
         self._depth = 0
+        self._probe = probe  # raise _HasTuple at the first tuple
 
     def close(self) -> None:
         self._packers.clear()
@@ -144,6 +149,8 @@ class _Encoder:
     def _default(self, obj: Any) -> msgpack.ExtType:
         tp = type(obj)
         if tp is tuple:
+            if self._probe:
+                raise _HasTuple
             return _ext(EXT_TUPLE, self.pack(list(obj)))
         if tp is int:  # only ints msgpack cannot hold natively get here
             return _ext(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
@@ -171,8 +178,8 @@ class _Encoder:
         raise _Unsupported(obj)
 
 
-def _pack(obj: object, unicode_errors: str | None) -> bytes:
-    encoder = _Encoder(unicode_errors)
+def _pack(obj: object, unicode_errors: str | None, probe: bool = False) -> bytes:
+    encoder = _Encoder(unicode_errors, probe)
     try:
         return encoder.pack(obj)
     finally:
@@ -514,6 +521,13 @@ class MsgpackCodec:
         natively fails (a big int, a lone surrogate), this is :meth:`encode_raw`.
         Decodes with :meth:`decode` to an equal list of the same types.
         """
+        if not known_plain:  # most states hold no tuple (str -> int): then this is version 1 at no extra cost
+            try:
+                return _VERSION_PREFIX + _pack(flat, None, probe=True)
+            except _HasTuple:
+                pass
+            except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError):
+                return self.encode_raw(flat)  # says what fails, or handles lone surrogates
         runs = _segments(flat, known_plain)
         if runs is not None:
             try:
