@@ -132,9 +132,14 @@ def fetch_ranges(
                 first = consumer.poll(0.1)
                 msgs = [] if first is None else [first]
             progressed = False
+            # Records come in runs of one partition: its range is looked up once per run, not per record.
+            last_topic: str | None = None
+            last_part: int | None = None
+            in_range = False
             for m in msgs:
                 err = m.error()
                 if err is not None:
+                    last_part = None  # finish() below may end the range of the run
                     m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
                     key = (m_topic or "", -1 if m_part is None else m_part)
                     off = -1 if m_off is None else m_off
@@ -154,19 +159,25 @@ def fetch_ranges(
                     continue
                 # A record (no error) always has its topic, partition and offset.
                 m_topic, m_part, off = m.topic(), m.partition(), m.offset()
-                key = (m_topic, m_part)
-                entry = todo.get(key)
-                if entry is None:
+                if m_part != last_part or m_topic != last_topic:
+                    key = (m_topic, m_part)
+                    entry = todo.get(key)
+                    last_topic, last_part = m_topic, m_part
+                    in_range = entry is not None
+                    if entry is not None:
+                        idx, start, until = entry
+                        append = out[idx].append
+                if not in_range:
                     continue
-                idx, start, until = entry
                 if off >= until:
                     finish(key)
+                    last_part = None
                     continue
                 if off >= start:
                     # decode_record inlined (the per-record path): one KafkaRecord, built once.
                     ts_type, ts = m.timestamp()
                     if plain:
-                        out[idx].append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
+                        append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
                     else:
                         k, v = m.key(), m.value()
                         try:
@@ -174,10 +185,11 @@ def fetch_ranges(
                         except Exception as exc:
                             _undecodable(src, KafkaRecord(m_topic, m_part, off, k, v, ts if ts_type else None), exc, batch_time, bad)
                         else:
-                            out[idx].append(rec)
+                            append(rec)
                     progressed = True
                 if off >= until - 1:
                     finish(key)
+                    last_part = None
             if todo:  # transaction markers at a range's end advance only the position
                 for tp in consumer.position([ck.TopicPartition(*k) for k in todo]):
                     pos_key = (str(tp.topic), int(tp.partition))
