@@ -24,15 +24,16 @@ from typing import NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The newest version this streamkeep writes (4: the key-partitioned layout, whose state files the
+#: The newest version this streamkeep writes (5: the key-partitioned layout, whose state files the
 #: partition owners write -- ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records
-#: naming them; the frame is the same as in 2 and 3).
-FORMAT_VERSION = 4
-#: The version of every other file (3: snapshots may be columnar, see checkpoint/_compact.py). A
-#: checkpoint of the local executor is all version 3, readable by the releases that read 3.
-PLAIN_VERSION = 3
+#: naming them; the frame is the same as in 2 to 4).
+FORMAT_VERSION = 5
+#: The version of every other file (4: items payloads may be segmented, msgpack format 2 in
+#: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py). A checkpoint of
+#: the local executor is all version 4.
+PLAIN_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")

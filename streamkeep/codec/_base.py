@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from streamkeep.errors import StreamkeepError
 
 __all__ = [
+    "MSGPACK_SEGMENTS_VERSION",
     "MSGPACK_VERSION",
     "PICKLE_VERSION",
     "Codec",
@@ -33,11 +34,14 @@ __all__ = [
 
 #: First byte of every payload written by the msgpack codec (format version 1).
 MSGPACK_VERSION = 0x01
+#: First byte of a segmented list payload of the msgpack codec (format version 2): written only by
+#: ``encode_items`` (bulk state data), read by ``decode`` like version 1. See docs/codec-format.md.
+MSGPACK_SEGMENTS_VERSION = 0x02
 #: First byte of every payload written by the pickle codec (pickle format version 1).
 #: The high bit marks a pickle payload, so the two codecs never mistake each other's data.
 PICKLE_VERSION = 0x81
 
-_WRITERS = {MSGPACK_VERSION: "msgpack", PICKLE_VERSION: "pickle"}
+_WRITERS = {MSGPACK_VERSION: "msgpack", MSGPACK_SEGMENTS_VERSION: "msgpack", PICKLE_VERSION: "pickle"}
 _REPR_LIMIT = 60
 
 
@@ -108,8 +112,8 @@ class DecodeError(StreamkeepError, ValueError):
     """Bytes are not a valid payload for the codec (corrupt, truncated, other codec or version)."""
 
 
-def check_version(data: bytes, *, codec: str, version: int) -> None:
-    """Raise :class:`DecodeError` unless ``data`` starts with ``codec``'s ``version`` byte."""
+def check_version(data: bytes, *, codec: str, version: int, also: tuple[int, ...] = ()) -> None:
+    """Raise :class:`DecodeError` unless ``data`` starts with ``codec``'s ``version`` byte (or one of `also`)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         msg = f"{codec} codec can only decode bytes, got {type_name(type(data))}"
         raise TypeError(msg)
@@ -120,7 +124,7 @@ def check_version(data: bytes, *, codec: str, version: int) -> None:
         )
         raise DecodeError(msg)
     found = data[0]
-    if found == version:
+    if found == version or found in also:
         return
     writer = _WRITERS.get(found)
     if writer is not None:
@@ -130,9 +134,12 @@ def check_version(data: bytes, *, codec: str, version: int) -> None:
             f"codec={writer!r} on the operator or context that wrote it"
         )
     else:
+        reads = f"version {version} ({version:#04x}) only" if not also else (
+            "versions " + ", ".join(f"{v} ({v:#04x})" for v in (version, *also)) + " only"
+        )
         msg = (
             f"unsupported {codec} codec format version {found} ({found:#04x}); this "
-            f"streamkeep reads version {version} ({version:#04x}) only. The data may come "
+            f"streamkeep reads {reads}. The data may come "
             f"from a newer streamkeep (upgrade) or not be a streamkeep payload at all"
         )
     raise DecodeError(msg)

@@ -19,6 +19,7 @@ import msgpack
 
 from streamkeep._arrow import ipc_bytes, ipc_table, is_table
 from streamkeep.codec._base import (
+    MSGPACK_SEGMENTS_VERSION,
     MSGPACK_VERSION,
     DecodeError,
     EncodeFailed,
@@ -55,6 +56,12 @@ MAX_EXT_NESTING: Final = 64
 _FAST_UNPACK_DEPTH: Final = 2
 
 _VERSION_PREFIX: Final = bytes((MSGPACK_VERSION,))
+_SEGMENTS_PREFIX: Final = bytes((MSGPACK_SEGMENTS_VERSION,))
+#: Segment kinds of a segmented list payload (format version 2); never renumber.
+SEGMENT_EXT: Final = 1  # a version-1 body (extension types allowed): an array of items
+SEGMENT_TUPLES: Final = 2  # plain msgpack, no extension types: an array of items, every nested array a tuple
+# Exact types a tuple segment holds besides tuples (msgpack packs them natively).
+_TUPLE_SEGMENT_SCALARS: Final[frozenset[type]] = frozenset({str, int, float, bytes, bool, type(None)})
 _ONE_US: Final = timedelta(microseconds=1)
 
 ADVICE: Final = "convert it to plain data, or opt in to codec='pickle' on the operator or context"
@@ -85,6 +92,10 @@ class _TooDeep(Exception):  # internal signal: more than MAX_EXT_NESTING extensi
     pass
 
 
+class _HasTuple(Exception):  # internal signal: a probing encoder met a tuple
+    pass
+
+
 _new_tuple = tuple.__new__
 _ExtType: Final = msgpack.ExtType
 
@@ -103,12 +114,13 @@ class _Encoder:
     Call :meth:`close` when done (it breaks the encoder <-> packer cycle).
     """
 
-    __slots__ = ("_depth", "_packers", "_unicode_errors")
+    __slots__ = ("_depth", "_packers", "_probe", "_unicode_errors")
 
-    def __init__(self, unicode_errors: str | None) -> None:
+    def __init__(self, unicode_errors: str | None, probe: bool = False) -> None:
         self._unicode_errors = unicode_errors
         self._packers: list[Any] = []
         self._depth = 0
+        self._probe = probe  # raise _HasTuple at the first tuple
 
     def close(self) -> None:
         self._packers.clear()
@@ -137,6 +149,8 @@ class _Encoder:
     def _default(self, obj: Any) -> msgpack.ExtType:
         tp = type(obj)
         if tp is tuple:
+            if self._probe:
+                raise _HasTuple
             return _ext(EXT_TUPLE, self.pack(list(obj)))
         if tp is int:  # only ints msgpack cannot hold natively get here
             return _ext(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
@@ -164,8 +178,8 @@ class _Encoder:
         raise _Unsupported(obj)
 
 
-def _pack(obj: object, unicode_errors: str | None) -> bytes:
-    encoder = _Encoder(unicode_errors)
+def _pack(obj: object, unicode_errors: str | None, probe: bool = False) -> bytes:
+    encoder = _Encoder(unicode_errors, probe)
     try:
         return encoder.pack(obj)
     finally:
@@ -312,6 +326,126 @@ def _tz(offset_us: object) -> timezone | None:
     return timezone(timedelta(microseconds=offset_us))
 
 
+def tuple_plain(obj: object, depth: int = 0) -> bool:
+    """True when `obj` is only exact tuples (nested at most MAX_EXT_NESTING deep) of exact str, int, float, bytes, bool and None.
+
+    Such a value packs natively (every array a tuple) in a tuple segment, with no
+    Python call per tuple; anything else (a list, a namedtuple, a set) is not.
+    """
+    if obj.__class__ is not tuple:
+        return obj.__class__ in _TUPLE_SEGMENT_SCALARS
+    if depth >= MAX_EXT_NESTING:
+        return False
+    # A loop, not all(generator): it runs for every tuple of every state value a delta holds.
+    for v in obj:
+        c = v.__class__
+        if c is tuple:
+            if not tuple_plain(v, depth + 1):
+                return False
+        elif c not in _TUPLE_SEGMENT_SCALARS:
+            return False
+    return True
+
+
+def _plain_pairs(flat: list[Any], known: int) -> tuple[list[bool], bool]:
+    """Per pair of `flat` ([k0, v0, k1, v1, ...]): do key and value fit a tuple segment (the first `known` do)?
+
+    Also: does a pair that fits hold a tuple (else a version-1 payload is as fast)?
+    """
+    scalars = _TUPLE_SEGMENT_SCALARS
+    known = min(known, len(flat) // 2)
+    out = [True] * known
+    tuples = known > 0
+    append = out.append
+    for i in range(2 * known, len(flat), 2):
+        k, v = flat[i], flat[i + 1]
+        kc, vc = k.__class__, v.__class__
+        if kc in scalars:
+            if vc in scalars:
+                append(True)
+                continue
+            ok = vc is tuple and tuple_plain(v)
+        else:
+            ok = kc is tuple and tuple_plain(k) and (vc in scalars or (vc is tuple and tuple_plain(v)))
+        append(ok)
+        tuples = tuples or ok
+    return out, tuples
+
+
+def _segments(flat: list[Any], known: int) -> list[tuple[int, int, int]] | None:
+    """(kind, start, end) runs of `flat` by pair, or None when no pair of tuples fits a tuple segment (version 1 is as fast)."""
+    plain, tuples = _plain_pairs(flat, known)
+    if not tuples:
+        return None
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(plain) + 1):
+        if i == len(plain) or plain[i] != plain[start]:
+            runs.append((SEGMENT_TUPLES if plain[start] else SEGMENT_EXT, 2 * start, 2 * i))
+            start = i
+    return runs
+
+
+_packb = msgpack.packb
+
+
+def _pack_segments(flat: list[Any], runs: list[tuple[int, int, int]], unicode_errors: str | None) -> bytes:
+    body: list[Any] = []
+    for kind, start, end in runs:
+        part = flat[start:end]
+        if kind == SEGMENT_TUPLES:
+            # Every value is exact tuples and scalars: msgpack packs the tuples as arrays in C.
+            data = _packb(part, use_bin_type=True, strict_types=False, datetime=False, unicode_errors=unicode_errors)
+        else:
+            data = _pack(part, unicode_errors)
+        body.append(kind)
+        body.append(data)
+    packed: bytes = _packb(body, use_bin_type=True)
+    return _SEGMENTS_PREFIX + packed
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    msg = f"a tuple segment holds extension type {code}; it may hold plain msgpack values only"
+    raise DecodeError(msg)
+
+
+def _unpack_segments(body: memoryview) -> list[Any]:
+    """The list a segmented payload's body (after the version byte) holds: its segments' items in order."""
+    parts = _unpackb(body, raw=False, use_list=True)
+    if type(parts) is not list or len(parts) % 2:
+        msg = "a segmented list payload must hold an array [kind, data, kind, data, ...]"
+        raise DecodeError(msg)
+    out: list[Any] = []
+    for i in range(0, len(parts), 2):
+        kind, data = parts[i], parts[i + 1]
+        if type(data) is not bytes:
+            msg = f"segment {i // 2} of a segmented list payload holds {type_name(type(data))}, not bytes"
+            raise DecodeError(msg)
+        if kind == SEGMENT_TUPLES:
+            items = _unpackb(
+                data,
+                ext_hook=_no_ext,
+                raw=False,
+                strict_map_key=False,
+                timestamp=3,
+                unicode_errors="surrogatepass",
+                use_list=False,
+            )
+            if type(items) is not tuple:
+                msg = f"segment {i // 2} of a segmented list payload is not an array"
+                raise DecodeError(msg)
+        elif kind == SEGMENT_EXT:
+            items = _Decoder().unpack(data)
+            if type(items) is not list:
+                msg = f"segment {i // 2} of a segmented list payload is not an array"
+                raise DecodeError(msg)
+        else:
+            msg = f"unknown segment kind {kind!r} in a segmented list payload (this streamkeep knows {SEGMENT_EXT} and {SEGMENT_TUPLES})"
+            raise DecodeError(msg)
+        out.extend(items)
+    return out
+
+
 def _leaf_problem(obj: object) -> str | None:
     tp = type(obj)
     if is_table(obj):
@@ -377,6 +511,31 @@ class MsgpackCodec:
         except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise EncodeFailed(exc, internal=isinstance(exc, (_Unsupported, _TooDeep))) from None
 
+    def encode_list_raw(self, flat: list[Any], known_plain: int = 0) -> bytes:
+        """Internal: encode the list `flat` of (key, value) items ``[k0, v0, k1, v1, ...]`` for bulk state data.
+
+        Pairs whose key and value are only exact tuples and scalars (`tuple_plain`) go to
+        tuple segments, packed natively (no Python call per tuple): a segmented payload,
+        format version 2. The first `known_plain` pairs are promised to be such pairs (the
+        caller checked them with `tuple_plain`). Without such pairs, or when packing them
+        natively fails (a big int, a lone surrogate), this is :meth:`encode_raw`.
+        Decodes with :meth:`decode` to an equal list of the same types.
+        """
+        if not known_plain:  # most states hold no tuple (str -> int): then this is version 1 at no extra cost
+            try:
+                return _VERSION_PREFIX + _pack(flat, None, probe=True)
+            except _HasTuple:
+                pass
+            except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError):
+                return self.encode_raw(flat)  # says what fails, or handles lone surrogates
+        runs = _segments(flat, known_plain)
+        if runs is not None:
+            try:
+                return _pack_segments(flat, runs, None)
+            except (_Unsupported, _TooDeep, ValueError, TypeError, OverflowError, RecursionError):
+                pass  # the version-1 path below says what fails, or handles lone surrogates and big ints
+        return self.encode_raw(flat)
+
     def explain(self, obj: object, root: str, cause: BaseException, key_repr: str | None = None) -> UnsupportedValueError:
         """Internal: the error saying where in ``obj`` (named ``root``) encoding fails."""
         problem = find_problem(obj, root, _leaf_problem, cycles_ok=False)
@@ -398,8 +557,10 @@ class MsgpackCodec:
                 codec's payload, or an unknown format version or extension type.
             TypeError: ``data`` is not bytes-like.
         """
-        check_version(data, codec="msgpack", version=MSGPACK_VERSION)
+        check_version(data, codec="msgpack", version=MSGPACK_VERSION, also=(MSGPACK_SEGMENTS_VERSION,))
         try:
+            if data[0] == MSGPACK_SEGMENTS_VERSION:
+                return _unpack_segments(memoryview(data)[1:])
             return _Decoder().unpack(memoryview(data)[1:])
         except DecodeError as exc:
             msg = f"cannot decode a msgpack payload of {len(data)} bytes: {exc}"

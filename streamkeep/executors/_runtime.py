@@ -19,6 +19,8 @@ from typing import Any
 from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
+from streamkeep.codec._items import PlainFirstPairs
+from streamkeep.codec._msgpack import tuple_plain
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import UserFunctionError
@@ -28,6 +30,8 @@ from streamkeep.state.factory import StoreFactory, memory_store
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset, complex, tuple})
 # Values that hold no reference to anything that can change in place (tuples are checked deeply).
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+# Keys and values the msgpack codec packs natively (with tuples of them: `tuple_plain`).
+_PLAIN_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSENT, value: Any = _ABSENT) -> UserFunctionError:
@@ -111,21 +115,39 @@ class _Keyed(StatefulRuntime):
     def __init__(self, node: StatefulNode, stores: StoreFactory = memory_store) -> None:
         self.node = node
         self.store = stores()
+        #: keys (themselves tuple_plain) whose value was found tuple_plain when last checked; a key
+        #: changed since (in ``store.changed``) is checked again. It spares the delta's encoder that walk.
+        self._plain: set[Any] = set()
+        #: False from the start of a step until its output checked the changed keys
+        self._plain_checked = False
 
     def delta(self) -> dict[str, Any] | None:
         changed, removed = self.store.take_delta()
         if not changed and not removed:
             return None
+        plain = self._plain
+        if plain and self._plain_checked:  # the pairs known to pack natively first, and how many they are
+            known = [kv for kv in changed if kv[0] in plain]
+            n = len(known)
+            if n:
+                if n < len(changed):
+                    known += [kv for kv in changed if kv[0] not in plain]
+                return {"set": PlainFirstPairs(known, n), "del": removed}
         return {"set": changed, "del": removed}
 
     def snapshot(self) -> dict[str, Any]:
         self.store.materialize()
-        return {"set": list(self.store.data.items()), "del": []}
+        data = self.store.data
+        plain = self._plain
+        if self._plain_checked and len(plain) >= len(data) > 0 and plain.issuperset(data):  # all checked: say so
+            return {"set": PlainFirstPairs(data.items(), len(data)), "del": []}
+        return {"set": list(data.items()), "del": []}
 
     def forget_changes(self) -> None:
         self.store.forget_changes()
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
+        self._plain = set()
         self.store.load(snapshot["set"] if snapshot else ())
         for d in deltas:
             self.store.apply_delta(d["set"], d["del"])
@@ -149,6 +171,7 @@ class UpdateStateRuntime(_Keyed):
         groups = _group_all(parent)
         update = self.node.update
         store = self.store
+        self._plain_checked = False
         data = store.data
         changed = store.changed
         removed = store.removed
@@ -161,6 +184,7 @@ class UpdateStateRuntime(_Keyed):
                     del data[key]
                     changed.discard(key)
                     removed.add(key)
+                    self._plain.discard(key)
                 elif (
                     type(new) in _IMMUTABLE
                     and (new is old or (type(old) is type(new) and new == old))
@@ -182,7 +206,34 @@ class UpdateStateRuntime(_Keyed):
             raise _user_error(self.node, t, exc, key) from exc
         # The output is this batch's view of the state: never the state objects themselves, which a
         # later batch may change in place (the earlier batch's output would change with them).
-        return _output(_detached_items(data), self.node.num_partitions, t)
+        return _output(self._output_items(), self.node.num_partitions, t)
+
+    def _output_items(self) -> list[tuple[Any, Any]]:
+        """`_detached_items` of the state, checking (and noting in `_plain`) the keys changed since the last delta.
+
+        A tuple value found `tuple_plain` is immutable, so it is shared, not copied, and
+        stays plain until its key is written again: unchanged keys cost two set lookups,
+        not a walk of their value, and the delta's encoder trusts `_plain`.
+        """
+        data = self.store.data
+        changed = self.store.changed
+        plain = self._plain
+        out: list[tuple[Any, Any]] = []
+        append = out.append
+        for k, v in data.items():
+            c = v.__class__
+            if c in _PLAIN_SCALARS or (k in plain and k not in changed):
+                append((k, v))
+            elif c is tuple and tuple_plain(v):
+                append((k, v))
+                kc = k.__class__
+                if kc in _PLAIN_SCALARS or (kc is tuple and tuple_plain(k)):
+                    plain.add(k)
+            else:
+                plain.discard(k)
+                append((k, _detach(v)))
+        self._plain_checked = True
+        return out
 
 
 def _frozen(value: Any) -> bool:

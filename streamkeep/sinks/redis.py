@@ -44,12 +44,19 @@ local function parse(raw)
   return tonumber(t), tonumber(string.match(raw, ' epoch=(%d+)')), string.match(raw, ' ckpt=(%w+)'),
          string.match(raw, ' failed=([%w/,]+)')
 end
-local function digest(args)
-  local parts = {}
-  for j = 1, #args do parts[j] = #args[j] .. ':' .. args[j] end
+local bt, epoch, ckpt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+-- Command i is ARGV[starts[i]] .. ARGV[starts[i] + argcs[i] - 1]: run from ARGV, no table per command.
+local starts, argcs, pos = {}, {}, 5
+for i = 1, n do
+  local argc = tonumber(ARGV[pos])
+  starts[i], argcs[i] = pos + 1, argc
+  pos = pos + argc + 1
+end
+local function digest(i)
+  local parts, s = {}, starts[i]
+  for j = 1, argcs[i] do local a = ARGV[s + j - 1]; parts[j] = #a .. ':' .. a end
   return string.sub(redis.sha1hex(table.concat(parts, ' ')), 1, 12)
 end
-local bt, epoch, ckpt, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local raw = redis.call('GET', KEYS[1])
 local only = nil
 if raw then
@@ -66,42 +73,42 @@ if raw then
     end
   end
 end
-local cmds, pos = {}, 5
-for i = 1, n do
-  local argc, args = tonumber(ARGV[pos]), {}
-  for j = 1, argc do args[j] = ARGV[pos + j] end
-  cmds[i] = args
-  pos = pos + argc + 1
-end
 local run = {}
 if only then
   for i, d in pairs(only) do
-    if i > n or digest(cmds[i]) ~= d then return {'changed', raw, i, n} end
+    if i > n or digest(i) ~= d then return {'changed', raw, i, n} end
   end
 end
 for i = 1, n do if (not only) or only[i] then run[#run + 1] = i end end
-local known = {}
+-- Validate each (command name, argument count) once: a batch repeats a few shapes many times.
+local known, valid = {}, {}
 for _, i in ipairs(run) do
-  local args = cmds[i]
-  local name = string.lower(args[1])
-  if known[name] == nil then known[name] = redis.call('COMMAND', 'INFO', name)[1] end
-  local info = known[name]
-  if not info then return {'malformed', i, 'unknown command'} end
-  local arity = info[2]
-  if (arity > 0 and #args ~= arity) or (arity < 0 and #args < -arity) then
-    return {'malformed', i, 'wrong number of arguments'}
-  end
-  for _, flag in ipairs(info[3]) do
-    if (type(flag) == 'table' and flag['ok'] or flag) == 'noscript' then
-      return {'malformed', i, 'not allowed inside a transaction or script'}
+  local s, argc = starts[i], argcs[i]
+  local shape = valid[ARGV[s]]
+  if shape == nil then shape = {}; valid[ARGV[s]] = shape end
+  if not shape[argc] then
+    local name = string.lower(ARGV[s])
+    if known[name] == nil then known[name] = redis.call('COMMAND', 'INFO', name)[1] end
+    local info = known[name]
+    if not info then return {'malformed', i, 'unknown command'} end
+    local arity = info[2]
+    if (arity > 0 and argc ~= arity) or (arity < 0 and argc < -arity) then
+      return {'malformed', i, 'wrong number of arguments'}
     end
+    for _, flag in ipairs(info[3]) do
+      if (type(flag) == 'table' and flag['ok'] or flag) == 'noscript' then
+        return {'malformed', i, 'not allowed inside a transaction or script'}
+      end
+    end
+    shape[argc] = true
   end
 end
 local failed, errs = {}, {}
 for _, i in ipairs(run) do
-  local r = redis.pcall(unpack(cmds[i]))
+  local s = starts[i]
+  local r = redis.pcall(unpack(ARGV, s, s + argcs[i] - 1))
   if type(r) == 'table' and r['err'] then
-    failed[#failed + 1] = i .. '/' .. digest(cmds[i])
+    failed[#failed + 1] = i .. '/' .. digest(i)
     if #errs < 40 then errs[#errs + 1] = i; errs[#errs + 1] = r['err'] end
   end
 end
@@ -203,7 +210,8 @@ class RedisSink:
     the commands that ``write(pipeline, records)`` queued, then set the marker to
     ``T``. So even non-idempotent commands (INCRBY, HINCRBY, LPUSH) take effect
     exactly once. The marker is read first without the script, too, so ``write``
-    is not called for a batch that is clearly applied.
+    is not called for a batch that is clearly applied (after the sink applied the
+    batch before, only the script reads it: one round trip per batch).
 
     ``write`` must only queue commands on the pipeline: ``execute()``,
     ``watch()``, ``multi()`` or ``reset()`` raise SinkError, and replies are never
@@ -311,6 +319,9 @@ class RedisSink:
         self._staged: Any = None
         self._token: FencingToken | None = None
         self._lock = threading.Lock()
+        #: the marker as this sink last left it (a batch time it applied with no failure), else None:
+        #: then the next batch is not clearly applied and its marker need not be read before the script
+        self._left: BatchTime | None = None
 
     def set_fencing_token(self, token: FencingToken) -> None:
         """Fence writes with the driver's claim epoch (kept in the marker)."""
@@ -326,6 +337,7 @@ class RedisSink:
         with self._lock:
             client, self._client = self._client, None
             self._script = self._staged = None
+            self._left = None
             if client is not None:
                 client.close()
 
@@ -335,6 +347,7 @@ class RedisSink:
         state["_script"] = None
         state["_staged"] = None
         state["_lock"] = None
+        state["_left"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -396,7 +409,11 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
-            self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
+            try:
+                self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
+            except BaseException:
+                self._left = None
+                raise
 
     def _retrying(self, what: str, batch_time: BatchTime | None, fn: Callable[[], Any]) -> Any:
         redis = _import_redis()
@@ -469,7 +486,10 @@ class RedisSink:
 
     def _apply(self, batch_time: BatchTime, records: list[Any]) -> None:
         client = self._ensure_client()
-        raw = client.get(self.marker_key)
+        left, self._left = self._left, None
+        # A later batch than the one this sink just applied is not applied yet, unless another driver
+        # wrote meanwhile: the script checks that atomically anyway, so one round trip less per batch.
+        raw = client.get(self.marker_key) if left is None or batch_time <= left else None
         if raw is not None:
             marker = self._parse_marker(raw)
             fenced = self._fenced(marker, batch_time)
@@ -487,6 +507,8 @@ class RedisSink:
             extend(cmd)
         reply = self._script(keys=[self.marker_key], args=args, client=client)
         self._outcome(batch_time, commands, reply)
+        if _text(reply[0]) == "applied":  # with no failure, else _outcome raised
+            self._left = batch_time
 
     # -- in parts, where the records are (PartitionWritable) -------------------------------
 

@@ -18,6 +18,7 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 
 from __future__ import annotations
 
+import gc
 import pickle
 import threading
 import time
@@ -120,6 +121,13 @@ def fetch_ranges(
         consumer.pause([tp])
         paused.append(tp)
 
+    # Every record read here stays alive until the batch is done, so garbage collections while the
+    # loop builds them free nothing: they only walk the growing heap (measured ~0.8 us per record
+    # with 100k records, a third of the loop). The collector is paused for the loop, as
+    # codec.decode_items does for large payloads; cyclic garbage a deserialiser makes waits until it ends.
+    gc_paused = gc.isenabled()
+    if gc_paused:
+        gc.disable()
     try:
         while todo:
             # Any: a message without an error always has its topic, partition and offset (the stubs say Optional)
@@ -128,9 +136,14 @@ def fetch_ranges(
                 first = consumer.poll(0.1)
                 msgs = [] if first is None else [first]
             progressed = False
+            # Records come in runs of one partition: its range is looked up once per run, not per record.
+            last_topic: str | None = None
+            last_part: int | None = None
+            in_range = False
             for m in msgs:
                 err = m.error()
                 if err is not None:
+                    last_part = None  # finish() below may end the range of the run
                     m_topic, m_part, m_off = m.topic(), m.partition(), m.offset()
                     key = (m_topic or "", -1 if m_part is None else m_part)
                     off = -1 if m_off is None else m_off
@@ -150,19 +163,25 @@ def fetch_ranges(
                     continue
                 # A record (no error) always has its topic, partition and offset.
                 m_topic, m_part, off = m.topic(), m.partition(), m.offset()
-                key = (m_topic, m_part)
-                entry = todo.get(key)
-                if entry is None:
+                if m_part != last_part or m_topic != last_topic:
+                    key = (m_topic, m_part)
+                    entry = todo.get(key)
+                    last_topic, last_part = m_topic, m_part
+                    in_range = entry is not None
+                    if entry is not None:
+                        idx, start, until = entry
+                        append = out[idx].append
+                if not in_range:
                     continue
-                idx, start, until = entry
                 if off >= until:
                     finish(key)
+                    last_part = None
                     continue
                 if off >= start:
                     # decode_record inlined (the per-record path): one KafkaRecord, built once.
                     ts_type, ts = m.timestamp()
                     if plain:
-                        out[idx].append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
+                        append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
                     else:
                         k, v = m.key(), m.value()
                         try:
@@ -170,10 +189,11 @@ def fetch_ranges(
                         except Exception as exc:
                             _undecodable(src, KafkaRecord(m_topic, m_part, off, k, v, ts if ts_type else None), exc, batch_time, bad)
                         else:
-                            out[idx].append(rec)
+                            append(rec)
                     progressed = True
                 if off >= until - 1:
                     finish(key)
+                    last_part = None
             if todo:  # transaction markers at a range's end advance only the position
                 for tp in consumer.position([ck.TopicPartition(*k) for k in todo]):
                     pos_key = (str(tp.topic), int(tp.partition))
@@ -196,6 +216,8 @@ def fetch_ranges(
                 )
                 raise SourceError(msg)
     finally:
+        if gc_paused:
+            gc.enable()
         if paused:  # the pause flag outlives the assignment in librdkafka
             consumer.resume(paused)
         consumer.unassign()

@@ -465,3 +465,33 @@ def test_remote_read_fetches_give_exactly_what_read_gives(kafka_cluster, topic_f
         assert src.remote_read(src.plan(2000), 2000, 2) is None  # nothing planned: read() is cheaper than a task
     finally:
         src.close()
+
+
+def test_read_leaves_the_garbage_collector_as_it_found_it(kafka_cluster, topic_factory):
+    """The read loop pauses the collector while it builds the records, and restores it, also when it raises."""
+    import gc
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    produce(bs, topic, [b'{"a": 1}', b"not json"], partition=0)
+    seen: list[bool] = []
+
+    def decode(raw: bytes | None) -> Any:
+        seen.append(gc.isenabled())
+        return _json(raw)
+
+    src = _source(bs, topic, value_deserializer=decode)
+    try:
+        assert gc.isenabled()
+        with pytest.raises(SourceError):
+            src.read(src.plan(1000), 1000)
+        assert gc.isenabled()  # restored after an undecodable record failed the read
+        assert seen == [False, False]  # paused while the records were built
+        gc.disable()
+        try:
+            src.read({f"{topic}:0": [0, 1]}, 1000)
+            assert not gc.isenabled()  # a caller's own pause is kept
+        finally:
+            gc.enable()
+    finally:
+        src.close()

@@ -115,6 +115,51 @@ def test_marker_changed_by_another_writer_is_rechecked(redis_url):
     assert other.get("n") == b"1"
 
 
+def _calls(r: Any, command: str) -> int:
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_consecutive_batches_cost_one_round_trip_each(redis_url):
+    """After a batch it applied, the sink sends the next one's script without reading the marker first."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.config_resetstat()
+    sink = _sink(redis_url, name="trips")
+    try:
+        for t in range(1000, 6000, 1000):
+            sink.write(t, [("ann", 1)])
+        sink.write(5000, [("ann", 1)])  # a replay of the last one: read first, skipped, write not called
+    finally:
+        sink.close()
+    scripts = _calls(r, "evalsha") + _calls(r, "eval")  # the script's own GET counts too
+    assert scripts == 5
+    assert _calls(r, "get") - scripts == 2  # the first batch (marker unknown) and the replay
+    assert r.get("count:ann") == "5"
+    assert r.get("streamkeep:sink:trips:last_batch") == "5000"
+
+
+def test_a_batch_applied_by_another_driver_in_between_is_skipped_by_the_script(redis_url):
+    other = redis.Redis.from_url(redis_url)
+    calls: list[int] = []
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        calls.append(len(records))
+        pipe.incrby("n", 1)
+
+    sink = _sink(redis_url, write, name="between")
+    try:
+        sink.write(1000, ["x"])
+        # Another driver of the same job applies batch 2000 before this one gets to it.
+        other.set("streamkeep:sink:between:last_batch", 2000)
+        other.incrby("n", 1)
+        sink.write(2000, ["x"])  # not read first: the script finds the marker and skips
+        sink.write(3000, ["x"])  # after a skip the marker is read again
+    finally:
+        sink.close()
+    assert calls == [1, 1, 1]  # write ran for 2000 (not read first), but the script applied nothing of it
+    assert other.get("n") == b"3"
+    assert other.get("streamkeep:sink:between:last_batch") == b"3000"
+
+
 def test_redis_down_fails_after_bounded_retries(redis_server_factory):
     server = redis_server_factory()
     sink = _sink(server.url, name="down", max_retries=3, retry_backoff_s=0.01, timeout_s=1.0)

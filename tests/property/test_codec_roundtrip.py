@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamkeep.codec import MSGPACK, decode_items, encode_items, get_codec
+from streamkeep.codec._items import PlainFirstPairs
+from streamkeep.codec._msgpack import tuple_plain
 
 PICKLE = get_codec("pickle")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,3 +86,20 @@ def test_items_roundtrip_is_exact(pairs: list[tuple[Any, Any]]) -> None:
     for codec in (MSGPACK, PICKLE):
         out = decode_items(codec, encode_items(codec, pairs))
         assert same(out, pairs), (pairs, out)
+
+
+plain_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), texts, st.binary(max_size=20))
+# Mostly tuples of scalars (segmented payloads), with now and then a value that is not (lists, sets, big ints).
+tuple_trees = st.recursive(plain_scalars, lambda inner: st.lists(inner, max_size=4).map(tuple), max_leaves=12)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.one_of(plain_scalars, tuple_trees, hashables), st.one_of(tuple_trees, values)), max_size=20))
+def test_segmented_items_roundtrip_is_exact(pairs: list[tuple[Any, Any]]) -> None:
+    out = decode_items(MSGPACK, encode_items(MSGPACK, pairs))
+    assert same(out, pairs), (pairs, out)
+    # a runtime's hint: the pairs it checked first
+    checked = [kv for kv in pairs if tuple_plain(kv[0]) and tuple_plain(kv[1])]
+    hinted = PlainFirstPairs(checked + [kv for kv in pairs if not (tuple_plain(kv[0]) and tuple_plain(kv[1]))], len(checked))
+    out = decode_items(MSGPACK, encode_items(MSGPACK, hinted))
+    assert same(out, list(hinted)), (hinted, out)

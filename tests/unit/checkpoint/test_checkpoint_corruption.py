@@ -32,7 +32,7 @@ def test_frame_round_trip_and_documented_layout() -> None:
     head = (
         b"SKCP" + bytes([PLAIN_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
-    assert PLAIN_VERSION == 3 and FORMAT_VERSION == 4  # 4: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py
+    assert PLAIN_VERSION == 4 and FORMAT_VERSION == 5  # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 

@@ -91,7 +91,7 @@ def test_inspect_json_counts_keys_and_lists_files(ckpt: str, capsys: pytest.Capt
     rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt, "--json")
     assert rc == 0
     info = json.loads(out)
-    assert info["format_version"] == 3
+    assert info["format_version"] == 4
     assert info["engine_version"] == sk.__version__
     assert info["last_commit"]["batch_time_ms"] == 1_003_000
     assert info["pending_batches"] == []

@@ -464,14 +464,14 @@ def test_decode_empty() -> None:
         MSGPACK.decode(b"")
 
 
-@pytest.mark.parametrize("version", [0x00, 0x02, 0x7F, 0xFF])
+@pytest.mark.parametrize("version", [0x00, 0x03, 0x7F, 0xFF])
 def test_decode_unknown_version(version: int) -> None:
     data = bytes([version]) + msgpack.packb(1)
     with pytest.raises(DecodeError) as info:
         MSGPACK.decode(data)
     message = str(info.value)
     assert f"version {version}" in message
-    assert "reads version 1" in message
+    assert "reads versions 1 (0x01), 2 (0x02) only" in message
 
 
 def test_decode_other_codecs_payload() -> None:
@@ -598,7 +598,9 @@ def test_pickle_unsupported_names_path() -> None:
 def test_pickle_decode_errors() -> None:
     with pytest.raises(DecodeError, match="empty payload"):
         PICKLE.decode(b"")
-    with pytest.raises(DecodeError, match="version 2"):
+    with pytest.raises(DecodeError, match="version 3"):
+        PICKLE.decode(b"\x03abc")
+    with pytest.raises(DecodeError, match=r"written by the msgpack codec \(version byte 0x02\)"):
         PICKLE.decode(b"\x02abc")
     with pytest.raises(DecodeError, match="cannot decode a pickle payload"):
         PICKLE.decode(b"\x81garbage")

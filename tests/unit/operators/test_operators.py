@@ -1152,3 +1152,91 @@ def test_inverse_window_filter_drops_a_key_whose_first_slice_sums_to_zero() -> N
         sort=True,
     )
     assert out == [[("b", 2)], [("b", 3)]]
+
+
+# -- tuple states: shared not copied, deltas packed natively (issue 14.3) ----------------------
+
+
+def _tuple_or_list_state(values, old):
+    """Key "p" keeps a plain tuple state; key "l" switches to a tuple holding a list and then grows it in place."""
+    if not values:
+        return old
+    key, n = values[0]
+    if old is None:
+        return (n, ("first", 1.5, None, b"x", True))
+    if key == "l":
+        if isinstance(old[1], list):
+            old[1].append(n)  # in place, the same tuple returned
+            return old
+        return (old[0] + n, [n])
+    return (old[0] + n, ("seen", (n, "deep")))
+
+
+def _tuple_job(url):
+    import streamkeep as sk
+
+    def build():
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100)
+        batches = [[("p", ("p", 1)), ("l", ("l", 1))], [("p", ("p", 2)), ("l", ("l", 2))], [("l", ("l", 3))], [("p", ("p", 4)), ("l", ("l", 4))]]
+        ssc.queue_stream(batches, name="q").update_state_by_key(_tuple_or_list_state, name="u").write_to(ListSink("out"))
+        return ssc
+
+    return build
+
+
+def test_update_state_by_key_tuple_states_restart_exactly(tmp_path):
+    """Tuple states go to deltas as natively packed segments; a restart gives back the same values and types."""
+    from _strict import same
+
+    import streamkeep as sk
+    from streamkeep.testing import state_of
+
+    whole = sk.StreamingContext.get_or_create(str(tmp_path / "a"), _tuple_job(str(tmp_path / "a")))
+    whole.run(4)
+    expected = dict(state_of(whole, "u")["set"])
+    whole.stop()
+    assert same(expected, {"p": (7, ("seen", (4, "deep"))), "l": (3, [2, 3, 4])})
+
+    url = str(tmp_path / "b")
+    for runs in (2, 1, 1):  # every batch of the chain written by another run
+        ssc = sk.StreamingContext.get_or_create(url, _tuple_job(url))
+        ssc.run(runs)
+        got = dict(state_of(ssc, "u")["set"])
+        ssc.stop()
+    assert same(sorted(got.items()), sorted(expected.items())), (got, expected)  # key order may differ after a restart
+
+
+def test_update_state_by_key_hands_its_delta_over_plain_pairs_first():
+    from streamkeep.codec._items import PlainFirstPairs
+    from streamkeep.dstream._graph import UpdateStateNode
+    from streamkeep.executors._runtime import UpdateStateRuntime
+
+    node = UpdateStateNode(
+        id=1, op="update_state_by_key", parents=(), slide_ms=1000, name="u", codec="msgpack", update=_tuple_or_list_state, initial=(), num_partitions=None
+    )
+    rt = UpdateStateRuntime(node)
+    rt.step(1000, Batch([[("p", ("p", 1)), ("l", ("l", 1)), (("t", 1), ("x", 1))]], 1000))
+    first = rt.delta()
+    assert first is not None
+    assert type(first["set"]) is PlainFirstPairs
+    assert first["set"].known_plain == 3  # every key and value is tuples and scalars
+    out = rt.step(2000, Batch([[("l", ("l", 2)), (("t", 1), ("x", 2))]], 2000))
+    second = rt.delta()
+    assert second is not None
+    # "l" now holds a list: it must come after the pairs promised plain, and not be counted
+    assert second["set"].known_plain == 1
+    assert second["set"][0][0] == ("t", 1)
+    assert dict(second["set"])["l"] == (3, [2])
+    assert out is not None
+    rt.step(3000, Batch([[("l", ("l", 3))]], 3000))  # in place: the earlier output must not change
+    assert dict(out.partitions[0])["l"] == (3, [2])
+    third = rt.delta()
+    assert third is not None
+    assert type(third["set"]) is list  # nothing changed is plain
+    assert third["set"] == [("l", (3, [2, 3]))]
+    assert type(rt.snapshot()["set"]) is list  # "l" is not plain
+    rt.step(4000, Batch([[("l", ("x", 0))]], 4000))
+    rt.delta()
+    snap = rt.snapshot()["set"]  # every key plain again: the sizer's and copied snapshots' encoder need not look
+    assert type(snap) is PlainFirstPairs and snap.known_plain == 3
+    assert dict(snap) == {"p": (1, ("first", 1.5, None, b"x", True)), "l": (3, ("seen", (0, "deep"))), ("t", 1): (3, ("seen", (2, "deep")))}
