@@ -826,16 +826,17 @@ class KafkaSource:
         librdkafka fetches an assigned partition only once the consumer's handle knows
         the partition's leader. A handle that never asked about the topic learns it at
         its next periodic topic scan (once a second): the first read of a fresh
-        consumer (at start-up, after a restart) stalled up to ~1 s. A failure here is
-        left to the read, which retries and reports an unreachable broker.
+        consumer (at start-up, after a restart) stalled up to ~1 s. Asked once per
+        consumer: a failure is left to the read, which retries and reports an
+        unreachable broker.
         """
         ck = _import_kafka()
+        self._known_topics.update(topics)
         for topic in topics:
             try:
                 consumer.list_topics(topic, timeout=min(1.0, self.timeout_s))
             except ck.KafkaException:
                 return
-            self._known_topics.add(topic)
 
     def commit_offsets(self, position: Data) -> None:
         """Commit `position` (as from :meth:`position`) to ``group_id``, asynchronously; no-op without it.
