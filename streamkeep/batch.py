@@ -14,6 +14,7 @@ Imports only `streamkeep.errors`, `streamkeep._types`, `streamkeep._util` and `s
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -660,6 +661,14 @@ def _fold(f: Callable[[Any, Any], Any], it: Iterator[Any]) -> Any:
 def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[Any, Any], Any]) -> dict[Any, Any]:
     kv: Any = None
     try:
+        if f is operator.add:  # the common word-count case: `old + v` is operator.add without a call per record
+            for kv in it:
+                if kv.__class__ is not tuple:
+                    kv = as_pair(kv, "reduce_by_key")
+                k, v = kv
+                old = d.get(k, _MISSING)
+                d[k] = v if old is _MISSING else old + v
+            return d
         for kv in it:
             if kv.__class__ is not tuple:
                 kv = as_pair(kv, "reduce_by_key")

@@ -513,7 +513,10 @@ class StreamingContext:
     def start(self, *, wait_for_clock: bool = True) -> None:
         """Start processing in a background thread, one batch per interval of the clock.
 
-        A batch runs when the clock reaches its batch time. After :meth:`run`
+        The first batch runs at once: its batch time is the next one on the
+        job's interval grid, at most one interval ahead of the clock (a fresh
+        job does not wait up to an interval before its first output). Every
+        later batch runs when the clock reaches its batch time. After :meth:`run`
         (or the CLI's ``--until-idle``) ran batches back to back, the
         checkpoint's batch times can be ahead of the clock; the next batch time
         is then in the future and, by default, the first batch waits for it
@@ -556,15 +559,18 @@ class StreamingContext:
         self._state = "active"
         sched.live = True
         self._announce_or_release(sched, "start")
-        self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms), name="streamkeep-scheduler", daemon=True)
+        early_ms = sched.interval if lead_ms <= sched.interval else 0  # the first batch runs at once (see above)
+        self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms, early_ms), name="streamkeep-scheduler", daemon=True)
         self._thread.start()
 
-    def _loop(self, sched: Scheduler, offset_ms: int = 0) -> None:
+    def _loop(self, sched: Scheduler, offset_ms: int = 0, early_ms: int = 0) -> None:
+        # early_ms: how far ahead of the clock the first batch may run (its batch time stays on the grid)
         try:
             while not self._stop_event.is_set():
                 t = sched.next_time()
-                if not self._clock.wait_until(t - offset_ms, self._stop_event):
+                if not self._clock.wait_until(t - offset_ms - early_ms, self._stop_event):
                     break
+                early_ms = 0
                 sched.run_next()
         except BaseException as exc:
             self._error = exc

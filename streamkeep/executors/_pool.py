@@ -20,16 +20,17 @@ and the resource tracker then see their pipes close and exit too.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import select
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamkeep.batch import Batch
 from streamkeep.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when a pool is made: multiprocessing costs ~15 ms of every job's start-up
+    from concurrent.futures import ProcessPoolExecutor
 
 #: Operators whose result depends on partition boundaries: such chains keep their partitions.
 _PER_PARTITION = frozenset({"map_partitions", "glom"})
@@ -89,6 +90,9 @@ class ProcessPool:
 
     def _get(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             # forkserver: never fork the driver's threads (scheduler, lease heartbeat).
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
             self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_watch_driver, initargs=(os.getpid(),))

@@ -238,6 +238,7 @@ class KafkaSource:
         self._planned_here: list[BatchTime] = []  # batch times this instance planned (the rest are replays)
         self._describe_ok = True  # False once the brokers turned out unable to describe topics
         self._consumer: Consumer | None = None
+        self._known_topics: set[str] = set()  # topics whose metadata the current consumer asked for (_fetch)
         self._admin: AdminClient | None = None
         self._lock = threading.RLock()
 
@@ -283,6 +284,7 @@ class KafkaSource:
             except ck.KafkaException as exc:
                 msg = f"kafka source {self.name!r}: cannot create a consumer: {exc}"
                 raise ConfigError(msg) from exc
+            self._known_topics = set()
         return self._consumer
 
     def _conf(self) -> dict[str, Any]:
@@ -871,7 +873,29 @@ class KafkaSource:
     def _fetch(
         self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
     ) -> None:
+        consumer = self._ensure_consumer()
+        unknown = sorted({t for t, _, f, u in ranges if u > f} - self._known_topics)
+        if unknown:
+            self._learn_topics(consumer, unknown)
         fetch_ranges(self, ranges, out, bad, batch_time)
+
+    def _learn_topics(self, consumer: Consumer, topics: list[str]) -> None:
+        """Ask the consumer for `topics`' metadata once, before it first assigns their partitions.
+
+        librdkafka fetches an assigned partition only once the consumer's handle knows
+        the partition's leader. A handle that never asked about the topic learns it at
+        its next periodic topic scan (once a second): the first read of a fresh
+        consumer (at start-up, after a restart) stalled up to ~1 s. Asked once per
+        consumer: a failure is left to the read, which retries and reports an
+        unreachable broker.
+        """
+        ck = _import_kafka()
+        self._known_topics.update(topics)
+        for topic in topics:
+            try:
+                consumer.list_topics(topic, timeout=min(1.0, self.timeout_s))
+            except ck.KafkaException:
+                return
 
     def commit_offsets(self, position: Data) -> None:
         """Commit `position` (as from :meth:`position`) to ``group_id``, asynchronously; no-op without it.

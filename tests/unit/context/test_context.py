@@ -183,19 +183,23 @@ def test_lifecycle_misuse():
 def test_start_runs_one_batch_per_interval_of_the_clock():
     ssc, clock = ctx(start_ms=10_000)
     sink = ListSink()
-    ssc.queue_stream([[1], [2], [3], [4]], name="q").write_to(sink)
+    ssc.queue_stream([[1], [2], [3], [4], [5]], name="q").write_to(sink)
     assert ssc.state == "initialized"
     ssc.start()
     try:
         assert ssc.state == "active"
+        wait_for(lambda: len(sink.batches) == 1, what="the first batch, at once")
         assert ssc.await_termination(0.05) is False
-        assert sink.batches == []  # the clock has not reached the first batch time
+        assert sink.batches == [(11_000, [1])]  # the next one waits for the clock to reach 12000
         clock.advance(1)
-        wait_for(lambda: len(sink.batches) == 1, what="batch 11000")
-        assert sink.batches == [(11_000, [1])]
+        assert ssc.await_termination(0.05) is False
+        assert len(sink.batches) == 1
+        clock.advance(1)
+        wait_for(lambda: len(sink.batches) == 2, what="batch 12000")
+        assert sink.batches == [(11_000, [1]), (12_000, [2])]
         clock.advance(2)  # two intervals at once: both batch times run, in order
-        wait_for(lambda: len(sink.batches) == 3, what="batches 12000 and 13000")
-        assert sink.batches == [(11_000, [1]), (12_000, [2]), (13_000, [3])]
+        wait_for(lambda: len(sink.batches) == 4, what="batches 13000 and 14000")
+        assert sink.batches == [(11_000, [1]), (12_000, [2]), (13_000, [3]), (14_000, [4])]
         assert ssc.await_termination(0.01) is False
     finally:
         ssc.stop()
@@ -203,7 +207,28 @@ def test_start_runs_one_batch_per_interval_of_the_clock():
     assert ssc.await_termination(0.01) is True
     assert ssc.await_termination() is True
     clock.advance(5)
-    assert len(sink.batches) == 3  # nothing runs after stop
+    assert len(sink.batches) == 4  # nothing runs after stop
+
+
+def test_start_runs_the_first_batch_at_once_with_a_batch_time_on_the_grid():
+    """A fresh job's first output does not wait up to an interval for the clock (start-up latency, issue 14):
+    the first batch runs at once, with the next batch time of the job's grid (not the clock's time)."""
+    ssc, clock = ctx(start_ms=10_400, interval=2.0)
+    sink = ListSink()
+    ssc.queue_stream([[1], [2]], name="q").write_to(sink)
+    ssc.start()
+    try:
+        wait_for(lambda: sink.batches, what="the first batch without moving the clock")
+        assert sink.batches == [(12_000, [1])]  # the grid: 10000 (now, floored) + one interval
+        assert clock.now_ms() == 10_400
+        clock.advance(1.6)  # the clock reaches 12000: batch 12000 already ran, 14000 waits
+        assert ssc.await_termination(0.05) is False
+        assert sink.batches == [(12_000, [1])]
+        clock.advance(2)
+        wait_for(lambda: len(sink.batches) == 2, what="batch 14000")
+        assert sink.batches == [(12_000, [1]), (14_000, [2])]
+    finally:
+        ssc.stop()
 
 
 def test_stop_while_waiting_for_the_clock():

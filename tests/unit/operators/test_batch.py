@@ -421,3 +421,17 @@ def test_user_error_in_sort_key():
         Batch([[1, "x"]], 1000).sort_by(lambda x: x + 1)
     assert isinstance(info.value.__cause__, TypeError)
     assert info.value.batch_time_ms == 1000
+
+
+def test_reduce_by_key_with_operator_add_matches_any_other_add_function():
+    """reduce_by_key(operator.add) runs an inlined `old + v` loop: same results and errors as a Python add function."""
+    records = [("a", 1), ["b", 2], ("a", 3), ("s", "x"), ["s", "y"], ("l", [1]), ("l", [2]), ("a", 0.5)]
+    fast = Batch([records, [("a", 10)]], 1000).map(lambda r: r).reduce_by_key(add)
+    slow = Batch([records, [("a", 10)]], 1000).map(lambda r: r).reduce_by_key(lambda x, y: x + y)
+    assert sorted(fast.collect(), key=str) == sorted(slow.collect(), key=str) == [("a", 14.5), ("b", 2), ("l", [1, 2]), ("s", "xy")]
+    for f in (add, lambda x, y: x + y):
+        with pytest.raises(UserFunctionError) as info:
+            Batch([[("k", 1), ("k", "one")]], 2000).map(lambda r: r).reduce_by_key(f)
+        assert "reduce_by_key" in info.value.operator
+        assert info.value.batch_time_ms == 2000
+        assert isinstance(info.value.__cause__, TypeError)
