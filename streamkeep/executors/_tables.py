@@ -217,13 +217,15 @@ class AggregateStateRuntime(StatefulRuntime):
             state = state.combine_chunks()
             skeys = state.column(key)
         n_state = state.num_rows
-        where = pc.index_in(table.column(key), value_set=skeys.chunk(0))
+        keys = table.column(key)
+        where = pc.index_in(keys.chunk(0) if keys.num_chunks == 1 else keys, value_set=skeys.chunk(0))
         if isinstance(where, pa.ChunkedArray):
             where = where.combine_chunks()
         fresh = where.null_count
         rows = pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()  # bin n_state: new keys
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
         touched = np.flatnonzero(hits)
+        every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
         mask = pa.array(hits > 0)
         cols = [skeys]
         for col, src, fn in self.columns:
@@ -237,12 +239,16 @@ class AggregateStateRuntime(StatefulRuntime):
                 stored_type = state.schema.field(col).type
                 acc = np.zeros(n_state + 1, np.float64 if self.pa.types.is_floating(stored_type) else np.int64)
                 np.add.at(acc, rows, table.column(src).to_numpy().astype(acc.dtype, copy=False))
+            if every:
+                new = pa.array(acc[:n_state], state.schema.field(col).type)
+                cols.append(pc.coalesce(pc.add(state.column(col), new), new))
+                continue
             new = pa.array(acc[touched], state.schema.field(col).type)
             old = state.column(col).take(touched)
             merged = pc.coalesce(pc.add(old, new), new)
             cols.append(pc.replace_with_mask(state.column(col), mask, merged.combine_chunks()))
         state = pa.table(cols, schema=state.schema)
-        changed = state.take(touched)
+        changed = state if every else state.take(touched)
         if fresh:
             partial = self._partials(self._t, table.filter(pc.is_null(where)))
             partial = partial.cast(state.schema) if partial.schema != state.schema else partial
