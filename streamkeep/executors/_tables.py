@@ -217,10 +217,7 @@ class AggregateStateRuntime(StatefulRuntime):
             state = state.combine_chunks()
             skeys = state.column(key)
         n_state = state.num_rows
-        keys = table.column(key)
-        where = pc.index_in(keys.chunk(0) if keys.num_chunks == 1 else keys, value_set=skeys.chunk(0))
-        if isinstance(where, pa.ChunkedArray):
-            where = where.combine_chunks()
+        where = self._probe(table.column(key), skeys.chunk(0))
         fresh = where.null_count
         rows = pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()  # bin n_state: new keys
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
@@ -255,6 +252,13 @@ class AggregateStateRuntime(StatefulRuntime):
             state = pa.concat_tables([state, partial])
             changed = pa.concat_tables([changed, partial])
         return state, changed
+
+    def _probe(self, keys: Any, stored: Any) -> Any:
+        """``index_in(keys, value_set=stored)`` as one array (one thread: two threads, each building the
+        stored keys' hash table and probing half the batch, cost more CPU and were no faster on 2 shared
+        CPUs, bench/tables.py)."""
+        keys = keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks()
+        return self.pc.index_in(keys, value_set=stored)
 
     def _upsert(self, state: Any, partial: Any) -> tuple[Any, Any]:
         """One key column: merge the batch's partials into the state in place (state, changed rows).
