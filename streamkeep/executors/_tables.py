@@ -464,10 +464,36 @@ class AggregateStateRuntime(StatefulRuntime):
                 state = rows
                 continue
             state = self._conform(state, rows)
+            rows = rows.cast(state.schema) if rows.schema != state.schema else rows
+            if len(self.node.by) == 1:
+                state = self._replaced(state, rows)
+                continue
             rest = self._without(state, rows)
-            state = self.pa.concat_tables([rest, rows.cast(rest.schema) if rows.schema != rest.schema else rows])
+            state = self.pa.concat_tables([rest, rows])
         self.state = state.combine_chunks() if state is not None else None
         self._changes = []
+
+    def _replaced(self, state: Any, rows: Any) -> Any:
+        """`state` with `rows` (a delta: whole rows, one key column) upserted: stored keys' values replaced in
+        place (the key column is not copied, rows keep their places), new keys appended."""
+        pa, pc = self.pa, self.pc
+        key = self.node.by[0]
+        where = pc.index_in(state.column(key), value_set=rows.column(key).combine_chunks())
+        if isinstance(where, pa.ChunkedArray):
+            where = where.combine_chunks()
+        found = pc.is_valid(where)
+        r_rows = where.filter(found)  # the delta's row of every stored row it replaces (state order)
+        if len(r_rows):
+            cols = [state.column(key)]
+            for c in state.column_names[1:]:
+                cols.append(pc.replace_with_mask(state.column(c), found, rows.column(c).take(r_rows).combine_chunks()))
+            state = pa.table(cols, schema=state.schema)
+        if len(r_rows) < rows.num_rows:
+            np = _arrow.require("numpy", _OP)
+            fresh = np.ones(rows.num_rows, dtype=bool)
+            fresh[r_rows.to_numpy()] = False
+            state = pa.concat_tables([state, rows.filter(pa.array(fresh))])
+        return state
 
     def key_count(self) -> int:
         return 0 if self.state is None else int(self.state.num_rows)

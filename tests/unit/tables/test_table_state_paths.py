@@ -109,9 +109,9 @@ def _setup(url: str | None, tables: list[Any], aggs: dict[str, Any], changed: li
 
 @pytest.fixture
 def paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many batches each merge path folded in (spied on the runtime's methods)."""
-    calls = {"counted": 0, "upsert": 0}
-    counted, upsert = AggregateStateRuntime._counted, AggregateStateRuntime._upsert
+    """How many batches each merge path folded in, and deltas a restore upserted (spied on the runtime's methods)."""
+    calls = {"counted": 0, "upsert": 0, "replaced": 0}
+    counted, upsert, replaced = AggregateStateRuntime._counted, AggregateStateRuntime._upsert, AggregateStateRuntime._replaced
 
     def spy_counted(self: AggregateStateRuntime, state: Any, table: Any) -> Any:
         calls["counted"] += 1
@@ -121,7 +121,12 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         calls["upsert"] += 1
         return upsert(self, state, partial)
 
+    def spy_replaced(self: AggregateStateRuntime, state: Any, rows: Any) -> Any:
+        calls["replaced"] += 1
+        return replaced(self, state, rows)
+
     monkeypatch.setattr(AggregateStateRuntime, "_counted", spy_counted)
+    monkeypatch.setattr(AggregateStateRuntime, "_replaced", spy_replaced)
     monkeypatch.setattr(AggregateStateRuntime, "_upsert", spy_upsert)
     return calls
 
@@ -163,3 +168,4 @@ def test_a_restart_between_paths_restores_exactly(tmp_path: Path, key_name: str,
         ssc.stop()
     assert [_rows(t, key_type) for t in changed] == _model(batches, list(SUMS))
     assert paths["counted"] > 0 and paths["upsert"] > 0
+    assert paths["replaced"] > 0  # a restore upserted deltas into a snapshot in place
