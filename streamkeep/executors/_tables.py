@@ -223,7 +223,7 @@ class AggregateStateRuntime(StatefulRuntime):
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
         touched = np.flatnonzero(hits)
         every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
-        mask = pa.array(hits > 0)
+        mask = None if every else pa.array(hits > 0)
         cols = [skeys]
         for col, src, fn in self.columns:
             if fn == "count_all":
@@ -238,7 +238,8 @@ class AggregateStateRuntime(StatefulRuntime):
                 np.add.at(acc, rows, table.column(src).to_numpy().astype(acc.dtype, copy=False))
             if every:
                 new = pa.array(acc[:n_state], state.schema.field(col).type)
-                cols.append(pc.coalesce(pc.add(state.column(col), new), new))
+                stored = state.column(col)
+                cols.append(pc.add(stored, new) if not stored.null_count else pc.coalesce(pc.add(stored, new), new))
                 continue
             new = pa.array(acc[touched], state.schema.field(col).type)
             old = state.column(col).take(touched)
