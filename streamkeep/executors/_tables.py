@@ -129,31 +129,188 @@ class AggregateStateRuntime(StatefulRuntime):
 
     def _merge(self, t: int, table: Any) -> Any:
         """Fold the batch into the state; return the changed rows (every key of the batch)."""
-        pa, pc = self.pa, self.pc
+        pa = self.pa
         node = self.node
+        table = self._plain_keys(table)
+        if self._countable(table):
+            check_columns(node, t, table, [col for _, col, _ in self.columns])
+            self.state, changed = self._counted(self.state, table)
+            return changed
         partial = self._partials(t, table)
         if self.state is None:
             self.state = partial
             return partial
         state = self._conform(self.state, partial)
-        custom = any(isinstance(spec.fn, Combine) for spec in node.aggs)
         if len(node.by) == 1:
-            # Only the stored rows of the batch's keys take part: a hash probe of the key column
-            # (is_in), then the small merge; the cost follows the state only through that probe.
-            key = node.by[0]
-            mask = pc.is_in(state.column(key), value_set=partial.column(key).combine_chunks())
-            old, rest = state.filter(mask), state.filter(pc.invert(mask))
-            changed = self._joined(old, partial) if custom else self._regroup(old, partial)[0]
-        elif not custom:
+            self.state, changed = self._upsert(state, partial)
+            return changed
+        custom = any(isinstance(spec.fn, Combine) for spec in node.aggs)
+        if not custom:
             self.state, changed = self._regroup(state, partial)
             return changed
-        else:
-            changed = self._joined(state, partial)
-            rest = self._without(state, changed)
+        changed = self._joined(state, partial)
+        rest = self._without(state, changed)
         self.state = pa.concat_tables([rest, changed.cast(rest.schema) if changed.schema != rest.schema else changed])
         if self.state.column(0).num_chunks > _MAX_CHUNKS:
             self.state = self.state.combine_chunks()
         return changed
+
+    def _plain_keys(self, table: Any) -> Any:
+        """`table` with dictionary-encoded key columns decoded (stored keys are plain values: hash probes need one type)."""
+        types = self.pa.types
+        for k in self.node.by:
+            if k in table.column_names and types.is_dictionary(table.schema.field(k).type):
+                i = table.column_names.index(k)
+                table = table.set_column(i, k, table.column(k).cast(table.schema.field(k).type.value_type))
+        return table
+
+    def _countable(self, table: Any) -> bool:
+        """True when `_counted` can fold `table` in: one key column, counts and numeric sums only, and a
+        stored table (of the batch's key type, every stored column present) no bigger than the batch.
+
+        The size rule keeps the hash table built per batch (over the stored keys) no bigger than
+        the batch; a big state with small batches takes `_merge`'s path (the hash is built over
+        the batch's keys, the state only probed).
+        """
+        state = self.state
+        by = self.node.by
+        if state is None or len(by) != 1 or not 0 < state.num_rows <= table.num_rows:
+            return False
+        if state.column_names != [by[0], *(c for c, _, _ in self.columns)]:
+            return False
+        if by[0] not in table.column_names or table.schema.field(by[0]).type != state.schema.field(0).type:
+            return False
+        types = self.pa.types
+        for col, src, fn in self.columns:
+            stored = state.schema.field(col).type
+            if fn in ("count_all", "count"):
+                if stored != self.pa.int64():
+                    return False
+                continue
+            if fn != "sum" or src not in table.column_names:
+                return False
+            field = table.schema.field(src).type
+            if table.column(src).null_count:
+                return False  # a key whose values are all null sums to null: the group_by path says so
+            ints = types.is_signed_integer(field) and stored == self.pa.int64()
+            floats = types.is_floating(field) and stored == self.pa.float64()
+            if not (ints or floats):
+                return False
+        return True
+
+    def _counted(self, state: Any, table: Any) -> tuple[Any, Any]:
+        """Counts and sums: the batch's rows folded straight into the stored rows (state, changed rows).
+
+        One hash probe gives every row of the batch the stored row of its key (``index_in``
+        over the stored keys, no per-batch group_by of the batch's keys); counts and sums
+        are accumulated per stored row with numpy (``add.at``: exact int64, in row order),
+        the touched rows updated in place (``replace_with_mask``). Rows of keys not stored
+        yet go through the group_by path (`_partials`) and are appended. The changed rows
+        are the touched stored rows (state order), then the new keys (first-arrival order),
+        as in `_upsert`.
+        """
+        pa, pc = self.pa, self.pc
+        np = _arrow.require("numpy", _OP)
+        key = self.node.by[0]
+        skeys = state.column(key)
+        if skeys.num_chunks != 1:
+            state = state.combine_chunks()
+            skeys = state.column(key)
+        n_state = state.num_rows
+        where = self._probe(table.column(key), skeys.chunk(0))
+        fresh = where.null_count
+        rows = pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()  # bin n_state: new keys
+        hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
+        touched = np.flatnonzero(hits)
+        every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
+        mask = None if every else pa.array(hits > 0)
+        cols = [skeys]
+        for col, src, fn in self.columns:
+            if fn == "count_all":
+                acc = hits
+            elif fn == "count":
+                valid = table.column(src).is_valid()
+                acc = np.zeros(n_state + 1, np.int64)
+                np.add.at(acc, rows, valid.to_numpy(zero_copy_only=False).astype(np.int64))
+            else:
+                stored_type = state.schema.field(col).type
+                acc = np.zeros(n_state + 1, np.float64 if self.pa.types.is_floating(stored_type) else np.int64)
+                np.add.at(acc, rows, table.column(src).to_numpy().astype(acc.dtype, copy=False))
+            if every:
+                new = pa.array(acc[:n_state], state.schema.field(col).type)
+                stored = state.column(col)
+                cols.append(pc.add(stored, new) if not stored.null_count else pc.coalesce(pc.add(stored, new), new))
+                continue
+            new = pa.array(acc[touched], state.schema.field(col).type)
+            old = state.column(col).take(touched)
+            merged = pc.coalesce(pc.add(old, new), new)
+            cols.append(pc.replace_with_mask(state.column(col), mask, merged.combine_chunks()))
+        state = pa.table(cols, schema=state.schema)
+        changed = state if every else state.take(touched)
+        if fresh:
+            partial = self._partials(self._t, table.filter(pc.is_null(where)))
+            partial = partial.cast(state.schema) if partial.schema != state.schema else partial
+            state = pa.concat_tables([state, partial])
+            changed = pa.concat_tables([changed, partial])
+        return state, changed
+
+    def _probe(self, keys: Any, stored: Any) -> Any:
+        """``index_in(keys, value_set=stored)`` as one array (one thread: two threads, each building the
+        stored keys' hash table and probing half the batch, cost more CPU and were no faster on 2 shared
+        CPUs, bench/tables.py)."""
+        keys = keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks()
+        return self.pc.index_in(keys, value_set=stored)
+
+    def _upsert(self, state: Any, partial: Any) -> tuple[Any, Any]:
+        """One key column: merge the batch's partials into the state in place (state, changed rows).
+
+        One hash probe of the stored keys against the batch's keys (``index_in``: the
+        hash table is built over the batch's keys, the state is only probed) gives, for
+        every stored row, the batch row of its key. The stored rows of those keys are
+        combined with the partials column by column (``_combine``: sums add up, min/max,
+        last, a Combine's ``merge`` once for all keys) and written back in place
+        (``replace_with_mask``: the key column is not copied, the rows keep their
+        places); the batch's new keys are appended. The changed rows are the updated
+        stored rows (in state order) then the new keys (in first-arrival order).
+        """
+        pa, pc = self.pa, self.pc
+        key = self.node.by[0]
+        where = pc.index_in(state.column(key), value_set=partial.column(key).combine_chunks())
+        if isinstance(where, pa.ChunkedArray):
+            where = where.combine_chunks()
+        found = pc.is_valid(where)
+        s_rows = pc.indices_nonzero(found)  # stored rows of the batch's keys (state order)
+        p_rows = where.filter(found)  # their batch rows
+        n_old, n_part = len(s_rows), partial.num_rows
+        if n_old < n_part:
+            np = _arrow.require("numpy", _OP)
+            fresh = np.ones(n_part, dtype=bool)
+            fresh[p_rows.to_numpy()] = False
+            order = pa.concat_arrays([pa.array(p_rows.to_numpy(), pa.int64()), pa.array(np.flatnonzero(fresh), pa.int64())])
+        else:
+            order = p_rows
+        part = partial.take(order)  # the batch's rows: keys already stored first, then new keys
+        arrays = [part.column(key)]
+        for spec in self.node.aggs:
+            for col, _, partial_fn in _stored(spec):
+                old = state.column(col).take(s_rows)
+                if n_old < n_part:
+                    old = pa.chunked_array([*old.chunks, pa.nulls(n_part - n_old, old.type)], old.type)
+                arrays.append(self._combine(spec, partial_fn, old, part.column(col)))
+        changed = pa.table(arrays, names=[key, *(c for c, _, _ in self.columns)])
+        if changed.schema != state.schema:
+            changed = changed.cast(state.schema)
+        if n_old:
+            merged = changed.slice(0, n_old)
+            cols = [state.column(key)]
+            for c in state.column_names[1:]:
+                cols.append(pc.replace_with_mask(state.column(c), found, merged.column(c).combine_chunks()))
+            state = pa.table(cols, schema=state.schema)
+        if n_old < n_part:
+            state = pa.concat_tables([state, changed.slice(n_old)])
+            if state.column(0).num_chunks > _MAX_CHUNKS:
+                state = state.combine_chunks()
+        return state, changed
 
     def _joined(self, state: Any, partial: Any) -> Any:
         """A Combine among the aggregates: the partials joined with the stored rows, combined column by column."""
@@ -308,10 +465,36 @@ class AggregateStateRuntime(StatefulRuntime):
                 state = rows
                 continue
             state = self._conform(state, rows)
+            rows = rows.cast(state.schema) if rows.schema != state.schema else rows
+            if len(self.node.by) == 1:
+                state = self._replaced(state, rows)
+                continue
             rest = self._without(state, rows)
-            state = self.pa.concat_tables([rest, rows.cast(rest.schema) if rows.schema != rest.schema else rows])
+            state = self.pa.concat_tables([rest, rows])
         self.state = state.combine_chunks() if state is not None else None
         self._changes = []
+
+    def _replaced(self, state: Any, rows: Any) -> Any:
+        """`state` with `rows` (a delta: whole rows, one key column) upserted: stored keys' values replaced in
+        place (the key column is not copied, rows keep their places), new keys appended."""
+        pa, pc = self.pa, self.pc
+        key = self.node.by[0]
+        where = pc.index_in(state.column(key), value_set=rows.column(key).combine_chunks())
+        if isinstance(where, pa.ChunkedArray):
+            where = where.combine_chunks()
+        found = pc.is_valid(where)
+        r_rows = where.filter(found)  # the delta's row of every stored row it replaces (state order)
+        if len(r_rows):
+            cols = [state.column(key)]
+            for c in state.column_names[1:]:
+                cols.append(pc.replace_with_mask(state.column(c), found, rows.column(c).take(r_rows).combine_chunks()))
+            state = pa.table(cols, schema=state.schema)
+        if len(r_rows) < rows.num_rows:
+            np = _arrow.require("numpy", _OP)
+            fresh = np.ones(rows.num_rows, dtype=bool)
+            fresh[r_rows.to_numpy()] = False
+            state = pa.concat_tables([state, rows.filter(pa.array(fresh))])
+        return state
 
     def key_count(self) -> int:
         return 0 if self.state is None else int(self.state.num_rows)
