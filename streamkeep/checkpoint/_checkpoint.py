@@ -10,7 +10,7 @@ Layout under the root URL (see docs/checkpoint-format.md)::
     state/<op>/<T:015d>.snap   an operator's full state as of batch T
     state/<op>/<T:015d>.p<i>of<n>.e<epoch>.delta|snap
                                key partition i of n of the same, written by the partition's owner
-                               (a Ray actor) for the driver of claim epoch <epoch> (format 4)
+                               (a Ray actor) for the driver of claim epoch <epoch> (format 5)
     blobs/<name>               source data that cannot be re-read (socket WAL, queues)
 
 The commit log is the single source of truth. A record is written with the
@@ -109,7 +109,7 @@ def parse_state_name(name: str) -> tuple[int, str, int, int, int] | None:
 
 
 def partitioned_chain(chain: dict[str, Any]) -> bool:
-    """True when a stored chain holds key-partitioned entries (format 4: files written by the partition owners)."""
+    """True when a stored chain holds key-partitioned entries (format 5: files written by the partition owners)."""
     return isinstance(chain.get("snapshot"), list) or any(isinstance(d, dict) and "parts" in d for d in chain.get("deltas", ()))
 
 
@@ -134,7 +134,7 @@ def check_chain(op: str, chain: Any, where: str) -> None:
 
     A chain comes from checkpoint data, so its paths are not trusted: each must be exactly
     ``state/<op>/<T>.snap`` (T = ``snapshot_time``) or ``state/<op>/<T>.delta``, with the
-    delta times increasing after the snapshot's. A key-partitioned chain (format 4) names, in
+    delta times increasing after the snapshot's. A key-partitioned chain (format 5) names, in
     place of one file, a list with one entry per key partition: the partition's own file
     (``state/<op>/<T>.p<i>of<n>.e<epoch>.<kind>``, i its place in the list, n the list's length),
     None (the partition had nothing), or for a delta a small payload inline. Anything else (``../other_job/...``, an

@@ -300,7 +300,7 @@ def join_parts(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
 def read_entry(ckpt: Any, entry: Any, allow: bool, *, columns: bool = False, lazy: bool = False) -> dict[str, Any] | None:
     """The state data of one entry of a stored chain: a file's path, an inline delta, or every key partition's part joined.
 
-    A key-partitioned entry (format 4) is a snapshot's list of per-partition paths or a delta's
+    A key-partitioned entry (format 5) is a snapshot's list of per-partition paths or a delta's
     ``{"t": T, "parts": [...]}`` (each part a path, an inline ``{"codec", "data"}`` or None);
     None when every part is None. `columns` is honoured for whole files and inline deltas, `lazy`
     (see `decode_payload`) for whole files.

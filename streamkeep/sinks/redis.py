@@ -119,38 +119,29 @@ redis.call('SET', KEYS[1], m)
 return {'applied', m, #failed, #run, errs}
 """
 
-_PARSE = r"""local cmds, pos = {}, 5
-for i = 1, n do
-  local argc, args = tonumber(ARGV[pos]), {}
-  for j = 1, argc do args[j] = ARGV[pos + j] end
-  cmds[i] = args
-  pos = pos + argc + 1
-end
-"""
 # The same batch script for a batch staged in parts (PartitionWritable): the commands come from the
-# lists KEYS[2..] that the parts wrote (argc, args... per command) instead of ARGV; they are deleted
-# once the batch is applied (or found applied). ARGV: batch time, epoch, checkpoint id, n (all parts).
-_STAGED_PARSE = r"""local cmds = {}
+# lists KEYS[2..] that the parts wrote (argc, args... per command) instead of ARGV: they are copied
+# after the four header values into one array A, which the script then reads as it reads ARGV. The
+# lists are deleted once the batch is applied (or found applied). ARGV: batch time, epoch,
+# checkpoint id, n (all parts). Staged commands that are gone (expired) fail after the marker check.
+_STAGED_LOAD = r"""local A = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
 for k = 2, #KEYS do
   local flat = redis.call('LRANGE', KEYS[k], 0, -1)
-  local pos = 1
-  while pos <= #flat do
-    local argc, args = tonumber(flat[pos]), {}
-    for j = 1, argc do args[j] = flat[pos + j] end
-    cmds[#cmds + 1] = args
-    pos = pos + argc + 1
-  end
+  for j = 1, #flat do A[#A + 1] = flat[j] end
 end
-if #cmds ~= n then return {'staged', #cmds, n} end
+local staged, p = 0, 5
+while A[p] do staged = staged + 1; p = p + tonumber(A[p]) + 1 end
+local short = staged ~= tonumber(ARGV[4])
+if short then A[4] = '0' end
 """
 _CLEANUP = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n"
 
 
 def _staged_script() -> str:
-    out = _CLEANUP + _SCRIPT
+    out = _CLEANUP + _STAGED_LOAD + _SCRIPT.replace("ARGV", "A")
     for old, new in (
-        (_PARSE, _STAGED_PARSE),
         ("then return {'skip', raw} end", "then cleanup(); return {'skip', raw} end"),
+        ("local run = {}\n", "if short then return {'staged', staged, tonumber(ARGV[4])} end\nlocal run = {}\n"),
         ("return {'applied', m, #failed, #run, errs}", "if #failed == 0 then cleanup() end\nreturn {'applied', m, #failed, #run, errs}"),
     ):
         assert old in out, old

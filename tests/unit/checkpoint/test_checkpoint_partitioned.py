@@ -42,12 +42,12 @@ def test_part_file_names_round_trip_and_look_alikes_are_not_state_files() -> Non
         assert parse_state_name(bad) is None, bad
 
 
-def test_partition_files_are_format_4_and_everything_else_stays_3(tmp_path: Path) -> None:
+def test_partition_files_are_format_5_and_everything_else_stays_4(tmp_path: Path) -> None:
     ck = Checkpoint(str(tmp_path))
     rel = ck.write_part("op", 1000, "delta", _payload([("a", 1)]), "msgpack", 0, 2, 1)
-    assert read_frame("x", ck.storage.read(rel), "delta", rel).version == FORMAT_VERSION == 4
+    assert read_frame("x", ck.storage.read(rel), "delta", rel).version == FORMAT_VERSION == 5
     whole = ck.write_state("op", 1000, "delta", _payload([("a", 1)]), "msgpack")
-    assert read_frame("x", ck.storage.read(whole), "delta", whole).version == PLAIN_VERSION == 3
+    assert read_frame("x", ck.storage.read(whole), "delta", whole).version == PLAIN_VERSION == 4
 
 
 def test_a_partitioned_chain_names_every_partition_file_and_nothing_else() -> None:
