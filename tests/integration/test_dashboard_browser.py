@@ -130,9 +130,13 @@ def test_dashboard_shows_the_running_jobs_real_numbers(tmp_path: Path) -> None:
         assert float(find("id", "chart-input").get_attribute("data-last")) == last.num_records / 1.0
         assert float(find("id", "chart-proc").get_attribute("data-last")) == last.processing_delay_ms
         # table rows = the listener's batches, newest first
-        rows = browser.find_elements("css selector", "tr.batch-row")
-        assert [int(r.get_attribute("data-t")) for r in rows] == [i.batch_time_ms for i in reversed(ev.batches)]
-        assert [r.find_element("css selector", "td.records").text for r in rows] == [_fmt(i.num_records) for i in reversed(ev.batches)]
+        want = [(i.batch_time_ms, _fmt(i.num_records)) for i in reversed(ev.batches)]
+
+        def table_rows() -> list[tuple[int, str]]:  # read again if a live update re-rendered the rows meanwhile (stale)
+            rows = browser.find_elements("css selector", "tr.batch-row")
+            return [(int(r.get_attribute("data-t")), r.find_element("css selector", "td.records").text) for r in rows]
+
+        _wait(lambda: table_rows() == want, "the batch table to list the listener's batches, newest first")
         # state per operator: the real key count
         keys = key_count_of(ssc, "clicks_per_user")
         assert keys == 37 == last.state["clicks_per_user"].keys
