@@ -199,6 +199,14 @@ def atomic_write_file(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync `directory` itself, so a rename or unlink in it survives a power loss (POSIX).
+
+    Raises OSError.
+    """
     dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)

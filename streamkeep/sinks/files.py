@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from streamkeep import _arrow
 from streamkeep._types import BatchTime
-from streamkeep._util import atomic_write_file
+from streamkeep._util import atomic_write_file, fsync_dir
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
@@ -349,11 +349,7 @@ class FileSink:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(directory)
         except OSError as exc:
             msg = (
                 f"{where}: cannot join the part files written by the workers into {final!r}: {exc}. The batch is not "

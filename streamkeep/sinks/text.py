@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamkeep._types import BatchTime
-from streamkeep._util import atomic_write_file, to_datetime
+from streamkeep._util import atomic_write_file, fsync_dir, to_datetime
 from streamkeep.errors import ConfigError
 from streamkeep.sinks._textfiles import batch_dir, write_text_batch
 from streamkeep.sinks.base import BatchView
@@ -88,11 +88,7 @@ class TextFilesSink:
         for name in os.listdir(directory):  # parts of an earlier try of this batch that had more parts
             if (name.startswith("part-") and name not in names) or (name.startswith(".") and ".part-" in name):
                 os.unlink(os.path.join(directory, name))
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory)
         atomic_write_file(os.path.join(directory, "_SUCCESS"), b"")
 
     def close(self) -> None:
