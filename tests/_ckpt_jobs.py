@@ -66,3 +66,17 @@ def wait_for(pred: Callable[[], bool], timeout_s: float = 10.0, what: str = "a c
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.005)
+
+
+def canon_state(states: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Operator state data (``{op: {"set": ..., "del": ..., "add": ...}}``) in an order-free form.
+
+    Executors and partition counts list keys (and window slices) in different orders; the
+    content must be the same.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for op, snap in states.items():
+        out[op] = {k: sorted(v, key=repr) for k, v in snap.items() if k != "add"}
+        if "add" in snap:
+            out[op]["add"] = sorted([[ts, sorted(i, key=repr)] for ts, i in snap["add"]])
+    return out

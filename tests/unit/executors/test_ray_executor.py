@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ckpt_jobs import canon_state as _canon
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
@@ -179,15 +180,6 @@ def _run(ckpt, executor, batches):
     states = {op: state_of(ssc, op) for op in ("totals", "win")}
     ssc.stop()
     return sink, states
-
-
-def _canon(states):
-    out = {}
-    for op, snap in states.items():
-        out[op] = {k: sorted(v, key=repr) for k, v in snap.items() if k != "add"}
-        if "add" in snap:
-            out[op]["add"] = sorted([[ts, sorted(i, key=repr)] for ts, i in snap["add"]])
-    return out
 
 
 @pytest.mark.ray
