@@ -148,7 +148,8 @@ def test_dashboard_shows_the_running_jobs_real_numbers(tmp_path: Path) -> None:
         assert "snapshot + " in find("id", "ck-restart-bytes").text and find("id", "ck-restart").text
         # drill-down into one batch: per operator and per source
         pick = ev.batches[2]
-        browser.find_element("css selector", f'tr.batch-row[data-t="{pick.batch_time_ms}"]').click()
+        row = f'tr.batch-row[data-t="{pick.batch_time_ms}"]'
+        _wait(lambda: browser.find_element("css selector", row).click() or True, "a click on the batch's row")  # again if re-rendered
         _wait(lambda: find("id", "detail-time").get_attribute("data-t") == str(pick.batch_time_ms), "the batch detail")
         assert find("id", "detail-records").text == _fmt(pick.num_records)
         assert find("css selector", "#detail td.src-records").text == _fmt(pick.records_per_source["events"])
