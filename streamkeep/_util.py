@@ -6,15 +6,15 @@ Imports only `streamkeep.errors` and `streamkeep._types`.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
+import sys
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta, timezone
-from types import ModuleType
-from typing import Any, TypeVar
+from types import FunctionType, ModuleType
+from typing import Any, Final, TypeVar
 
 from streamkeep._types import BatchTime
 from streamkeep.errors import ConfigError, UserFunctionError
@@ -55,6 +55,10 @@ def check_callable(fn: object, operator: str, arg: str = "function") -> None:
 
 def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None] | None:
     """(min, max) positional arguments `fn` accepts; max None = *args; None if unknown."""
+    if type(fn) is FunctionType and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__signature__"):
+        return _function_arity(fn)  # what inspect.signature says, read off the code object (no inspect import)
+    import inspect  # imported on first use: importing it (ast, dis, tokenize) costs ~10 ms at start-up
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -72,6 +76,20 @@ def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None] | None:
         elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
             return None
     return lo, hi
+
+
+def _function_arity(fn: FunctionType) -> tuple[int, int | None] | None:
+    """`positional_arity` of a plain Python function (not wrapped, no ``__signature__``)."""
+    code = fn.__code__
+    n = code.co_argcount  # positional-only and positional-or-keyword parameters
+    required_kw = code.co_varnames[n : n + code.co_kwonlyargcount]
+    if any(name not in (fn.__kwdefaults__ or {}) for name in required_kw):
+        return None
+    return n - len(fn.__defaults__ or ()), None if code.co_flags & _CO_VARARGS else n
+
+
+#: The code flag of a function that takes ``*args`` (`inspect.CO_VARARGS`).
+_CO_VARARGS: Final = 0x04
 
 
 def accepts(fn: Callable[..., Any], n: int) -> bool | None:
@@ -263,3 +281,44 @@ def retry_with_backoff(
             delay_s = min(delay_s * 2, cap_s)
             if between is not None:
                 between()
+
+
+def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's module-level ``__getattr__`` and ``__dir__`` that import `names` ({name: module}) on first use.
+
+    Keeps ``import streamkeep`` from importing every source, sink and executor (and their
+    libraries' wrappers) that a job may never use; ``from package import Name`` works as
+    before. The package names them under ``TYPE_CHECKING`` too, so type checkers see them.
+    """
+    module = sys.modules[package]
+
+    def getattr_(name: str) -> Any:
+        where = names.get(name)
+        if where is None:
+            msg = f"module {package!r} has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = getattr(importlib.import_module(where), name)
+        setattr(module, name, value)  # later look-ups find it without this hook
+        return value
+
+    def dir_() -> list[str]:
+        return sorted(set(vars(module)) | set(names))
+
+    return getattr_, dir_
+
+
+def promote_to_oldest_generation() -> None:
+    """Move every object the cyclic GC tracks now into its oldest generation, without a collection.
+
+    After a restart decodes a big state (lists or a dict of a million entries), the next
+    young-generation collection would walk every entry (tens of ms on the first batch,
+    again at the middle generation's): once promoted, only full collections (rare, and
+    needed anyway) walk them. Cyclic garbage made before the call is collected later, by a
+    full collection. Does nothing when objects are frozen already (`gc.freeze` by the
+    application, e.g. before forking), so that they stay frozen.
+    """
+    import gc
+
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()  # the frozen objects go to the oldest generation

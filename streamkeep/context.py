@@ -17,7 +17,7 @@ from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
 from streamkeep.errors import ConfigError, StreamkeepError
-from streamkeep.executors import LocalExecutor, RayExecutor
+from streamkeep.executors import LocalExecutor
 from streamkeep.executors.base import Executor
 from streamkeep.scheduler import BatchInfo, Scheduler
 from streamkeep.scheduler._events import ErrorInfo, JobStopped, batch_extra, emit, iso_ms
@@ -173,6 +173,8 @@ class StreamingContext:
         elif executor == "processes":
             self._executor = LocalExecutor(os.cpu_count() or 2)
         elif executor == "ray":
+            from streamkeep.executors.ray import RayExecutor
+
             self._executor = RayExecutor()  # ConfigError naming the pip extra when Ray is missing
         else:
             msg = (

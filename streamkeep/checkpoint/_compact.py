@@ -32,6 +32,7 @@ the checkpoint's own modules.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -103,11 +104,8 @@ def _decode_columns(codec: Any, chunks: list[bytes]) -> dict[Any, Any]:
         gc.disable()  # a million fresh objects would trigger collections that scan the whole heap
     try:
         for chunk in chunks:
-            keys, values = codec.decode(chunk)
-            if len(keys) != len(values):
-                msg = f"a snapshot column chunk holds {len(keys)} keys but {len(values)} values"
-                raise ValueError(msg)
-            out.update(zip(keys, values, strict=False))  # lengths checked above
+            keys, values = _decode_chunk(codec, chunk)
+            out.update(zip(keys, values, strict=False))  # lengths checked
     finally:
         if paused:
             gc.enable()
@@ -115,23 +113,35 @@ def _decode_columns(codec: Any, chunks: list[bytes]) -> dict[Any, Any]:
 
 
 def _decode_column_lists(codec: Any, chunks: list[bytes]) -> Columns:
-    keys: list[Any] = []
-    values: list[Any] = []
+    if len(chunks) == 1:  # one chunk: its lists are the columns (no copy)
+        k, v = _decode_chunk(codec, chunks[0])
+        return Columns(k, v)
+    key_chunks: list[list[Any]] = []
+    value_chunks: list[list[Any]] = []
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
         for chunk in chunks:
-            k, v = codec.decode(chunk)
-            if len(k) != len(v):
-                msg = f"a snapshot column chunk holds {len(k)} keys but {len(v)} values"
-                raise ValueError(msg)
-            keys += k
-            values += v
+            k, v = _decode_chunk(codec, chunk)
+            key_chunks.append(k)
+            value_chunks.append(v)
+        # One list of the final size each (appending chunk by chunk regrows and copies them).
+        return Columns(list(itertools.chain.from_iterable(key_chunks)), list(itertools.chain.from_iterable(value_chunks)))
     finally:
         if paused:
             gc.enable()
-    return Columns(keys, values)
+
+
+def _decode_chunk(codec: Any, chunk: bytes) -> tuple[list[Any], list[Any]]:
+    k, v = codec.decode(chunk)
+    if type(k) is not list or type(v) is not list:
+        msg = f"a snapshot column chunk holds {type(k).__name__} and {type(v).__name__} where a list of keys and a list of values belong"
+        raise ValueError(msg)
+    if len(k) != len(v):
+        msg = f"a snapshot column chunk holds {len(k)} keys but {len(v)} values"
+        raise ValueError(msg)
+    return k, v
 
 
 def encode_snapshot(codec_name: str, data: dict[str, Any], *, order_min_keys: int | None = None) -> bytes:

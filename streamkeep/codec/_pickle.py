@@ -10,7 +10,6 @@ streamkeep and must not import any other streamkeep module.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, Final
 
 from streamkeep.codec._base import (
@@ -35,6 +34,8 @@ ADVICE: Final = (
 
 
 def _leaf_problem(obj: object) -> str | None:
+    import pickle
+
     try:
         pickle.dumps(obj, protocol=PROTOCOL)
     except Exception as exc:  # pickling may run user __reduce__ code  # noqa: BLE001
@@ -74,6 +75,8 @@ class PickleCodec:
 
     def encode_raw(self, obj: Any) -> bytes:
         """Internal fast path: like :meth:`encode`, but raises ``EncodeFailed`` unexplained."""
+        import pickle  # here (a no-op once imported): most jobs never use this codec, so start-up does not import pickle
+
         try:
             return _VERSION_PREFIX + pickle.dumps(obj, protocol=PROTOCOL)
         except Exception as exc:  # pickling may run user __reduce__ code
@@ -95,6 +98,8 @@ class PickleCodec:
             TypeError: ``data`` is not bytes-like.
         """
         check_version(data, codec="pickle", version=PICKLE_VERSION)
+        import pickle
+
         try:
             return pickle.loads(memoryview(data)[1:])  # the opt-in codec: trusted data only
         except MemoryError:

@@ -10,8 +10,16 @@ in `streamkeep.executors.kinds`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from streamkeep._util import lazy_exports
 from streamkeep.executors.base import Executor
 from streamkeep.executors.local import LocalExecutor
-from streamkeep.executors.ray import RayExecutor
+
+if TYPE_CHECKING:
+    from streamkeep.executors.ray import RayExecutor
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor"]
+
+# RayExecutor's module (key partitions, the pool of Ray actors' code) is imported when the name is first used.
+__getattr__, __dir__ = lazy_exports(__name__, {"RayExecutor": "streamkeep.executors.ray"})

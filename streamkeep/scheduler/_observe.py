@@ -6,12 +6,12 @@ these builders. Must not import context, cli or ui.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from streamkeep.executors.base import EventTimeReporting
 from streamkeep.scheduler._events import BatchInfo, JobStarted, batch_extra, iso_ms, log
 from streamkeep.scheduler._state_io import encode_state
-from streamkeep.sources.kafka import KafkaSource
 
 
 def _partition_order(keys: Any) -> list[str]:
@@ -42,8 +42,9 @@ def batch_info(
     per_partition: dict[str, dict[str, int]] = {}
     lag: dict[str, dict[str, int]] = {}
     planned = plan.get("sources", {})
+    kafka = sys.modules.get("streamkeep.sources.kafka")  # not imported: no source is a KafkaSource
     for src in sched.sources:
-        if isinstance(src, KafkaSource):
+        if kafka is not None and isinstance(src, kafka.KafkaSource):
             keys = _partition_order(planned.get(src.name) or {})
             parts = sched._part_counts.get(src.name, [])
             if len(keys) == len(parts):

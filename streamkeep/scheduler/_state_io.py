@@ -9,6 +9,7 @@ import gc
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamkeep._util import promote_to_oldest_generation
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import decode_payload, read_entry
 from streamkeep.executors._runtime import StatefulRuntime
@@ -79,6 +80,7 @@ def read_chain(
         deltas = [d for d in (read_entry(ckpt, r, allow) for r in chain_data.get("deltas", [])) if d is not None]
     finally:
         if paused:
+            promote_to_oldest_generation()  # the first collection after this need not walk the state just decoded
             gc.enable()
     return snap, deltas
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -347,6 +346,8 @@ def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any] | N
     env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}  # crash points are the driver's
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_compact.__file__))))  # holds streamkeep/
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    import subprocess  # only here: importing it costs ~9 ms of every start-up
+
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _HELPER_MAIN], input=codec.encode(job), capture_output=True, env=env, check=False

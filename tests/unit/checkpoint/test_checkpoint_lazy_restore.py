@@ -8,6 +8,7 @@ batches did (set, remove, re-add keys) before and after the dict was built in th
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 from pathlib import Path
@@ -101,6 +102,35 @@ def test_a_damaged_index_is_refused_or_falls_back_to_loading_everything() -> Non
     store.load_lazy(decode_payload("msgpack", past, False, "t", lazy=True)["set"])
     store.fault(["k3"])
     assert not store.lazy and store.data == {f"k{i}": i for i in range(20)}
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 3, 4, 10])
+def test_columns_of_one_or_many_chunks_hold_every_key_and_value_in_order(monkeypatch: pytest.MonkeyPatch, n_keys: int) -> None:
+    monkeypatch.setattr(compaction, "CHUNK_KEYS", 3)  # 10 keys: 4 chunks, the last one short
+    data = {f"k{(i * 7) % n_keys}": [i] for i in range(n_keys)}
+    payload = encode_snapshot("msgpack", {"set": data, "del": []}, order_min_keys=0)
+    assert len(get_codec("msgpack").decode(payload).get("cols", [])) == -(-n_keys // 3)
+    cols = decode_payload("msgpack", payload, False, "test", columns=True)["set"]
+    assert isinstance(cols, Columns) and cols.keys == list(data) and cols.values == list(data.values())
+    assert cols.to_dict() == data and all(cols.find(k) == i for i, k in enumerate(data))
+
+
+@pytest.mark.parametrize(
+    ("chunk", "problem"),
+    [
+        (["k1", [1]], "holds str and list where a list of keys and a list of values belong"),
+        ([["k1", "k2"], [1]], "holds 2 keys but 1 values"),
+        ([["k1"], [1], [2]], "too many values to unpack"),
+    ],
+)
+def test_a_malformed_column_chunk_is_a_corrupt_checkpoint(chunk: list[Any], problem: str) -> None:
+    codec = get_codec("msgpack")
+    good = codec.encode([["k0"], [0]])
+    for chunks in ([codec.encode(chunk)], [good, codec.encode(chunk)]):  # alone, and after a good chunk
+        payload = codec.encode({"cols": chunks, "del": []})
+        for how in ({"columns": True}, {}):
+            with pytest.raises(sk.errors.CorruptCheckpointError, match=f"state file x passed its checksum but could not be decoded: .*{problem}"):
+                decode_payload("msgpack", payload, False, "state file x", **how)
 
 
 # ----------------------------------------------------------------------------- the lazy store vs a dict
@@ -268,6 +298,39 @@ def test_a_restored_map_with_state_loads_lazily_and_equals_an_eager_restore_and_
     assert runs["lazy"] == runs["eager"]
     assert runs["lazy"][0] == ref_out[12:]
     assert dict(runs["lazy"][2]) == ref_state
+
+
+@pytest.mark.parametrize("frozen_by_app", [False, True], ids=["plain", "app_froze_objects"])
+def test_restored_state_starts_in_the_oldest_gc_generation(frozen_by_app: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The columns a restore decodes are not walked by the young collections of the first batches
+    (with a million keys, each such walk took tens of ms of the restart); objects the application
+    froze (`gc.freeze`, e.g. before forking) stay frozen."""
+    monkeypatch.setattr(compaction, "ORDER_MIN_KEYS", 1)
+    url = str(tmp_path / "ckpt")
+    ssc = _job(url, [], None)
+    ssc.run(max_batches=8)
+    writer = ssc._scheduler.writer  # type: ignore[union-attr]
+    assert writer is not None
+    if writer._thread is not None:
+        writer._thread.join()
+    ssc.run(max_batches=2)
+    ssc.stop()
+    if frozen_by_app:
+        gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        restored = sk.StreamingContext.get_or_create(url, lambda: _job(url, [], None))
+        lazy = restored._scheduler.executor.runtimes["state"].store._lazy  # type: ignore[union-attr,attr-defined]
+        assert lazy is not None, "the restored state was not loaded lazily"
+        assert gc.get_freeze_count() == frozen
+        if not frozen_by_app:
+            assert frozen == 0
+            for columns in (lazy.base.keys, lazy.base.values):
+                assert any(o is columns for o in gc.get_objects(generation=2))
+                assert not any(o is columns for o in gc.get_objects(generation=0) + gc.get_objects(generation=1))
+        restored.stop()
+    finally:
+        gc.unfreeze()
 
 
 def test_an_executor_that_splits_a_restored_snapshot_gets_the_same_pairs_from_columns() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import pytest
 
 import streamkeep as sk
-from streamkeep._util import check_partitions, user_function_error
+from streamkeep._util import check_partitions, positional_arity, user_function_error
 from streamkeep.errors import ConfigError, UserFunctionError
 from streamkeep.testing import ManualClock
 
@@ -124,3 +128,63 @@ def test_stateful_runtimes_get_their_stores_from_a_factory() -> None:
     assert ReduceWindowRuntime(g.names["w"], 0, stores=factory).running is made[-1]
     assert EventWindowRuntime(g.names["e"], stores=factory).store is made[-1]
     assert len(made) == 3
+
+
+def _inspect_arity(fn: Any) -> tuple[int, int | None] | None:
+    """What `positional_arity` said before its fast path for plain functions (through inspect.signature)."""
+    sig = inspect.signature(fn)
+    lo, hi = 0, 0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            lo += p.default is p.empty
+            hi = None if hi is None else hi + 1
+        elif p.kind is p.VAR_POSITIONAL:
+            hi = None
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return lo, hi
+
+
+def _wrapped(x: int, y: int) -> int:
+    return x + y
+
+
+@functools.wraps(_wrapped)
+def _wrapper(*args: Any, **kwargs: Any) -> int:
+    return _wrapped(*args, **kwargs)
+
+
+def _with_signature(*args: Any) -> None: ...
+
+
+_with_signature.__signature__ = inspect.signature(lambda a, b=1: None)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda: None,
+        lambda x: x,
+        lambda x, y=1: x,
+        lambda x, /, y, z=2: x,
+        lambda *a: a,
+        lambda x, *a, **k: x,
+        lambda x, *, k: x,
+        lambda x, *, k=1: x,
+        lambda x=1, *, k=1, **kw: x,
+        lambda x, y, /: x,
+        _wrapper,
+        _with_signature,
+        functools.partial(lambda x, y: x, 1),
+    ],
+)
+def test_arity_of_plain_functions_is_what_inspect_says(fn: Any) -> None:
+    assert positional_arity(fn) == _inspect_arity(fn)
+
+
+def test_arity_follows_defaults_changed_after_definition() -> None:
+    def f(a: int, b: int) -> int:
+        return a + b
+
+    f.__defaults__ = (2,)
+    assert positional_arity(f) == _inspect_arity(f) == (1, 2)
