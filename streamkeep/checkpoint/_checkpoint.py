@@ -28,14 +28,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._util import hostname, random_id
 from streamkeep.checkpoint._format import FORMAT_VERSION, PLAIN_VERSION, VERIFY_HINT, frame, unframe
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
@@ -334,7 +333,7 @@ class Checkpoint:
             "format_version": PLAIN_VERSION,
             "engine_version": engine_version,
             "created_ms": int(time.time() * 1000),
-            "id": uuid.uuid4().hex,
+            "id": random_id(),
         }
         self.storage.create(_IDENTITY, self.encode("identity", record, rel=_IDENTITY))
         _faults.point("identity.after_write")
@@ -377,7 +376,7 @@ class Checkpoint:
             for _ in range(100):
                 last = self.last_seq()
                 epoch = max(self.max_epoch(), prior) + 1
-                rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "time_ms": _now_ms()}
+                rec = {"type": "claim", "epoch": epoch, "owner": owner, "host": hostname(), "pid": os.getpid(), "time_ms": _now_ms()}
                 _faults.point("claim.before_record")
                 if self.storage.create(_log_path(last + 1), self.encode("record", rec, rel=_log_path(last + 1))):
                     me.epoch, me.seq = epoch, last + 1
@@ -484,7 +483,7 @@ class Checkpoint:
         age_s = (_now_ms() - int(lease.get("heartbeat_ms", 0))) / 1000.0
         if age_s >= self.lease_timeout_s:
             return lease
-        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
+        if lease.get("host") == hostname() and not _pid_alive(int(lease.get("pid", -1))):
             return lease
         if lease.get("released"):
             return lease
@@ -494,7 +493,7 @@ class Checkpoint:
         me = self._owner
         if me is None:
             return
-        lease = {"epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
+        lease = {"epoch": me.epoch, "host": hostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
         self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
         _faults.point("lease.after_write")
 
@@ -722,7 +721,7 @@ class Checkpoint:
             msg = "commit() called without claiming the checkpoint"
             raise CheckpointError(msg)
         seq = me.seq + 1
-        rec = {**record, "type": "commit", "epoch": me.epoch, "host": socket.gethostname(), "pid": os.getpid()}
+        rec = {**record, "type": "commit", "epoch": me.epoch, "host": hostname(), "pid": os.getpid()}
         state = record.get("state", {})
         version = FORMAT_VERSION if any(isinstance(c, dict) and partitioned_chain(c) for c in state.values()) else PLAIN_VERSION
         data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)

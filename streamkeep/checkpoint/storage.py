@@ -17,10 +17,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-import uuid
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._util import random_id
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError
 
 
@@ -133,7 +133,7 @@ class CheckpointStorage:
         final = self.path(rel)
         directory = os.path.dirname(final)
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
+        tmp = f"{directory}/.tmp-{random_id()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)

@@ -14,9 +14,9 @@ Plain Python (no Ray); imports the checkpoint layer and the executors' own modul
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
 
+from streamkeep._util import random_id
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, encode_snapshot, join_parts, mergeable, merged, read_entry
 from streamkeep.codec import UnsupportedValueError, encode_items, get_codec
@@ -142,7 +142,7 @@ def read_probe(url: str, storage_options: dict[str, Any] | None, rel: str, token
 
 def write_probe(url: str, storage_options: dict[str, Any] | None, who: str) -> tuple[str, str]:
     """Write a probe file under the checkpoint root; (its path relative to the root, its content)."""
-    token = f"{who}-{os.getpid()}-{uuid.uuid4().hex}"
+    token = f"{who}-{os.getpid()}-{random_id()}"
     rel = f"{PROBE_PREFIX}{token}"
     Checkpoint(url, storage_options=storage_options).storage.write(rel, token.encode())
     return rel, token

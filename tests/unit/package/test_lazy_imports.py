@@ -2,7 +2,8 @@
 
 Sources, sinks and executors a job does not use (Kafka, Redis, files, sockets, Ray), the
 dashboard, the CLI, and standard modules only some paths need (subprocess for the compaction
-helper, pickle for the opt-in codec, fsspec for remote checkpoints) are imported on first use.
+helper, pickle for the opt-in codec, fsspec for remote checkpoints; uuid and socket are not needed
+for random ids and the host name) are imported on first use.
 Each is checked in a fresh interpreter, so that a later import at module level cannot undo
 this silently. Every public name stays importable from where API.md says.
 """
@@ -47,6 +48,9 @@ NOT_AT_START = [
     "pickle",
     "subprocess",
     "shutil",
+    "uuid",
+    "platform",
+    "socket",
     "concurrent.futures",
     "fsspec",
     "confluent_kafka",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import streamkeep as sk
-from streamkeep._util import check_partitions, positional_arity, user_function_error
+from streamkeep._util import check_partitions, hostname, positional_arity, random_id, user_function_error
 from streamkeep.errors import ConfigError, UserFunctionError
 from streamkeep.testing import ManualClock
 
@@ -188,3 +188,13 @@ def test_arity_follows_defaults_changed_after_definition() -> None:
 
     f.__defaults__ = (2,)
     assert positional_arity(f) == _inspect_arity(f) == (1, 2)
+
+
+def test_random_ids_and_the_host_name_match_what_uuid_and_socket_give() -> None:
+    import socket
+    import uuid
+
+    ids = {random_id() for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert all(len(uuid.UUID(i).hex) == 32 for i in ids)  # usable where a uuid4().hex was
+    assert hostname() == socket.gethostname()
