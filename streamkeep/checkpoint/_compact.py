@@ -32,7 +32,6 @@ the checkpoint's own modules.
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -116,21 +115,20 @@ def _decode_column_lists(codec: Any, chunks: list[bytes]) -> Columns:
     if len(chunks) == 1:  # one chunk: its lists are the columns (no copy)
         k, v = _decode_chunk(codec, chunks[0])
         return Columns(k, v)
-    key_chunks: list[list[Any]] = []
-    value_chunks: list[list[Any]] = []
+    keys: list[Any] = []
+    values: list[Any] = []
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
         for chunk in chunks:
             k, v = _decode_chunk(codec, chunk)
-            key_chunks.append(k)
-            value_chunks.append(v)
-        # One list of the final size each (appending chunk by chunk regrows and copies them).
-        return Columns(list(itertools.chain.from_iterable(key_chunks)), list(itertools.chain.from_iterable(value_chunks)))
+            keys += k
+            values += v
     finally:
         if paused:
             gc.enable()
+    return Columns(keys, values)
 
 
 def _decode_chunk(codec: Any, chunk: bytes) -> tuple[list[Any], list[Any]]:
