@@ -13,6 +13,12 @@ first). The machine is shared, so each round runs the job on the local executor 
 Ray, back to back, and the figures are the median (min-max) over rounds of those ratios.
 Run: ``.venv/bin/python bench/ray.py [--quick] [--rounds N] [--workers 1 2 4]``. On a 2-core machine W=4 only adds
 contention: it shows where scaling stops, not more speed.
+
+``--cpu`` adds, per job and W, the CPU time every process of the job used per batch (read from
+``/proc/<pid>/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
+against the local executor's: what Ray adds to the work, which on a machine with few cores comes out
+of the workers' share. It is measured on the best-of runs, so it is far less noisy than a wall-clock
+ratio on a shared machine (other processes' CPU is not counted). Linux only.
 """
 
 from __future__ import annotations
@@ -48,19 +54,72 @@ def add(values: list[int], old: int | None) -> int:
     return (old or 0) + sum(values)
 
 
-def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> float:
-    """Best of `reps` runs of the batches (seconds), after a warm-up batch (actors and task workers started)."""
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _role(pid: int) -> str:
+    """What process `pid` is to the job: driver, actor (partition host), task worker or a Ray daemon."""
+    if pid == os.getpid():
+        return "driver"
+    cmd = _cmdline(pid)
+    if "ray::_Host" in cmd:
+        return "actors"
+    if "ray::" in cmd or "default_worker" in cmd:
+        return "task workers"
+    return "Ray daemons"
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this process and every process it started (Ray's daemons and workers), by role."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out: dict[str, float] = {}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        role = _role(pid)
+        out[role] = out.get(role, 0.0) + ns / 1e9
+    return out
+
+
+def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> tuple[float, dict[str, float]]:
+    """Best of `reps` runs of the batches (seconds) after a warm-up batch (actors and task workers started), and its CPU seconds by role."""
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
     src = ssc.queue_stream([batches[0]] + batches * reps, name="in")  # warm-up at full size: starts the task workers too
     src.map(per_record).update_state_by_key(add, name="state").foreach_batch(lambda b: b.count())
     ssc.run(1)
-    best = float("inf")
+    best, best_cpu = float("inf"), {}
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
+        c0 = _cpu_by_role() if CPU else {}
         t0 = time.perf_counter()
         ssc.run(len(batches))
-        best = min(best, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        if took < best:
+            c1 = _cpu_by_role() if CPU else {}
+            best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
     ssc.stop()
-    return best
+    return best, best_cpu
+
+
+CPU = False  # --cpu
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -78,7 +137,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating local/Ray rounds per job and W (default 5)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="Ray worker counts W (default 1 2 4)")
     ap.add_argument("--only", default="", help="run only the jobs whose name contains this text (e.g. CPU)")
+    ap.add_argument("--cpu", action="store_true", help="also the CPU per batch of every process of the job, by role (Linux)")
     args = ap.parse_args()
+    global CPU  # noqa: PLW0603 - a flag of this script
+    CPU = args.cpu
     q = 4 if args.quick else 1
     words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
     heavy_in = [[f"h{(i * 31 + b) % 500}" for i in range(8_000 // q)] for b in range(5)]
@@ -102,14 +164,17 @@ def main() -> None:
     ratio: dict[str, dict[int, list[float]]] = {name: {} for name in jobs}
     secs: dict[str, dict[str, list[float]]] = {name: {} for name in jobs}
     added: dict[int, list[float]] = {}
+    cpu: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in jobs}  # ms per batch by role
     for w in args.workers:
         ray.init(num_cpus=w, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
         try:
             ex = RayExecutor(num_partitions=w, keep_actors=True)
             for name, (b, f) in jobs.items():
                 for _ in range(args.rounds):
-                    loc = _time_job("local", b, f, 1)
-                    on_ray = _time_job(ex, b, f, 1)
+                    loc, loc_cpu = _time_job("local", b, f, 1)
+                    on_ray, ray_cpu = _time_job(ex, b, f, 1)
+                    for label, c in (("local", loc_cpu), (f"ray W={w}", ray_cpu)):
+                        cpu[name].setdefault(label, []).append({k: v / len(b) * 1e3 for k, v in c.items()})
                     ratio[name].setdefault(w, []).append(loc / on_ray)
                     secs[name].setdefault("local", []).append(loc)
                     secs[name].setdefault(f"ray W={w}", []).append(on_ray)
@@ -123,6 +188,11 @@ def main() -> None:
         cells = "; ".join(f"W={w}: {_spread(r)}x" for w, r in ratio[name].items())
         print(f"{name}: local/Ray ratio {cells}")
         print("  seconds: " + "; ".join(f"{k}: {_spread(v)}" for k, v in secs[name].items()))
+        for label, per_round in cpu[name].items() if CPU else ():
+            roles = sorted({r for c in per_round for r in c}, key=["driver", "actors", "task workers", "Ray daemons"].index)
+            total = _spread([sum(c.values()) for c in per_round], "{:.1f}")
+            parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
+            print(f"  CPU ms per batch, {label}: {total} ({parts})")
     print("Ray's added cost per batch (tiny batches): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in added.items()))
 
 

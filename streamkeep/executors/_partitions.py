@@ -209,6 +209,8 @@ class PartitionHost:
         self.count = count
         self.runtimes: dict[str, StatefulRuntime] = {}
         self.writer: PartWriter | None = None
+        #: (operator, batch time) -> this partition's own bucket of its `map_bucket` slice, until `step` takes it
+        self.kept: dict[tuple[str, int], list[Any]] = {}
 
     def ping(self) -> int:
         """The worker's pid (a liveness check)."""
@@ -231,13 +233,38 @@ class PartitionHost:
         """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
         self.runtimes[name].load(snapshot, deltas)
 
-    def step(self, name: str, t: int, present: bool, *parts: list[Any]) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
+    def map_bucket(self, name: str, t: int, ops: tuple[Any, ...], records: list[Any]) -> tuple[Any, ...]:
+        """The shuffle's map side for operator `name` in this actor: `records` with `ops` applied, split by owning partition.
+
+        Keeps this partition's own bucket here (for `step`, which gets None in its place);
+        returns (bucket of partition 0, ..., of partition count-1, records mapped), own bucket None.
+        Running the per-record chain in the partition actors themselves (one slice of the
+        batch each) saves the tasks, and this partition's records never leave the process.
+        """
+        self.kept = {k: v for k, v in self.kept.items() if k[1] == t}  # a failed try's leftovers
+        try:
+            buckets: list[Any] = bucket(Batch._lazy([records], ops, t), self.count)
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+        self.kept[(name, t)] = buckets[self.index]
+        mapped = sum(len(b) for b in buckets)
+        buckets[self.index] = None
+        return (*buckets, mapped)
+
+    def step(self, name: str, t: int, present: bool, *parts: list[Any] | None) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
         """Run operator `name` for batch `t` over this partition's records (one list per upstream chunk).
 
+        A None part is this partition's own bucket of its `map_bucket` slice, kept here.
         Returns (output partitions or None, (produced, dead letters, ms)).
         """
         rt = self.runtimes[name]
-        parent = Batch(list(parts) or [[]], t) if present else None
+        if any(p is None for p in parts):
+            own = self.kept.pop((name, t), None)
+            if own is None:  # pragma: no cover - the driver always calls map_bucket first, on the same actor
+                msg = f"partition {self.index} of {name!r}: no records of batch {t} ms were kept here for its step"
+                raise portable(StreamkeepError(msg))
+            parts = tuple(own if p is None else p for p in parts)
+        parent = Batch(list(parts) or [[]], t) if present else None  # type: ignore[arg-type]  # no None left
         s0 = time.perf_counter()
         try:
             out = rt.step(t, parent)

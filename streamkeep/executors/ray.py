@@ -204,6 +204,7 @@ class RayExecutor:
         self._shared: set[int] = set()
         self._timings: dict[str, float] | None = None
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
+        self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
 
     # -- connecting ------------------------------------------------------------------
 
@@ -256,6 +257,7 @@ class RayExecutor:
 
     def open(self, graph: Graph, zero_ms: int) -> None:
         """Connect, start (or replace dead) partition actors, and build every stateful operator with empty state."""
+        self._drop_unread()  # a run before, or the batch whose actor died: what they said no longer matters
         self._connect()
         self.graph = graph
         self.zero_ms = zero_ms
@@ -344,6 +346,7 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the partition actors (unless `keep_actors`) and the local Ray this executor started, if any."""
+        self._drop_unread()
         if not self.keep_actors:
             self.shutdown()
 
@@ -357,9 +360,15 @@ class RayExecutor:
             self._started_ray = False
 
     def _get(self, refs: Any) -> Any:
-        """ray.get, with a dead actor or node as WorkerLostError and a worker's streamkeep error as itself."""
+        """ray.get, with a dead actor or node as WorkerLostError and a worker's streamkeep error as itself.
+
+        Also reads the results of calls not waited for (`forget_changes`), first.
+        """
         ray = self.ray
+        unread, self._unread = self._unread, []
         try:
+            if unread:
+                return ray.get(unread + refs)[len(unread) :] if isinstance(refs, list) else ray.get([*unread, refs])[-1]
             return ray.get(refs)
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
@@ -370,6 +379,10 @@ class RayExecutor:
             raise
         except self._lost as exc:
             raise self._lost_error(exc) from exc
+
+    def _drop_unread(self) -> None:
+        unread, self._unread = self._unread, []
+        self._settle(unread)
 
     def _settle(self, refs: list[Any]) -> None:
         """Read results whose error is already being raised (else Ray prints each as an "unhandled error")."""
@@ -486,11 +499,16 @@ class RayExecutor:
         return {op: ([d[op][0] for d in done], sum(d[op][1] for d in done)) for op in names}
 
     def forget_changes(self) -> None:
-        """Drop every operator's change tracking."""
+        """Drop every operator's change tracking.
+
+        The actors' calls are not waited for here (a round trip per batch without a
+        checkpoint): an actor runs its calls in order, so it forgets before the next batch's
+        step, and the next `_get` reads their results (a dead actor is lost there).
+        """
         for rt in self._driver.values():
             rt.forget_changes()
         if self._partitioned:
-            self._get([h.forget_changes.remote() for h in self._hosts])
+            self._unread.extend(h.forget_changes.remote() for h in self._hosts)
 
     def event_time(self) -> dict[str, dict[str, Any]]:
         """Watermark and late records of each event-time window operator (`EventTimeReporting`; they run in the driver)."""
@@ -680,16 +698,20 @@ class RayExecutor:
         """Shuffle `parent` to the partition actors of `node` and run its step there."""
         n = self._count
         per_host: list[list[Any]] = [[] for _ in range(n)]
-        if parent is not None:
+        first: list[Any] = []  # the map side's results in the actors: their errors come before the steps'
+        hosted = None if parent is None else self._map_in_hosts(node.name, parent, t)
+        if hosted is not None:
+            per_host, first = hosted
+        elif parent is not None:
             for buckets in self._shuffle(parent, t):
                 for i in range(n):
                     per_host[i].append(buckets[i])
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, *per_host[i]) for i, h in enumerate(self._hosts)]
-        try:
-            metas: list[tuple[bool, list[Any], float]] = self._get([m for _, m in calls])
+        try:  # one wait per batch: the map side and the steps were submitted together
+            metas: list[tuple[bool, list[Any], float]] = self._get(first + [m for _, m in calls])[len(first) :]
         except BaseException:
-            self._settle([r for r, _ in calls])
+            self._settle(first + [r for refs in per_host for r in refs if r is not None] + [r for r, _ in calls])
             raise
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
             for _, letters, _ in metas:
@@ -697,6 +719,32 @@ class RayExecutor:
         if not metas[0][0]:
             return None
         return _Remote([r for r, _ in calls], (), t)
+
+    def _map_in_hosts(self, name: str, parent: Any, t: int) -> tuple[list[list[Any]], list[Any]] | None:
+        """Run a big driver-side batch's per-record chain and split in the partition actors; None when it does not apply.
+
+        The batch is cut into one contiguous slice per actor (`PartitionHost.map_bucket`);
+        each actor keeps its own partition's records and hands the others' buckets to their
+        owners' steps as object refs. Per actor: the `step` parts (its own bucket as None)
+        and the map calls' record counts (to read before the steps: a user function's error
+        raised there). Applies when every CPU of the cluster has an actor (else the shuffle
+        tasks spread the chain over more CPUs), to a driver-side batch of at least
+        `SMALL_BATCH` records whose pending operators are all per-record.
+        """
+        n = self._count
+        if not isinstance(parent, Batch) or n < self._cpus or parent._dead is not None or _per_partition(parent._ops):
+            return None
+        src = parent._src
+        if sum(len(p) for p in src) < SMALL_BATCH:
+            return None
+        records = src[0] if len(src) == 1 else [x for p in src for x in p]  # partitions in order: a key's records keep theirs
+        size = -(-len(records) // n)
+        ops = parent._ops
+        calls = [
+            h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, records[i * size : (i + 1) * size]) for i, h in enumerate(self._hosts)
+        ]
+        per_host = [[None if j == i else calls[j][i] for j in range(n)] for i in range(n)]  # slice order: a key's records in order
+        return per_host, [c[n] for c in calls]
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""

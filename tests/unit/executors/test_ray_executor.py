@@ -359,3 +359,57 @@ def test_event_time_windows_on_ray_keep_the_watermark_per_source_partition(ray_a
     assert local[:2] == ([[], [], [("b", 1.0, 2.0, 1), ("b", 2.0, 3.0, 1)]], [[], [], [("b", 0.5)]])
     assert [e["c"]["late_records_total"] for e in local[2]] == [0, 0, 1]
     assert run(sk.executors.RayExecutor(num_partitions=2)) == local  # windows, late records and what listeners get
+
+
+# -- the shuffle's map side in the partition actors -------------------------------------------
+
+
+def _collect(values, old):
+    seen, pids = old or ([], [])
+    return seen + [i for i, _ in values], sorted({*pids, *(p for _, p in values)})
+
+
+def _order_job(executor, sink, batches):
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    src = ssc.queue_stream(batches, name="q", num_partitions=2)
+    src.map(lambda i: (f"k{i % 37}", (i, os.getpid()))).update_state_by_key(_collect, name="u").write_to(sink)
+    return ssc
+
+
+@pytest.mark.ray
+def test_a_big_batch_is_mapped_in_the_partition_actors_and_keeps_each_keys_order(ray_executor):
+    """A driver-side batch of thousands of records: the per-record chain runs in the partition actors
+    themselves (no task hop; a partition's own records never leave its process), and every key's
+    values reach update_state_by_key in the order of the batch, as on the local executor."""
+    batches = [list(range(b * 6000, b * 6000 + 5000))[:: 1 if b % 2 else -1] for b in range(2)]  # 2,500 per source partition
+    got = {}
+    for label, ex in (("local", "local"), ("ray", ray_executor)):
+        sink = ListSink("u")
+        ssc = _order_job(ex, sink, batches)
+        ssc.run(len(batches))
+        pids = ex.actor_pids() if label == "ray" else [os.getpid()]
+        ssc.stop()
+        final = dict(sink.batches[-1][1])
+        got[label] = {k: seen for k, (seen, _) in final.items()}
+        ran_in = {p for _, (_, ps) in final.items() for p in ps}
+        assert ran_in <= set(pids), (label, ran_in, pids)  # on Ray: in the actors, not in task workers
+    assert got["ray"] == got["local"]
+    assert len(got["local"]) == 37 and sum(len(v) for v in got["local"].values()) == 10_000
+
+
+@pytest.mark.ray
+def test_a_user_function_error_in_a_big_batch_on_ray_is_the_one_the_local_executor_raises(ray_executor):
+    def run(executor):
+        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        src = ssc.queue_stream([list(range(1, 5001)), [*range(1, 4000), 0, *range(4000, 5000)]], name="q")
+        src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
+        try:
+            with pytest.raises(sk.UserFunctionError) as info:
+                ssc.run(2)
+        finally:
+            ssc.stop()
+        return info.value
+
+    local, on_ray = run("local"), run(ray_executor)
+    assert (on_ray.operator, on_ray.batch_time_ms, type(on_ray.__cause__)) == (local.operator, local.batch_time_ms, ZeroDivisionError)
+    assert local.operator == "map" and local.batch_time_ms == 2000
