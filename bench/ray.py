@@ -5,7 +5,8 @@ Ray with ``num_cpus=W`` and ``num_partitions=W``), no checkpoint, ManualClock (n
 
 * **word count**: ``update_state_by_key`` over words from 10k keys (cheap per record);
 * **CPU-heavy**: a per-record function of about 50 us (a busy loop) before
-  ``reduce_by_key``-style state (``update_state_by_key``): the chain runs in Ray tasks;
+  ``reduce_by_key``-style state (``update_state_by_key``): the chain runs in the partition actors
+  (W >= the CPUs Ray was given: one slice of each batch per actor);
 * **tiny batches**: one record per batch into ``update_state_by_key``: Ray's added cost per batch.
 
 Ray's start-up (a few seconds) and the actors' start are excluded (a warm-up batch runs
@@ -193,7 +194,8 @@ def main() -> None:
             total = _spread([sum(c.values()) for c in per_round], "{:.1f}")
             parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
             print(f"  CPU ms per batch, {label}: {total} ({parts})")
-    print("Ray's added cost per batch (tiny batches): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in added.items()))
+    if added:
+        print("Ray's added cost per batch (tiny batches): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in added.items()))
 
 
 if __name__ == "__main__":

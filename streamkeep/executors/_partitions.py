@@ -258,6 +258,8 @@ class PartitionHost:
         Returns (output partitions or None, (produced, dead letters, ms)).
         """
         rt = self.runtimes[name]
+        if self.kept and any(k[1] != t for k in self.kept):  # a failed try's leftovers (the map side ran, its step did not)
+            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
         if any(p is None for p in parts):
             own = self.kept.pop((name, t), None)
             if own is None:  # pragma: no cover - the driver always calls map_bucket first, on the same actor

@@ -9,11 +9,13 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   ``num_partitions`` key partitions (`streamkeep.executors._partitions.key_hash`).
   Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
   the local executor's runtime for its keys between batches.
-- The shuffle into those actors: the per-record chain before the operator runs in
-  Ray tasks (two per cluster CPU for a big input, one per actor output upstream) that split
-  their records by owning partition; each actor receives its buckets as object refs,
-  straight from the object store. Small driver-side batches (fewer than
-  `SMALL_BATCH` records) are split in the driver, which costs less than a task.
+- The shuffle into those actors: a big driver-side batch is cut into one slice per
+  actor, which runs the per-record chain on it, keeps its own partition's records and
+  hands the other buckets to their owners' steps as object refs (`_map_in_hosts`; when
+  the cluster has more CPUs than partitions, Ray tasks do that instead, two per CPU).
+  Records already in the object store (an actor's output, a Kafka fetch) are split by
+  tasks where they are, one per ref. Small driver-side batches (fewer than
+  `SMALL_BATCH` records) are split in the driver, which costs less than a call.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
   (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,
