@@ -72,6 +72,7 @@ from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunct
 from streamkeep.executors._partitions import (
     HASH_NAME,
     PartitionHost,
+    Records,
     RemoteFailure,
     bucket,
     bucket_parts,
@@ -743,7 +744,8 @@ class RayExecutor:
         size = -(-len(records) // n)
         ops = parent._ops
         calls = [
-            h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, records[i * size : (i + 1) * size]) for i, h in enumerate(self._hosts)
+            h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, Records(records[i * size : (i + 1) * size]))
+            for i, h in enumerate(self._hosts)
         ]
         per_host = [[None if j == i else calls[j][i] for j in range(n)] for i in range(n)]  # slice order: a key's records in order
         return per_host, [c[n] for c in calls]
@@ -768,13 +770,13 @@ class RayExecutor:
         src = batch._src
         size = sum(len(p) for p in src)
         if size < SMALL_BATCH:
-            return [bucket(batch, n)]
+            return [[Records(b) for b in bucket(batch, n)]]
         ops = batch._ops
         chunks: list[list[list[Any]]] = []
         for part in src:
             pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), 2 * self._cpus))  # two tasks per CPU: stragglers even out
             step = -(-len(part) // pieces) if part else 0
-            chunks.extend([part[i * step : (i + 1) * step]] for i in range(pieces))
+            chunks.extend(Records([part[i * step : (i + 1) * step]]) for i in range(pieces))
         return [submit(ops, c) for c in chunks]
 
     def _state_items(self, node: Node) -> list[tuple[Any, Any]]:

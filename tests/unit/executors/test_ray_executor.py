@@ -83,6 +83,33 @@ def test_bucket_puts_each_record_in_its_keys_partition_in_order():
         assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
 
 
+def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
+    """Without Ray: the actors' side of the shuffle. Records that cross between Ray processes are
+    `Records` (Ray pickles those in one piece; a plain list of tuples costs a Python callback per record)."""
+    from streamkeep.executors._partitions import PartitionHost, Records
+    from streamkeep.executors.ray import _strip
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    stream = ssc.queue_stream([[1]], name="q").map(lambda x: x).update_state_by_key(lambda vs, old: (old or []) + vs, name="u")
+    node = _strip(stream._node)
+    hosts = [PartitionHost(i, 2) for i in range(2)]
+    for i, h in enumerate(hosts):
+        h.open([node], 0, i, 2)
+    records = [(f"k{i % 5}", i) for i in range(40)]
+    ops = sk.Batch([records], 1000).map(lambda kv: (kv[0], kv[1] * 10))._ops
+    maps = [h.map_bucket("u", 1000, ops, Records(records[i * 20 : (i + 1) * 20])) for i, h in enumerate(hosts)]
+    assert [m[-1] for m in maps] == [20, 20]  # records mapped by each slice
+    for i in range(2):
+        assert maps[i][i] is None and type(maps[i][1 - i]) is Records  # own bucket kept, the other handed over
+    out = {}
+    for i, h in enumerate(hosts):
+        group, (produced, _, _) = h.step("u", 1000, True, *[None if j == i else maps[j][i] for j in range(2)])
+        assert produced and type(group) is Records
+        out.update(kv for p in group for kv in p)
+    assert out == {f"k{k}": [i * 10 for i in range(40) if i % 5 == k] for k in range(5)}  # every key's values in order
+    assert not any(h.kept for h in hosts)
+
+
 def test_split_then_merge_gives_back_the_same_state():
     snap = {
         "add": [[1000, [(f"k{i}", i) for i in range(20)]], [2000, []]],
