@@ -5,7 +5,11 @@ Ray with ``num_cpus=W`` and ``num_partitions=W``), no checkpoint, ManualClock (n
 
 * **word count**: ``update_state_by_key`` over words from 10k keys (cheap per record);
 * **CPU-heavy**: a per-record function of about 50 us (a busy loop) before
-  ``reduce_by_key``-style state (``update_state_by_key``): the chain runs in Ray tasks;
+  ``reduce_by_key``-style state (``update_state_by_key``): the chain runs in the partition actors
+  (W >= the CPUs Ray was given: one slice of each batch per actor);
+* **CPU-heavy's batches, free function**: the CPU-heavy job's batches (8,000 records) with a per-record
+  function that costs nothing: Ray's added cost per batch of that size (the shuffle, the calls, the
+  records' serialisation), which is what keeps the CPU-heavy job from scaling by W;
 * **tiny batches**: one record per batch into ``update_state_by_key``: Ray's added cost per batch.
 
 Ray's start-up (a few seconds) and the actors' start are excluded (a warm-up batch runs
@@ -13,6 +17,12 @@ first). The machine is shared, so each round runs the job on the local executor 
 Ray, back to back, and the figures are the median (min-max) over rounds of those ratios.
 Run: ``.venv/bin/python bench/ray.py [--quick] [--rounds N] [--workers 1 2 4]``. On a 2-core machine W=4 only adds
 contention: it shows where scaling stops, not more speed.
+
+``--cpu`` adds, per job and W, the CPU time every process of the job used per batch (read from
+``/proc/<pid>/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
+against the local executor's: what Ray adds to the work, which on a machine with few cores comes out
+of the workers' share. It is measured on the best-of runs, so it is far less noisy than a wall-clock
+ratio on a shared machine (other processes' CPU is not counted). Linux only.
 """
 
 from __future__ import annotations
@@ -48,19 +58,72 @@ def add(values: list[int], old: int | None) -> int:
     return (old or 0) + sum(values)
 
 
-def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> float:
-    """Best of `reps` runs of the batches (seconds), after a warm-up batch (actors and task workers started)."""
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _role(pid: int) -> str:
+    """What process `pid` is to the job: driver, actor (partition host), task worker or a Ray daemon."""
+    if pid == os.getpid():
+        return "driver"
+    cmd = _cmdline(pid)
+    if "ray::_Host" in cmd:
+        return "actors"
+    if "ray::" in cmd or "default_worker" in cmd:
+        return "task workers"
+    return "Ray daemons"
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this process and every process it started (Ray's daemons and workers), by role."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out: dict[str, float] = {}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        role = _role(pid)
+        out[role] = out.get(role, 0.0) + ns / 1e9
+    return out
+
+
+def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> tuple[float, dict[str, float]]:
+    """Best of `reps` runs of the batches (seconds) after a warm-up batch (actors and task workers started), and its CPU seconds by role."""
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
     src = ssc.queue_stream([batches[0]] + batches * reps, name="in")  # warm-up at full size: starts the task workers too
     src.map(per_record).update_state_by_key(add, name="state").foreach_batch(lambda b: b.count())
     ssc.run(1)
-    best = float("inf")
+    best, best_cpu = float("inf"), {}
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
+        c0 = _cpu_by_role() if CPU else {}
         t0 = time.perf_counter()
         ssc.run(len(batches))
-        best = min(best, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        if took < best:
+            c1 = _cpu_by_role() if CPU else {}
+            best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
     ssc.stop()
-    return best
+    return best, best_cpu
+
+
+CPU = False  # --cpu
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -78,7 +141,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating local/Ray rounds per job and W (default 5)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="Ray worker counts W (default 1 2 4)")
     ap.add_argument("--only", default="", help="run only the jobs whose name contains this text (e.g. CPU)")
+    ap.add_argument("--cpu", action="store_true", help="also the CPU per batch of every process of the job, by role (Linux)")
     args = ap.parse_args()
+    global CPU  # noqa: PLW0603 - a flag of this script
+    CPU = args.cpu
     q = 4 if args.quick else 1
     words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
     heavy_in = [[f"h{(i * 31 + b) % 500}" for i in range(8_000 // q)] for b in range(5)]
@@ -86,6 +152,7 @@ def main() -> None:
     jobs = {
         "word count (1M words, 10k keys)": (words, pair),
         "CPU-heavy (~50 us/record, 40k records)": (heavy_in, heavy),
+        "CPU-heavy's batches with a free function": (heavy_in, pair),
         "tiny batches (1 record)": (tiny, pair),
     }
     jobs = {name: job for name, job in jobs.items() if args.only in name}
@@ -101,20 +168,23 @@ def main() -> None:
     # so a load change on this shared machine hits both sides of a ratio about equally.
     ratio: dict[str, dict[int, list[float]]] = {name: {} for name in jobs}
     secs: dict[str, dict[str, list[float]]] = {name: {} for name in jobs}
-    added: dict[int, list[float]] = {}
+    added: dict[str, dict[int, list[float]]] = {}  # ms Ray adds per batch, for the jobs whose function is free
+    cpu: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in jobs}  # ms per batch by role
     for w in args.workers:
         ray.init(num_cpus=w, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
         try:
             ex = RayExecutor(num_partitions=w, keep_actors=True)
             for name, (b, f) in jobs.items():
                 for _ in range(args.rounds):
-                    loc = _time_job("local", b, f, 1)
-                    on_ray = _time_job(ex, b, f, 1)
+                    loc, loc_cpu = _time_job("local", b, f, 1)
+                    on_ray, ray_cpu = _time_job(ex, b, f, 1)
+                    for label, c in (("local", loc_cpu), (f"ray W={w}", ray_cpu)):
+                        cpu[name].setdefault(label, []).append({k: v / len(b) * 1e3 for k, v in c.items()})
                     ratio[name].setdefault(w, []).append(loc / on_ray)
                     secs[name].setdefault("local", []).append(loc)
                     secs[name].setdefault(f"ray W={w}", []).append(on_ray)
-                    if name.startswith("tiny"):
-                        added.setdefault(w, []).append((on_ray - loc) / len(b) * 1e3)
+                    if f is pair and "word" not in name:
+                        added.setdefault(name, {}).setdefault(w, []).append((on_ray - loc) / len(b) * 1e3)
             ex.shutdown()
         finally:
             ray.shutdown()
@@ -123,7 +193,13 @@ def main() -> None:
         cells = "; ".join(f"W={w}: {_spread(r)}x" for w, r in ratio[name].items())
         print(f"{name}: local/Ray ratio {cells}")
         print("  seconds: " + "; ".join(f"{k}: {_spread(v)}" for k, v in secs[name].items()))
-    print("Ray's added cost per batch (tiny batches): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in added.items()))
+        for label, per_round in cpu[name].items() if CPU else ():
+            roles = sorted({r for c in per_round for r in c}, key=["driver", "actors", "task workers", "Ray daemons"].index)
+            total = _spread([sum(c.values()) for c in per_round], "{:.1f}")
+            parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
+            print(f"  CPU ms per batch, {label}: {total} ({parts})")
+    for name, per_w in added.items():
+        print(f"Ray's added cost per batch ({name}): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in per_w.items()))
 
 
 if __name__ == "__main__":

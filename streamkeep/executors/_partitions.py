@@ -55,6 +55,26 @@ def partition_of(key: Any, count: int) -> int:
     return key_hash(key) % count
 
 
+class Records(list):  # type: ignore[type-arg]  # records of any type
+    """A list of records (or of partitions) that Ray serialises in one go.
+
+    Ray encodes a plain list with msgpack element by element, and every element msgpack
+    cannot encode itself (a tuple: every (key, value) record) goes through a Python
+    callback and is pickled on its own: about 5 us a record each way, more than most
+    per-record functions cost. This subclass is opaque to msgpack, so Ray pickles the
+    whole list at once (C speed). Everything that crosses between Ray processes as a
+    list of records is wrapped in it; `plain` turns it back into a list where the records
+    become a `Batch`'s partition.
+    """
+
+    __slots__ = ()
+
+
+def plain(records: list[Any]) -> list[Any]:
+    """`records` as a plain list (a `Records` unwrapped)."""
+    return list(records) if records.__class__ is Records else records
+
+
 def _key_of(record: Any) -> Any:
     """The key of a (key, value) record; None for anything else (the owning runtime reports the bad record)."""
     cls = record.__class__
@@ -151,7 +171,7 @@ def portable(exc: StreamkeepError) -> RemoteFailure:
 def run_ops(ops: tuple[Any, ...], t: int, parts: list[list[Any]]) -> list[list[Any]]:
     """`parts` with the per-record operators `ops` applied (a Ray task, where the records are)."""
     try:
-        return Batch._lazy(parts, ops, t).partitions
+        return Records(Batch._lazy(parts, ops, t).partitions)
     except StreamkeepError as exc:
         raise portable(exc) from None
 
@@ -164,7 +184,7 @@ def bucket_parts(ops: tuple[Any, ...], t: int, count: int, parts: list[list[Any]
     """
     try:
         buckets = bucket(Batch._lazy(parts, ops, t), count)
-        return buckets if count > 1 else buckets[0]
+        return [Records(b) for b in buckets] if count > 1 else Records(buckets[0])
     except StreamkeepError as exc:
         raise portable(exc) from None
 
@@ -180,7 +200,7 @@ def run_fetch(fetch: Any) -> tuple[list[list[Any]], tuple[list[int], Any]]:
         err = SourceError(msg)
         err.__cause__ = exc
         raise portable(err) from None
-    return parts, ([len(p) for p in parts], extra)
+    return Records(parts), ([len(p) for p in parts], extra)
 
 
 def write_part(sink: Any, t: int, attempt: str, index: int, ops: tuple[Any, ...], parts: list[list[Any]]) -> Any:
@@ -209,6 +229,8 @@ class PartitionHost:
         self.count = count
         self.runtimes: dict[str, StatefulRuntime] = {}
         self.writer: PartWriter | None = None
+        #: (operator, batch time) -> this partition's own bucket of its `map_bucket` slice, until `step` takes it
+        self.kept: dict[tuple[str, int], list[Any]] = {}
 
     def ping(self) -> int:
         """The worker's pid (a liveness check)."""
@@ -231,13 +253,39 @@ class PartitionHost:
         """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
         self.runtimes[name].load(snapshot, deltas)
 
-    def step(self, name: str, t: int, present: bool, *parts: list[Any]) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
+    def map_bucket(self, name: str, t: int, ops: tuple[Any, ...], records: list[Any]) -> tuple[Any, ...]:
+        """The shuffle's map side for operator `name` in this actor: `records` with `ops` applied, split by owning partition.
+
+        Keeps this partition's own bucket here (for `step`, which gets None in its place);
+        returns (bucket of partition 0, ..., of partition count-1, records mapped), own bucket None.
+        Running the per-record chain in the partition actors themselves (one slice of the
+        batch each) saves the tasks, and this partition's records never leave the process.
+        """
+        self.kept = {k: v for k, v in self.kept.items() if k[1] == t}  # a failed try's leftovers
+        try:
+            buckets: list[Any] = bucket(Batch._lazy([records], ops, t), self.count)
+        except StreamkeepError as exc:
+            raise portable(exc) from None
+        self.kept[(name, t)] = buckets[self.index]
+        mapped = sum(len(b) for b in buckets)
+        return (*(None if i == self.index else Records(b) for i, b in enumerate(buckets)), mapped)
+
+    def step(self, name: str, t: int, present: bool, *parts: list[Any] | None) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
         """Run operator `name` for batch `t` over this partition's records (one list per upstream chunk).
 
+        A None part is this partition's own bucket of its `map_bucket` slice, kept here.
         Returns (output partitions or None, (produced, dead letters, ms)).
         """
         rt = self.runtimes[name]
-        parent = Batch(list(parts) or [[]], t) if present else None
+        if self.kept and any(k[1] != t for k in self.kept):  # a failed try's leftovers (the map side ran, its step did not)
+            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
+        if any(p is None for p in parts):
+            own = self.kept.pop((name, t), None)
+            if own is None:  # pragma: no cover - the driver always calls map_bucket first, on the same actor
+                msg = f"partition {self.index} of {name!r}: no records of batch {t} ms were kept here for its step"
+                raise portable(StreamkeepError(msg))
+            parts = tuple(own if p is None else p for p in parts)
+        parent = Batch([plain(p) for p in parts] or [[]], t) if present else None  # type: ignore[arg-type]  # no None left
         s0 = time.perf_counter()
         try:
             out = rt.step(t, parent)
@@ -246,7 +294,7 @@ class PartitionHost:
         ms = (time.perf_counter() - s0) * 1e3
         node = rt.node
         letters = node.dead_letters.take() if isinstance(node, MapWithStateNode) and node.dead_letters is not None else []
-        group = None if out is None else out.partitions
+        group = None if out is None else Records(out.partitions)
         return group, (group is not None, letters, ms)
 
     def delta(self, name: str) -> dict[str, Any] | None:
@@ -323,7 +371,7 @@ class PartitionHost:
         """(key, state) of map_with_state `name` in this partition (``state_snapshots()``)."""
         rt = self.runtimes[name]
         assert isinstance(rt, MapWithStateRuntime)
-        return rt.state_items()
+        return Records(rt.state_items())
 
 
 def compact_task(url: str, storage_options: dict[str, Any] | None, t: int, epoch: int, part: int, count: int, jobs: list[Job]) -> dict[str, tuple[str | None, int]]:

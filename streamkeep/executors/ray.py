@@ -9,11 +9,13 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   ``num_partitions`` key partitions (`streamkeep.executors._partitions.key_hash`).
   Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
   the local executor's runtime for its keys between batches.
-- The shuffle into those actors: the per-record chain before the operator runs in
-  Ray tasks (two per cluster CPU for a big input, one per actor output upstream) that split
-  their records by owning partition; each actor receives its buckets as object refs,
-  straight from the object store. Small driver-side batches (fewer than
-  `SMALL_BATCH` records) are split in the driver, which costs less than a task.
+- The shuffle into those actors: a big driver-side batch is cut into one slice per
+  actor, which runs the per-record chain on it, keeps its own partition's records and
+  hands the other buckets to their owners' steps as object refs (`_map_in_hosts`; when
+  the cluster has more CPUs than partitions, Ray tasks do that instead, two per CPU).
+  Records already in the object store (an actor's output, a Kafka fetch) are split by
+  tasks where they are, one per ref. Small driver-side batches (fewer than
+  `SMALL_BATCH` records) are split in the driver, which costs less than a call.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
   (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,
@@ -70,6 +72,7 @@ from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunct
 from streamkeep.executors._partitions import (
     HASH_NAME,
     PartitionHost,
+    Records,
     RemoteFailure,
     bucket,
     bucket_parts,
@@ -204,6 +207,7 @@ class RayExecutor:
         self._shared: set[int] = set()
         self._timings: dict[str, float] | None = None
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
+        self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
 
     # -- connecting ------------------------------------------------------------------
 
@@ -256,6 +260,7 @@ class RayExecutor:
 
     def open(self, graph: Graph, zero_ms: int) -> None:
         """Connect, start (or replace dead) partition actors, and build every stateful operator with empty state."""
+        self._drop_unread()  # a run before, or the batch whose actor died: what they said no longer matters
         self._connect()
         self.graph = graph
         self.zero_ms = zero_ms
@@ -344,6 +349,7 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the partition actors (unless `keep_actors`) and the local Ray this executor started, if any."""
+        self._drop_unread()
         if not self.keep_actors:
             self.shutdown()
 
@@ -357,9 +363,15 @@ class RayExecutor:
             self._started_ray = False
 
     def _get(self, refs: Any) -> Any:
-        """ray.get, with a dead actor or node as WorkerLostError and a worker's streamkeep error as itself."""
+        """ray.get, with a dead actor or node as WorkerLostError and a worker's streamkeep error as itself.
+
+        Also reads the results of calls not waited for (`forget_changes`), first.
+        """
         ray = self.ray
+        unread, self._unread = self._unread, []
         try:
+            if unread:
+                return ray.get(unread + refs)[len(unread) :] if isinstance(refs, list) else ray.get([*unread, refs])[-1]
             return ray.get(refs)
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
@@ -370,6 +382,10 @@ class RayExecutor:
             raise
         except self._lost as exc:
             raise self._lost_error(exc) from exc
+
+    def _drop_unread(self) -> None:
+        unread, self._unread = self._unread, []
+        self._settle(unread)
 
     def _settle(self, refs: list[Any]) -> None:
         """Read results whose error is already being raised (else Ray prints each as an "unhandled error")."""
@@ -486,11 +502,16 @@ class RayExecutor:
         return {op: ([d[op][0] for d in done], sum(d[op][1] for d in done)) for op in names}
 
     def forget_changes(self) -> None:
-        """Drop every operator's change tracking."""
+        """Drop every operator's change tracking.
+
+        The actors' calls are not waited for here (a round trip per batch without a
+        checkpoint): an actor runs its calls in order, so it forgets before the next batch's
+        step, and the next `_get` reads their results (a dead actor is lost there).
+        """
         for rt in self._driver.values():
             rt.forget_changes()
         if self._partitioned:
-            self._get([h.forget_changes.remote() for h in self._hosts])
+            self._unread.extend(h.forget_changes.remote() for h in self._hosts)
 
     def event_time(self) -> dict[str, dict[str, Any]]:
         """Watermark and late records of each event-time window operator (`EventTimeReporting`; they run in the driver)."""
@@ -680,16 +701,20 @@ class RayExecutor:
         """Shuffle `parent` to the partition actors of `node` and run its step there."""
         n = self._count
         per_host: list[list[Any]] = [[] for _ in range(n)]
-        if parent is not None:
+        first: list[Any] = []  # the map side's results in the actors: their errors come before the steps'
+        hosted = None if parent is None else self._map_in_hosts(node.name, parent, t)
+        if hosted is not None:
+            per_host, first = hosted
+        elif parent is not None:
             for buckets in self._shuffle(parent, t):
                 for i in range(n):
                     per_host[i].append(buckets[i])
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, *per_host[i]) for i, h in enumerate(self._hosts)]
-        try:
-            metas: list[tuple[bool, list[Any], float]] = self._get([m for _, m in calls])
+        try:  # one wait per batch: the map side and the steps were submitted together
+            metas: list[tuple[bool, list[Any], float]] = self._get(first + [m for _, m in calls])[len(first) :]
         except BaseException:
-            self._settle([r for r, _ in calls])
+            self._settle(first + [r for refs in per_host for r in refs if r is not None] + [r for r, _ in calls])
             raise
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
             for _, letters, _ in metas:
@@ -697,6 +722,33 @@ class RayExecutor:
         if not metas[0][0]:
             return None
         return _Remote([r for r, _ in calls], (), t)
+
+    def _map_in_hosts(self, name: str, parent: Any, t: int) -> tuple[list[list[Any]], list[Any]] | None:
+        """Run a big driver-side batch's per-record chain and split in the partition actors; None when it does not apply.
+
+        The batch is cut into one contiguous slice per actor (`PartitionHost.map_bucket`);
+        each actor keeps its own partition's records and hands the others' buckets to their
+        owners' steps as object refs. Per actor: the `step` parts (its own bucket as None)
+        and the map calls' record counts (to read before the steps: a user function's error
+        raised there). Applies when every CPU of the cluster has an actor (else the shuffle
+        tasks spread the chain over more CPUs), to a driver-side batch of at least
+        `SMALL_BATCH` records whose pending operators are all per-record.
+        """
+        n = self._count
+        if not isinstance(parent, Batch) or n < self._cpus or parent._dead is not None or _per_partition(parent._ops):
+            return None
+        src = parent._src
+        if sum(len(p) for p in src) < SMALL_BATCH:
+            return None
+        records = src[0] if len(src) == 1 else [x for p in src for x in p]  # partitions in order: a key's records keep theirs
+        size = -(-len(records) // n)
+        ops = parent._ops
+        calls = [
+            h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, Records(records[i * size : (i + 1) * size]))
+            for i, h in enumerate(self._hosts)
+        ]
+        per_host = [[None if j == i else calls[j][i] for j in range(n)] for i in range(n)]  # slice order: a key's records in order
+        return per_host, [c[n] for c in calls]
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
@@ -718,13 +770,13 @@ class RayExecutor:
         src = batch._src
         size = sum(len(p) for p in src)
         if size < SMALL_BATCH:
-            return [bucket(batch, n)]
+            return [[Records(b) for b in bucket(batch, n)]]
         ops = batch._ops
         chunks: list[list[list[Any]]] = []
         for part in src:
             pieces = max(1, min(-(-len(part) // CHUNK_RECORDS), 2 * self._cpus))  # two tasks per CPU: stragglers even out
             step = -(-len(part) // pieces) if part else 0
-            chunks.extend([part[i * step : (i + 1) * step]] for i in range(pieces))
+            chunks.extend(Records([part[i * step : (i + 1) * step]]) for i in range(pieces))
         return [submit(ops, c) for c in chunks]
 
     def _state_items(self, node: Node) -> list[tuple[Any, Any]]:

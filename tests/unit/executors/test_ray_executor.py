@@ -83,6 +83,33 @@ def test_bucket_puts_each_record_in_its_keys_partition_in_order():
         assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
 
 
+def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
+    """Without Ray: the actors' side of the shuffle. Records that cross between Ray processes are
+    `Records` (Ray pickles those in one piece; a plain list of tuples costs a Python callback per record)."""
+    from streamkeep.executors._partitions import PartitionHost, Records
+    from streamkeep.executors.ray import _strip
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    stream = ssc.queue_stream([[1]], name="q").map(lambda x: x).update_state_by_key(lambda vs, old: (old or []) + vs, name="u")
+    node = _strip(stream._node)
+    hosts = [PartitionHost(i, 2) for i in range(2)]
+    for i, h in enumerate(hosts):
+        h.open([node], 0, i, 2)
+    records = [(f"k{i % 5}", i) for i in range(40)]
+    ops = sk.Batch([records], 1000).map(lambda kv: (kv[0], kv[1] * 10))._ops
+    maps = [h.map_bucket("u", 1000, ops, Records(records[i * 20 : (i + 1) * 20])) for i, h in enumerate(hosts)]
+    assert [m[-1] for m in maps] == [20, 20]  # records mapped by each slice
+    for i in range(2):
+        assert maps[i][i] is None and type(maps[i][1 - i]) is Records  # own bucket kept, the other handed over
+    out = {}
+    for i, h in enumerate(hosts):
+        group, (produced, _, _) = h.step("u", 1000, True, *[None if j == i else maps[j][i] for j in range(2)])
+        assert produced and type(group) is Records
+        out.update(kv for p in group for kv in p)
+    assert out == {f"k{k}": [i * 10 for i in range(40) if i % 5 == k] for k in range(5)}  # every key's values in order
+    assert not any(h.kept for h in hosts)
+
+
 def test_split_then_merge_gives_back_the_same_state():
     snap = {
         "add": [[1000, [(f"k{i}", i) for i in range(20)]], [2000, []]],
@@ -359,3 +386,57 @@ def test_event_time_windows_on_ray_keep_the_watermark_per_source_partition(ray_a
     assert local[:2] == ([[], [], [("b", 1.0, 2.0, 1), ("b", 2.0, 3.0, 1)]], [[], [], [("b", 0.5)]])
     assert [e["c"]["late_records_total"] for e in local[2]] == [0, 0, 1]
     assert run(sk.executors.RayExecutor(num_partitions=2)) == local  # windows, late records and what listeners get
+
+
+# -- the shuffle's map side in the partition actors -------------------------------------------
+
+
+def _collect(values, old):
+    seen, pids = old or ([], [])
+    return seen + [i for i, _ in values], sorted({*pids, *(p for _, p in values)})
+
+
+def _order_job(executor, sink, batches):
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    src = ssc.queue_stream(batches, name="q", num_partitions=2)
+    src.map(lambda i: (f"k{i % 37}", (i, os.getpid()))).update_state_by_key(_collect, name="u").write_to(sink)
+    return ssc
+
+
+@pytest.mark.ray
+def test_a_big_batch_is_mapped_in_the_partition_actors_and_keeps_each_keys_order(ray_executor):
+    """A driver-side batch of thousands of records: the per-record chain runs in the partition actors
+    themselves (no task hop; a partition's own records never leave its process), and every key's
+    values reach update_state_by_key in the order of the batch, as on the local executor."""
+    batches = [list(range(b * 6000, b * 6000 + 5000))[:: 1 if b % 2 else -1] for b in range(2)]  # 2,500 per source partition
+    got = {}
+    for label, ex in (("local", "local"), ("ray", ray_executor)):
+        sink = ListSink("u")
+        ssc = _order_job(ex, sink, batches)
+        ssc.run(len(batches))
+        pids = ex.actor_pids() if label == "ray" else [os.getpid()]
+        ssc.stop()
+        final = dict(sink.batches[-1][1])
+        got[label] = {k: seen for k, (seen, _) in final.items()}
+        ran_in = {p for _, (_, ps) in final.items() for p in ps}
+        assert ran_in <= set(pids), (label, ran_in, pids)  # on Ray: in the actors, not in task workers
+    assert got["ray"] == got["local"]
+    assert len(got["local"]) == 37 and sum(len(v) for v in got["local"].values()) == 10_000
+
+
+@pytest.mark.ray
+def test_a_user_function_error_in_a_big_batch_on_ray_is_the_one_the_local_executor_raises(ray_executor):
+    def run(executor):
+        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        src = ssc.queue_stream([list(range(1, 5001)), [*range(1, 4000), 0, *range(4000, 5000)]], name="q")
+        src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
+        try:
+            with pytest.raises(sk.UserFunctionError) as info:
+                ssc.run(2)
+        finally:
+            ssc.stop()
+        return info.value
+
+    local, on_ray = run("local"), run(ray_executor)
+    assert (on_ray.operator, on_ray.batch_time_ms, type(on_ray.__cause__)) == (local.operator, local.batch_time_ms, ZeroDivisionError)
+    assert local.operator == "map" and local.batch_time_ms == 2000
