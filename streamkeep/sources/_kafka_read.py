@@ -33,7 +33,7 @@ from streamkeep.sources._kafka_config import import_kafka
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
-__all__ = ["DeadLetterSink", "ErrorHandler", "KafkaRecord", "RangeReader", "RemoteRanges", "decode_record", "fetch_ranges", "fetch_remote"]
+__all__ = ["Carry", "DeadLetterSink", "ErrorHandler", "KafkaRecord", "RangeReader", "RemoteRanges", "decode_record", "fetch_ranges", "fetch_remote"]
 
 
 class KafkaRecord(NamedTuple):
@@ -93,18 +93,76 @@ class RangeReader(Protocol):
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]: ...
 
 
+class Carry:
+    """The partitions a source's consumer keeps assigned between two reads, and what it read past their ranges.
+
+    While a job works through a backlog, each batch's range of a partition starts
+    where the last one ended. Unassigning the partitions after every read (and
+    assigning them again, from the range's start, at the next one) stopped
+    librdkafka's prefetching for the whole time the batch was computed and
+    committed, so every read waited for fresh fetches (a third of the Kafka
+    path's time in ``bench/kafka.py``). When every range read had more records
+    on the broker at planning, the read keeps the assignment instead, and the
+    records it took from the consumer past a range's end are kept here, in
+    offset order, for the next read (at most about a range's length per
+    partition: then the partition is paused until the next read). The next read
+    uses them only if its ranges are exactly the kept partitions, each starting
+    where the last range ended; otherwise it drops them and assigns afresh.
+    """
+
+    def __init__(self) -> None:
+        self.consumer: Any = None  # the consumer holding the assignment; None: nothing kept
+        self.resume_at: dict[tuple[str, int], int] = {}  # where each kept partition's next range must start
+        self.msgs: dict[tuple[str, int], list[Any]] = {}  # records taken past the last range's end
+        self.paused: list[Any] = []  # kept partitions paused (their carried records reached the bound)
+
+    def drop(self) -> None:
+        """Forget the kept assignment (the next read assigns afresh)."""
+        self.consumer = None
+        self.resume_at, self.msgs, self.paused = {}, {}, []
+
+    def continues(self, consumer: Any, todo: dict[tuple[str, int], tuple[int, int, int]]) -> bool:
+        """Do the ranges to read (`todo`) continue exactly the kept assignment of `consumer`?"""
+        at = self.resume_at
+        return self.consumer is consumer and len(at) == len(todo) and all(at.get(k) == v[1] for k, v in todo.items())
+
+
 def fetch_ranges(
-    src: RangeReader, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
+    src: RangeReader,
+    ranges: list[tuple[str, int, int, int]],
+    out: list[list[Any]],
+    bad: list[dict[str, Any]],
+    batch_time: BatchTime,
+    carry: Carry | None = None,
+    more: set[tuple[str, int]] | None = None,
 ) -> None:
     """Read every non-empty ``(topic, partition, from, until)`` range into ``out[i]``.
 
     Undecodable records go to ``bad`` (dead-letter sink) or the ``on_error``
-    callable. The caller holds the source's lock.
+    callable. The caller holds the source's lock. With a `carry`, the
+    partitions stay assigned after the read when all those read are in `more`
+    (they have records past the range's end), and a read continuing them uses
+    what was carried over (see :class:`Carry`); without, the read unassigns them.
     """
     ck = import_kafka()
     consumer = src._ensure_consumer()
     todo: dict[tuple[str, int], tuple[int, int, int]] = {(t, p): (i, f, u) for i, (t, p, f, u) in enumerate(ranges) if u > f}
-    consumer.assign([ck.TopicPartition(t, p, todo[(t, p)][1]) for t, p in todo])
+    pending: list[Any] = []
+    if carry is not None and carry.continues(consumer, todo):
+        for tp_key in todo:  # the records taken past the last ranges' ends come first
+            pending.extend(carry.msgs.get(tp_key, ()))
+        if carry.paused:
+            consumer.resume(carry.paused)
+    else:
+        if carry is not None and carry.paused and carry.consumer is consumer:
+            consumer.resume(carry.paused)  # the pause flag outlives the assignment
+        consumer.assign([ck.TopicPartition(t, p, todo[(t, p)][1]) for t, p in todo])
+    if carry is not None:
+        carry.drop()  # until this read ends well and keeps the assignment
+    keep = carry is not None and more is not None and all(k in more for k in todo)
+    kept: dict[tuple[str, int], list[Any]] = {}
+    bound = {k: max(1000, u - f) for k, (_, f, u) in todo.items()} if keep else {}
+    resume_at = {k: u for k, (_, _, u) in todo.items()}
     eof = ck.KafkaError._PARTITION_EOF
     lost = {ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE}
     last_error: object = None
@@ -113,13 +171,27 @@ def fetch_ranges(
     paused: list[Any] = []
     kd, vd = src.key_deserializer, src.value_deserializer
     plain = kd is None and vd is None
+    values_only = kd is None and vd is not None
+    decode_value: Callable[[bytes | None], Any] = vd if vd is not None else _as_is
     make = tuple.__new__  # KafkaRecord(...) goes through a Python-level __new__: ~2x the cost per record
 
     def finish(key: tuple[str, int]) -> None:
         todo.pop(key, None)
-        tp = ck.TopicPartition(*key)
-        consumer.pause([tp])
-        paused.append(tp)
+        if not keep:
+            tp = ck.TopicPartition(*key)
+            consumer.pause([tp])
+            paused.append(tp)
+
+    def hold(key: tuple[str, int], m: Any) -> None:
+        """Keep `m`, taken past its range's end, for the next read; pause its partition once it holds enough."""
+        held = kept.get(key)
+        if held is None:
+            held = kept[key] = []
+        held.append(m)
+        if len(held) == bound[key]:
+            tp = ck.TopicPartition(*key)
+            consumer.pause([tp])
+            paused.append(tp)
 
     # Every record read here stays alive until the batch is done, so garbage collections while the
     # loop builds them free nothing: they only walk the growing heap (measured ~0.8 us per record
@@ -128,10 +200,12 @@ def fetch_ranges(
     gc_paused = gc.isenabled()
     if gc_paused:
         gc.disable()
+    ok = False
     try:
         while todo:
             # Any: a message without an error always has its topic, partition and offset (the stubs say Optional)
-            msgs: list[Any] = consumer.consume(num_messages=10_000, timeout=0)
+            msgs: list[Any] = pending if pending else consumer.consume(num_messages=10_000, timeout=0)
+            pending = []
             if not msgs:
                 first = consumer.poll(0.1)
                 msgs = [] if first is None else [first]
@@ -170,18 +244,30 @@ def fetch_ranges(
                     in_range = entry is not None
                     if entry is not None:
                         idx, start, until = entry
+                        last = until - 1
                         append = out[idx].append
                 if not in_range:
+                    if keep and key in bound:
+                        hold(key, m)
                     continue
                 if off >= until:
                     finish(key)
                     last_part = None
+                    if keep:
+                        hold(key, m)
                     continue
                 if off >= start:
                     # decode_record inlined (the per-record path): one KafkaRecord, built once.
                     ts_type, ts = m.timestamp()
                     if plain:
                         append(make(KafkaRecord, (m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None)))
+                    elif values_only:  # the usual deserialiser setup: one call fewer per record than the general case
+                        try:
+                            rec = make(KafkaRecord, (m_topic, m_part, off, m.key(), decode_value(m.value()), ts if ts_type else None))
+                        except Exception as exc:
+                            _undecodable(src, KafkaRecord(m_topic, m_part, off, m.key(), m.value(), ts if ts_type else None), exc, batch_time, bad)
+                        else:
+                            append(rec)
                     else:
                         k, v = m.key(), m.value()
                         try:
@@ -191,7 +277,7 @@ def fetch_ranges(
                         else:
                             append(rec)
                     progressed = True
-                if off >= until - 1:
+                if off >= last:
                     finish(key)
                     last_part = None
             if todo:  # transaction markers at a range's end advance only the position
@@ -215,12 +301,21 @@ def fetch_ranges(
                     "retried on restart."
                 )
                 raise SourceError(msg)
+        ok = True
     finally:
         if gc_paused:
             gc.enable()
-        if paused:  # the pause flag outlives the assignment in librdkafka
-            consumer.resume(paused)
-        consumer.unassign()
+        if ok and keep and carry is not None:
+            carry.consumer, carry.msgs, carry.paused = consumer, kept, paused
+            carry.resume_at = {k: u for k, u in resume_at.items()}
+        else:
+            if paused:  # the pause flag outlives the assignment in librdkafka
+                consumer.resume(paused)
+            consumer.unassign()
+
+
+def _as_is(raw: bytes | None) -> Any:
+    return raw
 
 
 def _raise_lost(src: RangeReader, key: tuple[str, int], entry: tuple[int, int, int], batch_time: BatchTime, err: object) -> None:

@@ -40,6 +40,7 @@ from streamkeep.sources._kafka_config import split_pkey as _split_pkey
 from streamkeep.sources._kafka_meta import Offsets, TopicInfo, admin_conf, collect_describe, collect_offsets, start_describe, start_offsets
 from streamkeep.sources._kafka_read import (
     DEAD_LETTER_SINK,
+    Carry,
     DeadLetterSink,
     ErrorHandler,
     KafkaRecord,
@@ -239,6 +240,7 @@ class KafkaSource:
         self._describe_ok = True  # False once the brokers turned out unable to describe topics
         self._consumer: Consumer | None = None
         self._known_topics: set[str] = set()  # topics whose metadata the current consumer asked for (_fetch)
+        self._carry = Carry()  # partitions kept assigned between reads while there is a backlog (_fetch)
         self._admin: AdminClient | None = None
         self._lock = threading.RLock()
 
@@ -259,6 +261,7 @@ class KafkaSource:
         with self._lock:
             consumer, self._consumer = self._consumer, None
             self._admin = None
+            self._carry.drop()
             if consumer is not None:
                 consumer.close()  # waits (at most ~timeout_s) for offset commits in flight
             self._dead.close()
@@ -268,6 +271,7 @@ class KafkaSource:
         state["_consumer"] = None
         state["_admin"] = None
         state["_lock"] = None
+        state["_carry"] = Carry()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -583,6 +587,8 @@ class KafkaSource:
             parts = [(t, p) for t in self.topics for p in infos[t].partitions]
             marks = self._offsets(parts, prefetch)
             recreated = self._check_recreated(infos, marks, known_topics)
+            if recreated:  # records carried over from the old topic must not be read as the new one's
+                self._carry.drop()
             position = {k: v for k, v in self._position.items() if _split_pkey(k, "position")[0] not in recreated}
             self._check_starting_offsets(infos, known_topics)
             new = [(t, p) for t, p in parts if _pkey(t, p) not in position]
@@ -743,9 +749,13 @@ class KafkaSource:
         bad: list[dict[str, Any]] = []
         if any(u > f for _, _, f, u in ranges):
             with self._lock:
+                more: set[tuple[str, int]] | None = None
                 if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
                     ranges = self._check_replay(ranges, batch_time)
-                self._fetch(ranges, out, bad, batch_time)
+                else:  # partitions with records past the range at planning: worth keeping assigned
+                    marks = self._marks
+                    more = {(t, p) for t, p, _, u in ranges if (m := marks.get(_pkey(t, p))) is not None and m[1] > u}
+                self._fetch(ranges, out, bad, batch_time, more)
         self._dead.write(batch_time, bad)
         return out
 
@@ -782,6 +792,7 @@ class KafkaSource:
         if not any(u > f for _, _, f, u in ranges):
             return None
         with self._lock:
+            self._release_kept()  # other processes read these ranges: this consumer need not fetch on
             if batch_time not in self._planned_here:  # planned by an earlier run: is it still readable?
                 ranges = self._check_replay(ranges, batch_time)
         handler = self.on_error
@@ -871,13 +882,27 @@ class KafkaSource:
         return out
 
     def _fetch(
-        self, ranges: list[tuple[str, int, int, int]], out: list[list[Any]], bad: list[dict[str, Any]], batch_time: BatchTime
+        self,
+        ranges: list[tuple[str, int, int, int]],
+        out: list[list[Any]],
+        bad: list[dict[str, Any]],
+        batch_time: BatchTime,
+        more: set[tuple[str, int]] | None = None,
     ) -> None:
         consumer = self._ensure_consumer()
         unknown = sorted({t for t, _, f, u in ranges if u > f} - self._known_topics)
         if unknown:
             self._learn_topics(consumer, unknown)
-        fetch_ranges(self, ranges, out, bad, batch_time)
+        fetch_ranges(self, ranges, out, bad, batch_time, self._carry, more)
+
+    def _release_kept(self) -> None:
+        """Unassign the partitions a backlog read kept assigned (see `Carry`); the caller holds the lock."""
+        carry, consumer = self._carry, self._consumer
+        if carry.consumer is not None and carry.consumer is consumer and consumer is not None:
+            if carry.paused:
+                consumer.resume(carry.paused)
+            consumer.unassign()
+        carry.drop()
 
     def _learn_topics(self, consumer: Consumer, topics: list[str]) -> None:
         """Ask the consumer for `topics`' metadata once, before it first assigns their partitions.
@@ -927,7 +952,8 @@ class KafkaSource:
             return
         with self._lock:
             consumer = self._ensure_consumer()
-            consumer.poll(0)  # serve the answers to earlier commits (nothing is assigned between reads)
+            if self._carry.consumer is None:  # nothing assigned: only serves the answers to earlier commits
+                consumer.poll(0)  # (else the next read's consume serves them; a poll could take a record)
             try:
                 consumer.commit(offsets=tps, asynchronous=True)
             except ck.KafkaException as exc:

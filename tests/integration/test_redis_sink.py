@@ -398,3 +398,41 @@ def test_a_table_stream_reaches_the_redis_write_as_dict_rows(redis_url):
     ssc.run(max_batches=2)
     ssc.stop()
     assert (r.get("tcount:ann"), r.get("tcount:bob")) == ("7", "1")
+
+
+def test_an_argument_redis_cannot_take_names_the_command_and_applies_nothing(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for k, v in records:
+            pipe.execute_command("SET", k, v)
+
+    sink = _sink(redis_url, write, name="types")
+    try:
+        with pytest.raises(SinkError, match=r"command #2 \(SET 'b' .*\) has an argument of type NoneType.*Nothing was applied"):
+            sink.write(1000, [("a", 1), ("b", None)])
+        assert r.get("a") is None and r.get("streamkeep:sink:types:last_batch") is None
+        sink.write(1000, [("a", bytearray(b"x")), ("b", memoryview(b"y")), ("c", 1.5)])  # what redis-py takes, Redis gets
+        assert (r.get("a"), r.get("b"), r.get("c")) == ("x", "y", "1.5")
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py packing"])
+def test_a_flushed_script_cache_is_loaded_again(redis_url, monkeypatch, hiredis):
+    """A restarted (or SCRIPT FLUSHed) server has forgotten the batch script: the sink loads it again."""
+    from streamkeep.sinks import redis as redis_sink
+
+    if not hiredis:
+        monkeypatch.setattr(redis_sink, "_hiredis_pack", lambda: None)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = _sink(redis_url, name=f"flush-{hiredis}")
+    try:
+        sink.write(1000, [("fl", 1)])
+        r.script_flush()
+        sink.write(2000, [("fl", 2)])
+        sink.write(2000, [("fl", 2)])  # a replay: skipped
+    finally:
+        sink.close()
+    assert r.get("count:fl") == "3"
+    assert r.lrange("log:fl", 0, -1) == ["2", "1"]
