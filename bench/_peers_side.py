@@ -9,8 +9,9 @@ batch's updated counts as ``"<word> <count>"`` (Quix, which has no batches, emit
 per message: the line's updated counts). Results go to stdout as ``@@RESULT`` JSON
 lines (``_common.emit``). Workloads:
 
-* ``throughput_mem``: lines from memory (streamkeep ``rate_stream``, Bytewax
-  ``TestingSource``), outputs counted in memory. Not for Quix (it reads Kafka only).
+* ``throughput_mem``: lines from memory, a slice of the list a batch, resumed by index
+  (`SkLinesSource`, `_bw_lines_source`), outputs counted in memory. Not for Quix (it
+  reads Kafka only).
 * ``throughput_kafka``: the same over a Kafka topic (the librdkafka mock broker),
   from the earliest offset until every line is counted.
 * ``job``: a long-running job on a Kafka topic writing its outputs to a directory
@@ -111,6 +112,49 @@ def _sk_counts(lines: Any, step: str, variant: str = "word") -> Any:
     return pairs.reduce_by_key(operator.add).map_with_state(_sk_add, name=step)
 
 
+class SkLinesSource:
+    """Lines from memory, `per` a batch, by position: streamkeep's counterpart of `BwLinesSource`.
+
+    A replayable source (docs/sources.md, "Your own source"): the plan is the range of
+    line indices, a replay reads the same slice again, the position is the next index.
+    Bytewax's side reads the same list the same way (a slice a batch, resumed by index).
+    """
+
+    replayable = True
+
+    def __init__(self, lines: list[str], per: int, name: str) -> None:
+        self.name = name
+        self._lines = lines
+        self._per = per
+        self._next = 0
+
+    def open(self, blobs: Any) -> None:
+        pass
+
+    def restore(self, position: Any) -> None:
+        self._next = int(position["next"])
+
+    def position(self) -> Any:
+        return {"next": self._next}
+
+    def plan(self, batch_time: int) -> Any:
+        lo = self._next
+        self._next = hi = min(len(self._lines), lo + self._per)
+        return {"from": lo, "until": hi}
+
+    def read(self, plan: Any, batch_time: int) -> list[list[Any]]:
+        return [self._lines[int(plan["from"]) : int(plan["until"])]]
+
+    def exhausted(self) -> bool:
+        return self._next >= len(self._lines)
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "lines in memory", "lines": len(self._lines), "per_batch": self._per}
+
+
 def _sk_mem_run(lines: list[str], per: int, variant: str) -> dict[str, Any]:
     import streamkeep as sk
 
@@ -121,7 +165,7 @@ def _sk_mem_run(lines: list[str], per: int, variant: str) -> dict[str, Any]:
     def count(_t: int, batch: Any) -> None:
         outputs[0] += _sk_rows(batch)
 
-    src = ssc.rate_stream(per, name="lines").map(lambda r: lines[r[0] % n])
+    src = ssc.add_source(SkLinesSource(lines, per, name="lines"))
     _sk_counts(src, "counts", variant).foreach_batch(count)
     t0 = time.perf_counter()
     ssc.run(max_batches=n // per)
@@ -293,12 +337,45 @@ def _bw_kafka_source(p: dict[str, Any], tail: bool) -> Any:
     return KafkaSource([p["bootstrap"]], [p["topic"]], tail=tail, batch_size=p["batch_lines"], add_config={"fetch.wait.max.ms": "10"})
 
 
+def _bw_lines_source(lines: list[str], per: int) -> Any:
+    """Lines from memory, `per` a batch, by position: Bytewax's counterpart of `SkLinesSource`.
+
+    A `FixedPartitionedSource` with one partition whose batch is a slice of the list
+    and whose snapshot is the next index (what `bytewax.testing.TestingSource` does,
+    without its per-item loop over sentinel checks).
+    """
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+    class Part(StatefulSourcePartition[str, int]):
+        def __init__(self, resume: int | None) -> None:
+            self.next = resume or 0
+
+        def next_batch(self) -> list[str]:
+            if self.next >= len(lines):
+                raise StopIteration
+            lo = self.next
+            self.next = min(len(lines), lo + per)
+            return lines[lo : self.next]
+
+        def snapshot(self) -> int:
+            return self.next
+
+    class Source(FixedPartitionedSource[str, int]):
+        def list_parts(self) -> list[str]:
+            return ["lines"]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Part:
+            return Part(resume_state)
+
+    return Source()
+
+
 def _bw_mem_run(lines: list[str], p: dict[str, Any]) -> dict[str, Any]:
-    from bytewax.testing import TestingSource, run_main
+    from bytewax.testing import run_main
 
     box = {"outputs": 0}
     rec = _bw_recovery(tempfile.mkdtemp(prefix="bw-peers-"))
-    flow = _bw_flow(TestingSource(lines, batch_size=p["batch_lines"]), _bw_counting_sink(box), p, "lines", "counts", kafka=False)
+    flow = _bw_flow(_bw_lines_source(lines, p["batch_lines"]), _bw_counting_sink(box), p, "lines", "counts", kafka=False)
     t0 = time.perf_counter()
     run_main(flow, recovery_config=rec)
     return {"seconds": time.perf_counter() - t0, "outputs": box["outputs"]}

@@ -223,6 +223,34 @@ class Batch(Generic[T]):
         except Exception as exc:
             raise self._user_error(exc, index, op) from exc
 
+    def _consume_mapped(
+        self, index: int, consumer: Callable[[Iterator[Any], Callable[[Any], Any] | None], U], op: tuple[str, Any] | None = None
+    ) -> U:
+        """`_consume`, handing the function of a trailing `map` to `consumer`, which calls it per record itself.
+
+        ``consumer(it, f)`` gets the partition's records before that `map` and its `f`, or
+        every op applied and None when the batch does not end with a `map`. Builtin `map`
+        enters a new interpreter frame for every call of a Python function; a call from the
+        consumer's Python loop is inlined, ~300 fewer instructions a record.
+        """
+        if self._dead is not None:
+            self._materialise()  # dead-lettering ops run once per partition, whoever consumes
+        ops = self._ops
+        f: Callable[[Any], Any] | None = None
+        if self._parts is None and ops and ops[-1][0] == "map":
+            f = ops[-1][2]
+            it: Iterator[Any] = iter(self._src[index])
+            for _, fn, _ in ops[:-1]:
+                it = fn(it)
+        else:
+            it = self._iter_partition(index)
+        try:
+            return consumer(it, f)
+        except UserFunctionError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, index, op) from exc
+
     def _run_partition(self, index: int) -> list[Any]:
         """Partition `index` with the ops applied, failing records sent to their dead letters."""
         try:
@@ -515,7 +543,7 @@ class Batch(Generic[T]):
 
     def reduce_by_key(self: Batch[tuple[K, V]], f: Callable[[V, V], V], num_partitions: int | None = None) -> Batch[tuple[K, V]]:
         """Combine the values of each key with `f` (associative and commutative)."""
-        partials = [self._consume(i, lambda it: _reduce_into({}, it, f), ("reduce_by_key", f)) for i in range(self.num_partitions)]
+        partials = [self._consume_mapped(i, lambda it, m: _reduce_into({}, it, f, m), ("reduce_by_key", f)) for i in range(self.num_partitions)]
         return self._merge_keyed(partials, f, num_partitions, "reduce_by_key")
 
     def group_by_key(self: Batch[tuple[K, V]], num_partitions: int | None = None) -> Batch[tuple[K, list[V]]]:
@@ -658,9 +686,22 @@ def _fold(f: Callable[[Any, Any], Any], it: Iterator[Any]) -> Any:
     return acc
 
 
-def _reduce_into(d: dict[Any, Any], it: Iterator[tuple[Any, Any]], f: Callable[[Any, Any], Any]) -> dict[Any, Any]:
+def _reduce_into(
+    d: dict[Any, Any], it: Iterator[Any], f: Callable[[Any, Any], Any], mapper: Callable[[Any], Any] | None = None
+) -> dict[Any, Any]:
+    """Fold the (key, value) records of `it` into `d` with `f`; `mapper` (the batch's trailing `map`) makes them, if given."""
     kv: Any = None
     try:
+        if mapper is not None:  # the records are mapper(x): called here, inlined (see Batch._consume_mapped)
+            add = f is operator.add
+            for x in it:
+                kv = mapper(x)
+                if kv.__class__ is not tuple:
+                    kv = as_pair(kv, "reduce_by_key")
+                k, v = kv
+                old = d.get(k, _MISSING)
+                d[k] = v if old is _MISSING else (old + v if add else f(old, v))
+            return d
         if f is operator.add:  # the common word-count case: `old + v` is operator.add without a call per record
             for kv in it:
                 if kv.__class__ is not tuple:

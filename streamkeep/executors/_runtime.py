@@ -176,29 +176,32 @@ class UpdateStateRuntime(_Keyed):
         changed = store.changed
         removed = store.removed
         key: Any = _ABSENT
+        pop = groups.pop
+        mark = changed.add
         try:
             for key, old in list(data.items()):
-                vals = groups.pop(key, None)
+                vals = pop(key, None)
                 new = update(vals if vals is not None else [], old)
                 if new is None:
                     del data[key]
                     changed.discard(key)
                     removed.add(key)
                     self._plain.discard(key)
-                elif (
-                    type(new) in _IMMUTABLE
-                    and (new is old or (type(old) is type(new) and new == old))
-                    and (type(new) is not tuple or _frozen(new))  # a list inside may have been mutated in place
+                    continue
+                cls = type(new)
+                if (
+                    cls in _IMMUTABLE
+                    and (new is old or (type(old) is cls and new == old))
+                    and (cls is not tuple or _frozen(new))  # a list inside may have been mutated in place
                 ):
                     continue  # unchanged: costs nothing in the checkpoint
-                else:
-                    data[key] = new
-                    changed.add(key)
+                data[key] = new
+                mark(key)
             for key, vals in groups.items():
                 new = update(vals, None)
                 if new is not None:
                     data[key] = new
-                    changed.add(key)
+                    mark(key)
                     removed.discard(key)
         except UserFunctionError:
             raise
@@ -216,6 +219,9 @@ class UpdateStateRuntime(_Keyed):
         not a walk of their value, and the delta's encoder trusts `_plain`.
         """
         data = self.store.data
+        if set(map(type, data.values())) <= _PLAIN_SCALARS:  # the common case, checked in C: every pair is shared as it is
+            self._plain_checked = True
+            return list(data.items())
         changed = self.store.changed
         plain = self._plain
         out: list[tuple[Any, Any]] = []
@@ -266,9 +272,17 @@ def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
     """key -> [values] over all partitions (the per-record hot loop of update_state_by_key)."""
     groups: defaultdict[Any, list[Any]] = defaultdict(list)
 
-    def consume(it: Any) -> None:
+    def consume(it: Any, f: Any) -> None:
         kv: Any = None
         try:
+            if f is not None:  # the batch ends with map(f): called here, inlined (see Batch._consume_mapped)
+                for x in it:
+                    kv = f(x)
+                    if kv.__class__ is not tuple:
+                        kv = as_pair(kv, "update_state_by_key")
+                    k, v = kv
+                    groups[k].append(v)
+                return
             for kv in it:
                 if kv.__class__ is not tuple:
                     kv = as_pair(kv, "update_state_by_key")
@@ -282,7 +296,7 @@ def _group_all(batch: Batch[Any]) -> dict[Any, list[Any]]:
             raise
 
     for i in range(batch.num_partitions):
-        batch._consume(i, consume)
+        batch._consume_mapped(i, consume)
     return groups
 
 

@@ -384,6 +384,9 @@ def test_user_error_names_the_failing_fused_operator():
         ("map", lambda b: b.map(_boom).count()),
         ("map", lambda b: b.map(_boom).take(5)),
         ("map", lambda b: b.map(lambda x: (x, _boom(x))).group_by_key()),
+        # reduce_by_key calls a trailing map's function itself (Batch._consume_mapped): still the map's error
+        ("map", lambda b: b.map(lambda x: (x, _boom(x))).reduce_by_key(operator.add)),
+        ("map", lambda b: b.map(lambda x: (x, _boom(x))).reduce_by_key(max)),
     ],
 )
 def test_user_error_per_operator(op, run):
@@ -435,3 +438,13 @@ def test_reduce_by_key_with_operator_add_matches_any_other_add_function():
         assert "reduce_by_key" in info.value.operator
         assert info.value.batch_time_ms == 2000
         assert isinstance(info.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("f", [operator.add, lambda a, c: a + c])
+def test_reduce_by_key_applies_a_trailing_map_itself_with_the_same_result(f):
+    """reduce_by_key calls the function of a map right before it from its own loop (no builtin map per record)."""
+    b = Batch([["a b a", "c"], ["b", "", "a a"]], 1000).flat_map(str.split)
+    assert sorted(b.map(lambda w: (w, 1)).reduce_by_key(f).collect()) == [("a", 4), ("b", 2), ("c", 1)]
+    assert sorted(b.map(lambda w: [w, 2]).reduce_by_key(f, 2).collect()) == [("a", 8), ("b", 4), ("c", 2)]
+    cached = b.map(lambda w: (w, 1)).cache()  # materialised: the records are already mapped
+    assert sorted(cached.reduce_by_key(f).collect()) == [("a", 4), ("b", 2), ("c", 1)]

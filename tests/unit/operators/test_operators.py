@@ -565,6 +565,30 @@ def test_update_state_by_key_error_names_operator_and_time(executor):
     assert "'a'" in str(info.value)
 
 
+def test_update_state_by_key_blames_the_map_before_it_for_the_maps_error(executor):
+    """update_state_by_key calls a trailing map's function from its own loop: the error still names the map and the record."""
+
+    def pair(w):
+        if w == "bad":
+            raise KeyError("no")
+        return (w, 1)
+
+    with pytest.raises(UserFunctionError, match=r"in operator 'map'.*for record 'bad'") as info:
+        run_batches(lambda ssc, s: s.map(pair).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u"), [["a", "bad"]], executor=executor)
+    assert info.value.operator == "map"
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_update_state_by_key_after_a_dead_lettering_map():
+    dead = ListSink("dead")
+    out = run_batches(
+        lambda ssc, s: s.map(lambda x: ("k", 10 // x), on_error=dead).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u"),
+        [[1, 0, 2], [5]],
+    )
+    assert out == [[("k", 15)], [("k", 17)]]
+    assert [d["record"] for _, batch in dead.batches for d in batch] == [0]
+
+
 # -- map_with_state ------------------------------------------------------------------
 
 
