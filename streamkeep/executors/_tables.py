@@ -131,11 +131,11 @@ class AggregateStateRuntime(StatefulRuntime):
         """Fold the batch into the state; return the changed rows (every key of the batch)."""
         pa = self.pa
         node = self.node
-        table = self._plain_keys(table)
-        if self._countable(table):
+        if self._countable(table):  # a dictionary-encoded key column stays encoded: only its dictionary is probed
             check_columns(node, t, table, [col for _, col, _ in self.columns])
             self.state, changed = self._counted(self.state, table)
             return changed
+        table = self._plain_keys(table)
         partial = self._partials(t, table)
         if self.state is None:
             self.state = partial
@@ -178,9 +178,12 @@ class AggregateStateRuntime(StatefulRuntime):
             return False
         if state.column_names != [by[0], *(c for c, _, _ in self.columns)]:
             return False
-        if by[0] not in table.column_names or table.schema.field(by[0]).type != state.schema.field(0).type:
+        if by[0] not in table.column_names:
             return False
         types = self.pa.types
+        key_type = table.schema.field(by[0]).type
+        if (key_type.value_type if types.is_dictionary(key_type) else key_type) != state.schema.field(0).type:
+            return False
         for col, src, fn in self.columns:
             stored = state.schema.field(col).type
             if fn in ("count_all", "count"):
@@ -202,12 +205,13 @@ class AggregateStateRuntime(StatefulRuntime):
         """Counts and sums: the batch's rows folded straight into the stored rows (state, changed rows).
 
         One hash probe gives every row of the batch the stored row of its key (``index_in``
-        over the stored keys, no per-batch group_by of the batch's keys); counts and sums
-        are accumulated per stored row with numpy (``add.at``: exact int64, in row order),
-        the touched rows updated in place (``replace_with_mask``). Rows of keys not stored
-        yet go through the group_by path (`_partials`) and are appended. The changed rows
-        are the touched stored rows (state order), then the new keys (first-arrival order),
-        as in `_upsert`.
+        over the stored keys, no per-batch group_by of the batch's keys; a dictionary-encoded
+        key column: its dictionary is probed and the rows take their entry's stored row);
+        counts and sums are accumulated per stored row with numpy (``bincount`` / ``add.at``:
+        exact int64, in row order), the touched rows updated in place
+        (``replace_with_mask``). Rows of keys not stored yet go through the group_by path
+        (`_partials`, keys decoded) and are appended. The changed rows are the touched
+        stored rows (state order), then the new keys (first-arrival order), as in `_upsert`.
         """
         pa, pc = self.pa, self.pc
         np = _arrow.require("numpy", _OP)
@@ -217,9 +221,7 @@ class AggregateStateRuntime(StatefulRuntime):
             state = state.combine_chunks()
             skeys = state.column(key)
         n_state = state.num_rows
-        where = self._probe(table.column(key), skeys.chunk(0))
-        fresh = where.null_count
-        rows = pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()  # bin n_state: new keys
+        rows, fresh = self._stored_rows(table.column(key), skeys.chunk(0))  # row n_state: a key not stored yet
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
         touched = np.flatnonzero(hits)
         every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
@@ -248,11 +250,35 @@ class AggregateStateRuntime(StatefulRuntime):
         state = pa.table(cols, schema=state.schema)
         changed = state if every else state.take(touched)
         if fresh:
-            partial = self._partials(self._t, table.filter(pc.is_null(where)))
+            partial = self._partials(self._t, self._plain_keys(table.filter(pa.array(rows == n_state))))
             partial = partial.cast(state.schema) if partial.schema != state.schema else partial
             state = pa.concat_tables([state, partial])
             changed = pa.concat_tables([changed, partial])
         return state, changed
+
+    def _stored_rows(self, keys: Any, stored: Any) -> tuple[Any, int]:
+        """The stored row of each of `keys` (a ChunkedArray) as numpy, ``len(stored)`` where the key is not
+        stored, and how many keys are not stored.
+
+        A dictionary-encoded column is not decoded: each chunk's dictionary is probed
+        (``index_in``, one hash probe per distinct value instead of per row) and every row
+        takes the stored row of its dictionary entry (a numpy gather). A null dictionary
+        value is never stored, so its rows count as new keys, whose group_by path refuses
+        null keys by name.
+        """
+        pa, pc = self.pa, self.pc
+        n_state = len(stored)
+        if not pa.types.is_dictionary(keys.type):
+            where = self._probe(keys, stored)
+            fresh = where.null_count
+            return (pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()), fresh
+        np = _arrow.require("numpy", _OP)
+        parts = []
+        for chunk in keys.chunks:  # each chunk has its own dictionary
+            at = pc.fill_null(pc.index_in(chunk.dictionary, value_set=stored), n_state).to_numpy()
+            parts.append(at[chunk.indices.to_numpy()])  # null indices were refused (check_columns)
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return rows, int(np.count_nonzero(rows == n_state))
 
     def _probe(self, keys: Any, stored: Any) -> Any:
         """``index_in(keys, value_set=stored)`` as one array (one thread: two threads, each building the
