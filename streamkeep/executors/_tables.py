@@ -14,6 +14,11 @@ Per batch (no Python call per record or per key):
 The checkpoint delta of a batch is its changed rows (Arrow IPC); a snapshot is the
 whole table (Arrow IPC). Tables are immutable, so a batch's output never changes
 when a later batch updates the state. Why pyarrow rather than polars: docs/tables.md.
+
+The hash probes of a big batch (or of a big state against a small batch) run in up
+to `threads` contiguous chunks side by side (pyarrow kernels release the GIL;
+streamkeep/executors/_threads.py), put back together in chunk order: the result is
+exactly that of one call, on every path.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from streamkeep.batch import Batch
 from streamkeep.dstream._tables import AggregateStateNode, AggSpec, Combine
 from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
 from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors._threads import Workers, default_threads
 
 _OP = "aggregate_state"
 # Compact the state's chunks (one per batch's changed rows) past this many.
 _MAX_CHUNKS = 32
+#: A probe is split into chunks of at least this many values (a batch of 32k rows or more goes to 2 threads) ...
+CHUNK_ROWS = 16_384
+#: ... when its hash table (built again by every chunk) has at most 1/SET_RATIO as many values as the probe.
+SET_RATIO = 2
 
 
 #: How a stored column's values of several batches combine into one (partial aggregation -> aggregation).
@@ -89,6 +99,19 @@ class AggregateStateRuntime(StatefulRuntime):
         self._t = 0  # the batch being computed (error messages)
         self._changes: list[Any] = []  # changed rows per batch since the last delta()
         self.columns = [c for spec in node.aggs for c in _stored(spec)]
+        #: threads a big probe is split over (1: never split; LocalExecutor(table_threads=N) sets it)
+        self.threads = default_threads(self.pa)
+        self._workers: Workers | None = None
+
+    def set_threads(self, n: int) -> None:
+        self.close()
+        self.threads = n
+
+    def close(self) -> None:
+        """Stop the probe threads, if any were started."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -269,9 +292,7 @@ class AggregateStateRuntime(StatefulRuntime):
         pa, pc = self.pa, self.pc
         n_state = len(stored)
         if not pa.types.is_dictionary(keys.type):
-            where = self._probe(keys, stored)
-            fresh = where.null_count
-            return (pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()), fresh
+            return self._probe(keys, stored)
         np = _arrow.require("numpy", _OP)
         parts = []
         for chunk in keys.chunks:  # each chunk has its own dictionary
@@ -280,12 +301,55 @@ class AggregateStateRuntime(StatefulRuntime):
         rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return rows, int(np.count_nonzero(rows == n_state))
 
-    def _probe(self, keys: Any, stored: Any) -> Any:
-        """``index_in(keys, value_set=stored)`` as one array (one thread: two threads, each building the
-        stored keys' hash table and probing half the batch, cost more CPU and were no faster on 2 shared
-        CPUs, bench/tables.py)."""
+    def _probe(self, keys: Any, stored: Any) -> tuple[Any, int]:
+        """The stored row of each of `keys` (a ChunkedArray of plain values) as numpy, ``len(stored)`` for a key
+        not stored, and how many are not stored: ``index_in`` over the stored keys, in `_chunks` chunks."""
+        pc = self.pc
+        n_state = len(stored)
+
+        def probe(part: Any) -> tuple[Any, int]:
+            where = pc.index_in(part, value_set=stored)
+            fresh = where.null_count
+            return (pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()), fresh
+
         keys = keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks()
-        return self.pc.index_in(keys, value_set=stored)
+        k = self._chunks(len(keys), n_state)
+        if k == 1:
+            return probe(keys)
+        np = _arrow.require("numpy", _OP)
+        parts = self._in_chunks(probe, keys, k)
+        return np.concatenate([rows for rows, _ in parts]), sum(fresh for _, fresh in parts)
+
+    def _index_in(self, values: Any, value_set: Any) -> Any:
+        """``pc.index_in(values, value_set=value_set)`` as one Array, in `_chunks` chunks."""
+        pa, pc = self.pa, self.pc
+
+        def probe(part: Any) -> Any:
+            return pc.index_in(part, value_set=value_set)
+
+        k = self._chunks(len(values), len(value_set))
+        parts = [probe(values)] if k == 1 else self._in_chunks(probe, values, k)
+        arrays = [c for p in parts for c in (p.chunks if isinstance(p, pa.ChunkedArray) else [p])]
+        if len(arrays) == 1:
+            return arrays[0]
+        return pa.concat_arrays(arrays) if arrays else pa.array([], pa.int32())
+
+    def _chunks(self, n: int, n_set: int) -> int:
+        """In how many chunks (threads) a probe of `n` values against a set of `n_set` values runs.
+
+        Every chunk builds its own hash table of the set (pyarrow keeps none between calls), so
+        a probe is split only when it is big (`CHUNK_ROWS` per chunk) and its set small next to
+        it (`SET_RATIO`): then the second core takes half the probe for a few percent more CPU.
+        """
+        k = min(self.threads, n // CHUNK_ROWS)
+        return k if k > 1 and n_set * SET_RATIO <= n else 1
+
+    def _in_chunks(self, fn: Any, values: Any, k: int) -> list[Any]:
+        """``fn`` over `k` contiguous slices of `values` (an Array or ChunkedArray) side by side, results in order."""
+        if self._workers is None:
+            self._workers = Workers(max(1, self.threads - 1), f"streamkeep-probe-{self.node.name}")
+        size = -(-len(values) // k)
+        return self._workers.map(fn, [values.slice(i * size, size) for i in range(k)])
 
     def _upsert(self, state: Any, partial: Any) -> tuple[Any, Any]:
         """One key column: merge the batch's partials into the state in place (state, changed rows).
@@ -301,9 +365,7 @@ class AggregateStateRuntime(StatefulRuntime):
         """
         pa, pc = self.pa, self.pc
         key = self.node.by[0]
-        where = pc.index_in(state.column(key), value_set=partial.column(key).combine_chunks())
-        if isinstance(where, pa.ChunkedArray):
-            where = where.combine_chunks()
+        where = self._index_in(state.column(key), partial.column(key).combine_chunks())
         found = pc.is_valid(where)
         s_rows = pc.indices_nonzero(found)  # stored rows of the batch's keys (state order)
         p_rows = where.filter(found)  # their batch rows
@@ -505,9 +567,7 @@ class AggregateStateRuntime(StatefulRuntime):
         place (the key column is not copied, rows keep their places), new keys appended."""
         pa, pc = self.pa, self.pc
         key = self.node.by[0]
-        where = pc.index_in(state.column(key), value_set=rows.column(key).combine_chunks())
-        if isinstance(where, pa.ChunkedArray):
-            where = where.combine_chunks()
+        where = self._index_in(state.column(key), rows.column(key).combine_chunks())
         found = pc.is_valid(where)
         r_rows = where.filter(found)  # the delta's row of every stored row it replaces (state order)
         if len(r_rows):
