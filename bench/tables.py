@@ -7,9 +7,13 @@
    lines with pyarrow, ``aggregate_state(by="word", aggs={"n": ("*", "count")})``):
    one fed the same Python lines (``to_tables`` converts them: the cost a record
    source pays), one fed Arrow tables of the lines (what ``parquet_file_stream`` /
-   ``json_file_stream`` deliver). Target: table job >= 5x the bare loop.
+   ``json_file_stream`` deliver), and the Arrow-in job again with
+   ``LocalExecutor(table_threads=1)`` (aggregate_state's probe on one thread: by
+   default a big batch's probe is split over up to 4 threads, so a table job's
+   wall ratio may exceed its CPU ratio). Target: table job >= 5x the bare loop.
 2. The group-by engine: one batch's partial count plus the merge into 10k keys of
-   state, with pyarrow.compute (what aggregate_state uses) and with polars.
+   state, with pyarrow.compute (what aggregate_state uses) and with polars; and
+   (``--only probe``) aggregate_state's probe of one batch alone in 1, 2 and 4 threads.
 3. 1M keys of state (a local checkpoint, every delta in its own file): per-batch
    checkpoint bytes when 1,000 keys change, next to the snapshot, and the time a
    restart takes (get_or_create + one small batch), tables vs records.
@@ -39,6 +43,7 @@ import pyarrow.compute as pc  # noqa: E402
 from throughput import bare_word_count, engine_word_count, make_lines  # noqa: E402
 
 import streamkeep as sk  # noqa: E402
+from streamkeep.executors import LocalExecutor  # noqa: E402
 from streamkeep.testing import ManualClock  # noqa: E402
 
 _LINE = pa.schema([("line", pa.string())])
@@ -48,10 +53,13 @@ def _split(t: Any) -> Any:
     return pa.table({"word": pc.list_flatten(pc.split_pattern(t["line"], " "))})
 
 
-def table_word_count(batches: list[Any], *, arrow_input: bool, split_s: list[float] | None = None) -> tuple[float, float, dict[str, int]]:
+def table_word_count(
+    batches: list[Any], *, arrow_input: bool, split_s: list[float] | None = None, threads: int | None = None
+) -> tuple[float, float, dict[str, int]]:
     """The table job over `batches` (lists of lines, or one Arrow table of lines each); (wall s, CPU s, final counts).
 
     With `split_s`, the wall time spent in the job's map_tables function (the split) is added to ``split_s[0]``.
+    `threads`: ``LocalExecutor(table_threads=threads)`` (None: the default, up to 4 threads per big probe).
     """
     last: list[Any] = []
     split = _split
@@ -63,7 +71,7 @@ def table_word_count(batches: list[Any], *, arrow_input: bool, split_s: list[flo
             split_s[0] += time.perf_counter() - s0
             return out
 
-    ssc = sk.StreamingContext(0.5)
+    ssc = sk.StreamingContext(0.5, executor=None if threads is None else LocalExecutor(table_threads=threads))
     src = ssc.queue_stream(batches, name="lines")
     tables = src if arrow_input else src.to_tables(_LINE)
     counts = tables.map_tables(split).aggregate_state(by="word", aggs={"n": ("*", "count")}, name="counts")
@@ -76,7 +84,10 @@ def table_word_count(batches: list[Any], *, arrow_input: bool, split_s: list[flo
     return elapsed, cpu, dict(zip(final["word"].to_pylist(), final["n"].to_pylist(), strict=True))
 
 
-TABLE_JOBS = ("tables (Python lines in)", "tables (Arrow in)")
+TABLE_JOBS = ("tables (Python lines in)", "tables (Arrow in)", "tables (Arrow in, 1 thread)")
+#: (input is Arrow, LocalExecutor(table_threads=...)) per table job: the default splits aggregate_state's probe of
+#: a big batch over up to 4 threads (docs/tables.md); "1 thread" is the same job with that turned off.
+_JOB_ARGS = {TABLE_JOBS[0]: (False, None), TABLE_JOBS[1]: (True, None), TABLE_JOBS[2]: (True, 1)}
 
 
 def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
@@ -101,10 +112,11 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
         runs["records"].append((t, c))
         if got != expected:
             raise SystemExit("the record job and the bare loop disagree")
-        for label, inp, arrow in zip(TABLE_JOBS, (batches, arrow_batches), (False, True), strict=True):
+        for label in TABLE_JOBS:
+            arrow, threads = _JOB_ARGS[label]
             gc.collect()
             split_s = [0.0]
-            t, c, got = table_word_count(inp, arrow_input=arrow, split_s=split_s)
+            t, c, got = table_word_count(arrow_batches if arrow else batches, arrow_input=arrow, split_s=split_s, threads=threads)
             runs[label].append((t, c))
             splits[label].append(split_s[0])
             if got != expected:
@@ -218,6 +230,56 @@ def group_by_engines(words: int, distinct: int, repeats: int) -> None:
     print("  time / " + first + ": " + ", ".join(f"{label} {best[label] / best[first]:.2f}x" for label in timed if label != first))
 
 
+def probe_threads(words: int, distinct: int, repeats: int) -> None:
+    """aggregate_state's probe of one batch (`words` words against `distinct` stored keys) alone, in 1, 2 and 4 threads.
+
+    Prints per batch the wall time, the CPU time of all threads, and the CPU time of the
+    longest chunk's thread: on an idle machine the wall time of the split probe is about
+    that plus the hand-over to the workers; on a loaded one the workers wait for a CPU.
+    """
+    from streamkeep.executors._tables import AggregateStateRuntime
+
+    ssc = sk.StreamingContext(1.0)
+    node = ssc.queue_stream([], name="q").aggregate_state(by="word", aggs={"n": ("*", "count")}, name="c")._node
+    table = _split(pa.table({"line": pa.array(make_lines(words, distinct), pa.string())}))
+    keys, stored = table["word"], pc.unique(table["word"].chunk(0))
+    chunk_cpu: list[float] = []
+
+    class Timed(AggregateStateRuntime):
+        def _in_chunks(self, fn: Any, values: Any, k: int) -> list[Any]:
+            def timed(part: Any) -> Any:
+                c0 = time.thread_time()
+                out = fn(part)
+                chunk_cpu.append(time.thread_time() - c0)
+                return out
+
+            return super()._in_chunks(timed, values, k)
+
+    rts = {}
+    for k in (1, 2, 4):
+        rts[k] = Timed(node)
+        rts[k].set_threads(k)
+    want = rts[1]._probe(keys, stored)
+    res: dict[int, list[tuple[float, float, float]]] = {k: [] for k in rts}
+    for _ in range(repeats):  # interleaved
+        for k, rt in rts.items():
+            chunk_cpu.clear()
+            c0, t0 = time.process_time(), time.perf_counter()
+            rows, fresh = rt._probe(keys, stored)
+            res[k].append((time.perf_counter() - t0, time.process_time() - c0, max(chunk_cpu, default=0.0)))
+            if fresh != want[1] or not (rows == want[0]).all():
+                raise SystemExit(f"the probe in {k} threads differs from one thread")
+    for rt in rts.values():
+        rt.close()
+    print(f"aggregate_state's probe alone: {keys.length():,} words against {len(stored):,} stored keys, per batch, best (median) of {repeats}")
+    for k, rs in res.items():
+        w, c, longest = (sorted(r[i] for r in rs) for i in range(3))
+        med = len(rs) // 2
+        extra = f"; longest chunk's thread CPU {longest[0] * 1e3:5.2f} ({longest[med] * 1e3:5.2f}) ms" if k > 1 else ""
+        print(f"  {k} thread(s): wall {w[0] * 1e3:5.2f} ({w[med] * 1e3:5.2f}) ms; CPU {c[0] * 1e3:5.2f} ({c[med] * 1e3:5.2f}) ms{extra}")
+    ssc.stop()
+
+
 def _dir_bytes(path: str, suffix: str) -> list[int]:
     return [os.path.getsize(os.path.join(path, f)) for f in sorted(os.listdir(path)) if f.endswith(suffix)] if os.path.isdir(path) else []
 
@@ -274,7 +336,7 @@ def big_state(keys: int, changed: int, batches_after: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--only", choices=["wordcount", "engines", "state"], help="run one part")
+    ap.add_argument("--only", choices=["wordcount", "engines", "probe", "state"], help="run one part")
     args = ap.parse_args()
     q = args.quick
     print(f"python {sys.version.split()[0]}, streamkeep {sk.__version__}, pyarrow {pa.__version__}, {os.cpu_count()} CPUs")
@@ -283,6 +345,8 @@ def main() -> None:
         word_count(100_000 if q else 1_000_000, 10, 10_000, 3 if q else 5)
     if args.only in (None, "engines"):
         group_by_engines(10_000 if q else 100_000, 10_000, 5 if q else 20)
+    if args.only in (None, "probe"):
+        probe_threads(100_000, 10_000, 9 if q else 40)  # smaller batches are not split
     if args.only in (None, "state"):
         big_state(100_000 if q else 1_000_000, 1_000, 3)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
