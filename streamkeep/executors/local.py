@@ -46,7 +46,8 @@ class LocalExecutor:
             per record or more, bench/process_pool.py). Keyed state always stays here.
         table_threads: the most threads one hash probe of `aggregate_state` is split over
             (big batches only: docs/tables.md). None (default): pyarrow's CPU count
-            (``pyarrow.set_cpu_count``, ``OMP_NUM_THREADS``), at most 4; 1 turns it off.
+            (``pyarrow.set_cpu_count``, ``OMP_NUM_THREADS``), at most 4, used only while
+            the load average is below the CPU count; 1 turns it off.
     """
 
     name = "local"
