@@ -124,6 +124,13 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
     wall = {label: min(w for w, _ in rs) for label, rs in runs.items()}
     cpu = {label: min(c for _, c in rs) for label, rs in runs.items()}
     print(f"word count: {n:,} words in {n_batches} batches, {distinct:,} distinct words, best of {repeats} (wall; CPU in brackets)")
+    from streamkeep.executors._threads import cores_free, default_threads
+
+    split = default_threads(pa) > 1 and cores_free()
+    print(
+        f"  (the default table jobs split aggregate_state's probe over {default_threads(pa)} threads only while the load average"
+        f" is below the CPU count: now {os.getloadavg()[0]:.2f}, so {'split' if split else 'NOT split, as with 1 thread'})"
+    )
     for label, rs in runs.items():
         print(
             f"  {label:<26}: {n / wall[label]:>12,.0f} words/s ({wall[label] * 1e3:7.1f} ms; runs {', '.join(f'{w * 1e3:.0f}' for w, _ in rs)})"
