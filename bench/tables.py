@@ -7,9 +7,13 @@
    lines with pyarrow, ``aggregate_state(by="word", aggs={"n": ("*", "count")})``):
    one fed the same Python lines (``to_tables`` converts them: the cost a record
    source pays), one fed Arrow tables of the lines (what ``parquet_file_stream`` /
-   ``json_file_stream`` deliver). Target: table job >= 5x the bare loop.
+   ``json_file_stream`` deliver), and the Arrow-in job again with
+   ``LocalExecutor(table_threads=1)`` (aggregate_state's probe on one thread: by
+   default a big batch's probe is split over up to 4 threads, so a table job's
+   wall ratio may exceed its CPU ratio). Target: table job >= 5x the bare loop.
 2. The group-by engine: one batch's partial count plus the merge into 10k keys of
-   state, with pyarrow.compute (what aggregate_state uses) and with polars.
+   state, with pyarrow.compute (what aggregate_state uses) and with polars; and
+   (``--only probe``) aggregate_state's probe of one batch alone in 1, 2 and 4 threads.
 3. 1M keys of state (a local checkpoint, every delta in its own file): per-batch
    checkpoint bytes when 1,000 keys change, next to the snapshot, and the time a
    restart takes (get_or_create + one small batch), tables vs records.
@@ -39,6 +43,7 @@ import pyarrow.compute as pc  # noqa: E402
 from throughput import bare_word_count, engine_word_count, make_lines  # noqa: E402
 
 import streamkeep as sk  # noqa: E402
+from streamkeep.executors import LocalExecutor  # noqa: E402
 from streamkeep.testing import ManualClock  # noqa: E402
 
 _LINE = pa.schema([("line", pa.string())])
@@ -48,13 +53,28 @@ def _split(t: Any) -> Any:
     return pa.table({"word": pc.list_flatten(pc.split_pattern(t["line"], " "))})
 
 
-def table_word_count(batches: list[Any], *, arrow_input: bool) -> tuple[float, float, dict[str, int]]:
-    """The table job over `batches` (lists of lines, or one Arrow table of lines each); (wall s, CPU s, final counts)."""
+def table_word_count(
+    batches: list[Any], *, arrow_input: bool, split_s: list[float] | None = None, threads: int | None = None
+) -> tuple[float, float, dict[str, int]]:
+    """The table job over `batches` (lists of lines, or one Arrow table of lines each); (wall s, CPU s, final counts).
+
+    With `split_s`, the wall time spent in the job's map_tables function (the split) is added to ``split_s[0]``.
+    `threads`: ``LocalExecutor(table_threads=threads)`` (None: the default, up to 4 threads per big probe).
+    """
     last: list[Any] = []
-    ssc = sk.StreamingContext(0.5)
+    split = _split
+    if split_s is not None:
+
+        def split(t: Any) -> Any:
+            s0 = time.perf_counter()
+            out = _split(t)
+            split_s[0] += time.perf_counter() - s0
+            return out
+
+    ssc = sk.StreamingContext(0.5, executor=None if threads is None else LocalExecutor(table_threads=threads))
     src = ssc.queue_stream(batches, name="lines")
     tables = src if arrow_input else src.to_tables(_LINE)
-    counts = tables.map_tables(_split).aggregate_state(by="word", aggs={"n": ("*", "count")}, name="counts")
+    counts = tables.map_tables(split).aggregate_state(by="word", aggs={"n": ("*", "count")}, name="counts")
     counts.foreach_batch(lambda b: last.append(b))
     c0, t0 = time.process_time(), time.perf_counter()
     ssc.run(max_batches=len(batches))
@@ -64,7 +84,10 @@ def table_word_count(batches: list[Any], *, arrow_input: bool) -> tuple[float, f
     return elapsed, cpu, dict(zip(final["word"].to_pylist(), final["n"].to_pylist(), strict=True))
 
 
-TABLE_JOBS = ("tables (Python lines in)", "tables (Arrow in)")
+TABLE_JOBS = ("tables (Python lines in)", "tables (Arrow in)", "tables (Arrow in, 1 thread)")
+#: (input is Arrow, LocalExecutor(table_threads=...)) per table job: the default splits aggregate_state's probe of
+#: a big batch over up to 4 threads (docs/tables.md); "1 thread" is the same job with that turned off.
+_JOB_ARGS = {TABLE_JOBS[0]: (False, None), TABLE_JOBS[1]: (True, None), TABLE_JOBS[2]: (True, 1)}
 
 
 def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
@@ -77,6 +100,7 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
     # (wall s, CPU s) per run; CPU time (all threads of this process) moves far less than wall time
     # when other processes share the CPUs, so both ratios are printed.
     runs: dict[str, list[tuple[float, float]]] = {"bare": [], "records": [], **{label: [] for label in TABLE_JOBS}}
+    splits: dict[str, list[float]] = {label: [] for label in TABLE_JOBS}  # wall s in the split, per run
     expected: dict[str, int] = {}
     for _ in range(repeats):  # interleaved, so every side sees the same machine load
         gc.collect()
@@ -88,19 +112,39 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
         runs["records"].append((t, c))
         if got != expected:
             raise SystemExit("the record job and the bare loop disagree")
-        for label, inp, arrow in zip(TABLE_JOBS, (batches, arrow_batches), (False, True), strict=True):
+        for label in TABLE_JOBS:
+            arrow, threads = _JOB_ARGS[label]
             gc.collect()
-            t, c, got = table_word_count(inp, arrow_input=arrow)
+            split_s = [0.0]
+            t, c, got = table_word_count(arrow_batches if arrow else batches, arrow_input=arrow, split_s=split_s, threads=threads)
             runs[label].append((t, c))
+            splits[label].append(split_s[0])
             if got != expected:
                 raise SystemExit(f"{label} and the bare loop disagree")
     wall = {label: min(w for w, _ in rs) for label, rs in runs.items()}
     cpu = {label: min(c for _, c in rs) for label, rs in runs.items()}
     print(f"word count: {n:,} words in {n_batches} batches, {distinct:,} distinct words, best of {repeats} (wall; CPU in brackets)")
+    from streamkeep.executors._threads import cores_free, default_threads
+
+    split = default_threads(pa) > 1 and cores_free()
+    print(
+        f"  (the default table jobs split aggregate_state's probe over {default_threads(pa)} threads only while the load average"
+        f" is below the CPU count: now {os.getloadavg()[0]:.2f}, so {'split' if split else 'NOT split, as with 1 thread'})"
+    )
     for label, rs in runs.items():
         print(
             f"  {label:<26}: {n / wall[label]:>12,.0f} words/s ({wall[label] * 1e3:7.1f} ms; runs {', '.join(f'{w * 1e3:.0f}' for w, _ in rs)})"
             f"  = {wall['bare'] / wall[label]:5.2f}x the bare loop  [CPU {cpu[label] * 1e3:6.1f} ms = {cpu['bare'] / cpu[label]:5.2f}x]"
+        )
+    # Where a table job's time goes, in its fastest run: the split (the job's map_tables: user code, one
+    # pyarrow kernel) and the rest (aggregate_state's fold, engine plumbing, and with Python lines the
+    # to_tables conversion: the difference of the two jobs' rests).
+    for label in TABLE_JOBS:
+        i = min(range(len(runs[label])), key=lambda j: runs[label][j][0])
+        w, s = runs[label][i][0], splits[label][i]
+        print(
+            f"  {label}: split (map_tables) {s * 1e3:5.1f} ms, the rest (aggregate_state, engine, input) {(w - s) * 1e3:5.1f} ms"
+            f" = {(w - s) * 1e3 / n_batches:4.2f} ms per batch"
         )
     for label in TABLE_JOBS:
         ratio, cratio = wall["bare"] / wall[label], cpu["bare"] / cpu[label]
@@ -111,7 +155,7 @@ def word_count(words: int, n_batches: int, distinct: int, repeats: int) -> None:
 
 
 def group_by_engines(words: int, distinct: int, repeats: int) -> None:
-    """One batch's count per word merged into a 10k-key state: pyarrow (two ways) vs polars."""
+    """One batch's count per word merged into a 10k-key state: pyarrow (four ways) vs polars."""
     import numpy as np
     import polars as pl
 
@@ -131,6 +175,24 @@ def group_by_engines(words: int, distinct: int, repeats: int) -> None:
         hits = np.bincount(pc.fill_null(where, state.num_rows).to_numpy(), minlength=state.num_rows + 1)[: state.num_rows]
         return pa.table([state["word"], pc.add(state["n"], pa.array(hits))], names=["word", "n"])
 
+    stored = state["word"].chunk(0)
+    n_state = state.num_rows
+
+    def with_value_counts() -> Any:  # aggregate the batch first (a hash group-by to its ~10k words), then probe only those
+        vc = pc.value_counts(table["word"].chunk(0))
+        where = pc.index_in(vc.field(0), value_set=stored)  # a persistent index of the stored keys would replace this probe
+        hits = np.zeros(n_state + 1, np.int64)
+        hits[pc.fill_null(where, n_state).to_numpy()] = vc.field(1).to_numpy()  # the uniques are distinct: no add.at
+        return pa.table([state["word"], pc.add(state["n"], pa.array(hits[:n_state]))], names=["word", "n"])
+
+    def with_dictionary_encode() -> Any:  # the same through dictionary_encode (uniques + one index per word) and bincount
+        enc = pc.dictionary_encode(table["word"].chunk(0))
+        per_unique = np.bincount(enc.indices.to_numpy(), minlength=len(enc.dictionary))
+        where = pc.index_in(enc.dictionary, value_set=stored)
+        hits = np.zeros(n_state + 1, np.int64)
+        hits[pc.fill_null(where, n_state).to_numpy()] = per_unique
+        return pa.table([state["word"], pc.add(state["n"], pa.array(hits[:n_state]))], names=["word", "n"])
+
     pstate = pl.from_arrow(state)
 
     def with_polars() -> Any:
@@ -140,21 +202,89 @@ def group_by_engines(words: int, distinct: int, repeats: int) -> None:
         out = pl.concat([pstate.join(changed.select("word"), on="word", how="anti"), changed])
         return out.to_arrow()
 
-    engines = {"pyarrow index_in + numpy (aggregate_state)": with_index_in, "pyarrow group_by + join": with_group_by, "polars": with_polars}
+    engines = {
+        "pyarrow index_in + numpy (aggregate_state)": with_index_in,
+        "batch first: value_counts + index_in of uniques": with_value_counts,
+        "batch first: dictionary_encode + bincount": with_dictionary_encode,
+        "pyarrow group_by + join": with_group_by,
+        "polars": with_polars,
+    }
+
+    def counts(t: Any) -> dict[str, int]:
+        return dict(zip(t["word"].to_pylist(), t["n"].to_pylist(), strict=True))
+
+    want = counts(with_index_in())
+    for label, fn in engines.items():
+        if counts(fn()) != want:
+            raise SystemExit(f"group-by engine {label!r} disagrees with aggregate_state's path")
     res: dict[str, list[tuple[float, float]]] = {label: [] for label in engines}
     for fn in engines.values():
         fn()
+    # The floor of "batch first" with a persistent index of the stored keys that cost nothing: value_counts alone.
+    bound = "(floor of batch first: value_counts alone)"
+    timed = {**engines, bound: lambda: pc.value_counts(table["word"].chunk(0))}
+    res[bound] = []
     for _ in range(repeats):  # interleaved, so every engine sees the same load
-        for label, fn in engines.items():
+        for label, fn in timed.items():
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             res[label].append((time.perf_counter() - t0, time.process_time() - c0))
     print(f"group-by engine: count {table.num_rows:,} words per key and merge into {state.num_rows:,} keys of state, best of {repeats} (wall; CPU of all threads)")
     for label, rs in res.items():
-        print(f"  {label:<44}: {min(w for w, _ in rs) * 1e3:7.2f} ms  [CPU {min(c for _, c in rs) * 1e3:7.2f} ms]")
+        print(f"  {label:<48}: {min(w for w, _ in rs) * 1e3:7.2f} ms  [CPU {min(c for _, c in rs) * 1e3:7.2f} ms]")
     best = {label: min(w for w, _ in rs) for label, rs in res.items()}
     first = next(iter(engines))
-    print(f"  polars / {first} time = {best['polars'] / best[first]:.2f}x; group_by + join / it = {best['pyarrow group_by + join'] / best[first]:.2f}x")
+    print("  time / " + first + ": " + ", ".join(f"{label} {best[label] / best[first]:.2f}x" for label in timed if label != first))
+
+
+def probe_threads(words: int, distinct: int, repeats: int) -> None:
+    """aggregate_state's probe of one batch (`words` words against `distinct` stored keys) alone, in 1, 2 and 4 threads.
+
+    Prints per batch the wall time, the CPU time of all threads, and the CPU time of the
+    longest chunk's thread: on an idle machine the wall time of the split probe is about
+    that plus the hand-over to the workers; on a loaded one the workers wait for a CPU.
+    """
+    from streamkeep.executors._tables import AggregateStateRuntime
+
+    ssc = sk.StreamingContext(1.0)
+    node = ssc.queue_stream([], name="q").aggregate_state(by="word", aggs={"n": ("*", "count")}, name="c")._node
+    table = _split(pa.table({"line": pa.array(make_lines(words, distinct), pa.string())}))
+    keys, stored = table["word"], pc.unique(table["word"].chunk(0))
+    chunk_cpu: list[float] = []
+
+    class Timed(AggregateStateRuntime):
+        def _in_chunks(self, fn: Any, values: Any, k: int) -> list[Any]:
+            def timed(part: Any) -> Any:
+                c0 = time.thread_time()
+                out = fn(part)
+                chunk_cpu.append(time.thread_time() - c0)
+                return out
+
+            return super()._in_chunks(timed, values, k)
+
+    rts = {}
+    for k in (1, 2, 4):
+        rts[k] = Timed(node)
+        rts[k].set_threads(k)
+    want = rts[1]._probe(keys, stored)
+    res: dict[int, list[tuple[float, float, float]]] = {k: [] for k in rts}
+    for _ in range(repeats):  # interleaved
+        for k, rt in rts.items():
+            chunk_cpu.clear()
+            c0, t0 = time.process_time(), time.perf_counter()
+            rows, fresh = rt._probe(keys, stored)
+            res[k].append((time.perf_counter() - t0, time.process_time() - c0, max(chunk_cpu, default=0.0)))
+            if fresh != want[1] or not (rows == want[0]).all():
+                raise SystemExit(f"the probe in {k} threads differs from one thread")
+    for rt in rts.values():
+        rt.close()
+    print(f"aggregate_state's probe alone: {keys.length():,} words against {len(stored):,} stored keys, per batch, best (median) of {repeats}")
+    for k, rs in res.items():
+        w, c, longest = (sorted(r[i] for r in rs) for i in range(3))
+        med = len(rs) // 2
+        extra = f"; longest chunk's thread CPU {longest[0] * 1e3:5.2f} ({longest[med] * 1e3:5.2f}) ms" if k > 1 else ""
+        print(f"  {k} thread(s): wall {w[0] * 1e3:5.2f} ({w[med] * 1e3:5.2f}) ms; CPU {c[0] * 1e3:5.2f} ({c[med] * 1e3:5.2f}) ms{extra}")
+    ssc.stop()
 
 
 def _dir_bytes(path: str, suffix: str) -> list[int]:
@@ -213,7 +343,7 @@ def big_state(keys: int, changed: int, batches_after: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--only", choices=["wordcount", "engines", "state"], help="run one part")
+    ap.add_argument("--only", choices=["wordcount", "engines", "probe", "state"], help="run one part")
     args = ap.parse_args()
     q = args.quick
     print(f"python {sys.version.split()[0]}, streamkeep {sk.__version__}, pyarrow {pa.__version__}, {os.cpu_count()} CPUs")
@@ -222,6 +352,8 @@ def main() -> None:
         word_count(100_000 if q else 1_000_000, 10, 10_000, 3 if q else 5)
     if args.only in (None, "engines"):
         group_by_engines(10_000 if q else 100_000, 10_000, 5 if q else 20)
+    if args.only in (None, "probe"):
+        probe_threads(100_000, 10_000, 9 if q else 40)  # smaller batches are not split
     if args.only in (None, "state"):
         big_state(100_000 if q else 1_000_000, 1_000, 3)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

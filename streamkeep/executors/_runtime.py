@@ -110,6 +110,12 @@ class StatefulRuntime:
         """True when no input is still waiting inside the operator (windows) after batch `last_t`."""
         return True
 
+    def set_threads(self, n: int) -> None:
+        """Most threads the runtime may split one batch's kernels over (1: the calling thread only)."""
+
+    def close(self) -> None:
+        """Release threads the runtime started (its state stays readable)."""
+
 
 class _Keyed(StatefulRuntime):
     def __init__(self, node: StatefulNode, stores: StoreFactory = memory_store) -> None:

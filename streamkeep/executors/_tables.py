@@ -14,6 +14,11 @@ Per batch (no Python call per record or per key):
 The checkpoint delta of a batch is its changed rows (Arrow IPC); a snapshot is the
 whole table (Arrow IPC). Tables are immutable, so a batch's output never changes
 when a later batch updates the state. Why pyarrow rather than polars: docs/tables.md.
+
+The hash probes of a big batch (or of a big state against a small batch) run in up
+to `threads` contiguous chunks side by side (pyarrow kernels release the GIL;
+streamkeep/executors/_threads.py), put back together in chunk order: the result is
+exactly that of one call, on every path.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from streamkeep.batch import Batch
 from streamkeep.dstream._tables import AggregateStateNode, AggSpec, Combine
 from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
 from streamkeep.executors._runtime import StatefulRuntime
+from streamkeep.executors._threads import Workers, cores_free, default_threads
 
 _OP = "aggregate_state"
 # Compact the state's chunks (one per batch's changed rows) past this many.
 _MAX_CHUNKS = 32
+#: A probe is split into chunks of at least this many values (a batch of 32k rows or more goes to 2 threads) ...
+CHUNK_ROWS = 16_384
+#: ... when its hash table (built again by every chunk) has at most 1/SET_RATIO as many values as the probe.
+SET_RATIO = 2
 
 
 #: How a stored column's values of several batches combine into one (partial aggregation -> aggregation).
@@ -89,6 +99,21 @@ class AggregateStateRuntime(StatefulRuntime):
         self._t = 0  # the batch being computed (error messages)
         self._changes: list[Any] = []  # changed rows per batch since the last delta()
         self.columns = [c for spec in node.aggs for c in _stored(spec)]
+        #: threads a big probe is split over (1: never split; LocalExecutor(table_threads=N) sets it)
+        self.threads = default_threads(self.pa)
+        self._auto = True  # threads not set: split only while a core is free (`cores_free`)
+        self._workers: Workers | None = None
+
+    def set_threads(self, n: int) -> None:
+        self.close()
+        self.threads = n
+        self._auto = False
+
+    def close(self) -> None:
+        """Stop the probe threads, if any were started."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -131,11 +156,11 @@ class AggregateStateRuntime(StatefulRuntime):
         """Fold the batch into the state; return the changed rows (every key of the batch)."""
         pa = self.pa
         node = self.node
-        table = self._plain_keys(table)
-        if self._countable(table):
+        if self._countable(table):  # a dictionary-encoded key column stays encoded: only its dictionary is probed
             check_columns(node, t, table, [col for _, col, _ in self.columns])
             self.state, changed = self._counted(self.state, table)
             return changed
+        table = self._plain_keys(table)
         partial = self._partials(t, table)
         if self.state is None:
             self.state = partial
@@ -178,9 +203,12 @@ class AggregateStateRuntime(StatefulRuntime):
             return False
         if state.column_names != [by[0], *(c for c, _, _ in self.columns)]:
             return False
-        if by[0] not in table.column_names or table.schema.field(by[0]).type != state.schema.field(0).type:
+        if by[0] not in table.column_names:
             return False
         types = self.pa.types
+        key_type = table.schema.field(by[0]).type
+        if (key_type.value_type if types.is_dictionary(key_type) else key_type) != state.schema.field(0).type:
+            return False
         for col, src, fn in self.columns:
             stored = state.schema.field(col).type
             if fn in ("count_all", "count"):
@@ -202,12 +230,13 @@ class AggregateStateRuntime(StatefulRuntime):
         """Counts and sums: the batch's rows folded straight into the stored rows (state, changed rows).
 
         One hash probe gives every row of the batch the stored row of its key (``index_in``
-        over the stored keys, no per-batch group_by of the batch's keys); counts and sums
-        are accumulated per stored row with numpy (``add.at``: exact int64, in row order),
-        the touched rows updated in place (``replace_with_mask``). Rows of keys not stored
-        yet go through the group_by path (`_partials`) and are appended. The changed rows
-        are the touched stored rows (state order), then the new keys (first-arrival order),
-        as in `_upsert`.
+        over the stored keys, no per-batch group_by of the batch's keys; a dictionary-encoded
+        key column: its dictionary is probed and the rows take their entry's stored row);
+        counts and sums are accumulated per stored row with numpy (``bincount`` / ``add.at``:
+        exact int64, in row order), the touched rows updated in place
+        (``replace_with_mask``). Rows of keys not stored yet go through the group_by path
+        (`_partials`, keys decoded) and are appended. The changed rows are the touched
+        stored rows (state order), then the new keys (first-arrival order), as in `_upsert`.
         """
         pa, pc = self.pa, self.pc
         np = _arrow.require("numpy", _OP)
@@ -217,9 +246,7 @@ class AggregateStateRuntime(StatefulRuntime):
             state = state.combine_chunks()
             skeys = state.column(key)
         n_state = state.num_rows
-        where = self._probe(table.column(key), skeys.chunk(0))
-        fresh = where.null_count
-        rows = pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()  # bin n_state: new keys
+        rows, fresh = self._stored_rows(table.column(key), skeys.chunk(0))  # row n_state: a key not stored yet
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
         touched = np.flatnonzero(hits)
         every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
@@ -248,18 +275,84 @@ class AggregateStateRuntime(StatefulRuntime):
         state = pa.table(cols, schema=state.schema)
         changed = state if every else state.take(touched)
         if fresh:
-            partial = self._partials(self._t, table.filter(pc.is_null(where)))
+            partial = self._partials(self._t, self._plain_keys(table.filter(pa.array(rows == n_state))))
             partial = partial.cast(state.schema) if partial.schema != state.schema else partial
             state = pa.concat_tables([state, partial])
             changed = pa.concat_tables([changed, partial])
         return state, changed
 
-    def _probe(self, keys: Any, stored: Any) -> Any:
-        """``index_in(keys, value_set=stored)`` as one array (one thread: two threads, each building the
-        stored keys' hash table and probing half the batch, cost more CPU and were no faster on 2 shared
-        CPUs, bench/tables.py)."""
+    def _stored_rows(self, keys: Any, stored: Any) -> tuple[Any, int]:
+        """The stored row of each of `keys` (a ChunkedArray) as numpy, ``len(stored)`` where the key is not
+        stored, and how many keys are not stored.
+
+        A dictionary-encoded column is not decoded: each chunk's dictionary is probed
+        (``index_in``, one hash probe per distinct value instead of per row) and every row
+        takes the stored row of its dictionary entry (a numpy gather). A null dictionary
+        value is never stored, so its rows count as new keys, whose group_by path refuses
+        null keys by name.
+        """
+        pa, pc = self.pa, self.pc
+        n_state = len(stored)
+        if not pa.types.is_dictionary(keys.type):
+            return self._probe(keys, stored)
+        np = _arrow.require("numpy", _OP)
+        parts = []
+        for chunk in keys.chunks:  # each chunk has its own dictionary
+            at = pc.fill_null(pc.index_in(chunk.dictionary, value_set=stored), n_state).to_numpy()
+            parts.append(at[chunk.indices.to_numpy()])  # null indices were refused (check_columns)
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return rows, int(np.count_nonzero(rows == n_state))
+
+    def _probe(self, keys: Any, stored: Any) -> tuple[Any, int]:
+        """The stored row of each of `keys` (a ChunkedArray of plain values) as numpy, ``len(stored)`` for a key
+        not stored, and how many are not stored: ``index_in`` over the stored keys, in `_chunks` chunks."""
+        pc = self.pc
+        n_state = len(stored)
+
+        def probe(part: Any) -> tuple[Any, int]:
+            where = pc.index_in(part, value_set=stored)
+            fresh = where.null_count
+            return (pc.fill_null(where, n_state).to_numpy() if fresh else where.to_numpy()), fresh
+
         keys = keys.chunk(0) if keys.num_chunks == 1 else keys.combine_chunks()
-        return self.pc.index_in(keys, value_set=stored)
+        k = self._chunks(len(keys), n_state)
+        if k == 1:
+            return probe(keys)
+        np = _arrow.require("numpy", _OP)
+        parts = self._in_chunks(probe, keys, k)
+        return np.concatenate([rows for rows, _ in parts]), sum(fresh for _, fresh in parts)
+
+    def _index_in(self, values: Any, value_set: Any) -> Any:
+        """``pc.index_in(values, value_set=value_set)`` as one Array, in `_chunks` chunks."""
+        pa, pc = self.pa, self.pc
+
+        def probe(part: Any) -> Any:
+            return pc.index_in(part, value_set=value_set)
+
+        k = self._chunks(len(values), len(value_set))
+        parts = [probe(values)] if k == 1 else self._in_chunks(probe, values, k)
+        arrays = [c for p in parts for c in (p.chunks if isinstance(p, pa.ChunkedArray) else [p])]
+        if len(arrays) == 1:
+            return arrays[0]
+        return pa.concat_arrays(arrays) if arrays else pa.array([], pa.int32())
+
+    def _chunks(self, n: int, n_set: int) -> int:
+        """In how many chunks (threads) a probe of `n` values against a set of `n_set` values runs.
+
+        Every chunk builds its own hash table of the set (pyarrow keeps none between calls), so
+        a probe is split only when it is big (`CHUNK_ROWS` per chunk) and its set small next to
+        it (`SET_RATIO`): then the second core takes half the probe for a few percent more CPU.
+        Unless `threads` was set, only while the machine has a free core (`cores_free`).
+        """
+        k = min(self.threads, n // CHUNK_ROWS)
+        return k if k > 1 and n_set * SET_RATIO <= n and (not self._auto or cores_free()) else 1
+
+    def _in_chunks(self, fn: Any, values: Any, k: int) -> list[Any]:
+        """``fn`` over `k` contiguous slices of `values` (an Array or ChunkedArray) side by side, results in order."""
+        if self._workers is None:
+            self._workers = Workers(max(1, self.threads - 1), f"streamkeep-probe-{self.node.name}")
+        size = -(-len(values) // k)
+        return self._workers.map(fn, [values.slice(i * size, size) for i in range(k)])
 
     def _upsert(self, state: Any, partial: Any) -> tuple[Any, Any]:
         """One key column: merge the batch's partials into the state in place (state, changed rows).
@@ -275,9 +368,7 @@ class AggregateStateRuntime(StatefulRuntime):
         """
         pa, pc = self.pa, self.pc
         key = self.node.by[0]
-        where = pc.index_in(state.column(key), value_set=partial.column(key).combine_chunks())
-        if isinstance(where, pa.ChunkedArray):
-            where = where.combine_chunks()
+        where = self._index_in(state.column(key), partial.column(key).combine_chunks())
         found = pc.is_valid(where)
         s_rows = pc.indices_nonzero(found)  # stored rows of the batch's keys (state order)
         p_rows = where.filter(found)  # their batch rows
@@ -479,9 +570,7 @@ class AggregateStateRuntime(StatefulRuntime):
         place (the key column is not copied, rows keep their places), new keys appended."""
         pa, pc = self.pa, self.pc
         key = self.node.by[0]
-        where = pc.index_in(state.column(key), value_set=rows.column(key).combine_chunks())
-        if isinstance(where, pa.ChunkedArray):
-            where = where.combine_chunks()
+        where = self._index_in(state.column(key), rows.column(key).combine_chunks())
         found = pc.is_valid(where)
         r_rows = where.filter(found)  # the delta's row of every stored row it replaces (state order)
         if len(r_rows):

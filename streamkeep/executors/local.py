@@ -44,14 +44,22 @@ class LocalExecutor:
             chains of per-record operators in N worker processes (functions travel with
             cloudpickle); it pays off only for CPU-heavy functions (a few microseconds
             per record or more, bench/process_pool.py). Keyed state always stays here.
+        table_threads: the most threads one hash probe of `aggregate_state` is split over
+            (big batches only: docs/tables.md). None (default): pyarrow's CPU count
+            (``pyarrow.set_cpu_count``, ``OMP_NUM_THREADS``), at most 4, used only while
+            the load average is below the CPU count; 1 turns it off.
     """
 
     name = "local"
 
-    def __init__(self, processes: int = 0) -> None:
+    def __init__(self, processes: int = 0, *, table_threads: int | None = None) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 0:
             msg = f"LocalExecutor: processes must be an int >= 0, got {processes!r}"
             raise ConfigError(msg)
+        if table_threads is not None and (not isinstance(table_threads, int) or isinstance(table_threads, bool) or table_threads < 1):
+            msg = f"LocalExecutor: table_threads must be None (pyarrow's CPU count, at most 4) or an int >= 1, got {table_threads!r}"
+            raise ConfigError(msg)
+        self.table_threads = table_threads
         self.pool: ProcessPool | None = None
         if processes:
             from streamkeep.executors._pool import ProcessPool
@@ -69,6 +77,8 @@ class LocalExecutor:
 
     def open(self, graph: Graph, zero_ms: int) -> None:
         """Prepare runtimes (empty state) for the graph's needed nodes; again from scratch when called again."""
+        for old in self.runtimes.values():
+            old.close()
         self.graph = graph
         self.runtimes = {}
         self._by_id = {}
@@ -84,11 +94,15 @@ class LocalExecutor:
         for n in self.nodes:
             if isinstance(n, StatefulNode):
                 rt = make_runtime(n, zero_ms)
+                if self.table_threads is not None:
+                    rt.set_threads(self.table_threads)
                 self.runtimes[n.name] = rt
                 self._by_id[n.id] = rt
 
     def close(self) -> None:
-        """Stop worker processes, if any."""
+        """Stop worker processes and the operators' threads, if any."""
+        for rt in self.runtimes.values():
+            rt.close()
         if self.pool is not None:
             self.pool.close()
 

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import streamkeep as sk
+from streamkeep.executors import LocalExecutor
 from streamkeep.sinks import FileSink, ParquetSink
 from streamkeep.testing import ManualClock
 
@@ -45,7 +46,9 @@ def _window_sums(batch: sk.Batch[Any]) -> sk.Batch[Any]:
 
 
 def build(spec: dict[str, Any], ckpt: str | None, out: str) -> sk.StreamingContext:
-    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=spec.get("snapshot_every", 3))
+    threads = spec.get("table_threads")
+    executor = LocalExecutor(table_threads=threads) if threads else None
+    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=spec.get("snapshot_every", 3), executor=executor)
     q = ssc.queue_stream([_tables(b) for b in spec["batches"]], name="in", num_partitions=2)
     aggs = {"n": ("*", "count"), "s": ("v", "sum"), "mx": ("v", "max"), "avg": ("v", "mean"), "last": ("v", "last")}
     changed = q.aggregate_state(by="k", aggs=aggs, name="agg", emit="changed")
@@ -94,11 +97,31 @@ def read_outputs(out: str) -> dict[str, dict[int, list[Any]]]:
     return got
 
 
+def _split_every_probe(out: str) -> None:
+    """aggregate_state's probes split over threads even for these tiny batches; each split probe is
+    recorded (one line in ``out/split-probes``) so the test knows the threaded path ran."""
+    from streamkeep.executors import _tables
+    from streamkeep.executors._tables import AggregateStateRuntime
+
+    _tables.CHUNK_ROWS, _tables.SET_RATIO = 1, 0
+    in_chunks = AggregateStateRuntime._in_chunks
+
+    def recorded(self: AggregateStateRuntime, fn: Any, values: Any, k: int) -> list[Any]:
+        with open(os.path.join(out, "split-probes"), "a") as f:
+            f.write(f"{k}\n")
+        return in_chunks(self, fn, values, k)
+
+    AggregateStateRuntime._in_chunks = recorded  # type: ignore[method-assign]
+
+
 def main() -> int:
     """Child process: run the job of SPEC.json to batch ``total``, resuming whatever was committed."""
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     ckpt, out, total = spec["ckpt"], spec["out"], spec["total"]
+    if spec.get("table_threads"):
+        os.makedirs(out, exist_ok=True)
+        _split_every_probe(out)
     ssc = sk.StreamingContext.get_or_create(ckpt, lambda: build(spec, ckpt, out))
     try:
         done = (ssc.last_batch_time_ms or 0) // 1000

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 def _spec() -> dict[str, Any]:
     rng = random.Random(15)
     batches = [[[rng.choice("abcdefg"), rng.randint(0, 2), rng.randint(0, 9)] for _ in range(rng.randint(2, 8))] for _ in range(9)]
-    return {"batches": batches, "total": len(batches) + 2, "snapshot_every": 3}
+    # table_threads: aggregate_state's probes are split over 3 threads even for these small batches
+    return {"batches": batches, "total": len(batches) + 2, "snapshot_every": 3, "table_threads": 3}
 
 
 def _run(spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
@@ -50,11 +51,14 @@ def _finished(spec: dict[str, Any], root: Path, crashes: list[str]) -> dict[str,
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, dict[int, list[Any]]]]:
     spec = _spec()
-    got = _finished(spec, tmp_path_factory.mktemp("tables-base"), [])
+    root = tmp_path_factory.mktemp("tables-base")
+    got = _finished(spec, root, [])
     want = job.model_changed(spec)
     assert {t: rows for t, rows in got["changed"].items() if rows} == want, "the uncrashed run differs from the model"
     assert len(got["all"]) == spec["total"] and len(got["win"]) == spec["total"]
     assert len(got["awin"]) == spec["total"] // 2 and any(got["awin"].values())
+    split = (root / "out" / "split-probes").read_text().split()
+    assert split and set(split) <= {"2", "3"}, "the job's probes were not split over threads"
     return spec, got
 
 

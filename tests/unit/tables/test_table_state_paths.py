@@ -169,3 +169,68 @@ def test_a_restart_between_paths_restores_exactly(tmp_path: Path, key_name: str,
     assert [_rows(t, key_type) for t in changed] == _model(batches, list(SUMS))
     assert paths["counted"] > 0 and paths["upsert"] > 0
     assert paths["replaced"] > 0  # a restore upserted deltas into a snapshot in place
+
+
+def _dictionary_batch(rows: list[tuple[str, int]], chunks: int, rng: random.Random) -> Any:
+    """`rows` as a table of `chunks` record batches, each with its own dictionary (shuffled, with unused entries)."""
+    batches = []
+    step = max(1, len(rows) // chunks)
+    for i in range(0, len(rows), step):
+        part = rows[i : i + step]
+        values = sorted({k for k, _ in part} | {f"unused-{rng.randrange(1000)}"})
+        rng.shuffle(values)
+        indices = pa.array([values.index(k) for k, _ in part], pa.int16())
+        keys = pa.DictionaryArray.from_arrays(indices, pa.array(values, pa.string()))
+        batches.append(pa.record_batch({"k": keys, "v": pa.array([v for _, v in part], pa.int64())}))
+    return pa.Table.from_batches(batches)
+
+
+def test_dictionary_keys_on_the_counted_path_probe_only_the_dictionary(monkeypatch: pytest.MonkeyPatch, paths: dict[str, int]) -> None:
+    """Big batches of dictionary-encoded keys (Parquet's dictionary pages) give the same counts and sums as plain
+    keys, batch by batch, while only the rows of keys not stored yet are decoded."""
+    rng = random.Random(7)
+    batches = [[(f"key-{rng.randrange(40 + 20 * b)}", rng.randrange(-9, 9)) for _ in range(400)] for b in range(6)]
+    plain = [
+        pa.table({"k": pa.array([k for k, _ in rows], pa.string()), "v": pa.array([v for _, v in rows], pa.int64())}) for rows in batches
+    ]
+    encoded = [_dictionary_batch(rows, 1 + b % 3, rng) for b, rows in enumerate(batches)]
+    decoded: list[int] = []
+    plain_keys = AggregateStateRuntime._plain_keys
+
+    def spy(self: AggregateStateRuntime, table: Any) -> Any:
+        if pa.types.is_dictionary(table.schema.field("k").type):
+            decoded.append(table.num_rows)
+        return plain_keys(self, table)
+
+    monkeypatch.setattr(AggregateStateRuntime, "_plain_keys", spy)
+    outs: dict[str, list[Any]] = {"plain": [], "encoded": []}
+    for label, tables in (("plain", plain), ("encoded", encoded)):
+        ssc = sk.StreamingContext(1.0, clock=ManualClock())
+        src = ssc.queue_stream([[t] for t in tables], name="q")
+        out = outs[label]
+        src.aggregate_state(by="k", aggs=SUMS, name="s", emit="changed").foreach_batch(lambda b: out.append(b.to_arrow()))  # noqa: B023
+        ssc.run(max_batches=len(tables))
+        ssc.stop()
+    assert [_rows(t, pa.string()) for t in outs["encoded"]] == [_rows(t, pa.string()) for t in outs["plain"]]
+    assert [_rows(t, pa.string()) for t in outs["encoded"]] == _model([[(int(k[4:]), v) for k, v in rows] for rows in batches], list(SUMS))
+    assert paths["counted"] >= 2 * (len(batches) - 1)  # both jobs took the counted path after their first batch
+    seen: set[str] = set()
+    new_rows = []
+    for rows in batches:
+        new_rows.append(sum(1 for k, _ in rows if k not in seen))
+        seen.update(k for k, _ in rows)
+    assert decoded == [400, *new_rows[1:]]  # the first batch (no state yet) whole, later only the rows of new keys
+    assert all(0 < n < 400 for n in new_rows[1:])
+
+
+def test_a_null_dictionary_value_as_key_is_refused_by_name() -> None:
+    """A dictionary entry that is null (valid index, null value) is a null key on the counted path too."""
+    first = pa.table({"k": pa.array([f"key-{i % 50}" for i in range(300)]), "v": pa.array(range(300), pa.int64())})
+    keys = pa.DictionaryArray.from_arrays(pa.array([i % 3 for i in range(300)], pa.int32()), pa.array(["key-1", None, "key-2"]))
+    second = pa.table({"k": keys, "v": pa.array(range(300), pa.int64())})
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    ssc.queue_stream([[first], [second]], name="q").aggregate_state(by="k", aggs=SUMS, name="s").foreach_batch(lambda b: None)
+    ssc.run(max_batches=1)
+    with pytest.raises(sk.ConfigError, match=r"key column 'k' has 100 null value\(s\)"):
+        ssc.run(max_batches=1)
+    ssc.stop()
