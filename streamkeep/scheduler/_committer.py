@@ -40,7 +40,6 @@ class Lane:
         self._queue: deque[tuple[int, Callable[[], Any]]] = deque()
         self._running: int | None = None  # key of the task in progress
         self._results: dict[int, Any] = {}  # finished tasks' results, until `take_done`
-        self._done_upto: int | None = None  # key of the newest finished task
         self._error: BaseException | None = None
         self._failed_key: int | None = None
         self._reported = False
@@ -54,9 +53,12 @@ class Lane:
             BaseException: an earlier task's error (the lane runs nothing more).
         """
         with self._cv:
-            while self._error is None and len(self._queue) + (self._running is not None) >= self.depth:
+            while self._error is None and not self._closed and len(self._queue) + (self._running is not None) >= self.depth:
                 self._cv.wait()
             self._raise()
+            if self._closed:  # stop() gave up waiting for a batch still running: it must not commit
+                msg = f"{self.name}: the job was stopped, so batch {key} ms is not written to the checkpoint (the next start replays it)"
+                raise CheckpointError(msg)
             self._queue.append((key, task))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
@@ -87,12 +89,12 @@ class Lane:
                 self._cv.wait()
             self._raise()
 
-    def reach(self, key: int) -> bool:
-        """Wait until a task of `key` or later is done: True; False if the lane failed or closed first (the error stays)."""
+    def settled(self, before: int) -> bool:
+        """Wait until no task keyed before `before` is queued or running: True; False if the lane failed (the error stays)."""
         with self._cv:
-            while self._error is None and not self._closed and (self._done_upto is None or self._done_upto < key):
+            while self._error is None and ((self._running is not None and self._running < before) or any(k < before for k, _ in self._queue)):
                 self._cv.wait()
-            return self._done_upto is not None and self._done_upto >= key
+            return self._error is None
 
     def check(self) -> None:
         """Raise the lane's error, if a task failed (once)."""
@@ -148,6 +150,5 @@ class Lane:
                 return
             with self._cv:
                 self._results[key] = result
-                self._done_upto = key if self._done_upto is None else max(key, self._done_upto)
                 self._running = None
                 self._cv.notify_all()

@@ -131,11 +131,11 @@ class Scheduler(Recovery):
         self._plan_lane = Lane("streamkeep-plan-writer", 2) if checkpoint is not None else None
         self._commit_lane = Lane("streamkeep-committer", COMMITS_IN_FLIGHT) if checkpoint is not None else None
         if self.writer is not None and self._commit_lane is not None:
-            self.writer.ready = self._commit_lane.reach  # a snapshot merges delta files the committer writes
-        #: batches submitted to the committer, oldest first: (time, plan, offsets to commit?, BatchInfo or None, replay, listeners)
+            self.writer.ready = self._commit_lane.settled  # a snapshot merges delta files the committer writes
         # Fault tests only (crash point "commit.overtaken" armed): each commit waits for the next batch's outputs.
         self._hold = threading.Condition() if _faults.armed(OVERTAKEN) else None
         self._outputs_t = -1
+        #: batches submitted to the committer, oldest first: (time, plan, offsets to commit?, BatchInfo or None, replay, listeners)
         self._awaiting: deque[tuple[int, dict[str, Any], bool, BatchInfo | None, bool, list[Any]]] = deque()
 
     # -- start-up ------------------------------------------------------------------

@@ -108,7 +108,8 @@ class StateWriter:
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
         self._owners_cache: tuple[Executor, StateOwners | None] | None = None
-        #: ready(t): wait until the delta files of batch t (written after `write` returns) are on storage; False if never
+        #: ready(t): wait until the delta files of the batches before t (written after `write` returned) are on
+        #: storage; False if they never will be
         self.ready: Callable[[int], bool] | None = None
 
     def restored(self, chains: dict[str, Chain]) -> None:
@@ -129,8 +130,9 @@ class StateWriter:
         """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record.
 
         With `defer`, the delta files are not written here: each is encoded and appended to
-        `defer` (the caller writes them with `write_deltas` before the commit record), and a
-        snapshot started here first waits for `ready(t)` (its merge reads them).
+        `defer` (the caller writes them with `write_deltas` before the commit record), except
+        in a batch that starts a snapshot: its merge reads them, so they are written here, and
+        the merge first waits for `ready(t)` (the earlier batches' deferred files).
         """
         ckpt = self.ckpt
         self.started = False
@@ -175,21 +177,25 @@ class StateWriter:
             _faults.point("state.after_write")
         self.since_snapshot += 1
         due = self.snapshot_due()
-        # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long. A small
-        # one is (it is quick): it merges the delta files of a batch whose commit may have been in flight, so without
-        # the wait a job stopped and restarted every few batches would keep dropping its unadopted snapshots.
-        self.adopt(wait=not self._big or (due and self.since_snapshot >= MAX_CHAIN))
+        # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long.
+        self.adopt(wait=due and (not self._big or self.since_snapshot >= MAX_CHAIN))
         if due and self._thread is None:
+            if defer:  # the merge reads this batch's delta files: write them now (earlier batches' via `ready`)
+                self._write_files(defer)
+                defer.clear()
             self.start_snapshot(t, executor)
         return {name: c.as_data() for name, c in self.chains.items()}
 
     def write_deltas(self, files: list[DeltaFile]) -> None:
         """Write the delta files `write` deferred (then the commit record may name them)."""
+        self._write_files(files)
+        _faults.point("state.after_write")
+
+    def _write_files(self, files: list[DeltaFile]) -> None:
         for name, t, payload, codec in files:
             self.ckpt.ensure_owner(f"writing the state of batch {t} ms")
             self.ckpt.write_state(name, t, "delta", payload, codec)
             _faults.point("state.mid_write")
-        _faults.point("state.after_write")
 
     def _owners_of(self, executor: Executor) -> StateOwners | None:
         """`executor` if its workers write their own state files (checked once: a Protocol check costs ~20 us)."""
@@ -265,7 +271,7 @@ class StateWriter:
         def work() -> None:
             try:
                 if ready is not None and not ready(t):
-                    msg = f"the delta files of batch {t} ms, which the snapshot merges, were not written (see the commit's error)"
+                    msg = f"the delta files of the batches before {t} ms, which the snapshot merges, were not written (see the commit's error)"
                     raise CheckpointError(msg)
                 w0, b0 = time.perf_counter(), ckpt.written_bytes()
                 done: dict[str, tuple[Any, int]] = {}

@@ -127,7 +127,7 @@ def test_lane_stops_at_the_first_error_and_raises_it_once() -> None:
     assert ran == []  # nothing after the failed task runs (it may name files the failed task wrote)
     with pytest.raises(CheckpointError, match="failed earlier"):
         lane.submit(3, lambda: None)
-    assert not lane.reach(2)
+    assert not lane.settled(3)
     assert lane.close() is None  # already raised: not reported twice
 
 
