@@ -266,7 +266,7 @@ class StateWriter:
         self._merging = {name for name, _, _ in jobs + owner_jobs}
         helper = bool(jobs) and size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
-        ready = self.ready
+        ready = self.ready if jobs else None  # only merges here read delta files the committer may still be writing
 
         def work() -> None:
             try:
