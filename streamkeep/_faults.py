@@ -49,8 +49,13 @@ RECOVERY_POINTS: tuple[str, ...] = ("recovery.mid_sweep",)
 KAFKA_POINTS: tuple[str, ...] = ("source.after_offset_commit",)
 KAFKA_SINK_POINTS: tuple[str, ...] = ("kafka_sink.after_send", "kafka_sink.after_marker", "kafka_sink.after_commit")
 
+#: Points of the pipelined commit: "commit.overtaken" is reached after a batch's outputs ran while
+#: an earlier batch's commit was still being written. Armed, it also holds each commit back until
+#: the next batch's outputs ran, so the crash always lands in that window (tests/faults/test_commit_pipeline.py).
+PIPELINE_POINTS: tuple[str, ...] = ("commit.overtaken",)
+
 #: Every crash point.
-POINTS: tuple[str, ...] = BATCH_POINTS + START_POINTS + RECOVERY_POINTS + KAFKA_POINTS + KAFKA_SINK_POINTS
+POINTS: tuple[str, ...] = BATCH_POINTS + START_POINTS + RECOVERY_POINTS + KAFKA_POINTS + KAFKA_SINK_POINTS + PIPELINE_POINTS
 
 
 class _Armed:
@@ -67,6 +72,11 @@ class _Armed:
 
 
 _ARMED = _Armed()
+
+
+def armed(name: str) -> bool:
+    """True when a test armed the point `name` in this process."""
+    return _ARMED.name == name
 
 
 def point(name: str) -> None:

@@ -492,6 +492,7 @@ class StreamingContext:
                         self._clock.set(t)
                     sched.run_next()
                     done += 1
+                sched.flush()  # the batches run are committed when run() returns
             except KeyboardInterrupt:  # Ctrl-C: an interruption, not a failure of the job
                 if self._checkpoint_url is not None:
                     log.warning(

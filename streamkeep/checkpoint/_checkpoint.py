@@ -773,7 +773,15 @@ class Checkpoint:
 
     def write_plan(self, batch_time: int, plan: dict[str, Any]) -> None:
         """Make the plan of `batch_time` durable (a new file: an existing one means another driver)."""
-        self._create(plan_path(batch_time), self.encode("plan", plan, rel=plan_path(batch_time)))
+        self.write_plan_data(batch_time, self.encode_plan(batch_time, plan))
+
+    def encode_plan(self, batch_time: int, plan: dict[str, Any]) -> bytes:
+        """The framed bytes of the plan of `batch_time` (`write_plan_data` writes them)."""
+        return self.encode("plan", plan, rel=plan_path(batch_time))
+
+    def write_plan_data(self, batch_time: int, data: bytes) -> None:
+        """Make the plan of `batch_time`, encoded by `encode_plan`, durable (as `write_plan`)."""
+        self._create(plan_path(batch_time), data)
 
     def plan_times(self) -> list[int]:
         """Batch times that have a plan file, ascending."""

@@ -7,6 +7,7 @@ nothing of operators or sources beyond the blob names the scheduler hands it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from typing import Any
 
@@ -79,12 +80,15 @@ class Retention:
         self.retained: deque[tuple[int, int, set[str]]] = deque()  # (seq, batch time, files) per kept commit
         self.plan_blobs: dict[int, list[str]] = {}  # batch time -> blobs its plan names
         self.plans_written: deque[int] = deque()  # batch times of plans on storage, oldest first
+        #: `planned` (the batch loop) and `committed` (the thread that commits) may run at the same time
+        self._lock = threading.Lock()
 
     def planned(self, t: int, blobs: list[str]) -> None:
         """The plan of batch `t`, naming `blobs`, was written (or found pending at recovery)."""
-        self.plans_written.append(t)
-        if blobs:
-            self.plan_blobs[t] = list(blobs)
+        with self._lock:
+            self.plans_written.append(t)
+            if blobs:
+                self.plan_blobs[t] = list(blobs)
 
     def recovered(self, rec: CommitRecord, prev: CommitRecord | None) -> CommitRecord | None:
         """Recovery uses commit `rec`; `prev` (the next older one) stays as its fallback. Returns `prev`, or None when unusable."""
@@ -109,18 +113,19 @@ class Retention:
     def committed(self, seq: int, t: int, files: set[str]) -> None:
         """Commit `seq` of batch `t` needs `files`: delete what the commit falling out of the kept ones alone needed."""
         ckpt = self.ckpt
-        self.retained.append((seq, t, files))
-        if len(self.retained) <= self.keep_commits:
-            return
-        old_seq, _, old_files = self.retained.popleft()
-        oldest_seq, oldest_t, _ = self.retained[0]
-        keep = set().union(*(f for _, _, f in self.retained))
-        doomed = [f for f in old_files if f not in keep]
-        doomed += [log_path(s) for s in range(old_seq, oldest_seq)]
-        for pt in [pt for pt in self.plan_blobs if pt <= oldest_t]:
-            doomed += [blob_path(b) for b in self.plan_blobs.pop(pt)]
-        while self.plans_written and self.plans_written[0] <= oldest_t:
-            doomed.append(plan_path(self.plans_written.popleft()))
+        with self._lock:
+            self.retained.append((seq, t, files))
+            if len(self.retained) <= self.keep_commits:
+                return
+            old_seq, _, old_files = self.retained.popleft()
+            oldest_seq, oldest_t, _ = self.retained[0]
+            keep = set().union(*(f for _, _, f in self.retained))
+            doomed = [f for f in old_files if f not in keep]
+            doomed += [log_path(s) for s in range(old_seq, oldest_seq)]
+            for pt in [pt for pt in self.plan_blobs if pt <= oldest_t]:
+                doomed += [blob_path(b) for b in self.plan_blobs.pop(pt)]
+            while self.plans_written and self.plans_written[0] <= oldest_t:
+                doomed.append(plan_path(self.plans_written.popleft()))
         for i, rel in enumerate(doomed):
             ckpt.delete(rel)
             if i == 0:

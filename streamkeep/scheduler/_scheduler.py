@@ -7,6 +7,17 @@
 3. Commit: changed state (deltas; a snapshot every N batches) is written, then
    one atomic commit record. Without a checkpoint, commit does nothing.
 
+The checkpoint's disk flushes are kept off the loop's critical path: the loop
+encodes the plan and the batch's state delta and commit record itself (later
+batches mutate the state), and two background lanes (`Lane`) write and fsync
+them in order. A plan's flush overlaps the batch's compute and is waited for
+before its outputs run; a batch's commit is written while the next batches run
+(at most `COMMITS_IN_FLIGHT`; the loop waits when more would be). What must follow
+a durable commit does: listeners' ``on_batch_completed``, a source's offset commit,
+retention's deletions. A failed write stops the lanes and fails the job at the next
+batch (or at stop); a crash with commits in flight replays their batches from their
+plans, as any crash before a commit does.
+
 Recovery loads the newest readable commit, its snapshot and deltas, checks the
 current graph against the stored description, and re-runs planned but
 uncommitted batches with exactly their plans.
@@ -15,7 +26,9 @@ uncommitted batches with exactly their plans.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from streamkeep import _faults
@@ -26,6 +39,7 @@ from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
 from streamkeep.executors.base import Executor, KeyPartitioned, RemoteInput, StateOwners
+from streamkeep.scheduler._committer import Lane
 from streamkeep.scheduler._events import (
     BatchInfo,
     BatchPlanned,
@@ -39,7 +53,7 @@ from streamkeep.scheduler._events import (
 )
 from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
-from streamkeep.scheduler._state_writer import StateWriter
+from streamkeep.scheduler._state_writer import DeltaFile, StateWriter
 from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, Sink
 from streamkeep.sources.base import (
     Backpressured,
@@ -55,6 +69,10 @@ log = logging.getLogger("streamkeep.scheduler")
 
 #: Runs of one batch when the executor keeps losing workers (`WorkerLostError`) before the job stops.
 MAX_BATCH_ATTEMPTS = 3
+#: Batches whose commit is being written at most; the batch loop waits before one more (back-pressure).
+COMMITS_IN_FLIGHT = 2
+#: The crash point reached when a batch's outputs ran while an earlier batch's commit was in flight.
+OVERTAKEN = "commit.overtaken"
 
 
 class Scheduler(Recovery):
@@ -109,6 +127,16 @@ class Scheduler(Recovery):
         self.sizer = StateSizer()
         self._t_plan_write = self._t_outputs = 0.0
         self._part_counts: dict[str, list[int]] = {}
+        # Background writers of the checkpoint (see the module docstring): plans, and deltas + commit records.
+        self._plan_lane = Lane("streamkeep-plan-writer", 2) if checkpoint is not None else None
+        self._commit_lane = Lane("streamkeep-committer", COMMITS_IN_FLIGHT) if checkpoint is not None else None
+        if self.writer is not None and self._commit_lane is not None:
+            self.writer.ready = self._commit_lane.settled  # a snapshot merges delta files the committer writes
+        # Fault tests only (crash point "commit.overtaken" armed): each commit waits for the next batch's outputs.
+        self._hold = threading.Condition() if _faults.armed(OVERTAKEN) else None
+        self._outputs_t = -1
+        #: batches submitted to the committer, oldest first: (time, plan, offsets to commit?, BatchInfo or None, replay, listeners)
+        self._awaiting: deque[tuple[int, dict[str, Any], bool, BatchInfo | None, bool, list[Any]]] = deque()
 
     # -- start-up ------------------------------------------------------------------
 
@@ -205,9 +233,14 @@ class Scheduler(Recovery):
         return self.last_time + self.interval
 
     def run_next(self) -> int:
-        """Plan (or take the pending plan), run and commit the next batch; return its time."""
+        """Plan (or take the pending plan), run and commit the next batch; return its time.
+
+        With a checkpoint the batch's commit may still be in flight when this returns
+        (`flush` waits for it).
+        """
         if self.writer is not None:
             self.writer.check_error()
+        self._finish_commits(wait=False)  # raises a failed commit's error; tells what became durable
         submitted = int(self.clock.now_ms())
         # Decided once per batch: a listener added while this batch runs (the list is shared) starts with the next one.
         listeners = self._observing = list(self.listeners)
@@ -238,6 +271,7 @@ class Scheduler(Recovery):
                 self._commit(t, plan)
                 break
             except WorkerLostError as exc:  # a worker holding state died: last commit's state, same plan
+                self._finish_commits(wait=True)  # the last commit is the newest one on storage
                 self._reload_lost(t, plan, exc, attempt, MAX_BATCH_ATTEMPTS)
         self.last_time = t
         self.batches_done += 1
@@ -247,16 +281,66 @@ class Scheduler(Recovery):
             bp.observe(t, end - start, counts.get(name, 0), scheduling_delay_ms=max(0, submitted - t))
         if self.live:
             self.lag_watch.observe(t, max(0, start - t))
-        if listeners:
-            info = batch_info(self, t, plan, counts, submitted, start, end, (p0, p1, p2, p3), written, replay)
-            emit(listeners, "on_batch_completed", info)
-            if replay:
-                emit(listeners, "on_batch_replayed", BatchReplayed(t, info.num_records, len(self._pending)))
-        elif log.isEnabledFor(logging.DEBUG):
+        info = batch_info(self, t, plan, counts, submitted, start, end, (p0, p1, p2, p3), written, replay) if listeners else None
+        if info is None and log.isEnabledFor(logging.DEBUG):
             log.debug("batch %s done: %d records in %d ms", iso_ms(t), sum(counts.values()), end - start, extra=batch_extra(t))
         if replay and not self._pending:
             log.info("replayed the planned batches; last one %s", iso_ms(t), extra=batch_extra(t))
+        self._awaiting.append((t, plan, not self._pending, info, replay, listeners))
+        if self._commit_lane is None:
+            self._committed(t, (0.0, 0))
+        elif self.live and int(self.clock.now_ms()) < self.next_time():
+            self._finish_commits(wait=True)  # the loop would wait for the clock anyway: tell the commit now
+        else:
+            self._finish_commits(wait=False)
         return t
+
+    def flush(self) -> None:
+        """Wait until every batch run so far is committed (durable); raise a failed commit's error."""
+        self._outputs_ran(1 << 62)  # no later batch runs before this returns: release a commit held back
+        self._finish_commits(wait=True)
+
+    def _outputs_ran(self, t: int) -> None:
+        hold = self._hold
+        if hold is not None:
+            with hold:
+                self._outputs_t = max(self._outputs_t, t)
+                hold.notify_all()
+
+    def _held_back(self, t: int) -> None:
+        """Fault tests: hold the commit of batch `t` until a later batch's outputs ran (or a flush), 60 s at most."""
+        hold = self._hold
+        if hold is not None:
+            with hold:
+                hold.wait_for(lambda: self._outputs_t > t, timeout=60)
+
+    def _finish_commits(self, wait: bool) -> None:
+        """Tell what follows each commit that became durable (waiting for all with `wait`); raise a commit's error."""
+        lane = self._commit_lane
+        if lane is not None:
+            if wait:
+                lane.drain()
+            else:
+                lane.check()
+            for t, cost in lane.take_done():
+                self._committed(t, cost)
+
+    def _committed(self, t: int, cost: tuple[float, int]) -> None:
+        """Batch `t`'s commit is durable (it took `cost`: seconds, bytes in the committer): tell sources and listeners."""
+        while self._awaiting and self._awaiting[0][0] <= t:
+            bt, plan, offsets, info, replay, listeners = self._awaiting.popleft()
+            if bt != t:  # pragma: no cover - the committer finishes batches in order
+                continue
+            if offsets:
+                self._after_commit(plan)
+            if info is not None:
+                secs, nbytes = cost
+                info.commit_ms += secs * 1e3
+                info.checkpoint_write_ms += secs * 1e3
+                info.checkpoint_bytes += nbytes
+                emit(listeners, "on_batch_completed", info)
+                if replay:
+                    emit(listeners, "on_batch_replayed", BatchReplayed(t, info.num_records, info.pending_batches))
 
     def _tell_started(self, t: int, num_records: int) -> None:
         emit(self._observing, "on_batch_started", BatchInfo(t, num_records, *self._started, processing_end_ms=-1))
@@ -272,19 +356,27 @@ class Scheduler(Recovery):
         blobs = [b for p in plans.values() if isinstance(p, dict) for b in p.get("blobs", ())]
         if blobs:
             plan["blobs"] = blobs
-        if self.ckpt is not None:
-            self.ckpt.ensure_owner(f"writing the plan of batch {t} ms")
-            _faults.point("plan.before_write")
-            w0 = time.perf_counter()
+        ckpt, lane = self.ckpt, self._plan_lane
+        if ckpt is not None and lane is not None:
+            ckpt.ensure_owner(f"writing the plan of batch {t} ms")
             try:
-                self.ckpt.write_plan(t, plan)
+                data = ckpt.encode_plan(t, plan)
             except UnsupportedValueError as exc:
                 msg = f"the plan of batch {t} ms cannot be stored in the checkpoint: {exc}"
                 raise CheckpointError(msg) from exc
+
+            def write() -> int:  # in the plan lane: its flush overlaps reading the input and computing
+                ckpt.ensure_owner(f"writing the plan of batch {t} ms")
+                _faults.point("plan.before_write")
+                w0 = time.perf_counter()
+                ckpt.write_plan_data(t, data)
+                self._t_plan_write = time.perf_counter() - w0
+                _faults.point("plan.after_write")
+                return len(data)
+
             assert self.retention is not None
             self.retention.planned(t, blobs)
-            self._t_plan_write = time.perf_counter() - w0
-            _faults.point("plan.after_write")
+            lane.submit(t, write)
         return plan
 
     def _run(self, t: int, plan: dict[str, Any]) -> dict[str, int]:
@@ -315,18 +407,25 @@ class Scheduler(Recovery):
         results = self.executor.compute(t, inputs)
         c1 = time.perf_counter()
         if self.ckpt is not None:
+            if self._plan_lane is not None:
+                self._plan_lane.wait(t)  # the plan is durable before any output of its batch
+                for _, nbytes in self._plan_lane.take_done():
+                    self.ckpt.count_written(nbytes)  # the batch's bytes, for listeners
             self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
         self.executor.run_outputs(t, results)
         self._t_outputs = time.perf_counter() - c1
+        if self._commit_lane is not None and self._commit_lane.busy():
+            _faults.point(OVERTAKEN)  # this batch's sinks wrote before the previous batch's commit is durable
+        self._outputs_ran(t)
         return counts
 
     def _commit(self, t: int, plan: dict[str, Any]) -> None:
         ckpt, writer, retention = self.ckpt, self.writer, self.retention
         if ckpt is None or writer is None or retention is None:
             self.executor.forget_changes()  # nothing to persist: keep change tracking bounded
-            self._after_commit(plan)
             return
-        state = writer.write(t, self.executor)
+        files: list[DeltaFile] = []
+        state = writer.write(t, self.executor, files)  # encoded here: later batches change the state
         record = {
             "batch_time": t,
             "zero_ms": self.zero_ms,
@@ -339,13 +438,21 @@ class Scheduler(Recovery):
         }
         if isinstance(self.executor, KeyPartitioned):
             record["partitioning"] = self.executor.partitioning()
-        seq = ckpt.commit(record)
-        self._after_commit(plan)
-        retention.committed(seq, t, CommitRecord(seq, record).files())
+        needs = CommitRecord(0, record).files()
+
+        def commit() -> tuple[float, int]:  # in the committer lane, after the previous batches' commits
+            self._held_back(t)
+            c0, b0 = time.perf_counter(), ckpt.written_bytes()
+            writer.write_deltas(files)
+            seq = ckpt.commit(record)
+            retention.committed(seq, t, needs)
+            return time.perf_counter() - c0, ckpt.written_bytes() - b0
+
+        assert self._commit_lane is not None
+        self._commit_lane.submit(t, commit)
 
     def _after_commit(self, plan: dict[str, Any]) -> None:
-        if self._pending:
-            return
+        """The commit of the batch of `plan` is durable (and no replay follows): sources may tell their brokers."""
         for name, oc in self._committing:
             try:
                 oc.commit_offsets(plan["positions"].get(name))
@@ -371,10 +478,22 @@ class Scheduler(Recovery):
         )
 
     def close(self) -> None:
-        """Finish a snapshot in flight, close sinks and sources, release the checkpoint."""
+        """Finish the commits and a snapshot in flight, close sinks and sources, release the checkpoint.
+
+        Raises:
+            CheckpointError: a commit in flight failed (its batch is replayed at the next start).
+        """
+        failed: BaseException | None = None
+        self._outputs_ran(1 << 62)
         try:
+            for lane in (self._plan_lane, self._commit_lane):
+                if lane is not None:
+                    failed = lane.close() or failed  # first: the commits in flight complete (or fail)
+            if failed is None and self._commit_lane is not None:
+                for t, cost in self._commit_lane.take_done():  # tell what the last commits completed
+                    self._committed(t, cost)
             if self.writer is not None:
-                self.writer.close()  # first: a snapshot in flight may be merged by the executor's workers
+                self.writer.close()  # a snapshot in flight may be merged by the executor's workers
             self.executor.close()
         finally:
             for s in self.sinks:
@@ -389,3 +508,6 @@ class Scheduler(Recovery):
                     log.warning("closing source %r failed: %s", src.name, exc)
             if self.ckpt is not None:
                 self.ckpt.release()
+        if failed is not None:
+            msg = f"writing the checkpoint failed, so the last batches were not committed (the next start replays them from their plans): {failed}"
+            raise CheckpointError(msg) from failed

@@ -34,6 +34,7 @@ from typing import Any
 
 from streamkeep import _faults
 from streamkeep.checkpoint import Checkpoint, _compact
+from streamkeep.checkpoint._checkpoint import state_path
 from streamkeep.checkpoint._compact import Job, compact, mergeable
 from streamkeep.codec import get_codec
 from streamkeep.dstream._graph import StatefulNode
@@ -53,6 +54,9 @@ BIG_STATE_BYTES = 4 * 1024 * 1024
 #: ... and from this many, on a local disk, a helper process merges it (starting one costs ~0.2 s
 #: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
 HELPER_STATE_BYTES = 4 * 1024 * 1024
+
+#: A delta file `StateWriter.write` left to the caller: (operator, batch time, payload, codec).
+DeltaFile = tuple[str, int, bytes, str]
 
 #: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a snapshot is adopted
 OnSnapshot = Callable[[int, int, float, dict[str, int]], None]
@@ -86,6 +90,7 @@ class StateWriter:
         self.chains: dict[str, Chain] = {}
         self.since_snapshot = 0
         self.delta_bytes = 0  # state bytes written as deltas since the last snapshot started
+        self.inline_bytes = 0  # the part of them inline in the commit records (a restart reads those with the record)
         self.snapshot_bytes: int | None = None  # size of the last snapshot this process wrote
         self._snap_size: dict[str, int] = {}  # size of the snapshot each chain starts from, when known
         self.base_bytes = 0  # their total, plus the deltas of a snapshot in flight
@@ -102,6 +107,9 @@ class StateWriter:
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
         self._owners_cache: tuple[Executor, StateOwners | None] | None = None
+        #: ready(t): wait until the delta files of the batches before t (written after `write` returned) are on
+        #: storage; False if they never will be
+        self.ready: Callable[[int], bool] | None = None
 
     def restored(self, chains: dict[str, Chain]) -> None:
         """Continue the chains a recovered commit holds (and its snapshot cadence)."""
@@ -117,8 +125,14 @@ class StateWriter:
                     pass  # only an estimate (how to merge); a missing file fails the restore, not this
         self.base_bytes = sum(self._snap_size.values())
 
-    def write(self, t: int, executor: Executor) -> dict[str, Any]:
-        """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record."""
+    def write(self, t: int, executor: Executor, defer: list[DeltaFile] | None = None) -> dict[str, Any]:
+        """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record.
+
+        With `defer`, the delta files are not written here: each is encoded and appended to
+        `defer` (the caller writes them with `write_deltas` before the commit record), except
+        in a batch that starts a snapshot: its merge reads them, so they are written here, and
+        the merge first waits for `ready(t)` (the earlier batches' deferred files).
+        """
         ckpt = self.ckpt
         self.started = False
         owners = self._owners_of(executor)
@@ -136,6 +150,7 @@ class StateWriter:
                     if not can_merge:
                         self.copied.add(name)
                     self.delta_bytes += nbytes
+                    self.inline_bytes += sum(len(p["data"]) for p in parts if isinstance(p, dict))
                     ckpt.count_written(nbytes - sum(len(p["data"]) for p in parts if isinstance(p, dict)))  # the owners' files
                     chain.deltas.append((t, {"t": t, "parts": parts}))
                     _faults.point("state.mid_write")
@@ -149,17 +164,37 @@ class StateWriter:
                 self.delta_bytes += len(payload)
                 if _inline_bytes(chain) + len(payload) <= self.inline_delta_bytes:
                     chain.deltas.append((t, {"t": t, "codec": node.codec, "data": payload}))
+                    self.inline_bytes += len(payload)
+                elif defer is not None:
+                    defer.append((name, t, payload, node.codec))
+                    chain.deltas.append((t, state_path(name, t, "delta")))
+                    continue  # its crash point is reached once the file is written (`write_deltas`)
                 else:
                     chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, node.codec)))
                 _faults.point("state.mid_write")
-        _faults.point("state.after_write")
+        if defer is None:
+            _faults.point("state.after_write")
         self.since_snapshot += 1
         due = self.snapshot_due()
         # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long.
         self.adopt(wait=due and (not self._big or self.since_snapshot >= MAX_CHAIN))
         if due and self._thread is None:
+            if defer:  # the merge reads this batch's delta files: write them now (earlier batches' via `ready`)
+                self._write_files(defer)
+                defer.clear()
             self.start_snapshot(t, executor)
         return {name: c.as_data() for name, c in self.chains.items()}
+
+    def write_deltas(self, files: list[DeltaFile]) -> None:
+        """Write the delta files `write` deferred (then the commit record may name them)."""
+        self._write_files(files)
+        _faults.point("state.after_write")
+
+    def _write_files(self, files: list[DeltaFile]) -> None:
+        for name, t, payload, codec in files:
+            self.ckpt.ensure_owner(f"writing the state of batch {t} ms")
+            self.ckpt.write_state(name, t, "delta", payload, codec)
+            _faults.point("state.mid_write")
 
     def _owners_of(self, executor: Executor) -> StateOwners | None:
         """`executor` if its workers write their own state files (checked once: a Protocol check costs ~20 us)."""
@@ -172,10 +207,14 @@ class StateWriter:
         """Is a full snapshot due after this batch?
 
         With ``snapshot_every`` set: every that many batches. By default (adaptive): once
-        the deltas written since the last snapshot reach half its size, so the bytes a
+        the delta files written since the last snapshot reach half its size, so the bytes a
         batch costs follow the keys that changed, not the size of the state, and a restart
-        reads at most 1.5 snapshots' worth; the first snapshot after
+        reads at most 1.5 snapshots' worth plus the commit record; the first snapshot after
         `FIRST_SNAPSHOT_AFTER` batches, and never more than `MAX_CHAIN` batches apart.
+        Deltas inline in the commit record do not count: a restart reads them with the
+        record anyway (at most ``inline_delta_bytes`` per operator), so a small state whose
+        every key changes each batch is not snapshotted every other batch (each snapshot
+        is a file flush, and a small one is waited for).
         """
         if self.snapshot_every is not None:
             return self.since_snapshot >= self.snapshot_every
@@ -183,7 +222,7 @@ class StateWriter:
             return True
         if self.snapshot_bytes is None:
             return self.since_snapshot >= FIRST_SNAPSHOT_AFTER
-        return self.delta_bytes * 2 >= self.snapshot_bytes
+        return (self.delta_bytes - self.inline_bytes) * 2 >= self.snapshot_bytes
 
     def start_snapshot(self, t: int, executor: Executor) -> None:
         """Start a snapshot of batch `t`: a background worker merges each operator's chain into one file.
@@ -219,15 +258,20 @@ class StateWriter:
         # not waited for before MAX_CHAIN (a fixed snapshot_every keeps its exact cadence, as for small local states).
         self._big = size >= BIG_STATE_BYTES or (bool(owner_jobs) and self.snapshot_every is None)
         self.base_bytes += self.delta_bytes  # what the next estimate starts from, until the real size is known
-        self.delta_bytes = 0
+        self.delta_bytes = self.inline_bytes = 0
         self.started = bool(jobs or copies or owner_jobs or copied_parts)
         if not self.started:
             return
         self._merging = {name for name, _, _ in jobs + owner_jobs}
         helper = bool(jobs) and size >= HELPER_STATE_BYTES and ckpt.storage.local and not copies and all(codec == "msgpack" for _, codec, _ in jobs)
 
+        ready = self.ready if jobs else None  # only merges here read delta files the committer may still be writing
+
         def work() -> None:
             try:
+                if ready is not None and not ready(t):
+                    msg = f"the delta files of the batches before {t} ms, which the snapshot merges, were not written (see the commit's error)"
+                    raise CheckpointError(msg)
                 w0, b0 = time.perf_counter(), ckpt.written_bytes()
                 done: dict[str, tuple[Any, int]] = {}
                 nbytes = 0

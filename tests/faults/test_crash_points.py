@@ -168,7 +168,14 @@ def test_crash_while_sweeping_leftovers_then_recover(point: str, first: str, ref
 
 def test_every_crash_point_belongs_to_a_part_of_the_suite() -> None:
     """New points must be added to one group, which says which test reaches them."""
-    groups = (_faults.BATCH_POINTS, _faults.START_POINTS, _faults.RECOVERY_POINTS, _faults.KAFKA_POINTS, _faults.KAFKA_SINK_POINTS)
+    groups = (
+        _faults.BATCH_POINTS,
+        _faults.START_POINTS,
+        _faults.RECOVERY_POINTS,
+        _faults.KAFKA_POINTS,
+        _faults.KAFKA_SINK_POINTS,
+        _faults.PIPELINE_POINTS,  # test_commit_pipeline.py
+    )
     flat = [p for g in groups for p in g]
     assert sorted(flat) == sorted(_faults.POINTS) and len(set(flat)) == len(flat)
 

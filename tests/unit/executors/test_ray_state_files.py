@@ -134,7 +134,12 @@ def test_retention_deletes_old_partition_files_with_their_commit(tmp_path, ray_a
     kept = set().union(*(r.files() for r in c.commits()))
     for op in PARTITIONED:
         on_disk = _state_files(c, op)
-        assert on_disk == {f for f in kept if f.startswith(f"state/{op}/")}, (op, sorted(on_disk - kept))
+        needed = {f for f in kept if f.startswith(f"state/{op}/")}
+        assert needed <= on_disk, (op, sorted(needed - on_disk))
+        # Besides what the commits need, at most the last snapshot, written but not yet adopted when the job stopped
+        # (the batch loop does not wait for it; commits are written in the background, so the loop is ahead of it).
+        extra = on_disk - needed
+        assert all(f.endswith(".snap") for f in extra) and len({parse_state_name(f.rsplit("/", 1)[1])[0] for f in extra}) <= 1, (op, sorted(extra))
         times = {parse_state_name(f.rsplit("/", 1)[1])[0] for f in on_disk}
         assert min(times) >= 6000  # the first batches' files went with their commits (snapshots at 3, 6, 9 s)
         assert any(".p1of2." in f for f in on_disk)

@@ -1,0 +1,141 @@
+"""The pipelined commit: a batch's deltas and commit record are written in the background.
+
+What must follow a durable commit does (listeners, offset commits); a failed background
+write fails the job at the next batch or at stop, never silently; the lane itself runs
+tasks in order, bounded, and stops at the first error.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _ckpt_jobs import rate_job, run_until, totals_after
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.errors import CheckpointError
+from streamkeep.scheduler._committer import Lane
+from streamkeep.scheduler._scheduler import COMMITS_IN_FLIGHT
+from streamkeep.testing import ListSink
+
+
+def test_listeners_hear_of_a_batch_once_its_commit_is_on_disk(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    seen: list[tuple[int, int]] = []
+
+    class Check:
+        def on_batch_completed(self, info: Any) -> None:
+            seen.append((info.batch_time_ms, Checkpoint(url).commits()[0].batch_time))
+
+    ssc = sk.StreamingContext.get_or_create(url, rate_job(url, ListSink()))
+    ssc.add_listener(Check())
+    ssc.run(max_batches=6)
+    ssc.stop()
+    assert [t for t, _ in seen] == [1000 * i for i in range(1, 7)]
+    assert all(on_disk >= t for t, on_disk in seen), seen
+
+
+def test_run_returns_with_its_batches_committed(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    ssc = sk.StreamingContext.get_or_create(url, rate_job(url, ListSink()))
+    for n in range(1, 4):
+        ssc.run(max_batches=1)
+        assert Checkpoint(url).commits()[0].batch_time == n * 1000  # read while the job still runs
+    ssc.stop()
+
+
+def test_a_failed_background_commit_fails_the_job_and_a_restart_is_exact(tmp_path: Path) -> None:
+    """The delta files of batch 2 cannot be written (their directory became a file during batch 2's outputs)."""
+    url = str(tmp_path / "c")
+    state_dir = Path(url, "state", "totals")
+    moved = tmp_path / "moved"
+    armed = [True]
+
+    def sabotage(t: Any, batch: Any) -> None:
+        if int(t.timestamp()) == 2 and armed:
+            armed.clear()
+            state_dir.rename(moved)
+            state_dir.write_text("not a directory")
+
+    def setup(sink: ListSink) -> Any:
+        def make() -> sk.StreamingContext:
+            ssc = rate_job(url, sink, window=False)()
+            ssc.rate_stream(1, name="tick").foreach_batch(sabotage)
+            return ssc
+
+        return make
+
+    sink = ListSink()
+    ssc = sk.StreamingContext.get_or_create(url, setup(sink))
+    with pytest.raises(CheckpointError, match="state/totals/000000000002000.delta"):
+        ssc.run(max_batches=5)
+    assert ssc._state == "stopped"  # the job stopped and released the checkpoint
+    assert Checkpoint(url).commits()[0].batch_time == 1000  # nothing after the failed commit was committed
+    # Up to COMMITS_IN_FLIGHT batches after it may have run their outputs before the failure was known (their
+    # plans are durable): they are replayed.
+    assert len(sink.batches) <= 2 + COMMITS_IN_FLIGHT
+    state_dir.unlink()
+    moved.rename(state_dir)
+    after = ListSink()
+    run_until(url, setup(after), 5)
+    assert sorted(after.batches[-1][1]) == totals_after(5)
+    assert [t for t, _ in after.batches] == [2000, 3000, 4000, 5000]  # replayed from batch 2 on
+
+
+def test_lane_runs_tasks_in_order_and_blocks_when_full() -> None:
+    lane = Lane("test-lane", 2)
+    gate = threading.Event()
+    order: list[int] = []
+
+    def task(i: int) -> Any:
+        def run() -> int:
+            gate.wait()
+            order.append(i)
+            return i * 10
+
+        return run
+
+    lane.submit(1, task(1))
+    lane.submit(2, task(2))
+    third = threading.Thread(target=lane.submit, args=(3, task(3)))
+    third.start()
+    third.join(timeout=0.2)  # a bounded wait for something that must not happen
+    assert third.is_alive() and not lane.pending(3)  # the third waits for room (back-pressure)
+    assert lane.pending(1) and lane.pending(2)
+    gate.set()
+    third.join()
+    lane.drain()
+    assert order == [1, 2, 3]
+    assert lane.take_done() == [(1, 10), (2, 20), (3, 30)]
+    assert lane.close() is None
+
+
+def test_lane_stops_at_the_first_error_and_raises_it_once() -> None:
+    lane = Lane("test-lane", 3)
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def fail() -> None:
+        gate.wait()
+        raise OSError("disk full")
+
+    lane.submit(1, fail)
+    lane.submit(2, lambda: ran.append(2))
+    gate.set()
+    with pytest.raises(OSError, match="disk full"):
+        lane.drain()
+    assert ran == []  # nothing after the failed task runs (it may name files the failed task wrote)
+    with pytest.raises(CheckpointError, match="failed earlier"):
+        lane.submit(3, lambda: None)
+    assert not lane.settled(3)
+    assert lane.close() is None  # already raised: not reported twice
+
+
+def test_an_error_not_yet_raised_is_returned_by_close() -> None:
+    lane = Lane("test-lane", 1)
+    lane.submit(7, lambda: 1 / 0)
+    err = lane.close()
+    assert isinstance(err, ZeroDivisionError)
