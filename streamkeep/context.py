@@ -7,6 +7,7 @@ import contextvars
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -86,6 +87,22 @@ def hold_jobs() -> Iterator[HeldJobs]:
         yield held
     finally:
         _HOLD.reset(token)
+
+
+def _wait_waking(wait: Callable[[float], bool], timeout: float | None) -> bool:
+    """``wait(timeout)`` in steps of at most 0.2 s; True once `wait` returned True.
+
+    The kernel may deliver a Ctrl-C (SIGINT) to any thread, and Python runs its handler only
+    when the main thread runs Python code again: an untimed wait in the main thread would
+    then sleep through it (the job's background threads make that likely).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+        if wait(step):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 def _hold_here(ssc: StreamingContext) -> None:
@@ -598,7 +615,7 @@ class StreamingContext:
                 raise self._error
             return self._state == "stopped"
         try:
-            finished = self._done.wait(timeout)
+            finished = _wait_waking(self._done.wait, timeout)
         except KeyboardInterrupt:
             self._stop_on_interrupt()
             finished = True
@@ -645,7 +662,13 @@ class StreamingContext:
         if self._run_lock.acquire(timeout=-1 if graceful else 30):  # a run() in another thread finishes its batch first
             self._run_lock.release()
         if self._thread is not None and graceful:
-            self._thread.join()
+            thread = self._thread
+
+            def joined(step: float) -> bool:
+                thread.join(step)
+                return not thread.is_alive()
+
+            _wait_waking(joined, None)
         elif self._thread is not None:
             self._thread.join(timeout=30)
         self._shutdown()

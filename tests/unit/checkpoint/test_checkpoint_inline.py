@@ -50,4 +50,7 @@ def test_snapshot_cadence_survives_frequent_restarts(tmp_path: Path) -> None:
     from streamkeep.checkpoint import Checkpoint
 
     chain = Checkpoint(url).commits()[0].data["state"]["totals"]
-    assert chain["snapshot"] is not None and len(chain["deltas"]) <= 3, chain
+    # a snapshot still merging in the background when a run stops is not adopted (the next run starts
+    # another), so the chain may hold up to 2 * snapshot_every - 1 deltas; a cadence reset by every restart
+    # (2 batches per run < snapshot_every) would leave no snapshot and 8 deltas
+    assert chain["snapshot"] is not None and len(chain["deltas"]) <= 5, chain
