@@ -31,7 +31,7 @@ from streamkeep.batch import Batch
 from streamkeep.dstream._tables import AggregateStateNode, AggSpec, Combine
 from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
 from streamkeep.executors._runtime import StatefulRuntime
-from streamkeep.executors._threads import Workers, cores_free, default_threads
+from streamkeep.executors._threads import Workers, cores_free
 
 _OP = "aggregate_state"
 # Compact the state's chunks (one per batch's changed rows) past this many.
@@ -100,8 +100,10 @@ class AggregateStateRuntime(StatefulRuntime):
         self._changes: list[Any] = []  # changed rows per batch since the last delta()
         self.columns = [c for spec in node.aggs for c in _stored(spec)]
         #: threads a big probe is split over (1: never split; LocalExecutor(table_threads=N) sets it)
-        self.threads = default_threads(self.pa)
-        self._auto = True  # threads not set: split only while a core is free (`cores_free`)
+        # Off by default: on the 2-core reference machine the split probe was slower than one thread even at
+        # load 1.5 (bench/tables.py, 2026-12-03: 106 vs 96.5 ms per 1M words); LocalExecutor(table_threads=N) opts in.
+        self.threads = 1
+        self._auto = True  # a default above 1 would split only while a core is free (`cores_free`); table_threads=N always splits
         self._workers: Workers | None = None
 
     def set_threads(self, n: int) -> None:

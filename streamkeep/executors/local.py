@@ -45,9 +45,8 @@ class LocalExecutor:
             cloudpickle); it pays off only for CPU-heavy functions (a few microseconds
             per record or more, bench/process_pool.py). Keyed state always stays here.
         table_threads: the most threads one hash probe of `aggregate_state` is split over
-            (big batches only: docs/tables.md). None (default): pyarrow's CPU count
-            (``pyarrow.set_cpu_count``, ``OMP_NUM_THREADS``), at most 4, used only while
-            the load average is below the CPU count; 1 turns it off.
+            (big batches only: docs/tables.md). None (default) or 1: one thread (the split
+            was measured slower on a 2-core machine); N > 1 splits big probes over N threads.
     """
 
     name = "local"
