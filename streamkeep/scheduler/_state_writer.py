@@ -177,7 +177,10 @@ class StateWriter:
         self.since_snapshot += 1
         due = self.snapshot_due()
         # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long.
-        self.adopt(wait=due and (not self._big or self.since_snapshot >= MAX_CHAIN))
+        # A small one (< BIG_STATE_BYTES, a merge of milliseconds) is waited for by the next batch, so that
+        # batch's commit names it: with the pipelined commit the next batch can come before the merge ends,
+        # and a job stopped right after would never adopt it (a stop drops a snapshot no commit names).
+        self.adopt(wait=not self._big or (due and self.since_snapshot >= MAX_CHAIN))
         if due and self._thread is None:
             if defer:  # the merge reads this batch's delta files: write them now (earlier batches' via `ready`)
                 self._write_files(defer)
