@@ -8,6 +8,7 @@ tasks in order, bounded, and stops at the first error.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ def test_a_failed_background_commit_fails_the_job_and_a_restart_is_exact(tmp_pat
     def sabotage(t: Any, batch: Any) -> None:
         if int(t.timestamp()) == 2 and armed:
             armed.clear()
+            # batch 1's commit may still be in flight (pipelined): break the directory only once it is durable
+            deadline = time.monotonic() + 30
+            while not any(c.batch_time == 1000 for c in Checkpoint(url).commits()) and time.monotonic() < deadline:
+                time.sleep(0.005)
             state_dir.rename(moved)
             state_dir.write_text("not a directory")
 
