@@ -31,7 +31,7 @@ from streamkeep.batch import Batch
 from streamkeep.dstream._tables import AggregateStateNode, AggSpec, Combine
 from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
 from streamkeep.executors._runtime import StatefulRuntime
-from streamkeep.executors._threads import Workers, cores_free
+from streamkeep.executors._threads import Workers
 
 _OP = "aggregate_state"
 # Compact the state's chunks (one per batch's changed rows) past this many.
@@ -99,17 +99,15 @@ class AggregateStateRuntime(StatefulRuntime):
         self._t = 0  # the batch being computed (error messages)
         self._changes: list[Any] = []  # changed rows per batch since the last delta()
         self.columns = [c for spec in node.aggs for c in _stored(spec)]
-        #: threads a big probe is split over (1: never split; LocalExecutor(table_threads=N) sets it)
-        # Off by default: on the 2-core reference machine the split probe was slower than one thread even at
-        # load 1.5 (bench/tables.py, 2026-12-03: 106 vs 96.5 ms per 1M words); LocalExecutor(table_threads=N) opts in.
+        #: threads a big probe is split over: 1 (never split) unless LocalExecutor(table_threads=N) sets it. One by
+        #: default: on the 2-core reference machine the split probe was slower than one thread even at load 1.5
+        #: (bench/tables.py, 2026-12-03: 106 vs 96.5 ms per 1M words).
         self.threads = 1
-        self._auto = True  # a default above 1 would split only while a core is free (`cores_free`); table_threads=N always splits
         self._workers: Workers | None = None
 
     def set_threads(self, n: int) -> None:
         self.close()
         self.threads = n
-        self._auto = False
 
     def close(self) -> None:
         """Stop the probe threads, if any were started."""
@@ -344,10 +342,9 @@ class AggregateStateRuntime(StatefulRuntime):
         Every chunk builds its own hash table of the set (pyarrow keeps none between calls), so
         a probe is split only when it is big (`CHUNK_ROWS` per chunk) and its set small next to
         it (`SET_RATIO`): then the second core takes half the probe for a few percent more CPU.
-        Unless `threads` was set, only while the machine has a free core (`cores_free`).
         """
         k = min(self.threads, n // CHUNK_ROWS)
-        return k if k > 1 and n_set * SET_RATIO <= n and (not self._auto or cores_free()) else 1
+        return k if k > 1 and n_set * SET_RATIO <= n else 1
 
     def _in_chunks(self, fn: Any, values: Any, k: int) -> list[Any]:
         """``fn`` over `k` contiguous slices of `values` (an Array or ChunkedArray) side by side, results in order."""

@@ -14,7 +14,6 @@ their owner is garbage-collected.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import weakref
@@ -25,27 +24,6 @@ from typing import Any
 MAX_THREADS = 4
 
 _STOP = None
-
-
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-def default_threads(pa: Any) -> int:
-    """Threads for a batch's kernels: pyarrow's CPU count (``pyarrow.set_cpu_count``, ``OMP_NUM_THREADS``),
-    no more than the CPUs this process may run on, at most `MAX_THREADS`."""
-    return max(1, min(MAX_THREADS, int(pa.cpu_count()), _cpus()))
-
-
-def cores_free() -> bool:
-    """True unless the machine's CPUs are all busy: the 1-minute load average (this job included) is
-    below the CPUs this process may run on. A split kernel gains nothing without a free core."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return True
-    return load < _cpus()
 
 
 def _work(jobs: queue.SimpleQueue[Any]) -> None:

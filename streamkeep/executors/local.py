@@ -56,7 +56,7 @@ class LocalExecutor:
             msg = f"LocalExecutor: processes must be an int >= 0, got {processes!r}"
             raise ConfigError(msg)
         if table_threads is not None and (not isinstance(table_threads, int) or isinstance(table_threads, bool) or table_threads < 1):
-            msg = f"LocalExecutor: table_threads must be None (pyarrow's CPU count, at most 4) or an int >= 1, got {table_threads!r}"
+            msg = f"LocalExecutor: table_threads must be None (one thread, the default) or an int >= 1, got {table_threads!r}"
             raise ConfigError(msg)
         self.table_threads = table_threads
         self.pool: ProcessPool | None = None

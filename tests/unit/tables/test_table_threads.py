@@ -10,7 +10,6 @@ those of the same job run with ``table_threads=1``, and the pure-Python model.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -25,7 +24,7 @@ import streamkeep as sk
 from streamkeep.executors import LocalExecutor
 from streamkeep.executors import _tables as tables_rt
 from streamkeep.executors._tables import AggregateStateRuntime
-from streamkeep.executors._threads import Workers, default_threads
+from streamkeep.executors._threads import Workers
 from streamkeep.tables import Combine
 from streamkeep.testing import ManualClock
 
@@ -219,25 +218,16 @@ def test_workers_raise_the_first_failure_after_every_item_finished() -> None:
     workers.close()
 
 
-def test_table_threads_is_checked_and_defaults_to_pyarrows_cpu_count() -> None:
+def test_table_threads_is_checked() -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(sk.ConfigError, match="table_threads must be None"):
             LocalExecutor(table_threads=bad)  # type: ignore[arg-type]
-    was = pa.cpu_count()
-    try:
-        pa.set_cpu_count(1)
-        assert default_threads(pa) == 1  # pyarrow.set_cpu_count(1) (or OMP_NUM_THREADS=1) turns the split off
-        pa.set_cpu_count(64)
-        assert default_threads(pa) == min(4, len(os.sched_getaffinity(0)))
-    finally:
-        pa.set_cpu_count(was)
 
 
-def test_by_default_a_probe_is_not_split_even_with_free_cores(forced: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_by_default_a_probe_is_not_split(forced: dict[str, int]) -> None:
     """LocalExecutor() without table_threads probes on one thread (the split was measured slower on 2 cores);
     table_threads=2 splits; the output is the same either way."""
     tables = [_table(rows, pa.string()) for rows in _batches(seed=2)]
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.25, 0.25, 0.25))
     outs = {}
     for label, executor in (("default", LocalExecutor()), ("two", LocalExecutor(table_threads=2))):
         forced["split"] = 0
