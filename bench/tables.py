@@ -10,7 +10,9 @@
    ``json_file_stream`` deliver), and the Arrow-in job again with
    ``LocalExecutor(table_threads=2)`` (the opt-in split of aggregate_state's probe of a
    big batch over 2 threads; its wall ratio may exceed its CPU ratio; the default is one
-   thread). Target: table job >= 5x the bare loop.
+   thread). Target: table job >= 5x the bare loop. Next to them, the Arrow-in job's kernels run
+   alone in a plain loop (split, index_in, bincount, add: no engine), so one run shows the
+   engine's share and the ratio that no change to the engine can pass.
 2. The group-by engine: one batch's partial count plus the merge into 10k keys of
    state, with pyarrow.compute (what aggregate_state uses) and with polars; and
    (``--only probe``) aggregate_state's probe of one batch alone in 1, 2 and 4 threads.
