@@ -149,7 +149,7 @@ class RayExecutor:
             GCS of a cluster this machine belongs to) or ``"auto"``. None (default): an
             already-initialised Ray in this process, else the cluster in the ``RAY_ADDRESS``
             environment variable, else a local Ray started on demand,
-            bound to 127.0.0.1 (no dashboard, no usage stats), stopped by `close`.
+            bound to 127.0.0.1 (no dashboard, no usage stats, a quiet log monitor), stopped by `close`.
         num_partitions: key partitions (and actors) per job; None: the cluster's CPU count.
         actor_options: passed to the actors' ``.options(...)`` (e.g. ``{"num_cpus": 1}``,
             ``{"resources": {...}}``).
