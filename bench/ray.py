@@ -24,7 +24,8 @@ processes at once take longer per record, the two cores do not double the throug
 sharing a physical core, a busy host) and no executor reaches 2x here. It then adds, per job and W, the CPU time every process of the job used per batch (read from
 ``/proc/<pid>/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
 against the local executor's: what Ray adds to the work, which on a machine with few cores comes out
-of the workers' share. It is measured on the best-of runs, so it is far less noisy than a wall-clock
+of the workers' share, and the CPU time the hypervisor took from the VM's vCPUs meanwhile (``steal``: a
+host that runs other work on the same cores, which a second busy vCPU feels). It is measured on the best-of runs, so it is far less noisy than a wall-clock
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
 """
 
@@ -109,6 +110,16 @@ def _cpu_by_role() -> dict[str, float]:
     return out
 
 
+def _steal_s() -> float:
+    """CPU seconds the hypervisor took from this VM's vCPUs so far (``steal`` in /proc/stat; 0 on bare metal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> tuple[float, dict[str, float]]:
     """Best of `reps` runs of the batches (seconds) after a warm-up batch (actors and task workers started), and its CPU seconds by role."""
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
@@ -117,12 +128,12 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     ssc.run(1)
     best, best_cpu = float("inf"), {}
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
-        c0 = _cpu_by_role() if CPU else {}
+        c0 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
         t0 = time.perf_counter()
         ssc.run(len(batches))
         took = time.perf_counter() - t0
         if took < best:
-            c1 = _cpu_by_role() if CPU else {}
+            c1 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
             best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
     if best_cpu:  # the partition actor that worked most (the batch waits for it), and the wall time it is set against
         busiest = max((v for k, v in best_cpu.items() if k.startswith("actor ")), default=0.0)
@@ -253,7 +264,8 @@ def main() -> None:
             roles = sorted({r for c in per_round for r in c if r in order}, key=order.index)
             total = _spread([sum(v for r, v in c.items() if r in order) for c in per_round], "{:.1f}")
             parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
-            print(f"  CPU ms per batch, {label}: {total} ({parts})")
+            steal = _spread([c.get("host steal", 0.0) for c in per_round], "{:.1f}")
+            print(f"  CPU ms per batch, {label}: {total} ({parts}); taken by the host (steal): {steal}")
             if label != "local" and any(c.get("busiest actor") for c in per_round):
                 # wall minus the busiest actor's CPU: what the batch spent outside its slowest worker
                 # (the driver's and the exchange's serial part, and the actor waiting for a core)
