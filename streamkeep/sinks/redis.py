@@ -524,13 +524,19 @@ class RedisSink:
             for name in (*guarded, "execute_command"):
                 delattr(pipe, name)
             pipe.reset()
-        for i, cmd in enumerate(commands):
-            if not cmd:
-                msg = f"RedisSink {self.name!r}, batch {batch_time}: command #{i + 1} has no command name. Nothing was applied."
-                raise SinkError(msg)
-            head = cmd[0]
-            if isinstance(head, str) and " " in head:  # redis-py sends "CLIENT LIST"-style names as separate words
-                commands[i] = (*head.split(), *cmd[1:])
+        try:
+            heads = set(map(itemgetter(0), commands))  # a batch has a few command names: checked at C speed
+        except (IndexError, TypeError):  # an empty command, or an unhashable name (_pack names it)
+            for i, cmd in enumerate(commands, 1):
+                if not cmd:
+                    msg = f"RedisSink {self.name!r}, batch {batch_time}: command #{i} has no command name. Nothing was applied."
+                    raise SinkError(msg) from None
+            heads = {" "}
+        if any(isinstance(head, str) and " " in head for head in heads):  # redis-py sends "CLIENT LIST"-style names as separate words
+            for i, cmd in enumerate(commands):
+                head = cmd[0]
+                if isinstance(head, str) and " " in head:
+                    commands[i] = (*head.split(), *cmd[1:])
         return commands
 
     def _apply(self, batch_time: BatchTime, records: list[Any]) -> None:

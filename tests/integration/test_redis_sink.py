@@ -600,3 +600,22 @@ def test_parts_staged_by_write_part_are_published_exactly_once(redis_url):
     assert (r.get("count:a"), r.get("count:b"), r.get("count:c")) == (b"1", b"2", b"3")
     assert r.lrange("log:b", 0, -1) == [b"2"] and r.get("streamkeep:sink:staged:last_batch") == b"1000"
     assert r.keys("streamkeep:sink:staged:last_batch:stage:1000:*") == []
+
+
+def test_two_word_command_names_run_as_redis_py_sends_them(redis_url):
+    """redis-py queues e.g. ``"MEMORY USAGE"`` as one name; Redis (and the script) needs two words."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("k", "v")
+        pipe.memory_usage("k")
+        pipe.execute_command(["not", "a name"])  # unhashable: named in the error
+
+    sink = _sink(redis_url, write, name="words")
+    try:
+        with pytest.raises(SinkError, match=r"command #3 .* has an argument of type list"):
+            sink.write(1000, [1])
+        sink._write = lambda pipe, records: (pipe.set("k", "v"), pipe.memory_usage("k"))
+        sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("k") == b"v"
