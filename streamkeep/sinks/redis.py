@@ -308,6 +308,10 @@ class RedisSink:
     throughput. Connect with a client for that node (``url``), as this sink
     uses a plain ``redis.Redis`` client.
 
+    The commands travel to the script packed in one msgpack string (per 128 MB),
+    which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
+    and later; Valkey too). Arguments are encoded as redis-py encodes them.
+
     Args:
         url: redis-py URL, e.g. ``"redis://127.0.0.1:6379/0"``.
         write: ``write(pipeline, records)`` queues the batch's commands.

@@ -479,6 +479,23 @@ def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
         assert r.hget("h", f"f{i}") == expected, (i, v)
 
 
+@pytest.mark.parametrize("value", [True, None, object()], ids=["bool", "None", "object"])
+def test_an_argument_type_redis_py_refuses_names_the_command_among_numbers(redis_url, value):
+    """The per-argument path (types the fast paths do not take) refuses what redis-py refuses, naming the command."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("a", 1)
+        pipe.hset("h", mapping={"n": 2, "x": value})
+
+    sink = _sink(redis_url, write, name="badtype")
+    try:
+        with pytest.raises(SinkError, match=rf"command #2 \(HSET 'h' 'n' 2 'x' .*\) has an argument of type {type(value).__name__}"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("a") is None
+
+
 def test_a_str_redis_cannot_take_names_the_command_and_applies_nothing(redis_url):
     """A lone surrogate cannot be UTF-8 encoded: a SinkError naming the command (it was a bare UnicodeEncodeError)."""
 
