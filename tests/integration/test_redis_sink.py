@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import gc
 import os
 import signal
 import subprocess
@@ -418,15 +420,10 @@ def test_an_argument_redis_cannot_take_names_the_command_and_applies_nothing(red
         sink.close()
 
 
-@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py packing"])
-def test_a_flushed_script_cache_is_loaded_again(redis_url, monkeypatch, hiredis):
+def test_a_flushed_script_cache_is_loaded_again(redis_url):
     """A restarted (or SCRIPT FLUSHed) server has forgotten the batch script: the sink loads it again."""
-    from streamkeep.sinks import redis as redis_sink
-
-    if not hiredis:
-        monkeypatch.setattr(redis_sink, "_hiredis_pack", lambda: None)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    sink = _sink(redis_url, name=f"flush-{hiredis}")
+    sink = _sink(redis_url, name="flush")
     try:
         sink.write(1000, [("fl", 1)])
         r.script_flush()
@@ -436,3 +433,206 @@ def test_a_flushed_script_cache_is_loaded_again(redis_url, monkeypatch, hiredis)
         sink.close()
     assert r.get("count:fl") == "3"
     assert r.lrange("log:fl", 0, -1) == ["2", "1"]
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+
+
+class _Ratio(float):
+    pass
+
+
+class _Name(str):
+    def __str__(self) -> str:
+        return "not the content"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["ann", "é€😀", "", "x" * 70_000],  # only str: sent as they are
+        ["ann", 0, -5, 2**70, 2**63, 0.1, 1e300, -0.0, float("nan"), float("inf"), 1.5],  # str, int, float
+        [b"\x00\xff", bytes(range(256)), b"", "t", 7, 2.5],  # bytes among numbers: converted one by one
+        [bytearray(b"ba"), memoryview(b"mv"), _Color.RED, _Ratio(0.25), _Name("content")],  # what redis-py also takes
+    ],
+    ids=["text", "numbers", "bytes", "other-types"],
+)
+def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
+    """Every argument type redis-py takes is stored as redis-py itself would store it (packing is the sink's own)."""
+    r = redis.Redis.from_url(redis_url)
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for k, v in records:
+            pipe.set(k, v)
+        pipe.hset("h", mapping={f"f{i}": v for i, (_, v) in enumerate(records)})
+
+    sink = _sink(redis_url, write, name="types2")
+    try:
+        sink.write(1000, [(f"k{i}", v) for i, v in enumerate(values)])
+    finally:
+        sink.close()
+    encode = r.connection_pool.get_encoder().encode  # redis-py's own encoding of an argument
+    for i, v in enumerate(values):
+        expected = bytes(encode(v))
+        assert r.get(f"k{i}") == expected, (i, v)
+        assert r.hget("h", f"f{i}") == expected, (i, v)
+
+
+@pytest.mark.parametrize("value", [True, None, object()], ids=["bool", "None", "object"])
+def test_an_argument_type_redis_py_refuses_names_the_command_among_numbers(redis_url, value):
+    """The per-argument path (types the fast paths do not take) refuses what redis-py refuses, naming the command."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("a", 1)
+        pipe.hset("h", mapping={"n": 2, "x": value})
+
+    sink = _sink(redis_url, write, name="badtype")
+    try:
+        with pytest.raises(SinkError, match=rf"command #2 \(HSET 'h' 'n' 2 'x' .*\) has an argument of type {type(value).__name__}"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("a") is None
+
+
+def test_a_str_redis_cannot_take_names_the_command_and_applies_nothing(redis_url):
+    """A lone surrogate cannot be UTF-8 encoded: a SinkError naming the command (it was a bare UnicodeEncodeError)."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("a", 1)
+        pipe.set("b", "\ud800")
+
+    sink = _sink(redis_url, write, name="surrogate")
+    try:
+        with pytest.raises(SinkError, match=r"command #2 \(SET 'b' .*\) has a str argument that is not valid UTF-8.*Nothing was applied"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    r = redis.Redis.from_url(redis_url)
+    assert r.get("a") is None and r.get("streamkeep:sink:surrogate:last_batch") is None
+
+
+def test_a_command_without_a_name_is_refused_and_nothing_applied(redis_url):
+    """``execute_command()`` with no argument queues nothing runnable: a SinkError (it was a bare IndexError)."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("a", 1)
+        pipe.execute_command()
+
+    sink = _sink(redis_url, write, name="noname")
+    try:
+        with pytest.raises(SinkError, match=r"command #2 has no command name. Nothing was applied"):
+            sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("a") is None
+
+
+def test_the_write_function_runs_with_the_gc_paused_and_it_is_restored(redis_url):
+    """Collections while a batch is built free nothing (its commands are alive): paused, then restored as it was."""
+    seen: list[bool] = []
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        seen.append(gc.isenabled())
+        if records == ["boom"]:
+            raise RuntimeError("boom")
+        pipe.incrby("n", 1)
+
+    sink = _sink(redis_url, write, name="gc")
+    try:
+        assert gc.isenabled()
+        sink.write(1000, ["a"])
+        assert gc.isenabled()
+        with pytest.raises(UserFunctionError):
+            sink.write(2000, ["boom"])
+        assert gc.isenabled()
+        gc.disable()  # the application's choice is kept
+        try:
+            sink.write(3000, ["b"])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        sink.close()
+    assert seen == [False, False, False]
+    assert redis.Redis.from_url(redis_url).get("n") == b"2"
+
+
+def test_a_huge_batch_goes_in_parts_and_stays_exactly_once(redis_url, monkeypatch):
+    """Past _PART_BYTES the commands go in several script arguments; applying, failures and their replay are unchanged."""
+    from streamkeep.sinks import redis as redis_sink
+
+    monkeypatch.setattr(redis_sink, "_PART_BYTES", 2_000)
+    sizes: list[int] = []
+    pack = RedisSink._pack
+
+    def spy(self: RedisSink, batch_time: int, commands: list[Any]) -> list[bytes]:
+        parts = pack(self, batch_time, commands)
+        sizes.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(RedisSink, "_pack", spy)
+    r = redis.Redis.from_url(redis_url)
+    r.set("log:u97", "not a list")  # the LPUSH of user 97, in a late part, fails
+    batch = [(f"u{i}", i) for i in range(100)]
+    sink = _sink(redis_url, name="parts")
+    try:
+        with pytest.raises(SinkError, match=r"1 of 300 commands failed in Redis: command #294 LPUSH 'log:u97' 97: WRONGTYPE"):
+            sink.write(1000, batch)
+        r.delete("log:u97")
+        sink.write(1000, batch)  # runs command #294 alone
+        sink.write(1000, batch)  # skipped
+        sink.write(2000, batch[:3])
+    finally:
+        sink.close()
+    assert sizes[0] > 2 and sizes == [sizes[0], sizes[0], 1]  # the replay skipped by the marker did not pack
+    assert [int(r.get(f"count:u{i}")) for i in range(100)] == [i + i * (i < 3) for i in range(100)]
+    assert r.lrange("log:u97", 0, -1) == [b"97"] and r.lrange("log:u2", 0, -1) == [b"2", b"2"]
+    assert r.hget("totals", "u50") == b"50"
+
+
+def test_parts_staged_by_write_part_are_published_exactly_once(redis_url):
+    """The per-partition path without Ray: parts staged in Redis, applied with the marker by one script."""
+    r = redis.Redis.from_url(redis_url)
+    r.set("log:b", "not a list")
+    sink = RedisSink(redis_url, counting_write, name="staged")
+    parts = [[("a", 1), ("b", 2)], [("c", 3)]]
+    try:
+        receipts = [sink.write_part(1000, "try1", i, p) for i, p in enumerate(parts)]
+        assert receipts == [6, 3]
+        with pytest.raises(SinkError, match=r"1 of 9 commands failed in Redis: command #6 LPUSH 'log:b' '2': WRONGTYPE"):
+            sink.publish(1000, "try1", receipts)
+        r.delete("log:b")
+        receipts = [sink.write_part(1000, "try2", i, p) for i, p in enumerate(parts)]  # the batch's retry
+        sink.publish(1000, "try2", receipts)  # runs command #6 alone
+        assert [sink.write_part(1000, "try3", i, p) for i, p in enumerate(parts)] == [0, 0]  # applied: nothing staged
+        sink.publish(1000, "try3", [0, 0])
+        receipts = [sink.write_part(2000, "try1", i, p) for i, p in enumerate(parts)]
+        r.delete(sink._stage_key(2000, "try1", 1))  # a part's staged commands are gone (expired)
+        with pytest.raises(SinkError, match=r"9 commands were staged by the parts but 6 are left in Redis.*Nothing of the batch was applied"):
+            sink.publish(2000, "try1", receipts)
+    finally:
+        sink.close()
+    assert (r.get("count:a"), r.get("count:b"), r.get("count:c")) == (b"1", b"2", b"3")
+    assert r.lrange("log:b", 0, -1) == [b"2"] and r.get("streamkeep:sink:staged:last_batch") == b"1000"
+    assert r.keys("streamkeep:sink:staged:last_batch:stage:1000:*") == []
+
+
+def test_two_word_command_names_run_as_redis_py_sends_them(redis_url):
+    """redis-py queues e.g. ``"MEMORY USAGE"`` as one name; Redis (and the script) needs two words."""
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        pipe.set("k", "v")
+        pipe.memory_usage("k")
+        pipe.execute_command(["not", "a name"])  # unhashable: named in the error
+
+    sink = _sink(redis_url, write, name="words")
+    try:
+        with pytest.raises(SinkError, match=r"command #3 .* has an argument of type list"):
+            sink.write(1000, [1])
+        sink._write = lambda pipe, records: (pipe.set("k", "v"), pipe.memory_usage("k"))
+        sink.write(1000, [1])
+    finally:
+        sink.close()
+    assert redis.Redis.from_url(redis_url).get("k") == b"v"
