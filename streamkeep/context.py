@@ -105,6 +105,18 @@ def _wait_waking(wait: Callable[[float], bool], timeout: float | None) -> bool:
             return False
 
 
+def _checkpoint_url(value: Any, where: str) -> str:
+    """A checkpoint argument as a URL string (a path object is taken as its path); ConfigError otherwise."""
+    url = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(url, str) or not url:
+        msg = (
+            f"{where}: checkpoint must be a directory path or fsspec URL as a str (e.g. 'ckpt/' or "
+            f"'s3://bucket/jobs/x') or a pathlib.Path, got {value!r}"
+        )
+        raise ConfigError(msg)
+    return url
+
+
 def _hold_here(ssc: StreamingContext) -> None:
     held = _HOLD.get()
     if held is not None:
@@ -165,7 +177,7 @@ class StreamingContext:
         self,
         batch_interval: Duration,
         *,
-        checkpoint: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
         executor: str | Executor | None = None,
         clock: Any = None,
         snapshot_every: int | None = None,
@@ -194,8 +206,9 @@ class StreamingContext:
 
             self._executor = RayExecutor()  # ConfigError naming the pip extra when Ray is missing
         else:
+            what = "is not available" if isinstance(executor, str) else "is not an Executor"
             msg = (
-                f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
+                f"executor {executor!r} {what}; use 'local' (embedded, the default), 'processes' "
                 f"(per-record operators in a process pool, for CPU-heavy functions), LocalExecutor(processes=N), "
                 f"'ray' or RayExecutor(address=..., num_partitions=...) (keyed state in Ray actors), "
                 f"or an object implementing streamkeep.executors.base.Executor"
@@ -230,7 +243,7 @@ class StreamingContext:
         self._failed = False
         check_on_error(on_error, "StreamingContext")
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
-        self._checkpoint_url = checkpoint
+        self._checkpoint_url = None if checkpoint is None else _checkpoint_url(checkpoint, "StreamingContext")
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
@@ -269,10 +282,10 @@ class StreamingContext:
         """"initialized", "active" or "stopped"."""
         return self._state
 
-    def checkpoint(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+    def checkpoint(self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> None:
         """Set the checkpoint URL (as Spark's ``ssc.checkpoint(dir)``)."""
         self._require_state("checkpoint()", "initialized")
-        self._checkpoint_url = url
+        self._checkpoint_url = _checkpoint_url(url, "checkpoint()")
         if storage_options is not None:
             self._storage_options = storage_options
 
@@ -758,7 +771,7 @@ class StreamingContext:
 
     @classmethod
     def get_or_create(
-        cls, checkpoint: str, setup: Callable[[], StreamingContext], *, storage_options: dict[str, Any] | None = None
+        cls, checkpoint: str | os.PathLike[str], setup: Callable[[], StreamingContext], *, storage_options: dict[str, Any] | None = None
     ) -> StreamingContext:
         """Resume from `checkpoint` if it holds state, else start fresh; `setup()` always runs.
 
@@ -768,6 +781,7 @@ class StreamingContext:
         context starts. An incompatible code change raises
         `IncompatibleCheckpointError` here, before anything runs.
         """
+        checkpoint = _checkpoint_url(checkpoint, "get_or_create")
         ssc = setup()
         held = _HOLD.get()
         if held is not None and isinstance(ssc, StreamingContext):

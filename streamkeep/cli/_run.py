@@ -43,6 +43,14 @@ def run_app(
     ex_token = RUN_EXECUTOR.set(executor)
     try:
         runpy.run_path(app, run_name="__main__")
+    except ModuleNotFoundError as exc:
+        if pyspark or exc.name is None or exc.name.split(".")[0] != "pyspark":
+            raise
+        msg = (
+            f"{app} imports {exc.name}, which is not installed: run it as `streamkeep run --pyspark {app}` "
+            f"to use streamkeep's PySpark facade"
+        )
+        raise ConfigError(msg) from exc
     finally:
         RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)

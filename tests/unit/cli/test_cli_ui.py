@@ -75,3 +75,26 @@ def test_run_of_a_missing_script_says_so(tmp_path: Path, capsys: Any) -> None:
     assert main(["run", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"{missing}: no such file" in err and "Traceback" not in err, err
+
+
+def test_run_of_a_pyspark_program_without_pyspark_says_to_add_it(tmp_path: Path, capsys: Any) -> None:
+    """Without --pyspark, `import pyspark` (not installed) was a bare ModuleNotFoundError traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is not None:
+        import pytest
+
+        pytest.skip("the real pyspark is installed here")
+    app = tmp_path / "job.py"
+    app.write_text("from pyspark.streaming import StreamingContext\n")
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f"imports pyspark, which is not installed: run it as `streamkeep run --pyspark {app}`" in err, err
+    other = tmp_path / "other.py"
+    other.write_text("import no_such_module_here\n")
+    try:
+        main(["run", "--no-ui", str(other)])
+    except ModuleNotFoundError as exc:  # any other missing module is the script's own error, unchanged
+        assert exc.name == "no_such_module_here"
+    else:
+        raise AssertionError("the missing module was not reported")
