@@ -129,7 +129,7 @@ class StreamingContext:
 
     Args:
         batch_interval: seconds (float) or a timedelta; one batch per interval.
-        checkpoint: fsspec URL of the checkpoint (None: no durability).
+        checkpoint: the checkpoint: a local directory (str or pathlib.Path) or fsspec URL (None: no durability).
         executor: "local" (embedded, the default; ``streamkeep run --executor`` may set another); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
             CPU-heavy functions: see bench/process_pool.py); "ray" or ``RayExecutor(...)`` to
