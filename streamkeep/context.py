@@ -304,6 +304,8 @@ class StreamingContext:
     def _require_state(self, what: str, *allowed: str) -> None:
         if self._state not in allowed:
             msg = f"{what} is not allowed: the context is {self._state}"
+            if self._state == "stopped":
+                msg += " (a stopped context cannot be restarted: build a new one, e.g. with get_or_create on the same checkpoint)"
             raise ConfigError(msg)
 
     # -- sources ---------------------------------------------------------------

@@ -665,3 +665,13 @@ def test_a_pathlib_checkpoint_is_taken_as_its_path(tmp_path):
     ctx.run(max_batches=1)
     ctx.stop()
     assert [records for _, records in sink.batches] == [[("a", 1)], [("a", 3)]]
+
+
+def test_starting_a_stopped_context_says_to_build_a_new_one():
+    """It said only "start() is not allowed: the context is stopped"."""
+    ctx = sk.StreamingContext(1.0, clock=ManualClock())
+    ctx.queue_stream([[1]], name="q").foreach_batch(lambda b: None)
+    ctx.run(max_batches=1)
+    ctx.stop()
+    with pytest.raises(ConfigError, match=r"the context is stopped \(a stopped context cannot be restarted: build a new one"):
+        ctx.start()
