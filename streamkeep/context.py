@@ -105,7 +105,7 @@ def _wait_waking(wait: Callable[[float], bool], timeout: float | None) -> bool:
             return False
 
 
-def _checkpoint_url(value: Any, where: str) -> str:
+def _as_checkpoint_url(value: Any, where: str) -> str:
     """A checkpoint argument as a URL string (a path object is taken as its path); ConfigError otherwise."""
     url = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(url, str) or not url:
@@ -243,7 +243,7 @@ class StreamingContext:
         self._failed = False
         check_on_error(on_error, "StreamingContext")
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
-        self._checkpoint_url = None if checkpoint is None else _checkpoint_url(checkpoint, "StreamingContext")
+        self._checkpoint_url = None if checkpoint is None else _as_checkpoint_url(checkpoint, "StreamingContext")
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
@@ -285,7 +285,7 @@ class StreamingContext:
     def checkpoint(self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> None:
         """Set the checkpoint URL (as Spark's ``ssc.checkpoint(dir)``)."""
         self._require_state("checkpoint()", "initialized")
-        self._checkpoint_url = _checkpoint_url(url, "checkpoint()")
+        self._checkpoint_url = _as_checkpoint_url(url, "checkpoint()")
         if storage_options is not None:
             self._storage_options = storage_options
 
@@ -783,7 +783,7 @@ class StreamingContext:
         context starts. An incompatible code change raises
         `IncompatibleCheckpointError` here, before anything runs.
         """
-        checkpoint = _checkpoint_url(checkpoint, "get_or_create")
+        checkpoint = _as_checkpoint_url(checkpoint, "get_or_create")
         ssc = setup()
         held = _HOLD.get()
         if held is not None and isinstance(ssc, StreamingContext):
