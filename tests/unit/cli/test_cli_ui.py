@@ -98,3 +98,23 @@ def test_run_of_a_pyspark_program_without_pyspark_says_to_add_it(tmp_path: Path,
         assert exc.name == "no_such_module_here"
     else:
         raise AssertionError("the missing module was not reported")
+
+
+def test_run_without_the_ui_extra_runs_the_job_without_a_dashboard(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    """With streamkeep installed alone (as ./scripts/demo.sh installs it), `streamkeep run job.py` failed at once:
+    "the dashboard and /metrics need prometheus-client ... (or run with ui_port=None)", for a dashboard it never asked for."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails, find_spec says missing
+    app = tmp_path / "app.py"
+    out = tmp_path / "out.txt"
+    app.write_text(
+        "import sys\nimport streamkeep as sk\nfrom streamkeep.testing import ManualClock\n"
+        "ssc = sk.StreamingContext(1.0, clock=ManualClock())\n"
+        "ssc.queue_stream([[1, 2], [3]], name='q').foreach_batch(lambda b: None)\n"
+        "ssc.run(max_batches=2)\nssc.stop()\n"
+        "with open(sys.argv[1], 'w') as f:\n    f.write(repr((ssc.ui_url, ssc.last_batch_time_ms)))\n"
+    )
+    assert main(["run", str(app), str(out)]) == 0
+    assert out.read_text() == "(None, 2000)"
+    assert "no dashboard: it needs prometheus-client (pip install 'streamkeep[ui]')" in capsys.readouterr().err
