@@ -105,6 +105,18 @@ def _wait_waking(wait: Callable[[float], bool], timeout: float | None) -> bool:
             return False
 
 
+def _as_checkpoint_url(value: Any, where: str) -> str:
+    """A checkpoint argument as a URL string (a path object is taken as its path); ConfigError otherwise."""
+    url = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(url, str) or not url:
+        msg = (
+            f"{where}: checkpoint must be a directory path or fsspec URL as a str (e.g. 'ckpt/' or "
+            f"'s3://bucket/jobs/x') or a pathlib.Path, got {value!r}"
+        )
+        raise ConfigError(msg)
+    return url
+
+
 def _hold_here(ssc: StreamingContext) -> None:
     held = _HOLD.get()
     if held is not None:
@@ -117,7 +129,7 @@ class StreamingContext:
 
     Args:
         batch_interval: seconds (float) or a timedelta; one batch per interval.
-        checkpoint: fsspec URL of the checkpoint (None: no durability).
+        checkpoint: the checkpoint: a local directory (str or pathlib.Path) or fsspec URL (None: no durability).
         executor: "local" (embedded, the default; ``streamkeep run --executor`` may set another); "processes" or ``LocalExecutor(processes=N)``
             to run chains of per-record operators in worker processes (pays off only for
             CPU-heavy functions: see bench/process_pool.py); "ray" or ``RayExecutor(...)`` to
@@ -165,7 +177,7 @@ class StreamingContext:
         self,
         batch_interval: Duration,
         *,
-        checkpoint: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
         executor: str | Executor | None = None,
         clock: Any = None,
         snapshot_every: int | None = None,
@@ -194,8 +206,9 @@ class StreamingContext:
 
             self._executor = RayExecutor()  # ConfigError naming the pip extra when Ray is missing
         else:
+            what = "is not available" if isinstance(executor, str) else "is not an Executor"
             msg = (
-                f"executor {executor!r} is not available; use 'local' (embedded, the default), 'processes' "
+                f"executor {executor!r} {what}; use 'local' (embedded, the default), 'processes' "
                 f"(per-record operators in a process pool, for CPU-heavy functions), LocalExecutor(processes=N), "
                 f"'ray' or RayExecutor(address=..., num_partitions=...) (keyed state in Ray actors), "
                 f"or an object implementing streamkeep.executors.base.Executor"
@@ -230,7 +243,7 @@ class StreamingContext:
         self._failed = False
         check_on_error(on_error, "StreamingContext")
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
-        self._checkpoint_url = checkpoint
+        self._checkpoint_url = None if checkpoint is None else _as_checkpoint_url(checkpoint, "StreamingContext")
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
@@ -269,10 +282,10 @@ class StreamingContext:
         """"initialized", "active" or "stopped"."""
         return self._state
 
-    def checkpoint(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+    def checkpoint(self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> None:
         """Set the checkpoint URL (as Spark's ``ssc.checkpoint(dir)``)."""
         self._require_state("checkpoint()", "initialized")
-        self._checkpoint_url = url
+        self._checkpoint_url = _as_checkpoint_url(url, "checkpoint()")
         if storage_options is not None:
             self._storage_options = storage_options
 
@@ -291,6 +304,8 @@ class StreamingContext:
     def _require_state(self, what: str, *allowed: str) -> None:
         if self._state not in allowed:
             msg = f"{what} is not allowed: the context is {self._state}"
+            if self._state == "stopped":
+                msg += " (a stopped context cannot be restarted: build a new one, e.g. with get_or_create on the same checkpoint)"
             raise ConfigError(msg)
 
     # -- sources ---------------------------------------------------------------
@@ -758,7 +773,7 @@ class StreamingContext:
 
     @classmethod
     def get_or_create(
-        cls, checkpoint: str, setup: Callable[[], StreamingContext], *, storage_options: dict[str, Any] | None = None
+        cls, checkpoint: str | os.PathLike[str], setup: Callable[[], StreamingContext], *, storage_options: dict[str, Any] | None = None
     ) -> StreamingContext:
         """Resume from `checkpoint` if it holds state, else start fresh; `setup()` always runs.
 
@@ -768,6 +783,7 @@ class StreamingContext:
         context starts. An incompatible code change raises
         `IncompatibleCheckpointError` here, before anything runs.
         """
+        checkpoint = _as_checkpoint_url(checkpoint, "get_or_create")
         ssc = setup()
         held = _HOLD.get()
         if held is not None and isinstance(ssc, StreamingContext):

@@ -105,15 +105,20 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print(f"fresh start at {clock_time(now_ms)}; checkpoint in {checkpoint!r}. Interrupt me (Ctrl-C, or kill -9) and run `{again}` to resume.", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ssc.start()
+    said_stopped = False  # a Ctrl-C during await_termination stops the job, and the engine says "stopped; ..." itself
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if ssc.await_termination(timeout=0.2):
+                said_stopped = True
                 break
     except KeyboardInterrupt:  # between two waits (a Ctrl-C during one stops the job inside await_termination)
         print("\ninterrupted: stopping after the batch in progress", flush=True)
     finally:
         ssc.stop(graceful=True)
+    if said_stopped:
+        print(f"Run `{again}` again to continue the counts.", flush=True)
+        return 0
     last = ssc.last_batch_time_ms
     where = f"the last committed batch is of {clock_time(last)}" if last is not None else "no batch was committed"
     print(f"stopped; {where}. Run `{again}` again to continue the counts.", flush=True)

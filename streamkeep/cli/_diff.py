@@ -11,22 +11,23 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from streamkeep.cli._common import iso, open_checkpoint, read_records, short
 from streamkeep.context import JobHeld, StreamingContext, hold_jobs
-from streamkeep.errors import CheckpointError, IncompatibleCheckpointError
+from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.scheduler._compat import DIFF_HINT, check_compatible, differences
 
 
-def _build_app(app: str) -> StreamingContext:
+def _build_app(app: str, args: Sequence[str] = (), *, pyspark: bool = False) -> StreamingContext:
     """Run APP.py with its job held back from running; return the context it builds."""
     path = os.path.abspath(app)
     if not os.path.isfile(path):
-        msg = f"{app}: no such file"
-        raise CheckpointError(msg)
+        msg = f"{app}: no such file (the job's Python file whose graph to compare with the checkpoint)"
+        raise ConfigError(msg)
     saved_argv, saved_path = sys.argv, list(sys.path)
-    sys.argv = [path]
+    sys.argv = [path, *args]
     sys.path.insert(0, os.path.dirname(path))
     with hold_jobs() as held:
         try:
@@ -39,6 +40,8 @@ def _build_app(app: str) -> StreamingContext:
                 raise CheckpointError(msg) from exc
         except Exception as exc:
             msg = f"{app} raised {type(exc).__name__}: {exc} while building its job"
+            if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "pyspark" and not pyspark:
+                msg += f"; for a PySpark program, run `streamkeep checkpoint diff --pyspark URL {app}`"
             raise CheckpointError(msg) from exc
         finally:
             sys.argv = saved_argv
@@ -50,12 +53,19 @@ def _build_app(app: str) -> StreamingContext:
     return ssc
 
 
-def diff(url: str, app: str, *, storage_options: dict[str, Any] | None = None) -> int:
-    """Compare the graph APP.py builds with the checkpoint; 0 when it would restore, 1 when not."""
+def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[str, Any] | None = None, pyspark: bool = False) -> int:
+    """Compare the graph APP.py (run with `args`) builds with the checkpoint; 0 when it would restore, 1 when not.
+
+    With `pyspark`, ``import pyspark`` in APP.py resolves to streamkeep's PySpark facade.
+    """
     ckpt = open_checkpoint(url, storage_options)
     records, bad = read_records(ckpt)
     commits = [r for r in records if r.kind == "commit"]
-    ssc = _build_app(app)
+    if pyspark:
+        from streamkeep.compat.pyspark import install
+
+        install()
+    ssc = _build_app(app, args, pyspark=pyspark)
     current = ssc._graph.describe()
     print(f"checkpoint {url} vs the job {app} builds:")
     if ssc.checkpoint_url is not None and ssc.checkpoint_url.rstrip("/") != url.rstrip("/"):

@@ -51,14 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ck = sub.add_parser("checkpoint", help="inspect, verify or diff a checkpoint")
     cks = ck.add_subparsers(dest="action", required=True)
+    url_help = "the checkpoint: the directory or fsspec URL the job was given (e.g. ckpt/ or s3://bucket/jobs/x)"
     ins = cks.add_parser("inspect", help="summary of a checkpoint")
-    ins.add_argument("url")
+    ins.add_argument("url", help=url_help)
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ver = cks.add_parser("verify", help="check every file's checksum and the commit chain")
-    ver.add_argument("url")
+    ver.add_argument("url", help=url_help)
     dif = cks.add_parser("diff", help="what the graph APP.py builds would restore, start fresh, drop or fail on")
-    dif.add_argument("url")
-    dif.add_argument("app")
+    dif.add_argument("url", help=url_help)
+    dif.add_argument("app", help="path of the job's Python file (its graph is built, the job is not run)")
+    dif.add_argument("--pyspark", action="store_true", help="APP.py is a PySpark program (as `streamkeep run --pyspark`)")
+    dif.add_argument("args", nargs="*", help="arguments for the script (after --: diff URL APP.py -- --flag value)")
     for p in (ins, ver, dif):
         p.add_argument(
             "--storage-option",
@@ -69,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="fsspec option for the URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)",
         )
 
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # name the subcommand's usage and options, not the top level's
+        at = {"demo": demo, "run": run}.get(args.command) or {"inspect": ins, "verify": ver, "diff": dif}[args.action]
+        hint = "; the script's own arguments go after --" if at is dif else ""
+        at.error(f"unrecognized arguments: {' '.join(unknown)} (see {at.prog} --help{hint})")
     try:
         if args.command == "demo":
             from streamkeep.cli._demo import run_demo
@@ -99,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return verify(args.url, storage_options=opts)
         from streamkeep.cli._diff import diff
 
-        return diff(args.url, args.app, storage_options=opts)
+        return diff(args.url, args.app, args.args, storage_options=opts, pyspark=args.pyspark)
     except StreamkeepError as exc:
         print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

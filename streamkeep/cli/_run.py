@@ -6,6 +6,7 @@ the next free one; the address is printed), with a console status line in a term
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import sys
@@ -33,6 +34,14 @@ def run_app(
     if not os.path.isfile(app):
         msg = f"{app}: no such file (the job's Python file to run)"
         raise ConfigError(msg)
+    if ui_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        # The dashboard is on by default; without its extra (e.g. the demo's install) the job runs without it.
+        print(
+            "streamkeep: no dashboard: it needs prometheus-client (pip install 'streamkeep[ui]'); running without it (--no-ui: no note)",
+            file=sys.stderr,
+            flush=True,
+        )
+        ui_port = None
     if pyspark:
         from streamkeep.compat.pyspark import install
 
@@ -43,6 +52,14 @@ def run_app(
     ex_token = RUN_EXECUTOR.set(executor)
     try:
         runpy.run_path(app, run_name="__main__")
+    except ModuleNotFoundError as exc:
+        if pyspark or exc.name is None or exc.name.split(".")[0] != "pyspark":
+            raise
+        msg = (
+            f"{app} imports {exc.name}, which is not installed: run it as `streamkeep run --pyspark {app}` "
+            f"to use streamkeep's PySpark facade"
+        )
+        raise ConfigError(msg) from exc
     finally:
         RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)

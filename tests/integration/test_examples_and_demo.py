@@ -61,3 +61,31 @@ def test_demo_kill_and_resume(tmp_path: Path) -> None:
     after = _totals(out)
     assert after and after[0] > seen[-1] - 200 and after == sorted(after)  # counts continue, never restart from 0
     assert after[0] >= seen[0]
+
+
+@pytest.mark.slow
+def test_demo_interrupted_with_ctrl_c_says_stopped_once_and_resumes(tmp_path: Path) -> None:
+    """Ctrl-C printed two "stopped; ..." lines (the engine's, naming get_or_create, and the demo's own)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ck = str(tmp_path / "ck")
+    cmd = [*STREAMKEEP, "demo", "--seconds", "60", "--interval", "0.2", "--checkpoint", ck]
+    seen: list[int] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) as proc:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            seen += _totals(line)
+            if len(seen) >= 3 or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, rest
+    assert len(seen) >= 3, seen
+    assert "interrupted: stopping after the batch in progress" in rest, rest
+    assert len(re.findall(r"^stopped", rest, re.M)) == 1, rest
+    assert f"Run `streamkeep demo --checkpoint {ck}` again to continue the counts." in rest, rest
+    out = subprocess.run([*cmd[:-6], "--seconds", "1", "--interval", "0.2", "--checkpoint", ck],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60).stdout
+    assert "resumed from checkpoint" in out, out
+    after = _totals(out)
+    assert after and after[0] > seen[-1], (seen, after)

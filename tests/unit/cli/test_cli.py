@@ -460,6 +460,76 @@ def test_diff_of_a_broken_app(ckpt: str, tmp_path: Path, capsys: pytest.CaptureF
     assert "no such file" in err
 
 
+PYSPARK_APP = """
+import sys
+from pyspark import SparkContext
+from pyspark.streaming import StreamingContext
+
+def create():
+    sc = SparkContext("local[2]", "diff")
+    ssc = StreamingContext(sc, 1.0)
+    ssc.checkpoint(sys.argv[1])
+    pairs = ssc.queueStream([sc.parallelize(["a b"])]).flatMap(str.split).map(lambda w: (w, 1))
+    pairs.updateStateByKey(lambda new, old: sum(new) + (old or 0)).pprint()
+    return ssc
+
+ssc = StreamingContext.getOrCreate(sys.argv[1], create)
+ssc.start()
+ssc.awaitTermination()
+"""
+
+
+def test_diff_of_a_pyspark_program_with_its_arguments(tmp_path: Path) -> None:
+    """A PySpark program (run with `streamkeep run --pyspark job.py CKPT`) could not be diffed: `diff` had no
+    --pyspark (ModuleNotFoundError: pyspark) and gave the script no arguments (IndexError on sys.argv[1])."""
+    import subprocess
+    import sys
+
+    url = str(tmp_path / "ckpt")
+    app = tmp_path / "job.py"
+    app.write_text(PYSPARK_APP.replace("ssc.awaitTermination()", "ssc.awaitTerminationOrTimeout(0.1)\nssc.stop()"))
+    repo = str(Path(__file__).resolve().parents[3])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH")) if x))
+    cli = [sys.executable, "-m", "streamkeep.cli"]
+    ran = subprocess.run([*cli, "run", "--no-ui", "--pyspark", str(app), url], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    app.write_text(PYSPARK_APP)  # the diff must not run the job (awaitTermination would never return)
+    r = subprocess.run([*cli, "checkpoint", "diff", url, str(app), url], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "No module named 'pyspark'" in r.stderr and f"streamkeep checkpoint diff --pyspark URL {app}" in r.stderr, r.stderr
+    r = subprocess.run([*cli, "checkpoint", "diff", "--pyspark", url, str(app), url], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restores (state carried over):\n    update_state_by_key#1 (update_state_by_key)" in r.stdout
+    assert "verdict: compatible" in r.stdout
+    r = subprocess.run(
+        [*cli, "checkpoint", "diff", "--pyspark", url, str(app), "--", url], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0 and "verdict: compatible" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["demo", "--checkpoint-dir", "x"], "usage: streamkeep demo "),
+        (["run", "--bogus", "app.py"], "usage: streamkeep run "),
+        (["checkpoint", "inspect", "ckpt", "--bogus"], "usage: streamkeep checkpoint inspect "),
+        (["checkpoint", "verify", "ckpt", "--bogus"], "usage: streamkeep checkpoint verify "),
+        (["checkpoint", "diff", "ckpt", "app.py", "--checkpoint", "x"], "usage: streamkeep checkpoint diff "),
+    ],
+)
+def test_an_unknown_option_shows_the_subcommands_usage(argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep demo --bogus` printed the top-level usage (`streamkeep [-h] [--version] {demo,run,checkpoint}`),
+    which does not list the options of the command the user typed."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert f"unrecognized arguments: {' '.join(argv[-2:] if argv[-1] == 'x' else [a for a in argv if a == '--bogus'])}" in err
+    if argv[1] == "diff":
+        assert "the script's own arguments go after --" in err
+
+
 # --------------------------------------------------------------------------- --version, demo messages
 
 

@@ -75,3 +75,46 @@ def test_run_of_a_missing_script_says_so(tmp_path: Path, capsys: Any) -> None:
     assert main(["run", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"{missing}: no such file" in err and "Traceback" not in err, err
+
+
+def test_run_of_a_pyspark_program_without_pyspark_says_to_add_it(tmp_path: Path, capsys: Any) -> None:
+    """Without --pyspark, `import pyspark` (not installed) was a bare ModuleNotFoundError traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is not None:
+        import pytest
+
+        pytest.skip("the real pyspark is installed here")
+    app = tmp_path / "job.py"
+    app.write_text("from pyspark.streaming import StreamingContext\n")
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f"imports pyspark, which is not installed: run it as `streamkeep run --pyspark {app}`" in err, err
+    other = tmp_path / "other.py"
+    other.write_text("import no_such_module_here\n")
+    try:
+        main(["run", "--no-ui", str(other)])
+    except ModuleNotFoundError as exc:  # any other missing module is the script's own error, unchanged
+        assert exc.name == "no_such_module_here"
+    else:
+        raise AssertionError("the missing module was not reported")
+
+
+def test_run_without_the_ui_extra_runs_the_job_without_a_dashboard(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    """With streamkeep installed alone (as ./scripts/demo.sh installs it), `streamkeep run job.py` failed at once:
+    "the dashboard and /metrics need prometheus-client ... (or run with ui_port=None)", for a dashboard it never asked for."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails, find_spec says missing
+    app = tmp_path / "app.py"
+    out = tmp_path / "out.txt"
+    app.write_text(
+        "import sys\nimport streamkeep as sk\nfrom streamkeep.testing import ManualClock\n"
+        "ssc = sk.StreamingContext(1.0, clock=ManualClock())\n"
+        "ssc.queue_stream([[1, 2], [3]], name='q').foreach_batch(lambda b: None)\n"
+        "ssc.run(max_batches=2)\nssc.stop()\n"
+        "with open(sys.argv[1], 'w') as f:\n    f.write(repr((ssc.ui_url, ssc.last_batch_time_ms)))\n"
+    )
+    assert main(["run", str(app), str(out)]) == 0
+    assert out.read_text() == "(None, 2000)"
+    assert "no dashboard: it needs prometheus-client (pip install 'streamkeep[ui]')" in capsys.readouterr().err

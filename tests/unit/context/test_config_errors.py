@@ -631,3 +631,47 @@ def test_a_kafka_dead_letter_sink_takes_part_in_the_sink_name_check(ssc):
     ssc.kafka_stream("t", bootstrap_servers="127.0.0.1:1", name="k", on_error=ListSink("dead")).pprint()
     with pytest.raises(ConfigError, match="sink named 'dead'"):
         ssc.queue_stream([], name="q").write_to(ListSink("dead"))
+
+
+@pytest.mark.parametrize("bad", [5, b"ckpt", "", ["ckpt"]])
+def test_a_checkpoint_that_is_not_a_path_is_refused_when_built(bad, tmp_path):
+    """checkpoint=5 was accepted and failed at the first batch with `TypeError: argument of type 'int' is not
+    iterable` from the storage layer; get_or_create and ssc.checkpoint() likewise."""
+    with pytest.raises(ConfigError, match=r"StreamingContext: checkpoint must be a directory path or fsspec URL"):
+        sk.StreamingContext(1.0, checkpoint=bad)
+    with pytest.raises(ConfigError, match=r"get_or_create: checkpoint must be"):
+        sk.StreamingContext.get_or_create(bad, lambda: sk.StreamingContext(1.0))
+    ctx = sk.StreamingContext(1.0)
+    with pytest.raises(ConfigError, match=r"checkpoint\(\): checkpoint must be"):
+        ctx.checkpoint(bad)
+
+
+def test_a_pathlib_checkpoint_is_taken_as_its_path(tmp_path):
+    """A pathlib.Path checkpoint (the usual way to build paths) failed at the first batch with a TypeError."""
+    url = tmp_path / "ckpt"
+    sink = ListSink()
+
+    def setup() -> sk.StreamingContext:
+        ctx = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        ctx.queue_stream([[("a", 1)], [("a", 2)]], name="q").update_state_by_key(lambda vs, s: (s or 0) + sum(vs), name="n").write_to(sink)
+        return ctx
+
+    ctx = sk.StreamingContext.get_or_create(url, setup)
+    ctx.run(max_batches=1)
+    ctx.stop()
+    assert ctx.checkpoint_url == str(url) and (url / "CHECKPOINT").exists()
+    ctx = sk.StreamingContext.get_or_create(url, setup)
+    assert ctx.restored
+    ctx.run(max_batches=1)
+    ctx.stop()
+    assert [records for _, records in sink.batches] == [[("a", 1)], [("a", 3)]]
+
+
+def test_starting_a_stopped_context_says_to_build_a_new_one():
+    """It said only "start() is not allowed: the context is stopped"."""
+    ctx = sk.StreamingContext(1.0, clock=ManualClock())
+    ctx.queue_stream([[1]], name="q").foreach_batch(lambda b: None)
+    ctx.run(max_batches=1)
+    ctx.stop()
+    with pytest.raises(ConfigError, match=r"the context is stopped \(a stopped context cannot be restarted: build a new one"):
+        ctx.start()

@@ -34,7 +34,7 @@ def test_the_context_runs_the_executor_instance_it_was_given(executor: object) -
 
 
 def test_an_object_that_is_not_an_executor_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"executor .* is not available.*streamkeep\.executors\.base\.Executor"):
+    with pytest.raises(ConfigError, match=r"executor .* is not an Executor.*streamkeep\.executors\.base\.Executor"):
         sk.StreamingContext(1.0, executor=object())  # type: ignore[arg-type]
 
 
