@@ -297,11 +297,11 @@ class RedisSink:
 
     Connection errors and timeouts are retried ``max_retries`` times with
     exponential backoff from ``retry_backoff_s`` (doubling, at most 2 s); a
-    retry re-reads the marker, so a transaction whose EXEC reached Redis before
+    retry re-reads the marker, so a batch whose script ran on Redis before
     the connection dropped is not applied twice. Then SinkError: the batch is
     not committed and runs again after a restart.
 
-    **Redis Cluster.** WATCH and MULTI/EXEC work only on keys of one hash slot.
+    **Redis Cluster.** A script may touch only keys of one hash slot.
     Use a hash tag in the marker key and in every key the write function
     touches, e.g. ``marker_key="{app}:streamkeep:last_batch"`` with data keys
     ``"{app}:user:42"``; the write then lands on one node, which bounds its
@@ -463,7 +463,8 @@ class RedisSink:
         """Apply the batch once: skipped if the marker says `batch_time` is applied.
 
         Raises:
-            SinkError: Redis stayed unreachable, or commands failed in EXEC.
+            SinkError: Redis stayed unreachable, a command could not run (nothing applied), or commands
+                failed while running (recorded in the marker; the replay runs exactly them again).
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
