@@ -319,7 +319,13 @@ class Checkpoint:
         return data
 
     def _ensure_identity(self, engine_version: str) -> None:
-        if self.storage.exists(_IDENTITY):
+        try:  # the first look at a remote storage (after the lease): its client's own errors say little
+            present = self.storage.exists(_IDENTITY)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise self.storage.unreachable(exc) from exc
+        if present:
             self.identity()
             return
         others = [n for n in self.storage.list("") if n not in (_LOCK, _LEASE)]
@@ -367,7 +373,12 @@ class Checkpoint:
         if self.storage.local:
             me.lock_fd = self._open_local()
         else:
-            seen = self._check_lease()
+            try:  # the first contact with a remote storage: its client's own errors say little
+                seen = self._check_lease()
+            except CheckpointError:
+                raise
+            except Exception as exc:
+                raise self.storage.unreachable(exc) from exc
         try:
             self._ensure_identity(engine_version)
             me.checkpoint_id = self._checkpoint_id()

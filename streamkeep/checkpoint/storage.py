@@ -75,6 +75,8 @@ class CheckpointStorage:
         except (ImportError, ValueError) as exc:
             msg = f"cannot open checkpoint URL {url!r}: {exc}. For s3:// URLs install the extra: pip install 'streamkeep[s3]'"
             raise ConfigError(msg) from exc
+        except Exception as exc:  # a filesystem that connects when opened (ftp, sftp, ...): refused, no credentials
+            raise self.unreachable(exc) from exc
         self._fs = fs
         self.root = root.rstrip("/")
         self.local = isinstance(fs, LocalFileSystem)
@@ -97,6 +99,15 @@ class CheckpointStorage:
             CorruptCheckpointError: `rel` is absolute or climbs out of the root (see `confine`).
         """
         return f"{self.root}/{confine(rel)}" if rel else self.root
+
+    def unreachable(self, exc: BaseException) -> CheckpointError:
+        """The error for a storage the first contact could not reach (`exc`: the client's own error)."""
+        msg = (
+            f"cannot reach the checkpoint storage {self.url}: {type(exc).__name__}: {exc}. Check the URL, the "
+            "credentials (the environment, or storage_options=...) and that the server is reachable; "
+            "nothing was read or written."
+        )
+        return CheckpointError(msg)
 
     def _err(self, what: str, rel: str, exc: BaseException) -> CheckpointError:
         msg = f"could not {what} checkpoint file {self.path(rel)} ({self.url}): {type(exc).__name__}: {exc}"

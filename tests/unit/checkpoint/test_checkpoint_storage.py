@@ -96,3 +96,25 @@ def test_an_unusable_checkpoint_url_is_a_checkpoint_error_saying_what_to_do(tmp_
     msg = str(info.value)
     assert f"cannot use {url!r} as a checkpoint" in msg and "pass another checkpoint URL" in msg, msg
     assert not isinstance(info.value.__cause__, CheckpointError)
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1/ckpt", "memory://streamkeep-unreachable/ckpt"])
+def test_an_unreachable_checkpoint_storage_names_the_url_and_what_to_check(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection (ftp connects when opened) or a client error at the first contact (s3 without
+    credentials: stood in for by the memory filesystem raising) is a CheckpointError naming the URL, not the client's bare error."""
+    if url.startswith("memory://"):
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        def no_credentials(self: Any, path: str, **kw: Any) -> Any:
+            raise RuntimeError("Unable to locate credentials")
+
+        monkeypatch.setattr(MemoryFileSystem, "cat_file", no_credentials)
+        monkeypatch.setattr(MemoryFileSystem, "exists", no_credentials)
+    with pytest.raises(CheckpointError) as info:
+        ssc = _tiny_job(url)
+        try:
+            ssc.run(max_batches=1)
+        finally:
+            ssc.stop()
+    msg = str(info.value)
+    assert f"cannot reach the checkpoint storage {url}" in msg and "credentials" in msg, msg
