@@ -11,8 +11,7 @@ The checkpoint's disk flushes are kept off the loop's critical path: the loop
 encodes the plan and the batch's state delta and commit record itself (later
 batches mutate the state), and two background lanes (`Lane`) write and fsync
 them in order. A plan's flush overlaps the batch's compute and is waited for
-before its outputs run (on a local disk the plan is appended to a plan log with one
-``fdatasync`` in the loop itself: cheaper than two thread hand-offs); a batch's commit is written while the next batches run
+before its outputs run; a batch's commit is written while the next batches run
 (at most `COMMITS_IN_FLIGHT`; the loop waits when more would be). What must follow
 a durable commit does: listeners' ``on_batch_completed``, a source's offset commit,
 retention's deletions. A failed write stops the lanes and fails the job at the next
@@ -378,10 +377,7 @@ class Scheduler(Recovery):
 
             assert self.retention is not None
             self.retention.planned(t, blobs)
-            if ckpt.plan_log:  # one append and fdatasync: cheaper here than handing it to the lane's thread and back
-                write()
-            else:
-                lane.submit(t, write)
+            lane.submit(t, write)
         return plan
 
     def _run(self, t: int, plan: dict[str, Any]) -> dict[str, int]:
