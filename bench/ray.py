@@ -1,7 +1,8 @@
 """The Ray executor vs the local one, ratios in one run (issue 12).
 
-Three jobs, each on the local executor and on Ray with W = 1, 2 and 4 workers (a local
-Ray with ``num_cpus=W`` and ``num_partitions=W``), no checkpoint, ManualClock (no waiting):
+Three jobs, each on the local executor and on Ray with W = 1, 2 and 4 workers (the local Ray
+that ``RayExecutor(num_cpus=W, num_partitions=W)`` starts on demand, as a user's job gets it),
+no checkpoint, ManualClock (no waiting):
 
 * **word count**: ``update_state_by_key`` over words from 10k keys (cheap per record);
 * **CPU-heavy**: a per-record function of about 50 us (a busy loop) before
@@ -18,10 +19,13 @@ Ray, back to back, and the figures are the median (min-max) over rounds of those
 Run: ``.venv/bin/python bench/ray.py [--quick] [--rounds N] [--workers 1 2 4]``. On a 2-core machine W=4 only adds
 contention: it shows where scaling stops, not more speed.
 
-``--cpu`` adds, per job and W, the CPU time every process of the job used per batch (read from
+``--cpu`` first runs the CPU-heavy function in one process alone and in two at once: if two
+processes at once take longer per record, the two cores do not double the throughput (vCPUs
+sharing a physical core, a busy host) and no executor reaches 2x here. It then adds, per job and W, the CPU time every process of the job used per batch (read from
 ``/proc/<pid>/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
 against the local executor's: what Ray adds to the work, which on a machine with few cores comes out
-of the workers' share. It is measured on the best-of runs, so it is far less noisy than a wall-clock
+of the workers' share, and the CPU time the hypervisor took from the VM's vCPUs meanwhile (``steal``: a
+host that runs other work on the same cores, which a second busy vCPU feels). It is measured on the best-of runs, so it is far less noisy than a wall-clock
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
 """
 
@@ -101,7 +105,19 @@ def _cpu_by_role() -> dict[str, float]:
             continue
         role = _role(pid)
         out[role] = out.get(role, 0.0) + ns / 1e9
+        if role == "actors":
+            out[f"actor {pid}"] = ns / 1e9
     return out
+
+
+def _steal_s() -> float:
+    """CPU seconds the hypervisor took from this VM's vCPUs so far (``steal`` in /proc/stat; 0 on bare metal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> tuple[float, dict[str, float]]:
@@ -112,18 +128,63 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     ssc.run(1)
     best, best_cpu = float("inf"), {}
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
-        c0 = _cpu_by_role() if CPU else {}
+        c0 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
         t0 = time.perf_counter()
         ssc.run(len(batches))
         took = time.perf_counter() - t0
         if took < best:
-            c1 = _cpu_by_role() if CPU else {}
+            c1 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
             best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
+    if best_cpu:  # the partition actor that worked most (the batch waits for it), and the wall time it is set against
+        busiest = max((v for k, v in best_cpu.items() if k.startswith("actor ")), default=0.0)
+        best_cpu = {k: v for k, v in best_cpu.items() if not k.startswith("actor ")}
+        best_cpu.update({"busiest actor": busiest, "wall": best})
     ssc.stop()
     return best, best_cpu
 
 
 CPU = False  # --cpu
+
+
+def _heavy_cpu_us(go: Any, done: Any) -> None:
+    """A process's CPU time per record of `heavy` (microseconds), once per message on `go`, until None."""
+    while go.get() is not None:
+        c0 = time.process_time()
+        for i in range(2000):
+            heavy(f"h{i}")
+        done.put((time.process_time() - c0) / 2000 * 1e6)
+
+
+def _two_cores() -> tuple[float, float]:
+    """The CPU-heavy function's CPU time per record in one process alone and in two at once (best of 15 tries each).
+
+    Two processes that each get a whole core take as long per record as one alone; on two
+    vCPUs that share a physical core (or a busy host) each takes longer, and no executor
+    can scale by 2 there.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    gos = [ctx.Queue() for _ in range(2)]
+    done = ctx.Queue()
+    procs = [ctx.Process(target=_heavy_cpu_us, args=(g, done), daemon=True) for g in gos]
+    for p in procs:
+        p.start()
+    alone: list[float] = []
+    both: list[float] = []
+    try:
+        for _ in range(15):
+            gos[0].put(1)
+            alone.append(done.get())
+            for g in gos:
+                g.put(1)
+            both.extend(done.get() for _ in gos)
+    finally:
+        for g in gos:
+            g.put(None)
+        for p in procs:
+            p.join()
+    return min(alone), min(both)
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -160,6 +221,9 @@ def main() -> None:
     for i in range(2000):
         heavy(f"h{i}")
     print(f"the CPU-heavy function: {(time.perf_counter() - t0) / 2000 * 1e6:.0f} us per record here")
+    if CPU:
+        alone, both = _two_cores()
+        print(f"  its CPU per record, best of 15: {alone:.1f} us in one process alone, {both:.1f} us each in two at once")
     import ray
 
     from streamkeep.executors import RayExecutor
@@ -171,9 +235,10 @@ def main() -> None:
     added: dict[str, dict[int, list[float]]] = {}  # ms Ray adds per batch, for the jobs whose function is free
     cpu: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in jobs}  # ms per batch by role
     for w in args.workers:
-        ray.init(num_cpus=w, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        # the local Ray a RayExecutor starts on demand, as a user's job gets it (loopback only, no dashboard, ...)
+        ex = RayExecutor(num_partitions=w, num_cpus=w, keep_actors=True)
         try:
-            ex = RayExecutor(num_partitions=w, keep_actors=True)
+            _time_job(ex, [["w"]], pair, 1)  # start Ray and the actors before the rounds: the local runs share the machine with them too
             for name, (b, f) in jobs.items():
                 for _ in range(args.rounds):
                     loc, loc_cpu = _time_job("local", b, f, 1)
@@ -185,19 +250,28 @@ def main() -> None:
                     secs[name].setdefault(f"ray W={w}", []).append(on_ray)
                     if f is pair and "word" not in name:
                         added.setdefault(name, {}).setdefault(w, []).append((on_ray - loc) / len(b) * 1e3)
-            ex.shutdown()
         finally:
-            ray.shutdown()
+            ex.shutdown()  # the actors and the local Ray it started
+            if ray.is_initialized():
+                ray.shutdown()
     print(f"{args.rounds} alternating rounds per W; median (min-max) over rounds")
     for name in jobs:
         cells = "; ".join(f"W={w}: {_spread(r)}x" for w, r in ratio[name].items())
         print(f"{name}: local/Ray ratio {cells}")
         print("  seconds: " + "; ".join(f"{k}: {_spread(v)}" for k, v in secs[name].items()))
         for label, per_round in cpu[name].items() if CPU else ():
-            roles = sorted({r for c in per_round for r in c}, key=["driver", "actors", "task workers", "Ray daemons"].index)
-            total = _spread([sum(c.values()) for c in per_round], "{:.1f}")
+            order = ["driver", "actors", "task workers", "Ray daemons"]
+            roles = sorted({r for c in per_round for r in c if r in order}, key=order.index)
+            total = _spread([sum(v for r, v in c.items() if r in order) for c in per_round], "{:.1f}")
             parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
-            print(f"  CPU ms per batch, {label}: {total} ({parts})")
+            steal = _spread([c.get("host steal", 0.0) for c in per_round], "{:.1f}")
+            print(f"  CPU ms per batch, {label}: {total} ({parts}); taken by the host (steal): {steal}")
+            if label != "local" and any(c.get("busiest actor") for c in per_round):
+                # wall minus the busiest actor's CPU: what the batch spent outside its slowest worker
+                # (the driver's and the exchange's serial part, and the actor waiting for a core)
+                busy = _spread([c["busiest actor"] for c in per_round], "{:.1f}")
+                idle = _spread([c["wall"] - c["busiest actor"] for c in per_round], "{:.1f}")
+                print(f"    {label}: busiest actor's CPU {busy} ms per batch; wall beyond it {idle} ms")
     for name, per_w in added.items():
         print(f"Ray's added cost per batch ({name}): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in per_w.items()))
 

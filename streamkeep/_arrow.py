@@ -12,6 +12,7 @@ A leaf of layer 1: imports only ``streamkeep.errors`` of streamkeep.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,9 @@ def require(module: str, what: str) -> Any:
         ConfigError: the module is not installed (or blocked); the message names `what`
             and the ``streamkeep[tables]`` extra.
     """
+    loaded = sys.modules.get(module)
+    if loaded is not None:  # imported already: the table path asks for pyarrow and numpy every batch
+        return loaded
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -270,12 +270,18 @@ class PartitionHost:
         mapped = sum(len(b) for b in buckets)
         return (*(None if i == self.index else Records(b) for i, b in enumerate(buckets)), mapped)
 
-    def step(self, name: str, t: int, present: bool, *parts: list[Any] | None) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
+    def step(
+        self, name: str, t: int, present: bool, forget: bool, *parts: list[Any] | None
+    ) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
         """Run operator `name` for batch `t` over this partition's records (one list per upstream chunk).
 
-        A None part is this partition's own bucket of its `map_bucket` slice, kept here.
+        `forget`: first drop every operator's change tracking (`forget_changes`, which the
+        driver folds into the next batch's step instead of a call of its own). A None part
+        is this partition's own bucket of its `map_bucket` slice, kept here.
         Returns (output partitions or None, (produced, dead letters, ms)).
         """
+        if forget:
+            self.forget_changes()
         rt = self.runtimes[name]
         if self.kept and any(k[1] != t for k in self.kept):  # a failed try's leftovers (the map side ran, its step did not)
             self.kept = {k: v for k, v in self.kept.items() if k[1] == t}

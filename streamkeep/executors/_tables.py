@@ -99,6 +99,8 @@ class AggregateStateRuntime(StatefulRuntime):
         self._t = 0  # the batch being computed (error messages)
         self._changes: list[Any] = []  # changed rows per batch since the last delta()
         self.columns = [c for spec in node.aggs for c in _stored(spec)]
+        self._stored_names = [*node.by, *(c for c, _, _ in self.columns)]  # the stored table's columns
+        self._out_names = [*node.by, *(a.out for a in node.aggs)]  # the output's columns
         #: threads a big probe is split over: 1 (never split) unless LocalExecutor(table_threads=N) sets it. One by
         #: default: on the 2-core reference machine the split probe was slower than one thread even at load 1.5
         #: (bench/tables.py, 2026-12-03: 106 vs 96.5 ms per 1M words).
@@ -201,7 +203,7 @@ class AggregateStateRuntime(StatefulRuntime):
         by = self.node.by
         if state is None or len(by) != 1 or not 0 < state.num_rows <= table.num_rows:
             return False
-        if state.column_names != [by[0], *(c for c, _, _ in self.columns)]:
+        if state.column_names != self._stored_names:
             return False
         if by[0] not in table.column_names:
             return False
@@ -248,8 +250,8 @@ class AggregateStateRuntime(StatefulRuntime):
         n_state = state.num_rows
         rows, fresh = self._stored_rows(table.column(key), skeys.chunk(0))  # row n_state: a key not stored yet
         hits = np.bincount(rows, minlength=n_state + 1)[:n_state]
-        touched = np.flatnonzero(hits)
-        every = len(touched) == n_state  # the batch has every stored key: no takes, whole columns
+        every = np.count_nonzero(hits) == n_state  # the batch has every stored key: no takes, whole columns
+        touched = None if every else np.flatnonzero(hits)
         mask = None if every else pa.array(hits > 0)
         cols = [skeys]
         for col, src, fn in self.columns:
@@ -502,7 +504,7 @@ class AggregateStateRuntime(StatefulRuntime):
         """The user's view of state rows: key columns and one column per aggregate (means divided out)."""
         pa, pc = self.pa, self.pc
         node = self.node
-        if table.num_columns and table.column_names == [*node.by, *(a.out for a in node.aggs)]:
+        if table.num_columns and table.column_names == self._out_names:
             return table
         if not table.num_rows and not table.num_columns:
             return table

@@ -149,7 +149,7 @@ class RayExecutor:
             GCS of a cluster this machine belongs to) or ``"auto"``. None (default): an
             already-initialised Ray in this process, else the cluster in the ``RAY_ADDRESS``
             environment variable, else a local Ray started on demand,
-            bound to 127.0.0.1 (no dashboard, no usage stats), stopped by `close`.
+            bound to 127.0.0.1 (no dashboard, no usage stats, a quiet log monitor), stopped by `close`.
         num_partitions: key partitions (and actors) per job; None: the cluster's CPU count.
         actor_options: passed to the actors' ``.options(...)`` (e.g. ``{"num_cpus": 1}``,
             ``{"resources": {...}}``).
@@ -193,7 +193,8 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.keep_actors = keep_actors
         self._started_ray = False
-        self._hosts: list[Any] = []
+        self._actors: list[Any] = []  # the partition actors (`_hosts` also gives them a pending forget first)
+        self._forget = False  # forget_changes not yet sent to the actors (the next step does it first)
         self._count = 0
         self._cpus = 1
         self._lost: tuple[type[BaseException], ...] = ()
@@ -209,6 +210,18 @@ class RayExecutor:
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
         self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
 
+    @property
+    def _hosts(self) -> list[Any]:
+        """The partition actors, each sent a pending `forget_changes` first (calls other than the step read or write its changes)."""
+        if self._forget:
+            self._forget = False
+            self._unread.extend(h.forget_changes.remote() for h in self._actors)
+        return self._actors
+
+    @_hosts.setter
+    def _hosts(self, actors: list[Any]) -> None:
+        self._actors = actors
+
     # -- connecting ------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -223,6 +236,11 @@ class RayExecutor:
                 # Ray starts workers at nice 15: on a machine shared with other work they would get a
                 # fraction of a core while the driver runs at the user's priority. The job's work is the job.
                 os.environ.setdefault("RAY_worker_niceness", "0")
+                # Ray's log monitor globs the session's log directory 10 times a second while it has
+                # fewer files than this (about 10 ms of CPU a second, taken from the job's cores);
+                # with 0 it looks for new files every half second. Its lines go nowhere
+                # (log_to_driver=False): the workers' logs stay in the session's log files.
+                os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
                 ray.init(
                     address="local",
                     num_cpus=self.num_cpus,
@@ -384,6 +402,7 @@ class RayExecutor:
             raise self._lost_error(exc) from exc
 
     def _drop_unread(self) -> None:
+        self._forget = False  # `open` builds the actors' runtimes anew
         unread, self._unread = self._unread, []
         self._settle(unread)
 
@@ -504,14 +523,15 @@ class RayExecutor:
     def forget_changes(self) -> None:
         """Drop every operator's change tracking.
 
-        The actors' calls are not waited for here (a round trip per batch without a
-        checkpoint): an actor runs its calls in order, so it forgets before the next batch's
-        step, and the next `_get` reads their results (a dead actor is lost there).
+        The actors are not called here (a call per actor and batch without a checkpoint):
+        the next batch's `step` call forgets first, and any other call to the actors is
+        preceded by a `forget_changes` call (`_hosts`; an actor runs its calls in order),
+        whose result the next `_get` reads (a dead actor is lost there).
         """
         for rt in self._driver.values():
             rt.forget_changes()
         if self._partitioned:
-            self._unread.extend(h.forget_changes.remote() for h in self._hosts)
+            self._forget = True
 
     def event_time(self) -> dict[str, dict[str, Any]]:
         """Watermark and late records of each event-time window operator (`EventTimeReporting`; they run in the driver)."""
@@ -702,6 +722,7 @@ class RayExecutor:
         n = self._count
         per_host: list[list[Any]] = [[] for _ in range(n)]
         first: list[Any] = []  # the map side's results in the actors: their errors come before the steps'
+        forget, self._forget = self._forget, False  # the steps forget the last batch's changes first
         hosted = None if parent is None else self._map_in_hosts(node.name, parent, t)
         if hosted is not None:
             per_host, first = hosted
@@ -710,7 +731,7 @@ class RayExecutor:
                 for i in range(n):
                     per_host[i].append(buckets[i])
         present = parent is not None
-        calls = [h.step.options(num_returns=2).remote(node.name, t, present, *per_host[i]) for i, h in enumerate(self._hosts)]
+        calls = [h.step.options(num_returns=2).remote(node.name, t, present, forget, *per_host[i]) for i, h in enumerate(self._actors)]
         try:  # one wait per batch: the map side and the steps were submitted together
             metas: list[tuple[bool, list[Any], float]] = self._get(first + [m for _, m in calls])[len(first) :]
         except BaseException:
@@ -745,7 +766,7 @@ class RayExecutor:
         ops = parent._ops
         calls = [
             h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, Records(records[i * size : (i + 1) * size]))
-            for i, h in enumerate(self._hosts)
+            for i, h in enumerate(self._actors)
         ]
         per_host = [[None if j == i else calls[j][i] for j in range(n)] for i in range(n)]  # slice order: a key's records in order
         return per_host, [c[n] for c in calls]

@@ -101,3 +101,31 @@ def test_an_actor_killed_mid_batch_is_replaced_and_the_batch_retried_exactly(tmp
     assert len(pids) == 2
     assert out == ref_out
     assert state == ref_state
+
+
+def test_an_actor_killed_mid_batch_without_a_checkpoint_stops_the_job_with_a_clear_error(ray_address):
+    """Without a checkpoint the change tracking is dropped by the next batch's step (no call of its
+    own): an actor killed while that is pending fails the batch there, with the error that says the
+    lost state cannot come back without a checkpoint (not a hang, not a result from half the state)."""
+    ex = sk.executors.RayExecutor(num_partitions=2)
+    seen: list[int] = []
+
+    def kill(t, b):
+        seen.append(_ms(t))
+        if len(seen) == 2:  # batch 2: batch 1's forget is pending, its step has not run
+            pid = ex.actor_pids()[1]
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+        return b
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ex)
+    sink = ListSink("totals")
+    pairs = ssc.queue_stream([[(i % 13, 1) for i in range(30)]] * 3, name="q").transform(kill)
+    pairs.update_state_by_key(_update, name="totals").write_to(sink)
+    try:
+        ssc.run(1)
+        with pytest.raises(sk.errors.WorkerLostError, match="no checkpoint"):
+            ssc.run(1)
+    finally:
+        ssc.stop()
+    assert [t for t, _ in sink.batches] == [1000]  # batch 2 wrote nothing
