@@ -81,12 +81,21 @@ class _NewFiles:
     def __init__(self, root: str) -> None:
         self.root = root
         self.seen: set[str] = set()
+        self.logs: dict[str, int] = {}  # plan logs (appended to): size at the last scan
 
     def scan(self) -> dict[str, int]:
         out = {"plan": 0, "delta": 0, "record": 0, "snap": 0, "other": 0}
         for d, _, names in os.walk(self.root):
             for n in names:
                 p = os.path.join(d, n)
+                if n.endswith(".plog"):  # a plan log: the plans appended since the last scan
+                    try:
+                        size = os.path.getsize(p)
+                    except FileNotFoundError:
+                        continue
+                    out["plan"] += size - self.logs.get(p, 0)
+                    self.logs[p] = size
+                    continue
                 if p in self.seen or n.startswith(".tmp-") or n in ("lease", "lock", "CHECKPOINT"):
                     continue
                 try:

@@ -22,6 +22,7 @@ ENV_VAR = "STREAMKEEP_CRASH_AT"
 BATCH_POINTS: tuple[str, ...] = (
     "blob.after_write",
     "plan.before_write",
+    "plan.torn_append",
     "plan.after_write",
     "run.after_read",
     "sink.before_write",

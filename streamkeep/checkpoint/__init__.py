@@ -10,6 +10,7 @@ from streamkeep.checkpoint._checkpoint import (
     CommitRecord,
     blob_path,
     log_path,
+    plan_log_path,
     plan_path,
     state_dir,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "blob_path",
     "frame",
     "log_path",
+    "plan_log_path",
     "plan_path",
     "state_dir",
     "unframe",

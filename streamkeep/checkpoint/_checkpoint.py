@@ -6,6 +6,8 @@ Layout under the root URL (see docs/checkpoint-format.md)::
     lease                      current owner and heartbeat (the only file rewritten)
     log/<seq:012d>.rec         commit log: "claim" and "commit" records, created atomically
     plans/<T:015d>.plan        each batch's input plan, durable before the batch runs
+    plans/<T:015d>.plog        local disks (format 6): the plans of batch T and the next ones, each
+                               appended and made durable with one fdatasync (a plan log)
     state/<op>/<T:015d>.delta  the keys an operator changed in batch T
     state/<op>/<T:015d>.snap   an operator's full state as of batch T
     state/<op>/<T:015d>.p<i>of<n>.e<epoch>.delta|snap
@@ -35,7 +37,16 @@ from typing import Any
 
 from streamkeep import _faults
 from streamkeep._util import hostname, random_id
-from streamkeep.checkpoint._format import FORMAT_VERSION, PLAIN_VERSION, VERIFY_HINT, frame, unframe
+from streamkeep.checkpoint._format import (
+    PARTITIONED_VERSION,
+    PLAIN_VERSION,
+    PLAN_LOG_VERSION,
+    VERIFY_HINT,
+    frame,
+    read_frame,
+    read_frames,
+    unframe,
+)
 from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
 from streamkeep.codec._registry import refuse_pickle
@@ -51,6 +62,12 @@ _LOCK = "lock"
 #: driver's monotonic clock from the start of the renewal); the rest absorbs clock skew between
 #: the hosts that compare the lease's wall-clock heartbeat with their own clocks.
 PROOF_FRACTION = 0.75
+#: A plan log holds at most this many plans (or `PLAN_LOG_BYTES`): the next plan starts a new one,
+#: so retention can delete the old one once no kept commit needs its plans.
+PLAN_LOG_PLANS = 128
+PLAN_LOG_BYTES = 1 << 20
+#: Plan logs on local disks (False: a file per plan, as on other storages; tests of that layout set it).
+PLAN_LOGS = True
 
 
 def _safe(name: str) -> str:
@@ -70,6 +87,11 @@ def state_dir(op: str) -> str:
 def plan_path(batch_time: int) -> str:
     """Path of the plan of `batch_time`."""
     return f"plans/{batch_time:015d}.plan"
+
+
+def plan_log_path(first_time: int) -> str:
+    """Path of the plan log whose first plan is that of `first_time` (local disks, format 6)."""
+    return f"plans/{first_time:015d}.plog"
 
 
 def state_path(op: str, batch_time: int, kind: str) -> str:
@@ -257,6 +279,16 @@ class _Owner:
     checkpoint_id: str = ""
 
 
+@dataclass
+class _PlanLog:
+    """The plan log this driver appends to."""
+
+    rel: str
+    fd: int
+    plans: int
+    size: int
+
+
 class Checkpoint:
     """Read and write one checkpoint.
 
@@ -275,6 +307,17 @@ class Checkpoint:
         self._tally = threading.local()  # bytes written per thread (a batch's vs a background snapshot's)
         #: Log records `records()` skipped because they could not be read (seq -> error).
         self.unreadable: dict[int, CheckpointError] = {}
+        #: Plans go to plan logs (``plans/<T>.plog``, appended) on local disks; elsewhere (and with
+        #: False) each plan is a file of its own (``plans/<T>.plan``).
+        self.plan_log = self.storage.local and PLAN_LOGS
+        #: The batch time of the newest commit this driver wrote or read (plans in a plan log name it).
+        self._committed: int | None = None
+        self._plan_log: _PlanLog | None = None
+        self._plans_lock = threading.Lock()
+        #: plan log -> its newest plan's batch time, and batch time -> the plan log holding it, for the
+        #: plan logs this driver wrote or found (retention deletes a log once no kept commit needs it)
+        self._log_last: dict[str, int] = {}
+        self._in_log: dict[int, str] = {}
 
     # -- records ------------------------------------------------------------
 
@@ -608,6 +651,7 @@ class Checkpoint:
         if not me.lost:
             with contextlib.suppress(CheckpointError):
                 self._write_lease(released=True)
+        self._close_plan_log()
         self._owner = None
         self._release_lock(me)
 
@@ -673,7 +717,10 @@ class Checkpoint:
 
     def commits(self) -> list[CommitRecord]:
         """Readable commit records, newest first."""
-        return [r for r in self.records(newest_first=True) if r.kind == "commit"]
+        out = [r for r in self.records(newest_first=True) if r.kind == "commit"]
+        if out and self._owner is not None:  # recovery: the plans this driver writes name the commit it continues
+            self._committed = max(self._committed or out[0].batch_time, out[0].batch_time)
+        return out
 
     def lost_history(self, records: list[CommitRecord] | None = None) -> list[str]:
         """Signs that this checkpoint once held commits, for a log without a readable commit.
@@ -687,7 +734,8 @@ class Checkpoint:
         * the log does not start at record 1;
         * a record's epoch is past its sequence number (epochs continue the lease's);
         * the lease names an epoch newer than every record;
-        * a state file whose batch has no plan.
+        * a state file whose batch has no plan;
+        * a plan in a plan log that names a commit (each names the newest commit its driver knew).
 
         Args:
             records: the readable log records, if already read.
@@ -709,7 +757,14 @@ class Checkpoint:
         log_epoch = max((e for r in recs if isinstance(e := r.data.get("epoch", 0), int)), default=0)
         if lease_epoch > log_epoch:
             out.append(f"the lease names epoch {lease_epoch}, but the newest epoch in the log is {log_epoch or 'none'}")
-        plans = set(self.plan_times())
+        index = self.plan_index()
+        plans = set(index)
+        for rel in sorted({r for r in index.values() if r.endswith(".plog")}):
+            named = [(t, p.get("committed")) for t, p in self.read_plan_log(rel)[0].items() if p.get("committed") is not None]
+            if named:
+                t, committed = named[0]
+                out.append(f"the plan of batch {t} ms in {rel} was written after the commit of batch {committed} ms, whose record is gone")
+                break
         for d in self.storage.list_dirs("state"):
             for n in self.storage.list(f"state/{d}"):
                 stem = n.split(".")[0]
@@ -734,7 +789,9 @@ class Checkpoint:
         seq = me.seq + 1
         rec = {**record, "type": "commit", "epoch": me.epoch, "host": hostname(), "pid": os.getpid()}
         state = record.get("state", {})
-        version = FORMAT_VERSION if any(isinstance(c, dict) and partitioned_chain(c) for c in state.values()) else PLAIN_VERSION
+        version = PARTITIONED_VERSION if any(isinstance(c, dict) and partitioned_chain(c) for c in state.values()) else PLAIN_VERSION
+        if self.plan_log:  # its pending plans are in plan logs, which a reader of 1 to 5 would not see
+            version = PLAN_LOG_VERSION
         data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
@@ -747,6 +804,7 @@ class Checkpoint:
             )
             raise CheckpointInUseError(msg)
         me.seq = seq
+        self._committed = int(record["batch_time"])
         self._count(len(data))
         _faults.point("commit.after_record")
         return seq
@@ -787,21 +845,163 @@ class Checkpoint:
         self.write_plan_data(batch_time, self.encode_plan(batch_time, plan))
 
     def encode_plan(self, batch_time: int, plan: dict[str, Any]) -> bytes:
-        """The framed bytes of the plan of `batch_time` (`write_plan_data` writes them)."""
+        """The framed bytes of the plan of `batch_time` (`write_plan_data` writes them).
+
+        A plan for a plan log names the newest commit this driver knows (``committed``, a batch
+        time): so a checkpoint whose commit records were lost is never taken for a new one
+        (`lost_history`), although its plan logs still hold plans older than its commits.
+        """
+        if self.plan_log and self._committed is not None:
+            plan = {**plan, "committed": self._committed}
         return self.encode("plan", plan, rel=plan_path(batch_time))
 
     def write_plan_data(self, batch_time: int, data: bytes) -> None:
-        """Make the plan of `batch_time`, encoded by `encode_plan`, durable (as `write_plan`)."""
-        self._create(plan_path(batch_time), data)
+        """Make the plan of `batch_time`, encoded by `encode_plan`, durable (as `write_plan`).
+
+        With `plan_log` (local disks) it is appended to this driver's plan log with one
+        ``fdatasync``; the first plan of a log creates it (atomically, as any file). Plans
+        come in batch order from one thread at a time.
+        """
+        if not self.plan_log:
+            self._create(plan_path(batch_time), data)
+            return
+        f = read_frame(self.storage.path(plan_path(batch_time)), data, "plan", plan_path(batch_time))
+        pl = self._plan_log
+        if pl is None or pl.plans >= PLAN_LOG_PLANS or pl.size >= PLAN_LOG_BYTES:
+            self._close_plan_log()
+            rel = plan_log_path(batch_time)
+            rec = frame("plan", f.codec, f.payload, rel, PLAN_LOG_VERSION)
+            self._create(rel, rec)
+            pl = self._plan_log = _PlanLog(rel, self.storage.open_append(rel), 1, len(rec))
+        else:
+            rec = frame("plan", f.codec, f.payload, pl.rel, PLAN_LOG_VERSION)
+            try:
+                self.storage.append(pl.fd, pl.rel, rec, point="plan.torn_append")
+            except CheckpointError:
+                self._close_plan_log()  # the next plan starts a new log
+                raise
+            pl.plans += 1
+            pl.size += len(rec)
+            self._count(len(rec))
+        with self._plans_lock:
+            self._log_last[pl.rel] = batch_time
+            self._in_log[batch_time] = pl.rel
+
+    def _close_plan_log(self) -> None:
+        pl, self._plan_log = self._plan_log, None
+        if pl is not None:
+            with contextlib.suppress(OSError):
+                os.close(pl.fd)
+
+    def plan_index(self) -> dict[int, str]:
+        """Batch time -> the file holding its plan (``plans/<T>.plan``, or the plan log holding it), for every plan stored.
+
+        Raises:
+            CorruptCheckpointError: a plan log is damaged (other than at its end: see `read_plan_log`).
+        """
+        out: dict[int, str] = {}
+        for n in self.storage.list("plans"):
+            stem, _, ext = n.partition(".")
+            if not stem.isdigit():
+                continue
+            if ext == "plan" and int(stem) not in out:
+                out[int(stem)] = f"plans/{n}"
+            elif ext == "plan":
+                msg = f"checkpoint {self.url}: the plan of batch {int(stem)} ms is stored twice, in {out[int(stem)]} and in plans/{n}. {VERIFY_HINT}"
+                raise CorruptCheckpointError(msg)
+            elif ext == "plog":
+                rel = f"plans/{n}"
+                plans, _ = self.read_plan_log(rel)
+                with self._plans_lock:
+                    for t in plans:
+                        if t in out:
+                            msg = f"checkpoint {self.url}: the plan of batch {t} ms is stored twice, in {out[t]} and in {rel}. {VERIFY_HINT}"
+                            raise CorruptCheckpointError(msg)
+                        out[t] = rel
+                        self._in_log.setdefault(t, rel)
+                    if plans:
+                        self._log_last[rel] = max(self._log_last.get(rel, 0), max(plans))
+        return out
 
     def plan_times(self) -> list[int]:
-        """Batch times that have a plan file, ascending."""
-        return sorted(int(n.split(".")[0]) for n in self.storage.list("plans") if n.endswith(".plan") and n.split(".")[0].isdigit())
+        """Batch times that have a plan (a file of their own, or in a plan log), ascending."""
+        return sorted(self.plan_index())
+
+    def plan_logs(self) -> dict[str, int]:
+        """Plan log -> the batch time of its newest plan, for every plan log stored."""
+        out: dict[str, int] = {}
+        for t, rel in self.plan_index().items():
+            if rel.endswith(".plog"):
+                out[rel] = max(out.get(rel, t), t)
+        return out
+
+    def read_plan_log(self, rel: str) -> tuple[dict[int, dict[str, Any]], int]:
+        """The plans a plan log holds (batch time -> plan, unchecked beyond their batch times), and the bytes of a torn tail.
+
+        The first plan's batch time is the one the log's name holds; every next one is later. A
+        tail that is not a sound frame is what a crash in the middle of an append leaves (that
+        append never returned, so its batch produced nothing): it is skipped, its length returned.
+
+        Raises:
+            CorruptCheckpointError: the log's first frame is damaged, a plan is not a plan of a
+                later batch than the one before it, or it does not decode.
+        """
+        path = self.storage.path(rel)
+        data = self.storage.read(rel)
+        frames, end = read_frames(path, data, "plan", rel)
+        stem = rel.rsplit("/", 1)[-1].partition(".")[0]
+        out: dict[int, dict[str, Any]] = {}
+        last = int(stem) - 1 if stem.isdigit() else -1
+        for i, f in enumerate(frames):
+            refuse_pickle(f.codec, False, f"checkpoint file {path}")
+            try:
+                plan = get_codec(f.codec).decode(f.payload)
+            except Exception as exc:
+                msg = f"checkpoint file {path}: plan {i + 1} passed its checksum but could not be decoded: {type(exc).__name__}: {exc}"
+                raise CorruptCheckpointError(msg) from exc
+            t = plan.get("batch_time") if isinstance(plan, dict) else None
+            if not isinstance(t, int) or isinstance(t, bool) or t <= last or (i == 0 and t != last + 1):
+                want = f"batch {last + 1} ms, as its name says" if i == 0 else f"a batch after {last} ms"
+                msg = f"checkpoint file {path}: plan {i + 1} holds the plan of batch {t!r} ms, not of {want}: it was altered. {VERIFY_HINT}"
+                raise CorruptCheckpointError(msg)
+            out[t] = plan
+            last = t
+        return out, len(data) - end
+
+    def plan_file(self, batch_time: int) -> str:
+        """The file holding the plan of `batch_time` as far as this driver knows (its own file unless in a plan log)."""
+        with self._plans_lock:
+            return self._in_log.get(batch_time, plan_path(batch_time))
+
+    def forget_plans(self, upto: int) -> list[str]:
+        """The plan logs whose plans are all of batches up to `upto`, except the one being appended to; forgets them.
+
+        Retention deletes them (with the plans of their own file up to `upto`).
+        """
+        open_rel = self._plan_log.rel if self._plan_log is not None else None
+        with self._plans_lock:
+            done = [rel for rel, last in self._log_last.items() if last <= upto and rel != open_rel]
+            for rel in done:
+                del self._log_last[rel]
+            for t in [t for t, rel in self._in_log.items() if t <= upto and rel not in self._log_last]:
+                del self._in_log[t]
+        return done
 
     def read_plan(self, batch_time: int) -> dict[str, Any]:
-        """The plan of `batch_time`."""
+        """The plan of `batch_time` (from its own file, or from the plan log holding it)."""
         rel = plan_path(batch_time)
-        data = self.read(rel, "plan")
+        if self.plan_file(batch_time) == rel and not self.storage.exists(rel):
+            self.plan_index()  # learn the plan logs
+        log_rel = self.plan_file(batch_time)
+        if log_rel != rel:
+            rel = log_rel
+            plans, _ = self.read_plan_log(rel)
+            if batch_time not in plans:
+                msg = f"{self.storage.path(rel)} does not hold the plan of batch {batch_time} ms. {VERIFY_HINT}"
+                raise CorruptCheckpointError(msg)
+            data = plans[batch_time]
+        else:
+            data = self.read(rel, "plan")
         if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict) or not isinstance(data.get("positions", {}), dict):
             msg = f"{self.storage.path(rel)} does not hold a plan. {VERIFY_HINT}"
             raise CorruptCheckpointError(msg)
@@ -831,7 +1031,7 @@ class Checkpoint:
         it), and no commit names it before the owner acknowledged it.
         """
         rel = part_path(op, batch_time, kind, part, count, epoch)
-        data = frame(kind, codec, payload, rel, FORMAT_VERSION)
+        data = frame(kind, codec, payload, rel, PARTITIONED_VERSION)
         self.storage.write(rel, data)
         self._count(len(data))
         return rel

@@ -11,6 +11,9 @@ Layout of one file (all integers big-endian)::
 read from, so a valid file copied or renamed to another name is refused. Format 1
 files (earlier 0.1.0 development builds; no name) are still read, without that check.
 
+A plan log (format 6, ``plans/<T>.plog``) is the one file that holds several frames, one
+after another, each naming the log itself; `read_frames` reads them.
+
 A file that does not parse, or whose CRC does not match, is corrupt; the error
 names the file. Imports only streamkeep.errors.
 """
@@ -24,16 +27,22 @@ from typing import NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The newest version this streamkeep writes (5: the key-partitioned layout, whose state files the
-#: partition owners write -- ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records
-#: naming them; the frame is the same as in 2 to 4).
-FORMAT_VERSION = 5
+#: The newest version this streamkeep writes (6: the plan log of local checkpoints,
+#: ``plans/<T>.plog``, one frame per plan appended, and the commit records of a driver that writes it).
+FORMAT_VERSION = 6
+#: The key-partitioned layout, whose state files the partition owners write --
+#: ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records naming them; the frame is
+#: the same as in 2 to 4.
+PARTITIONED_VERSION = 5
+#: The plan log's frames, and the commit records of a driver that writes plans to a plan log (so that a
+#: streamkeep reading only 1 to 5, which would not see the pending plans in the log, refuses them).
+PLAN_LOG_VERSION = 6
 #: The version of every other file (4: items payloads may be segmented, msgpack format 2 in
 #: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py). A checkpoint of
 #: the local executor is all version 4.
 PLAIN_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")
@@ -133,6 +142,52 @@ def read_frame(path: str, data: bytes, kind: str | None = None, name: str | None
     if name is not None and own is not None and own != name:
         raise bad(f"it was written as {own!r}, not {name!r} (a valid file under the wrong name)")
     return Frame(version, file_kind, codec, own, data[pos:end])
+
+
+def read_frames(path: str, data: bytes, kind: str, name: str) -> tuple[list[Frame], int]:
+    """The frames of a file that holds several, one after another (a plan log), and where they end.
+
+    The first frame must be sound (a plan log is created atomically with it); reading stops at
+    the first bytes after it that are not a sound frame: the tail a crash in the middle of an
+    append leaves (the append had not returned, so nothing relied on it). Returns the frames and
+    the offset where the sound ones end (``len(data)`` when nothing follows them).
+
+    Raises:
+        CorruptCheckpointError: the first frame is not sound, or is of another kind or name.
+    """
+    frames: list[Frame] = []
+    pos = 0
+    while pos < len(data):
+        end = _frame_end(data, pos)
+        if end is None:
+            if not frames:
+                read_frame(path, data, kind, name)  # raises, saying what is wrong with the first frame
+                raise CorruptCheckpointError(corrupt_message(path, "its first frame is not sound"))  # pragma: no cover
+            break
+        frames.append(read_frame(path, data[pos:end], kind, name))
+        pos = end
+    return frames, pos
+
+
+def _frame_end(data: bytes, pos: int) -> int | None:
+    """The end of the sound frame at `pos` of `data`; None when none is there (truncated, damaged, foreign)."""
+    try:
+        if data[pos : pos + 4] != MAGIC or data[pos + 4] not in READABLE_VERSIONS or data[pos + 4] < 2:
+            return None
+        p = pos + 5
+        p += 1 + data[p]
+        p += 1 + data[p]
+        (nlen,) = _NAME_LEN.unpack_from(data, p)
+        p += _NAME_LEN.size + nlen
+        (n,) = _LEN.unpack_from(data, p)
+        end = p + _LEN.size + n
+        (crc,) = _CRC.unpack_from(data, end)
+    except (IndexError, struct.error):
+        return None
+    end = int(end)
+    if zlib.crc32(memoryview(data)[pos:end]) != crc:
+        return None
+    return end + _CRC.size
 
 
 def unframe(path: str, data: bytes, kind: str | None = None, name: str | None = None) -> tuple[str, bytes]:

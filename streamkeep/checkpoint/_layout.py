@@ -20,8 +20,8 @@ TEMP_PREFIX = ".tmp-"
 #: The OS file lock of local drivers: empty by design, not framed.
 LOCK = "lock"
 
-#: Frame kinds of files, as `classify` returns them.
-FRAMED_KINDS = frozenset({"identity", "lease", "record", "plan", "delta", "snap", "blob"})
+#: Frame kinds of files, as `classify` returns them (a ``plan_log`` holds several ``plan`` frames).
+FRAMED_KINDS = frozenset({"identity", "lease", "record", "plan", "plan_log", "delta", "snap", "blob"})
 
 
 def classify(rel: str) -> str | None:
@@ -29,7 +29,8 @@ def classify(rel: str) -> str | None:
 
     Returns:
         The frame kind of a framed file (``"identity"``, ``"lease"``, ``"record"``,
-        ``"plan"``, ``"delta"``, ``"snap"`` or ``"blob"``: see `FRAMED_KINDS`), ``"lock"``
+        ``"plan"``, ``"delta"``, ``"snap"`` or ``"blob"``; ``"plan_log"`` for a plan log, which
+        holds ``"plan"`` frames: see `FRAMED_KINDS`), ``"lock"``
         for the local drivers' lock file, ``"temp"`` for a leftover of an interrupted
         write, or None for a file that is not part of the layout.
     """
@@ -47,6 +48,8 @@ def classify(rel: str) -> str | None:
         return "record"
     if parts[0] == "plans" and len(parts) == 2 and name.endswith(".plan"):
         return "plan"
+    if parts[0] == "plans" and len(parts) == 2 and name.endswith(".plog"):
+        return "plan_log"
     if parts[0] == "state" and len(parts) == 3 and name.endswith((".delta", ".snap")):
         return "delta" if name.endswith(".delta") else "snap"
     if parts[0] == "blobs" and len(parts) == 2:

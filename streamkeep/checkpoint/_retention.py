@@ -1,6 +1,6 @@
 """Which files of a checkpoint are still needed, deleting the rest, and the blob stores of sources.
 
-Knows the layout (``log/``, ``plans/``, ``state/<op>/<T>[.p<i>of<n>.e<epoch>].delta|snap``, ``blobs/``) and
+Knows the layout (``log/``, ``plans/<T>.plan|plog``, ``state/<op>/<T>[.p<i>of<n>.e<epoch>].delta|snap``, ``blobs/``) and
 nothing of operators or sources beyond the blob names the scheduler hands it.
 """
 
@@ -125,7 +125,10 @@ class Retention:
             for pt in [pt for pt in self.plan_blobs if pt <= oldest_t]:
                 doomed += [blob_path(b) for b in self.plan_blobs.pop(pt)]
             while self.plans_written and self.plans_written[0] <= oldest_t:
-                doomed.append(plan_path(self.plans_written.popleft()))
+                pt = self.plans_written.popleft()
+                if ckpt.plan_file(pt) == plan_path(pt):  # a plan in a plan log goes with the log
+                    doomed.append(plan_path(pt))
+            doomed += ckpt.forget_plans(oldest_t)
         for i, rel in enumerate(doomed):
             ckpt.delete(rel)
             if i == 0:
@@ -168,9 +171,16 @@ class Retention:
                 if seq < oldest.seq:
                     delete(log_path(seq))
         pending_blobs = {b for blobs in self.plan_blobs.values() for b in blobs} | keep_blobs
-        for t in ckpt.plan_times():
-            if t <= committed:
-                delete(plan_path(t))
+        logs: dict[str, int] = {}
+        for t, rel in ckpt.plan_index().items():
+            if rel.endswith(".plog"):
+                logs[rel] = max(logs.get(rel, t), t)
+            elif t <= committed:
+                delete(rel)
+        for rel, last in logs.items():  # a plan log goes once every plan in it is at or before the commit
+            if last <= committed:
+                delete(rel)
+        ckpt.forget_plans(committed)
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:
                 delete(f"blobs/{n}")

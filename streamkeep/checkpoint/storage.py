@@ -9,6 +9,10 @@ only if no other record has that name):
 * S3 (s3fs): a conditional put (``If-None-Match: *``) through ``open(mode="xb")``;
 * other filesystems: ``mode="xb"`` where the filesystem supports it.
 
+The one exception to whole files, on local disks only, is an append log (`open_append`,
+`append`): a file created whole with its first record, to which later records are
+appended, each made durable by one ``fdatasync`` (no new name, so no directory flush).
+
 Knows nothing of operators, sources or sinks. Imports streamkeep.errors and _faults.
 """
 
@@ -181,6 +185,36 @@ class CheckpointStorage:
         finally:
             os.close(dfd)
         return True
+
+    def open_append(self, rel: str) -> int:
+        """Open the local file `rel` (created by `create`) for `append`; its file descriptor."""
+        try:
+            return os.open(self.path(rel), os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise self._err("open for appending", rel, exc) from exc
+
+    def append(self, fd: int, rel: str, data: bytes, *, point: str) -> None:
+        """Append `data` to the local file `rel` open as `fd` and make it durable (one ``fdatasync``).
+
+        On an error, the file is cut back to its size before (best effort: what remains of a
+        partial append is a tail that readers skip, see `_format.read_frames`). `point` is the crash
+        point reached halfway through the write (a crash there leaves such a tail).
+        """
+        try:
+            before = os.lseek(fd, 0, os.SEEK_END)
+            view = memoryview(data)
+            half = len(data) // 2
+            try:
+                _write_all(fd, view[:half])
+                _faults.point(point)
+                _write_all(fd, view[half:])
+                os.fdatasync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                raise
+        except OSError as exc:
+            raise self._err("append to", rel, exc) from exc
 
     # -- reads -------------------------------------------------------------
 

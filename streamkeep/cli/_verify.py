@@ -49,6 +49,24 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str])
         rep.notes.append(f"{rel}: not part of the checkpoint layout (ignored)")
         return
     rep.checked += 1
+    if kind == "plan_log":
+        try:
+            plans, torn = ckpt.read_plan_log(rel)
+            for t in plans:
+                ckpt.read_plan(t)  # the checks recovery makes
+        except CheckpointError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                rep.notes.append(f"{rel}: deleted while verifying (a live driver's retention?)")
+            else:
+                rep.problems.append(f"{rel}: {text(exc)}")
+            return
+        if torn:
+            rep.notes.append(
+                f"{rel}: ends with {torn} bytes of an append a crash interrupted (harmless: that plan never became "
+                f"durable, so its batch produced nothing; recovery skips them)"
+            )
+        rep.ok_files.add(rel)
+        return
     try:
         data = ckpt.storage.read(rel)
     except CheckpointError as exc:
@@ -112,13 +130,18 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
                 rep.problems.append(f"{log_path(r.seq)} (batch {r.batch_time} ms) needs {rel}, which is missing")
     committed = commits[0].batch_time if commits else -1
     sources = commits[0].data.get("graph", {}).get("sources", {}) if commits else {}
-    for t in ckpt.plan_times():
-        if t <= committed or plan_path(t) not in rep.ok_files:
+    try:
+        index = ckpt.plan_index()
+    except CheckpointError:  # a damaged plan log: reported with its file
+        index = {}
+    for t, rel in index.items():
+        if t <= committed or rel not in rep.ok_files:
             continue
         plan = ckpt.read_plan(t)
+        where = plan_path(t) if rel == plan_path(t) else f"{rel} (plan of batch {t} ms)"
         for b in plan.get("blobs", []):
             if blob_path(b) not in present:
-                rep.problems.append(f"{plan_path(t)} (pending batch {t} ms) needs {blob_path(b)}, which is missing")
+                rep.problems.append(f"{where} (pending batch {t} ms) needs {blob_path(b)}, which is missing")
         for src, p in plan.get("sources", {}).items():  # the check recovery makes before replaying a file plan
             if sources.get(src, {}).get("kind") != "text_files":
                 continue
@@ -127,7 +150,7 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
                     confine(entry[0])
                 except (CheckpointError, TypeError, IndexError, KeyError):
                     rep.problems.append(
-                        f"{plan_path(t)} (pending batch {t} ms): text_file_stream {src!r} plans {entry!r}, which is not "
+                        f"{where} (pending batch {t} ms): text_file_stream {src!r} plans {entry!r}, which is not "
                         f"a file inside its directory: recovery refuses the plan"
                     )
 

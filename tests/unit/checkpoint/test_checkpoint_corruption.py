@@ -17,8 +17,8 @@ import pytest
 from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
-from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, frame, unframe
-from streamkeep.checkpoint._format import PLAIN_VERSION
+from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, _checkpoint, frame, log_path, unframe
+from streamkeep.checkpoint._format import PARTITIONED_VERSION, PLAIN_VERSION, PLAN_LOG_VERSION, read_frame
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.testing import ListSink
 
@@ -32,7 +32,8 @@ def test_frame_round_trip_and_documented_layout() -> None:
     head = (
         b"SKCP" + bytes([PLAIN_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
-    assert PLAIN_VERSION == 4 and FORMAT_VERSION == 5  # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py
+    # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py; 6: plan logs (local disks)
+    assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and FORMAT_VERSION == PLAN_LOG_VERSION == 6
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
@@ -171,15 +172,29 @@ def test_all_commit_records_unreadable_never_starts_over(tmp_path: Path) -> None
         _recover_and_finish(url)
 
 
-def test_damaged_plan_of_a_pending_batch_names_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["plan log", "plan files"])
+def test_damaged_plan_of_a_pending_batch_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    if layout == "plan files":  # the layout of other storages (S3, fsspec)
+        monkeypatch.setattr(_checkpoint, "PLAN_LOGS", False)
     url = str(tmp_path / "ckpt")
     _committed(url)
     ck = Checkpoint(url)
     plan = ck.read_plan(5000)
-    ck.write_plan(6000, {**plan, "batch_time": 6000})  # a planned, uncommitted batch ...
-    _flip(Path(url, "plans", "000000000006000.plan"))  # ... whose plan is damaged
-    with pytest.raises(CorruptCheckpointError, match="000000000006000.plan"):
+    ck.write_plan(6000, {**plan, "batch_time": 6000})  # a planned, uncommitted batch (the first of a new plan log) ...
+    name = "000000000006000.plan" if layout == "plan files" else "000000000006000.plog"
+    _flip(Path(url, "plans", name))  # ... whose plan is damaged
+    with pytest.raises(CorruptCheckpointError, match=name):
         _recover_and_finish(url)
+
+
+def test_commit_records_next_to_plan_logs_are_format_6(tmp_path: Path) -> None:
+    """A streamkeep that reads only formats 1 to 5 would not see pending plans in a plan log: it refuses the commits."""
+    url = str(tmp_path / "ckpt")
+    _committed(url)
+    ck = Checkpoint(url)
+    assert [p.name for p in Path(url, "plans").iterdir()] == ["000000000001000.plog"]
+    for rec in ck.commits():
+        assert read_frame("r", ck.storage.read(log_path(rec.seq)), "record").version == PLAN_LOG_VERSION == 6
 
 
 def test_damaged_identity_file(tmp_path: Path) -> None:

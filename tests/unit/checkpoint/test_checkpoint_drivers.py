@@ -371,10 +371,11 @@ def test_the_later_claim_loses_when_the_earlier_claimer_already_checked_the_log_
     b.release()
 
 
-def test_a_driver_refused_a_file_it_did_not_write_stays_fenced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["plan log", "plan files"])
+def test_a_driver_refused_a_file_it_did_not_write_stays_fenced(tmp_path: Path, layout: str) -> None:
     """When _create finds another driver's file after a takeover, this driver is marked lost:
     its next ownership check fails at once, even on a local disk where it still holds the flock."""
-    from streamkeep.checkpoint import Checkpoint, log_path, plan_path
+    from streamkeep.checkpoint import Checkpoint, log_path, plan_log_path, plan_path
 
     url = str(tmp_path / "ckpt")
     a = Checkpoint(url)
@@ -384,7 +385,9 @@ def test_a_driver_refused_a_file_it_did_not_write_stays_fenced(tmp_path: Path) -
         seq = a.last_seq() + 1  # another driver's claim after A's, and its plan of batch 5000
         rec = {"type": "claim", "epoch": 99, "owner": "b", "host": "elsewhere", "pid": 1, "time_ms": 0}
         assert a.storage.create(log_path(seq), a.encode("record", rec, rel=log_path(seq)))
-        assert a.storage.create(plan_path(5000), a.encode("plan", {"batch_time": 5000}, rel=plan_path(5000)))
+        a.plan_log = layout == "plan log"
+        rel = plan_log_path(5000) if a.plan_log else plan_path(5000)  # where A's plan of batch 5000 would go
+        assert a.storage.create(rel, a.encode("plan", {"batch_time": 5000}, rel=rel))
         with pytest.raises(CheckpointInUseError):
             a.write_plan(5000, {"batch_time": 5000, "sources": {}, "positions": {}})
         with pytest.raises(CheckpointInUseError):

@@ -18,7 +18,7 @@ import pytest
 from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint, CheckpointStorage, log_path, plan_path
+from streamkeep.checkpoint import Checkpoint, CheckpointStorage, _checkpoint, log_path, plan_log_path, plan_path
 from streamkeep.cli import main
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.testing import ListSink, ManualClock
@@ -227,7 +227,8 @@ def test_operator_names_never_leave_the_state_directory(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ 10.11: files under the wrong name
 
 
-def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_checkpoint, "PLAN_LOGS", False)  # a file per plan, as on S3
     url = str(tmp_path / "ckpt")
     run_until(url, rate_job(url, ListSink()), 5)
     shutil.copy(Path(url, plan_path(5000)), Path(url, plan_path(6000)))  # looks like a pending batch 6
@@ -235,6 +236,51 @@ def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsy
     assert rc == 1 and "written as 'plans/000000000005000.plan', not 'plans/000000000006000.plan'" in out, out
     with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plan.*written as"):
         _finish(url)
+
+
+def test_a_plan_log_copied_under_another_batch_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    shutil.copy(Path(url, plan_log_path(1000)), Path(url, plan_log_path(6000)))  # looks like pending batches 6 to 10
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "written as 'plans/000000000001000.plog', not 'plans/000000000006000.plog'" in out, out
+    with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plog.*written as"):
+        _finish(url)
+
+
+def test_a_plan_log_whose_last_append_was_torn_skips_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crash in the middle of an append leaves a partial plan at the end of the plan log: never durable, so its
+    batch produced nothing; recovery skips it (and re-plans that batch), verify notes it."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    ck = Checkpoint(url)
+    assert ck.plan_times() == [1000, 2000, 3000, 4000, 5000]
+    log = Path(url, plan_log_path(1000))
+    whole = log.read_bytes()
+    with log.open("ab") as f:
+        f.write(whole[: len(whole) // 8])  # the first part of another frame
+    assert Checkpoint(url).plan_times() == [1000, 2000, 3000, 4000, 5000]
+    assert Checkpoint(url).read_plan_log(plan_log_path(1000))[1] == len(whole) // 8
+    rc, out = _verify(capsys, url)
+    assert rc == 0 and "interrupted" in out, out
+    sink = _finish(url, 8)
+    assert [t for t, _ in sink.batches] == [6000, 7000, 8000]
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+def test_a_plan_log_with_a_plan_out_of_order_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "ckpt")
+    ck = Checkpoint(url)
+    ck.claim("test", "0")
+    try:
+        plan = {"sources": {}, "positions": {}}
+        ck.write_plan(1000, {**plan, "batch_time": 1000})
+        ck.write_plan(2000, {**plan, "batch_time": 2000})
+        ck.write_plan(1500, {**plan, "batch_time": 1500})  # not after the plan before it
+    finally:
+        ck.release()
+    with pytest.raises(CorruptCheckpointError, match=r"000000000001000\.plog: plan 3 holds the plan of batch 1500 ms, not of a batch after 2000 ms"):
+        Checkpoint(url).plan_times()
 
 
 def test_an_older_snapshot_copied_over_a_newer_one_is_never_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

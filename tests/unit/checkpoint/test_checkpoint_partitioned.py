@@ -10,7 +10,7 @@ import pytest
 from streamkeep.checkpoint import Checkpoint, CommitRecord, Retention
 from streamkeep.checkpoint._checkpoint import check_chain, parse_state_name, part_path
 from streamkeep.checkpoint._compact import compact, read_entry
-from streamkeep.checkpoint._format import FORMAT_VERSION, PLAIN_VERSION, read_frame
+from streamkeep.checkpoint._format import PARTITIONED_VERSION, PLAIN_VERSION, read_frame
 from streamkeep.codec import encode_items, get_codec
 from streamkeep.errors import CorruptCheckpointError
 from streamkeep.executors._partitions import partition_of, split_state
@@ -45,7 +45,7 @@ def test_part_file_names_round_trip_and_look_alikes_are_not_state_files() -> Non
 def test_partition_files_are_format_5_and_everything_else_stays_4(tmp_path: Path) -> None:
     ck = Checkpoint(str(tmp_path))
     rel = ck.write_part("op", 1000, "delta", _payload([("a", 1)]), "msgpack", 0, 2, 1)
-    assert read_frame("x", ck.storage.read(rel), "delta", rel).version == FORMAT_VERSION == 5
+    assert read_frame("x", ck.storage.read(rel), "delta", rel).version == PARTITIONED_VERSION == 5
     whole = ck.write_state("op", 1000, "delta", _payload([("a", 1)]), "msgpack")
     assert read_frame("x", ck.storage.read(whole), "delta", whole).version == PLAIN_VERSION == 4
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
@@ -91,7 +92,10 @@ def test_retention_removes_old_files_and_keeps_what_commits_need(tmp_path: Path)
         extra = state_files - needed
         assert all(f.endswith(".snap") for f in extra) and len(extra) <= 2, extra
         plans = sorted(f for f in files if f.startswith("plans/"))
-        assert plans == [f"plans/{total * 1000:015d}.plan"], plans  # plans up to the oldest retained commit are gone
+        # A plan log goes once every plan in it is at or before the oldest retained commit (the one of this run stays).
+        logs_plans = [Checkpoint(url).read_plan_log(f)[0] for f in plans]
+        assert all(f.endswith(".plog") for f in plans) and len(plans) <= 2, plans
+        assert all(max(p) > commits[-1].batch_time for p in logs_plans), plans
         logs = sorted(f for f in files if f.startswith("log/"))
         assert len(logs) <= 3, logs
     assert max(counts[1:]) <= counts[0] + 4, counts  # bounded: does not grow with the number of batches (the snapshot phase varies)
@@ -125,3 +129,25 @@ def test_keep_commits_one_still_keeps_a_commit_to_fall_back_to(tmp_path: Path) -
     sink = ListSink()
     run_until(url, rate_job(url, sink, snapshot_every=2, keep_commits=1), 9)
     assert sorted(sink.batches[-1][1]) == totals_after(9)
+
+
+def test_plan_logs_rotate_and_old_ones_are_deleted_while_the_job_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamkeep.checkpoint import _checkpoint
+
+    monkeypatch.setattr(_checkpoint, "PLAN_LOG_PLANS", 3)
+    url = str(tmp_path / "c")
+    seen: set[str] = set()
+    sink = ListSink()
+    ssc = sk.StreamingContext.get_or_create(url, rate_job(url, sink, snapshot_every=5, keep_commits=2))
+    for _ in range(20):
+        ssc.run(max_batches=1)
+        now = {f for f in _files(url) if f.startswith("plans/")}
+        seen |= now
+        assert len(now) <= 2, now  # the log being appended to, and the one before while a kept commit needs it
+    ssc.stop()
+    assert len(seen) == 7  # batches 1-3, 4-6, ..., 19-20: every log was written, rotated and deleted in turn
+    assert sorted(sink.batches[-1][1]) == totals_after(20)
+    # and a restart replays nothing and continues exactly
+    sink2 = ListSink()
+    run_until(url, rate_job(url, sink2, snapshot_every=5, keep_commits=2), 22)
+    assert [t for t, _ in sink2.batches] == [21000, 22000] and sorted(sink2.batches[-1][1]) == totals_after(22)

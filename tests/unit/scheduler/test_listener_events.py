@@ -231,7 +231,7 @@ def test_checkpoint_bytes_are_the_bytes_of_the_files_the_batch_wrote(tmp_path: A
     """BatchInfo.checkpoint_bytes = plan + delta files + commit record of that batch, read back from disk."""
     from pathlib import Path
 
-    from streamkeep.checkpoint import Checkpoint, log_path, plan_path
+    from streamkeep.checkpoint import Checkpoint, log_path
 
     url = str(tmp_path / "ckpt")
     rec = Recorder()
@@ -242,10 +242,14 @@ def test_checkpoint_bytes_are_the_bytes_of_the_files_the_batch_wrote(tmp_path: A
     by_time = {c.batch_time: c for c in Checkpoint(url).commits()}
     infos = rec.of("completed")
     assert len(infos) == 4
+    # the plans are in a plan log (local disks): each is one frame of it, as long as the file of a plan of its own
+    ck = Checkpoint(url)
+    assert ck.plan_index()[infos[0].batch_time_ms].endswith(".plog")
     for info in infos:
         t = info.batch_time_ms
-        files = [plan_path(t), log_path(by_time[t].seq), *(f for f in by_time[t].files() if f.endswith(f"{t:015d}.delta"))]
-        want = sum(Path(url, f).stat().st_size for f in files)
+        plan_bytes = len(ck.encode_plan(t, ck.read_plan(t)))
+        files = [log_path(by_time[t].seq), *(f for f in by_time[t].files() if f.endswith(f"{t:015d}.delta"))]
+        want = plan_bytes + sum(Path(url, f).stat().st_size for f in files)
         assert info.checkpoint_bytes == want, (t, files)
 
 

@@ -144,3 +144,39 @@ def test_an_error_not_yet_raised_is_returned_by_close() -> None:
     lane.submit(7, lambda: 1 / 0)
     err = lane.close()
     assert isinstance(err, ZeroDivisionError)
+
+
+def test_a_steady_batch_on_a_local_disk_flushes_its_plan_once_and_creates_no_plan_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.1: the plan is appended to the plan log with one fdatasync (before: a new file, its fsync, a link and
+    a directory fsync), so a steady batch whose delta rides in the commit record flushes the disk three times: the
+    plan, the record and the log directory's entry for it. And the plans are not one file each."""
+    import os
+
+    url = str(tmp_path / "c")
+    sink = ListSink()
+    job = rate_job(url, sink, snapshot_every=1000, keep_commits=1000, window=False, inline_delta_bytes=1 << 20)
+    ssc = sk.StreamingContext.get_or_create(url, job)
+    ssc.run(max_batches=3)  # the first plan creates the plan log
+    flushes: list[str] = []
+    lock = threading.Lock()
+
+    def counting(name: str) -> Any:
+        orig = getattr(os, name)
+
+        def call(fd: int) -> None:
+            if threading.current_thread().name != "streamkeep-lease":  # the lease's heartbeat: not the batches'
+                with lock:
+                    flushes.append(name)
+            orig(fd)
+
+        return call
+
+    monkeypatch.setattr(os, "fsync", counting("fsync"))
+    monkeypatch.setattr(os, "fdatasync", counting("fdatasync"))
+    ssc.run(max_batches=10)  # returns once the 10 batches are committed
+    monkeypatch.undo()
+    ssc.stop()
+    assert sorted(sink.batches[-1][1]) == totals_after(13)
+    assert len(flushes) == 30, flushes  # before: 40 (the plan's file and its directory entry flushed apart)
+    assert flushes.count("fdatasync") == 10
+    assert sorted(p.name for p in Path(url, "plans").iterdir()) == ["000000000001000.plog"]
