@@ -21,7 +21,7 @@ from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
 from streamkeep.codec._items import PlainFirstPairs
-from streamkeep.codec._msgpack import all_tuple_plain, tuple_plain
+from streamkeep.codec._msgpack import tuple_plain
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.dstream._state import _ABSENT, State
 from streamkeep.errors import UserFunctionError
@@ -134,7 +134,7 @@ class _Keyed(StatefulRuntime):
             return None
         plain = self._plain
         if plain and self._plain_checked:  # the pairs known to pack natively first, and how many they are
-            if plain.issuperset(map(itemgetter(0), changed)):  # all of them (checked in C)
+            if changed and plain.issuperset(map(itemgetter(0), changed)):  # all of them (checked in C)
                 return {"set": PlainFirstPairs(changed, len(changed)), "del": removed}
             known = [kv for kv in changed if kv[0] in plain]
             n = len(known)
@@ -233,19 +233,6 @@ class UpdateStateRuntime(_Keyed):
             return list(data.items())
         changed = self.store.changed
         plain = self._plain
-        # The keys to check (changed, or never found plain) and their values, checked at once in C-speed
-        # passes: when all are plain (the usual case for tuple states), every pair is shared as it is.
-        check = data.keys() & changed
-        check |= data.keys() - plain
-        if check:
-            keys = list(check)
-            if all_tuple_plain(keys) and all_tuple_plain(list(map(data.__getitem__, keys))):
-                plain |= check
-                self._plain_checked = True
-                return list(data.items())
-        else:
-            self._plain_checked = True
-            return list(data.items())
         out: list[tuple[Any, Any]] = []
         append = out.append
         for k, v in data.items():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from streamkeep.codec import MSGPACK, decode_items, encode_items, get_codec
 from streamkeep.codec._items import PlainFirstPairs
-from streamkeep.codec._msgpack import all_tuple_plain, tuple_plain
+from streamkeep.codec._msgpack import tuple_plain
 
 PICKLE = get_codec("pickle")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,9 +103,3 @@ def test_segmented_items_roundtrip_is_exact(pairs: list[tuple[Any, Any]]) -> Non
     hinted = PlainFirstPairs(checked + [kv for kv in pairs if not (tuple_plain(kv[0]) and tuple_plain(kv[1]))], len(checked))
     out = decode_items(MSGPACK, encode_items(MSGPACK, hinted))
     assert same(out, list(hinted)), (hinted, out)
-
-
-@SETTINGS
-@given(st.lists(st.one_of(plain_scalars, tuple_trees, hashables, values), max_size=8))
-def test_all_tuple_plain_answers_as_tuple_plain_does(objs: list[Any]) -> None:
-    assert all_tuple_plain(objs) == all(tuple_plain(o) for o in objs), objs

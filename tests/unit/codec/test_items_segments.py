@@ -12,7 +12,7 @@ from _strict import same
 
 from streamkeep.codec import MSGPACK, DecodeError, UnsupportedValueError, decode_items, encode_items
 from streamkeep.codec._items import PlainFirstPairs
-from streamkeep.codec._msgpack import MAX_EXT_NESTING, all_tuple_plain, tuple_plain
+from streamkeep.codec._msgpack import MAX_EXT_NESTING, tuple_plain
 
 Pair = namedtuple("Pair", "a b")
 
@@ -96,18 +96,6 @@ def test_tuple_plain() -> None:
     for _ in range(MAX_EXT_NESTING + 1):
         deep = (deep,)
     assert not tuple_plain(deep)  # too deep for version 1 too: that path gives the error
-
-
-def test_all_tuple_plain_checks_many_objects_as_tuple_plain_does() -> None:
-    assert all_tuple_plain([STATE, "u1", 3, None, (), ((),)]) and all_tuple_plain([])
-    for bad in ((1, [2]), (1, Pair(1, 2)), Pair(1, 2), (1, frozenset({2})), 1j, ((1, (2, {3: 4})),)):
-        assert not tuple_plain(bad)
-        assert not all_tuple_plain([STATE, "u1", bad, STATE]), bad
-    ok: Any = 1
-    for _ in range(MAX_EXT_NESTING):
-        ok = (ok,)
-    assert tuple_plain(ok) and all_tuple_plain([STATE, ok])
-    assert not tuple_plain((ok,)) and not all_tuple_plain([STATE, (ok,)])  # one level too deep
 
 
 def test_too_deep_tuples_are_refused() -> None:
