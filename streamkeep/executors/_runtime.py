@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from operator import itemgetter
 from typing import Any
 
 from streamkeep._columns import Columns
@@ -133,6 +134,8 @@ class _Keyed(StatefulRuntime):
             return None
         plain = self._plain
         if plain and self._plain_checked:  # the pairs known to pack natively first, and how many they are
+            if changed and plain.issuperset(map(itemgetter(0), changed)):  # all of them (checked in C)
+                return {"set": PlainFirstPairs(changed, len(changed)), "del": removed}
             known = [kv for kv in changed if kv[0] in plain]
             n = len(known)
             if n:

@@ -25,6 +25,7 @@ uncommitted batches with exactly their plans.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -269,9 +270,20 @@ class Scheduler(Recovery):
             self.executor.measure_timings()
         for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
             try:
-                counts = self._run(t, plan)
-                p2 = time.perf_counter()
-                self._commit(t, plan)
+                # The cyclic GC is paused while the batch is read, computed and its changes encoded: its
+                # records and their values live until the batch ends, so young-generation collections only
+                # walked them again and again, promoting them into full collections (~0.4 s of 3 s CPU for
+                # 200k records in bench/kafka.py). Cyclic garbage user code makes waits until the batch ends.
+                gc_on = gc.isenabled()
+                if gc_on:
+                    gc.disable()
+                try:
+                    counts = self._run(t, plan)
+                    p2 = time.perf_counter()
+                    self._commit(t, plan)  # its delta's pairs and payload die with it, unwalked too
+                finally:
+                    if gc_on:
+                        gc.enable()
                 break
             except WorkerLostError as exc:  # a worker holding state died: last commit's state, same plan
                 self._finish_commits(wait=True)  # the last commit is the newest one on storage
