@@ -102,6 +102,8 @@ class Scheduler(Recovery):
         # Capabilities checked once: an isinstance against a runtime-checkable Protocol costs ~9 us, every batch.
         self._remote_input = executor if isinstance(executor, RemoteInput) else None
         self._key_partitioned = executor if isinstance(executor, KeyPartitioned) else None
+        #: sources whose read writes to a dead-letter sink: a sink output, so their plan is durable first
+        self._dead_lettering: set[str] = set()
         #: stateful operators by name (their codec encodes what the executor hands over)
         self.stateful: dict[str, StatefulNode] = {n.name: n for n in graph.needed() if isinstance(n, StatefulNode)}
         self.retention = Retention(checkpoint, keep_commits) if checkpoint is not None else None
@@ -155,6 +157,7 @@ class Scheduler(Recovery):
             raise ConfigError(msg)
         self.sources = [n.source for n in needed if isinstance(n, SourceNode)]
         self._backpressured = [(s.name, s) for s in self.sources if isinstance(s, Backpressured)]
+        self._dead_lettering = {s.name for s in self.sources if isinstance(s, DeadLettering) and s.dead_letter_sink is not None}
         self._committing = [(s.name, s) for s in self.sources if isinstance(s, OffsetCommitting)]
         sinks = [n.sink for n in needed if isinstance(n, OutputNode) and n.sink is not None]
         self._description = g.describe()
@@ -399,6 +402,11 @@ class Scheduler(Recovery):
         counts: dict[str, int] = {}
         remote = self._remote_input
         for src in self.sources:
+            if src.name in self._dead_lettering and self._plan_lane is not None:
+                # Its read writes the batch's dead letters: like any output, only once the plan is durable
+                # (a kill before would re-plan the records, maybe into another batch time, which the
+                # dead-letter sink's per-batch marker does not recognise: written twice).
+                self._plan_lane.wait(t)
             got = None if remote is None or src.name not in planned else remote.read_input(src, planned[src.name], t)
             if got is not None:  # read by the executor's workers (the records stay there)
                 inputs[src.name], per_part = got

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,40 @@ def test_text_file_stream_exposes_new_files_only() -> None:
     params = inspect.signature(sk.StreamingContext.text_file_stream).parameters
     assert params["new_files_only"].default is True
     assert {"encoding", "errors", "on_error", "storage_options"} <= set(params)
+
+
+def test_dead_letters_are_written_only_once_the_batchs_plan_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source's dead letters are a sink output: written after its batch's plan is durable, like every output.
+
+    The plan's flush runs in the background while the batch reads its input. Written before it was
+    durable, a kill in between re-planned the lines (maybe into another batch time, which the
+    dead-letter sink's per-batch marker does not recognise): written twice. Here the plan write waits
+    (up to 2 s) for a dead letter; the order of the two is what the test checks.
+    """
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    order: list[tuple[str, int]] = []
+    dead_written = threading.Event()
+
+    class _Dead(ListSink):
+        def write(self, batch_time: Any, records: Any) -> None:
+            order.append(("dead letters", int(batch_time)))
+            dead_written.set()
+            super().write(batch_time, records)
+
+    real = _checkpoint.Checkpoint.write_plan_data
+
+    def slow_plan(self: Any, batch_time: int, data: bytes) -> None:
+        if batch_time == 2000:  # the batch with the undecodable line
+            dead_written.wait(2.0)  # the fixed engine never writes the dead letter before this returns
+        real(self, batch_time, data)
+        order.append(("plan durable", batch_time))
+
+    monkeypatch.setattr(_checkpoint.Checkpoint, "write_plan_data", slow_plan)
+    dead = _Dead("dead")
+    run_until(url, file_job(url, d, ListSink(), on_error=dead), 1)
+    _put(d, "bad.txt", b"fine\nbad \xff line\n")
+    run_until(url, file_job(url, d, ListSink(), on_error=dead), 2)
+    mine = [e for e in order if e[1] == 2000]
+    assert mine == [("plan durable", 2000), ("dead letters", 2000)], order
