@@ -308,6 +308,7 @@ class KafkaSource:
             except ck.KafkaException as exc:
                 msg = f"kafka source {self.name!r}: cannot create an admin client: {exc}"
                 raise ConfigError(msg) from exc
+        self._admin.poll(0)  # hands its queued log lines to its logger (an admin client has no poll of its own)
         return self._admin
 
     # ------------------------------------------------------------------ position

@@ -495,3 +495,29 @@ def test_read_leaves_the_garbage_collector_as_it_found_it(kafka_cluster, topic_f
             gc.enable()
     finally:
         src.close()
+
+
+def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapsed(capfd, caplog, monkeypatch):
+    """librdkafka's connect failures go to the ``streamkeep.kafka.client`` logger, each line once per window, not to stderr."""
+    import logging
+    import socket
+
+    from streamkeep.sources._kafka_config import CLIENT_LOG
+
+    monkeypatch.setattr(CLIENT_LOG, "_seen", {})  # lines other tests' clients logged in this window
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
+    src = KafkaSource("t", bootstrap_servers=f"127.0.0.1:{port}", timeout_s=2.0)
+    try:
+        src.open(None)
+        with pytest.raises(SourceError):
+            src.plan(1000)
+    finally:
+        src.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamkeep.kafka.client"]
+    assert any("Connection refused" in m for m in lines), lines
+    assert len(lines) <= 6, lines  # every client's refused connects, each once (librdkafka retries them ~every 100 ms)
+    assert "%3|" not in capfd.readouterr().err
