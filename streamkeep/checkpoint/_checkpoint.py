@@ -978,7 +978,8 @@ class Checkpoint:
 
         Retention deletes them (with the plans of their own file up to `upto`).
         """
-        open_rel = self._plan_log.rel if self._plan_log is not None else None
+        pl = self._plan_log  # read once: the plan lane may close it (a new log) meanwhile
+        open_rel = pl.rel if pl is not None else None
         with self._plans_lock:
             done = [rel for rel, last in self._log_last.items() if last <= upto and rel != open_rel]
             for rel in done:

@@ -153,7 +153,8 @@ def read_frames(path: str, data: bytes, kind: str, name: str) -> tuple[list[Fram
     the offset where the sound ones end (``len(data)`` when nothing follows them).
 
     Raises:
-        CorruptCheckpointError: the first frame is not sound, or is of another kind or name.
+        CorruptCheckpointError: the first frame is not sound, or is of another kind or name; or
+            unsound bytes are not a torn tail (`_torn_tail`).
     """
     frames: list[Frame] = []
     pos = 0
@@ -163,14 +164,35 @@ def read_frames(path: str, data: bytes, kind: str, name: str) -> tuple[list[Fram
             if not frames:
                 read_frame(path, data, kind, name)  # raises, saying what is wrong with the first frame
                 raise CorruptCheckpointError(corrupt_message(path, "its first frame is not sound"))  # pragma: no cover
+            if not _torn_tail(data, pos):
+                msg = corrupt_message(path, f"the bytes at offset {pos} are not a sound frame, and they are not what a crash in the middle of an append leaves (a whole frame whose checksum fails, or sound frames after them): it was altered")
+                raise CorruptCheckpointError(msg)
             break
         frames.append(read_frame(path, data[pos:end], kind, name))
         pos = end
     return frames, pos
 
 
-def _frame_end(data: bytes, pos: int) -> int | None:
-    """The end of the sound frame at `pos` of `data`; None when none is there (truncated, damaged, foreign)."""
+def _torn_tail(data: bytes, pos: int) -> bool:
+    """Could the unsound bytes from `pos` to the end be what a crash in the middle of an append left?
+
+    Only a frame cut short is (an append writes one frame; a failed one is cut back): not a
+    frame whose header says it is whole and whose checksum fails, and not bytes followed by
+    a sound frame (damage in the middle of the log would otherwise hide the plans after it).
+    """
+    declared = _declared_end(data, pos)
+    if declared is not None and declared + _CRC.size <= len(data):
+        return False
+    nxt = data.find(MAGIC, pos + 1)
+    while nxt != -1:
+        if _frame_end(data, nxt) is not None:
+            return False
+        nxt = data.find(MAGIC, nxt + 1)
+    return True
+
+
+def _declared_end(data: bytes, pos: int) -> int | None:
+    """Where the payload of the frame whose header starts at `pos` ends, as the header says; None if no header is there."""
     try:
         if data[pos : pos + 4] != MAGIC or data[pos + 4] not in READABLE_VERSIONS or data[pos + 4] < 2:
             return None
@@ -180,11 +202,20 @@ def _frame_end(data: bytes, pos: int) -> int | None:
         (nlen,) = _NAME_LEN.unpack_from(data, p)
         p += _NAME_LEN.size + nlen
         (n,) = _LEN.unpack_from(data, p)
-        end = p + _LEN.size + n
-        (crc,) = _CRC.unpack_from(data, end)
     except (IndexError, struct.error):
         return None
-    end = int(end)
+    return int(p + _LEN.size + n)
+
+
+def _frame_end(data: bytes, pos: int) -> int | None:
+    """The end of the sound frame at `pos` of `data`; None when none is there (truncated, damaged, foreign)."""
+    end = _declared_end(data, pos)
+    if end is None:
+        return None
+    try:
+        (crc,) = _CRC.unpack_from(data, end)
+    except struct.error:
+        return None
     if zlib.crc32(memoryview(data)[pos:end]) != crc:
         return None
     return end + _CRC.size

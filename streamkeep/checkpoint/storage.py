@@ -186,6 +186,33 @@ class CheckpointStorage:
             os.close(dfd)
         return True
 
+    def sync(self, rels: list[str]) -> None:
+        """Make the local files `rels` and their directories durable (nothing to do elsewhere: a put is durable).
+
+        Recovery calls it before replaying plans read back: a driver killed between an
+        append and its fdatasync left the plan in the page cache only, and a replay's
+        outputs must not rest on a plan a power loss could still take away.
+        """
+        if not self.local:
+            return
+        dirs: set[str] = set()
+        for rel in rels:
+            try:
+                fd = os.open(self.path(rel), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise self._err("flush", rel, exc) from exc
+            dirs.add(os.path.dirname(self.path(rel)))
+        for d in sorted(dirs):
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
     def open_append(self, rel: str) -> int:
         """Open the local file `rel` (created by `create`) for `append`; its file descriptor."""
         try:

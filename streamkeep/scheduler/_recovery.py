@@ -222,6 +222,8 @@ class Recovery:
                 plan.get("positions", {}).pop(name, None)
             pending.append((t, plan))
             retention.planned(t, list(plan.get("blobs", [])))
+        if pending:  # durable before any replay writes outputs on them (see CheckpointStorage.sync)
+            ckpt.storage.sync(sorted({ckpt.plan_file(t) for t, _ in pending}))
         self._pending = pending
 
     def _check_file_plans(self, t: int, plan: dict[str, Any]) -> None:

@@ -268,6 +268,24 @@ def test_a_plan_log_whose_last_append_was_torn_skips_it(tmp_path: Path, capsys: 
     assert sorted(sink.batches[-1][1]) == totals_after(8)
 
 
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_a_plan_log_damaged_other_than_by_a_torn_append_is_corrupt(tmp_path: Path, where: str) -> None:
+    """A flipped byte inside a whole plan (in the middle of the log, sound plans after it; or the last plan, whole
+    but failing its checksum) is damage, not a torn append: skipping it would hide durable plans whose batches may
+    have written outputs (their replay would then read other input)."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    log = Path(url, plan_log_path(1000))
+    data = bytearray(log.read_bytes())
+    starts = [i for i in range(len(data)) if data[i : i + 4] == b"SKCP"]
+    assert len(starts) == 5, starts
+    at = (starts[2] + starts[3]) // 2 if where == "middle" else (starts[4] + len(data)) // 2
+    data[at] ^= 0x40
+    log.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=r"000000000001000\.plog.*not what a crash in the middle of an append leaves"):
+        Checkpoint(url).plan_times()
+
+
 def test_a_plan_log_with_a_plan_out_of_order_is_refused(tmp_path: Path) -> None:
     url = str(tmp_path / "ckpt")
     ck = Checkpoint(url)

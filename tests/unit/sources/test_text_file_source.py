@@ -284,3 +284,30 @@ def test_dead_letters_are_written_only_once_the_batchs_plan_is_durable(tmp_path:
     run_until(url, file_job(url, d, ListSink(), on_error=dead), 2)
     mine = [e for e in order if e[1] == 2000]
     assert mine == [("plan durable", 2000), ("dead letters", 2000)], order
+
+
+def test_recovery_flushes_the_plans_it_replays_before_replaying_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan read back at recovery may sit in the page cache only (the driver died between its append and its
+    fdatasync): recovery makes its file durable before the replay writes outputs that rest on it."""
+    from streamkeep.checkpoint.storage import CheckpointStorage
+
+    d = tmp_path / "in"
+    d.mkdir()
+    url = str(tmp_path / "ckpt")
+    run_until(url, file_job(url, d, ListSink()), 1)
+    _put(d, "a.txt", "x\n")
+    with pytest.raises(UserFunctionError):
+        run_until(url, file_job(url, d, ListSink(), fail_at_ms=2000), 2)
+    holder = Checkpoint(url).plan_index()[2000]  # planned, never committed
+    synced: list[list[str]] = []
+    real = CheckpointStorage.sync
+
+    def spy(self: CheckpointStorage, rels: list[str]) -> None:
+        synced.append(list(rels))
+        real(self, rels)
+
+    monkeypatch.setattr(CheckpointStorage, "sync", spy)
+    sink = ListSink()
+    run_until(url, file_job(url, d, sink), 2)
+    assert synced == [[holder]], synced
+    assert sink.batches == [(2000, ["x"])]
