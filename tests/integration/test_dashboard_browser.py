@@ -151,9 +151,10 @@ def test_dashboard_shows_the_running_jobs_real_numbers(tmp_path: Path) -> None:
         row = f'tr.batch-row[data-t="{pick.batch_time_ms}"]'
         _wait(lambda: browser.find_element("css selector", row).click() or True, "a click on the batch's row")  # again if re-rendered
         _wait(lambda: find("id", "detail-time").get_attribute("data-t") == str(pick.batch_time_ms), "the batch detail")
-        assert find("id", "detail-records").text == _fmt(pick.num_records)
-        assert find("css selector", "#detail td.src-records").text == _fmt(pick.records_per_source["events"])
-        detail = find("id", "detail").text
+        # read again while a live update re-renders the panel (a stale element); a wrong figure still times out
+        _wait(lambda: find("id", "detail-records").text == _fmt(pick.num_records), "the batch's record count")
+        _wait(lambda: find("css selector", "#detail td.src-records").text == _fmt(pick.records_per_source["events"]), "the source's records")
+        detail = _wait(lambda: find("id", "detail").text, "the batch detail's text")
         assert "clicks_per_user" in detail and "foreach_batch#" in detail
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
