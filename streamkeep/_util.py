@@ -5,12 +5,14 @@ Imports only `streamkeep.errors` and `streamkeep._types`.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
 import time
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from types import FunctionType, ModuleType
 from typing import Any, Final, TypeVar
@@ -224,11 +226,35 @@ def fsync_dir(directory: str) -> None:
 
     Raises OSError.
     """
-    dfd = os.open(directory, os.O_RDONLY)
+    fsync_path(directory)
+
+
+def fsync_path(path: str) -> None:
+    """fsync the file or directory at `path` (its data and metadata reach the disk). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
+
+
+@contextmanager
+def gc_paused(when: bool = True) -> Iterator[None]:
+    """Pause the cyclic GC inside the block (if `when` and it is running); restore it after.
+
+    For code that builds many objects that all live past the block (a batch's records, a
+    decoded state): collections meanwhile free nothing and only walk the heap. The toggle is
+    process-wide; it is only restored by the call that turned it off, so nested or concurrent
+    use at worst leaves the GC running. Cyclic garbage made inside waits until the block ends.
+    """
+    paused = when and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 _R = TypeVar("_R")

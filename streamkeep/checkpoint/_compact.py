@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from streamkeep import _faults
 from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, order_with, order_without, sorted_order
+from streamkeep._util import gc_paused
 from streamkeep.codec import decode_items, encode_items, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
@@ -98,16 +99,10 @@ def decode_payload(
 
 def _decode_columns(codec: Any, chunks: list[bytes]) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()  # a million fresh objects would trigger collections that scan the whole heap
-    try:
+    with gc_paused():  # a million fresh objects would trigger collections that scan the whole heap
         for chunk in chunks:
             keys, values = _decode_chunk(codec, chunk)
             out.update(zip(keys, values, strict=False))  # lengths checked
-    finally:
-        if paused:
-            gc.enable()
     return out
 
 
@@ -117,17 +112,11 @@ def _decode_column_lists(codec: Any, chunks: list[bytes]) -> Columns:
         return Columns(k, v)
     keys: list[Any] = []
     values: list[Any] = []
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
+    with gc_paused():
         for chunk in chunks:
             k, v = _decode_chunk(codec, chunk)
             keys += k
             values += v
-    finally:
-        if paused:
-            gc.enable()
     return Columns(keys, values)
 
 

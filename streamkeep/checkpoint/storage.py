@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 from streamkeep import _faults
-from streamkeep._util import random_id
+from streamkeep._util import fsync_dir, fsync_path, random_id
 from streamkeep.errors import CheckpointError, ConfigError, CorruptCheckpointError
 
 
@@ -179,11 +179,7 @@ class CheckpointStorage:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory)
         return True
 
     def sync(self, rels: list[str]) -> None:
@@ -195,23 +191,12 @@ class CheckpointStorage:
         """
         if not self.local:
             return
-        dirs: set[str] = set()
         for rel in rels:
             try:
-                fd = os.open(self.path(rel), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(self.path(rel))
+                fsync_dir(os.path.dirname(self.path(rel)))  # a plan log created just before the kill
             except OSError as exc:
                 raise self._err("flush", rel, exc) from exc
-            dirs.add(os.path.dirname(self.path(rel)))
-        for d in sorted(dirs):
-            dfd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
 
     def open_append(self, rel: str) -> int:
         """Open the local file `rel` (created by `create`) for `append`; its file descriptor."""

@@ -25,7 +25,6 @@ uncommitted batches with exactly their plans.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from collections import deque
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._util import gc_paused
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, MemoryBlobs, Retention
@@ -277,16 +277,10 @@ class Scheduler(Recovery):
                 # records and their values live until the batch ends, so young-generation collections only
                 # walked them again and again, promoting them into full collections (~0.4 s of 3 s CPU for
                 # 200k records in bench/kafka.py). Cyclic garbage user code makes waits until the batch ends.
-                gc_on = gc.isenabled()
-                if gc_on:
-                    gc.disable()
-                try:
+                with gc_paused():
                     counts = self._run(t, plan)
                     p2 = time.perf_counter()
                     self._commit(t, plan)  # its delta's pairs and payload die with it, unwalked too
-                finally:
-                    if gc_on:
-                        gc.enable()
                 break
             except WorkerLostError as exc:  # a worker holding state died: last commit's state, same plan
                 self._finish_commits(wait=True)  # the last commit is the newest one on storage

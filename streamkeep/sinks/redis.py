@@ -7,12 +7,10 @@ must not import sources, dstream, the scheduler or executors.
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from streamkeep._types import BatchTime
-from streamkeep._util import import_optional, retry_with_backoff, user_function_error
+from streamkeep._util import gc_paused, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
@@ -195,26 +193,6 @@ def _packb(obj: Any) -> bytes:
     """msgpack without the bin and str8 types (spec 2.0), which Redis's Lua ``cmsgpack`` cannot decode: bytes and str both as raw."""
     packed: bytes = msgpack.packb(obj, use_bin_type=False)
     return packed
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a batch's commands are built, sent and answered.
-
-    Every command tuple the write function queues stays alive until the batch is applied,
-    so collections meanwhile free nothing: they only walk the job's heap (its state, the
-    batch's records). In ``bench/kafka.py`` (HSET of ~10k users per batch) they took ~0.13 s
-    of the sink's ~1 s of CPU per 5 batches. Process-wide, as ``codec.decode_items`` and the
-    Kafka read loop do: only restored if this call turned it off; cyclic garbage waits until then.
-    """
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _queueing(pipe: Any) -> Callable[..., Any]:
@@ -558,7 +536,9 @@ class RedisSink:
             if marker.batch_time > batch_time or (marker.batch_time == batch_time and not marker.failed):
                 log.info("RedisSink %r: batch %d already applied (marker %s); skipped", self.name, batch_time, _text(raw))
                 return
-        with _gc_paused():  # the batch's commands are all freed before the collector runs again
+        # Every command tuple the write function queues stays alive until the batch is applied: collections
+        # meanwhile would free nothing and only walk the heap (~0.13 s of the sink's ~1 s CPU in bench/kafka.py).
+        with gc_paused():  # the batch's commands are all freed before the collector runs again
             status = self._run_batch(client, batch_time, records)
         if status == "applied":  # with no failure, else _run_batch raised
             self._left = batch_time
