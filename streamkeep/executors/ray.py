@@ -373,9 +373,11 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         """Stop the partition actors and the local Ray this executor started, if any (also with `keep_actors`)."""
-        for h in self._hosts:
+        self._forget = False  # no forget for actors about to be killed
+        for h in self._actors:
             self._kill(h)
         self._hosts = []
+        self._unread = []  # results of calls to those actors: never read
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
             self._started_ray = False
