@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamkeep import _faults
+from streamkeep._kafka_log import CLIENT_LOG
 from streamkeep._types import BatchTime
 from streamkeep._util import import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
@@ -217,7 +218,8 @@ class KafkaSink:
         if self._producer is not None:
             return self._producer
         ck = _import_kafka()
-        conf: dict[str, Any] = {"acks": "all", "linger.ms": 5}
+        # librdkafka's log lines go to Python logging, repeats collapsed, unless the user set a logger.
+        conf: dict[str, Any] = {"acks": "all", "linger.ms": 5, "logger": CLIENT_LOG}
         conf.update(self._producer_config)
         conf.update({"bootstrap.servers": self.bootstrap_servers, "transactional.id": self.transactional_id, "enable.idempotence": True})
         if self._token is not None:
@@ -230,6 +232,7 @@ class KafkaSink:
         try:
             producer.init_transactions(self.timeout_s)
         except ck.KafkaException as exc:
+            producer.poll(0)  # hand the client's queued log lines (why it failed) to the logger
             # Drop the handle now: the traceback would keep it (and its retries) alive.
             del producer
             msg = (
@@ -242,6 +245,7 @@ class KafkaSink:
         try:
             self._last = self._read_marker()
         except (SinkError, CheckpointInUseError):
+            producer.poll(0)
             del producer
             raise
         self._producer = producer
@@ -260,6 +264,7 @@ class KafkaSink:
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 10,
+                "logger": self._producer_config.get("logger", CLIENT_LOG),
                 **{k: v for k, v in self._producer_config.items() if k.startswith(("security.", "sasl.", "ssl."))},
             }
         )
@@ -494,3 +499,4 @@ class KafkaSink:
             except ck.KafkaException as exc:
                 log.warning("KafkaSink %r: abort_transaction failed: %s", self.name, exc)
         producer.purge()
+        producer.poll(0)  # hand the client's queued log lines to the logger

@@ -6,20 +6,19 @@ Owns :class:`KafkaOptions` (the validated, normalised constructor arguments of
 lazy confluent-kafka import (extra ``streamkeep[kafka]``) and the
 ``"topic:partition"`` key helpers. No broker contact happens here.
 
-Imports only ``streamkeep.errors`` and ``streamkeep._util``; must not import sinks, dstream, the
+Imports only ``streamkeep.errors``, ``streamkeep._util`` and ``streamkeep._kafka_log`` (its
+``CLIENT_LOG``, shared with the Kafka sink, is re-exported here); must not import sinks, dstream, the
 scheduler or executors.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streamkeep._kafka_log import CLIENT_LOG
 from streamkeep._util import import_optional
 from streamkeep.errors import ConfigError, SourceError
 
@@ -34,58 +33,6 @@ __all__ = [
     "split_pkey",
     "validate_options",
 ]
-
-#: How long a client log line that repeats (a broker down: one per reconnect) is only counted.
-REPEAT_WINDOW_S = 30.0
-_VOLATILE = re.compile(r"\d+")
-
-
-class ClientLog:
-    """librdkafka's log lines into Python logging (``streamkeep.kafka.client``), repeats collapsed.
-
-    Without it every client prints ``%3|...|FAIL|...`` lines to stderr, hundreds per
-    minute while a broker is down. The same line (digits aside) is logged once per
-    ``REPEAT_WINDOW_S``; the next one says how many were held back. A ``logger`` in the
-    user's client config replaces this one. Pickles as the process's own instance (a
-    worker's consumer gets its own).
-    """
-
-    def __init__(self) -> None:
-        self._log = logging.getLogger("streamkeep.kafka.client")
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[int, str], tuple[float, int]] = {}  # line -> (first logged at, held back since)
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        """Called by confluent-kafka (``fmt`` is ``"%s [%s] %s"``: facility, client, message)."""
-        if not self._log.isEnabledFor(level):
-            return
-        text = fmt % args if args else fmt
-        key = (level, _VOLATILE.sub("", text))
-        now = time.monotonic()
-        with self._lock:
-            first, held = self._seen.get(key, (-REPEAT_WINDOW_S, 0))
-            if now - first < REPEAT_WINDOW_S:
-                self._seen[key] = (first, held + 1)
-                return
-            if len(self._seen) > 1000:  # many distinct lines: forget the old ones
-                self._seen.clear()
-            self._seen[key] = (now, 0)
-        more = f" (and {held} more like it in the last {REPEAT_WINDOW_S:.0f} s)" if held else ""
-        self._log.log(level, "kafka client: %s%s", text, more)
-
-    def __repr__(self) -> str:
-        return "ClientLog()"
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return (_client_log, ())
-
-
-def _client_log() -> ClientLog:
-    return CLIENT_LOG
-
-
-#: The one `ClientLog` of this process (every consumer and admin client of the Kafka source uses it).
-CLIENT_LOG = ClientLog()
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _STARTING_MODES = ("earliest", "latest", "committed")

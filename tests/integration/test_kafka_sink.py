@@ -143,6 +143,57 @@ def test_open_with_unreachable_broker_fails_clearly(kafka_cluster_factory):
     sink.close()
 
 
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapsed(capfd, caplog, monkeypatch):
+    """The sink's producer logs librdkafka's connect failures to ``streamkeep.kafka.client``, each line once
+    per window, as the source's clients do, not ``%3|...|FAIL|...`` lines to stderr."""
+    import logging
+
+    from streamkeep._kafka_log import CLIENT_LOG
+
+    monkeypatch.setattr(CLIENT_LOG, "_seen", {})  # lines other tests' clients logged in this window
+    port = _dead_port()
+    caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
+    sink = KafkaSink("out", bootstrap_servers=f"127.0.0.1:{port}", name="unreachable", timeout_s=2.0)
+    try:
+        with pytest.raises(SinkError, match="cannot start transactions"):
+            sink.open()
+    finally:
+        sink.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamkeep.kafka.client"]
+    assert any("Connection refused" in m and f"127.0.0.1:{port}" in m for m in lines), lines
+    assert len(lines) <= 6, lines  # librdkafka retries every ~100 ms for 2 s: each distinct line once
+    err = capfd.readouterr().err  # other tests' leftover clients may still print theirs
+    assert f"127.0.0.1:{port}" not in err, err[-2000:]
+
+
+def test_a_logger_in_producer_config_replaces_the_client_log(caplog):
+    """A user's ``logger`` in ``producer_config`` gets the producer's lines (and nothing reaches ours)."""
+    import logging
+
+    port = _dead_port()
+    mine = logging.getLogger("test.kafka.sink.mine")
+    caplog.set_level(logging.DEBUG, logger="test.kafka.sink.mine")
+    caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
+    sink = KafkaSink("out", bootstrap_servers=f"127.0.0.1:{port}", name="mylogger", timeout_s=1.0, producer_config={"logger": mine})
+    try:
+        with pytest.raises(SinkError, match="cannot start transactions"):
+            sink.open()
+    finally:
+        sink.close()
+    ours = [r.getMessage() for r in caplog.records if r.name == "streamkeep.kafka.client" and str(port) in r.getMessage()]
+    theirs = [r.getMessage() for r in caplog.records if r.name == "test.kafka.sink.mine"]
+    assert any(f"127.0.0.1:{port}" in m for m in theirs), theirs
+    assert ours == []
+
+
 def test_serialiser_errors(kafka_cluster, topic_factory):
     bs = kafka_cluster.bootstrap
     topic = topic_factory(1)
