@@ -161,6 +161,7 @@ class Scheduler(Recovery):
         self._committing = [(s.name, s) for s in self.sources if isinstance(s, OffsetCommitting)]
         sinks = [n.sink for n in needed if isinstance(n, OutputNode) and n.sink is not None]
         self._description = g.describe()
+        asked: list[Sink] = []  # sinks asked for their marker: last_batch() connects them before open()
         ckpt = self.ckpt
         blobs: Any = MemoryBlobs()
         if ckpt is not None:
@@ -192,7 +193,7 @@ class Scheduler(Recovery):
             zero = self._recover() if ckpt is not None else None
             if zero is None:
                 now = int(self.clock.now_ms())
-                zero = self._after_sink_markers(now // self.interval * self.interval, sinks)
+                zero = self._after_sink_markers(now // self.interval * self.interval, sinks, asked)
                 self.last_time = zero
                 self._open_executor(zero)
             self.zero_ms = zero
@@ -200,20 +201,24 @@ class Scheduler(Recovery):
                 sink.open()
                 self.sinks.append(sink)
         except BaseException:
+            self.sinks += [s for s in asked if all(s is not o for o in self.sinks)]  # closed too: their clients go
             self.close()
             raise
         self._prepared = True
 
-    def _after_sink_markers(self, zero: int, sinks: list[Sink]) -> int:
+    def _after_sink_markers(self, zero: int, sinks: list[Sink], asked: list[Sink]) -> int:
         """Start a fresh job after the last batch time its sinks already applied.
 
         Sinks with a marker (RedisSink, KafkaSink: ``last_batch()``) skip every batch
         time not after it. A fresh job (no checkpoint, or a new one) whose batch times
         reached back to the marker -- e.g. after ``run()`` ran a backfill ahead of the
-        clock -- would lose those batches silently; start after the marker instead.
+        clock -- would lose those batches silently; start after the marker instead. Each sink
+        asked goes into `asked` (closed should the start fail: asking connects it).
         """
         latest, who = None, ""
         for sink in sinks:
+            if isinstance(sink, MarkedSink):
+                asked.append(sink)  # before the call: one that fails may have connected
             t = sink.last_batch() if isinstance(sink, MarkedSink) else None
             if isinstance(t, int) and (latest is None or t > latest):
                 latest, who = t, sink.name

@@ -47,6 +47,23 @@ def _to_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+class _Commit:
+    """``producer.commit_transaction`` with what is left of the deadline, for `retry_with_backoff`.
+
+    Not a closure: a closure's cell stays reachable from the traceback of its frame even after
+    ``traceback.clear_frames``, and kept the failed producer (and its retries of a dead broker) alive.
+    """
+
+    __slots__ = ("deadline", "producer")
+
+    def __init__(self, producer: Producer, deadline: float) -> None:
+        self.producer = producer
+        self.deadline = deadline
+
+    def __call__(self) -> None:
+        self.producer.commit_transaction(max(0.1, self.deadline - time.monotonic()))
+
+
 class KafkaSink:
     """Writes each batch to a Kafka topic in one transaction; a replay adds nothing.
 
@@ -437,8 +454,10 @@ class KafkaSink:
                         )
                         msg = f"KafkaSink {self.name!r}, batch {batch_time}: transaction failed after {attempt} attempt(s): {exc}.{hint}"
                         raise SinkError(msg) from exc
+                    # The text, not the exception: a handler keeping the record (a buffer, pytest's caplog)
+                    # would keep its traceback and with it the dropped producer, retrying a dead broker.
                     log.warning(
-                        "KafkaSink %r, batch %d: transaction failed (attempt %d), retrying: %s", self.name, batch_time, attempt, exc
+                        "KafkaSink %r, batch %d: transaction failed (attempt %d), retrying: %s", self.name, batch_time, attempt, str(exc)
                     )
                     continue
                 self._last = batch_time
@@ -478,7 +497,7 @@ class KafkaSink:
             return None
 
         retry_with_backoff(
-            lambda: producer.commit_transaction(max(0.1, deadline - time.monotonic())),
+            _Commit(producer, deadline),
             retry_on=ck.KafkaException,
             first_s=0.05,
             cap_s=0.05,
@@ -497,6 +516,6 @@ class KafkaSink:
             try:
                 producer.abort_transaction(self.timeout_s)
             except ck.KafkaException as exc:
-                log.warning("KafkaSink %r: abort_transaction failed: %s", self.name, exc)
+                log.warning("KafkaSink %r: abort_transaction failed: %s", self.name, str(exc))  # not exc: it holds the producer
         producer.purge()
         producer.poll(0)  # hand the client's queued log lines to the logger

@@ -134,6 +134,41 @@ def test_broker_down_is_a_sink_error_and_nothing_is_duplicated(kafka_cluster_fac
     assert _values(bs, "out") == [b"a", b"b"]
 
 
+def test_a_failed_sink_leaves_no_client_alive(kafka_cluster_factory, caplog, monkeypatch):
+    """Producers the sink dropped (failed transactions, failed restarts) are gone once it is closed, even while
+    its log records (here: caplog's) are kept: a leaked client retried the dead broker until the process ended."""
+    import gc
+    import logging
+    import weakref
+
+    import confluent_kafka
+
+    made: list[weakref.ref[Any]] = []
+
+    class Producer(confluent_kafka.Producer):  # a subclass can be weakly referenced
+        def __init__(self, conf: dict[str, Any]) -> None:
+            super().__init__(conf)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(confluent_kafka, "Producer", Producer)
+    caplog.set_level(logging.DEBUG, logger="streamkeep")
+    cluster = kafka_cluster_factory(1)
+    cluster.create_topic("out", 1)
+    sink = _sink(cluster.bootstrap, "out", "leaky", timeout_s=1.0, max_retries=2)
+    try:
+        sink.write(1000, [b"a"])
+        cluster.broker_down(1)
+        for t in (2000, 3000):
+            with pytest.raises(SinkError):
+                sink.write(t, [b"b"] * 50)
+    finally:
+        sink.close()
+    gc.collect()
+    assert len(made) >= 2 and any("retrying" in r.getMessage() for r in caplog.records)
+    alive = [r() for r in made if r() is not None]
+    assert alive == [], f"{len(alive)} of {len(made)} producers still alive"
+
+
 def test_open_with_unreachable_broker_fails_clearly(kafka_cluster_factory):
     cluster = kafka_cluster_factory(1)
     cluster.broker_down(1)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import streamkeep as sk
+from streamkeep.errors import SinkError
 from streamkeep.sinks import FileSink
 from streamkeep.sinks.base import FencedSink, MarkedSink
 from streamkeep.sinks.kafka import KafkaSink
@@ -94,3 +97,41 @@ def test_a_user_source_gets_the_calls_its_capabilities_declare(tmp_path: Any) ->
     assert [c for c in src.calls if c[0] == "commit"] == [("commit", 2), ("commit", 4), ("commit", 6)]
     # the checkpoint's newest commit on disk had reached each position when the source was told it
     assert [p >= want for p, want in zip(src.committed_at_offset_commit, (2, 4, 6), strict=True)] == [True] * 3
+
+
+class _Marked:
+    """A user sink with a marker: asking for it connects (as RedisSink's and KafkaSink's last_batch do)."""
+
+    def __init__(self, name: str, *, fail: bool = False) -> None:
+        self.name, self.fail, self.calls = name, fail, []  # type: ignore[var-annotated]
+
+    def last_batch(self) -> int | None:
+        self.calls.append("last_batch")
+        if self.fail:
+            msg = f"{self.name}: cannot reach the marker"
+            raise SinkError(msg)
+        return None
+
+    def open(self) -> None:
+        self.calls.append("open")
+
+    def write(self, batch_time: int, records: list[Any]) -> None:
+        self.calls.append("write")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_a_start_that_fails_closes_the_sinks_it_asked_for_their_marker(tmp_path: Any) -> None:
+    """A fresh start asks every marked sink for its marker (which connects it) before opening any: when a
+    later sink fails, the ones already connected are closed, not left with a client retrying in the background."""
+    first, broken = _Marked("first"), _Marked("broken", fail=True)
+    assert isinstance(first, MarkedSink)
+    ssc = sk.StreamingContext(1.0, checkpoint=str(tmp_path / "c"), clock=ManualClock())
+    s = ssc.queue_stream([[1]], name="q")
+    s.write_to(first)
+    s.write_to(broken)
+    with pytest.raises(SinkError, match="cannot reach the marker"):
+        ssc.run(max_batches=1)
+    assert first.calls == ["last_batch", "close"]
+    assert broken.calls[-1] == "close"
