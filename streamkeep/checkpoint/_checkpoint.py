@@ -42,6 +42,7 @@ from streamkeep.checkpoint._format import (
     PLAIN_VERSION,
     PLAN_LOG_VERSION,
     VERIFY_HINT,
+    first_frame_sound,
     frame,
     read_frame,
     read_frames,
@@ -318,6 +319,9 @@ class Checkpoint:
         #: plan logs this driver wrote or found (retention deletes a log once no kept commit needs it)
         self._log_last: dict[str, int] = {}
         self._in_log: dict[int, str] = {}
+        #: plan logs whose first frame is damaged but whose plans are all committed (see `plan_index`)
+        #: -> the batch time that every plan in them precedes
+        self._unneeded_logs: dict[str, int] = {}
 
     # -- records ------------------------------------------------------------
 
@@ -896,11 +900,20 @@ class Checkpoint:
     def plan_index(self) -> dict[int, str]:
         """Batch time -> the file holding its plan (``plans/<T>.plan``, or the plan log holding it), for every plan stored.
 
+        A plan log whose first frame is damaged (nothing in it can be read) is left out when no
+        plan it can hold is needed: its plans are of batches from the time its name holds up to
+        (not including) the next plan file or log (a log is appended in batch order, and the next
+        one starts after it), and the newest commit is not before the last of those. Such logs
+        are listed by `unneeded_plan_logs` (verify reports them; retention deletes them).
+
         Raises:
-            CorruptCheckpointError: a plan log is damaged (other than at its end: see `read_plan_log`).
+            CorruptCheckpointError: a plan log is damaged (other than at its end: see `read_plan_log`),
+                unless it is such a log.
         """
         out: dict[int, str] = {}
-        for n in self.storage.list("plans"):
+        names = self.storage.list("plans")
+        damaged: dict[str, CorruptCheckpointError] = {}
+        for n in names:
             stem, _, ext = n.partition(".")
             if not stem.isdigit():
                 continue
@@ -911,7 +924,13 @@ class Checkpoint:
                 raise CorruptCheckpointError(msg)
             elif ext == "plog":
                 rel = f"plans/{n}"
-                plans, _ = self.read_plan_log(rel)
+                try:
+                    plans, _ = self.read_plan_log(rel)
+                except CorruptCheckpointError as exc:
+                    if first_frame_sound(self.storage.read(rel)):  # sound but misplaced or altered: never skipped
+                        raise
+                    damaged[rel] = exc
+                    continue
                 with self._plans_lock:
                     for t in plans:
                         if t in out:
@@ -921,7 +940,55 @@ class Checkpoint:
                         self._in_log.setdefault(t, rel)
                     if plans:
                         self._log_last[rel] = max(self._log_last.get(rel, 0), max(plans))
+        if damaged:
+            self._skip_unneeded_logs(damaged, names)
         return out
+
+    def _skip_unneeded_logs(self, damaged: dict[str, CorruptCheckpointError], names: list[str]) -> None:
+        """Note the damaged plan logs (first frame unreadable) that hold only committed plans; raise for any other."""
+        starts = sorted(int(stem) for n in names if (stem := n.partition(".")[0]).isdigit())
+        commits = self.commits()
+        newest = commits[0].batch_time if commits else None
+        for rel, exc in sorted(damaged.items()):
+            first = int(rel.rsplit("/", 1)[-1].partition(".")[0])
+            until = next((t for t in starts if t > first), None)  # every plan in it is of a batch before this
+            if newest is None or until is None or until - 1 > newest:
+                bound = "no later plan file bounds what it holds" if until is None else f"it can hold plans of batches up to {until} ms"
+                upto = "nothing is committed" if newest is None else f"the newest commit is of batch {newest} ms"
+                msg = f"{exc}. Its plans cannot be read, and recovery may need them: {bound}, and {upto}."
+                raise CorruptCheckpointError(msg) from exc
+            with self._plans_lock:
+                known, self._unneeded_logs[rel] = rel in self._unneeded_logs, until
+            if not known:
+                log.warning(
+                    "%s; left out: every batch it can hold (from %d ms, before %d ms) is committed (newest commit: batch %d ms)",
+                    str(exc),
+                    first,
+                    until,
+                    newest,
+                )
+
+    def unneeded_plan_logs(self) -> dict[str, int]:
+        """The damaged plan logs `plan_index` left out (all their plans committed) -> the batch time their plans precede."""
+        with self._plans_lock:
+            return dict(self._unneeded_logs)
+
+    def check_plans_after(self, batch_time: int) -> None:
+        """Raise if a damaged plan log `plan_index` left out may hold the plan of a batch after `batch_time`.
+
+        `plan_index` leaves out such logs by the newest commit; recovery that falls back to an older
+        commit replays the batches after it, and their plans must all be readable.
+
+        Raises:
+            CorruptCheckpointError: such a log may hold a plan recovery from `batch_time` needs.
+        """
+        for rel, until in sorted(self.unneeded_plan_logs().items()):
+            if until - 1 > batch_time:
+                msg = (
+                    f"checkpoint {self.url}: recovery falls back to the commit of batch {batch_time} ms, and must replay "
+                    f"the batches after it, but the plan log {rel} (batches before {until} ms) is damaged. {VERIFY_HINT}"
+                )
+                raise CorruptCheckpointError(msg)
 
     def plan_times(self) -> list[int]:
         """Batch times that have a plan (a file of their own, or in a plan log), ascending."""
@@ -976,6 +1043,8 @@ class Checkpoint:
     def forget_plans(self, upto: int) -> list[str]:
         """The plan logs whose plans are all of batches up to `upto`, except the one being appended to; forgets them.
 
+        The damaged logs `plan_index` left out are among them once every batch they can hold is.
+
         Retention deletes them (with the plans of their own file up to `upto`).
         """
         pl = self._plan_log  # read once: the plan lane may close it (a new log) meanwhile
@@ -984,6 +1053,10 @@ class Checkpoint:
             done = [rel for rel, last in self._log_last.items() if last <= upto and rel != open_rel]
             for rel in done:
                 del self._log_last[rel]
+            damaged = [rel for rel, until in self._unneeded_logs.items() if until - 1 <= upto]  # see plan_index
+            for rel in damaged:
+                del self._unneeded_logs[rel]
+            done += damaged
             for t in [t for t, rel in self._in_log.items() if t <= upto and rel not in self._log_last]:
                 del self._in_log[t]
         return done

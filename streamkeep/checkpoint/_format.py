@@ -173,6 +173,11 @@ def read_frames(path: str, data: bytes, kind: str, name: str) -> tuple[list[Fram
     return frames, pos
 
 
+def first_frame_sound(data: bytes) -> bool:
+    """Is the first frame of `data` whole and intact (its checksum holds), whatever its kind or name?"""
+    return _frame_end(data, 0) is not None
+
+
 def _torn_tail(data: bytes, pos: int) -> bool:
     """Could the unsound bytes from `pos` to the end be what a crash in the middle of an append left?
 

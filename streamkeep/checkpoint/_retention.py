@@ -180,6 +180,9 @@ class Retention:
         for rel, last in logs.items():  # a plan log goes once every plan in it is at or before the commit
             if last <= committed:
                 delete(rel)
+        for rel, until in ckpt.unneeded_plan_logs().items():  # damaged, and only ever held plans before `until`
+            if until - 1 <= committed:
+                delete(rel)
         ckpt.forget_plans(committed)
         for n in st.list("blobs"):
             if n not in {blob_path(b).split("/", 1)[1] for b in pending_blobs}:

@@ -134,6 +134,11 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
         index = ckpt.plan_index()
     except CheckpointError:  # a damaged plan log: reported with its file
         index = {}
+    for rel, until in sorted(ckpt.unneeded_plan_logs().items()):
+        rep.notes.append(
+            f"{rel} is damaged, but every batch it can hold (before {until} ms) is committed: recovery does not need "
+            f"it, and retention deletes it"
+        )
     for t, rel in index.items():
         if t <= committed or rel not in rep.ok_files:
             continue

@@ -119,6 +119,7 @@ class Recovery:
             # The next older commit stays, with everything its replay needs: the fallback if this one is lost.
             assert self.retention is not None
             prev = self.retention.recovered(rec, commits[i + 1] if i + 1 < len(commits) else None)
+            ckpt.check_plans_after(rec.batch_time)  # a damaged plan log left out as committed must not hold one of them
             self._adopt_plans([t for t in plan_times if t > rec.batch_time])
             self._sweep(rec, prev)
             self.restored = True

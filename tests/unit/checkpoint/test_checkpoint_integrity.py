@@ -286,6 +286,69 @@ def test_a_plan_log_damaged_other_than_by_a_torn_append_is_corrupt(tmp_path: Pat
         Checkpoint(url).plan_times()
 
 
+def _damage_first_frame(url: str, first_time: int) -> None:
+    log = Path(url, plan_log_path(first_time))
+    data = bytearray(log.read_bytes())
+    starts = [i for i in range(len(data)) if data[i : i + 4] == b"SKCP"]
+    data[(starts[0] + starts[1]) // 2 if len(starts) > 1 else len(data) // 2] ^= 0x40  # inside the first plan
+    log.write_bytes(bytes(data))
+
+
+def test_a_plan_log_with_a_damaged_first_frame_whose_plans_are_all_committed_is_not_needed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan log whose first frame is damaged cannot be read at all; when every batch it can hold (from its name's
+    time up to the next plan log's) is committed, recovery does without it, verify reports it, retention deletes it."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)  # driver 1: plans/...1000.plog holds batches 1 to 3
+    run_until(url, rate_job(url, ListSink()), 4)  # driver 2: plans/...4000.plog; three commits kept, so log 1000 stays
+    assert sorted(p.name for p in Path(url, "plans").iterdir()) == [Path(plan_log_path(1000)).name, Path(plan_log_path(4000)).name]
+    _damage_first_frame(url, 1000)
+    assert Checkpoint(url).plan_times() == [4000]
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and f"{plan_log_path(1000)} is damaged, but every batch it can hold (before 4000 ms) is committed" in out, out
+    assert "the newest commit (batch 4000 ms) and everything it needs are intact" in out, out
+    sink = _finish(url, 8)
+    assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+    assert not Path(url, plan_log_path(1000)).exists()  # retention deleted it
+    rc, out = _verify(capsys, url)
+    assert rc == 0, out
+
+
+def test_a_plan_log_with_a_damaged_first_frame_that_may_hold_pending_plans_is_corrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The newest plan log (nothing after it bounds what it holds), or one whose batches reach past the newest commit,
+    may hold plans of batches not committed: recovery cannot do without them."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)
+    run_until(url, rate_job(url, ListSink()), 4)
+    _damage_first_frame(url, 4000)
+    with pytest.raises(CorruptCheckpointError, match=r"000000000004000\.plog.*recovery may need them: no later plan file"):
+        _finish(url)
+    rc, out = _verify(capsys, url)
+    assert rc == 1 and "000000000004000.plog" in out, out
+    # the older log, when the newest commit record is gone (the newest readable one is of batch 3, before log 4000)
+    url2 = str(tmp_path / "ckpt2")
+    run_until(url2, rate_job(url2, ListSink()), 3)
+    run_until(url2, rate_job(url2, ListSink()), 4)
+    _damage_first_frame(url2, 1000)
+    _commit_files(url2)[-1].unlink()
+    with pytest.raises(CorruptCheckpointError, match=r"000000000001000\.plog.*up to 4000 ms, and the newest commit is of batch 3000 ms"):
+        _finish(url2)
+
+
+def test_a_plan_log_renamed_to_an_older_batch_time_is_still_refused(tmp_path: Path) -> None:
+    """Only damage is left out: a sound first frame naming another file is a misplaced log, refused as before."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)
+    run_until(url, rate_job(url, ListSink()), 4)
+    Path(url, plan_log_path(4000)).rename(Path(url, plan_log_path(500)))
+    with pytest.raises(CorruptCheckpointError, match=r"000000000000500\.plog.*written as"):
+        Checkpoint(url).plan_times()
+
+
 def test_a_plan_log_with_a_plan_out_of_order_is_refused(tmp_path: Path) -> None:
     url = str(tmp_path / "ckpt")
     ck = Checkpoint(url)
