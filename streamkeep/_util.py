@@ -9,10 +9,11 @@ import gc
 import importlib
 import os
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from types import FunctionType, ModuleType
 from typing import Any, Final, TypeVar
@@ -238,6 +239,18 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+class _GcPause:
+    """Whether a `gc_paused` block turned the collector off, and how many `gc_resumed` waits run now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.paused = False  # a gc_paused block turned the collector off (and has not ended)
+        self.waits = 0  # gc_resumed blocks running
+
+
+_GC = _GcPause()  # the collector's switch is process-wide, so is what we know of who turned it
+
+
 @contextmanager
 def gc_paused(when: bool = True) -> Iterator[None]:
     """Pause the cyclic GC inside the block (if `when` and it is running); restore it after.
@@ -245,16 +258,44 @@ def gc_paused(when: bool = True) -> Iterator[None]:
     For code that builds many objects that all live past the block (a batch's records, a
     decoded state): collections meanwhile free nothing and only walk the heap. The toggle is
     process-wide; it is only restored by the call that turned it off, so nested or concurrent
-    use at worst leaves the GC running. Cyclic garbage made inside waits until the block ends.
+    use at worst leaves the GC running. Cyclic garbage made inside waits until the block ends,
+    or until code inside waits on something outside the process (`gc_resumed`).
     """
-    paused = when and gc.isenabled()
-    if paused:
-        gc.disable()
+    mine = False
+    if when and gc.isenabled():
+        with _GC.lock:
+            if gc.isenabled() and not _GC.waits:  # (while a wait runs, the collector stays on)
+                gc.disable()
+                _GC.paused = mine = True
     try:
         yield
     finally:
-        if paused:
+        if mine:
+            with _GC.lock:
+                _GC.paused = False
+                gc.enable()
+
+
+@contextmanager
+def gc_resumed() -> Iterator[None]:
+    """Run the cyclic GC inside the block if a `gc_paused` block turned it off; pause it again after.
+
+    For waits that may last: a connector's retries and backoff while a server is down, a
+    full write queue. A batch that stalls there would otherwise leave the whole process
+    (its other threads too) without a collector for as long as the stall lasts. A collector
+    the application turned off stays off.
+    """
+    with _GC.lock:
+        _GC.waits += 1
+        if _GC.paused:
             gc.enable()
+    try:
+        yield
+    finally:
+        with _GC.lock:
+            _GC.waits -= 1
+            if _GC.paused and not _GC.waits:
+                gc.disable()
 
 
 _R = TypeVar("_R")
@@ -291,21 +332,29 @@ def retry_with_backoff(
     """
     delay_s = first_s
     attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except retry_on as exc:
-            err = give_up(exc, attempt, delay_s)
-            if err is exc:
-                raise
-            if err is not None:
-                raise err from exc
-            on_retry(exc, attempt, delay_s)
-            sleep(delay_s)
-            delay_s = min(delay_s * 2, cap_s)
-            if between is not None:
-                between()
+    resumed: AbstractContextManager[None] | None = None
+    try:
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except retry_on as exc:
+                err = give_up(exc, attempt, delay_s)
+                if err is exc:
+                    raise
+                if err is not None:
+                    raise err from exc
+                if resumed is None:  # a stall (a server down): the collector runs while it lasts
+                    resumed = gc_resumed()
+                    resumed.__enter__()
+                on_retry(exc, attempt, delay_s)
+                sleep(delay_s)
+                delay_s = min(delay_s * 2, cap_s)
+                if between is not None:
+                    between()
+    finally:
+        if resumed is not None:
+            resumed.__exit__(None, None, None)
 
 
 def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

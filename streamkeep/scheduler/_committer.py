@@ -8,11 +8,12 @@ needs it: for a plan before the batch's outputs, for commits before anything tha
 follow a durable commit (a source's offset commit, listeners, retention, a stop).
 
 A lane is bounded: at most `depth` tasks queued or running; `submit` blocks while full
-(back-pressure). The first task that fails stops the lane: no later task runs (a later
+(back-pressure; past `STALL_S` the cyclic collector runs while it waits: see
+`streamkeep._util.gc_resumed`). The first task that fails stops the lane: no later task runs (a later
 commit could name a file an earlier task failed to write), and the error is raised by
 the next `submit`, `wait`, `check` or `drain`, once: it is never swallowed.
 
-Imports the standard library and streamkeep.errors.
+Imports the standard library, streamkeep._util and streamkeep.errors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from streamkeep._util import gc_resumed
 from streamkeep.errors import CheckpointError
+
+#: How long `Lane.submit` waits for room before it lets the cyclic collector run (see `gc_resumed`).
+STALL_S = 0.5
 
 
 class Lane:
@@ -53,8 +58,9 @@ class Lane:
             BaseException: an earlier task's error (the lane runs nothing more).
         """
         with self._cv:
-            while self._error is None and not self._closed and len(self._queue) + (self._running is not None) >= self.depth:
-                self._cv.wait()
+            if self._full() and not self._cv.wait_for(lambda: not self._full(), STALL_S):
+                with gc_resumed():  # a stalled disk: the collector runs while the batch waits
+                    self._cv.wait_for(lambda: not self._full())
             self._raise()
             if self._closed:  # stop() gave up waiting for a batch still running: it must not commit
                 msg = f"{self.name}: the job was stopped, so batch {key} ms is not written to the checkpoint (the next start replays it)"
@@ -64,6 +70,9 @@ class Lane:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._cv.notify_all()
+
+    def _full(self) -> bool:
+        return self._error is None and not self._closed and len(self._queue) + (self._running is not None) >= self.depth
 
     def busy(self) -> bool:
         """True while a task is queued or running."""
@@ -77,9 +86,13 @@ class Lane:
 
     def wait(self, key: int) -> None:
         """Wait until the task of `key` (and every one before it) is done; raise the lane's error."""
+        def done() -> bool:
+            return self._error is not None or not (self._running == key or any(k == key for k, _ in self._queue))
+
         with self._cv:
-            while self._error is None and (self._running == key or any(k == key for k, _ in self._queue)):
-                self._cv.wait()
+            if not done() and not self._cv.wait_for(done, STALL_S):
+                with gc_resumed():  # a stalled disk: the collector runs while the batch waits
+                    self._cv.wait_for(done)
             self._raise()
 
     def drain(self) -> None:

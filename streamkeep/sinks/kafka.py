@@ -8,6 +8,7 @@ dstream, the scheduler or executors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from streamkeep import _faults
 from streamkeep._kafka_log import CLIENT_LOG
 from streamkeep._types import BatchTime
-from streamkeep._util import import_optional, retry_with_backoff, user_function_error
+from streamkeep._util import gc_resumed, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
 from streamkeep.sinks.base import FencingToken
 
@@ -428,7 +429,7 @@ class KafkaSink:
 
     def _write_encoded(self, batch_time: BatchTime, encoded: list[tuple[bytes | None, bytes]]) -> None:
         ck = _import_kafka()
-        with self._lock:
+        with self._lock, contextlib.ExitStack() as stalled:
             attempt = 0
             while True:
                 self._ensure_producer()
@@ -454,6 +455,8 @@ class KafkaSink:
                         )
                         msg = f"KafkaSink {self.name!r}, batch {batch_time}: transaction failed after {attempt} attempt(s): {exc}.{hint}"
                         raise SinkError(msg) from exc
+                    if attempt == 1:  # the retries may wait out a broker's absence: the collector runs meanwhile
+                        stalled.enter_context(gc_resumed())
                     # The text, not the exception: a handler keeping the record (a buffer, pytest's caplog)
                     # would keep its traceback and with it the dropped producer, retrying a dead broker.
                     log.warning(
