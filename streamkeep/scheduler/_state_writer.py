@@ -7,7 +7,7 @@ record repeats the chain), bigger ones go to ``state/<op>/<T>.delta``. Now and t
 a full snapshot is due (`snapshot_due`), taken one of two ways:
 
 * A small state (under `DIRECT_SNAPSHOT_BYTES`) is encoded whole, from the live state,
-  in the batch loop (a copy and an encode of ~1 ms for 10k keys): its bytes are batch
+  in the batch loop (a copy and an encode of ~1-3 ms for 10k keys): its bytes are batch
   T's state, so values user code changes in place later cannot reach them. The file is
   written by the committer with batch T's commit record, which names it (no delta of T,
   no background work, nothing for the next batch to wait for).
@@ -36,9 +36,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._columns import Columns
 from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.checkpoint._checkpoint import state_path
 from streamkeep.checkpoint._compact import Job, compact, encode_snapshot, mergeable
@@ -72,7 +74,8 @@ HELPER_STATE_BYTES = 4 * 1024 * 1024
 #: "delta", or "snap" for a small state's snapshot (which its batch's commit record names instead of a delta).
 DeltaFile = tuple[str, int, bytes, str, str]
 
-#: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a snapshot is adopted
+#: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a merged snapshot is
+#: adopted, or when a small state's is taken (its file is written with the batch's commit record)
 OnSnapshot = Callable[[int, int, float, dict[str, int]], None]
 
 
@@ -442,6 +445,9 @@ def _encode_whole(node: StatefulNode, data: dict[str, Any], *, columns: bool) ->
     per 1M keys (a merge adds one when the state grows past ORDER_MIN_KEYS).
     """
     if columns and mergeable(data):
+        pairs = data.get("set")
+        if isinstance(pairs, list):  # a runtime's pairs (its dict's items): two C passes, no dict of them again
+            data = {**data, "set": Columns(list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs)))}
         try:
             return encode_snapshot(node.codec, data, order_min_keys=_NO_ORDER)
         except UnsupportedValueError:
