@@ -174,19 +174,14 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
     snapshot_batch: list[bool] = []
     writer = sched.writer
     assert writer is not None
-    orig_commit, orig_snap = sched._commit, writer.start_snapshot
+    orig_commit = sched._commit
 
     def timed_commit(t: int, plan: dict[str, Any]) -> None:
         c0 = time.perf_counter()
         orig_commit(t, plan)
         commit_times.append(time.perf_counter() - c0)
 
-    def flagged_snapshot(t: int, executor: Any) -> None:
-        snapshot_batch[-1] = True
-        orig_snap(t, executor)
-
     sched._commit = timed_commit  # type: ignore[method-assign]
-    writer.start_snapshot = flagged_snapshot  # type: ignore[method-assign]
     durable: dict[int, float] = {}  # batch time -> seconds the background committer took (pipelined commits)
     orig_committed = getattr(sched, "_committed", None)
     if orig_committed is not None:
@@ -214,6 +209,7 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
         b0, c0, w0 = time.perf_counter(), time.thread_time(), waits.total
         t = orig_next()
         batch_s = time.perf_counter() - b0
+        snapshot_batch[-1] = writer.started  # this batch took a snapshot (small state) or started its merge
         cpu_s = time.thread_time() - c0  # the batch loop's own CPU time: wall minus this is waiting (disk, other processes)
         row = {"t": t, "commit_s": commit_times[-1], "batch_s": batch_s, "cpu_s": cpu_s, "io_s": waits.total - w0, "snapshot": snapshot_batch[-1]}
         rows.append({**row, **files.scan()})

@@ -73,6 +73,12 @@ def frame(kind: str, codec: str, payload: bytes, name: str, version: int = PLAIN
     return b"".join((head, payload, _CRC.pack(crc)))
 
 
+def framed_size(kind: str, codec: str, payload_len: int, name: str) -> int:
+    """Bytes of the file `frame` makes of a payload of `payload_len` bytes (without building it)."""
+    fixed = len(MAGIC) + 3 + _NAME_LEN.size + _LEN.size + _CRC.size  # + version and the two length bytes
+    return fixed + len(kind.encode()) + len(codec.encode()) + len(name.encode()) + payload_len
+
+
 def corrupt_message(path: str, why: str) -> str:
     """The message of a damaged file."""
     return (

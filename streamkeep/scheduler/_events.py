@@ -11,7 +11,7 @@ on_job_started        `JobStarted`          first ``start()``/``run()``: fresh o
 on_batch_planned      `BatchPlanned`        the batch's input is planned (durable with a checkpoint)
 on_batch_completed    `BatchInfo`           the batch ran and committed
 on_batch_replayed     `BatchReplayed`       recovery re-ran a planned-but-uncommitted batch
-on_snapshot_completed `SnapshotCompleted`   a full state snapshot (written in the background) landed
+on_snapshot_completed `SnapshotCompleted`   a full state snapshot was taken (small state) or merged in the background
 on_error              `ErrorInfo`           the job failed
 on_job_stopped        `JobStopped`          the job stopped (after its last commit)
 ====================  ====================  ==========================================
@@ -104,8 +104,8 @@ class BatchInfo:
     #: bytes this batch wrote to the checkpoint (plan, deltas, commit record) and the time it took
     checkpoint_bytes: int = 0
     checkpoint_write_ms: float = 0.0
-    #: a full snapshot of the state as of this batch was started (written in the background;
-    #: `SnapshotCompleted` follows)
+    #: a full snapshot of the state as of this batch was taken (a small state's, encoded in the batch:
+    #: `SnapshotCompleted` comes first) or started (merged in the background: `SnapshotCompleted` follows)
     snapshot: bool = False
     #: this batch was re-run by recovery from its stored plan
     replayed: bool = False
@@ -189,7 +189,8 @@ class BatchReplayed:
 
 @dataclass
 class SnapshotCompleted:
-    """A full state snapshot as of batch `batch_time_ms` is written (bytes per operator)."""
+    """A full state snapshot as of batch `batch_time_ms` is written (merged in the background), or taken in that
+    batch (a small state: its file is written with the batch's commit record); `operators`: bytes per operator."""
 
     batch_time_ms: int
     bytes: int

@@ -463,10 +463,10 @@ class Scheduler(Recovery):
         def commit() -> tuple[float, int]:  # in the committer lane, after the previous batches' commits
             self._held_back(t)
             c0, b0 = time.perf_counter(), ckpt.written_bytes()
-            writer.write_deltas(files)
+            snap_bytes = writer.write_deltas(files)  # a small state's snapshot: counted as the snapshot's bytes
             seq = ckpt.commit(record)
             retention.committed(seq, t, needs)
-            return time.perf_counter() - c0, ckpt.written_bytes() - b0
+            return time.perf_counter() - c0, ckpt.written_bytes() - b0 - snap_bytes
 
         assert self._commit_lane is not None
         self._commit_lane.submit(t, commit)

@@ -4,16 +4,22 @@ Every batch, each stateful operator's delta (what changed) is written: small del
 ride inside the commit record (no extra file or fsync) as long as the operator's
 inline total since its snapshot stays under ``inline_delta_bytes`` (every commit
 record repeats the chain), bigger ones go to ``state/<op>/<T>.delta``. Now and then
-a full snapshot is due (`snapshot_due`). It is not taken from the live state: a
-background worker merges the operator's previous snapshot with the deltas written
-since, all already on storage (`streamkeep.checkpoint._compact`), so the batch loop
-neither copies nor encodes the state, and values user code changes in place later
-cannot reach it. The chains switch to the new snapshot once the worker is done
-(`adopt`), so its inputs stay referenced by every commit until then (retention keeps
-them). A small state's snapshot still in flight when the next one is due is waited
-for (it is quick); a big state's is not: the next one starts as soon as it is done,
-and only a chain of `MAX_CHAIN` batches waits. Big states on local disks are merged
-by a helper process, out of the way of the batch loop's interpreter lock.
+a full snapshot is due (`snapshot_due`), taken one of two ways:
+
+* A small state (under `DIRECT_SNAPSHOT_BYTES`) is encoded whole, from the live state,
+  in the batch loop (a copy and an encode of ~1-3 ms for 10k keys): its bytes are batch
+  T's state, so values user code changes in place later cannot reach them. The file is
+  written by the committer with batch T's commit record, which names it (no delta of T,
+  no background work, nothing for the next batch to wait for).
+* A bigger state is not taken from the live state: a background worker merges the
+  operator's previous snapshot with the deltas written since, all already on storage
+  (`streamkeep.checkpoint._compact`), so the batch loop neither copies nor encodes the
+  state. The chains switch to the new snapshot once the worker is done (`adopt`), so its
+  inputs stay referenced by every commit until then (retention keeps them). A merge
+  under `BIG_STATE_BYTES` still in flight is waited for by the next batch; a big state's
+  is not: the next one starts as soon as it is done, and only a chain of `MAX_CHAIN`
+  batches waits. Big states on local disks are merged by a helper process, out of the
+  way of the batch loop's interpreter lock.
 
 An executor whose workers own key partitions (`StateOwners`, the Ray executor) has
 them write its partitioned operators' deltas and snapshots themselves, straight to
@@ -30,13 +36,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._columns import Columns
 from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.checkpoint._checkpoint import state_path
-from streamkeep.checkpoint._compact import Job, compact, mergeable
-from streamkeep.codec import get_codec
+from streamkeep.checkpoint._compact import Job, compact, encode_snapshot, mergeable
+from streamkeep.checkpoint._format import framed_size
+from streamkeep.codec import UnsupportedValueError, get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
 from streamkeep.executors.base import Executor, StateOwners
@@ -48,6 +57,12 @@ log = logging.getLogger("streamkeep.scheduler")
 FIRST_SNAPSHOT_AFTER = 20
 #: ... and never more than this many batches apart (bounds the files a restart reads).
 MAX_CHAIN = 500
+#: Under this many bytes of state (last snapshot plus deltas since: an upper bound) a snapshot is
+#: encoded from the live state in the batch loop and written with its batch's commit record. Merging
+#: the files instead costs more (it decodes the snapshot and every delta, then encodes the same
+#: state) and, for a small state, the next batch waited for it (~25-130 ms for 10k keys on a loaded
+#: machine vs ~2 ms to encode them: bench/checkpoint.py's 10k-key row).
+DIRECT_SNAPSHOT_BYTES = 1024 * 1024
 #: From this many bytes of state (last snapshot plus deltas since) a snapshot is "big": the batch
 #: loop does not wait for it before MAX_CHAIN ...
 BIG_STATE_BYTES = 4 * 1024 * 1024
@@ -55,10 +70,12 @@ BIG_STATE_BYTES = 4 * 1024 * 1024
 #: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
 HELPER_STATE_BYTES = 4 * 1024 * 1024
 
-#: A delta file `StateWriter.write` left to the caller: (operator, batch time, payload, codec).
-DeltaFile = tuple[str, int, bytes, str]
+#: A state file `StateWriter.write` left to the caller: (operator, batch time, payload, codec, kind), kind
+#: "delta", or "snap" for a small state's snapshot (which its batch's commit record names instead of a delta).
+DeltaFile = tuple[str, int, bytes, str, str]
 
-#: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a snapshot is adopted
+#: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a merged snapshot is
+#: adopted, or when a small state's is taken (its file is written with the batch's commit record)
 OnSnapshot = Callable[[int, int, float, dict[str, int]], None]
 
 
@@ -130,11 +147,13 @@ class StateWriter:
 
         With `defer`, the delta files are not written here: each is encoded and appended to
         `defer` (the caller writes them with `write_deltas` before the commit record), except
-        in a batch that starts a snapshot: its merge reads them, so they are written here, and
-        the merge first waits for `ready(t)` (the earlier batches' deferred files).
+        in a batch that starts a merged snapshot: its merge reads them, so they are written
+        here, and the merge first waits for `ready(t)` (the earlier batches' deferred files).
+        A small state's snapshot replaces the batch's deltas in `defer` (see the module doc).
         """
         ckpt = self.ckpt
         self.started = False
+        files: list[DeltaFile] = defer if defer is not None else []
         owners = self._owners_of(executor)
         owned = set(owners.owned()) if owners is not None else set()
         acks: dict[str, tuple[list[Any], int, bool]] = {}
@@ -165,15 +184,11 @@ class StateWriter:
                 if _inline_bytes(chain) + len(payload) <= self.inline_delta_bytes:
                     chain.deltas.append((t, {"t": t, "codec": node.codec, "data": payload}))
                     self.inline_bytes += len(payload)
-                elif defer is not None:
-                    defer.append((name, t, payload, node.codec))
+                else:
+                    files.append((name, t, payload, node.codec, "delta"))
                     chain.deltas.append((t, state_path(name, t, "delta")))
                     continue  # its crash point is reached once the file is written (`write_deltas`)
-                else:
-                    chain.deltas.append((t, ckpt.write_state(name, t, "delta", payload, node.codec)))
                 _faults.point("state.mid_write")
-        if defer is None:
-            _faults.point("state.after_write")
         self.since_snapshot += 1
         due = self.snapshot_due()
         # A big snapshot in flight is not waited for (that would pause the batches) until the chain is long.
@@ -182,22 +197,40 @@ class StateWriter:
         # and a job stopped right after would never adopt it (a stop drops a snapshot no commit names).
         self.adopt(wait=not self._big or (due and self.since_snapshot >= MAX_CHAIN))
         if due and self._thread is None:
-            if defer:  # the merge reads this batch's delta files: write them now (earlier batches' via `ready`)
-                self._write_files(defer)
-                defer.clear()
-            self.start_snapshot(t, executor)
+            if self._small(executor):
+                self.snapshot_here(t, executor, files)
+            else:
+                if files:  # the merge reads this batch's delta files: write them now (earlier batches' via `ready`)
+                    self._write_files(files)
+                    files.clear()
+                self.start_snapshot(t, executor)
+        if defer is None:
+            self.write_deltas(files)
         return {name: c.as_data() for name, c in self.chains.items()}
 
-    def write_deltas(self, files: list[DeltaFile]) -> None:
-        """Write the delta files `write` deferred (then the commit record may name them)."""
-        self._write_files(files)
-        _faults.point("state.after_write")
+    def write_deltas(self, files: list[DeltaFile]) -> int:
+        """Write the state files `write` deferred (then the commit record may name them).
 
-    def _write_files(self, files: list[DeltaFile]) -> None:
-        for name, t, payload, codec in files:
-            self.ckpt.ensure_owner(f"writing the state of batch {t} ms")
-            self.ckpt.write_state(name, t, "delta", payload, codec)
-            _faults.point("state.mid_write")
+        Returns the bytes of the snapshots among them: reported as the snapshot's
+        (`on_snapshot`, when `write` took it), not as the batch's.
+        """
+        nbytes = self._write_files(files)
+        _faults.point("state.after_write")
+        return nbytes
+
+    def _write_files(self, files: list[DeltaFile]) -> int:
+        ckpt = self.ckpt
+        snap_bytes = 0
+        for name, t, payload, codec, kind in files:
+            ckpt.ensure_owner(f"writing the state of batch {t} ms")
+            b0 = ckpt.written_bytes()
+            ckpt.write_state(name, t, kind, payload, codec)
+            if kind == "snap":
+                snap_bytes += ckpt.written_bytes() - b0
+                _faults.point("snapshot.mid_write")  # written, named by no commit record yet
+            else:
+                _faults.point("state.mid_write")
+        return snap_bytes
 
     def _owners_of(self, executor: Executor) -> StateOwners | None:
         """`executor` if its workers write their own state files (checked once: a Protocol check costs ~20 us)."""
@@ -226,6 +259,59 @@ class StateWriter:
         if self.snapshot_bytes is None:
             return self.since_snapshot >= FIRST_SNAPSHOT_AFTER
         return (self.delta_bytes - self.inline_bytes) * 2 >= self.snapshot_bytes
+
+    def _small(self, executor: Executor) -> bool:
+        """Is the state small enough to snapshot from the live state (`snapshot_here`)?
+
+        Under `DIRECT_SNAPSHOT_BYTES` (last snapshot plus deltas since), and no operator's
+        last snapshot big enough to hold a key index (4 bytes per key, from
+        `_compact.ORDER_MIN_KEYS` keys): a restart loads such a state lazily, which a merge
+        keeps possible (it carries the index over; sorting here would cost ~30 ms per 64k
+        keys) and a copy here would undo (it needs every key). Not with key partition
+        owners (Ray): they write and compact their own files.
+        """
+        if self.base_bytes + self.delta_bytes >= DIRECT_SNAPSHOT_BYTES:
+            return False
+        if any(n >= 4 * _compact.ORDER_MIN_KEYS for n in self._snap_size.values()):
+            return False
+        owners = self._owners_of(executor)
+        return owners is None or not owners.owned()
+
+    def snapshot_here(self, t: int, executor: Executor, files: list[DeltaFile]) -> None:
+        """Snapshot a small state as of batch `t` from the live state: encoded now, written with the commit record.
+
+        Each operator that changed since its snapshot has its whole state encoded here (the
+        bytes are batch `t`'s: a value changed in place later cannot reach them), its delta of
+        `t` dropped from `files` and from its chain (the snapshot holds it), and the snapshot
+        appended to `files`: the commit record of `t` names it, so nothing is adopted later
+        and no later batch waits for it. Reported to `on_snapshot` at once (its file is
+        written with the commit record; a failure there fails the job like a failed commit).
+        """
+        c0 = time.perf_counter()
+        self.since_snapshot = 0
+        self.delta_bytes = self.inline_bytes = 0
+        sizes: dict[str, int] = {}
+        nbytes = 0
+        for name in executor.operators():
+            chain = self.chains.get(name)
+            if chain is None or not chain.deltas:
+                continue  # nothing changed since its snapshot (or it never held state): its chain stays
+            node = self.nodes[name]
+            payload = _encode_whole(node, executor.snapshot(name), columns=name not in self.copied)
+            rel = state_path(name, t, "snap")
+            files[:] = [f for f in files if f[0] != name or f[1] != t]  # its delta of `t`: in the snapshot
+            files.append((name, t, payload, node.codec, "snap"))
+            chain.snapshot, chain.snapshot_time, chain.deltas = rel, t, []
+            sizes[name] = len(payload)
+            nbytes += framed_size("snap", node.codec, len(payload), rel)
+        self.started = bool(sizes)
+        if not sizes:
+            return
+        self._snap_size.update(sizes)
+        self.snapshot_sizes = sizes
+        self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
+        if self.on_snapshot is not None:
+            self.on_snapshot(t, nbytes, (time.perf_counter() - c0) * 1e3, dict(sizes))
 
     def start_snapshot(self, t: int, executor: Executor) -> None:
         """Start a snapshot of batch `t`: a background worker merges each operator's chain into one file.
@@ -350,6 +436,27 @@ class StateWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _encode_whole(node: StatefulNode, data: dict[str, Any], *, columns: bool) -> bytes:
+    """A whole state's snapshot payload: columnar, as a merge writes it, where `merge` knows the data, else as pairs.
+
+    No key index (``order``): it only speeds up restoring big states, and sorting costs ~1 s
+    per 1M keys (a merge adds one when the state grows past ORDER_MIN_KEYS).
+    """
+    if columns and mergeable(data):
+        pairs = data.get("set")
+        if isinstance(pairs, list):  # a runtime's pairs (its dict's items): two C passes, no dict of them again
+            data = {**data, "set": Columns(list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs)))}
+        try:
+            return encode_snapshot(node.codec, data, order_min_keys=_NO_ORDER)
+        except UnsupportedValueError:
+            pass  # encode_state raises the error that names the operator, the key and the type
+    return encode_state(node, data)
+
+
+#: encode_snapshot's order_min_keys that writes no key index.
+_NO_ORDER = 1 << 62
 
 
 def _inline_bytes(chain: Chain | None) -> int:

@@ -243,12 +243,34 @@ def random_crashes(rng: Any) -> list[str]:
     return [f"{rng.choice(ANY_POINT)}@{rng.randint(1, 8)}" for _ in range(rng.randint(2, 3))]
 
 
-def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
-    """Run a job script that reads its spec (plus ``ckpt``/``out`` under `root`) from ``root/spec.json``, killed at `crash`."""
+#: Crash points only a merged snapshot reaches (the path of states of DIRECT_SNAPSHOT_BYTES or more): the
+#: small states of the fault jobs are snapshotted in their batch unless a test has them merged (`MERGED_ENV`).
+MERGE_ONLY_POINTS = frozenset({"snapshot.mid_compact", "snapshot.before_adopt"})
+#: The environment of a fault job whose every snapshot is merged in the background, as a big state's is.
+MERGED_ENV = {"JOB_SNAPSHOTS": "merged"}
+
+# Runs a job script with every snapshot merged (see `run_spec_job`).
+_MERGED = """
+import os, runpy, sys
+from streamkeep.scheduler import _state_writer
+_state_writer.DIRECT_SNAPSHOT_BYTES = 0
+sys.argv[:] = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script` has it
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | None, *, merged: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a job script that reads its spec (plus ``ckpt``/``out`` under `root`) from ``root/spec.json``, killed at `crash`.
+
+    With `merged`, every snapshot is merged in the background (as a big state's is), so the
+    `MERGE_ONLY_POINTS` are reached.
+    """
     spec_path = root / "spec.json"
     spec_path.write_text(json.dumps({**spec, "ckpt": str(root / "ckpt"), "out": str(root / "out")}))
     env = dict(os.environ)
     env.pop(_faults.ENV_VAR, None)
     if crash is not None:
         env[_faults.ENV_VAR] = crash
-    return subprocess.run([sys.executable, script, str(spec_path)], env=env, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-c", _MERGED, script, str(spec_path)] if merged else [sys.executable, script, str(spec_path)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)

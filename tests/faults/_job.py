@@ -3,7 +3,8 @@
 Usage: ``python _job.py CHECKPOINT OUT_DIR IN_DIR TOTAL_BATCHES`` (env ``JOB_STORAGE_OPTIONS``:
 fsspec options as JSON, for s3:// checkpoints; env ``JOB_INLINE_DELTA_BYTES``: the context's
 ``inline_delta_bytes``, 0 to write every delta to its own file; env ``JOB_COMPACT_HELPER``: merge
-every snapshot in a helper process; env ``JOB_RAY_ADDRESS``: run on the Ray cluster at that address
+every snapshot in a helper process; env ``JOB_SNAPSHOTS=merged``: merge every snapshot in the background, as
+a big state's is, instead of snapshotting this small state in its batch; env ``JOB_RAY_ADDRESS``: run on the Ray cluster at that address
 with 3 key partitions instead of the local executor). The job is resumed with
 `StreamingContext.get_or_create` and runs until batch ``TOTAL_BATCHES`` is committed,
 whatever was committed before. Inputs are replayable: ``rate_stream`` and a
@@ -131,10 +132,13 @@ def main() -> int:
     ckpt, out, inp, total_s = sys.argv[1:5]
     total = int(total_s)
     opts = json.loads(os.environ.get("JOB_STORAGE_OPTIONS", "null"))
-    if os.environ.get("JOB_COMPACT_HELPER"):  # every snapshot merged by a helper process (waited for when due)
-        from streamkeep.scheduler import _state_writer
+    from streamkeep.scheduler import _state_writer
 
+    if os.environ.get("JOB_COMPACT_HELPER"):  # every snapshot merged by a helper process (waited for when due)
         _state_writer.HELPER_STATE_BYTES = 0
+        _state_writer.DIRECT_SNAPSHOT_BYTES = 0
+    if os.environ.get("JOB_SNAPSHOTS") == "merged":  # every snapshot merged in the background (a big state's path)
+        _state_writer.DIRECT_SNAPSHOT_BYTES = 0
     t0 = time.monotonic()
     ssc = sk.StreamingContext.get_or_create(ckpt, lambda: build(ckpt, out, inp, total, opts), storage_options=opts)
     done = (ssc.last_batch_time_ms or 0) // INTERVAL_MS

@@ -1,7 +1,9 @@
 """SIGKILL a real child job at every crash point, recover it with get_or_create, compare.
 
-For every point in ``streamkeep._faults.BATCH_POINTS``, several n, and deltas
-inline or in files, the child (`_job.py`: rate, queue and text-file inputs,
+For every point in ``streamkeep._faults.BATCH_POINTS``, several n, and three modes
+(deltas inline or in files, the job's small state snapshotted in its batch; or every
+snapshot merged in the background from the delta files, the path of big states: the
+only one that reaches the `MERGE_ONLY_POINTS`), the child (`_job.py`: rate, queue and text-file inputs,
 update_state_by_key, reduce_by_key_and_window with and without inv_f,
 map_with_state with a timeout, FileSinks) is killed the n-th time it reaches the
 point, then rerun without a crash to its last batch. Its per-batch sink output
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import MERGE_ONLY_POINTS, MERGED_ENV, Workdir, diff_results, expect_killed, expect_ok, scratch_dir
 
 from streamkeep import _faults
 
@@ -38,8 +40,18 @@ TOTAL = 12  # batches per job: snapshots at 3, 6, 9, 12 (snapshot_every=3); rete
 NTHS = ("1", "2", "5", "late")
 #: How the job keeps its deltas: inline in the commit record (the default cap) or every delta in its
 #: own file (inline_delta_bytes=0), so state.mid_write and the torn-write point interrupt delta-file
-#: writes of every operator kind (update_state_by_key, both windows, map_with_state).
-DELTA_MODES = {"inline": {}, "files": {"JOB_INLINE_DELTA_BYTES": "0"}}
+#: writes of every operator kind (update_state_by_key, both windows, map_with_state); and how it takes
+#: snapshots: its state is small, so in the batch (both modes above), or merged in the background from
+#: the delta files ("merged": the path of states of DIRECT_SNAPSHOT_BYTES or more).
+DELTA_MODES = {"inline": {}, "files": {"JOB_INLINE_DELTA_BYTES": "0"}, "merged": {"JOB_INLINE_DELTA_BYTES": "0", **MERGED_ENV}}
+
+
+def _points(mode: str) -> list[str]:
+    """The crash points a mode reaches: a snapshot taken in its batch reaches no merge-only point."""
+    return [p for p in _faults.BATCH_POINTS if mode == "merged" or p not in MERGE_ONLY_POINTS]
+
+
+_MATRIX = [(p, m) for m in DELTA_MODES for p in _points(m)]
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +105,14 @@ def _nth(point: str, spec: str, count: int) -> int:
 
 @pytest.mark.parametrize("mode", DELTA_MODES)
 def test_every_point_is_reached_by_the_job(mode: str, references: dict[str, dict[str, Any]]) -> None:
-    """The job exercises every crash point often enough for the matrix below."""
+    """The job exercises every crash point of its mode often enough for the matrix below; only the merged mode
+    merges snapshots (the others take them in their batch), and every point is reached by some mode."""
     counts = references[mode]["counts"]
-    missing = {p: counts.get(p, 0) for p in _faults.BATCH_POINTS if counts.get(p, 0) < 5}
+    missing = {p: counts.get(p, 0) for p in _points(mode) if counts.get(p, 0) < 5}
     assert not missing, f"crash points the job reaches fewer than 5 times: {missing}"
+    merges = {p: counts.get(p, 0) for p in MERGE_ONLY_POINTS}
+    assert all(merges.values()) if mode == "merged" else not any(merges.values()), merges
+    assert {p for m in DELTA_MODES for p in _points(m)} == set(_faults.BATCH_POINTS)
 
 
 def test_files_mode_writes_delta_files_for_every_operator_kind(references: dict[str, dict[str, Any]]) -> None:
@@ -105,11 +121,11 @@ def test_files_mode_writes_delta_files_for_every_operator_kind(references: dict[
     ops = ("totals", "win", "win_plain", "seen", "recent", "by_word")
     assert all(files.get(op, 0) > 0 for op in ops), f"delta files per operator: {files}"
     assert references["files"]["results"] == references["inline"]["results"], "the delta mode changed the job's results"
+    assert references["merged"]["results"] == references["inline"]["results"], "merging snapshots changed the job's results"
 
 
-@pytest.mark.parametrize("mode", DELTA_MODES)
 @pytest.mark.parametrize("nth_spec", NTHS)
-@pytest.mark.parametrize("point", _faults.BATCH_POINTS)
+@pytest.mark.parametrize(("point", "mode"), _MATRIX, ids=[f"{m}-{p}" for p, m in _MATRIX])
 def test_crash_then_recover_equals_uncrashed(
     point: str, nth_spec: str, mode: str, references: dict[str, dict[str, Any]], scratch: str
 ) -> None:
@@ -124,9 +140,11 @@ def test_crash_then_recover_equals_uncrashed(
 
 
 @pytest.mark.parametrize("point", _faults.BATCH_POINTS)
-def test_crash_again_during_recovery(point: str, reference: dict[str, Any], scratch: str) -> None:
+def test_crash_again_during_recovery(point: str, references: dict[str, dict[str, Any]], scratch: str) -> None:
     """Killed at the point, then killed at the same point while recovering, then recovered."""
-    w = _case_dir(scratch, f"twice-{point}")
+    mode = "merged" if point in MERGE_ONLY_POINTS else "inline"
+    reference = references[mode]
+    w = _case_dir(scratch, f"twice-{point}", mode)
     expect_killed(w.run(TOTAL, crash=(point, 2)), f"first crash at {point}@2")
     expect_killed(w.run(TOTAL, crash=(point, 1)), f"second crash at {point}@1")
     expect_ok(w.run(TOTAL), f"recovery after two crashes at {point}")

@@ -25,7 +25,7 @@ from streamkeep import _faults
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _event_time_job as job  # noqa: E402
-from _harness import random_crashes, run_spec_job  # noqa: E402
+from _harness import MERGE_ONLY_POINTS, random_crashes, run_spec_job  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -54,15 +54,17 @@ def _spec(window: str) -> dict[str, Any]:
     }
 
 
-def _run(spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
-    return run_spec_job(job.__file__, spec, root, crash)
+def _run(spec: dict[str, Any], root: Path, crash: str | None, merged: bool = False) -> subprocess.CompletedProcess[str]:
+    return run_spec_job(job.__file__, spec, root, crash, merged=merged)
 
 
-def _finished(spec: dict[str, Any], root: Path, crashes: list[str]) -> dict[str, dict[int, list[Any]]]:
+def _finished(spec: dict[str, Any], root: Path, crashes: list[str], merged: bool = False) -> dict[str, dict[int, list[Any]]]:
+    """Outputs after being killed at each of `crashes` and resumed; with `merged`, every snapshot is merged
+    in the background (the only path that reaches `MERGE_ONLY_POINTS`), in every run."""
     for crash in crashes:
-        r = _run(spec, root, crash)
+        r = _run(spec, root, crash, merged)
         assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
-    r = _run(spec, root, None)
+    r = _run(spec, root, None, merged)
     assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
     return job.read_file_sinks(str(root / "out"))
 
@@ -91,7 +93,7 @@ def test_kill_at_each_crash_point_equals_the_uncrashed_run(
 ) -> None:
     spec, want = baseline
     crashes = [f"{point}@3"] + ([f"{point}@1"] if point in ("state.after_write", "sink.before_write", "commit.before_record") else [])
-    got = _finished(spec, tmp_path, crashes)
+    got = _finished(spec, tmp_path, crashes, merged=point in MERGE_ONLY_POINTS)
     for name in job.OUTPUTS:
         assert got[name] == want[name], f"{name} after kills {crashes}: {got[name]} != {want[name]}"
 

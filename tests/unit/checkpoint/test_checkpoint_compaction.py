@@ -97,6 +97,7 @@ class _Hold:
             return real(ckpt, t, jobs, **kw)
 
         monkeypatch.setattr(_state_writer, "compact", held)
+        monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 0)  # merged, as a big state's snapshot is
         monkeypatch.setattr(_state_writer, "BIG_STATE_BYTES", 0)  # never wait for it: the batches go on
         monkeypatch.setattr(_state_writer, "HELPER_STATE_BYTES", 1 << 60)  # in a thread (so it can be held)
 
@@ -200,6 +201,7 @@ def test_a_snapshot_being_compacted_keeps_its_inputs_until_commits_use_it(tmp_pa
 def test_big_states_are_merged_by_a_helper_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_state_writer, "BIG_STATE_BYTES", 0)
     monkeypatch.setattr(_state_writer, "HELPER_STATE_BYTES", 0)
+    monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 0)
     spawned: list[Any] = []
     real = _state_writer._run_helper
     monkeypatch.setattr(_state_writer, "_run_helper", lambda *a: spawned.append(a[1]) or real(*a))
@@ -270,6 +272,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_failed_helper_falls_back_to_merging_in_the_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(_state_writer, "HELPER_STATE_BYTES", 0)
+    monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 0)
     monkeypatch.setattr(_state_writer.sys, "executable", str(tmp_path / "no-such-python"))
     url = str(tmp_path / "c")
     ssc = _job(url)

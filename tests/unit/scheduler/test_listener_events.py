@@ -83,21 +83,22 @@ def test_events_of_a_fresh_job_carry_its_real_numbers(tmp_path: Any) -> None:
     done = rec.of("completed")
     assert [i.batch_time_ms for i in done] == [p.batch_time_ms for p in rec.of("planned")]
     assert len(done) == 6 and all(i.records_per_source == {"rate": 7} and i.num_records == 7 for i in done)
+    snaps = rec.of("snapshot")
+    snap_sizes = {s.batch_time_ms: s.operators["counts"] for s in snaps}
     for info, keys, nbytes in seen:
         st = info.state["counts"]
         assert st.keys == keys == 5
-        if st.bytes_at_ms == info.batch_time_ms:  # measured at this batch: the real encoded size
-            assert st.bytes == nbytes
+        if st.bytes_at_ms == info.batch_time_ms:  # measured at this batch: the real encoded size (its snapshot's, if it took one)
+            assert st.bytes == snap_sizes.get(info.batch_time_ms, nbytes)
         assert info.checkpoint_bytes > 0 and info.commit_ms >= 0 and info.compute_ms >= 0
         assert set(info.operator_ms) == {"counts", "foreach_batch#3"}
     assert [i.snapshot for i in done] == [False, True, False, True, False, True]
-    # a snapshot is reported once a later commit adopts it (at the latest when the next one is due)
-    snaps = rec.of("snapshot")
-    assert [s.batch_time_ms for s in snaps] == [done[1].batch_time_ms, done[3].batch_time_ms]
+    # a small state's snapshot is taken (encoded) in its batch and named by that batch's commit: reported at once
+    assert [s.batch_time_ms for s in snaps] == [done[1].batch_time_ms, done[3].batch_time_ms, done[5].batch_time_ms]
     assert all(s.bytes > 0 and set(s.operators) == {"counts"} for s in snaps)
-    # a snapshot gives the exact size for free once adopted: its encoded payload, as of its batch
+    # a snapshot gives the exact size for free: its encoded payload, as of its batch
     at = done[3].state["counts"]
-    assert at.bytes_at_ms == done[1].batch_time_ms and at.bytes == snaps[0].operators["counts"] > 0
+    assert at.bytes_at_ms == done[3].batch_time_ms and at.bytes == snaps[1].operators["counts"] > 0
     stopped = rec.of("stopped")[0]
     assert stopped.batch_time_ms == done[-1].batch_time_ms and stopped.batches == 6 and not stopped.failed
 

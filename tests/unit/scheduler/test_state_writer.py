@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.dstream._graph import UpdateStateNode
 from streamkeep.errors import CheckpointError
+from streamkeep.scheduler import _state_writer
 from streamkeep.scheduler._state_io import Chain, read_chain
 from streamkeep.scheduler._state_writer import FIRST_SNAPSHOT_AFTER, MAX_CHAIN, StateWriter
 
@@ -74,6 +75,13 @@ def test_a_batch_without_changes_adds_no_delta(tmp_path: Path) -> None:
     ckpt.release()
 
 
+@pytest.fixture
+def merged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every snapshot merged in the background, as a big state's is (these states are small)."""
+    monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 0)
+
+
+@pytest.mark.usefixtures("merged")
 def test_snapshot_every_n_batches_is_written_in_the_background_and_adopted(tmp_path: Path) -> None:
     w, ckpt, seen = _writer(tmp_path, snapshot_every=3)
     ex = _FakeExecutor()
@@ -134,6 +142,7 @@ def test_restored_chains_resume_the_cadence(tmp_path: Path) -> None:
     ckpt.release()
 
 
+@pytest.mark.usefixtures("merged")
 def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> None:
     def broken(*_: Any) -> str:
         raise OSError("disk full")
@@ -148,9 +157,10 @@ def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> No
     ckpt.release()
 
 
+@pytest.mark.usefixtures("merged")
 def test_a_snapshot_never_copies_the_live_state_in_the_batch_loop(tmp_path: Path) -> None:
-    """Issue 14: the snapshot is merged from the previous one and the deltas on storage, never read from the
-    executor (a copy of 1M keys paused the batch loop ~0.3 s)."""
+    """Issue 14: a big state's snapshot is merged from the previous one and the deltas on storage, never read from
+    the executor (a copy of 1M keys paused the batch loop ~0.3 s)."""
 
     class _NoCopy(_FakeExecutor):
         def snapshot(self, name: str) -> dict[str, Any]:
@@ -166,4 +176,105 @@ def test_a_snapshot_never_copies_the_live_state_in_the_batch_loop(tmp_path: Path
     snap, deltas = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
     assert snap is not None and dict(snap["set"]) == {1: [4], 2: [2], 0: [3]} and [dict(d["set"]) for d in deltas] == [{2: [5]}]
     w.close()
+    ckpt.release()
+
+
+# ------------------------------------------------------------------ small states: snapshotted in their batch
+
+
+def test_a_small_state_is_snapshotted_in_its_batch_and_its_commit_names_it(tmp_path: Path) -> None:
+    """A small state's snapshot is encoded by `write` from the live state and handed over with the batch's files:
+    the chain names it at once (no delta of that batch, nothing adopted later), and values changed in place after
+    `write` returned -- while the committer has not written the file yet -- do not reach it."""
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=3, inline_delta_bytes=0)
+    ex = _FakeExecutor()
+    for i in range(1, 4):
+        ex.put(f"k{i % 2}", [i])
+        files: list[Any] = []
+        state = w.write(i * 1000, ex, files)  # type: ignore[arg-type]
+        if i < 3:
+            assert not w.started and [f[4] for f in files] == ["delta"]
+            w.write_deltas(files)
+    assert w.started and w._thread is None  # nothing in the background
+    assert state["n"] == {"snapshot": "state/n/000000000003000.snap", "snapshot_time": 3000, "deltas": []}
+    assert [(f[0], f[1], f[4]) for f in files] == [("n", 3000, "snap")]  # batch 3's delta is in the snapshot
+    ex.state["k1"].append("later")  # user code changes a value in place before the committer writes the file
+    b0 = ckpt.written_bytes()
+    nbytes = w.write_deltas(files)
+    assert nbytes == ckpt.written_bytes() - b0 > 0
+    snap, deltas = read_chain(ckpt, "msgpack", state["n"])
+    assert snap is not None and dict(snap["set"]) == {"k1": [3], "k0": [2]} and deltas == []
+    assert [(t, n, sizes) for t, n, _, sizes in seen] == [(3000, nbytes, {"n": len(files[0][2])})]
+    assert w.snapshot_bytes == len(files[0][2]) and w.restart_cost() == (len(files[0][2]), 0)
+    ex.put("k2", [4])
+    state = w.write(4000, ex)  # type: ignore[arg-type]  # without `defer`: written here
+    assert not w.started and state["n"]["snapshot"] == "state/n/000000000003000.snap" and len(state["n"]["deltas"]) == 1
+    snap, deltas = read_chain(ckpt, "msgpack", state["n"])
+    assert dict(snap["set"]) | dict(deltas[0]["set"]) == {"k1": [3], "k0": [2], "k2": [4]}  # type: ignore[index]
+    ckpt.release()
+
+
+def test_a_small_state_without_defer_writes_its_snapshot_in_write(tmp_path: Path) -> None:
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=2)
+    ex = _FakeExecutor()
+    for i in range(1, 5):
+        ex.put(i % 3, (i, "x"))
+        state = w.write(i * 1000, ex)  # type: ignore[arg-type]
+    assert [t for t, *_ in seen] == [2000, 4000] and w._thread is None
+    snap, deltas = read_chain(ckpt, "msgpack", state["n"])
+    assert snap is not None and dict(snap["set"]) == {1: (4, "x"), 2: (2, "x"), 0: (3, "x")} and deltas == []
+    ckpt.release()
+
+
+@pytest.mark.parametrize("limit", ["bytes", "index"])
+def test_a_state_past_either_limit_is_merged_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+    """From DIRECT_SNAPSHOT_BYTES of state, or once a snapshot may hold a key index (4 bytes per key from
+    ORDER_MIN_KEYS keys: a restart loads it lazily), the batch loop does not copy the state: it is merged from storage."""
+
+    class _NoCopy(_FakeExecutor):
+        copies = 0
+
+        def snapshot(self, name: str) -> dict[str, Any]:
+            if limit == "bytes" or self.copies:
+                raise AssertionError("the batch loop copied the whole state")
+            self.copies += 1
+            return super().snapshot(name)
+
+    if limit == "bytes":
+        monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 64)
+    else:
+        monkeypatch.setattr(_compact, "ORDER_MIN_KEYS", 3)  # its first snapshot (taken here) is 12 bytes or more
+    w, ckpt, seen = _writer(tmp_path, snapshot_every=2)
+    ex = _NoCopy()
+    for k in range(4):
+        ex.put(k, "v" * 10)
+    w.write(1000, ex)  # type: ignore[arg-type]
+    ex.put(0, "w")
+    w.write(2000, ex)  # type: ignore[arg-type]
+    assert w._thread is not None if limit == "bytes" else w._thread is None
+    w.adopt(wait=True)
+    ex.put(1, "x")
+    w.write(3000, ex)  # type: ignore[arg-type]
+    ex.put(2, "y")
+    w.write(4000, ex)  # type: ignore[arg-type]
+    assert w.started and w._thread is not None
+    w.adopt(wait=True)
+    snap, _ = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
+    assert [t for t, *_ in seen] == [2000, 4000] and dict(snap["set"]) == {0: "w", 1: "x", 2: "y", 3: "v" * 10}  # type: ignore[index]
+    w.close()
+    ckpt.release()
+
+
+def test_a_small_state_whose_snapshot_cannot_be_written_fails_its_commit(tmp_path: Path) -> None:
+    def broken(*_: Any) -> str:
+        raise OSError("disk full")
+
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=1)
+    ex = _FakeExecutor()
+    ex.put("k", 1)
+    files: list[Any] = []
+    w.write(1000, ex, files)  # type: ignore[arg-type]
+    ckpt.write_state = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        w.write_deltas(files)  # in the committer: the batch is not committed, the job fails (test_pipelined_commit)
     ckpt.release()

@@ -66,10 +66,10 @@ def test_metrics_agree_with_events_and_the_real_job(tmp_path: Any) -> None:
         assert m[("streamkeep_input_records_total", (("source", "rate"),))] == 7 * 13 == sum(i.num_records for i in ev.batches)
         assert m[("streamkeep_state_keys", (("operator", "counts"),))] == key_count_of(ssc, "counts") == 11
         assert m[("streamkeep_state_bytes", (("operator", "counts"),))] == ev.batches[-1].state["counts"].bytes
-        # the size reported at the batch that adopts a snapshot is that snapshot's encoded payload
-        adopted = ev.batches[5].state["counts"]
-        assert ev.batches[5].snapshot and adopted.bytes_at_ms == 3000
-        assert adopted.bytes == next(s.operators["counts"] for s in ev.snapshots if s.batch_time_ms == 3000)
+        # the size reported at a batch that takes a (small state's) snapshot is that snapshot's encoded payload
+        taken = ev.batches[5].state["counts"]
+        assert ev.batches[5].snapshot and taken.bytes_at_ms == 6000
+        assert taken.bytes == next(s.operators["counts"] for s in ev.snapshots if s.batch_time_ms == 6000)
         written = sum(i.checkpoint_bytes for i in ev.batches) + sum(s.bytes for s in ev.snapshots)
         assert m[("streamkeep_checkpoint_write_bytes_total", ())] == written > 0
         assert m[("streamkeep_checkpoint_write_seconds_count", ())] == 7 + len(ev.snapshots)
