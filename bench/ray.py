@@ -27,11 +27,18 @@ against the local executor's: what Ray adds to the work, which on a machine with
 of the workers' share, and the CPU time the hypervisor took from the VM's vCPUs meanwhile (``steal``: a
 host that runs other work on the same cores, which a second busy vCPU feels). It is measured on the best-of runs, so it is far less noisy than a wall-clock
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
+
+``--phases`` adds, for the Ray runs, where a batch's wall time went outside the map work, from Ray's task
+events (``ray.timeline``): the *head* (previous batch's last step end to this batch's last map start: the
+driver's outputs, plan, read and dispatch), the *map skew* (first to last map end: the shuffle's barrier),
+the *exchange* (last map end to last step start: the buckets through the driver) and the last *step*.
+No Ray setting is changed for it (task events are on by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -120,6 +127,45 @@ def _steal_s() -> float:
         return 0.0
 
 
+def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
+    """Medians (ms) of where a Ray batch's time went between `t0` and `t1` (epoch s), from Ray's task events.
+
+    Per batch (W ``map_bucket`` and W ``step`` calls): *head*, from the previous batch's last step
+    end to this batch's last map start (the driver's outputs, plan, read and dispatch, the actor's
+    argument decoding); *map skew*, between the first and the last map's end (the barrier the
+    shuffle waits at); *exchange*, from the last map's end to the last step's start (its buckets
+    through the driver); *step*, the last step. None when the events do not pair up.
+    """
+    import ray
+
+    quiet = logging.getLogger("ray._private.state")  # its notice that timeline() will read from the dashboard
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        events = ray.timeline()
+    finally:
+        quiet.setLevel(level)
+    spans: dict[str, list[tuple[float, float]]] = {"map_bucket": [], "step": []}
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in spans and t0 <= e["ts"] / 1e6 <= t1:
+            spans[e["name"]].append((e["ts"] / 1e3, (e["ts"] + e["dur"]) / 1e3))
+    maps, steps = sorted(spans["map_bucket"]), sorted(spans["step"])
+    if not maps or len(maps) != len(steps) or len(maps) % workers:
+        return None
+    out: dict[str, list[float]] = {"head": [], "map skew": [], "exchange": [], "step": []}
+    prev_end = None
+    for i in range(0, len(maps), workers):
+        m, st = maps[i : i + workers], steps[i : i + workers]
+        last_map_end, last_step_start = max(e for _, e in m), max(s for s, _ in st)
+        if prev_end is not None:
+            out["head"].append(max(s for s, _ in m) - prev_end)
+        out["map skew"].append(last_map_end - min(e for _, e in m))
+        out["exchange"].append(last_step_start - last_map_end)
+        prev_end = max(e for _, e in st)
+        out["step"].append(prev_end - last_step_start)
+    return {k: statistics.median(v) for k, v in out.items() if v}
+
+
 def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: int) -> tuple[float, dict[str, float]]:
     """Best of `reps` runs of the batches (seconds) after a warm-up batch (actors and task workers started), and its CPU seconds by role."""
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
@@ -127,14 +173,19 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     src.map(per_record).update_state_by_key(add, name="state").foreach_batch(lambda b: b.count())
     ssc.run(1)
     best, best_cpu = float("inf"), {}
+    window = (0.0, 0.0)
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
         c0 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
-        t0 = time.perf_counter()
+        w0, t0 = time.time(), time.perf_counter()
         ssc.run(len(batches))
         took = time.perf_counter() - t0
         if took < best:
             c1 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
             best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
+            window = (w0, time.time())
+    if PHASES and executor != "local":
+        got = _phases(*window, executor.num_partitions or 1)
+        best_cpu.update({f"phase {k}": v for k, v in (got or {}).items()})
     if best_cpu:  # the partition actor that worked most (the batch waits for it), and the wall time it is set against
         busiest = max((v for k, v in best_cpu.items() if k.startswith("actor ")), default=0.0)
         best_cpu = {k: v for k, v in best_cpu.items() if not k.startswith("actor ")}
@@ -144,6 +195,7 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
 
 
 CPU = False  # --cpu
+PHASES = False  # --phases
 
 
 def _heavy_cpu_us(go: Any, done: Any) -> None:
@@ -203,9 +255,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="Ray worker counts W (default 1 2 4)")
     ap.add_argument("--only", default="", help="run only the jobs whose name contains this text (e.g. CPU)")
     ap.add_argument("--cpu", action="store_true", help="also the CPU per batch of every process of the job, by role (Linux)")
+    ap.add_argument("--phases", action="store_true", help="also where a Ray batch's wall time went (head, map skew, exchange, step), from Ray's task events")
     args = ap.parse_args()
     global CPU  # noqa: PLW0603 - a flag of this script
     CPU = args.cpu
+    global PHASES  # noqa: PLW0603 - a flag of this script
+    PHASES = args.phases
     q = 4 if args.quick else 1
     words = [[f"w{(i * 7919 + b) % 10_000}" for i in range(200_000 // q)] for b in range(5)]
     heavy_in = [[f"h{(i * 31 + b) % 500}" for i in range(8_000 // q)] for b in range(5)]
@@ -234,6 +289,7 @@ def main() -> None:
     secs: dict[str, dict[str, list[float]]] = {name: {} for name in jobs}
     added: dict[str, dict[int, list[float]]] = {}  # ms Ray adds per batch, for the jobs whose function is free
     cpu: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in jobs}  # ms per batch by role
+    phases: dict[str, dict[int, dict[str, list[float]]]] = {name: {} for name in jobs}  # --phases: ms per batch
     for w in args.workers:
         # the local Ray a RayExecutor starts on demand, as a user's job gets it (loopback only, no dashboard, ...)
         ex = RayExecutor(num_partitions=w, num_cpus=w, keep_actors=True)
@@ -243,6 +299,8 @@ def main() -> None:
                 for _ in range(args.rounds):
                     loc, loc_cpu = _time_job("local", b, f, 1)
                     on_ray, ray_cpu = _time_job(ex, b, f, 1)
+                    for k in [k for k in ray_cpu if k.startswith("phase ")]:  # ms per batch already
+                        phases[name].setdefault(w, {}).setdefault(k[len("phase ") :], []).append(ray_cpu.pop(k))
                     for label, c in (("local", loc_cpu), (f"ray W={w}", ray_cpu)):
                         cpu[name].setdefault(label, []).append({k: v / len(b) * 1e3 for k, v in c.items()})
                     ratio[name].setdefault(w, []).append(loc / on_ray)
@@ -272,6 +330,9 @@ def main() -> None:
                 busy = _spread([c["busiest actor"] for c in per_round], "{:.1f}")
                 idle = _spread([c["wall"] - c["busiest actor"] for c in per_round], "{:.1f}")
                 print(f"    {label}: busiest actor's CPU {busy} ms per batch; wall beyond it {idle} ms")
+        for w, per_phase in phases[name].items():
+            cells = ", ".join(f"{k} {_spread(v, '{:.1f}')}" for k, v in per_phase.items())
+            print(f"  where a Ray W={w} batch's wall time went, ms (median per batch, over rounds): {cells}")
     for name, per_w in added.items():
         print(f"Ray's added cost per batch ({name}): " + "; ".join(f"W={w}: {_spread(v, '{:.1f}')} ms" for w, v in per_w.items()))
 

@@ -25,7 +25,7 @@ import time
 import zlib
 from typing import Any
 
-from streamkeep._util import short_repr, stable_hash
+from streamkeep._util import gc_paused, short_repr, stable_hash
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, join_parts
@@ -86,25 +86,41 @@ def _key_of(record: Any) -> Any:
 def bucket(batch: Batch[Any], count: int) -> list[list[Any]]:
     """The records of `batch` (its pending per-record operators applied) split by owning partition, in order."""
     out: list[list[Any]] = [[] for _ in range(count)]
+    adds = [o.append for o in out]
     crc32 = zlib.crc32
 
-    def consume(it: Any) -> None:
-        for rec in it:  # the shuffle's hot loop: str and int keys inline what key_hash does for them
-            k = rec[0] if rec.__class__ is tuple and len(rec) == 2 else _key_of(rec)
-            cls = k.__class__
-            if cls is str:
-                i = crc32(k.encode("utf-8", "surrogatepass")) % count
-            elif cls is int:
-                i = (hash(k) & 0xFFFFFFFF) % count
-            else:
-                try:
-                    i = partition_of(k, count)
-                except TypeError:  # an unhashable key: partition 0's runtime reports the record
-                    i = 0
-            out[i].append(rec)
+    def place(rec: Any) -> None:  # what the loop does not inline: other key types, bad records
+        k = _key_of(rec)
+        try:
+            i = partition_of(k, count)
+        except TypeError:  # an unhashable key: partition 0's runtime reports the record
+            i = 0
+        adds[i](rec)
+
+    def consume(it: Any, f: Any) -> None:
+        # The shuffle's hot loop (the map side of every Ray step): str and int keys inline what
+        # key_hash does for them; the batch's trailing map is called here (`Batch._consume_mapped`).
+        # ``encode()`` equals key_hash's ``encode("utf-8", "surrogatepass")`` for every str but one
+        # with a lone surrogate (which raises here, and takes key_hash's path), at half the cost.
+        if f is not None:
+            it = map(f, it)
+        for rec in it:
+            if rec.__class__ is tuple and len(rec) == 2:
+                k = rec[0]
+                cls = k.__class__
+                if cls is str:
+                    try:
+                        adds[crc32(k.encode()) % count](rec)
+                    except UnicodeEncodeError:
+                        place(rec)
+                    continue
+                if cls is int:
+                    adds[(hash(k) & 0xFFFFFFFF) % count](rec)
+                    continue
+            place(rec)
 
     for i in range(batch.num_partitions):
-        batch._consume(i, consume)
+        batch._consume_mapped(i, consume)
     return out
 
 
@@ -263,7 +279,8 @@ class PartitionHost:
         """
         self.kept = {k: v for k, v in self.kept.items() if k[1] == t}  # a failed try's leftovers
         try:
-            buckets: list[Any] = bucket(Batch._lazy([records], ops, t), self.count)
+            with gc_paused():  # the records live until the step: collections meanwhile only walk them (as in the driver)
+                buckets: list[Any] = bucket(Batch._lazy([records], ops, t), self.count)
         except StreamkeepError as exc:
             raise portable(exc) from None
         self.kept[(name, t)] = buckets[self.index]
@@ -294,7 +311,8 @@ class PartitionHost:
         parent = Batch([plain(p) for p in parts] or [[]], t) if present else None  # type: ignore[arg-type]  # no None left
         s0 = time.perf_counter()
         try:
-            out = rt.step(t, parent)
+            with gc_paused():
+                out = rt.step(t, parent)
         except StreamkeepError as exc:
             raise portable(exc) from None
         ms = (time.perf_counter() - s0) * 1e3

@@ -71,16 +71,47 @@ def test_bucket_puts_each_record_in_its_keys_partition_in_order():
     from streamkeep import Batch
     from streamkeep.executors._partitions import bucket
 
-    recs = [(k, i) for i, k in enumerate(["a", "b", "zz", 1, -7, 2**40, True, 1.5, None, ("t", 1), b"x", frozenset({"p"})] * 3)]
+    keys = ["a", "b", "zz", "\ud800 lone surrogate", "é", 1, -7, 2**40, True, 1.5, None, ("t", 1), b"x", frozenset({"p"})]
+    recs: list[object] = [(k, i) for i, k in enumerate(keys * 3)]
+    recs += [["a", "a list pair"], [2, "a list pair"]]
     odd = ["not a pair", ([1], "unhashable key")]
     for n in (1, 2, 3):
-        parts = bucket(Batch([recs[:20], recs[20:] + odd]), n)
-        assert sum(len(p) for p in parts) == len(recs) + len(odd)
-        for i, p in enumerate(parts):
-            pairs = [r for r in p if r not in odd]
-            assert all(partition_of(k, n) == i for k, _ in pairs)
-            assert pairs == [r for r in recs if partition_of(r[0], n) == i]  # input order kept
-        assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
+        # as built, and with the per-record chain still pending (its trailing map is called by bucket's loop)
+        for batch in (Batch([recs[:20], recs[20:] + odd]), Batch([recs[:20], recs[20:] + odd]).map(lambda r: r)):
+            parts = bucket(batch, n)
+            assert sum(len(p) for p in parts) == len(recs) + len(odd)
+            for i, p in enumerate(parts):
+                pairs = [r for r in p if r not in odd]
+                assert all(partition_of(k, n) == i for k, _ in pairs)  # type: ignore[misc]
+                assert pairs == [r for r in recs if partition_of(r[0], n) == i]  # type: ignore[index]  # input order kept
+            assert all(any(r in p for p in parts) for r in odd)  # not dropped: the runtime that gets them reports them
+
+
+def test_partition_hosts_run_the_map_side_and_the_step_with_the_cyclic_gc_paused():
+    """As the driver runs a batch: the batch's records live until its step, so collections meanwhile only walk them."""
+    import gc
+
+    from streamkeep.executors._partitions import PartitionHost, Records
+    from streamkeep.executors.ray import _strip
+
+    seen: list[bool] = []  # the GC's state in the step, per key
+
+    def update(values: list[bool], old: list[bool] | None) -> list[bool]:
+        seen.append(gc.isenabled())
+        return (old or []) + values
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    stream = ssc.queue_stream([[1]], name="q").map(lambda x: x).update_state_by_key(update, name="u")
+    host = PartitionHost(0, 1)
+    host.open([_strip(stream._node)], 0, 0, 1)
+    ops = sk.Batch([[]], 1000).map(lambda k: (k, gc.isenabled()))._ops  # each record: the GC's state in the map side
+    assert gc.isenabled()
+    assert host.map_bucket("u", 1000, ops, Records(["a", "b", "a"])) == (None, 3)
+    assert gc.isenabled()  # restored after the call
+    host.step("u", 1000, True, False, None)
+    assert dict(host.runtimes["u"].snapshot()["set"]) == {"a": [False, False], "b": [False]}
+    assert seen == [False, False]
+    assert gc.isenabled()  # restored after each call
 
 
 def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
