@@ -290,3 +290,31 @@ def test_tables_refuse_deserialisers_and_unknown_formats() -> None:
     src = KafkaSource("t", bootstrap_servers="127.0.0.1:1", tables=KafkaTables("json", schema=SCHEMA2))
     assert src.describe()["tables"] == {"values": "json", "schema": str(SCHEMA2), "metadata": False, "keys": False}
     assert "tables" not in KafkaSource("t", bootstrap_servers="127.0.0.1:1").describe()
+
+
+def test_remote_read_fetches_of_a_table_source_give_its_tables_and_its_dead_letters(kafka_cluster, topic_factory) -> None:
+    """The fetches a Ray task runs (run here, pickled) build the tables in the worker; bad values reach the driver's sink."""
+    import pickle
+
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(3)
+    values = [b"not json" if i == 7 else f'{{"i": {i}}}'.encode() for i in range(30)]
+    produce(bs, topic, values, partition=lambda i: i % 3)
+    dead = ListSink("dead")
+    src = _source(bs, topic, tables=KafkaTables("json", schema=pa.schema([("i", pa.int64())]), metadata=True), on_error=dead)
+    try:
+        plan = src.plan(1000)
+        want = _rows_of(src.read(plan, 1000))
+        for tasks in (1, 2, 3):
+            read = src.remote_read(plan, 1000, tasks)
+            assert read is not None
+            got = [pickle.loads(pickle.dumps(f))() for f in read.fetches]  # picklable, and self-contained
+            got = pickle.loads(pickle.dumps(got))  # the tables travel back to the driver
+            assert _rows_of([p for parts, _ in got for p in parts]) == want
+            read.finish([extra for _, extra in got])
+    finally:
+        src.close()
+    assert sorted(r["i"] for part in want for r in part) == [i for i in range(30) if i != 7]
+    assert len(dead.batches) == 1  # one batch time: each write replaces the last, as an idempotent sink
+    [(_, [bad])] = dead.batches
+    assert (bad["partition"], bad["offset"], bad["value"]) == (1, 2, b"not json")
