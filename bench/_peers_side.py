@@ -208,6 +208,10 @@ def _sk_kafka_context(p: dict[str, Any], ckpt: str, src: str, step: str) -> Any:
 def sk_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
     _sk_mem_run(_warm_lines(p), p["batch_lines"], p.get("variant", "word"))  # the same warm-up as in memory
     ssc, counts = _sk_kafka_context(p, tempfile.mkdtemp(prefix="sk-peers-"), "lines", "counts")
+    # Parity: Bytewax's side imports its Kafka connector (and so confluent-kafka, ~0.1 s) when it
+    # builds the flow, before its clock starts; streamkeep's source imports the client when the
+    # job starts, so it is imported here, before the clock, too.
+    import confluent_kafka.admin  # noqa: F401
     got = {"outputs": 0, "words": 0}
     total_words = p["lines"] * C.WORDS_PER_LINE
 
