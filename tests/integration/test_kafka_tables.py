@@ -64,7 +64,7 @@ def test_a_value_that_is_not_json_fails_the_batch_naming_the_offsets() -> None:
 # ----------------------------------------------------------------------------- kafka_stream(tables=...)
 
 
-def _source(bs: str, topic: str, **kw: Any) -> KafkaSource:
+def _source(bs: str, topic: str | list[str], **kw: Any) -> KafkaSource:
     kw.setdefault("timeout_s", 5.0)
     src = KafkaSource(topic, bootstrap_servers=bs, **kw)
     src.open(None)
@@ -88,14 +88,16 @@ def _as_rows(parts: list[list[KafkaRecord]]) -> list[list[dict[str, Any]]]:
     ]
 
 
-def test_a_table_partition_holds_exactly_the_records_of_its_range_batch_after_batch(kafka_cluster, topic_factory) -> None:
-    """Tables and KafkaRecords of the same plans, while reads keep the assignment and carry records over."""
+@pytest.mark.parametrize("n_topics", [1, 2])
+def test_a_table_partition_holds_exactly_the_records_of_its_range_batch_after_batch(kafka_cluster, topic_factory, n_topics: int) -> None:
+    """Tables and KafkaRecords of the same plans, while reads keep the assignment and carry records over (one topic or two)."""
     bs = kafka_cluster.bootstrap
-    topic = topic_factory(3)
+    topics = [topic_factory(3) for _ in range(n_topics)]
     n = 900
-    produce(bs, topic, [f"v{i}".encode() for i in range(n)], keys=[None if i % 7 == 0 else f"k{i}".encode() for i in range(n)], partition=lambda i: i % 3)
+    for topic in topics:
+        produce(bs, topic, [f"{topic[-6:]}-v{i}".encode() for i in range(n // n_topics)], keys=[None if i % 7 == 0 else f"k{i}".encode() for i in range(n // n_topics)], partition=lambda i: i % 3)
     spec = KafkaTables("binary", metadata=True, keys=True)
-    recs, tabs = _source(bs, topic, name="r", max_records_per_partition=40), _source(bs, topic, name="t", max_records_per_partition=40, tables=spec)
+    recs, tabs = _source(bs, topics, name="r", max_records_per_partition=40), _source(bs, topics, name="t", max_records_per_partition=40, tables=spec)
     seen = 0
     try:
         for t in range(1000, 100_000, 1000):
