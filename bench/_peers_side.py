@@ -199,6 +199,8 @@ def _sk_kafka_context(p: dict[str, Any], ckpt: str, src: str, step: str) -> Any:
     if variant == "tables":  # the values of a partition's batch as one Arrow string column (no object per line)
         lines = ssc.kafka_stream(p["topic"], bootstrap_servers=p["bootstrap"], name=src, max_records_per_partition=per, tables="string")
         return ssc, _sk_counts(lines, step, variant, tables_in=True)
+    if variant == "tables-via-records":  # bench/kafka_tables.py's baseline: KafkaRecords decoded, then to_tables
+        variant = "tables"
     lines = ssc.kafka_stream(
         p["topic"], bootstrap_servers=p["bootstrap"], name=src, max_records_per_partition=per, value_deserializer=_sk_decode
     ).map(_sk_value)
@@ -206,7 +208,8 @@ def _sk_kafka_context(p: dict[str, Any], ckpt: str, src: str, step: str) -> Any:
 
 
 def sk_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
-    _sk_mem_run(_warm_lines(p), p["batch_lines"], p.get("variant", "word"))  # the same warm-up as in memory
+    variant = p.get("variant", "word")
+    _sk_mem_run(_warm_lines(p), p["batch_lines"], "tables" if variant.startswith("tables") else variant)  # the same warm-up as in memory
     ssc, counts = _sk_kafka_context(p, tempfile.mkdtemp(prefix="sk-peers-"), "lines", "counts")
     # Parity: Bytewax's side imports its Kafka connector (and so confluent-kafka, ~0.1 s) when it
     # builds the flow, before its clock starts; streamkeep's source imports the client when the
@@ -226,13 +229,13 @@ def sk_throughput_kafka(p: dict[str, Any]) -> dict[str, Any]:
 
     counts.foreach_batch(count)
     ssc.add_listener(Listener())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batches = 0
     while words[0] < total_words:
         batches += ssc.run(max_batches=1)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     ssc.stop()
-    return {"seconds": secs, "outputs": got["outputs"], "batches": batches, "words": words[0]}
+    return {"seconds": secs, "cpu_s": cpu, "outputs": got["outputs"], "batches": batches, "words": words[0]}
 
 
 def sk_job(p: dict[str, Any]) -> dict[str, Any]:
