@@ -62,6 +62,14 @@ def is_table(obj: Any) -> bool:
     return (tp.__module__, tp.__name__) in _TABLE_TYPES
 
 
+def records_in(part: list[Any]) -> int:
+    """The records of a source's partition: its length, or the rows of its tables (Parquet files, Kafka ``tables=``)."""
+    n = len(part)
+    if n and is_table(part[0]):
+        return sum(int(t.num_rows) for t in part)
+    return n
+
+
 def _names(schema: Any, width: int) -> list[str]:
     if schema is None:
         return [f"_{i}" for i in range(width)]

@@ -457,7 +457,8 @@ class StreamingContext:
 
         Options: starting_offsets ("earliest", "latest", "committed" or {(topic, partition): offset}),
         max_records_per_partition, group_id, consumer_config, and the others of
-        `streamkeep.sources.kafka.KafkaSource`.
+        `streamkeep.sources.kafka.KafkaSource`; ``tables="binary"|"string"|"json"`` (or a
+        `streamkeep.tables.KafkaTables`) gives a table stream: one Arrow table per partition.
         """
         from streamkeep.sources.kafka import KafkaSource
 

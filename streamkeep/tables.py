@@ -11,11 +11,11 @@ from __future__ import annotations
 from streamkeep.dstream._tables import Combine
 from streamkeep.sinks.base import TableSink
 from streamkeep.sinks.files import ParquetSink
-from streamkeep.sources._kafka_tables import kafka_json_tables
+from streamkeep.sources._kafka_tables import KafkaTables, kafka_json_tables
 from streamkeep.sources.tables import JsonLinesTableSource, ParquetFileSource
 
-__all__ = ["Combine", "JsonLinesTableSource", "ParquetFileSource", "ParquetSink", "TableSink", "kafka_json_tables"]
+__all__ = ["Combine", "JsonLinesTableSource", "KafkaTables", "ParquetFileSource", "ParquetSink", "TableSink", "kafka_json_tables"]
 
-for _public in (Combine, kafka_json_tables):
+for _public in (Combine, KafkaTables, kafka_json_tables):
     _public.__module__ = __name__
 del _public

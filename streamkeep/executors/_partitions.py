@@ -25,6 +25,7 @@ import time
 import zlib
 from typing import Any
 
+from streamkeep._arrow import records_in
 from streamkeep._util import gc_paused, short_repr, stable_hash
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint
@@ -216,7 +217,7 @@ def run_fetch(fetch: Any) -> tuple[list[list[Any]], tuple[list[int], Any]]:
         err = SourceError(msg)
         err.__cause__ = exc
         raise portable(err) from None
-    return Records(parts), ([len(p) for p in parts], extra)
+    return Records(parts), ([records_in(p) for p in parts], extra)
 
 
 def write_part(sink: Any, t: int, attempt: str, index: int, ops: tuple[Any, ...], parts: list[list[Any]]) -> Any:

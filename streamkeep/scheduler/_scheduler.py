@@ -32,6 +32,7 @@ from collections import deque
 from typing import Any
 
 from streamkeep import _faults
+from streamkeep._arrow import records_in
 from streamkeep._util import gc_paused
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
@@ -416,7 +417,7 @@ class Scheduler(Recovery):
                 parts = src.read(planned[src.name], t)
             else:  # a source added since this batch was planned: no input for it
                 parts = [[]]
-            per_part = [len(p) for p in parts]
+            per_part = [records_in(p) for p in parts]  # a table's rows count (table sources)
             counts[src.name] = sum(per_part)
             self._part_counts[src.name] = per_part
             labels = source_partitions(src, planned.get(src.name), len(parts), t)  # event-time watermarks per partition

@@ -13,7 +13,7 @@ exactly the same records. confluent-kafka is imported lazily (extra
 
 Imports only ``streamkeep.errors``, ``streamkeep._types``,
 ``streamkeep.sources.base`` and the private ``streamkeep.sources._backpressure``,
-``_kafka_config`` and ``_kafka_read``; must not import sinks, dstream, the
+``_kafka_config``, ``_kafka_meta``, ``_kafka_read`` and ``_kafka_tables``; must not import sinks, dstream, the
 scheduler or executors (a dead-letter sink is accepted structurally, through
 ``write``).
 """
@@ -48,6 +48,7 @@ from streamkeep.sources._kafka_read import (
     fetch_ranges,
     fetch_remote,
 )
+from streamkeep.sources._kafka_tables import KafkaTables, as_kafka_tables
 from streamkeep.sources.base import BlobStore, DeadLetters, RemoteRead
 
 if TYPE_CHECKING:
@@ -162,6 +163,9 @@ class KafkaSource:
         timeout_s: how long an unreachable broker or a stalled read is retried.
         retry_backoff_s: first backoff between retries.
         on_recreated_topic: ``"fail"`` (default) or ``"earliest"``, see above.
+        tables: deliver each planned partition's records as one ``pyarrow.Table``
+            (see `streamkeep.tables.KafkaTables`; a format name such as ``"json"``
+            is a shortcut) instead of a `KafkaRecord` per record; excludes the deserialisers.
 
     Raises:
         ConfigError: a bad argument, or confluent-kafka is missing.
@@ -193,6 +197,7 @@ class KafkaSource:
         timeout_s: float = 30.0,
         retry_backoff_s: float = 0.1,
         on_recreated_topic: str = "fail",
+        tables: KafkaTables | str | None = None,
     ) -> None:
         opts = validate_options(
             topics,
@@ -208,6 +213,13 @@ class KafkaSource:
             retry_backoff_s=retry_backoff_s,
             on_recreated_topic=on_recreated_topic,
         )
+        spec = as_kafka_tables(tables, f"kafka source {opts.name!r}")
+        if spec is not None and (key_deserializer is not None or value_deserializer is not None):
+            msg = (
+                f"kafka source {opts.name!r}: tables={spec.values!r} decodes the records itself (a batch at a time); "
+                "drop key_deserializer= and value_deserializer=, or drop tables= and call .to_tables() on the records"
+            )
+            raise ConfigError(msg)
 
         self.topics: list[str] = opts.topics
         self.name: str = opts.name
@@ -218,6 +230,7 @@ class KafkaSource:
         self.key_deserializer = key_deserializer
         self.value_deserializer = value_deserializer
         self.on_error = on_error
+        self.tables = spec
         self._dead = DeadLetters(on_error)
         self.max_rate_per_partition = max_rate_per_partition
         self.backpressure = backpressure
@@ -400,6 +413,7 @@ class KafkaSource:
             "max_records_per_partition": self.max_records_per_partition,
             "max_rate_per_partition": self.max_rate_per_partition,
             "backpressure": self.backpressure,
+            **({} if self.tables is None else {"tables": self.tables.describe()}),
         }
 
     # ------------------------------------------------------------------ retries
@@ -738,7 +752,7 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ read
     def read(self, plan: Data, batch_time: BatchTime) -> list[list[Any]]:
-        """Return the planned records: one list of KafkaRecord per planned partition.
+        """Return the planned records: one list of KafkaRecord per planned partition (with ``tables``: ``[table]`` or ``[]``).
 
         Raises:
             SourceError: a range is no longer available, the broker stays
@@ -805,6 +819,7 @@ class KafkaSource:
             key_deserializer=self.key_deserializer,
             value_deserializer=self.value_deserializer,
             on_error=None if handler is None else True if callable(handler) else DEAD_LETTER_SINK,
+            tables=self.tables,
         )
         groups = _split_even(ranges, max(1, tasks))
         fetches = tuple(functools.partial(fetch_remote, spec, g, batch_time) for g in groups)

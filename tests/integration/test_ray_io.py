@@ -211,3 +211,50 @@ def test_a_sink_failing_in_a_task_raises_what_it_raises_in_the_driver(tmp_path, 
         assert type(ray) is type(local), kind
         assert type(ray.__cause__) is type(local.__cause__), kind
         assert _same(str(ray)) == _same(str(local)), kind
+
+
+def _kafka_table_job(executor: Any, bootstrap: str, topic: str) -> dict[str, Any]:
+    """JSON records of a 3-partition topic as tables (``tables="json"``), bad ones to a dead-letter sink."""
+    import pyarrow as pa
+
+    from streamkeep.tables import KafkaTables
+
+    totals, dead, sizes = ListSink("totals"), ListSink("dead"), []
+
+    class Rows:
+        def on_batch_completed(self, info: Any) -> None:
+            sizes.append(info.num_records)
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    spec = KafkaTables("json", schema=pa.schema([("w", pa.string()), ("i", pa.int64())]), metadata=True)
+    src = ssc.kafka_stream(topic, bootstrap_servers=bootstrap, name="events", max_records_per_partition=40, tables=spec, on_error=dead, timeout_s=10.0)
+    agg = src.aggregate_state(by="w", aggs={"n": ("*", "count"), "s": ("i", "sum"), "off": ("_offset", "max")}, name="agg", emit="changed")
+    agg.foreach_batch(lambda t, b: totals.write(t, sorted(tuple(r.values()) for r in b.to_records().collect())))
+    ssc.add_listener(Rows())
+    ssc.run(4)
+    ssc.stop()
+    return {
+        "totals": totals.batches,
+        "dead": [(t, sorted((d["partition"], d["offset"]) for d in rs)) for t, rs in dead.batches],
+        "sizes": sizes,
+    }
+
+
+def test_kafka_table_job_on_ray_builds_the_tables_in_the_workers_and_equals_local(kafka_cluster, topic_factory, ray_executor, monkeypatch) -> None:
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(3)
+    values = [b"{bad" if i % 37 == 5 else f'{{"w": "w{i % 23}", "i": {i}}}'.encode() for i in range(300)]
+    produce(bs, topic, values, partition=lambda i: i % 3)
+    local = _kafka_table_job("local", bs, topic)
+    assert local["dead"] and local["totals"][0][1] and local["sizes"][:2] == [120 - 4, 120 - 3]  # rows, bad records left out
+
+    driver = os.getpid()
+
+    def no_fetch_here(*_a: Any, **_k: Any) -> None:
+        if os.getpid() == driver:
+            msg = "the driver fetched Kafka records"
+            raise AssertionError(msg)
+
+    monkeypatch.setattr(kafka_mod, "fetch_ranges", no_fetch_here)
+    monkeypatch.setattr(_kafka_read, "fetch_ranges", no_fetch_here)
+    assert _kafka_table_job(ray_executor, bs, topic) == local

@@ -49,9 +49,9 @@ def test_tables_exports() -> None:
     import streamkeep.tables
 
     assert sorted(streamkeep.tables.__all__) == sorted(
-        ["Combine", "JsonLinesTableSource", "ParquetFileSource", "ParquetSink", "TableSink", "kafka_json_tables"]
+        ["Combine", "JsonLinesTableSource", "KafkaTables", "ParquetFileSource", "ParquetSink", "TableSink", "kafka_json_tables"]
     )
-    for name in ("Combine", "kafka_json_tables"):
+    for name in ("Combine", "KafkaTables", "kafka_json_tables"):
         assert getattr(streamkeep.tables, name).__module__ == "streamkeep.tables", name
     assert "ParquetSink" in streamkeep.sinks.__all__
     for method in ("to_tables", "map_tables", "to_records", "aggregate_state", "aggregate_window"):
