@@ -7,6 +7,7 @@ must not import sources, dstream, the scheduler or executors.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -163,6 +164,7 @@ return {'applied', m, #failed, total, errs}
 """
 
 _SCRIPT = "local function cleanup() end\n" + _HEAD + _LOAD_PACKED + _RUN
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # as Redis names it (SCRIPT LOAD returns it)
 _STAGED_SCRIPT = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n" + _HEAD + _LOAD_STAGED + _RUN
 #: How long a part's staged commands wait for their batch to be published (a crashed try leaves them).
 STAGE_TTL_S = 86_400
@@ -177,6 +179,16 @@ class _Marker:
     epoch: int | None = None
     checkpoint_id: str | None = None
     failed: str | None = None  # "i/digest,..." of commands that failed in that batch
+
+
+@dataclass
+class _Sent:
+    """A batch whose script was sent and whose reply is not read yet."""
+
+    batch_time: BatchTime
+    args: list[Any]  # the script's ARGV, to run it again after a lost connection
+    commands: list[tuple[Any, ...]]  # to name a failed command
+    conn: Any  # the connection the reply comes on; None once read (or lost)
 
 
 def _import_redis() -> Any:
@@ -358,6 +370,11 @@ class RedisSink:
         #: the marker as this sink last left it (a batch time it applied with no failure), else None:
         #: then the next batch is not clearly applied and its marker need not be read before the script
         self._left: BatchTime | None = None
+        #: `defer_replies` was called: `write` returns once the batch's script is sent (`settle` reads its reply)
+        self._defer = False
+        self._sent: _Sent | None = None  # the batch sent and not settled yet
+        self._failed: tuple[BatchTime, BaseException] | None = None  # a sent batch that failed: no later one is sent
+        self._loaded = False  # the batch script is in the server's cache (deferred sends use EVALSHA alone)
 
     def set_fencing_token(self, token: FencingToken) -> None:
         """Fence writes with the driver's claim epoch (kept in the marker)."""
@@ -369,13 +386,90 @@ class RedisSink:
             self._ensure_client()
 
     def close(self) -> None:
-        """Close the client's connections; safe to call twice."""
+        """Close the client's connections; safe to call twice.
+
+        A batch sent and not settled is not waited for: it was not committed, so it is
+        replayed (its script ran entirely or not at all; the marker tells which).
+        """
         with self._lock:
             client, self._client = self._client, None
             self._script = self._staged = None
             self._left = None
+            self._defer, self._failed, self._loaded = False, None, False
+            sent, self._sent = self._sent, None
+            if sent is not None and client is not None:
+                sent.conn.disconnect()
+                client.connection_pool.release(sent.conn)
             if client is not None:
                 client.close()
+
+    def defer_replies(self) -> None:
+        """(`SettlingSink`) From now on `write` returns once its batch is sent; `settle` reads its outcome.
+
+        The scheduler calls it for jobs with a checkpoint, whose commit of each batch
+        settles it first: Redis runs batch ``T``'s script while the job computes ``T + 1``.
+        """
+        with self._lock:
+            self._defer = True
+
+    def settle(self, batch_time: BatchTime) -> None:
+        """(`SettlingSink`) Wait for the outcome of the batches sent up to `batch_time`; raise a failure.
+
+        Raises:
+            SinkError: the batch failed (as `write` would have raised), or Redis stayed unreachable.
+            CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
+        """
+        with self._lock:
+            self._settle(batch_time)
+
+    def _settle(self, upto: BatchTime | None = None) -> None:
+        """Read the reply of the batch in flight (all, or up to batch `upto`); raise a failed batch's error, every time."""
+        failed = self._failed
+        if failed is not None and (upto is None or failed[0] <= upto):
+            raise failed[1]
+        sent = self._sent
+        if sent is None or (upto is not None and sent.batch_time > upto):
+            return
+        self._sent = None
+        try:
+            reply = self._retrying(f"writing batch {sent.batch_time}", sent.batch_time, lambda: self._reply(sent))
+            self._outcome(sent.batch_time, sent.commands, reply)
+        except (SinkError, CheckpointInUseError) as exc:
+            self._failed, self._left = (sent.batch_time, exc), None
+            raise
+        except BaseException as exc:  # e.g. an error running the script: its outcome is unknown, no later batch is sent
+            msg = (
+                f"RedisSink {self.name!r}, batch {sent.batch_time}: reading the outcome of its script failed: "
+                f"{type(exc).__name__}: {exc}. The batch is not committed; restart the job (its replay checks the marker)."
+            )
+            err = SinkError(msg)
+            err.__cause__ = exc
+            self._failed, self._left = (sent.batch_time, err), None
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like stay what they are
+            raise err from exc
+        if _text(reply[0]) == "applied":
+            self._left = sent.batch_time
+
+    def _reply(self, sent: _Sent) -> Any:
+        """The reply of the script `sent` was sent with; after a lost connection, of the script run again.
+
+        Running it again is safe: it checks the marker first (a batch it applied is skipped).
+        """
+        client = self._ensure_client()
+        conn, sent.conn = sent.conn, None
+        if conn is not None:
+            redis = _import_redis()
+            try:
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                pass  # the script cache was flushed since it was loaded: run it again (loading it)
+            except BaseException:
+                conn.disconnect()  # a reply half read, or none: the connection is not reused
+                raise
+            finally:
+                client.connection_pool.release(conn)
+        return self._script(keys=[self.marker_key], args=sent.args, client=client)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -384,6 +478,7 @@ class RedisSink:
         state["_staged"] = None
         state["_lock"] = None
         state["_left"] = None
+        state.update(_defer=False, _sent=None, _failed=None, _loaded=False)  # a copy (a worker's) writes synchronously
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -405,12 +500,14 @@ class RedisSink:
                 raise ConfigError(msg) from exc
             self._script = self._client.register_script(_SCRIPT)
             self._staged = self._client.register_script(_STAGED_SCRIPT)
+            self._loaded = False
         assert self._client is not None
         return self._client
 
     def last_batch(self) -> BatchTime | None:
         """The last batch time applied (or partly applied: see failures) by this sink, or None."""
         with self._lock:
+            self._settle()
             raw = self._retrying("reading the marker", None, lambda: self._ensure_client().get(self.marker_key))
         return None if raw is None else self._parse_marker(raw).batch_time
 
@@ -446,6 +543,7 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
+            self._settle()  # the batch in flight first: none is sent past a failed one
             try:
                 self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
             except BaseException:
@@ -548,9 +646,28 @@ class RedisSink:
         commands = self._queue(batch_time, records)
         token = self._token
         header: list[Any] = [batch_time, "" if token is None else token.epoch, "" if token is None else token.checkpoint_id, len(commands)]
-        reply = self._script(keys=[self.marker_key], args=[*header, *self._pack(batch_time, commands)], client=client)
+        args = [*header, *self._pack(batch_time, commands)]
+        if self._defer:  # `settle` (or the next write) reads the reply
+            self._send(client, batch_time, args, commands)
+            return "sent"
+        reply = self._script(keys=[self.marker_key], args=args, client=client)
         self._outcome(batch_time, commands, reply)
         return _text(reply[0])
+
+    def _send(self, client: Redis, batch_time: BatchTime, args: list[Any], commands: list[tuple[Any, ...]]) -> None:
+        """Send the batch script on a connection of its own, not waiting for the reply (`_sent`)."""
+        if not self._loaded:
+            client.script_load(_SCRIPT)  # EVALSHA finds it (a cache flushed since: `_reply` runs it again)
+            self._loaded = True
+        pool = client.connection_pool
+        conn: Any = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", _SCRIPT_SHA, 1, self.marker_key, *args)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._sent = _Sent(batch_time, args, commands, conn)
 
     def _pack(self, batch_time: BatchTime, commands: list[tuple[Any, ...]]) -> list[bytes]:
         """The commands as the batch script's ``ARGV[5..]``: msgpack ``[argcs, args]``, one part unless huge.
@@ -688,6 +805,7 @@ class RedisSink:
             CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
         """
         with self._lock:
+            self._settle()
             self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._publish(batch_time, attempt, receipts))
 
     def _publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:

@@ -636,3 +636,115 @@ def test_two_word_command_names_run_as_redis_py_sends_them(redis_url):
     finally:
         sink.close()
     assert redis.Redis.from_url(redis_url).get("k") == b"v"
+
+
+# -- replies read later (SettlingSink): the script of batch T runs while the job computes T + 1 ------------
+
+
+def test_a_deferred_batch_that_failed_is_raised_by_settle_and_no_later_batch_is_sent(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("log:bob", "not a list")  # batch 1000's LPUSH for bob fails
+    sink = _sink(redis_url, name="deferred")
+    try:
+        sink.defer_replies()
+        sink.write(1000, [("ann", 1), ("bob", 2)])  # sent: its outcome is read by settle (or the next write)
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed in Redis: command #6 LPUSH 'log:bob' 2: WRONGTYPE"):
+            sink.settle(1000)
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed"):
+            sink.write(2000, [("ann", 10)])  # never sent past the failed batch
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed"):
+            sink.settle(2000)  # a commit of any later batch fails too
+    finally:
+        sink.close()
+    assert r.get("count:ann") == "1"  # batch 2000 applied nothing
+    assert r.get("streamkeep:sink:deferred:last_batch").startswith("1000 failed=6/")
+    r.delete("log:bob")
+    again = _sink(redis_url, name="deferred")  # the restart replays batch 1000: its failed command alone
+    try:
+        again.defer_replies()
+        again.write(1000, [("ann", 1), ("bob", 2)])
+        again.write(2000, [("ann", 10)])  # settles 1000 first
+        again.settle(2000)
+    finally:
+        again.close()
+    assert r.get("count:ann") == "11" and r.get("count:bob") == "2"
+    assert r.lrange("log:bob", 0, -1) == ["2"]
+    assert r.get("streamkeep:sink:deferred:last_batch") == "2000"
+
+
+def test_a_deferred_batch_whose_connection_is_lost_before_it_ran_is_applied_once_when_settled(redis_url):
+    """The script was sent but never ran (its client was killed while Redis held it): settle runs it again, once."""
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = _sink(redis_url, name="lost")
+    try:
+        sink.defer_replies()
+        sink.write(1000, [("ann", 1)])
+        sink.settle(1000)
+        admin.client_pause(10_000, all=False)  # write commands wait: the next script is held unrun
+        try:
+            sink.write(2000, [("ann", 2)])
+            deadline = time.monotonic() + 10
+            while not any("b" in c.get("flags", "") for c in admin.client_list()):  # the script arrived, held
+                assert time.monotonic() < deadline, admin.client_list()
+                time.sleep(0.01)
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+        finally:
+            admin.client_unpause()
+        assert admin.get("streamkeep:sink:lost:last_batch") == "1000"  # batch 2000 never ran
+        sink.settle(2000)  # the reply is lost: the script runs again
+        sink.write(3000, [("ann", 4)])
+        sink.settle(3000)
+    finally:
+        sink.close()
+    assert admin.get("count:ann") == "7"
+    assert admin.lrange("log:ann", 0, -1) == ["4", "2", "1"]
+    assert admin.get("streamkeep:sink:lost:last_batch") == "3000"
+
+
+def test_a_job_with_a_checkpoint_never_commits_nor_passes_a_batch_whose_script_failed(redis_url, tmp_path, monkeypatch):
+    """The scheduler settles each batch before its commit: a failed batch stays uncommitted and is replayed exactly."""
+    import streamkeep as sk
+
+    settled: list[int] = []
+    settle = RedisSink.settle
+
+    def spy(self: RedisSink, batch_time: int) -> None:
+        settled.append(batch_time)
+        settle(self, batch_time)
+
+    monkeypatch.setattr(RedisSink, "settle", spy)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("job:bad", "not a list")
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for i, _ in records:
+            pipe.incrby("job:n", 1)
+            pipe.rpush("job:log", i)
+            if i == 4:  # in the third batch
+                pipe.rpush("job:bad", i)
+
+    ckpt = str(tmp_path / "ckpt")
+
+    def create() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=ckpt)
+        ssc.rate_stream(2, name="rate").write_to(RedisSink(redis_url, write, name="job", marker_key="job:marker"))
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(ckpt, create)
+    try:
+        with pytest.raises(SinkError, match=r"1 of 5 commands failed in Redis: command #3 RPUSH 'job:bad' 4: WRONGTYPE"):
+            ssc.run(max_batches=6)
+    finally:
+        ssc.stop()
+    assert settled  # the scheduler settled the sink's batches before committing them
+    assert r.lrange("job:log", 0, -1) == ["0", "1", "2", "3", "4", "5"]  # nothing after the failed batch
+    assert r.get("job:marker").split(" failed=")[1].startswith("3/")
+    r.delete("job:bad")
+    ssc = sk.StreamingContext.get_or_create(ckpt, create)  # the failed batch was not committed: replayed
+    try:
+        ssc.run(max_batches=3)
+    finally:
+        ssc.stop()
+    assert r.lrange("job:log", 0, -1) == [str(i) for i in range(10)]
+    assert r.get("job:n") == "10" and r.lrange("job:bad", 0, -1) == ["4"]
