@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -195,8 +195,10 @@ def _import_redis() -> Any:
     return import_optional("redis", "RedisSink", "redis")
 
 
-#: Bytes of packed commands per script argument: a Redis bulk string takes at most 512 MB (proto-max-bulk-len).
+#: Bytes of packed commands per script argument (a part), at most; a command bigger than this goes alone in its part.
 _PART_BYTES = 128 << 20
+#: Bytes Redis takes in one argument (its default proto-max-bulk-len, 512 MB): a part of one command may not be bigger.
+_BULK_LIMIT = 512 << 20
 _TEXT = frozenset((str, bytes))
 _PLAIN = frozenset((str, int, float))  # str(x) is what Redis gets: str as is, int and float as their repr
 
@@ -699,13 +701,36 @@ class RedisSink:
             raise
         if len(packed) <= _PART_BYTES:
             return [packed]
-        parts, n = -(-len(packed) // _PART_BYTES) * 2, len(commands)  # a huge batch: about half a part's bytes each
-        out, pos = [], 0
-        for k in range(parts):
-            lo, hi = n * k // parts, n * (k + 1) // parts
-            end = pos + sum(argcs[lo:hi])
-            out.append(_packb([argcs[lo:hi], args[pos:end]]))
-            pos = end
+        return self._parts(batch_time, commands, argcs, args)
+
+    def _parts(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], argcs: list[int], args: list[Any]) -> list[bytes]:
+        """A huge batch's commands packed in parts of at most `_PART_BYTES` each, cut by their bytes.
+
+        A command bigger than that goes alone in its part; one bigger than `_BULK_LIMIT` (what
+        Redis takes in one argument) is refused, naming it, before anything is sent.
+        """
+        # what each argument packs to, at most (5: the longest msgpack header of a raw string)
+        sizes = [len(a) + 5 if type(a) is bytes else len(a.encode("utf-8", "surrogatepass")) + 5 for a in args]
+        ends = list(accumulate(argcs))
+        cum = [0, *accumulate(sizes)]
+        out: list[bytes] = []
+        lo, part = 0, 0  # the part's first command; its bytes so far
+        for i, end in enumerate(ends):
+            size = cum[end] - cum[end - argcs[i]] + 10  # its arguments, their count and the part's array headers
+            if size > _BULK_LIMIT:
+                msg = (
+                    f"RedisSink {self.name!r}, batch {batch_time}: command #{i + 1} ({_show(commands[i])}) packs to "
+                    f"{size / 2**20:.1f} MiB; Redis takes at most {_BULK_LIMIT / 2**20:.1f} MiB in one argument "
+                    "(proto-max-bulk-len), and the sink sends a command in one. Split its value. Nothing was applied."
+                )
+                raise SinkError(msg)
+            if part and part + size > _PART_BYTES:
+                start = ends[lo - 1] if lo else 0
+                out.append(_packb([argcs[lo:i], args[start : ends[i - 1]]]))
+                lo, part = i, 0
+            part += size
+        start = ends[lo - 1] if lo else 0
+        out.append(_packb([argcs[lo:], args[start:]]))
         return out
 
     def _plain_args(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], *, check_text: bool = False) -> list[Any]:

@@ -748,3 +748,52 @@ def test_a_job_with_a_checkpoint_never_commits_nor_passes_a_batch_whose_script_f
         ssc.stop()
     assert r.lrange("job:log", 0, -1) == [str(i) for i in range(10)]
     assert r.get("job:n") == "10" and r.lrange("job:bad", 0, -1) == ["4"]
+
+
+def _big_write(pipe: Any, records: list[Any]) -> None:
+    for key, value in records:
+        if isinstance(value, int):
+            pipe.incrby(key, value)
+        else:
+            pipe.set(key, value)
+
+
+def test_a_huge_batch_is_cut_into_parts_by_bytes_each_of_which_redis_takes(redis_server_factory, monkeypatch):
+    """Parts are cut by their bytes, not their command count: big commands at the end of a batch of small ones
+    no longer land in one part bigger than Redis takes in an argument (proto-max-bulk-len, 512 MB by default; 1 MB here)."""
+    from streamkeep.sinks import redis as redis_sink
+
+    server = redis_server_factory()
+    r = redis.Redis.from_url(server.url)
+    r.config_set("proto-max-bulk-len", 1 << 20)
+    monkeypatch.setattr(redis_sink, "_PART_BYTES", 256 << 10)
+    monkeypatch.setattr(redis_sink, "_BULK_LIMIT", 1 << 20, raising=False)
+    big = [(f"big:{k}", str(k) * (600 << 10)) for k in range(3)]  # 600 KB each: together 1.8 MB
+    batch = [(f"n:{i}", 1) for i in range(3000)] + big
+    sink = _sink(server.url, _big_write, name="bytes", max_retries=1, retry_backoff_s=0.01)
+    try:
+        sink.write(1000, batch)
+        sink.write(1000, batch)  # a replay: skipped
+    finally:
+        sink.close()
+    assert [len(r.get(key)) for key, _ in big] == [600 << 10] * 3
+    assert sum(int(v) for v in r.mget([f"n:{i}" for i in range(3000)])) == 3000
+    assert r.get("streamkeep:sink:bytes:last_batch") == b"1000"
+
+
+def test_a_command_bigger_than_redis_takes_in_an_argument_is_named_and_nothing_applied(redis_server_factory, monkeypatch):
+    from streamkeep.sinks import redis as redis_sink
+
+    server = redis_server_factory()
+    r = redis.Redis.from_url(server.url)
+    r.config_set("proto-max-bulk-len", 1 << 20)
+    monkeypatch.setattr(redis_sink, "_PART_BYTES", 256 << 10)
+    monkeypatch.setattr(redis_sink, "_BULK_LIMIT", 1 << 20, raising=False)
+    batch = [(f"n:{i}", 1) for i in range(100)] + [("huge", "x" * (3 << 19))]  # 1.5 MB
+    sink = _sink(server.url, _big_write, name="toobig", max_retries=1, retry_backoff_s=0.01)
+    try:
+        with pytest.raises(SinkError, match=r"batch 1000: command #101 \(SET 'huge' 'x{37}\.\.\.'\) packs to 1.5 MiB; Redis takes at most 1.0 MiB"):
+            sink.write(1000, batch)
+    finally:
+        sink.close()
+    assert r.get("n:0") is None and r.get("streamkeep:sink:toobig:last_batch") is None
