@@ -209,19 +209,33 @@ def _packb(obj: Any) -> bytes:
     return packed
 
 
-def _queueing(pipe: Any) -> Callable[..., Any]:
-    """A pipeline's ``execute_command`` that only queues (what redis-py's does when not watching), in fewer calls.
+def _queueing(pipe: Any) -> dict[str, Callable[..., Any]]:
+    """Methods of a pipeline that only queue (what redis-py's do when not watching), in fewer calls.
 
-    redis-py's goes through a WATCH check and a second method for every command the
-    write function queues; the sink refuses ``watch()`` and ``multi()``, so queueing is all it does.
+    redis-py's ``execute_command`` goes through a WATCH check and a second method for every
+    command the write function queues; the sink refuses ``watch()`` and ``multi()``, so
+    queueing is all it does: each command's arguments go on ``pipe.command_stack`` as one
+    tuple (redis-py's entries are ``(args, options)``; the sink only sends the arguments).
+    ``hset(name, mapping=...)``, the usual way to write a record's fields, builds that tuple
+    in one step, with the arguments redis-py's ``hset`` would queue (its other forms are redis-py's).
     """
-    append = pipe.command_stack.append
+    stack: list[tuple[Any, ...]] = []
+    pipe.command_stack = stack  # len(pipe) counts the commands queued
+    append = stack.append
+    hset_ = pipe.hset
+    pairs = chain.from_iterable
 
-    def execute_command(*args: Any, **options: Any) -> Any:
-        append((args, options))
+    def execute_command(*args: Any, **_options: Any) -> Any:
+        append(args)
         return pipe
 
-    return execute_command
+    def hset(name: Any, key: Any = None, value: Any = None, mapping: Any = None, items: Any = None) -> Any:
+        if key is None and items is None and mapping:
+            append(("HSET", name, *pairs(mapping.items())))
+            return pipe
+        return hset_(name, key, value, mapping, items)
+
+    return {"execute_command": execute_command, "hset": hset}
 
 
 def _redact(url: str) -> str:
@@ -591,7 +605,9 @@ class RedisSink:
 
         for name in guarded:
             setattr(pipe, name, refuse(name))
-        setattr(pipe, "execute_command", _queueing(pipe))  # noqa: B010 (an instance attribute over the method)
+        queueing = _queueing(pipe)
+        for name, method in queueing.items():
+            setattr(pipe, name, method)  # instance attributes over the methods
         try:
             try:
                 self._write(pipe, records)
@@ -602,9 +618,9 @@ class RedisSink:
                     "", exc, batch_time, f"RedisSink {self.name}", detail="; nothing was applied", subject=f"RedisSink {self.name!r}: the write function"
                 )
                 raise err from exc
-            commands: list[tuple[Any, ...]] = list(map(itemgetter(0), pipe.command_stack))
+            commands: list[tuple[Any, ...]] = pipe.command_stack
         finally:
-            for name in (*guarded, "execute_command"):
+            for name in (*guarded, *queueing):
                 delattr(pipe, name)
             pipe.reset()
         try:

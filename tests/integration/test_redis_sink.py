@@ -797,3 +797,34 @@ def test_a_command_bigger_than_redis_takes_in_an_argument_is_named_and_nothing_a
     finally:
         sink.close()
     assert r.get("n:0") is None and r.get("streamkeep:sink:toobig:last_batch") is None
+
+
+def test_every_hset_form_queues_what_redis_py_queues(redis_url):
+    """hset(name, mapping=...) has a shortcut of its own; every form stores what a plain redis-py pipeline stores."""
+    r = redis.Redis.from_url(redis_url)
+    counted: list[int] = []
+
+    def calls(pipe: Any, prefix: str) -> None:
+        pipe.hset(f"{prefix}:m", mapping={"a": 1, b"b": b"\xff", "c": 2.5})
+        pipe.hset(f"{prefix}:kv", "f", "v")
+        pipe.hset(f"{prefix}:both", "k", 7, mapping={"m": "x"})
+        pipe.hset(f"{prefix}:items", items=["i1", 1, "i2", 2], mapping={"m": 3})
+        pipe.hset(f"{prefix}:dup", mapping={"a": 1}, items=[])
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        calls(pipe, "sink")
+        counted.append(len(pipe))
+        with pytest.raises(redis.DataError):  # as redis-py: no field at all
+            pipe.hset("sink:none", mapping={})
+
+    sink = _sink(redis_url, write, name="hsets")
+    try:
+        sink.write(1000, [1])
+    finally:
+        sink.close()
+    plain = r.pipeline(transaction=False)
+    calls(plain, "plain")
+    plain.execute()
+    for form in ("m", "kv", "both", "items", "dup"):
+        assert r.hgetall(f"sink:{form}") == r.hgetall(f"plain:{form}") != {}, form
+    assert counted == [5]
