@@ -72,10 +72,15 @@ end
 # The sink's own batches (`RedisSink.write`): ARGV[5..] are msgpack arrays [argcs, args] (argcs: each
 # command's argument count; args: all their arguments, as strings, one after the other), one unless the
 # batch is huge (_PART_BYTES). Decoded only once the marker says the batch is to be applied.
+# [argcs, args, 1]: args also holds integers (of 32 bits at most), which Redis gets in decimal.
 _LOAD_PACKED = r"""local argcs, A
 if #ARGV == 5 then
   local d = cmsgpack.unpack(ARGV[5])
   argcs, A = d[1], d[2]
+  if d[3] then
+    local fmt, type = string.format, type
+    for j = 1, #A do if type(A[j]) == 'number' then A[j] = fmt('%d', A[j]) end end
+  end
 else
   argcs, A = {}, {}
   for p = 5, #ARGV do
@@ -201,6 +206,8 @@ _PART_BYTES = 128 << 20
 _BULK_LIMIT = 512 << 20
 _TEXT = frozenset((str, bytes))
 _PLAIN = frozenset((str, int, float))  # str(x) is what Redis gets: str as is, int and float as their repr
+_TEXT_INT = frozenset((str, bytes, int))
+_WIDE_INT = (b"\xcf", b"\xd3")  # msgpack's uint 64 and int 64 markers
 
 
 def _packb(obj: Any) -> bytes:
@@ -314,7 +321,13 @@ class RedisSink:
     throughput. Connect with a client for that node (``url``), as this sink
     uses a plain ``redis.Redis`` client.
 
-    The commands travel to the script packed in one msgpack string (per 128 MB),
+    **With a checkpoint** (`SettlingSink`) ``write`` returns once the batch's
+    script is sent, and Redis runs it while the job computes the next batch; the
+    scheduler commits the batch only after `settle` read its outcome, and the
+    sink sends nothing of a later batch before that (it raises the failure
+    instead). Without a checkpoint ``write`` returns with the batch applied.
+
+    The commands travel to the script packed in one msgpack string (per 128 MB, cut between commands),
     which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
     and later; Valkey too). Arguments are encoded as redis-py encodes them.
 
@@ -456,7 +469,7 @@ class RedisSink:
         except BaseException as exc:  # e.g. an error running the script: its outcome is unknown, no later batch is sent
             msg = (
                 f"RedisSink {self.name!r}, batch {sent.batch_time}: reading the outcome of its script failed: "
-                f"{type(exc).__name__}: {exc}. The batch is not committed; restart the job (its replay checks the marker)."
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}. The batch is not committed; restart the job (its replay checks the marker)."
             )
             err = SinkError(msg)
             err.__cause__ = exc
@@ -707,11 +720,21 @@ class RedisSink:
             raise SinkError(msg)
         args: list[Any] = list(chain.from_iterable(commands))
         types = set(map(type, args))
+        if int in types and types <= _TEXT_INT:
+            # ints as msgpack ints, which the script writes in decimal (flag 1): no str per int here. Only
+            # ints of 32 bits or less (exact in Lua's doubles); a 64-bit one is packed with a byte of
+            # _WIDE_INT, and so may be a byte of text: then all go as text (slower, the same result).
+            try:
+                numbers: bytes | None = _packb([argcs, args, 1])
+            except (OverflowError, ValueError):  # past 64 bits, or a str msgpack cannot encode (named below)
+                numbers = None
+            if numbers is not None and len(numbers) <= _PART_BYTES and not any(b in numbers for b in _WIDE_INT):
+                return [numbers]
         if not types <= _TEXT:
             # format(x, "") is str(x): exact str as it is, exact int and float as their repr, at C speed
             args = list(map(format, args)) if types <= _PLAIN else self._plain_args(batch_time, commands)
         try:
-            packed: bytes = _packb([argcs, args])
+            packed = _packb([argcs, args])
         except ValueError:  # a str msgpack cannot encode (lone surrogates): name the command
             self._plain_args(batch_time, commands, check_text=True)
             raise

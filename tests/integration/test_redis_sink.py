@@ -454,12 +454,19 @@ class _Name(str):
         ["ann", "é€😀", "", "x" * 70_000],  # only str: sent as they are
         ["ann", 0, -5, 2**70, 2**63, 0.1, 1e300, -0.0, float("nan"), float("inf"), 1.5],  # str, int, float
         [b"\x00\xff", bytes(range(256)), b"", "t", 7, 2.5],  # bytes among numbers: converted one by one
+        ["a", b"b", 0, 1, -1, 300, 65_536, 2**31 - 1, -(2**31), 2**32 - 1, -12],  # ints of 32 bits: as msgpack ints
+        ["a", 207, 211, 2**32, 2**53 + 1, -(2**63), 2**64 - 1, 2**64 + 5, -(2**70)],  # and some that are not (or look so)
         [bytearray(b"ba"), memoryview(b"mv"), _Color.RED, _Ratio(0.25), _Name("content")],  # what redis-py also takes
     ],
-    ids=["text", "numbers", "bytes", "other-types"],
+    ids=["text", "numbers", "bytes", "ints", "wide-ints", "other-types"],
 )
-def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
+def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values, monkeypatch, request):
     """Every argument type redis-py takes is stored as redis-py itself would store it (packing is the sink's own)."""
+    from streamkeep.sinks import redis as redis_sink
+
+    packed: list[int] = []  # 3: ints went as msgpack ints (the script writes them in decimal)
+    real = redis_sink._packb
+    monkeypatch.setattr(redis_sink, "_packb", lambda obj: (packed.append(len(obj)), real(obj))[1])
     r = redis.Redis.from_url(redis_url)
 
     def write(pipe: Any, records: list[Any]) -> None:
@@ -477,6 +484,7 @@ def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
         expected = bytes(encode(v))
         assert r.get(f"k{i}") == expected, (i, v)
         assert r.hget("h", f"f{i}") == expected, (i, v)
+    assert (packed[-1] == 3) == (request.node.callspec.id == "ints"), packed
 
 
 @pytest.mark.parametrize("value", [True, None, object()], ids=["bool", "None", "object"])
