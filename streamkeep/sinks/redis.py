@@ -77,9 +77,8 @@ _LOAD_PACKED = r"""local argcs, A
 if #ARGV == 5 then
   local d = cmsgpack.unpack(ARGV[5])
   argcs, A = d[1], d[2]
-  if d[3] then
-    local fmt, type = string.format, type
-    for j = 1, #A do if type(A[j]) == 'number' then A[j] = fmt('%d', A[j]) end end
+  if d[3] then -- a number .. '' is its decimal digits (%.14g: exact to 14 digits); a string stays the same string
+    for j = 1, #A do A[j] = A[j] .. '' end
   end
 else
   argcs, A = {}, {}
