@@ -425,7 +425,7 @@ class RedisSink:
             self._left = None
             self._defer, self._failed, self._loaded = False, None, False
             sent, self._sent = self._sent, None
-            if sent is not None and client is not None:
+            if sent is not None and sent.conn is not None and client is not None:
                 sent.conn.disconnect()
                 client.connection_pool.release(sent.conn)
             if client is not None:

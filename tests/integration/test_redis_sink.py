@@ -420,15 +420,21 @@ def test_an_argument_redis_cannot_take_names_the_command_and_applies_nothing(red
         sink.close()
 
 
-def test_a_flushed_script_cache_is_loaded_again(redis_url):
+@pytest.mark.parametrize("deferred", [False, True], ids=["write", "deferred"])
+def test_a_flushed_script_cache_is_loaded_again(redis_url, deferred):
     """A restarted (or SCRIPT FLUSHed) server has forgotten the batch script: the sink loads it again."""
     r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.delete("count:fl", "log:fl", "streamkeep:sink:flush:last_batch")
     sink = _sink(redis_url, name="flush")
     try:
+        if deferred:
+            sink.defer_replies()  # the script of 2000 is sent with EVALSHA alone: NOSCRIPT, then run (loaded) again
         sink.write(1000, [("fl", 1)])
+        sink.last_batch()  # settled
         r.script_flush()
         sink.write(2000, [("fl", 2)])
         sink.write(2000, [("fl", 2)])  # a replay: skipped
+        sink.settle(2000)
     finally:
         sink.close()
     assert r.get("count:fl") == "3"
