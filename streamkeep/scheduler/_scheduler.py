@@ -56,7 +56,7 @@ from streamkeep.scheduler._events import (
 from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
 from streamkeep.scheduler._state_writer import DeltaFile, StateWriter
-from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, Sink
+from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, SettlingSink, Sink
 from streamkeep.sources.base import (
     Backpressured,
     BatchIntervalAware,
@@ -117,6 +117,9 @@ class Scheduler(Recovery):
         self._backpressured: list[tuple[str, Backpressured]] = []
         self._committing: list[tuple[str, OffsetCommitting]] = []
         self.sinks: list[Sink] = []
+        #: sinks whose writes return before they are confirmed: each batch's commit settles them first
+        self._settling: list[SettlingSink] = []
+        self._outputs_error: BaseException | None = None  # what the last failed outputs raised (already told)
         self.last_time: int | None = None
         self.zero_ms: int | None = None
         self.listeners: list[Any] = []
@@ -201,6 +204,9 @@ class Scheduler(Recovery):
             for sink in sinks:
                 sink.open()
                 self.sinks.append(sink)
+                if self._commit_lane is not None and isinstance(sink, SettlingSink) and all(s is not sink for s in self._settling):
+                    sink.defer_replies()  # its batch is applied while the next one computes; the commit settles it
+                    self._settling.append(sink)
         except BaseException:
             self.sinks += [s for s in asked if all(s is not o for o in self.sinks)]  # closed too: their clients go
             self.close()
@@ -433,7 +439,11 @@ class Scheduler(Recovery):
                 for _, nbytes in self._plan_lane.take_done():
                     self.ckpt.count_written(nbytes)  # the batch's bytes, for listeners
             self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
-        self.executor.run_outputs(t, results)
+        try:
+            self.executor.run_outputs(t, results)
+        except BaseException as exc:
+            self._outputs_error = exc  # a SettlingSink fails the commit of its earlier batch with this very error too
+            raise
         self._t_outputs = time.perf_counter() - c1
         if self._commit_lane is not None and self._commit_lane.busy():
             _faults.point(OVERTAKEN)  # this batch's sinks wrote before the previous batch's commit is durable
@@ -460,11 +470,14 @@ class Scheduler(Recovery):
         if self._key_partitioned is not None:
             record["partitioning"] = self._key_partitioned.partitioning()
         needs = CommitRecord(0, record).files()
+        settling = self._settling
 
         def commit() -> tuple[float, int]:  # in the committer lane, after the previous batches' commits
             self._held_back(t)
             c0, b0 = time.perf_counter(), ckpt.written_bytes()
             snap_bytes = writer.write_deltas(files)  # a small state's snapshot: counted as the snapshot's bytes
+            for sink in settling:  # a batch a sink could not apply is never committed
+                sink.settle(t)
             seq = ckpt.commit(record)
             retention.committed(seq, t, needs)
             return time.perf_counter() - c0, ckpt.written_bytes() - b0 - snap_bytes
@@ -529,6 +542,6 @@ class Scheduler(Recovery):
                     log.warning("closing source %r failed: %s", src.name, exc)
             if self.ckpt is not None:
                 self.ckpt.release()
-        if failed is not None:
+        if failed is not None and failed is not self._outputs_error:  # (a sink's error run_next raised already)
             msg = f"writing the checkpoint failed, so the last batches were not committed (the next start replays them from their plans): {failed}"
             raise CheckpointError(msg) from failed

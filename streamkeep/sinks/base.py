@@ -14,7 +14,9 @@ time it applied; a fresh job starts after it. `BatchSink` is the optional
 capability of a sink that reads the batch itself (only its first records, or one
 list per partition) instead of getting all its records as one list. `PartitionWritable` is
 the optional capability of a sink whose batch can be written in parts, each by the
-process that holds the part's records, then published once by the driver. The scheduler
+process that holds the part's records, then published once by the driver. `SettlingSink` is the
+optional capability of a sink whose ``write`` may return before the external system confirmed the
+batch, the scheduler settling it before the batch's commit. The scheduler
 and executors check these with ``isinstance(sink, Protocol)``; nothing else is probed.
 Must not import the scheduler, dstream, sources or executors.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "FencingToken",
     "MarkedSink",
     "PartitionWritable",
+    "SettlingSink",
     "Sink",
     "TableSink",
     "sink_records",
@@ -147,6 +150,29 @@ class MarkedSink(Protocol):
 
     def last_batch(self) -> BatchTime | None:
         """The last batch time applied, or None when the sink has applied none."""
+
+
+@runtime_checkable
+class SettlingSink(Protocol):
+    """A sink whose ``write`` may return once the batch is sent, before the external system confirmed it.
+
+    The scheduler of a job with a checkpoint calls ``defer_replies()`` once, after
+    ``open()``; from then on ``write(T, ...)`` may return with batch ``T`` sent but its
+    outcome unknown, so the next batch is computed while the external system applies
+    ``T``. The scheduler calls ``settle(T)`` before it commits ``T`` (in the committer
+    thread): it waits for ``T``'s outcome and raises its error, so a batch that failed
+    is never committed. A sink must settle ``T`` itself before it sends anything of a
+    later batch (and raise ``T``'s error instead of sending it): a later batch never
+    applies past a failed earlier one. ``close()`` ends the deferral (a batch it drops
+    unsettled was not committed: it is replayed). Jobs without a checkpoint never call
+    ``defer_replies`` (the sink then writes synchronously). `RedisSink` implements it.
+    """
+
+    def defer_replies(self) -> None:
+        """From now on ``write`` may return before its batch is confirmed; ``settle`` confirms it."""
+
+    def settle(self, batch_time: BatchTime) -> None:
+        """Wait until every batch written up to `batch_time` is confirmed; raise the first one's failure."""
 
 
 class BatchView(Protocol):

@@ -7,12 +7,13 @@ must not import sources, dstream, the scheduler or executors.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -71,10 +72,14 @@ end
 # The sink's own batches (`RedisSink.write`): ARGV[5..] are msgpack arrays [argcs, args] (argcs: each
 # command's argument count; args: all their arguments, as strings, one after the other), one unless the
 # batch is huge (_PART_BYTES). Decoded only once the marker says the batch is to be applied.
+# [argcs, args, 1]: args also holds integers (of 32 bits at most), which Redis gets in decimal.
 _LOAD_PACKED = r"""local argcs, A
 if #ARGV == 5 then
   local d = cmsgpack.unpack(ARGV[5])
   argcs, A = d[1], d[2]
+  if d[3] then -- a number .. '' is its decimal digits (%.14g: exact to 14 digits); a string stays the same string
+    for j = 1, #A do A[j] = A[j] .. '' end
+  end
 else
   argcs, A = {}, {}
   for p = 5, #ARGV do
@@ -163,6 +168,7 @@ return {'applied', m, #failed, total, errs}
 """
 
 _SCRIPT = "local function cleanup() end\n" + _HEAD + _LOAD_PACKED + _RUN
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # as Redis names it (SCRIPT LOAD returns it)
 _STAGED_SCRIPT = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n" + _HEAD + _LOAD_STAGED + _RUN
 #: How long a part's staged commands wait for their batch to be published (a crashed try leaves them).
 STAGE_TTL_S = 86_400
@@ -179,14 +185,28 @@ class _Marker:
     failed: str | None = None  # "i/digest,..." of commands that failed in that batch
 
 
+@dataclass
+class _Sent:
+    """A batch whose script was sent and whose reply is not read yet."""
+
+    batch_time: BatchTime
+    args: list[Any]  # the script's ARGV, to run it again after a lost connection
+    commands: list[tuple[Any, ...]]  # to name a failed command
+    conn: Any  # the connection the reply comes on; None once read (or lost)
+
+
 def _import_redis() -> Any:
     return import_optional("redis", "RedisSink", "redis")
 
 
-#: Bytes of packed commands per script argument: a Redis bulk string takes at most 512 MB (proto-max-bulk-len).
+#: Bytes of packed commands per script argument (a part), at most; a command bigger than this goes alone in its part.
 _PART_BYTES = 128 << 20
+#: Bytes Redis takes in one argument (its default proto-max-bulk-len, 512 MB): a part of one command may not be bigger.
+_BULK_LIMIT = 512 << 20
 _TEXT = frozenset((str, bytes))
 _PLAIN = frozenset((str, int, float))  # str(x) is what Redis gets: str as is, int and float as their repr
+_TEXT_INT = frozenset((str, bytes, int))
+_WIDE_INT = (b"\xcf", b"\xd3")  # msgpack's uint 64 and int 64 markers
 
 
 def _packb(obj: Any) -> bytes:
@@ -195,19 +215,33 @@ def _packb(obj: Any) -> bytes:
     return packed
 
 
-def _queueing(pipe: Any) -> Callable[..., Any]:
-    """A pipeline's ``execute_command`` that only queues (what redis-py's does when not watching), in fewer calls.
+def _queueing(pipe: Any) -> dict[str, Callable[..., Any]]:
+    """Methods of a pipeline that only queue (what redis-py's do when not watching), in fewer calls.
 
-    redis-py's goes through a WATCH check and a second method for every command the
-    write function queues; the sink refuses ``watch()`` and ``multi()``, so queueing is all it does.
+    redis-py's ``execute_command`` goes through a WATCH check and a second method for every
+    command the write function queues; the sink refuses ``watch()`` and ``multi()``, so
+    queueing is all it does: each command's arguments go on ``pipe.command_stack`` as one
+    tuple (redis-py's entries are ``(args, options)``; the sink only sends the arguments).
+    ``hset(name, mapping=...)``, the usual way to write a record's fields, builds that tuple
+    in one step, with the arguments redis-py's ``hset`` would queue (its other forms are redis-py's).
     """
-    append = pipe.command_stack.append
+    stack: list[tuple[Any, ...]] = []
+    pipe.command_stack = stack  # len(pipe) counts the commands queued
+    append = stack.append
+    hset_ = pipe.hset
+    pairs = chain.from_iterable
 
-    def execute_command(*args: Any, **options: Any) -> Any:
-        append((args, options))
+    def execute_command(*args: Any, **_options: Any) -> Any:
+        append(args)
         return pipe
 
-    return execute_command
+    def hset(name: Any, key: Any = None, value: Any = None, mapping: Any = None, items: Any = None) -> Any:
+        if key is None and items is None and mapping:
+            append(("HSET", name, *pairs(mapping.items())))
+            return pipe
+        return hset_(name, key, value, mapping, items)
+
+    return {"execute_command": execute_command, "hset": hset}
 
 
 def _redact(url: str) -> str:
@@ -286,7 +320,13 @@ class RedisSink:
     throughput. Connect with a client for that node (``url``), as this sink
     uses a plain ``redis.Redis`` client.
 
-    The commands travel to the script packed in one msgpack string (per 128 MB),
+    **With a checkpoint** (`SettlingSink`) ``write`` returns once the batch's
+    script is sent, and Redis runs it while the job computes the next batch; the
+    scheduler commits the batch only after `settle` read its outcome, and the
+    sink sends nothing of a later batch before that (it raises the failure
+    instead). Without a checkpoint ``write`` returns with the batch applied.
+
+    The commands travel to the script packed in one msgpack string (per 128 MB, cut between commands),
     which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
     and later; Valkey too). Arguments are encoded as redis-py encodes them.
 
@@ -358,6 +398,11 @@ class RedisSink:
         #: the marker as this sink last left it (a batch time it applied with no failure), else None:
         #: then the next batch is not clearly applied and its marker need not be read before the script
         self._left: BatchTime | None = None
+        #: `defer_replies` was called: `write` returns once the batch's script is sent (`settle` reads its reply)
+        self._defer = False
+        self._sent: _Sent | None = None  # the batch sent and not settled yet
+        self._failed: tuple[BatchTime, BaseException] | None = None  # a sent batch that failed: no later one is sent
+        self._loaded = False  # the batch script is in the server's cache (deferred sends use EVALSHA alone)
 
     def set_fencing_token(self, token: FencingToken) -> None:
         """Fence writes with the driver's claim epoch (kept in the marker)."""
@@ -369,13 +414,90 @@ class RedisSink:
             self._ensure_client()
 
     def close(self) -> None:
-        """Close the client's connections; safe to call twice."""
+        """Close the client's connections; safe to call twice.
+
+        A batch sent and not settled is not waited for: it was not committed, so it is
+        replayed (its script ran entirely or not at all; the marker tells which).
+        """
         with self._lock:
             client, self._client = self._client, None
             self._script = self._staged = None
             self._left = None
+            self._defer, self._failed, self._loaded = False, None, False
+            sent, self._sent = self._sent, None
+            if sent is not None and sent.conn is not None and client is not None:
+                sent.conn.disconnect()
+                client.connection_pool.release(sent.conn)
             if client is not None:
                 client.close()
+
+    def defer_replies(self) -> None:
+        """(`SettlingSink`) From now on `write` returns once its batch is sent; `settle` reads its outcome.
+
+        The scheduler calls it for jobs with a checkpoint, whose commit of each batch
+        settles it first: Redis runs batch ``T``'s script while the job computes ``T + 1``.
+        """
+        with self._lock:
+            self._defer = True
+
+    def settle(self, batch_time: BatchTime) -> None:
+        """(`SettlingSink`) Wait for the outcome of the batches sent up to `batch_time`; raise a failure.
+
+        Raises:
+            SinkError: the batch failed (as `write` would have raised), or Redis stayed unreachable.
+            CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
+        """
+        with self._lock:
+            self._settle(batch_time)
+
+    def _settle(self, upto: BatchTime | None = None) -> None:
+        """Read the reply of the batch in flight (all, or up to batch `upto`); raise a failed batch's error, every time."""
+        failed = self._failed
+        if failed is not None and (upto is None or failed[0] <= upto):
+            raise failed[1]
+        sent = self._sent
+        if sent is None or (upto is not None and sent.batch_time > upto):
+            return
+        self._sent = None
+        try:
+            reply = self._retrying(f"writing batch {sent.batch_time}", sent.batch_time, lambda: self._reply(sent))
+            self._outcome(sent.batch_time, sent.commands, reply)
+        except (SinkError, CheckpointInUseError) as exc:
+            self._failed, self._left = (sent.batch_time, exc), None
+            raise
+        except BaseException as exc:  # e.g. an error running the script: its outcome is unknown, no later batch is sent
+            msg = (
+                f"RedisSink {self.name!r}, batch {sent.batch_time}: reading the outcome of its script failed: "
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}. The batch is not committed; restart the job (its replay checks the marker)."
+            )
+            err = SinkError(msg)
+            err.__cause__ = exc
+            self._failed, self._left = (sent.batch_time, err), None
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like stay what they are
+            raise err from exc
+        if _text(reply[0]) == "applied":
+            self._left = sent.batch_time
+
+    def _reply(self, sent: _Sent) -> Any:
+        """The reply of the script `sent` was sent with; after a lost connection, of the script run again.
+
+        Running it again is safe: it checks the marker first (a batch it applied is skipped).
+        """
+        client = self._ensure_client()
+        conn, sent.conn = sent.conn, None
+        if conn is not None:
+            redis = _import_redis()
+            try:
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                pass  # the script cache was flushed since it was loaded: run it again (loading it)
+            except BaseException:
+                conn.disconnect()  # a reply half read, or none: the connection is not reused
+                raise
+            finally:
+                client.connection_pool.release(conn)
+        return self._script(keys=[self.marker_key], args=sent.args, client=client)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -384,6 +506,7 @@ class RedisSink:
         state["_staged"] = None
         state["_lock"] = None
         state["_left"] = None
+        state.update(_defer=False, _sent=None, _failed=None, _loaded=False)  # a copy (a worker's) writes synchronously
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -405,12 +528,14 @@ class RedisSink:
                 raise ConfigError(msg) from exc
             self._script = self._client.register_script(_SCRIPT)
             self._staged = self._client.register_script(_STAGED_SCRIPT)
+            self._loaded = False
         assert self._client is not None
         return self._client
 
     def last_batch(self) -> BatchTime | None:
         """The last batch time applied (or partly applied: see failures) by this sink, or None."""
         with self._lock:
+            self._settle()
             raw = self._retrying("reading the marker", None, lambda: self._ensure_client().get(self.marker_key))
         return None if raw is None else self._parse_marker(raw).batch_time
 
@@ -446,6 +571,7 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
+            self._settle()  # the batch in flight first: none is sent past a failed one
             try:
                 self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
             except BaseException:
@@ -491,7 +617,9 @@ class RedisSink:
 
         for name in guarded:
             setattr(pipe, name, refuse(name))
-        setattr(pipe, "execute_command", _queueing(pipe))  # noqa: B010 (an instance attribute over the method)
+        queueing = _queueing(pipe)
+        for name, method in queueing.items():
+            setattr(pipe, name, method)  # instance attributes over the methods
         try:
             try:
                 self._write(pipe, records)
@@ -502,9 +630,9 @@ class RedisSink:
                     "", exc, batch_time, f"RedisSink {self.name}", detail="; nothing was applied", subject=f"RedisSink {self.name!r}: the write function"
                 )
                 raise err from exc
-            commands: list[tuple[Any, ...]] = list(map(itemgetter(0), pipe.command_stack))
+            commands: list[tuple[Any, ...]] = pipe.command_stack
         finally:
-            for name in (*guarded, "execute_command"):
+            for name in (*guarded, *queueing):
                 delattr(pipe, name)
             pipe.reset()
         try:
@@ -548,9 +676,28 @@ class RedisSink:
         commands = self._queue(batch_time, records)
         token = self._token
         header: list[Any] = [batch_time, "" if token is None else token.epoch, "" if token is None else token.checkpoint_id, len(commands)]
-        reply = self._script(keys=[self.marker_key], args=[*header, *self._pack(batch_time, commands)], client=client)
+        args = [*header, *self._pack(batch_time, commands)]
+        if self._defer:  # `settle` (or the next write) reads the reply
+            self._send(client, batch_time, args, commands)
+            return "sent"
+        reply = self._script(keys=[self.marker_key], args=args, client=client)
         self._outcome(batch_time, commands, reply)
         return _text(reply[0])
+
+    def _send(self, client: Redis, batch_time: BatchTime, args: list[Any], commands: list[tuple[Any, ...]]) -> None:
+        """Send the batch script on a connection of its own, not waiting for the reply (`_sent`)."""
+        if not self._loaded:
+            client.script_load(_SCRIPT)  # EVALSHA finds it (a cache flushed since: `_reply` runs it again)
+            self._loaded = True
+        pool = client.connection_pool
+        conn: Any = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", _SCRIPT_SHA, 1, self.marker_key, *args)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._sent = _Sent(batch_time, args, commands, conn)
 
     def _pack(self, batch_time: BatchTime, commands: list[tuple[Any, ...]]) -> list[bytes]:
         """The commands as the batch script's ``ARGV[5..]``: msgpack ``[argcs, args]``, one part unless huge.
@@ -572,23 +719,56 @@ class RedisSink:
             raise SinkError(msg)
         args: list[Any] = list(chain.from_iterable(commands))
         types = set(map(type, args))
+        if int in types and types <= _TEXT_INT:
+            # ints as msgpack ints, which the script writes in decimal (flag 1): no str per int here. Only
+            # ints of 32 bits or less (exact in Lua's doubles); a 64-bit one is packed with a byte of
+            # _WIDE_INT, and so may be a byte of text: then all go as text (slower, the same result).
+            try:
+                numbers: bytes | None = _packb([argcs, args, 1])
+            except (OverflowError, ValueError):  # past 64 bits, or a str msgpack cannot encode (named below)
+                numbers = None
+            if numbers is not None and len(numbers) <= _PART_BYTES and not any(b in numbers for b in _WIDE_INT):
+                return [numbers]
         if not types <= _TEXT:
             # format(x, "") is str(x): exact str as it is, exact int and float as their repr, at C speed
             args = list(map(format, args)) if types <= _PLAIN else self._plain_args(batch_time, commands)
         try:
-            packed: bytes = _packb([argcs, args])
+            packed = _packb([argcs, args])
         except ValueError:  # a str msgpack cannot encode (lone surrogates): name the command
             self._plain_args(batch_time, commands, check_text=True)
             raise
         if len(packed) <= _PART_BYTES:
             return [packed]
-        parts, n = -(-len(packed) // _PART_BYTES) * 2, len(commands)  # a huge batch: about half a part's bytes each
-        out, pos = [], 0
-        for k in range(parts):
-            lo, hi = n * k // parts, n * (k + 1) // parts
-            end = pos + sum(argcs[lo:hi])
-            out.append(_packb([argcs[lo:hi], args[pos:end]]))
-            pos = end
+        return self._parts(batch_time, commands, argcs, args)
+
+    def _parts(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], argcs: list[int], args: list[Any]) -> list[bytes]:
+        """A huge batch's commands packed in parts of at most `_PART_BYTES` each, cut by their bytes.
+
+        A command bigger than that goes alone in its part; one bigger than `_BULK_LIMIT` (what
+        Redis takes in one argument) is refused, naming it, before anything is sent.
+        """
+        # what each argument packs to, at most (5: the longest msgpack header of a raw string)
+        sizes = [len(a) + 5 if type(a) is bytes else len(a.encode("utf-8", "surrogatepass")) + 5 for a in args]
+        ends = list(accumulate(argcs))
+        cum = [0, *accumulate(sizes)]
+        out: list[bytes] = []
+        lo, part = 0, 0  # the part's first command; its bytes so far
+        for i, end in enumerate(ends):
+            size = cum[end] - cum[end - argcs[i]] + 10  # its arguments, their count and the part's array headers
+            if size > _BULK_LIMIT:
+                msg = (
+                    f"RedisSink {self.name!r}, batch {batch_time}: command #{i + 1} ({_show(commands[i])}) packs to "
+                    f"{size / 2**20:.1f} MiB; Redis takes at most {_BULK_LIMIT / 2**20:.1f} MiB in one argument "
+                    "(proto-max-bulk-len), and the sink sends a command in one. Split its value. Nothing was applied."
+                )
+                raise SinkError(msg)
+            if part and part + size > _PART_BYTES:
+                start = ends[lo - 1] if lo else 0
+                out.append(_packb([argcs[lo:i], args[start : ends[i - 1]]]))
+                lo, part = i, 0
+            part += size
+        start = ends[lo - 1] if lo else 0
+        out.append(_packb([argcs[lo:], args[start:]]))
         return out
 
     def _plain_args(self, batch_time: BatchTime, commands: list[tuple[Any, ...]], *, check_text: bool = False) -> list[Any]:
@@ -688,6 +868,7 @@ class RedisSink:
             CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
         """
         with self._lock:
+            self._settle()
             self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._publish(batch_time, attempt, receipts))
 
     def _publish(self, batch_time: BatchTime, attempt: str, receipts: list[Any]) -> None:

@@ -420,15 +420,21 @@ def test_an_argument_redis_cannot_take_names_the_command_and_applies_nothing(red
         sink.close()
 
 
-def test_a_flushed_script_cache_is_loaded_again(redis_url):
+@pytest.mark.parametrize("deferred", [False, True], ids=["write", "deferred"])
+def test_a_flushed_script_cache_is_loaded_again(redis_url, deferred):
     """A restarted (or SCRIPT FLUSHed) server has forgotten the batch script: the sink loads it again."""
     r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.delete("count:fl", "log:fl", "streamkeep:sink:flush:last_batch")
     sink = _sink(redis_url, name="flush")
     try:
+        if deferred:
+            sink.defer_replies()  # the script of 2000 is sent with EVALSHA alone: NOSCRIPT, then run (loaded) again
         sink.write(1000, [("fl", 1)])
+        sink.last_batch()  # settled
         r.script_flush()
         sink.write(2000, [("fl", 2)])
         sink.write(2000, [("fl", 2)])  # a replay: skipped
+        sink.settle(2000)
     finally:
         sink.close()
     assert r.get("count:fl") == "3"
@@ -454,12 +460,19 @@ class _Name(str):
         ["ann", "é€😀", "", "x" * 70_000],  # only str: sent as they are
         ["ann", 0, -5, 2**70, 2**63, 0.1, 1e300, -0.0, float("nan"), float("inf"), 1.5],  # str, int, float
         [b"\x00\xff", bytes(range(256)), b"", "t", 7, 2.5],  # bytes among numbers: converted one by one
+        ["a", b"b", 0, 1, -1, 300, 65_536, 2**31 - 1, -(2**31), 2**32 - 1, -12],  # ints of 32 bits: as msgpack ints
+        ["a", 207, 211, 2**32, 2**53 + 1, -(2**63), 2**64 - 1, 2**64 + 5, -(2**70)],  # and some that are not (or look so)
         [bytearray(b"ba"), memoryview(b"mv"), _Color.RED, _Ratio(0.25), _Name("content")],  # what redis-py also takes
     ],
-    ids=["text", "numbers", "bytes", "other-types"],
+    ids=["text", "numbers", "bytes", "ints", "wide-ints", "other-types"],
 )
-def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
+def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values, monkeypatch, request):
     """Every argument type redis-py takes is stored as redis-py itself would store it (packing is the sink's own)."""
+    from streamkeep.sinks import redis as redis_sink
+
+    packed: list[int] = []  # 3: ints went as msgpack ints (the script writes them in decimal)
+    real = redis_sink._packb
+    monkeypatch.setattr(redis_sink, "_packb", lambda obj: (packed.append(len(obj)), real(obj))[1])
     r = redis.Redis.from_url(redis_url)
 
     def write(pipe: Any, records: list[Any]) -> None:
@@ -477,6 +490,7 @@ def test_arguments_reach_redis_as_redis_py_sends_them(redis_url, values):
         expected = bytes(encode(v))
         assert r.get(f"k{i}") == expected, (i, v)
         assert r.hget("h", f"f{i}") == expected, (i, v)
+    assert (packed[-1] == 3) == (request.node.callspec.id == "ints"), packed
 
 
 @pytest.mark.parametrize("value", [True, None, object()], ids=["bool", "None", "object"])
@@ -636,3 +650,195 @@ def test_two_word_command_names_run_as_redis_py_sends_them(redis_url):
     finally:
         sink.close()
     assert redis.Redis.from_url(redis_url).get("k") == b"v"
+
+
+# -- replies read later (SettlingSink): the script of batch T runs while the job computes T + 1 ------------
+
+
+def test_a_deferred_batch_that_failed_is_raised_by_settle_and_no_later_batch_is_sent(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("log:bob", "not a list")  # batch 1000's LPUSH for bob fails
+    sink = _sink(redis_url, name="deferred")
+    try:
+        sink.defer_replies()
+        sink.write(1000, [("ann", 1), ("bob", 2)])  # sent: its outcome is read by settle (or the next write)
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed in Redis: command #6 LPUSH 'log:bob' 2: WRONGTYPE"):
+            sink.settle(1000)
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed"):
+            sink.write(2000, [("ann", 10)])  # never sent past the failed batch
+        with pytest.raises(SinkError, match=r"batch 1000: 1 of 6 commands failed"):
+            sink.settle(2000)  # a commit of any later batch fails too
+    finally:
+        sink.close()
+    assert r.get("count:ann") == "1"  # batch 2000 applied nothing
+    assert r.get("streamkeep:sink:deferred:last_batch").startswith("1000 failed=6/")
+    r.delete("log:bob")
+    again = _sink(redis_url, name="deferred")  # the restart replays batch 1000: its failed command alone
+    try:
+        again.defer_replies()
+        again.write(1000, [("ann", 1), ("bob", 2)])
+        again.write(2000, [("ann", 10)])  # settles 1000 first
+        again.settle(2000)
+    finally:
+        again.close()
+    assert r.get("count:ann") == "11" and r.get("count:bob") == "2"
+    assert r.lrange("log:bob", 0, -1) == ["2"]
+    assert r.get("streamkeep:sink:deferred:last_batch") == "2000"
+
+
+def test_a_deferred_batch_whose_connection_is_lost_before_it_ran_is_applied_once_when_settled(redis_url):
+    """The script was sent but never ran (its client was killed while Redis held it): settle runs it again, once."""
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = _sink(redis_url, name="lost")
+    try:
+        sink.defer_replies()
+        sink.write(1000, [("ann", 1)])
+        sink.settle(1000)
+        admin.client_pause(10_000, all=False)  # write commands wait: the next script is held unrun
+        try:
+            sink.write(2000, [("ann", 2)])
+            deadline = time.monotonic() + 10
+            while not any("b" in c.get("flags", "") for c in admin.client_list()):  # the script arrived, held
+                assert time.monotonic() < deadline, admin.client_list()
+                time.sleep(0.01)
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+        finally:
+            admin.client_unpause()
+        assert admin.get("streamkeep:sink:lost:last_batch") == "1000"  # batch 2000 never ran
+        sink.settle(2000)  # the reply is lost: the script runs again
+        sink.write(3000, [("ann", 4)])
+        sink.settle(3000)
+    finally:
+        sink.close()
+    assert admin.get("count:ann") == "7"
+    assert admin.lrange("log:ann", 0, -1) == ["4", "2", "1"]
+    assert admin.get("streamkeep:sink:lost:last_batch") == "3000"
+
+
+def test_a_job_with_a_checkpoint_never_commits_nor_passes_a_batch_whose_script_failed(redis_url, tmp_path, monkeypatch):
+    """The scheduler settles each batch before its commit: a failed batch stays uncommitted and is replayed exactly."""
+    import streamkeep as sk
+
+    settled: list[int] = []
+    settle = RedisSink.settle
+
+    def spy(self: RedisSink, batch_time: int) -> None:
+        settled.append(batch_time)
+        settle(self, batch_time)
+
+    monkeypatch.setattr(RedisSink, "settle", spy)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("job:bad", "not a list")
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for i, _ in records:
+            pipe.incrby("job:n", 1)
+            pipe.rpush("job:log", i)
+            if i == 4:  # in the third batch
+                pipe.rpush("job:bad", i)
+
+    ckpt = str(tmp_path / "ckpt")
+
+    def create() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=ckpt)
+        ssc.rate_stream(2, name="rate").write_to(RedisSink(redis_url, write, name="job", marker_key="job:marker"))
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(ckpt, create)
+    try:
+        with pytest.raises(SinkError, match=r"1 of 5 commands failed in Redis: command #3 RPUSH 'job:bad' 4: WRONGTYPE"):
+            ssc.run(max_batches=6)
+    finally:
+        ssc.stop()
+    assert settled  # the scheduler settled the sink's batches before committing them
+    assert r.lrange("job:log", 0, -1) == ["0", "1", "2", "3", "4", "5"]  # nothing after the failed batch
+    assert r.get("job:marker").split(" failed=")[1].startswith("3/")
+    r.delete("job:bad")
+    ssc = sk.StreamingContext.get_or_create(ckpt, create)  # the failed batch was not committed: replayed
+    try:
+        ssc.run(max_batches=3)
+    finally:
+        ssc.stop()
+    assert r.lrange("job:log", 0, -1) == [str(i) for i in range(10)]
+    assert r.get("job:n") == "10" and r.lrange("job:bad", 0, -1) == ["4"]
+
+
+def _big_write(pipe: Any, records: list[Any]) -> None:
+    for key, value in records:
+        if isinstance(value, int):
+            pipe.incrby(key, value)
+        else:
+            pipe.set(key, value)
+
+
+def test_a_huge_batch_is_cut_into_parts_by_bytes_each_of_which_redis_takes(redis_server_factory, monkeypatch):
+    """Parts are cut by their bytes, not their command count: big commands at the end of a batch of small ones
+    no longer land in one part bigger than Redis takes in an argument (proto-max-bulk-len, 512 MB by default; 1 MB here)."""
+    from streamkeep.sinks import redis as redis_sink
+
+    server = redis_server_factory()
+    r = redis.Redis.from_url(server.url)
+    r.config_set("proto-max-bulk-len", 1 << 20)
+    monkeypatch.setattr(redis_sink, "_PART_BYTES", 256 << 10)
+    monkeypatch.setattr(redis_sink, "_BULK_LIMIT", 1 << 20, raising=False)
+    big = [(f"big:{k}", str(k) * (600 << 10)) for k in range(3)]  # 600 KB each: together 1.8 MB
+    batch = [(f"n:{i}", 1) for i in range(3000)] + big
+    sink = _sink(server.url, _big_write, name="bytes", max_retries=1, retry_backoff_s=0.01)
+    try:
+        sink.write(1000, batch)
+        sink.write(1000, batch)  # a replay: skipped
+    finally:
+        sink.close()
+    assert [len(r.get(key)) for key, _ in big] == [600 << 10] * 3
+    assert sum(int(v) for v in r.mget([f"n:{i}" for i in range(3000)])) == 3000
+    assert r.get("streamkeep:sink:bytes:last_batch") == b"1000"
+
+
+def test_a_command_bigger_than_redis_takes_in_an_argument_is_named_and_nothing_applied(redis_server_factory, monkeypatch):
+    from streamkeep.sinks import redis as redis_sink
+
+    server = redis_server_factory()
+    r = redis.Redis.from_url(server.url)
+    r.config_set("proto-max-bulk-len", 1 << 20)
+    monkeypatch.setattr(redis_sink, "_PART_BYTES", 256 << 10)
+    monkeypatch.setattr(redis_sink, "_BULK_LIMIT", 1 << 20, raising=False)
+    batch = [(f"n:{i}", 1) for i in range(100)] + [("huge", "x" * (3 << 19))]  # 1.5 MB
+    sink = _sink(server.url, _big_write, name="toobig", max_retries=1, retry_backoff_s=0.01)
+    try:
+        with pytest.raises(SinkError, match=r"batch 1000: command #101 \(SET 'huge' 'x{37}\.\.\.'\) packs to 1.5 MiB; Redis takes at most 1.0 MiB"):
+            sink.write(1000, batch)
+    finally:
+        sink.close()
+    assert r.get("n:0") is None and r.get("streamkeep:sink:toobig:last_batch") is None
+
+
+def test_every_hset_form_queues_what_redis_py_queues(redis_url):
+    """hset(name, mapping=...) has a shortcut of its own; every form stores what a plain redis-py pipeline stores."""
+    r = redis.Redis.from_url(redis_url)
+    counted: list[int] = []
+
+    def calls(pipe: Any, prefix: str) -> None:
+        pipe.hset(f"{prefix}:m", mapping={"a": 1, b"b": b"\xff", "c": 2.5})
+        pipe.hset(f"{prefix}:kv", "f", "v")
+        pipe.hset(f"{prefix}:both", "k", 7, mapping={"m": "x"})
+        pipe.hset(f"{prefix}:items", items=["i1", 1, "i2", 2], mapping={"m": 3})
+        pipe.hset(f"{prefix}:dup", mapping={"a": 1}, items=[])
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        calls(pipe, "sink")
+        counted.append(len(pipe))
+        with pytest.raises(redis.DataError):  # as redis-py: no field at all
+            pipe.hset("sink:none", mapping={})
+
+    sink = _sink(redis_url, write, name="hsets")
+    try:
+        sink.write(1000, [1])
+    finally:
+        sink.close()
+    plain = r.pipeline(transaction=False)
+    calls(plain, "plain")
+    plain.execute()
+    for form in ("m", "kv", "both", "items", "dup"):
+        assert r.hgetall(f"sink:{form}") == r.hgetall(f"plain:{form}") != {}, form
+    assert counted == [5]

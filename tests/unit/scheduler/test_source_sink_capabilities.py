@@ -9,7 +9,7 @@ import pytest
 import streamkeep as sk
 from streamkeep.errors import SinkError
 from streamkeep.sinks import FileSink
-from streamkeep.sinks.base import FencedSink, MarkedSink
+from streamkeep.sinks.base import FencedSink, MarkedSink, SettlingSink
 from streamkeep.sinks.kafka import KafkaSink
 from streamkeep.sinks.redis import RedisSink
 from streamkeep.sources.base import Backpressured, BatchIntervalAware, Materialisable, OffsetCommitting
@@ -28,6 +28,7 @@ def test_builtin_sources_and_sinks_declare_their_capabilities() -> None:
     assert QueueSource.can_materialise is True and SocketTextSource.can_materialise is True
     assert issubclass(RedisSink, MarkedSink) and issubclass(KafkaSink, MarkedSink) and not issubclass(FileSink, MarkedSink)
     assert issubclass(FileSink, FencedSink)
+    assert issubclass(RedisSink, SettlingSink) and not issubclass(KafkaSink, SettlingSink) and not issubclass(FileSink, SettlingSink)
 
 
 class _Counting:
@@ -135,3 +136,52 @@ def test_a_start_that_fails_closes_the_sinks_it_asked_for_their_marker(tmp_path:
         ssc.run(max_batches=1)
     assert first.calls == ["last_batch", "close"]
     assert broken.calls[-1] == "close"
+
+
+class _Settling:
+    """A user sink whose writes are confirmed later (SettlingSink): it records what the scheduler calls."""
+
+    name = "settling"
+
+    def __init__(self, url: str | None) -> None:
+        self.url, self.calls = url, []  # type: ignore[var-annotated]
+
+    def open(self) -> None:
+        self.calls.append(("open",))
+
+    def defer_replies(self) -> None:
+        self.calls.append(("defer",))
+
+    def write(self, batch_time: int, records: list[Any]) -> None:
+        self.calls.append(("write", batch_time))
+
+    def settle(self, batch_time: int) -> None:
+        committed = []
+        if self.url is not None:  # the batch is not committed before it is settled
+            from streamkeep.checkpoint import Checkpoint
+
+            committed = [c.data["batch_time"] for c in Checkpoint(self.url).commits()]
+        self.calls.append(("settle", batch_time, batch_time in committed))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+def test_a_settling_sink_is_settled_before_each_commit_and_only_with_a_checkpoint(tmp_path: Any) -> None:
+    url = str(tmp_path / "c")
+    sink = _Settling(url)
+    assert isinstance(sink, SettlingSink)
+    src = _Counting()
+    ssc = sk.StreamingContext(2.0, checkpoint=url, clock=ManualClock())
+    ssc.add_source(src).write_to(sink)
+    ssc.run()
+    ssc.stop()
+    assert sink.calls[:2] == [("open",), ("defer",)]
+    assert [c for c in sink.calls if c[0] == "settle"] == [("settle", 2000, False), ("settle", 4000, False), ("settle", 6000, False)]
+    assert sink.calls[-1] == ("close",)
+    plain = _Settling(None)
+    ssc = sk.StreamingContext(2.0, clock=ManualClock())
+    ssc.queue_stream([[1], [2]], name="q").write_to(plain)
+    ssc.run()
+    ssc.stop()
+    assert plain.calls == [("open",), ("write", 2000), ("write", 4000), ("close",)]  # no checkpoint: written synchronously
