@@ -110,6 +110,7 @@ class StateWriter:
         self.inline_bytes = 0  # the part of them inline in the commit records (a restart reads those with the record)
         self.snapshot_bytes: int | None = None  # size of the last snapshot this process wrote
         self._snap_size: dict[str, int] = {}  # size of the snapshot each chain starts from, when known
+        self._unsized: set[str] = set()  # restored chains whose size could not be read: not taken for small
         self.base_bytes = 0  # their total, plus the deltas of a snapshot in flight
         #: did the last `write` start a snapshot; encoded size per operator of the last one adopted
         self.started = False
@@ -133,14 +134,32 @@ class StateWriter:
         self.chains = chains
         # Resume the snapshot cadence: a job restarted often must still snapshot (bounded chains).
         self.since_snapshot = max((len(c.deltas) for c in chains.values()), default=0)
+        # The restored deltas count as deltas since the snapshot: a big state whose chain has no
+        # snapshot yet (or one whose size is unknown) must not look small (`_small`).
+        self.delta_bytes = self.inline_bytes = 0
         for name, c in chains.items():
-            if c.snapshot:
-                try:
+            try:
+                if c.snapshot:
                     files = c.snapshot if isinstance(c.snapshot, list) else [c.snapshot]
                     self._snap_size[name] = sum(self.ckpt.storage.size(f) for f in files if f)
-                except (CheckpointError, OSError):
-                    pass  # only an estimate (how to merge); a missing file fails the restore, not this
+                for _, entry in c.deltas:
+                    on_disk, inline = self._entry_bytes(entry)
+                    self.delta_bytes += on_disk + inline
+                    self.inline_bytes += inline
+            except (CheckpointError, OSError):
+                self._unsized.add(name)  # only an estimate (how to snapshot); a missing file fails the restore, not this
         self.base_bytes = sum(self._snap_size.values())
+
+    def _entry_bytes(self, entry: Any) -> tuple[int, int]:
+        """(bytes in files, bytes inline in the commit record) of one restored chain entry."""
+        if isinstance(entry, str):
+            return self.ckpt.storage.size(entry), 0
+        if isinstance(entry, dict) and "parts" in entry:
+            sizes = [self._entry_bytes(p) if isinstance(p, str) else (0, len(p)) for p in entry["parts"] if p is not None]
+            return sum(f for f, _ in sizes), sum(i for _, i in sizes)
+        if isinstance(entry, dict):
+            return 0, len(entry.get("data") or b"")
+        return 0, 0
 
     def write(self, t: int, executor: Executor, defer: list[DeltaFile] | None = None) -> dict[str, Any]:
         """Write batch `t`'s deltas, start a snapshot if one is due; the chains for its commit record.
@@ -270,7 +289,7 @@ class StateWriter:
         keys) and a copy here would undo (it needs every key). Not with key partition
         owners (Ray): they write and compact their own files.
         """
-        if self.base_bytes + self.delta_bytes >= DIRECT_SNAPSHOT_BYTES:
+        if self._unsized or self.base_bytes + self.delta_bytes >= DIRECT_SNAPSHOT_BYTES:
             return False
         if any(n >= 4 * _compact.ORDER_MIN_KEYS for n in self._snap_size.values()):
             return False
@@ -308,6 +327,7 @@ class StateWriter:
         if not sizes:
             return
         self._snap_size.update(sizes)
+        self._unsized -= sizes.keys()
         self.snapshot_sizes = sizes
         self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
         if self.on_snapshot is not None:
@@ -413,6 +433,7 @@ class StateWriter:
         if snap_t is None:
             return
         self._snap_size.update(sizes)
+        self._unsized -= sizes.keys()
         self.snapshot_sizes = sizes
         self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
         if self.on_snapshot is not None:

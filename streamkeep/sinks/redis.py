@@ -690,7 +690,7 @@ class RedisSink:
             client.script_load(_SCRIPT)  # EVALSHA finds it (a cache flushed since: `_reply` runs it again)
             self._loaded = True
         pool = client.connection_pool
-        conn: Any = pool.get_connection()
+        conn: Any = pool.get_connection()  # no command name: redis-py >= 5.3 (pyproject)
         try:
             conn.send_command("EVALSHA", _SCRIPT_SHA, 1, self.marker_key, *args)
         except BaseException:

@@ -173,7 +173,9 @@ def _json_table(schema: Any, values: list[bytes | None], msgs: list[Any], reject
         table = _parse(schema, docs)
     except Exception:  # noqa: BLE001 (one undecodable value fails the whole parse: find it below)
         table = None
-    if table is not None and table.num_rows == len(docs):
+    # Every value makes at least one row unless it is blank, so with no blank value a matching row
+    # count means one row per value (two documents in one value and a blank one would cancel out).
+    if table is not None and table.num_rows == len(docs) and not (b"" in docs or any(map(bytes.isspace, docs))):
         return table, None
     # Some value is not one JSON object (or not of the schema): find which, record by record.
     bad: list[tuple[int, Exception]] = []

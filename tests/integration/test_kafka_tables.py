@@ -227,6 +227,26 @@ def test_json_values_parse_in_one_table_and_bad_ones_go_to_the_dead_letter_sink_
     assert "not a JSON object" in bad[1]["error"]
 
 
+@pytest.mark.parametrize("blank", [b"", b"  \t"])
+def test_a_two_document_value_and_a_blank_one_whose_row_counts_cancel_out_still_go_to_the_dead_letter_sink(
+    kafka_cluster, topic_factory, blank: bytes
+) -> None:
+    """Two documents in one value make two rows and a blank value none: the batch's row count matches, yet
+    neither is one JSON object (no made-up row at the blank value's offset)."""
+    bs = kafka_cluster.bootstrap
+    topic = topic_factory(1)
+    _produce_values(bs, topic, [b'{"user": "ann", "n": 1}', b'{"user": "eve", "n": 5}{"user": "evil", "n": 999}', blank, b'{"user": "fay", "n": 7}'])
+    dead = ListSink("dead")
+    src = _source(bs, topic, tables=KafkaTables("json", schema=SCHEMA2, metadata=True), on_error=dead)
+    try:
+        [[table]] = src.read(src.plan(1000), 1000)
+    finally:
+        src.close()
+    assert [(r["user"], r["n"], r["_offset"]) for r in table.to_pylist()] == [("ann", 1, 0), ("fay", 7, 3)]
+    [(_, bad)] = dead.batches
+    assert [b["offset"] for b in bad] == [1, 2]
+
+
 def test_json_values_that_fail_call_on_error_with_the_raw_record_or_fail_the_batch_naming_the_offset(kafka_cluster, topic_factory) -> None:
     bs = kafka_cluster.bootstrap
     topic = topic_factory(1)

@@ -151,3 +151,31 @@ def test_a_bigger_state_is_still_merged_in_the_background(tmp_path: Path, monkey
     again = sk.StreamingContext.get_or_create(url, lambda: _job(url))
     assert {op: _norm(state_of(again, op)) for op in final} == final
     again.stop()
+
+
+def test_a_restart_counts_the_restored_deltas_so_a_state_without_a_snapshot_yet_is_sized_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart the chain's deltas (no snapshot yet) count towards the state's size: a state that
+    big is merged in the background, not encoded whole in the batch loop (it looked as small as one delta)."""
+    url = str(tmp_path / "c")
+    ssc = _job(url)
+    ssc.run(max_batches=2)  # deltas only: the snapshot is due at the third batch
+    ssc.stop()
+    deltas = sum(p.stat().st_size for p in (tmp_path / "c" / "state").rglob("*") if p.is_file())
+    assert deltas > 0
+    monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", deltas)  # the two deltas alone reach it
+    merged: list[int] = []
+    real = _state_writer.compact
+
+    def counting(ckpt: Any, t: int, jobs: list[Any], **kw: Any) -> Any:
+        merged.append(t)
+        return real(ckpt, t, jobs, **kw)
+
+    monkeypatch.setattr(_state_writer, "compact", counting)
+    again = sk.StreamingContext.get_or_create(url, lambda: _job(url))
+    again.run(max_batches=1)
+    final = {op: _norm(state_of(again, op)) for op in ("lists", "dicts", "win")}
+    again.stop()
+    assert merged == [3000]
+    third = sk.StreamingContext.get_or_create(url, lambda: _job(url))
+    assert {op: _norm(state_of(third, op)) for op in final} == final
+    third.stop()
