@@ -249,15 +249,22 @@ MERGE_ONLY_POINTS = frozenset({"snapshot.mid_compact", "snapshot.before_adopt"})
 #: The environment of a fault job whose every snapshot is merged in the background, as a big state's is.
 MERGED_ENV = {"JOB_SNAPSHOTS": "merged"}
 
-# Runs a job script with every snapshot merged (see `run_spec_job`).
-_MERGED = """
+#: Python code that has every snapshot of the process merged in the background (run before a job's code).
+MERGE_ALL = "from streamkeep.scheduler import _state_writer\n_state_writer.DIRECT_SNAPSHOT_BYTES = 0\n"
+
+# Runs a job script with every snapshot merged (see `job_argv`).
+_MERGED = MERGE_ALL + """
 import os, runpy, sys
-from streamkeep.scheduler import _state_writer
-_state_writer.DIRECT_SNAPSHOT_BYTES = 0
 sys.argv[:] = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script` has it
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def job_argv(script: str, *args: str, merged: bool = False) -> list[str]:
+    """``python script args``; with `merged`, every snapshot of the job is merged in the background (as a
+    big state's is), so the `MERGE_ONLY_POINTS` are reached."""
+    return [sys.executable, "-c", _MERGED, script, *args] if merged else [sys.executable, script, *args]
 
 
 def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | None, *, merged: bool = False) -> subprocess.CompletedProcess[str]:
@@ -272,5 +279,5 @@ def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | Non
     env.pop(_faults.ENV_VAR, None)
     if crash is not None:
         env[_faults.ENV_VAR] = crash
-    argv = [sys.executable, "-c", _MERGED, script, str(spec_path)] if merged else [sys.executable, script, str(spec_path)]
+    argv = job_argv(script, str(spec_path), merged=merged)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)

@@ -24,7 +24,7 @@ from streamkeep import _faults
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _kafka_table_job as job  # noqa: E402
-from _harness import run_spec_job  # noqa: E402
+from _harness import MERGE_ONLY_POINTS, run_spec_job  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.integration]
 
@@ -32,15 +32,16 @@ PARTITIONS, CAP, BATCHES = 3, 20, 8
 N = PARTITIONS * CAP * (BATCHES - 1) - 7  # the last batch is short in one partition, and one more batch finds nothing
 
 
-def _run(spec: dict[str, Any], root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
-    return run_spec_job(job.__file__, spec, root, crash)
+def _run(spec: dict[str, Any], root: Path, crash: str | None, merged: bool = False) -> subprocess.CompletedProcess[str]:
+    return run_spec_job(job.__file__, spec, root, crash, merged=merged)
 
 
-def _finished(spec: dict[str, Any], root: Path, crashes: list[str]) -> dict[int, list[Any]]:
+def _finished(spec: dict[str, Any], root: Path, crashes: list[str], merged: bool = False) -> dict[int, list[Any]]:
+    """Outputs after being killed at each of `crashes` and resumed; with `merged`, every snapshot is merged."""
     for crash in crashes:
-        r = _run(spec, root, crash)
+        r = _run(spec, root, crash, merged)
         assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
-    r = _run(spec, root, None)
+    r = _run(spec, root, None, merged)
     assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
     return job.read_outputs(str(root / "out"))
 
@@ -67,5 +68,5 @@ def test_kill_at_each_crash_point_equals_the_uncrashed_run(point: str, baseline:
     spec, want = baseline
     reach = 1 if point.startswith(("snapshot.", "retention.")) else 4
     crashes = [f"{point}@{reach}"] + ([f"{point}@1"] if point in ("state.after_write", "sink.before_write", "commit.before_record") else [])
-    got = _finished(spec, tmp_path, crashes)
+    got = _finished(spec, tmp_path, crashes, merged=point in MERGE_ONLY_POINTS)
     assert got == want, f"after kills {crashes}: {got} != {want}"

@@ -54,7 +54,7 @@ from streamkeep.testing import CrashAt
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "kafka_to_redis.py"
 sys.path.insert(0, str(ROOT / "tests" / "faults"))
-from _harness import _COUNTING, expect_killed, expect_ok, scratch_dir  # noqa: E402
+from _harness import _COUNTING, MERGE_ALL, MERGE_ONLY_POINTS, expect_killed, expect_ok, job_argv, scratch_dir  # noqa: E402
 
 redis = pytest.importorskip("redis")
 pytestmark = pytest.mark.integration
@@ -141,10 +141,13 @@ class Job:
     group: str = ""
     extra: list[str] = field(default_factory=list)
 
+    merged: bool = False  # every snapshot merged in the background (a big state's path: MERGE_ONLY_POINTS)
+
     def argv(self) -> list[str]:
+        return job_argv(str(EXAMPLE), *self.args(), merged=self.merged)
+
+    def args(self) -> list[str]:
         return [
-            sys.executable,
-            str(EXAMPLE),
             "--bootstrap-servers",
             self.bootstrap,
             "--topic",
@@ -180,8 +183,8 @@ class Job:
 
     def count_points(self, out: str) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
         """Run uncrashed, counting how often each crash point is reached."""
-        code = _COUNTING.format(job=str(EXAMPLE))
-        r = subprocess.run([sys.executable, "-c", code, out, *self.argv()[2:]], env=self.env(), capture_output=True, text=True, timeout=120)
+        code = (MERGE_ALL if self.merged else "") + _COUNTING.format(job=str(EXAMPLE))
+        r = subprocess.run([sys.executable, "-c", code, out, *self.args()], env=self.env(), capture_output=True, text=True, timeout=120)
         counts = json.loads(Path(out).read_text()) if r.returncode == 0 else {}
         return r, counts
 
@@ -194,6 +197,7 @@ class World:
     scratch: str
     expected: dict[str, dict[str, str]]
     counts: dict[str, int]
+    merged_counts: dict[str, int] = field(default_factory=dict)  # of a run with every snapshot merged
 
     def job(self, name: str, mode: str = "incr", **kw: Any) -> Job:
         safe = re.sub(r"[^A-Za-z0-9]+", "-", name)
@@ -219,6 +223,10 @@ def world(kafka_cluster: Any, redis_server: str) -> Iterator[World]:
         r, w.counts = ref.count_points(os.path.join(scratch, "points.json"))
         expect_ok(r, "uncrashed reference run")
         w.check(ref, "uncrashed reference run")
+        merged = w.job("reference-merged", merged=True)
+        r, w.merged_counts = merged.count_points(os.path.join(scratch, "points-merged.json"))
+        expect_ok(r, "uncrashed reference run, snapshots merged")
+        w.check(merged, "uncrashed reference run, snapshots merged")
         yield w
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -247,8 +255,15 @@ def test_uncrashed_set_mode_gives_the_expected_totals(world: World) -> None:
 @pytest.mark.slow
 @pytest.mark.faults
 def test_the_job_reaches_every_crash_point(world: World) -> None:
-    missing = {p: world.counts.get(p, 0) for p in _JOB_POINTS if world.counts.get(p, 0) < 2}
-    assert not missing, f"crash points the job reaches fewer than 2 times: {missing} (all counts: {world.counts})"
+    missing = {p: _counts(world, p).get(p, 0) for p in _JOB_POINTS if _counts(world, p).get(p, 0) < 2}
+    assert not missing, f"crash points the job reaches fewer than 2 times: {missing} (counts: {world.counts}, merged: {world.merged_counts})"
+    # its small state is snapshotted in its batch: only a run with merged snapshots reaches the merge's points
+    assert not MERGE_ONLY_POINTS & world.counts.keys(), world.counts
+
+
+def _counts(world: World, point: str) -> dict[str, int]:
+    """The reference counts of the run a kill at `point` repeats (merged snapshots for the merge's points)."""
+    return world.merged_counts if point in MERGE_ONLY_POINTS else world.counts
 
 
 #: The points this job reaches on every batch (it has no queue, so no blob writes).
@@ -265,8 +280,8 @@ _MATRIX = (
 @pytest.mark.faults
 @pytest.mark.parametrize(("point", "mode", "nth_spec"), _MATRIX, ids=[f"{p}-{m}-{n}" for p, m, n in _MATRIX])
 def test_kill_at_crash_point_then_recover_gives_exact_totals(world: World, point: str, mode: str, nth_spec: str) -> None:
-    nth = _nth(nth_spec, world.counts.get(point, 0))
-    job = world.job(f"{point}-{mode}-{nth_spec}", mode=mode)
+    nth = _nth(nth_spec, _counts(world, point).get(point, 0))
+    job = world.job(f"{point}-{mode}-{nth_spec}", mode=mode, merged=point in MERGE_ONLY_POINTS)
     expect_killed(job.run(CrashAt(point, nth)), f"kill at {point}@{nth} ({mode})")
     expect_ok(job.run(), f"recovery after {point}@{nth} ({mode})")
     world.check(job, f"after a kill at {point}@{nth} ({mode})")
