@@ -326,12 +326,16 @@ class StateWriter:
         self.started = bool(sizes)
         if not sizes:
             return
+        self._snapshotted(t, sizes, nbytes, (time.perf_counter() - c0) * 1e3)
+
+    def _snapshotted(self, t: int, sizes: dict[str, int], nbytes: int, ms: float) -> None:
+        """A snapshot as of batch `t` is in the chains (`sizes`: encoded bytes per operator): the estimates start from it."""
         self._snap_size.update(sizes)
         self._unsized -= sizes.keys()
         self.snapshot_sizes = sizes
         self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
         if self.on_snapshot is not None:
-            self.on_snapshot(t, nbytes, (time.perf_counter() - c0) * 1e3, dict(sizes))
+            self.on_snapshot(t, nbytes, ms, dict(sizes))
 
     def start_snapshot(self, t: int, executor: Executor) -> None:
         """Start a snapshot of batch `t`: a background worker merges each operator's chain into one file.
@@ -432,13 +436,7 @@ class StateWriter:
         self._done = {}
         if snap_t is None:
             return
-        self._snap_size.update(sizes)
-        self._unsized -= sizes.keys()
-        self.snapshot_sizes = sizes
-        self.snapshot_bytes = self.base_bytes = sum(self._snap_size.values())
-        if self.on_snapshot is not None:
-            nbytes, ms = self._stats
-            self.on_snapshot(snap_t, nbytes, ms, dict(sizes))
+        self._snapshotted(snap_t, sizes, *self._stats)
 
     def check_error(self) -> None:
         """Raise CheckpointError if the background snapshot failed."""

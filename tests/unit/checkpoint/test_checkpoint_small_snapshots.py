@@ -54,6 +54,19 @@ def _norm(data: dict[str, Any]) -> dict[str, Any]:
     return {k: dict(v) if k == "set" else v for k, v in data.items()}
 
 
+def _count_merges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch times of the snapshots merged in the background from now on (each merge still runs)."""
+    merged: list[int] = []
+    real = _state_writer.compact
+
+    def counting(ckpt: Any, t: int, jobs: list[Any], **kw: Any) -> Any:
+        merged.append(t)
+        return real(ckpt, t, jobs, **kw)
+
+    monkeypatch.setattr(_state_writer, "compact", counting)
+    return merged
+
+
 @pytest.fixture
 def no_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     """A merge fails the job (the next batch raises it): these small states must never need one."""
@@ -134,14 +147,7 @@ def test_in_place_changes_after_its_batch_do_not_reach_a_snapshot_still_being_wr
 def test_a_bigger_state_is_still_merged_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From DIRECT_SNAPSHOT_BYTES of state the batch loop copies nothing: the snapshot is merged from storage."""
     monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 1)
-    merged: list[int] = []
-    real = _state_writer.compact
-
-    def counting(ckpt: Any, t: int, jobs: list[Any], **kw: Any) -> Any:
-        merged.append(t)
-        return real(ckpt, t, jobs, **kw)
-
-    monkeypatch.setattr(_state_writer, "compact", counting)
+    merged = _count_merges(monkeypatch)
     url = str(tmp_path / "c")
     ssc = _job(url)
     ssc.run(max_batches=7)
@@ -163,14 +169,7 @@ def test_a_restart_counts_the_restored_deltas_so_a_state_without_a_snapshot_yet_
     deltas = sum(p.stat().st_size for p in (tmp_path / "c" / "state").rglob("*") if p.is_file())
     assert deltas > 0
     monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", deltas)  # the two deltas alone reach it
-    merged: list[int] = []
-    real = _state_writer.compact
-
-    def counting(ckpt: Any, t: int, jobs: list[Any], **kw: Any) -> Any:
-        merged.append(t)
-        return real(ckpt, t, jobs, **kw)
-
-    monkeypatch.setattr(_state_writer, "compact", counting)
+    merged = _count_merges(monkeypatch)
     again = sk.StreamingContext.get_or_create(url, lambda: _job(url))
     again.run(max_batches=1)
     final = {op: _norm(state_of(again, op)) for op in ("lists", "dicts", "win")}
