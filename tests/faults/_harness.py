@@ -281,3 +281,15 @@ def run_spec_job(script: str, spec: dict[str, Any], root: Path, crash: str | Non
         env[_faults.ENV_VAR] = crash
     argv = job_argv(script, str(spec_path), merged=merged)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def kill_then_resume(script: str, spec: dict[str, Any], root: Path, crashes: list[str], *, merged: bool = False) -> None:
+    """Run the spec job killed at each of `crashes` in turn (each must be a SIGKILL), then to its end.
+
+    With `merged`, every run merges every snapshot in the background (see `job_argv`).
+    """
+    for crash in crashes:
+        r = run_spec_job(script, spec, root, crash, merged=merged)
+        assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
+    r = run_spec_job(script, spec, root, None, merged=merged)
+    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"

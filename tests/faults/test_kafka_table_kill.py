@@ -10,7 +10,6 @@ offsets a table holds are exactly the checkpointed plan's, none twice and none m
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +23,7 @@ from streamkeep import _faults
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _kafka_table_job as job  # noqa: E402
-from _harness import MERGE_ONLY_POINTS, run_spec_job  # noqa: E402
+from _harness import MERGE_ONLY_POINTS, kill_then_resume, run_spec_job  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.integration]
 
@@ -38,11 +37,7 @@ def _run(spec: dict[str, Any], root: Path, crash: str | None, merged: bool = Fal
 
 def _finished(spec: dict[str, Any], root: Path, crashes: list[str], merged: bool = False) -> dict[int, list[Any]]:
     """Outputs after being killed at each of `crashes` and resumed; with `merged`, every snapshot is merged."""
-    for crash in crashes:
-        r = _run(spec, root, crash, merged)
-        assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
-    r = _run(spec, root, None, merged)
-    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    kill_then_resume(job.__file__, spec, root, crashes, merged=merged)
     return job.read_outputs(str(root / "out"))
 
 

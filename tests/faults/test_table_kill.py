@@ -23,7 +23,7 @@ from streamkeep import _faults
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _table_job as job  # noqa: E402
-from _harness import MERGE_ONLY_POINTS, random_crashes, run_spec_job  # noqa: E402
+from _harness import MERGE_ONLY_POINTS, kill_then_resume, random_crashes, run_spec_job  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -42,11 +42,7 @@ def _run(spec: dict[str, Any], root: Path, crash: str | None, merged: bool = Fal
 def _finished(spec: dict[str, Any], root: Path, crashes: list[str], merged: bool = False) -> dict[str, dict[int, list[Any]]]:
     """Outputs after being killed at each of `crashes` and resumed; with `merged`, every snapshot is merged
     in the background (the only path that reaches `MERGE_ONLY_POINTS`), in every run."""
-    for crash in crashes:
-        r = _run(spec, root, crash, merged)
-        assert r.returncode == -signal.SIGKILL, f"{crash}: expected the child to be killed, exit {r.returncode}\n{r.stderr[-3000:]}"
-    r = _run(spec, root, None, merged)
-    assert r.returncode == 0, f"resume after {crashes}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    kill_then_resume(job.__file__, spec, root, crashes, merged=merged)
     return job.read_outputs(str(root / "out"))
 
 
