@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from types import FunctionType, ModuleType
 from typing import Any, Final, TypeVar
@@ -332,8 +332,7 @@ def retry_with_backoff(
     """
     delay_s = first_s
     attempt = 0
-    resumed: AbstractContextManager[None] | None = None
-    try:
+    with ExitStack() as stall:
         while True:
             attempt += 1
             try:
@@ -344,17 +343,13 @@ def retry_with_backoff(
                     raise
                 if err is not None:
                     raise err from exc
-                if resumed is None:  # a stall (a server down): the collector runs while it lasts
-                    resumed = gc_resumed()
-                    resumed.__enter__()
+                if attempt == 1:  # a stall (a server down): the collector runs while it lasts
+                    stall.enter_context(gc_resumed())
                 on_retry(exc, attempt, delay_s)
                 sleep(delay_s)
                 delay_s = min(delay_s * 2, cap_s)
                 if between is not None:
                     between()
-    finally:
-        if resumed is not None:
-            resumed.__exit__(None, None, None)
 
 
 def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
