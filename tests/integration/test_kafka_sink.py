@@ -154,9 +154,10 @@ def test_a_failed_sink_leaves_no_client_alive(kafka_cluster_factory, caplog, mon
     caplog.set_level(logging.DEBUG, logger="streamkeep")
     cluster = kafka_cluster_factory(1)
     cluster.create_topic("out", 1)
-    sink = _sink(cluster.bootstrap, "out", "leaky", timeout_s=1.0, max_retries=2)
+    sink = _sink(cluster.bootstrap, "out", "leaky", max_retries=2)  # a loaded machine can take over 1 s to start
     try:
         sink.write(1000, [b"a"])
+        sink.timeout_s = 1.0  # the failing transactions below give up quickly
         cluster.broker_down(1)
         for t in (2000, 3000):
             with pytest.raises(SinkError):
