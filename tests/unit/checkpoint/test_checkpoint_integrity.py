@@ -8,6 +8,7 @@ and checks the outcome: exactly the result of an undamaged run, or a loud
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,6 +56,28 @@ def test_deleting_the_newest_commit_right_after_a_restart_falls_back_exactly(tmp
     _commit_files(url)[-1].unlink()
     sink = _finish(url, keep_commits=keep_commits)
     assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]  # batch 5 replayed from its plan
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+@pytest.mark.parametrize("damage", ["commit record", "snapshot"])
+def test_the_restart_sweep_keeps_the_fallback_commits_older_snapshot_and_deltas(tmp_path: Path, damage: str) -> None:
+    # Batch 6 takes a new snapshot: its fallback (batch 5) needs the files batch 6 no longer names
+    # (snapshot of batch 3, deltas 4 and 5). The sweep of a restart must leave them.
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), snapshot_every=3, keep_commits=2), 6)
+    newest, fallback = Checkpoint(url).commits()[:2]
+    assert newest.data["state"]["totals"]["snapshot_time"] == 6000 and fallback.data["state"]["totals"]["snapshot_time"] == 3000
+    run_until(url, rate_job(url, ListSink(), snapshot_every=3, keep_commits=2), 6)  # a restart that runs nothing (recovery sweeps)
+    missing = sorted(f for f in fallback.files() if not Path(url, f).exists())
+    assert not missing, f"the restart's sweep deleted what the fallback commit of batch 5000 ms needs: {missing}"
+    if damage == "commit record":
+        _commit_files(url)[-1].unlink()
+    else:
+        snap = Path(url, newest.data["state"]["totals"]["snapshot"])
+        snap.write_bytes(snap.read_bytes()[:-3] + b"xyz")
+    with pytest.warns(StreamkeepWarning, match="recovered from the older commit|recovered from the newest readable commit") if damage == "snapshot" else contextlib.nullcontext():
+        sink = _finish(url, snapshot_every=3, keep_commits=2)
+    assert [t for t, _ in sink.batches] == [6000, 7000, 8000]  # batch 6 replayed from its plan
     assert sorted(sink.batches[-1][1]) == totals_after(8)
 
 
