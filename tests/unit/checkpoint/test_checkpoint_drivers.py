@@ -17,6 +17,8 @@ import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint, log_path
 from streamkeep.checkpoint._checkpoint import _Owner
 from streamkeep.errors import CheckpointInUseError
+from streamkeep.sinks.base import FencingToken
+from streamkeep.sinks.files import FileSink
 from streamkeep.testing import ListSink, ManualClock
 
 
@@ -55,6 +57,8 @@ def test_second_process_is_refused(tmp_path: Path) -> None:
         import streamkeep as sk
         from _ckpt_jobs import rate_job
         from streamkeep.errors import CheckpointInUseError
+from streamkeep.sinks.base import FencingToken
+from streamkeep.sinks.files import FileSink
         from streamkeep.testing import ListSink
         try:
             sk.StreamingContext.get_or_create({url!r}, rate_job({url!r}, ListSink()))
@@ -252,6 +256,35 @@ def test_commit_is_fenced_by_the_log_listing_after_retention_deleted_the_new_cla
     a.release()
     b.release()
     assert [r.data.get("batch_time") for r in Checkpoint(url, **kw).commits()] == [3000, 2000, 1000]
+
+
+def test_a_claim_after_the_log_records_were_lost_still_fences_the_previous_owners_sinks(where: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """Epochs never go back: with A's log records gone, B's epoch still comes after A's (from A's lease).
+
+    Else B would get A's epoch again, and A (paused, not dead) would pass every sink's fence.
+    """
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})
+    for seq in a.log_seqs():  # the log records are lost (deleted by hand, a restore from an old copy, ...)
+        a.delete(log_path(seq))
+    b = _takeover(url, kw, a)
+    out = tmp_path / "out"
+    sink_a, sink_b = FileSink(out, name="out"), FileSink(out, name="out")
+    sink_a.set_fencing_token(FencingToken(*a.fencing()))
+    sink_b.set_fencing_token(FencingToken(*b.fencing()))
+    try:
+        sink_a.open()
+        sink_b.open()
+        sink_b.write(2000, ["b"])
+        with pytest.raises(CheckpointInUseError, match="lost the checkpoint"):
+            sink_a.write(2000, ["zombie"])
+    finally:
+        sink_a.close()
+        sink_b.close()
+        a.release()
+        b.release()
+    assert Path(sink_b.path_for(2000)).read_text() == "b\n"
 
 
 def test_commit_is_fenced_by_create_if_absent_when_the_listing_raced(where: tuple[str, dict[str, Any]], monkeypatch: Any) -> None:
