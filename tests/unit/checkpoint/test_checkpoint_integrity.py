@@ -174,23 +174,41 @@ def _rewrite_newest_commit(url: str, change: Any) -> Path:
     return Path(url, log_path(rec.seq))
 
 
-def test_a_commit_naming_another_jobs_state_neither_loads_nor_deletes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["snap", "delta"])
+def test_a_commit_naming_another_jobs_state_neither_loads_nor_deletes_it(tmp_path: Path, kind: str) -> None:
     other = str(tmp_path / "other")
-    run_until(other, rate_job(other, ListSink(), snapshot_every=2, keys=5), 6)  # another job, different state
-    victim = sorted(Path(other, "state", "totals").glob("*.snap"))[-1]
+    run_until(other, rate_job(other, ListSink(), snapshot_every=2 if kind == "snap" else 100, keys=5), 6)  # another job, different state
+    victim = sorted(Path(other, "state", "totals").glob(f"*.{kind}"))[-1]
     victim_bytes = victim.read_bytes()
     url = str(tmp_path / "ckpt")
     run_until(url, rate_job(url, ListSink()), 5)
 
     def point_at_other(data: dict[str, Any]) -> None:
-        snap_t = int(victim.name.split(".")[0])
-        data["state"] = {**data["state"], "totals": {"snapshot": f"../other/state/totals/{victim.name}", "snapshot_time": snap_t, "deltas": []}}
+        t = int(victim.name.split(".")[0])
+        rel = f"../other/state/totals/{victim.name}"
+        chain = {"snapshot": rel, "snapshot_time": t, "deltas": []} if kind == "snap" else {"snapshot": None, "snapshot_time": 0, "deltas": [rel]}
+        data["state"] = {**data["state"], "totals": chain}
 
     _rewrite_newest_commit(url, point_at_other)
     with pytest.warns(StreamkeepWarning, match=r"not one of its own|not its own"):
         sink = _finish(url, 12)  # past retention of the altered commit
     assert sorted(sink.batches[-1][1]) == totals_after(12)
     assert victim.read_bytes() == victim_bytes  # never deleted by this job's retention
+
+
+def test_a_commit_naming_another_operators_delta_falls_back_and_stays_exact(tmp_path: Path) -> None:
+    # Inside the checkpoint, and the file's own identity matches its place: only the chain check sees that
+    # the delta is the window's, not the totals'.
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+
+    def point_at_win(data: dict[str, Any]) -> None:
+        data["state"]["totals"] = {**data["state"]["totals"], "deltas": [d.replace("state/totals/", "state/win/") for d in data["state"]["totals"]["deltas"]]}
+
+    _rewrite_newest_commit(url, point_at_win)
+    with pytest.warns(StreamkeepWarning, match=r"not one of its own"):
+        sink = _finish(url, 8)
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
 
 
 @pytest.mark.parametrize("path", ["absolute", "dotdot"])
