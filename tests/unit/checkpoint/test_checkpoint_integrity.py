@@ -380,6 +380,25 @@ def test_a_plan_log_with_a_damaged_first_frame_that_may_hold_pending_plans_is_co
         _finish(url2)
 
 
+def test_a_fallback_to_a_commit_before_a_damaged_plan_log_is_refused_not_replayed_with_a_gap(tmp_path: Path) -> None:
+    """The damaged log 1000 is left out while the newest commit (4000) covers it; but when commits 3000 and 4000 are
+    unusable (their delta of batch 3000 is damaged), recovery falls back to batch 2000 and would need the log's plan
+    of batch 3000: refused, never replayed without it (batch 3000's input would be lost)."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)
+    run_until(url, rate_job(url, ListSink()), 4)
+    _damage_first_frame(url, 1000)
+    delta = Path(url, "state", "totals", "000000000003000.delta")
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 0x40
+    delta.write_bytes(bytes(data))
+    with (
+        pytest.warns(StreamkeepWarning, match="recovered from the older commit of batch 2000 ms"),
+        pytest.raises(CorruptCheckpointError, match=r"falls back to the commit of batch 2000 ms.*000000000001000\.plog"),
+    ):
+        _finish(url)
+
+
 def test_a_plan_log_renamed_to_an_older_batch_time_is_still_refused(tmp_path: Path) -> None:
     """Only damage is left out: a sound first frame naming another file is a misplaced log, refused as before."""
     url = str(tmp_path / "ckpt")
