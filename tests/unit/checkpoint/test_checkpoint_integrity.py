@@ -279,6 +279,19 @@ def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsy
         _finish(url)
 
 
+def test_a_plan_whose_content_names_another_batch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that names its place (or a format-1 file, whose frame names none) is not enough: the plan's own
+    batch time must be the one of its place, or the batch would replay another batch's input."""
+    monkeypatch.setattr(_checkpoint, "PLAN_LOGS", False)  # a file per plan, as on S3
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    ck = Checkpoint(url)
+    plan = ck.read_plan(5000)
+    ck.storage.write(plan_path(6000), ck.encode("plan", plan, rel=plan_path(6000)))  # batch 5's plan, framed for 6
+    with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plan holds the plan of batch 5000 ms, not of batch 6000 ms"):
+        _finish(url)
+
+
 def test_a_plan_log_copied_under_another_batch_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(tmp_path / "ckpt")
     run_until(url, rate_job(url, ListSink()), 5)
