@@ -57,8 +57,6 @@ def test_second_process_is_refused(tmp_path: Path) -> None:
         import streamkeep as sk
         from _ckpt_jobs import rate_job
         from streamkeep.errors import CheckpointInUseError
-from streamkeep.sinks.base import FencingToken
-from streamkeep.sinks.files import FileSink
         from streamkeep.testing import ListSink
         try:
             sk.StreamingContext.get_or_create({url!r}, rate_job({url!r}, ListSink()))
