@@ -116,6 +116,45 @@ def test_s3_paused_after_its_plan_runs_no_output_after_the_takeover(s3: tuple[st
 
 
 @pytest.mark.integration
+def test_s3_paused_once_its_plan_is_durable_is_stopped_by_the_ownership_check_before_its_outputs(
+    s3: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """As above, but paused only once its plan of 3000 is on S3: then the check before the outputs alone stops it.
+
+    (Paused earlier, the background plan writer's own check may stop it first.) The journal sink is
+    not fenced, so an output run after the takeover would show there.
+    """
+    url, opts = s3
+    a = Driver(url, tmp_path, "a", LEASE_S, opts)
+    b = None
+    try:
+        a.expect("READY")
+        a.send("run 2")
+        a.expect("RAN 2000")
+        a.send("hold compute 3000")
+        a.send("run 1")
+        a.expect("HELD 3000")
+        wait_for(lambda: 3000 in _plan_times(url, opts), 30, "the plan of batch 3000 to be written")
+        a.pause()
+        wait_for(lambda: _lease_expired(url, opts), 30, "the paused driver's lease to expire")
+        b = Driver(url, tmp_path, "b", LEASE_S, opts)
+        b.expect("READY 2000")
+        b.send("run 2")  # replays A's plan of 3000, then 4000
+        b.expect("RAN 4000")
+        a.resume()
+        a.send("go")
+        line = a.expect("ERROR CheckpointInUseError")
+        assert "before the outputs of batch 3000 ms" in line, line
+        assert a.proc.wait(timeout=60) == 3
+    finally:
+        a.finish()
+        if b is not None:
+            assert b.finish() == 0, b.stderr[-20:]
+    assert journal(tmp_path) == [("a", 1000), ("a", 2000), ("b", 3000), ("b", 4000)]
+    assert file_tags(tmp_path) == {1000: {"a"}, 2000: {"a"}, 3000: {"b"}, 4000: {"b"}}
+
+
+@pytest.mark.integration
 def test_s3_paused_inside_its_outputs_cannot_replace_the_new_owners_file(s3: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
     """Paused after its ownership check, inside its outputs: the FileSink's fence refuses the stale write."""
     url, opts = s3

@@ -8,6 +8,7 @@ and checks the outcome: exactly the result of an undamaged run, or a loud
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,6 +56,28 @@ def test_deleting_the_newest_commit_right_after_a_restart_falls_back_exactly(tmp
     _commit_files(url)[-1].unlink()
     sink = _finish(url, keep_commits=keep_commits)
     assert [t for t, _ in sink.batches] == [5000, 6000, 7000, 8000]  # batch 5 replayed from its plan
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
+
+
+@pytest.mark.parametrize("damage", ["commit record", "snapshot"])
+def test_the_restart_sweep_keeps_the_fallback_commits_older_snapshot_and_deltas(tmp_path: Path, damage: str) -> None:
+    # Batch 6 takes a new snapshot: its fallback (batch 5) needs the files batch 6 no longer names
+    # (snapshot of batch 3, deltas 4 and 5). The sweep of a restart must leave them.
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), snapshot_every=3, keep_commits=2), 6)
+    newest, fallback = Checkpoint(url).commits()[:2]
+    assert newest.data["state"]["totals"]["snapshot_time"] == 6000 and fallback.data["state"]["totals"]["snapshot_time"] == 3000
+    run_until(url, rate_job(url, ListSink(), snapshot_every=3, keep_commits=2), 6)  # a restart that runs nothing (recovery sweeps)
+    missing = sorted(f for f in fallback.files() if not Path(url, f).exists())
+    assert not missing, f"the restart's sweep deleted what the fallback commit of batch 5000 ms needs: {missing}"
+    if damage == "commit record":
+        _commit_files(url)[-1].unlink()
+    else:
+        snap = Path(url, newest.data["state"]["totals"]["snapshot"])
+        snap.write_bytes(snap.read_bytes()[:-3] + b"xyz")
+    with pytest.warns(StreamkeepWarning, match="recovered from the older commit|recovered from the newest readable commit") if damage == "snapshot" else contextlib.nullcontext():
+        sink = _finish(url, snapshot_every=3, keep_commits=2)
+    assert [t for t, _ in sink.batches] == [6000, 7000, 8000]  # batch 6 replayed from its plan
     assert sorted(sink.batches[-1][1]) == totals_after(8)
 
 
@@ -151,23 +174,41 @@ def _rewrite_newest_commit(url: str, change: Any) -> Path:
     return Path(url, log_path(rec.seq))
 
 
-def test_a_commit_naming_another_jobs_state_neither_loads_nor_deletes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["snap", "delta"])
+def test_a_commit_naming_another_jobs_state_neither_loads_nor_deletes_it(tmp_path: Path, kind: str) -> None:
     other = str(tmp_path / "other")
-    run_until(other, rate_job(other, ListSink(), snapshot_every=2, keys=5), 6)  # another job, different state
-    victim = sorted(Path(other, "state", "totals").glob("*.snap"))[-1]
+    run_until(other, rate_job(other, ListSink(), snapshot_every=2 if kind == "snap" else 100, keys=5), 6)  # another job, different state
+    victim = sorted(Path(other, "state", "totals").glob(f"*.{kind}"))[-1]
     victim_bytes = victim.read_bytes()
     url = str(tmp_path / "ckpt")
     run_until(url, rate_job(url, ListSink()), 5)
 
     def point_at_other(data: dict[str, Any]) -> None:
-        snap_t = int(victim.name.split(".")[0])
-        data["state"] = {**data["state"], "totals": {"snapshot": f"../other/state/totals/{victim.name}", "snapshot_time": snap_t, "deltas": []}}
+        t = int(victim.name.split(".")[0])
+        rel = f"../other/state/totals/{victim.name}"
+        chain = {"snapshot": rel, "snapshot_time": t, "deltas": []} if kind == "snap" else {"snapshot": None, "snapshot_time": 0, "deltas": [rel]}
+        data["state"] = {**data["state"], "totals": chain}
 
     _rewrite_newest_commit(url, point_at_other)
     with pytest.warns(StreamkeepWarning, match=r"not one of its own|not its own"):
         sink = _finish(url, 12)  # past retention of the altered commit
     assert sorted(sink.batches[-1][1]) == totals_after(12)
     assert victim.read_bytes() == victim_bytes  # never deleted by this job's retention
+
+
+def test_a_commit_naming_another_operators_delta_falls_back_and_stays_exact(tmp_path: Path) -> None:
+    # Inside the checkpoint, and the file's own identity matches its place: only the chain check sees that
+    # the delta is the window's, not the totals'.
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+
+    def point_at_win(data: dict[str, Any]) -> None:
+        data["state"]["totals"] = {**data["state"]["totals"], "deltas": [d.replace("state/totals/", "state/win/") for d in data["state"]["totals"]["deltas"]]}
+
+    _rewrite_newest_commit(url, point_at_win)
+    with pytest.warns(StreamkeepWarning, match=r"not one of its own"):
+        sink = _finish(url, 8)
+    assert sorted(sink.batches[-1][1]) == totals_after(8)
 
 
 @pytest.mark.parametrize("path", ["absolute", "dotdot"])
@@ -235,6 +276,19 @@ def test_a_plan_copied_under_another_batch_time_is_refused(tmp_path: Path, capsy
     rc, out = _verify(capsys, url)
     assert rc == 1 and "written as 'plans/000000000005000.plan', not 'plans/000000000006000.plan'" in out, out
     with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plan.*written as"):
+        _finish(url)
+
+
+def test_a_plan_whose_content_names_another_batch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that names its place (or a format-1 file, whose frame names none) is not enough: the plan's own
+    batch time must be the one of its place, or the batch would replay another batch's input."""
+    monkeypatch.setattr(_checkpoint, "PLAN_LOGS", False)  # a file per plan, as on S3
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 5)
+    ck = Checkpoint(url)
+    plan = ck.read_plan(5000)
+    ck.storage.write(plan_path(6000), ck.encode("plan", plan, rel=plan_path(6000)))  # batch 5's plan, framed for 6
+    with pytest.raises(CorruptCheckpointError, match=r"000000000006000\.plan holds the plan of batch 5000 ms, not of batch 6000 ms"):
         _finish(url)
 
 
@@ -337,6 +391,25 @@ def test_a_plan_log_with_a_damaged_first_frame_that_may_hold_pending_plans_is_co
     _commit_files(url2)[-1].unlink()
     with pytest.raises(CorruptCheckpointError, match=r"000000000001000\.plog.*up to 4000 ms, and the newest commit is of batch 3000 ms"):
         _finish(url2)
+
+
+def test_a_fallback_to_a_commit_before_a_damaged_plan_log_is_refused_not_replayed_with_a_gap(tmp_path: Path) -> None:
+    """The damaged log 1000 is left out while the newest commit (4000) covers it; but when commits 3000 and 4000 are
+    unusable (their delta of batch 3000 is damaged), recovery falls back to batch 2000 and would need the log's plan
+    of batch 3000: refused, never replayed without it (batch 3000's input would be lost)."""
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink()), 3)
+    run_until(url, rate_job(url, ListSink()), 4)
+    _damage_first_frame(url, 1000)
+    delta = Path(url, "state", "totals", "000000000003000.delta")
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 0x40
+    delta.write_bytes(bytes(data))
+    with (
+        pytest.warns(StreamkeepWarning, match="recovered from the older commit of batch 2000 ms"),
+        pytest.raises(CorruptCheckpointError, match=r"falls back to the commit of batch 2000 ms.*000000000001000\.plog"),
+    ):
+        _finish(url)
 
 
 def test_a_plan_log_renamed_to_an_older_batch_time_is_still_refused(tmp_path: Path) -> None:

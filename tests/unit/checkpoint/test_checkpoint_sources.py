@@ -17,7 +17,7 @@ import pytest
 from _ckpt_jobs import run_until, wait_for
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, log_path
 from streamkeep.errors import CheckpointError, ConfigError, UserFunctionError
 from streamkeep.testing import ListSink, ManualClock
 
@@ -184,3 +184,19 @@ def test_non_replayable_custom_source_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="'once' cannot replay its input"):
         sk.StreamingContext.get_or_create(url, setup)
+
+
+def test_a_restart_keeps_the_blob_of_a_batch_its_fallback_commit_would_replay(tmp_path: Path) -> None:
+    """After a restart (whose recovery sweeps), the newest commit record is lost: the fallback commit (4000)
+    replays batch 5000 from its plan, whose records only its blob holds (this process's queue differs)."""
+    url = str(tmp_path / "c")
+    run_until(url, queue_job(url, ITEMS, ListSink()), 5)
+    run_until(url, queue_job(url, ITEMS, ListSink()), 5)  # a restart that runs nothing
+    newest = max(Checkpoint(url).commits(), key=lambda r: r.seq)
+    assert newest.batch_time == 5000
+    Path(url, log_path(newest.seq)).unlink()
+    changed = [list(x) for x in ITEMS]
+    changed[4] = ["SHOULD NOT BE READ"]
+    sink = ListSink()
+    run_until(url, queue_job(url, changed, sink), 5)
+    assert sink.batches == [(5000, ["d"])]

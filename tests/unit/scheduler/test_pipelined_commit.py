@@ -180,3 +180,35 @@ def test_a_steady_batch_on_a_local_disk_flushes_its_plan_once_and_creates_no_pla
     assert len(flushes) == 30, flushes  # before: 40 (the plan's file and its directory entry flushed apart)
     assert flushes.count("fdatasync") == 10
     assert sorted(p.name for p in Path(url, "plans").iterdir()) == ["000000000001000.plog"]
+
+
+def test_no_output_of_a_batch_runs_before_its_plan_is_durable_even_on_a_slow_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan is written in the background while the batch computes; its outputs wait for it.
+
+    A slow disk (each plan write takes 50 ms) leaves the batch's computation far ahead of its plan
+    write: an output run before the plan is durable would see no plan of its batch on disk.
+    """
+    url = str(tmp_path / "c")
+    durable: set[int] = set()
+    real = Checkpoint.write_plan_data
+
+    def slow_write(self: Checkpoint, batch_time: int, data: bytes) -> None:
+        time.sleep(0.05)  # a slow disk, not synchronisation: the outputs must wait however long it takes
+        real(self, batch_time, data)
+        durable.add(batch_time)
+
+    monkeypatch.setattr(Checkpoint, "write_plan_data", slow_write)
+    early: list[int] = []
+
+    def output(t: Any, batch: Any) -> None:
+        ms = int(t.timestamp() * 1000)
+        if ms not in durable or ms not in Checkpoint(url).plan_times():
+            early.append(ms)
+
+    def setup() -> sk.StreamingContext:
+        ssc = rate_job(url, ListSink())()
+        ssc.rate_stream(2, name="more").foreach_batch(output)
+        return ssc
+
+    run_until(url, setup, 4)
+    assert not early, f"outputs of batches {early} ran before their plan was durable"

@@ -15,7 +15,7 @@ from streamkeep.sinks.base import FencedSink, FencingToken
 from streamkeep.sinks.files import FENCE_FILE, FileSink
 
 
-def _sink(path: Path, epoch: int | None, ckpt: str = "ck1", **kw: Any) -> FileSink:
+def _sink(path: Path | str, epoch: int | None, ckpt: str = "ck1", **kw: Any) -> FileSink:
     sink = FileSink(path, name="out", **kw)
     assert isinstance(sink, FencedSink)
     if epoch is not None:
@@ -92,3 +92,26 @@ def test_a_writer_holding_the_fence_lock_too_long_is_a_clear_error(tmp_path: Pat
         os.close(fd)
         sink.close()
     assert Path(sink.path_for(1000)).read_text() == "a\n"
+
+
+@pytest.mark.integration
+def test_an_older_epoch_cannot_write_after_a_newer_one_on_s3(s3_server: Any, s3_url: str) -> None:
+    """On an object store there is no lock: the fence object, read before each PUT, refuses the older driver."""
+    s3fs = pytest.importorskip("s3fs")
+    opts = s3_server.storage_options
+    out = f"{s3_url}/out"
+    old, new = _sink(out, 1, storage_options=opts), _sink(out, 2, storage_options=opts)
+    try:
+        old.write(1000, ["a"])
+        new.write(2000, ["b"])
+        with pytest.raises(CheckpointInUseError, match=r"newer driver \(epoch 2\).*this driver \(epoch 1\) lost"):
+            old.write(2000, ["zombie"])
+        with pytest.raises(CheckpointInUseError):
+            old.write(3000, ["zombie"])
+    finally:
+        old.close()
+        new.close()
+    fs = s3fs.S3FileSystem(**opts)
+    assert fs.cat_file(new.path_for(2000).removeprefix("s3://")) == b"b\n"
+    assert not fs.exists(new.path_for(3000).removeprefix("s3://"))
+    assert fs.cat_file(f"{out}/{FENCE_FILE}".removeprefix("s3://")) == b"ck1 2\n"
