@@ -842,3 +842,37 @@ def test_every_hset_form_queues_what_redis_py_queues(redis_url):
     for form in ("m", "kv", "both", "items", "dup"):
         assert r.hgetall(f"sink:{form}") == r.hgetall(f"plain:{form}") != {}, form
     assert counted == [5]
+
+
+def test_a_failed_command_with_numbers_is_recorded_by_its_digits_and_replays_from_text(redis_url):
+    """Ints travel to the script as msgpack numbers, which Redis turns into digits itself; the failed command's
+    digest in the marker is still that of the digits (as markers written by earlier versions), so a replay that
+    queues the same command as text -- the same command to Redis -- runs it, once."""
+    import hashlib
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("h", "not a hash")  # the HINCRBY fails (WRONGTYPE)
+
+    def write(pipe: Any, records: list[Any]) -> None:
+        for n in records:
+            pipe.incrby("n", n)
+            pipe.hincrby("h", "f", n)
+
+    sink = _sink(redis_url, write, name="digits")
+    try:
+        with pytest.raises(SinkError, match=r"command #2 HINCRBY 'h' 'f' -2147483648: WRONGTYPE"):
+            sink.write(1000, [-(2**31)])
+    finally:
+        sink.close()
+    words = ("HINCRBY", "h", "f", str(-(2**31)))
+    digest = hashlib.sha1(" ".join(f"{len(w)}:{w}" for w in words).encode()).hexdigest()[:12]
+    assert r.get("streamkeep:sink:digits:last_batch") == f"1000 failed=2/{digest}"
+    r.delete("h")
+    again = _sink(redis_url, lambda pipe, records: write(pipe, [str(n) for n in records]), name="digits")
+    try:
+        again.write(1000, [-(2**31)])  # the failed HINCRBY alone, its number now given as text
+        again.write(1000, [-(2**31)])  # applied: skipped
+    finally:
+        again.close()
+    assert r.get("n") == str(-(2**31)) and r.hget("h", "f") == str(-(2**31))
+    assert r.get("streamkeep:sink:digits:last_batch") == "1000"
