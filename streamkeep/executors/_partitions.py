@@ -275,8 +275,8 @@ class PartitionHost:
         """The shuffle's map side for operator `name` in this actor: slice `piece` of the batch with `ops` applied, split by owning partition.
 
         Keeps this partition's own bucket here (for `step`, which gets the int `piece` in its
-        place); returns (bucket of partition 0, ..., of partition count-1, (records mapped,
-        CPU ms)), own bucket None. Running the per-record chain in the partition actors
+        place); returns the other partitions' buckets in partition order, then (records mapped,
+        CPU ms) (with one partition: that pair alone: a Ray call's one return). Running the per-record chain in the partition actors
         themselves (slices of the batch) saves the tasks, and this partition's records never
         leave the process. An actor may map several slices of a batch, in any order. `ops`
         may come pickled (the driver pickles a batch's operators once for all its slices).
@@ -295,7 +295,8 @@ class PartitionHost:
             raise portable(exc) from None
         self.kept[(name, t, piece)] = buckets[self.index]
         mapped = sum(len(b) for b in buckets)
-        return (*(None if i == self.index else Records(b) for i, b in enumerate(buckets)), (mapped, (time.thread_time() - c0) * 1e3))
+        stats = (mapped, (time.thread_time() - c0) * 1e3)
+        return (*(Records(b) for i, b in enumerate(buckets) if i != self.index), stats) if self.count > 1 else stats
 
     def step(
         self, name: str, t: int, present: bool, forget: bool, *parts: list[Any] | int

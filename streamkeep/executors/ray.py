@@ -787,30 +787,32 @@ class RayExecutor:
         cuts = _slices(len(records), n, self._map_cost.get(name))
         ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
         actors = self._actors
-        calls: list[Any] = []  # per slice: its n buckets' refs and its (records, CPU ms) ref
+        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms) ref
         owner: list[int] = []  # per slice: the actor that maps it
 
         def give(a: int) -> None:
             lo, hi = cuts[len(calls)]
-            calls.append(actors[a].map_bucket.options(num_returns=n + 1).remote(name, t, len(calls), ops, Records(records[lo:hi])))
+            got = actors[a].map_bucket.options(num_returns=n).remote(name, t, len(calls), ops, Records(records[lo:hi]))
+            calls.append(got if n > 1 else [got])
             owner.append(a)
 
         for s in range(min(len(cuts), 2 * n)):  # two each: the next one waits in the actor while one runs
             give(s % n)
         if len(calls) < len(cuts):
-            running = {calls[s][n]: owner[s] for s in range(len(calls))}
+            running = {calls[s][-1]: owner[s] for s in range(len(calls))}
             try:
                 while len(calls) < len(cuts):
                     ready, _ = self.ray.wait(list(running), num_returns=1)
                     a = running.pop(ready[0])
                     give(a)
-                    running[calls[-1][n]] = a
+                    running[calls[-1][-1]] = a
             except BaseException:
                 self._settle([r for c in calls for r in c])
                 raise
         # slice order: a key's records in order; a slice this actor mapped itself is kept there (its number)
-        per_host = [[s if owner[s] == i else calls[s][i] for s in range(len(cuts))] for i in range(n)]
-        return per_host, [c[n] for c in calls]
+        # (slice s's call returns the buckets of every partition but its actor's own, in order, then its numbers)
+        per_host = [[s if owner[s] == i else calls[s][i if i < owner[s] else i - 1] for s in range(len(cuts))] for i in range(n)]
+        return per_host, [c[-1] for c in calls]
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
