@@ -29,9 +29,10 @@ host that runs other work on the same cores, which a second busy vCPU feels). It
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
 
 ``--phases`` adds, for the Ray runs, where a batch's wall time went outside the map work, from Ray's task
-events (``ray.timeline``): the *head* (previous batch's last step end to this batch's last map start: the
-driver's outputs, plan, read and dispatch), the *map skew* (first to last map end: the shuffle's barrier),
-the *exchange* (last map end to last step start: the buckets through the driver) and the last *step*.
+events (``ray.timeline``): the *head* (previous batch's last step end until every actor started mapping:
+the driver's outputs, plan, read and dispatch), the *map skew* (first to last actor's end of mapping: the
+shuffle's barrier), the *exchange* (last map end to last step start: the buckets through the driver), the
+last *step*, and the *slices* (map calls per batch: more than W when the actors pull small slices).
 No Ray setting is changed for it (task events are on by default).
 """
 

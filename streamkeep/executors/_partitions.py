@@ -258,6 +258,7 @@ class PartitionHost:
         """Build empty runtimes for `nodes` (stripped of their parents) as partition `index` of `count`."""
         self.index, self.count = index, count
         self.runtimes = {n.name: make_runtime(n, zero_ms) for n in nodes}
+        self.kept = {}  # a failed try's slices (the batch is retried from its plan)
 
     def seed(self, name: str, state: dict[str, Any]) -> None:
         """Initial state of operator `name` in this partition (reported as changed, as `seed` does locally)."""

@@ -9,10 +9,13 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   ``num_partitions`` key partitions (`streamkeep.executors._partitions.key_hash`).
   Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
   the local executor's runtime for its keys between batches.
-- The shuffle into those actors: a big driver-side batch is cut into one slice per
-  actor, which runs the per-record chain on it, keeps its own partition's records and
-  hands the other buckets to their owners' steps as object refs (`_map_in_hosts`; when
-  the cluster has more CPUs than partitions, Ray tasks do that instead, two per CPU).
+- The shuffle into those actors: a big driver-side batch is cut into slices (one per
+  actor; once the per-record cost is measured and worth it, one big slice per actor and
+  small ones that go to the actor done first, `_slices`); the actor that maps a slice runs
+  the per-record chain on it, keeps its own partition's records and hands the other
+  buckets to their owners' steps as object refs, which take them in slice order, so the
+  result does not depend on which actor mapped what (`_map_in_hosts`; when the cluster
+  has more CPUs than partitions, Ray tasks do that instead, two per CPU).
   Records already in the object store (an actor's output, a Kafka fetch) are split by
   tasks where they are, one per ref. Small driver-side batches (fewer than
   `SMALL_BATCH` records) are split in the driver, which costs less than a call.
