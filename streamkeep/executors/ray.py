@@ -103,8 +103,10 @@ SMALL_BATCH = 2000
 #: Fewest records per chunk (and task) when a driver-side batch is split for the shuffle (at most a chunk per CPU).
 CHUNK_RECORDS = 2000
 #: A batch mapped in the partition actors is cut into slices that they pull as they finish (`_slices`) when
-#: an actor's share would take at least this many ms of CPU (measured on the operator's last batch).
+#: an actor's share would take at least this many ms of CPU (measured on the operator's last batch)
 BALANCE_MS = 40.0
+#: and its records at least this many us each (cheap records: the extra calls and objects cost more than they even out).
+BALANCE_US = 5.0
 #: Then each actor maps one big slice, and the last PIECES slices per actor (each PIECE_MS of CPU, and at least
 #: PIECE_RECORDS records) go to whichever actor is done first.
 PIECES = 2
@@ -860,13 +862,14 @@ def _slices(size: int, n: int, us_per_record: float | None) -> list[tuple[int, i
     """Bounds of the slices a batch of `size` records is mapped in by `n` actors, in order.
 
     One equal slice per actor when the per-record cost is not known yet (the operator's
-    first batch) or an actor's share would take less than `BALANCE_MS`. Else one big slice
+    first batch), is under `BALANCE_US`, or an actor's share would take less than
+    `BALANCE_MS`. Else one big slice
     per actor, then `PIECES` small ones per actor (each about `PIECE_MS` of work, at least
     `PIECE_RECORDS` records) that go to whichever actor ends first: the actors end within
     about a piece of each other although their speeds differ by up to the pieces' total
     (each piece is a call to an actor, which costs the driver about a millisecond).
     """
-    if us_per_record is None or size * us_per_record / n < BALANCE_MS * 1e3:
+    if us_per_record is None or us_per_record < BALANCE_US or size * us_per_record / n < BALANCE_MS * 1e3:
         step = -(-size // n)
         return [(i * step, min(size, (i + 1) * step)) for i in range(n)]
     piece = max(PIECE_RECORDS, int(PIECE_MS * 1e3 / max(us_per_record, 1e-3)))

@@ -167,7 +167,7 @@ def test_an_actor_killed_while_mapping_a_pulled_slice_is_replaced_and_the_batch_
     replaced actor and the job ends with the output and state of an uncrashed local run."""
     import streamkeep.executors.ray as on_ray
 
-    for attr, value in (("BALANCE_MS", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 4)):
+    for attr, value in (("BALANCE_MS", 0.0), ("BALANCE_US", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 4)):
         monkeypatch.setattr(on_ray, attr, value)
     got = {}
     for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=2))):

@@ -146,8 +146,9 @@ def test_a_batch_is_sliced_whole_in_order_one_slice_per_actor_until_its_cost_is_
     from streamkeep.executors.ray import PIECES, _slices
 
     assert _slices(8000, 2, None) == [(0, 4000), (4000, 8000)]
-    assert _slices(8000, 2, 1.0) == [(0, 4000), (4000, 8000)]  # 4 ms an actor: not worth more calls
-    for size, n, us in ((8000, 2, 50.0), (8001, 3, 50.0), (200_000, 2, 3.0), (2000, 4, 400.0)):
+    assert _slices(8000, 2, 6.0) == [(0, 4000), (4000, 8000)]  # 24 ms an actor: not worth more calls
+    assert _slices(200_000, 2, 2.0) == [(0, 100_000), (100_000, 200_000)]  # cheap records: not worth more calls
+    for size, n, us in ((8000, 2, 50.0), (8001, 3, 50.0), (200_000, 2, 6.0), (2000, 4, 400.0)):
         cuts = _slices(size, n, us)
         assert cuts[0][0] == 0 and cuts[-1][1] == size and all(a[1] == b[0] for a, b in itertools.pairwise(cuts))
         assert n < len(cuts) <= n + PIECES * n
@@ -481,7 +482,7 @@ def _pull_small_slices(monkeypatch) -> list[int]:
         counts.append(len(cuts))
         return cuts
 
-    for attr, value in (("BALANCE_MS", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 10), ("_slices", spy)):
+    for attr, value in (("BALANCE_MS", 0.0), ("BALANCE_US", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 10), ("_slices", spy)):
         monkeypatch.setattr(on_ray, attr, value)
     return counts
 
