@@ -29,9 +29,10 @@ host that runs other work on the same cores, which a second busy vCPU feels). It
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
 
 ``--phases`` adds, for the Ray runs, where a batch's wall time went outside the map work, from Ray's task
-events (``ray.timeline``): the *head* (previous batch's last step end to this batch's last map start: the
-driver's outputs, plan, read and dispatch), the *map skew* (first to last map end: the shuffle's barrier),
-the *exchange* (last map end to last step start: the buckets through the driver) and the last *step*.
+events (``ray.timeline``): the *head* (previous batch's last step end until every actor started mapping:
+the driver's outputs, plan, read and dispatch), the *map skew* (first to last actor's end of mapping: the
+shuffle's barrier), the *exchange* (last map end to last step start: the buckets through the driver), the
+last *step*, and the *slices* (map calls per batch: more than W when the actors pull small slices).
 No Ray setting is changed for it (task events are on by default).
 """
 
@@ -130,10 +131,11 @@ def _steal_s() -> float:
 def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
     """Medians (ms) of where a Ray batch's time went between `t0` and `t1` (epoch s), from Ray's task events.
 
-    Per batch (W ``map_bucket`` and W ``step`` calls): *head*, from the previous batch's last step
-    end to this batch's last map start (the driver's outputs, plan, read and dispatch, the actor's
-    argument decoding); *map skew*, between the first and the last map's end (the barrier the
-    shuffle waits at); *exchange*, from the last map's end to the last step's start (its buckets
+    Per batch (W ``step`` calls, and ``map_bucket`` calls for its slices, W or more): *head*, from
+    the previous batch's last step end until every actor started mapping (the driver's outputs,
+    plan, read and dispatch, the actor's argument decoding); *map skew*, between the first and the
+    last actor's end of mapping (the barrier the shuffle waits at; with more slices than actors,
+    the W last map ends); *slices*, map calls per batch; *exchange*, from the last map's end to the last step's start (its buckets
     through the driver); *step*, the last step. None when the events do not pair up.
     """
     import ray
@@ -145,24 +147,32 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
         events = ray.timeline()
     finally:
         quiet.setLevel(level)
-    spans: dict[str, list[tuple[float, float]]] = {"map_bucket": [], "step": []}
+    spans: dict[str, list[tuple[float, float, str]]] = {"map_bucket": [], "step": []}
     for e in events:
         if e.get("ph") == "X" and e.get("name") in spans and t0 <= e["ts"] / 1e6 <= t1:
-            spans[e["name"]].append((e["ts"] / 1e3, (e["ts"] + e["dur"]) / 1e3))
+            spans[e["name"]].append((e["ts"] / 1e3, (e["ts"] + e["dur"]) / 1e3, f"{e.get('pid')}/{e.get('tid')}"))
     maps, steps = sorted(spans["map_bucket"]), sorted(spans["step"])
-    if not maps or len(maps) != len(steps) or len(maps) % workers:
+    if not maps or not steps or len(steps) % workers:
         return None
-    out: dict[str, list[float]] = {"head": [], "map skew": [], "exchange": [], "step": []}
+    out: dict[str, list[float]] = {"head": [], "map skew": [], "exchange": [], "step": [], "slices": []}
     prev_end = None
-    for i in range(0, len(maps), workers):
-        m, st = maps[i : i + workers], steps[i : i + workers]
-        last_map_end, last_step_start = max(e for _, e in m), max(s for s, _ in st)
+    for i in range(0, len(steps), workers):
+        st = [(a, b) for a, b, _ in steps[i : i + workers]]
+        first_step = min(s for s, _ in st)
+        m = [x for x in maps if x[1] <= first_step and (prev_end is None or x[0] >= prev_end)]  # the batch's slices
+        if not m:
+            return None
+        last_map_end, last_step_start = max(e for _, e, _ in m), max(s for s, _ in st)
         if prev_end is not None:
-            out["head"].append(max(s for s, _ in m) - prev_end)
-        out["map skew"].append(last_map_end - min(e for _, e in m))
+            out["head"].append(max(s for s, _, _ in m[:workers]) - prev_end)  # until every actor has started mapping
+        last_end: dict[str, float] = {}  # per actor (its worker), its last map's end
+        for _, e, who in m:
+            last_end[who] = max(e, last_end.get(who, e))
+        out["map skew"].append(last_map_end - min(last_end.values()))
         out["exchange"].append(last_step_start - last_map_end)
         prev_end = max(e for _, e in st)
         out["step"].append(prev_end - last_step_start)
+        out["slices"].append(float(len(m)))
     return {k: statistics.median(v) for k, v in out.items() if v}
 
 

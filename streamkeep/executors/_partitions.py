@@ -246,8 +246,9 @@ class PartitionHost:
         self.count = count
         self.runtimes: dict[str, StatefulRuntime] = {}
         self.writer: PartWriter | None = None
-        #: (operator, batch time) -> this partition's own bucket of its `map_bucket` slice, until `step` takes it
-        self.kept: dict[tuple[str, int], list[Any]] = {}
+        #: (operator, batch time, slice) -> this partition's own bucket of a `map_bucket` slice, until `step` takes it
+        self.kept: dict[tuple[str, int, int], list[Any]] = {}
+        self.ops_cache: tuple[bytes, tuple[Any, ...]] = (b"", ())  # the last pickled operators `map_bucket` got, loaded
 
     def ping(self) -> int:
         """The worker's pid (a liveness check)."""
@@ -257,6 +258,7 @@ class PartitionHost:
         """Build empty runtimes for `nodes` (stripped of their parents) as partition `index` of `count`."""
         self.index, self.count = index, count
         self.runtimes = {n.name: make_runtime(n, zero_ms) for n in nodes}
+        self.kept = {}  # a failed try's slices (the batch is retried from its plan)
 
     def seed(self, name: str, state: dict[str, Any]) -> None:
         """Initial state of operator `name` in this partition (reported as changed, as `seed` does locally)."""
@@ -270,32 +272,41 @@ class PartitionHost:
         """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
         self.runtimes[name].load(snapshot, deltas)
 
-    def map_bucket(self, name: str, t: int, ops: tuple[Any, ...], records: list[Any]) -> tuple[Any, ...]:
-        """The shuffle's map side for operator `name` in this actor: `records` with `ops` applied, split by owning partition.
+    def map_bucket(self, name: str, t: int, piece: int, ops: tuple[Any, ...] | bytes, records: list[Any]) -> tuple[Any, ...]:
+        """The shuffle's map side for operator `name` in this actor: slice `piece` of the batch with `ops` applied, split by owning partition.
 
-        Keeps this partition's own bucket here (for `step`, which gets None in its place);
-        returns (bucket of partition 0, ..., of partition count-1, records mapped), own bucket None.
-        Running the per-record chain in the partition actors themselves (one slice of the
-        batch each) saves the tasks, and this partition's records never leave the process.
+        Keeps this partition's own bucket here (for `step`, which gets the int `piece` in its
+        place); returns the other partitions' buckets in partition order, then (records mapped,
+        CPU ms) (with one partition: that pair alone: a Ray call's one return). Running the per-record chain in the partition actors
+        themselves (slices of the batch) saves the tasks, and this partition's records never
+        leave the process. An actor may map several slices of a batch, in any order. `ops`
+        may come pickled (the driver pickles a batch's operators once for all its slices).
         """
-        self.kept = {k: v for k, v in self.kept.items() if k[1] == t}  # a failed try's leftovers
+        if any(k[1] != t for k in self.kept):  # a failed try's leftovers
+            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
+        c0 = time.thread_time()
+        if isinstance(ops, bytes):
+            if self.ops_cache[0] != ops:
+                self.ops_cache = (ops, pickle.loads(ops))  # noqa: S301 - the job's own operators, from its driver
+            ops = self.ops_cache[1]
         try:
             with gc_paused():  # the records live until the step: collections meanwhile only walk them (as in the driver)
                 buckets: list[Any] = bucket(Batch._lazy([records], ops, t), self.count)
         except StreamkeepError as exc:
             raise portable(exc) from None
-        self.kept[(name, t)] = buckets[self.index]
+        self.kept[(name, t, piece)] = buckets[self.index]
         mapped = sum(len(b) for b in buckets)
-        return (*(None if i == self.index else Records(b) for i, b in enumerate(buckets)), mapped)
+        stats = (mapped, (time.thread_time() - c0) * 1e3)
+        return (*(Records(b) for i, b in enumerate(buckets) if i != self.index), stats) if self.count > 1 else stats
 
     def step(
-        self, name: str, t: int, present: bool, forget: bool, *parts: list[Any] | None
+        self, name: str, t: int, present: bool, forget: bool, *parts: list[Any] | int
     ) -> tuple[list[list[Any]] | None, tuple[bool, list[Any], float]]:
         """Run operator `name` for batch `t` over this partition's records (one list per upstream chunk).
 
         `forget`: first drop every operator's change tracking (`forget_changes`, which the
-        driver folds into the next batch's step instead of a call of its own). A None part
-        is this partition's own bucket of its `map_bucket` slice, kept here.
+        driver folds into the next batch's step instead of a call of its own). An int part
+        is this partition's own bucket of that `map_bucket` slice, kept here.
         Returns (output partitions or None, (produced, dead letters, ms)).
         """
         if forget:
@@ -303,12 +314,18 @@ class PartitionHost:
         rt = self.runtimes[name]
         if self.kept and any(k[1] != t for k in self.kept):  # a failed try's leftovers (the map side ran, its step did not)
             self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
-        if any(p is None for p in parts):
-            own = self.kept.pop((name, t), None)
-            if own is None:  # pragma: no cover - the driver always calls map_bucket first, on the same actor
-                msg = f"partition {self.index} of {name!r}: no records of batch {t} ms were kept here for its step"
-                raise portable(StreamkeepError(msg))
-            parts = tuple(own if p is None else p for p in parts)
+        if any(p.__class__ is int for p in parts):
+            kept: list[list[Any]] = []
+            for p in parts:
+                if p.__class__ is not int:
+                    kept.append(p)  # type: ignore[arg-type]  # a bucket
+                    continue
+                own = self.kept.pop((name, t, p), None)  # type: ignore[arg-type]  # a piece number
+                if own is None:  # pragma: no cover - the driver always calls map_bucket first, on the same actor
+                    msg = f"partition {self.index} of {name!r}: no records of slice {p} of batch {t} ms were kept here for its step"
+                    raise portable(StreamkeepError(msg))
+                kept.append(own)
+            parts = tuple(kept)
         parent = Batch([plain(p) for p in parts] or [[]], t) if present else None  # type: ignore[arg-type]  # no None left
         s0 = time.perf_counter()
         try:

@@ -9,10 +9,13 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   ``num_partitions`` key partitions (`streamkeep.executors._partitions.key_hash`).
   Partition i of every such operator lives in actor i (`PartitionHost`), which keeps
   the local executor's runtime for its keys between batches.
-- The shuffle into those actors: a big driver-side batch is cut into one slice per
-  actor, which runs the per-record chain on it, keeps its own partition's records and
-  hands the other buckets to their owners' steps as object refs (`_map_in_hosts`; when
-  the cluster has more CPUs than partitions, Ray tasks do that instead, two per CPU).
+- The shuffle into those actors: a big driver-side batch is cut into slices (one per
+  actor; once the per-record cost is measured and worth it, one big slice per actor and
+  small ones that go to the actor done first, `_slices`); the actor that maps a slice runs
+  the per-record chain on it, keeps its own partition's records and hands the other
+  buckets to their owners' steps as object refs, which take them in slice order, so the
+  result does not depend on which actor mapped what (`_map_in_hosts`; when the cluster
+  has more CPUs than partitions, Ray tasks do that instead, two per CPU).
   Records already in the object store (an actor's output, a Kafka fetch) are split by
   tasks where they are, one per ref. Small driver-side batches (fewer than
   `SMALL_BATCH` records) are split in the driver, which costs less than a call.
@@ -51,6 +54,7 @@ import os
 import sys
 import time
 import uuid
+from itertools import pairwise
 from typing import Any
 
 from streamkeep import _faults
@@ -98,6 +102,16 @@ log = logging.getLogger("streamkeep.executors.ray")
 SMALL_BATCH = 2000
 #: Fewest records per chunk (and task) when a driver-side batch is split for the shuffle (at most a chunk per CPU).
 CHUNK_RECORDS = 2000
+#: A batch mapped in the partition actors is cut into slices that they pull as they finish (`_slices`) when
+#: an actor's share would take at least this many ms of CPU (measured on the operator's last batch)
+BALANCE_MS = 40.0
+#: and its records at least this many us each (cheap records: the extra calls and objects cost more than they even out).
+BALANCE_US = 5.0
+#: Then each actor maps one big slice, and the last PIECES slices per actor (each PIECE_MS of CPU, and at least
+#: PIECE_RECORDS records) go to whichever actor is done first.
+PIECES = 2
+PIECE_MS = 10.0
+PIECE_RECORDS = 200
 
 _INSTALL = "pip install streamkeep[ray]"
 
@@ -209,6 +223,7 @@ class RayExecutor:
         self._timings: dict[str, float] | None = None
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
         self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
+        self._map_cost: dict[str, float] = {}  # operator -> CPU us per record of its map side in the actors (last batch)
 
     @property
     def _hosts(self) -> list[Any]:
@@ -291,6 +306,7 @@ class RayExecutor:
         self._partitioned = {}
         self._driver = {}
         self._by_id = {}
+        self._map_cost = {}  # another job's operators, or a retry: measured again on the first batch
         for n in self.nodes:
             if isinstance(n, StatefulNode):
                 if partitioned(n):
@@ -735,10 +751,14 @@ class RayExecutor:
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, forget, *per_host[i]) for i, h in enumerate(self._actors)]
         try:  # one wait per batch: the map side and the steps were submitted together
-            metas: list[tuple[bool, list[Any], float]] = self._get(first + [m for _, m in calls])[len(first) :]
+            got = self._get(first + [m for _, m in calls])
         except BaseException:
-            self._settle(first + [r for refs in per_host for r in refs if r is not None] + [r for r, _ in calls])
+            self._settle(first + [r for refs in per_host for r in refs if not isinstance(r, int)] + [r for c in calls for r in c])
             raise
+        metas: list[tuple[bool, list[Any], float]] = got[len(first) :]
+        mapped = sum(m for m, _ in got[: len(first)])
+        if mapped:  # what the next batch's slices are cut by
+            self._map_cost[node.name] = sum(ms for _, ms in got[: len(first)]) * 1e3 / mapped
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
             for _, letters, _ in metas:
                 node.dead_letters.records.extend(letters)
@@ -749,13 +769,18 @@ class RayExecutor:
     def _map_in_hosts(self, name: str, parent: Any, t: int) -> tuple[list[list[Any]], list[Any]] | None:
         """Run a big driver-side batch's per-record chain and split in the partition actors; None when it does not apply.
 
-        The batch is cut into one contiguous slice per actor (`PartitionHost.map_bucket`);
-        each actor keeps its own partition's records and hands the others' buckets to their
-        owners' steps as object refs. Per actor: the `step` parts (its own bucket as None)
-        and the map calls' record counts (to read before the steps: a user function's error
-        raised there). Applies when every CPU of the cluster has an actor (else the shuffle
-        tasks spread the chain over more CPUs), to a driver-side batch of at least
-        `SMALL_BATCH` records whose pending operators are all per-record.
+        The batch is cut into contiguous slices (`_slices`) that the actors map
+        (`PartitionHost.map_bucket`): each keeps its own partition's records and hands the
+        others' buckets to their owners' steps as object refs. With more slices than actors
+        the actors pull them as they finish (each has one slice running and the next one
+        queued; the driver gives the next slice to the actor whose slice ended first), so an
+        actor slowed down (a busy core) maps less of the batch. Each step gets every slice's
+        bucket in slice order, whichever actor mapped it: a key's records arrive in batch
+        order, as on the local executor. Per actor: the `step` parts (a slice it mapped
+        itself as its number) and the map calls' results (to read before the steps: a user
+        function's error raised there). Applies when every CPU of the cluster has an actor
+        (else the shuffle tasks spread the chain over more CPUs), to a driver-side batch of
+        at least `SMALL_BATCH` records whose pending operators are all per-record.
         """
         n = self._count
         if not isinstance(parent, Batch) or n < self._cpus or parent._dead is not None or _per_partition(parent._ops):
@@ -764,14 +789,35 @@ class RayExecutor:
         if sum(len(p) for p in src) < SMALL_BATCH:
             return None
         records = src[0] if len(src) == 1 else [x for p in src for x in p]  # partitions in order: a key's records keep theirs
-        size = -(-len(records) // n)
-        ops = parent._ops
-        calls = [
-            h.map_bucket.options(num_returns=n + 1).remote(name, t, ops, Records(records[i * size : (i + 1) * size]))
-            for i, h in enumerate(self._actors)
-        ]
-        per_host = [[None if j == i else calls[j][i] for j in range(n)] for i in range(n)]  # slice order: a key's records in order
-        return per_host, [c[n] for c in calls]
+        cuts = _slices(len(records), n, self._map_cost.get(name))
+        ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
+        actors = self._actors
+        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms) ref
+        owner: list[int] = []  # per slice: the actor that maps it
+
+        def give(a: int) -> None:
+            lo, hi = cuts[len(calls)]
+            got = actors[a].map_bucket.options(num_returns=n).remote(name, t, len(calls), ops, Records(records[lo:hi]))
+            calls.append(got if n > 1 else [got])
+            owner.append(a)
+
+        for s in range(min(len(cuts), 2 * n)):  # two each: the next one waits in the actor while one runs
+            give(s % n)
+        if len(calls) < len(cuts):
+            running = {calls[s][-1]: owner[s] for s in range(len(calls))}
+            try:
+                while len(calls) < len(cuts):
+                    ready, _ = self.ray.wait(list(running), num_returns=1)
+                    a = running.pop(ready[0])
+                    give(a)
+                    running[calls[-1][-1]] = a
+            except BaseException:
+                self._settle([r for c in calls for r in c])
+                raise
+        # slice order: a key's records in order; a slice this actor mapped itself is kept there (its number)
+        # (slice s's call returns the buckets of every partition but its actor's own, in order, then its numbers)
+        per_host = [[s if owner[s] == i else calls[s][i if i < owner[s] else i - 1] for s in range(len(cuts))] for i in range(n)]
+        return per_host, [c[-1] for c in calls]
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
@@ -810,6 +856,28 @@ class RayExecutor:
             return rt.state_items()
         groups = self._get([h.state_items.remote(node.name) for h in self._hosts])
         return [kv for g in groups for kv in g]
+
+
+def _slices(size: int, n: int, us_per_record: float | None) -> list[tuple[int, int]]:
+    """Bounds of the slices a batch of `size` records is mapped in by `n` actors, in order.
+
+    One equal slice per actor when the per-record cost is not known yet (the operator's
+    first batch), is under `BALANCE_US`, or an actor's share would take less than
+    `BALANCE_MS`. Else one big slice
+    per actor, then `PIECES` small ones per actor (each about `PIECE_MS` of work, at least
+    `PIECE_RECORDS` records) that go to whichever actor ends first: the actors end within
+    about a piece of each other although their speeds differ by up to the pieces' total
+    (each piece is a call to an actor, which costs the driver about a millisecond).
+    """
+    if us_per_record is None or us_per_record < BALANCE_US or size * us_per_record / n < BALANCE_MS * 1e3:
+        step = -(-size // n)
+        return [(i * step, min(size, (i + 1) * step)) for i in range(n)]
+    piece = max(PIECE_RECORDS, int(PIECE_MS * 1e3 / max(us_per_record, 1e-3)))
+    pieces = min(PIECES * n, size // (2 * piece))  # at least half of the batch in the big slices
+    big = -(-(size - pieces * piece) // n)
+    cuts = [min(size, i * big) for i in range(n + 1)] + [min(size, n * big + (i + 1) * piece) for i in range(pieces)]
+    cuts[-1] = size
+    return [(lo, hi) for lo, hi in pairwise(cuts) if hi > lo]
 
 
 def _per_partition(ops: tuple[Any, ...]) -> bool:

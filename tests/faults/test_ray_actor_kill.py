@@ -10,6 +10,7 @@ run twice (the retry really happened).
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import signal
@@ -129,3 +130,61 @@ def test_an_actor_killed_mid_batch_without_a_checkpoint_stops_the_job_with_a_cle
     finally:
         ssc.stop()
     assert [t for t, _ in sink.batches] == [1000]  # batch 2 wrote nothing
+
+
+RATE = 3000  # records a batch: big enough to be mapped in the partition actors, in slices they pull
+DIE_AT = 3 * RATE + RATE - 7  # a record of batch 4 in its last small slice
+
+
+def _pair_or_die(marker: str, driver: int, r):
+    """(key, 1); on Ray, the worker that maps record `DIE_AT` first SIGKILLs itself (a real crash mid-map)."""
+    if r[0] == DIE_AT and os.getpid() != driver:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass  # the retry: no second crash
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return (r[0] % 37, r[0] % 5 + 1)
+
+
+def _sliced_job(ckpt, executor, marker, runs, sink):
+    def build():
+        ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=2, executor=executor)
+        src = ssc.rate_stream(RATE, name="rate").transform(lambda t, b: (runs.append(_ms(t)), b)[1])
+        pairs = src.map(functools.partial(_pair_or_die, marker, os.getpid()))
+        pairs.update_state_by_key(_update, name="totals").write_to(sink)
+        return ssc
+
+    return build
+
+
+def test_an_actor_killed_while_mapping_a_pulled_slice_is_replaced_and_the_batch_retried_exactly(tmp_path, ray_address, monkeypatch):
+    """Big batches go to the actors in slices they pull as they finish (dynamic balancing); the actor
+    mapping batch 4's last small slice is SIGKILLed there. The batch runs again from its plan on a
+    replaced actor and the job ends with the output and state of an uncrashed local run."""
+    import streamkeep.executors.ray as on_ray
+
+    for attr, value in (("BALANCE_MS", 0.0), ("BALANCE_US", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 4)):
+        monkeypatch.setattr(on_ray, attr, value)
+    got = {}
+    for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=2))):
+        runs: list[int] = []
+        sink = ListSink("totals")
+        ckpt = str(tmp_path / label)
+        marker = str(tmp_path / f"{label}.killed")
+        ssc = sk.StreamingContext.get_or_create(ckpt, _sliced_job(ckpt, ex, marker, runs, sink))
+        ssc.run(6)
+        state = state_of(ssc, "totals")
+        ssc.stop()
+        got[label] = ([(t, sorted(rs, key=repr)) for t, rs in sink.batches], sorted(state["set"], key=repr), runs)
+        if label == "ray":
+            with open(marker) as f:
+                killed = int(f.read())
+            _wait_gone(killed)  # the actor that mapped the slice really died
+    (ref_out, ref_state, ref_runs), (out, state, runs) = got["local"], got["ray"]
+    assert ref_runs.count(4000) == 1 and runs.count(4000) == 2, runs  # the retry happened
+    assert out == ref_out
+    assert state == ref_state

@@ -8,6 +8,7 @@ All Ray tests share the session's Ray (``ray_address``, tests/_ray_cluster.py).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import operator
 import os
 import subprocess
@@ -106,9 +107,10 @@ def test_partition_hosts_run_the_map_side_and_the_step_with_the_cyclic_gc_paused
     host.open([_strip(stream._node)], 0, 0, 1)
     ops = sk.Batch([[]], 1000).map(lambda k: (k, gc.isenabled()))._ops  # each record: the GC's state in the map side
     assert gc.isenabled()
-    assert host.map_bucket("u", 1000, ops, Records(["a", "b", "a"])) == (None, 3)
+    assert host.map_bucket("u", 1000, 0, ops, Records(["a", "b", "a"]))[0] == 3  # one partition: its own bucket kept, only the numbers back
+
     assert gc.isenabled()  # restored after the call
-    host.step("u", 1000, True, False, None)
+    host.step("u", 1000, True, False, 0)
     assert dict(host.runtimes["u"].snapshot()["set"]) == {"a": [False, False], "b": [False]}
     assert seen == [False, False]
     assert gc.isenabled()  # restored after each call
@@ -128,17 +130,30 @@ def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_th
         h.open([node], 0, i, 2)
     records = [(f"k{i % 5}", i) for i in range(40)]
     ops = sk.Batch([records], 1000).map(lambda kv: (kv[0], kv[1] * 10))._ops
-    maps = [h.map_bucket("u", 1000, ops, Records(records[i * 20 : (i + 1) * 20])) for i, h in enumerate(hosts)]
-    assert [m[-1] for m in maps] == [20, 20]  # records mapped by each slice
-    for i in range(2):
-        assert maps[i][i] is None and type(maps[i][1 - i]) is Records  # own bucket kept, the other handed over
+    maps = [h.map_bucket("u", 1000, i, ops, Records(records[i * 20 : (i + 1) * 20])) for i, h in enumerate(hosts)]
+    assert [m[-1][0] for m in maps] == [20, 20]  # records mapped by each slice
+    assert all(len(m) == 2 and type(m[0]) is Records for m in maps)  # own bucket kept, the other handed over
     out = {}
     for i, h in enumerate(hosts):
-        group, (produced, _, _) = h.step("u", 1000, True, False, *[None if j == i else maps[j][i] for j in range(2)])
+        group, (produced, _, _) = h.step("u", 1000, True, False, *[j if j == i else maps[j][0] for j in range(2)])
         assert produced and type(group) is Records
         out.update(kv for p in group for kv in p)
     assert out == {f"k{k}": [i * 10 for i in range(40) if i % 5 == k] for k in range(5)}  # every key's values in order
     assert not any(h.kept for h in hosts)
+
+
+def test_a_batch_is_sliced_whole_in_order_one_slice_per_actor_until_its_cost_is_known():
+    from streamkeep.executors.ray import PIECES, _slices
+
+    assert _slices(8000, 2, None) == [(0, 4000), (4000, 8000)]
+    assert _slices(8000, 2, 6.0) == [(0, 4000), (4000, 8000)]  # 24 ms an actor: not worth more calls
+    assert _slices(200_000, 2, 2.0) == [(0, 100_000), (100_000, 200_000)]  # cheap records: not worth more calls
+    for size, n, us in ((8000, 2, 50.0), (8001, 3, 50.0), (200_000, 2, 6.0), (2000, 4, 400.0)):
+        cuts = _slices(size, n, us)
+        assert cuts[0][0] == 0 and cuts[-1][1] == size and all(a[1] == b[0] for a, b in itertools.pairwise(cuts))
+        assert n < len(cuts) <= n + PIECES * n
+        sizes = [hi - lo for lo, hi in cuts]
+        assert min(sizes[:n]) > max(sizes[n:])  # the big ones first, then the pieces that go to the first actor done
 
 
 def test_split_then_merge_gives_back_the_same_state():
@@ -453,6 +468,65 @@ def test_a_big_batch_is_mapped_in_the_partition_actors_and_keeps_each_keys_order
         assert ran_in <= set(pids), (label, ran_in, pids)  # on Ray: in the actors, not in task workers
     assert got["ray"] == got["local"]
     assert len(got["local"]) == 37 and sum(len(v) for v in got["local"].values()) == 10_000
+
+
+def _pull_small_slices(monkeypatch) -> list[int]:
+    """Make every big batch after an operator's first go out in many small slices that the actors pull; the slice count per batch."""
+    import streamkeep.executors.ray as on_ray
+
+    counts: list[int] = []
+    real = on_ray._slices
+
+    def spy(size, n, us_per_record):
+        cuts = real(size, n, us_per_record)
+        counts.append(len(cuts))
+        return cuts
+
+    for attr, value in (("BALANCE_MS", 0.0), ("BALANCE_US", 0.0), ("PIECE_MS", 0.0), ("PIECE_RECORDS", 100), ("PIECES", 10), ("_slices", spy)):
+        monkeypatch.setattr(on_ray, attr, value)
+    return counts
+
+
+@pytest.mark.ray
+def test_a_big_batch_in_slices_the_actors_pull_gives_what_the_local_executor_gives(ray_executor, monkeypatch):
+    """Slices go to whichever actor is free (dynamic balancing): whichever actor maps a slice, every
+    key's values reach update_state_by_key in batch order and the output equals the local executor's."""
+    counts = _pull_small_slices(monkeypatch)
+    batches = [list(range(b * 6000, b * 6000 + 5000))[:: 1 if b % 2 else -1] for b in range(4)]
+    got = {}
+    for label, ex in (("local", "local"), ("ray", ray_executor)):
+        sink = ListSink("u")
+        ssc = _order_job(ex, sink, batches)
+        ssc.run(len(batches))
+        pids = ex.actor_pids() if label == "ray" else [os.getpid()]
+        ssc.stop()
+        got[label] = [(t, {k: seen for k, (seen, _) in dict(rs).items()}) for t, rs in sink.batches]
+        ran_in = {p for _, (_, ps) in sink.batches[-1][1] for p in ps}
+        assert ran_in <= set(pids), (label, ran_in, pids)
+    assert counts[0] == 2 and counts[1:] == [22, 22, 22]  # the first batch in one slice per actor (its cost not known yet)
+    assert got["ray"] == got["local"]
+    assert sum(len(v) for v in got["local"][-1][1].values()) == 20_000
+
+
+@pytest.mark.ray
+def test_a_user_function_error_in_a_pulled_slice_is_the_one_the_local_executor_raises(ray_executor, monkeypatch):
+    """An error in a late small slice of a balanced batch: the job fails as on the local executor (operator, batch)."""
+    _pull_small_slices(monkeypatch)
+
+    def run(executor):
+        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+        src = ssc.queue_stream([list(range(1, 5001)), [*range(1, 4990), 0, *range(4990, 5000)]], name="q")
+        src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
+        try:
+            with pytest.raises(sk.UserFunctionError) as info:
+                ssc.run(2)
+        finally:
+            ssc.stop()
+        return info.value
+
+    local, on_ray = run("local"), run(ray_executor)
+    assert (on_ray.operator, on_ray.batch_time_ms, type(on_ray.__cause__)) == (local.operator, local.batch_time_ms, ZeroDivisionError)
+    assert local.operator == "map" and local.batch_time_ms == 2000
 
 
 @pytest.mark.ray
