@@ -26,10 +26,10 @@ BATCH_OFFSETS = 2  # max_records_per_partition: ranges [0, 2), [2, 4), ...
 
 
 def _produce_transactions(bootstrap: str, topic: str, txns: list[tuple[list[bytes], bool]]) -> None:
-    """Produce each (values, commit) transaction to partition 0: committed or aborted."""
+    """Produce each (values, commit) transaction to partition 0: committed or aborted; each one record batch (linger)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-tx", "linger.ms": 0})
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-tx", "linger.ms": 50})
     p.init_transactions(30)
     for values, commit in txns:
         p.begin_transaction()
