@@ -247,6 +247,9 @@ class StreamingContext:
         self._storage_options = storage_options
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
+        if isinstance(allow_state_loss, str):  # frozenset("counts") would allow dropping 'c', 'o', ...
+            msg = f"allow_state_loss must be a collection of names, got the string {allow_state_loss!r}: pass {{{allow_state_loss!r}}}"
+            raise ConfigError(msg)
         self._allow_state_loss = frozenset(allow_state_loss)
         self._keep_commits = keep_commits
         self._lease_timeout_s = lease_timeout_s
