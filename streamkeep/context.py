@@ -450,7 +450,14 @@ class StreamingContext:
         return self.add_source(src)
 
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
-        """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
+        """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint.
+
+        The receiver connects in the background and reconnects when the connection drops;
+        until it is connected batches are empty and a warning names the address once.
+
+        Raises:
+            ConfigError: `port` is not an int from 1 to 65535, or `host` is empty.
+        """
         from streamkeep.sources.socket import SocketTextSource
 
         return self.add_source(SocketTextSource(host, port, name=self._graph.source_name("socket", name)))
