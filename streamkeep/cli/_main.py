@@ -35,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--interval", type=float, default=0.5, help="batch interval in seconds (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
 
-    run = sub.add_parser("run", help="run a streaming job script")
+    run = sub.add_parser(
+        "run",
+        help="run a streaming job script",
+        description="Run APP.py as __main__ (with a dashboard unless --no-ui). Ctrl-C or SIGTERM (docker stop, "
+        "systemd, kill PID) stops the job after the batch in progress, which commits; the next run resumes after it.",
+    )
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
     run.add_argument("--ui-port", type=_port, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
