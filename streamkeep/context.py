@@ -245,6 +245,9 @@ class StreamingContext:
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
         self._checkpoint_url = None if checkpoint is None else _as_checkpoint_url(checkpoint, "StreamingContext")
         self._storage_options = storage_options
+        if clock is not None and not (callable(getattr(clock, "now_ms", None)) and callable(getattr(clock, "wait_until", None))):
+            msg = f"clock must be None (wall-clock time) or a clock such as streamkeep.testing.ManualClock(), got {clock!r:.60}"
+            raise ConfigError(msg)
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
         if isinstance(allow_state_loss, str):  # frozenset("counts") would allow dropping 'c', 'o', ...
@@ -515,6 +518,9 @@ class StreamingContext:
         without `max_batches`). Calling it again continues with the next batch time.
         Returns the number of batches run.
         """
+        if max_batches is not None and (not isinstance(max_batches, int) or isinstance(max_batches, bool) or max_batches < 0):
+            msg = f"run(): max_batches must be None (until every finite source is exhausted) or an int >= 0, got {max_batches!r}"
+            raise ConfigError(msg)
         _hold_here(self)
         self._require_state("run()", "initialized", "active")
         if self._thread is not None:
