@@ -570,3 +570,48 @@ def test_the_demo_script_names_itself_as_the_command_to_resume(monkeypatch):
     monkeypatch.setenv("STREAMKEEP_DEMO_COMMAND", "./scripts/demo.sh")
     assert again_command(DEFAULT_CHECKPOINT) == "./scripts/demo.sh"
     assert again_command("/tmp/ck") == "./scripts/demo.sh --checkpoint /tmp/ck"
+
+
+# --------------------------------------------------------------------------- demo --fresh on someone else's directory
+
+
+def test_demo_fresh_does_not_delete_a_directory_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep demo --fresh --checkpoint DIR` deleted DIR whatever it was (a typo away from losing a directory)."""
+    precious = tmp_path / "my-data"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me\n")
+    assert main(["demo", "--fresh", "--checkpoint", str(precious), "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a streamkeep checkpoint" in err and "Nothing was deleted" in err, err
+    assert (precious / "notes.txt").read_text() == "keep me\n"
+
+
+def test_demo_neither_deletes_nor_uses_another_jobs_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "job-ckpt")
+    _job(url, batches=3)
+    def committed() -> Any:  # what the checkpoint holds (a refused start may still leave a claim record)
+        assert main(["checkpoint", "inspect", url, "--json"]) == 0
+        held = json.loads(capsys.readouterr().out)
+        return held["commits"], held["operators"]
+
+    before = committed()
+    assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is the checkpoint of another job (it keeps 'counts', 'rate', 'recent', 'win')" in err and "Nothing was deleted" in err, err
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{url}' is not the demo's checkpoint: it is the checkpoint of another job" in err, err
+    assert "allow_state_loss" not in err  # advice for the job's own code, not for a demo user
+    assert committed() == before
+    assert main(["checkpoint", "verify", url]) == 0
+
+
+@pytest.mark.slow
+def test_demo_fresh_still_starts_its_own_checkpoint_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "demo-ckpt")
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "fresh start" in capsys.readouterr().out
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "resumed from checkpoint" in capsys.readouterr().out
+    assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "fresh start" in capsys.readouterr().out
