@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import inspect
 import logging
 import os
 import threading
@@ -477,6 +479,13 @@ class StreamingContext:
 
         topic_list = [topics] if isinstance(topics, str) else list(topics)
         n = self._graph.source_name("kafka", name)
+        known = [p for p in inspect.signature(KafkaSource).parameters if p not in ("topics", "bootstrap_servers", "name")]
+        unknown = [k for k in options if k not in known]
+        if unknown:  # a typo would otherwise be a TypeError from KafkaSource.__init__
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "; ".join(f"{k!r} (did you mean {c[0]!r}?)" if c else repr(k) for k, c in close.items())
+            msg = f"kafka_stream {n!r}: unknown option {hints}; the options are {', '.join(known)}"
+            raise ConfigError(msg)
         return self.add_source(KafkaSource(topic_list, bootstrap_servers=bootstrap_servers, name=n, **options))
 
     def union(self, *streams: DStream[Any]) -> DStream[Any]:

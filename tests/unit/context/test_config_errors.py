@@ -705,3 +705,9 @@ def test_run_with_a_bad_max_batches_is_a_config_error_before_any_batch(max_batch
 def test_a_clock_that_is_not_a_clock_is_a_config_error():
     with pytest.raises(ConfigError, match=r"clock must be None .*ManualClock\(\), got 5"):
         sk.StreamingContext(1.0, clock=5)
+
+
+def test_a_misspelt_kafka_option_is_a_config_error_naming_the_right_one():
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=r"kafka_stream 'events': unknown option 'starting_offset' \(did you mean 'starting_offsets'\?\)"):
+        ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", starting_offset="latest")
