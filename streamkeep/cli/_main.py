@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from streamkeep._version import __version__
 from streamkeep.cli._demo import DEFAULT_CHECKPOINT
-from streamkeep.errors import StreamkeepError
+from streamkeep.errors import StreamkeepError, UserFunctionError
 
 
 def _port(text: str) -> int:
@@ -21,6 +23,23 @@ def _port(text: str) -> int:
         msg = f"{text!r} is not a port: use 0 (any free port) to 65535"
         raise argparse.ArgumentTypeError(msg)
     return port
+
+
+def _in_app(app: str, exc: BaseException) -> str:
+    """For `streamkeep run`: where in APP.py a failure surfaced, and a user function's own traceback.
+
+    The one-line message names operator and batch; without this the user of `run` would not
+    see which line of their code raised (`python APP.py` shows the chained traceback).
+    """
+    out = ""
+    cause = exc.__cause__
+    if isinstance(exc, UserFunctionError) and cause is not None:
+        out = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    path = os.path.abspath(app)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == path]
+    if frames:
+        out += f"streamkeep: {app}, line {frames[-1].lineno}: {(frames[-1].line or '').strip()}\n"
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return diff(args.url, args.app, args.args, storage_options=opts, pyspark=args.pyspark)
     except StreamkeepError as exc:
-        print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = _in_app(args.app, exc) if args.command == "run" else ""
+        print(f"{where}streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

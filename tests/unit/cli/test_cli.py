@@ -615,3 +615,33 @@ def test_demo_fresh_still_starts_its_own_checkpoint_over(tmp_path: Path, capsys:
     assert "resumed from checkpoint" in capsys.readouterr().out
     assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
     assert "fresh start" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- run: where in APP.py it failed
+
+
+def test_run_shows_the_line_of_the_users_function_that_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep run` printed only the one-line UserFunctionError: not which line of APP.py raised
+    (`python APP.py` shows it in the chained traceback)."""
+    app = tmp_path / "job.py"
+    app.write_text(textwrap.dedent("""\
+        import streamkeep as sk
+        def parse(r):
+            return int("x" + str(r[0]))
+        ssc = sk.StreamingContext(1.0)
+        ssc.queue_stream([[(1, 2)]], name="q").map(parse).foreach_batch(lambda b: b.collect())
+        ssc.run()
+    """))
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f'File "{app}", line 3, in parse' in err and "ValueError: invalid literal for int()" in err, err
+    assert f"streamkeep: {app}, line 5: ssc.queue_stream(" in err, err  # innermost line of APP.py: the foreach_batch lambda
+    assert err.rstrip().splitlines()[-1].startswith("streamkeep: UserFunctionError: user function in operator 'map'"), err
+
+
+def test_run_names_the_line_of_app_py_that_made_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "job.py"
+    app.write_text('import streamkeep as sk\nssc = sk.StreamingContext(1.0)\nssc.rate_stream(5, name="r").map(3).pprint()\n')
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f'streamkeep: {app}, line 3: ssc.rate_stream(5, name="r").map(3).pprint()\nstreamkeep: ConfigError: map: function must be callable' in err, err
