@@ -119,6 +119,16 @@ def _as_checkpoint_url(value: Any, where: str) -> str:
     return url
 
 
+def _same_checkpoint(a: str, b: str) -> bool:
+    """Whether two checkpoint URLs name the same place (``ckpt``, ``ckpt/``, ``./ckpt`` and its absolute path do)."""
+    def norm(url: str) -> str:
+        if "://" in url and not url.startswith("file://"):
+            return url.rstrip("/")
+        return os.path.abspath(url.removeprefix("file://"))
+
+    return a == b or norm(a) == norm(b)
+
+
 def _hold_here(ssc: StreamingContext) -> None:
     held = _HOLD.get()
     if held is not None:
@@ -808,6 +818,16 @@ class StreamingContext:
         planned but not committed are re-run with exactly their plans when the
         context starts. An incompatible code change raises
         `IncompatibleCheckpointError` here, before anything runs.
+
+        `setup()` must return a `StreamingContext` whose checkpoint is `checkpoint` (the
+        same directory: ``ckpt`` and ``ckpt/`` are one) or that has none (it then gets
+        `checkpoint`).
+
+        Raises:
+            ConfigError: `setup()` returned no StreamingContext, or one with another checkpoint.
+            IncompatibleCheckpointError: the checkpoint's state does not fit the graph
+                `setup()` built (the message names the operator and what to do).
+            CheckpointInUseError: another live driver holds the checkpoint.
         """
         checkpoint = _as_checkpoint_url(checkpoint, "get_or_create")
         ssc = setup()
@@ -822,8 +842,11 @@ class StreamingContext:
             raise ConfigError(msg)
         if ssc._checkpoint_url is None:
             ssc._checkpoint_url = checkpoint
-        if ssc._checkpoint_url != checkpoint:
-            msg = f"get_or_create: setup() returned a context with checkpoint {ssc._checkpoint_url!r}, not {checkpoint!r}"
+        if not _same_checkpoint(ssc._checkpoint_url, checkpoint):
+            msg = (
+                f"get_or_create: setup() returned a context with checkpoint {ssc._checkpoint_url!r}, not {checkpoint!r}: "
+                f"pass the same checkpoint to both (or leave checkpoint= out of the StreamingContext setup() builds)"
+            )
             raise ConfigError(msg)
         if storage_options is not None and ssc._storage_options is None:
             ssc._storage_options = storage_options
