@@ -645,3 +645,14 @@ def test_run_names_the_line_of_app_py_that_made_a_config_error(tmp_path: Path, c
     assert main(["run", "--no-ui", str(app)]) == 2
     err = capsys.readouterr().err
     assert f'streamkeep: {app}, line 3: ssc.rate_stream(5, name="r").map(3).pprint()\nstreamkeep: ConfigError: map: function must be callable' in err, err
+
+
+def test_diff_takes_the_same_directory_spelt_another_way_as_the_same_checkpoint(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The app's `ckpt/` and the command line's `ckpt` (or its absolute path) are one checkpoint: no note that they differ."""
+    app, _ = _app(tmp_path, ckpt + "/", _SAME)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", os.path.relpath(ckpt), app)
+    assert rc == 0, out
+    assert "points its context at checkpoint" not in out, out
+    app, _ = _app(tmp_path, str(tmp_path / "elsewhere"), _SAME)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert "points its context at checkpoint" in out, out  # a really different one is still noted
