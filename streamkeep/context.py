@@ -155,8 +155,10 @@ class StreamingContext:
             the keys that changed, not the size of the state.
         codec: default codec of stateful operators ("msgpack"; "pickle" by opt-in).
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
-        allow_state_loss: names of stateful operators whose checkpointed state may be
-            dropped when the code no longer matches it.
+        allow_state_loss: names (a collection, e.g. ``{"counts"}``) of stateful operators whose
+            checkpointed state, and of sources whose stored position, may be dropped when the code
+            no longer matches it (renamed, removed or reshaped); each then starts empty (a source
+            from its configured start). Any other mismatch is an `IncompatibleCheckpointError`.
         keep_commits: how many recent commits (and the files they need) retention keeps (at least 2;
             1 keeps 2): recovery can fall back to the older ones if the newest is damaged or lost.
         lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
