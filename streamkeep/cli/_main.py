@@ -42,6 +42,18 @@ def _in_app(app: str, exc: BaseException) -> str:
     return out
 
 
+def _seconds(text: str) -> float:
+    """argparse type of the demo's --seconds and --interval: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        msg = f"{text!r} is not a positive number of seconds"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamkeep` command."""
     parser = argparse.ArgumentParser(prog="streamkeep", description="streamkeep: micro-batch streams with exact checkpoints")
@@ -50,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="a stateful running word count with a checkpoint (interrupt and rerun: it resumes)")
     demo.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint URL (default: %(default)s)")
-    demo.add_argument("--seconds", type=float, default=10.0, help="how long to run (default: %(default)s)")
-    demo.add_argument("--interval", type=float, default=0.5, help="batch interval in seconds (default: %(default)s)")
+    demo.add_argument("--seconds", type=_seconds, default=10.0, help="how long to run (default: %(default)s)")
+    demo.add_argument("--interval", type=_seconds, default=0.5, help="batch interval in seconds (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
 
     run = sub.add_parser(

@@ -656,3 +656,14 @@ def test_diff_takes_the_same_directory_spelt_another_way_as_the_same_checkpoint(
     app, _ = _app(tmp_path, str(tmp_path / "elsewhere"), _SAME)
     rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
     assert "points its context at checkpoint" in out, out  # a really different one is still noted
+
+
+@pytest.mark.parametrize("option", ["--seconds", "--interval"])
+@pytest.mark.parametrize("value", ["-5", "0", "inf", "abc"])
+def test_demo_refuses_a_duration_that_is_not_positive(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep demo --seconds -5` ran a batch anyway; every bad duration is a usage error naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: streamkeep demo ") and f"argument {option}: '{value}' is not a positive number of seconds" in err, err
