@@ -33,8 +33,8 @@ def duration_ms(value: Duration, what: str) -> int:
         raise ConfigError(msg)
     else:
         ms = float(value) * 1000.0
-    if ms <= 0 or ms != ms:
-        msg = f"{what} must be positive, got {value!r}"
+    if not 0 < ms < float("inf"):  # also NaN
+        msg = f"{what} must be positive and finite, got {value!r}"
         raise ConfigError(msg)
     rounded = round(ms)
     if abs(rounded - ms) > 1e-6 or rounded == 0:

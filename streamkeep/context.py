@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import inspect
 import logging
 import os
 import threading
@@ -117,6 +119,16 @@ def _as_checkpoint_url(value: Any, where: str) -> str:
     return url
 
 
+def _same_checkpoint(a: str, b: str) -> bool:
+    """Whether two checkpoint URLs name the same place (``ckpt``, ``ckpt/``, ``./ckpt`` and its absolute path do)."""
+    def norm(url: str) -> str:
+        if "://" in url and not url.startswith("file://"):
+            return url.rstrip("/")
+        return os.path.abspath(url.removeprefix("file://"))
+
+    return a == b or norm(a) == norm(b)
+
+
 def _hold_here(ssc: StreamingContext) -> None:
     held = _HOLD.get()
     if held is not None:
@@ -143,8 +155,10 @@ class StreamingContext:
             the keys that changed, not the size of the state.
         codec: default codec of stateful operators ("msgpack"; "pickle" by opt-in).
         storage_options: fsspec options for the checkpoint URL (e.g. S3 endpoint).
-        allow_state_loss: names of stateful operators whose checkpointed state may be
-            dropped when the code no longer matches it.
+        allow_state_loss: names (a collection, e.g. ``{"counts"}``) of stateful operators whose
+            checkpointed state, and of sources whose stored position, may be dropped when the code
+            no longer matches it (renamed, removed or reshaped); each then starts empty (a source
+            from its configured start). Any other mismatch is an `IncompatibleCheckpointError`.
         keep_commits: how many recent commits (and the files they need) retention keeps (at least 2;
             1 keeps 2): recovery can fall back to the older ones if the newest is damaged or lost.
         lease_timeout_s: on remote storage, how long a silent driver keeps its claim.
@@ -245,8 +259,14 @@ class StreamingContext:
         self._graph = Graph(interval, default_codec=codec, default_on_error=on_error)
         self._checkpoint_url = None if checkpoint is None else _as_checkpoint_url(checkpoint, "StreamingContext")
         self._storage_options = storage_options
+        if clock is not None and not (callable(getattr(clock, "now_ms", None)) and callable(getattr(clock, "wait_until", None))):
+            msg = f"clock must be None (wall-clock time) or a clock such as streamkeep.testing.ManualClock(), got {clock!r:.60}"
+            raise ConfigError(msg)
         self._clock = clock if clock is not None else WallClock()
         self._snapshot_every = snapshot_every
+        if isinstance(allow_state_loss, str):  # frozenset("counts") would allow dropping 'c', 'o', ...
+            msg = f"allow_state_loss must be a collection of names, got the string {allow_state_loss!r}: pass {{{allow_state_loss!r}}}"
+            raise ConfigError(msg)
         self._allow_state_loss = frozenset(allow_state_loss)
         self._keep_commits = keep_commits
         self._lease_timeout_s = lease_timeout_s
@@ -447,7 +467,14 @@ class StreamingContext:
         return self.add_source(src)
 
     def socket_text_stream(self, host: str, port: int, *, name: str | None = None) -> DStream[str]:
-        """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint."""
+        """Lines from a TCP server; planned lines go to a write-ahead log in the checkpoint.
+
+        The receiver connects in the background and reconnects when the connection drops;
+        until it is connected batches are empty and a warning names the address once.
+
+        Raises:
+            ConfigError: `port` is not an int from 1 to 65535, or `host` is empty.
+        """
         from streamkeep.sources.socket import SocketTextSource
 
         return self.add_source(SocketTextSource(host, port, name=self._graph.source_name("socket", name)))
@@ -464,6 +491,13 @@ class StreamingContext:
 
         topic_list = [topics] if isinstance(topics, str) else list(topics)
         n = self._graph.source_name("kafka", name)
+        known = [p for p in inspect.signature(KafkaSource).parameters if p not in ("topics", "bootstrap_servers", "name")]
+        unknown = [k for k in options if k not in known]
+        if unknown:  # a typo would otherwise be a TypeError from KafkaSource.__init__
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "; ".join(f"{k!r} (did you mean {c[0]!r}?)" if c else repr(k) for k, c in close.items())
+            msg = f"kafka_stream {n!r}: unknown option {hints}; the options are {', '.join(known)}"
+            raise ConfigError(msg)
         return self.add_source(KafkaSource(topic_list, bootstrap_servers=bootstrap_servers, name=n, **options))
 
     def union(self, *streams: DStream[Any]) -> DStream[Any]:
@@ -505,6 +539,9 @@ class StreamingContext:
         without `max_batches`). Calling it again continues with the next batch time.
         Returns the number of batches run.
         """
+        if max_batches is not None and (not isinstance(max_batches, int) or isinstance(max_batches, bool) or max_batches < 0):
+            msg = f"run(): max_batches must be None (until every finite source is exhausted) or an int >= 0, got {max_batches!r}"
+            raise ConfigError(msg)
         _hold_here(self)
         self._require_state("run()", "initialized", "active")
         if self._thread is not None:
@@ -783,6 +820,16 @@ class StreamingContext:
         planned but not committed are re-run with exactly their plans when the
         context starts. An incompatible code change raises
         `IncompatibleCheckpointError` here, before anything runs.
+
+        `setup()` must return a `StreamingContext` whose checkpoint is `checkpoint` (the
+        same directory: ``ckpt`` and ``ckpt/`` are one) or that has none (it then gets
+        `checkpoint`).
+
+        Raises:
+            ConfigError: `setup()` returned no StreamingContext, or one with another checkpoint.
+            IncompatibleCheckpointError: the checkpoint's state does not fit the graph
+                `setup()` built (the message names the operator and what to do).
+            CheckpointInUseError: another live driver holds the checkpoint.
         """
         checkpoint = _as_checkpoint_url(checkpoint, "get_or_create")
         ssc = setup()
@@ -797,8 +844,11 @@ class StreamingContext:
             raise ConfigError(msg)
         if ssc._checkpoint_url is None:
             ssc._checkpoint_url = checkpoint
-        if ssc._checkpoint_url != checkpoint:
-            msg = f"get_or_create: setup() returned a context with checkpoint {ssc._checkpoint_url!r}, not {checkpoint!r}"
+        if not _same_checkpoint(ssc._checkpoint_url, checkpoint):
+            msg = (
+                f"get_or_create: setup() returned a context with checkpoint {ssc._checkpoint_url!r}, not {checkpoint!r}: "
+                f"pass the same checkpoint to both (or leave checkpoint= out of the StreamingContext setup() builds)"
+            )
             raise ConfigError(msg)
         if storage_options is not None and ssc._storage_options is None:
             ssc._storage_options = storage_options

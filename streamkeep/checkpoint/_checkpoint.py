@@ -715,8 +715,9 @@ class Checkpoint:
         """Decoded log records; corrupt ones are skipped with a warning unless `strict`."""
         out, bad = self.read_records(newest_first=newest_first, strict=strict)
         for seq, exc in bad.items():
+            if seq not in self.unreadable:  # once per record, not at every read of the log
+                log.warning("skipping unreadable commit-log record %s: %s", _log_path(seq), exc)
             self.unreadable[seq] = exc
-            log.warning("skipping unreadable commit-log record %s: %s", _log_path(seq), exc)
         return out
 
     def commits(self) -> list[CommitRecord]:

@@ -12,9 +12,14 @@ from datetime import datetime
 from typing import Any
 
 import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint._layout import looks_like_checkpoint
+from streamkeep.errors import ConfigError, IncompatibleCheckpointError
 
 #: The demo's checkpoint when --checkpoint is not given.
 DEFAULT_CHECKPOINT = "streamkeep-demo-checkpoint"
+#: What the demo keeps in its checkpoint: its source and its stateful operator.
+_SOURCE, _OPERATOR = "lines", "word_counts"
 
 _WORDS = (
     "stream state batch window kafka redis spark checkpoint offset commit replay driver crash "
@@ -74,15 +79,44 @@ def resume_message(checkpoint: str, last_ms: int, now_ms: int, interval_ms: int)
     )
 
 
+def _not_the_demos(checkpoint: str) -> str | None:
+    """Why the local directory `checkpoint` is not the demo's to delete (None: absent, empty or the demo's)."""
+    if not os.path.exists(checkpoint) or (os.path.isdir(checkpoint) and not os.listdir(checkpoint)):
+        return None
+    ckpt = Checkpoint(checkpoint)
+    if not looks_like_checkpoint(ckpt):
+        return "it is not a streamkeep checkpoint"
+    records, _ = ckpt.read_records(newest_first=True)  # damaged records are skipped: --fresh is their remedy
+    graph: dict[str, Any] = next((r.data.get("graph", {}) for r in records if r.kind == "commit"), {})
+    ops, sources = set(graph.get("operators", {})) - {_OPERATOR}, set(graph.get("sources", {})) - {_SOURCE}
+    if ops or sources:
+        names = ", ".join(repr(n) for n in sorted(ops | sources))
+        return f"it is the checkpoint of another job (it keeps {names})"
+    return None
+
+
 def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> int:
-    """Run the demo for `seconds`, printing the running counts after every batch."""
+    """Run the demo for `seconds`, printing the running counts after every batch.
+
+    Raises:
+        ConfigError: `fresh` and `checkpoint` is a directory that is not the demo's checkpoint
+            (nothing is deleted).
+        IncompatibleCheckpointError: `checkpoint` is another job's checkpoint.
+    """
     if fresh:
+        why = _not_the_demos(checkpoint)
+        if why is not None:
+            msg = (
+                f"--fresh deletes the demo's checkpoint, but {checkpoint!r} is not one: {why}. Nothing was deleted; "
+                f"pass --checkpoint with the demo's directory (default {DEFAULT_CHECKPOINT!r}) or a new one"
+            )
+            raise ConfigError(msg)
         shutil.rmtree(checkpoint, ignore_errors=True)
 
     def setup() -> sk.StreamingContext:
         ssc = sk.StreamingContext(interval, checkpoint=checkpoint)
-        lines = ssc.rate_stream(40, name="lines").map(_sentence)
-        counts = lines.flat_map(str.split).map(lambda w: (w, 1)).update_state_by_key(_count, name="word_counts")
+        lines = ssc.rate_stream(40, name=_SOURCE).map(_sentence)
+        counts = lines.flat_map(str.split).map(lambda w: (w, 1)).update_state_by_key(_count, name=_OPERATOR)
         counts.foreach_batch(_show)
         return ssc
 
@@ -92,7 +126,15 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print(f"{time_:%H:%M:%S.%f}"[:-3] + f"  words so far: {total:6d}  top: " + ", ".join(f"{w}={n}" for w, n in top), flush=True)
 
     again = again_command(checkpoint)
-    ssc = sk.StreamingContext.get_or_create(checkpoint, setup)
+    try:
+        ssc = sk.StreamingContext.get_or_create(checkpoint, setup)
+    except IncompatibleCheckpointError as exc:
+        why = _not_the_demos(checkpoint) or "its stored graph differs from the demo's"
+        msg = (
+            f"{checkpoint!r} is not the demo's checkpoint: {why}. The demo neither uses nor deletes it: pass "
+            f"--checkpoint with a new directory (`streamkeep checkpoint inspect {checkpoint}` shows what it holds)"
+        )
+        raise IncompatibleCheckpointError(msg) from exc
     if sys.stderr.isatty():  # one live status line under the counts (rich); nothing extra in a pipe
         from streamkeep.cli._console import console_listener
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamkeep.cli._common import iso, open_checkpoint, read_records, short
-from streamkeep.context import JobHeld, StreamingContext, hold_jobs
+from streamkeep.context import JobHeld, StreamingContext, _same_checkpoint, hold_jobs
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
 from streamkeep.scheduler._compat import DIFF_HINT, check_compatible, differences
 
@@ -68,7 +68,7 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
     ssc = _build_app(app, args, pyspark=pyspark)
     current = ssc._graph.describe()
     print(f"checkpoint {url} vs the job {app} builds:")
-    if ssc.checkpoint_url is not None and ssc.checkpoint_url.rstrip("/") != url.rstrip("/"):
+    if ssc.checkpoint_url is not None and not _same_checkpoint(ssc.checkpoint_url, url):
         print(f"  note: {app} points its context at checkpoint {ssc.checkpoint_url!r}, not {url!r}; comparing with {url!r}")
     for msg in bad:
         print(f"  note: unreadable log record {msg}")

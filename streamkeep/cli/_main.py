@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from streamkeep._version import __version__
 from streamkeep.cli._demo import DEFAULT_CHECKPOINT
-from streamkeep.errors import StreamkeepError
+from streamkeep.errors import StreamkeepError, UserFunctionError
 
 
 def _port(text: str) -> int:
@@ -23,6 +25,35 @@ def _port(text: str) -> int:
     return port
 
 
+def _in_app(app: str, exc: BaseException) -> str:
+    """For `streamkeep run`: where in APP.py a failure surfaced, and a user function's own traceback.
+
+    The one-line message names operator and batch; without this the user of `run` would not
+    see which line of their code raised (`python APP.py` shows the chained traceback).
+    """
+    out = ""
+    cause = exc.__cause__
+    if isinstance(exc, UserFunctionError) and cause is not None:
+        out = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    path = os.path.abspath(app)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == path]
+    if frames:
+        out += f"streamkeep: {app}, line {frames[-1].lineno}: {(frames[-1].line or '').strip()}\n"
+    return out
+
+
+def _seconds(text: str) -> float:
+    """argparse type of the demo's --seconds and --interval: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        msg = f"{text!r} is not a positive number of seconds"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamkeep` command."""
     parser = argparse.ArgumentParser(prog="streamkeep", description="streamkeep: micro-batch streams with exact checkpoints")
@@ -31,11 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="a stateful running word count with a checkpoint (interrupt and rerun: it resumes)")
     demo.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint URL (default: %(default)s)")
-    demo.add_argument("--seconds", type=float, default=10.0, help="how long to run (default: %(default)s)")
-    demo.add_argument("--interval", type=float, default=0.5, help="batch interval in seconds (default: %(default)s)")
+    demo.add_argument("--seconds", type=_seconds, default=10.0, help="how long to run (default: %(default)s)")
+    demo.add_argument("--interval", type=_seconds, default=0.5, help="batch interval in seconds (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
 
-    run = sub.add_parser("run", help="run a streaming job script")
+    run = sub.add_parser(
+        "run",
+        help="run a streaming job script",
+        description="Run APP.py as __main__ (with a dashboard unless --no-ui). Ctrl-C or SIGTERM (docker stop, "
+        "systemd, kill PID) stops the job after the batch in progress, which commits; the next run resumes after it.",
+    )
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
     run.add_argument("--ui-port", type=_port, default=4040, help="dashboard port (next free one if taken; default: %(default)s)")
@@ -108,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return diff(args.url, args.app, args.args, storage_options=opts, pyspark=args.pyspark)
     except StreamkeepError as exc:
-        print(f"streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = _in_app(args.app, exc) if args.command == "run" else ""
+        print(f"{where}streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

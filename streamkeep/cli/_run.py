@@ -2,6 +2,8 @@
 
 The dashboard is on by default for the contexts the script creates (port 4040, or
 the next free one; the address is printed), with a console status line in a terminal.
+SIGTERM stops the job as Ctrl-C does (the batch in progress commits, the checkpoint's
+lease is released), so `docker stop` or a service manager stops it cleanly.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import runpy
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Any
 
 from streamkeep.cli._console import console_listener, setup_logging
@@ -21,6 +26,11 @@ def _on_start(ssc: Any, sched: Any) -> None:
     if ssc.ui_url is not None:
         print(f"streamkeep: dashboard at {ssc.ui_url} (metrics: {ssc.ui_url}metrics)", file=sys.stderr, flush=True)
     sched.listeners.append(console_listener())
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (docker stop, systemd, kill PID) stops the job as Ctrl-C does: after the batch in progress."""
+    raise KeyboardInterrupt
 
 
 def run_app(
@@ -50,6 +60,9 @@ def run_app(
     sys.argv = [app, *args]
     token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
     ex_token = RUN_EXECUTOR.set(executor)
+    # A handler the script installs itself replaces this one.
+    on_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         runpy.run_path(app, run_name="__main__")
     except ModuleNotFoundError as exc:
@@ -61,6 +74,8 @@ def run_app(
         )
         raise ConfigError(msg) from exc
     finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
         RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)
         undo_logging()

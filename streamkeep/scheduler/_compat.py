@@ -21,6 +21,12 @@ from streamkeep.executors.kinds import shape_keys, state_change
 
 #: The last sentence of an incompatibility error; `streamkeep checkpoint diff` leaves it out of its own output.
 DIFF_HINT = "Run `streamkeep checkpoint diff URL APP.py` to see every difference."
+#: Where allow_state_loss goes (the messages above only name it).
+ALLOW_HINT = (
+    "\nallow_state_loss is an argument of the StreamingContext your setup function builds: "
+    "sk.StreamingContext(interval, checkpoint=..., allow_state_loss={'name', ...}); in a PySpark program, "
+    "conf.set('spark.streamkeep.allowStateLoss', 'name,...') on the SparkConf."
+)
 
 #: Source kinds whose position is empty: removing one loses nothing.
 _POSITIONLESS = frozenset({"constant"})
@@ -140,8 +146,9 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
     if s_iv is not None and s_iv != c_iv and any("length_ms" in o for o in current.get("operators", {}).values()):
         problems.append(f"- the batch interval changed from {s_iv} ms to {c_iv} ms while window operators keep per-batch state; keep {s_iv} ms or start a fresh checkpoint.")
     if problems:
+        where = ALLOW_HINT if any("allow_state_loss=" in p for p in problems) else ""
         msg = (
-            f"the current code cannot take over checkpoint {url}:\n" + "\n".join(problems)
+            f"the current code cannot take over checkpoint {url}:\n" + "\n".join(problems) + where
             + "\nOr start fresh with a new checkpoint URL. " + DIFF_HINT
         )
         raise IncompatibleCheckpointError(msg)

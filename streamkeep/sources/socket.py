@@ -5,8 +5,10 @@ lines are written to a blob (in the checkpoint when one is set: the write-ahead
 log) and the plan names that blob, so a crash after planning loses nothing and
 a replay reads exactly the planned lines. Lines received after the last plan
 and not yet planned are lost on a crash, as with any receiver; keep batch
-intervals short or use Kafka when that matters. The receiver reconnects with
-backoff when the connection drops.
+intervals short or use Kafka when that matters. The receiver connects in the
+background and reconnects every ``reconnect_s`` when it cannot connect or the
+connection drops; batches are empty meanwhile, and a warning is logged once per
+outage (a port given with no server on it is the usual cause).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from typing import Any
 
 from streamkeep._types import BatchTime, Data
+from streamkeep.errors import ConfigError
 from streamkeep.sources.base import BlobStore
 
 log = logging.getLogger("streamkeep.sources.socket")
@@ -29,9 +32,15 @@ class SocketTextSource:
     can_materialise = True
 
     def __init__(self, host: str, port: int, *, name: str, reconnect_s: float = 0.5) -> None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            msg = f"socket_text_stream {name!r}: port must be an int from 1 to 65535 (the TCP port the server listens on), got {port!r}"
+            raise ConfigError(msg)
+        if not isinstance(host, str) or not host:
+            msg = f"socket_text_stream {name!r}: host must be a host name or address such as '127.0.0.1', got {host!r}"
+            raise ConfigError(msg)
         self.name = name
         self.host = host
-        self.port = int(port)
+        self.port = port
         self._buf: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -47,10 +56,14 @@ class SocketTextSource:
         self._thread.start()
 
     def _receive(self) -> None:
+        warned = False  # one warning per outage, not one per retry
         while not self._stop.is_set():
             try:
                 with socket.create_connection((self.host, self.port), timeout=1.0) as s:
                     self.connected.set()
+                    if warned:
+                        log.info("socket source %r: connected to %s:%d", self.name, self.host, self.port)
+                    warned = False
                     s.settimeout(0.2)
                     pending = b""
                     while not self._stop.is_set():
@@ -70,7 +83,15 @@ class SocketTextSource:
                         with self._lock:
                             self._buf.append(pending.decode("utf-8", "replace"))
             except OSError as exc:
-                log.debug("socket source %r: %s:%d: %s; retrying", self.name, self.host, self.port, exc)
+                if not warned:  # e.g. no server listening yet: its batches are empty until one is
+                    log.warning(
+                        "socket source %r: cannot connect to %s:%d (%s); its batches are empty until it connects "
+                        "(retrying every %g s; start the server, e.g. `nc -lk %d`, or fix host/port)",
+                        self.name, self.host, self.port, exc, self._reconnect_s, self.port,
+                    )
+                    warned = True
+                else:
+                    log.debug("socket source %r: %s:%d: %s; retrying", self.name, self.host, self.port, exc)
             self.connected.clear()
             self._stop.wait(self._reconnect_s)
 

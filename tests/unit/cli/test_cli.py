@@ -570,3 +570,100 @@ def test_the_demo_script_names_itself_as_the_command_to_resume(monkeypatch):
     monkeypatch.setenv("STREAMKEEP_DEMO_COMMAND", "./scripts/demo.sh")
     assert again_command(DEFAULT_CHECKPOINT) == "./scripts/demo.sh"
     assert again_command("/tmp/ck") == "./scripts/demo.sh --checkpoint /tmp/ck"
+
+
+# --------------------------------------------------------------------------- demo --fresh on someone else's directory
+
+
+def test_demo_fresh_does_not_delete_a_directory_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep demo --fresh --checkpoint DIR` deleted DIR whatever it was (a typo away from losing a directory)."""
+    precious = tmp_path / "my-data"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me\n")
+    assert main(["demo", "--fresh", "--checkpoint", str(precious), "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a streamkeep checkpoint" in err and "Nothing was deleted" in err, err
+    assert (precious / "notes.txt").read_text() == "keep me\n"
+
+
+def test_demo_neither_deletes_nor_uses_another_jobs_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "job-ckpt")
+    _job(url, batches=3)
+    def committed() -> Any:  # what the checkpoint holds (a refused start may still leave a claim record)
+        assert main(["checkpoint", "inspect", url, "--json"]) == 0
+        held = json.loads(capsys.readouterr().out)
+        return held["commits"], held["operators"]
+
+    before = committed()
+    assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "is the checkpoint of another job (it keeps 'counts', 'rate', 'recent', 'win')" in err and "Nothing was deleted" in err, err
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{url}' is not the demo's checkpoint: it is the checkpoint of another job" in err, err
+    assert "allow_state_loss" not in err  # advice for the job's own code, not for a demo user
+    assert committed() == before
+    assert main(["checkpoint", "verify", url]) == 0
+
+
+@pytest.mark.slow
+def test_demo_fresh_still_starts_its_own_checkpoint_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "demo-ckpt")
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "fresh start" in capsys.readouterr().out
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "resumed from checkpoint" in capsys.readouterr().out
+    assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "fresh start" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- run: where in APP.py it failed
+
+
+def test_run_shows_the_line_of_the_users_function_that_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep run` printed only the one-line UserFunctionError: not which line of APP.py raised
+    (`python APP.py` shows it in the chained traceback)."""
+    app = tmp_path / "job.py"
+    app.write_text(textwrap.dedent("""\
+        import streamkeep as sk
+        def parse(r):
+            return int("x" + str(r[0]))
+        ssc = sk.StreamingContext(1.0)
+        ssc.queue_stream([[(1, 2)]], name="q").map(parse).foreach_batch(lambda b: b.collect())
+        ssc.run()
+    """))
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f'File "{app}", line 3, in parse' in err and "ValueError: invalid literal for int()" in err, err
+    assert f"streamkeep: {app}, line 5: ssc.queue_stream(" in err, err  # innermost line of APP.py: the foreach_batch lambda
+    assert err.rstrip().splitlines()[-1].startswith("streamkeep: UserFunctionError: user function in operator 'map'"), err
+
+
+def test_run_names_the_line_of_app_py_that_made_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "job.py"
+    app.write_text('import streamkeep as sk\nssc = sk.StreamingContext(1.0)\nssc.rate_stream(5, name="r").map(3).pprint()\n')
+    assert main(["run", "--no-ui", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert f'streamkeep: {app}, line 3: ssc.rate_stream(5, name="r").map(3).pprint()\nstreamkeep: ConfigError: map: function must be callable' in err, err
+
+
+def test_diff_takes_the_same_directory_spelt_another_way_as_the_same_checkpoint(ckpt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The app's `ckpt/` and the command line's `ckpt` (or its absolute path) are one checkpoint: no note that they differ."""
+    app, _ = _app(tmp_path, ckpt + "/", _SAME)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", os.path.relpath(ckpt), app)
+    assert rc == 0, out
+    assert "points its context at checkpoint" not in out, out
+    app, _ = _app(tmp_path, str(tmp_path / "elsewhere"), _SAME)
+    rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
+    assert "points its context at checkpoint" in out, out  # a really different one is still noted
+
+
+@pytest.mark.parametrize("option", ["--seconds", "--interval"])
+@pytest.mark.parametrize("value", ["-5", "0", "inf", "abc"])
+def test_demo_refuses_a_duration_that_is_not_positive(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep demo --seconds -5` ran a batch anyway; every bad duration is a usage error naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: streamkeep demo ") and f"argument {option}: '{value}' is not a positive number of seconds" in err, err

@@ -675,3 +675,39 @@ def test_starting_a_stopped_context_says_to_build_a_new_one():
     ctx.stop()
     with pytest.raises(ConfigError, match=r"the context is stopped \(a stopped context cannot be restarted: build a new one"):
         ctx.start()
+
+
+# -- the context's own arguments (found by trying them as a new user) ----------------
+
+
+@pytest.mark.parametrize("interval", [float("inf"), float("-inf")])
+def test_an_infinite_batch_interval_is_a_config_error(interval):
+    with pytest.raises(ConfigError, match="batch_interval must be positive and finite"):
+        sk.StreamingContext(interval)
+
+
+def test_an_infinite_window_is_a_config_error(s):
+    with pytest.raises(ConfigError, match="must be positive and finite"):
+        s.window(float("inf"), name="w")
+
+
+@pytest.mark.parametrize("max_batches", [-1, "2", 1.5, True])
+def test_run_with_a_bad_max_batches_is_a_config_error_before_any_batch(max_batches):
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    sink = ListSink()
+    ssc.rate_stream(2, name="r").write_to(sink)
+    with pytest.raises(ConfigError, match=r"run\(\): max_batches must be None .* or an int >= 0"):
+        ssc.run(max_batches=max_batches)
+    assert sink.batches == []
+    assert ssc.run(max_batches=1) == 1  # the context is still usable
+
+
+def test_a_clock_that_is_not_a_clock_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"clock must be None .*ManualClock\(\), got 5"):
+        sk.StreamingContext(1.0, clock=5)
+
+
+def test_a_misspelt_kafka_option_is_a_config_error_naming_the_right_one():
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=r"kafka_stream 'events': unknown option 'starting_offset' \(did you mean 'starting_offsets'\?\)"):
+        ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", starting_offset="latest")

@@ -1,0 +1,78 @@
+"""`streamkeep run job.py` stopped with SIGTERM (docker stop, systemd, kill PID) stops as Ctrl-C does.
+
+The batch in progress commits, the checkpoint's lease is released (on S3 the next driver
+would otherwise wait for it to expire), no traceback, exit status 0, and the next run
+resumes right after the last batch the first one ran.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from streamkeep.checkpoint import Checkpoint
+
+_JOB = """
+import sys
+import streamkeep as sk
+
+ckpt = sys.argv[1]
+
+def show(t, batch):
+    print("BATCH", int(t.timestamp() * 1000), sum(v for _, v in batch.collect()), flush=True)
+
+def setup():
+    ssc = sk.StreamingContext(0.1, checkpoint=ckpt, lease_timeout_s=120)
+    total = ssc.rate_stream(20, name="rate").map(lambda r: ("n", 1)).update_state_by_key(lambda new, old: (old or 0) + sum(new), name="total")
+    total.foreach_batch(show)
+    return ssc
+
+ssc = sk.StreamingContext.get_or_create(ckpt, setup)
+print("RESTORED", ssc.last_batch_time_ms if ssc.restored else None, flush=True)
+ssc.start()
+print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
+"""
+
+
+def _run_until_terminated(app: Path, ckpt: str, batches: int) -> tuple[str | None, list[tuple[int, int]], str, str, int]:
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(app), ckpt]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        seen: list[tuple[int, int]] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if m := re.match(r"BATCH (\d+) (\d+)", line):
+                seen.append((int(m[1]), int(m[2])))
+                if len(seen) == batches:
+                    proc.send_signal(signal.SIGTERM)
+                    break
+        rest, err = proc.communicate(timeout=60)
+    out = "".join(lines) + rest
+    seen += [(int(a), int(b)) for a, b in re.findall(r"^BATCH (\d+) (\d+)$", rest, re.M)]  # the batch in progress
+    restored = re.search(r"^RESTORED (\S+)$", out, re.M)
+    assert restored is not None, f"the job did not start\nstdout:\n{out}\nstderr:\n{err}"
+    return restored[1], seen, out, err, proc.returncode
+
+
+def test_sigterm_stops_streamkeep_run_gracefully_releases_the_lease_and_resumes(tmp_path: Path) -> None:
+    app = tmp_path / "job.py"
+    app.write_text(_JOB)
+    ckpt = str(tmp_path / "ckpt")
+
+    at, first, out, err, rc = _run_until_terminated(app, ckpt, batches=3)
+    assert at == "None"
+    assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in err, err
+    assert "interrupted: stopping after the batch in progress" in err
+    assert "RETURNED True stopped" in out
+    lease = Checkpoint(ckpt)._read_lease()
+    assert lease is not None and lease["released"], f"the lease was not released: {lease}"
+
+    at, second, out, err, rc = _run_until_terminated(app, ckpt, batches=1)
+    assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert at == str(first[-1][0]), f"the second run resumed after {at}, not after the first run's last batch {first[-1][0]}"
+    assert second[0][1] > first[-1][1], f"the count restarted: first run ended at {first[-1]}, second began at {second[0]}"

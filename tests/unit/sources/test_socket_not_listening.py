@@ -1,0 +1,59 @@
+"""socket_text_stream on a port with no server: a warning names the address (once), and lines flow once it is up."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+import streamkeep as sk
+from streamkeep.errors import ConfigError
+
+
+def _wait(cond: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_no_server_on_the_port_warns_once_then_reads_when_it_comes_up(caplog: pytest.LogCaptureFixture) -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens on `port` now
+    got: list[str] = []
+    ssc = sk.StreamingContext(0.1)
+    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    caplog.set_level(logging.INFO, logger="streamkeep.sources.socket")
+    ssc.start()
+    server = None
+    try:
+        def warned() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.levelno == logging.WARNING and "cannot connect" in r.getMessage()]
+
+        _wait(warned, "the warning about the missing server")
+        msg = warned()[0].getMessage()
+        assert f"127.0.0.1:{port}" in msg and "'lines'" in msg and "empty until it connects" in msg
+        server = socket.create_server(("127.0.0.1", port))
+        server.settimeout(20)
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"hello\nworld\n")
+            _wait(lambda: got == ["hello", "world"], "the lines sent once the server is up")
+        assert len(warned()) == 1  # one warning for the outage, not one per retry
+        assert any("connected to" in r.getMessage() for r in caplog.records)
+    finally:
+        ssc.stop()
+        if server is not None:
+            server.close()
+
+
+@pytest.mark.parametrize("port", [70000, 0, -1, "9999"])
+def test_a_port_out_of_range_is_refused_when_the_graph_is_built(port: object) -> None:
+    ssc = sk.StreamingContext(1.0)
+    with pytest.raises(ConfigError, match=r"socket_text_stream 'lines': port must be an int from 1 to 65535"):
+        ssc.socket_text_stream("127.0.0.1", port, name="lines")  # type: ignore[arg-type]
