@@ -16,8 +16,8 @@ from typing import Any
 from streamkeep.checkpoint import Checkpoint, CommitRecord, Retention, log_path, plan_path
 from streamkeep.checkpoint.storage import confine
 from streamkeep.dstream._graph import Graph, MapWithStateNode, StatefulNode
-from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning, WorkerLostError
-from streamkeep.executors.base import Executor, StateOwners
+from streamkeep.errors import CheckpointError, CorruptCheckpointError, IncompatibleCheckpointError, StreamkeepWarning, WorkerLostError
+from streamkeep.executors.base import Executor, KeyPartitioned, StateOwners
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.scheduler._events import iso_ms
 from streamkeep.scheduler._state_io import Chain, delta_time, read_chain
@@ -151,6 +151,7 @@ class Recovery:
                 return False
             node = self.stateful[name]
             if owners is not None and name in owners.owned():  # the workers read their keys' files themselves
+                _check_partition_hash(ckpt.url, rec.seq, data.get("partitioning"), ex)
                 owners.restore_files(name, node.codec, chain_data)
             else:
                 # Only map_with_state without a timeout looks keys up lazily (MapWithStateRuntime.load); the
@@ -266,3 +267,19 @@ class Recovery:
         positioned -= self._reset_sources
         return {start_blob(src.name) for src in self.sources if src.name not in positioned}
 
+
+def _check_partition_hash(url: str, seq: int, recorded: Any, ex: Executor) -> None:
+    """Refuse a commit whose key partitions were cut with another hash than `ex` cuts them with.
+
+    The workers read a partition file of their own partition count directly, so keys cut
+    by another hash would silently land on partitions that do not own them.
+    """
+    stored = recorded.get("hash") if isinstance(recorded, dict) else None
+    mine = ex.partitioning().get("hash") if isinstance(ex, KeyPartitioned) else None
+    if stored is not None and stored != mine:
+        msg = (
+            f"checkpoint {url}: commit record {log_path(seq)} holds key partitions cut with the hash {stored!r}, "
+            f"but this executor cuts them with {mine!r}, so their keys would load into partitions that do not own them. "
+            "Restore this checkpoint with the streamkeep version that wrote it"
+        )
+        raise IncompatibleCheckpointError(msg)

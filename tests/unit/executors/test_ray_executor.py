@@ -273,6 +273,22 @@ def test_a_4_partition_checkpoint_restores_on_2_partitions_and_on_the_local_exec
     assert _canon(states) == _canon(ref2_states)
 
 
+@pytest.mark.ray
+def test_key_partitions_cut_by_another_hash_are_refused_on_ray_by_name_and_restore_on_the_local_executor(tmp_path, ray_address, monkeypatch):
+    """The hash recorded with the partitions is checked: read partition by partition, keys cut by another hash land on the wrong actors."""
+    ckpt = str(tmp_path / "ckpt")
+    with monkeypatch.context() as m:  # a checkpoint written by a version that cut keys another way
+        m.setattr("streamkeep.executors.ray.HASH_NAME", "an-older-hash")
+        _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 3)
+    assert Checkpoint(ckpt).commits()[0].data["partitioning"]["hash"] == "an-older-hash"
+    with pytest.raises(sk.IncompatibleCheckpointError, match="an-older-hash.*streamkeep version that wrote it"):
+        _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 1)
+    ref_sink, ref_states = _run(str(tmp_path / "ref"), "local", 4)
+    sink, states = _run(ckpt, "local", 1)  # the local executor reads every partition whole: nothing to refuse
+    assert _sorted_batches(sink) == _sorted_batches(ref_sink)[-1:]
+    assert _canon(states) == _canon(ref_states)
+
+
 # -- loopback only ----------------------------------------------------------------------
 
 
