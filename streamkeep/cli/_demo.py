@@ -14,7 +14,7 @@ from typing import Any
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._layout import looks_like_checkpoint
-from streamkeep.errors import ConfigError, IncompatibleCheckpointError
+from streamkeep.errors import CheckpointInUseError, ConfigError, IncompatibleCheckpointError
 
 #: The demo's checkpoint when --checkpoint is not given.
 DEFAULT_CHECKPOINT = "streamkeep-demo-checkpoint"
@@ -80,18 +80,35 @@ def resume_message(checkpoint: str, last_ms: int, now_ms: int, interval_ms: int)
 
 
 def _not_the_demos(checkpoint: str) -> str | None:
-    """Why the local directory `checkpoint` is not the demo's to delete (None: absent, empty or the demo's)."""
-    if not os.path.exists(checkpoint) or (os.path.isdir(checkpoint) and not os.listdir(checkpoint)):
+    """Why `checkpoint` is not the demo's to delete (None: absent, an empty directory, or the demo's, not in use).
+
+    Deleting needs positive evidence: the newest readable commit records exactly the demo's
+    source and operator. A directory that only shares a name with a checkpoint's layout
+    (a ``log/`` folder), a checkpoint without a readable commit (another job's first batch,
+    or damaged records) and a checkpoint a running demo holds are all refused.
+    """
+    if "://" in checkpoint:
+        return "--fresh deletes local directories only"
+    if not os.path.lexists(checkpoint) or (os.path.isdir(checkpoint) and not os.path.islink(checkpoint) and not os.listdir(checkpoint)):
         return None
+    if os.path.islink(checkpoint) or not os.path.isdir(checkpoint):
+        return "it is not a directory" if not os.path.islink(checkpoint) else "it is a symbolic link"
     ckpt = Checkpoint(checkpoint)
     if not looks_like_checkpoint(ckpt):
         return "it is not a streamkeep checkpoint"
-    records, _ = ckpt.read_records(newest_first=True)  # damaged records are skipped: --fresh is their remedy
-    graph: dict[str, Any] = next((r.data.get("graph", {}) for r in records if r.kind == "commit"), {})
-    ops, sources = set(graph.get("operators", {})) - {_OPERATOR}, set(graph.get("sources", {})) - {_SOURCE}
-    if ops or sources:
-        names = ", ".join(repr(n) for n in sorted(ops | sources))
+    records, _ = ckpt.read_records(newest_first=True)  # damaged records are skipped
+    commit = next((r for r in records if r.kind == "commit"), None)
+    if commit is None:
+        return "it holds no readable commit, so nothing shows it is the demo's (delete it yourself if it is)"
+    graph: dict[str, Any] = commit.data.get("graph", {})
+    ops, sources = set(graph.get("operators", {})), set(graph.get("sources", {}))
+    if ops != {_OPERATOR} or sources != {_SOURCE}:
+        names = ", ".join(repr(n) for n in sorted((ops | sources) - {_OPERATOR, _SOURCE})) or "no demo counts"
         return f"it is the checkpoint of another job (it keeps {names})"
+    try:
+        ckpt._check_lease()
+    except CheckpointInUseError as exc:
+        return f"a running demo holds it ({exc})"
     return None
 
 
@@ -107,11 +124,12 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         why = _not_the_demos(checkpoint)
         if why is not None:
             msg = (
-                f"--fresh deletes the demo's checkpoint, but {checkpoint!r} is not one: {why}. Nothing was deleted; "
+                f"--fresh deletes only the demo's own checkpoint, and not {checkpoint!r}: {why}. Nothing was deleted; "
                 f"pass --checkpoint with the demo's directory (default {DEFAULT_CHECKPOINT!r}) or a new one"
             )
             raise ConfigError(msg)
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        if os.path.lexists(checkpoint):
+            shutil.rmtree(checkpoint)
 
     def setup() -> sk.StreamingContext:
         ssc = sk.StreamingContext(interval, checkpoint=checkpoint)
@@ -129,7 +147,7 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
     try:
         ssc = sk.StreamingContext.get_or_create(checkpoint, setup)
     except IncompatibleCheckpointError as exc:
-        why = _not_the_demos(checkpoint) or "its stored graph differs from the demo's"
+        why = _not_the_demos(checkpoint) or f"its stored graph differs from the demo's ({str(exc).splitlines()[0]})"
         msg = (
             f"{checkpoint!r} is not the demo's checkpoint: {why}. The demo neither uses nor deletes it: pass "
             f"--checkpoint with a new directory (`streamkeep checkpoint inspect {checkpoint}` shows what it holds)"

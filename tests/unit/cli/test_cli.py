@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
 from streamkeep.cli import main
 from streamkeep.testing import ManualClock
 
@@ -604,6 +605,55 @@ def test_demo_neither_deletes_nor_uses_another_jobs_checkpoint(tmp_path: Path, c
     assert "allow_state_loss" not in err  # advice for the job's own code, not for a demo user
     assert committed() == before
     assert main(["checkpoint", "verify", url]) == 0
+
+
+def test_demo_fresh_does_not_delete_a_directory_that_only_shares_a_name_with_a_checkpoints_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A project with a `log/` folder looked like a checkpoint without a commit, which counted as the demo's."""
+    project = tmp_path / "proj"
+    (project / "log").mkdir(parents=True)
+    (project / "log" / "app.log").write_text("started\n")
+    (project / "src").mkdir()
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    assert main(["demo", "--fresh", "--checkpoint", str(project), "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no readable commit" in err and "Nothing was deleted" in err, err
+    assert (project / "src" / "main.py").read_text() == "print('hi')\n"
+
+
+def test_demo_fresh_does_not_delete_a_checkpoint_without_a_readable_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = tmp_path / "job-ckpt"
+    _job(str(url), batches=2)
+    for f in (url / "log").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"damaged")
+    kept = sorted(p.relative_to(url) for p in url.rglob("*"))
+    assert main(["demo", "--fresh", "--checkpoint", str(url), "--seconds", "0.1"]) == 2
+    assert "holds no readable commit" in capsys.readouterr().err
+    assert sorted(p.relative_to(url) for p in url.rglob("*")) == kept
+
+
+@pytest.mark.slow
+def test_demo_fresh_does_not_delete_the_checkpoint_a_running_demo_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "demo-ckpt")
+    assert main(["demo", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    capsys.readouterr()
+    holder = Checkpoint(url)  # what a running demo's driver holds
+    holder.claim("another-demo", "test")
+    try:
+        assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.1"]) == 2
+        err = capsys.readouterr().err
+        assert "a running demo holds it" in err and "Nothing was deleted" in err, err
+        assert Checkpoint(url).commits()
+    finally:
+        holder.release()
+    assert main(["demo", "--fresh", "--checkpoint", url, "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert "fresh start" in capsys.readouterr().out
+
+
+def test_demo_fresh_refuses_a_remote_url(capsys: pytest.CaptureFixture[str]) -> None:
+    """--fresh silently deleted nothing for an s3:// URL, and the demo then resumed the old checkpoint."""
+    assert main(["demo", "--fresh", "--checkpoint", "s3://bucket/demo", "--seconds", "0.1"]) == 2
+    assert "--fresh deletes local directories only" in capsys.readouterr().err
 
 
 @pytest.mark.slow
