@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run",
         help="run a streaming job script",
         description="Run APP.py as __main__ (with a dashboard unless --no-ui). Ctrl-C or SIGTERM (docker stop, "
-        "systemd, kill PID) stops the job after the batch in progress, which commits; the next run resumes after it.",
+        "systemd, kill PID) stops the job and releases its checkpoint: after the batch in progress commits (start()), "
+        "or abandoning it, to be re-run from its plan at the next start (a run() loop); nothing is lost.",
     )
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")

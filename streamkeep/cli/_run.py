@@ -2,8 +2,10 @@
 
 The dashboard is on by default for the contexts the script creates (port 4040, or
 the next free one; the address is printed), with a console status line in a terminal.
-SIGTERM stops the job as Ctrl-C does (the batch in progress commits, the checkpoint's
-lease is released), so `docker stop` or a service manager stops it cleanly.
+SIGTERM stops the job as Ctrl-C does (a job started with ``start()`` after the batch in
+progress commits, a ``run()`` loop abandoning it to be re-run from its plan; the
+checkpoint's lease is released), so `docker stop` or a service manager stops it cleanly,
+also on the Ray executor (whose ``ray.init`` would replace the handler).
 """
 
 from __future__ import annotations

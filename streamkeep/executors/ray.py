@@ -51,9 +51,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any
 
@@ -239,32 +243,37 @@ class RayExecutor:
 
     # -- connecting ------------------------------------------------------------------
 
+    def _init(self, ray: Any) -> None:
+        """``ray.init`` as this executor connects: to `address` (or ``RAY_ADDRESS``), or a local Ray on loopback."""
+        opts: dict[str, Any] = {"configure_logging": False}
+        address = self.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as ray.init reads it
+        if address is not None:
+            ray.init(address=address, **opts)
+        else:
+            _loopback_only(ray)
+            # Ray starts workers at nice 15: on a machine shared with other work they would get a
+            # fraction of a core while the driver runs at the user's priority. The job's work is the job.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            # Ray's log monitor globs the session's log directory 10 times a second while it has
+            # fewer files than this (about 10 ms of CPU a second, taken from the job's cores);
+            # with 0 it looks for new files every half second. Its lines go nowhere
+            # (log_to_driver=False): the workers' logs stay in the session's log files.
+            os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+            ray.init(
+                address="local",
+                num_cpus=self.num_cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                **opts,
+            )
+            self._started_ray = True
+
     def _connect(self) -> None:
         ray = self.ray
         if not ray.is_initialized():
-            opts: dict[str, Any] = {"configure_logging": False}
-            address = self.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as ray.init reads it
-            if address is not None:
-                ray.init(address=address, **opts)
-            else:
-                _loopback_only(ray)
-                # Ray starts workers at nice 15: on a machine shared with other work they would get a
-                # fraction of a core while the driver runs at the user's priority. The job's work is the job.
-                os.environ.setdefault("RAY_worker_niceness", "0")
-                # Ray's log monitor globs the session's log directory 10 times a second while it has
-                # fewer files than this (about 10 ms of CPU a second, taken from the job's cores);
-                # with 0 it looks for new files every half second. Its lines go nowhere
-                # (log_to_driver=False): the workers' logs stay in the session's log files.
-                os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
-                ray.init(
-                    address="local",
-                    num_cpus=self.num_cpus,
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    log_to_driver=False,
-                    **opts,
-                )
-                self._started_ray = True
+            with _keeping_sigterm():
+                self._init(ray)
         exc = ray.exceptions
         self._lost = tuple(
             e for e in (getattr(exc, n, None) for n in ("RayActorError", "ObjectLostError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError"))
@@ -286,7 +295,7 @@ class RayExecutor:
         return [int(pid) for pid in self._get([h.ping.remote() for h in self._hosts])]
 
     def partitioning(self) -> dict[str, Any]:
-        """How keyed state is split (recorded in each commit record; restoring does not need it)."""
+        """How keyed state is split (recorded in each commit record; a restore on Ray refuses another hash)."""
         return {"executor": "ray", "partitions": self._count or self.num_partitions, "hash": HASH_NAME}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -878,6 +887,22 @@ def _slices(size: int, n: int, us_per_record: float | None) -> list[tuple[int, i
     cuts = [min(size, i * big) for i in range(n + 1)] + [min(size, n * big + (i + 1) * piece) for i in range(pieces)]
     cuts[-1] = size
     return [(lo, hi) for lo, hi in pairwise(cuts) if hi > lo]
+
+
+@contextmanager
+def _keeping_sigterm() -> Iterator[None]:
+    """Keep a SIGTERM handler the application installed across ``ray.init``, which sets its own (``sys.exit``).
+
+    ``streamkeep run`` (or the application itself) stops a job gracefully on SIGTERM; Ray's
+    handler would raise SystemExit in the middle of a batch instead. The default action is
+    left to Ray's handler.
+    """
+    old = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if callable(old):
+            signal.signal(signal.SIGTERM, old)
 
 
 def _per_partition(ops: tuple[Any, ...]) -> bool:

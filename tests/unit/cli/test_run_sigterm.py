@@ -7,11 +7,14 @@ resumes right after the last batch the first one ran.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from streamkeep.checkpoint import Checkpoint
 
@@ -37,9 +40,11 @@ print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
 """
 
 
-def _run_until_terminated(app: Path, ckpt: str, batches: int) -> tuple[str | None, list[tuple[int, int]], str, str, int]:
-    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(app), ckpt]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+def _run_until_terminated(
+    app: Path, ckpt: str, batches: int, *, executor: str | None = None, env: dict[str, str] | None = None
+) -> tuple[str | None, list[tuple[int, int]], str, str, int]:
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", *(["--executor", executor] if executor else []), str(app), ckpt]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stdout is not None
         lines: list[str] = []
         seen: list[tuple[int, int]] = []
@@ -76,3 +81,20 @@ def test_sigterm_stops_streamkeep_run_gracefully_releases_the_lease_and_resumes(
     assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
     assert at == str(first[-1][0]), f"the second run resumed after {at}, not after the first run's last batch {first[-1][0]}"
     assert second[0][1] > first[-1][1], f"the count restarted: first run ended at {first[-1]}, second began at {second[0]}"
+
+
+@pytest.mark.ray
+def test_sigterm_stops_a_job_on_the_ray_executor_gracefully_too(tmp_path: Path, ray_address: str) -> None:
+    """ray.init replaces the SIGTERM handler with sys.exit: the job died mid-batch with SystemExit, its lease held."""
+    app = tmp_path / "job.py"
+    app.write_text(_JOB)
+    ckpt = str(tmp_path / "ckpt")
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    at, first, out, err, rc = _run_until_terminated(app, ckpt, batches=3, executor="ray", env=env)
+    assert at == "None"
+    assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "RETURNED True stopped" in out, out
+    lease = Checkpoint(ckpt)._read_lease()
+    assert lease is not None and lease["released"], f"the lease was not released: {lease}"
+    assert Checkpoint(ckpt).commits()[0].data["partitioning"]["executor"] == "ray"
+
