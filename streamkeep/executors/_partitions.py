@@ -276,7 +276,7 @@ class PartitionHost:
         """The shuffle's map side for operator `name` in this actor: slice `piece` of the batch with `ops` applied, split by owning partition.
 
         Keeps this partition's own bucket here (for `step`, which gets the int `piece` in its
-        place); returns the other partitions' buckets in partition order, then (records mapped,
+        place); returns the other partitions' buckets in partition order, then (input records,
         CPU ms) (with one partition: that pair alone: a Ray call's one return). Running the per-record chain in the partition actors
         themselves (slices of the batch) saves the tasks, and this partition's records never
         leave the process. An actor may map several slices of a batch, in any order. `ops`
@@ -295,8 +295,7 @@ class PartitionHost:
         except StreamkeepError as exc:
             raise portable(exc) from None
         self.kept[(name, t, piece)] = buckets[self.index]
-        mapped = sum(len(b) for b in buckets)
-        stats = (mapped, (time.thread_time() - c0) * 1e3)
+        stats = (len(records), (time.thread_time() - c0) * 1e3)  # per input record: what the driver cuts slices by
         return (*(Records(b) for i, b in enumerate(buckets) if i != self.index), stats) if self.count > 1 else stats
 
     def step(

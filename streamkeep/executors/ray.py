@@ -434,10 +434,22 @@ class RayExecutor:
         self._settle(unread)
 
     def _settle(self, refs: list[Any]) -> None:
-        """Read results whose error is already being raised (else Ray prints each as an "unhandled error")."""
-        for r in refs:
+        """Read results whose error is already being raised (else Ray prints each as an "unhandled error").
+
+        One wait of at most 30 s for them all (a hung user function must not hold up an
+        interrupted job for 30 s per result); the ones not done by then are left unread.
+        """
+        kind = self.ray.ObjectRef
+        refs = list(dict.fromkeys(r for r in refs if isinstance(r, kind)))  # refs only (a part may be records), each once
+        if not refs:
+            return
+        try:
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=30)
+        except Exception:  # e.g. Ray itself is going down: nothing to read
+            return
+        for r in ready:
             try:
-                self.ray.get(r, timeout=30)
+                self.ray.get(r, timeout=0)
             except Exception:  # noqa: S110 - the error itself is raised by the caller
                 pass
 

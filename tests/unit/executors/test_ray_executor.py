@@ -114,6 +114,9 @@ def test_partition_hosts_run_the_map_side_and_the_step_with_the_cyclic_gc_paused
     assert dict(host.runtimes["u"].snapshot()["set"]) == {"a": [False, False], "b": [False]}
     assert seen == [False, False]
     assert gc.isenabled()  # restored after each call
+    fan_out = sk.Batch([[]], 1000).flat_map(lambda k: [(k, i) for i in range(10)])._ops
+    # the CPU cost is per input record (the driver cuts slices of the input): a flat_map's 10x output must not dilute it
+    assert host.map_bucket("u", 2000, 0, fan_out, Records(["a", "b", "a"]))[0] == 3
 
 
 def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
