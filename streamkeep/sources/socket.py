@@ -14,6 +14,7 @@ outage (a port given with no server on it is the usual cause).
 from __future__ import annotations
 
 import logging
+import operator
 import socket
 import threading
 from typing import Any
@@ -25,14 +26,27 @@ from streamkeep.sources.base import BlobStore
 log = logging.getLogger("streamkeep.sources.socket")
 
 
+def _port(port: object) -> int | None:
+    """`port` as an int: an int-like (``numpy.int64``) or a string of digits (from argv or the environment), else None."""
+    if isinstance(port, bool):
+        return None
+    if isinstance(port, str):
+        return int(port) if port.strip().isdigit() else None
+    try:
+        return operator.index(port)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 class SocketTextSource:
     """Lines (utf-8, newline-terminated) from ``host:port``."""
 
     replayable = False
     can_materialise = True
 
-    def __init__(self, host: str, port: int, *, name: str, reconnect_s: float = 0.5) -> None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+    def __init__(self, host: str, port: int | str, *, name: str, reconnect_s: float = 0.5) -> None:
+        number = _port(port)
+        if number is None or not 1 <= number <= 65535:
             msg = f"socket_text_stream {name!r}: port must be an int from 1 to 65535 (the TCP port the server listens on), got {port!r}"
             raise ConfigError(msg)
         if not isinstance(host, str) or not host:
@@ -40,7 +54,7 @@ class SocketTextSource:
             raise ConfigError(msg)
         self.name = name
         self.host = host
-        self.port = port
+        self.port = number
         self._buf: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -52,8 +52,17 @@ def test_no_server_on_the_port_warns_once_then_reads_when_it_comes_up(caplog: py
             server.close()
 
 
-@pytest.mark.parametrize("port", [70000, 0, -1, "9999"])
+@pytest.mark.parametrize("port", [70000, 0, -1, "99x", 99.5, True])
 def test_a_port_out_of_range_is_refused_when_the_graph_is_built(port: object) -> None:
     ssc = sk.StreamingContext(1.0)
     with pytest.raises(ConfigError, match=r"socket_text_stream 'lines': port must be an int from 1 to 65535"):
         ssc.socket_text_stream("127.0.0.1", port, name="lines")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("port", ["9999", 9999])
+def test_a_port_given_as_digits_or_an_int_like_is_taken(port: object) -> None:
+    """A port read from argv or the environment (a string of digits) worked before the up-front check: it still does."""
+    ssc = sk.StreamingContext(1.0)
+    lines = ssc.socket_text_stream("127.0.0.1", port, name="lines")  # type: ignore[arg-type]
+    assert lines._node.source.port == 9999  # type: ignore[attr-defined]
+
