@@ -7,7 +7,6 @@ All Ray tests share the session's Ray (``ray_address``, tests/_ray_cluster.py).
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import operator
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from _ckpt_jobs import canon_state as _canon
+from _procnet import descendants, is_loopback, tcp_sockets
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
@@ -295,62 +295,6 @@ def test_key_partitions_cut_by_another_hash_are_refused_on_ray_by_name_and_resto
 # -- loopback only ----------------------------------------------------------------------
 
 
-def _is_loopback(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
-
-
-def _descendants(root: int) -> set[int]:
-    """`root` and every process below it, from /proc/*/stat."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in out]
-        out.update(kids)
-        frontier.extend(kids)
-    return out
-
-
-def _proc_sockets(pids: set[int]) -> list[tuple[int, str, str, str]]:
-    """(pid, local ip, remote ip, state) of every TCP socket the processes hold, read from /proc."""
-    import socket
-    import struct
-
-    def ip_of(hexaddr: str, v6: bool) -> str:
-        raw = bytes.fromhex(hexaddr)
-        if not v6:
-            return socket.inet_ntop(socket.AF_INET, raw[::-1])
-        words = struct.unpack("<4I", raw)
-        return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
-
-    out = []
-    for pid in pids:
-        try:
-            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
-        except OSError:
-            continue
-        inodes = {i for i in inodes if i.isdigit()}
-        for table, v6 in (("tcp", False), ("tcp6", True)):
-            try:
-                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                f = line.split()
-                if f[9] in inodes:
-                    out.append((pid, ip_of(f[1].split(":")[0], v6), ip_of(f[2].split(":")[0], v6), f[3]))
-    return out
-
-
 @pytest.mark.ray
 def test_ray_listens_and_connects_on_loopback_only(ray_address, ray_executor):
     ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
@@ -370,11 +314,11 @@ def test_ray_listens_and_connects_on_loopback_only(ray_address, ray_executor):
             if c.pid in pids and c.type == __import__("socket").SOCK_STREAM
         ]
     else:
-        pids = _descendants(os.getpid())
-        socks = _proc_sockets(pids)
+        pids = descendants(os.getpid())
+        socks = tcp_sockets(pids)
     assert len(pids) > 3, "the session's Ray processes should be children of this process"
     assert any(s[3] in ("LISTEN", "0A") for s in socks), "no listening socket found: the check would prove nothing"
-    bad = [s for s in socks if not _is_loopback(s[1]) or (s[2] and not _is_loopback(s[2]))]
+    bad = [s for s in socks if not is_loopback(s[1]) or (s[2] and not is_loopback(s[2]))]
     assert not bad, f"Ray sockets outside 127.0.0.0/8: {bad[:10]}"
 
 

@@ -11,15 +11,13 @@ already picks 127.0.0.1.)
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _procnet import descendants, is_loopback, tcp_sockets
 
 pytest.importorskip("ray")
 
@@ -46,60 +44,6 @@ ssc.stop()
 """
 
 
-def _is_loopback(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
-
-
-def _descendants(root: int) -> set[int]:
-    """`root` and every process below it, from /proc/*/stat."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in out]
-        out.update(kids)
-        frontier.extend(kids)
-    return out
-
-
-def _sockets(pids: set[int]) -> list[tuple[int, str, str, str]]:
-    """(pid, local ip, remote ip, state) of every TCP socket the processes hold, read from /proc."""
-
-    def ip_of(hexaddr: str, v6: bool) -> str:
-        raw = bytes.fromhex(hexaddr)
-        if not v6:
-            return socket.inet_ntop(socket.AF_INET, raw[::-1])
-        words = struct.unpack("<4I", raw)
-        return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
-
-    out = []
-    for pid in pids:
-        try:
-            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
-        except OSError:
-            continue
-        inodes = {i for i in inodes if i.isdigit()}
-        for table, v6 in (("tcp", False), ("tcp6", True)):
-            try:
-                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                f = line.split()
-                if f[9] in inodes:
-                    out.append((pid, ip_of(f[1].split(":")[0], v6), ip_of(f[2].split(":")[0], v6), f[3]))
-    return out
-
-
 @pytest.mark.ray
 def test_a_ray_the_executor_starts_itself_listens_and_connects_on_loopback_only():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no session Ray, no preset binding
@@ -110,8 +54,8 @@ def test_a_ray_the_executor_starts_itself_listens_and_connects_on_loopback_only(
         try:
             assert child.stdout is not None
             line = child.stdout.readline()  # the child runs the job and then waits; EOF if it failed
-            pids = _descendants(child.pid)
-            socks = _sockets(pids)
+            pids = descendants(child.pid)
+            socks = tcp_sockets(pids)
         finally:
             try:
                 _, err = child.communicate("\n", timeout=120)  # the child stops its job and its Ray
@@ -122,5 +66,5 @@ def test_a_ray_the_executor_starts_itself_listens_and_connects_on_loopback_only(
     assert child.returncode == 0, err
     assert len(pids) > 3, "Ray's processes should be children of the process that started it"
     assert any(s[3] == "0A" for s in socks), "no listening socket found: the check would prove nothing"
-    bad = [s for s in socks if not _is_loopback(s[1]) or (s[3] != "0A" and not _is_loopback(s[2]))]  # a listener's peer is "any"
+    bad = [s for s in socks if not is_loopback(s[1]) or (s[3] != "0A" and not is_loopback(s[2]))]  # a listener's peer is "any"
     assert not bad, f"Ray sockets outside 127.0.0.0/8: {bad[:10]}"
