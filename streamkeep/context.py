@@ -120,11 +120,12 @@ def _as_checkpoint_url(value: Any, where: str) -> str:
 
 
 def _same_checkpoint(a: str, b: str) -> bool:
-    """Whether two checkpoint URLs name the same place (``ckpt``, ``ckpt/``, ``./ckpt`` and its absolute path do)."""
+    """Whether two checkpoint URLs name the same place (``ckpt``, ``ckpt/``, ``./ckpt``, its absolute path and a symlink to it do)."""
+
     def norm(url: str) -> str:
         if "://" in url and not url.startswith("file://"):
             return url.rstrip("/")
-        return os.path.abspath(url.removeprefix("file://"))
+        return os.path.realpath(url.removeprefix("file://"))  # symlinks resolved: `link/..` is where the link points
 
     return a == b or norm(a) == norm(b)
 
