@@ -7,8 +7,10 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 import streamkeep as sk
@@ -112,6 +114,11 @@ def _not_the_demos(checkpoint: str) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops the demo as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> int:
     """Run the demo for `seconds`, printing the running counts after every batch.
 
@@ -163,7 +170,8 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print(resume_message(checkpoint, last, now_ms, ssc.batch_interval_ms), flush=True)
     else:
         print(f"fresh start at {clock_time(now_ms)}; checkpoint in {checkpoint!r}. Interrupt me (Ctrl-C, or kill -9) and run `{again}` to resume.", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    old_term = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
     ssc.start()
     said_stopped = False  # a Ctrl-C during await_termination stops the job, and the engine says "stopped; ..." itself
     try:
@@ -176,6 +184,8 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print("\ninterrupted: stopping after the batch in progress", flush=True)
     finally:
         ssc.stop(graceful=True)
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
     if said_stopped:
         print(f"Run `{again}` again to continue the counts.", flush=True)
         return 0

@@ -650,6 +650,25 @@ def test_demo_fresh_does_not_delete_the_checkpoint_a_running_demo_holds(tmp_path
     assert "fresh start" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_demo_restores_the_sigterm_handler_and_runs_off_the_main_thread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo left its SIGTERM handler installed after it returned, and failed with ValueError off the main thread."""
+    import signal
+    import threading
+
+    from streamkeep.cli._demo import run_demo
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["demo", "--checkpoint", str(tmp_path / "a"), "--seconds", "0.3", "--interval", "0.1"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(run_demo(str(tmp_path / "b"), 0.3, 0.1, False)))
+    worker.start()
+    worker.join(60)
+    assert done == [0]
+    assert "fresh start" in capsys.readouterr().out
+
+
 def test_demo_fresh_refuses_a_remote_url(capsys: pytest.CaptureFixture[str]) -> None:
     """--fresh silently deleted nothing for an s3:// URL, and the demo then resumed the old checkpoint."""
     assert main(["demo", "--fresh", "--checkpoint", "s3://bucket/demo", "--seconds", "0.1"]) == 2
