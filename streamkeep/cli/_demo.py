@@ -10,12 +10,12 @@ import sys
 import threading
 import time
 from datetime import datetime
-from types import FrameType
 from typing import Any
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._layout import looks_like_checkpoint
+from streamkeep.cli._run import _terminate
 from streamkeep.errors import CheckpointInUseError, ConfigError, IncompatibleCheckpointError
 
 #: The demo's checkpoint when --checkpoint is not given.
@@ -114,11 +114,6 @@ def _not_the_demos(checkpoint: str) -> str | None:
     return None
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM stops the demo as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> int:
     """Run the demo for `seconds`, printing the running counts after every batch.
 
@@ -171,7 +166,7 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
     else:
         print(f"fresh start at {clock_time(now_ms)}; checkpoint in {checkpoint!r}. Interrupt me (Ctrl-C, or kill -9) and run `{again}` to resume.", flush=True)
     on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
-    old_term = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
+    old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     ssc.start()
     said_stopped = False  # a Ctrl-C during await_termination stops the job, and the engine says "stopped; ..." itself
     try:
