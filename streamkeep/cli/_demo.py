@@ -91,10 +91,14 @@ def _not_the_demos(checkpoint: str) -> str | None:
     """
     if "://" in checkpoint:
         return "--fresh deletes local directories only"
-    if not os.path.lexists(checkpoint) or (os.path.isdir(checkpoint) and not os.path.islink(checkpoint) and not os.listdir(checkpoint)):
+    if not os.path.lexists(checkpoint):
         return None
-    if os.path.islink(checkpoint) or not os.path.isdir(checkpoint):
-        return "it is not a directory" if not os.path.islink(checkpoint) else "it is a symbolic link"
+    if os.path.islink(checkpoint):
+        return "it is a symbolic link"
+    if not os.path.isdir(checkpoint):
+        return "it is not a directory"
+    if not os.listdir(checkpoint):
+        return None
     ckpt = Checkpoint(checkpoint)
     if not looks_like_checkpoint(ckpt):
         return "it is not a streamkeep checkpoint"

@@ -272,6 +272,11 @@ class PartitionHost:
         """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
         self.runtimes[name].load(snapshot, deltas)
 
+    def _drop_leftovers(self, t: int) -> None:
+        """Forget kept buckets of batches other than `t`: a failed try's (its map side ran, its step did not)."""
+        if any(k[1] != t for k in self.kept):
+            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
+
     def map_bucket(self, name: str, t: int, piece: int, ops: tuple[Any, ...] | bytes, records: list[Any]) -> tuple[Any, ...]:
         """The shuffle's map side for operator `name` in this actor: slice `piece` of the batch with `ops` applied, split by owning partition.
 
@@ -282,8 +287,7 @@ class PartitionHost:
         leave the process. An actor may map several slices of a batch, in any order. `ops`
         may come pickled (the driver pickles a batch's operators once for all its slices).
         """
-        if any(k[1] != t for k in self.kept):  # a failed try's leftovers
-            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
+        self._drop_leftovers(t)
         c0 = time.thread_time()
         if isinstance(ops, bytes):
             if self.ops_cache[0] != ops:
@@ -311,8 +315,7 @@ class PartitionHost:
         if forget:
             self.forget_changes()
         rt = self.runtimes[name]
-        if self.kept and any(k[1] != t for k in self.kept):  # a failed try's leftovers (the map side ran, its step did not)
-            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
+        self._drop_leftovers(t)
         if any(p.__class__ is int for p in parts):
             kept: list[list[Any]] = []
             for p in parts:

@@ -884,9 +884,9 @@ def _slices(size: int, n: int, us_per_record: float | None) -> list[tuple[int, i
 
     One equal slice per actor when the per-record cost is not known yet (the operator's
     first batch), is under `BALANCE_US`, or an actor's share would take less than
-    `BALANCE_MS`. Else one big slice
-    per actor, then `PIECES` small ones per actor (each about `PIECE_MS` of work, at least
-    `PIECE_RECORDS` records) that go to whichever actor ends first: the actors end within
+    `BALANCE_MS`. Else one big slice per actor, then `PIECES` small ones per actor (each
+    about `PIECE_MS` of work, at least `PIECE_RECORDS` records) that go to whichever actor
+    ends first: the actors end within
     about a piece of each other although their speeds differ by up to the pieces' total
     (each piece is a call to an actor, which costs the driver about a millisecond).
     """
