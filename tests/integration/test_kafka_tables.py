@@ -71,6 +71,16 @@ def _source(bs: str, topic: str | list[str], **kw: Any) -> KafkaSource:
     return src
 
 
+def _first_table(bs: str, topic: str, **kw: Any) -> Any:
+    """The one table a fresh source reads for batch 1000 (one partition)."""
+    src = _source(bs, topic, **kw)
+    try:
+        [[table]] = src.read(src.plan(1000), 1000)
+    finally:
+        src.close()
+    return table
+
+
 def _rows_of(parts: list[list[Any]]) -> list[list[dict[str, Any]]]:
     """Each partition's rows: a table partition as dicts, with its columns in a fixed order."""
     out = []
@@ -212,11 +222,7 @@ def test_json_values_parse_in_one_table_and_bad_ones_go_to_the_dead_letter_sink_
     topic = topic_factory(1)
     _produce_values(bs, topic, _json_values())
     dead = ListSink("dead")
-    src = _source(bs, topic, tables=KafkaTables("json", schema=SCHEMA2, metadata=True), on_error=dead)
-    try:
-        [[table]] = src.read(src.plan(1000), 1000)
-    finally:
-        src.close()
+    table = _first_table(bs, topic, tables=KafkaTables("json", schema=SCHEMA2, metadata=True), on_error=dead)
     assert table.column_names == ["user", "n", "_topic", "_partition", "_offset", "_timestamp"]
     rows = [(r["user"], r["n"], r["_offset"]) for r in table.to_pylist()]
     assert rows == [("ann", 1, 0), ("bob", 2, 2), (None, None, 4), ("dee", 4, 6), ("fay", 7, 9)]
@@ -237,11 +243,7 @@ def test_a_two_document_value_and_a_blank_one_whose_row_counts_cancel_out_still_
     topic = topic_factory(1)
     _produce_values(bs, topic, [b'{"user": "ann", "n": 1}', b'{"user": "eve", "n": 5}{"user": "evil", "n": 999}', blank, b'{"user": "fay", "n": 7}'])
     dead = ListSink("dead")
-    src = _source(bs, topic, tables=KafkaTables("json", schema=SCHEMA2, metadata=True), on_error=dead)
-    try:
-        [[table]] = src.read(src.plan(1000), 1000)
-    finally:
-        src.close()
+    table = _first_table(bs, topic, tables=KafkaTables("json", schema=SCHEMA2, metadata=True), on_error=dead)
     assert [(r["user"], r["n"], r["_offset"]) for r in table.to_pylist()] == [("ann", 1, 0), ("fay", 7, 3)]
     [(_, bad)] = dead.batches
     assert [b["offset"] for b in bad] == [1, 2]
@@ -252,11 +254,7 @@ def test_json_values_that_fail_call_on_error_with_the_raw_record_or_fail_the_bat
     topic = topic_factory(1)
     _produce_values(bs, topic, [b'{"user": "ann", "n": 1}', b'{"user": "bob", "n": "x"}'])
     seen: list[tuple[KafkaRecord, Exception]] = []
-    src = _source(bs, topic, tables=KafkaTables("json", schema=SCHEMA2), on_error=lambda rec, exc: seen.append((rec, exc)))
-    try:
-        [[table]] = src.read(src.plan(1000), 1000)
-    finally:
-        src.close()
+    table = _first_table(bs, topic, tables=KafkaTables("json", schema=SCHEMA2), on_error=lambda rec, exc: seen.append((rec, exc)))
     assert table.to_pylist() == [{"user": "ann", "n": 1}]
     [(rec, exc)] = seen
     assert isinstance(rec, KafkaRecord) and (rec.topic, rec.partition, rec.offset, rec.value) == (topic, 0, 1, b'{"user": "bob", "n": "x"}')
@@ -274,11 +272,7 @@ def test_string_values_that_are_not_utf8_go_to_the_dead_letter_sink_and_tombston
     topic = topic_factory(1)
     _produce_values(bs, topic, [b"caf\xc3\xa9", b"\xff\xfe bad", None, b"ok"])
     dead = ListSink("dead")
-    src = _source(bs, topic, tables="string", on_error=dead)
-    try:
-        [[table]] = src.read(src.plan(1000), 1000)
-    finally:
-        src.close()
+    table = _first_table(bs, topic, tables="string", on_error=dead)
     assert table.schema == pa.schema([("value", pa.string())])
     assert table.column("value").to_pylist() == ["café", None, "ok"]
     [(_, [bad])] = dead.batches

@@ -471,41 +471,31 @@ def test_a_big_batch_in_slices_the_actors_pull_gives_what_the_local_executor_giv
     assert sum(len(v) for v in got["local"][-1][1].values()) == 20_000
 
 
+def _zero_division_error(executor: object, zero_at: int) -> sk.UserFunctionError:
+    """The error of a job whose second batch of 5000 records holds a 0 at `zero_at` (100 // 0 in its map)."""
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    src = ssc.queue_stream([list(range(1, 5001)), [*range(1, zero_at), 0, *range(zero_at, 5000)]], name="q")
+    src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
+    try:
+        with pytest.raises(sk.UserFunctionError) as info:
+            ssc.run(2)
+    finally:
+        ssc.stop()
+    return info.value
+
+
 @pytest.mark.ray
 def test_a_user_function_error_in_a_pulled_slice_is_the_one_the_local_executor_raises(ray_executor, monkeypatch):
     """An error in a late small slice of a balanced batch: the job fails as on the local executor (operator, batch)."""
     _pull_small_slices(monkeypatch)
-
-    def run(executor):
-        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
-        src = ssc.queue_stream([list(range(1, 5001)), [*range(1, 4990), 0, *range(4990, 5000)]], name="q")
-        src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
-        try:
-            with pytest.raises(sk.UserFunctionError) as info:
-                ssc.run(2)
-        finally:
-            ssc.stop()
-        return info.value
-
-    local, on_ray = run("local"), run(ray_executor)
+    local, on_ray = _zero_division_error("local", 4990), _zero_division_error(ray_executor, 4990)
     assert (on_ray.operator, on_ray.batch_time_ms, type(on_ray.__cause__)) == (local.operator, local.batch_time_ms, ZeroDivisionError)
     assert local.operator == "map" and local.batch_time_ms == 2000
 
 
 @pytest.mark.ray
 def test_a_user_function_error_in_a_big_batch_on_ray_is_the_one_the_local_executor_raises(ray_executor):
-    def run(executor):
-        ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
-        src = ssc.queue_stream([list(range(1, 5001)), [*range(1, 4000), 0, *range(4000, 5000)]], name="q")
-        src.map(lambda x: (x % 11, 100 // x)).update_state_by_key(_update, name="u").write_to(ListSink())
-        try:
-            with pytest.raises(sk.UserFunctionError) as info:
-                ssc.run(2)
-        finally:
-            ssc.stop()
-        return info.value
-
-    local, on_ray = run("local"), run(ray_executor)
+    local, on_ray = _zero_division_error("local", 4000), _zero_division_error(ray_executor, 4000)
     assert (on_ray.operator, on_ray.batch_time_ms, type(on_ray.__cause__)) == (local.operator, local.batch_time_ms, ZeroDivisionError)
     assert local.operator == "map" and local.batch_time_ms == 2000
 

@@ -24,15 +24,20 @@ def _sink(path: Path | str, epoch: int | None, ckpt: str = "ck1", **kw: Any) -> 
     return sink
 
 
+def _zombie_is_refused(old: Any, new: Any) -> None:
+    """`old` (epoch 1) writes, `new` (epoch 2) takes over: every later write of `old` is refused, naming both epochs."""
+    old.write(1000, ["a"])
+    new.write(2000, ["b"])
+    with pytest.raises(CheckpointInUseError, match=r"newer driver \(epoch 2\).*this driver \(epoch 1\) lost"):
+        old.write(2000, ["zombie"])
+    with pytest.raises(CheckpointInUseError):
+        old.write(3000, ["zombie"])
+
+
 def test_an_older_epoch_cannot_write_after_a_newer_one(tmp_path: Path) -> None:
     old, new = _sink(tmp_path, 1), _sink(tmp_path, 2)
     try:
-        old.write(1000, ["a"])
-        new.write(2000, ["b"])
-        with pytest.raises(CheckpointInUseError, match=r"newer driver \(epoch 2\).*this driver \(epoch 1\) lost"):
-            old.write(2000, ["zombie"])
-        with pytest.raises(CheckpointInUseError):
-            old.write(3000, ["zombie"])
+        _zombie_is_refused(old, new)
         new.write(3000, ["c"])
         other = _sink(tmp_path, 1, ckpt="ck2")  # a new checkpoint: its epochs are not comparable, it writes
         other.write(4000, ["d"])
@@ -102,12 +107,7 @@ def test_an_older_epoch_cannot_write_after_a_newer_one_on_s3(s3_server: Any, s3_
     out = f"{s3_url}/out"
     old, new = _sink(out, 1, storage_options=opts), _sink(out, 2, storage_options=opts)
     try:
-        old.write(1000, ["a"])
-        new.write(2000, ["b"])
-        with pytest.raises(CheckpointInUseError, match=r"newer driver \(epoch 2\).*this driver \(epoch 1\) lost"):
-            old.write(2000, ["zombie"])
-        with pytest.raises(CheckpointInUseError):
-            old.write(3000, ["zombie"])
+        _zombie_is_refused(old, new)
     finally:
         old.close()
         new.close()
