@@ -6,6 +6,15 @@ changed after they appear (write them elsewhere and move them in, as with
 Spark). The position is the set of file names already planned that still exist.
 Files whose name starts with ``.`` or ``_`` are ignored (temporary files).
 
+A planned file that keeps growing (a writer appending in place) would have its
+appended bytes never read: the listings after its plan compare its size with
+the planned one and log a warning once per file naming both sizes. An object
+store's listing gives sizes, so every planned object is compared at every
+listing; a local directory's does not, so each listing stats the files planned
+in its last ``_RECENT_LISTINGS`` listings and ``_OLDER_PER_LISTING`` older ones
+in turn (a cost that does not grow with the directory). Sizes planned before a
+restart are known again only for the batches it replays.
+
 The directory is a local path or an fsspec URL (``s3://bucket/prefix``, with
 ``storage_options``). With ``new_files_only`` (the default, as Spark's
 textFileStream) the files already there when a job starts fresh are skipped; the
@@ -28,8 +37,12 @@ dstream, sinks or executors.
 from __future__ import annotations
 
 import codecs
+import itertools
+import logging
 import os
 import re
+import stat
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +55,13 @@ from streamkeep.sources.base import BlobStore, DeadLetters, start_blob
 LineErrorHandler = Callable[[dict[str, Any], Exception], None]
 
 _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could not decode
+
+#: A local file is stat'ed again at each of the listings that follow its plan, up to this many ...
+_RECENT_LISTINGS = 3
+#: ... and then in turn with the other planned files, this many per listing.
+_OLDER_PER_LISTING = 32
+
+log = logging.getLogger("streamkeep.sources.files")
 
 
 def _ignored(name: str) -> bool:
@@ -72,6 +92,8 @@ class _LocalDir:
     """A local directory."""
 
     local = True
+    #: False: the listing gives names only; a size costs a stat.
+    listing_has_sizes = False
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -96,12 +118,12 @@ class _LocalDir:
     def sizes(self, names: list[str]) -> dict[str, int]:
         out = {}
         for n in names:
-            path = os.path.join(self.path, n)
             try:
-                if os.path.isfile(path):
-                    out[n] = os.path.getsize(path)
+                st = os.stat(os.path.join(self.path, n))
             except OSError:  # gone again since the listing: it is not planned
                 continue
+            if stat.S_ISREG(st.st_mode):
+                out[n] = st.st_size
         return out
 
     def read(self, name: str, size: int) -> bytes:
@@ -113,6 +135,8 @@ class _RemoteDir:
     """A directory (prefix) on an fsspec filesystem (s3://, gs://, memory://, ...)."""
 
     local = False
+    #: True: the listing gives every object's size (`sizes` costs no request).
+    listing_has_sizes = True
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
         try:
@@ -224,6 +248,11 @@ class TextFileSource:
             _RemoteDir(self.directory, storage_options) if url else _LocalDir(self.directory.removeprefix("file://"))
         )
         self._seen: set[str] = set()
+        # Growth checks: (planned size, batch time) of each planned file still watched, least lately
+        # checked first, and the files planned by the last listings.
+        self._planned_size: dict[str, tuple[int, BatchTime]] = {}
+        self._recent: deque[list[str]] = deque(maxlen=_RECENT_LISTINGS)
+        self._grown: set[str] = set()  # warned about (once per file)
         self._parts = num_partitions
         self.new_files_only = new_files_only
         self.encoding = encoding
@@ -308,8 +337,48 @@ class TextFileSource:
         names = sorted(n for n in self._list() if not _ignored(n))
         sizes = self._dir.sizes([n for n in names if n not in self._seen])
         new = [[n, sizes[n]] for n in names if n in sizes]
-        self._seen = (self._seen & set(names)) | set(sizes)
+        listed = set(names)
+        self._seen = (self._seen & listed) | set(sizes)
+        self._check_growth(listed)
+        self._watch([n for n in names if n in sizes], sizes, batch_time)
         return {"files": new}
+
+    def _watch(self, names: list[str], sizes: dict[str, int], batch_time: BatchTime) -> None:
+        """Remember the planned sizes of `names` (planned now, or in a replayed plan)."""
+        for n in names:
+            if n not in self._grown:
+                self._planned_size.pop(n, None)
+                self._planned_size[n] = (sizes[n], batch_time)
+        self._recent.append(names)
+
+    def _check_growth(self, listed: set[str]) -> None:
+        """Warn once for each planned file that is now larger than planned (its appended bytes are never read)."""
+        planned = self._planned_size
+        for n in [n for n in planned if n not in listed]:  # gone: nothing more to check
+            del planned[n]
+        self._grown &= listed
+        if self._dir.listing_has_sizes:
+            check = list(planned)
+        else:  # a stat each: the files planned lately, then the least lately checked few
+            recent = [n for names in self._recent for n in names if n in planned]
+            check = list(dict.fromkeys([*recent, *itertools.islice(planned, _OLDER_PER_LISTING)]))
+            for n in check:
+                planned[n] = planned.pop(n)  # to the back of the turn
+        now = self._dir.sizes(check)
+        for n in check:
+            size = now.get(n)
+            was, planned_at = planned[n]
+            if size is None or size <= was:
+                continue
+            del planned[n]
+            self._grown.add(n)
+            log.warning(
+                "text_file_stream %r: file %r grew after it was planned for batch %d ms with %d bytes; it now has "
+                "%d bytes, and those %d appended bytes (and any appended later) are NOT read. Files must be complete "
+                "when they appear in the directory: write each one elsewhere (or under a name starting with '.' or "
+                "'_') and rename it into place, and put later data in a new file.",
+                self.name, self._dir.where(n), planned_at, was, size, size - was,
+            )
 
     def _planned(self, plan: Data, batch_time: BatchTime) -> list[tuple[str, int]]:
         """The plan's files, each checked to be a plain name inside the directory."""
@@ -338,7 +407,11 @@ class TextFileSource:
         """The planned files' lines (one partition per file, or `num_partitions`)."""
         parts = []
         bad: list[dict[str, Any]] = []
-        for n, size in self._planned(plan, batch_time):
+        files = self._planned(plan, batch_time)
+        replayed = [n for n, _ in files if n in self._seen and n not in self._planned_size]
+        if replayed:  # a plan made before a restart: its sizes are known again
+            self._watch(replayed, dict(files), batch_time)
+        for n, size in files:
             path = self._dir.where(n)
             try:
                 data = self._dir.read(n, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -65,3 +66,22 @@ def test_a_missing_bucket_is_refused_at_start(s3_server: Any) -> None:
     ssc.text_file_stream("s3://no-such-bucket-here/in", name="files", storage_options=s3_server.storage_options).write_to(ListSink())
     with pytest.raises(SourceError, match="bucket 'no-such-bucket-here' does not exist"):
         ssc.run(max_batches=1)
+
+
+def test_an_object_rewritten_larger_after_its_plan_is_named_in_a_warning(s3_server: Any, s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An object store has no append, but a writer can re-upload a planned object with more data: same loss."""
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(**s3_server.storage_options)
+    key = f"{s3_url}/in/app.log".removeprefix("s3://")
+    fs.pipe(key, b"one\n")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    sink = ListSink()
+    lines = ssc.text_file_stream(f"{s3_url}/in", name="files", new_files_only=False, storage_options=s3_server.storage_options)
+    lines.write_to(sink)
+    lines.foreach_batch(lambda t, b: fs.pipe(key, b"one\ntwo\n") if b else None)  # after batch 1000 read it
+    with caplog.at_level(logging.WARNING, logger="streamkeep.sources.files"):
+        ssc.run(max_batches=3)
+    ssc.stop()
+    assert sink.batches == [(1000, ["one"]), (2000, []), (3000, [])]
+    (msg,) = [r.getMessage() for r in caplog.records if "grew" in r.getMessage()]
+    assert f"{s3_url}/in/app.log" in msg and "with 4 bytes" in msg and "now has 8 bytes" in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -311,3 +312,61 @@ def test_recovery_flushes_the_plans_it_replays_before_replaying_them(tmp_path: P
     run_until(url, file_job(url, d, sink), 2)
     assert synced == [[holder]], synced
     assert sink.batches == [(2000, ["x"])]
+
+
+# -------------------------------------------------------------- a planned file that keeps growing
+
+
+def _appending_job(d: Path, sink: ListSink, append: dict[int, tuple[str, bytes]]) -> sk.StreamingContext:
+    """A job whose own output step appends to a file (a writer that appends in place) after given batches."""
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    lines = ssc.text_file_stream(str(d), name="files", new_files_only=False)
+    lines.write_to(sink)
+
+    def writer(t: Any, batch: Any) -> None:
+        name, data = append.get(int(t.timestamp() * 1000), ("", b""))
+        if name:
+            with open(d / name, "ab") as f:
+                f.write(data)
+
+    lines.foreach_batch(writer)
+    return ssc
+
+
+def _grew(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "streamkeep.sources.files" and "grew" in r.getMessage()]
+
+
+def test_bytes_appended_to_a_planned_file_are_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "app.log").write_bytes(b"one\ntwo\n")  # 8 bytes when batch 1000 plans it
+    sink = ListSink()
+    ssc = _appending_job(d, sink, {1000: ("app.log", b"three\n"), 2000: ("app.log", b"four\n")})
+    with caplog.at_level(logging.WARNING, logger="streamkeep.sources.files"):
+        ssc.run(max_batches=4)
+    ssc.stop()
+    assert _lines(sink) == ["one", "two"]  # the appended lines are not read (the plan fixed 8 bytes) ...
+    (msg,) = _grew(caplog)  # ... but the loss is said, once for the file, not once per batch
+    assert str(d / "app.log") in msg and "'files'" in msg and "batch 1000 ms" in msg
+    assert "with 8 bytes" in msg and "now has 14 bytes" in msg and "6 appended bytes" in msg
+    assert "rename it into place" in msg
+
+
+def test_growth_of_older_local_files_is_found_in_turn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the listings right after its plan, a local file is still checked, a few files per listing."""
+    from streamkeep.sources import files as files_mod
+
+    d = tmp_path / "in"
+    d.mkdir()
+    many = files_mod._OLDER_PER_LISTING * 2 + 5
+    for i in range(many):
+        (d / f"f{i:04}.txt").write_bytes(b"x\n")
+    grow_at = 1000 * (files_mod._RECENT_LISTINGS + 2)  # long after batch 1000 planned them all
+    sink = ListSink()
+    ssc = _appending_job(d, sink, {grow_at: ("f0003.txt", b"late\n")})
+    with caplog.at_level(logging.WARNING, logger="streamkeep.sources.files"):
+        ssc.run(max_batches=grow_at // 1000 + many // files_mod._OLDER_PER_LISTING + 2)
+    ssc.stop()
+    (msg,) = _grew(caplog)
+    assert str(d / "f0003.txt") in msg and "with 2 bytes" in msg and "now has 7 bytes" in msg
