@@ -8,7 +8,9 @@ and not yet planned are lost on a crash, as with any receiver; keep batch
 intervals short or use Kafka when that matters. The receiver connects in the
 background and reconnects every ``reconnect_s`` when it cannot connect or the
 connection drops; batches are empty meanwhile, and a warning is logged once per
-outage (a port given with no server on it is the usual cause).
+outage: "cannot connect" when it never got through (a port given with no server
+on it is the usual cause), "the connection ... was lost" when an established one
+ended, then "connected" when it is back.
 """
 
 from __future__ import annotations
@@ -73,29 +75,7 @@ class SocketTextSource:
         warned = False  # one warning per outage, not one per retry
         while not self._stop.is_set():
             try:
-                with socket.create_connection((self.host, self.port), timeout=1.0) as s:
-                    self.connected.set()
-                    if warned:
-                        log.info("socket source %r: connected to %s:%d", self.name, self.host, self.port)
-                    warned = False
-                    s.settimeout(0.2)
-                    pending = b""
-                    while not self._stop.is_set():
-                        try:
-                            chunk = s.recv(65536)
-                        except TimeoutError:
-                            continue
-                        if not chunk:
-                            break
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        if lines:
-                            decoded = [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
-                            with self._lock:
-                                self._buf.extend(decoded)
-                    if pending:
-                        with self._lock:
-                            self._buf.append(pending.decode("utf-8", "replace"))
+                conn = socket.create_connection((self.host, self.port), timeout=1.0)
             except OSError as exc:
                 if not warned:  # e.g. no server listening yet: its batches are empty until one is
                     log.warning(
@@ -106,8 +86,48 @@ class SocketTextSource:
                     warned = True
                 else:
                     log.debug("socket source %r: %s:%d: %s; retrying", self.name, self.host, self.port, exc)
+            else:
+                with conn:
+                    self.connected.set()
+                    if warned:
+                        log.info("socket source %r: connected to %s:%d", self.name, self.host, self.port)
+                    try:
+                        self._read(conn)
+                        why = "the server closed it"
+                    except OSError as exc:
+                        why = str(exc) or type(exc).__name__
+                if not self._stop.is_set():
+                    log.warning(
+                        "socket source %r: the connection to %s:%d was lost (%s); lines the server sends until it "
+                        "reconnects are not received, and its batches are empty meanwhile (reconnecting every %g s)",
+                        self.name, self.host, self.port, why, self._reconnect_s,
+                    )
+                    warned = True  # the outage's warning: the reconnect attempts log at debug level, then "connected"
             self.connected.clear()
             self._stop.wait(self._reconnect_s)
+
+    def _read(self, conn: socket.socket) -> None:
+        """Buffer `conn`'s lines until the server closes it or the source stops (an OSError if it breaks)."""
+        conn.settimeout(0.2)
+        pending = b""
+        try:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    decoded = [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
+                    with self._lock:
+                        self._buf.extend(decoded)
+        finally:
+            if pending:  # a last line without its newline
+                with self._lock:
+                    self._buf.append(pending.decode("utf-8", "replace"))
 
     def restore(self, position: Data) -> None:
         self._seq = int(position.get("seq", 0))

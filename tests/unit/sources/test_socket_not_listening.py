@@ -66,3 +66,39 @@ def test_a_port_given_as_digits_or_an_int_like_is_taken(port: object) -> None:
     lines = ssc.socket_text_stream("127.0.0.1", port, name="lines")  # type: ignore[arg-type]
     assert lines._node.source.port == 9999  # type: ignore[attr-defined]
 
+
+
+def test_a_dropped_connection_is_said_to_be_lost_then_reconnects(caplog: pytest.LogCaptureFixture) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    got: list[str] = []
+    ssc = sk.StreamingContext(0.1)
+    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    caplog.set_level(logging.INFO, logger="streamkeep.sources.socket")
+    ssc.start()
+    try:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"before\n")
+            _wait(lambda: got == ["before"], "the line sent before the drop")
+            server.close()  # nobody listens any more ...
+        # ... and the connection drops: the source retries
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+        _wait(warnings, "the warning about the lost connection")
+        (msg,) = warnings()
+        assert f"the connection to 127.0.0.1:{port} was lost" in msg and "'lines'" in msg and "reconnecting" in msg
+        server = socket.create_server(("127.0.0.1", port))  # the server comes back on the same port
+        server.settimeout(20)
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"after\n")
+            _wait(lambda: got == ["before", "after"], "the line sent after the reconnect")
+        assert all("cannot connect" not in m for m in warnings())  # it had connected: the outage is a lost connection
+        assert any("connected to" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    finally:
+        ssc.stop()
+        server.close()
