@@ -747,6 +747,7 @@ class StreamingContext:
                     emit(sched.listeners, "on_job_stopped", JobStopped(sched.last_time, sched.batches_done, self._failed))
                 if self._ui is not None:
                     self._ui.close()
+                    self._ui = None  # `ui_url` is None again: nothing serves there any more
 
     # -- observability -----------------------------------------------------------
 
@@ -789,7 +790,7 @@ class StreamingContext:
 
     @property
     def ui_url(self) -> str | None:
-        """The dashboard's address (``http://127.0.0.1:PORT/``) once started with `ui_port`; else None."""
+        """The dashboard's address (``http://127.0.0.1:PORT/``) from start with `ui_port` until `stop`; else None."""
         return None if self._ui is None else str(self._ui.url)
 
     @property

@@ -28,6 +28,9 @@ def setup_logging() -> Callable[[], None]:
         return lambda: None
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # An application that configures logging once it runs (logging.basicConfig in the script) gets the
+    # lines through its own handlers: this one steps aside rather than print each line twice.
+    h.addFilter(lambda record: not root.handlers)
     level = sk.level
     sk.addHandler(h)
     sk.setLevel(logging.INFO)

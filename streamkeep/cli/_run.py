@@ -11,6 +11,7 @@ also on the Ray executor (whose ``ray.init`` would replace the handler).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import runpy
 import signal
@@ -25,7 +26,9 @@ from streamkeep.errors import ConfigError
 
 
 def _on_start(ssc: Any, sched: Any) -> None:
-    if ssc.ui_url is not None:
+    sk_log = logging.getLogger("streamkeep")
+    if ssc.ui_url is not None and not (sk_log.isEnabledFor(logging.INFO) and sk_log.hasHandlers()):
+        # The context logs the address at INFO; print it only where that line is not shown (the app's logging config).
         print(f"streamkeep: dashboard at {ssc.ui_url} (metrics: {ssc.ui_url}metrics)", file=sys.stderr, flush=True)
     sched.listeners.append(console_listener())
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from streamkeep.cli import main
 
@@ -118,3 +122,32 @@ def test_run_without_the_ui_extra_runs_the_job_without_a_dashboard(tmp_path: Pat
     assert main(["run", str(app), str(out)]) == 0
     assert out.read_text() == "(None, 2000)"
     assert "no dashboard: it needs prometheus-client (pip install 'streamkeep[ui]')" in capsys.readouterr().err
+
+
+_ONCE_APP = """
+import sys
+{logging_setup}
+import streamkeep as sk
+from streamkeep.testing import ManualClock
+ssc = sk.StreamingContext(1.0, clock=ManualClock())
+ssc.queue_stream([[1, 2], [3]], name="q").foreach_batch(lambda b: None)
+ssc.run(max_batches=2)
+running = ssc.ui_url
+ssc.stop()
+print("URLS", running, ssc.ui_url, flush=True)
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["", "import logging; logging.basicConfig(level=logging.WARNING)"])
+def test_run_says_the_dashboard_address_once_and_ui_url_is_none_after_stop(tmp_path: Path, logging_setup: str) -> None:
+    """The address was printed twice (a log line and a print); with a script's own logging.basicConfig every
+    log line was printed twice; after stop() ui_url still named the closed server."""
+    app = tmp_path / "app.py"
+    app.write_text(_ONCE_APP.format(logging_setup=logging_setup))
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--ui-port", "0", str(app)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    running, after = done.stdout.split("URLS ", 1)[1].split()
+    assert running.startswith("http://127.0.0.1:") and after == "None", done.stdout
+    assert done.stderr.count(f"dashboard at {running}") == 1, done.stderr
+    assert done.stderr.count("started fresh (no checkpoint)") == 1, done.stderr
