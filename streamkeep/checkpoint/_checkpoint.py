@@ -267,6 +267,17 @@ class CommitRecord:
         return out
 
 
+def _identity_damaged(url: str, why: str) -> str:
+    """The message for a damaged CHECKPOINT file: what is wrong, that commits are safe, the way out."""
+    why = why.replace(f" {VERIFY_HINT}", "")
+    return (
+        f"{why} This is the checkpoint's identity file (format version, creation time, checkpoint id); the committed "
+        f"state is in log/ and state/ and is not affected. Rewrite it with `streamkeep checkpoint repair {url}` (with "
+        f"no job running on the checkpoint): it keeps the damaged file's checkpoint id when it can still be read "
+        f"(see docs/checkpoint-format.md, 'A damaged CHECKPOINT file')."
+    )
+
+
 @dataclass
 class _Owner:
     epoch: int = 0
@@ -359,10 +370,12 @@ class Checkpoint:
                 return {"format_version": PLAIN_VERSION}
             msg = f"{self.url} is not a streamkeep checkpoint (no {_IDENTITY} file)"
             raise CheckpointError(msg)
-        data = self.read(_IDENTITY, "identity")
+        try:
+            data = self.read(_IDENTITY, "identity")
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(_identity_damaged(self.url, str(exc))) from exc
         if not isinstance(data, dict):
-            msg = f"{self.storage.path(_IDENTITY)} is not a streamkeep checkpoint identity record"
-            raise CorruptCheckpointError(msg)
+            raise CorruptCheckpointError(_identity_damaged(self.url, f"{self.storage.path(_IDENTITY)} is not a streamkeep checkpoint identity record"))
         return data
 
     def _ensure_identity(self, engine_version: str) -> None:

@@ -1,6 +1,6 @@
 """What the ``streamkeep checkpoint`` commands share: opening a checkpoint, formatting, options.
 
-None of the commands claims the checkpoint or writes to it, so they are safe to run
+None of the commands but `repair` claims the checkpoint or writes to it, so they are safe to run
 next to a live driver (a file that retention deletes while they read is reported as
 gone, not as damage). Loading state never runs code: files written with the pickle
 codec are checked for framing and checksum but not decoded.

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
-    ck = sub.add_parser("checkpoint", help="inspect, verify or diff a checkpoint")
+    ck = sub.add_parser("checkpoint", help="inspect, verify, diff or repair a checkpoint")
     cks = ck.add_subparsers(dest="action", required=True)
     url_help = "the checkpoint: the directory or fsspec URL the job was given (e.g. ckpt/ or s3://bucket/jobs/x)"
     ins = cks.add_parser("inspect", help="summary of a checkpoint")
@@ -99,7 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dif.add_argument("app", help="path of the job's Python file (its graph is built, the job is not run)")
     dif.add_argument("--pyspark", action="store_true", help="APP.py is a PySpark program (as `streamkeep run --pyspark`)")
     dif.add_argument("args", nargs="*", help="arguments for the script (after --: diff URL APP.py -- --flag value)")
-    for p in (ins, ver, dif):
+    rep = cks.add_parser(
+        "repair",
+        help="rewrite a damaged CHECKPOINT (identity) file, keeping what it still holds; commits and state are not touched",
+    )
+    rep.add_argument("url", help=url_help)
+    rep.add_argument("--id", dest="checkpoint_id", help="the checkpoint id to write (when the damaged file's id is unreadable)")
+    for p in (ins, ver, dif, rep):
         p.add_argument(
             "--storage-option",
             "-o",
@@ -111,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the subcommand's usage and options, not the top level's
-        at = {"demo": demo, "run": run}.get(args.command) or {"inspect": ins, "verify": ver, "diff": dif}[args.action]
+        at = {"demo": demo, "run": run}.get(args.command) or {"inspect": ins, "verify": ver, "diff": dif, "repair": rep}[args.action]
         hint = "; the script's own arguments go after --" if at is dif else ""
         at.error(f"unrecognized arguments: {' '.join(unknown)} (see {at.prog} --help{hint})")
     try:
@@ -141,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamkeep.cli._verify import verify
 
             return verify(args.url, storage_options=opts)
+        if args.action == "repair":
+            from streamkeep.cli._repair import repair
+
+            return repair(args.url, checkpoint_id=args.checkpoint_id, storage_options=opts)
         from streamkeep.cli._diff import diff
 
         return diff(args.url, args.app, args.args, storage_options=opts, pyspark=args.pyspark)

@@ -188,6 +188,11 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     present = set(files)
     if "CHECKPOINT" not in present:
         rep.problems.append("CHECKPOINT: the identity file is missing")
+    if any(p.startswith("CHECKPOINT:") for p in rep.problems):
+        rep.notes.append(
+            f"CHECKPOINT (format version, creation time, checkpoint id) holds no committed state: `streamkeep "
+            f"checkpoint repair {url}` rewrites it, keeping what the damaged file still holds"
+        )
     _check_references(ckpt, records, rep, present)
     if not commits and not any(p.startswith("log/") for p in rep.problems):
         for sign in ckpt.lost_history(records):  # what recovery refuses rather than starting over

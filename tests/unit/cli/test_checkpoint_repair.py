@@ -1,0 +1,109 @@
+"""A damaged CHECKPOINT (identity) file: the error names it and the way out; `streamkeep checkpoint repair` is that way.
+
+Before, a job on such a checkpoint failed with "checkpoint file .../CHECKPOINT is corrupt ... run verify", verify
+listed the same problem, and nothing said that the committed state was intact or how to go on short of
+starting a fresh checkpoint (losing it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _ckpt_jobs import run_until
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.cli import main
+from streamkeep.errors import CorruptCheckpointError
+from streamkeep.testing import ListSink, ManualClock
+
+
+def _setup(url: str, sink: ListSink) -> Any:
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        counts = ssc.rate_stream(5, name="rate").map(lambda r: ("n", 1))
+        counts.update_state_by_key(lambda new, old: (old or 0) + sum(new), name="total").write_to(sink)
+        return ssc
+
+    return setup
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "checksum":  # a flipped bit in the checksum: the payload is whole
+        data[-2] ^= 0x40
+    elif how == "truncated":  # the tail (with the id at the end of the map) is gone
+        del data[len(data) // 2 :]
+    else:  # overwritten with something else entirely
+        data = bytearray(b"not a streamkeep file\n" * 3)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["checksum", "truncated", "garbage"])
+def test_a_damaged_checkpoint_file_is_named_with_the_way_out_and_repair_keeps_the_committed_state(
+    tmp_path: Path, capsys: Any, how: str
+) -> None:
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 3)
+    old_id = Checkpoint(url).identity()["id"]
+    ident = tmp_path / "ck" / "CHECKPOINT"
+    _damage(ident, how)
+
+    with pytest.raises(CorruptCheckpointError) as info:
+        run_until(url, _setup(url, ListSink()), 4)
+    msg = str(info.value)
+    assert str(ident) in msg and "identity file" in msg and "not affected" in msg
+    assert f"streamkeep checkpoint repair {url}" in msg
+
+    assert main(["checkpoint", "verify", url]) == 1
+    assert f"`streamkeep checkpoint repair {url}` rewrites it" in capsys.readouterr().out
+
+    assert main(["checkpoint", "repair", url]) == 0
+    out = capsys.readouterr().out
+    assert "CHECKPOINT rewritten" in out and "the commit log and the state files were not touched" in out
+    kept = [p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith("CHECKPOINT.damaged-")]
+    assert len(kept) == 1, kept  # the damaged bytes are kept, not deleted
+    new_id = Checkpoint(url).identity()["id"]
+    if how == "checksum":
+        assert new_id == old_id and "(kept from the damaged file)" in out
+    else:
+        assert new_id != old_id and "NEW: the old one was not readable" in out and "--id" in out
+
+    sink = ListSink()
+    run_until(url, _setup(url, sink), 4)
+    assert sink.batches == [(4000, [("n", 20)])]  # the committed count goes on: nothing was lost
+    assert main(["checkpoint", "verify", url]) == 0
+
+
+def test_repair_with_an_id_and_of_a_sound_file(tmp_path: Path, capsys: Any) -> None:
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    old_id = Checkpoint(url).identity()["id"]
+    before = (tmp_path / "ck" / "CHECKPOINT").read_bytes()
+    assert main(["checkpoint", "repair", url]) == 0
+    assert "CHECKPOINT is sound; nothing to repair" in capsys.readouterr().out
+    assert (tmp_path / "ck" / "CHECKPOINT").read_bytes() == before
+    _damage(tmp_path / "ck" / "CHECKPOINT", "garbage")
+    assert main(["checkpoint", "repair", "--id", old_id, url]) == 0
+    assert "(given with --id)" in capsys.readouterr().out
+    assert Checkpoint(url).identity()["id"] == old_id
+    assert main(["checkpoint", "repair", "--id", "../x", url]) == 2
+    assert "letters and digits" in capsys.readouterr().err
+
+
+def test_repair_refuses_while_a_driver_owns_the_checkpoint(tmp_path: Path, capsys: Any) -> None:
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    running = sk.StreamingContext.get_or_create(url, _setup(url, ListSink()))
+    running.start()  # a live driver holds the checkpoint ...
+    try:
+        _damage(tmp_path / "ck" / "CHECKPOINT", "checksum")  # ... when its identity file is damaged
+        damaged = (tmp_path / "ck" / "CHECKPOINT").read_bytes()
+        assert main(["checkpoint", "repair", url]) == 2
+        assert "CheckpointInUseError" in capsys.readouterr().err
+        assert (tmp_path / "ck" / "CHECKPOINT").read_bytes() == damaged  # untouched
+    finally:
+        running.stop()
+    assert main(["checkpoint", "repair", url]) == 0  # once it stopped
