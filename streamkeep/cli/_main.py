@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a streaming job script",
         description="Run APP.py as __main__ (with a dashboard unless --no-ui). Ctrl-C or SIGTERM (docker stop, "
         "systemd, kill PID) stops the job and releases its checkpoint: after the batch in progress commits (start()), "
-        "or abandoning it, to be re-run from its plan at the next start (a run() loop); nothing is lost.",
+        "or abandoning it, to be re-run from its plan at the next start (a run() loop); nothing is lost. "
+        "Exit status after SIGTERM: 0 (a clean stop).",
     )
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")

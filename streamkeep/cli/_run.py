@@ -5,7 +5,9 @@ the next free one; the address is printed), with a console status line in a term
 SIGTERM stops the job as Ctrl-C does (a job started with ``start()`` after the batch in
 progress commits, a ``run()`` loop abandoning it to be re-run from its plan; the
 checkpoint's lease is released), so `docker stop` or a service manager stops it cleanly,
-also on the Ray executor (whose ``ray.init`` would replace the handler).
+also on the Ray executor (whose ``ray.init`` would replace the handler), and the exit
+status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a ``run()``
+loop exits 130).
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+class _Termination:
+    """`_terminate`, remembering that SIGTERM came: the stop it asks for is a clean one (exit status 0)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = True
+        _terminate(signum, frame)
+
+
 def run_app(
     app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1", executor: str | None = None
 ) -> int:
@@ -67,9 +80,16 @@ def run_app(
     ex_token = RUN_EXECUTOR.set(executor)
     # A handler the script installs itself replaces this one.
     on_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    term = _Termination()
+    old_term = signal.signal(signal.SIGTERM, term) if on_main else None
     try:
         runpy.run_path(app, run_name="__main__")
+    except KeyboardInterrupt:
+        if not term.signalled:  # Ctrl-C: 130, as a shell reports it
+            raise
+        # A `run()` loop stopped by SIGTERM: the job stopped and released its checkpoint, as asked
+        # (a script waiting in await_termination() returns and ends normally): a clean stop, 0.
+        return 0
     except ModuleNotFoundError as exc:
         if pyspark or exc.name is None or exc.name.split(".")[0] != "pyspark":
             raise

@@ -2,7 +2,8 @@
 
 The batch in progress commits, the checkpoint's lease is released (on S3 the next driver
 would otherwise wait for it to expire), no traceback, exit status 0, and the next run
-resumes right after the last batch the first one ran.
+resumes right after the last batch the first one ran. A script that runs its job with
+`run()` rather than `start()` + `await_termination()` exits 0 as well (it exited 130).
 """
 
 from __future__ import annotations
@@ -97,4 +98,33 @@ def test_sigterm_stops_a_job_on_the_ray_executor_gracefully_too(tmp_path: Path, 
     lease = Checkpoint(ckpt)._read_lease()
     assert lease is not None and lease["released"], f"the lease was not released: {lease}"
     assert Checkpoint(ckpt).commits()[0].data["partitioning"]["executor"] == "ray"
+
+
+_RUN_JOB = _JOB.replace(
+    'ssc.start()\nprint("RETURNED", ssc.await_termination(), ssc.state, flush=True)\n',
+    'ssc.run()\nprint("NOT REACHED", flush=True)\n',
+)
+
+
+def test_sigterm_of_a_run_loop_exits_0_too_and_resumes(tmp_path: Path) -> None:
+    """systemd and docker read a non-zero status after their SIGTERM as a failure: both ways of running a job exit 0."""
+    assert "ssc.run()" in _RUN_JOB
+    app = tmp_path / "job.py"
+    app.write_text(_RUN_JOB)
+    ckpt = str(tmp_path / "ckpt")
+
+    at, first, out, err, rc = _run_until_terminated(app, ckpt, batches=3)
+    assert at == "None"
+    assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in err and "NOT REACHED" not in out, err
+    assert "interrupted: a batch in progress that had not committed is abandoned" in err
+    lease = Checkpoint(ckpt)._read_lease()
+    assert lease is not None and lease["released"], f"the lease was not released: {lease}"
+
+    at, second, out, err, rc = _run_until_terminated(app, ckpt, batches=1)
+    assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert at is not None and int(at) >= first[0][0], f"the second run did not resume from the first's commits: {at}"
+    both = sorted(set(first) | set(second))
+    assert len({t for t, _ in both}) == len(both), f"a batch re-run gave another count: {first} then {second}"
+    assert [n for _, n in both] == sorted(n for _, n in both) and second[0][1] > first[0][1], f"{first} then {second}"
 
