@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
 from streamkeep._clock import WallClock
@@ -692,8 +691,7 @@ class StreamingContext:
             raise err
         last = self.last_batch_time_ms
         if last is not None and self._checkpoint_url is not None:
-            at = datetime.fromtimestamp(last / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-            log.warning("stopped; the next get_or_create resumes after the batch of %s", at)
+            log.warning("stopped; the next get_or_create resumes after the batch of %s", iso_ms(last))
         else:
             log.warning("stopped")
 

@@ -37,6 +37,7 @@ dstream, sinks or executors.
 from __future__ import annotations
 
 import codecs
+import datetime
 import itertools
 import logging
 import os
@@ -78,6 +79,12 @@ def _not_found(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _iso(t_ms: BatchTime) -> str:
+    """A batch time as the scheduler's log lines show it (UTC, ms)."""
+    d = datetime.datetime.fromtimestamp(t_ms / 1000, tz=datetime.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t_ms % 1000:03d}Z"
 
 
 def _decode_error(raw: bytes, encoding: str, errors: str) -> UnicodeDecodeError | None:
@@ -373,11 +380,11 @@ class TextFileSource:
             del planned[n]
             self._grown.add(n)
             log.warning(
-                "text_file_stream %r: file %r grew after it was planned for batch %d ms with %d bytes; it now has "
+                "text_file_stream %r: file %r grew after it was planned for batch %d ms (%s) with %d bytes; it now has "
                 "%d bytes, and those %d appended bytes (and any appended later) are NOT read. Files must be complete "
                 "when they appear in the directory: write each one elsewhere (or under a name starting with '.' or "
                 "'_') and rename it into place, and put later data in a new file.",
-                self.name, self._dir.where(n), planned_at, was, size, size - was,
+                self.name, self._dir.where(n), planned_at, _iso(planned_at), was, size, size - was,
             )
 
     def _planned(self, plan: Data, batch_time: BatchTime) -> list[tuple[str, int]]:

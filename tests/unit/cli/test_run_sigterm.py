@@ -69,11 +69,14 @@ def test_sigterm_stops_streamkeep_run_gracefully_releases_the_lease_and_resumes(
     app.write_text(_JOB)
     ckpt = str(tmp_path / "ckpt")
 
-    at, first, out, err, rc = _run_until_terminated(app, ckpt, batches=3)
+    env = {**os.environ, "TZ": "Asia/Tokyo"}  # the log's times are UTC, whatever the machine's zone
+    at, first, out, err, rc = _run_until_terminated(app, ckpt, batches=3, env=env)
     assert at == "None"
     assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err, err
     assert "interrupted: stopping after the batch in progress" in err
+    last = re.search(r"stopped after \d+ batches; last batch (\S+)", err)
+    assert last is not None and f"the next get_or_create resumes after the batch of {last[1]}" in err, err
     assert "RETURNED True stopped" in out
     lease = Checkpoint(ckpt)._read_lease()
     assert lease is not None and lease["released"], f"the lease was not released: {lease}"

@@ -348,7 +348,7 @@ def test_bytes_appended_to_a_planned_file_are_named_in_a_warning(tmp_path: Path,
     ssc.stop()
     assert _lines(sink) == ["one", "two"]  # the appended lines are not read (the plan fixed 8 bytes) ...
     (msg,) = _grew(caplog)  # ... but the loss is said, once for the file, not once per batch
-    assert str(d / "app.log") in msg and "'files'" in msg and "batch 1000 ms" in msg
+    assert str(d / "app.log") in msg and "'files'" in msg and "batch 1000 ms (1970-01-01T00:00:01.000Z)" in msg
     assert "with 8 bytes" in msg and "now has 14 bytes" in msg and "6 appended bytes" in msg
     assert "rename it into place" in msg
 
