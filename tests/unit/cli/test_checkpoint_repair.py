@@ -107,3 +107,45 @@ def test_repair_refuses_while_a_driver_owns_the_checkpoint(tmp_path: Path, capsy
     finally:
         running.stop()
     assert main(["checkpoint", "repair", url]) == 0  # once it stopped
+
+
+@pytest.mark.integration
+def test_repair_on_s3(s3_server: Any, s3_url: str, capsys: Any) -> None:
+    """The same on an object store (moto S3): a live lease refuses the repair, a released one lets it run."""
+    import json
+
+    s3fs = pytest.importorskip("s3fs")
+    so = s3_server.storage_options
+    opts = [x for k, v in so.items() for x in ("-o", f"{k}={json.dumps(v) if isinstance(v, dict) else v}")]
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=s3_url, clock=ManualClock(), storage_options=so)
+        ssc.rate_stream(5, name="rate").map(lambda r: ("n", 1)).update_state_by_key(
+            lambda new, old: (old or 0) + sum(new), name="total"
+        ).write_to(sink)
+        return ssc
+
+    sink = ListSink()
+    run_until(s3_url, setup, 2, storage_options=so)
+    old_id = Checkpoint(s3_url, storage_options=so).identity()["id"]
+    fs = s3fs.S3FileSystem(**so)
+    key = f"{s3_url}/CHECKPOINT".removeprefix("s3://")
+    running = sk.StreamingContext.get_or_create(s3_url, setup, storage_options=so)
+    running.start()  # its lease is live
+    try:
+        data = bytearray(fs.cat_file(key))
+        data[-2] ^= 0x40
+        fs.pipe(key, bytes(data))
+        assert main(["checkpoint", "repair", s3_url, *opts]) == 2
+        assert "CheckpointInUseError" in capsys.readouterr().err
+        assert fs.cat_file(key) == bytes(data)  # untouched
+    finally:
+        running.stop()  # releases the lease
+    with pytest.raises(CorruptCheckpointError, match="streamkeep checkpoint repair"):
+        run_until(s3_url, setup, 3, storage_options=so)
+    assert main(["checkpoint", "repair", s3_url, *opts]) == 0
+    assert "(kept from the damaged file)" in capsys.readouterr().out
+    assert Checkpoint(s3_url, storage_options=so).identity()["id"] == old_id
+    sink = ListSink()
+    run_until(s3_url, setup, 3, storage_options=so)
+    assert sink.batches == [(3000, [("n", 15)])]
