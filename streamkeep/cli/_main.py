@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rewrite a damaged CHECKPOINT (identity) file, keeping what it still holds; commits and state are not touched",
     )
     rep.add_argument("url", help=url_help)
-    rep.add_argument("--id", dest="checkpoint_id", help="the checkpoint id to write (when the damaged file's id is unreadable)")
+    rep.add_argument("--id", dest="checkpoint_id", metavar="ID", help="the checkpoint id to write (when the damaged file's id is unreadable)")
     for p in (ins, ver, dif, rep):
         p.add_argument(
             "--storage-option",
