@@ -30,7 +30,7 @@ def setup_logging() -> Callable[[], None]:
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # An application that configures logging once it runs (logging.basicConfig in the script) gets the
     # lines through its own handlers: this one steps aside rather than print each line twice.
-    h.addFilter(lambda record: not root.handlers)
+    h.addFilter(lambda record: not root.handlers and sk.handlers == [h])
     level = sk.level
     sk.addHandler(h)
     sk.setLevel(logging.INFO)

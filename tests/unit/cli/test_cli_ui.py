@@ -138,7 +138,14 @@ print("URLS", running, ssc.ui_url, flush=True)
 """
 
 
-@pytest.mark.parametrize("logging_setup", ["", "import logging; logging.basicConfig(level=logging.WARNING)"])
+@pytest.mark.parametrize(
+    "logging_setup",
+    [
+        "",
+        "import logging; logging.basicConfig(level=logging.WARNING)",
+        "import logging; logging.getLogger('streamkeep').addHandler(logging.StreamHandler())",
+    ],
+)
 def test_run_says_the_dashboard_address_once_and_ui_url_is_none_after_stop(tmp_path: Path, logging_setup: str) -> None:
     """The address was printed twice (a log line and a print); with a script's own logging.basicConfig every
     log line was printed twice; after stop() ui_url still named the closed server."""
