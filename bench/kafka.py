@@ -324,7 +324,7 @@ def main() -> int:
             "10",
         ]
         print(
-            f"bench/kafka.py: {n:,} records ({size / 1e6:.1f} MB of values) in {PARTITIONS} partitions, "
+            f"bench/kafka.py (load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}): {n:,} records ({size / 1e6:.1f} MB of values) in {PARTITIONS} partitions, "
             f"{args.users:,} users, <= {per_batch:,} records per partition and batch; "
             f"mock Kafka (1 broker) + redis-server on 127.0.0.1; produced in {produce_s:.2f} s; "
             f"{'each batch committed before the next' if args.flush_each_batch else 'run(max_batches=N): commits in flight while the next batch runs'}"
@@ -334,16 +334,19 @@ def main() -> int:
         times: dict[str, list[float]] = {label: [] for label, _ in variants}
         cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # this process's CPU time (all its threads)
         server_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # redis-server's, in the same run
+        # the job's own thread (the batch loop and the sink's write run there; not librdkafka's threads nor the committer)
+        job_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
         batches = 0
         for _ in range(repeat):  # interleaved, so drift hits every variant alike
             for label, mode in variants:
-                c0, s0 = time.process_time(), _redis_cpu_s(server.url)
+                c0, s0, j0 = time.process_time(), _redis_cpu_s(server.url), time.thread_time()
                 if mode == "bare":
                     times[label].append(_bare_once(example, kafka.bootstrap, topic, n, per_batch * PARTITIONS))
                 else:
                     secs, batches = _run_once(example, base, mode, workdir, server.url, n, needed, args.flush_each_batch)
                     times[label].append(secs)
                 cpu[label].append(time.process_time() - c0)
+                job_cpu[label].append(time.thread_time() - j0)
                 server_cpu[label].append(_redis_cpu_s(server.url) - s0)
         best = {label: min(ts) for label, ts in times.items()}
         best_cpu = {label: min(ts) for label, ts in cpu.items()}
@@ -360,6 +363,11 @@ def main() -> int:
                 f"{label:<20}{best[label]:>9.3f}{statistics.median(ts):>10.3f}{n / best[label]:>13,.0f}{best_cpu[label]:>12.3f}"
                 f"{best_cpu[label] / n * 1e6:>12.2f}{(best_cpu[label] + srv_best[label]) / n * 1e6:>15.2f}"
             )
+        for label, _ in variants:  # every run: a slow one among fast ones shows here, not in the best
+            runs = "  ".join(
+                f"{w:.2f}/{c:.2f}/{j:.2f}/{sv:.2f}" for w, c, j, sv in zip(times[label], cpu[label], job_cpu[label], server_cpu[label], strict=True)
+            )
+            print(f"  {label:<18}runs (wall/CPU/job thread's CPU/redis-server CPU s): {runs}")
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew wall times)")
         noop = best["no-op sink"]
         ratio, ratio_cpu = best[bare] / noop, best_cpu[bare] / best_cpu["no-op sink"]
@@ -377,6 +385,15 @@ def main() -> int:
                 f"of this process, {best_cpu['no-op sink'] / (best_cpu[label] + srv):.2f}x with redis-server's "
                 f"(the sink costs {best[label] - noop:.3f} s per {n:,} records: {best_cpu[label] - best_cpu['no-op sink']:.3f} s CPU "
                 f"here + {srv:.3f} s in redis-server, median; {added:.2f} us CPU per record, best runs{target})"
+            )
+            # Each round runs the no-op and the Redis variant a few seconds apart: the ratio of the two runs of one round
+            # moves less with the machine's load, which changes over tens of seconds, than the ratio of two bests
+            # that may come from different rounds.
+            walls = sorted(a / b for a, b in zip(times["no-op sink"], times[label], strict=True))
+            cpus = sorted(a / b for a, b in zip(cpu["no-op sink"], cpu[label], strict=True))
+            print(
+                f"  per round (no-op run / {label} run of the same round): median {statistics.median(walls):.2f}x wall "
+                f"({walls[0]:.2f}-{walls[-1]:.2f}), {statistics.median(cpus):.2f}x CPU ({cpus[0]:.2f}-{cpus[-1]:.2f})"
             )
     finally:
         server.close()
