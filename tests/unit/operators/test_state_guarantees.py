@@ -6,6 +6,7 @@ that change applied and passes without it.
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.errors import IncompatibleCheckpointError
-from streamkeep.testing import ListSink, ManualClock, run_batches
+from streamkeep.testing import ListSink, ManualClock, key_count_of, run_batches, state_of
 
 
 def _peek(key: str, value: Any, state: sk.State) -> tuple[str, Any]:
@@ -105,3 +106,84 @@ def test_an_in_place_change_before_a_dead_lettered_error_is_checkpointed_as_it_s
     ssc.run(max_batches=1)
     ssc.stop()
     assert second.batches == [(3000, [("k", [1, "poison", 3])])]  # what one uninterrupted run outputs
+
+
+# -- windows ----------------------------------------------------------------------------------
+
+
+def test_a_window_keeps_only_the_batches_a_future_window_needs(tmp_path: Path) -> None:
+    """A window of 3 s (slide 1 s) holds its last 3 batches, however long the job runs: its state stays bounded.
+
+    Catches: the window pruning one batch late (`WindowRuntime._prune` keeping a slice at the
+    horizon), which grew the state (and every snapshot) by a batch while the outputs stayed right.
+    """
+    ssc = sk.StreamingContext(1.0, checkpoint=str(tmp_path / "ckpt"), clock=ManualClock())
+    ssc.rate_stream(2, name="rate").window(3.0, name="w").write_to(ListSink())
+    try:
+        for n in range(1, 8):
+            ssc.run(max_batches=1)
+            assert key_count_of(ssc, "w") == 2 * min(n, 3), f"after batch {n}"
+        assert [ts for ts, _ in state_of(ssc, "w")["add"]] == [5000, 6000, 7000]
+    finally:
+        ssc.stop()
+
+
+def _totals_job(url: str, batches: list[list[tuple[str, int]]], sink: ListSink) -> Any:
+    def build() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100)
+        q = ssc.queue_stream(batches, name="q")
+        q.reduce_by_key_and_window(operator.add, 2.0, inv_f=operator.sub, name="win").write_to(sink)
+        return ssc
+
+    return build
+
+
+def test_a_key_whose_values_only_leave_the_window_is_checkpointed_with_its_new_total(tmp_path: Path) -> None:
+    """With `inv_f`, a key that gets no new value in a slide still changes (its expired values are subtracted);
+    a restart must resume from that total, as the uninterrupted run does.
+
+    Catches: the inverse step writing the running value without marking the key changed
+    (`ReduceWindowRuntime._running`): the delta left the key out and a restart brought back its old total.
+    """
+    batches = [[("a", 5), ("b", 1)], [("b", 1)], [("b", 1)], [("b", 1)], [("a", 1)]]
+    whole = ListSink("whole")
+    ssc = sk.StreamingContext.get_or_create(str(tmp_path / "one"), _totals_job(str(tmp_path / "one"), batches, whole))
+    ssc.run(max_batches=5)
+    ssc.stop()
+    url = str(tmp_path / "two")
+    first, second = ListSink("first"), ListSink("second")
+    ssc = sk.StreamingContext.get_or_create(url, _totals_job(url, batches, first))
+    ssc.run(max_batches=3)  # batch 3: a's 5 leaves the window, a gets nothing new
+    ssc.stop()
+    ssc = sk.StreamingContext.get_or_create(url, _totals_job(url, batches, second))
+    ssc.run(max_batches=2)
+    ssc.stop()
+    assert dict(whole.batches[-1][1])["a"] == 1
+    assert [(t, sorted(rs)) for t, rs in first.batches + second.batches] == [(t, sorted(rs)) for t, rs in whole.batches]
+
+
+def _merge_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """An in-place reducer (allowed: f may change its first argument)."""
+    for k, v in b.items():
+        a[k] = a.get(k, 0) + v
+    return a
+
+
+def _unmerge_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: v - b.get(k, 0) for k, v in a.items()}
+
+
+def test_an_in_place_reducer_with_an_inverse_gives_what_recomputing_each_window_gives() -> None:
+    """`f` may change its first argument in place: with `inv_f` the running value must never be a batch's own value,
+    or `f` changes the stored batch and its later subtraction takes away more than it added.
+
+    Catches: `ReduceWindowRuntime._running` storing a new key's first value itself as its running value.
+    """
+    batches = [[("k", {"x": 1})], [("k", {"x": 2})], [("k", {"x": 4})], [("k", {"x": 8})], [], []]
+
+    def windowed(inv: Any) -> Any:
+        return lambda ssc, s: s.reduce_by_key_and_window(_merge_counts, 2.0, inv_f=inv, name="win")
+
+    recomputed = run_batches(windowed(None), batches)
+    assert [dict(b)["k"]["x"] for b in recomputed[:4]] == [1, 3, 6, 12]
+    assert run_batches(windowed(_unmerge_counts), batches)[:5] == recomputed[:5]
