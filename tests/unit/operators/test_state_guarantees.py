@@ -6,7 +6,9 @@ that change applied and passes without it.
 
 from __future__ import annotations
 
+import json
 import operator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,59 @@ def test_an_in_place_reducer_with_an_inverse_gives_what_recomputing_each_window_
     recomputed = run_batches(windowed(None), batches)
     assert [dict(b)["k"]["x"] for b in recomputed[:4]] == [1, 3, 6, 12]
     assert run_batches(windowed(_unmerge_counts), batches)[:5] == recomputed[:5]
+
+
+# -- event time ------------------------------------------------------------------------------
+
+_T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _at(s: float) -> datetime:
+    return _T0 + timedelta(seconds=s)
+
+
+def test_a_session_whose_end_plus_lateness_reaches_the_watermark_is_late_not_emitted_again() -> None:
+    """docs/event-time.md: a session record is late when `event time + gap + allowed_lateness <= watermark`:
+    at equality its session is already closed, so the record goes to late_records and opens no window.
+
+    Catches: the session late check with `<` (`EventWindowRuntime._ingest`): the record opened a session
+    that was emitted at once, a window of a time already closed.
+    """
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    clicks = ssc.queue_stream([[("a", 1.0), ("b", 5.0)], [("a", 3.0)]], name="in")
+    sessions = clicks.with_event_time(lambda r: _at(r[1]), max_delay=0).session_window(2).count_by_key(name="s")
+    out, late = ListSink("out"), ListSink("late")
+    sessions.write_to(out)
+    sessions.late_records().write_to(late)
+    ssc.run(max_batches=2)
+    ssc.stop()
+    # batch 1: watermark 5 s; a's session [1 s, 3 s) ends at 3 s <= 5 s: emitted. Batch 2: 3 s + 2 s <= 5 s: late.
+    assert [(r.key, r.start, r.end, r.value) for r in out.records()] == [("a", _at(1.0), _at(3.0), 1)]
+    assert late.records() == [("a", 3.0)]
+
+
+def test_a_batch_of_only_late_records_is_checkpointed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch whose records are all late changes no window but does change the operator's progress (the late
+    count, the partition's last batch with records, which idle_timeout reads): the checkpoint must hold it.
+
+    Catches: `EventWindowRuntime.delta` returning None when no window changed (its ``meta`` left out).
+    """
+    from streamkeep.cli._main import main
+
+    url = str(tmp_path / "ckpt")
+
+    def build() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=100)
+        clicks = ssc.queue_stream([[("a", 1.0), ("b", 5.0)], [("a", 0.5), ("c", 0.7)]], name="in")
+        windows = clicks.with_event_time(lambda r: _at(r[1]), max_delay=0).tumbling_window(2).count_by_key(name="w")
+        windows.foreach_batch(lambda b: None)
+        return ssc
+
+    ssc = sk.StreamingContext.get_or_create(url, build)
+    ssc.run(max_batches=2)
+    ssc.stop()
+    capsys.readouterr()
+    assert main(["checkpoint", "inspect", url, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["operators"]["w"]["event_time"]
+    assert status["late_records"] == 2
+    assert status["partitions"]["in"]["last_records_batch_ms"] == 2000
