@@ -571,21 +571,33 @@ class Checkpoint:
     def _heartbeat(self, me: _Owner) -> None:
         # `me` is passed in: release() may clear self._owner before this thread first runs
         while not me.stop.wait(max(0.2, self.lease_timeout_s / 3)):
-            lease = self._read_lease()
-            if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
-                self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
-                log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
+            if not self._renew(me):
                 return
-            start = time.monotonic()
-            try:
-                self._write_lease()
-            except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
-                log.warning("could not renew the lease of %s: %s", self.url, exc)
-                continue
-            # Only a renewal that landed while the previous proof held extends it: after a pause
-            # past the lease another driver may have claimed, so ensure_owner re-checks the log.
-            if time.monotonic() < me.valid_until:
-                me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+
+    def _renew(self, me: _Owner) -> bool:
+        """One heartbeat: renew the lease and, if nothing changed, extend the proof of ownership; False once lost."""
+        lease = self._read_lease()
+        if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
+            self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
+            log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
+            return False
+        start = time.monotonic()
+        try:
+            self._write_lease()
+            # A driver claiming now appends its claim record before it reads the lease, then waits one lease
+            # from that read: a renewal whose log listing finds no record after this driver's last one started
+            # before that read, so the proof it gives runs out before the claimer's wait ends. A record after
+            # ours (a claim; rarely our own commit between its append and `me.seq`) extends nothing: the next
+            # ensure_owner re-checks the log. (me.seq is read after the listing: our own commits meanwhile count.)
+            quiet = me.lock_fd is not None or self.last_seq() <= me.seq
+        except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
+            log.warning("could not renew the lease of %s: %s", self.url, exc)
+            return True
+        # Only a renewal that landed while the previous proof held extends it: after a pause
+        # past the lease another driver may have claimed, so ensure_owner re-checks the log.
+        if quiet and time.monotonic() < me.valid_until:
+            me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+        return True
 
     def ensure_owner(self, what: str) -> None:
         """Prove that this driver still owns the checkpoint, before a side effect (`what`).
