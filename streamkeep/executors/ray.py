@@ -230,7 +230,7 @@ class RayExecutor:
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
         self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
         self._map_cost: dict[str, float] = {}  # operator -> CPU us per record of its map side in the actors (last batch)
-        #: operator -> how far apart the actors' first slices ended (last batch), ms per record of a slice
+        #: operator -> how far apart the actors' equal first slices ended (smoothed over recent batches), ms per record of a slice
         self._map_skew: dict[str, float] = {}
 
     @property
@@ -825,7 +825,7 @@ class RayExecutor:
         cuts = _slices(len(records), n, self._map_cost.get(name), None if skew is None else skew * len(records) / n)
         ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
         actors = self._actors
-        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms) ref
+        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms, end) ref
         owner: list[int] = []  # per slice: the actor that maps it
 
         def give(a: int) -> None:
