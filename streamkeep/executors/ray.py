@@ -115,7 +115,7 @@ BALANCE_US = 5.0
 #: Then each actor maps one big slice, and the last slices (each PIECE_MS of CPU, and at least PIECE_RECORDS
 #: records; about as many as the actors' shares are expected to end PIECE_MS apart, at most PIECES per actor)
 #: go to whichever actor is done first.
-PIECES = 4
+PIECES = 2
 PIECE_MS = 10.0
 PIECE_RECORDS = 200
 

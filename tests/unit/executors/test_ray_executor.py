@@ -167,7 +167,7 @@ def test_a_batch_goes_out_in_pieces_only_while_the_actors_do_not_keep_pace():
 
     assert _slices(8000, 2, 50.0, PIECE_MS / 2) == [(0, 4000), (4000, 8000)]  # they kept pace: no piece
     assert len(_slices(8000, 2, 50.0, PIECE_MS * 3)) > 2  # one lagged three pieces behind: pieces
-    assert len(_slices(8000, 2, 50.0, PIECE_MS * 1.5)) < len(_slices(8000, 2, 50.0, PIECE_MS * 5))  # more drift, more pieces
+    assert len(_slices(8000, 2, 50.0, PIECE_MS)) < len(_slices(8000, 2, 50.0, PIECE_MS * 5))  # more drift, more pieces
     assert _slices(8000, 2, 50.0, None) == _slices(8000, 2, 50.0)  # not measured: pieces, as before
     assert len(_slices(8000, 2, 50.0, None)) > 2
 
