@@ -21,11 +21,15 @@ contention: it shows where scaling stops, not more speed.
 
 ``--cpu`` first runs the CPU-heavy function in one process alone and in two at once: if two
 processes at once take longer per record, the two cores do not double the throughput (vCPUs
-sharing a physical core, a busy host) and no executor reaches 2x here. It then adds, per job and W, the CPU time every process of the job used per batch (read from
-``/proc/<pid>/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
+sharing a physical core, a busy host) and no executor reaches 2x here; and it says whether Linux
+autogroup is on (then the job, one session, gets one core's share while another session is busy).
+It then adds, per job and W, the CPU time every process of the job used per batch (every thread, read from
+``/proc/<pid>/task/*/schedstat``: the driver, the partition actors, Ray's task workers and Ray's own daemons),
 against the local executor's: what Ray adds to the work, which on a machine with few cores comes out
 of the workers' share, and the CPU time the hypervisor took from the VM's vCPUs meanwhile (``steal``: a
-host that runs other work on the same cores, which a second busy vCPU feels). It is measured on the best-of runs, so it is far less noisy than a wall-clock
+host that runs other work on the same cores, which a second busy vCPU feels), and what the rest of the
+machine (every process outside the job) used meanwhile; the ratio is printed once more over the rounds
+in which the rest of the machine stayed under 10% of a core in both runs. It is measured on the best-of runs, so it is far less noisy than a wall-clock
 ratio on a shared machine (other processes' CPU is not counted). Linux only.
 
 ``--phases`` adds, for the Ray runs, where a batch's wall time went outside the map work, from Ray's task
@@ -91,7 +95,11 @@ def _role(pid: int) -> str:
 
 
 def _cpu_by_role() -> dict[str, float]:
-    """CPU seconds used so far by this process and every process it started (Ray's daemons and workers), by role."""
+    """CPU seconds used so far by this process and every process it started (Ray's daemons and workers), by role.
+
+    Every thread of a process counts (a Ray worker's io and gRPC threads take a core as its main
+    thread does); ``actor <pid>`` is an actor's main thread alone, ``their Ray threads`` the actors' other threads.
+    """
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -106,26 +114,62 @@ def _cpu_by_role() -> dict[str, float]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
-        try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+        main, threads = _thread_ns(pid)
+        if main is None:
             continue
         role = _role(pid)
-        out[role] = out.get(role, 0.0) + ns / 1e9
+        out[role] = out.get(role, 0.0) + threads / 1e9
         if role == "actors":
-            out[f"actor {pid}"] = ns / 1e9
+            out[f"actor {pid}"] = main / 1e9  # its main thread: the one that runs the calls (maps, steps)
+            out["their Ray threads"] = out.get("their Ray threads", 0.0) + (threads - main) / 1e9
     return out
 
 
-def _steal_s() -> float:
-    """CPU seconds the hypervisor took from this VM's vCPUs so far (``steal`` in /proc/stat; 0 on bare metal)."""
+def _thread_ns(pid: int) -> tuple[int | None, int]:
+    """CPU ns of `pid`'s main thread (None: gone) and of all its threads (Ray's io and gRPC threads too)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            main = int(f.read().split()[0])
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (OSError, ValueError, IndexError):
+        return None, 0
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return main, max(total, main)
+
+
+def _machine_s() -> dict[str, float]:
+    """CPU seconds so far of the whole machine (every process: ``busy``) and the CPU time the hypervisor
+    took from this VM's vCPUs (``host steal``: 0 on bare metal), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return {}
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"machine busy": (user + nice + system + irq + softirq) / tick, "host steal": steal / tick}
+
+
+def _autogroup_note() -> str | None:
+    """What Linux's autogroup does to this job on a shared machine (None when it is off or unknown)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            on = f.read().strip() == "1"
+    except OSError:
+        return None
+    if not on:
+        return None
+    return (
+        "  Linux autogroup is on: the CPU is shared out by session first, and the job (driver, Ray, its workers) is one "
+        "session, so while another session keeps a core busy the whole job gets one core, however many workers it runs "
+        "(only a machine the job has to itself shows Ray's scaling; see 'the rest of the machine' below)"
+    )
 
 
 def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
@@ -185,12 +229,12 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     best, best_cpu = float("inf"), {}
     window = (0.0, 0.0)
     for _ in range(reps):  # the best run: this machine is shared, the others are noise
-        c0 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
+        c0 = {**_cpu_by_role(), **_machine_s()} if CPU else {}
         w0, t0 = time.time(), time.perf_counter()
         ssc.run(len(batches))
         took = time.perf_counter() - t0
         if took < best:
-            c1 = {**_cpu_by_role(), "host steal": _steal_s()} if CPU else {}
+            c1 = {**_cpu_by_role(), **_machine_s()} if CPU else {}
             best, best_cpu = took, {k: v - c0.get(k, 0.0) for k, v in c1.items()}
             window = (w0, time.time())
     if PHASES and executor != "local":
@@ -199,13 +243,18 @@ def _time_job(executor: Any, batches: list[list[Any]], per_record: Any, reps: in
     if best_cpu:  # the partition actor that worked most (the batch waits for it), and the wall time it is set against
         busiest = max((v for k, v in best_cpu.items() if k.startswith("actor ")), default=0.0)
         best_cpu = {k: v for k, v in best_cpu.items() if not k.startswith("actor ")}
-        best_cpu.update({"busiest actor": busiest, "wall": best})
+        job = sum(v for k, v in best_cpu.items() if k in ROLES)
+        others = max(0.0, best_cpu.pop("machine busy", job) - job)  # other sessions' processes (and the kernel)
+        best_cpu.update({"busiest actor": busiest, "wall": best, "rest of the machine": others})
     ssc.stop()
     return best, best_cpu
 
 
 CPU = False  # --cpu
 PHASES = False  # --phases
+ROLES = ("driver", "actors", "task workers", "Ray daemons")  # the job's processes, by role (`_role`)
+#: a round counts as "the machine to itself" when the rest of the machine used less than this share of one core in both runs
+QUIET = 0.1
 
 
 def _heavy_cpu_us(go: Any, done: Any) -> None:
@@ -289,6 +338,9 @@ def main() -> None:
     if CPU:
         alone, both = _two_cores()
         print(f"  its CPU per record, best of 15: {alone:.1f} us in one process alone, {both:.1f} us each in two at once")
+        note = _autogroup_note()
+        if note:
+            print(note)
     import ray
 
     from streamkeep.executors import RayExecutor
@@ -300,6 +352,7 @@ def main() -> None:
     added: dict[str, dict[int, list[float]]] = {}  # ms Ray adds per batch, for the jobs whose function is free
     cpu: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in jobs}  # ms per batch by role
     phases: dict[str, dict[int, dict[str, list[float]]]] = {name: {} for name in jobs}  # --phases: ms per batch
+    quiet: dict[str, dict[int, list[bool]]] = {name: {} for name in jobs}  # --cpu: per round, the machine was the job's
     for w in args.workers:
         # the local Ray a RayExecutor starts on demand, as a user's job gets it (loopback only, no dashboard, ...)
         ex = RayExecutor(num_partitions=w, num_cpus=w, keep_actors=True)
@@ -314,6 +367,9 @@ def main() -> None:
                     for label, c in (("local", loc_cpu), (f"ray W={w}", ray_cpu)):
                         cpu[name].setdefault(label, []).append({k: v / len(b) * 1e3 for k, v in c.items()})
                     ratio[name].setdefault(w, []).append(loc / on_ray)
+                    if CPU:  # did the job have the machine to itself (both runs)?
+                        alone = all(c.get("rest of the machine", 0.0) < QUIET * s for c, s in ((loc_cpu, loc), (ray_cpu, on_ray)))
+                        quiet[name].setdefault(w, []).append(alone)
                     secs[name].setdefault("local", []).append(loc)
                     secs[name].setdefault(f"ray W={w}", []).append(on_ray)
                     if f is pair and "word" not in name:
@@ -327,15 +383,24 @@ def main() -> None:
         cells = "; ".join(f"W={w}: {_spread(r)}x" for w, r in ratio[name].items())
         print(f"{name}: local/Ray ratio {cells}")
         print("  seconds: " + "; ".join(f"{k}: {_spread(v)}" for k, v in secs[name].items()))
+        for w, flags in quiet[name].items():
+            mine = [r for r, alone in zip(ratio[name][w], flags, strict=True) if alone]
+            cell = f"{_spread(mine)}x" if mine else "-"
+            print(f"  W={w}, rounds in which the rest of the machine used under {QUIET:.0%} of a core in both runs: {len(mine)} of {len(flags)}; their ratio {cell}")
         for label, per_round in cpu[name].items() if CPU else ():
-            order = ["driver", "actors", "task workers", "Ray daemons"]
+            order = list(ROLES)
             roles = sorted({r for c in per_round for r in c if r in order}, key=order.index)
             total = _spread([sum(v for r, v in c.items() if r in order) for c in per_round], "{:.1f}")
-            parts = ", ".join(f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles)
+            cells = [f"{r} {_spread([c.get(r, 0.0) for c in per_round], '{:.1f}')}" for r in roles]
+            if "actors" in roles and any(c.get("their Ray threads") for c in per_round):  # not their main threads
+                i = roles.index("actors")
+                cells[i] += f" (of which their Ray threads {_spread([c.get('their Ray threads', 0.0) for c in per_round], '{:.1f}')})"
+            parts = ", ".join(cells)
             steal = _spread([c.get("host steal", 0.0) for c in per_round], "{:.1f}")
-            print(f"  CPU ms per batch, {label}: {total} ({parts}); taken by the host (steal): {steal}")
+            rest = _spread([c.get("rest of the machine", 0.0) for c in per_round], "{:.1f}")
+            print(f"  CPU ms per batch, {label}: {total} ({parts}); taken by the host (steal): {steal}; the rest of the machine: {rest}")
             if label != "local" and any(c.get("busiest actor") for c in per_round):
-                # wall minus the busiest actor's CPU: what the batch spent outside its slowest worker
+                # wall minus the busiest actor's main-thread CPU: what the batch spent outside its slowest worker
                 # (the driver's and the exchange's serial part, and the actor waiting for a core)
                 busy = _spread([c["busiest actor"] for c in per_round], "{:.1f}")
                 idle = _spread([c["wall"] - c["busiest actor"] for c in per_round], "{:.1f}")

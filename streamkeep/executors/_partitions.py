@@ -282,7 +282,7 @@ class PartitionHost:
 
         Keeps this partition's own bucket here (for `step`, which gets the int `piece` in its
         place); returns the other partitions' buckets in partition order, then (input records,
-        CPU ms) (with one partition: that pair alone: a Ray call's one return). Running the per-record chain in the partition actors
+        CPU ms, wall-clock end in epoch seconds) (with one partition: that triple alone: a Ray call's one return). Running the per-record chain in the partition actors
         themselves (slices of the batch) saves the tasks, and this partition's records never
         leave the process. An actor may map several slices of a batch, in any order. `ops`
         may come pickled (the driver pickles a batch's operators once for all its slices).
@@ -299,7 +299,8 @@ class PartitionHost:
         except StreamkeepError as exc:
             raise portable(exc) from None
         self.kept[(name, t, piece)] = buckets[self.index]
-        stats = (len(records), (time.thread_time() - c0) * 1e3)  # per input record: what the driver cuts slices by
+        # per input record: what the driver cuts slices by; the end: how far the actors' ends drift apart
+        stats = (len(records), (time.thread_time() - c0) * 1e3, time.time())
         return (*(Records(b) for i, b in enumerate(buckets) if i != self.index), stats) if self.count > 1 else stats
 
     def step(

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -111,8 +112,9 @@ CHUNK_RECORDS = 2000
 BALANCE_MS = 40.0
 #: and its records at least this many us each (cheap records: the extra calls and objects cost more than they even out).
 BALANCE_US = 5.0
-#: Then each actor maps one big slice, and the last PIECES slices per actor (each PIECE_MS of CPU, and at least
-#: PIECE_RECORDS records) go to whichever actor is done first.
+#: Then each actor maps one big slice, and the last slices (each PIECE_MS of CPU, and at least PIECE_RECORDS
+#: records; about as many as the actors' shares are expected to end PIECE_MS apart, at most PIECES per actor)
+#: go to whichever actor is done first.
 PIECES = 2
 PIECE_MS = 10.0
 PIECE_RECORDS = 200
@@ -228,6 +230,8 @@ class RayExecutor:
         self._storage: tuple[str, dict[str, Any] | None] | None = None  # the checkpoint the actors write to
         self._unread: list[Any] = []  # actor calls not waited for (forget_changes): `_get` reads them first
         self._map_cost: dict[str, float] = {}  # operator -> CPU us per record of its map side in the actors (last batch)
+        #: operator -> how far apart the actors' equal first slices ended (smoothed over recent batches), ms per record of a slice
+        self._map_skew: dict[str, float] = {}
 
     @property
     def _hosts(self) -> list[Any]:
@@ -316,6 +320,7 @@ class RayExecutor:
         self._driver = {}
         self._by_id = {}
         self._map_cost = {}  # another job's operators, or a retry: measured again on the first batch
+        self._map_skew = {}
         for n in self.nodes:
             if isinstance(n, StatefulNode):
                 if partitioned(n):
@@ -777,9 +782,15 @@ class RayExecutor:
             self._settle(first + [r for refs in per_host for r in refs if not isinstance(r, int)] + [r for c in calls for r in c])
             raise
         metas: list[tuple[bool, list[Any], float]] = got[len(first) :]
-        mapped = sum(m for m, _ in got[: len(first)])
+        maps: list[tuple[int, float, float]] = got[: len(first)]
+        mapped = sum(m[0] for m in maps)
         if mapped:  # what the next batch's slices are cut by
-            self._map_cost[node.name] = sum(ms for _, ms in got[: len(first)]) * 1e3 / mapped
+            self._map_cost[node.name] = sum(m[1] for m in maps) * 1e3 / mapped
+            if len(maps) >= n:  # slices 0..n-1: one per actor, the same size (`_slices`)
+                ends = [m[2] for m in maps[:n]]
+                skew = (max(ends) - min(ends)) * 1e3 / max(1, maps[0][0])
+                old = self._map_skew.get(node.name)  # smoothed: on a busy machine one batch's drift says little of the next's
+                self._map_skew[node.name] = skew if old is None else (old + skew) / 2
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
             for _, letters, _ in metas:
                 node.dead_letters.records.extend(letters)
@@ -810,10 +821,11 @@ class RayExecutor:
         if sum(len(p) for p in src) < SMALL_BATCH:
             return None
         records = src[0] if len(src) == 1 else [x for p in src for x in p]  # partitions in order: a key's records keep theirs
-        cuts = _slices(len(records), n, self._map_cost.get(name))
+        skew = self._map_skew.get(name)  # ms per record of a slice, recent batches: times an actor's share of this one
+        cuts = _slices(len(records), n, self._map_cost.get(name), None if skew is None else skew * len(records) / n)
         ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
         actors = self._actors
-        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms) ref
+        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms, end) ref
         owner: list[int] = []  # per slice: the actor that maps it
 
         def give(a: int) -> None:
@@ -879,22 +891,32 @@ class RayExecutor:
         return [kv for g in groups for kv in g]
 
 
-def _slices(size: int, n: int, us_per_record: float | None) -> list[tuple[int, int]]:
+def _slices(size: int, n: int, us_per_record: float | None, skew_ms: float | None = None) -> list[tuple[int, int]]:
     """Bounds of the slices a batch of `size` records is mapped in by `n` actors, in order.
 
     One equal slice per actor when the per-record cost is not known yet (the operator's
-    first batch), is under `BALANCE_US`, or an actor's share would take less than
-    `BALANCE_MS`. Else one big slice per actor, then `PIECES` small ones per actor (each
-    about `PIECE_MS` of work, at least `PIECE_RECORDS` records) that go to whichever actor
-    ends first: the actors end within
-    about a piece of each other although their speeds differ by up to the pieces' total
-    (each piece is a call to an actor, which costs the driver about a millisecond).
+    first batch), is under `BALANCE_US`, an actor's share would take less than
+    `BALANCE_MS`, or the actors' equal shares are expected to end less than a piece
+    (`PIECE_MS`) apart (`skew_ms`: measured on recent batches; None: not known). Else one
+    big slice per actor, then small ones (each about `PIECE_MS` of work, at least
+    `PIECE_RECORDS` records) that go to whichever actor ends first: one per actor and one
+    per `PIECE_MS` of the expected skew (all `PIECES` per actor when it is not known), and
+    never more than half of the batch. The actors then end within about a piece of each
+    other although their speeds differ by up to the pieces' total. Each piece is a call to
+    an actor, which costs the driver about a millisecond and the actor one more switch
+    between calls: not worth it when the actors keep pace.
     """
-    if us_per_record is None or us_per_record < BALANCE_US or size * us_per_record / n < BALANCE_MS * 1e3:
+    if (
+        us_per_record is None
+        or us_per_record < BALANCE_US
+        or size * us_per_record / n < BALANCE_MS * 1e3
+        or (skew_ms is not None and skew_ms < PIECE_MS)
+    ):
         step = -(-size // n)
         return [(i * step, min(size, (i + 1) * step)) for i in range(n)]
     piece = max(PIECE_RECORDS, int(PIECE_MS * 1e3 / max(us_per_record, 1e-3)))
-    pieces = min(PIECES * n, size // (2 * piece))  # at least half of the batch in the big slices
+    wanted = PIECES * n if skew_ms is None else n + math.ceil(skew_ms / max(PIECE_MS, 1e-3))
+    pieces = min(wanted, PIECES * n, size // (2 * piece))  # at least half of the batch in the big slices
     big = -(-(size - pieces * piece) // n)
     cuts = [min(size, i * big) for i in range(n + 1)] + [min(size, n * big + (i + 1) * piece) for i in range(pieces)]
     cuts[-1] = size

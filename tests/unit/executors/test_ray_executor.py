@@ -159,6 +159,19 @@ def test_a_batch_is_sliced_whole_in_order_one_slice_per_actor_until_its_cost_is_
         assert min(sizes[:n]) > max(sizes[n:])  # the big ones first, then the pieces that go to the first actor done
 
 
+def test_a_batch_goes_out_in_pieces_only_while_the_actors_do_not_keep_pace():
+    """Pieces are extra calls: when the actors' equal slices of the last batch ended within a piece's
+    work of each other (`skew_ms`), the next batch is one slice per actor; when they drifted apart,
+    or nobody measured it yet, the pieces are there to even them out."""
+    from streamkeep.executors.ray import PIECE_MS, _slices
+
+    assert _slices(8000, 2, 50.0, PIECE_MS / 2) == [(0, 4000), (4000, 8000)]  # they kept pace: no piece
+    assert len(_slices(8000, 2, 50.0, PIECE_MS * 3)) > 2  # one lagged three pieces behind: pieces
+    assert len(_slices(8000, 2, 50.0, PIECE_MS)) < len(_slices(8000, 2, 50.0, PIECE_MS * 5))  # more drift, more pieces
+    assert _slices(8000, 2, 50.0, None) == _slices(8000, 2, 50.0)  # not measured: pieces, as before
+    assert len(_slices(8000, 2, 50.0, None)) > 2
+
+
 def test_split_then_merge_gives_back_the_same_state():
     snap = {
         "add": [[1000, [(f"k{i}", i) for i in range(20)]], [2000, []]],
@@ -440,8 +453,8 @@ def _pull_small_slices(monkeypatch) -> list[int]:
     counts: list[int] = []
     real = on_ray._slices
 
-    def spy(size, n, us_per_record):
-        cuts = real(size, n, us_per_record)
+    def spy(size, n, us_per_record, skew_ms=None):
+        cuts = real(size, n, us_per_record, skew_ms)
         counts.append(len(cuts))
         return cuts
 
