@@ -21,6 +21,7 @@ from typing import Any
 from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
+from streamkeep.checkpoint._format import EMPTY_RUNS
 from streamkeep.codec._items import PlainFirstPairs
 from streamkeep.codec._msgpack import tuple_plain
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
@@ -610,7 +611,9 @@ class WindowRuntime(StatefulRuntime):
     def delta(self) -> dict[str, Any] | None:
         if not self._added and not self._dropped:
             return None
-        d = {"add": [[ts, self._stored(self.slices[ts])] for ts in self._added], "drop": list(self._dropped)}
+        d: dict[str, Any] = {"add": [[ts, self._stored(self.slices[ts])] for ts in self._added], "drop": list(self._dropped)}
+        if any(isinstance(self.slices[ts], _EmptyRun) for ts in self._added):
+            d[EMPTY_RUNS] = True  # written as format 7 (EMPTY_RUN_VERSION): earlier versions would misread it
         self._added = []
         self._dropped = []
         self._rewritten = set()
@@ -622,7 +625,10 @@ class WindowRuntime(StatefulRuntime):
         self._rewritten = set()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"add": [[ts, self._stored(s)] for ts, s in sorted(self.slices.items())], "drop": []}
+        d: dict[str, Any] = {"add": [[ts, self._stored(s)] for ts, s in sorted(self.slices.items())], "drop": []}
+        if any(isinstance(s, _EmptyRun) for s in self.slices.values()):
+            d[EMPTY_RUNS] = True
+        return d
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
         slices: dict[int, Any] = {}
