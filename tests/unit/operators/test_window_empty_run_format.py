@@ -32,13 +32,18 @@ RUNS: list[list[Any]] = [[("a", 1)], *[[]] * 7, *[[("b", i)] for i in range(12)]
 #: The same number of batches, each with a record: no empty run ever.
 FULL: list[list[Any]] = [[("a", i)] for i in range(len(RUNS))]
 
-#: How each way of writing the window's state is reached: (StreamingContext options, StateWriter constants).
-MODES: dict[str, tuple[dict[str, Any], dict[str, int]]] = {
+def _not_in_this_process(*args: Any, **kwargs: Any) -> Any:
+    msg = "the snapshot was to be merged by the helper process, not in the driver"
+    raise AssertionError(msg)
+
+
+#: How each way of writing the window's state is reached: (StreamingContext options, StateWriter attributes).
+MODES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "inline deltas": ({}, {}),
     "delta files": ({"inline_delta_bytes": 0}, {}),
     "snapshots taken in the batch loop": ({"snapshot_every": 3}, {}),
     "merged snapshots": ({"snapshot_every": 3}, {"DIRECT_SNAPSHOT_BYTES": 0}),
-    "merged by the helper process": ({"snapshot_every": 3, "inline_delta_bytes": 0}, {"DIRECT_SNAPSHOT_BYTES": 0, "HELPER_STATE_BYTES": 0}),
+    "merged by the helper process": ({"snapshot_every": 3, "inline_delta_bytes": 0}, {"DIRECT_SNAPSHOT_BYTES": 0, "HELPER_STATE_BYTES": 0, "compact": _not_in_this_process}),
 }
 
 
