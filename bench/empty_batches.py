@@ -1,9 +1,10 @@
 """What an empty batch (no records) writes to a local checkpoint, and where the bytes go.
 
-Three jobs, each run for one batch with a record (so state exists), then N empty
+Five jobs, each run for one batch with a record (so state exists), then N empty
 batches: (1) a queue source into ``update_state_by_key``; (2) a text file source with no
 new files into ``update_state_by_key``; (3) the same plus ``reduce_by_key_and_window``
-(30 s window, 1 s slide, with ``inv_f``). Prints the bytes written per empty batch (the
+(30 s window, 1 s slide, with ``inv_f``); (4) the same without ``inv_f``; (5) the same
+with ``window`` (30 s, 1 s slide) instead. Jobs 3-5 should write about what job 2 does. Prints the bytes written per empty batch (the
 listener's ``checkpoint_bytes``: plan, state files, commit record), the net growth of the
 checkpoint by file kind (retention deletes old records and plan logs), and the encoded
 size of each field of the last commit record.
@@ -59,6 +60,10 @@ def _job(kind: str, ckpt: str, inp: str) -> Callable[[], sk.StreamingContext]:
         pairs.update_state_by_key(_add, name="total").foreach_batch(lambda b: None)
         if kind == "window":
             pairs.reduce_by_key_and_window(operator.add, 30.0, 1.0, inv_f=operator.sub, name="win").foreach_batch(lambda b: None)
+        elif kind == "window-noinv":
+            pairs.reduce_by_key_and_window(operator.add, 30.0, 1.0, name="win").foreach_batch(lambda b: None)
+        elif kind == "window()":
+            pairs.window(30.0, 1.0, name="win").foreach_batch(lambda b: None)
         return ssc
 
     return setup
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     root = args.dir or tempfile.mkdtemp(prefix="sk-empty-")
     try:
-        for kind in ("queue", "files", "window"):
+        for kind in ("queue", "files", "window", "window-noinv", "window()"):
             measure(kind, root, args.batches)
     finally:
         if args.dir is None:

@@ -38,6 +38,8 @@ from typing import Any
 from streamkeep import _faults
 from streamkeep._util import hostname, random_id
 from streamkeep.checkpoint._format import (
+    EMPTY_RUN_VERSION,
+    EMPTY_RUNS,
     PARTITIONED_VERSION,
     PLAIN_VERSION,
     PLAN_LOG_VERSION,
@@ -133,6 +135,11 @@ def parse_state_name(name: str) -> tuple[int, str, int, int, int] | None:
 def partitioned_chain(chain: dict[str, Any]) -> bool:
     """True when a stored chain holds key-partitioned entries (format 5: files written by the partition owners)."""
     return isinstance(chain.get("snapshot"), list) or any(isinstance(d, dict) and "parts" in d for d in chain.get("deltas", ()))
+
+
+def inlines_empty_run(chain: dict[str, Any]) -> bool:
+    """True when a stored chain inlines a delta holding a window's empty run (format 7; its entry says so)."""
+    return any(isinstance(d, dict) and d.get(EMPTY_RUNS) is True for d in chain.get("deltas", ()))
 
 
 def chain_files(chain: dict[str, Any]) -> list[str]:
@@ -822,6 +829,8 @@ class Checkpoint:
         version = PARTITIONED_VERSION if any(isinstance(c, dict) and partitioned_chain(c) for c in state.values()) else PLAIN_VERSION
         if self.plan_log:  # its pending plans are in plan logs, which a reader of 1 to 5 would not see
             version = PLAN_LOG_VERSION
+        if any(isinstance(c, dict) and inlines_empty_run(c) for c in state.values()):  # a reader of 1 to 6 would misread it
+            version = EMPTY_RUN_VERSION
         data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
@@ -1117,10 +1126,10 @@ class Checkpoint:
             raise CorruptCheckpointError(msg)
         return data
 
-    def write_state(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str) -> str:
-        """Write an operator's state file (`kind` "delta" or "snap"); return its path."""
+    def write_state(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str, version: int = PLAIN_VERSION) -> str:
+        """Write an operator's state file (`kind` "delta" or "snap", format `version`: see `state_version`); return its path."""
         rel = state_path(op, batch_time, kind)
-        self._create(rel, frame(kind, codec, payload, rel))
+        self._create(rel, frame(kind, codec, payload, rel, version))
         return rel
 
     def write_part(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str, part: int, count: int, epoch: int) -> str:

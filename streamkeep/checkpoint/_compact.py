@@ -40,6 +40,7 @@ from typing import Any, Final
 from streamkeep import _faults
 from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, order_with, order_without, sorted_order
 from streamkeep._util import gc_paused
+from streamkeep.checkpoint._format import EMPTY_RUNS, state_version
 from streamkeep.codec import decode_items, encode_items, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
@@ -47,7 +48,7 @@ from streamkeep.errors import CheckpointError, CorruptCheckpointError
 #: Keys (and values) per column chunk of a snapshot: each chunk is decoded by one call.
 CHUNK_KEYS: Final = 65536
 #: The data keys `merge` knows.
-MERGEABLE: Final = frozenset({"set", "del", "add", "drop", "meta"})
+MERGEABLE: Final = frozenset({"set", "del", "add", "drop", "meta", EMPTY_RUNS})
 #: A snapshot of at least this many keys gets a sorted key index (``order``; sorting 1M keys takes
 #: ~1 s, in the background, and only when keys came or went since the previous snapshot).
 ORDER_MIN_KEYS = 65536
@@ -205,6 +206,9 @@ def merge(snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> dict
             for ts in p.get("drop", ()):
                 slices.pop(int(ts), None)
         out["add"], out["drop"] = [[ts, s] for ts, s in sorted(slices.items())], []
+        # only a `window`'s data is marked, and its slices are lists of partitions, its empty runs maps
+        if any(p.get(EMPTY_RUNS) for p in parts) and any(type(s) is dict for s in slices.values()):
+            out[EMPTY_RUNS] = True
     meta = [p["meta"] for p in parts if "meta" in p]
     if meta:
         out["meta"] = meta[-1]
@@ -343,7 +347,7 @@ def compact(
         data = merged(snap, deltas)
         point("snapshot.mid_compact")
         payload = encode_snapshot(codec, data, order_min_keys=order_min_keys)
-        done[op] = (ckpt.write_state(op, t, "snap", payload, codec), len(payload))
+        done[op] = (ckpt.write_state(op, t, "snap", payload, codec, state_version(data)), len(payload))
         point("snapshot.mid_write")
     return done
 

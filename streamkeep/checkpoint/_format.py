@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The newest version this streamkeep writes (6: the plan log of local checkpoints,
-#: ``plans/<T>.plog``, one frame per plan appended, and the commit records of a driver that writes it).
-FORMAT_VERSION = 6
+#: The newest version this streamkeep writes (7: state holding empty runs, see `EMPTY_RUN_VERSION`).
+FORMAT_VERSION = 7
 #: The key-partitioned layout, whose state files the partition owners write --
 #: ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records naming them; the frame is
 #: the same as in 2 to 4.
@@ -37,17 +36,31 @@ PARTITIONED_VERSION = 5
 #: The plan log's frames, and the commit records of a driver that writes plans to a plan log (so that a
 #: streamkeep reading only 1 to 5, which would not see the pending plans in the log, refuses them).
 PLAN_LOG_VERSION = 6
+#: The state files of a `window` whose slices hold an *empty run* (``{"empty": partitions, "every": ms,
+#: "until": T|None}``: consecutive parent batches without records), and the commit records inlining such
+#: a delta: a streamkeep reading only 1 to 6 would take the run for a slice of partitions, so it must refuse
+#: them. The frame is the same as in 2 to 6; state data holding a run says so with `EMPTY_RUNS`.
+EMPTY_RUN_VERSION = 7
+#: The key of state data (a window's delta or snapshot, as its runtime gives it and as merged) that is
+#: true when its slices hold an empty run, so the writer frames it as `EMPTY_RUN_VERSION` without
+#: walking it; also the key an inline delta's chain entry carries then (``"empty_runs": True``).
+EMPTY_RUNS = "empty_runs"
 #: The version of every other file (4: items payloads may be segmented, msgpack format 2 in
 #: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py). A checkpoint of
 #: the local executor is all version 4.
 PLAIN_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")
 _NAME_LEN = struct.Struct(">H")
 _CRC = struct.Struct(">I")
+
+
+def state_version(data: dict[str, Any]) -> int:
+    """The format version of a state file holding state data `data` written whole (not by partition owners)."""
+    return EMPTY_RUN_VERSION if data.get(EMPTY_RUNS) else PLAIN_VERSION
 
 
 class Frame(NamedTuple):

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
+from streamkeep.checkpoint._format import EMPTY_RUNS
 from streamkeep.codec._items import PlainFirstPairs
 from streamkeep.codec._msgpack import tuple_plain
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
@@ -33,6 +35,8 @@ _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), frozenset, com
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 # Keys and values the msgpack codec packs natively (with tuples of them: `tuple_plain`).
 _PLAIN_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+#: What `WindowRuntime._restored` returns for a stored slice not to keep.
+_SKIP: Any = object()
 
 
 def _user_error(node: StatefulNode, t: int, exc: BaseException, key: Any = _ABSENT, value: Any = _ABSENT) -> UserFunctionError:
@@ -445,8 +449,47 @@ class MapWithStateRuntime(_Keyed):
         return [(k, v[0] if v[0].__class__ in _SCALARS else _detach(v[0])) for k, v in self.store.data.items()]
 
 
+@dataclass(frozen=True, slots=True)
+class _EmptyRun:
+    """Consecutive parent batches without records, each of `width` empty partitions (a `window` slice).
+
+    It covers the batch times ``start, start + every, ...`` before `until` (None: up to the
+    batch being computed, as long as the parent's batches stay so). Stored under its start,
+    as ``{"empty": width, "every": every, "until": until}``.
+    """
+
+    width: int
+    every: int
+    until: int | None
+
+    def times(self, start: int, lo: int, hi: int) -> range:
+        """The batch times it covers in (lo, hi]."""
+        end = hi + 1 if self.until is None else min(self.until, hi + 1)
+        first = start if start > lo else start + ((lo - start) // self.every + 1) * self.every
+        return range(first, end, self.every)
+
+    def last(self, start: int) -> int | None:
+        """The last batch time it covers (None while it lasts)."""
+        if self.until is None:
+            return None
+        return start + (self.until - 1 - start) // self.every * self.every
+
+    def stored(self) -> dict[str, Any]:
+        """The checkpoint form."""
+        return {"empty": self.width, "every": self.every, "until": self.until}
+
+
 class WindowRuntime(StatefulRuntime):
-    """`window`: keeps the parent's batches (slices) that a future window still needs."""
+    """`window`: keeps the parent's batches (slices) that a future window still needs.
+
+    A parent batch without records is not a slice of its own: consecutive ones with the
+    same number of partitions are one `_EmptyRun`, stored under its first batch's time. While
+    it lasts, a further empty batch changes nothing, so it costs nothing in the checkpoint
+    (a delta per batch, each inlined in the commit records until the next snapshot, before).
+    A window expands a run into its batches' empty partitions: outputs, and their partition
+    layout, are those of keeping each batch. Slices stored by earlier versions, empty ones
+    included, load and give the same windows.
+    """
 
     node: WindowNode
 
@@ -456,18 +499,66 @@ class WindowRuntime(StatefulRuntime):
         self.slices: dict[int, Any] = {}
         self._added: list[int] = []
         self._dropped: list[int] = []
+        #: the start of the run still lasting (its `_EmptyRun` in `slices` has ``until`` None)
+        self._run: int | None = None
+        #: slices in `_added` that an earlier delta wrote already (a run since ended): dropped ones must say so
+        self._rewritten: set[int] = set()
 
     def _slice(self, parent: Batch[Any]) -> Any:
         return parent.partitions
+
+    def _holds_records(self, s: Any) -> bool:
+        """False when slice `s` holds no record: it is then left to `_empty_batch` rather than stored."""
+        return not (type(s) is list and all(type(p) is list and not p for p in s))
+
+    def _empty_batch(self, t: int, s: Any) -> None:
+        """Note a parent batch at t without records (slice `s`): start a run, or let the one lasting cover it."""
+        run = self._run
+        if run is not None:
+            cur = self.slices[run]
+            if cur.width == len(s) and (t - run) % cur.every == 0:
+                return  # covered: nothing changed
+        self._end_run(t)
+        every = self.node.parents[0].slide_ms if self.node.parents else self.node.slide_ms
+        self._put(t, _EmptyRun(len(s), every, None))
+        self._run = t
+
+    def _no_batch(self, t: int) -> None:
+        """The parent produced no batch at t: a lasting run whose next batch this would have been ends."""
+        run = self._run
+        if run is not None and (t - run) % self.slices[run].every == 0:
+            self._end_run(t)
+
+    def _end_run(self, t: int) -> None:
+        """End the run lasting (if any) before batch time t."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        if run not in self._added:
+            self._rewritten.add(run)
+        self._put(run, _EmptyRun(self.slices[run].width, self.slices[run].every, t))
+
+    def _put(self, ts: int, s: Any) -> None:
+        self.slices[ts] = s
+        if ts not in self._added:
+            self._added.append(ts)
 
     def _prune(self, t: int) -> None:
         slide = self.node.slide_ms
         last_valid = self.zero_ms + (t - self.zero_ms) // slide * slide
         horizon = last_valid - self.node.length_ms
-        for ts in [ts for ts in self.slices if ts <= horizon]:
+        gone = []
+        for ts, s in self.slices.items():
+            last = s.last(ts) if isinstance(s, _EmptyRun) else ts
+            if last is not None and last <= horizon:
+                gone.append(ts)
+        for ts in gone:
             del self.slices[ts]
             if ts in self._added:
                 self._added.remove(ts)
+                if ts in self._rewritten:
+                    self._dropped.append(ts)
             else:
                 self._dropped.append(ts)
 
@@ -476,53 +567,97 @@ class WindowRuntime(StatefulRuntime):
         return sorted(ts for ts in self.slices if lo < ts <= t)
 
     def _ingest(self, t: int, parent: Batch[Any] | None) -> bool:
-        if parent is not None:
-            self.slices[t] = self._slice(parent)
-            self._added.append(t)
+        if parent is None:
+            self._no_batch(t)
+        else:
+            s = self._slice(parent)
+            if self._holds_records(s):
+                self._end_run(t)
+                self._put(t, s)
+            else:
+                self._empty_batch(t, s)
         return (t - self.zero_ms) % self.node.slide_ms == 0
+
+    def _window_parts(self, t: int) -> list[Any]:
+        """The partitions of the window ending at t: its slices' in time order, runs expanded."""
+        lo = t - self.node.length_ms
+        timed: list[tuple[int, Any]] = []
+        for ts, s in self.slices.items():
+            if isinstance(s, _EmptyRun):
+                timed.extend((x, [[] for _ in range(s.width)]) for x in s.times(ts, lo, t))
+            elif lo < ts <= t:
+                timed.append((ts, s))
+        timed.sort(key=itemgetter(0))
+        return [p for _, s in timed for p in s]
 
     def step(self, t: int, parent: Batch[Any] | None) -> Batch[Any] | None:
         valid = self._ingest(t, parent)
         out = None
         if valid:
-            parts = [p for ts in self._in_window(t) for p in self.slices[ts]]
-            out = Batch(parts or [[]], t)
+            out = Batch(self._window_parts(t) or [[]], t)
         self._prune(t)
         return out
+
+    @staticmethod
+    def _stored(s: Any) -> Any:
+        return s.stored() if isinstance(s, _EmptyRun) else s
+
+    def _restored(self, s: Any) -> Any:
+        """A slice as loaded (`_SKIP`: nothing to keep)."""
+        if isinstance(s, dict):
+            return _EmptyRun(int(s["empty"]), int(s["every"]), None if s["until"] is None else int(s["until"]))
+        return s
 
     def delta(self) -> dict[str, Any] | None:
         if not self._added and not self._dropped:
             return None
-        d = {"add": [[ts, self.slices[ts]] for ts in self._added], "drop": list(self._dropped)}
+        d: dict[str, Any] = {"add": [[ts, self._stored(self.slices[ts])] for ts in self._added], "drop": list(self._dropped)}
+        if any(isinstance(self.slices[ts], _EmptyRun) for ts in self._added):
+            d[EMPTY_RUNS] = True  # written as format 7 (EMPTY_RUN_VERSION): earlier versions would misread it
         self._added = []
         self._dropped = []
+        self._rewritten = set()
         return d
 
     def forget_changes(self) -> None:
         self._added = []
         self._dropped = []
+        self._rewritten = set()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"add": [[ts, s] for ts, s in sorted(self.slices.items())], "drop": []}
+        d: dict[str, Any] = {"add": [[ts, self._stored(s)] for ts, s in sorted(self.slices.items())], "drop": []}
+        if any(isinstance(s, _EmptyRun) for s in self.slices.values()):
+            d[EMPTY_RUNS] = True
+        return d
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
-        self.slices = {}
+        slices: dict[int, Any] = {}
         for d in ([snapshot] if snapshot else []) + deltas:
             for ts, s in d["add"]:
-                self.slices[int(ts)] = s
+                slices[int(ts)] = s
             for ts in d["drop"]:
-                self.slices.pop(int(ts), None)
+                slices.pop(int(ts), None)
+        self.slices = {}
+        self._run = None
+        for ts, s in sorted(slices.items()):
+            kept = self._restored(s)
+            if kept is _SKIP:
+                continue
+            self.slices[ts] = kept
+            if isinstance(kept, _EmptyRun) and kept.until is None:
+                self._run = ts
         self._added = []
         self._dropped = []
+        self._rewritten = set()
 
     def key_count(self) -> int:
-        return sum(len(p) for s in self.slices.values() for p in s)
+        return sum(len(p) for s in self.slices.values() if not isinstance(s, _EmptyRun) for p in s)
 
     def _future_slices(self, last_t: int) -> list[Any]:
-        """Slices that a window output after batch `last_t` will contain."""
+        """Slices that a window output after batch `last_t` will contain (runs hold no record: left out)."""
         slide = self.node.slide_ms
         next_valid = self.zero_ms + ((last_t - self.zero_ms) // slide + 1) * slide
-        return [s for ts, s in self.slices.items() if ts > next_valid - self.node.length_ms]
+        return [s for ts, s in self.slices.items() if ts > next_valid - self.node.length_ms and not isinstance(s, _EmptyRun)]
 
     def drained(self, last_t: int) -> bool:
         return not any(p for s in self._future_slices(last_t) for p in s)  # a non-empty partition (records may be falsy)
@@ -541,6 +676,15 @@ class ReduceWindowRuntime(WindowRuntime):
     def __init__(self, node: ReduceWindowNode, zero_ms: int, stores: StoreFactory = memory_store) -> None:
         super().__init__(node, zero_ms)
         self.running = stores()
+
+    def _holds_records(self, s: Any) -> bool:
+        return bool(s)
+
+    def _empty_batch(self, t: int, s: Any) -> None:
+        """A batch without records reduces to nothing: not kept (its windows' values and order are the same)."""
+
+    def _restored(self, s: Any) -> Any:
+        return dict(s) if s else _SKIP  # an empty slice (stored by earlier versions) holds nothing
 
     def _slice(self, parent: Batch[Any]) -> Any:
         try:
@@ -629,10 +773,7 @@ class ReduceWindowRuntime(WindowRuntime):
         }
 
     def load(self, snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> None:
-        def as_dicts(d: dict[str, Any]) -> dict[str, Any]:
-            return {**d, "add": [[ts, dict(items)] for ts, items in d["add"]]}
-
-        super().load(as_dicts(snapshot) if snapshot else None, [as_dicts(d) for d in deltas])
+        super().load(snapshot, deltas)
         self.running.load(snapshot["set"] if snapshot else ())
         for d in deltas:
             self.running.apply_delta(d["set"], d["del"])

@@ -21,7 +21,7 @@ from streamkeep import _arrow
 from streamkeep.batch import Batch
 from streamkeep.dstream._tables import AggregateWindowNode
 from streamkeep.errors import ConfigError, StreamkeepError
-from streamkeep.executors._runtime import WindowRuntime
+from streamkeep.executors._runtime import _SKIP, WindowRuntime
 from streamkeep.executors._tables import COMBINE, _stored, check_columns, grouped
 
 _ROWS = "#rows"
@@ -39,6 +39,15 @@ class AggregateWindowRuntime(WindowRuntime):
         self.columns = [c for spec in node.aggs for c in _stored(spec)] + [(_ROWS, "*", "count_all")]
         self.running: Any = None
         self._dirty = False
+
+    def _holds_records(self, s: Any) -> bool:
+        return s is not None
+
+    def _empty_batch(self, t: int, s: Any) -> None:
+        """A batch without rows adds nothing to any window: not kept."""
+
+    def _restored(self, s: Any) -> Any:
+        return _SKIP if s is None else s  # an empty slice (stored by earlier versions) holds nothing
 
     def _slice(self, parent: Batch[Any]) -> Any:
         node, t = self.node, parent.batch_time_ms

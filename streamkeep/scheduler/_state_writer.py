@@ -44,7 +44,7 @@ from streamkeep._columns import Columns
 from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.checkpoint._checkpoint import state_path
 from streamkeep.checkpoint._compact import Job, compact, encode_snapshot, mergeable
-from streamkeep.checkpoint._format import framed_size
+from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, EMPTY_RUNS, framed_size, state_version
 from streamkeep.codec import UnsupportedValueError, get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
@@ -70,9 +70,10 @@ BIG_STATE_BYTES = 4 * 1024 * 1024
 #: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
 HELPER_STATE_BYTES = 4 * 1024 * 1024
 
-#: A state file `StateWriter.write` left to the caller: (operator, batch time, payload, codec, kind), kind
-#: "delta", or "snap" for a small state's snapshot (which its batch's commit record names instead of a delta).
-DeltaFile = tuple[str, int, bytes, str, str]
+#: A state file `StateWriter.write` left to the caller: (operator, batch time, payload, codec, kind, format
+#: version), kind "delta", or "snap" for a small state's snapshot (which its batch's commit record names instead
+#: of a delta); the version is `state_version` of its data (7 for a window's empty runs, else 4).
+DeltaFile = tuple[str, int, bytes, str, str, int]
 
 #: on_snapshot(batch time, bytes written, ms, encoded bytes per operator), called once a merged snapshot is
 #: adopted, or when a small state's is taken (its file is written with the batch's commit record)
@@ -199,12 +200,16 @@ class StateWriter:
                 if not mergeable(delta):
                     self.copied.add(name)
                 payload = encode_state(node, delta)
+                version = state_version(delta)
                 self.delta_bytes += len(payload)
                 if _inline_bytes(chain) + len(payload) <= self.inline_delta_bytes:
-                    chain.deltas.append((t, {"t": t, "codec": node.codec, "data": payload}))
+                    entry = {"t": t, "codec": node.codec, "data": payload}
+                    if version == EMPTY_RUN_VERSION:
+                        entry[EMPTY_RUNS] = True  # the commit records inlining it are format 7 (`Checkpoint.commit`)
+                    chain.deltas.append((t, entry))
                     self.inline_bytes += len(payload)
                 else:
-                    files.append((name, t, payload, node.codec, "delta"))
+                    files.append((name, t, payload, node.codec, "delta", version))
                     chain.deltas.append((t, state_path(name, t, "delta")))
                     continue  # its crash point is reached once the file is written (`write_deltas`)
                 _faults.point("state.mid_write")
@@ -240,10 +245,10 @@ class StateWriter:
     def _write_files(self, files: list[DeltaFile]) -> int:
         ckpt = self.ckpt
         snap_bytes = 0
-        for name, t, payload, codec, kind in files:
+        for name, t, payload, codec, kind, version in files:
             ckpt.ensure_owner(f"writing the state of batch {t} ms")
             b0 = ckpt.written_bytes()
-            ckpt.write_state(name, t, kind, payload, codec)
+            ckpt.write_state(name, t, kind, payload, codec, version)
             if kind == "snap":
                 snap_bytes += ckpt.written_bytes() - b0
                 _faults.point("snapshot.mid_write")  # written, named by no commit record yet
@@ -316,10 +321,11 @@ class StateWriter:
             if chain is None or not chain.deltas:
                 continue  # nothing changed since its snapshot (or it never held state): its chain stays
             node = self.nodes[name]
-            payload = _encode_whole(node, executor.snapshot(name), columns=name not in self.copied)
+            data = executor.snapshot(name)
+            payload = _encode_whole(node, data, columns=name not in self.copied)
             rel = state_path(name, t, "snap")
             files[:] = [f for f in files if f[0] != name or f[1] != t]  # its delta of `t`: in the snapshot
-            files.append((name, t, payload, node.codec, "snap"))
+            files.append((name, t, payload, node.codec, "snap", state_version(data)))
             chain.snapshot, chain.snapshot_time, chain.deltas = rel, t, []
             sizes[name] = len(payload)
             nbytes += framed_size("snap", node.codec, len(payload), rel)
@@ -347,7 +353,7 @@ class StateWriter:
         self.since_snapshot = 0
         jobs: list[Job] = []
         owner_jobs: list[Job] = []
-        copies: dict[str, tuple[str, bytes]] = {}
+        copies: dict[str, tuple[str, bytes, int]] = {}
         owners = self._owners_of(executor)
         owned = set(owners.owned()) if owners is not None else set()
         owner_copies: list[str] = []
@@ -358,7 +364,8 @@ class StateWriter:
             if name in self.copied and name in owned:
                 owner_copies.append(name)
             elif name in self.copied:
-                copies[name] = (nodes[name].codec, encode_state(nodes[name], executor.snapshot(name)))
+                data = executor.snapshot(name)
+                copies[name] = (nodes[name].codec, encode_state(nodes[name], data), state_version(data))
             elif name in owned:
                 owner_jobs.append((name, nodes[name].codec, chain.as_data()))
             else:
@@ -393,8 +400,8 @@ class StateWriter:
                     done, nbytes = {k: (str(v[0]), int(v[1])) for k, v in out["done"].items()}, int(out["bytes"])
                 else:  # in this process: small states, other storages and codecs, or the helper failed
                     done = compact(ckpt, t, jobs)
-                for name, (codec, payload) in copies.items():
-                    done[name] = (ckpt.write_state(name, t, "snap", payload, codec), len(payload))
+                for name, (codec, payload, version) in copies.items():
+                    done[name] = (ckpt.write_state(name, t, "snap", payload, codec, version), len(payload))
                     _faults.point("snapshot.mid_write")
                 parts: dict[str, tuple[Any, int]] = dict(copied_parts)
                 if owners is not None and owner_jobs:

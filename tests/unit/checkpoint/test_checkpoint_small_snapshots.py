@@ -116,11 +116,11 @@ def test_in_place_changes_after_its_batch_do_not_reach_a_snapshot_still_being_wr
     release = threading.Event()
     real = Checkpoint.write_state
 
-    def write_state(self: Checkpoint, op: str, t: int, kind: str, payload: bytes, codec: str) -> str:
+    def write_state(self: Checkpoint, op: str, t: int, kind: str, payload: bytes, codec: str, *version: int) -> str:
         if kind == "snap" and t == 3000:
             held.set()
             assert release.wait(60), "the test never released the snapshot's write"
-        return real(self, op, t, kind, payload, codec)
+        return real(self, op, t, kind, payload, codec, *version)
 
     monkeypatch.setattr(Checkpoint, "write_state", write_state)
     url = str(tmp_path / "c")

@@ -76,9 +76,9 @@ def test_the_actors_write_every_partitioned_state_file_and_the_driver_none(tmp_p
     driver_writes: list[str] = []
     real = Checkpoint.write_state
 
-    def spy(self, op, batch_time, kind, payload, codec):
+    def spy(self, op, batch_time, kind, payload, codec, *version):
         driver_writes.append(op)
-        return real(self, op, batch_time, kind, payload, codec)
+        return real(self, op, batch_time, kind, payload, codec, *version)
 
     monkeypatch.setattr(Checkpoint, "write_state", spy)  # this (driver) process only: the actors are other processes
     ckpt = str(tmp_path / "ckpt")
