@@ -27,9 +27,22 @@ from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR
 from streamkeep.errors import ConfigError
 
 
+def _info_shown(logger: logging.Logger) -> bool:
+    """Will an INFO line of `logger` reach a handler that shows it (not a NullHandler, nor one above INFO or filtering it)?"""
+    if not logger.isEnabledFor(logging.INFO):
+        return False
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "", (), None)
+    c: logging.Logger | None = logger
+    while c is not None:
+        for h in c.handlers:
+            if not isinstance(h, logging.NullHandler) and logging.INFO >= h.level and h.filter(record):
+                return True
+        c = c.parent if c.propagate else None
+    return False
+
+
 def _on_start(ssc: Any, sched: Any) -> None:
-    sk_log = logging.getLogger("streamkeep")
-    if ssc.ui_url is not None and not (sk_log.isEnabledFor(logging.INFO) and sk_log.hasHandlers()):
+    if ssc.ui_url is not None and not _info_shown(logging.getLogger("streamkeep")):
         # The context logs the address at INFO; print it only where that line is not shown (the app's logging config).
         print(f"streamkeep: dashboard at {ssc.ui_url} (metrics: {ssc.ui_url}metrics)", file=sys.stderr, flush=True)
     sched.listeners.append(console_listener())

@@ -158,3 +158,23 @@ def test_run_says_the_dashboard_address_once_and_ui_url_is_none_after_stop(tmp_p
     assert running.startswith("http://127.0.0.1:") and after == "None", done.stdout
     assert done.stderr.count(f"dashboard at {running}") == 1, done.stderr
     assert done.stderr.count("started fresh (no checkpoint)") == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    "logging_setup",
+    [
+        "import logging; logging.basicConfig(); logging.getLogger().handlers[0].setLevel(logging.WARNING)",
+        "import logging; logging.getLogger().addHandler(logging.NullHandler())",
+    ],
+)
+def test_run_says_the_dashboard_address_when_the_apps_logging_hides_info(tmp_path: Path, logging_setup: str) -> None:
+    """With a root handler above INFO (or only a NullHandler), streamkeep's own handler steps aside and the
+    root's does not show the INFO line: the address was shown nowhere, as `run` took the line for shown."""
+    app = tmp_path / "app.py"
+    app.write_text(_ONCE_APP.format(logging_setup=logging_setup))
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--ui-port", "0", str(app)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    running = done.stdout.split("URLS ", 1)[1].split()[0]
+    assert running.startswith("http://127.0.0.1:"), done.stdout
+    assert done.stderr.count(f"dashboard at {running}") == 1, done.stderr
