@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamkeep import _faults
 from streamkeep._util import hostname, random_id
@@ -54,6 +54,9 @@ from streamkeep.checkpoint.storage import CheckpointStorage
 from streamkeep.codec import DecodeError, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CheckpointInUseError, CorruptCheckpointError
+
+if TYPE_CHECKING:
+    from streamkeep.checkpoint._repair import IdentityRepair
 
 log = logging.getLogger("streamkeep.checkpoint")
 
@@ -280,8 +283,8 @@ def _identity_damaged(url: str, why: str) -> str:
     return (
         f"{why} This is the checkpoint's identity file (format version, creation time, checkpoint id); the committed "
         f"state is in log/ and state/ and is not affected. Rewrite it with `streamkeep checkpoint repair {url}` (with "
-        f"no job running on the checkpoint): it keeps the damaged file's checkpoint id when it can still be read "
-        f"(see docs/checkpoint-format.md, 'A damaged CHECKPOINT file')."
+        f"no job running on the checkpoint): it restores the file when one bit flipped, else keeps the fields it can "
+        f"still read, marked unverified (see docs/checkpoint-format.md, 'A damaged CHECKPOINT file')."
     )
 
 
@@ -380,10 +383,21 @@ class Checkpoint:
         try:
             data = self.read(_IDENTITY, "identity")
         except CorruptCheckpointError as exc:
+            from streamkeep.checkpoint._repair import checksum_holds
+
+            if checksum_holds(self.storage.read(_IDENTITY)):
+                raise  # written whole by another build (a newer format version): not damage, so no repair advice
             raise CorruptCheckpointError(_identity_damaged(self.url, str(exc))) from exc
         if not isinstance(data, dict):
-            raise CorruptCheckpointError(_identity_damaged(self.url, f"{self.storage.path(_IDENTITY)} is not a streamkeep checkpoint identity record"))
+            msg = f"{self.storage.path(_IDENTITY)} is not a streamkeep checkpoint identity record (its checksum holds: another program wrote it)"
+            raise CorruptCheckpointError(msg)
         return data
+
+    def repair_identity(self, checkpoint_id: str | None = None) -> IdentityRepair:
+        """Rewrite a damaged CHECKPOINT file (see checkpoint/_repair.py); the report says what was kept."""
+        from streamkeep.checkpoint._repair import repair_identity
+
+        return repair_identity(self, checkpoint_id)
 
     def _ensure_identity(self, engine_version: str) -> None:
         try:  # the first look at a remote storage (after the lease): its client's own errors say little

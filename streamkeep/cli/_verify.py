@@ -15,6 +15,7 @@ from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path
 from streamkeep.checkpoint._checkpoint import check_record, log_path, plan_path, state_dir
 from streamkeep.checkpoint._format import read_frame
 from streamkeep.checkpoint._layout import FRAMED_KINDS, classify, looks_like_checkpoint, walk
+from streamkeep.checkpoint._repair import checksum_holds
 from streamkeep.checkpoint.storage import confine
 from streamkeep.cli._common import no_checkpoint, read_records, text
 from streamkeep.errors import CheckpointError, ConfigError
@@ -188,7 +189,7 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     present = set(files)
     if "CHECKPOINT" not in present:
         rep.problems.append("CHECKPOINT: the identity file is missing")
-    if any(p.startswith("CHECKPOINT:") for p in rep.problems):
+    if any(p.startswith("CHECKPOINT:") for p in rep.problems) and not _written_whole(ckpt):
         rep.notes.append(
             f"CHECKPOINT (format version, creation time, checkpoint id) holds no committed state: `streamkeep "
             f"checkpoint repair {url}` rewrites it, keeping what the damaged file still holds"
@@ -222,3 +223,11 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     last = f"; last committed batch {commits[0].batch_time} ms" if commits else "; nothing committed yet"
     print(f"{url}: OK: {rep.checked} files checked, {len(commits)} retained commit(s) complete{last}")
     return 0
+
+
+def _written_whole(ckpt: Checkpoint) -> bool:
+    """Does the CHECKPOINT file's checksum hold (written by another build, not damaged: repair does not apply)?"""
+    try:
+        return ckpt.storage.exists("CHECKPOINT") and checksum_holds(ckpt.storage.read("CHECKPOINT"))
+    except (OSError, CheckpointError):
+        return False

@@ -7,6 +7,8 @@ starting a fresh checkpoint (losing it).
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,9 @@ import pytest
 from _ckpt_jobs import run_until
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, _repair
 from streamkeep.cli import main
-from streamkeep.errors import CorruptCheckpointError
+from streamkeep.errors import CheckpointError, CorruptCheckpointError
 from streamkeep.testing import ListSink, ManualClock
 
 
@@ -67,9 +69,11 @@ def test_a_damaged_checkpoint_file_is_named_with_the_way_out_and_repair_keeps_th
     assert len(kept) == 1, kept  # the damaged bytes are kept, not deleted
     new_id = Checkpoint(url).identity()["id"]
     if how == "checksum":
-        assert new_id == old_id and "(kept from the damaged file)" in out
+        assert new_id == old_id and "restored: one flipped bit" in out
     else:
         assert new_id != old_id and "NEW: the old one was not readable" in out and "--id" in out
+    if how == "truncated":  # the fields before the cut are read one by one (a torn map decodes to nothing whole)
+        assert "format_version: 4 (read in the damaged file, unverified)" in out, out
 
     sink = ListSink()
     run_until(url, _setup(url, sink), 4)
@@ -144,8 +148,113 @@ def test_repair_on_s3(s3_server: Any, s3_url: str, capsys: Any) -> None:
     with pytest.raises(CorruptCheckpointError, match="streamkeep checkpoint repair"):
         run_until(s3_url, setup, 3, storage_options=so)
     assert main(["checkpoint", "repair", s3_url, *opts]) == 0
-    assert "(kept from the damaged file)" in capsys.readouterr().out
+    assert "restored: one flipped bit" in capsys.readouterr().out
     assert Checkpoint(s3_url, storage_options=so).identity()["id"] == old_id
     sink = ListSink()
     run_until(s3_url, setup, 3, storage_options=so)
     assert sink.batches == [(3000, [("n", 15)])]
+
+
+def test_a_checkpoint_file_of_a_newer_build_is_not_damage_and_repair_leaves_it(tmp_path: Path, capsys: Any) -> None:
+    """A CHECKPOINT whose checksum holds but whose version is newer was called damaged: the start error advised
+    repair, and repair rewrote it in the old format, letting an old build open a newer checkpoint."""
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    ident = tmp_path / "ck" / "CHECKPOINT"
+    data = bytearray(ident.read_bytes())
+    data[4] = 8  # written by a streamkeep whose format is 8
+    data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
+    ident.write_bytes(bytes(data))
+
+    with pytest.raises(CorruptCheckpointError) as info:
+        run_until(url, _setup(url, ListSink()), 2)
+    msg = str(info.value)
+    assert "format version 8" in msg and "reads versions 1, 2" in msg and "release that wrote it" in msg
+    assert "checkpoint repair" not in msg
+
+    assert main(["checkpoint", "verify", url]) == 1
+    assert "checkpoint repair" not in capsys.readouterr().out
+    assert main(["checkpoint", "repair", url]) == 2
+    err = capsys.readouterr().err
+    assert "is not damaged (its frame checksum holds)" in err and "format version 8" in err, err
+    assert ident.read_bytes() == bytes(data)  # left alone
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith("CHECKPOINT.damaged-")]
+
+
+def test_a_flipped_bit_in_the_id_is_restored_and_an_unverified_id_is_said_to_be_one(tmp_path: Path, capsys: Any) -> None:
+    """A bit flipped inside the id: repair printed the wrong id as "kept from the damaged file" (fenced sinks then
+    saw another id). One flipped bit is now undone exactly; two leave the id marked unverified."""
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    old_id = Checkpoint(url).identity()["id"]
+    ident = tmp_path / "ck" / "CHECKPOINT"
+    sound = ident.read_bytes()
+    at = sound.find(old_id.encode())
+    one = bytearray(sound)
+    one[at + 3] ^= 0x02
+    ident.write_bytes(bytes(one))
+    assert main(["checkpoint", "repair", url]) == 0
+    out = capsys.readouterr().out
+    assert "restored: one flipped bit" in out and f"id: {old_id}" in out, out
+    assert ident.read_bytes() == sound
+
+    two = bytearray(sound)
+    two[at + 3] ^= 0x02
+    two[at + 5] ^= 0x01
+    ident.write_bytes(bytes(two))
+    wrong = bytes(two[at : at + len(old_id)]).decode()
+    assert main(["checkpoint", "repair", url]) == 0
+    out = capsys.readouterr().out
+    assert f"id: {wrong} (read in the damaged file, but the checksum fails, so this id is unverified" in out, out
+    assert "kept from the damaged file" not in out
+
+    ident.write_bytes(bytes(two))
+    assert main(["checkpoint", "repair", "--id", old_id, url]) == 0
+    out = capsys.readouterr().out
+    assert f"id: {old_id} (given with --id)" in out and f"the damaged file holds the id {wrong} (unverified" in out, out
+    assert Checkpoint(url).identity()["id"] == old_id
+
+
+def test_repair_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: Any) -> None:
+    """A path under a file gave a NotADirectoryError traceback; a lock that cannot be opened a raw OSError."""
+    under_file = tmp_path / "file"
+    under_file.write_text("x")
+    assert main(["checkpoint", "repair", str(under_file / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "there is no streamkeep checkpoint at" in err and "Traceback" not in err, err
+
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    _damage(tmp_path / "ck" / "CHECKPOINT", "checksum")
+    (tmp_path / "ck" / "lock").unlink(missing_ok=True)
+    (tmp_path / "ck" / "lock").mkdir()  # the lock file cannot be opened (as in a read-only directory)
+    assert main(["checkpoint", "repair", url]) == 2
+    err = capsys.readouterr().err
+    assert f"CheckpointError: cannot lock {tmp_path / 'ck'} to repair it" in err, err
+
+
+def test_repair_identity_reports_and_does_not_overwrite_a_checkpoint_file_created_meanwhile(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The repair is the checkpoint package's (`Checkpoint.repair_identity`, a report the CLI prints); a missing
+    CHECKPOINT is created, not written over, so a driver that created one meanwhile keeps its own."""
+    url = str(tmp_path / "ck")
+    run_until(url, _setup(url, ListSink()), 1)
+    ident = tmp_path / "ck" / "CHECKPOINT"
+    ident.unlink()
+    report = Checkpoint(url).repair_identity("abc123")
+    assert report.damage == "it is missing" and report.record["id"] == "abc123" and report.kept_as is None
+    assert Checkpoint(url).identity()["id"] == "abc123"
+
+    ident.unlink()
+    theirs = Checkpoint(url).encode("identity", {"format_version": 4, "id": "theirs1"}, rel="CHECKPOINT")
+    salvage = _repair._salvage
+
+    def driver_starts(raw: bytes) -> dict[str, Any]:
+        ident.write_bytes(theirs)  # a driver that started while the repair ran
+        return salvage(raw)
+
+    monkeypatch.setattr(_repair, "_salvage", driver_starts)
+    with pytest.raises(CheckpointError, match="appeared while the repair ran"):
+        Checkpoint(url).repair_identity(None)
+    assert ident.read_bytes() == theirs
