@@ -64,6 +64,8 @@ _RECORDS = get_codec("msgpack")
 _IDENTITY = "CHECKPOINT"
 _LEASE = "lease"
 _LOCK = "lock"
+#: What a claim saw of a damaged or unreadable lease: never equal to a lease read later.
+_DAMAGED_LEASE: dict[str, Any] = {"damaged": True}
 #: A lease renewal proves ownership for this fraction of ``lease_timeout_s`` (measured on this
 #: driver's monotonic clock from the start of the renewal); the rest absorbs clock skew between
 #: the hosts that compare the lease's wall-clock heartbeat with their own clocks.
@@ -480,8 +482,12 @@ class Checkpoint:
             contended_at: float | None = None
             if me.lock_fd is None:
                 read_at = time.monotonic()
-                if self._read_lease() != seen:  # someone wrote the lease since we found it expired
-                    contended_at = read_at
+                try:
+                    now_seen = self._read_lease(strict=True)
+                except CheckpointError:  # unreadable: nobody may have written it, or someone did; wait as if
+                    now_seen = _DAMAGED_LEASE
+                if seen is _DAMAGED_LEASE or now_seen is _DAMAGED_LEASE or now_seen != seen:
+                    contended_at = read_at  # someone wrote the lease since we found it expired (or it is unreadable)
             self._owner = me
             start = time.monotonic()
             self._write_lease()
@@ -549,12 +555,35 @@ class Checkpoint:
         epoch = (self._read_lease() or {}).get("epoch", 0)
         return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
-    def _read_lease(self) -> dict[str, Any] | None:
+    def _read_lease(self, strict: bool = False) -> dict[str, Any] | None:
+        """The lease, or None when there is none.
+
+        An unreadable lease (a storage error, or damaged) is None too unless `strict`: then
+        CheckpointError, or CorruptCheckpointError when it is damaged. Only a claim must tell
+        the two apart: an owner's lease it cannot read may be alive.
+        """
         try:
             data = self.read(_LEASE, "lease")
-        except Exception:  # unreadable or unreachable: treated as no lease (commits are fenced anyway)
-            return None
-        return data if isinstance(data, dict) else None
+        except CheckpointError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError) or not strict:
+                return None
+            if isinstance(exc, CorruptCheckpointError):
+                raise
+            msg = (
+                f"checkpoint {self.url}: could not read its lease ({exc}), so whether another driver owns it is "
+                f"unknown; nothing was written. Retry when the storage answers again."
+            )
+            raise CheckpointError(msg) from exc
+        except Exception as exc:
+            if not strict:
+                return None
+            raise self.storage.unreachable(exc) from exc
+        if isinstance(data, dict):
+            return data
+        if strict:
+            msg = f"checkpoint file {self.storage.path(_LEASE)} is not a lease record (it holds a {type(data).__name__})"
+            raise CorruptCheckpointError(msg)
+        return None
 
     def _in_use_message(self) -> str:
         lease = self._read_lease()
@@ -568,8 +597,16 @@ class Checkpoint:
         )
 
     def _check_lease(self) -> dict[str, Any] | None:
-        """The lease as read, if it lets this driver claim; else CheckpointInUseError."""
-        lease = self._read_lease()
+        """The lease as read, if it lets this driver claim; else CheckpointInUseError.
+
+        A damaged lease is `_DAMAGED_LEASE` (the claim then waits one lease, as when the lease
+        changed); a lease the storage cannot read now is a CheckpointError.
+        """
+        try:
+            lease = self._read_lease(strict=True)
+        except CorruptCheckpointError as exc:
+            log.warning("checkpoint %s: its lease is damaged (%s); a claim waits one lease before it runs", self.url, exc)
+            return _DAMAGED_LEASE
         if not lease:
             return lease
         age_s = (_now_ms() - int(lease.get("heartbeat_ms", 0))) / 1000.0
@@ -597,35 +634,60 @@ class Checkpoint:
 
     def _renew(self, me: _Owner) -> bool:
         """One heartbeat: renew the lease and, if nothing changed, extend the proof of ownership; False once lost."""
+        # An unreadable lease reads as None here: the renewal goes on (a transient error must not stop the
+        # heartbeat), and the log listing below, not the lease, decides whether the proof is extended.
         lease = self._read_lease()
-        if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
+        if lease is not None and _epoch_of(lease) > me.epoch:
             self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
             log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
             return False
         start = time.monotonic()
         try:
             self._write_lease()
+        except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
+            log.warning("could not renew the lease of %s: %s", self.url, exc)
+            return True
+        try:
             # A driver claiming now appends its claim record before it reads the lease, then waits one lease
             # from that read: a renewal whose log listing finds no record after this driver's last one started
             # before that read, so the proof it gives runs out before the claimer's wait ends. A record after
             # ours (a claim; rarely our own commit between its append and `me.seq`) extends nothing: the next
             # ensure_owner re-checks the log. (me.seq is read after the listing: our own commits meanwhile count.)
-            quiet = me.lock_fd is not None or self.last_seq() <= me.seq
-        except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
-            log.warning("could not renew the lease of %s: %s", self.url, exc)
+            last = me.seq if me.lock_fd is not None else self.last_seq()
+            if last > me.seq and self._claimed_after(me, last):
+                self._mark_lost(me)  # stop renewing: this driver's lease would overwrite the claimer's
+                log.warning("checkpoint %s was taken over by another driver (a claim record after this driver's)", self.url)
+                return False
+        except Exception as exc:  # logged, retried at the next beat; the next ensure_owner re-checks the log
+            log.warning(
+                "checkpoint %s: the lease was renewed, but reading its log failed (%s); the proof of ownership is not "
+                "extended",
+                self.url, exc,
+            )
             return True
+        quiet = last <= me.seq
         # Only a renewal that landed while the previous proof held extends it: after a pause
         # past the lease another driver may have claimed, so ensure_owner re-checks the log.
         if quiet and time.monotonic() < me.valid_until:
             me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
         return True
 
+    def _claimed_after(self, me: _Owner, last: int) -> bool:
+        """True if a log record after this driver's last one (up to `last`) claims a higher epoch."""
+        for seq in range(me.seq + 1, last + 1):
+            rec = self.read(_log_path(seq), "record")
+            if isinstance(rec, dict) and rec.get("type") == "claim" and _epoch_of(rec) > me.epoch:
+                return True
+        return False
+
     def ensure_owner(self, what: str) -> None:
         """Prove that this driver still owns the checkpoint, before a side effect (`what`).
 
         On local disks the OS lock this driver holds is the proof (free). Elsewhere: a lease
         renewal that started less than ``PROOF_FRACTION * lease_timeout_s`` ago (by this
-        driver's monotonic clock) and kept the lease alive without a gap; otherwise (the
+        driver's monotonic clock), kept the lease alive without a gap and found the log quiet (no
+        record after this driver's last one: a renewal that finds one extends nothing, and
+        stops renewing if it is another driver's claim); otherwise (the
         driver was paused, or renewals failed) the lease is renewed and the log re-read
         synchronously: a claim record after this driver's last record means another driver
         took over.
@@ -1263,6 +1325,12 @@ def _parents(path: str) -> list[str]:
         if up == out[-1]:
             return out
         out.append(up)
+
+
+def _epoch_of(data: dict[str, Any]) -> int:
+    """The epoch a lease or log record names (0 if it names none)."""
+    epoch = data.get("epoch", 0)
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
 def _now_ms() -> int:

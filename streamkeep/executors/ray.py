@@ -787,8 +787,7 @@ class RayExecutor:
         if mapped:  # what the next batch's slices are cut by
             self._map_cost[node.name] = sum(m[1] for m in maps) * 1e3 / mapped
             if len(maps) >= n:  # slices 0..n-1: one per actor, the same size (`_slices`)
-                ends = [m[2] for m in maps[:n]]
-                skew = (max(ends) - min(ends)) * 1e3 / max(1, maps[0][0])
+                skew = _drift(maps[:n])
                 old = self._map_skew.get(node.name)  # smoothed: on a busy machine one batch's drift says little of the next's
                 self._map_skew[node.name] = skew if old is None else (old + skew) / 2
         if isinstance(node, MapWithStateNode) and node.dead_letters is not None:
@@ -889,6 +888,16 @@ class RayExecutor:
             return rt.state_items()
         groups = self._get([h.state_items.remote(node.name) for h in self._hosts])
         return [kv for g in groups for kv in g]
+
+
+def _drift(maps: list[tuple[int, float, float]]) -> float:
+    """How far apart the actors' equal first slices (dispatched together) ended, ms per record of a slice.
+
+    `maps`: each actor's (input records, CPU ms, wall ms) of its first slice, the wall time
+    measured on the actor's own host: clocks of different hosts are never compared.
+    """
+    walls = [m[2] for m in maps]
+    return (max(walls) - min(walls)) / max(1, maps[0][0])
 
 
 def _slices(size: int, n: int, us_per_record: float | None, skew_ms: float | None = None) -> list[tuple[int, int]]:

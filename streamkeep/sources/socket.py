@@ -116,7 +116,11 @@ class SocketTextSource:
                     chunk = conn.recv(65536)
                 except TimeoutError:
                     continue
-                if not chunk:
+                if not chunk:  # the server closed cleanly: a last line without its newline is complete
+                    if pending:
+                        with self._lock:
+                            self._buf.append(pending.decode("utf-8", "replace").rstrip("\r"))
+                        pending = b""
                     return
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
@@ -125,9 +129,12 @@ class SocketTextSource:
                     with self._lock:
                         self._buf.extend(decoded)
         finally:
-            if pending:  # a last line without its newline
-                with self._lock:
-                    self._buf.append(pending.decode("utf-8", "replace"))
+            if pending:  # a broken connection or a stop: the partial line may be cut, so it is not a record
+                log.warning(
+                    "socket source %r: dropped %d bytes of a partial line from %s:%d (the connection broke or the "
+                    "source stopped before its newline arrived)",
+                    self.name, len(pending), self.host, self.port,
+                )
 
     def restore(self, position: Data) -> None:
         self._seq = int(position.get("seq", 0))

@@ -531,3 +531,35 @@ def test_without_a_checkpoint_the_next_step_forgets_the_last_batchs_changes(ray_
         assert dict(state_of(ssc, "u")["set"]) == {**{f"a{i}": 1 for i in range(40)}, "b1": 1, "b2": 1}
     finally:
         ssc.stop()
+
+
+def test_the_drift_of_the_actors_slices_ignores_the_hosts_clock_offsets(monkeypatch):
+    """Without Ray: two actors map equal slices on hosts whose wall clocks are 100 s apart. The drift the driver
+    cuts the next batch by compares the time each one took on its own host, not wall-clock end stamps (before:
+    100 s of drift, ~5 s per record, from the clock offset alone)."""
+    import time as real_time
+    import types
+
+    from streamkeep.executors import _partitions
+    from streamkeep.executors._partitions import PartitionHost, Records
+    from streamkeep.executors.ray import _drift, _strip
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    stream = ssc.queue_stream([[1]], name="q").map(lambda x: x).update_state_by_key(lambda vs, old: (old or []) + vs, name="u")
+    node = _strip(stream._node)
+    hosts = [PartitionHost(i, 2) for i in range(2)]
+    for i, h in enumerate(hosts):
+        h.open([node], 0, i, 2)
+    records = [(f"k{i % 5}", i) for i in range(40)]
+    ops = sk.Batch([records], 1000).map(lambda kv: kv)._ops
+    maps = []
+    for i, h in enumerate(hosts):
+        offset = 100.0 * i  # host i's clocks run 100 s ahead of host 0's
+        clock = types.SimpleNamespace(
+            time=lambda o=offset: real_time.time() + o,
+            perf_counter=lambda o=offset: real_time.perf_counter() + o,
+            thread_time=real_time.thread_time,
+        )
+        monkeypatch.setattr(_partitions, "time", clock)
+        maps.append(h.map_bucket("u", 1000, i, ops, Records(records[i * 20 : (i + 1) * 20]))[-1])
+    assert 0 <= _drift(maps) < 1000 / 20  # below 1 s over the slice's 20 records

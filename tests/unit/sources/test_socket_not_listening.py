@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -99,6 +100,53 @@ def test_a_dropped_connection_is_said_to_be_lost_then_reconnects(caplog: pytest.
             _wait(lambda: got == ["before", "after"], "the line sent after the reconnect")
         assert all("cannot connect" not in m for m in warnings())  # it had connected: the outage is a lost connection
         assert any("connected to" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    finally:
+        ssc.stop()
+        server.close()
+
+
+def test_a_partial_line_cut_by_a_broken_connection_is_not_a_record(caplog: pytest.LogCaptureFixture) -> None:
+    """"12345" cut to "12" by a reset connection is dropped with a warning giving its size (Spark drops it too)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    got: list[str] = []
+    ssc = sk.StreamingContext(0.1)
+    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    caplog.set_level(logging.INFO, logger="streamkeep.sources.socket")
+    ssc.start()
+    try:
+        conn, _ = server.accept()
+        conn.sendall(b"before\n12")  # one send: "12" is buffered by the time "before" is delivered
+        _wait(lambda: got == ["before"], "the complete line")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset (ECONNRESET at the source), not a clean close
+        _wait(lambda: any("partial line" in r.getMessage() for r in caplog.records), "the warning about the cut line")
+        (msg,) = [r.getMessage() for r in caplog.records if "partial line" in r.getMessage()]
+        assert "dropped 2 bytes" in msg and "'lines'" in msg
+        conn, _ = server.accept()  # the source reconnects
+        with conn:
+            conn.sendall(b"after\n")
+            _wait(lambda: "after" in got, "the line sent after the reconnect")
+        assert got == ["before", "after"]  # before the fix: ["before", "12", "after"]
+    finally:
+        ssc.stop()
+        server.close()
+
+
+def test_a_last_line_without_newline_is_a_record_when_the_server_closes_cleanly() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    got: list[str] = []
+    ssc = sk.StreamingContext(0.1)
+    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    ssc.start()
+    try:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"one\nlast")
+        _wait(lambda: got == ["one", "last"], "the last line, complete at the clean close")
     finally:
         ssc.stop()
         server.close()
