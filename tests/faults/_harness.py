@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,16 @@ def scratch_dir(prefix: str) -> str:
     """A new directory, on tmpfs when there is one (fsync is free there; SIGKILL semantics are the same)."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+@contextlib.contextmanager
+def scratch_tree(prefix: str) -> Iterator[str]:
+    """A `scratch_dir`, removed with everything in it on exit (a test module's shared scratch)."""
+    d = scratch_dir(prefix)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_tree
 
 from streamkeep.checkpoint import Checkpoint
 
@@ -35,11 +35,8 @@ MODES = {"inline": {}, "files": {"JOB_INLINE_DELTA_BYTES": "0"}}
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[str]:
-    d = scratch_dir("streamkeep-pipeline-")
-    try:
+    with scratch_tree("streamkeep-pipeline-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_tree
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -24,11 +24,8 @@ TOTAL = 12
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[str]:
-    d = scratch_dir("streamkeep-helper-")
-    try:
+    with scratch_tree("streamkeep-helper-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

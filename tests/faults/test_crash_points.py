@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import MERGE_ONLY_POINTS, MERGED_ENV, Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import MERGE_ONLY_POINTS, MERGED_ENV, Workdir, diff_results, expect_killed, expect_ok, scratch_tree
 
 from streamkeep import _faults
 
@@ -56,11 +56,8 @@ _MATRIX = [(p, m) for m in DELTA_MODES for p in _points(m)]
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[str]:
-    d = scratch_dir("streamkeep-faults-")
-    try:
+    with scratch_tree("streamkeep-faults-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

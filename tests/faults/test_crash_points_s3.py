@@ -7,12 +7,11 @@ S3 endpoint (conditional puts for the commit log, lease instead of a file lock).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import Workdir, diff_results, expect_killed, expect_ok, scratch_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -29,11 +28,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[str]:
-    d = scratch_dir("streamkeep-faults-s3-")
-    try:
+    with scratch_tree("streamkeep-faults-s3-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import diff_results, expect_killed, expect_ok, scratch_dir
+from _harness import diff_results, expect_killed, expect_ok, scratch_tree
 
 from streamkeep import _faults
 
@@ -64,11 +64,8 @@ def _results(root: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[str]:
-    d = scratch_dir("streamkeep-window-empty-")
-    try:
+    with scratch_tree("streamkeep-window-empty-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
