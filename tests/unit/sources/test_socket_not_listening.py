@@ -22,6 +22,21 @@ def _wait(cond: Callable[[], object], what: str, timeout_s: float = 20.0) -> Non
         time.sleep(0.02)
 
 
+def _server(port: int = 0) -> socket.socket:
+    """A listening loopback server (on `port`, 0: a free one) whose accept gives up after 20 s."""
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(20)
+    return server
+
+
+def _lines_job(port: int) -> tuple[sk.StreamingContext, list[str]]:
+    """A job reading the lines of 127.0.0.1:`port` into the returned list, batch after batch."""
+    got: list[str] = []
+    ssc = sk.StreamingContext(0.1)
+    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    return ssc, got
+
+
 def test_no_server_on_the_port_warns_once_then_reads_when_it_comes_up(caplog: pytest.LogCaptureFixture) -> None:
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -70,12 +85,9 @@ def test_a_port_given_as_digits_or_an_int_like_is_taken(port: object) -> None:
 
 
 def test_a_dropped_connection_is_said_to_be_lost_then_reconnects(caplog: pytest.LogCaptureFixture) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(20)
+    server = _server()
     port = server.getsockname()[1]
-    got: list[str] = []
-    ssc = sk.StreamingContext(0.1)
-    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    ssc, got = _lines_job(port)
     caplog.set_level(logging.INFO, logger="streamkeep.sources.socket")
     ssc.start()
     try:
@@ -92,8 +104,7 @@ def test_a_dropped_connection_is_said_to_be_lost_then_reconnects(caplog: pytest.
         _wait(warnings, "the warning about the lost connection")
         (msg,) = warnings()
         assert f"the connection to 127.0.0.1:{port} was lost" in msg and "'lines'" in msg and "reconnecting" in msg
-        server = socket.create_server(("127.0.0.1", port))  # the server comes back on the same port
-        server.settimeout(20)
+        server = _server(port)  # the server comes back on the same port
         conn, _ = server.accept()
         with conn:
             conn.sendall(b"after\n")
@@ -107,12 +118,9 @@ def test_a_dropped_connection_is_said_to_be_lost_then_reconnects(caplog: pytest.
 
 def test_a_partial_line_cut_by_a_broken_connection_is_not_a_record(caplog: pytest.LogCaptureFixture) -> None:
     """"12345" cut to "12" by a reset connection is dropped with a warning giving its size (Spark drops it too)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(20)
+    server = _server()
     port = server.getsockname()[1]
-    got: list[str] = []
-    ssc = sk.StreamingContext(0.1)
-    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    ssc, got = _lines_job(port)
     caplog.set_level(logging.INFO, logger="streamkeep.sources.socket")
     ssc.start()
     try:
@@ -135,12 +143,9 @@ def test_a_partial_line_cut_by_a_broken_connection_is_not_a_record(caplog: pytes
 
 
 def test_a_last_line_without_newline_is_a_record_when_the_server_closes_cleanly() -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(20)
+    server = _server()
     port = server.getsockname()[1]
-    got: list[str] = []
-    ssc = sk.StreamingContext(0.1)
-    ssc.socket_text_stream("127.0.0.1", port, name="lines").foreach_batch(lambda b: got.extend(b.collect()))
+    ssc, got = _lines_job(port)
     ssc.start()
     try:
         conn, _ = server.accept()
