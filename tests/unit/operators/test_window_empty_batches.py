@@ -49,12 +49,8 @@ class _Written(sk.StreamingListener):
         self.bytes.append(info.checkpoint_bytes)
 
 
-def _empty_batch_bytes(ckpt: str, op: Callable[[sk.DStream[Any]], sk.DStream[Any]]) -> list[int]:
-    """Checkpoint bytes of each of `EMPTY` empty batches after one with a record (the engine's own metric)."""
-    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock())
-    pairs = ssc.queue_stream([[("a", 1)]], name="q", default=[])
-    pairs.update_state_by_key(_add, name="total").foreach_batch(lambda b: None)
-    op(pairs).foreach_batch(lambda b: None)
+def _bytes_after_the_first_batch(ssc: sk.StreamingContext) -> list[int]:
+    """Run `ssc` for 1 + `EMPTY` batches; the checkpoint bytes of each batch after the first."""
     written = _Written()
     ssc.add_listener(written)
     try:
@@ -62,6 +58,15 @@ def _empty_batch_bytes(ckpt: str, op: Callable[[sk.DStream[Any]], sk.DStream[Any
     finally:
         ssc.stop()
     return written.bytes[1:]
+
+
+def _empty_batch_bytes(ckpt: str, op: Callable[[sk.DStream[Any]], sk.DStream[Any]]) -> list[int]:
+    """Checkpoint bytes of each of `EMPTY` empty batches after one with a record (the engine's own metric)."""
+    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock())
+    pairs = ssc.queue_stream([[("a", 1)]], name="q", default=[])
+    pairs.update_state_by_key(_add, name="total").foreach_batch(lambda b: None)
+    op(pairs).foreach_batch(lambda b: None)
+    return _bytes_after_the_first_batch(ssc)
 
 
 @pytest.mark.parametrize("kind", WINDOWED)
@@ -217,13 +222,7 @@ def _table_job_bytes(ckpt: str, windowed: bool) -> list[int]:
         q.aggregate_window(by="k", aggs=aggs, length=30.0, slide=1.0, name="win").foreach_batch(lambda b: None)
     else:
         q.aggregate_state(by="k", aggs=aggs, name="win").foreach_batch(lambda b: None)
-    written = _Written()
-    ssc.add_listener(written)
-    try:
-        ssc.run(max_batches=1 + EMPTY)
-    finally:
-        ssc.stop()
-    return written.bytes[1:]
+    return _bytes_after_the_first_batch(ssc)
 
 
 def test_empty_batches_of_an_aggregate_window_add_nothing_to_its_commit_records(tmp_path: Any) -> None:
