@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _signalled_job import signal_after_batches
 
 from streamkeep.checkpoint import Checkpoint
 
@@ -45,24 +44,8 @@ print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
 
 def _run_until_interrupted(ckpt: str, env: dict[str, str], batches: int) -> tuple[int | None, list[tuple[int, int]], str, str, int]:
     """Run the job, SIGINT it after `batches` batches: (restored at, [(batch time, total)], stdout, stderr, rc)."""
-    with subprocess.Popen([sys.executable, "-c", _JOB, ckpt], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        lines: list[str] = []
-        seen: list[tuple[int, int]] = []
-        for line in proc.stdout:
-            lines.append(line)
-            if m := re.match(r"BATCH (\d+) (\d+)", line):
-                seen.append((int(m[1]), int(m[2])))
-                if len(seen) == batches:
-                    proc.send_signal(signal.SIGINT)
-                    break
-        rest, err = proc.communicate(timeout=60)
-    out = "".join(lines) + rest
-    seen += [(int(a), int(b)) for a, b in re.findall(r"^BATCH (\d+) (\d+)$", rest, re.M)]  # the batch in progress
-    restored = re.search(r"^RESTORED (\S+)$", out, re.M)
-    assert restored is not None, f"the job did not start\nstdout:\n{out}\nstderr:\n{err}"
-    at = None if restored[1] == "None" else int(restored[1])
-    return at, seen, out, err, proc.returncode
+    restored, seen, out, err, rc = signal_after_batches([sys.executable, "-c", _JOB, ckpt], signal.SIGINT, batches, env)
+    return (None if restored == "None" else int(restored)), seen, out, err, rc
 
 
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.integration)])

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _signalled_job import signal_after_batches
 
 from streamkeep.checkpoint import Checkpoint
 
@@ -45,23 +45,7 @@ def _run_until_terminated(
     app: Path, ckpt: str, batches: int, *, executor: str | None = None, env: dict[str, str] | None = None
 ) -> tuple[str | None, list[tuple[int, int]], str, str, int]:
     argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", *(["--executor", executor] if executor else []), str(app), ckpt]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        seen: list[tuple[int, int]] = []
-        for line in proc.stdout:
-            lines.append(line)
-            if m := re.match(r"BATCH (\d+) (\d+)", line):
-                seen.append((int(m[1]), int(m[2])))
-                if len(seen) == batches:
-                    proc.send_signal(signal.SIGTERM)
-                    break
-        rest, err = proc.communicate(timeout=60)
-    out = "".join(lines) + rest
-    seen += [(int(a), int(b)) for a, b in re.findall(r"^BATCH (\d+) (\d+)$", rest, re.M)]  # the batch in progress
-    restored = re.search(r"^RESTORED (\S+)$", out, re.M)
-    assert restored is not None, f"the job did not start\nstdout:\n{out}\nstderr:\n{err}"
-    return restored[1], seen, out, err, proc.returncode
+    return signal_after_batches(argv, signal.SIGTERM, batches, env)
 
 
 def test_sigterm_stops_streamkeep_run_gracefully_releases_the_lease_and_resumes(tmp_path: Path) -> None:
