@@ -24,6 +24,16 @@ from streamkeep.errors import ConfigError, UserFunctionError
 Duration = float | int | timedelta
 
 
+#: The argument of the KeyboardInterrupt that ``streamkeep run``'s SIGTERM handler raises, so the
+#: job's log can say what stopped it (SIGTERM) and what a second one does.
+SIGTERM_INTERRUPT = "SIGTERM"
+
+
+def stopped_by_sigterm(exc: BaseException) -> bool:
+    """True if `exc` is the KeyboardInterrupt that a SIGTERM was turned into (not a Ctrl-C)."""
+    return isinstance(exc, KeyboardInterrupt) and exc.args[:1] == (SIGTERM_INTERRUPT,)
+
+
 def duration_ms(value: Duration, what: str) -> int:
     """Convert seconds (float) or a timedelta to whole milliseconds, validating it."""
     if isinstance(value, timedelta):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from streamkeep._clock import WallClock
-from streamkeep._util import Duration, check_partitions, duration_ms
+from streamkeep._util import Duration, check_partitions, duration_ms, stopped_by_sigterm
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
 from streamkeep.dstream._graph import KNOWN_CODECS, Graph, SourceNode, check_on_error
@@ -563,14 +563,16 @@ class StreamingContext:
                     sched.run_next()
                     done += 1
                 sched.flush()  # the batches run are committed when run() returns
-            except KeyboardInterrupt:  # Ctrl-C: an interruption, not a failure of the job
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: an interruption, not a failure of the job
+                said = "terminated (SIGTERM)" if stopped_by_sigterm(exc) else "interrupted"
                 if self._checkpoint_url is not None:
                     log.warning(
-                        "interrupted: a batch in progress that had not committed is abandoned (the next get_or_create "
-                        "re-runs it with its plan); sources, sinks and the checkpoint are released"
+                        "%s: a batch in progress that had not committed is abandoned (the next get_or_create "
+                        "re-runs it with its plan); sources, sinks and the checkpoint are released",
+                        said,
                     )
                 else:
-                    log.warning("interrupted: stopped (the batch in progress is abandoned)")
+                    log.warning("%s: stopped (the batch in progress is abandoned)", said)
                 self._shutdown()
                 raise
             except BaseException as exc:
@@ -669,8 +671,8 @@ class StreamingContext:
             return self._state == "stopped"
         try:
             finished = _wait_waking(self._done.wait, timeout)
-        except KeyboardInterrupt:
-            self._stop_on_interrupt()
+        except KeyboardInterrupt as exc:
+            self._stop_on_interrupt(exc)
             finished = True
         if self._error is not None:
             err, self._error = self._error, None
@@ -678,8 +680,14 @@ class StreamingContext:
             raise err
         return finished
 
-    def _stop_on_interrupt(self) -> None:
-        log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
+    def _stop_on_interrupt(self, cause: KeyboardInterrupt) -> None:
+        if stopped_by_sigterm(cause):
+            log.warning(
+                "terminated (SIGTERM): stopping after the batch in progress "
+                "(another SIGTERM or Ctrl-C stops without waiting for it)"
+            )
+        else:
+            log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
         try:
             self.stop(graceful=True)
         except KeyboardInterrupt:

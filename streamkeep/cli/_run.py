@@ -22,6 +22,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from streamkeep._util import SIGTERM_INTERRUPT
 from streamkeep.cli._console import console_listener, setup_logging
 from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR
 from streamkeep.errors import ConfigError
@@ -50,7 +51,7 @@ def _on_start(ssc: Any, sched: Any) -> None:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (docker stop, systemd, kill PID) stops the job as Ctrl-C does: after the batch in progress."""
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt(SIGTERM_INTERRUPT)
 
 
 class _Termination:

@@ -58,7 +58,8 @@ def test_sigterm_stops_streamkeep_run_gracefully_releases_the_lease_and_resumes(
     assert at == "None"
     assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err, err
-    assert "interrupted: stopping after the batch in progress" in err
+    assert "terminated (SIGTERM): stopping after the batch in progress" in err, err
+    assert "Ctrl-C again" not in err, "a SIGTERM'd job's log told the user to press Ctrl-C"
     last = re.search(r"stopped after \d+ batches; last batch (\S+)", err)
     assert last is not None and f"the next get_or_create resumes after the batch of {last[1]}" in err, err
     assert "RETURNED True stopped" in out
@@ -104,7 +105,7 @@ def test_sigterm_of_a_run_loop_exits_0_too_and_resumes(tmp_path: Path) -> None:
     assert at == "None"
     assert rc == 0, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err and "NOT REACHED" not in out, err
-    assert "interrupted: a batch in progress that had not committed is abandoned" in err
+    assert "terminated (SIGTERM): a batch in progress that had not committed is abandoned" in err, err
     lease = Checkpoint(ckpt)._read_lease()
     assert lease is not None and lease["released"], f"the lease was not released: {lease}"
 
