@@ -181,6 +181,16 @@ def test_a_checkpoint_file_of_a_newer_build_is_not_damage_and_repair_leaves_it(t
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith("CHECKPOINT.damaged-")]
 
 
+def _flip_keeping_alnum(buf: bytearray, i: int) -> None:
+    """Flip one bit of the id's character at `i` so that it stays a letter or digit (the id is random hex: a fixed
+    bit made a backtick of some ids, which repair rightly does not show as an id)."""
+    for bit in (0x01, 0x20):
+        if chr(buf[i] ^ bit).isalnum():
+            buf[i] ^= bit
+            return
+    raise AssertionError(f"no bit keeps {chr(buf[i])!r} alphanumeric")
+
+
 def test_a_flipped_bit_in_the_id_is_restored_and_an_unverified_id_is_said_to_be_one(tmp_path: Path, capsys: Any) -> None:
     """A bit flipped inside the id: repair printed the wrong id as "kept from the damaged file" (fenced sinks then
     saw another id). One flipped bit is now undone exactly; two leave the id marked unverified."""
@@ -191,7 +201,7 @@ def test_a_flipped_bit_in_the_id_is_restored_and_an_unverified_id_is_said_to_be_
     sound = ident.read_bytes()
     at = sound.find(old_id.encode())
     one = bytearray(sound)
-    one[at + 3] ^= 0x02
+    _flip_keeping_alnum(one, at + 3)
     ident.write_bytes(bytes(one))
     assert main(["checkpoint", "repair", url]) == 0
     out = capsys.readouterr().out
@@ -199,8 +209,8 @@ def test_a_flipped_bit_in_the_id_is_restored_and_an_unverified_id_is_said_to_be_
     assert ident.read_bytes() == sound
 
     two = bytearray(sound)
-    two[at + 3] ^= 0x02
-    two[at + 5] ^= 0x01
+    _flip_keeping_alnum(two, at + 3)
+    _flip_keeping_alnum(two, at + 5)
     ident.write_bytes(bytes(two))
     wrong = bytes(two[at : at + len(old_id)]).decode()
     assert main(["checkpoint", "repair", url]) == 0
