@@ -36,7 +36,7 @@ def _setup(url: str, outputs: list[Any], *, extra: bool = False, reshaped: bool 
     `reshaped` makes 'total' a window (an incompatible change)."""
 
     def setup() -> sk.StreamingContext:
-        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS), **options)
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(START_MS), **{k: v for k, v in options.items() if v is not None})
         pairs = ssc.rate_stream(6, name="rate").map(lambda r: (r[0] % 3, 1))
         if reshaped:
             pairs.reduce_by_key_and_window(lambda a, b: a + b, 2.0, name="total").foreach_batch(lambda b: None)
@@ -51,9 +51,9 @@ def _setup(url: str, outputs: list[Any], *, extra: bool = False, reshaped: bool 
     return setup
 
 
-def _run(url: str, batches: int, **kw: Any) -> list[Any]:
+def _run(url: str, batches: int, *, storage_options: dict[str, Any] | None = None, **kw: Any) -> list[Any]:
     outputs: list[Any] = []
-    ssc = sk.StreamingContext.get_or_create(url, _setup(url, outputs, **kw))
+    ssc = sk.StreamingContext.get_or_create(url, _setup(url, outputs, storage_options=storage_options, **kw), storage_options=storage_options)
     try:
         ssc.run(max_batches=batches)
     finally:
@@ -188,6 +188,26 @@ def test_retention_keeps_the_graph_an_older_kept_commit_needs(tmp_path: Path, ca
     _run(url, 1, extra=True)  # the old graph's last commit falls out: its file goes with it
     assert _graph_files(url) == [new]
     assert _cli(capsys, "checkpoint", "verify", url)[0] == 0
+
+
+def test_graph_files_on_s3_are_kept_while_a_commit_names_them(s3_server: Any, s3_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    opts = s3_server.storage_options
+    cli_opts = [x for k, v in opts.items() for x in ("-o", f"{k}={json.dumps(v) if isinstance(v, dict) else v}")]
+    first = _run(s3_url, 3, storage_options=opts)
+    ckpt = Checkpoint(s3_url, storage_options=opts)
+    (old,) = ckpt.storage.list("graphs")
+    assert all("graph" not in r.data for r in ckpt.commits())
+    with pytest.raises(IncompatibleCheckpointError, match="stateful operator 'total' changed shape"):
+        _run(s3_url, 1, storage_options=opts, reshaped=True)
+    rest = _run(s3_url, 1, storage_options=opts, extra=True)  # a new graph; the older kept commit names the old one
+    assert first + rest == _run(s3_url + "-once", 4, storage_options=opts)
+    assert sorted(ckpt.storage.list("graphs")) == sorted([old, f"{ckpt.commits()[0].data['graph_id']}.graph"])
+    rc, out = _cli(capsys, "checkpoint", "verify", s3_url, *cli_opts)
+    assert rc == 0, out
+    rc, out = _cli(capsys, "checkpoint", "inspect", s3_url, "--json", *cli_opts)
+    assert rc == 0 and json.loads(out)["operators"]["extra"]["kind"] == "update_state_by_key", out
+    _run(s3_url, 1, storage_options=opts, extra=True)
+    assert ckpt.storage.list("graphs") == [f"{ckpt.commits()[0].data['graph_id']}.graph"]
 
 
 def test_a_fallback_after_corruption_finds_its_own_graph(tmp_path: Path) -> None:
