@@ -1011,21 +1011,23 @@ class Checkpoint:
         self._graphs[gid] = graph
         return graph
 
-    def read_graph(self, gid: str) -> dict[str, Any]:
-        """Read and check the graph file of id `gid`: framing, identity, and a content that hashes to `gid`.
+    def read_graph(self, gid: str, data: bytes | None = None) -> dict[str, Any]:
+        """Read and check the graph file of id `gid` (its bytes `data`, if already read): framing, identity, and a
+        content that hashes to `gid`.
 
         Raises:
             CorruptCheckpointError: it is missing, damaged, or does not hash to its id.
         """
         rel = graph_path(gid)
         path = self.storage.path(rel)
-        try:
-            data = self.storage.read(rel)
-        except CheckpointError as exc:
-            if not isinstance(exc.__cause__, FileNotFoundError):
-                raise
-            msg = f"checkpoint file {path} is missing: commit records name it, so it was deleted after it was written. {VERIFY_HINT}"
-            raise CorruptCheckpointError(msg) from exc
+        if data is None:
+            try:
+                data = self.storage.read(rel)
+            except CheckpointError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                msg = f"checkpoint file {path} is missing: commit records name it, so it was deleted after it was written. {VERIFY_HINT}"
+                raise CorruptCheckpointError(msg) from exc
         codec, payload = unframe(path, data, "graph", rel)
         refuse_pickle(codec, False, f"checkpoint file {path}")
         if graph_id_of(payload) != gid:

@@ -96,7 +96,7 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str])
             if not valid_graph_id(gid):
                 rep.problems.append(f"{rel}: not the name of a graph file (graphs/<{GRAPH_ID_LEN} hex digits>.graph)")
                 return
-            ckpt.read_graph(gid)  # also checks that its content hashes to its name
+            ckpt.read_graph(gid, data)  # also checks that its content hashes to its name
         else:
             ckpt.decode(rel, data, kind)  # refuses pickle: records, plans, blobs are always msgpack
     except (CheckpointError, ValueError) as exc:
