@@ -39,8 +39,9 @@ BATCH_POINTS: tuple[str, ...] = (
 )
 
 #: Points a driver reaches once per start: the checkpoint's identity (first start only), its
-#: claim record in the commit log, its lease.
-START_POINTS: tuple[str, ...] = ("identity.after_write", "claim.before_record", "claim.after_record", "lease.after_write")
+#: claim record in the commit log, its lease, and the graph file its commit records name (made sure of
+#: before its first commit: written, or found whole).
+START_POINTS: tuple[str, ...] = ("identity.after_write", "claim.before_record", "claim.after_record", "lease.after_write", "graph.after_write")
 
 #: Points reached while recovering: deleting crash leftovers no commit or pending plan needs.
 RECOVERY_POINTS: tuple[str, ...] = ("recovery.mid_sweep",)

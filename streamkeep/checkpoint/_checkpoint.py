@@ -14,6 +14,8 @@ Layout under the root URL (see docs/checkpoint-format.md)::
                                key partition i of n of the same, written by the partition's owner
                                (a Ray actor) for the driver of claim epoch <epoch> (format 5)
     blobs/<name>               source data that cannot be re-read (socket WAL, queues)
+    graphs/<id>.graph          a graph description the commit records name by id (format 8): written
+                               once, before the first commit naming it; <id> is a hash of its content
 
 The commit log is the single source of truth. A record is written with the
 storage's atomic create-if-absent at the next sequence number, so two drivers
@@ -28,6 +30,7 @@ imports errors, codec, _faults and its own storage/format modules.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -40,6 +43,7 @@ from streamkeep._util import hostname, random_id
 from streamkeep.checkpoint._format import (
     EMPTY_RUN_VERSION,
     EMPTY_RUNS,
+    GRAPH_REF_VERSION,
     PARTITIONED_VERSION,
     PLAIN_VERSION,
     PLAN_LOG_VERSION,
@@ -85,6 +89,25 @@ def _safe(name: str) -> str:
     """
     out = "".join(c if c.isalnum() and c.isascii() or c in "-._" else f"%{ord(c):02X}" for c in name)
     return out if out not in ("", ".", "..") else "".join(f"%{ord(c):02X}" for c in name) or "%"
+
+
+#: Hex digits of a graph id: the start of the SHA-256 of the graph file's payload (64 bits).
+GRAPH_ID_LEN = 16
+
+
+def graph_id_of(payload: bytes) -> str:
+    """The id of a graph description whose encoded payload is `payload` (content-addressed)."""
+    return hashlib.sha256(payload).hexdigest()[:GRAPH_ID_LEN]
+
+
+def valid_graph_id(gid: Any) -> bool:
+    """Is `gid` the shape of a graph id (so its path stays inside ``graphs/``)?"""
+    return isinstance(gid, str) and len(gid) == GRAPH_ID_LEN and all(c in "0123456789abcdef" for c in gid)
+
+
+def graph_path(gid: str) -> str:
+    """Path of the graph description of id `gid`."""
+    return f"graphs/{gid}.graph"
 
 
 def state_dir(op: str) -> str:
@@ -262,13 +285,21 @@ class CommitRecord:
         """Batch time committed (commit records only)."""
         return int(self.data["batch_time"])
 
+    @property
+    def graph_id(self) -> str | None:
+        """The id of the graph file this commit names (format 8), None when it holds its graph inline (or none)."""
+        gid = self.data.get("graph_id")
+        return gid if isinstance(gid, str) else None
+
     def files(self) -> set[str]:
-        """Every state file this commit's state chain needs.
+        """Every file this commit needs: its state chains' files, and the graph file it names (format 8).
 
         Raises:
             CorruptCheckpointError: a chain names a file that is not its operator's own (`check_chain`).
         """
         out: set[str] = set()
+        if self.graph_id is not None:
+            out.add(graph_path(self.graph_id))
         state = self.data.get("state", {})
         if not isinstance(state, dict):
             msg = f"{_log_path(self.seq)}: its 'state' is not a map of operator chains. {VERIFY_HINT}"
@@ -345,6 +376,11 @@ class Checkpoint:
         #: plan logs whose first frame is damaged but whose plans are all committed (see `plan_index`)
         #: -> the batch time that every plan in them precedes
         self._unneeded_logs: dict[str, int] = {}
+        #: graph id -> description, of the graphs read (`graph_of`) or registered (`graph_ref`)
+        self._graphs: dict[str, dict[str, Any]] = {}
+        self._graph_payloads: dict[str, bytes] = {}  # of the registered ones: what `commit` writes
+        self._graph_stored: set[str] = set()  # graph files this driver made sure are on storage, whole
+        self._last_graph: tuple[dict[str, Any], str] | None = None  # the description `graph_ref` saw last, its id
 
     # -- records ------------------------------------------------------------
 
@@ -412,7 +448,7 @@ class Checkpoint:
             self.identity()
             return
         others = [n for n in self.storage.list("") if n not in (_LOCK, _LEASE)]
-        if others and not {"log", "plans", "state", "blobs"} & set(others):
+        if others and not {"log", "plans", "state", "blobs", "graphs"} & set(others):
             msg = (
                 f"{self.url} already contains files that are not a streamkeep checkpoint ({', '.join(others[:5])}). "
                 f"Point the checkpoint at an empty or new directory."
@@ -907,6 +943,11 @@ class Checkpoint:
             version = PLAN_LOG_VERSION
         if any(isinstance(c, dict) and inlines_empty_run(c) for c in state.values()):  # a reader of 1 to 6 would misread it
             version = EMPTY_RUN_VERSION
+        gid = record.get("graph_id")
+        if gid is not None:  # a reader of 1 to 7 would find no graph in it
+            version = GRAPH_REF_VERSION
+            if gid not in self._graph_stored:
+                self._store_graph(gid)
         data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
@@ -923,6 +964,106 @@ class Checkpoint:
         self._count(len(data))
         _faults.point("commit.after_record")
         return seq
+
+    # -- graph descriptions ---------------------------------------------------------
+
+    def graph_ref(self, description: dict[str, Any]) -> str:
+        """The id commit records name `description` by (``graph_id``); `commit` writes its file when needed.
+
+        The id is a hash of the encoded description, so equal descriptions share one file and a
+        changed one gets a new file. Cheap when called with the same object again (once per batch).
+        """
+        last = self._last_graph
+        if last is not None and last[0] is description:
+            return last[1]
+        payload = _RECORDS.encode(description)
+        gid = graph_id_of(payload)
+        self._graphs.setdefault(gid, description)
+        self._graph_payloads[gid] = payload
+        self._last_graph = (description, gid)
+        return gid
+
+    def graph_of(self, rec: CommitRecord) -> dict[str, Any]:
+        """The graph description in force for commit `rec`: its inline ``graph``, or the graph file it names.
+
+        Every reader of a commit's graph goes through this (recovery's code-change check, the
+        ``streamkeep checkpoint`` commands). A record of neither kind (written by hand or by an early
+        build) has the empty graph, as before.
+
+        Raises:
+            CorruptCheckpointError: the graph file it names is missing, damaged or not its content.
+        """
+        gid = rec.graph_id
+        if gid is None:
+            graph = rec.data.get("graph", {})
+            return graph if isinstance(graph, dict) else {}
+        known = self._graphs.get(gid)
+        if known is not None:
+            return known
+        try:
+            graph = self.read_graph(gid)
+        except CorruptCheckpointError as exc:
+            msg = (
+                f"{_log_path(rec.seq)} (the commit of batch {rec.batch_time} ms) names its graph description "
+                f"{graph_path(gid)}, which cannot be read: {exc}"
+            )
+            raise CorruptCheckpointError(msg) from exc
+        self._graphs[gid] = graph
+        return graph
+
+    def read_graph(self, gid: str, data: bytes | None = None) -> dict[str, Any]:
+        """Read and check the graph file of id `gid` (its bytes `data`, if already read): framing, identity, and a
+        content that hashes to `gid`.
+
+        Raises:
+            CorruptCheckpointError: it is missing, damaged, or does not hash to its id.
+        """
+        rel = graph_path(gid)
+        path = self.storage.path(rel)
+        if data is None:
+            try:
+                data = self.storage.read(rel)
+            except CheckpointError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                msg = f"checkpoint file {path} is missing: commit records name it, so it was deleted after it was written. {VERIFY_HINT}"
+                raise CorruptCheckpointError(msg) from exc
+        codec, payload = unframe(path, data, "graph", rel)
+        refuse_pickle(codec, False, f"checkpoint file {path}")
+        if graph_id_of(payload) != gid:
+            msg = f"checkpoint file {path} is corrupt: its content does not hash to its id {gid}: it was altered. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        graph = self.decode(rel, data, "graph")
+        if not isinstance(graph, dict):
+            msg = f"checkpoint file {path} is corrupt: it holds a {type(graph).__name__}, not a graph description. {VERIFY_HINT}"
+            raise CorruptCheckpointError(msg)
+        return graph
+
+    def _store_graph(self, gid: str) -> None:
+        """Make the graph file of `gid` (registered by `graph_ref`) durable and whole before a commit names it.
+
+        Written with create-if-absent. A file of that name holds the same description by
+        construction (its name is its content's hash), so an existing one is kept when it reads
+        back whole, and rewritten (with a warning) when it is damaged: no driver can write
+        anything else under that name, so replacing it is safe even next to a fenced-out driver.
+        """
+        payload = self._graph_payloads.get(gid)
+        if payload is None:
+            msg = f"commit record names graph {gid}, which this driver never registered (Checkpoint.graph_ref)"
+            raise CheckpointError(msg)
+        rel = graph_path(gid)
+        data = frame("graph", "msgpack", payload, rel, GRAPH_REF_VERSION)
+        if self.storage.create(rel, data):
+            self._count(len(data))
+        else:
+            try:
+                self.read_graph(gid)
+            except CorruptCheckpointError as exc:
+                log.warning("rewriting the damaged graph description %s (%s)", self.storage.path(rel), exc)
+                self.storage.write(rel, data)
+                self._count(len(data))
+        self._graph_stored.add(gid)
+        _faults.point("graph.after_write")
 
     def _describe_newer(self, seq: int) -> str:
         """Who wrote the log at or past `seq` (another driver), from its records or its lease."""
@@ -1300,6 +1441,8 @@ def check_record(path: str, data: Any) -> dict[str, Any]:
         why = "it has no batch time, or a time origin that is not a number"
     elif data["type"] == "commit" and not all(isinstance(data.get(k, {}), dict) for k in ("state", "positions", "graph")):
         why = "its state, positions or graph is not a map"
+    elif data["type"] == "commit" and "graph_id" in data and ("graph" in data or not valid_graph_id(data["graph_id"])):
+        why = f"its graph_id {data['graph_id']!r} is not the id of a graph file ({GRAPH_ID_LEN} hex digits), or it also holds a graph"
     if why:
         msg = f"checkpoint file {path} is corrupt: {why}. {VERIFY_HINT}"
         raise CorruptCheckpointError(msg)

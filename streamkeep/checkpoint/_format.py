@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The newest version this streamkeep writes (7: state holding empty runs, see `EMPTY_RUN_VERSION`).
-FORMAT_VERSION = 7
+#: The newest version this streamkeep writes (8: commit records naming their graph, see `GRAPH_REF_VERSION`).
+FORMAT_VERSION = 8
 #: The key-partitioned layout, whose state files the partition owners write --
 #: ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records naming them; the frame is
 #: the same as in 2 to 4.
@@ -45,12 +45,16 @@ EMPTY_RUN_VERSION = 7
 #: true when its slices hold an empty run, so the writer frames it as `EMPTY_RUN_VERSION` without
 #: walking it; also the key an inline delta's chain entry carries then (``"empty_runs": True``).
 EMPTY_RUNS = "empty_runs"
+#: The commit records that name the job's graph description by id (``graph_id``) instead of holding it
+#: (``graph``), and the graph files they name (``graphs/<id>.graph``): a streamkeep reading only 1 to 7
+#: would take such a record for one of a job without operators or sources, so it must refuse it.
+GRAPH_REF_VERSION = 8
 #: The version of every other file (4: items payloads may be segmented, msgpack format 2 in
 #: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py). A checkpoint of
 #: the local executor is all version 4.
 PLAIN_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")

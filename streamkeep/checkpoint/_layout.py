@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from streamkeep.checkpoint._checkpoint import Checkpoint
 
 #: Top-level names of the layout; a directory holding none of them is not a checkpoint.
-LAYOUT_TOP = frozenset({"CHECKPOINT", "log", "plans", "state", "lease", "blobs"})
+LAYOUT_TOP = frozenset({"CHECKPOINT", "log", "plans", "state", "lease", "blobs", "graphs"})
 #: Prefix of a write in progress (or interrupted by a crash): never part of a commit.
 TEMP_PREFIX = ".tmp-"
 #: The OS file lock of local drivers: empty by design, not framed.
 LOCK = "lock"
 
 #: Frame kinds of files, as `classify` returns them (a ``plan_log`` holds several ``plan`` frames).
-FRAMED_KINDS = frozenset({"identity", "lease", "record", "plan", "plan_log", "delta", "snap", "blob"})
+FRAMED_KINDS = frozenset({"identity", "lease", "record", "plan", "plan_log", "delta", "snap", "blob", "graph"})
 
 
 def classify(rel: str) -> str | None:
@@ -29,7 +29,7 @@ def classify(rel: str) -> str | None:
 
     Returns:
         The frame kind of a framed file (``"identity"``, ``"lease"``, ``"record"``,
-        ``"plan"``, ``"delta"``, ``"snap"`` or ``"blob"``; ``"plan_log"`` for a plan log, which
+        ``"plan"``, ``"delta"``, ``"snap"``, ``"blob"`` or ``"graph"``; ``"plan_log"`` for a plan log, which
         holds ``"plan"`` frames: see `FRAMED_KINDS`), ``"lock"``
         for the local drivers' lock file, ``"temp"`` for a leftover of an interrupted
         write, or None for a file that is not part of the layout.
@@ -54,6 +54,8 @@ def classify(rel: str) -> str | None:
         return "delta" if name.endswith(".delta") else "snap"
     if parts[0] == "blobs" and len(parts) == 2:
         return "blob"
+    if parts[0] == "graphs" and len(parts) == 2 and name.endswith(".graph"):
+        return "graph"
     return None
 
 

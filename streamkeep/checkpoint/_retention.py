@@ -1,6 +1,7 @@
 """Which files of a checkpoint are still needed, deleting the rest, and the blob stores of sources.
 
-Knows the layout (``log/``, ``plans/<T>.plan|plog``, ``state/<op>/<T>[.p<i>of<n>.e<epoch>].delta|snap``, ``blobs/``) and
+Knows the layout (``log/``, ``plans/<T>.plan|plog``, ``state/<op>/<T>[.p<i>of<n>.e<epoch>].delta|snap``, ``blobs/``,
+``graphs/<id>.graph``) and
 nothing of operators or sources beyond the blob names the scheduler hands it.
 """
 
@@ -138,7 +139,7 @@ class Retention:
         """Delete what neither the commit `rec`, nor the fallback `prev`, nor a pending plan, nor `keep_blobs` needs.
 
         Only files of the checkpoint's own naming are deleted: log records by number, plans
-        by batch time, state files named ``<T>.delta``/``<T>.snap`` (or a key partition's
+        by batch time, graph files (``<id>.graph``) neither commit names, state files named ``<T>.delta``/``<T>.snap`` (or a key partition's
         ``<T>.p<i>of<n>.e<epoch>.delta|snap``: a fenced driver's owners may still write those
         after this sweep; no commit of this driver ever names them), blobs, temp files.
         """
@@ -166,6 +167,12 @@ class Retention:
                     log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
                 elif rel not in keep:
                     delete(rel)
+        for n in st.list("graphs"):  # a graph no kept commit names: older code's, or written just before a crash
+            rel = f"graphs/{n}"
+            if not n.endswith(".graph"):
+                log.warning("leaving %s alone: not a file streamkeep writes", st.path(rel))
+            elif rel not in keep:
+                delete(rel)
         if oldest is not None:
             for seq in ckpt.log_seqs():
                 if seq < oldest.seq:

@@ -16,7 +16,7 @@ import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._layout import looks_like_checkpoint
 from streamkeep.cli._run import _terminate
-from streamkeep.errors import CheckpointInUseError, ConfigError, IncompatibleCheckpointError
+from streamkeep.errors import CheckpointError, CheckpointInUseError, ConfigError, IncompatibleCheckpointError
 
 #: The demo's checkpoint when --checkpoint is not given.
 DEFAULT_CHECKPOINT = "streamkeep-demo-checkpoint"
@@ -106,7 +106,10 @@ def _not_the_demos(checkpoint: str) -> str | None:
     commit = next((r for r in records if r.kind == "commit"), None)
     if commit is None:
         return "it holds no readable commit, so nothing shows it is the demo's (delete it yourself if it is)"
-    graph: dict[str, Any] = commit.data.get("graph", {})
+    try:
+        graph = ckpt.graph_of(commit)
+    except CheckpointError as exc:
+        return f"its graph description cannot be read, so nothing shows it is the demo's ({exc})"
     ops, sources = set(graph.get("operators", {})), set(graph.get("sources", {}))
     if ops != {_OPERATOR} or sources != {_SOURCE}:
         names = ", ".join(repr(n) for n in sorted((ops | sources) - {_OPERATOR, _SOURCE})) or "no demo counts"

@@ -76,7 +76,7 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
         print("  nothing committed yet: the job starts fresh (every stateful operator starts empty)")
         return 0
     last = commits[0]
-    stored = last.data.get("graph", {})
+    stored = ckpt.graph_of(last)  # CorruptCheckpointError when the graph file it names is damaged
     print(f"  stored by the commit of batch {last.batch_time} ms ({iso(last.batch_time)})")
     d = differences(stored, current)
     s_ops, c_ops = stored.get("operators", {}), current.get("operators", {})

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from streamkeep.checkpoint import Checkpoint, CommitRecord
-from streamkeep.checkpoint._checkpoint import check_chain, log_path
+from streamkeep.checkpoint._checkpoint import check_chain, graph_path, log_path
 from streamkeep.checkpoint._layout import walk
 from streamkeep.cli._common import human, iso, open_checkpoint, read_records, short, size
 from streamkeep.errors import CheckpointError
@@ -31,8 +31,7 @@ def _runtime_for(name: str, desc: dict[str, Any], interval_ms: int, zero_ms: int
 # --------------------------------------------------------------------------- inspect
 
 
-def _operator_info(ckpt: Checkpoint, rec: CommitRecord, name: str, chain: dict[str, Any]) -> dict[str, Any]:
-    graph = rec.data.get("graph", {})
+def _operator_info(ckpt: Checkpoint, rec: CommitRecord, graph: dict[str, Any], name: str, chain: dict[str, Any]) -> dict[str, Any]:
     desc = graph.get("operators", {}).get(name, {})
     try:  # never stat or read a path the record names outside the operator's own files
         check_chain(name, chain, log_path(rec.seq))
@@ -138,12 +137,19 @@ def _collect(ckpt: Checkpoint) -> dict[str, Any]:
             "written": iso(d.get("written_ms")),
             "engine_version": d.get("engine_version"),
         }
+        if last.graph_id is not None:
+            out["last_commit"]["graph_file"] = graph_path(last.graph_id)
+        try:
+            graph = ckpt.graph_of(last)
+        except CheckpointError as exc:  # the operators' kinds are unknown: their state is not decoded
+            graph = {}
+            out["last_commit"]["graph_error"] = str(exc)
         out["zero_ms"] = d.get("zero_ms")
         out["batch_interval_ms"] = d.get("batch_interval_ms")
         out["positions"] = d.get("positions", {})
-        out["sources"] = d.get("graph", {}).get("sources", {})
+        out["sources"] = graph.get("sources", {})
         for name, chain in d.get("state", {}).items():
-            out["operators"][name] = _operator_info(ckpt, last, name, chain)
+            out["operators"][name] = _operator_info(ckpt, last, graph, name, chain)
     files = [{"path": rel, "bytes": size(ckpt, rel)} for rel in walk(ckpt)]
     out["files"] = files
     out["total_bytes"] = sum(f["bytes"] or 0 for f in files)
@@ -168,6 +174,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
     else:
         p(f"  last committed batch: {last['batch_time_ms']} ms ({last['batch_time']}), log record {last['seq']}, epoch {last['epoch']}")
         p(f"  batch interval {info['batch_interval_ms']} ms, batch times aligned to {info['zero_ms']} ms")
+        if "graph_error" in last:
+            p(f"  graph description: {last['graph_error']}")
     older = info["commits"][1:]
     if older:
         p("  older retained commits: " + ", ".join(f"{c['batch_time_ms']} ms (record {c['seq']})" for c in older))

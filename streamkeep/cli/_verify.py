@@ -12,7 +12,7 @@ from typing import Any
 
 from streamkeep._arrow import INSTALL_HINT, ipc_table
 from streamkeep.checkpoint import Checkpoint, CommitRecord, blob_path
-from streamkeep.checkpoint._checkpoint import check_record, log_path, plan_path, state_dir
+from streamkeep.checkpoint._checkpoint import GRAPH_ID_LEN, check_record, log_path, plan_path, state_dir, valid_graph_id
 from streamkeep.checkpoint._format import read_frame
 from streamkeep.checkpoint._layout import FRAMED_KINDS, classify, looks_like_checkpoint, walk
 from streamkeep.checkpoint._repair import checksum_holds
@@ -91,6 +91,12 @@ def _check_file(ckpt: Checkpoint, rel: str, rep: _Report, pickled_ops: set[str])
             ckpt.read_plan(int(name.split(".")[0]))  # also checks the batch time it holds
         elif kind == "record":
             check_record(ckpt.storage.path(rel), ckpt.decode(rel, data, kind))
+        elif kind == "graph":
+            gid = name.removesuffix(".graph")
+            if not valid_graph_id(gid):
+                rep.problems.append(f"{rel}: not the name of a graph file (graphs/<{GRAPH_ID_LEN} hex digits>.graph)")
+                return
+            ckpt.read_graph(gid, data)  # also checks that its content hashes to its name
         else:
             ckpt.decode(rel, data, kind)  # refuses pickle: records, plans, blobs are always msgpack
     except (CheckpointError, ValueError) as exc:
@@ -130,7 +136,7 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
             if rel not in present:
                 rep.problems.append(f"{log_path(r.seq)} (batch {r.batch_time} ms) needs {rel}, which is missing")
     committed = commits[0].batch_time if commits else -1
-    sources = commits[0].data.get("graph", {}).get("sources", {}) if commits else {}
+    sources = _graph(ckpt, commits[0]).get("sources", {}) if commits else {}
     try:
         index = ckpt.plan_index()
     except CheckpointError:  # a damaged plan log: reported with its file
@@ -161,6 +167,14 @@ def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Repor
                     )
 
 
+def _graph(ckpt: Checkpoint, rec: CommitRecord) -> dict[str, Any]:
+    """The graph in force for `rec`; empty when its graph file is damaged (reported with the file)."""
+    try:
+        return ckpt.graph_of(rec)
+    except CheckpointError:
+        return {}
+
+
 def _loadable(rec: CommitRecord, rep: _Report) -> bool:
     return rec.seq not in rep.bad_commits and all(f in rep.ok_files for f in rec.files())
 
@@ -181,7 +195,7 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     pickled = {
         state_dir(op).split("/", 1)[1]
         for r in commits
-        for op, desc in r.data.get("graph", {}).get("operators", {}).items()
+        for op, desc in _graph(ckpt, r).get("operators", {}).items()
         if isinstance(desc, dict) and desc.get("codec") == "pickle"
     }
     for rel in files:

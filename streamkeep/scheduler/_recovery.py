@@ -91,10 +91,13 @@ class Recovery:
                 f"or delete it (or pick a new URL) to start fresh."
             )
             raise CheckpointError(msg)
-        check_compatible(commits[0].data.get("graph", {}), self._description, self.allow_state_loss, ckpt.url)
+        ckpt.graph_ref(self._description)  # a commit naming the current graph needs no read of its file
         errors = []
         for i, rec in enumerate(commits):
             try:
+                # The code-change check runs against the graph in force for the commit loaded (the newest, unless its
+                # graph file or state is damaged: then the fallback's own graph), before anything runs.
+                check_compatible(ckpt.graph_of(rec), self._description, self.allow_state_loss, ckpt.url)
                 self._load(rec)
             except CorruptCheckpointError as exc:
                 errors.append(exc)
@@ -138,7 +141,7 @@ class Recovery:
         chains: dict[str, Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
         # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
-        diff = differences(data.get("graph", {}), self._description)
+        diff = differences(ckpt.graph_of(rec), self._description)
         changed = {n for n, _ in diff["incompatible"]}
         self._reset_sources = {n for n, _ in diff["sources_incompatible"]}  # allowed to lose their position
 

@@ -463,7 +463,7 @@ class Scheduler(Recovery):
             "batch_interval_ms": self.interval,
             "positions": plan["positions"],
             "state": state,
-            "graph": self._description,
+            "graph_id": ckpt.graph_ref(self._description),  # its file is written once, before the first commit naming it
             "engine_version": __version__,
             "written_ms": int(time.time() * 1000),
         }

@@ -5,7 +5,8 @@ fsspec options as JSON, for s3:// checkpoints; env ``JOB_INLINE_DELTA_BYTES``: t
 ``inline_delta_bytes``, 0 to write every delta to its own file; env ``JOB_COMPACT_HELPER``: merge
 every snapshot in a helper process; env ``JOB_SNAPSHOTS=merged``: merge every snapshot in the background, as
 a big state's is, instead of snapshotting this small state in its batch; env ``JOB_RAY_ADDRESS``: run on the Ray cluster at that address
-with 3 key partitions instead of the local executor). The job is resumed with
+with 3 key partitions instead of the local executor; env ``JOB_EXTRA_OPERATOR``: one more stateful operator,
+``extra``, a code change that keeps every other operator: a new graph description). The job is resumed with
 `StreamingContext.get_or_create` and runs until batch ``TOTAL_BATCHES`` is committed,
 whatever was committed before. Inputs are replayable: ``rate_stream`` and a
 ``text_file_stream`` whose files a feeder output writes deterministically (one per
@@ -94,7 +95,9 @@ def build(ckpt: str, out: str, inp: str, total: int, storage_options: dict | Non
     rate.foreach_batch(feed)
     # A queue cannot be re-read: each planned batch is materialised into the checkpoint as a blob.
     queued = ssc.queue_stream([[f"q{i % 3}"] * (i % 4 + 1) for i in range(total)], name="queue").count_by_value()
+    extra = [("extra", pairs.update_state_by_key(update_total, name="extra"))] if os.environ.get("JOB_EXTRA_OPERATOR") else []
     for name, stream in (
+        *extra,
         ("queued", queued),
         ("totals", totals),
         ("win", win),

@@ -18,7 +18,14 @@ from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
 from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, _checkpoint, frame, log_path, unframe
-from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, PARTITIONED_VERSION, PLAIN_VERSION, PLAN_LOG_VERSION, read_frame
+from streamkeep.checkpoint._format import (
+    EMPTY_RUN_VERSION,
+    GRAPH_REF_VERSION,
+    PARTITIONED_VERSION,
+    PLAIN_VERSION,
+    PLAN_LOG_VERSION,
+    read_frame,
+)
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.testing import ListSink
 
@@ -33,8 +40,10 @@ def test_frame_round_trip_and_documented_layout() -> None:
         b"SKCP" + bytes([PLAIN_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
     # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py; 6: plan logs (local disks);
-    # 7: a window's state holding empty runs, see tests/unit/operators/test_window_empty_batches.py
-    assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and PLAN_LOG_VERSION == 6 and FORMAT_VERSION == EMPTY_RUN_VERSION == 7
+    # 7: a window's state holding empty runs, see tests/unit/operators/test_window_empty_batches.py; 8: commit records
+    # naming their graph file, see tests/unit/checkpoint/test_checkpoint_graph_files.py
+    assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and PLAN_LOG_VERSION == 6 and EMPTY_RUN_VERSION == 7
+    assert FORMAT_VERSION == GRAPH_REF_VERSION == 8
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
@@ -189,13 +198,14 @@ def test_damaged_plan_of_a_pending_batch_names_it(tmp_path: Path, monkeypatch: p
 
 
 def test_commit_records_next_to_plan_logs_are_format_6(tmp_path: Path) -> None:
-    """A streamkeep that reads only formats 1 to 5 would not see pending plans in a plan log: it refuses the commits."""
+    """A streamkeep that reads only formats 1 to 5 would not see pending plans in a plan log: it refuses the commits
+    (format 6, or 8 when they name their graph file, as every record of this build does)."""
     url = str(tmp_path / "ckpt")
     _committed(url)
     ck = Checkpoint(url)
     assert [p.name for p in Path(url, "plans").iterdir()] == ["000000000001000.plog"]
     for rec in ck.commits():
-        assert read_frame("r", ck.storage.read(log_path(rec.seq)), "record").version == PLAN_LOG_VERSION == 6
+        assert read_frame("r", ck.storage.read(log_path(rec.seq)), "record").version in (PLAN_LOG_VERSION, GRAPH_REF_VERSION)
 
 
 def test_damaged_identity_file(tmp_path: Path) -> None:

@@ -162,21 +162,21 @@ def test_a_checkpoint_file_of_a_newer_build_is_not_damage_and_repair_leaves_it(t
     run_until(url, _setup(url, ListSink()), 1)
     ident = tmp_path / "ck" / "CHECKPOINT"
     data = bytearray(ident.read_bytes())
-    data[4] = 8  # written by a streamkeep whose format is 8
+    data[4] = 9  # written by a streamkeep whose format is 9
     data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
     ident.write_bytes(bytes(data))
 
     with pytest.raises(CorruptCheckpointError) as info:
         run_until(url, _setup(url, ListSink()), 2)
     msg = str(info.value)
-    assert "format version 8" in msg and "reads versions 1, 2" in msg and "release that wrote it" in msg
+    assert "format version 9" in msg and "reads versions 1, 2" in msg and "release that wrote it" in msg
     assert "checkpoint repair" not in msg
 
     assert main(["checkpoint", "verify", url]) == 1
     assert "checkpoint repair" not in capsys.readouterr().out
     assert main(["checkpoint", "repair", url]) == 2
     err = capsys.readouterr().err
-    assert "is not damaged (its frame checksum holds)" in err and "format version 8" in err, err
+    assert "is not damaged (its frame checksum holds)" in err and "format version 9" in err, err
     assert ident.read_bytes() == bytes(data)  # left alone
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith("CHECKPOINT.damaged-")]
 

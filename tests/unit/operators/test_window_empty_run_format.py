@@ -5,7 +5,9 @@ value that a streamkeep reading only versions 1 to 6 would take for a slice of p
 would iterate the map's keys). So the state files holding one and the commit records inlining
 such a delta are format 7 (`EMPTY_RUN_VERSION`), which such a reader refuses at start, naming
 the file and its version; every other file keeps its version, so a checkpoint without empty
-runs stays readable by it.
+runs stays readable by it. Since format 8 every commit record names its graph file instead of holding
+the graph, so it is version 8 whatever it inlines (above 7: a reader of 1 to 7 refuses it anyway); the
+reader these tests stand for then reads 8 too, which isolates the version-7 mark of the state files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import streamkeep as sk
 from streamkeep.checkpoint import _format
 from streamkeep.checkpoint._compact import decode_payload
-from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, MAGIC, read_frame
+from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, GRAPH_REF_VERSION, MAGIC, read_frame
 from streamkeep.codec import get_codec
 from streamkeep.errors import CorruptCheckpointError
 from streamkeep.scheduler import _state_writer
@@ -115,8 +117,11 @@ def test_only_the_files_holding_an_empty_run_are_format_7(mode: str, tmp_path: P
     _run(ckpt, RUNS, len(RUNS), options)
     files = _versions(ckpt)
     sevens = sorted(rel for rel, (v, _) in files.items() if v == EMPTY_RUN_VERSION)
-    assert sevens, files  # the job held runs: some file says so
+    assert sevens or mode == "inline deltas", files  # the job held runs: some state file says so
+    assert any(holds for _, holds in files.values()), files
     for rel, (version, holds) in files.items():
+        if rel.startswith(("log/", "graphs/")) and version == GRAPH_REF_VERSION:
+            continue  # a commit record naming its graph file (format 8, above 7 whatever it inlines), or that file
         if holds is None:
             assert version < EMPTY_RUN_VERSION, (rel, version)  # the other operators' files, plans, identity
         else:
@@ -126,7 +131,7 @@ def test_only_the_files_holding_an_empty_run_are_format_7(mode: str, tmp_path: P
 
     full = str(tmp_path / "full")
     _run(full, FULL, len(FULL), options)
-    assert not [rel for rel, (v, _) in _versions(full).items() if v >= EMPTY_RUN_VERSION]
+    assert not [rel for rel, (v, _) in _versions(full).items() if v == EMPTY_RUN_VERSION]
 
 
 def test_a_snapshot_merged_after_the_runs_left_the_window_is_not_format_7(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,10 +161,17 @@ def test_an_older_reader_refuses_a_checkpoint_with_an_empty_run_by_its_version(m
         full = str(tmp_path / "full")
         _run(full, FULL, 6, options)
     monkeypatch.setattr(_format, "READABLE_VERSIONS", (1, 2, 3, 4, 5, 6))  # what streamkeep 0.x before format 7 read
-    with pytest.raises(CorruptCheckpointError, match=r"has format version 7; this streamkeep reads versions 1, 2, 3, 4, 5, 6\. Use the streamkeep release"):
-        _run(ckpt, RUNS, 1, options)
+    for url in (ckpt, full):  # commit records naming their graph file are format 8: refused whatever they hold
+        with pytest.raises(CorruptCheckpointError, match=r"has format version 8; this streamkeep reads versions 1, 2, 3, 4, 5, 6\. Use"):
+            _run(url, RUNS, 1, options)
+    # The same reader if it read graph files (8): refuses the empty run by its state files' version (inline deltas
+    # holding one only ever made their commit record format 7, now 8 anyway).
+    monkeypatch.setattr(_format, "READABLE_VERSIONS", (1, 2, 3, 4, 5, 6, 8))
     # Without an empty run the same reader continues the job (no file of it is format 7).
     assert _run(full, FULL, 2, options) == [sorted(("a", i) for i in range(2, 7)), sorted(("a", i) for i in range(3, 8))]
+    if mode != "inline deltas":
+        with pytest.raises(CorruptCheckpointError, match=r"has format version 7; this streamkeep reads versions 1, 2, 3, 4, 5, 6, 8\. Use the streamkeep release"):
+            _run(ckpt, RUNS, 1, options)
 
 
 def test_the_reader_of_format_7_continues_the_windows_over_the_runs(tmp_path: Path) -> None:
