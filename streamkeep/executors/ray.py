@@ -255,6 +255,7 @@ class RayExecutor:
         self._last_partitioned: str | None = None  # the partitioned operator whose steps are submitted last in a batch
         self._sent: dict[str, _Mapping] = {}  # operator -> the next batch's map side, sent ahead (`send_ahead`)
         self._sendable = False  # a partitioned operator is fed by a source through per-record operators (`open`)
+        self._holding = False  # `send_ahead` cuts the next batch but gives out nothing yet (`_release_sent` does)
         self.sent_ahead = 0  # steps whose map side had been sent ahead (monitoring, tests)
 
     @property
@@ -801,8 +802,21 @@ class RayExecutor:
         first: list[Any] = []  # the map side's results in the actors: their errors come before the steps'
         forget, self._forget = self._forget, False  # the steps forget the last batch's changes first
         hosted = None
+        sent = None if parent is None else self._take_sent(node.name, t, parent)
+        ahead, self._ahead = (self._ahead, None) if node.name == self._last_partitioned else (None, self._ahead)
+        if ahead is not None and sent is not None:
+            # This batch's slices run already: plan, read and cut the next one now (its slices go out once this
+            # batch's steps are submitted, `_release_sent`), off the path between this batch's last slice and its steps.
+            self._holding = True
+            try:
+                ahead()
+            except BaseException:
+                self._settle(sent.refs())
+                raise
+            finally:
+                self._holding = False
+            ahead = None
         if parent is not None:
-            sent = self._take_sent(node.name, t, parent)
             hosted = self._map_in_hosts(node.name, parent, t) if sent is None else self._finish_map(sent)
             self.sent_ahead += sent is not None
         if hosted is not None:
@@ -814,9 +828,9 @@ class RayExecutor:
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, forget, *per_host[i]) for i, h in enumerate(self._actors)]
         try:  # one wait per batch: the map side and the steps were submitted together
-            ahead, self._ahead = (self._ahead, None) if node.name == self._last_partitioned else (None, self._ahead)
             if ahead is not None:  # the next batch's map side is queued behind these steps while they run
                 ahead()
+            self._release_sent()
             got = self._get(first + [m for _, m in calls])
         except BaseException:
             self._settle(first + [r for refs in per_host for r in refs if not isinstance(r, int)] + [r for c in calls for r in c])
@@ -856,8 +870,11 @@ class RayExecutor:
         mapping = self._start_map(name, parent, t)
         return None if mapping is None else self._finish_map(mapping)
 
-    def _start_map(self, name: str, parent: Any, t: int) -> _Mapping | None:
-        """Cut `parent` into slices and give each actor its first two (no wait); None when mapping in the actors does not apply."""
+    def _start_map(self, name: str, parent: Any, t: int, *, give: bool = True) -> _Mapping | None:
+        """Cut `parent` into slices and give each actor its first two (no wait; `give` False: later, `_give_first`).
+
+        None when mapping in the actors does not apply.
+        """
         n = self._count
         if not isinstance(parent, Batch) or n < self._cpus or parent._dead is not None or _per_partition(parent._ops):
             return None
@@ -869,13 +886,18 @@ class RayExecutor:
         cuts = _slices(len(records), n, self._map_cost.get(name), None if skew is None else skew * len(records) / n)
         ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
         mapping = _Mapping(name, t, parent, records, cuts, ops)
-        try:
-            for s in range(min(len(cuts), 2 * n)):  # two each: the next one waits in the actor while one runs
-                self._give(mapping, s % n)
-        except BaseException:
-            self._settle(mapping.refs())
-            raise
+        if give:
+            self._give_first(mapping)
         return mapping
+
+    def _give_first(self, m: _Mapping) -> None:
+        """Give each actor two slices of `m` (no wait): the next one waits in the actor while one runs."""
+        try:
+            for s in range(min(len(m.cuts), 2 * self._count)):
+                self._give(m, s % self._count)
+        except BaseException:
+            self._settle(m.refs())
+            raise
 
     def _give(self, m: _Mapping, a: int) -> None:
         """Send slice number ``len(m.calls)`` of `m` to actor `a`."""
@@ -888,6 +910,8 @@ class RayExecutor:
     def _finish_map(self, m: _Mapping) -> tuple[list[list[Any]], list[Any]]:
         """Give `m`'s remaining slices to whichever actor ends a slice first; the steps' parts per actor, and the map results."""
         n = self._count
+        if not m.calls:  # held back and never released (`send_ahead` while holding)
+            self._give_first(m)
         if len(m.calls) < len(m.cuts):
             running = {m.calls[s][-1]: m.owner[s] for s in range(len(m.calls))}
             try:
@@ -908,7 +932,12 @@ class RayExecutor:
     # -- sending the next batch ahead (`SendsAhead`) ------------------------------------
 
     def compute_with(self, t: int, inputs: dict[str, Batch[Any]], ahead: Callable[[], None]) -> dict[int, Batch[Any] | None]:
-        """`compute`, calling `ahead` once the last partitioned operator's steps of batch `t` are submitted, before waiting for them.
+        """`compute`, calling `ahead` while the actors compute batch `t`.
+
+        That is once the last partitioned operator's steps of batch `t` are submitted, before
+        waiting for them; or, when its slices were sent ahead (they run already), before its
+        remaining slices are given out, with the next batch's slices held back until the steps
+        are submitted (an actor runs its calls in order: they must come after the steps).
 
         `ahead` (the scheduler) plans and reads the next batch and calls `send_ahead`: the
         actors find its map calls queued behind this batch's steps. Not called when no
@@ -943,9 +972,15 @@ class RayExecutor:
                 if isinstance(out, Batch) and out._dead is None and not _per_partition(out._ops) and node.id not in self._shared:
                     values[node.id] = out
             elif isinstance(node, StatefulNode) and node.name in self._partitioned and node.parents[0].id in values:
-                mapping = self._start_map(node.name, values[node.parents[0].id], t)
+                mapping = self._start_map(node.name, values[node.parents[0].id], t, give=not self._holding)
                 if mapping is not None:
                     self._sent[node.name] = mapping
+
+    def _release_sent(self) -> None:
+        """Give out the first slices of the next batch's map sides held back until this batch's steps were submitted."""
+        for m in self._sent.values():
+            if not m.calls:
+                self._give_first(m)
 
     def _take_sent(self, name: str, t: int, parent: Any) -> _Mapping | None:
         """The map side of operator `name` sent ahead for batch `t`, if it is `parent`'s records with `parent`'s operators."""
