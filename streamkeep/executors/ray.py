@@ -19,6 +19,10 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   Records already in the object store (an actor's output, a Kafka fetch) are split by
   tasks where they are, one per ref. Small driver-side batches (fewer than
   `SMALL_BATCH` records) are split in the driver, which costs less than a call.
+- Back to back (`SendsAhead`: ``run(n)`` with batches left), the next batch's map side is
+  queued in the actors while they compute this one (`compute_with`, `send_ahead`): an actor
+  runs its calls in order, so it finds its next slice queued when its step ends, and the
+  next batch's steps (state changes) still come after this batch's outputs and commit.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
   (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,

@@ -18,6 +18,11 @@ retention's deletions. A failed write stops the lanes and fails the job at the n
 batch (or at stop); a crash with commits in flight replays their batches from their
 plans, as any crash before a commit does.
 
+When the loop runs batches back to back (``run(n)`` with batches left) and the executor
+`SendsAhead`, the next batch is planned (durable first) and read while this one computes,
+so the executor can queue its stateless work behind this batch's (`_look_ahead`); its
+outputs and commit still follow this batch's.
+
 Recovery loads the newest readable commit, its snapshot and deltas, checks the
 current graph against the stored description, and re-runs planned but
 uncommitted batches with exactly their plans.
