@@ -586,3 +586,24 @@ def test_the_next_batch_is_sent_ahead_while_one_computes_and_never_applied_befor
     assert counts[:2] == [2, 2] and all(c > 4 for c in counts[2:])  # slices beyond the two per actor sent ahead given out too
     assert [t for t, _ in got["ray"]] == [1000, 2000, 3000, 4000, 5000]
     assert got["ray"] == got["local"]
+
+
+@pytest.mark.ray
+def test_a_stop_after_the_next_batch_was_read_ahead_runs_that_batch_too(ray_executor):
+    """run(n) reads batch t + 1 while batch t computes. A stop() during batch t (here from its own output)
+    still runs batch t + 1: a queue cannot be read again, so stopping without it would lose its records
+    (no checkpoint). Batches are planned ahead only while run(n) has batches left: nothing beyond n is read."""
+    batches = [[f"k{i % 7}" for i in range(b, b + 3000)] for b in range(4)]
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
+    sink = ListSink("u")
+    counts = ssc.queue_stream(batches, name="q").map(lambda w: (w, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u")
+    counts.write_to(sink)
+    counts.foreach_batch(lambda t, b: ssc.stop() if int(t.timestamp() * 1000) == 1000 else None)
+    try:
+        before = ray_executor.sent_ahead
+        assert ssc.run(3) == 2  # batch 1, then batch 2, read ahead while batch 1 computed
+        assert ray_executor.sent_ahead - before == 1
+    finally:
+        ssc.stop()
+    assert [t for t, _ in sink.batches] == [1000, 2000]
+    assert sum(v for v in dict(sink.batches[-1][1]).values()) == 6000  # both batches' records counted
