@@ -36,7 +36,9 @@ ratio on a shared machine (other processes' CPU is not counted). Linux only.
 events (``ray.timeline``): the *head* (previous batch's last step end until every actor started mapping:
 the driver's outputs, plan, read and dispatch), the *map skew* (first to last actor's end of mapping: the
 shuffle's barrier), the *exchange* (last map end to last step start: the buckets through the driver), the
-last *step*, and the *slices* (map calls per batch: more than W when the actors pull small slices).
+last *step*, and the *slices* (map calls per batch: more than W when the actors pull small slices); and the
+actors' *idle* time per batch (mean over actors) between their calls, before a map call (waiting for their
+input: the driver's tail of the last batch and head of this one) and before a step (waiting for the exchange).
 No Ray setting is changed for it (task events are on by default).
 """
 
@@ -48,6 +50,7 @@ import os
 import statistics
 import sys
 import time
+from itertools import pairwise
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -199,11 +202,12 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
     if not maps or not steps or len(steps) % workers:
         return None
     out: dict[str, list[float]] = {"head": [], "map skew": [], "exchange": [], "step": [], "slices": []}
-    prev_end = None
+    prev_end = prev_first = None
     for i in range(0, len(steps), workers):
         st = [(a, b) for a, b, _ in steps[i : i + workers]]
         first_step = min(s for s, _ in st)
-        m = [x for x in maps if x[1] <= first_step and (prev_end is None or x[0] >= prev_end)]  # the batch's slices
+        # the batch's slices: after the last batch's steps started (a slice sent ahead may start before they all end)
+        m = [x for x in maps if x[1] <= first_step and (prev_first is None or x[0] >= prev_first)]
         if not m:
             return None
         last_map_end, last_step_start = max(e for _, e, _ in m), max(s for s, _ in st)
@@ -214,9 +218,24 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
             last_end[who] = max(e, last_end.get(who, e))
         out["map skew"].append(last_map_end - min(last_end.values()))
         out["exchange"].append(last_step_start - last_map_end)
-        prev_end = max(e for _, e in st)
+        prev_end, prev_first = max(e for _, e in st), first_step
         out["step"].append(prev_end - last_step_start)
         out["slices"].append(float(len(m)))
+    # Each actor's idle time between its calls (one clock: the actors' events on this host), per batch: before a
+    # map call (waiting for its input: the driver's tail of the last batch and head of this one) and before a step
+    # (waiting for the other actors' buckets); the first batch's head is not counted (no call before it here).
+    gaps = {"idle before a map": 0.0, "idle before a step": 0.0}
+    per_actor: dict[str, list[tuple[float, float, str]]] = {}
+    for name, spans_of in (("map", maps), ("step", steps)):
+        for a, b, who in spans_of:
+            per_actor.setdefault(who, []).append((a, b, name))
+    for calls in per_actor.values():
+        calls.sort()
+        for (_, end, _), (start, _, kind) in pairwise(calls):
+            gaps[f"idle before a {kind}"] += max(0.0, start - end)
+    batches = len(steps) // workers
+    for k, v in gaps.items():
+        out[k] = [v / max(1, len(per_actor)) / batches]
     return {k: statistics.median(v) for k, v in out.items() if v}
 
 

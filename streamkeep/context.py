@@ -560,6 +560,14 @@ class StreamingContext:
                     t = sched.next_time()
                     if hasattr(self._clock, "set"):
                         self._clock.set(t)
+                    # the next batch certainly follows: it may be planned and read while this one computes
+                    sched.ahead_ok = max_batches is not None and done + 1 < max_batches
+                    sched.run_next()
+                    done += 1
+                sched.ahead_ok = False
+                while sched.planned_ahead:  # stop() came after the next batch was planned and read: it runs too
+                    if hasattr(self._clock, "set"):
+                        self._clock.set(sched.next_time())
                     sched.run_next()
                     done += 1
                 sched.flush()  # the batches run are committed when run() returns

@@ -52,10 +52,16 @@ every worker sees the storage), and for its ``owned()`` operators asks it, inste
 ``write_snapshots``, ``compact``). The files are named for the batch, the partition
 and the claim epoch; the commit record the scheduler writes after every
 acknowledgement is what makes them part of the checkpoint.
+
+An executor whose workers would otherwise wait for the driver between batches may
+implement `SendsAhead`: when the loop runs batches back to back, the scheduler plans
+and reads the next batch (plan durable first) while the workers compute this one, and
+the executor queues that batch's stateless work behind this one's (``send_ahead``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from streamkeep.batch import Batch
@@ -197,4 +203,23 @@ class RemoteInput(Protocol):
         None: the scheduler reads the input itself (``source.read``). Raises what the
         source's read raises (e.g. `streamkeep.errors.SourceError`).
         """
+        ...
+
+
+@runtime_checkable
+class SendsAhead(Protocol):
+    """A declared capability: the executor can start the next batch's work while its workers compute this one.
+
+    The scheduler then makes and reads the next batch (its plan durable first) while the
+    workers compute batch `t`, and hands its input over with ``send_ahead``: the workers find
+    it queued when they finish. A batch sent ahead changes no state before its predecessor's
+    outputs and commit (only its stateless per-record side runs early).
+    """
+
+    def compute_with(self, t: int, inputs: dict[str, Any], ahead: Callable[[], None]) -> dict[int, Any]:
+        """``compute``, calling `ahead` once while the workers compute batch `t` (or not at all)."""
+        ...
+
+    def send_ahead(self, t: int, inputs: dict[str, Any]) -> None:
+        """Start the stateless side of batch `t` (the next ``compute`` takes it up; a failed try drops it)."""
         ...

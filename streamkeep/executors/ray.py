@@ -19,6 +19,10 @@ Per batch, as the local executor, it computes the graph's nodes in order, but:
   Records already in the object store (an actor's output, a Kafka fetch) are split by
   tasks where they are, one per ref. Small driver-side batches (fewer than
   `SMALL_BATCH` records) are split in the driver, which costs less than a call.
+- Back to back (`SendsAhead`: ``run(n)`` with batches left), the next batch's map side is
+  queued in the actors while they compute this one (`compute_with`, `send_ahead`): an actor
+  runs its calls in order, so it finds its next slice queued when its step ends, and the
+  next batch's steps (state changes) still come after this batch's outputs and commit.
 - A stateful operator's output stays in the actors' object store; a per-record
   chain after it runs in Ray tasks where the output is. Per-batch operators
   (``transform``, joins, ``reduce_by_key``) and outputs get the records on the driver,
@@ -57,7 +61,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any
@@ -161,6 +165,25 @@ class _Remote:
         return self.stacked or len(self.refs) == 1
 
 
+class _Mapping:
+    """A batch's map side in the partition actors (`RayExecutor._start_map`): its slices and the calls given out so far."""
+
+    __slots__ = ("calls", "cuts", "name", "ops", "owner", "parent", "records", "t")
+
+    def __init__(self, name: str, t: int, parent: Batch[Any], records: list[Any], cuts: list[tuple[int, int]], ops: Any) -> None:
+        self.name = name
+        self.t = t
+        self.parent = parent  # the input it maps (`_take_sent` checks the batch computed is this one)
+        self.records = records
+        self.cuts = cuts
+        self.ops = ops
+        self.calls: list[list[Any]] = []  # per slice given out: its n - 1 buckets' refs (not its actor's own), then its stats ref
+        self.owner: list[int] = []  # per slice given out: the actor that maps it
+
+    def refs(self) -> list[Any]:
+        return [r for c in self.calls for r in c]
+
+
 class RayExecutor:
     """Runs the job on Ray: keyed state in `num_partitions` actors, per-record chains in tasks.
 
@@ -232,6 +255,12 @@ class RayExecutor:
         self._map_cost: dict[str, float] = {}  # operator -> CPU us per record of its map side in the actors (last batch)
         #: operator -> how far apart the actors' equal first slices ended (smoothed over recent batches), ms per record of a slice
         self._map_skew: dict[str, float] = {}
+        self._ahead: Callable[[], None] | None = None  # `compute_with`: called once the last partitioned steps are submitted
+        self._last_partitioned: str | None = None  # the partitioned operator whose steps are submitted last in a batch
+        self._sent: dict[str, _Mapping] = {}  # operator -> the next batch's map side, sent ahead (`send_ahead`)
+        self._sendable = False  # a partitioned operator is fed by a source through per-record operators (`open`)
+        self._holding = False  # `send_ahead` cuts the next batch but gives out nothing yet (`_release_sent` does)
+        self.sent_ahead = 0  # steps whose map side had been sent ahead (monitoring, tests)
 
     @property
     def _hosts(self) -> list[Any]:
@@ -321,6 +350,7 @@ class RayExecutor:
         self._by_id = {}
         self._map_cost = {}  # another job's operators, or a retry: measured again on the first batch
         self._map_skew = {}
+        self._drop_sent()  # a failed try's (its actors are replaced or emptied below)
         for n in self.nodes:
             if isinstance(n, StatefulNode):
                 if partitioned(n):
@@ -329,6 +359,12 @@ class RayExecutor:
                     rt = make_runtime(n, zero_ms)
                     self._driver[n.name] = rt
                     self._by_id[n.id] = rt
+        self._last_partitioned = next(reversed(self._partitioned), None)  # graph order
+        fed: set[int] = set()  # nodes whose records come from a source through per-record operators only (`send_ahead`)
+        for n in self.nodes:
+            if n.id not in self._shared and (isinstance(n, SourceNode) or (isinstance(n, NarrowNode) and n.parents[0].id in fed)):
+                fed.add(n.id)
+        self._sendable = any(n.parents[0].id in fed for n in self._partitioned.values())
         if not self._partitioned:
             return
         self._count = self.num_partitions or self._cpus
@@ -398,12 +434,14 @@ class RayExecutor:
     def close(self) -> None:
         """Stop the partition actors (unless `keep_actors`) and the local Ray this executor started, if any."""
         self._drop_unread()
+        self._drop_sent()
         if not self.keep_actors:
             self.shutdown()
 
     def shutdown(self) -> None:
         """Stop the partition actors and the local Ray this executor started, if any (also with `keep_actors`)."""
         self._forget = False  # no forget for actors about to be killed
+        self._sent = {}  # calls to those actors: never read
         for h in self._actors:
             self._kill(h)
         self._hosts = []
@@ -767,7 +805,24 @@ class RayExecutor:
         per_host: list[list[Any]] = [[] for _ in range(n)]
         first: list[Any] = []  # the map side's results in the actors: their errors come before the steps'
         forget, self._forget = self._forget, False  # the steps forget the last batch's changes first
-        hosted = None if parent is None else self._map_in_hosts(node.name, parent, t)
+        hosted = None
+        sent = None if parent is None else self._take_sent(node.name, t, parent)
+        ahead, self._ahead = (self._ahead, None) if node.name == self._last_partitioned else (None, self._ahead)
+        if ahead is not None and sent is not None:
+            # This batch's slices run already: plan, read and cut the next one now (its slices go out once this
+            # batch's steps are submitted, `_release_sent`), off the path between this batch's last slice and its steps.
+            self._holding = True
+            try:
+                ahead()
+            except BaseException:
+                self._settle(sent.refs())
+                raise
+            finally:
+                self._holding = False
+            ahead = None
+        if parent is not None:
+            hosted = self._map_in_hosts(node.name, parent, t) if sent is None else self._finish_map(sent)
+            self.sent_ahead += sent is not None
         if hosted is not None:
             per_host, first = hosted
         elif parent is not None:
@@ -777,6 +832,9 @@ class RayExecutor:
         present = parent is not None
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, forget, *per_host[i]) for i, h in enumerate(self._actors)]
         try:  # one wait per batch: the map side and the steps were submitted together
+            if ahead is not None:  # the next batch's map side is queued behind these steps while they run
+                ahead()
+            self._release_sent()
             got = self._get(first + [m for _, m in calls])
         except BaseException:
             self._settle(first + [r for refs in per_host for r in refs if not isinstance(r, int)] + [r for c in calls for r in c])
@@ -813,6 +871,14 @@ class RayExecutor:
         (else the shuffle tasks spread the chain over more CPUs), to a driver-side batch of
         at least `SMALL_BATCH` records whose pending operators are all per-record.
         """
+        mapping = self._start_map(name, parent, t)
+        return None if mapping is None else self._finish_map(mapping)
+
+    def _start_map(self, name: str, parent: Any, t: int, *, give: bool = True) -> _Mapping | None:
+        """Cut `parent` into slices and give each actor its first two (no wait; `give` False: later, `_give_first`).
+
+        None when mapping in the actors does not apply.
+        """
         n = self._count
         if not isinstance(parent, Batch) or n < self._cpus or parent._dead is not None or _per_partition(parent._ops):
             return None
@@ -823,33 +889,117 @@ class RayExecutor:
         skew = self._map_skew.get(name)  # ms per record of a slice, recent batches: times an actor's share of this one
         cuts = _slices(len(records), n, self._map_cost.get(name), None if skew is None else skew * len(records) / n)
         ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
-        actors = self._actors
-        calls: list[Any] = []  # per slice: its n - 1 buckets' refs (not its actor's own) and its (records, CPU ms, end) ref
-        owner: list[int] = []  # per slice: the actor that maps it
+        mapping = _Mapping(name, t, parent, records, cuts, ops)
+        if give:
+            self._give_first(mapping)
+        return mapping
 
-        def give(a: int) -> None:
-            lo, hi = cuts[len(calls)]
-            got = actors[a].map_bucket.options(num_returns=n).remote(name, t, len(calls), ops, Records(records[lo:hi]))
-            calls.append(got if n > 1 else [got])
-            owner.append(a)
+    def _give_first(self, m: _Mapping) -> None:
+        """Give each actor two slices of `m` (no wait): the next one waits in the actor while one runs."""
+        try:
+            for s in range(min(len(m.cuts), 2 * self._count)):
+                self._give(m, s % self._count)
+        except BaseException:
+            self._settle(m.refs())
+            raise
 
-        for s in range(min(len(cuts), 2 * n)):  # two each: the next one waits in the actor while one runs
-            give(s % n)
-        if len(calls) < len(cuts):
-            running = {calls[s][-1]: owner[s] for s in range(len(calls))}
+    def _give(self, m: _Mapping, a: int) -> None:
+        """Send slice number ``len(m.calls)`` of `m` to actor `a`."""
+        n = self._count
+        lo, hi = m.cuts[len(m.calls)]
+        got = self._actors[a].map_bucket.options(num_returns=n).remote(m.name, m.t, len(m.calls), m.ops, Records(m.records[lo:hi]))
+        m.calls.append(got if n > 1 else [got])
+        m.owner.append(a)
+
+    def _finish_map(self, m: _Mapping) -> tuple[list[list[Any]], list[Any]]:
+        """Give `m`'s remaining slices to whichever actor ends a slice first; the steps' parts per actor, and the map results."""
+        n = self._count
+        if not m.calls:  # held back and never released (`send_ahead` while holding)
+            self._give_first(m)
+        if len(m.calls) < len(m.cuts):
+            running = {m.calls[s][-1]: m.owner[s] for s in range(len(m.calls))}
             try:
-                while len(calls) < len(cuts):
+                while len(m.calls) < len(m.cuts):
                     ready, _ = self.ray.wait(list(running), num_returns=1)
                     a = running.pop(ready[0])
-                    give(a)
-                    running[calls[-1][-1]] = a
+                    self._give(m, a)
+                    running[m.calls[-1][-1]] = a
             except BaseException:
-                self._settle([r for c in calls for r in c])
+                self._settle(m.refs())
                 raise
+        calls, owner = m.calls, m.owner
         # slice order: a key's records in order; a slice this actor mapped itself is kept there (its number)
         # (slice s's call returns the buckets of every partition but its actor's own, in order, then its numbers)
-        per_host = [[s if owner[s] == i else calls[s][i if i < owner[s] else i - 1] for s in range(len(cuts))] for i in range(n)]
+        per_host = [[s if owner[s] == i else calls[s][i if i < owner[s] else i - 1] for s in range(len(m.cuts))] for i in range(n)]
         return per_host, [c[-1] for c in calls]
+
+    # -- sending the next batch ahead (`SendsAhead`) ------------------------------------
+
+    def compute_with(self, t: int, inputs: dict[str, Batch[Any]], ahead: Callable[[], None]) -> dict[int, Batch[Any] | None]:
+        """`compute`, calling `ahead` while the actors compute batch `t`.
+
+        That is once the last partitioned operator's steps of batch `t` are submitted, before
+        waiting for them; or, when its slices were sent ahead (they run already), before its
+        remaining slices are given out, with the next batch's slices held back until the steps
+        are submitted (an actor runs its calls in order: they must come after the steps).
+
+        `ahead` (the scheduler) plans and reads the next batch and calls `send_ahead`: the
+        actors find its map calls queued behind this batch's steps. Not called when no
+        partitioned operator is fed by a source through per-record operators only (nothing
+        could go out ahead: the next batch is planned when its turn comes, as without it).
+        """
+        self._ahead = ahead if self._sendable else None
+        try:
+            return self.compute(t, inputs)
+        finally:
+            self._ahead = None
+
+    def send_ahead(self, t: int, inputs: dict[str, Batch[Any]]) -> None:
+        """Queue the map side of batch `t` in the actors, behind the calls already sent (`compute` of `t` takes it up).
+
+        Only the stateless part runs ahead: the per-record chain and the split by partition
+        of each partitioned operator fed, through per-record operators only, by a driver-side
+        input (`_start_map`; the first two slices per actor, the rest are given out by the
+        batch's own `compute`). An actor runs its calls in order, so batch `t`'s steps, which
+        change the state, still come after every call of the batch before (its delta
+        included) and after the next `compute`'s own. Nothing else of batch `t` runs here.
+        """
+        self._drop_sent()
+        values: dict[int, Any] = {}
+        for node in self.nodes:
+            if isinstance(node, SourceNode):
+                got = inputs.get(node.source.name)
+                if isinstance(got, Batch) and node.id not in self._shared:  # `compute` caches shared ones in the driver
+                    values[node.id] = got
+            elif isinstance(node, NarrowNode) and node.parents[0].id in values:
+                out = self._narrow(node, values[node.parents[0].id])
+                if isinstance(out, Batch) and out._dead is None and not _per_partition(out._ops) and node.id not in self._shared:
+                    values[node.id] = out
+            elif isinstance(node, StatefulNode) and node.name in self._partitioned and node.parents[0].id in values:
+                mapping = self._start_map(node.name, values[node.parents[0].id], t, give=not self._holding)
+                if mapping is not None:
+                    self._sent[node.name] = mapping
+
+    def _release_sent(self) -> None:
+        """Give out the first slices of the next batch's map sides held back until this batch's steps were submitted."""
+        for m in self._sent.values():
+            if not m.calls:
+                self._give_first(m)
+
+    def _take_sent(self, name: str, t: int, parent: Any) -> _Mapping | None:
+        """The map side of operator `name` sent ahead for batch `t`, if it is `parent`'s records with `parent`'s operators."""
+        m = self._sent.pop(name, None)
+        if m is None:
+            return None
+        if m.t == t and isinstance(parent, Batch) and parent._src is m.parent._src and _same_ops(parent._ops, m.parent._ops):
+            return m
+        self._settle(m.refs())  # pragma: no cover - the scheduler sends ahead exactly the input it computes next
+        return None
+
+    def _drop_sent(self) -> None:
+        """Forget the map calls sent ahead (a failed try, another job): read their results (errors) and leave them."""
+        sent, self._sent = self._sent, {}
+        self._settle([r for m in sent.values() for r in m.refs()])
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
@@ -946,6 +1096,11 @@ def _keeping_sigterm() -> Iterator[None]:
     finally:
         if callable(old):
             signal.signal(signal.SIGTERM, old)
+
+
+def _same_ops(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """The same per-record operators (by name and user function: each application wraps the function anew)."""
+    return len(a) == len(b) and all(x[0] == y[0] and x[2] is y[2] for x, y in zip(a, b, strict=True))
 
 
 def _per_partition(ops: tuple[Any, ...]) -> bool:

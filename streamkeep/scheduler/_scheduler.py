@@ -18,6 +18,11 @@ retention's deletions. A failed write stops the lanes and fails the job at the n
 batch (or at stop); a crash with commits in flight replays their batches from their
 plans, as any crash before a commit does.
 
+When the loop runs batches back to back (``run(n)`` with batches left) and the executor
+`SendsAhead`, the next batch is planned (durable first) and read while this one computes,
+so the executor can queue its stateless work behind this batch's (`_look_ahead`); its
+outputs and commit still follow this batch's.
+
 Recovery loads the newest readable commit, its snapshot and deltas, checks the
 current graph against the stored description, and re-runs planned but
 uncommitted batches with exactly their plans.
@@ -40,7 +45,7 @@ from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, Mem
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
-from streamkeep.executors.base import Executor, KeyPartitioned, RemoteInput, StateOwners
+from streamkeep.executors.base import Executor, KeyPartitioned, RemoteInput, SendsAhead, StateOwners
 from streamkeep.scheduler._committer import Lane
 from streamkeep.scheduler._events import (
     BatchInfo,
@@ -63,6 +68,7 @@ from streamkeep.sources.base import (
     DeadLettering,
     Materialisable,
     OffsetCommitting,
+    RemotelyReadable,
     Source,
     source_partitions,
 )
@@ -103,6 +109,13 @@ class Scheduler(Recovery):
         # Capabilities checked once: an isinstance against a runtime-checkable Protocol costs ~9 us, every batch.
         self._remote_input = executor if isinstance(executor, RemoteInput) else None
         self._key_partitioned = executor if isinstance(executor, KeyPartitioned) else None
+        self._sends_ahead = executor if isinstance(executor, SendsAhead) else None
+        #: set by the loop before each batch: the batch after it certainly runs next (run() with batches left),
+        #: so it may be planned and read while this one computes (`_look_ahead`)
+        self.ahead_ok = False
+        self._may_look_ahead = False  # the sources allow it (`prepare`)
+        #: the next batch, planned (durable) and read while the last one computed: (time, plan, inputs, counts per partition, plan s)
+        self._ahead: tuple[int, dict[str, Any], dict[str, Any], dict[str, list[int]], float] | None = None
         #: sources whose read writes to a dead-letter sink: a sink output, so their plan is durable first
         self._dead_lettering: set[str] = set()
         #: stateful operators by name (their codec encodes what the executor hands over)
@@ -163,6 +176,11 @@ class Scheduler(Recovery):
         self._backpressured = [(s.name, s) for s in self.sources if isinstance(s, Backpressured)]
         self._dead_lettering = {s.name for s in self.sources if isinstance(s, DeadLettering) and s.dead_letter_sink is not None}
         self._committing = [(s.name, s) for s in self.sources if isinstance(s, OffsetCommitting)]
+        # Planning a batch early would size it before the last one's backpressure feedback, write its dead letters
+        # before the last one's outputs (a sink's per-batch marker would then skip those), or wait for fetch tasks.
+        self._may_look_ahead = self._sends_ahead is not None and not (
+            self._backpressured or self._dead_lettering or any(isinstance(s, RemotelyReadable) for s in self.sources)
+        )
         sinks = [n.sink for n in needed if isinstance(n, OutputNode) and n.sink is not None]
         self._description = g.describe()
         asked: list[Sink] = []  # sinks asked for their marker: last_batch() connects them before open()
@@ -244,6 +262,11 @@ class Scheduler(Recovery):
 
     # -- the loop --------------------------------------------------------------------
 
+    @property
+    def planned_ahead(self) -> bool:
+        """True when the next batch was planned and read while the last one computed (`run_next` must run it next)."""
+        return self._ahead is not None
+
     def next_time(self) -> int:
         """The next batch time to run."""
         if self._pending:
@@ -267,13 +290,16 @@ class Scheduler(Recovery):
         # bytes this batch writes to the checkpoint count from here: its plan and blobs included
         written = self.ckpt.written_bytes() if listeners and self.ckpt is not None else 0
         replay = bool(self._pending)
-        if self._pending:
+        ahead, self._ahead = self._ahead, None
+        inputs: dict[str, Any] | None = None  # the input read ahead (the first try only)
+        if ahead is not None:  # never with replays pending (`_run`); the sources are past it: it is the next batch
+            assert not replay and ahead[0] == self.next_time(), (ahead[0], self.next_time())
+            t, plan, inputs, self._part_counts, plan_s = ahead
+            p0 -= plan_s  # planned while the last batch computed: its listeners see what planning took
+        elif self._pending:
             t, plan = self._pending.pop(0)
             if not self._pending:  # the last replayed batch: continue after its plan
-                for src in self.sources:
-                    pos = plan.get("positions", {}).get(src.name)
-                    if pos is not None:
-                        src.restore(pos)
+                self._restore_positions(plan)
         else:
             t = self.next_time()
             plan = self._plan(t)
@@ -290,13 +316,17 @@ class Scheduler(Recovery):
                 # walked them again and again, promoting them into full collections (~0.4 s of 3 s CPU for
                 # 200k records in bench/kafka.py). Cyclic garbage user code makes waits until the batch ends.
                 with gc_paused():
-                    counts = self._run(t, plan)
+                    counts = self._run(t, plan, inputs)
+                    inputs = None
                     p2 = time.perf_counter()
                     self._commit(t, plan)  # its delta's pairs and payload die with it, unwalked too
                 break
             except WorkerLostError as exc:  # a worker holding state died: last commit's state, same plan
                 self._finish_commits(wait=True)  # the last commit is the newest one on storage
                 self._reload_lost(t, plan, exc, attempt, MAX_BATCH_ATTEMPTS)
+                inputs = None  # read again from the plan, as after a crash
+                if self._ahead is not None:  # the next batch is planned already: the sources continue after it
+                    self._restore_positions(self._ahead[1])
         self.last_time = t
         self.batches_done += 1
         end = int(time.time() * 1000)
@@ -401,37 +431,24 @@ class Scheduler(Recovery):
             lane.submit(t, write)
         return plan
 
-    def _run(self, t: int, plan: dict[str, Any]) -> dict[str, int]:
-        """Read the planned input, compute the graph, run the outputs; records per source."""
-        inputs: dict[str, Batch[Any]] = {}
-        planned = plan["sources"]
-        counts: dict[str, int] = {}
-        remote = self._remote_input
+    def _restore_positions(self, plan: dict[str, Any]) -> None:
         for src in self.sources:
-            if src.name in self._dead_lettering and self._plan_lane is not None:
-                # Its read writes the batch's dead letters: like any output, only once the plan is durable
-                # (a kill before would re-plan the records, maybe into another batch time, which the
-                # dead-letter sink's per-batch marker does not recognise: written twice).
-                self._plan_lane.wait(t)
-            got = None if remote is None or src.name not in planned else remote.read_input(src, planned[src.name], t)
-            if got is not None:  # read by the executor's workers (the records stay there)
-                inputs[src.name], per_part = got
-                counts[src.name] = sum(per_part)
-                self._part_counts[src.name] = per_part
-                continue
-            if src.name in planned:
-                parts = src.read(planned[src.name], t)
-            else:  # a source added since this batch was planned: no input for it
-                parts = [[]]
-            per_part = [records_in(p) for p in parts]  # a table's rows count (table sources)
-            counts[src.name] = sum(per_part)
-            self._part_counts[src.name] = per_part
-            labels = source_partitions(src, planned.get(src.name), len(parts), t)  # event-time watermarks per partition
-            inputs[src.name] = Batch(parts, t, source_partitions=labels)
+            pos = plan.get("positions", {}).get(src.name)
+            if pos is not None:
+                src.restore(pos)
+
+    def _run(self, t: int, plan: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, int]:
+        """Read the planned input (unless read ahead: `inputs`), compute the graph, run the outputs; records per source."""
+        if inputs is None:
+            inputs, self._part_counts = self._read(t, plan)
+        counts = {name: sum(per_part) for name, per_part in self._part_counts.items()}
         _faults.point("run.after_read")
         if self._observing:
             self._tell_started(t, sum(counts.values()))
-        results = self.executor.compute(t, inputs)
+        if self._sends_ahead is not None and self._may_look_ahead and self.ahead_ok and not self._pending:
+            results = self._sends_ahead.compute_with(t, inputs, lambda: self._look_ahead(t + self.interval))
+        else:
+            results = self.executor.compute(t, inputs)
         c1 = time.perf_counter()
         if self.ckpt is not None:
             if self._plan_lane is not None:
@@ -449,6 +466,51 @@ class Scheduler(Recovery):
             _faults.point(OVERTAKEN)  # this batch's sinks wrote before the previous batch's commit is durable
         self._outputs_ran(t)
         return counts
+
+    def _look_ahead(self, t: int) -> None:
+        """Plan batch `t` (durable first) and read its input while the batch before it computes; send it to the executor.
+
+        Called by the executor (`SendsAhead.compute_with`) once the workers have the batch
+        before: they find batch `t`'s stateless work queued when they finish. Its outputs
+        and commit still follow that batch's, and `run_next` takes it up next. On a retry
+        of the batch before (a lost worker), the same plan and input are sent again.
+        """
+        if self._ahead is None:
+            p0 = time.perf_counter()
+            plan = self._plan(t)
+            plan_s = time.perf_counter() - p0
+            if self._plan_lane is not None:
+                self._plan_lane.wait(t)  # durable before any of its records go anywhere
+            inputs, parts = self._read(t, plan)
+            self._ahead = (t, plan, inputs, parts, plan_s)
+        assert self._sends_ahead is not None
+        self._sends_ahead.send_ahead(t, self._ahead[2])
+
+    def _read(self, t: int, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[int]]]:
+        """Batch `t`'s planned input per source, and its records per partition."""
+        inputs: dict[str, Any] = {}
+        planned = plan["sources"]
+        part_counts: dict[str, list[int]] = {}
+        remote = self._remote_input
+        for src in self.sources:
+            if src.name in self._dead_lettering and self._plan_lane is not None:
+                # Its read writes the batch's dead letters: like any output, only once the plan is durable
+                # (a kill before would re-plan the records, maybe into another batch time, which the
+                # dead-letter sink's per-batch marker does not recognise: written twice).
+                self._plan_lane.wait(t)
+            got = None if remote is None or src.name not in planned else remote.read_input(src, planned[src.name], t)
+            if got is not None:  # read by the executor's workers (the records stay there)
+                inputs[src.name], part_counts[src.name] = got
+                continue
+            if src.name in planned:
+                parts = src.read(planned[src.name], t)
+            else:  # a source added since this batch was planned: no input for it
+                parts = [[]]
+            per_part = [records_in(p) for p in parts]  # a table's rows count (table sources)
+            part_counts[src.name] = per_part
+            labels = source_partitions(src, planned.get(src.name), len(parts), t)  # event-time watermarks per partition
+            inputs[src.name] = Batch(parts, t, source_partitions=labels)
+        return inputs, part_counts
 
     def _commit(self, t: int, plan: dict[str, Any]) -> None:
         ckpt, writer, retention = self.ckpt, self.writer, self.retention

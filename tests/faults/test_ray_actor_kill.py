@@ -188,3 +188,47 @@ def test_an_actor_killed_while_mapping_a_pulled_slice_is_replaced_and_the_batch_
     assert ref_runs.count(4000) == 1 and runs.count(4000) == 2, runs  # the retry happened
     assert out == ref_out
     assert state == ref_state
+
+
+def _ahead_job(ckpt, executor, runs, sink):
+    def build():
+        ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=2, executor=executor)
+        pairs = ssc.rate_stream(RATE, name="rate").map(lambda r: (r[0] % 37, r[0] % 5 + 1))
+        totals = pairs.update_state_by_key(_update, name="totals")
+        totals.write_to(sink)
+
+        def kill(t, b):  # batch 4's outputs, in the driver: batch 5's map side is queued in the actors
+            runs.append(_ms(t))
+            if executor != "local" and _ms(t) == KILL_AT and runs.count(KILL_AT) == 1:
+                pid = executor.actor_pids()[0]
+                os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid)
+
+        totals.foreach_batch(kill)
+        return ssc
+
+    return build
+
+
+def test_an_actor_killed_while_the_next_batch_is_queued_ahead_ends_exactly(tmp_path, ray_address):
+    """Batches run back to back: while batch 4 computes, batch 5 is planned (durable), read and its map side
+    queued in the actors. An actor SIGKILLed during batch 4's outputs takes that queued work with it: batch 4
+    runs again from its plan on a replaced actor, batch 5 is sent again (same plan, same input, the sources
+    continue after it), and the job ends with the output and state of an uncrashed local run."""
+    got = {}
+    sent = 0
+    for label, ex in (("local", "local"), ("ray", sk.executors.RayExecutor(num_partitions=2))):
+        runs: list[int] = []
+        sink = ListSink("totals")
+        ckpt = str(tmp_path / label)
+        ssc = sk.StreamingContext.get_or_create(ckpt, _ahead_job(ckpt, ex, runs, sink))
+        ssc.run(TOTAL)
+        state = state_of(ssc, "totals")
+        ssc.stop()
+        sent = ex.sent_ahead if label == "ray" else sent
+        got[label] = ([(t, sorted(rs, key=repr)) for t, rs in sink.batches], sorted(state["set"], key=repr), runs)
+    (ref_out, ref_state, ref_runs), (out, state, runs) = got["local"], got["ray"]
+    assert ref_runs.count(KILL_AT) == 1 and runs.count(KILL_AT) == 2, runs  # the retry happened
+    assert sent >= TOTAL - 2, sent  # batches went out ahead (the one after the kill too)
+    assert out == ref_out
+    assert state == ref_state
