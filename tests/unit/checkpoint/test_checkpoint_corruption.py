@@ -18,7 +18,7 @@ from _ckpt_jobs import rate_job, run_until, totals_after
 
 import streamkeep as sk
 from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, _checkpoint, frame, log_path, unframe
-from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, PARTITIONED_VERSION, PLAIN_VERSION, PLAN_LOG_VERSION, read_frame
+from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, MOVED_VERSION, PARTITIONED_VERSION, PLAIN_VERSION, PLAN_LOG_VERSION, read_frame
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, StreamkeepWarning
 from streamkeep.testing import ListSink
 
@@ -33,8 +33,10 @@ def test_frame_round_trip_and_documented_layout() -> None:
         b"SKCP" + bytes([PLAIN_VERSION, 5]) + b"delta" + bytes([7]) + b"msgpack" + struct.pack(">H", 16) + b"state/op/1.delta" + struct.pack(">Q", 7)
     )
     # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py; 6: plan logs (local disks);
-    # 7: a window's state holding empty runs, see tests/unit/operators/test_window_empty_batches.py
-    assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and PLAN_LOG_VERSION == 6 and FORMAT_VERSION == EMPTY_RUN_VERSION == 7
+    # 7: a window's state holding empty runs, see tests/unit/operators/test_window_empty_batches.py;
+    # 8: keyed state whose delta moves keys, see tests/unit/operators/test_restored_order.py
+    assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and PLAN_LOG_VERSION == 6 and EMPTY_RUN_VERSION == 7
+    assert FORMAT_VERSION == MOVED_VERSION == 8
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 
