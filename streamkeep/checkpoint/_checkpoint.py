@@ -44,6 +44,8 @@ from streamkeep.checkpoint._format import (
     EMPTY_RUN_VERSION,
     EMPTY_RUNS,
     GRAPH_REF_VERSION,
+    MOVED,
+    MOVED_VERSION,
     PARTITIONED_VERSION,
     PLAIN_VERSION,
     PLAN_LOG_VERSION,
@@ -168,6 +170,16 @@ def partitioned_chain(chain: dict[str, Any]) -> bool:
 def inlines_empty_run(chain: dict[str, Any]) -> bool:
     """True when a stored chain inlines a delta holding a window's empty run (format 7; its entry says so)."""
     return any(isinstance(d, dict) and d.get(EMPTY_RUNS) is True for d in chain.get("deltas", ()))
+
+
+def inlines_moved(chain: dict[str, Any]) -> bool:
+    """True when a stored chain inlines a delta with moved keys (format 9; its entry, or its inline part, says so)."""
+    for d in chain.get("deltas", ()):
+        if not isinstance(d, dict):
+            continue
+        if d.get(MOVED) is True or any(isinstance(p, dict) and p.get(MOVED) is True for p in d.get("parts") or ()):
+            return True
+    return False
 
 
 def chain_files(chain: dict[str, Any]) -> list[str]:
@@ -948,6 +960,8 @@ class Checkpoint:
             version = GRAPH_REF_VERSION
             if gid not in self._graph_stored:
                 self._store_graph(gid)
+        if any(isinstance(c, dict) and inlines_moved(c) for c in state.values()):  # a reader of 1 to 8 would misorder it
+            version = MOVED_VERSION
         data = frame("record", "msgpack", _RECORDS.encode(rec), _log_path(seq), version)
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
@@ -1349,15 +1363,18 @@ class Checkpoint:
         self._create(rel, frame(kind, codec, payload, rel, version))
         return rel
 
-    def write_part(self, op: str, batch_time: int, kind: str, payload: bytes, codec: str, part: int, count: int, epoch: int) -> str:
-        """Write key partition `part` of `count` of an operator's state file (a partition owner, for claim `epoch`); its path.
+    def write_part(
+        self, op: str, batch_time: int, kind: str, payload: bytes, codec: str, part: int, count: int, epoch: int, version: int = PARTITIONED_VERSION
+    ) -> str:
+        """Write key partition `part` of `count` of an operator's state file (a partition owner, for claim `epoch`; format
+        `version`, at least `PARTITIONED_VERSION`); its path.
 
         Written whole (atomically on local disks), replacing a file of the same name: only
         this epoch's owner of that partition writes that name (a retry of the batch rewrites
         it), and no commit names it before the owner acknowledged it.
         """
         rel = part_path(op, batch_time, kind, part, count, epoch)
-        data = frame(kind, codec, payload, rel, PARTITIONED_VERSION)
+        data = frame(kind, codec, payload, rel, max(version, PARTITIONED_VERSION))
         self.storage.write(rel, data)
         self._count(len(data))
         return rel

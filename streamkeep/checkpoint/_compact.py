@@ -9,6 +9,8 @@ value in place after its batch cannot reach what was encoded at that batch).
 State data (what runtimes hand out and load) is a dict with any of the keys:
 
 * ``set`` / ``del``: keyed state, (key, value) pairs set and keys removed;
+* ``moved``: keys removed and set again since the previous delta (taken out before ``set``
+  applies, so they go last: see `streamkeep.state.MemoryStateStore.take_changes`);
 * ``add`` / ``drop``: window slices, ``[ts, slice]`` added and ``ts`` dropped;
 * ``meta``: small per-operator values, the newest wins (event time).
 
@@ -40,7 +42,7 @@ from typing import Any, Final
 from streamkeep import _faults
 from streamkeep._columns import Columns, order_from_bytes, order_to_bytes, order_with, order_without, sorted_order
 from streamkeep._util import gc_paused
-from streamkeep.checkpoint._format import EMPTY_RUNS, state_version
+from streamkeep.checkpoint._format import EMPTY_RUNS, MOVED, state_version
 from streamkeep.codec import decode_items, encode_items, get_codec
 from streamkeep.codec._registry import refuse_pickle
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
@@ -48,7 +50,7 @@ from streamkeep.errors import CheckpointError, CorruptCheckpointError
 #: Keys (and values) per column chunk of a snapshot: each chunk is decoded by one call.
 CHUNK_KEYS: Final = 65536
 #: The data keys `merge` knows.
-MERGEABLE: Final = frozenset({"set", "del", "add", "drop", "meta", EMPTY_RUNS})
+MERGEABLE: Final = frozenset({"set", "del", "add", "drop", "meta", EMPTY_RUNS, MOVED})
 #: A snapshot of at least this many keys gets a sorted key index (``order``; sorting 1M keys takes
 #: ~1 s, in the background, and only when keys came or went since the previous snapshot).
 ORDER_MIN_KEYS = 65536
@@ -174,7 +176,8 @@ def merge(snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> dict
     """The state data of `snapshot` with `deltas` applied in order (as a runtime's ``load`` applies them).
 
     Keys set by a later delta replace earlier values in place (keeping the first
-    position), new keys follow in order, removed keys go; window slices by batch time;
+    position), new keys and a delta's moved keys follow in order, removed keys go (the
+    key order of the runtime that wrote them); window slices by batch time;
     the newest ``meta`` wins. `snapshot`'s ``set`` is reused when it is a dict.
 
     Raises:
@@ -193,6 +196,8 @@ def merge(snapshot: dict[str, Any] | None, deltas: list[dict[str, Any]]) -> dict
         else:
             keyed: dict[Any, Any] = base if type(base) is dict else dict(base)
             for d in deltas:
+                for k in d.get(MOVED, ()):
+                    keyed.pop(k, None)
                 keyed.update(d.get("set", ()))
                 for k in d.get("del", ()):
                     keyed.pop(k, None)
@@ -227,6 +232,7 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
     for d in deltas:
         touched.update(k for k, _ in d.get("set", ()))
         touched.update(d.get("del", ()))
+        touched.update(d.get(MOVED, ()))
     if not touched:
         return base
     alive = set(filter(touched.__contains__, base.keys))  # touched keys in the base, still there
@@ -234,6 +240,13 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
     new_values: dict[Any, Any] = {}  # base keys' new values
     tail: dict[Any, Any] = {}  # keys not (or no longer) in the base, in insertion order
     for d in deltas:
+        for k in d.get(MOVED, ()):  # set again below: last, in order
+            if k in alive:
+                alive.discard(k)
+                gone.add(k)
+                new_values.pop(k, None)
+            else:
+                tail.pop(k, None)
         for k, v in d.get("set", ()):
             if k in alive:
                 new_values[k] = v
@@ -281,7 +294,7 @@ def join_parts(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     adds: dict[Any, list[Any]] = {}
     for p in present:
         for name, value in p.items():
-            if name in ("set", "del"):
+            if name in ("set", "del", MOVED):
                 items = value.items() if isinstance(value, dict) else zip(*value, strict=True) if isinstance(value, Columns) else value
                 out.setdefault(name, []).extend(items)
             elif name == "add":

@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 from streamkeep.errors import CorruptCheckpointError
 
 MAGIC = b"SKCP"
-#: The newest version this streamkeep writes (8: commit records naming their graph, see `GRAPH_REF_VERSION`).
-FORMAT_VERSION = 8
+#: The newest version this streamkeep writes (9: keyed state with moved keys, see `MOVED_VERSION`;
+#: 8: commit records naming their graph, see `GRAPH_REF_VERSION`).
+FORMAT_VERSION = 9
 #: The key-partitioned layout, whose state files the partition owners write --
 #: ``state/<op>/<T>.p<i>of<n>.e<epoch>.delta|snap`` -- and the commit records naming them; the frame is
 #: the same as in 2 to 4.
@@ -49,12 +50,22 @@ EMPTY_RUNS = "empty_runs"
 #: (``graph``), and the graph files they name (``graphs/<id>.graph``): a streamkeep reading only 1 to 7
 #: would take such a record for one of a job without operators or sources, so it must refuse it.
 GRAPH_REF_VERSION = 8
+#: The state files of keyed state whose delta *moves* keys (``"moved": [key, ...]``: keys removed and set
+#: again since the previous delta, which the run that wrote it holds last, so a restore takes them out before
+#: it sets the delta's pairs, see `streamkeep.state.MemoryStateStore.take_changes`), and the commit records
+#: inlining such a delta: a streamkeep reading only 1 to 8 would leave those keys in their old place (a
+#: restored operator would then emit its keys in another order than the run that never stopped), so it must
+#: refuse them. Partition owners' files holding such a delta are version 9 too. The frame is the same as in 2 to 8.
+MOVED_VERSION = 9
+#: The key of keyed state data listing its moved keys (see `MOVED_VERSION`); also the key an inline delta's
+#: chain entry (or an inline part of a key-partitioned one) carries as ``"moved": True``.
+MOVED = "moved"
 #: The version of every other file (4: items payloads may be segmented, msgpack format 2 in
 #: docs/codec-format.md; 3: snapshots may be columnar, see checkpoint/_compact.py). A checkpoint of
 #: the local executor is all version 4.
 PLAIN_VERSION = 4
 #: The versions it reads (1: no identity in the frame; 2: snapshots hold (key, value) pairs only).
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 #: The advice at the end of errors about damaged files (the `verify` command leaves it out).
 VERIFY_HINT = "Run `streamkeep checkpoint verify` on the checkpoint to see every damaged file."
 _LEN = struct.Struct(">Q")
@@ -64,6 +75,8 @@ _CRC = struct.Struct(">I")
 
 def state_version(data: dict[str, Any]) -> int:
     """The format version of a state file holding state data `data` written whole (not by partition owners)."""
+    if data.get(MOVED):
+        return MOVED_VERSION
     return EMPTY_RUN_VERSION if data.get(EMPTY_RUNS) else PLAIN_VERSION
 
 

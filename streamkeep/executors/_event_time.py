@@ -31,6 +31,7 @@ from typing import Any
 
 from streamkeep._util import short_repr, stable_hash, user_function_error
 from streamkeep.batch import Batch, as_pair
+from streamkeep.checkpoint._format import MOVED
 from streamkeep.dstream._event_time import EventTimeValueError, EventWindowNode, WindowResult, event_ms, ms_datetime
 from streamkeep.errors import UserFunctionError
 from streamkeep.executors._runtime import _SCALARS, StatefulRuntime, _detach
@@ -313,11 +314,14 @@ class EventWindowRuntime(StatefulRuntime):
         }
 
     def delta(self) -> dict[str, Any] | None:
-        changed, removed = self.store.take_delta()
+        changed, removed, moved = self.store.take_changes()
         if not changed and not removed and not self._meta_changed:
             return None
         self._meta_changed = False
-        return {"set": changed, "del": removed, "meta": self._meta()}
+        d = {"set": changed, "del": removed, "meta": self._meta()}
+        if moved:
+            d[MOVED] = moved
+        return d
 
     def forget_changes(self) -> None:
         self.store.changed = set()
@@ -331,7 +335,7 @@ class EventWindowRuntime(StatefulRuntime):
         self.store.load(snapshot["set"] if snapshot else ())
         meta = snapshot.get("meta") if snapshot else None
         for d in deltas:
-            self.store.apply_delta(d["set"], d["del"])
+            self.store.apply_delta(d["set"], d["del"], d.get(MOVED, ()))
             meta = d.get("meta", meta)
         meta = meta or {}
         self.watermark_ms = meta.get("watermark_ms")

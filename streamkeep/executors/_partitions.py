@@ -30,6 +30,7 @@ from streamkeep._util import gc_paused, short_repr, stable_hash
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, join_parts
+from streamkeep.checkpoint._format import MOVED
 from streamkeep.dstream._graph import MapWithStateNode, StatefulNode
 from streamkeep.errors import SinkError, SourceError, StreamkeepError
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
@@ -138,7 +139,7 @@ def split_state(data: dict[str, Any] | None, count: int) -> list[dict[str, Any] 
                 parts[partition_of(kv[0], count)].append(kv)
             for s, p in zip(slices, parts, strict=True):
                 s[field] = p
-        elif field == "del":
+        elif field in ("del", MOVED):
             dels: list[list[Any]] = [[] for _ in range(count)]
             for k in value:
                 dels[partition_of(k, count)].append(k)

@@ -21,7 +21,7 @@ from typing import Any
 from streamkeep._columns import Columns
 from streamkeep._util import short_repr, user_function_error
 from streamkeep.batch import Batch, RecordShapeError, as_pair, check_key, check_length
-from streamkeep.checkpoint._format import EMPTY_RUNS
+from streamkeep.checkpoint._format import EMPTY_RUNS, MOVED
 from streamkeep.codec._items import PlainFirstPairs
 from streamkeep.codec._msgpack import tuple_plain
 from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
@@ -122,6 +122,30 @@ class StatefulRuntime:
         """Release threads the runtime started (its state stays readable)."""
 
 
+def ordered_delta(changed: list[tuple[Any, Any]], removed: list[Any], moved: list[Any], plain: set[Any] | None) -> dict[str, Any]:
+    """A keyed delta from `MemoryStateStore.take_changes` (its items' order kept: restores follow it).
+
+    With `plain` (keys whose values are known to pack natively), the leading pairs known so
+    are counted (`PlainFirstPairs`: the encoder skips walking them). Keys removed and set
+    again (`moved`) are stored under `MOVED` (format 9, `MOVED_VERSION`), only when there are some.
+    """
+    d: dict[str, Any] = {"set": changed, "del": removed}
+    if plain and changed:
+        if plain.issuperset(map(itemgetter(0), changed)):  # all of them (checked in C)
+            d["set"] = PlainFirstPairs(changed, len(changed))
+        else:
+            n = 0
+            for k, _ in changed:
+                if k not in plain:
+                    break
+                n += 1
+            if n:
+                d["set"] = PlainFirstPairs(changed, n)
+    if moved:
+        d[MOVED] = moved
+    return d
+
+
 class _Keyed(StatefulRuntime):
     def __init__(self, node: StatefulNode, stores: StoreFactory = memory_store) -> None:
         self.node = node
@@ -133,20 +157,10 @@ class _Keyed(StatefulRuntime):
         self._plain_checked = False
 
     def delta(self) -> dict[str, Any] | None:
-        changed, removed = self.store.take_delta()
+        changed, removed, moved = self.store.take_changes()
         if not changed and not removed:
             return None
-        plain = self._plain
-        if plain and self._plain_checked:  # the pairs known to pack natively first, and how many they are
-            if changed and plain.issuperset(map(itemgetter(0), changed)):  # all of them (checked in C)
-                return {"set": PlainFirstPairs(changed, len(changed)), "del": removed}
-            known = [kv for kv in changed if kv[0] in plain]
-            n = len(known)
-            if n:
-                if n < len(changed):
-                    known += [kv for kv in changed if kv[0] not in plain]
-                return {"set": PlainFirstPairs(known, n), "del": removed}
-        return {"set": changed, "del": removed}
+        return ordered_delta(changed, removed, moved, self._plain if self._plain_checked else None)
 
     def snapshot(self) -> dict[str, Any]:
         self.store.materialize()
@@ -163,7 +177,7 @@ class _Keyed(StatefulRuntime):
         self._plain = set()
         self.store.load(snapshot["set"] if snapshot else ())
         for d in deltas:
-            self.store.apply_delta(d["set"], d["del"])
+            self.store.apply_delta(d["set"], d["del"], d.get(MOVED, ()))
 
     def key_count(self) -> int:
         return len(self.store)
@@ -215,7 +229,6 @@ class UpdateStateRuntime(_Keyed):
                 if new is not None:
                     data[key] = new
                     mark(key)
-                    removed.discard(key)
         except UserFunctionError:
             raise
         except Exception as exc:
@@ -337,7 +350,7 @@ class MapWithStateRuntime(_Keyed):
             # timeout: a timed-out check reads every key each batch, so that state is loaded at once).
             self.store.load_lazy(base)
             for d in deltas:
-                self.store.apply_delta(d["set"], d["del"])
+                self.store.apply_delta(d["set"], d["del"], d.get(MOVED, ()))
             return
         super().load(snapshot, deltas)
 
@@ -750,13 +763,15 @@ class ReduceWindowRuntime(WindowRuntime):
 
     def delta(self) -> dict[str, Any] | None:
         win = super().delta()
-        changed, removed = self.running.take_delta()
+        changed, removed, moved = self.running.take_changes()
         if win is None and not changed and not removed:
             return None
         win = win or {"add": [], "drop": []}
         win["add"] = [[ts, list(s.items())] for ts, s in win["add"]]
         win["set"] = changed
         win["del"] = removed
+        if moved:
+            win[MOVED] = moved
         return win
 
     def forget_changes(self) -> None:
@@ -776,7 +791,7 @@ class ReduceWindowRuntime(WindowRuntime):
         super().load(snapshot, deltas)
         self.running.load(snapshot["set"] if snapshot else ())
         for d in deltas:
-            self.running.apply_delta(d["set"], d["del"])
+            self.running.apply_delta(d["set"], d["del"], d.get(MOVED, ()))
 
     def key_count(self) -> int:
         return len(self.running) + sum(len(s) for s in self.slices.values())

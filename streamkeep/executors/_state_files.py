@@ -19,6 +19,7 @@ from typing import Any
 from streamkeep._util import random_id
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._compact import Job, encode_snapshot, join_parts, mergeable, merged, read_entry
+from streamkeep.checkpoint._format import MOVED, MOVED_VERSION, state_version
 from streamkeep.codec import UnsupportedValueError, encode_items, get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError, StreamkeepError
@@ -74,9 +75,13 @@ class PartWriter:
             return None
         node = rt.node
         payload = encode_state(node, d)
+        version = state_version(d)
         if len(payload) <= inline_max:
-            return {"codec": node.codec, "data": payload}, len(payload), mergeable(d)
-        rel = self.ckpt.write_part(node.name, t, "delta", payload, node.codec, self.part, self.count, epoch)
+            inline: dict[str, Any] = {"codec": node.codec, "data": payload}
+            if version == MOVED_VERSION:
+                inline[MOVED] = True  # the commit records inlining it are format 9 (`Checkpoint.commit`)
+            return inline, len(payload), mergeable(d)
+        rel = self.ckpt.write_part(node.name, t, "delta", payload, node.codec, self.part, self.count, epoch, version)
         return rel, len(payload), mergeable(d)
 
     def snapshot(self, rt: StatefulRuntime, t: int, epoch: int) -> tuple[str | None, int]:

@@ -561,10 +561,24 @@ class AggregateStateRuntime(StatefulRuntime):
             if len(self.node.by) == 1:
                 state = self._replaced(state, rows)
                 continue
-            rest = self._without(state, rows)
+            if not any(isinstance(spec.fn, Combine) for spec in self.node.aggs):
+                state = self._regrouped(state, rows)  # as `_regroup` orders them: stored keys in place, new ones last
+                continue
+            rest = self._without(state, rows)  # as `_merge` with a Combine: the changed rows last
             state = self.pa.concat_tables([rest, rows])
         self.state = state.combine_chunks() if state is not None else None
         self._changes = []
+
+    def _regrouped(self, state: Any, rows: Any) -> Any:
+        """`state` with `rows` (a delta: whole rows, several key columns) upserted in `_regroup`'s order: one
+        ordered group_by over [state, rows] gives each key's place (stored keys in place, new keys after, in
+        order) and its newest row."""
+        pa = self.pa
+        mark = "#row"
+        both = pa.concat_tables([state, rows])
+        at = both.append_column(mark, pa.array(range(both.num_rows), pa.int64()))
+        newest = grouped(pa, at, self.node.by, [(mark, "max")], [mark]).column(mark)
+        return both.take(newest)
 
     def _replaced(self, state: Any, rows: Any) -> Any:
         """`state` with `rows` (a delta: whole rows, one key column) upserted: stored keys' values replaced in

@@ -44,7 +44,7 @@ from streamkeep._columns import Columns
 from streamkeep.checkpoint import Checkpoint, _compact
 from streamkeep.checkpoint._checkpoint import state_path
 from streamkeep.checkpoint._compact import Job, compact, encode_snapshot, mergeable
-from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, EMPTY_RUNS, framed_size, state_version
+from streamkeep.checkpoint._format import EMPTY_RUN_VERSION, EMPTY_RUNS, MOVED, MOVED_VERSION, framed_size, state_version
 from streamkeep.codec import UnsupportedValueError, get_codec
 from streamkeep.dstream._graph import StatefulNode
 from streamkeep.errors import CheckpointError
@@ -206,6 +206,8 @@ class StateWriter:
                     entry = {"t": t, "codec": node.codec, "data": payload}
                     if version == EMPTY_RUN_VERSION:
                         entry[EMPTY_RUNS] = True  # the commit records inlining it are format 7 (`Checkpoint.commit`)
+                    elif version == MOVED_VERSION:
+                        entry[MOVED] = True  # ... and format 9
                     chain.deltas.append((t, entry))
                     self.inline_bytes += len(payload)
                 else:

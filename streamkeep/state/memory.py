@@ -114,12 +114,52 @@ class MemoryStateStore:
         return iter(self.data.items())
 
     def take_delta(self) -> tuple[list[tuple[Key, Any]], list[Key]]:
-        """(changed items, removed keys) since the last call; resets the tracking."""
-        data = self.data
-        changed = [(k, data[k]) for k in self.changed if k in data]
-        removed = [k for k in self.removed if k not in data]
-        self.forget_changes()
+        """(changed items, removed keys) since the last call; resets the tracking.
+
+        The items come in the order `apply_delta` needs to rebuild ``data`` in its own key
+        order, except for keys removed and set again since the last call (see `take_changes`).
+        """
+        changed, removed, _ = self.take_changes()
         return changed, removed
+
+    def take_changes(self) -> tuple[list[tuple[Key, Any]], list[Key], list[Key]]:
+        """(changed items, removed keys, moved keys) since the last call; resets the tracking.
+
+        Applied with `apply_delta` to the state of the previous call, they rebuild ``data``
+        with its keys in the same order (what the operators' outputs follow). A dict puts a
+        new key last, keeps a set key in place, and puts a key removed and set again last:
+        so every key added since the previous call is among the items' *tail* -- the
+        longest run of changed keys at the end of ``data`` -- which comes last, in
+        ``data``'s order (found walking ``data`` backwards: its length, no more); a
+        removed-and-set-again key is also *moved* (taken out before the items go in). The
+        other changed keys (set in place) come first, in any order.
+        """
+        data = self.data
+        changed_keys = self.changed
+        if not changed_keys:
+            changed: list[tuple[Key, Any]] = []
+        elif len(changed_keys) == len(data) and changed_keys == data.keys():  # every key (checked in C): data's order
+            changed = list(data.items())
+        else:
+            tail: list[Key] = []
+            add = tail.append
+            for k in reversed(data):
+                if k not in changed_keys:
+                    break
+                add(k)
+            tail.reverse()
+            if len(tail) == len(changed_keys):
+                changed = [(k, data[k]) for k in tail]
+            else:
+                rest = changed_keys.difference(tail)
+                changed = [(k, data[k]) for k in rest if k in data]
+                changed += [(k, data[k]) for k in tail]
+        removed: list[Key] = []
+        moved: list[Key] = []
+        for k in self.removed:
+            (moved if k in data else removed).append(k)
+        self.forget_changes()
+        return changed, removed, moved
 
     def forget_changes(self) -> None:
         """Reset the tracking (the changes are persisted, or need not be)."""
@@ -152,13 +192,18 @@ class MemoryStateStore:
         self.load({})
         self._lazy = _Lazy(base)
 
-    def apply_delta(self, changed: Iterable[tuple[Key, Any]], removed: Iterable[Key]) -> None:
-        """Apply a delta read back from a checkpoint; clears the tracking."""
-        self.data.update(changed)
+    def apply_delta(self, changed: Iterable[tuple[Key, Any]], removed: Iterable[Key], moved: Iterable[Key] = ()) -> None:
+        """Apply a delta read back from a checkpoint (see `take_changes`); clears the tracking."""
+        data = self.data
+        moved = tuple(moved)
+        for k in moved:  # removed and set again: set last, as the dict of the run that wrote it has it
+            data.pop(k, None)
+        data.update(changed)
         for k in removed:
-            self.data.pop(k, None)
+            data.pop(k, None)
         if self._lazy is not None:
             self._lazy.gone.update(removed)
+            self._lazy.gone.update(moved)  # a base key moved: its place is in `data`, not the base's
         self.changed = set()
         self.removed = set()
 

@@ -116,13 +116,20 @@ class Workdir:
         return dict(json.loads(counts.read_text()))
 
     def results(self) -> dict[str, Any]:
-        """Per sink, per batch file, the sorted lines; plus the final state dump."""
+        """Per sink, per batch file, its lines in order (not sorted: a restored operator emits its keys in the
+        uncrashed run's order, so every file is byte-identical); plus the final state dump."""
         out: dict[str, Any] = {}
         for sink in sorted(p for p in self.out.iterdir() if p.is_dir()):
-            files = {f.name: sorted(f.read_text().splitlines()) for f in sorted(sink.iterdir()) if not f.name.startswith(".")}
+            files = {f.name: f.read_text().splitlines() for f in sorted(sink.iterdir()) if not f.name.startswith(".")}
             out[sink.name] = files
         out["state.json"] = json.loads((self.out / "state.json").read_text())
         return out
+
+
+def sorted_lines(results: dict[str, Any]) -> dict[str, Any]:
+    """`Workdir.results` with each file's lines sorted: to compare runs on different executors (a key-partitioned
+    run emits a batch's keys partition by partition, the local executor in its state's order)."""
+    return {k: v if k == "state.json" else {name: sorted(lines) for name, lines in v.items()} for k, v in results.items()}
 
 
 def expect_killed(r: subprocess.CompletedProcess[str], what: str) -> None:

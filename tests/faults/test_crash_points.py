@@ -6,7 +6,7 @@ snapshot merged in the background from the delta files, the path of big states: 
 only one that reaches the `MERGE_ONLY_POINTS`), the child (`_job.py`: rate, queue and text-file inputs,
 update_state_by_key, reduce_by_key_and_window with and without inv_f,
 map_with_state with a timeout, FileSinks) is killed the n-th time it reaches the
-point, then rerun without a crash to its last batch. Its per-batch sink output
+point, then rerun without a crash to its last batch. Its per-batch sink output (each file's lines, in order)
 and its final state must equal an uncrashed run's. The start points (identity,
 claim, lease) are hit on a first start and on a restart, the recovery sweep while
 it deletes a crash's leftovers. A case fails when the child was not killed by
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import MERGE_ONLY_POINTS, MERGED_ENV, Workdir, diff_results, expect_killed, expect_ok, scratch_tree
+from _harness import MERGE_ONLY_POINTS, MERGED_ENV, Workdir, diff_results, expect_killed, expect_ok, scratch_tree, sorted_lines
 
 from streamkeep import _faults
 
@@ -285,7 +285,7 @@ def test_ray_uncrashed_equals_local(reference: dict[str, Any], ray_env: dict[str
     """Every operator kind on 3 key partitions gives the local executor's output and state, batch by batch."""
     w = Workdir.make(os.path.join(scratch, "ray-reference"), extra_env=ray_env)
     expect_ok(w.run(TOTAL, timeout_s=240), "the job on Ray")
-    problems = diff_results(reference["results"], w.results())
+    problems = diff_results(sorted_lines(reference["results"]), sorted_lines(w.results()))  # the same lines, in partition order
     assert not problems, "Ray vs local:\n" + "\n".join(problems[:20])
 
 
@@ -300,6 +300,6 @@ def test_ray_driver_killed_then_recovered_on_fresh_actors(
     w.extra_env = ray_env
     expect_killed(w.run(TOTAL, crash=(point, nth), timeout_s=240), f"crash at {point}@{nth} on Ray")
     expect_ok(w.run(TOTAL, timeout_s=240), f"recovery on Ray after {point}@{nth}")
-    problems = diff_results(reference["results"], w.results())
+    problems = diff_results(sorted_lines(reference["results"]), sorted_lines(w.results()))
     assert not problems, f"Ray, after a crash at {point}@{nth}:\n" + "\n".join(problems[:20])
     shutil.rmtree(w.root, ignore_errors=True)

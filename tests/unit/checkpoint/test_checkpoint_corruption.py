@@ -21,6 +21,7 @@ from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, _checkpoint, frame
 from streamkeep.checkpoint._format import (
     EMPTY_RUN_VERSION,
     GRAPH_REF_VERSION,
+    MOVED_VERSION,
     PARTITIONED_VERSION,
     PLAIN_VERSION,
     PLAN_LOG_VERSION,
@@ -41,9 +42,10 @@ def test_frame_round_trip_and_documented_layout() -> None:
     )
     # 5: the files of the key-partitioned layout (Ray), see test_checkpoint_partitioned.py; 6: plan logs (local disks);
     # 7: a window's state holding empty runs, see tests/unit/operators/test_window_empty_batches.py; 8: commit records
-    # naming their graph file, see tests/unit/checkpoint/test_checkpoint_graph_files.py
+    # naming their graph file, see tests/unit/checkpoint/test_checkpoint_graph_files.py; 9: keyed state whose delta
+    # moves keys, see tests/unit/operators/test_restored_order.py
     assert PLAIN_VERSION == 4 and PARTITIONED_VERSION == 5 and PLAN_LOG_VERSION == 6 and EMPTY_RUN_VERSION == 7
-    assert FORMAT_VERSION == GRAPH_REF_VERSION == 8
+    assert GRAPH_REF_VERSION == 8 and FORMAT_VERSION == MOVED_VERSION == 9
     assert data == head + b"payload" + struct.pack(">I", zlib.crc32(head + b"payload"))
 
 

@@ -16,7 +16,7 @@ import pytest
 from _ckpt_jobs import run_until
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint, _repair
+from streamkeep.checkpoint import FORMAT_VERSION, Checkpoint, _repair
 from streamkeep.cli import main
 from streamkeep.errors import CheckpointError, CorruptCheckpointError
 from streamkeep.testing import ListSink, ManualClock
@@ -162,14 +162,15 @@ def test_a_checkpoint_file_of_a_newer_build_is_not_damage_and_repair_leaves_it(t
     run_until(url, _setup(url, ListSink()), 1)
     ident = tmp_path / "ck" / "CHECKPOINT"
     data = bytearray(ident.read_bytes())
-    data[4] = 9  # written by a streamkeep whose format is 9
+    newer = FORMAT_VERSION + 1
+    data[4] = newer  # written by a newer streamkeep
     data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
     ident.write_bytes(bytes(data))
 
     with pytest.raises(CorruptCheckpointError) as info:
         run_until(url, _setup(url, ListSink()), 2)
     msg = str(info.value)
-    assert "format version 9" in msg and "reads versions 1, 2" in msg and "release that wrote it" in msg
+    assert f"format version {newer}" in msg and "reads versions 1, 2" in msg and "release that wrote it" in msg
     assert "checkpoint repair" not in msg
 
     assert main(["checkpoint", "verify", url]) == 1
