@@ -698,8 +698,9 @@ class StreamingContext:
             log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
         try:
             self.stop(graceful=True)
-        except KeyboardInterrupt:
-            log.warning("interrupted again: the batch in progress is abandoned; the next get_or_create re-runs it")
+        except KeyboardInterrupt as again:
+            said = "terminated again (SIGTERM)" if stopped_by_sigterm(again) else "interrupted again"
+            log.warning("%s: the batch in progress is abandoned; the next get_or_create re-runs it", said)
             self._shutdown()
             raise KeyboardInterrupt from None
         if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,23 @@ def test_sigterm_of_a_run_loop_exits_0_too_and_resumes(tmp_path: Path) -> None:
     assert len({t for t, _ in both}) == len(both), f"a batch re-run gave another count: {first} then {second}"
     assert [n for _, n in both] == sorted(n for _, n in both) and second[0][1] > first[0][1], f"{first} then {second}"
 
+
+
+def test_a_second_sigterm_abandons_the_batch_in_progress_and_says_sigterm(tmp_path: Path) -> None:
+    """The second signal's log line said "interrupted again" after a SIGTERM; it names SIGTERM now."""
+    app = tmp_path / "job.py"
+    slow = _JOB.replace("sum(v for _, v in batch.collect()), flush=True)", "sum(v for _, v in batch.collect()), flush=True)\n    time.sleep(30)")
+    app.write_text(slow.replace("import sys\n", "import sys, time\n", 1))
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(app), str(tmp_path / "ckpt")]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("BATCH"):  # the first batch's output is sleeping: the batch is in progress
+                break
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert "terminated (SIGTERM): stopping after the batch in progress" in err, err
+    assert "terminated again (SIGTERM): the batch in progress is abandoned" in err, err
+    assert "interrupted again" not in err and "Traceback" not in err, err
