@@ -218,3 +218,38 @@ def test_pinning_the_derived_name_keeps_state_and_renaming_is_refused(tmp_path: 
     out.clear()
     run_batches(StreamingContext.getOrCreate(ckpt, allow_loss), 1)
     assert out == [[("a", 1), ("c", 1)]]  # "counts" starts empty, at the third queued batch
+
+
+def test_a_stateful_operator_added_without_name_before_a_derived_one_is_refused(tmp_path: Any) -> None:
+    """The migration guide's case: a second updateStateByKey added before the first would take its derived name.
+
+    Both keep int counts, so handing the old state to the new operator would fail nothing: the
+    restore must refuse, and naming the new operator must restore the old state into the old one.
+    """
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out)), 1)
+    assert out == [[("a", 1), ("b", 1)]]
+    lengths: list[Any] = []
+
+    def with_new_operator(name: str | None) -> StreamingContext:
+        sc = SparkContext.getOrCreate(SparkConf().setMaster("local[2]"))
+        ssc = StreamingContext(sc, 1)
+        words = ssc.queueStream([["a", "b"], ["a"], ["c", "a"], ["b"]])
+        kw = {} if name is None else {"name": name}
+        lens = words.map(lambda w: (len(w), 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0), **kw)  # added first
+        lens.foreachRDD(lambda rdd: lengths.append(sorted(rdd.collect())))
+        counts = words.map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0))
+        counts.foreachRDD(lambda rdd: out.append(sorted(rdd.collect())))
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    with pytest.raises(IncompatibleCheckpointError, match=r"new stateful operator 'update_state_by_key#2'.*without name="):
+        StreamingContext.getOrCreate(ckpt, lambda: with_new_operator(None))
+    SparkContext.getOrCreate().stop()
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: with_new_operator("lengths")), 1)
+    assert out[1:] == [[("a", 2), ("b", 1)]]  # the old counts went on in the old operator
+    assert lengths == [[(1, 1)]]  # the new operator started empty
+    SparkContext.getOrCreate().stop()
