@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _pyspark_helpers import run_batches
 
 from streamkeep.compat.pyspark import SparkConf, SparkContext, StreamingContext, StreamingListener
 from streamkeep.errors import UserFunctionError
+
+
+class _CountState(NamedTuple):
+    """A state class, as PySpark programs keep (picklable: defined at the module's top level)."""
+
+    n: int
 
 
 def _running_count_app(ckpt: str, calls: list[str], out: list[Any], *, name: str | None = None) -> StreamingContext:
@@ -252,4 +258,46 @@ def test_a_stateful_operator_added_without_name_before_a_derived_one_is_refused(
     run_batches(StreamingContext.getOrCreate(ckpt, lambda: with_new_operator("lengths")), 1)
     assert out[1:] == [[("a", 2), ("b", 1)]]  # the old counts went on in the old operator
     assert lengths == [[(1, 1)]]  # the new operator started empty
+    SparkContext.getOrCreate().stop()
+
+
+def test_state_the_codec_cannot_store_says_how_to_opt_in_from_a_pyspark_program(tmp_path: Any) -> None:
+    """The message said codec='pickle' on the operator, which facade operators do not take; following the
+    SparkConf setting it names then restores the state."""
+    from streamkeep.errors import CheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    state = _CountState
+
+    def setup(conf: SparkConf) -> StreamingContext:
+        ssc = StreamingContext(SparkContext.getOrCreate(conf), 1)
+        pairs = ssc.queueStream([[("a", 1)], [("a", 2)]]).updateStateByKey(lambda new, old: state((old.n if old else 0) + len(new)))
+        pairs.foreachRDD(lambda rdd: out.append(rdd.collect()))
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    with pytest.raises(CheckpointError) as info:
+        run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup(SparkConf())), 1)
+    SparkContext.getOrCreate().stop()
+    assert "conf.set('spark.streamkeep.codec', 'pickle')" in str(info.value)
+    conf = SparkConf().set("spark.streamkeep.codec", "pickle")
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup(conf)), 1)
+    assert out[-1] == [("a", state(1))]
+    SparkContext.getOrCreate().stop()
+
+
+def test_state_pickle_cannot_store_says_to_make_it_picklable(tmp_path: Any) -> None:
+    """With the pickle codec already on, the message told the user to opt in to pickle."""
+    from streamkeep.errors import CheckpointError
+
+    class Local:  # defined in a function: pickle cannot store it
+        pass
+
+    ssc = StreamingContext(SparkContext.getOrCreate(SparkConf().set("spark.streamkeep.codec", "pickle")), 1)
+    ssc.queueStream([[("a", 1)]]).updateStateByKey(lambda new, old: Local()).pprint()
+    ssc.checkpoint(str(tmp_path / "ckpt"))
+    with pytest.raises(CheckpointError, match=r"pickle codec cannot store .*Make it picklable") as info:
+        run_batches(ssc, 1)
+    assert "opt in to pickle" not in str(info.value)
     SparkContext.getOrCreate().stop()
