@@ -217,6 +217,12 @@ _RANDOM = "random sampling would not replay identically after a crash"
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "DStream": {
         "slice": "streamkeep does not keep the RDDs of past batches; use window() or foreachRDD to keep what you need",
+        "mapWithState": (
+            "mapWithState is Spark's Scala/Java API (PySpark has none); streamkeep's own is "
+            "to_core(stream).map_with_state(f, name=..., timeout=...) with f(key, value, state); "
+            "DStream(that, ssc) makes it a facade DStream again (to_core and DStream from "
+            "streamkeep.compat.pyspark; see docs/concepts.md)"
+        ),
     },
     "RDD": {
         "sample": _RANDOM,
