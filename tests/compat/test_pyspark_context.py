@@ -301,3 +301,19 @@ def test_state_pickle_cannot_store_says_to_make_it_picklable(tmp_path: Any) -> N
         run_batches(ssc, 1)
     assert "opt in to pickle" not in str(info.value)
     SparkContext.getOrCreate().stop()
+
+
+def test_the_articles_hdfs_checkpoint_says_what_hdfs_needs(tmp_path: Any) -> None:
+    """The articles checkpoint to hdfs://master:9000/...; the error was libjvm's dlopen failure and 'check the
+    credentials': it must say what hdfs:// needs and what the tests cover, and nothing may run."""
+    from streamkeep.errors import CheckpointError, ConfigError
+
+    url = "hdfs://127.0.0.1:1/streaming/checkpoint/"
+    out: list[Any] = []
+    with pytest.raises((CheckpointError, ConfigError)) as info:
+        ssc = StreamingContext.getOrCreate(url, lambda: _running_count_app(url, [], out))
+        run_batches(ssc, 1)
+    SparkContext.getOrCreate().stop()
+    assert "hdfs:// goes through fsspec to pyarrow's HadoopFileSystem" in str(info.value)
+    assert "prefer a local disk or an s3:// URL" in str(info.value)
+    assert out == []
