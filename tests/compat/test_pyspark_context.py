@@ -317,3 +317,17 @@ def test_the_articles_hdfs_checkpoint_says_what_hdfs_needs(tmp_path: Any) -> Non
     assert "hdfs:// goes through fsspec to pyarrow's HadoopFileSystem" in str(info.value)
     assert "prefer a local disk or an s3:// URL" in str(info.value)
     assert out == []
+
+
+def test_a_checkpoint_reused_without_getOrCreate_names_getOrCreate(tmp_path: Any) -> None:
+    """PySpark programs often call ssc.checkpoint(d) without getOrCreate; the second run is refused, and the
+    message must name the PySpark call that resumes it, not only the native get_or_create."""
+    from streamkeep.errors import CheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(_running_count_app(ckpt, [], out), 1)
+    SparkContext.getOrCreate().stop()
+    with pytest.raises(CheckpointError, match=r"a PySpark program: StreamingContext.getOrCreate\(checkpointPath, setupFunc\)\) to resume it"):
+        run_batches(_running_count_app(ckpt, [], out), 1)
+    SparkContext.getOrCreate().stop()
