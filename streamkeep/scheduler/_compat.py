@@ -148,9 +148,19 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
     for name in d["dropped"]:
         if name not in allow_state_loss:
             kind = stored["operators"][name].get("kind")
+            shifted = _derived_kind(name, stored["operators"][name]) is not None and any(
+                _derived_kind(n, o) == kind for n, o in current.get("operators", {}).items()
+            )
+            hint = (
+                f" Derived names count {kind} operators in program order: if you removed an earlier one, the ones "
+                f"after it now carry its name and would get its state; pin each remaining one to its old name "
+                f"(name='{kind}#N') before dropping any."
+                if shifted
+                else ""
+            )
             problems.append(
                 f"- stateful operator {name!r} ({kind}) has state in the checkpoint but is not in the current code. "
-                f"If you renamed it, give it back name={name!r}; to drop its state, pass allow_state_loss={{{name!r}}}."
+                f"If you renamed it, give it back name={name!r}; to drop its state, pass allow_state_loss={{{name!r}}}.{hint}"
             )
     for name, why in d["incompatible"]:
         if name not in allow_state_loss:

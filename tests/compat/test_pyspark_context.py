@@ -331,3 +331,25 @@ def test_a_checkpoint_reused_without_getOrCreate_names_getOrCreate(tmp_path: Any
     with pytest.raises(CheckpointError, match=r"a PySpark program: StreamingContext.getOrCreate\(checkpointPath, setupFunc\)\) to resume it"):
         run_batches(_running_count_app(ckpt, [], out), 1)
     SparkContext.getOrCreate().stop()
+
+
+def test_removing_the_first_of_two_derived_operators_warns_that_names_shifted(tmp_path: Any) -> None:
+    """Removing the first of two unnamed updateStateByKey gives the second one the first one's derived name (and
+    state); the refusal names only the vanished '#2', so the message must say that the names shifted."""
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+
+    def app(both: bool) -> StreamingContext:
+        ssc = StreamingContext(SparkContext.getOrCreate(SparkConf().setMaster("local[2]")), 1)
+        words = ssc.queueStream([["a"], ["b"]])
+        if both:
+            words.map(lambda w: (len(w), 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0)).pprint()
+        words.map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0)).pprint()
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: app(True)), 1)
+    with pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#2'.*if you removed an earlier one, the ones after it now carry its name"):
+        StreamingContext.getOrCreate(ckpt, lambda: app(False))
+    SparkContext.getOrCreate().stop()
