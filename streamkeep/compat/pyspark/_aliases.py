@@ -237,6 +237,13 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "saveAsNewAPIHadoopFile": _HADOOP,
         "saveAsNewAPIHadoopDataset": _HADOOP,
         "toDF": _DF,
+        "offsetRanges": (
+            "the Kafka offset ranges of a batch are not exposed on its RDD. What storing them achieves is built in: "
+            "each batch's ranges are in the checkpoint before it runs (a restart re-reads exactly them; "
+            "`streamkeep checkpoint inspect URL` shows the positions), and with 'group.id' in kafkaParams the offsets "
+            "are committed to the group after each batch's checkpoint commit. A foreachRDD(lambda time, rdd: ...) "
+            "write keyed by the batch time is idempotent across replays"
+        ),
         "barrier": "barrier execution is not available",
         "withResources": "resource profiles are not available",
         "getResourceProfile": "resource profiles are not available",
