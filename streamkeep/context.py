@@ -489,7 +489,10 @@ class StreamingContext:
         """
         from streamkeep.sources.kafka import KafkaSource
 
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        topic_list = [topics] if isinstance(topics, str) else list(topics) if isinstance(topics, Iterable) else None
+        if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
+            msg = f"kafka_stream: topics must be a topic name or a non-empty list of topic names (non-empty str), got {topics!r}"
+            raise ConfigError(msg)
         n = self._graph.source_name("kafka", name)
         known = [p for p in inspect.signature(KafkaSource).parameters if p not in ("topics", "bootstrap_servers", "name")]
         unknown = [k for k in options if k not in known]

@@ -52,6 +52,15 @@ def confine(rel: str) -> str:
     return rel
 
 
+#: Spark users bring hdfs:// checkpoint paths; what fsspec needs for them, and what is tested.
+_HDFS_HINT = (
+    " hdfs:// goes through fsspec to pyarrow's HadoopFileSystem, which needs pyarrow, a Java runtime and Hadoop's "
+    "libhdfs on this machine (JAVA_HOME, HADOOP_HOME, CLASSPATH from `hadoop classpath --glob`); streamkeep's tests "
+    "cover local disks and S3 only, so prefer a local disk or an s3:// URL (see 'Checkpoint location' in "
+    "docs/migration-from-pyspark.md)."
+)
+
+
 class CheckpointStorage:
     """Files under one checkpoint root URL.
 
@@ -78,6 +87,8 @@ class CheckpointStorage:
             fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
             msg = f"cannot open checkpoint URL {url!r}: {exc}. For s3:// URLs install the extra: pip install 'streamkeep[s3]'"
+            if url.split("://", 1)[0].lower() in ("hdfs", "viewfs"):
+                msg += "." + _HDFS_HINT
             raise ConfigError(msg) from exc
         except Exception as exc:  # a filesystem that connects when opened (ftp, sftp, ...): refused, no credentials
             raise self.unreachable(exc) from exc
@@ -111,6 +122,8 @@ class CheckpointStorage:
             "credentials (the environment, or storage_options=...) and that the server is reachable; "
             "nothing was read or written."
         )
+        if self.url.split("://", 1)[0].lower() in ("hdfs", "viewfs"):
+            msg += _HDFS_HINT
         return CheckpointError(msg)
 
     def _err(self, what: str, rel: str, exc: BaseException) -> CheckpointError:

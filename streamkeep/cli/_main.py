@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from streamkeep._version import __version__
 from streamkeep.cli._demo import DEFAULT_CHECKPOINT
-from streamkeep.errors import StreamkeepError, UserFunctionError
+from streamkeep.errors import ConfigError, StreamkeepError, UserFunctionError
 
 
 def _port(text: str) -> int:
@@ -41,6 +41,42 @@ def _in_app(app: str, exc: BaseException) -> str:
         out += f"streamkeep: {app}, line {frames[-1].lineno}: {(frames[-1].line or '').strip()}\n"
     return out
 
+
+
+def _spark_submit_options(parser: argparse.ArgumentParser) -> None:
+    """spark-submit's --master, --name and --conf, for PySpark programs (--pyspark)."""
+    parser.add_argument("--master", help="with --pyspark: spark.master, as spark-submit's (only local[N]'s N has an effect)")
+    parser.add_argument("--name", dest="spark_app_name", help="with --pyspark: spark.app.name, as spark-submit's")
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --pyspark: a SparkConf setting, as spark-submit's (e.g. spark.streaming.kafka.maxRatePerPartition=1000); "
+        "the program's own conf.set() overrides it",
+    )
+
+
+def _apply_spark_submit_options(args: argparse.Namespace) -> None:
+    """Make --master/--name/--conf the defaults of the facade's SparkConf; ConfigError when misused."""
+    pairs: dict[str, str] = {}
+    for item in args.conf:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            msg = f"--conf {item!r}: expected KEY=VALUE, e.g. --conf spark.streaming.kafka.maxRatePerPartition=1000"
+            raise ConfigError(msg)
+        pairs[key.strip()] = value
+    if args.master is not None:
+        pairs["spark.master"] = args.master
+    if args.spark_app_name is not None:
+        pairs["spark.app.name"] = args.spark_app_name
+    if pairs and not args.pyspark:
+        msg = "--master, --name and --conf set the SparkConf of a PySpark program: add --pyspark (or drop them)"
+        raise ConfigError(msg)
+    if args.pyspark:
+        from streamkeep.compat.pyspark._conf import set_submit_defaults
+
+        set_submit_defaults(pairs)
 
 def _seconds(text: str) -> float:
     """argparse type of the demo's --seconds and --interval: a positive, finite number of seconds."""
@@ -85,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="executor of the contexts the script creates without one (ray: RAY_ADDRESS, else a local Ray; default: local)",
     )
+    _spark_submit_options(run)
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
     ck = sub.add_parser("checkpoint", help="inspect, verify, diff or repair a checkpoint")
@@ -99,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dif.add_argument("url", help=url_help)
     dif.add_argument("app", help="path of the job's Python file (its graph is built, the job is not run)")
     dif.add_argument("--pyspark", action="store_true", help="APP.py is a PySpark program (as `streamkeep run --pyspark`)")
+    _spark_submit_options(dif)
     dif.add_argument("args", nargs="*", help="arguments for the script (after --: diff URL APP.py -- --flag value)")
     rep = cks.add_parser(
         "repair",
@@ -126,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamkeep.cli._demo import run_demo
 
             return run_demo(args.checkpoint, args.seconds, args.interval, args.fresh)
+        if args.command == "run" or getattr(args, "action", None) == "diff":
+            _apply_spark_submit_options(args)
         if args.command == "run":
             from streamkeep.cli._run import run_app
 
@@ -164,3 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `streamkeep checkpoint inspect URL | head`
         sys.stderr.close()
         return 0
+    finally:
+        if "streamkeep.compat.pyspark._conf" in sys.modules:  # main() called in-process: later SparkConfs start clean
+            sys.modules["streamkeep.compat.pyspark._conf"].set_submit_defaults({})

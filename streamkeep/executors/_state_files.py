@@ -29,6 +29,10 @@ from streamkeep.executors._runtime import StatefulRuntime
 PROBE_PREFIX = ".tmp-probe-"
 
 
+#: A PySpark program's operators take no codec=: it is a SparkConf setting there.
+_PYSPARK_CODEC = "; in a PySpark program, conf.set('spark.streamkeep.codec', 'pickle') on the SparkConf"
+
+
 def encode_state(node: StatefulNode, data: dict[str, Any]) -> bytes:
     """Encode a delta or snapshot of `node` with its codec; CheckpointError names operator, key and type."""
     codec = get_codec(node.codec)
@@ -44,13 +48,19 @@ def encode_state(node: StatefulNode, data: dict[str, Any]) -> bytes:
             msg = (
                 f"the state of operator {node.name!r} ({node.op}) holds a value{key} that the {node.codec} codec cannot "
                 f"store ({exc.path}): {reason}. Flatten it (e.g. a list instead of tuples in tuples), or opt in to "
-                f"pickle with codec='pickle' on the operator (or the context)."
+                f"pickle with codec='pickle' on the operator (or the context){_PYSPARK_CODEC}."
             )
             raise CheckpointError(msg) from exc
+        todo = (
+            "Make it picklable (a class defined at a module's top level, not inside a function), or convert it to "
+            "plain data (dict, list, tuple, str, int, float, bytes, set, datetime)."
+            if node.codec == "pickle"
+            else "Convert it to plain data (dict, list, tuple, str, int, float, bytes, set, datetime), or opt in to "
+            f"pickle with codec='pickle' on the operator (or the context){_PYSPARK_CODEC}."
+        )
         msg = (
             f"the state of operator {node.name!r} ({node.op}) holds a value of type {exc.type_name}{key} that the "
-            f"{node.codec} codec cannot store ({exc.path}). Convert it to plain data (dict, list, tuple, str, int, "
-            f"float, bytes, set, datetime), or opt in to pickle with codec='pickle' on the operator (or the context)."
+            f"{node.codec} codec cannot store ({exc.path}). {todo}"
         )
         raise CheckpointError(msg) from exc
 

@@ -8,12 +8,15 @@ or changed window shape; a source whose stored position no source of the code
 takes over (renamed or removed), that changed kind, or whose stored position
 means nothing to its new configuration (a text file source reading another
 directory, a Kafka source none of whose topics it read before); or a batch
-interval change under windows -- unless the operator or source is listed in
+interval change under windows; a new stateful operator or source with a derived
+name (``KIND#N``) when the checkpoint holds derived names of its kind (it may have
+taken an old one's name) -- unless the operator or source is listed in
 ``allow_state_loss`` (a source listed there starts from its configured start).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from streamkeep.errors import IncompatibleCheckpointError
@@ -53,6 +56,28 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str | None
                 parts.append(f"topics {sorted(o_t - n_t)} removed (their offsets are dropped)")
             return None, "; ".join(parts)
     return None, None
+
+
+_DERIVED = re.compile(r"^(.+)#([0-9]+)$")
+
+
+def _derived_kind(name: str, desc: dict[str, Any]) -> str | None:
+    """The kind when `name` has the shape of a derived name (``KIND#N`` of its own kind), else None."""
+    m = _DERIVED.match(name)
+    return m.group(1) if m is not None and m.group(1) == desc.get("kind") else None
+
+
+def ambiguous_derived(stored: dict[str, Any], current: dict[str, Any], new: list[str], section: str) -> list[str]:
+    """New names in `section` that are derived (``KIND#N``) while the checkpoint holds derived names of that kind.
+
+    Derived names number operators (or sources) of one kind in program order, so adding one
+    without ``name=`` renumbers the ones after it: the new one inserted before an old one takes
+    the old one's name and state. Appending it after them gives the same descriptions, so the
+    two cannot be told apart, and either could hand one operator another's state.
+    """
+    stored_kinds = {k for n, d in stored.get(section, {}).items() if (k := _derived_kind(n, d)) is not None}
+    cur = current.get(section, {})
+    return [n for n in new if _derived_kind(n, cur.get(n, {})) in stored_kinds]
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
@@ -109,12 +134,33 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
     """Raise IncompatibleCheckpointError when state would be lost or misread."""
     d = differences(stored, current)
     problems = []
+    for section, what, new in (("operators", "stateful operator", d["new"]), ("sources", "source", d["sources_new"])):
+        for name in ambiguous_derived(stored, current, new, section):
+            kind = current[section][name].get("kind")
+            olds = sorted(n for n, o in stored.get(section, {}).items() if _derived_kind(n, o) == kind)
+            problems.append(
+                f"- the code has a new {what} {name!r} ({kind}) without name=, and the checkpoint holds "
+                f"{', '.join(repr(n) for n in olds)} under derived names. Derived names count {kind} {what}s in "
+                f"program order, so if the new one comes before an old one it has taken that one's name and would "
+                f"get its {'state' if section == 'operators' else 'position'}. Give the new {what} a name "
+                f"(name='...', a streamkeep extension in PySpark programs); the others then keep their derived names."
+            )
     for name in d["dropped"]:
         if name not in allow_state_loss:
             kind = stored["operators"][name].get("kind")
+            shifted = _derived_kind(name, stored["operators"][name]) is not None and any(
+                _derived_kind(n, o) == kind for n, o in current.get("operators", {}).items()
+            )
+            hint = (
+                f" Derived names count {kind} operators in program order: if you removed an earlier one, the ones "
+                f"after it now carry its name and would get its state; pin each remaining one to its old name "
+                f"(name='{kind}#N') before dropping any."
+                if shifted
+                else ""
+            )
             problems.append(
                 f"- stateful operator {name!r} ({kind}) has state in the checkpoint but is not in the current code. "
-                f"If you renamed it, give it back name={name!r}; to drop its state, pass allow_state_loss={{{name!r}}}."
+                f"If you renamed it, give it back name={name!r}; to drop its state, pass allow_state_loss={{{name!r}}}.{hint}"
             )
     for name, why in d["incompatible"]:
         if name not in allow_state_loss:

@@ -87,7 +87,8 @@ class Recovery:
         if not self.resume:
             msg = (
                 f"checkpoint {ckpt.url} already holds a committed state (batch "
-                f"{commits[0].batch_time} ms). Use StreamingContext.get_or_create(url, setup) to resume it, "
+                f"{commits[0].batch_time} ms). Use StreamingContext.get_or_create(url, setup) (a PySpark "
+                f"program: StreamingContext.getOrCreate(checkpointPath, setupFunc)) to resume it, "
                 f"or delete it (or pick a new URL) to start fresh."
             )
             raise CheckpointError(msg)

@@ -131,6 +131,10 @@ def test_unsupported_dstream_and_context_features(sc: SparkContext) -> None:
     ssc = StreamingContext(sc, 1)
     with pytest.raises(NotImplementedError, match="DStream.slice is not supported.*past batches"):
         ssc.queueStream([[1]]).slice(0, 1)
+    with pytest.raises(NotImplementedError, match=r"DStream.mapWithState is not supported.*to_core\(stream\).map_with_state"):
+        ssc.queueStream([[1]]).mapWithState(lambda k, v, s: v)  # Scala users look for it: say where it is
+    with pytest.raises(NotImplementedError, match=r"RDD.offsetRanges is not supported.*ranges are in the checkpoint.*committed to the group"):
+        sc.parallelize([1]).offsetRanges()  # PySpark API (the articles store offsets with it): not "not part of the API"
     with pytest.raises(NotImplementedError, match="StreamingContext.fileStream"):
         ssc.fileStream("/tmp")
     with pytest.raises(NotImplementedError, match="SparkContext.wholeTextFiles"):

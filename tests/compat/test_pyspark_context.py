@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _pyspark_helpers import run_batches
 
 from streamkeep.compat.pyspark import SparkConf, SparkContext, StreamingContext, StreamingListener
 from streamkeep.errors import UserFunctionError
+
+
+class _CountState(NamedTuple):
+    """A state class, as PySpark programs keep (picklable: defined at the module's top level)."""
+
+    n: int
 
 
 def _running_count_app(ckpt: str, calls: list[str], out: list[Any], *, name: str | None = None) -> StreamingContext:
@@ -218,3 +224,132 @@ def test_pinning_the_derived_name_keeps_state_and_renaming_is_refused(tmp_path: 
     out.clear()
     run_batches(StreamingContext.getOrCreate(ckpt, allow_loss), 1)
     assert out == [[("a", 1), ("c", 1)]]  # "counts" starts empty, at the third queued batch
+
+
+def test_a_stateful_operator_added_without_name_before_a_derived_one_is_refused(tmp_path: Any) -> None:
+    """The migration guide's case: a second updateStateByKey added before the first would take its derived name.
+
+    Both keep int counts, so handing the old state to the new operator would fail nothing: the
+    restore must refuse, and naming the new operator must restore the old state into the old one.
+    """
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: _running_count_app(ckpt, [], out)), 1)
+    assert out == [[("a", 1), ("b", 1)]]
+    lengths: list[Any] = []
+
+    def with_new_operator(name: str | None) -> StreamingContext:
+        sc = SparkContext.getOrCreate(SparkConf().setMaster("local[2]"))
+        ssc = StreamingContext(sc, 1)
+        words = ssc.queueStream([["a", "b"], ["a"], ["c", "a"], ["b"]])
+        kw = {} if name is None else {"name": name}
+        lens = words.map(lambda w: (len(w), 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0), **kw)  # added first
+        lens.foreachRDD(lambda rdd: lengths.append(sorted(rdd.collect())))
+        counts = words.map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0))
+        counts.foreachRDD(lambda rdd: out.append(sorted(rdd.collect())))
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    with pytest.raises(IncompatibleCheckpointError, match=r"new stateful operator 'update_state_by_key#2'.*without name="):
+        StreamingContext.getOrCreate(ckpt, lambda: with_new_operator(None))
+    SparkContext.getOrCreate().stop()
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: with_new_operator("lengths")), 1)
+    assert out[1:] == [[("a", 2), ("b", 1)]]  # the old counts went on in the old operator
+    assert lengths == [[(1, 1)]]  # the new operator started empty
+    SparkContext.getOrCreate().stop()
+
+
+def test_state_the_codec_cannot_store_says_how_to_opt_in_from_a_pyspark_program(tmp_path: Any) -> None:
+    """The message said codec='pickle' on the operator, which facade operators do not take; following the
+    SparkConf setting it names then restores the state."""
+    from streamkeep.errors import CheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    state = _CountState
+
+    def setup(conf: SparkConf) -> StreamingContext:
+        ssc = StreamingContext(SparkContext.getOrCreate(conf), 1)
+        pairs = ssc.queueStream([[("a", 1)], [("a", 2)]]).updateStateByKey(lambda new, old: state((old.n if old else 0) + len(new)))
+        pairs.foreachRDD(lambda rdd: out.append(rdd.collect()))
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    with pytest.raises(CheckpointError) as info:
+        run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup(SparkConf())), 1)
+    SparkContext.getOrCreate().stop()
+    assert "conf.set('spark.streamkeep.codec', 'pickle')" in str(info.value)
+    conf = SparkConf().set("spark.streamkeep.codec", "pickle")
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: setup(conf)), 1)
+    assert out[-1] == [("a", state(1))]
+    SparkContext.getOrCreate().stop()
+
+
+def test_state_pickle_cannot_store_says_to_make_it_picklable(tmp_path: Any) -> None:
+    """With the pickle codec already on, the message told the user to opt in to pickle."""
+    from streamkeep.errors import CheckpointError
+
+    class Local:  # defined in a function: pickle cannot store it
+        pass
+
+    ssc = StreamingContext(SparkContext.getOrCreate(SparkConf().set("spark.streamkeep.codec", "pickle")), 1)
+    ssc.queueStream([[("a", 1)]]).updateStateByKey(lambda new, old: Local()).pprint()
+    ssc.checkpoint(str(tmp_path / "ckpt"))
+    with pytest.raises(CheckpointError, match=r"pickle codec cannot store .*Make it picklable") as info:
+        run_batches(ssc, 1)
+    assert "opt in to pickle" not in str(info.value)
+    SparkContext.getOrCreate().stop()
+
+
+def test_the_articles_hdfs_checkpoint_says_what_hdfs_needs(tmp_path: Any) -> None:
+    """The articles checkpoint to hdfs://master:9000/...; the error was libjvm's dlopen failure and 'check the
+    credentials': it must say what hdfs:// needs and what the tests cover, and nothing may run."""
+    from streamkeep.errors import CheckpointError, ConfigError
+
+    url = "hdfs://127.0.0.1:1/streaming/checkpoint/"
+    out: list[Any] = []
+    with pytest.raises((CheckpointError, ConfigError)) as info:
+        ssc = StreamingContext.getOrCreate(url, lambda: _running_count_app(url, [], out))
+        run_batches(ssc, 1)
+    SparkContext.getOrCreate().stop()
+    assert "hdfs:// goes through fsspec to pyarrow's HadoopFileSystem" in str(info.value)
+    assert "prefer a local disk or an s3:// URL" in str(info.value)
+    assert out == []
+
+
+def test_a_checkpoint_reused_without_getOrCreate_names_getOrCreate(tmp_path: Any) -> None:
+    """PySpark programs often call ssc.checkpoint(d) without getOrCreate; the second run is refused, and the
+    message must name the PySpark call that resumes it, not only the native get_or_create."""
+    from streamkeep.errors import CheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: list[Any] = []
+    run_batches(_running_count_app(ckpt, [], out), 1)
+    SparkContext.getOrCreate().stop()
+    with pytest.raises(CheckpointError, match=r"a PySpark program: StreamingContext.getOrCreate\(checkpointPath, setupFunc\)\) to resume it"):
+        run_batches(_running_count_app(ckpt, [], out), 1)
+    SparkContext.getOrCreate().stop()
+
+
+def test_removing_the_first_of_two_derived_operators_warns_that_names_shifted(tmp_path: Any) -> None:
+    """Removing the first of two unnamed updateStateByKey gives the second one the first one's derived name (and
+    state); the refusal names only the vanished '#2', so the message must say that the names shifted."""
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+
+    def app(both: bool) -> StreamingContext:
+        ssc = StreamingContext(SparkContext.getOrCreate(SparkConf().setMaster("local[2]")), 1)
+        words = ssc.queueStream([["a"], ["b"]])
+        if both:
+            words.map(lambda w: (len(w), 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0)).pprint()
+        words.map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0)).pprint()
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: app(True)), 1)
+    with pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#2'.*if you removed an earlier one, the ones after it now carry its name"):
+        StreamingContext.getOrCreate(ckpt, lambda: app(False))
+    SparkContext.getOrCreate().stop()

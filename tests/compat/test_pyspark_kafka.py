@@ -107,3 +107,19 @@ def test_kafka_to_redis_with_a_core_sink_via_to_core(tmp_path: Any, kafka_cluste
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert client.hgetall("clicks") == {"ann": "2", "bob": "2", "cy": "1"}
     client.close()
+
+
+def test_direct_stream_takes_name_and_on_error(sc: SparkContext, kafka_cluster: Any, topic_factory: Any, tmp_path: Any) -> None:
+    """The SourceError for an undecodable record says to pass on_error=, and name= pins the offsets' key:
+    both must be accepted by createDirectStream, as by the other facade sources."""
+    topic = topic_factory(partitions=1)
+    produce(kafka_cluster.bootstrap, topic, [b"ok1", b"\xff\xfe", b"ok2"])
+    ssc = StreamingContext(sc, 1)
+    ssc.checkpoint(str(tmp_path / "ckpt"))
+    bad: list[Any] = []
+    params = {"bootstrap.servers": kafka_cluster.bootstrap, "auto.offset.reset": "smallest"}
+    got = _collect(KafkaUtils.createDirectStream(ssc, [topic], params, name="events", on_error=lambda raw, exc: bad.append((raw.offset, type(exc)))))
+    run_batches(ssc, 1)
+    assert got == [[(None, "ok1"), (None, "ok2")]]
+    assert bad == [(1, UnicodeDecodeError)]
+    assert list(ssc._ssc._graph.describe()["sources"]) == ["events"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,37 @@ def test_demo_interrupted_with_ctrl_c_says_stopped_once_and_resumes(tmp_path: Pa
     assert "resumed from checkpoint" in out, out
     after = _totals(out)
     assert after and after[0] > seen[-1], (seen, after)
+
+
+@pytest.mark.integration
+def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commit(tmp_path: Path, kafka_cluster: Any, redis_server: str) -> None:
+    """examples/kafka_windows_to_redis.py, SIGKILLed after a sink's Redis write and before the batch's commit,
+    then resumed: Redis holds what an uncrashed run writes (the INCRBY total and the RPUSHed sessions once each),
+    and the inverse window's hash is emptied once every user's window went back to 0."""
+    import redis
+    from _servers import produce
+
+    topic = f"win-{os.getpid()}-{time.monotonic_ns()}"
+    kafka_cluster.create_topic(topic, 2)
+    produce(kafka_cluster.bootstrap, topic, [f"u{i % 7},click,/p{i}".encode() for i in range(60)], partition=lambda i: i % 2)
+    r = redis.Redis.from_url(redis_server)
+
+    def cmd(prefix: str, batches: int) -> list[str]:
+        return [sys.executable, str(ROOT / "examples" / "kafka_windows_to_redis.py"), "--bootstrap-servers", kafka_cluster.bootstrap,
+                "--topic", topic, "--redis-url", redis_server, "--checkpoint", str(tmp_path / prefix), "--prefix", f"{topic}:{prefix}:",
+                "--window", "4", "--slide", "2", "--idle", "3", "--max-batches", str(batches)]
+
+    env = {k: v for k, v in os.environ.items() if k != "STREAMKEEP_CRASH_AT"}
+    subprocess.run(cmd("clean", 8), check=True, capture_output=True, timeout=120, env=env)
+    crashed = subprocess.run(cmd("crash", 8), capture_output=True, text=True, timeout=120, env={**env, "STREAMKEEP_CRASH_AT": "sink.after_write@2"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)
+
+    def redis_state(prefix: str) -> tuple[Any, ...]:
+        p = f"{topic}:{prefix}:"
+        return r.get(p + "events_total"), r.hgetall(p + "window"), r.lrange(p + "sessions", 0, -1)
+
+    total, window, sessions = redis_state("clean")
+    assert total == b"60" and window == {}
+    assert sorted(sessions) == sorted(f"u{u}:{len(range(u, 60, 7))}".encode() for u in range(7))
+    assert redis_state("crash") == redis_state("clean")

@@ -217,6 +217,12 @@ _RANDOM = "random sampling would not replay identically after a crash"
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "DStream": {
         "slice": "streamkeep does not keep the RDDs of past batches; use window() or foreachRDD to keep what you need",
+        "mapWithState": (
+            "mapWithState is Spark's Scala/Java API (PySpark has none); streamkeep's own is "
+            "to_core(stream).map_with_state(f, name=..., timeout=...) with f(key, value, state); "
+            "DStream(that, ssc) makes it a facade DStream again (to_core and DStream from "
+            "streamkeep.compat.pyspark; see docs/concepts.md)"
+        ),
     },
     "RDD": {
         "sample": _RANDOM,
@@ -231,6 +237,13 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "saveAsNewAPIHadoopFile": _HADOOP,
         "saveAsNewAPIHadoopDataset": _HADOOP,
         "toDF": _DF,
+        "offsetRanges": (
+            "the Kafka offset ranges of a batch are not exposed on its RDD. What storing them achieves is built in: "
+            "each batch's ranges are in the checkpoint before it runs (a restart re-reads exactly them; "
+            "`streamkeep checkpoint inspect URL` shows the positions), and with 'group.id' in kafkaParams the offsets "
+            "are committed to the group after each batch's checkpoint commit. A foreachRDD(lambda time, rdd: ...) "
+            "write keyed by the batch time is idempotent across replays"
+        ),
         "barrier": "barrier execution is not available",
         "withResources": "resource profiles are not available",
         "getResourceProfile": "resource profiles are not available",

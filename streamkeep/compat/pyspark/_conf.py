@@ -13,6 +13,16 @@ from typing import Any
 
 from streamkeep.compat.pyspark._errors import missing_attribute
 
+#: Settings from the command line (``streamkeep run --pyspark --master M --conf K=V``), as spark-submit's:
+#: every SparkConf(loadDefaults=True) starts with them, and what the program sets overrides them.
+_SUBMIT_DEFAULTS: dict[str, str] = {}
+
+
+def set_submit_defaults(pairs: dict[str, str]) -> None:
+    """Make `pairs` the defaults of SparkConfs created from now on (spark-submit's --master/--conf)."""
+    _SUBMIT_DEFAULTS.clear()
+    _SUBMIT_DEFAULTS.update(pairs)
+
 
 class SparkConf:
     """Spark's key/value configuration, with PySpark's chained setters.
@@ -24,7 +34,7 @@ class SparkConf:
     """
 
     def __init__(self, loadDefaults: bool = True, _jvm: Any = None, _jconf: Any = None) -> None:
-        self._conf: dict[str, str] = {}
+        self._conf: dict[str, str] = dict(_SUBMIT_DEFAULTS) if loadDefaults else {}
 
     def set(self, key: str, value: Any) -> SparkConf:
         """Set `key` to ``str(value)``."""

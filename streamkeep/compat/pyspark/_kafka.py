@@ -149,6 +149,9 @@ class KafkaUtils:
         keyDecoder: Callable[[bytes | None], Any] = utf8_decoder,
         valueDecoder: Callable[[bytes | None], Any] = utf8_decoder,
         messageHandler: Callable[[KafkaMessageAndMetadata], Any] | None = None,
+        *,
+        name: str | None = None,
+        on_error: Any = None,
     ) -> Any:
         """A stream of ``(key, value)`` pairs (or ``messageHandler``'s results) from `topics`.
 
@@ -159,6 +162,11 @@ class KafkaUtils:
         `TopicAndPartition` to the first offset to read. The SparkConf settings
         ``spark.streaming.kafka.maxRatePerPartition`` and
         ``spark.streaming.backpressure.enabled`` apply.
+
+        streamkeep extensions (keyword-only): `name` pins the key of the source's offsets
+        in the checkpoint (else derived: ``kafka#1``, ...); `on_error` routes records the
+        decoders cannot decode (a callable ``(raw_record, exception)`` or a dead-letter
+        sink) instead of failing the batch.
         """
         if not isinstance(topics, (list, tuple, set, frozenset)):
             msg = f"createDirectStream: topics should be a list of topic names, got {type(topics).__name__}"
@@ -185,10 +193,12 @@ class KafkaUtils:
             "value_deserializer": valueDecoder,
             "backpressure": backpressure,
         }
+        if on_error is not None:
+            options["on_error"] = on_error
         if rate is not None and float(rate) > 0:
             options["max_rate_per_partition"] = float(rate)
         with quiet_derived_names():
-            records = ssc._ssc.kafka_stream(list(topics), bootstrap_servers=str(brokers), **options)
+            records = ssc._ssc.kafka_stream(list(topics), bootstrap_servers=str(brokers), name=name, **options)
         mapped = records.map(_kv if messageHandler is None else _handler(messageHandler))
         return ssc._wrap("stream", mapped, "KafkaUtils.createDirectStream")
 

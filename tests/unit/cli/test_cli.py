@@ -736,3 +736,34 @@ def test_demo_refuses_a_duration_that_is_not_positive(option: str, value: str, c
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: streamkeep demo ") and f"argument {option}: '{value}' is not a positive number of seconds" in err, err
+
+
+def test_run_pyspark_takes_spark_submits_master_name_and_conf(tmp_path: Path) -> None:
+    """`spark-submit --master local[3] --conf spark.streaming.kafka.maxRatePerPartition=100 job.py` is how the
+    settings of many PySpark jobs are given; `streamkeep run --pyspark` refused --master, and dropping a --conf
+    silently drops its setting (a rate limit: one huge batch after a restart). The program's own conf wins, as in Spark."""
+    import subprocess
+    import sys
+
+    app = tmp_path / "job.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            from pyspark import SparkConf, SparkContext
+            sc = SparkContext(conf=SparkConf().set("spark.b", "code"))
+            c = sc.getConf()
+            print(c.get("spark.master"), c.get("spark.app.name"), c.get("spark.streaming.kafka.maxRatePerPartition"), c.get("spark.b"), sc.defaultParallelism)
+            """
+        )
+    )
+    repo = str(Path(__file__).resolve().parents[3])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH")) if x))
+    cli = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui"]
+    opts = ["--master", "local[3]", "--name", "clicks", "--conf", "spark.streaming.kafka.maxRatePerPartition=100", "--conf", "spark.b=cli"]
+    r = subprocess.run([*cli, "--pyspark", *opts, str(app)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["local[3]", "clicks", "100", "code", "3"]
+    r = subprocess.run([*cli, *opts, str(app)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "add --pyspark" in r.stderr, r.stderr
+    r = subprocess.run([*cli, "--pyspark", "--conf", "spark.b", str(app)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "--conf 'spark.b': expected KEY=VALUE" in r.stderr, r.stderr

@@ -711,3 +711,12 @@ def test_a_misspelt_kafka_option_is_a_config_error_naming_the_right_one():
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
     with pytest.raises(ConfigError, match=r"kafka_stream 'events': unknown option 'starting_offset' \(did you mean 'starting_offsets'\?\)"):
         ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", starting_offset="latest")
+
+
+@pytest.mark.parametrize("bad", [5, [], [5], ["events", ""], None])
+def test_kafka_topics_that_are_not_topic_names_are_a_config_error(bad):
+    """kafka_stream(5, ...) was `TypeError: 'int' object is not iterable` from inside the engine."""
+    pytest.importorskip("confluent_kafka")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=r"kafka_stream: topics must be a topic name or a non-empty list of topic names"):
+        ssc.kafka_stream(bad, bootstrap_servers="127.0.0.1:9", name="events")
