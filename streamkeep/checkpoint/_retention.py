@@ -69,6 +69,8 @@ class CheckpointBlobs:
 class Retention:
     """Keeps the files the newest `keep_commits` commits (and pending plans) need; deletes the rest.
 
+    Graph files are the exception: only `sweep` deletes them (see `committed`).
+
     The scheduler tells it what it wrote (`planned`, `committed`) and, at recovery, which
     commit it uses and which it could fall back to (`recovered`, `keep_plan`); `sweep`
     then deletes a crash's leftovers.
@@ -112,7 +114,12 @@ class Retention:
         return prev
 
     def committed(self, seq: int, t: int, files: set[str]) -> None:
-        """Commit `seq` of batch `t` needs `files`: delete what the commit falling out of the kept ones alone needed."""
+        """Commit `seq` of batch `t` needs `files`: delete what the commit falling out of the kept ones alone needed.
+
+        Except its graph file: two drivers share a graph file's name when they run the same code, so a driver
+        paused past its lease here could delete the file the driver that took over has just written (and caches as
+        written). The next start's sweep, which runs after its claim, deletes the graph files no kept commit names.
+        """
         ckpt = self.ckpt
         with self._lock:
             self.retained.append((seq, t, files))
@@ -121,7 +128,9 @@ class Retention:
             old_seq, _, old_files = self.retained.popleft()
             oldest_seq, oldest_t, _ = self.retained[0]
             keep = set().union(*(f for _, _, f in self.retained))
-            doomed = [f for f in old_files if f not in keep]
+            # Graph files are left to the restart sweep (after its claim): a content-addressed name may be the file a
+            # driver that took over from this one (while it was paused) has just written, and will never write again.
+            doomed = [f for f in old_files if f not in keep and not f.startswith("graphs/")]
             doomed += [log_path(s) for s in range(old_seq, oldest_seq)]
             for pt in [pt for pt in self.plan_blobs if pt <= oldest_t]:
                 doomed += [blob_path(b) for b in self.plan_blobs.pop(pt)]
@@ -167,12 +176,17 @@ class Retention:
                     log.warning("leaving %s alone: not a state file streamkeep writes", st.path(rel))
                 elif rel not in keep:
                     delete(rel)
+        graphs = []
         for n in st.list("graphs"):  # a graph no kept commit names: older code's, or written just before a crash
             rel = f"graphs/{n}"
             if not n.endswith(".graph"):
                 log.warning("leaving %s alone: not a file streamkeep writes", st.path(rel))
             elif rel not in keep:
-                delete(rel)
+                graphs.append(rel)
+        if graphs:  # another driver may share a graph's name (same code): it must not have taken over meanwhile
+            ckpt.ensure_owner("deleting graph files no kept commit names")
+        for rel in graphs:
+            delete(rel)
         if oldest is not None:
             for seq in ckpt.log_seqs():
                 if seq < oldest.seq:

@@ -12,6 +12,7 @@ from typing import Any
 
 from streamkeep.checkpoint import Checkpoint, CommitRecord
 from streamkeep.checkpoint._checkpoint import check_chain, graph_path, log_path
+from streamkeep.checkpoint._format import read_frame
 from streamkeep.checkpoint._layout import walk
 from streamkeep.cli._common import human, iso, open_checkpoint, read_records, short, size
 from streamkeep.errors import CheckpointError
@@ -107,6 +108,8 @@ def _collect(ckpt: Checkpoint) -> dict[str, Any]:
             out["lease"] = {**lease, "heartbeat": iso(lease.get("heartbeat_ms"))}
     records, bad = read_records(ckpt)
     out["unreadable_records"] = bad
+    # The identity file keeps the version it was created with; the records say what the job writes now.
+    out["newest_record_format_version"] = max((v for v in (_record_version(ckpt, r.seq) for r in records) if v is not None), default=None)
     commits = [r for r in records if r.kind == "commit"]
     out["commits"] = [{"seq": r.seq, "batch_time_ms": r.batch_time, "batch_time": iso(r.batch_time)} for r in commits]
     last = commits[0] if commits else None
@@ -156,10 +159,24 @@ def _collect(ckpt: Checkpoint) -> dict[str, Any]:
     return out
 
 
+def _record_version(ckpt: Checkpoint, seq: int) -> int | None:
+    """The format version a log record is framed with (None if it cannot be read again)."""
+    rel = log_path(seq)
+    try:
+        return read_frame(ckpt.storage.path(rel), ckpt.storage.read(rel), "record", rel).version
+    except CheckpointError:
+        return None
+
+
 def _print_inspect(info: dict[str, Any]) -> None:
     p = print
     p(f"checkpoint {info['url']}")
-    p(f"  format version {info['format_version']}, written by streamkeep {info['engine_version']}, created {info['created'] or '?'}")
+    newest = info.get("newest_record_format_version")
+    records = f"newest format version among the log records: {newest}" if newest is not None else "no readable log record"
+    p(
+        f"  identity file (CHECKPOINT): format version {info['format_version']}, written by streamkeep {info['engine_version']}, "
+        f"created {info['created'] or '?'}; {records}"
+    )
     if "identity_error" in info:
         p(f"  identity: {info['identity_error']}")
     lease = info.get("lease")

@@ -27,6 +27,15 @@ from streamkeep.sources.base import Source, start_blob
 log = logging.getLogger("streamkeep.scheduler")
 
 
+#: What to do when no commit can be loaded because the newest one's graph file is missing or damaged.
+GRAPH_FIX_HINT = (
+    "The job's code differs from the code that wrote that commit, so its graph description is needed to check the "
+    "change. To fix it: start the job once with the code that wrote this checkpoint (that writes the file again: its "
+    "name is the hash of that code's graph description), then with the new code; or put the file back from a copy of "
+    "the checkpoint; or, to give up the job's state, start the new code on a new checkpoint URL."
+)
+
+
 class Recovery:
     """Recovery steps of `Scheduler` (a base class: it works on the scheduler's fields)."""
 
@@ -94,11 +103,17 @@ class Recovery:
             raise CheckpointError(msg)
         ckpt.graph_ref(self._description)  # a commit naming the current graph needs no read of its file
         errors = []
+        graph_unreadable = False  # the newest commit's graph file (which only changed code needs to read)
         for i, rec in enumerate(commits):
             try:
                 # The code-change check runs against the graph in force for the commit loaded (the newest, unless its
                 # graph file or state is damaged: then the fallback's own graph), before anything runs.
-                check_compatible(ckpt.graph_of(rec), self._description, self.allow_state_loss, ckpt.url)
+                try:
+                    graph = ckpt.graph_of(rec)
+                except CorruptCheckpointError:
+                    graph_unreadable = graph_unreadable or i == 0
+                    raise
+                check_compatible(graph, self._description, self.allow_state_loss, ckpt.url)
                 self._load(rec)
             except CorruptCheckpointError as exc:
                 errors.append(exc)
@@ -128,6 +143,9 @@ class Recovery:
             self._sweep(rec, prev)
             self.restored = True
             return int(rec.data["zero_ms"])
+        if graph_unreadable:
+            msg = f"checkpoint {ckpt.url}: {errors[0]} {GRAPH_FIX_HINT}"
+            raise CorruptCheckpointError(msg) from errors[0]
         raise errors[0]
 
     def _load(self, rec: CommitRecord) -> None:

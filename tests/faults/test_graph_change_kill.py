@@ -6,8 +6,8 @@ more stateful operator) writes a second graph file. The child is killed after th
 point ``graph.after_write``) or just before its first commit record, with the new file on storage
 and no commit naming it; the next start must still check the change against the graph the newest
 commit names, delete the stray file or take it over, and end with the same output and state as a
-run that changed its code without a crash. Retention then deletes the old graph with the last
-commit naming it.
+run that changed its code without a crash. The next start's sweep then deletes the old graph,
+which no kept commit names any more (retention leaves graph files to it).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def _first_six_then_changed(root: str, crash: tuple[str, int] | None) -> tuple[d
         assert newest.batch_time == 6000 and newest.data["graph_id"] == old.removesuffix(".graph")  # nothing of it committed
         assert len(_graphs(w)) == 2, _graphs(w)  # the new graph is on storage, named by no commit
     expect_ok(changed.run(TOTAL), "the changed code, to the end")
-    (new,) = _graphs(w)  # retention deleted the old graph with the last commit naming it
+    assert old in _graphs(w) and len(_graphs(w)) == 2, _graphs(w)  # retention leaves graph files to the next start
+    expect_ok(changed.run(TOTAL), "the changed code, started again (nothing left to run)")
+    (new,) = _graphs(w)  # whose sweep deleted the old graph: no kept commit names it
     assert new != old
     assert all(r.data["graph_id"] == new.removesuffix(".graph") for r in Checkpoint(w.ckpt).commits())
     return w.results(), [old, new]

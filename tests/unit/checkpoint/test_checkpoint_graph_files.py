@@ -4,7 +4,7 @@ Every commit record used to repeat the whole graph description (``graph``). Now 
 content-addressed file, ``graphs/<id>.graph`` (``graph_id``), written once before the first commit
 that names it. These tests hold every reader to the same answer as before (recovery's code-change
 check, inspect, verify, diff, the demo's check), retention and the restart sweep to keeping the
-graph a kept commit needs, a fallback to an older commit to finding that commit's graph, an older
+graph a kept commit needs (only the sweep deletes graph files), a fallback to an older commit to finding that commit's graph, an older
 streamkeep to refusing such records by their version, and old records (graph inline) to loading.
 """
 
@@ -159,6 +159,29 @@ def test_a_damaged_graph_file_with_changed_code_is_refused_naming_the_file(tmp_p
         _run(url, 1, extra=True)  # its graph has another id: the stored graph is needed to check the change
 
 
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_an_unreadable_graph_file_with_changed_code_says_how_to_fix_it_and_the_fix_works(tmp_path: Path, damage: str) -> None:
+    """The refusal says what to do; doing it (one start with the code that wrote the checkpoint) lets the new code start."""
+    url, once = str(tmp_path / "c"), str(tmp_path / "once")
+    first = _run(url, 3)
+    (rel,) = _graph_files(url)
+    if damage == "missing":
+        os.remove(os.path.join(url, rel))
+    else:
+        _flip(os.path.join(url, rel))
+    with pytest.raises(CorruptCheckpointError) as err:
+        _run(url, 1, extra=True)
+    msg = str(err.value)
+    assert f"names its graph description {rel}, which cannot be read" in msg, msg
+    assert "start the job once with the code that wrote this checkpoint (that writes the file again" in msg, msg
+    assert "then with the new code" in msg and "start the new code on a new checkpoint URL" in msg, msg
+    rest = _run(url, 1)  # the code that wrote it: its graph is that file's content, so the start writes it again
+    assert rel in _graph_files(url)
+    assert main(["checkpoint", "verify", url]) == 0
+    rest += _run(url, 1, extra=True)  # and now the changed code starts, checked against the graph file
+    assert first + rest == _run(once, 5)
+
+
 def test_a_damaged_graph_file_of_the_same_code_is_rewritten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url, once = str(tmp_path / "c"), str(tmp_path / "once")
     first = _run(url, 3)
@@ -185,7 +208,10 @@ def test_retention_keeps_the_graph_an_older_kept_commit_needs(tmp_path: Path, ca
     assert graph_path(commits[1].data["graph_id"]) == old != new
     assert _graph_files(url) == sorted([old, new])
     assert _cli(capsys, "checkpoint", "verify", url)[0] == 0
-    _run(url, 1, extra=True)  # the old graph's last commit falls out: its file goes with it
+    _run(url, 1, extra=True)  # the old graph's last commit falls out: retention leaves graph files to the next start
+    assert _graph_files(url) == sorted([old, new])
+    assert _cli(capsys, "checkpoint", "verify", url)[0] == 0
+    _run(url, 1, extra=True)  # whose sweep (after its claim) deletes the graph no kept commit names
     assert _graph_files(url) == [new]
     assert _cli(capsys, "checkpoint", "verify", url)[0] == 0
 
@@ -206,7 +232,8 @@ def test_graph_files_on_s3_are_kept_while_a_commit_names_them(s3_server: Any, s3
     assert rc == 0, out
     rc, out = _cli(capsys, "checkpoint", "inspect", s3_url, "--json", *cli_opts)
     assert rc == 0 and json.loads(out)["operators"]["extra"]["kind"] == "update_state_by_key", out
-    _run(s3_url, 1, storage_options=opts, extra=True)
+    _run(s3_url, 1, storage_options=opts, extra=True)  # the old graph's last commit falls out; the next start's sweep
+    _run(s3_url, 1, storage_options=opts, extra=True)  # deletes its file
     assert ckpt.storage.list("graphs") == [f"{ckpt.commits()[0].data['graph_id']}.graph"]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint._format import GRAPH_REF_VERSION
 from streamkeep.cli import main
 from streamkeep.testing import ManualClock
 
@@ -86,6 +87,19 @@ def test_inspect_text_summarises_the_checkpoint(ckpt: str, capsys: pytest.Captur
     assert "rate (rate): position" in out
     assert "pending batches (planned, not committed; replayed at restart): 0" in out
     assert "log/" in out and "state/counts/" in out
+
+
+def test_inspect_says_the_format_version_shown_is_the_identity_files_and_shows_the_records_newest(
+    ckpt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The identity file keeps the version it was created with (4); the commit records are newer (8 here, graph
+    files): inspect used to print only "format version 4", which read as the checkpoint's format."""
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt)
+    assert rc == 0
+    assert f"identity file (CHECKPOINT): format version 4, written by streamkeep {sk.__version__}" in out, out
+    assert f"newest format version among the log records: {GRAPH_REF_VERSION}" in out, out
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", ckpt, "--json")
+    assert rc == 0 and json.loads(out)["newest_record_format_version"] == GRAPH_REF_VERSION
 
 
 def test_inspect_json_counts_keys_and_lists_files(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
