@@ -21,6 +21,7 @@ import msgpack
 from streamkeep._types import BatchTime
 from streamkeep._util import gc_paused, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
+from streamkeep.sinks._redis_writer import WriterProcess
 from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
@@ -375,6 +376,8 @@ class RedisSink:
     scheduler commits the batch only after `settle` read its outcome, and the
     sink sends nothing of a later batch before that (it raises the failure
     instead). Without a checkpoint ``write`` returns with the batch applied.
+    With a checkpoint ``write`` also runs in the sink's writer process (see
+    ``writer_process``); the batch's outcome, errors included, is the same.
 
     The commands travel to the script packed in one msgpack string (per 128 MB, cut between commands),
     which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
@@ -395,6 +398,12 @@ class RedisSink:
             applied together with the marker in the one script, so the batch stays
             exactly once. False: ``write`` gets the whole batch in one call, in the
             driver (for a write function that needs every record at once).
+        writer_process: with a checkpoint, call ``write`` and run each batch's script in a
+            process of the sink's own (started with the job, exiting with it), which gets
+            the records pickled: the job's thread, the busiest part of a job, only pickles
+            them (~6 ms per 10k records instead of ~45 ms for the example's 10k HSETs).
+            ``write`` must then be picklable (cloudpickle), and its side effects on the
+            driver's objects are lost. False: ``write`` runs in the job's thread.
 
     Raises:
         ConfigError: a bad argument, or redis-py is missing.
@@ -419,6 +428,7 @@ class RedisSink:
         retry_backoff_s: float = 0.1,
         timeout_s: float = 5.0,
         write_per_partition: bool = True,
+        writer_process: bool = True,
     ) -> None:
         if not isinstance(name, str) or not name:
             msg = "RedisSink needs a non-empty name= (it keys the sink's batch marker)"
@@ -439,7 +449,9 @@ class RedisSink:
         self.retry_backoff_s = retry_backoff_s
         self.timeout_s = timeout_s
         self.write_per_partition = write_per_partition
+        self.writer_process = writer_process
         self._write = write
+        self._writer: WriterProcess | None = None  # with a checkpoint: where `write` runs (`writer_process`)
         self._client: Redis | None = None
         self._script: Any = None
         self._staged: Any = None
@@ -475,6 +487,9 @@ class RedisSink:
             self._left = None
             self._defer, self._failed, self._loaded = False, None, False
             sent, self._sent = self._sent, None
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close(self.timeout_s)
             if sent is not None and sent.conn is not None and client is not None:
                 sent.conn.disconnect()
                 client.connection_pool.release(sent.conn)
@@ -486,9 +501,16 @@ class RedisSink:
 
         The scheduler calls it for jobs with a checkpoint, whose commit of each batch
         settles it first: Redis runs batch ``T``'s script while the job computes ``T + 1``.
+        With ``writer_process`` (the default) this starts the sink's writer process, which runs
+        each batch's write from then on.
+
+        Raises:
+            ConfigError: the write function cannot be pickled for the writer process.
         """
         with self._lock:
             self._defer = True
+            if self.writer_process and self._writer is None:
+                self._writer = WriterProcess(self, self.name)
 
     def settle(self, batch_time: BatchTime) -> None:
         """(`SettlingSink`) Wait for the outcome of the batches sent up to `batch_time`; raise a failure.
@@ -505,6 +527,18 @@ class RedisSink:
         failed = self._failed
         if failed is not None and (upto is None or failed[0] <= upto):
             raise failed[1]
+        writer = self._writer
+        if writer is not None and writer.pending is not None and (upto is None or writer.pending <= upto):
+            pending = writer.pending
+            try:
+                writer.result()
+            except Exception as exc:  # as the sink raised it in the writer: no later batch is sent
+                self._failed = (pending, exc)
+                raise
+            except BaseException:  # interrupted while waiting: the outcome is unknown, the batch never committed
+                msg = f"RedisSink {self.name!r}, batch {pending}: waiting for its outcome was interrupted; the batch is not committed."
+                self._failed = (pending, SinkError(msg))
+                raise
         sent = self._sent
         if sent is None or (upto is not None and sent.batch_time > upto):
             return
@@ -556,7 +590,7 @@ class RedisSink:
         state["_staged"] = None
         state["_lock"] = None
         state["_left"] = None
-        state.update(_defer=False, _sent=None, _failed=None, _loaded=False)  # a copy (a worker's) writes synchronously
+        state.update(_defer=False, _sent=None, _failed=None, _loaded=False, _writer=None)  # a copy (a worker's) writes synchronously
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -622,6 +656,9 @@ class RedisSink:
         """
         with self._lock:
             self._settle()  # the batch in flight first: none is sent past a failed one
+            if self._writer is not None:  # with a checkpoint: the writer process writes it, `settle` reads the outcome
+                self._writer.send(batch_time, records)
+                return
             try:
                 self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
             except BaseException:
