@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 from streamkeep import _faults
@@ -61,7 +63,16 @@ def dumps(obj: Any) -> bytes:
 
 
 class WriterProcess:
-    """The driver's handle on one sink's writer process: one batch at a time, in order."""
+    """The driver's handle on one sink's writer process: batches in order, at most ``AHEAD + 1`` in flight.
+
+    The writer applies batch ``T`` while ``T + 1`` waits in its socket, so the job's thread does not
+    wait for ``T``'s outcome before handing over ``T + 1``; the writer refuses every batch after one
+    that failed (a later batch never applies past a failed one), and the driver's ``settle`` of ``T``
+    reads ``T``'s outcome before the commit.
+    """
+
+    #: Batches handed over before the oldest one's outcome is read (bounds the records held in pickles).
+    AHEAD = 1
 
     def __init__(self, sink: Any, name: str) -> None:
         """Start the process with a copy of `sink` (pickled by value where needed: closures, lambdas).
@@ -81,7 +92,8 @@ class WriterProcess:
             )
             raise ConfigError(msg) from exc
         self.name = name
-        self.pending: int | None = None  # the batch time sent and not answered yet
+        self.pending: deque[int] = deque()  # batch times handed over whose outcome is not read yet, oldest first
+        self.failed_batch: int | None = None  # the batch whose error `settle` raised
         self.cpu_s = 0.0  # the child's CPU time so far (bench/kafka.py reports it)
         ours, theirs = socket.socketpair()
         code = f"import sys; sys.path[:] = {sys.path!r}; from streamkeep.sinks._redis_writer import main; main({theirs.fileno()}, {os.getpid()})"
@@ -98,11 +110,16 @@ class WriterProcess:
 
         self._sock = ours  # shut down by `close` (a send blocked on it returns)
         self._conn = Connection(os.dup(ours.fileno()))
-        self._sending: threading.Thread | None = None
-        self._send_error: OSError | None = None
-        level = logging.getLogger("streamkeep.sinks.redis").getEffectiveLevel()
-        self._conn.send_bytes(pickle.dumps((level, payload)))
         self._started = False  # its start-up reply is read with the first batch's
+        self._reading = threading.Lock()  # one reader of outcomes at a time (the committer's settle, the job's write)
+        # Sent from a thread of its own: the job's thread goes on while the writer reads a batch (it
+        # may still be starting up, or applying the one before; the socket holds ~200 kB of ~1 MB).
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._send_error: OSError | None = None
+        self._sender = threading.Thread(target=self._push, name=f"streamkeep-redis-writer-{name}", daemon=True)
+        self._sender.start()
+        level = logging.getLogger("streamkeep.sinks.redis").getEffectiveLevel()
+        self._outbox.put(pickle.dumps((level, payload)))
 
     @property
     def pid(self) -> int:
@@ -110,10 +127,10 @@ class WriterProcess:
         return self._proc.pid
 
     def send(self, batch_time: int, records: list[Any]) -> None:
-        """Hand batch `batch_time` to the writer (the previous one answered).
+        """Hand batch `batch_time` over (the caller keeps at most `AHEAD` batches unsettled before it).
 
         Raises:
-            SinkError: the records cannot be pickled, or the writer is gone.
+            SinkError: the records cannot be pickled (nothing was handed over).
         """
         try:
             data = dumps((batch_time, records))
@@ -124,35 +141,47 @@ class WriterProcess:
                 "write function in the job's thread. Nothing was applied."
             )
             raise SinkError(msg) from exc
-        # Sent from a thread of its own: the job's thread goes on while the writer reads it (it may
-        # still be starting up for the first batch; the socket buffers hold ~200 kB of a ~1 MB batch).
-        self._sending = threading.Thread(target=self._push, args=(data,), name=f"streamkeep-redis-writer-{self.name}", daemon=True)
-        self._sending.start()
-        self.pending = batch_time
+        self._outbox.put(data)
+        self.pending.append(batch_time)
 
-    def _push(self, data: bytes) -> None:
-        try:
-            self._conn.send_bytes(data)
-        except OSError as exc:  # the writer is gone: `result` says so
-            self._send_error = exc
+    def _push(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self._conn.send_bytes(data)
+            except OSError as exc:  # the writer is gone: `settle` says so
+                self._send_error = exc
+                return
 
-    def result(self) -> None:
-        """Wait for the pending batch's outcome; raise its error as the sink raised it in the writer."""
-        batch_time, self.pending = self.pending, None
-        if batch_time is None:
-            return
+    def settle(self, upto: int | None, keep: int = 0) -> None:
+        """Read the outcomes of the batches handed over (up to batch `upto`; all but the last `keep`).
+
+        Raises:
+            Exception: a batch's error as the sink raised it in the writer (`failed_batch` says which).
+            SinkError: the writer is gone.
+        """
+        if not self._due(upto, keep):
+            return  # nothing to wait for (the common case of the job's thread): no lock
+        with self._reading:
+            while self._due(upto, keep):
+                self._settle_one(self.pending.popleft())
+
+    def _due(self, upto: int | None, keep: int) -> bool:
+        pending = self.pending
         try:
-            if self._sending is not None:
-                self._sending.join()
-                self._sending = None
-            if self._send_error is not None:
-                raise self._send_error
+            return len(pending) > keep and (upto is None or pending[0] <= upto)
+        except IndexError:  # emptied by the other reader meanwhile
+            return False
+
+    def _settle_one(self, batch_time: int) -> None:
+        self.failed_batch = batch_time  # until its outcome says otherwise
+        try:
             if not self._started:
                 self._reply(batch_time)  # start-up: the sink arrived
                 self._started = True
             self._reply(batch_time)
         except (EOFError, OSError) as exc:
             raise self._gone(batch_time) from exc
+        self.failed_batch = None
 
     def _reply(self, batch_time: int) -> None:
         error, cause, remote_tb, records, cpu_s = pickle.loads(self._conn.recv_bytes())
@@ -180,13 +209,16 @@ class WriterProcess:
         return SinkError(msg)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the writer: it finishes the batch it runs (not waited for past `timeout_s`), then exits."""
+        """Stop the writer: it finishes the batch it runs (not waited for past `timeout_s`), then exits.
+
+        Batches handed over and not settled are dropped: they were not committed (they are replayed).
+        """
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # EOF for the writer; a send blocked in `_push` returns
         except OSError:
             pass  # the writer is gone already
-        if self._sending is not None:
-            self._sending.join()
+        self._outbox.put(None)
+        self._sender.join()
         self._conn.close()
         self._sock.close()
         try:
@@ -241,19 +273,27 @@ def main(fd: int, driver_pid: int) -> None:
             error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - reported to the driver, with the first batch
             error = SinkError(f"RedisSink: its writer process could not load the sink: {type(exc).__name__}: {exc}")
-        conn.send_bytes(pickle.dumps((error, None, "", [], time.process_time())))
+        try:
+            conn.send_bytes(pickle.dumps((error, None, "", [], time.process_time())))
+        except OSError:  # the driver closed the sink already
+            return
         if error is not None:
             return
+        failed: int | None = None  # a batch that failed: no later one is written
         while True:
             try:
                 batch_time, records = pickle.loads(conn.recv_bytes())
-            except EOFError:
+            except (EOFError, OSError):
                 return
             cause, remote_tb = None, ""
             try:
+                if failed is not None:
+                    msg = f"RedisSink {sink.name!r}, batch {batch_time}: not written, batch {failed} before it failed."
+                    raise SinkError(msg)
                 sink.write(batch_time, records)
                 error = None
             except Exception as exc:  # noqa: BLE001 - the driver raises it
+                failed = batch_time if failed is None else failed
                 error = _picklable(exc)
                 if exc.__cause__ is not None:
                     cause = _picklable(exc.__cause__)

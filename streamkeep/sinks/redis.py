@@ -519,6 +519,13 @@ class RedisSink:
             SinkError: the batch failed (as `write` would have raised), or Redis stayed unreachable.
             CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
         """
+        writer = self._writer
+        if writer is not None:  # without the sink's lock: the job's thread hands the next batch over meanwhile
+            failed = self._failed
+            if failed is not None and failed[0] <= batch_time:
+                raise failed[1]
+            self._settle_writer(writer, batch_time)
+            return
         with self._lock:
             self._settle(batch_time)
 
@@ -528,17 +535,8 @@ class RedisSink:
         if failed is not None and (upto is None or failed[0] <= upto):
             raise failed[1]
         writer = self._writer
-        if writer is not None and writer.pending is not None and (upto is None or writer.pending <= upto):
-            pending = writer.pending
-            try:
-                writer.result()
-            except Exception as exc:  # as the sink raised it in the writer: no later batch is sent
-                self._failed = (pending, exc)
-                raise
-            except BaseException:  # interrupted while waiting: the outcome is unknown, the batch never committed
-                msg = f"RedisSink {self.name!r}, batch {pending}: waiting for its outcome was interrupted; the batch is not committed."
-                self._failed = (pending, SinkError(msg))
-                raise
+        if writer is not None:
+            self._settle_writer(writer, upto)
         sent = self._sent
         if sent is None or (upto is not None and sent.batch_time > upto):
             return
@@ -562,6 +560,21 @@ class RedisSink:
             raise err from exc
         if _text(reply[0]) == "applied":
             self._left = sent.batch_time
+
+    def _settle_writer(self, writer: WriterProcess, upto: BatchTime | None, keep: int = 0) -> None:
+        """Read the writer's outcomes (up to batch `upto`, all but the last `keep`); a failure stays `_failed`."""
+        try:
+            writer.settle(upto, keep)
+        except Exception as exc:  # as the sink raised it in the writer: no later batch is written
+            assert writer.failed_batch is not None
+            self._failed = (writer.failed_batch, exc)
+            raise
+        except BaseException:  # interrupted while waiting: the outcome is unknown, the batch is never committed
+            batch = writer.failed_batch
+            if batch is not None:
+                msg = f"RedisSink {self.name!r}, batch {batch}: waiting for its outcome was interrupted; the batch is not committed."
+                self._failed = (batch, SinkError(msg))
+            raise
 
     def _reply(self, sent: _Sent) -> Any:
         """The reply of the script `sent` was sent with; after a lost connection, of the script run again.
@@ -655,10 +668,14 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
-            self._settle()  # the batch in flight first: none is sent past a failed one
-            if self._writer is not None:  # with a checkpoint: the writer process writes it, `settle` reads the outcome
-                self._writer.send(batch_time, records)
+            writer = self._writer
+            if writer is not None:  # with a checkpoint: the writer process writes it (after the ones before), `settle` reads the outcome
+                if self._failed is not None:
+                    raise self._failed[1]
+                self._settle_writer(writer, None, keep=writer.AHEAD)  # the job's thread waits only when the writer falls behind
+                writer.send(batch_time, records)
                 return
+            self._settle()  # the batch in flight first: none is sent past a failed one
             try:
                 self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
             except BaseException:
