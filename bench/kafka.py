@@ -53,6 +53,7 @@ run; the target is a ratio within 2x.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import random
@@ -72,6 +73,7 @@ from _kafka_mock import KafkaMockProcess  # noqa: E402
 from _servers import RedisServerProcess, produce  # noqa: E402
 
 import streamkeep as sk  # noqa: E402
+from streamkeep.sinks import RedisSink  # noqa: E402
 from streamkeep.sinks._redis_writer import WriterProcess  # noqa: E402
 
 PARTITIONS = 4
@@ -86,6 +88,8 @@ def _load_example() -> Any:
     spec.loader.exec_module(mod)
     return mod
 
+
+IN_THREAD = "redis (HSET) in thread"
 
 #: CPU seconds of every RedisSink writer process closed so far (a child process: its CPU is not in ours)
 WRITER_CPU: list[float] = []
@@ -308,6 +312,9 @@ def main() -> int:
     ap.add_argument(
         "--flush-each-batch", action="store_true", help="wait for each batch's commit before the next (run(max_batches=1) per batch)"
     )
+    ap.add_argument(
+        "--in-thread", action="store_true", help=f"also run {IN_THREAD!r}: the HSET sink with writer_process=False (write in the job's thread)"
+    )
     ap.add_argument("--plan-rtt", default=None, help="measure planning at these broker RTTs in ms (e.g. 20,100) instead")
     ap.add_argument("--plan-partitions", type=int, default=64, help="partitions for --plan-rtt (default 64)")
     args = ap.parse_args()
@@ -354,6 +361,8 @@ def main() -> int:
         )
         bare = "bare consumer loop"
         variants: list[tuple[str, str | None]] = [(bare, "bare"), ("no-op sink", None), ("redis (HSET)", "set"), ("redis (HINCRBY)", "incr")]
+        if args.in_thread:
+            variants.append((IN_THREAD, "set-in-thread"))
         times: dict[str, list[float]] = {label: [] for label, _ in variants}
         cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # this process's CPU time (all its threads) + its sink writer's
         server_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # redis-server's, in the same run
@@ -368,7 +377,9 @@ def main() -> int:
                 if mode == "bare":
                     times[label].append(_bare_once(example, kafka.bootstrap, topic, n, per_batch * PARTITIONS))
                 else:
-                    secs, batches = _run_once(example, base, mode, workdir, server.url, n, needed, args.flush_each_batch)
+                    in_thread = mode == "set-in-thread"
+                    example.RedisSink = functools.partial(RedisSink, writer_process=False) if in_thread else RedisSink
+                    secs, batches = _run_once(example, base, "set" if in_thread else mode, workdir, server.url, n, needed, args.flush_each_batch)
                     times[label].append(secs)
                 writer_cpu[label].append(sum(WRITER_CPU) - w0)
                 cpu[label].append(time.process_time() - c0 + writer_cpu[label][-1])
@@ -402,7 +413,7 @@ def main() -> int:
             f"engine (no-op sink, checkpoint on) / bare consumer loop: throughput ratio {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU time "
             f"(target >= 0.6x: {'met' if ratio >= 0.6 else 'NOT met'})"
         )
-        for label in ("redis (HSET)", "redis (HINCRBY)"):
+        for label in ("redis (HSET)", "redis (HINCRBY)", *((IN_THREAD,) if args.in_thread else ())):
             wall = noop / best[label]
             target = f"; target >= 0.8x: {'met' if wall >= 0.8 else 'NOT met'}" if label == "redis (HSET)" else ""
             srv = statistics.median(server_cpu[label])

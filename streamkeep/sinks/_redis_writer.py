@@ -144,6 +144,26 @@ class WriterProcess:
         """The process id of the writer."""
         return self._proc.pid
 
+    def ready(self, wait: bool = False) -> bool:
+        """Whether the writer has started (its start-up reply arrived; waits for it only if `wait`).
+
+        Raises:
+            SinkError: it could not load the sink, or it is gone.
+        """
+        if self._started:
+            return True
+        with self._reading:
+            if self._started:
+                return True
+            try:
+                if not wait and not self._conn.poll(0):
+                    return False
+                self._reply(0)
+            except (EOFError, OSError) as exc:
+                raise self._gone(None) from exc
+            self._started = True
+            return True
+
     def send(self, batch_time: int, records: list[Any]) -> None:
         """Hand batch `batch_time` over (the caller keeps at most `AHEAD` batches unsettled before it).
 
@@ -213,17 +233,20 @@ class WriterProcess:
             error.__cause__ = cause
         raise error
 
-    def _gone(self, batch_time: int) -> SinkError:
+    def _gone(self, batch_time: int | None) -> SinkError:
         try:
             status = self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             status = None
         how = "is unreachable" if status is None else (f"was killed by signal {-status}" if status < 0 else f"exited with status {status}")
-        msg = (
-            f"RedisSink {self.name!r}, batch {batch_time}: the sink's writer process (pid {self._proc.pid}) {how} before it "
-            "reported the batch's outcome. The batch is not committed; restart the job (its replay checks the marker: the "
-            "batch's script ran entirely or not at all)."
-        )
+        if batch_time is None:
+            msg = f"RedisSink {self.name!r}: the sink's writer process (pid {self._proc.pid}) {how} while starting."
+        else:
+            msg = (
+                f"RedisSink {self.name!r}, batch {batch_time}: the sink's writer process (pid {self._proc.pid}) {how} before it "
+                "reported the batch's outcome. The batch is not committed; restart the job (its replay checks the marker: the "
+                "batch's script ran entirely or not at all)."
+            )
         return SinkError(msg)
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -169,6 +169,9 @@ return {'applied', m, #failed, total, errs}
 _SCRIPT = "local function cleanup() end\n" + _HEAD + _LOAD_PACKED + _RUN
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # as Redis names it (SCRIPT LOAD returns it)
 _STAGED_SCRIPT = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n" + _HEAD + _LOAD_STAGED + _RUN
+#: Wait for the writer process to start instead of writing the first batches from the job's thread
+#: meanwhile (tests that need every batch in the writer set it).
+WAIT_FOR_WRITER = False
 #: How long a part's staged commands wait for their batch to be published (a crashed try leaves them).
 STAGE_TTL_S = 86_400
 _RPUSH_ARGS = 10_000  # values per RPUSH when staging
@@ -520,7 +523,7 @@ class RedisSink:
             CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
         """
         writer = self._writer
-        if writer is not None:  # without the sink's lock: the job's thread hands the next batch over meanwhile
+        if writer is not None and self._sent is None:  # without the sink's lock: the job's thread hands the next batch over meanwhile
             failed = self._failed
             if failed is not None and failed[0] <= batch_time:
                 raise failed[1]
@@ -669,8 +672,12 @@ class RedisSink:
         """
         with self._lock:
             writer = self._writer
-            if writer is not None:  # with a checkpoint: the writer process writes it (after the ones before), `settle` reads the outcome
-                if self._failed is not None:
+            # With a checkpoint the writer process writes it (after the ones before), and `settle` reads the outcome;
+            # until the writer has started (~0.2-0.5 s after the job), batches are written from this thread.
+            if writer is not None and (writer.pending or writer.ready(wait=WAIT_FOR_WRITER)):
+                if self._sent is not None:
+                    self._settle()  # the last batch sent from this thread is applied before the writer's first
+                elif self._failed is not None:
                     raise self._failed[1]
                 self._settle_writer(writer, None, keep=writer.AHEAD)  # the job's thread waits only when the writer falls behind
                 writer.send(batch_time, records)

@@ -37,8 +37,9 @@ sys.path.insert(0, {repo!r})
 import redis
 import streamkeep as sk
 from streamkeep.errors import StreamkeepError
-from streamkeep.sinks import RedisSink
+from streamkeep.sinks import RedisSink, redis as redis_sink
 
+redis_sink.WAIT_FOR_WRITER = True  # every batch in the writer (else the first ones go from the job's thread while it starts)
 url, ckpt, batches, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
 def write(pipe, records):
@@ -145,7 +146,10 @@ def test_a_driver_sigkilled_with_a_batch_in_its_writer_leaves_no_process_and_end
     assert _exact(r) >= 15
 
 
-def test_an_error_in_the_write_function_names_the_batch_and_keeps_its_cause(redis_url: str, tmp_path: Path) -> None:
+def test_an_error_in_the_write_function_names_the_batch_and_keeps_its_cause(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamkeep.sinks import redis as redis_sink
+
+    monkeypatch.setattr(redis_sink, "WAIT_FOR_WRITER", True)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     ckpt = str(tmp_path / "ckpt")
     bad = {"at": 12}
