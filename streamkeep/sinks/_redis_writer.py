@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any
 
 from streamkeep._faults import ENV_VAR as CRASH_ENV_VAR
-from streamkeep._util import exit_with_driver
+from streamkeep._util import exit_with_driver, gc_paused
 from streamkeep.errors import ConfigError, SinkError
 
 log = logging.getLogger("streamkeep.sinks.redis")
@@ -323,23 +323,28 @@ def main(fd: int, driver_pid: int) -> None:
         failed: int | None = None  # a batch that failed: no later one is written
         while True:
             try:
-                batch_time, records = pickle.loads(conn.recv_bytes())
+                data = conn.recv_bytes()
             except (EOFError, OSError):
                 return
             cause, remote_tb = None, ""
-            try:
-                if failed is not None:
-                    msg = f"RedisSink {sink.name!r}, batch {batch_time}: not written, batch {failed} before it failed."
-                    raise SinkError(msg)
-                sink.write(batch_time, records)
-                error = None
-            except Exception as exc:  # noqa: BLE001 - the driver raises it
-                failed = batch_time if failed is None else failed
-                error = _picklable(exc)
-                if exc.__cause__ is not None:
-                    cause = _picklable(exc.__cause__)
-                    remote_tb = "".join(traceback.format_exception(exc.__cause__))
-            del records
+            # The records all live until the batch is written: collections meanwhile would only walk them
+            # (unpickling 10k records took ~50 ms with the collector running, ~17 ms without).
+            with gc_paused():
+                batch_time, records = pickle.loads(data)
+                del data
+                try:
+                    if failed is not None:
+                        msg = f"RedisSink {sink.name!r}, batch {batch_time}: not written, batch {failed} before it failed."
+                        raise SinkError(msg)
+                    sink.write(batch_time, records)
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - the driver raises it
+                    failed = batch_time if failed is None else failed
+                    error = _picklable(exc)
+                    if exc.__cause__ is not None:
+                        cause = _picklable(exc.__cause__)
+                        remote_tb = "".join(traceback.format_exception(exc.__cause__))
+                del records
             out, capture.records = capture.records, []
             try:
                 conn.send_bytes(pickle.dumps((error, cause, remote_tb, out, time.process_time())))
