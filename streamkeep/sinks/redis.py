@@ -379,8 +379,8 @@ class RedisSink:
     scheduler commits the batch only after `settle` read its outcome, and the
     sink sends nothing of a later batch before that (it raises the failure
     instead). Without a checkpoint ``write`` returns with the batch applied.
-    With a checkpoint ``write`` also runs in the sink's writer process (see
-    ``writer_process``); the batch's outcome, errors included, is the same.
+    With a checkpoint and ``writer_process=True``, ``write`` runs in the sink's writer
+    process instead; the batch's outcome, errors included, is the same.
 
     The commands travel to the script packed in one msgpack string (per 128 MB, cut between commands),
     which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
@@ -403,10 +403,13 @@ class RedisSink:
             driver (for a write function that needs every record at once).
         writer_process: with a checkpoint, call ``write`` and run each batch's script in a
             process of the sink's own (started with the job, exiting with it), which gets
-            the records pickled: the job's thread, the busiest part of a job, only pickles
-            them (~6 ms per 10k records instead of ~45 ms for the example's 10k HSETs).
-            ``write`` must then be picklable (cloudpickle), and its side effects on the
-            driver's objects are lost. False: ``write`` runs in the job's thread.
+            the records pickled: the job's thread only pickles them (~8-14 ms per 10k
+            records instead of ~40-85 ms for the example's 10k HSETs), but the writer
+            needs ~30 ms more CPU per batch and ~0.3 s to start. Worth it for a
+            long-running job on a machine with a core to spare; on a busy one it costs
+            more than it saves (docs/kafka.md, "What it costs"). ``write`` must then be
+            picklable (cloudpickle), and its side effects on the driver's objects are lost.
+            False (default): ``write`` runs in the job's thread.
 
     Raises:
         ConfigError: a bad argument, or redis-py is missing.
@@ -431,7 +434,7 @@ class RedisSink:
         retry_backoff_s: float = 0.1,
         timeout_s: float = 5.0,
         write_per_partition: bool = True,
-        writer_process: bool = True,
+        writer_process: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             msg = "RedisSink needs a non-empty name= (it keys the sink's batch marker)"
@@ -504,8 +507,8 @@ class RedisSink:
 
         The scheduler calls it for jobs with a checkpoint, whose commit of each batch
         settles it first: Redis runs batch ``T``'s script while the job computes ``T + 1``.
-        With ``writer_process`` (the default) this starts the sink's writer process, which runs
-        each batch's write from then on.
+        With ``writer_process=True`` this starts the sink's writer process, which runs each
+        batch's write from then on.
 
         Raises:
             ConfigError: the write function cannot be pickled for the writer process.

@@ -53,7 +53,7 @@ def write(pipe, records):
 
 def create():
     ssc = sk.StreamingContext(1.0, checkpoint=ckpt)
-    ssc.rate_stream(5, name="rate").write_to(RedisSink(url, write, name="job", marker_key="job:marker"))
+    ssc.rate_stream(5, name="rate").write_to(RedisSink(url, write, name="job", marker_key="job:marker", writer_process=True))
     return ssc
 
 class Writers:  # prints the driver's writer processes (its children running _redis_writer) once
@@ -163,7 +163,7 @@ def test_an_error_in_the_write_function_names_the_batch_and_keeps_its_cause(redi
 
     def create() -> sk.StreamingContext:
         ssc = sk.StreamingContext(1.0, checkpoint=ckpt)
-        ssc.rate_stream(5, name="rate").write_to(RedisSink(redis_url, write, name="job", marker_key="job:marker"))
+        ssc.rate_stream(5, name="rate").write_to(RedisSink(redis_url, write, name="job", marker_key="job:marker", writer_process=True))
         return ssc
 
     done: list[int] = []
