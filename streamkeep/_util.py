@@ -416,3 +416,44 @@ def hostname() -> str:
     import socket  # pragma: no cover - Windows
 
     return socket.gethostname()  # pragma: no cover
+
+
+#: Exit status of a helper process that outlived its driver.
+ORPHANED = 70
+
+
+def exit_with_driver(driver_pid: int) -> None:
+    """In a helper process (a pool worker, a sink's writer): exit as soon as the driver process is gone.
+
+    A SIGKILLed driver cannot stop its helpers, and a helper blocked on other work would not
+    notice its pipes closing: a daemon thread watches the driver's pid (a pidfd on Linux, readable
+    once the driver exited, even as an unreaped zombie; polling elsewhere) and ends the process.
+    """
+    try:
+        pidfd = os.pidfd_open(driver_pid) if hasattr(os, "pidfd_open") else None
+    except ProcessLookupError:
+        os._exit(ORPHANED)
+    except OSError:  # pidfd_open unsupported by this kernel: poll instead
+        pidfd = None
+    threading.Thread(target=wait_for_exit, args=(driver_pid, pidfd), name="streamkeep-driver-watch", daemon=True).start()
+
+
+def wait_for_exit(driver_pid: int, pidfd: int | None) -> None:
+    """Block until process `driver_pid` exited (readable `pidfd`, else polling), then exit this process (`ORPHANED`)."""
+    if pidfd is not None:
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():  # readable once the driver has exited
+            pass
+    else:
+        while True:
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, owned by another user (cannot be ours, but keep waiting)
+                pass
+            time.sleep(0.5)
+    os._exit(ORPHANED)  # no cleanup: the driver that would receive our results is dead
