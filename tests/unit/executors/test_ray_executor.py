@@ -718,3 +718,30 @@ def test_an_interrupted_run_forgets_the_next_batch_sent_ahead_without_waiting_fo
     finally:
         again.stop()
     assert [sum(dict(rs).values()) for _, rs in sink.batches] == [3000, 6000]
+
+
+@pytest.mark.ray
+def test_a_failed_plan_write_of_the_next_batch_ahead_fails_that_batch_not_the_one_computing(tmp_path, ray_executor, monkeypatch):
+    """With a checkpoint, batch 2's plan is written (durable) while batch 1 computes. That write fails: batch 1,
+    whose own plan is durable, still runs its outputs and commits; the write error is raised in batch 2's turn
+    (before: batch 1 failed with it, uncommitted). The next start resumes after batch 1."""
+    real = Checkpoint.write_plan_data
+
+    def write_plan_data(self, batch_time, data):
+        if batch_time == 2000:
+            msg = "disk full"
+            raise OSError(msg)
+        real(self, batch_time, data)
+
+    monkeypatch.setattr(Checkpoint, "write_plan_data", write_plan_data)
+    url = str(tmp_path / "ckpt")
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), executor=ray_executor)
+    sink = ListSink("u")
+    ssc.rate_stream(7, name="rate").map(lambda r: (r[0] % 5, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u").write_to(sink)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            ssc.run(3)
+    finally:
+        ssc.stop()
+    assert [t for t, _ in sink.batches] == [1000]
+    assert [c.batch_time for c in Checkpoint(url).commits()] == [1000]
