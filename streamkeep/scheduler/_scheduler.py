@@ -21,7 +21,8 @@ plans, as any crash before a commit does.
 When the loop runs batches back to back (``run(n)`` with batches left) and the executor
 `SendsAhead`, the next batch is planned (durable first) and read while this one computes,
 so the executor can queue its stateless work behind this batch's (`_look_ahead`); its
-outputs and commit still follow this batch's.
+outputs and commit still follow this batch's, and a failure planning or reading it is
+raised in its own turn (this batch still runs its outputs and commits).
 
 Recovery loads the newest readable commit, its snapshot and deltas, checks the
 current graph against the stored description, and re-runs planned but
