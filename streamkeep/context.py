@@ -726,6 +726,10 @@ class StreamingContext:
         exactly its plan, by the next `get_or_create`.
         Called from inside a batch (e.g. in `foreach_batch`), it returns at once and
         the job stops once that batch has committed.
+        Under ``run(n)`` on an executor that reads ahead (Ray), the batch after the one in
+        progress may already be planned and read: it runs and commits too before the job
+        stops (its input was taken from the sources; stopping without it would lose a
+        queue's records).
         """
         self._stop_event.set()
         me = threading.current_thread()

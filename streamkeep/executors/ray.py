@@ -170,12 +170,13 @@ class _Mapping:
 
     __slots__ = ("calls", "cuts", "name", "ops", "owner", "parent", "records", "t")
 
-    def __init__(self, name: str, t: int, parent: Batch[Any], records: list[Any], cuts: list[tuple[int, int]], ops: Any) -> None:
+    def __init__(self, name: str, t: int, parent: Batch[Any], records: list[Any], cuts: list[tuple[int, int]], ops: bytes) -> None:
         self.name = name
         self.t = t
         self.parent = parent  # the input it maps (`_take_sent` checks the batch computed is this one)
         self.records = records
         self.cuts = cuts
+        #: the per-record operators, pickled once for every slice (`_take_sent` compares them pickled again at compute)
         self.ops = ops
         self.calls: list[list[Any]] = []  # per slice given out: its n - 1 buckets' refs (not its actor's own), then its stats ref
         self.owner: list[int] = []  # per slice given out: the actor that maps it
@@ -434,7 +435,7 @@ class RayExecutor:
     def close(self) -> None:
         """Stop the partition actors (unless `keep_actors`) and the local Ray this executor started, if any."""
         self._drop_unread()
-        self._drop_sent()
+        self._drop_sent(wait=False)  # shutting down: `_step` waited for the interrupted batch's calls already
         if not self.keep_actors:
             self.shutdown()
 
@@ -888,8 +889,7 @@ class RayExecutor:
         records = src[0] if len(src) == 1 else [x for p in src for x in p]  # partitions in order: a key's records keep theirs
         skew = self._map_skew.get(name)  # ms per record of a slice, recent batches: times an actor's share of this one
         cuts = _slices(len(records), n, self._map_cost.get(name), None if skew is None else skew * len(records) / n)
-        ops: Any = self.ray.cloudpickle.dumps(parent._ops) if len(cuts) > 1 else parent._ops  # pickled once for every slice
-        mapping = _Mapping(name, t, parent, records, cuts, ops)
+        mapping = _Mapping(name, t, parent, records, cuts, self.ray.cloudpickle.dumps(parent._ops))
         if give:
             self._give_first(mapping)
         return mapping
@@ -963,8 +963,17 @@ class RayExecutor:
         batch's own `compute`). An actor runs its calls in order, so batch `t`'s steps, which
         change the state, still come after every call of the batch before (its delta
         included) and after the next `compute`'s own. Nothing else of batch `t` runs here.
+        An error here (e.g. operators that cannot be pickled) sends nothing ahead: batch
+        `t`'s own `compute` maps it and raises that error in its turn.
         """
         self._drop_sent()
+        try:
+            self._send_ahead(t, inputs)
+        except Exception as exc:
+            log.debug("batch %d ms is not sent ahead (its own compute maps it): %s", t, exc)
+            self._drop_sent()
+
+    def _send_ahead(self, t: int, inputs: dict[str, Batch[Any]]) -> None:
         values: dict[int, Any] = {}
         for node in self.nodes:
             if isinstance(node, SourceNode):
@@ -987,19 +996,32 @@ class RayExecutor:
                 self._give_first(m)
 
     def _take_sent(self, name: str, t: int, parent: Any) -> _Mapping | None:
-        """The map side of operator `name` sent ahead for batch `t`, if it is `parent`'s records with `parent`'s operators."""
+        """The map side of operator `name` sent ahead for batch `t`, if it is `parent`'s records with `parent`'s operators.
+
+        The operators are pickled again and compared with what was sent: a function that reads
+        driver-side state (a dict an output of the batch before changed, a value broadcast again)
+        pickles differently now, and must see it as it is now, as on the local executor. Then
+        the calls sent are read and the batch is mapped again (the new calls come after them
+        in each actor and replace the buckets they kept: same operator, batch and slice keys).
+        """
         m = self._sent.pop(name, None)
         if m is None:
             return None
-        if m.t == t and isinstance(parent, Batch) and parent._src is m.parent._src and _same_ops(parent._ops, m.parent._ops):
+        if m.t == t and isinstance(parent, Batch) and parent._src is m.parent._src and self.ray.cloudpickle.dumps(parent._ops) == m.ops:
             return m
-        self._settle(m.refs())  # pragma: no cover - the scheduler sends ahead exactly the input it computes next
+        self._settle(m.refs())
         return None
 
-    def _drop_sent(self) -> None:
-        """Forget the map calls sent ahead (a failed try, another job): read their results (errors) and leave them."""
+    def _drop_sent(self, *, wait: bool = True) -> None:
+        """Forget the map calls sent ahead (a failed try, another job): read their results (errors) and leave them.
+
+        `wait` False (shutting down): not even read. They are queued behind steps that may
+        still run (an interrupted batch) and their results no longer matter: the actors are
+        killed, or (`keep_actors`) drop what these calls kept at the next `open` or step.
+        """
         sent, self._sent = self._sent, {}
-        self._settle([r for m in sent.values() for r in m.refs()])
+        if wait:
+            self._settle([r for m in sent.values() for r in m.refs()])
 
     def _shuffle(self, parent: Any, t: int) -> list[list[Any]]:
         """Per chunk of `parent`, its records split by owning partition (lists, or object refs of them)."""
@@ -1096,11 +1118,6 @@ def _keeping_sigterm() -> Iterator[None]:
     finally:
         if callable(old):
             signal.signal(signal.SIGTERM, old)
-
-
-def _same_ops(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    """The same per-record operators (by name and user function: each application wraps the function anew)."""
-    return len(a) == len(b) and all(x[0] == y[0] and x[2] is y[2] for x, y in zip(a, b, strict=True))
 
 
 def _per_partition(ops: tuple[Any, ...]) -> bool:

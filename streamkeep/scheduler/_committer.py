@@ -85,7 +85,12 @@ class Lane:
             return self._running == key or any(k == key for k, _ in self._queue)
 
     def wait(self, key: int) -> None:
-        """Wait until the task of `key` (and every one before it) is done; raise the lane's error."""
+        """Wait until the task of `key` (and every one before it) is done; raise the lane's error.
+
+        Not the error of a later task (submitted ahead, e.g. the next batch's plan): `key`'s
+        own task was done before it; that error is for whoever waits for that task (or
+        `check`, `drain`, `submit`).
+        """
         def done() -> bool:
             return self._error is not None or not (self._running == key or any(k == key for k, _ in self._queue))
 
@@ -93,7 +98,8 @@ class Lane:
             if not done() and not self._cv.wait_for(done, STALL_S):
                 with gc_resumed():  # a stalled disk: the collector runs while the batch waits
                     self._cv.wait_for(done)
-            self._raise()
+            if self._failed_key is None or self._failed_key <= key:
+                self._raise()
 
     def drain(self) -> None:
         """Wait until every task is done; raise the lane's error (once)."""

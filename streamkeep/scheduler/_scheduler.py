@@ -21,7 +21,8 @@ plans, as any crash before a commit does.
 When the loop runs batches back to back (``run(n)`` with batches left) and the executor
 `SendsAhead`, the next batch is planned (durable first) and read while this one computes,
 so the executor can queue its stateless work behind this batch's (`_look_ahead`); its
-outputs and commit still follow this batch's.
+outputs and commit still follow this batch's, and a failure planning or reading it is
+raised in its own turn (this batch still runs its outputs and commits).
 
 Recovery loads the newest readable commit, its snapshot and deltas, checks the
 current graph against the stored description, and re-runs planned but
@@ -116,6 +117,10 @@ class Scheduler(Recovery):
         self._may_look_ahead = False  # the sources allow it (`prepare`)
         #: the next batch, planned (durable) and read while the last one computed: (time, plan, inputs, counts per partition, plan s)
         self._ahead: tuple[int, dict[str, Any], dict[str, Any], dict[str, list[int]], float] | None = None
+        #: planning or reading the next batch ahead failed: (its time, the error), raised when its turn comes (`run_next`)
+        self._ahead_failed: tuple[int, Exception] | None = None
+        #: plan bytes written for a batch after the one running (its plan was written ahead): counted in its own turn
+        self._plan_bytes_ahead: dict[int, int] = {}
         #: sources whose read writes to a dead-letter sink: a sink output, so their plan is durable first
         self._dead_lettering: set[str] = set()
         #: stateful operators by name (their codec encodes what the executor hands over)
@@ -264,8 +269,11 @@ class Scheduler(Recovery):
 
     @property
     def planned_ahead(self) -> bool:
-        """True when the next batch was planned and read while the last one computed (`run_next` must run it next)."""
-        return self._ahead is not None
+        """True when the next batch was planned and read while the last one computed (`run_next` must run it next).
+
+        Also when that failed: `run_next` raises the error, in the batch's own turn.
+        """
+        return self._ahead is not None or self._ahead_failed is not None
 
     def next_time(self) -> int:
         """The next batch time to run."""
@@ -283,6 +291,9 @@ class Scheduler(Recovery):
         if self.writer is not None:
             self.writer.check_error()
         self._finish_commits(wait=False)  # raises a failed commit's error; tells what became durable
+        failed, self._ahead_failed = self._ahead_failed, None
+        if failed is not None:  # planning or reading this batch ahead failed: as if it failed now, in its turn
+            raise failed[1]
         submitted = int(self.clock.now_ms())
         # Decided once per batch: a listener added while this batch runs (the list is shared) starts with the next one.
         listeners = self._observing = list(self.listeners)
@@ -453,8 +464,7 @@ class Scheduler(Recovery):
         if self.ckpt is not None:
             if self._plan_lane is not None:
                 self._plan_lane.wait(t)  # the plan is durable before any output of its batch
-                for _, nbytes in self._plan_lane.take_done():
-                    self.ckpt.count_written(nbytes)  # the batch's bytes, for listeners
+                self._count_plan_bytes(t)
             self.ckpt.ensure_owner(f"the outputs of batch {t} ms")
         try:
             self.executor.run_outputs(t, results)
@@ -474,17 +484,36 @@ class Scheduler(Recovery):
         before: they find batch `t`'s stateless work queued when they finish. Its outputs
         and commit still follow that batch's, and `run_next` takes it up next. On a retry
         of the batch before (a lost worker), the same plan and input are sent again.
+
+        A failure here (a source's plan or read, the plan's write) is kept and raised when
+        batch `t`'s turn comes (`run_next`): the batch before still runs its outputs and commits.
         """
+        if self._ahead_failed is not None:  # a retry of the batch before: batch `t` fails in its turn
+            return
         if self._ahead is None:
-            p0 = time.perf_counter()
-            plan = self._plan(t)
-            plan_s = time.perf_counter() - p0
-            if self._plan_lane is not None:
-                self._plan_lane.wait(t)  # durable before any of its records go anywhere
-            inputs, parts = self._read(t, plan)
+            try:
+                p0 = time.perf_counter()
+                plan = self._plan(t)
+                plan_s = time.perf_counter() - p0
+                if self._plan_lane is not None:
+                    self._plan_lane.wait(t)  # durable before any of its records go anywhere
+                inputs, parts = self._read(t, plan)
+            except Exception as exc:
+                log.debug("planning or reading batch %d ms ahead failed (raised in its turn): %s", t, exc)
+                self._ahead_failed = (t, exc)
+                return
             self._ahead = (t, plan, inputs, parts, plan_s)
         assert self._sends_ahead is not None
         self._sends_ahead.send_ahead(t, self._ahead[2])
+
+    def _count_plan_bytes(self, t: int) -> None:
+        """Count the plan bytes written so far for batch `t` (and before) in its bytes; a later batch's wait for its turn."""
+        assert self.ckpt is not None and self._plan_lane is not None
+        later = self._plan_bytes_ahead
+        for pt, nbytes in self._plan_lane.take_done():
+            later[pt] = later.get(pt, 0) + nbytes
+        for pt in [k for k in later if k <= t]:
+            self.ckpt.count_written(later.pop(pt))  # the batch's bytes, for listeners
 
     def _read(self, t: int, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[int]]]:
         """Batch `t`'s planned input per source, and its records per partition."""

@@ -21,6 +21,7 @@ from _procnet import descendants, is_loopback, tcp_sockets
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.executors._partitions import key_hash, merge_state, partition_of, split_state
+from streamkeep.sources.queue import QueueSource
 from streamkeep.testing import ListSink, ManualClock, state_of
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -607,3 +608,140 @@ def test_a_stop_after_the_next_batch_was_read_ahead_runs_that_batch_too(ray_exec
         ssc.stop()
     assert [t for t, _ in sink.batches] == [1000, 2000]
     assert sum(v for v in dict(sink.batches[-1][1]).values()) == 6000  # both batches' records counted
+
+
+def _factor_job(executor, sink):
+    """4 batches of 5000 ints; the map reads a driver-side dict that each batch's foreach_batch changes."""
+    factor = {"v": 1}
+
+    def bump(t, b):
+        factor["v"] += 1
+
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=executor)
+    batches = [list(range(b * 5000, (b + 1) * 5000)) for b in range(4)]
+    sums = ssc.queue_stream(batches, name="q").map(lambda x: (x % 3, factor["v"])).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u")
+    sums.write_to(sink)
+    sums.foreach_batch(bump)
+    return ssc, batches
+
+
+def test_a_map_reading_driver_state_changed_by_the_last_batchs_outputs_sees_the_change(executor):
+    """The map's function reads a dict that foreach_batch updates after each batch. On Ray with run(n) the
+    next batch's map side is sent ahead while this one computes, with the dict as it was then: once this
+    batch's outputs changed it, the next batch's compute finds its operators pickle differently and maps
+    again. Every batch sees the value of its own turn, as on the local executor (before: one batch late)."""
+    sink = ListSink("u")
+    ssc, batches = _factor_job(executor, sink)
+    try:
+        ssc.run(4)
+    finally:
+        ssc.stop()
+    want, state = [], {0: 0, 1: 0, 2: 0}
+    for i, b in enumerate(batches):
+        for x in b:
+            state[x % 3] += i + 1
+        want.append(sorted(state.items()))
+    assert [sorted(rs) for _, rs in sink.batches] == want
+
+
+class _FailingRead(QueueSource):
+    """A queue whose read of batch `fail_at` raises (a broken source)."""
+
+    def __init__(self, batches, fail_at):
+        super().__init__(batches, name="q")
+        self.fail_at = fail_at
+
+    def read(self, plan, batch_time):
+        if batch_time == self.fail_at:
+            msg = f"cannot read batch {batch_time}"
+            raise OSError(msg)
+        return super().read(plan, batch_time)
+
+
+@pytest.mark.ray
+def test_a_failed_read_of_the_next_batch_ahead_fails_that_batch_not_the_one_computing(ray_executor):
+    """run(n) on Ray reads batch 2 while batch 1 computes. Its read fails: batch 1 still runs its outputs
+    (and commits), and the read error is raised when batch 2's turn comes, as without the look-ahead (before:
+    it came out of batch 1's compute, so batch 1's records never reached the sink: without a checkpoint, lost)."""
+    batches = [[f"k{i % 7}" for i in range(b, b + 3000)] for b in range(3)]
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
+    sink = ListSink("u")
+    src = ssc.add_source(_FailingRead(batches, fail_at=2000))
+    src.map(lambda w: (w, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u").write_to(sink)
+    try:
+        with pytest.raises(OSError, match="cannot read batch 2000"):
+            ssc.run(3)
+    finally:
+        ssc.stop()
+    assert [t for t, _ in sink.batches] == [1000]
+    assert sum(v for v in dict(sink.batches[0][1]).values()) == 3000
+
+
+@pytest.mark.ray
+def test_an_interrupted_run_forgets_the_next_batch_sent_ahead_without_waiting_for_it(ray_executor, monkeypatch):
+    """Ctrl-C (here raised by batch 1's output) after batch 2's map side was queued in the actors: closing
+    the executor forgets those calls rather than waiting (up to 30 s) for them behind batch 1's steps; the
+    kept actors drop what they mapped at the next job's open, whose results are right."""
+    waited: list[object] = []
+    real_settle = ray_executor._settle
+
+    def settle(refs):
+        waited.extend(refs)
+        real_settle(refs)
+
+    monkeypatch.setattr(ray_executor, "_settle", settle)
+    sent: list[object] = []
+    real_close = ray_executor.close
+
+    def close():
+        sent.extend(r for m in ray_executor._sent.values() for r in m.refs())
+        real_close()
+
+    monkeypatch.setattr(ray_executor, "close", close)
+
+    def interrupt(t, b):
+        raise KeyboardInterrupt
+
+    batches = [[f"k{i % 7}" for i in range(b, b + 3000)] for b in range(3)]
+    ssc = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
+    counts = ssc.queue_stream(batches, name="q").map(lambda w: (w, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u")
+    counts.foreach_batch(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ssc.run(3)
+    assert sent  # batch 2's map calls were queued when the run was interrupted
+    assert not set(waited) & set(sent)
+    sink = ListSink("u")
+    again = sk.StreamingContext(1.0, clock=ManualClock(), executor=ray_executor)
+    again.queue_stream(batches[:2], name="q").map(lambda w: (w, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u").write_to(sink)
+    try:
+        again.run(2)
+    finally:
+        again.stop()
+    assert [sum(dict(rs).values()) for _, rs in sink.batches] == [3000, 6000]
+
+
+@pytest.mark.ray
+def test_a_failed_plan_write_of_the_next_batch_ahead_fails_that_batch_not_the_one_computing(tmp_path, ray_executor, monkeypatch):
+    """With a checkpoint, batch 2's plan is written (durable) while batch 1 computes. That write fails: batch 1,
+    whose own plan is durable, still runs its outputs and commits; the write error is raised in batch 2's turn
+    (before: batch 1 failed with it, uncommitted). The next start resumes after batch 1."""
+    real = Checkpoint.write_plan_data
+
+    def write_plan_data(self, batch_time, data):
+        if batch_time == 2000:
+            msg = "disk full"
+            raise OSError(msg)
+        real(self, batch_time, data)
+
+    monkeypatch.setattr(Checkpoint, "write_plan_data", write_plan_data)
+    url = str(tmp_path / "ckpt")
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), executor=ray_executor)
+    sink = ListSink("u")
+    ssc.rate_stream(7, name="rate").map(lambda r: (r[0] % 5, 1)).update_state_by_key(lambda vs, old: (old or 0) + sum(vs), name="u").write_to(sink)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            ssc.run(3)
+    finally:
+        ssc.stop()
+    assert [t for t, _ in sink.batches] == [1000]
+    assert [c.batch_time for c in Checkpoint(url).commits()] == [1000]

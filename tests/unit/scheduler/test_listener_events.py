@@ -307,3 +307,30 @@ def test_ctrl_c_during_run_is_an_interruption_not_a_failure(tmp_path: Any, caplo
     again = sk.StreamingContext.get_or_create(url, build)  # released: another driver takes it at once
     assert again.last_batch_time_ms == 2000
     again.stop()
+
+
+def test_each_batch_counts_its_own_plan_in_checkpoint_bytes_when_the_next_is_planned_ahead(tmp_path: Any, executor: Any) -> None:
+    """run(n) on Ray plans (and writes) batch t + 1 while batch t computes: its plan's bytes are batch t + 1's,
+    not batch t's (before: batch t counted both plans, the last batch none). After the first batch (the graph
+    file), each batch writes the same state bytes: what is left of checkpoint_bytes once its own plan and commit
+    record are taken out is the same in every batch."""
+    from pathlib import Path
+
+    from streamkeep.checkpoint import Checkpoint, log_path
+
+    url = str(tmp_path / "ckpt")
+    rec = Recorder()
+    ssc = _job(url, keep_commits=100, snapshot_every=100, inline_delta_bytes=0, executor=executor)
+    ssc.add_listener(rec)
+    ssc.run(max_batches=4)
+    ssc.stop()
+    ck = Checkpoint(url)
+    by_time = {c.batch_time: c for c in ck.commits()}
+    infos = rec.of("completed")
+    assert [i.batch_time_ms for i in infos] == [1000, 2000, 3000, 4000]
+    rest = []
+    for info in infos[1:]:
+        t = info.batch_time_ms
+        plan_bytes = len(ck.encode_plan(t, ck.read_plan(t)))
+        rest.append(info.checkpoint_bytes - plan_bytes - Path(url, log_path(by_time[t].seq)).stat().st_size)
+    assert rest[0] > 0 and rest == [rest[0]] * 3, rest
