@@ -15,8 +15,6 @@ start with a fresh checkpoint:
   here) one dict ``{"events": n, "last_action": a, "action:<a>": total, ...}`` of the
   actions seen in the batch, queued with ``pipe.hset(key, mapping=...)`` (~5 fields);
 * ``redis (HINCRBY)``: the example's ``--mode incr`` sink;
-* ``redis (HSET) writer`` (with ``--writer-process``): the HSET sink with ``writer_process=True``,
-  its write function, packing and script in the sink's writer process instead of the job's thread;
 * ``no-op sink``: the same graph, the sink replaced by one that drops the records;
 * ``bare consumer loop``: no engine. A plain confluent-kafka ``Consumer`` assigned
   to the topic's partitions from offset 0, reading with the same
@@ -29,9 +27,7 @@ start with a fresh checkpoint:
 The engine's cost is the ratio no-op / bare (target >= 0.6x, with the checkpoint
 on); the sink's cost is the ratio redis / no-op (same run, same machine). Wall times
 move with whatever else runs on the machine; the CPU time per record (this process's
-threads, and with redis-server's) moves less, so it is printed too, for every run. The
-RedisSink's writer process (a child of this one) reports its CPU time, which is added to
-this process's ("CPU") and printed on its own for every run.
+threads, and with redis-server's) moves less, so it is printed too, for every run.
 On this shared 2-core VM the CPU time itself moves too: the same no-op run took 1.1 s
 to 3.6 s of CPU within one hour, and from one round to the next by up to 1.7x, every
 phase of the job alike (planning, reading, computing, committing), as when the host's
@@ -57,7 +53,6 @@ run; the target is a ratio within 2x.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import os
 import random
@@ -77,8 +72,6 @@ from _kafka_mock import KafkaMockProcess  # noqa: E402
 from _servers import RedisServerProcess, produce  # noqa: E402
 
 import streamkeep as sk  # noqa: E402
-from streamkeep.sinks import RedisSink  # noqa: E402
-from streamkeep.sinks._redis_writer import WriterProcess  # noqa: E402
 
 PARTITIONS = 4
 ACTIONS = ("view", "view", "view", "click", "click", "cart", "buy")
@@ -91,21 +84,6 @@ def _load_example() -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-WRITER = "redis (HSET) writer"
-
-#: CPU seconds of every RedisSink writer process closed so far (a child process: its CPU is not in ours)
-WRITER_CPU: list[float] = []
-_close_writer = WriterProcess.close
-
-
-def _counted_close(self: WriterProcess, timeout_s: float = 5.0) -> None:
-    WRITER_CPU.append(self.cpu_s)
-    _close_writer(self, timeout_s)
-
-
-WriterProcess.close = _counted_close  # type: ignore[method-assign]
 
 
 class NoopSink:
@@ -316,9 +294,6 @@ def main() -> int:
     ap.add_argument(
         "--flush-each-batch", action="store_true", help="wait for each batch's commit before the next (run(max_batches=1) per batch)"
     )
-    ap.add_argument(
-        "--writer-process", action="store_true", help=f"also run {WRITER!r}: the HSET sink with writer_process=True (write in a process of its own)"
-    )
     ap.add_argument("--plan-rtt", default=None, help="measure planning at these broker RTTs in ms (e.g. 20,100) instead")
     ap.add_argument("--plan-partitions", type=int, default=64, help="partitions for --plan-rtt (default 64)")
     args = ap.parse_args()
@@ -365,28 +340,21 @@ def main() -> int:
         )
         bare = "bare consumer loop"
         variants: list[tuple[str, str | None]] = [(bare, "bare"), ("no-op sink", None), ("redis (HSET)", "set"), ("redis (HINCRBY)", "incr")]
-        if args.writer_process:
-            variants.append((WRITER, "set-writer"))
         times: dict[str, list[float]] = {label: [] for label, _ in variants}
-        cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # this process's CPU time (all its threads) + its sink writer's
+        cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # this process's CPU time (all its threads)
         server_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # redis-server's, in the same run
         # the job's own thread (the batch loop and the sink's write run there; not librdkafka's threads nor the committer)
         job_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
-        # the RedisSink's writer process (a child: not in this process's CPU time; added to it in "CPU")
-        writer_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
         batches = 0
         for _ in range(repeat):  # interleaved, so drift hits every variant alike
             for label, mode in variants:
-                c0, s0, j0, w0 = time.process_time(), _redis_cpu_s(server.url), time.thread_time(), sum(WRITER_CPU)
+                c0, s0, j0 = time.process_time(), _redis_cpu_s(server.url), time.thread_time()
                 if mode == "bare":
                     times[label].append(_bare_once(example, kafka.bootstrap, topic, n, per_batch * PARTITIONS))
                 else:
-                    writer = mode == "set-writer"
-                    example.RedisSink = functools.partial(RedisSink, writer_process=True) if writer else RedisSink
-                    secs, batches = _run_once(example, base, "set" if writer else mode, workdir, server.url, n, needed, args.flush_each_batch)
+                    secs, batches = _run_once(example, base, mode, workdir, server.url, n, needed, args.flush_each_batch)
                     times[label].append(secs)
-                writer_cpu[label].append(sum(WRITER_CPU) - w0)
-                cpu[label].append(time.process_time() - c0 + writer_cpu[label][-1])
+                cpu[label].append(time.process_time() - c0)
                 job_cpu[label].append(time.thread_time() - j0)
                 server_cpu[label].append(_redis_cpu_s(server.url) - s0)
         best = {label: min(ts) for label, ts in times.items()}
@@ -406,10 +374,9 @@ def main() -> int:
             )
         for label, _ in variants:  # every run: a slow one among fast ones shows here, not in the best
             runs = "  ".join(
-                f"{w:.2f}/{c:.2f}/{j:.2f}/{wr:.2f}/{sv:.2f}"
-                for w, c, j, wr, sv in zip(times[label], cpu[label], job_cpu[label], writer_cpu[label], server_cpu[label], strict=True)
+                f"{w:.2f}/{c:.2f}/{j:.2f}/{sv:.2f}" for w, c, j, sv in zip(times[label], cpu[label], job_cpu[label], server_cpu[label], strict=True)
             )
-            print(f"  {label:<18}runs (wall/CPU/job thread's/sink writer's/redis-server's CPU s): {runs}")
+            print(f"  {label:<18}runs (wall/CPU/job thread's CPU/redis-server CPU s): {runs}")
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew wall times)")
         noop = best["no-op sink"]
         ratio, ratio_cpu = best[bare] / noop, best_cpu[bare] / best_cpu["no-op sink"]
@@ -417,14 +384,14 @@ def main() -> int:
             f"engine (no-op sink, checkpoint on) / bare consumer loop: throughput ratio {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU time "
             f"(target >= 0.6x: {'met' if ratio >= 0.6 else 'NOT met'})"
         )
-        for label in ("redis (HSET)", "redis (HINCRBY)", *((WRITER,) if args.writer_process else ())):
+        for label in ("redis (HSET)", "redis (HINCRBY)"):
             wall = noop / best[label]
             target = f"; target >= 0.8x: {'met' if wall >= 0.8 else 'NOT met'}" if label == "redis (HSET)" else ""
             srv = statistics.median(server_cpu[label])
             added = (best_cpu[label] + srv_best[label] - best_cpu["no-op sink"]) / n * 1e6
             print(
                 f"{label} / no-op: throughput ratio {wall:.2f}x wall, {best_cpu['no-op sink'] / best_cpu[label]:.2f}x CPU time "
-                f"of this process (and its sink writer), {best_cpu['no-op sink'] / (best_cpu[label] + srv):.2f}x with redis-server's "
+                f"of this process, {best_cpu['no-op sink'] / (best_cpu[label] + srv):.2f}x with redis-server's "
                 f"(the sink costs {best[label] - noop:.3f} s per {n:,} records: {best_cpu[label] - best_cpu['no-op sink']:.3f} s CPU "
                 f"here + {srv:.3f} s in redis-server, median; {added:.2f} us CPU per record, best runs{target})"
             )

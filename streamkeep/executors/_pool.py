@@ -21,9 +21,11 @@ and the resource tracker then see their pipes close and exit too.
 from __future__ import annotations
 
 import os
+import select
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from streamkeep._util import ORPHANED, exit_with_driver, wait_for_exit
 from streamkeep.batch import Batch
 from streamkeep.errors import ConfigError
 
@@ -35,9 +37,36 @@ _PER_PARTITION = frozenset({"map_partitions", "glom"})
 
 
 #: Exit status of a worker that outlived its driver.
-_ORPHANED = ORPHANED
-_watch_driver = exit_with_driver  # the worker initializer: the worker exits with the driver
-_wait_for_exit = wait_for_exit
+_ORPHANED = 70
+
+
+def _watch_driver(driver_pid: int) -> None:
+    """Worker initializer: exit this worker as soon as the driver process is gone."""
+    try:
+        pidfd = os.pidfd_open(driver_pid) if hasattr(os, "pidfd_open") else None
+    except ProcessLookupError:
+        os._exit(_ORPHANED)
+    except OSError:  # pidfd_open unsupported by this kernel: poll instead
+        pidfd = None
+    threading.Thread(target=_wait_for_exit, args=(driver_pid, pidfd), name="streamkeep-driver-watch", daemon=True).start()
+
+
+def _wait_for_exit(driver_pid: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():  # readable once the driver has exited
+            pass
+    else:
+        while True:
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, owned by another user (cannot be ours, but keep waiting)
+                pass
+            time.sleep(0.5)
+    os._exit(_ORPHANED)  # no cleanup: the driver that would receive our results is dead
 
 
 def _run_chain(payload: bytes, part: list[Any], batch_time_ms: int) -> list[Any]:

@@ -21,7 +21,6 @@ import msgpack
 from streamkeep._types import BatchTime
 from streamkeep._util import gc_paused, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
-from streamkeep.sinks._redis_writer import WriterProcess
 from streamkeep.sinks.base import FencingToken
 
 if TYPE_CHECKING:
@@ -169,9 +168,6 @@ return {'applied', m, #failed, total, errs}
 _SCRIPT = "local function cleanup() end\n" + _HEAD + _LOAD_PACKED + _RUN
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # as Redis names it (SCRIPT LOAD returns it)
 _STAGED_SCRIPT = "local function cleanup() for k = 2, #KEYS do redis.call('DEL', KEYS[k]) end end\n" + _HEAD + _LOAD_STAGED + _RUN
-#: Wait for the writer process to start instead of writing the first batches from the job's thread
-#: meanwhile (tests that need every batch in the writer set it).
-WAIT_FOR_WRITER = False
 #: How long a part's staged commands wait for their batch to be published (a crashed try leaves them).
 STAGE_TTL_S = 86_400
 _RPUSH_ARGS = 10_000  # values per RPUSH when staging
@@ -379,8 +375,6 @@ class RedisSink:
     scheduler commits the batch only after `settle` read its outcome, and the
     sink sends nothing of a later batch before that (it raises the failure
     instead). Without a checkpoint ``write`` returns with the batch applied.
-    With a checkpoint and ``writer_process=True``, ``write`` runs in the sink's writer
-    process instead; the batch's outcome, errors included, is the same.
 
     The commands travel to the script packed in one msgpack string (per 128 MB, cut between commands),
     which it decodes with the ``cmsgpack`` library Redis bundles in its Lua (2.6
@@ -401,15 +395,6 @@ class RedisSink:
             applied together with the marker in the one script, so the batch stays
             exactly once. False: ``write`` gets the whole batch in one call, in the
             driver (for a write function that needs every record at once).
-        writer_process: with a checkpoint, call ``write`` and run each batch's script in a
-            process of the sink's own (started with the job, exiting with it), which gets
-            the records pickled: the job's thread only pickles them (~8-14 ms per 10k
-            records instead of ~40-85 ms for the example's 10k HSETs), but the writer
-            needs ~30 ms more CPU per batch and ~0.3 s to start. Worth it for a
-            long-running job on a machine with a core to spare; on a busy one it costs
-            more than it saves (docs/kafka.md, "What it costs"). ``write`` must then be
-            picklable (cloudpickle), and its side effects on the driver's objects are lost.
-            False (default): ``write`` runs in the job's thread.
 
     Raises:
         ConfigError: a bad argument, or redis-py is missing.
@@ -434,7 +419,6 @@ class RedisSink:
         retry_backoff_s: float = 0.1,
         timeout_s: float = 5.0,
         write_per_partition: bool = True,
-        writer_process: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             msg = "RedisSink needs a non-empty name= (it keys the sink's batch marker)"
@@ -455,9 +439,7 @@ class RedisSink:
         self.retry_backoff_s = retry_backoff_s
         self.timeout_s = timeout_s
         self.write_per_partition = write_per_partition
-        self.writer_process = writer_process
         self._write = write
-        self._writer: WriterProcess | None = None  # with a checkpoint: where `write` runs (`writer_process`)
         self._client: Redis | None = None
         self._script: Any = None
         self._staged: Any = None
@@ -493,9 +475,6 @@ class RedisSink:
             self._left = None
             self._defer, self._failed, self._loaded = False, None, False
             sent, self._sent = self._sent, None
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.close(self.timeout_s)
             if sent is not None and sent.conn is not None and client is not None:
                 sent.conn.disconnect()
                 client.connection_pool.release(sent.conn)
@@ -507,16 +486,9 @@ class RedisSink:
 
         The scheduler calls it for jobs with a checkpoint, whose commit of each batch
         settles it first: Redis runs batch ``T``'s script while the job computes ``T + 1``.
-        With ``writer_process=True`` this starts the sink's writer process, which runs each
-        batch's write from then on.
-
-        Raises:
-            ConfigError: the write function cannot be pickled for the writer process.
         """
         with self._lock:
             self._defer = True
-            if self.writer_process and self._writer is None:
-                self._writer = WriterProcess(self, self.name)
 
     def settle(self, batch_time: BatchTime) -> None:
         """(`SettlingSink`) Wait for the outcome of the batches sent up to `batch_time`; raise a failure.
@@ -525,13 +497,6 @@ class RedisSink:
             SinkError: the batch failed (as `write` would have raised), or Redis stayed unreachable.
             CheckpointInUseError: a newer driver of the checkpoint wrote the marker.
         """
-        writer = self._writer
-        if writer is not None and self._sent is None:  # without the sink's lock: the job's thread hands the next batch over meanwhile
-            failed = self._failed
-            if failed is not None and failed[0] <= batch_time:
-                raise failed[1]
-            self._settle_writer(writer, batch_time)
-            return
         with self._lock:
             self._settle(batch_time)
 
@@ -540,9 +505,6 @@ class RedisSink:
         failed = self._failed
         if failed is not None and (upto is None or failed[0] <= upto):
             raise failed[1]
-        writer = self._writer
-        if writer is not None:
-            self._settle_writer(writer, upto)
         sent = self._sent
         if sent is None or (upto is not None and sent.batch_time > upto):
             return
@@ -566,21 +528,6 @@ class RedisSink:
             raise err from exc
         if _text(reply[0]) == "applied":
             self._left = sent.batch_time
-
-    def _settle_writer(self, writer: WriterProcess, upto: BatchTime | None, keep: int = 0) -> None:
-        """Read the writer's outcomes (up to batch `upto`, all but the last `keep`); a failure stays `_failed`."""
-        try:
-            writer.settle(upto, keep)
-        except Exception as exc:  # as the sink raised it in the writer: no later batch is written
-            assert writer.failed_batch is not None
-            self._failed = (writer.failed_batch, exc)
-            raise
-        except BaseException:  # interrupted while waiting: the outcome is unknown, the batch is never committed
-            batch = writer.failed_batch
-            if batch is not None:
-                msg = f"RedisSink {self.name!r}, batch {batch}: waiting for its outcome was interrupted; the batch is not committed."
-                self._failed = (batch, SinkError(msg))
-            raise
 
     def _reply(self, sent: _Sent) -> Any:
         """The reply of the script `sent` was sent with; after a lost connection, of the script run again.
@@ -609,7 +556,7 @@ class RedisSink:
         state["_staged"] = None
         state["_lock"] = None
         state["_left"] = None
-        state.update(_defer=False, _sent=None, _failed=None, _loaded=False, _writer=None)  # a copy (a worker's) writes synchronously
+        state.update(_defer=False, _sent=None, _failed=None, _loaded=False)  # a copy (a worker's) writes synchronously
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -674,17 +621,6 @@ class RedisSink:
             UserFunctionError: the write function raised (nothing was applied).
         """
         with self._lock:
-            writer = self._writer
-            # With a checkpoint the writer process writes it (after the ones before), and `settle` reads the outcome;
-            # until the writer has started (~0.2-0.5 s after the job), batches are written from this thread.
-            if writer is not None and (writer.pending or writer.ready(wait=WAIT_FOR_WRITER)):
-                if self._sent is not None:
-                    self._settle()  # the last batch sent from this thread is applied before the writer's first
-                elif self._failed is not None:
-                    raise self._failed[1]
-                self._settle_writer(writer, None, keep=writer.AHEAD)  # the job's thread waits only when the writer falls behind
-                writer.send(batch_time, records)
-                return
             self._settle()  # the batch in flight first: none is sent past a failed one
             try:
                 self._retrying(f"writing batch {batch_time}", batch_time, lambda: self._apply(batch_time, records))
