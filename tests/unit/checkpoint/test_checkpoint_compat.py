@@ -320,3 +320,23 @@ def test_allow_state_loss_does_not_lift_the_derived_name_refusal(tmp_path: Path)
     job2 = _numbered_job(url, {}, [("sum", None), ("len", None)], allow=("update_state_by_key#2",))
     with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#2' \(update_state_by_key\) without name=.*Listing 'update_state_by_key#2' in allow_state_loss does not lift this"):
         run_until(url, job2, 3)
+
+
+def test_pinning_a_derived_source_name_next_to_unnamed_sources_of_its_kind_is_refused(tmp_path: Path) -> None:
+    """The same for sources: drop queue#1, pin queue#2, add an unnamed queue (derived queue#1: it would get the dropped one's position)."""
+    url = str(tmp_path / "c")
+
+    def setup(names: list[str | None]) -> Callable[[], sk.StreamingContext]:
+        def build() -> sk.StreamingContext:
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=("queue#1",))
+            for i, name in enumerate(names):
+                ssc.queue_stream([[i]] * 10, name=name).write_to(ListSink(f"s{i}"))
+            return ssc
+
+        return build
+
+    with pytest.warns(DerivedNameWarning):
+        run_until(url, setup([None, None]), 2)
+    with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"names 'queue#2' explicitly while 'queue#1' \(queue\) have no name=.*Give every queue source a name"):
+        run_until(url, setup(["queue#2", None]), 3)
+    assert run_until(url, setup(["queue#2", "fresh"]), 3).restored
