@@ -15,14 +15,21 @@ Both go to Redis through ``RedisSink``, which applies each batch's commands in o
 atomic Lua script guarded by a batch marker, so a batch replayed after a crash
 is not applied twice:
 
-    <prefix>window        hash user -> events in the window. A user whose window
-                          count went back to 0 is deleted from the hash (HDEL).
-                          With ``filter_f`` dropping zeros instead, the hash would
-                          keep the user's last non-zero count forever: the pitfall
-                          of writing only what a windowed stream emits.
+    <prefix>window        hash user -> events in the window, rewritten whole every
+                          slide (DEL, then HSET of what the window emits, in the
+                          batch's one script). ``filter_f`` drops a user whose count
+                          went back to 0 from the window's state, so the work per
+                          slide follows the active users, not every user ever seen;
+                          the rewrite then removes that user from the hash. (Writing
+                          only what a filtered window emits, HSET per user, would
+                          keep the user's last non-zero count forever.)
     <prefix>sessions      list of "user:count" for every session that ended (RPUSH:
                           not idempotent, exact through the sink)
     <prefix>events_total  INCRBY of the events seen (not idempotent either)
+    <prefix>dead_letters  list of the records that are not ``user,action,...`` UTF-8
+                          text, as JSON (topic, partition, offset, error, value), once
+                          each: a bad record does not stop the job (nor fail the same
+                          batch again on every restart)
 
 Run it against the servers the tests use (see examples/kafka_to_redis.py for
 starting the mock Kafka cluster and redis-server, and producing lines)::
@@ -39,6 +46,7 @@ times back to back without waiting for the clock (tests, backfills).
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import streamkeep as sk
@@ -46,7 +54,7 @@ from streamkeep.sinks import RedisSink
 
 
 def parse(line: bytes) -> tuple[str, str]:
-    """``user,action,...`` -> (user, action); raises ValueError on anything else."""
+    """``user,action,...`` -> (user, action); raises ValueError on anything else (the record is dead-lettered)."""
     user, action = line.decode("utf-8").split(",")[:2]
     return user, action
 
@@ -62,23 +70,30 @@ def session(user: str, _value: Any, state: Any) -> tuple[str, int] | None:
 def build(args: argparse.Namespace) -> sk.StreamingContext:
     """The job's graph; get_or_create runs it on every start and restores state into it by name."""
     ssc = sk.StreamingContext(args.interval, checkpoint=args.checkpoint)
+    p = args.prefix
+
+    def write_dead_letters(pipe: Any, bad: list[dict[str, Any]]) -> None:
+        for rec in bad:
+            doc = {k: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for k, v in rec.items()}
+            pipe.rpush(f"{p}dead_letters", json.dumps(doc, sort_keys=True, default=str))
+
     records = ssc.kafka_stream(
         args.topic, bootstrap_servers=args.bootstrap_servers, name="events",
         starting_offsets="earliest", value_deserializer=parse,
+        on_error=RedisSink(args.redis_url, write_dead_letters, name="dead_letters"),
     )
     users = records.map(lambda r: (r.value[0], 1))
     window = users.reduce_by_key_and_window(
-        lambda a, b: a + b, args.window, args.slide, inv_f=lambda a, b: a - b, name="window_counts",
+        lambda a, b: a + b, args.window, args.slide, inv_f=lambda a, b: a - b,
+        filter_f=lambda kv: kv[1] != 0, name="window_counts",
     )
     ended = users.map_with_state(session, name="sessions", timeout=args.idle).filter(lambda x: x is not None)
-    p = args.prefix
 
     def write_window(pipe: Any, counts: list[tuple[str, int]]) -> None:
-        for user, n in counts:
-            if n:
-                pipe.hset(f"{p}window", user, n)
-            else:
-                pipe.hdel(f"{p}window", user)
+        # The window emits every active user every slide: replace the hash with them (one atomic script).
+        pipe.delete(f"{p}window")
+        if counts:
+            pipe.hset(f"{p}window", mapping=dict(counts))
 
     def write_sessions(pipe: Any, sessions: list[tuple[str, int]]) -> None:
         for user, n in sorted(sessions):

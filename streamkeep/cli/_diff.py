@@ -124,7 +124,7 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
     if s_iv != c_iv:
         print(f"  batch interval: {s_iv} ms -> {c_iv} ms")
     try:
-        check_compatible(stored, current, allowed, url)
+        check_compatible(stored, current, allowed, url, frozenset(ssc._graph.pinned))
     except IncompatibleCheckpointError as exc:
         print("verdict: INCOMPATIBLE -- get_or_create would raise IncompatibleCheckpointError:")
         for ln in str(exc).replace(f" {DIFF_HINT}", "").splitlines()[1:]:

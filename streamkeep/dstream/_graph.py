@@ -11,6 +11,7 @@ state.base besides layer 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -194,6 +195,9 @@ class Graph:
     default_on_error: Any = "fail"
     fixed: bool = False
     _derived: dict[str, int] = field(default_factory=dict)
+    #: Names the user gave in the derived shape of their own kind (``KIND#N``): the code-change check must tell them
+    #: from derived ones (a graph mixing both in one kind numbers its unnamed ones ambiguously).
+    pinned: set[str] = field(default_factory=set)
 
     def check_open(self, what: str) -> None:
         """ConfigError when the graph is fixed (the context started): nothing added now would run."""
@@ -224,6 +228,8 @@ class Graph:
             if name in self.names or name in self.source_names:
                 msg = f"{op}: the name {name!r} is already used by another stateful operator or source; names must be unique"
                 raise ConfigError(msg)
+            if re.fullmatch(re.escape(op) + "#[0-9]+", name):
+                self.pinned.add(name)
             return name
         n = self._derived.get(op, 0) + 1
         while f"{op}#{n}" in self.names or f"{op}#{n}" in self.source_names:  # a user took that name
@@ -259,6 +265,8 @@ class Graph:
         elif name in self.source_names or name in self.names:
             msg = f"{kind}: the name {name!r} is already used; source names must be unique"
             raise ConfigError(msg)
+        elif re.fullmatch(re.escape(kind) + "#[0-9]+", name):
+            self.pinned.add(name)
         self.source_names.add(name)
         return name
 

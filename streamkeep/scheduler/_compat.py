@@ -8,10 +8,15 @@ or changed window shape; a source whose stored position no source of the code
 takes over (renamed or removed), that changed kind, or whose stored position
 means nothing to its new configuration (a text file source reading another
 directory, a Kafka source none of whose topics it read before); or a batch
-interval change under windows; a new stateful operator or source with a derived
-name (``KIND#N``) when the checkpoint holds derived names of its kind (it may have
-taken an old one's name) -- unless the operator or source is listed in
-``allow_state_loss`` (a source listed there starts from its configured start).
+interval change under windows -- unless the operator or source is listed in
+``allow_state_loss`` (it then starts empty, a source from its configured start).
+Also fails, whatever ``allow_state_loss`` says (the risk is an operator reading
+another one's state, not losing its own): a new stateful operator or source with
+a derived name (``KIND#N``) when the checkpoint holds derived names of its kind
+(it may have taken an old one's name), and code that gives some operators of a
+kind a name of the shape ``KIND#N`` while others of that kind have none (their
+derived numbers then skip the pinned ones, so an unnamed one can take a dropped
+one's name) when the checkpoint holds such names of that kind.
 """
 
 from __future__ import annotations
@@ -67,17 +72,41 @@ def _derived_kind(name: str, desc: dict[str, Any]) -> str | None:
     return m.group(1) if m is not None and m.group(1) == desc.get("kind") else None
 
 
-def ambiguous_derived(stored: dict[str, Any], current: dict[str, Any], new: list[str], section: str) -> list[str]:
+def ambiguous_derived(
+    stored: dict[str, Any], current: dict[str, Any], new: list[str], section: str, pinned: frozenset[str] = frozenset()
+) -> list[str]:
     """New names in `section` that are derived (``KIND#N``) while the checkpoint holds derived names of that kind.
 
     Derived names number operators (or sources) of one kind in program order, so adding one
     without ``name=`` renumbers the ones after it: the new one inserted before an old one takes
     the old one's name and state. Appending it after them gives the same descriptions, so the
-    two cannot be told apart, and either could hand one operator another's state.
+    two cannot be told apart, and either could hand one operator another's state. Names in
+    `pinned` (given by the user) are exact and left out.
     """
-    stored_kinds = {k for n, d in stored.get(section, {}).items() if (k := _derived_kind(n, d)) is not None}
+    stored_kinds = _stored_derived_kinds(stored, section)
     cur = current.get(section, {})
-    return [n for n in new if _derived_kind(n, cur.get(n, {})) in stored_kinds]
+    return [n for n in new if n not in pinned and _derived_kind(n, cur.get(n, {})) in stored_kinds]
+
+
+def _stored_derived_kinds(stored: dict[str, Any], section: str) -> set[str]:
+    """Kinds that hold names of the derived shape (``KIND#N``) in the checkpoint's `section`."""
+    return {k for n, d in stored.get(section, {}).items() if (k := _derived_kind(n, d)) is not None}
+
+
+def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pinned: frozenset[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Kinds of `section` whose current names mix user-given ``KIND#N`` names with derived ones: kind -> (pinned, derived).
+
+    Only kinds the checkpoint holds ``KIND#N`` names of. Derived numbers skip the pinned
+    ones, so an unnamed operator can take the number (and state) of a dropped one while the
+    name sets still match: pinning ``#2`` after dropping ``#1`` makes a new unnamed one ``#1``.
+    """
+    stored_kinds = _stored_derived_kinds(stored, section)
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for n, d in current.get(section, {}).items():
+        kind = _derived_kind(n, d)
+        if kind is not None and kind in stored_kinds:
+            out.setdefault(kind, ([], []))[0 if n in pinned else 1].append(n)
+    return {k: v for k, v in out.items() if v[0] and v[1]}
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
@@ -130,13 +159,35 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, li
     return out
 
 
-def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_state_loss: frozenset[str], url: str) -> None:
-    """Raise IncompatibleCheckpointError when state would be lost or misread."""
+def check_compatible(
+    stored: dict[str, Any],
+    current: dict[str, Any],
+    allow_state_loss: frozenset[str],
+    url: str,
+    pinned: frozenset[str] = frozenset(),
+) -> None:
+    """Raise IncompatibleCheckpointError when state would be lost or misread.
+
+    `pinned`: the current names the user gave in the derived shape ``KIND#N`` (`Graph.pinned`).
+    """
     d = differences(stored, current)
     problems = []
+    mixed = {section: mixed_pins(stored, current, section, pinned) for section in ("operators", "sources")}
+    for section, what in (("operators", "stateful operator"), ("sources", "source")):
+        for kind, (pins, derived) in mixed[section].items():
+            problems.append(
+                f"- the code names {', '.join(repr(n) for n in sorted(pins))} explicitly while "
+                f"{', '.join(repr(n) for n in sorted(derived))} ({kind}) have no name=, and the checkpoint holds "
+                f"{kind} {what}s under numbered names. Numbers derived next to pinned ones are ambiguous: an unnamed "
+                f"one can take the number of a removed one and get its {'state' if section == 'operators' else 'position'}. "
+                f"Give every {kind} {what} a name (name='{kind}#N' keeps the old number's "
+                f"{'state' if section == 'operators' else 'position'}; a new one needs a new name)."
+            )
     for section, what, new in (("operators", "stateful operator", d["new"]), ("sources", "source", d["sources_new"])):
-        for name in ambiguous_derived(stored, current, new, section):
+        for name in ambiguous_derived(stored, current, new, section, pinned):
             kind = current[section][name].get("kind")
+            if kind in mixed[section]:
+                continue  # reported above
             olds = sorted(n for n, o in stored.get(section, {}).items() if _derived_kind(n, o) == kind)
             problems.append(
                 f"- the code has a new {what} {name!r} ({kind}) without name=, and the checkpoint holds "
@@ -144,6 +195,12 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], allow_stat
                 f"program order, so if the new one comes before an old one it has taken that one's name and would "
                 f"get its {'state' if section == 'operators' else 'position'}. Give the new {what} a name "
                 f"(name='...', a streamkeep extension in PySpark programs); the others then keep their derived names."
+                + (
+                    f" Listing {name!r} in allow_state_loss does not lift this: the new one has no state to lose, the "
+                    f"risk is it reading an old one's."
+                    if name in allow_state_loss
+                    else ""
+                )
             )
     for name in d["dropped"]:
         if name not in allow_state_loss:

@@ -113,7 +113,7 @@ class Recovery:
                 except CorruptCheckpointError:
                     graph_unreadable = graph_unreadable or i == 0
                     raise
-                check_compatible(graph, self._description, self.allow_state_loss, ckpt.url)
+                check_compatible(graph, self._description, self.allow_state_loss, ckpt.url, frozenset(self.graph.pinned))
                 self._load(rec)
             except CorruptCheckpointError as exc:
                 errors.append(exc)

@@ -35,8 +35,15 @@ class StateStore(Protocol):
     def take_delta(self) -> tuple[list[tuple[Key, Any]], list[Key]]:
         """(changed items, removed keys) since the last call; resets the tracking."""
 
+    def take_changes(self) -> tuple[list[tuple[Key, Any]], list[Key], list[Key]]:
+        """(changed items, removed keys, moved keys) since the last call; resets the tracking.
+
+        Moved keys were removed and set again: a reader takes them out before applying the
+        items, so they go last as in the writer's state (the key order outputs follow).
+        """
+
     def load(self, items: Iterable[tuple[Key, Any]]) -> None:
         """Replace the content with `items` (a snapshot); clears the tracking."""
 
-    def apply_delta(self, changed: Iterable[tuple[Key, Any]], removed: Iterable[Key]) -> None:
-        """Apply a delta read back from a checkpoint; clears the tracking."""
+    def apply_delta(self, changed: Iterable[tuple[Key, Any]], removed: Iterable[Key], moved: Iterable[Key] = ()) -> None:
+        """Apply a delta read back from a checkpoint: take `moved` out, set `changed`, drop `removed`; clears the tracking."""

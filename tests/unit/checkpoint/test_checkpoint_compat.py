@@ -11,7 +11,7 @@ import pytest
 from _ckpt_jobs import add_up, run_until, totals_after
 
 import streamkeep as sk
-from streamkeep.errors import IncompatibleCheckpointError
+from streamkeep.errors import DerivedNameWarning, IncompatibleCheckpointError
 from streamkeep.scheduler._compat import check_compatible, differences
 from streamkeep.testing import ListSink, ManualClock
 
@@ -265,3 +265,78 @@ def test_a_text_file_source_pointed_at_another_directory_is_refused(tmp_path: Pa
     with pytest.raises(IncompatibleCheckpointError, match=r"source 'files' changed directory"):
         run_until(url, setup(str(tmp_path / "in2")), 3)
     run_until(url, setup(str(tmp_path / "in2"), ("files",)), 3)  # allowed: starts with a fresh cut-off
+
+
+def _numbered_job(url: str, sinks: dict[str, ListSink], specs: list[tuple[str, str | None]], allow: tuple[str, ...] = ()) -> Callable[[], sk.StreamingContext]:
+    """update_state_by_key operators in program order: (function "sum" | "len" | "max", name or None to derive one)."""
+    fs: dict[str, Callable[[list[int], int | None], int]] = {
+        "sum": lambda v, o: (o or 0) + sum(v),
+        "len": lambda v, o: (o or 0) + 100 * len(v),
+        "max": lambda v, o: max([o or 0, *v]),
+    }
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=allow)
+        pairs = ssc.queue_stream([[("a", 1)] for _ in range(20)], name="q")
+        for f, name in specs:
+            pairs.update_state_by_key(fs[f], name=name).write_to(sinks.setdefault(f, ListSink(f)))
+        return ssc
+
+    return setup
+
+
+def test_pinning_a_derived_name_next_to_unnamed_operators_of_its_kind_is_refused(tmp_path: Path) -> None:
+    """Drop #1 (sum), pin #2 (len) as the refusal's hint says, add an unnamed max: it is derived #1 and the
+    name sets match, so it would silently get sum's state. The restore refuses; naming every operator restores."""
+    url = str(tmp_path / "c")
+    with pytest.warns(DerivedNameWarning):
+        run_until(url, _numbered_job(url, {}, [("sum", None), ("len", None)]), 2)
+    sinks: dict[str, ListSink] = {}
+    mixed = _numbered_job(url, sinks, [("len", "update_state_by_key#2"), ("max", None)], allow=("update_state_by_key#1",))
+    with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"names 'update_state_by_key#2' explicitly while 'update_state_by_key#1'.*Give every update_state_by_key stateful operator a name") as exc:
+        run_until(url, mixed, 3)
+    assert "without name=" not in str(exc.value)
+    run_until(url, _numbered_job(url, sinks, [("len", "update_state_by_key#2"), ("max", "m")], allow=("update_state_by_key#1",)), 3)
+    assert _last(sinks["len"]) == [("a", 300)]  # len's state went on
+    assert _last(sinks["max"]) == [("a", 1)]  # the new one started empty
+
+
+def test_a_new_operator_pinned_to_a_derived_shape_is_not_called_unnamed(tmp_path: Path) -> None:
+    """Every operator of the kind named: the names are exact, so a new one named 'KIND#N' restores (starts empty)."""
+    url = str(tmp_path / "c")
+    with pytest.warns(DerivedNameWarning):
+        run_until(url, _numbered_job(url, {}, [("sum", None)]), 2)
+    sinks: dict[str, ListSink] = {}
+    run_until(url, _numbered_job(url, sinks, [("sum", "update_state_by_key#1"), ("len", "update_state_by_key#2")]), 3)
+    assert _last(sinks["sum"]) == [("a", 3)]
+    assert _last(sinks["len"]) == [("a", 100)]
+
+
+def test_allow_state_loss_does_not_lift_the_derived_name_refusal(tmp_path: Path) -> None:
+    """The new unnamed operator has no state to lose: the risk is it reading an old one's, so the refusal stays."""
+    url = str(tmp_path / "c")
+    with pytest.warns(DerivedNameWarning):
+        run_until(url, _numbered_job(url, {}, [("sum", None)]), 2)
+    job2 = _numbered_job(url, {}, [("sum", None), ("len", None)], allow=("update_state_by_key#2",))
+    with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#2' \(update_state_by_key\) without name=.*Listing 'update_state_by_key#2' in allow_state_loss does not lift this"):
+        run_until(url, job2, 3)
+
+
+def test_pinning_a_derived_source_name_next_to_unnamed_sources_of_its_kind_is_refused(tmp_path: Path) -> None:
+    """The same for sources: drop queue#1, pin queue#2, add an unnamed queue (derived queue#1: it would get the dropped one's position)."""
+    url = str(tmp_path / "c")
+
+    def setup(names: list[str | None]) -> Callable[[], sk.StreamingContext]:
+        def build() -> sk.StreamingContext:
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=("queue#1",))
+            for i, name in enumerate(names):
+                ssc.queue_stream([[i]] * 10, name=name).write_to(ListSink(f"s{i}"))
+            return ssc
+
+        return build
+
+    with pytest.warns(DerivedNameWarning):
+        run_until(url, setup([None, None]), 2)
+    with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"names 'queue#2' explicitly while 'queue#1' \(queue\) have no name=.*Give every queue source a name"):
+        run_until(url, setup(["queue#2", None]), 3)
+    assert run_until(url, setup(["queue#2", "fresh"]), 3).restored
