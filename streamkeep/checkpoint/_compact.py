@@ -36,7 +36,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from streamkeep import _faults
@@ -239,26 +239,24 @@ def _merge_columns(base: Columns, deltas: list[dict[str, Any]]) -> Columns:
     gone: set[Any] = set()  # base keys removed (a re-added one lives in `tail`)
     new_values: dict[Any, Any] = {}  # base keys' new values
     tail: dict[Any, Any] = {}  # keys not (or no longer) in the base, in insertion order
-    for d in deltas:
-        for k in d.get(MOVED, ()):  # set again below: last, in order
+
+    def drop(keys: Iterable[Any]) -> None:
+        for k in keys:
             if k in alive:
                 alive.discard(k)
                 gone.add(k)
                 new_values.pop(k, None)
             else:
                 tail.pop(k, None)
+
+    for d in deltas:
+        drop(d.get(MOVED, ()))  # set again below: last, in order
         for k, v in d.get("set", ()):
             if k in alive:
                 new_values[k] = v
             else:
                 tail[k] = v
-        for k in d.get("del", ()):
-            if k in alive:
-                alive.discard(k)
-                gone.add(k)
-                new_values.pop(k, None)
-            else:
-                tail.pop(k, None)
+        drop(d.get("del", ()))
     keys, values, order = base.keys, base.values, base.order
     if gone:
         keep = [k not in gone for k in keys]

@@ -12,6 +12,8 @@ the claim and checks ownership before it deletes one.
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -48,15 +50,24 @@ def _commit(ckpt: Checkpoint, t: int, graph: dict[str, Any]) -> tuple[int, set[s
     return seq, {graph_path(gid)}
 
 
+@contextmanager
+def _two_drivers(s3_server: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Checkpoint, Checkpoint, list[float]]]:
+    """Drivers A (claimed) and B (not yet) of one S3 checkpoint on one fake clock; both released at the end."""
+    now = _fake_clock(monkeypatch)
+    a = Checkpoint(s3_url, storage_options=s3_server.storage_options, lease_timeout_s=60)
+    b = Checkpoint(s3_url, storage_options=s3_server.storage_options, lease_timeout_s=60)
+    a.claim("a", "0")
+    try:
+        yield a, b, now
+    finally:
+        a.release()
+        b.release()
+
+
 def test_a_paused_drivers_retention_keeps_the_graph_file_the_new_owner_wrote_s3(
     s3_server: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = _fake_clock(monkeypatch)
-    opts = s3_server.storage_options
-    a = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=60)
-    b = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=60)
-    a.claim("a", "0")
-    try:
+    with _two_drivers(s3_server, s3_url, monkeypatch) as (a, b, now):
         retention = Retention(a, 2)
         for t, graph in ((1000, G0), (2000, G0), (3000, G1)):  # A recovered from G0's commits, then runs G1
             retention.committed(t // 1000, t, _commit(a, t, graph)[1])
@@ -68,25 +79,17 @@ def test_a_paused_drivers_retention_keeps_the_graph_file_the_new_owner_wrote_s3(
         assert b.storage.exists(g0)
         retention.committed(seq, 4000, files)  # A resumes; before the fix it deleted graphs/<G0> here
         assert b.storage.exists(g0)
-        reader = Checkpoint(s3_url, storage_options=opts)  # as inspect, verify or a restart reads B's commit
+        reader = Checkpoint(s3_url, storage_options=s3_server.storage_options)  # as inspect, verify or a restart reads B's commit
         assert reader.graph_of(reader.commits()[0]) == G0
         with pytest.raises(CheckpointInUseError, match="lost its claim"):
             _commit(a, 5000, G1)  # A is fenced out as before
-    finally:
-        a.release()
-        b.release()
 
 
 def test_the_restart_sweep_does_not_delete_graph_files_once_another_driver_took_over_s3(
     s3_server: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sweep deletes graph files only while its driver provably owns the checkpoint."""
-    now = _fake_clock(monkeypatch)
-    opts = s3_server.storage_options
-    a = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=60)
-    b = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=60)
-    a.claim("a", "0")
-    try:
+    with _two_drivers(s3_server, s3_url, monkeypatch) as (a, b, now):
         _commit(a, 1000, G0)
         _commit(a, 2000, G1)
         seq, _ = _commit(a, 3000, G1)
@@ -98,6 +101,3 @@ def test_the_restart_sweep_does_not_delete_graph_files_once_another_driver_took_
         with pytest.raises(CheckpointInUseError, match="lost its claim"):
             Retention(a, 2).sweep(rec, None, set())
         assert b.storage.exists(g0)
-    finally:
-        a.release()
-        b.release()
