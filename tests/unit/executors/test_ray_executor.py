@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _ckpt_jobs import canon_state as _canon
@@ -120,10 +121,9 @@ def test_partition_hosts_run_the_map_side_and_the_step_with_the_cyclic_gc_paused
     assert host.map_bucket("u", 2000, 0, fan_out, Records(["a", "b", "a"]))[0] == 3
 
 
-def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
-    """Without Ray: the actors' side of the shuffle. Records that cross between Ray processes are
-    `Records` (Ray pickles those in one piece; a plain list of tuples costs a Python callback per record)."""
-    from streamkeep.executors._partitions import PartitionHost, Records
+def _two_open_hosts() -> tuple[list[Any], list[tuple[str, int]]]:
+    """Two partition hosts (no Ray) opened on an update_state_by_key named "u", and 40 records of 5 keys."""
+    from streamkeep.executors._partitions import PartitionHost
     from streamkeep.executors.ray import _strip
 
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
@@ -132,7 +132,15 @@ def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_th
     hosts = [PartitionHost(i, 2) for i in range(2)]
     for i, h in enumerate(hosts):
         h.open([node], 0, i, 2)
-    records = [(f"k{i % 5}", i) for i in range(40)]
+    return hosts, [(f"k{i % 5}", i) for i in range(40)]
+
+
+def test_partition_hosts_map_their_slices_keep_their_own_bucket_and_hand_over_the_others_whole():
+    """Without Ray: the actors' side of the shuffle. Records that cross between Ray processes are
+    `Records` (Ray pickles those in one piece; a plain list of tuples costs a Python callback per record)."""
+    from streamkeep.executors._partitions import Records
+
+    hosts, records = _two_open_hosts()
     ops = sk.Batch([records], 1000).map(lambda kv: (kv[0], kv[1] * 10))._ops
     maps = [h.map_bucket("u", 1000, i, ops, Records(records[i * 20 : (i + 1) * 20])) for i, h in enumerate(hosts)]
     assert [m[-1][0] for m in maps] == [20, 20]  # records mapped by each slice
@@ -543,16 +551,10 @@ def test_the_drift_of_the_actors_slices_ignores_the_hosts_clock_offsets(monkeypa
     import types
 
     from streamkeep.executors import _partitions
-    from streamkeep.executors._partitions import PartitionHost, Records
-    from streamkeep.executors.ray import _drift, _strip
+    from streamkeep.executors._partitions import Records
+    from streamkeep.executors.ray import _drift
 
-    ssc = sk.StreamingContext(1.0, clock=ManualClock())
-    stream = ssc.queue_stream([[1]], name="q").map(lambda x: x).update_state_by_key(lambda vs, old: (old or []) + vs, name="u")
-    node = _strip(stream._node)
-    hosts = [PartitionHost(i, 2) for i in range(2)]
-    for i, h in enumerate(hosts):
-        h.open([node], 0, i, 2)
-    records = [(f"k{i % 5}", i) for i in range(40)]
+    hosts, records = _two_open_hosts()
     ops = sk.Batch([records], 1000).map(lambda kv: kv)._ops
     maps = []
     for i, h in enumerate(hosts):
