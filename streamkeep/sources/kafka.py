@@ -123,7 +123,8 @@ class KafkaSource:
     partition and offset, unless ``on_error`` is given: a callable receives
     ``(raw_record, exception)``, or a dead-letter sink receives the batch's
     undecodable records as dicts (topic, partition, offset, key, value,
-    timestamp, error) in one ``write(batch_time, records)``. The undecodable
+    timestamp, error) in one ``write(batch_time, records)``, ordered by topic,
+    partition and offset (a replay writes the same list). The undecodable
     record is then left out of the batch. Both may run again for the same
     records when a batch is replayed after a crash; a streamkeep sink
     deduplicates that by batch time.
@@ -771,7 +772,7 @@ class KafkaSource:
                     marks = self._marks
                     more = {(t, p) for t, p, _, u in ranges if (m := marks.get(_pkey(t, p))) is not None and m[1] > u}
                 self._fetch(ranges, out, bad, batch_time, more)
-        self._dead.write(batch_time, bad)
+        self._dead.write(batch_time, _in_log_order(bad))
         return out
 
     def _ranges(self, plan: Data, batch_time: BatchTime) -> list[tuple[str, int, int, int]]:
@@ -828,13 +829,16 @@ class KafkaSource:
     def _finish_remote(self, batch_time: BatchTime, extras: list[Any]) -> None:
         """In the driver, after every fetch of a `remote_read`: dead letters to the sink, or ``on_error`` calls."""
         bad: list[dict[str, Any]] = []
-        for dead, calls in extras:
+        calls: list[tuple[KafkaRecord, BaseException]] = []
+        for dead, called in extras:
             bad.extend(dead)
-            for raw, exc in calls:
-                handler = self.on_error
-                assert callable(handler)
+            calls.extend(called)
+        if calls:
+            handler = self.on_error
+            assert callable(handler)
+            for raw, exc in sorted(calls, key=lambda c: (c[0].topic, c[0].partition, c[0].offset)):
                 handler(raw, exc)
-        self._dead.write(batch_time, bad)
+        self._dead.write(batch_time, _in_log_order(bad))
 
     def _check_replay(self, ranges: list[tuple[str, int, int, int]], batch_time: BatchTime) -> list[tuple[str, int, int, int]]:
         """Before replaying a plan of an earlier run: do its topics and partitions still hold the planned records?
@@ -1022,3 +1026,15 @@ def _split_even(ranges: list[_Range], pieces: int) -> list[list[_Range]]:
 for _public in (KafkaRecord, DeadLetterSink, PidRateEstimator):
     _public.__module__ = __name__
 del _public
+
+
+def _in_log_order(bad: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch's dead letters by topic, partition and offset.
+
+    Fetches return partitions interleaved as the brokers answer, so the order they were
+    met in differs between a run and its replay; a dead-letter sink gets the same list
+    (and a file sink writes the same bytes) either way.
+    """
+    if len(bad) > 1:
+        bad.sort(key=lambda d: (d["topic"], d["partition"], d["offset"]))
+    return bad

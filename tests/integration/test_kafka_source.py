@@ -522,3 +522,35 @@ def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapse
     assert len(lines) <= 6, lines  # every client's refused connects, each once (librdkafka retries them ~every 100 ms)
     err = capfd.readouterr().err  # other tests' leftover clients may still print theirs
     assert f"127.0.0.1:{port}" not in err, err[-2000:]
+
+
+def test_dead_letters_of_several_partitions_come_in_topic_partition_offset_order(kafka_cluster_factory, topic_factory):
+    """Brokers answer fetches in any order; the dead-letter sink still gets one order, so a replay writes the same list."""
+    cluster = kafka_cluster_factory(3)  # partitions led by different brokers: their fetch replies interleave
+    bs = cluster.bootstrap
+    n = 6
+    topic = topic_factory(n, cluster)
+    values = [b"bad" if i % 3 else b'{"a": 1}' for i in range(n * 40)]
+    produce(bs, topic, values, partition=lambda i: i % n)
+    writes: list[list[Any]] = []
+
+    class ListSink:
+        name = "dead-letters"
+
+        def open(self) -> None: ...
+
+        def write(self, batch_time: int, records: list[Any]) -> None:
+            writes.append(records)
+
+        def close(self) -> None: ...
+
+    for _ in range(3):
+        src = _source(bs, topic, value_deserializer=_json, on_error=ListSink())
+        try:
+            src.read(src.plan(1000), 1000)
+        finally:
+            src.close()
+    got = [[(d["topic"], d["partition"], d["offset"]) for d in w] for w in writes]
+    assert len(got) == 3 and len(got[0]) == n * 40 * 2 // 3
+    for order in got:
+        assert order == sorted(order)
