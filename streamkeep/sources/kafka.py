@@ -829,7 +829,7 @@ class KafkaSource:
     def _finish_remote(self, batch_time: BatchTime, extras: list[Any]) -> None:
         """In the driver, after every fetch of a `remote_read`: dead letters to the sink, or ``on_error`` calls."""
         bad: list[dict[str, Any]] = []
-        calls: list[tuple[KafkaRecord, BaseException]] = []
+        calls: list[tuple[KafkaRecord, Any]] = []  # exceptions as the fetches kept them
         for dead, called in extras:
             bad.extend(dead)
             calls.extend(called)
