@@ -51,9 +51,9 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str | None
     if old.get("kind") != new.get("kind"):
         return f"kind {old.get('kind')!r} -> {new.get('kind')!r}", None
     kind = new.get("kind")
-    if kind == "text_files":
+    if kind in ("text_files", "binary_records"):
         o, n = old.get("path"), new.get("path")
-        if o is not None and n is not None and o != n:  # checkpoints before 0.x did not store "path"
+        if o is not None and n is not None and o != n:  # checkpoints before 0.x did not store "path" (binary_records: before s10)
             return f"directory {o!r} -> {n!r} (the stored position lists files of the old directory)", None
     elif kind == "kafka":
         o_t, n_t = set(old.get("topics") or ()), set(new.get("topics") or ())

@@ -200,3 +200,58 @@ def test_a_checkpoint_without_feeds_is_not_checked(tmp_path: Path, monkeypatch: 
     sinks: dict[str, ListSink] = {}
     assert _run(url, _job(url, sinks, ("views", "clicks")), 3).restored
     assert _last(sinks["views"]) == [("k", 12)]  # the unseen swap: views continued clicks' total (the documented limit)
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_swapped_unnamed_file_sources_feeding_nothing_stateful_are_refused_by_directory(tmp_path: Path, kind: str) -> None:
+    """No stateful operator tells them apart: their stored positions list their directories' files, compared on restore."""
+    url = str(tmp_path / "c")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+        (d / "f1").write_bytes(b"abcd")
+
+    def setup(order: list[Path]) -> Callable[[], sk.StreamingContext]:
+        def build() -> sk.StreamingContext:
+            ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+            for d in order:
+                src = ssc.text_file_stream(str(d)) if kind == "text" else ssc.binary_records_stream(str(d), 2)
+                src.foreach_batch(lambda b: None)
+            return ssc
+
+        return build
+
+    _run(url, setup(dirs), 2)
+    first = "text_files#1" if kind == "text" else "binary_records#1"
+    with pytest.raises(IncompatibleCheckpointError, match=rf"source '{first}' changed directory '{dirs[0]}' -> '{dirs[1]}'"):
+        _run(url, setup(dirs[::-1]), 3)
+
+
+def test_a_renamed_source_under_unnamed_operators_keeps_its_own_message(tmp_path: Path) -> None:
+    """The renamed source is refused by name; the derived sums reading it are not reported as rewired."""
+    url = str(tmp_path / "c")
+    _run(url, _job(url, {}), 2)
+
+    def renamed() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        clicks = ssc.queue_stream([[("k", 1)] for _ in range(20)], name="clicks2")
+        views = ssc.queue_stream([[("k", 10)] for _ in range(20)], name="views")
+        clicks.update_state_by_key(_sum).write_to(ListSink("clicks"))
+        views.update_state_by_key(_sum).write_to(ListSink("views"))
+        return ssc
+
+    with pytest.raises(IncompatibleCheckpointError) as exc:
+        _run(url, renamed, 3)
+    msg = str(exc.value)
+    assert "source 'clicks' (queue) has a position in the checkpoint but no source of the current code is named 'clicks'" in msg
+    assert "no name=" not in msg and "update_state_by_key#" not in msg
+
+
+def test_dropping_a_stateful_operator_upstream_restores(tmp_path: Path) -> None:
+    """The dropped operator (allowed) is looked through: the sums' stored feeds lead back to the same sources."""
+    url = str(tmp_path / "c")
+    _run(url, _job(url, {}, upstream_stateful=True), 2)
+    sinks: dict[str, ListSink] = {}
+    assert _run(url, _job(url, sinks, allow=("pass_clicks", "pass_views")), 3).restored
+    assert _last(sinks["clicks"]) == [("k", 3)]
+    assert _last(sinks["views"]) == [("k", 30)]
