@@ -92,7 +92,9 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
             for n in names:
                 print(f"    {n} ({ops.get(n, {}).get('kind', '?')})")
 
-    line("restores (state carried over)", d["restored"], c_ops)
+    swapped = changed_feeds(stored, current, frozenset(ssc._graph.pinned))
+    rewired = {n for n, _, _ in swapped["operators"]}
+    line("restores (state carried over)", [n for n in d["restored"] if n not in rewired], c_ops)
     line("new (starts empty or from initial=)", d["new"], c_ops)
     if d["dropped"]:
         print("  dropped (state in the checkpoint, operator not in the code):")
@@ -104,7 +106,6 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
         for n, why in d["incompatible"]:
             extra = " -- allowed by allow_state_loss (starts empty)" if n in allowed else ""
             print(f"    {n}: {why}{extra}")
-    swapped = changed_feeds(stored, current, frozenset(ssc._graph.pinned))
     if swapped["operators"] or swapped["sources"]:
         print("  derived names whose inputs changed (unnamed operators or sources created in another order?):")
         for n, old, new in swapped["operators"]:
@@ -119,7 +120,7 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
                 print(f"      {n} ({desc.get('kind', '?')}) read {_listed(desc['feeds'])}")
     s_src, c_src = stored.get("sources", {}), current.get("sources", {})
     bad_src = {n for n, _ in d["sources_incompatible"]}
-    restored_src = [n for n in c_src if n in s_src and n not in bad_src]
+    restored_src = [n for n in c_src if n in s_src and n not in bad_src and n not in {m for m, _, _ in swapped["sources"]}]
     positions = last.data.get("positions", {})
     if restored_src:
         print("  sources continuing from their stored position:")

@@ -488,7 +488,7 @@ def test_diff_shows_the_inputs_of_swapped_unnamed_operators(tmp_path: Path, caps
     with pytest.warns(DerivedNameWarning):
         rc, out, _ = _cli(capsys, "checkpoint", "diff", url, str(app))
     assert rc == 1, out
-    assert "derived names whose inputs changed" in out
+    assert "derived names whose inputs changed" in out and "restores (state carried over)" not in out
     assert "    update_state_by_key#1 (update_state_by_key) reads [views]; its stored state was built from [clicks]" in out
     assert "      update_state_by_key#1 (update_state_by_key) read [clicks]\n      update_state_by_key#2 (update_state_by_key) read [views]" in out
     assert "verdict: INCOMPATIBLE" in out and "it reads 'views' while its stored state was built from 'clicks'" in out
