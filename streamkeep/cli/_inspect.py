@@ -57,9 +57,11 @@ def _operator_info(ckpt: Checkpoint, rec: CommitRecord, graph: dict[str, Any], n
     partitions = sorted({len(e) for e in [snap, *deltas] if isinstance(e, list)} | {len(e["parts"]) for e in deltas if isinstance(e, dict) and "parts" in e})
     if partitions:  # written by key partition owners (Ray): the partition counts its files were written with
         info["partitions"] = partitions
-    shape = {k: v for k, v in desc.items() if k not in ("kind", "codec")}
+    shape = {k: v for k, v in desc.items() if k not in ("kind", "codec", "feeds")}
     if shape:
         info["shape"] = shape
+    if isinstance(desc.get("feeds"), list):  # descriptions before feeds were stored have none
+        info["feeds"] = desc["feeds"]
     if desc.get("codec") == "pickle":
         info["note"] = "pickle codec: not decoded (decoding would run code stored in the checkpoint)"
         return info
@@ -228,6 +230,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
             p(f"      Arrow table (IPC), columns: {', '.join(op['table']['columns']) or 'none yet'}")
         if "shape" in op:
             p(f"      shape {short(op['shape'])}")
+        if "feeds" in op:
+            p(f"      reads {', '.join(op['feeds']) or 'no source or stateful operator'}")
         for k in ("note", "error"):
             if k in op:
                 p(f"      {k}: {op[k]}")

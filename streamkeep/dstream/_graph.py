@@ -2,8 +2,9 @@
 
 Building a graph executes nothing. Nodes are frozen dataclasses holding the
 user's functions and parameters; the executor interprets them. The graph's
-*description* (stateful operators' names, kinds, window shapes, codecs;
-source names and kinds) is plain data, stored in the checkpoint and compared
+*description* (stateful operators' names, kinds, window shapes, codecs and
+feeds -- the sources and stateful operators they read from; source names and
+kinds) is plain data, stored in the checkpoint and compared
 with the current code on restore. Sees only sources.base, sinks.base and
 state.base besides layer 1.
 """
@@ -353,6 +354,31 @@ class Graph:
         needed = self.needed()
         return {
             "batch_interval_ms": self.batch_interval_ms,
-            "operators": {n.name: n.describe() for n in needed if isinstance(n, StatefulNode)},
+            "operators": {n.name: {**n.describe(), "feeds": feeds(n)} for n in needed if isinstance(n, StatefulNode)},
             "sources": {n.source.name: n.source.describe() for n in needed if isinstance(n, SourceNode)},
         }
+
+
+def feeds(node: Node) -> list[str]:
+    """The names of the sources and stateful operators `node` reads from, sorted.
+
+    Its parents walked back through stateless operators to the nearest source or stateful
+    operator on each path. Stored per stateful operator in the graph description: a derived
+    name (``KIND#N``) whose feeds changed points at another operator than the one whose state
+    it holds (two unnamed operators of a kind created in the other order swap their names).
+    """
+    out: set[str] = set()
+    seen: set[int] = set()
+    stack = list(node.parents)
+    while stack:
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        if isinstance(n, SourceNode):
+            out.add(n.source.name)
+        elif isinstance(n, StatefulNode):
+            out.add(n.name)
+        else:
+            stack.extend(n.parents)
+    return sorted(out)

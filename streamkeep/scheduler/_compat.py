@@ -17,6 +17,12 @@ a derived name (``KIND#N``) when the checkpoint holds derived names of its kind
 kind a name of the shape ``KIND#N`` while others of that kind have none (their
 derived numbers then skip the pinned ones, so an unnamed one can take a dropped
 one's name) when the checkpoint holds such names of that kind.
+Also fails (lifted per name by ``allow_state_loss``, which starts it empty): a stateful
+operator or source with a derived name in both descriptions whose inputs changed
+(`changed_feeds`): each operator's description lists its feeds (the sources and stateful
+operators it reads), and two unnamed ones of a kind created in another order swap names,
+so each would get the other's state or position. User-given names and descriptions
+stored without feeds (older checkpoints) are not checked.
 """
 
 from __future__ import annotations
@@ -45,9 +51,9 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str | None
     if old.get("kind") != new.get("kind"):
         return f"kind {old.get('kind')!r} -> {new.get('kind')!r}", None
     kind = new.get("kind")
-    if kind == "text_files":
+    if kind in ("text_files", "binary_records"):
         o, n = old.get("path"), new.get("path")
-        if o is not None and n is not None and o != n:  # checkpoints before 0.x did not store "path"
+        if o is not None and n is not None and o != n:  # checkpoints before 0.x did not store "path" (binary_records: before s10)
             return f"directory {o!r} -> {n!r} (the stored position lists files of the old directory)", None
     elif kind == "kafka":
         o_t, n_t = set(old.get("topics") or ()), set(new.get("topics") or ())
@@ -109,6 +115,73 @@ def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pi
     return {k: v for k, v in out.items() if v[0] and v[1]}
 
 
+def _resolved_feeds(desc: dict[str, Any], name: str, other: dict[str, Any]) -> set[str] | None:
+    """Operator `name`'s feeds in `desc` as names `other` knows too; None when `desc` stores no feeds for it.
+
+    A feed that is a stateful operator `other` lacks (added or dropped between the two) is
+    replaced by its own feeds, so inserting or removing a stateful operator upstream keeps
+    the feeds equal. Other names `other` lacks (added, dropped or renamed sources) are left
+    out: their own checks report them.
+    """
+    ops: dict[str, Any] = desc.get("operators", {})
+    first = ops.get(name, {}).get("feeds")
+    if not isinstance(first, list):
+        return None
+    o_ops, o_src = other.get("operators", {}), other.get("sources", {})
+    out: set[str] = set()
+    seen: set[str] = set()
+    stack = list(first)
+    while stack:
+        f = stack.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f in o_ops or f in o_src:
+            out.add(f)
+        elif f in ops and isinstance(ops[f].get("feeds"), list):
+            stack.extend(ops[f]["feeds"])
+    return out
+
+
+def _all_feeds(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[set[str], set[str]]]:
+    """Operators in both descriptions that store feeds on both sides: name -> (stored feeds, current feeds)."""
+    out = {}
+    for name in current.get("operators", {}):
+        if name not in stored.get("operators", {}):
+            continue
+        old, new = _resolved_feeds(stored, name, current), _resolved_feeds(current, name, stored)
+        if old is not None and new is not None:
+            out[name] = (old, new)
+    return out
+
+
+def changed_feeds(stored: dict[str, Any], current: dict[str, Any], pinned: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
+    """Derived names whose inputs changed: the code may have swapped two unnamed operators (or sources) of a kind.
+
+    ``operators``: (name, stored feeds, current feeds) of stateful operators with a derived
+    name (``KIND#N``, not in `pinned`) reading other sources or stateful operators than the
+    ones its stored state was built from. ``sources``: (name, stored readers, current readers)
+    of sources with a derived name feeding other stateful operators than before. Descriptions
+    without feeds (checkpoints written before feeds were stored) are not compared. A name the
+    user gave says which operator is which: its feeds may change.
+    """
+    feeds = _all_feeds(stored, current)
+    s_ops, c_ops = stored.get("operators", {}), current.get("operators", {})
+    out: dict[str, list[Any]] = {"operators": [], "sources": []}
+    for name, (old, new) in feeds.items():
+        if old != new and name not in pinned and _derived_kind(name, c_ops[name]) is not None and _derived_kind(name, s_ops[name]) is not None:
+            out["operators"].append((name, sorted(old), sorted(new)))
+    s_src, c_src = stored.get("sources", {}), current.get("sources", {})
+    for name, desc in c_src.items():
+        if name in pinned or name not in s_src or _derived_kind(name, desc) is None or _derived_kind(name, s_src[name]) is None:
+            continue
+        old_r = sorted(op for op, (old, _) in feeds.items() if name in old)
+        new_r = sorted(op for op, (_, new) in feeds.items() if name in new)
+        if old_r != new_r:
+            out["sources"].append((name, old_r, new_r))
+    return out
+
+
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
     """Classify operators and sources: restored, new, dropped, incompatible (with reasons).
 
@@ -159,6 +232,11 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, li
     return out
 
 
+def _names(names: list[str], none: str) -> str:
+    """Names for a message: 'a', 'b' (`none` when there are none)."""
+    return ", ".join(repr(n) for n in names) if names else none
+
+
 def check_compatible(
     stored: dict[str, Any],
     current: dict[str, Any],
@@ -201,6 +279,31 @@ def check_compatible(
                     if name in allow_state_loss
                     else ""
                 )
+            )
+    swapped = changed_feeds(stored, current, pinned)
+    for name, old_f, new_f in swapped["operators"]:
+        if name not in allow_state_loss:
+            kind = current["operators"][name].get("kind")
+            was, now = _names(old_f, "none of the current ones"), _names(new_f, "no source or operator of the checkpoint")
+            problems.append(
+                f"- stateful operator {name!r} ({kind}) has no name=, and it reads {now} while its stored state was "
+                f"built from {was}. Derived names count unnamed {kind} operators (and sources of a kind) in program "
+                f"order, so code that creates them in another order hands each one another one's state. Give each "
+                f"stateful operator and source a stable name= (a streamkeep extension in PySpark programs); to keep "
+                f"the stored state, name each one after the stored derived name of its inputs (here name={name!r} "
+                f"on the operator reading {was}). Or pass allow_state_loss={{{name!r}}} to start it empty."
+            )
+    for name, old_r, new_r in swapped["sources"]:
+        if name not in allow_state_loss:
+            kind = current["sources"][name].get("kind")
+            was, now = _names(old_r, "no stateful operator"), _names(new_r, "no stateful operator")
+            problems.append(
+                f"- source {name!r} ({kind}) has no name=, and it feeds {now} while its stored position was reached "
+                f"feeding {was}. Derived names count unnamed {kind} sources in program order, so code that creates "
+                f"them in another order hands each one another one's position. Give each source a stable name=; to "
+                f"keep the stored positions, name each one after the stored derived name of the source that fed the "
+                f"same operators (here name={name!r} on the source feeding {was}). Or pass "
+                f"allow_state_loss={{{name!r}}} to start it from its configured start."
             )
     for name in d["dropped"]:
         if name not in allow_state_loss:

@@ -18,7 +18,7 @@ from streamkeep.checkpoint.storage import confine
 from streamkeep.dstream._graph import Graph, MapWithStateNode, StatefulNode
 from streamkeep.errors import CheckpointError, CorruptCheckpointError, IncompatibleCheckpointError, StreamkeepWarning, WorkerLostError
 from streamkeep.executors.base import Executor, KeyPartitioned, StateOwners
-from streamkeep.scheduler._compat import check_compatible, differences
+from streamkeep.scheduler._compat import changed_feeds, check_compatible, differences
 from streamkeep.scheduler._events import iso_ms
 from streamkeep.scheduler._state_io import Chain, delta_time, read_chain
 from streamkeep.scheduler._state_writer import StateWriter
@@ -160,9 +160,13 @@ class Recovery:
         chains: dict[str, Chain] = {}
         stored_state: dict[str, Any] = data.get("state", {})
         # Operators whose kind or shape changed (allowed by allow_state_loss) start over: never load their old state.
-        diff = differences(ckpt.graph_of(rec), self._description)
-        changed = {n for n, _ in diff["incompatible"]}
-        self._reset_sources = {n for n, _ in diff["sources_incompatible"]}  # allowed to lose their position
+        stored_graph = ckpt.graph_of(rec)
+        diff = differences(stored_graph, self._description)
+        # Unnamed ones whose inputs changed (allowed by allow_state_loss: check_compatible passed) hold another's state.
+        swapped = changed_feeds(stored_graph, self._description, frozenset(self.graph.pinned))
+        changed = {n for n, _ in diff["incompatible"]} | {n for n, _, _ in swapped["operators"]}
+        # allowed to lose their position
+        self._reset_sources = {n for n, _ in diff["sources_incompatible"]} | {n for n, _, _ in swapped["sources"]}
 
         ex = self.executor
         owners = ex if isinstance(ex, StateOwners) else None

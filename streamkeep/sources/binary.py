@@ -58,4 +58,5 @@ class BinaryRecordsSource(TextFileSource):
         return parts or [[]]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "binary_records", "directory": self.directory, "record_length": self.record_length}
+        """Kind, directory (its resolved `path` compared on restore, as text_file_stream's) and record length."""
+        return {"kind": "binary_records", "directory": self.directory, "path": self._dir.path, "record_length": self.record_length}

@@ -353,3 +353,28 @@ def test_removing_the_first_of_two_derived_operators_warns_that_names_shifted(tm
     with pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#2'.*if you removed an earlier one, the ones after it now carry its name"):
         StreamingContext.getOrCreate(ckpt, lambda: app(False))
     SparkContext.getOrCreate().stop()
+
+
+def test_two_unnamed_update_state_by_key_defined_in_the_other_order_are_refused(tmp_path: Any) -> None:
+    """PySpark programs never name operators: swapping two updateStateByKey calls over two streams swaps their
+    derived names, and each would continue the other's counts. The restore refuses, naming both inputs."""
+    from streamkeep.errors import IncompatibleCheckpointError
+
+    ckpt = str(tmp_path / "ckpt")
+    out: dict[str, list[Any]] = {"clicks": [], "views": []}
+
+    def app(order: tuple[str, str]) -> StreamingContext:
+        sc = SparkContext.getOrCreate(SparkConf().setMaster("local[2]"))
+        ssc = StreamingContext(sc, 1)
+        streams = {"clicks": ssc.queueStream([["a"]] * 4), "views": ssc.queueStream([["a", "a", "a"]] * 4)}
+        for s in order:
+            counts = streams[s].map(lambda w: (w, 1)).updateStateByKey(lambda vs, old: sum(vs) + (old or 0))
+            counts.foreachRDD(lambda rdd, s=s: out[s].append(sorted(rdd.collect())))
+        ssc.checkpoint(ckpt)
+        return ssc
+
+    run_batches(StreamingContext.getOrCreate(ckpt, lambda: app(("clicks", "views"))), 1)
+    assert out == {"clicks": [[("a", 1)]], "views": [[("a", 3)]]}
+    with pytest.raises(IncompatibleCheckpointError, match=r"'update_state_by_key#1' \(update_state_by_key\) has no name=, and it reads 'queue#2' while its stored state was built from 'queue#1'"):
+        StreamingContext.getOrCreate(ckpt, lambda: app(("views", "clicks")))
+    SparkContext.getOrCreate().stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.checkpoint._format import GRAPH_REF_VERSION
 from streamkeep.cli import main
+from streamkeep.errors import DerivedNameWarning
 from streamkeep.testing import ManualClock
 
 START_MS = 1_000_000  # batch times are 1_001_000, 1_002_000, ... with a 1 s interval
@@ -452,6 +454,44 @@ def test_diff_refuses_a_renamed_source_by_name(ckpt: str, tmp_path: Path, capsys
     rc, out, _ = _cli(capsys, "checkpoint", "diff", ckpt, app)
     assert rc == 0, out
     assert "-- allowed by allow_state_loss (its position is dropped)" in out
+
+
+_SWAP_APP = """
+import streamkeep as sk
+
+URL = {url!r}
+
+
+def setup():
+    ssc = sk.StreamingContext(1.0, checkpoint=URL)
+    clicks = ssc.queue_stream([[("k", 1)]] * 9, name="clicks")
+    views = ssc.queue_stream([[("k", 10)]] * 9, name="views")
+    for s in {order!r}:
+        {{"clicks": clicks, "views": views}}[s].update_state_by_key(lambda n, o: (o or 0) + sum(n)).foreach_batch(lambda b: None)
+    return ssc
+
+
+if __name__ == "__main__":
+    sk.StreamingContext.get_or_create(URL, setup).run(max_batches=2)
+"""
+
+
+def test_diff_shows_the_inputs_of_swapped_unnamed_operators(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "ckpt")
+    app = tmp_path / "app.py"
+    app.write_text(_SWAP_APP.format(url=url, order=("clicks", "views")))
+    with pytest.warns(DerivedNameWarning):
+        runpy.run_path(str(app), run_name="__main__")
+    rc, out, _ = _cli(capsys, "checkpoint", "inspect", url)
+    assert "update_state_by_key#1 (update_state_by_key, msgpack)" in out and "      reads clicks\n" in out
+    app.write_text(_SWAP_APP.format(url=url, order=("views", "clicks")))
+    with pytest.warns(DerivedNameWarning):
+        rc, out, _ = _cli(capsys, "checkpoint", "diff", url, str(app))
+    assert rc == 1, out
+    assert "derived names whose inputs changed" in out and "restores (state carried over)" not in out
+    assert "    update_state_by_key#1 (update_state_by_key) reads [views]; its stored state was built from [clicks]" in out
+    assert "      update_state_by_key#1 (update_state_by_key) read [clicks]\n      update_state_by_key#2 (update_state_by_key) read [views]" in out
+    assert "verdict: INCOMPATIBLE" in out and "it reads 'views' while its stored state was built from 'clicks'" in out
 
 
 def test_diff_before_the_first_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

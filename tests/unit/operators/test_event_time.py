@@ -194,7 +194,7 @@ def test_windows_describe_their_shape_for_the_checkpoint() -> None:
     desc = ssc._graph.describe()["operators"]["w"]
     assert desc == {
         "kind": "event_window_reduce", "codec": "msgpack", "window": "sliding", "size_ms": 4000, "window_slide_ms": 2000,
-        "gap_ms": None, "max_delay_ms": 2000, "allowed_lateness_ms": 1000, "idle_timeout_ms": 5000, "emit": "final",
+        "gap_ms": None, "max_delay_ms": 2000, "allowed_lateness_ms": 1000, "idle_timeout_ms": 5000, "emit": "final", "feeds": ["in"],
     }
 
 
