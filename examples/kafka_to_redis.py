@@ -132,18 +132,24 @@ def update_user(actions: list[str], old: UserState | None) -> UserState | None:
 
 
 def hset_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], None]:
-    """``write(pipeline, records)`` for RedisSink: HSET the changed users' totals (idempotent)."""
+    """``write(pipeline, records)`` for RedisSink: HSET the changed users' totals (idempotent).
 
-    def write(pipe: Any, records: list[tuple[str, UserState]]) -> None:
-        for user, (events, last, totals, new) in records:
-            if not new:
-                continue
-            changed = {a for a, _ in new}
-            fields: dict[str, Any] = {"events": events, "last_action": last}
-            fields.update({f"action:{a}": n for a, n in totals if a in changed})
-            pipe.hset(f"{prefix}user:{user}", mapping=fields)
+    One hash per user with new events: ``events``, ``last_action`` and ``action:<a>`` for
+    each action seen in the batch (its total), queued by `RedisSink.hset_writer`.
+    """
+    head = f"{prefix}user:"
 
-    return write
+    def user_hash(record: tuple[str, UserState]) -> tuple[str, dict[str, Any]] | None:
+        user, (events, last, totals, new) = record
+        if not new:
+            return None
+        fields: dict[str, Any] = {"events": events, "last_action": last}
+        total = dict(totals)
+        for action, _ in new:  # new and totals are sorted: the fields in the same order as totals
+            fields["action:" + action] = total[action]
+        return head + user, fields
+
+    return RedisSink.hset_writer(user_hash)
 
 
 def hincrby_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], None]:

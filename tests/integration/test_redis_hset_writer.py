@@ -1,0 +1,145 @@
+"""RedisSink.hset_writer (one HSET of a mapping per record) against a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+import redis
+
+from streamkeep.errors import ConfigError, SinkError, UserFunctionError
+from streamkeep.sinks.redis import RedisSink
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: (key, mapping) per record: str, bytes, int, float keys and values; None and an empty mapping are skipped
+RECORDS: list[Any] = [
+    ("h:str", {"a": "x", "b": "é"}),
+    None,
+    (b"h:bytes", {b"f\xff": b"\x00\xfe", "n": -(2**40)}),
+    ("h:empty", {}),
+    ("h:nums", {"i": 7, "big": 2**63 + 1, "f": 2.5, "neg": -0.125, 3: 4}),
+]
+
+
+def _hash_of(record: Any) -> Any:
+    return record
+
+
+def _by_hand(pipe: Any, records: list[Any]) -> None:
+    for item in records:
+        if item is not None and item[1]:
+            pipe.hset(item[0], mapping=item[1])
+
+
+def _sink(url: str, write: Any, name: str) -> RedisSink:
+    sink = RedisSink(url, write, name=name)
+    sink.open()
+    return sink
+
+
+def _marker(r: Any, name: str) -> Any:
+    return r.get(f"streamkeep:sink:{name}:last_batch")
+
+
+@pytest.mark.parametrize("path", ["write", "deferred", "parts"])
+def test_it_stores_what_hand_written_pipe_hset_calls_store(redis_url, path):
+    r = redis.Redis.from_url(redis_url)
+    sink = RedisSink(redis_url, RedisSink.hset_writer(_hash_of), name="hsets")
+    sink.open()
+    try:
+        if path == "write":
+            sink.write(1000, RECORDS)
+        elif path == "deferred":
+            sink.defer_replies()
+            sink.write(1000, RECORDS)
+            sink.settle(1000)
+        else:
+            receipts = [sink.write_part(1000, "t", i, part) for i, part in enumerate((RECORDS[:2], RECORDS[2:]))]
+            assert receipts == [1, 2]  # one HSET per record with fields
+            sink.publish(1000, "t", receipts)
+    finally:
+        sink.close()
+    stored = {k: r.hgetall(k) for k in (b"h:str", b"h:bytes", b"h:nums")}
+    assert r.exists("h:empty") == 0 and _marker(r, "hsets") == b"1000"
+    r.delete(*stored)
+    plain = r.pipeline(transaction=False)  # the same write function on a plain redis-py pipeline: pipe.hset per record
+    RedisSink.hset_writer(_hash_of)(plain, RECORDS)
+    assert len(plain) == 3
+    plain.execute()
+    assert stored == {k: r.hgetall(k) for k in stored}
+    assert stored[b"h:nums"] == {b"i": b"7", b"big": str(2**63 + 1).encode(), b"f": b"2.5", b"neg": b"-0.125", b"3": b"4"}
+    assert stored[b"h:bytes"] == {b"f\xff": b"\x00\xfe", b"n": str(-(2**40)).encode()}
+
+
+def test_a_failed_hset_in_the_middle_is_recorded_and_replayed_alone_as_the_same_command(redis_url):
+    """The marker's failed command is the HSET that pipe.hset queues: a replay by hand-written calls matches it."""
+    r = redis.Redis.from_url(redis_url)
+    r.set("h:mid", "not a hash")
+    records = [("h:a", {"n": 1}), ("h:mid", {"n": 2, "s": b"\xff"}), ("h:c", {"n": 3.5})]
+    sink = _sink(redis_url, RedisSink.hset_writer(_hash_of), "mid")
+    try:
+        with pytest.raises(SinkError, match=r"1 of 3 commands failed.*command #2 HSET 'h:mid' 'n' 2 's' '.': WRONGTYPE"):
+            sink.write(1000, records)
+    finally:
+        sink.close()
+    assert r.hgetall("h:a") == {b"n": b"1"} and r.hgetall("h:c") == {b"n": b"3.5"}
+    assert _marker(r, "mid").startswith(b"1000 failed=2/")
+    r.delete("h:mid")
+    r.hset("h:a", "n", "edited")  # the replay must not run the applied HSETs again
+    again = _sink(redis_url, _by_hand, "mid")
+    try:
+        again.write(1000, records)  # the same commands, queued by hand: only #2 runs
+    finally:
+        again.close()
+    assert r.hgetall("h:mid") == {b"n": b"2", b"s": b"\xff"}
+    assert r.hgetall("h:a") == {b"n": b"edited"} and _marker(r, "mid") == b"1000"
+
+
+def test_a_replay_after_a_sigkill_is_skipped(redis_url):
+    """A driver writes two batches with hset_writer and dies before committing: the restarted job's replay does nothing."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {REPO!r})
+        from streamkeep.sinks.redis import RedisSink
+        sink = RedisSink({redis_url!r}, RedisSink.hset_writer(lambda rec: (f"user:{{rec[0]}}", {{"n": rec[1]}})), name="crashy")
+        sink.open()
+        sink.write(1000, [("ann", 1), ("bob", 1)])
+        sink.write(2000, [("ann", 2)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hgetall("user:ann") == {"n": "2"}
+    r.hset("user:ann", "n", "later")  # what the replay would overwrite if it ran again
+    sink = _sink(redis_url, RedisSink.hset_writer(lambda rec: (f"user:{rec[0]}", {"n": rec[1]})), "crashy")
+    try:
+        sink.write(2000, [("ann", 2)])  # the uncommitted batch again: applied already, skipped
+        assert r.hgetall("user:ann") == {"n": "later"}
+        sink.write(3000, [("bob", 3)])
+    finally:
+        sink.close()
+    assert r.hgetall("user:bob") == {"n": "3"} and r.get("streamkeep:sink:crashy:last_batch") == "3000"
+
+
+@pytest.mark.parametrize("bad", [("k", [("a", 1)]), ("k",), "key", ("k", {"a": 1}, "extra")])
+def test_a_hash_of_result_that_is_not_key_and_mapping_is_named_and_nothing_applied(redis_url, bad):
+    r = redis.Redis.from_url(redis_url)
+    records = [("ok", {"a": 1}), bad]
+    sink = _sink(redis_url, RedisSink.hset_writer(_hash_of), "bad")
+    try:
+        with pytest.raises(UserFunctionError, match=r"hash_of must return \(key, mapping\) or None, not"):
+            sink.write(1000, records)
+    finally:
+        sink.close()
+    assert r.exists("ok") == 0 and _marker(r, "bad") is None
+    with pytest.raises(ConfigError, match="hash_of must be a callable"):
+        RedisSink.hset_writer({"not": "callable"})  # type: ignore[arg-type]
