@@ -17,7 +17,7 @@ from typing import Any
 from streamkeep.cli._common import iso, open_checkpoint, read_records, short
 from streamkeep.context import JobHeld, StreamingContext, _same_checkpoint, hold_jobs
 from streamkeep.errors import CheckpointError, ConfigError, IncompatibleCheckpointError
-from streamkeep.scheduler._compat import DIFF_HINT, changed_feeds, check_compatible, differences
+from streamkeep.scheduler._compat import DIFF_HINT, changed_feeds, check_compatible, derived_kind, differences
 
 
 def _build_app(app: str, args: Sequence[str] = (), *, pyspark: bool = False) -> StreamingContext:
@@ -93,7 +93,7 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
                 print(f"    {n} ({ops.get(n, {}).get('kind', '?')})")
 
     swapped = changed_feeds(stored, current, frozenset(ssc._graph.pinned))
-    rewired = {n for n, _, _ in swapped["operators"]}
+    rewired = {n for n, _, _ in swapped["operators"] + swapped["unmatched"]}
     line("restores (state carried over)", [n for n in d["restored"] if n not in rewired], c_ops)
     line("new (starts empty or from initial=)", d["new"], c_ops)
     if d["dropped"]:
@@ -106,17 +106,20 @@ def diff(url: str, app: str, args: Sequence[str] = (), *, storage_options: dict[
         for n, why in d["incompatible"]:
             extra = " -- allowed by allow_state_loss (starts empty)" if n in allowed else ""
             print(f"    {n}: {why}{extra}")
-    if swapped["operators"] or swapped["sources"]:
+    if swapped["operators"] or swapped["unmatched"] or swapped["sources"]:
         print("  derived names whose inputs changed (unnamed operators or sources created in another order?):")
         for n, old, new in swapped["operators"]:
             extra = " -- allowed by allow_state_loss (starts empty)" if n in allowed else ""
             print(f"    {n} ({c_ops[n].get('kind', '?')}) reads {_listed(new)}; its stored state was built from {_listed(old)}{extra}")
+        for n, old, new in swapped["unmatched"]:
+            extra = " -- allowed by allow_state_loss (starts empty)" if n in allowed else ""
+            print(f"    {n} ({c_ops[n].get('kind', '?')}) reads {_listed(new)}, built from {_listed(old)}: none in both (inputs cannot be matched){extra}")
         for n, old, new in swapped["sources"]:
             extra = " -- allowed by allow_state_loss (starts from its configured start)" if n in allowed else ""
             print(f"    source {n} feeds {_listed(new)}; it fed {_listed(old)}{extra}")
         print("    stored inputs of the numbered names (name each operator and source after the one matching its inputs):")
         for n, desc in s_ops.items():
-            if isinstance(desc.get("feeds"), list):
+            if isinstance(desc.get("feeds"), list) and derived_kind(n, desc) is not None:
                 print(f"      {n} ({desc.get('kind', '?')}) read {_listed(desc['feeds'])}")
     s_src, c_src = stored.get("sources", {}), current.get("sources", {})
     bad_src = {n for n, _ in d["sources_incompatible"]}

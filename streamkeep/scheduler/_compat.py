@@ -18,11 +18,13 @@ kind a name of the shape ``KIND#N`` while others of that kind have none (their
 derived numbers then skip the pinned ones, so an unnamed one can take a dropped
 one's name) when the checkpoint holds such names of that kind.
 Also fails (lifted per name by ``allow_state_loss``, which starts it empty): a stateful
-operator or source with a derived name in both descriptions whose inputs changed
-(`changed_feeds`): each operator's description lists its feeds (the sources and stateful
-operators it reads), and two unnamed ones of a kind created in another order swap names,
-so each would get the other's state or position. User-given names and descriptions
-stored without feeds (older checkpoints) are not checked.
+operator with a derived name in both descriptions whose inputs changed, when its kind
+holds two or more derived names; two or more of a kind whose inputs are all renamed
+sources; a derived source a stateful operator moved to from another derived source of
+its kind (`changed_feeds`): each operator's description lists its feeds (the sources and
+stateful operators it reads), and two unnamed ones of a kind created in another order swap
+names, so each would get the other's state or position. User-given operator names and
+descriptions stored without feeds (older checkpoints) are not checked.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str | None
 _DERIVED = re.compile(r"^(.+)#([0-9]+)$")
 
 
-def _derived_kind(name: str, desc: dict[str, Any]) -> str | None:
+def derived_kind(name: str, desc: dict[str, Any]) -> str | None:
     """The kind when `name` has the shape of a derived name (``KIND#N`` of its own kind), else None."""
     m = _DERIVED.match(name)
     return m.group(1) if m is not None and m.group(1) == desc.get("kind") else None
@@ -91,12 +93,12 @@ def ambiguous_derived(
     """
     stored_kinds = _stored_derived_kinds(stored, section)
     cur = current.get(section, {})
-    return [n for n in new if n not in pinned and _derived_kind(n, cur.get(n, {})) in stored_kinds]
+    return [n for n in new if n not in pinned and derived_kind(n, cur.get(n, {})) in stored_kinds]
 
 
 def _stored_derived_kinds(stored: dict[str, Any], section: str) -> set[str]:
     """Kinds that hold names of the derived shape (``KIND#N``) in the checkpoint's `section`."""
-    return {k for n, d in stored.get(section, {}).items() if (k := _derived_kind(n, d)) is not None}
+    return {k for n, d in stored.get(section, {}).items() if (k := derived_kind(n, d)) is not None}
 
 
 def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pinned: frozenset[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -109,7 +111,7 @@ def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pi
     stored_kinds = _stored_derived_kinds(stored, section)
     out: dict[str, tuple[list[str], list[str]]] = {}
     for n, d in current.get(section, {}).items():
-        kind = _derived_kind(n, d)
+        kind = derived_kind(n, d)
         if kind is not None and kind in stored_kinds:
             out.setdefault(kind, ([], []))[0 if n in pinned else 1].append(n)
     return {k: v for k, v in out.items() if v[0] and v[1]}
@@ -155,30 +157,69 @@ def _all_feeds(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tup
     return out
 
 
+def _derived_counts(stored: dict[str, Any], current: dict[str, Any], section: str) -> dict[str, int]:
+    """Kind -> the larger of its derived-name counts in the two descriptions' `section`."""
+    out: dict[str, int] = {}
+    for desc in (stored, current):
+        per: dict[str, int] = {}
+        for n, d in desc.get(section, {}).items():
+            if (k := derived_kind(n, d)) is not None:
+                per[k] = per.get(k, 0) + 1
+        for k, c in per.items():
+            out[k] = max(out.get(k, 0), c)
+    return out
+
+
+def _derived_sources(desc: dict[str, Any], pinned: frozenset[str]) -> dict[str, str]:
+    """Source name -> kind, for the sources of `desc` with a derived name (not in `pinned`)."""
+    return {n: k for n, d in desc.get("sources", {}).items() if n not in pinned and (k := derived_kind(n, d)) is not None}
+
+
 def changed_feeds(stored: dict[str, Any], current: dict[str, Any], pinned: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
     """Derived names whose inputs changed: the code may have swapped two unnamed operators (or sources) of a kind.
 
     ``operators``: (name, stored feeds, current feeds) of stateful operators with a derived
-    name (``KIND#N``, not in `pinned`) reading other sources or stateful operators than the
-    ones its stored state was built from. ``sources``: (name, stored readers, current readers)
-    of sources with a derived name feeding other stateful operators than before. Descriptions
-    without feeds (checkpoints written before feeds were stored) are not compared. A name the
-    user gave says which operator is which: its feeds may change.
+    name (``KIND#N``, not in `pinned`) of a kind holding two or more derived names (stored or
+    current) reading other sources or stateful operators than the ones its stored state was
+    built from. The only derived name of its kind cannot have swapped with another (a dropped
+    one shifting the numbers is refused as dropped), so its inputs may change. ``unmatched``:
+    (name, stored feeds, current feeds) of such operators whose feeds are all renamed (or new)
+    sources on both sides, when two or more of its kind are: nothing tells them apart (one alone
+    is told apart by the others keeping theirs). ``sources``: (name, stored readers, current
+    readers) of derived sources of a kind with two or more derived sources on both sides, when
+    a stateful operator moved from one of them to another. Readers with user-given names count:
+    they follow their names, so two unnamed sources swapped under them show as each named
+    operator moving to the other source. Descriptions without feeds (checkpoints written
+    before feeds were stored) are not compared. A name the user gave says which operator is
+    which: its feeds may change.
     """
     feeds = _all_feeds(stored, current)
     s_ops, c_ops = stored.get("operators", {}), current.get("operators", {})
-    out: dict[str, list[Any]] = {"operators": [], "sources": []}
+    counts = _derived_counts(stored, current, "operators")
+    out: dict[str, list[Any]] = {"operators": [], "unmatched": [], "sources": []}
+    unmatched: dict[str, list[Any]] = {}
     for name, (old, new) in feeds.items():
-        if old != new and name not in pinned and _derived_kind(name, c_ops[name]) is not None and _derived_kind(name, s_ops[name]) is not None:
-            out["operators"].append((name, sorted(old), sorted(new)))
-    s_src, c_src = stored.get("sources", {}), current.get("sources", {})
-    for name, desc in c_src.items():
-        if name in pinned or name not in s_src or _derived_kind(name, desc) is None or _derived_kind(name, s_src[name]) is None:
+        kind = derived_kind(name, c_ops[name])
+        if name in pinned or kind is None or derived_kind(name, s_ops[name]) is None or counts.get(kind, 0) < 2:
             continue
+        if old != new:
+            out["operators"].append((name, sorted(old), sorted(new)))
+        elif not old and (s_ops[name]["feeds"] or c_ops[name]["feeds"]):
+            unmatched.setdefault(kind, []).append((name, sorted(s_ops[name]["feeds"]), sorted(c_ops[name]["feeds"])))
+    out["unmatched"] = [u for found in unmatched.values() if len(found) >= 2 for u in found]
+    s_der, c_der = _derived_sources(stored, pinned), _derived_sources(current, pinned)
+    src_kinds = {k for k in set(s_der.values()) if sum(v == k for v in s_der.values()) >= 2 and sum(v == k for v in c_der.values()) >= 2}
+    moved: set[str] = set()
+    for old, new in feeds.values():
+        for kind in src_kinds:
+            left = {f for f in old - new if s_der.get(f) == kind and c_der.get(f) == kind}
+            came = {f for f in new - old if s_der.get(f) == kind and c_der.get(f) == kind}
+            if left and came:
+                moved |= left | came
+    for name in sorted(moved):
         old_r = sorted(op for op, (old, _) in feeds.items() if name in old)
         new_r = sorted(op for op, (_, new) in feeds.items() if name in new)
-        if old_r != new_r:
-            out["sources"].append((name, old_r, new_r))
+        out["sources"].append((name, old_r, new_r))
     return out
 
 
@@ -266,7 +307,7 @@ def check_compatible(
             kind = current[section][name].get("kind")
             if kind in mixed[section]:
                 continue  # reported above
-            olds = sorted(n for n, o in stored.get(section, {}).items() if _derived_kind(n, o) == kind)
+            olds = sorted(n for n, o in stored.get(section, {}).items() if derived_kind(n, o) == kind)
             problems.append(
                 f"- the code has a new {what} {name!r} ({kind}) without name=, and the checkpoint holds "
                 f"{', '.join(repr(n) for n in olds)} under derived names. Derived names count {kind} {what}s in "
@@ -293,6 +334,18 @@ def check_compatible(
                 f"the stored state, name each one after the stored derived name of its inputs (here name={name!r} "
                 f"on the operator reading {was}). Or pass allow_state_loss={{{name!r}}} to start it empty."
             )
+    for name, old_f, new_f in swapped["unmatched"]:
+        if name not in allow_state_loss:
+            kind = current["operators"][name].get("kind")
+            problems.append(
+                f"- stateful operator {name!r} ({kind}) has no name=, and its inputs cannot be matched: its stored "
+                f"state was built from {_names(old_f, 'nothing')}, it reads {_names(new_f, 'nothing')}, and none of "
+                f"these is in both the checkpoint and the code (sources renamed?), as for other unnamed {kind} "
+                f"operators. Derived names count unnamed {kind} operators in program order, so code that also "
+                f"creates them in another order would hand each one another one's state unseen. Name each one after "
+                f"its stored derived name (here name={name!r} on the operator whose input was {_names(old_f, 'nothing')}) "
+                f"to keep its state, or pass allow_state_loss={{{name!r}}} to start it empty."
+            )
     for name, old_r, new_r in swapped["sources"]:
         if name not in allow_state_loss:
             kind = current["sources"][name].get("kind")
@@ -308,8 +361,8 @@ def check_compatible(
     for name in d["dropped"]:
         if name not in allow_state_loss:
             kind = stored["operators"][name].get("kind")
-            shifted = _derived_kind(name, stored["operators"][name]) is not None and any(
-                _derived_kind(n, o) == kind for n, o in current.get("operators", {}).items()
+            shifted = derived_kind(name, stored["operators"][name]) is not None and any(
+                derived_kind(n, o) == kind for n, o in current.get("operators", {}).items()
             )
             hint = (
                 f" Derived names count {kind} operators in program order: if you removed an earlier one, the ones "

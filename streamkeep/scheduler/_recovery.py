@@ -164,7 +164,7 @@ class Recovery:
         diff = differences(stored_graph, self._description)
         # Unnamed ones whose inputs changed (allowed by allow_state_loss: check_compatible passed) hold another's state.
         swapped = changed_feeds(stored_graph, self._description, frozenset(self.graph.pinned))
-        changed = {n for n, _ in diff["incompatible"]} | {n for n, _, _ in swapped["operators"]}
+        changed = {n for n, _ in diff["incompatible"]} | {n for n, _, _ in swapped["operators"] + swapped["unmatched"]}
         # allowed to lose their position
         self._reset_sources = {n for n, _ in diff["sources_incompatible"]} | {n for n, _, _ in swapped["sources"]}
 

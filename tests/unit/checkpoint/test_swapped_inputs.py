@@ -255,3 +255,94 @@ def test_dropping_a_stateful_operator_upstream_restores(tmp_path: Path) -> None:
     assert _run(url, _job(url, sinks, allow=("pass_clicks", "pass_views")), 3).restored
     assert _last(sinks["clicks"]) == [("k", 3)]
     assert _last(sinks["views"]) == [("k", 30)]
+
+
+def _one_sum(url: str, sink: ListSink, *, union: bool, allow: tuple[str, ...] = ()) -> Callable[[], sk.StreamingContext]:
+    """Named queues a (1 a batch) and b (100); one unnamed running sum over a, or over a.union(b)."""
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=allow)
+        a = ssc.queue_stream([[("k", 1)] for _ in range(20)], name="a")
+        b = ssc.queue_stream([[("k", 100)] for _ in range(20)], name="b")
+        b.foreach_batch(lambda batch: None)
+        (a.union(b) if union else a).update_state_by_key(_sum).write_to(sink)
+        return ssc
+
+    return setup
+
+
+def test_the_only_unnamed_operator_of_its_kind_may_read_a_new_input(tmp_path: Path) -> None:
+    """A source added to its union: it cannot have swapped with another of its kind, it restores with its state."""
+    url = str(tmp_path / "c")
+    _run(url, _one_sum(url, ListSink("s"), union=False), 2)
+    sink = ListSink("s")
+    assert _run(url, _one_sum(url, sink, union=True), 3).restored
+    assert _last(sink) == [("k", 103)]  # 2 stored + 1 + 100
+
+
+def _named_over_unnamed(url: str, sinks: dict[str, ListSink], change: str) -> Callable[[], sk.StreamingContext]:
+    """One unnamed queue (1 a batch), a named one "b" (100), named sums x and y.
+
+    change "": x and y over the unnamed queue; "repoint": x over b; "chain": y over x's output.
+    """
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+        a = ssc.queue_stream([[("k", 1)] for _ in range(20)])
+        b = ssc.queue_stream([[("k", 100)] for _ in range(20)], name="b")
+        a.foreach_batch(lambda batch: None)
+        b.foreach_batch(lambda batch: None)
+        x = (b if change == "repoint" else a).update_state_by_key(_sum, name="x")
+        x.write_to(sinks.setdefault("x", ListSink("x")))
+        (x if change == "chain" else a).update_state_by_key(_sum, name="y").write_to(sinks.setdefault("y", ListSink("y")))
+        return ssc
+
+    return setup
+
+
+@pytest.mark.parametrize(("change", "x", "y"), [("repoint", 102, 3), ("chain", 3, 5)])
+def test_named_operators_rewired_around_the_only_unnamed_source_restore(tmp_path: Path, change: str, x: int, y: int) -> None:
+    """Named operators follow their names; the one unnamed queue cannot have swapped with another: both restore."""
+    url = str(tmp_path / "c")
+    _run(url, _named_over_unnamed(url, {}, ""), 2)
+    sinks: dict[str, ListSink] = {}
+    assert _run(url, _named_over_unnamed(url, sinks, change), 3).restored
+    assert _last(sinks["x"]) == [("k", x)]  # repoint: 2 stored + 100 from b
+    assert _last(sinks["y"]) == [("k", y)]  # chain: 2 stored + x's 3
+
+
+def _renamed_sources(url: str, sinks: dict[str, ListSink], names: dict[str, str], order: tuple[str, ...]) -> Callable[[], sk.StreamingContext]:
+    """Queues clicks (1 a batch) and views (10) under `names` (None: unnamed), unnamed sums over them created in `order`."""
+
+    def setup() -> sk.StreamingContext:
+        ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), allow_state_loss=("queue#1", "queue#2", "clicks"))
+        values = {"clicks": 1, "views": 10}
+        streams = {s: ssc.queue_stream([[("k", values[s])] for _ in range(20)], name=names.get(s)) for s in ("clicks", "views")}
+        for s in order:
+            streams[s].update_state_by_key(_sum).write_to(sinks.setdefault(s, ListSink(s)))
+        return ssc
+
+    return setup
+
+
+def test_unnamed_operators_swapped_while_their_sources_are_renamed_are_refused(tmp_path: Path) -> None:
+    """Both sums read only renamed sources: nothing tells them apart, so a swap (here) would go unseen."""
+    url = str(tmp_path / "c")
+    _run(url, _renamed_sources(url, {}, {}, ("clicks", "views")), 2)
+    sinks: dict[str, ListSink] = {}
+    with pytest.raises(IncompatibleCheckpointError) as exc:
+        _run(url, _renamed_sources(url, sinks, {"clicks": "c", "views": "v"}, ("views", "clicks")), 3)
+    msg = str(exc.value)
+    assert "stateful operator 'update_state_by_key#1' (update_state_by_key) has no name=, and its inputs cannot be matched: its stored state was built from 'queue#1', it reads 'v'" in msg
+    assert "'update_state_by_key#2'" in msg and "name='update_state_by_key#1' on the operator whose input was 'queue#1'" in msg
+    assert not sinks or not sinks["views"].batches
+
+
+def test_one_renamed_source_under_unnamed_operators_restores(tmp_path: Path) -> None:
+    """Only clicks renamed (its position allowed to go): views' sum keeps its input, so clicks' sum is the other one."""
+    url = str(tmp_path / "c")
+    _run(url, _renamed_sources(url, {}, {"clicks": "clicks", "views": "views"}, ("clicks", "views")), 2)
+    sinks: dict[str, ListSink] = {}
+    assert _run(url, _renamed_sources(url, sinks, {"clicks": "c", "views": "views"}, ("clicks", "views")), 3).restored
+    assert _last(sinks["clicks"]) == [("k", 3)]  # its state kept (its source started over: 2 stored + 1)
+    assert _last(sinks["views"]) == [("k", 30)]

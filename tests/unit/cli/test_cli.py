@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import runpy
@@ -492,6 +493,25 @@ def test_diff_shows_the_inputs_of_swapped_unnamed_operators(tmp_path: Path, caps
     assert "    update_state_by_key#1 (update_state_by_key) reads [views]; its stored state was built from [clicks]" in out
     assert "      update_state_by_key#1 (update_state_by_key) read [clicks]\n      update_state_by_key#2 (update_state_by_key) read [views]" in out
     assert "verdict: INCOMPATIBLE" in out and "it reads 'views' while its stored state was built from 'clicks'" in out
+
+
+def test_diff_lists_only_the_numbered_names_stored_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A named stateful operator next to the swapped unnamed ones is not listed among the numbered names' inputs."""
+    url = str(tmp_path / "ckpt")
+    app = tmp_path / "app.py"
+    named = '    clicks.update_state_by_key(lambda n, o: (o or 0) + sum(n), name="named_sum").foreach_batch(lambda b: None)\n    for s in'
+    app.write_text(_SWAP_APP.format(url=url, order=("clicks", "views")).replace("    for s in", named))
+    with pytest.warns(DerivedNameWarning):
+        runpy.run_path(str(app), run_name="__main__")
+    app.write_text(_SWAP_APP.format(url=url, order=("views", "clicks")).replace("    for s in", named))
+    with pytest.warns(DerivedNameWarning):
+        rc, out, _ = _cli(capsys, "checkpoint", "diff", url, str(app))
+    assert rc == 1, out
+    after = out.split("stored inputs of the numbered names")[1].splitlines()[1:]
+    listing = "\n".join(itertools.takewhile(lambda line: line.startswith("      "), after))
+    assert "update_state_by_key#1 (update_state_by_key) read [clicks]" in listing
+    assert "named_sum" not in listing
+    assert "    named_sum (update_state_by_key)" in out  # listed as restoring
 
 
 def test_diff_before_the_first_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
