@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator, Mapping
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -143,3 +145,96 @@ def test_a_hash_of_result_that_is_not_key_and_mapping_is_named_and_nothing_appli
     assert r.exists("ok") == 0 and _marker(r, "bad") is None
     with pytest.raises(ConfigError, match="hash_of must be a callable"):
         RedisSink.hset_writer({"not": "callable"})  # type: ignore[arg-type]
+
+
+def test_a_stop_iteration_from_hash_of_fails_the_batch_and_applies_nothing(redis_url):
+    """StopIteration (e.g. next() on an empty iterator) must not end the batch early as if it were done."""
+    r = redis.Redis.from_url(redis_url)
+
+    def hash_of(record: Any) -> Any:
+        user, tags = record
+        return f"u:{user}", {"first": next(iter(tags))}  # StopIteration for no tag
+
+    sink = _sink(redis_url, RedisSink.hset_writer(hash_of), "stop")
+    try:
+        with pytest.raises(UserFunctionError, match=r"the write function raised StopIteration.*nothing was applied") as info:
+            sink.write(1000, [("a", ["x"]), ("b", []), ("c", ["z"])])
+    finally:
+        sink.close()
+    assert isinstance(info.value.__cause__, StopIteration)
+    assert r.keys("u:*") == [] and _marker(r, "stop") is None
+
+
+@pytest.mark.parametrize("pipe_type", [mock.MagicMock, mock.Mock])
+def test_on_a_mock_pipeline_it_calls_hset_per_record(pipe_type):
+    """A mock pipeline (a user's unit test of the write function) sees pipe.hset(key, mapping=...) per record with fields."""
+    pipe = pipe_type()
+    RedisSink.hset_writer(_hash_of)(pipe, RECORDS)
+    assert pipe.hset.call_args_list == [mock.call(item[0], mapping=item[1]) for item in RECORDS if item is not None and item[1]]
+
+
+@pytest.mark.parametrize("bad", [("k", [("a", 1)]), ("k", "ab")])
+def test_a_result_that_is_no_mapping_on_a_plain_pipeline_is_the_sinks_type_error(redis_url, bad):
+    plain = redis.Redis.from_url(redis_url).pipeline(transaction=False)
+    with pytest.raises(TypeError, match=r"hash_of must return \(key, mapping\) or None, not"):
+        RedisSink.hset_writer(_hash_of)(plain, [("ok", {"a": 1}), bad])
+
+
+class _Sparse(Mapping[str, Any]):
+    """A mapping whose len counts keys its iteration leaves out (None values): len and items disagree."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d = d
+
+    def __getitem__(self, k: str) -> Any:
+        return self.d[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self.d if self.d[k] is not None)
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+
+class _Broken(_Sparse):
+    """A mapping whose iteration fails after its first key."""
+
+    def __iter__(self) -> Iterator[str]:
+        yield next(iter(self.d))
+        raise KeyError("gone")
+
+
+def test_a_mapping_whose_len_and_items_disagree_is_queued_as_pipe_hset_queues_it(redis_url):
+    """HSET gets the pairs items() gives, as pipe.hset(key, mapping=m) sends them (not a count from len())."""
+    r = redis.Redis.from_url(redis_url)
+    records = [("k1", _Sparse({"a": 1, "b": None})), ("k2", {"x": "y"}), ("k3", _Sparse({"b": None}))]
+    sink = _sink(redis_url, RedisSink.hset_writer(_hash_of), "sparse")
+    try:
+        sink.write(1000, records)
+    finally:
+        sink.close()
+    assert r.hgetall("k1") == {b"a": b"1"} and r.hgetall("k2") == {b"x": b"y"}
+    assert r.exists("k3") == 0 and _marker(r, "sparse") == b"1000"
+
+
+def test_a_mapping_failing_midway_leaves_nothing_of_its_record_queued(redis_url):
+    """A write function that skips the records hash_of's results fail on queues the others whole and nothing of the failed one."""
+    r = redis.Redis.from_url(redis_url)
+    helper = RedisSink.hset_writer(_hash_of)
+    skipped = []
+
+    def tolerant(pipe: Any, records: list[Any]) -> None:
+        for record in records:
+            try:
+                helper(pipe, [record])
+            except (TypeError, KeyError) as exc:
+                skipped.append((record[0], type(exc).__name__))
+
+    records = [("k1", _Broken({"a": 1, "b": 2})), ("k2", "ab"), ("k3", {"x": "y"})]
+    sink = _sink(redis_url, tolerant, "broken")
+    try:
+        sink.write(1000, records)
+    finally:
+        sink.close()
+    assert skipped == [("k1", "KeyError"), ("k2", "TypeError")]
+    assert r.keys("k*") == [b"k3"] and r.hgetall("k3") == {b"x": b"y"} and _marker(r, "broken") == b"1000"
