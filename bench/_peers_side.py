@@ -66,9 +66,9 @@ def _cpu_jiffies() -> list[int]:
 class Meter:
     """What a wall-clock figure on a shared machine hides, over one timed region (the throughput runs' extra keys).
 
-    ``cpu_s``: this process's CPU (all threads, `resource.getrusage`); ``main_cpu_s``: the timing
-    thread's (`time.thread_time`); ``fsyncs``/``fsync_s``: calls of `os.fsync` and `os.fdatasync` from Python and
-    their wall time (streamkeep's checkpoint; Bytewax's SQLite syncs from Rust are not seen: None there);
+    ``cpu_s``: this process's CPU (all threads, `resource.getrusage`), ``sys_s`` its kernel part
+    (page faults, syncs); ``main_cpu_s``: the timing thread's (`time.thread_time`);
+    ``fsyncs``/``fsync_s``: calls of `os.fsync` and `os.fdatasync` from Python and their wall time (streamkeep's checkpoint; Bytewax's SQLite syncs from Rust are not seen: None there);
     ``steal_pct``/``iowait_pct``: the machine's stolen and I/O-wait share of CPU time meanwhile
     (/proc/stat, all CPUs); ``gc_collections``: the cyclic GC's collections (all generations).
     """
@@ -106,6 +106,7 @@ class Meter:
         self.main_cpu_s = time.thread_time() - self._t
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.cpu_s = ru.ru_utime + ru.ru_stime - self._ru.ru_utime - self._ru.ru_stime
+        self.sys_s = ru.ru_stime - self._ru.ru_stime
         self.gc_collections = sum(g["collections"] for g in gc.get_stats()) - self._gc
         j = _cpu_jiffies()
         d = [b - a for a, b in zip(self._j, j, strict=False)]
@@ -120,6 +121,7 @@ class Meter:
         out: dict[str, Any] = {
             "cpu_s": round(self.cpu_s, 4),
             "main_cpu_s": round(self.main_cpu_s, 4),
+            "sys_s": round(self.sys_s, 4),
             "gc_collections": self.gc_collections,
             "steal_pct": None if self.steal_pct is None else round(self.steal_pct, 1),
             "iowait_pct": None if self.iowait_pct is None else round(self.iowait_pct, 1),

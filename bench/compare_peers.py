@@ -390,7 +390,7 @@ def breakdown(res: dict[str, Any]) -> str:
     """One throughput run's wall, CPU, fsync and steal figures (`_peers_side.Meter`) on one line."""
     parts = [f"wall {res['seconds']:.3f} s"]
     if "cpu_s" in res:
-        parts.append(f"cpu {res['cpu_s']:.3f} s (main thread {res['main_cpu_s']:.3f})")
+        parts.append(f"cpu {res['cpu_s']:.3f} s (main thread {res['main_cpu_s']:.3f}, kernel {res.get('sys_s', 0.0):.3f})")
     if "fsyncs" in res:
         parts.append(f"{res['fsyncs']} fsyncs {res['fsync_s'] * 1e3:.0f} ms")
     if res.get("steal_pct") is not None:
@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     kafka.close()
     mem_runs = [x for x in raw["results"] if str(x["task"]).startswith("throughput_mem_") and "seconds" in x]
     if mem_runs:  # what the wall figures hide: CPU, the checkpoint's fsyncs, the machine's steal (docs/comparison-peers.md)
-        print("\nthroughput from memory, per run (wall; CPU of the process; fsyncs from Python; the machine's steal and I/O wait meanwhile):")
+        print("\nthroughput from memory, per run (wall; CPU of the process, its main thread's and its kernel time; fsyncs from Python; the machine's steal and I/O wait meanwhile):")
         for x in mem_runs:
             print(f"  {x['system']:10} {x['task'][len('throughput_mem_'):]:6} {breakdown(x)}")
     if "tables" in tp_mem and BW in running:  # the table row is compared with Bytewax's faster in-memory row
