@@ -25,11 +25,14 @@ Standard library only, apart from the system's own package.
 
 from __future__ import annotations
 
+import gc
 import json
 import operator
 import os
+import resource
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -49,6 +52,83 @@ def _append(path: str, lines: list[str]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(x + "\n" for x in lines))
         f.flush()
+
+
+def _cpu_jiffies() -> list[int]:
+    """The machine's CPU time so far by kind (/proc/stat's ``cpu`` line: user nice system idle iowait irq softirq steal ...)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return []
+
+
+class Meter:
+    """What a wall-clock figure on a shared machine hides, over one timed region (the throughput runs' extra keys).
+
+    ``cpu_s``: this process's CPU (all threads, `resource.getrusage`), ``sys_s`` its kernel part
+    (page faults, syncs); ``main_cpu_s``: the timing thread's (`time.thread_time`);
+    ``fsyncs``/``fsync_s``: calls of `os.fsync` and `os.fdatasync` from Python and their wall time (streamkeep's checkpoint; Bytewax's SQLite syncs from Rust are not seen: None there);
+    ``steal_pct``/``iowait_pct``: the machine's stolen and I/O-wait share of CPU time meanwhile
+    (/proc/stat, all CPUs); ``gc_collections``: the cyclic GC's collections (all generations).
+    """
+
+    def __init__(self, watch_fsync: bool) -> None:
+        self._watch = watch_fsync
+        self.fsyncs = 0
+        self.fsync_s = 0.0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Meter:
+        if self._watch:
+            self._fsync, self._fdatasync = os.fsync, os.fdatasync
+            os.fsync = self._timed(self._fsync)
+            os.fdatasync = self._timed(self._fdatasync)
+        self._j = _cpu_jiffies()
+        self._gc = sum(g["collections"] for g in gc.get_stats())
+        self._ru = resource.getrusage(resource.RUSAGE_SELF)
+        self._t = time.thread_time()
+        return self
+
+    def _timed(self, sync: Any) -> Any:
+        def timed(fd: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                sync(fd)
+            finally:
+                with self._lock:
+                    self.fsyncs += 1
+                    self.fsync_s += time.perf_counter() - t0
+
+        return timed
+
+    def __exit__(self, *exc: object) -> None:
+        self.main_cpu_s = time.thread_time() - self._t
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu_s = ru.ru_utime + ru.ru_stime - self._ru.ru_utime - self._ru.ru_stime
+        self.sys_s = ru.ru_stime - self._ru.ru_stime
+        self.gc_collections = sum(g["collections"] for g in gc.get_stats()) - self._gc
+        j = _cpu_jiffies()
+        d = [b - a for a, b in zip(self._j, j, strict=False)]
+        total = sum(d[:8]) or 1
+        self.steal_pct = 100 * d[7] / total if len(d) > 7 else None
+        self.iowait_pct = 100 * d[4] / total if len(d) > 4 else None
+        if self._watch:
+            os.fsync, os.fdatasync = self._fsync, self._fdatasync
+
+    def result(self) -> dict[str, Any]:
+        """The figures as result keys (seconds and percentages rounded)."""
+        out: dict[str, Any] = {
+            "cpu_s": round(self.cpu_s, 4),
+            "main_cpu_s": round(self.main_cpu_s, 4),
+            "sys_s": round(self.sys_s, 4),
+            "gc_collections": self.gc_collections,
+            "steal_pct": None if self.steal_pct is None else round(self.steal_pct, 1),
+            "iowait_pct": None if self.iowait_pct is None else round(self.iowait_pct, 1),
+        }
+        if self._watch:
+            out.update(fsyncs=self.fsyncs, fsync_s=round(self.fsync_s, 4))
+        return out
 
 
 # --------------------------------------------------------------------------- streamkeep
@@ -172,11 +252,12 @@ def _sk_mem_run(lines: list[str], per: int, variant: str) -> dict[str, Any]:
 
     src = ssc.add_source(SkLinesSource(lines, per, name="lines"))
     _sk_counts(src, "counts", variant).foreach_batch(count)
-    t0 = time.perf_counter()
-    ssc.run(max_batches=n // per)
-    secs = time.perf_counter() - t0
+    with Meter(watch_fsync=True) as m:
+        t0 = time.perf_counter()
+        ssc.run(max_batches=n // per)
+        secs = time.perf_counter() - t0
     ssc.stop()
-    return {"seconds": secs, "outputs": outputs[0], "batches": n // per}
+    return {"seconds": secs, "outputs": outputs[0], "batches": n // per, **m.result()}
 
 
 def _warm_lines(p: dict[str, Any]) -> list[str]:
@@ -389,9 +470,11 @@ def _bw_mem_run(lines: list[str], p: dict[str, Any]) -> dict[str, Any]:
     box = {"outputs": 0}
     rec = _bw_recovery(tempfile.mkdtemp(prefix="bw-peers-"))
     flow = _bw_flow(_bw_lines_source(lines, p["batch_lines"]), _bw_counting_sink(box), p, "lines", "counts", kafka=False)
-    t0 = time.perf_counter()
-    run_main(flow, recovery_config=rec)
-    return {"seconds": time.perf_counter() - t0, "outputs": box["outputs"]}
+    with Meter(watch_fsync=False) as m:
+        t0 = time.perf_counter()
+        run_main(flow, recovery_config=rec)
+        secs = time.perf_counter() - t0
+    return {"seconds": secs, "outputs": box["outputs"], **m.result()}
 
 
 def bw_throughput_mem(p: dict[str, Any]) -> dict[str, Any]:

@@ -386,6 +386,20 @@ def print_table(rows: list[Row], systems: list[str]) -> str:
     return text
 
 
+def breakdown(res: dict[str, Any]) -> str:
+    """One throughput run's wall, CPU, fsync and steal figures (`_peers_side.Meter`) on one line."""
+    parts = [f"wall {res['seconds']:.3f} s"]
+    if "cpu_s" in res:
+        parts.append(f"cpu {res['cpu_s']:.3f} s (main thread {res['main_cpu_s']:.3f}, kernel {res.get('sys_s', 0.0):.3f})")
+    if "fsyncs" in res:
+        parts.append(f"{res['fsyncs']} fsyncs {res['fsync_s'] * 1e3:.0f} ms")
+    if res.get("steal_pct") is not None:
+        parts.append(f"steal {res['steal_pct']:.1f}% iowait {res['iowait_pct']:.1f}%")
+    if "gc_collections" in res:
+        parts.append(f"gc {res['gc_collections']}")
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 runs")
@@ -514,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 record(f"throughput_mem_{variant}", system, res)
                 if "seconds" in res:
                     r.add(system, words / res["seconds"])
+                    say(f"    {system} {variant}: {breakdown(res)}")
                 elif not r.vals[system]:
                     r.text[system] = f"error: {res['error']}"[:80]
             if tp_kafka is not None and not (i and slow.get(system)):
@@ -613,6 +628,11 @@ def main(argv: list[str] | None = None) -> int:
                     record(f"codechange-{rename}", system, res)
                     r.text[system] = res["outcome"]
     kafka.close()
+    mem_runs = [x for x in raw["results"] if str(x["task"]).startswith("throughput_mem_") and "seconds" in x]
+    if mem_runs:  # what the wall figures hide: CPU, the checkpoint's fsyncs, the machine's steal (docs/comparison-peers.md)
+        print("\nthroughput from memory, per run (wall; CPU of the process, its main thread's and its kernel time; fsyncs from Python; the machine's steal and I/O wait meanwhile):")
+        for x in mem_runs:
+            print(f"  {x['system']:10} {x['task'][len('throughput_mem_'):]:6} {breakdown(x)}")
     if "tables" in tp_mem and BW in running:  # the table row is compared with Bytewax's faster in-memory row
         best = max((tp_mem["word"], tp_mem["batch"]), key=lambda r: statistics.median(r.vals[BW]) if r.vals[BW] else 0.0)
         tp_mem["tables"].vals[BW] = list(best.vals[BW])

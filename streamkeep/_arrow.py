@@ -12,6 +12,7 @@ A leaf of layer 1: imports only ``streamkeep.errors`` of streamkeep.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,22 +29,57 @@ _COMPRESS_FROM = 64 * 1024
 _TABLE_TYPES = frozenset({("pyarrow.lib", "Table"), ("pyarrow.lib", "RecordBatch")})
 
 
+#: The environment variable with which pyarrow's user picks its memory pool (then streamkeep keeps it).
+POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+_pool_chosen = False
+
+
+def choose_memory_pool(pyarrow: Any) -> None:
+    """Make jemalloc pyarrow's memory pool, once per process, unless its user chose one (`POOL_ENV`).
+
+    pyarrow's wheels default to mimalloc. On the reference VM a fresh process's first
+    batches of a table job fault in their working set (a few hundred page faults a batch)
+    and, with mimalloc, those faults cost 20-80 ms of kernel time a batch in about half
+    the processes (the same count costs ~0-4 ms with jemalloc or the system allocator):
+    the 1M-word table job took 0.09 s or 0.2 s of CPU depending on the process
+    (docs/comparison-peers.md, fourth pass). jemalloc's faults stayed cheap in every
+    process. A pool set with ``pyarrow.set_memory_pool`` before streamkeep first uses
+    pyarrow is replaced too; set `POOL_ENV` to keep another one. Builds without jemalloc
+    keep their default.
+    """
+    global _pool_chosen
+    if _pool_chosen:
+        return
+    _pool_chosen = True
+    if os.environ.get(POOL_ENV):
+        return
+    try:
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pass
+
+
 def require(module: str, what: str) -> Any:
     """Import `module` (``"pyarrow"``, ``"pyarrow.compute"``, ``"pandas"``, ``"polars"``, ...) for `what`.
+
+    The first time a pyarrow module is asked for, pyarrow's memory pool is chosen
+    (`choose_memory_pool`).
 
     Raises:
         ConfigError: the module is not installed (or blocked); the message names `what`
             and the ``streamkeep[tables]`` extra.
     """
     loaded = sys.modules.get(module)
-    if loaded is not None:  # imported already: the table path asks for pyarrow and numpy every batch
-        return loaded
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        top = module.split(".")[0]
-        msg = f"{what} needs {top}, which is not installed (or cannot be imported: {exc}); run `{INSTALL_HINT}`"
-        raise ConfigError(msg) from exc
+    if loaded is None:
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as exc:
+            top = module.split(".")[0]
+            msg = f"{what} needs {top}, which is not installed (or cannot be imported: {exc}); run `{INSTALL_HINT}`"
+            raise ConfigError(msg) from exc
+    if not _pool_chosen and module.startswith("pyarrow"):  # (after the first call: one global read per call)
+        choose_memory_pool(sys.modules["pyarrow"])
+    return loaded
 
 
 def pa(what: str) -> Any:
