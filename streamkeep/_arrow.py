@@ -43,9 +43,10 @@ def choose_memory_pool(pyarrow: Any) -> None:
     the processes (the same count costs ~0-4 ms with jemalloc or the system allocator):
     the 1M-word table job took 0.09 s or 0.2 s of CPU depending on the process
     (docs/comparison-peers.md, fourth pass). jemalloc's faults stayed cheap in every
-    process. A pool set with ``pyarrow.set_memory_pool`` before streamkeep first uses
-    pyarrow is replaced too; set `POOL_ENV` to keep another one. Builds without jemalloc
-    keep their default.
+    process. Only the mimalloc default is replaced: a pool the application chose
+    (``pyarrow.set_memory_pool`` with jemalloc or the system allocator, or `POOL_ENV`) is
+    kept; set `POOL_ENV` to ``mimalloc`` to keep mimalloc. Builds without jemalloc keep
+    their default.
     """
     global _pool_chosen
     if _pool_chosen:
@@ -54,6 +55,8 @@ def choose_memory_pool(pyarrow: Any) -> None:
     if os.environ.get(POOL_ENV):
         return
     try:
+        if pyarrow.default_memory_pool().backend_name != "mimalloc":
+            return  # the build's default is another allocator, or the application chose one
         pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
     except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
         pass

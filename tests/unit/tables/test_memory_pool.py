@@ -13,7 +13,10 @@ pa = pytest.importorskip("pyarrow")
 
 # A fresh interpreter: the pool is process-wide and chosen once per process.
 _JOB = """
+import os
 import pyarrow as pa
+if os.environ.get("SET_POOL") == "system":
+    pa.set_memory_pool(pa.system_memory_pool())  # the application's own choice, in code
 import streamkeep as sk
 from streamkeep.testing import ManualClock
 
@@ -35,8 +38,10 @@ def _jemalloc_built() -> bool:
     return True
 
 
-def _run(env_pool: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+def _run(env_pool: str | None, set_pool: str | None = None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "SET_POOL")}
+    if set_pool is not None:
+        env["SET_POOL"] = set_pool
     if env_pool is not None:
         env["ARROW_DEFAULT_MEMORY_POOL"] = env_pool
     done = subprocess.run([sys.executable, "-c", _JOB], env=env, capture_output=True, text=True, timeout=120, check=False)
@@ -49,3 +54,8 @@ def test_a_table_job_switches_pyarrow_to_jemalloc_unless_the_user_chose_a_pool()
     before, after = _run(None)
     assert after == "after jemalloc [2]", (before, after)
     assert _run("system") == ["before system", "after system [2]"]  # the user's choice is kept
+
+
+@pytest.mark.skipif(not _jemalloc_built(), reason="this pyarrow is built without jemalloc")
+def test_a_pool_the_application_set_in_code_is_kept() -> None:
+    assert _run(None, set_pool="system") == ["before system", "after system [2]"]
