@@ -305,6 +305,23 @@ def test_duplicate_source_names(ssc, s):
         ssc.constant_stream([1], name="st")
 
 
+def test_a_name_taken_by_a_derived_one_says_so(ssc, s):
+    """Following a swapped-operator refusal halfway (pinning one of two unnamed operators to KIND#1, created
+    after the other) clashes with the unnamed one's derived name: the message says that, and to name every one."""
+    upd = lambda vs, old: old  # noqa: E731
+    with pytest.warns(DerivedNameWarning):
+        s.update_state_by_key(upd)
+    with pytest.raises(ConfigError, match=r"an unnamed update_state_by_key created before this one .* name every update_state_by_key"):
+        s.update_state_by_key(upd, name="update_state_by_key#1")
+    with pytest.warns(DerivedNameWarning):
+        ssc.queue_stream([])
+    with pytest.raises(ConfigError, match=r"an unnamed queue created before this one .* name every queue"):
+        ssc.queue_stream([], name="queue#1")
+    s.window(2, name="mine")
+    with pytest.raises(ConfigError, match=r"'mine' is already used by another stateful operator or source; names must be unique$"):
+        s.update_state_by_key(upd, name="mine")  # a user-given name: nothing about derived names
+
+
 def test_duplicate_custom_source_names(ssc, s):
     from streamkeep.sources import ConstantSource
 
