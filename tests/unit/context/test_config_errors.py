@@ -737,3 +737,16 @@ def test_kafka_topics_that_are_not_topic_names_are_a_config_error(bad):
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
     with pytest.raises(ConfigError, match=r"kafka_stream: topics must be a topic name or a non-empty list of topic names"):
         ssc.kafka_stream(bad, bootstrap_servers="127.0.0.1:9", name="events")
+
+
+def test_get_or_create_with_a_setup_that_is_not_a_function(tmp_path):
+    """get_or_create(url, 5) raised a bare "'int' object is not callable"; get_or_create(url, setup()) the same."""
+    url = str(tmp_path / "c")
+    with pytest.raises(ConfigError, match="setup must be a function taking no arguments .* got int"):
+        sk.StreamingContext.get_or_create(url, 5)
+    built = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+    try:
+        with pytest.raises(ConfigError, match=r"got a StreamingContext: pass the function that builds it \(setup, not setup\(\)\)"):
+            sk.StreamingContext.get_or_create(url, built)
+    finally:
+        built.stop()
