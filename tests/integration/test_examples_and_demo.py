@@ -120,7 +120,8 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     subprocess.run(cmd("clean", 8), check=True, capture_output=True, timeout=120, env=env)
     crashed = subprocess.run(cmd("crash", 8), capture_output=True, text=True, timeout=120, env={**env, "STREAMKEEP_CRASH_AT": "sink.after_write@2"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)
+    assert "kafka_windows_to_redis: started with checkpoint" in crashed.stdout, crashed.stdout
+    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)  # no commit before the kill
 
     def redis_state(prefix: str) -> tuple[Any, ...]:
         p = f"{topic}:{prefix}:"
@@ -132,6 +133,8 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     assert sorted(json.loads(d)["value"] for d in dead) == sorted(["no comma here", "\\xff\\xfe,click"])
     assert sorted(sessions) == sorted(f"u{u}:{len(range(u, 60, 7))}".encode() for u in range(7))
     assert redis_state("crash") == redis_state("clean")
+    again = subprocess.run(cmd("clean", 1), check=True, capture_output=True, text=True, timeout=120, env=env)
+    assert "kafka_windows_to_redis: resumed from checkpoint" in again.stdout, again.stdout  # a restart says so
     from streamkeep.cli._inspect import inspect
 
     # filter_f drops the users whose window count is back to 0: the window keeps no dead users (work per slide)
