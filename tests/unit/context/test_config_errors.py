@@ -730,6 +730,14 @@ def test_a_misspelt_kafka_option_is_a_config_error_naming_the_right_one():
         ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", starting_offset="latest")
 
 
+def test_a_kafka_on_error_that_is_neither_a_callable_nor_a_sink_is_named():
+    """on_error="skip" (the per-record operators' policies are strings) did not say what it got or what None does."""
+    pytest.importorskip("confluent_kafka")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=r"on_error must be a callable.* or None \(the default: an undecodable record fails the batch\), got 'skip'"):
+        ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", on_error="skip")
+
+
 @pytest.mark.parametrize("bad", [5, [], [5], ["events", ""], None])
 def test_kafka_topics_that_are_not_topic_names_are_a_config_error(bad):
     """kafka_stream(5, ...) was `TypeError: 'int' object is not iterable` from inside the engine."""
