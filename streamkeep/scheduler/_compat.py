@@ -281,7 +281,7 @@ def _names(names: list[str], none: str) -> str:
 def _another_jobs_hint(stored: dict[str, Any], current: dict[str, Any], url: str) -> str:
     """A line for a refusal where no stored stateful operator is in the code: likely another job's checkpoint."""
     olds = sorted(stored.get("operators", {}))
-    if not olds or not current.get("operators") or set(olds) & set(current["operators"]):
+    if not olds or set(olds) & set(current.get("operators", {})):
         return ""
     return (
         f"\nNone of the checkpoint's stateful operators ({', '.join(repr(n) for n in olds)}) is in the current code: "

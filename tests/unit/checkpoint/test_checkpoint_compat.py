@@ -349,6 +349,9 @@ def test_a_checkpoint_sharing_no_stateful_operator_with_the_code_says_it_may_be_
     mine = {"batch_interval_ms": 1000, "operators": {"counts": ops}, "sources": {"lines": {"kind": "text_files", "directory": "in"}}}
     with pytest.raises(IncompatibleCheckpointError, match=r"None of the checkpoint's stateful operators \('word_counts'\) .* another job's checkpoint"):
         check_compatible(demo, mine, frozenset(), "ckpt")
+    stateless = {**mine, "operators": {}}  # a job without stateful operators pointed at it
+    with pytest.raises(IncompatibleCheckpointError, match=r"another job's checkpoint"):
+        check_compatible(demo, stateless, frozenset(), "ckpt")
     both = {**mine, "operators": {"counts": ops, "word_counts": ops}}
     kept_one = {**demo, "operators": {"word_counts": ops, "other": ops}}
     with pytest.raises(IncompatibleCheckpointError) as info:
