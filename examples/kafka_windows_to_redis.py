@@ -110,6 +110,9 @@ def build(args: argparse.Namespace) -> sk.StreamingContext:
     return ssc
 
 
+PROG = "kafka_windows_to_redis"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap-servers", required=True)
@@ -124,8 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batches", type=int, default=None, help="run N batch times back to back, then stop")
     args = ap.parse_args(argv)
     ssc = sk.StreamingContext.get_or_create(args.checkpoint, lambda: build(args))
+    if ssc.restored:  # say so: a restart that silently started over would look the same
+        print(f"{PROG}: resumed from checkpoint {args.checkpoint} after batch {ssc.last_batch_time_ms}", flush=True)
+    else:
+        print(f"{PROG}: started with checkpoint {args.checkpoint}", flush=True)
     if args.max_batches is not None:
         ssc.run(max_batches=args.max_batches)
+        ssc.stop()
+        print(f"{PROG}: done: last batch {ssc.last_batch_time_ms}", flush=True)
         return
     ssc.start()
     ssc.await_termination()

@@ -850,12 +850,17 @@ class StreamingContext:
         `checkpoint`).
 
         Raises:
-            ConfigError: `setup()` returned no StreamingContext, or one with another checkpoint.
+            ConfigError: `setup` is not callable, `setup()` returned no StreamingContext, or one with
+                another checkpoint.
             IncompatibleCheckpointError: the checkpoint's state does not fit the graph
                 `setup()` built (the message names the operator and what to do).
             CheckpointInUseError: another live driver holds the checkpoint.
         """
         checkpoint = _as_checkpoint_url(checkpoint, "get_or_create")
+        if not callable(setup):
+            what = "a StreamingContext: pass the function that builds it (setup, not setup())" if isinstance(setup, StreamingContext) else f"{type(setup).__name__}"
+            msg = f"get_or_create: setup must be a function taking no arguments that builds and returns the StreamingContext, got {what}"
+            raise ConfigError(msg)
         ssc = setup()
         held = _HOLD.get()
         if held is not None and isinstance(ssc, StreamingContext):

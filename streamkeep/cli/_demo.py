@@ -168,8 +168,15 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         ssc.add_listener(console_listener())
     now_ms = int(time.time() * 1000)
     last = ssc.last_batch_time_ms
+    replays = ssc._scheduler.replays_left if ssc._scheduler is not None else 0
     if ssc.restored and last is not None:
         print(resume_message(checkpoint, last, now_ms, ssc.batch_interval_ms), flush=True)
+    elif replays:  # stopped before its first commit: not a fresh start, its planned batches run again
+        print(
+            f"resumed from checkpoint {checkpoint!r}: no batch was committed before it stopped; replaying its "
+            f"{replays} planned batch{'es' if replays > 1 else ''} first (exactly the input they planned), then catching up",
+            flush=True,
+        )
     else:
         print(f"fresh start at {clock_time(now_ms)}; checkpoint in {checkpoint!r}. Interrupt me (Ctrl-C, or kill -9) and run `{again}` to resume.", flush=True)
     on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler

@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="executor of the contexts the script creates without one (ray: RAY_ADDRESS, else a local Ray; default: local)",
     )
     _spark_submit_options(run)
-    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    # REMAINDER counts as required, so a bare `streamkeep run` said "required: app, args"; only app is
+    script_args = run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    script_args.required = False
 
     ck = sub.add_parser("checkpoint", help="inspect, verify, diff or repair a checkpoint")
     cks = ck.add_subparsers(dest="action", required=True)

@@ -199,6 +199,8 @@ class Graph:
     #: Names the user gave in the derived shape of their own kind (``KIND#N``): the code-change check must tell them
     #: from derived ones (a graph mixing both in one kind numbers its unnamed ones ambiguously).
     pinned: set[str] = field(default_factory=set)
+    #: Names derived for unnamed stateful operators and sources: a user name colliding with one is told so.
+    derived_names: set[str] = field(default_factory=set)
 
     def check_open(self, what: str) -> None:
         """ConfigError when the graph is fixed (the context started): nothing added now would run."""
@@ -228,7 +230,7 @@ class Graph:
                 raise ConfigError(msg)
             if name in self.names or name in self.source_names:
                 msg = f"{op}: the name {name!r} is already used by another stateful operator or source; names must be unique"
-                raise ConfigError(msg)
+                raise ConfigError(msg + self._taken_by_derived(name))
             if re.fullmatch(re.escape(op) + "#[0-9]+", name):
                 self.pinned.add(name)
             return name
@@ -237,6 +239,7 @@ class Graph:
             n += 1
         self._derived[op] = n
         derived = f"{op}#{n}"
+        self.derived_names.add(derived)
         warnings.warn(
             f"{op} has no name=; its state is keyed by the derived name {derived!r}, which changes if you add or "
             f"reorder {op} operators. Pass name=... to keep checkpoints restorable across code changes.",
@@ -244,6 +247,17 @@ class Graph:
             stacklevel=_user_stacklevel(),
         )
         return derived
+
+    def _taken_by_derived(self, name: str) -> str:
+        """The end of a name clash's message: an unnamed operator or source created earlier was given `name`."""
+        if name not in self.derived_names:
+            return ""
+        kind = name.rsplit("#", 1)[0]
+        return (
+            f" (an unnamed {kind} created before this one was given that derived name: once one {kind} is named "
+            f"{kind}#N, name every {kind}, e.g. each after the stored derived name of its inputs that "
+            f"`streamkeep checkpoint diff` lists)"
+        )
 
     def source_name(self, kind: str, name: str | None) -> str:
         """Validate a source name or derive one."""
@@ -254,6 +268,7 @@ class Graph:
                 n += 1
             self._derived["source:" + kind] = n
             name = f"{kind}#{n}"
+            self.derived_names.add(name)
             warnings.warn(
                 f"source {kind} has no name=; its position is keyed by the derived name {name!r}, which changes if you "
                 f"add or reorder {kind} sources. Pass name=... to keep checkpoints restorable across code changes.",
@@ -265,7 +280,7 @@ class Graph:
             raise ConfigError(msg)
         elif name in self.source_names or name in self.names:
             msg = f"{kind}: the name {name!r} is already used; source names must be unique"
-            raise ConfigError(msg)
+            raise ConfigError(msg + self._taken_by_derived(name))
         elif re.fullmatch(re.escape(kind) + "#[0-9]+", name):
             self.pinned.add(name)
         self.source_names.add(name)

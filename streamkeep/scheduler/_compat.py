@@ -278,6 +278,18 @@ def _names(names: list[str], none: str) -> str:
     return ", ".join(repr(n) for n in names) if names else none
 
 
+def _another_jobs_hint(stored: dict[str, Any], current: dict[str, Any], url: str) -> str:
+    """A line for a refusal where no stored stateful operator is in the code: likely another job's checkpoint."""
+    olds = sorted(stored.get("operators", {}))
+    if not olds or set(olds) & set(current.get("operators", {})):
+        return ""
+    return (
+        f"\nNone of the checkpoint's stateful operators ({', '.join(repr(n) for n in olds)}) is in the current code: "
+        f"if it is another job's checkpoint, give this job a checkpoint URL of its own "
+        f"(`streamkeep checkpoint inspect {url}` shows what it holds)."
+    )
+
+
 def check_compatible(
     stored: dict[str, Any],
     current: dict[str, Any],
@@ -406,6 +418,7 @@ def check_compatible(
         problems.append(f"- the batch interval changed from {s_iv} ms to {c_iv} ms while window operators keep per-batch state; keep {s_iv} ms or start a fresh checkpoint.")
     if problems:
         where = ALLOW_HINT if any("allow_state_loss=" in p for p in problems) else ""
+        where += _another_jobs_hint(stored, current, url)
         msg = (
             f"the current code cannot take over checkpoint {url}:\n" + "\n".join(problems) + where
             + "\nOr start fresh with a new checkpoint URL. " + DIFF_HINT

@@ -275,6 +275,11 @@ class Scheduler(Recovery):
         """
         return self._ahead is not None or self._ahead_failed is not None
 
+    @property
+    def replays_left(self) -> int:
+        """Planned-but-uncommitted batches of an earlier run that recovery still re-runs first."""
+        return len(self._pending)
+
     def next_time(self) -> int:
         """The next batch time to run."""
         if self._pending:

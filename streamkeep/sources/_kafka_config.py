@@ -155,7 +155,10 @@ def validate_options(
         msg = f"{where}: consumer_config may not set {owned}; the source sets them (use bootstrap_servers= and group_id= instead)"
         raise ConfigError(msg)
     if on_error is not None and not callable(on_error) and not hasattr(on_error, "write"):
-        msg = f"{where}: on_error must be a callable(record, exc) or a sink with write()"
+        msg = (
+            f"{where}: on_error must be a callable(record, exc) or a dead-letter sink with write() (see "
+            f"streamkeep.sinks), or None (the default: an undecodable record fails the batch), got {on_error!r}"
+        )
         raise ConfigError(msg)
 
     sorted_topics = sorted(set(topic_list))

@@ -65,6 +65,20 @@ def test_demo_kill_and_resume(tmp_path: Path) -> None:
     assert after[0] >= seen[0]
 
 
+def test_demo_killed_before_its_first_commit_says_it_resumes(tmp_path: Path) -> None:
+    """Killed before its first commit, the demo said "fresh start at 12:00:01" at the restart and then printed
+    the replayed batch of 12:00:00.5: it now says it resumes and replays the planned batch."""
+    env = {k: v for k, v in os.environ.items() if k != "STREAMKEEP_CRASH_AT"}
+    cmd = [*STREAMKEEP, "demo", "--seconds", "1", "--interval", "0.2", "--checkpoint", str(tmp_path / "ck")]
+    killed = subprocess.run(cmd, capture_output=True, text=True, env={**env, "STREAMKEEP_CRASH_AT": "commit.before_record@1"},
+                            cwd=tmp_path, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    first = _totals(killed.stdout)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60).stdout
+    assert re.match(r"resumed from checkpoint .*: no batch was committed before it stopped; replaying its 1 planned batch first", out), out
+    assert first and _totals(out)[: len(first)] == first  # the same batch, counted once
+
+
 @pytest.mark.slow
 def test_demo_interrupted_with_ctrl_c_says_stopped_once_and_resumes(tmp_path: Path) -> None:
     """Ctrl-C printed two "stopped; ..." lines (the engine's, naming get_or_create, and the demo's own)."""
@@ -120,7 +134,8 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     subprocess.run(cmd("clean", 8), check=True, capture_output=True, timeout=120, env=env)
     crashed = subprocess.run(cmd("crash", 8), capture_output=True, text=True, timeout=120, env={**env, "STREAMKEEP_CRASH_AT": "sink.after_write@2"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)
+    assert "kafka_windows_to_redis: started with checkpoint" in crashed.stdout, crashed.stdout
+    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)  # no commit before the kill
 
     def redis_state(prefix: str) -> tuple[Any, ...]:
         p = f"{topic}:{prefix}:"
@@ -132,6 +147,8 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     assert sorted(json.loads(d)["value"] for d in dead) == sorted(["no comma here", "\\xff\\xfe,click"])
     assert sorted(sessions) == sorted(f"u{u}:{len(range(u, 60, 7))}".encode() for u in range(7))
     assert redis_state("crash") == redis_state("clean")
+    again = subprocess.run(cmd("clean", 1), check=True, capture_output=True, text=True, timeout=120, env=env)
+    assert "kafka_windows_to_redis: resumed from checkpoint" in again.stdout, again.stdout  # a restart says so
     from streamkeep.cli._inspect import inspect
 
     # filter_f drops the users whose window count is back to 0: the window keeps no dead users (work per slide)

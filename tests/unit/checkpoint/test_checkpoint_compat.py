@@ -340,3 +340,20 @@ def test_pinning_a_derived_source_name_next_to_unnamed_sources_of_its_kind_is_re
     with pytest.warns(DerivedNameWarning), pytest.raises(IncompatibleCheckpointError, match=r"names 'queue#2' explicitly while 'queue#1' \(queue\) have no name=.*Give every queue source a name"):
         run_until(url, setup(["queue#2", None]), 3)
     assert run_until(url, setup(["queue#2", "fresh"]), 3).restored
+
+
+def test_a_checkpoint_sharing_no_stateful_operator_with_the_code_says_it_may_be_another_jobs() -> None:
+    """Pointing a job at another job's checkpoint: besides each difference, the refusal says what it likely is."""
+    ops = {"kind": "update_state_by_key", "codec": "msgpack"}
+    demo = {"batch_interval_ms": 500, "operators": {"word_counts": ops}, "sources": {"lines": {"kind": "rate"}}}
+    mine = {"batch_interval_ms": 1000, "operators": {"counts": ops}, "sources": {"lines": {"kind": "text_files", "directory": "in"}}}
+    with pytest.raises(IncompatibleCheckpointError, match=r"None of the checkpoint's stateful operators \('word_counts'\) .* another job's checkpoint"):
+        check_compatible(demo, mine, frozenset(), "ckpt")
+    stateless = {**mine, "operators": {}}  # a job without stateful operators pointed at it
+    with pytest.raises(IncompatibleCheckpointError, match=r"another job's checkpoint"):
+        check_compatible(demo, stateless, frozenset(), "ckpt")
+    both = {**mine, "operators": {"counts": ops, "word_counts": ops}}
+    kept_one = {**demo, "operators": {"word_counts": ops, "other": ops}}
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        check_compatible(kept_one, both, frozenset(), "ckpt")  # 'other' dropped, 'word_counts' kept: this job's own
+    assert "another job's" not in str(info.value)

@@ -605,6 +605,15 @@ def test_an_unknown_option_shows_the_subcommands_usage(argv: list[str], usage: s
         assert "the script's own arguments go after --" in err
 
 
+def test_run_without_a_file_asks_only_for_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare `streamkeep run` said "the following arguments are required: app, args": the script's
+    arguments are optional."""
+    with pytest.raises(SystemExit) as exc:
+        main(["run"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith("error: the following arguments are required: app")
+
+
 # --------------------------------------------------------------------------- --version, demo messages
 
 

@@ -305,6 +305,23 @@ def test_duplicate_source_names(ssc, s):
         ssc.constant_stream([1], name="st")
 
 
+def test_a_name_taken_by_a_derived_one_says_so(ssc, s):
+    """Following a swapped-operator refusal halfway (pinning one of two unnamed operators to KIND#1, created
+    after the other) clashes with the unnamed one's derived name: the message says that, and to name every one."""
+    upd = lambda vs, old: old  # noqa: E731
+    with pytest.warns(DerivedNameWarning):
+        s.update_state_by_key(upd)
+    with pytest.raises(ConfigError, match=r"an unnamed update_state_by_key created before this one .* name every update_state_by_key"):
+        s.update_state_by_key(upd, name="update_state_by_key#1")
+    with pytest.warns(DerivedNameWarning):
+        ssc.queue_stream([])
+    with pytest.raises(ConfigError, match=r"an unnamed queue created before this one .* name every queue"):
+        ssc.queue_stream([], name="queue#1")
+    s.window(2, name="mine")
+    with pytest.raises(ConfigError, match=r"'mine' is already used by another stateful operator or source; names must be unique$"):
+        s.update_state_by_key(upd, name="mine")  # a user-given name: nothing about derived names
+
+
 def test_duplicate_custom_source_names(ssc, s):
     from streamkeep.sources import ConstantSource
 
@@ -713,6 +730,14 @@ def test_a_misspelt_kafka_option_is_a_config_error_naming_the_right_one():
         ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", starting_offset="latest")
 
 
+def test_a_kafka_on_error_that_is_neither_a_callable_nor_a_sink_is_named():
+    """on_error="skip" (the per-record operators' policies are strings) did not say what it got or what None does."""
+    pytest.importorskip("confluent_kafka")
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+    with pytest.raises(ConfigError, match=r"on_error must be a callable.* or None \(the default: an undecodable record fails the batch\), got 'skip'"):
+        ssc.kafka_stream("events", bootstrap_servers="127.0.0.1:9", name="events", on_error="skip")
+
+
 @pytest.mark.parametrize("bad", [5, [], [5], ["events", ""], None])
 def test_kafka_topics_that_are_not_topic_names_are_a_config_error(bad):
     """kafka_stream(5, ...) was `TypeError: 'int' object is not iterable` from inside the engine."""
@@ -720,3 +745,16 @@ def test_kafka_topics_that_are_not_topic_names_are_a_config_error(bad):
     ssc = sk.StreamingContext(1.0, clock=ManualClock())
     with pytest.raises(ConfigError, match=r"kafka_stream: topics must be a topic name or a non-empty list of topic names"):
         ssc.kafka_stream(bad, bootstrap_servers="127.0.0.1:9", name="events")
+
+
+def test_get_or_create_with_a_setup_that_is_not_a_function(tmp_path):
+    """get_or_create(url, 5) raised a bare "'int' object is not callable"; get_or_create(url, setup()) the same."""
+    url = str(tmp_path / "c")
+    with pytest.raises(ConfigError, match="setup must be a function taking no arguments .* got int"):
+        sk.StreamingContext.get_or_create(url, 5)
+    built = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock())
+    try:
+        with pytest.raises(ConfigError, match=r"got a StreamingContext: pass the function that builds it \(setup, not setup\(\)\)"):
+            sk.StreamingContext.get_or_create(url, built)
+    finally:
+        built.stop()
