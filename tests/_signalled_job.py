@@ -20,12 +20,16 @@ import sys
 _DEFAULT_THEN_EXEC = "import os, signal, sys; signal.signal(int(sys.argv[1]), signal.SIG_DFL); os.execv(sys.argv[2], sys.argv[2:])"
 
 
+def with_default_disposition(argv: list[str], sig: int) -> list[str]:
+    """`argv` started through an exec that first resets `sig` to its default disposition."""
+    return [sys.executable, "-c", _DEFAULT_THEN_EXEC, str(int(sig)), *argv]
+
+
 def signal_after_batches(
     argv: list[str], sig: int, batches: int, env: dict[str, str] | None = None
 ) -> tuple[str, list[tuple[int, int]], str, str, int]:
     """Run `argv`, send `sig` after `batches` batches: (RESTORED's word, [(batch time, total)], stdout, stderr, rc)."""
-    launch = [sys.executable, "-c", _DEFAULT_THEN_EXEC, str(int(sig)), *argv]
-    with subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    with subprocess.Popen(with_default_disposition(argv, sig), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stdout is not None
         lines: list[str] = []
         seen: list[tuple[int, int]] = []
