@@ -2,19 +2,34 @@
 
 The job prints ``RESTORED <batch time or None>`` once started and ``BATCH <time> <total>``
 per batch (the interrupt and SIGTERM tests' jobs).
+
+The job starts with the signal's default disposition whatever the test runner's is: a
+shell running a command in the background (``./scripts/test.sh &``, a CI step started
+that way, ``nohup``) ignores SIGINT for it, an ignored signal stays ignored across
+``exec``, and Python then installs no KeyboardInterrupt handler, so the job would never
+see the Ctrl-C the test sends (it ran on until the 60 s timeout).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
+
+# exec's `argv` with `sig` reset to its default disposition (Python's startup then installs its own handler)
+_DEFAULT_THEN_EXEC = "import os, signal, sys; signal.signal(int(sys.argv[1]), signal.SIG_DFL); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def with_default_disposition(argv: list[str], sig: int) -> list[str]:
+    """`argv` started through an exec that first resets `sig` to its default disposition."""
+    return [sys.executable, "-c", _DEFAULT_THEN_EXEC, str(int(sig)), *argv]
 
 
 def signal_after_batches(
     argv: list[str], sig: int, batches: int, env: dict[str, str] | None = None
 ) -> tuple[str, list[tuple[int, int]], str, str, int]:
     """Run `argv`, send `sig` after `batches` batches: (RESTORED's word, [(batch time, total)], stdout, stderr, rc)."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    with subprocess.Popen(with_default_disposition(argv, sig), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stdout is not None
         lines: list[str] = []
         seen: list[tuple[int, int]] = []
@@ -25,7 +40,14 @@ def signal_after_batches(
                 if len(seen) == batches:
                     proc.send_signal(sig)
                     break
-        rest, err = proc.communicate(timeout=60)
+        try:
+            rest, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, err = proc.communicate()
+            out = "".join(lines) + rest
+            msg = f"the job did not stop within 60 s of signal {int(sig)}\nstdout (last 2000 chars):\n{out[-2000:]}\nstderr:\n{err[-4000:]}"
+            raise AssertionError(msg) from None
     out = "".join(lines) + rest
     seen += [(int(a), int(b)) for a, b in re.findall(r"^BATCH (\d+) (\d+)$", rest, re.M)]  # the batch in progress
     restored = re.search(r"^RESTORED (\S+)$", out, re.M)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _signalled_job import with_default_disposition
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMKEEP = [sys.executable, "-m", "streamkeep.cli"]
@@ -86,7 +87,9 @@ def test_demo_interrupted_with_ctrl_c_says_stopped_once_and_resumes(tmp_path: Pa
     ck = str(tmp_path / "ck")
     cmd = [*STREAMKEEP, "demo", "--seconds", "60", "--interval", "0.2", "--checkpoint", ck]
     seen: list[int] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) as proc:
+    # SIGINT's default disposition even when the suite runs in the background (see _signalled_job)
+    launch = with_default_disposition(cmd, signal.SIGINT)
+    with subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) as proc:
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         for line in proc.stdout:
