@@ -30,6 +30,7 @@ descriptions stored without feeds (older checkpoints) are not checked.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from streamkeep.errors import IncompatibleCheckpointError
@@ -91,14 +92,9 @@ def ambiguous_derived(
     two cannot be told apart, and either could hand one operator another's state. Names in
     `pinned` (given by the user) are exact and left out.
     """
-    stored_kinds = _stored_derived_kinds(stored, section)
+    stored_kinds = set(_derived_counts(stored, section))
     cur = current.get(section, {})
     return [n for n in new if n not in pinned and derived_kind(n, cur.get(n, {})) in stored_kinds]
-
-
-def _stored_derived_kinds(stored: dict[str, Any], section: str) -> set[str]:
-    """Kinds that hold names of the derived shape (``KIND#N``) in the checkpoint's `section`."""
-    return {k for n, d in stored.get(section, {}).items() if (k := derived_kind(n, d)) is not None}
 
 
 def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pinned: frozenset[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -108,7 +104,7 @@ def mixed_pins(stored: dict[str, Any], current: dict[str, Any], section: str, pi
     ones, so an unnamed operator can take the number (and state) of a dropped one while the
     name sets still match: pinning ``#2`` after dropping ``#1`` makes a new unnamed one ``#1``.
     """
-    stored_kinds = _stored_derived_kinds(stored, section)
+    stored_kinds = set(_derived_counts(stored, section))
     out: dict[str, tuple[list[str], list[str]]] = {}
     for n, d in current.get(section, {}).items():
         kind = derived_kind(n, d)
@@ -157,17 +153,9 @@ def _all_feeds(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tup
     return out
 
 
-def _derived_counts(stored: dict[str, Any], current: dict[str, Any], section: str) -> dict[str, int]:
-    """Kind -> the larger of its derived-name counts in the two descriptions' `section`."""
-    out: dict[str, int] = {}
-    for desc in (stored, current):
-        per: dict[str, int] = {}
-        for n, d in desc.get(section, {}).items():
-            if (k := derived_kind(n, d)) is not None:
-                per[k] = per.get(k, 0) + 1
-        for k, c in per.items():
-            out[k] = max(out.get(k, 0), c)
-    return out
+def _derived_counts(desc: dict[str, Any], section: str) -> Counter[str]:
+    """Kind -> how many names of `desc`'s `section` have its derived shape (``KIND#N``)."""
+    return Counter(k for n, d in desc.get(section, {}).items() if (k := derived_kind(n, d)) is not None)
 
 
 def _derived_sources(desc: dict[str, Any], pinned: frozenset[str]) -> dict[str, str]:
@@ -195,7 +183,7 @@ def changed_feeds(stored: dict[str, Any], current: dict[str, Any], pinned: froze
     """
     feeds = _all_feeds(stored, current)
     s_ops, c_ops = stored.get("operators", {}), current.get("operators", {})
-    counts = _derived_counts(stored, current, "operators")
+    counts = _derived_counts(stored, "operators") | _derived_counts(current, "operators")  # the larger count
     out: dict[str, list[Any]] = {"operators": [], "unmatched": [], "sources": []}
     unmatched: dict[str, list[Any]] = {}
     for name, (old, new) in feeds.items():
@@ -208,7 +196,7 @@ def changed_feeds(stored: dict[str, Any], current: dict[str, Any], pinned: froze
             unmatched.setdefault(kind, []).append((name, sorted(s_ops[name]["feeds"]), sorted(c_ops[name]["feeds"])))
     out["unmatched"] = [u for found in unmatched.values() if len(found) >= 2 for u in found]
     s_der, c_der = _derived_sources(stored, pinned), _derived_sources(current, pinned)
-    src_kinds = {k for k in set(s_der.values()) if sum(v == k for v in s_der.values()) >= 2 and sum(v == k for v in c_der.values()) >= 2}
+    src_kinds = {k for k, c in (Counter(s_der.values()) & Counter(c_der.values())).items() if c >= 2}  # on both sides
     moved: set[str] = set()
     for old, new in feeds.values():
         for kind in src_kinds:
