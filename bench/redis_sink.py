@@ -12,6 +12,13 @@ redis-server runs on 127.0.0.1 (``tests/_servers.py``), on the same cores, so it
 Run: ``.venv/bin/python bench/redis_sink.py [--batches N] [--records N] [--users N] [--repeat N]``;
 to compare two checkouts, run it in each alternately (the machine is shared). Prints the
 best of ``--repeat`` runs per mode, per batch.
+
+``--breakdown`` also splits one batch's cost (HSET mode; minimum and median of ``--repeat`` x 10
+tries, the phases alternating): in this process, ``hash_of`` alone (the example's user code),
+queueing (the write function on the sink's pipeline, ``hash_of`` included), packing (msgpack),
+and the whole ``write`` (also sending the script and reading its reply); in redis-server, the
+batch script whole and its decoding alone (the same script up to the commands' decoding), so
+what running the commands costs inside Lua is their difference.
 """
 
 from __future__ import annotations
@@ -68,12 +75,56 @@ def _server_cpu_s(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _breakdown(example: Any, url: str, client: Any, batch: list[tuple[str, Any]], tries: int) -> None:
+    """One HSET batch's cost by phase (see the module's docstring); ms, min and median."""
+    from streamkeep.sinks import redis as sink_module
+
+    hash_of = example.user_hash("")
+    sink = RedisSink(url, example.hset_writer(""), name="breakdown")
+    sink.open()
+    try:
+        commands = sink._queue(1, batch)
+        packed = sink._pack(1, commands)
+        decode_only = "local function cleanup() end\n" + sink_module._HEAD + sink_module._LOAD_PACKED + "return 1"
+        shas = {"script": client.script_load(sink_module._SCRIPT), "decoding": client.script_load(decode_only)}
+        times: dict[str, list[float]] = {}
+        done = [1000]
+
+        def write() -> None:
+            done[0] += 1
+            sink.write(done[0], batch)
+
+        client_phases = {
+            "hash_of alone (user code)": lambda: [hash_of(r) for r in batch],
+            "queueing (hash_of included)": lambda: sink._queue(1, batch),
+            "packing": lambda: sink._pack(1, commands),
+            "write (all of the above, sending, reply)": write,
+        }
+        for k in range(tries):
+            for label, fn in client_phases.items():
+                c0 = time.process_time()
+                fn()
+                times.setdefault(label, []).append(time.process_time() - c0)
+            for label, sha in shas.items():
+                s0 = _server_cpu_s(client)
+                client.evalsha(sha, 1, "bench:breakdown:marker", 10 + k, "", "", len(commands), *packed)
+                times.setdefault(f"redis-server: batch script, {label}", []).append(_server_cpu_s(client) - s0)
+                client.delete("bench:breakdown:marker")
+        print(f"one batch of {len(commands):,} HSETs ({len(commands.args):,} arguments), ms of CPU (min / median of {tries}):")
+        for label, xs in times.items():
+            xs.sort()
+            print(f"  {label:<50}{min(xs) * 1e3:>8.1f}{xs[len(xs) // 2] * 1e3:>8.1f}")
+    finally:
+        sink.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=5, help="batches per run (default 5, as bench/kafka.py)")
     ap.add_argument("--records", type=int, default=40_000, help="records per batch (default 40k)")
     ap.add_argument("--users", type=int, default=10_000, help="distinct users (default 10k)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the best counts (default 3)")
+    ap.add_argument("--breakdown", action="store_true", help="also split one HSET batch's cost into its phases")
     args = ap.parse_args()
     redis_bin = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if not redis_bin:
@@ -110,6 +161,8 @@ def main() -> int:
             assert best is not None
             wall, cpu, srv = best
             print(f"{mode:<10}{wall * 1e3:>10.1f}{cpu * 1e3:>15.1f}{srv * 1e3:>15.1f}{(cpu + srv) * 1e3:>10.1f}")
+        if args.breakdown:
+            _breakdown(example, server.url, client, batches[-1], args.repeat * 10)
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew wall times)")
     finally:
         server.close()

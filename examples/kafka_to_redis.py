@@ -131,25 +131,38 @@ def update_user(actions: list[str], old: UserState | None) -> UserState | None:
     return (events + len(actions), actions[-1], tuple(sorted(merged.items())), tuple(sorted(new.items())))
 
 
-def hset_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], None]:
-    """``write(pipeline, records)`` for RedisSink: HSET the changed users' totals (idempotent).
+def user_hash(prefix: str) -> Callable[[tuple[str, UserState]], tuple[str, dict[str, Any]] | None]:
+    """``hash_of(record)`` for `hset_writer`: a user with new events -> ``(key, fields)``, else None.
 
-    One hash per user with new events: ``events``, ``last_action`` and ``action:<a>`` for
-    each action seen in the batch (its total), queued by `RedisSink.hset_writer`.
+    The fields are ``events``, ``last_action`` and ``action:<a>`` for each action seen in
+    the batch (its total).
     """
     head = f"{prefix}user:"
 
-    def user_hash(record: tuple[str, UserState]) -> tuple[str, dict[str, Any]] | None:
+    def hash_of(record: tuple[str, UserState]) -> tuple[str, dict[str, Any]] | None:
         user, (events, last, totals, new) = record
         if not new:
             return None
         fields: dict[str, Any] = {"events": events, "last_action": last}
-        total = dict(totals)
-        for action, _ in new:  # new and totals are sorted: the fields in the same order as totals
-            fields["action:" + action] = total[action]
+        # new's actions are among totals', both sorted: one walk through totals finds them, in
+        # totals' order (cheaper than a dict of totals per user: this runs once per changed user)
+        rest = iter(totals)
+        for action, _ in new:
+            for other, total in rest:
+                if other == action:
+                    fields["action:" + action] = total
+                    break
         return head + user, fields
 
-    return RedisSink.hset_writer(user_hash)
+    return hash_of
+
+
+def hset_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], None]:
+    """``write(pipeline, records)`` for RedisSink: HSET the changed users' totals (idempotent).
+
+    One hash per user with new events (`user_hash`), queued by `RedisSink.hset_writer`.
+    """
+    return RedisSink.hset_writer(user_hash(prefix))
 
 
 def hincrby_writer(prefix: str) -> Callable[[Any, list[tuple[str, UserState]]], None]:
