@@ -17,8 +17,9 @@ best of ``--repeat`` runs per mode, per batch.
 tries, the phases alternating): in this process, ``hash_of`` alone (the example's user code),
 queueing (the write function on the sink's pipeline, ``hash_of`` included), packing (msgpack),
 and the whole ``write`` (also sending the script and reading its reply); in redis-server, the
-batch script whole and its decoding alone (the same script up to the commands' decoding), so
-what running the commands costs inside Lua is their difference.
+batch script whole, its decoding alone (the same script up to the commands' decoding), and
+all of it but the commands (``redis.pcall`` a no-op): what the commands themselves cost
+inside Lua is the whole minus that.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ def _breakdown(example: Any, url: str, client: Any, batch: list[tuple[str, Any]]
         commands = sink._queue(1, batch)
         packed = sink._pack(1, commands)
         decode_only = "local function cleanup() end\n" + sink_module._HEAD + sink_module._LOAD_PACKED + "return 1"
-        shas = {"script": client.script_load(sink_module._SCRIPT), "decoding": client.script_load(decode_only)}
+        # the script with redis.pcall a no-op: its decoding, validation and loop without the commands
+        no_calls = sink_module._SCRIPT.replace("redis.pcall, unpack", "function() return 1 end, unpack", 1)
+        shas = {"whole": client.script_load(sink_module._SCRIPT), "its decoding alone": client.script_load(decode_only)}
+        if no_calls != sink_module._SCRIPT:
+            shas["all of it but the commands"] = client.script_load(no_calls)
         times: dict[str, list[float]] = {}
         done = [1000]
 
@@ -108,7 +113,7 @@ def _breakdown(example: Any, url: str, client: Any, batch: list[tuple[str, Any]]
             for label, sha in shas.items():
                 s0 = _server_cpu_s(client)
                 client.evalsha(sha, 1, "bench:breakdown:marker", 10 + k, "", "", len(commands), *packed)
-                times.setdefault(f"redis-server: batch script, {label}", []).append(_server_cpu_s(client) - s0)
+                times.setdefault(f"redis-server: the batch script, {label}", []).append(_server_cpu_s(client) - s0)
                 client.delete("bench:breakdown:marker")
         print(f"one batch of {len(commands):,} HSETs ({len(commands.args):,} arguments), ms of CPU (min / median of {tries}):")
         for label, xs in times.items():
