@@ -118,7 +118,7 @@ def _breakdown(example: Any, url: str, client: Any, batch: list[tuple[str, Any]]
         print(f"one batch of {len(commands):,} HSETs ({len(commands.args):,} arguments), ms of CPU (min / median of {tries}):")
         for label, xs in times.items():
             xs.sort()
-            print(f"  {label:<50}{min(xs) * 1e3:>8.1f}{xs[len(xs) // 2] * 1e3:>8.1f}")
+            print(f"  {label:<60}{min(xs) * 1e3:>8.1f}{xs[len(xs) // 2] * 1e3:>8.1f}")
     finally:
         sink.close()
 
