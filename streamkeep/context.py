@@ -828,8 +828,22 @@ class StreamingContext:
 
     @property
     def restored(self) -> bool:
-        """True when state was restored from a checkpoint."""
+        """True when state was restored from a checkpoint's commit (see `replays_left` for a run stopped before its first)."""
         return self._scheduler is not None and self._scheduler.restored
+
+    @property
+    def replays_left(self) -> int:
+        """Batches an earlier run planned but did not commit, which this context re-runs first (with their plans).
+
+        Known after `get_or_create` returns. Non-zero with `restored` False: the earlier run
+        stopped (or was killed) before its first commit, so this is a resume, not a fresh start.
+
+        Example:
+            >>> ssc = StreamingContext(1.0)
+            >>> ssc.replays_left
+            0
+        """
+        return 0 if self._scheduler is None else self._scheduler.replays_left
 
     # -- recovery --------------------------------------------------------------
 
