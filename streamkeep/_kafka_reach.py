@@ -94,10 +94,11 @@ def await_brokers(
         why = _probe(addrs, max(0.05, min(2.0, deadline - time.monotonic())))
         if why is None:
             return None
-        if time.monotonic() + delay > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return why
         if not told:
             on_unreachable(why)
             told = True
-        sleep(delay)
+        sleep(min(delay, left))  # the last round probes at the deadline
         delay = min(2 * delay, 2.0)

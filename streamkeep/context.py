@@ -760,12 +760,15 @@ class StreamingContext:
                     sched.close()
             finally:
                 if sched is not None and self._announced:
-                    log.info(
-                        "stopped after %d batches; last batch %s",
-                        sched.batches_done,
-                        iso_ms(sched.last_time),
-                        extra=batch_extra(sched.last_time),
-                    )
+                    if sched.batches_done == 0 and not sched.restored:  # its last_time is the time before a first batch
+                        log.info("stopped after 0 batches (none ran)")
+                    else:
+                        log.info(
+                            "stopped after %d batches; last batch %s",
+                            sched.batches_done,
+                            iso_ms(sched.last_time),
+                            extra=batch_extra(sched.last_time),
+                        )
                     emit(sched.listeners, "on_job_stopped", JobStopped(sched.last_time, sched.batches_done, self._failed))
                 if self._ui is not None:
                     self._ui.close()
