@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import difflib
@@ -647,6 +648,7 @@ class StreamingContext:
         self._announce_or_release(sched, "start")
         early_ms = sched.interval if lead_ms <= sched.interval else 0  # the first batch runs at once (see above)
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms, early_ms), name="streamkeep-scheduler", daemon=True)
+        atexit.register(self._warn_running_at_exit)  # unregistered by _shutdown
         self._thread.start()
 
     def _loop(self, sched: Scheduler, offset_ms: int = 0, early_ms: int = 0) -> None:
@@ -749,7 +751,17 @@ class StreamingContext:
             self._thread.join(timeout=30)
         self._shutdown()
 
+    def _warn_running_at_exit(self) -> None:
+        """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently)."""
+        if self._state != "stopped" and self._error is None:
+            log.warning(
+                "streamkeep: the program is exiting while the streaming job it started is still running (start() "
+                "without await_termination()?): the job ends with it; a batch it had planned but not committed is "
+                "re-run at the next start. Call ssc.await_termination() after ssc.start() to keep the job running"
+            )
+
     def _shutdown(self) -> None:
+        atexit.unregister(self._warn_running_at_exit)
         with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
             if self._state == "stopped":
                 return

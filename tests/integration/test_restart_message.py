@@ -66,3 +66,28 @@ def test_a_plain_script_says_it_resumes_after_a_kill_before_and_after_its_first_
     assert "RESTORED True REPLAYS 0" in third.stdout, third
     lines = [ln for ln in third.stderr.splitlines() if "resumed" in ln]
     assert len(lines) == 1 and lines[0].startswith("streamkeep: resumed from the commit of batch "), third.stderr
+
+
+_STARTED = """
+import sys
+import streamkeep as sk
+
+ssc = sk.StreamingContext(0.2, checkpoint=sys.argv[1])
+ssc.rate_stream(5, name="r").count().foreach_batch(lambda b: b.collect())
+ssc.start()
+if sys.argv[2] == "stop":
+    ssc.stop()
+"""
+
+
+def test_a_script_that_ends_without_awaiting_its_started_job_is_told(tmp_path: Path) -> None:
+    """start() without await_termination(): the process ended with the job's daemon thread and said nothing."""
+    app = tmp_path / "app.py"
+    app.write_text(_STARTED)
+    env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}
+    ran = subprocess.run([sys.executable, str(app), str(tmp_path / "a"), "exit"], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0, ran
+    assert "the program is exiting while the streaming job it started is still running" in ran.stderr, ran.stderr
+    assert "Call ssc.await_termination() after ssc.start()" in ran.stderr, ran.stderr
+    stopped = subprocess.run([sys.executable, str(app), str(tmp_path / "b"), "stop"], capture_output=True, text=True, env=env, timeout=120)
+    assert stopped.returncode == 0 and "still running" not in stopped.stderr, stopped
