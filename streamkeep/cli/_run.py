@@ -9,7 +9,7 @@ also on the Ray executor (whose ``ray.init`` would replace the handler), and the
 status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a ``run()``
 loop exits 130).
 
-Exit status (also in ``streamkeep run --help`` and docs/cli.md): 0 the script ended (or
+Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
 SIGTERM stopped it); 1 the job failed; 2 a usage or configuration error (``ConfigError``);
 130 Ctrl-C stopped it, also when the job then stopped cleanly inside ``await_termination()``
 (as a shell reports an interrupted command, so a script or CI step running it sees the
