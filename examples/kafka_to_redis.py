@@ -322,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if ssc.restored:
         print(f"{PROG}: resumed from checkpoint {cfg.checkpoint} after batch {ssc.last_batch_time_ms}, mode {cfg.mode}", flush=True)
+    elif ssc.replays_left:  # stopped before its first commit: its planned batches run again, with the same input
+        n = ssc.replays_left
+        print(
+            f"{PROG}: resumed from checkpoint {cfg.checkpoint}: no batch was committed before it stopped; "
+            f"replaying its {n} planned batch{'es' if n != 1 else ''} first, mode {cfg.mode}",
+            flush=True,
+        )
     else:
         print(f"{PROG}: started with checkpoint {cfg.checkpoint}, mode {cfg.mode}", flush=True)
     try:

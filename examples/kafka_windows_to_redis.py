@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     ssc = sk.StreamingContext.get_or_create(args.checkpoint, lambda: build(args))
     if ssc.restored:  # say so: a restart that silently started over would look the same
         print(f"{PROG}: resumed from checkpoint {args.checkpoint} after batch {ssc.last_batch_time_ms}", flush=True)
+    elif ssc.replays_left:  # stopped before its first commit: its planned batches run again, with the same input
+        print(f"{PROG}: resumed from checkpoint {args.checkpoint}: replaying {ssc.replays_left} planned batch(es) first", flush=True)
     else:
         print(f"{PROG}: started with checkpoint {args.checkpoint}", flush=True)
     if args.max_batches is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import difflib
@@ -647,6 +648,7 @@ class StreamingContext:
         self._announce_or_release(sched, "start")
         early_ms = sched.interval if lead_ms <= sched.interval else 0  # the first batch runs at once (see above)
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms, early_ms), name="streamkeep-scheduler", daemon=True)
+        atexit.register(self._warn_running_at_exit)  # unregistered by _shutdown
         self._thread.start()
 
     def _loop(self, sched: Scheduler, offset_ms: int = 0, early_ms: int = 0) -> None:
@@ -749,7 +751,17 @@ class StreamingContext:
             self._thread.join(timeout=30)
         self._shutdown()
 
+    def _warn_running_at_exit(self) -> None:
+        """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently)."""
+        if self._state != "stopped" and self._error is None:
+            log.warning(
+                "streamkeep: the program is exiting while the streaming job it started is still running (start() "
+                "without await_termination()?): the job ends with it; a batch it had planned but not committed is "
+                "re-run at the next start. Call ssc.await_termination() after ssc.start() to keep the job running"
+            )
+
     def _shutdown(self) -> None:
+        atexit.unregister(self._warn_running_at_exit)
         with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
             if self._state == "stopped":
                 return
@@ -760,12 +772,15 @@ class StreamingContext:
                     sched.close()
             finally:
                 if sched is not None and self._announced:
-                    log.info(
-                        "stopped after %d batches; last batch %s",
-                        sched.batches_done,
-                        iso_ms(sched.last_time),
-                        extra=batch_extra(sched.last_time),
-                    )
+                    if sched.batches_done == 0 and not sched.restored:  # its last_time is the time before a first batch
+                        log.info("stopped after 0 batches (none ran)")
+                    else:
+                        log.info(
+                            "stopped after %d batches; last batch %s",
+                            sched.batches_done,
+                            iso_ms(sched.last_time),
+                            extra=batch_extra(sched.last_time),
+                        )
                     emit(sched.listeners, "on_job_stopped", JobStopped(sched.last_time, sched.batches_done, self._failed))
                 if self._ui is not None:
                     self._ui.close()
@@ -828,8 +843,22 @@ class StreamingContext:
 
     @property
     def restored(self) -> bool:
-        """True when state was restored from a checkpoint."""
+        """True when state was restored from a checkpoint's commit (see `replays_left` for a run stopped before its first)."""
         return self._scheduler is not None and self._scheduler.restored
+
+    @property
+    def replays_left(self) -> int:
+        """Batches an earlier run planned but did not commit, which this context re-runs first (with their plans).
+
+        Known after `get_or_create` returns. Non-zero with `restored` False: the earlier run
+        stopped (or was killed) before its first commit, so this is a resume, not a fresh start.
+
+        Example:
+            >>> ssc = StreamingContext(1.0)
+            >>> ssc.replays_left
+            0
+        """
+        return 0 if self._scheduler is None else self._scheduler.replays_left
 
     # -- recovery --------------------------------------------------------------
 

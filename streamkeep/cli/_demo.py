@@ -168,7 +168,7 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         ssc.add_listener(console_listener())
     now_ms = int(time.time() * 1000)
     last = ssc.last_batch_time_ms
-    replays = ssc._scheduler.replays_left if ssc._scheduler is not None else 0
+    replays = ssc.replays_left
     if ssc.restored and last is not None:
         print(resume_message(checkpoint, last, now_ms, ssc.batch_interval_ms), flush=True)
     elif replays:  # stopped before its first commit: not a fresh start, its planned batches run again

@@ -108,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run APP.py as __main__ (with a dashboard unless --no-ui). Ctrl-C or SIGTERM (docker stop, "
         "systemd, kill PID) stops the job and releases its checkpoint: after the batch in progress commits (start()), "
         "or abandoning it, to be re-run from its plan at the next start (a run() loop); nothing is lost. "
-        "Exit status after SIGTERM: 0 (a clean stop).",
+        "Exit status: 0 the job finished, or was stopped by SIGTERM (a clean stop); 1 the job failed (a source, sink, "
+        "user function or checkpoint error, or an exception of APP.py; the message says which); 2 a usage or "
+        "configuration error (bad arguments, no such APP.py, a ConfigError such as an invalid operator argument); "
+        "130 stopped by Ctrl-C.",
     )
     run.add_argument("app", help="path of the job's Python file")
     run.add_argument("--pyspark", action="store_true", help="make `import pyspark` resolve to streamkeep's PySpark facade")
@@ -200,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamkeepError as exc:
         where = _in_app(args.app, exc) if args.command == "run" else ""
         print(f"{where}streamkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        # `run`: a ConfigError is a usage or configuration error (2, as argparse's); any other one the job failing (1)
+        return 1 if args.command == "run" and not isinstance(exc, ConfigError) else 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `streamkeep checkpoint inspect URL | head`

@@ -8,6 +8,12 @@ checkpoint's lease is released), so `docker stop` or a service manager stops it 
 also on the Ray executor (whose ``ray.init`` would replace the handler), and the exit
 status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a ``run()``
 loop exits 130).
+
+Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
+SIGTERM stopped it); 1 the job failed; 2 a usage or configuration error (``ConfigError``);
+130 Ctrl-C stopped it, also when the job then stopped cleanly inside ``await_termination()``
+(as a shell reports an interrupted command, so a script or CI step running it sees the
+interruption).
 """
 
 from __future__ import annotations
@@ -65,6 +71,17 @@ class _Termination:
         _terminate(signum, frame)
 
 
+class _Interrupt:
+    """Python's Ctrl-C handler (raises KeyboardInterrupt), remembering that SIGINT came: exit status 130."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = True
+        signal.default_int_handler(signum, frame)
+
+
 def run_app(
     app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1", executor: str | None = None
 ) -> int:
@@ -96,6 +113,9 @@ def run_app(
     on_main = threading.current_thread() is threading.main_thread()
     term = _Termination()
     old_term = signal.signal(signal.SIGTERM, term) if on_main else None
+    intr = _Interrupt()
+    # Only where Python's own handler is in place (not where SIGINT is ignored: a job started in the background)
+    old_int = signal.signal(signal.SIGINT, intr) if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     try:
         runpy.run_path(app, run_name="__main__")
     except KeyboardInterrupt:
@@ -115,7 +135,10 @@ def run_app(
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
+        if old_int is not None and signal.getsignal(signal.SIGINT) is intr:
+            signal.signal(signal.SIGINT, old_int)
         RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)
         undo_logging()
-    return 0
+    # A Ctrl-C that the job turned into a clean stop (await_termination() returns) is still an interruption
+    return 130 if intr.signalled and not term.signalled else 0

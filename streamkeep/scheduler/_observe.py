@@ -108,7 +108,13 @@ def job_started(sched: Any, mode: str, now_ms: int, checkpoint: str | None) -> J
         [s.name for s in sched.sources],
         sched.executor.operators(),
     )
-    log.info("%s", describe_start(ev), extra=batch_extra(nxt))
+    text = describe_start(ev)
+    if (ev.restored or ev.replay_batches) and not log.hasHandlers():
+        # Logging not configured (a plain `python app.py`): Python's last-resort handler shows WARNING and up
+        # only, and a restart must not look like a fresh start. One line on stderr; configured logging gets INFO.
+        log.warning("streamkeep: %s", text, extra=batch_extra(nxt))
+    else:
+        log.info("%s", text, extra=batch_extra(nxt))
     return ev
 
 
@@ -116,10 +122,13 @@ def describe_start(ev: JobStarted) -> str:
     """One sentence saying what a starting job does ("resumed from the commit of ...; replaying ...")."""
     where = f" (checkpoint {ev.checkpoint})" if ev.checkpoint else " (no checkpoint)"
     if not ev.restored:
-        head = f"started fresh{where}, first batch {iso_ms(ev.batch_time_ms)}, one batch every {ev.batch_interval_ms / 1000:g} s"
-        if ev.replay_batches:
-            head += f"; replaying {ev.replay_batches} planned batch{'es' if ev.replay_batches != 1 else ''} first"
-        return head
+        if ev.replay_batches:  # an earlier run planned batches but stopped before its first commit: not a fresh start
+            n = ev.replay_batches
+            return (
+                f"resumed{where}: no batch was committed before it stopped; replaying its {n} planned "
+                f"batch{'es' if n != 1 else ''} first (the input they planned), from batch {iso_ms(ev.batch_time_ms)}"
+            )
+        return f"started fresh{where}, first batch {iso_ms(ev.batch_time_ms)}, one batch every {ev.batch_interval_ms / 1000:g} s"
     parts = [f"resumed from the commit of batch {iso_ms(ev.commit_batch_ms)}{where}"]
     if ev.replay_batches:
         parts.append(f"replaying {ev.replay_batches} planned batch{'es' if ev.replay_batches != 1 else ''}")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamkeep import _faults
 from streamkeep._kafka_log import CLIENT_LOG
+from streamkeep._kafka_reach import await_brokers
 from streamkeep._types import BatchTime
 from streamkeep._util import gc_resumed, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
@@ -129,7 +130,10 @@ class KafkaSink:
         marker_topic: topic of the marker records.
         producer_config: extra librdkafka producer settings (security, batching,
             ``transaction.timeout.ms``); the keys the sink owns are refused.
-        timeout_s: bound for each transactional call and for the marker read.
+        timeout_s: bound for each transactional call and for the marker read; also
+            how long the first `open` waits for a bootstrap address to accept a connection
+            (30 s by default: brokers that come up a little later are fine; when
+            none does at once a WARNING names the address and why right away).
         max_retries: retries of a batch whose transaction was aborted by a
             retriable error.
 
@@ -191,6 +195,7 @@ class KafkaSink:
         self._value = value
         self._producer_config = cfg
         self._producer: Producer | None = None
+        self._reached = False  # a bootstrap address accepted a connection once (_await_brokers)
         self._last: BatchTime | None = None
         self._token: FencingToken | None = None
         self._lock = threading.Lock()
@@ -232,10 +237,45 @@ class KafkaSink:
             self._ensure_producer()
             return self._last
 
+    def _await_brokers(self) -> None:
+        """Wait up to ``timeout_s`` for a bootstrap address to accept a connection; say at once why none does.
+
+        (init_transactions would wait its whole timeout and then say only that it timed out.)
+
+        Only before the first producer: later ones (after a failure) retry as before.
+
+        Raises:
+            SinkError: none did (names the addresses and why).
+        """
+        if self._reached:
+            return
+
+        def warn(why: str) -> None:
+            log.warning(
+                "KafkaSink %r: cannot reach the brokers at %s (%s); waiting up to %g s for them (timeout_s=%g of "
+                "KafkaSink sets the wait), then the job fails. Start the broker or fix bootstrap_servers",
+                self.name,
+                self.bootstrap_servers,
+                why,
+                self.timeout_s,
+                self.timeout_s,
+            )
+
+        why = await_brokers(self.bootstrap_servers, timeout_s=self.timeout_s, first_backoff_s=0.1, on_unreachable=warn)
+        if why is not None:
+            msg = (
+                f"KafkaSink {self.name!r}: no broker reachable at {self.bootstrap_servers} within {self.timeout_s:g} s "
+                f"({why}). Start the broker or fix bootstrap_servers; timeout_s= sets how long the sink waits for it "
+                "(default 30 s). The batch is not committed."
+            )
+            raise SinkError(msg)
+        self._reached = True
+
     def _ensure_producer(self) -> Producer:
         if self._producer is not None:
             return self._producer
         ck = _import_kafka()
+        self._await_brokers()
         # librdkafka's log lines go to Python logging, repeats collapsed, unless the user set a logger.
         conf: dict[str, Any] = {"acks": "all", "linger.ms": 5, "logger": CLIENT_LOG}
         conf.update(self._producer_config)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from streamkeep._kafka_reach import await_brokers
 from streamkeep._types import BatchTime, Data
 from streamkeep._util import retry_with_backoff
 from streamkeep.errors import ConfigError, SourceError
@@ -118,7 +119,12 @@ class KafkaSource:
     moved the low watermark past it) raises :class:`SourceError` naming topic,
     partition and offset: records are never skipped silently. An unreachable
     broker is retried with exponential backoff (``retry_backoff_s`` doubling up
-    to 2 s) for ``timeout_s`` without progress, then raises SourceError. A
+    to 2 s) for ``timeout_s`` without progress, then raises SourceError. Before
+    its first request the source waits (up to ``timeout_s``, 30 s by default) for a
+    bootstrap address to accept a connection, so brokers that come up a little
+    later are fine; if none does at once, a WARNING says so right away, naming the
+    address and why (connection refused, timed out, unknown host), and the
+    SourceError at the end of the wait says the same. A
     record that a deserialiser cannot decode raises SourceError naming topic,
     partition and offset, unless ``on_error`` is given: a callable receives
     ``(raw_record, exception)``, or a dead-letter sink receives the batch's
@@ -256,6 +262,7 @@ class KafkaSource:
         self._known_topics: set[str] = set()  # topics whose metadata the current consumer asked for (_fetch)
         self._carry = Carry()  # partitions kept assigned between reads while there is a backlog (_fetch)
         self._admin: AdminClient | None = None
+        self._reached = False  # a bootstrap address accepted a connection (_await_brokers)
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -418,6 +425,36 @@ class KafkaSource:
         }
 
     # ------------------------------------------------------------------ retries
+    def _await_brokers(self) -> None:
+        """Before the first broker request: wait for a bootstrap address to accept a connection, saying why it does not.
+
+        Raises:
+            SourceError: none did within ``timeout_s`` (names the addresses and why).
+        """
+        if self._reached:
+            return
+
+        def warn(why: str) -> None:
+            log.warning(
+                "kafka source %r: cannot reach the brokers at %s (%s); waiting up to %g s for them (timeout_s=%g "
+                "of kafka_stream/KafkaSource sets the wait), then the job fails. Start the broker or fix bootstrap_servers",
+                self.name,
+                self.bootstrap_servers,
+                why,
+                self.timeout_s,
+                self.timeout_s,
+            )
+
+        why = await_brokers(self.bootstrap_servers, timeout_s=self.timeout_s, first_backoff_s=self.retry_backoff_s, on_unreachable=warn)
+        if why is not None:
+            msg = (
+                f"kafka source {self.name!r}: no broker reachable at {self.bootstrap_servers} within {self.timeout_s:g} s "
+                f"({why}). Start the broker or fix bootstrap_servers; timeout_s= sets how long the source waits for it "
+                "(default 30 s). The batch is not committed and is retried on restart."
+            )
+            raise SourceError(msg)
+        self._reached = True
+
     def _retry(self, what: str, fn: Callable[[], _T]) -> _T:
         """Call `fn` until it succeeds, retrying Kafka errors with backoff for timeout_s."""
         ck = _import_kafka()
@@ -590,6 +627,7 @@ class KafkaSource:
                 unreachable.
         """
         with self._lock:
+            self._await_brokers()
             known_topics = {_split_pkey(k, "position")[0] for k in self._position}
             guess = [tp for tp in (_split_pkey(k, "position") for k in sorted(self._position)) if tp[0] in self.topics]
             describe = self._start_describe(self.topics)
@@ -848,6 +886,8 @@ class KafkaSource:
         otherwise such a range raises SourceError naming topic and partition.
         """
         topics = sorted({t for t, _, f, u in ranges if u > f})
+        if topics:
+            self._await_brokers()
         infos: dict[str, TopicInfo | None] = {}
         for t in topics:
             try:

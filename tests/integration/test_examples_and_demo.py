@@ -138,7 +138,8 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     crashed = subprocess.run(cmd("crash", 8), capture_output=True, text=True, timeout=120, env={**env, "STREAMKEEP_CRASH_AT": "sink.after_write@2"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert "kafka_windows_to_redis: started with checkpoint" in crashed.stdout, crashed.stdout
-    subprocess.run(cmd("crash", 8), check=True, capture_output=True, timeout=120, env=env)  # no commit before the kill
+    rerun = subprocess.run(cmd("crash", 8), check=True, capture_output=True, text=True, timeout=120, env=env)  # no commit before the kill
+    assert "kafka_windows_to_redis: resumed from checkpoint" in rerun.stdout and "replaying 1 planned batch" in rerun.stdout, rerun.stdout
 
     def redis_state(prefix: str) -> tuple[Any, ...]:
         p = f"{topic}:{prefix}:"

@@ -252,6 +252,19 @@ def test_uncrashed_set_mode_gives_the_expected_totals(world: World) -> None:
     world.check(job, "second run")
 
 
+@pytest.mark.faults
+def test_a_kill_before_the_first_commit_is_resumed_not_started(world: World) -> None:
+    """Killed with its first batch planned and nothing committed, the job said "started" on its rerun
+    (and then replayed that batch): it says it resumes and replays its planned batches."""
+    job = world.job("kill-before-first-commit")
+    expect_killed(job.run(CrashAt("plan.after_write", 1)), "kill at plan.after_write@1")
+    r = job.run()
+    expect_ok(r, "rerun after a kill before the first commit")
+    assert "started with checkpoint" not in r.stdout, r.stdout
+    assert re.search(r"resumed from checkpoint \S+: no batch was committed before it stopped; replaying its 1 planned batch first", r.stdout), r.stdout
+    world.check(job, "after a kill before the first commit")
+
+
 @pytest.mark.slow
 @pytest.mark.faults
 def test_the_job_reaches_every_crash_point(world: World) -> None:

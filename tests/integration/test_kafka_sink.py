@@ -174,9 +174,27 @@ def test_open_with_unreachable_broker_fails_clearly(kafka_cluster_factory):
     cluster = kafka_cluster_factory(1)
     cluster.broker_down(1)
     sink = KafkaSink("out", bootstrap_servers=cluster.bootstrap, name="nobroker", timeout_s=0.5)
-    with pytest.raises(SinkError, match="cannot start transactions"):
+    with pytest.raises(SinkError, match=f"no broker reachable at {cluster.bootstrap} within 0.5 s .*connection refused"):
         sink.open()
     sink.close()
+
+
+def test_a_closed_bootstrap_port_is_reported_at_once_with_the_address_the_reason_and_the_wait(caplog):
+    """open() waited the whole timeout_s in init_transactions, then said only that it timed out: now a
+    WARNING names the address, "connection refused" and the wait before the producer is made."""
+    import logging
+
+    port = _dead_port()
+    caplog.set_level(logging.WARNING, logger="streamkeep.sinks.kafka")
+    sink = KafkaSink("out", bootstrap_servers=f"127.0.0.1:{port}", name="closed", timeout_s=1.5)
+    try:
+        with pytest.raises(SinkError, match=f"no broker reachable at 127.0.0.1:{port} within 1.5 s .*connection refused.*timeout_s="):
+            sink.open()
+    finally:
+        sink.close()
+    warned = [r.getMessage() for r in caplog.records if r.name == "streamkeep.sinks.kafka" and r.levelno == logging.WARNING]
+    assert warned and f"cannot reach the brokers at 127.0.0.1:{port}" in warned[0], warned
+    assert "connection refused" in warned[0] and "timeout_s=1.5" in warned[0], warned
 
 
 def _dead_port() -> int:
@@ -195,6 +213,8 @@ def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapse
     from streamkeep._kafka_log import CLIENT_LOG
 
     monkeypatch.setattr(CLIENT_LOG, "_seen", {})  # lines other tests' clients logged in this window
+    # Skip the sink's own wait for the port (it fails before a producer exists): this is about the producer's lines
+    monkeypatch.setattr("streamkeep.sinks.kafka.await_brokers", lambda *a, **kw: None)
     port = _dead_port()
     caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
     sink = KafkaSink("out", bootstrap_servers=f"127.0.0.1:{port}", name="unreachable", timeout_s=2.0)
@@ -210,10 +230,11 @@ def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapse
     assert f"127.0.0.1:{port}" not in err, err[-2000:]
 
 
-def test_a_logger_in_producer_config_replaces_the_client_log(caplog):
+def test_a_logger_in_producer_config_replaces_the_client_log(caplog, monkeypatch):
     """A user's ``logger`` in ``producer_config`` gets the producer's lines (and nothing reaches ours)."""
     import logging
 
+    monkeypatch.setattr("streamkeep.sinks.kafka.await_brokers", lambda *a, **kw: None)  # a producer must be made
     port = _dead_port()
     mine = logging.getLogger("test.kafka.sink.mine")
     caplog.set_level(logging.DEBUG, logger="test.kafka.sink.mine")

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from _ckpt_jobs import wait_for
 from _servers import produce
 
 from streamkeep.errors import ConfigError, SourceError
@@ -554,3 +555,53 @@ def test_dead_letters_of_several_partitions_come_in_topic_partition_offset_order
     assert len(got) == 3 and len(got[0]) == n * 40 * 2 // 3
     for order in got:
         assert order == sorted(order)
+
+
+def test_a_closed_bootstrap_port_is_reported_at_once_with_the_address_the_reason_and_the_wait(caplog):
+    """A source pointed at a port nothing listens on said nothing for ~12 s, then, after ~36 s, only
+    "Broker transport failure". Now a WARNING names the address, "connection refused" and how to set the
+    wait before the source's first Kafka request, and the SourceError says the same."""
+    import logging
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="streamkeep.sources.kafka")
+    src = _source(f"127.0.0.1:{port}", "t", timeout_s=1.5)
+    try:
+        with pytest.raises(SourceError) as err:
+            src.plan(1000)
+    finally:
+        src.close()
+    msg = str(err.value)
+    assert f"no broker reachable at 127.0.0.1:{port}" in msg and "connection refused" in msg and "timeout_s=" in msg, msg
+    warned = [r.getMessage() for r in caplog.records if r.name == "streamkeep.sources.kafka" and r.levelno == logging.WARNING]
+    assert warned and f"cannot reach the brokers at 127.0.0.1:{port}" in warned[0], warned
+    assert "connection refused" in warned[0] and "timeout_s=1.5" in warned[0], warned
+    # the warning came before any Kafka request of the source: none of them failed and was retried
+    assert not any("failed (attempt" in m for m in warned), warned
+
+
+def test_a_broker_that_comes_up_during_the_wait_is_used(kafka_cluster_factory, topic_factory, caplog):
+    """Brokers that start a little after the job (docker compose) are waited for, up to timeout_s."""
+    import logging
+
+    cluster = kafka_cluster_factory(1)
+    topic = topic_factory(1, cluster=cluster)
+    _fill(cluster.bootstrap, topic, 1, 5)
+    cluster.broker_down(1)
+    caplog.set_level(logging.WARNING, logger="streamkeep.sources.kafka")
+    src = _source(cluster.bootstrap, topic, timeout_s=120.0)
+    got: list[Any] = []
+    planner = threading.Thread(target=lambda: got.append(src.plan(1000)), daemon=True)
+    try:
+        planner.start()
+        wait_for(lambda: any("cannot reach the brokers" in r.getMessage() for r in caplog.records), 60, "a warning that the broker is down")
+        assert planner.is_alive()  # still waiting for the broker
+        cluster.broker_up(1)
+        planner.join(timeout=110)
+        assert got == [{f"{topic}:0": [0, 5]}], got
+    finally:
+        planner.join(timeout=120)
+        src.close()

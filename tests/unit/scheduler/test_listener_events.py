@@ -178,6 +178,20 @@ def test_error_event_and_failed_stop() -> None:
     assert rec.of("stopped")[0].failed and rec.of("stopped")[0].batches == 2
 
 
+def test_a_job_that_fails_in_its_first_batch_names_no_last_batch(caplog: Any) -> None:
+    """It said "stopped after 0 batches; last batch <the time before the first>": a batch that never ran."""
+    ssc = sk.StreamingContext(1.0, clock=ManualClock())
+
+    def fail(b: Any) -> None:
+        raise RuntimeError("bad")
+
+    ssc.queue_stream([[1]], name="q").foreach_batch(fail)
+    with caplog.at_level(logging.INFO, logger="streamkeep"), pytest.raises(sk.UserFunctionError):
+        ssc.run()
+    stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped")]
+    assert stops == ["stopped after 0 batches (none ran)"], stops
+
+
 def test_plain_objects_and_broken_listeners_do_not_stop_the_job(caplog: Any) -> None:
     class OnlyCompleted:
         def __init__(self) -> None:

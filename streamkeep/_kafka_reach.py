@@ -1,0 +1,104 @@
+"""Waiting for a Kafka cluster to accept connections before a client's first request, and saying why it does not.
+
+librdkafka retries a closed port silently inside each request (a metadata request waits
+its whole timeout, ~5 s, then reports only "Broker transport failure"), so a source or
+sink pointed at the wrong address learnt why only when its wait ran out. A TCP connect
+to each bootstrap address answers in milliseconds with the reason (connection refused,
+timed out, unknown host); the caller logs it at once and keeps waiting for a broker that
+comes up late. Shared by the Kafka source and the Kafka sink, which may not import each
+other.
+
+Imports only the standard library; must not import sources, sinks or anything above them.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+__all__ = ["await_brokers", "bootstrap_addresses"]
+
+#: librdkafka's port when a bootstrap address has none.
+DEFAULT_PORT = 9092
+
+
+def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
+    """``"h1:9092,SSL://h2:9093,[::1]:9094"`` -> ``[(host, port), ...]``; [] if any entry is not host[:port]."""
+    out: list[tuple[str, int]] = []
+    for raw in servers.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        item = item.split("://", 1)[-1]
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, sep, port = item.rpartition(":")
+            if not sep or ":" in host:  # a bare host, or a bare IPv6 address
+                host, port = item, ""
+        if not host or (port and not port.isdigit()):
+            return []  # librdkafka will say what is wrong with it
+        out.append((host, int(port) if port else DEFAULT_PORT))
+    return out
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens there"
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return "timed out: no answer (a host that is down or a firewall)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    return exc.strerror or str(exc)
+
+
+def _probe(addrs: list[tuple[str, int]], timeout_s: float) -> str | None:
+    """None if one of `addrs` accepts a TCP connection, else why each did not."""
+    why: list[str] = []
+    for host, port in addrs:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return None
+        except OSError as exc:
+            why.append(f"{host}:{port}: {_reason(exc)}")
+    return "; ".join(why)
+
+
+def await_brokers(
+    servers: str,
+    *,
+    timeout_s: float,
+    first_backoff_s: float,
+    on_unreachable: Callable[[str], None],
+    sleep: Callable[[float], object] = time.sleep,
+) -> str | None:
+    """Wait up to `timeout_s` until a bootstrap address of `servers` accepts a connection.
+
+    Calls ``on_unreachable(why)`` once, at the first failed round (within about a second:
+    a refused connect fails at once, one that hangs after ``min(2, timeout_s)`` s), then
+    retries with a backoff doubling from `first_backoff_s` up to 2 s.
+
+    Returns:
+        None once reachable (or when `servers` cannot be parsed: the client reports
+        that), else the last round's reasons, e.g. ``"127.0.0.1:9: connection refused: ..."``.
+    """
+    addrs = bootstrap_addresses(servers)
+    if not addrs:
+        return None
+    deadline = time.monotonic() + timeout_s
+    delay = first_backoff_s
+    told = False
+    while True:
+        why = _probe(addrs, max(0.05, min(2.0, deadline - time.monotonic())))
+        if why is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return why
+        if not told:
+            on_unreachable(why)
+            told = True
+        sleep(min(delay, left))  # the last round probes at the deadline
+        delay = min(2 * delay, 2.0)

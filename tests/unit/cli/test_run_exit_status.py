@@ -1,0 +1,96 @@
+"""`streamkeep run APP.py` exit status: 0 done, 1 the job failed, 2 usage/configuration error, 130 Ctrl-C.
+
+It exited 2 for a job that failed while running (as for a mistyped option), and 0 after a
+Ctrl-C that the job turned into a clean stop inside ``await_termination()``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from _signalled_job import signal_after_batches
+
+from streamkeep.cli import main
+
+_JOB = """
+import sys
+import streamkeep as sk
+
+ckpt = sys.argv[1]
+
+def show(t, batch):
+    print("BATCH", int(t.timestamp() * 1000), sum(v for _, v in batch.collect()), flush=True)
+
+def setup():
+    ssc = sk.StreamingContext(0.1, checkpoint=ckpt, lease_timeout_s=120)
+    total = ssc.rate_stream(20, name="rate").map(lambda r: ("n", 1)).update_state_by_key(lambda new, old: (old or 0) + sum(new), name="total")
+    total.foreach_batch(show)
+    return ssc
+
+ssc = sk.StreamingContext.get_or_create(ckpt, setup)
+print("RESTORED", ssc.last_batch_time_ms if ssc.restored else None, flush=True)
+ssc.start()
+print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
+"""
+
+
+def _app(tmp_path: Path, code: str) -> Path:
+    app = tmp_path / "job.py"
+    app.write_text(textwrap.dedent(code))
+    return app
+
+
+def test_a_job_that_finishes_exits_0(tmp_path: Path) -> None:
+    app = _app(tmp_path, """\
+        import streamkeep as sk
+        ssc = sk.StreamingContext(1.0)
+        ssc.queue_stream([[1, 2]], name="q").foreach_batch(lambda b: b.collect())
+        ssc.run()
+    """)
+    assert main(["run", "--no-ui", str(app)]) == 0
+
+
+def test_a_job_that_fails_while_running_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = _app(tmp_path, """\
+        import streamkeep as sk
+        def boom(r):
+            raise RuntimeError("bad record")
+        ssc = sk.StreamingContext(1.0)
+        ssc.queue_stream([[1]], name="q").map(boom).foreach_batch(lambda b: b.collect())
+        ssc.run()
+    """)
+    assert main(["run", "--no-ui", str(app)]) == 1
+    assert "streamkeep: UserFunctionError" in capsys.readouterr().err
+
+
+def test_a_configuration_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = _app(tmp_path, """\
+        import streamkeep as sk
+        ssc = sk.StreamingContext(1.0)
+        ssc.rate_stream(5, name="r").window(1.5).pprint()
+    """)
+    assert main(["run", "--no-ui", str(app)]) == 2
+    assert "streamkeep: ConfigError" in capsys.readouterr().err
+    assert main(["run", "--no-ui", str(tmp_path / "missing.py")]) == 2
+
+
+def test_the_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 the job finished" in out and "1 the job failed" in out, out
+    assert "2 a usage or configuration error" in out and "130 stopped by Ctrl-C" in out, out
+
+
+def test_ctrl_c_exits_130_even_when_the_job_stops_cleanly(tmp_path: Path) -> None:
+    """await_termination() turns Ctrl-C into a clean stop and the script ends normally: still 130, as a shell reports it."""
+    app = _app(tmp_path, _JOB)
+    argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(app), str(tmp_path / "ckpt")]
+    _, seen, out, err, rc = signal_after_batches(argv, signal.SIGINT, 2)
+    assert "RETURNED True stopped" in out, out + err  # the job itself stopped cleanly
+    assert "Traceback" not in err, err
+    assert rc == 130, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
