@@ -235,6 +235,7 @@ def _chain_problem(op: str, chain: Any) -> str | None:
     elif snap is not None and snap != state_path(op, snap_t, "snap"):
         return f"names the snapshot {snap!r}, not its own {state_path(op, snap_t, 'snap')!r}"
     last = snap_t if snap is not None else None
+    own = state_dir(op)  # once per chain: every commit checks its chains, which grow between snapshots
     for d in chain.get("deltas", []):
         if isinstance(d, dict) and "parts" in d:
             t = d.get("t")
@@ -249,8 +250,8 @@ def _chain_problem(op: str, chain: Any) -> str | None:
                 return f"holds a malformed inline delta ({sorted(map(str, d))})"
         elif isinstance(d, str):
             stem = d.rsplit("/", 1)[-1].removesuffix(".delta")
-            if not stem.isdigit() or d != state_path(op, int(stem), "delta"):
-                return f"names the delta file {d!r}, which is not one of its own (in {state_dir(op)!r})"
+            if not stem.isdigit() or d != f"{own}/{int(stem):015d}.delta":  # state_path(op, int(stem), "delta")
+                return f"names the delta file {d!r}, which is not one of its own (in {own!r})"
             t = int(stem)
         else:
             return f"holds a delta entry of type {type(d).__name__}"

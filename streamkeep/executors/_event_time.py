@@ -326,6 +326,7 @@ class EventWindowRuntime(StatefulRuntime):
     def forget_changes(self) -> None:
         self.store.changed = set()
         self.store.removed = set()
+        self.store.forget_fresh()
         self._meta_changed = False
 
     def snapshot(self) -> dict[str, Any]:

@@ -199,6 +199,7 @@ class UpdateStateRuntime(_Keyed):
         update = self.node.update
         store = self.store
         self._plain_checked = False
+        store.forget_fresh()  # this step writes `data` directly (a seeded value `put` before would be stale)
         data = store.data
         changed = store.changed
         removed = store.removed
@@ -778,6 +779,7 @@ class ReduceWindowRuntime(WindowRuntime):
         super().forget_changes()
         self.running.changed = set()
         self.running.removed = set()
+        self.running.forget_fresh()
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -42,7 +42,8 @@ from streamkeep._arrow import records_in
 from streamkeep._util import gc_paused
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
-from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, CommitRecord, MemoryBlobs, Retention
+from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, MemoryBlobs, Retention
+from streamkeep.checkpoint._checkpoint import graph_path
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
@@ -565,7 +566,10 @@ class Scheduler(Recovery):
         }
         if self._key_partitioned is not None:
             record["partitioning"] = self._key_partitioned.partitioning()
-        needs = CommitRecord(0, record).files()
+        # What retention keeps for this commit: its graph file and its chains' files (the writer's own paths,
+        # not checked again: `CommitRecord.files` would check every entry of every chain, every batch).
+        needs = writer.files()
+        needs.add(graph_path(record["graph_id"]))
         settling = self._settling
 
         def commit() -> tuple[float, int]:  # in the committer lane, after the previous batches' commits

@@ -29,10 +29,64 @@ class Chain:
     #: in the commit record as {"t": batch time, "codec": name, "data": payload}, or
     #: per key partition as {"t": batch time, "parts": [path, inline payload or None, ...]}.
     deltas: list[tuple[int, Any]] = field(default_factory=list)
+    #: What `_tally` learnt of ``deltas`` so far (every commit reads the chain: only its new entries are walked).
+    _seen: _Tally | None = field(default=None, repr=False, compare=False)
 
     def as_data(self) -> dict[str, Any]:
-        """The chain as stored in a commit record."""
-        return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": [r for _, r in self.deltas]}
+        """The chain as stored in a commit record (a new list of deltas: later batches append to the chain)."""
+        return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": list(self._tally().entries)}
+
+    def files(self) -> set[str]:
+        """The state files the chain names (what its commit needs kept): `chain_files` of `as_data`."""
+        out = set(self._tally().files)
+        snap = self.snapshot
+        if isinstance(snap, list):
+            out.update(p for p in snap if isinstance(p, str))
+        elif snap:
+            out.add(snap)
+        return out
+
+    def inline_bytes(self) -> int:
+        """Bytes of the deltas held inline in the commit record (every partition's)."""
+        return self._tally().inline
+
+    def _tally(self) -> _Tally:
+        """The entries, files and inline bytes of ``deltas``, walking only the entries appended since the last call.
+
+        ``deltas`` only grows by `list.append`; a snapshot replaces the list (a new object):
+        then it is walked again from its start.
+        """
+        seen, deltas = self._seen, self.deltas
+        if seen is None or seen.deltas is not deltas or seen.n > len(deltas):
+            seen = self._seen = _Tally(deltas)
+        for i in range(seen.n, len(deltas)):
+            e = deltas[i][1]
+            seen.entries.append(e)
+            if isinstance(e, str):
+                seen.files.append(e)
+            elif isinstance(e, dict) and "parts" in e:
+                for p in e["parts"]:
+                    if isinstance(p, str):
+                        seen.files.append(p)
+                    elif isinstance(p, dict):
+                        seen.inline += len(p["data"])
+            elif isinstance(e, dict):
+                seen.inline += len(e["data"])
+        seen.n = len(deltas)
+        return seen
+
+
+class _Tally:
+    """A chain's deltas as walked so far: their entries, the files among them, their inline bytes."""
+
+    __slots__ = ("deltas", "entries", "files", "inline", "n")
+
+    def __init__(self, deltas: list[tuple[int, Any]]) -> None:
+        self.deltas = deltas  # the list walked (a chain replaced by a snapshot's gets a new one)
+        self.n = 0
+        self.entries: list[Any] = []
+        self.files: list[str] = []
+        self.inline = 0
 
 
 def delta_time(rel: Any) -> int:

@@ -234,6 +234,18 @@ class StateWriter:
             self.write_deltas(files)
         return {name: c.as_data() for name, c in self.chains.items()}
 
+    def files(self) -> set[str]:
+        """The state files the chains `write` returned name: what their commit needs kept (see `Chain.files`).
+
+        The same set as ``CommitRecord.files`` of a record holding them (without the graph file),
+        without walking every chain entry again: a chain grows between snapshots, up to
+        `MAX_CHAIN` entries, and every batch's commit asks.
+        """
+        out: set[str] = set()
+        for c in self.chains.values():
+            out |= c.files()
+        return out
+
     def write_deltas(self, files: list[DeltaFile]) -> int:
         """Write the state files `write` deferred (then the commit record may name them).
 
@@ -489,15 +501,7 @@ _NO_ORDER = 1 << 62
 
 def _inline_bytes(chain: Chain | None) -> int:
     """Bytes of the deltas `chain` holds inline in the commit record (every partition's)."""
-    if chain is None:
-        return 0
-    n = 0
-    for _, e in chain.deltas:
-        if isinstance(e, dict) and "parts" in e:
-            n += sum(len(p["data"]) for p in e["parts"] if isinstance(p, dict))
-        elif isinstance(e, dict):
-            n += len(e["data"])
-    return n
+    return 0 if chain is None else chain.inline_bytes()
 
 
 #: The helper's command: lower its priority first (its start-up imports take ~0.3 s of CPU too), then run.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streamkeep.checkpoint import Checkpoint, _compact
+from streamkeep.checkpoint import Checkpoint, CommitRecord, _compact
 from streamkeep.dstream._graph import UpdateStateNode
 from streamkeep.errors import CheckpointError
 from streamkeep.scheduler import _state_writer
@@ -278,3 +279,52 @@ def test_a_small_state_whose_snapshot_cannot_be_written_fails_its_commit(tmp_pat
     with pytest.raises(OSError, match="disk full"):
         w.write_deltas(files)  # in the committer: the batch is not committed, the job fails (test_pipelined_commit)
     ckpt.release()
+
+
+def _walked(chain: dict[str, Any]) -> tuple[set[str], int]:
+    """What a commit of `chain` needs kept and its inline bytes, walking every entry (as a reader of the record does)."""
+    inline = sum(len(e["data"]) for e in chain["deltas"] if isinstance(e, dict))
+    return CommitRecord(0, {"state": {"n": chain}}).files(), inline
+
+
+@pytest.mark.parametrize("how", ["merged", "small"])
+def test_the_files_each_commit_needs_follow_the_chain_across_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """`files` and the inline total are kept as the chain grows (only new entries are walked); a snapshot that
+    replaces the chain starts them again. Each batch's chains are a copy: the next batches do not change them."""
+    if how == "merged":
+        monkeypatch.setattr(_state_writer, "DIRECT_SNAPSHOT_BYTES", 0)
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=4, inline_delta_bytes=60)
+    ex = _FakeExecutor()
+    returned: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    kinds: set[str] = set()
+    for i in range(1, 15):
+        ex.put(f"k{i % 5}", "v" * (3 * i))
+        if i in (6, 11):
+            w.adopt(wait=True)  # a merged snapshot is adopted here: the chain is cut
+        state = w.write(i * 1000, ex)  # type: ignore[arg-type]
+        chain = state["n"]
+        kinds.update("inline" if isinstance(e, dict) else "file" for e in chain["deltas"])
+        needs, inline = _walked(chain)
+        assert w.files() == needs and _state_writer._inline_bytes(w.chains["n"]) == inline
+        returned.append((state, copy.deepcopy(state)))
+    assert kinds == {"inline", "file"} and w.chains["n"].snapshot is not None
+    assert all(state == kept for state, kept in returned)  # later writes did not reach an earlier batch's chains
+    snap, deltas = read_chain(ckpt, "msgpack", w.chains["n"].as_data())
+    got = dict(snap["set"]) if snap else {}
+    for d in deltas:
+        got.update(d["set"])
+    assert got == ex.state
+    w.close()
+    ckpt.release()
+
+
+def test_chain_files_of_key_partitioned_entries() -> None:
+    """Partition owners' entries (Ray): their files count, their inline payloads count as inline bytes."""
+    c = Chain(snapshot=["state/n/000000000001000.p0of2.e1.snap", None], snapshot_time=1000)
+    c.deltas.append((2000, {"t": 2000, "parts": ["state/n/000000000002000.p0of2.e1.delta", {"codec": "msgpack", "data": b"abc"}]}))
+    assert c.files() == CommitRecord(0, {"state": {"n": c.as_data()}}).files()
+    assert c.files() == {"state/n/000000000001000.p0of2.e1.snap", "state/n/000000000002000.p0of2.e1.delta"}
+    c.deltas.append((3000, {"t": 3000, "parts": [None, {"codec": "msgpack", "data": b"de"}]}))
+    assert c.inline_bytes() == 5 and len(c.as_data()["deltas"]) == 2
+    c.deltas = [d for d in c.deltas if d[0] > 2000]  # a snapshot adopted: a new list
+    assert c.inline_bytes() == 2 and c.files() == {"state/n/000000000001000.p0of2.e1.snap"}
