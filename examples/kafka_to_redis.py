@@ -80,6 +80,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import signal
 import sys
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     except sk.StreamkeepError as exc:
         print(f"{PROG}: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
+    # It says below whether it resumes: not streamkeep's own stderr line about it too (docs/observability.md)
+    logging.getLogger("streamkeep.resume").setLevel(logging.ERROR)
     if ssc.restored:
         print(f"{PROG}: resumed from checkpoint {cfg.checkpoint} after batch {ssc.last_batch_time_ms}, mode {cfg.mode}", flush=True)
     elif ssc.replays_left:  # stopped before its first commit: its planned batches run again, with the same input

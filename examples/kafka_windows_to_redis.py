@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 import streamkeep as sk
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batches", type=int, default=None, help="run N batch times back to back, then stop")
     args = ap.parse_args(argv)
     ssc = sk.StreamingContext.get_or_create(args.checkpoint, lambda: build(args))
+    # It says below whether it resumes: not streamkeep's own stderr line about it too (docs/observability.md)
+    logging.getLogger("streamkeep.resume").setLevel(logging.ERROR)
     if ssc.restored:  # say so: a restart that silently started over would look the same
         print(f"{PROG}: resumed from checkpoint {args.checkpoint} after batch {ssc.last_batch_time_ms}", flush=True)
     elif ssc.replays_left:  # stopped before its first commit: its planned batches run again, with the same input

@@ -14,13 +14,18 @@ Imports only the standard library; must not import sources, sinks or anything ab
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["await_brokers", "bootstrap_addresses"]
 
 #: librdkafka's port when a bootstrap address has none.
 DEFAULT_PORT = 9092
+
+#: The longest a single connection attempt waits for an answer (a round also ends at the deadline).
+ATTEMPT_S = 2.0
 
 
 def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
@@ -44,7 +49,13 @@ def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
     return out
 
 
+class _ResolveTimeout(OSError):
+    """The name did not resolve within the time left (getaddrinfo itself has no timeout)."""
+
+
 def _reason(exc: OSError) -> str:
+    if isinstance(exc, _ResolveTimeout):
+        return "timed out resolving the name (a slow or unreachable DNS server)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nothing listens there"
     if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
@@ -54,13 +65,60 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _probe(addrs: list[tuple[str, int]], timeout_s: float) -> str | None:
-    """None if one of `addrs` accepts a TCP connection, else why each did not."""
+def _resolve(host: str, port: int, timeout_s: float) -> list[tuple[Any, ...]]:
+    """``getaddrinfo(host, port)``, given up after `timeout_s` (in a daemon thread: a slow resolver cannot hold the caller)."""
+    box: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            box.append(exc)
+
+    worker = threading.Thread(target=lookup, name="streamkeep-kafka-resolve", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not box:
+        msg = f"resolving {host} took over {timeout_s:.1f} s"
+        raise _ResolveTimeout(msg)
+    if isinstance(box[0], OSError):
+        raise box[0]
+    return list(box[0])
+
+
+def _connect(host: str, port: int, deadline: float) -> None:
+    """Open (and close) a TCP connection to `host`:`port`, each step bounded by `deadline` and 2 s; raises OSError."""
+    infos = _resolve(host, port, max(0.0, deadline - time.monotonic()))
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        left = min(ATTEMPT_S, deadline - time.monotonic())
+        if left <= 0:
+            raise last or TimeoutError()
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(left)
+            try:
+                sock.connect(sockaddr)
+                return
+            except OSError as exc:
+                last = exc
+    msg = f"{host}: no address"
+    raise last or OSError(msg)
+
+
+def _probe(addrs: list[tuple[str, int]], deadline: float) -> str | None:
+    """None if one of `addrs` accepts a TCP connection before `deadline` (time.monotonic()), else why each did not.
+
+    Each attempt (name resolution included) gets at most the time left, so a round with several silent
+    addresses ends at the deadline; the addresses it had no time for are listed as not tried.
+    """
     why: list[str] = []
     for host, port in addrs:
+        if deadline - time.monotonic() <= 0:
+            why.append(f"{host}:{port}: not tried (the wait ran out)")
+            continue
         try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                return None
+            _connect(host, port, deadline)
+            return None
         except OSError as exc:
             why.append(f"{host}:{port}: {_reason(exc)}")
     return "; ".join(why)
@@ -78,7 +136,9 @@ def await_brokers(
 
     Calls ``on_unreachable(why)`` once, at the first failed round (within about a second:
     a refused connect fails at once, one that hangs after ``min(2, timeout_s)`` s), then
-    retries with a backoff doubling from `first_backoff_s` up to 2 s.
+    retries with a backoff doubling from `first_backoff_s` up to 2 s. Each connection attempt, and
+    the name resolution before it, gets at most the time left (and 2 s), so the wait ends within
+    about 50 ms of `timeout_s` whatever the number of silent addresses or a slow DNS server.
 
     Returns:
         None once reachable (or when `servers` cannot be parsed: the client reports
@@ -91,7 +151,8 @@ def await_brokers(
     delay = first_backoff_s
     told = False
     while True:
-        why = _probe(addrs, max(0.05, min(2.0, deadline - time.monotonic())))
+        # each round ends at the deadline, but gets at least 50 ms (the last one starts at it)
+        why = _probe(addrs, max(deadline, time.monotonic() + 0.05))
         if why is None:
             return None
         left = deadline - time.monotonic()

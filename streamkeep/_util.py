@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,20 @@ Duration = float | int | timedelta
 #: The argument of the KeyboardInterrupt that ``streamkeep run``'s SIGTERM handler raises, so the
 #: job's log can say what stopped it (SIGTERM) and what a second one does.
 SIGTERM_INTERRUPT = "SIGTERM"
+
+
+def info_shown(logger: logging.Logger) -> bool:
+    """Will an INFO line of `logger` reach a handler that shows it (not a NullHandler, nor one above INFO or filtering it)?"""
+    if not logger.isEnabledFor(logging.INFO):
+        return False
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "", (), None)
+    c: logging.Logger | None = logger
+    while c is not None:
+        for h in c.handlers:
+            if not isinstance(h, logging.NullHandler) and logging.INFO >= h.level and h.filter(record):
+                return True
+        c = c.parent if c.propagate else None
+    return False
 
 
 def stopped_by_sigterm(exc: BaseException) -> bool:

@@ -38,6 +38,11 @@ RUN_DEFAULTS: contextvars.ContextVar[tuple[int | None, str, bool, Callable[[Any,
 #: Set by `streamkeep run --executor NAME`: the executor of the contexts the script creates without one.
 RUN_EXECUTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("streamkeep_run_executor", default=None)
 
+#: Set by `streamkeep run` to a list: a Ctrl-C that `await_termination` turned into a clean stop is noted
+#: there ("SIGINT"), so the command still exits 130. Python's SIGINT handler stays in place (asyncio.run,
+#: trio and the like install their own); a Ctrl-C raised out of the script is seen as KeyboardInterrupt.
+RUN_INTERRUPTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("streamkeep_run_interrupts", default=None)
+
 class JobHeld(BaseException):
     """Raised, under `hold_jobs`, where a job would start running: its setup code stops there.
 
@@ -275,6 +280,7 @@ class StreamingContext:
         self._resume = False
         self._scheduler: Scheduler | None = None
         self._thread: threading.Thread | None = None
+        self._wait_timed_out = False  # an await_termination(timeout) returned with the job still running (the at-exit warning)
         self._stop_event = threading.Event()
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -684,6 +690,7 @@ class StreamingContext:
             return self._state == "stopped"
         try:
             finished = _wait_waking(self._done.wait, timeout)
+            self._wait_timed_out = not finished
         except KeyboardInterrupt as exc:
             self._stop_on_interrupt(exc)
             finished = True
@@ -701,6 +708,9 @@ class StreamingContext:
             )
         else:
             log.warning("interrupted: stopping after the batch in progress (Ctrl-C again to stop without waiting for it)")
+            noted = RUN_INTERRUPTS.get()
+            if noted is not None:
+                noted.append("SIGINT")
         try:
             self.stop(graceful=True)
         except KeyboardInterrupt as again:
@@ -754,11 +764,21 @@ class StreamingContext:
     def _warn_running_at_exit(self) -> None:
         """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently)."""
         if self._state != "stopped" and self._error is None:
-            log.warning(
-                "streamkeep: the program is exiting while the streaming job it started is still running (start() "
-                "without await_termination()?): the job ends with it; a batch it had planned but not committed is "
-                "re-run at the next start. Call ssc.await_termination() after ssc.start() to keep the job running"
-            )
+            log.warning("streamkeep: %s", self._running_at_exit_text())
+
+    def _running_at_exit_text(self) -> str:
+        """What the at-exit warning says: why the job is still running, what is lost, what to call."""
+        if self._wait_timed_out:
+            why = "await_termination(timeout) returned before it stopped"
+            fix = "Call ssc.stop() before exiting to stop it after the batch in progress, or await_termination() without a timeout to keep it running"
+        else:
+            why = "start() without await_termination()?"
+            fix = "Call ssc.await_termination() after ssc.start() to keep the job running, or ssc.stop() to stop it after the batch in progress"
+        if self._checkpoint_url is not None:
+            lost = "a batch it had planned but not committed is re-run at the next get_or_create"
+        else:
+            lost = "it has no checkpoint: its state and the batch in progress are lost"
+        return f"the program is exiting while the streaming job it started is still running ({why}): the job ends with it; {lost}. {fix}"
 
     def _shutdown(self) -> None:
         atexit.unregister(self._warn_running_at_exit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -181,7 +182,14 @@ def run_demo(checkpoint: str, seconds: float, interval: float, fresh: bool) -> i
         print(f"fresh start at {clock_time(now_ms)}; checkpoint in {checkpoint!r}. Interrupt me (Ctrl-C, or kill -9) and run `{again}` to resume.", flush=True)
     on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
     old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None
-    ssc.start()
+    # The demo said above whether it resumes: not the engine's stderr line again (streamkeep.resume, docs/observability.md)
+    resume_log = logging.getLogger("streamkeep.resume")
+    old_level = resume_log.level
+    resume_log.setLevel(logging.ERROR)
+    try:
+        ssc.start()
+    finally:
+        resume_log.setLevel(old_level)
     said_stopped = False  # a Ctrl-C during await_termination stops the job, and the engine says "stopped; ..." itself
     try:
         deadline = time.monotonic() + seconds

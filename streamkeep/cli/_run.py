@@ -28,28 +28,14 @@ import threading
 from types import FrameType
 from typing import Any
 
-from streamkeep._util import SIGTERM_INTERRUPT
+from streamkeep._util import SIGTERM_INTERRUPT, info_shown
 from streamkeep.cli._console import console_listener, setup_logging
-from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR
+from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR, RUN_INTERRUPTS
 from streamkeep.errors import ConfigError
 
 
-def _info_shown(logger: logging.Logger) -> bool:
-    """Will an INFO line of `logger` reach a handler that shows it (not a NullHandler, nor one above INFO or filtering it)?"""
-    if not logger.isEnabledFor(logging.INFO):
-        return False
-    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "", (), None)
-    c: logging.Logger | None = logger
-    while c is not None:
-        for h in c.handlers:
-            if not isinstance(h, logging.NullHandler) and logging.INFO >= h.level and h.filter(record):
-                return True
-        c = c.parent if c.propagate else None
-    return False
-
-
 def _on_start(ssc: Any, sched: Any) -> None:
-    if ssc.ui_url is not None and not _info_shown(logging.getLogger("streamkeep")):
+    if ssc.ui_url is not None and not info_shown(logging.getLogger("streamkeep")):
         # The context logs the address at INFO; print it only where that line is not shown (the app's logging config).
         print(f"streamkeep: dashboard at {ssc.ui_url} (metrics: {ssc.ui_url}metrics)", file=sys.stderr, flush=True)
     sched.listeners.append(console_listener())
@@ -69,17 +55,6 @@ class _Termination:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.signalled = True
         _terminate(signum, frame)
-
-
-class _Interrupt:
-    """Python's Ctrl-C handler (raises KeyboardInterrupt), remembering that SIGINT came: exit status 130."""
-
-    def __init__(self) -> None:
-        self.signalled = False
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signalled = True
-        signal.default_int_handler(signum, frame)
 
 
 def run_app(
@@ -113,9 +88,10 @@ def run_app(
     on_main = threading.current_thread() is threading.main_thread()
     term = _Termination()
     old_term = signal.signal(signal.SIGTERM, term) if on_main else None
-    intr = _Interrupt()
-    # Only where Python's own handler is in place (not where SIGINT is ignored: a job started in the background)
-    old_int = signal.signal(signal.SIGINT, intr) if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+    # SIGINT keeps Python's handler (asyncio.run, trio install their own graceful one): a Ctrl-C that
+    # await_termination() turned into a clean stop is noted in `interrupts`, any other one raises out of the script.
+    interrupts: list[str] = []
+    int_token = RUN_INTERRUPTS.set(interrupts)
     try:
         runpy.run_path(app, run_name="__main__")
     except KeyboardInterrupt:
@@ -135,10 +111,9 @@ def run_app(
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
-        if old_int is not None and signal.getsignal(signal.SIGINT) is intr:
-            signal.signal(signal.SIGINT, old_int)
+        RUN_INTERRUPTS.reset(int_token)
         RUN_EXECUTOR.reset(ex_token)
         RUN_DEFAULTS.reset(token)
         undo_logging()
     # A Ctrl-C that the job turned into a clean stop (await_termination() returns) is still an interruption
-    return 130 if intr.signalled and not term.signalled else 0
+    return 130 if interrupts and not term.signalled else 0

@@ -6,12 +6,19 @@ these builders. Must not import context, cli or ui.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
+from streamkeep._util import info_shown
 from streamkeep.executors.base import EventTimeReporting
 from streamkeep.scheduler._events import BatchInfo, JobStarted, batch_extra, iso_ms, log
 from streamkeep.scheduler._state_io import encode_state
+
+#: The resume line when INFO is not shown. A program that prints its own resume message (from
+#: ``ssc.restored`` / ``ssc.replays_left``, as the demo and the Kafka examples do) turns it off with
+#: ``logging.getLogger("streamkeep.resume").setLevel(logging.ERROR)``.
+resume_log = logging.getLogger("streamkeep.resume")
 
 
 def _partition_order(keys: Any) -> list[str]:
@@ -109,10 +116,11 @@ def job_started(sched: Any, mode: str, now_ms: int, checkpoint: str | None) -> J
         sched.executor.operators(),
     )
     text = describe_start(ev)
-    if (ev.restored or ev.replay_batches) and not log.hasHandlers():
-        # Logging not configured (a plain `python app.py`): Python's last-resort handler shows WARNING and up
-        # only, and a restart must not look like a fresh start. One line on stderr; configured logging gets INFO.
-        log.warning("streamkeep: %s", text, extra=batch_extra(nxt))
+    if (ev.restored or ev.replay_batches) and not info_shown(log):
+        # An INFO line would not be shown (no logging configured: Python's last-resort handler shows WARNING and
+        # up; or logging.basicConfig() at its default WARNING), and a restart must not look like a fresh start:
+        # one WARNING line, on `resume_log` (a program that says itself that it resumed turns it off there).
+        resume_log.warning("streamkeep: %s", text, extra=batch_extra(nxt))
     else:
         log.info("%s", text, extra=batch_extra(nxt))
     return ev

@@ -75,8 +75,12 @@ def test_demo_killed_before_its_first_commit_says_it_resumes(tmp_path: Path) -> 
                             cwd=tmp_path, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     first = _totals(killed.stdout)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60).stdout
+    ran = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    out = ran.stdout
     assert re.match(r"resumed from checkpoint .*: no batch was committed before it stopped; replaying its 1 planned batch first", out), out
+    assert "resumed" not in ran.stderr, ran.stderr  # said once, by the demo (not streamkeep's stderr line about it too)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)  # after a commit
+    assert again.stdout.startswith("resumed from checkpoint") and "resumed" not in again.stderr, again
     assert first and _totals(out)[: len(first)] == first  # the same batch, counted once
 
 
@@ -153,6 +157,7 @@ def test_kafka_windows_example_is_exact_after_a_kill_between_redis_and_the_commi
     assert redis_state("crash") == redis_state("clean")
     again = subprocess.run(cmd("clean", 1), check=True, capture_output=True, text=True, timeout=120, env=env)
     assert "kafka_windows_to_redis: resumed from checkpoint" in again.stdout, again.stdout  # a restart says so
+    assert "resumed" not in again.stderr and "resumed" not in rerun.stderr, again.stderr + rerun.stderr  # once
     from streamkeep.cli._inspect import inspect
 
     # filter_f drops the users whose window count is back to 0: the window keeps no dead users (work per slide)

@@ -7,6 +7,7 @@ Ctrl-C that the job turned into a clean stop inside ``await_termination()``.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -94,3 +95,31 @@ def test_ctrl_c_exits_130_even_when_the_job_stops_cleanly(tmp_path: Path) -> Non
     assert "RETURNED True stopped" in out, out + err  # the job itself stopped cleanly
     assert "Traceback" not in err, err
     assert rc == 130, f"exit status {rc}\nstdout:\n{out}\nstderr:\n{err}"
+
+
+def test_the_script_keeps_pythons_ctrl_c_handler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamkeep run` replaced SIGINT's handler for the whole script, so asyncio.run (trio, ...) skipped its own
+    graceful Ctrl-C handling: asyncio installs its handler only where Python's default one is in place."""
+    app = _app(tmp_path, """\
+        import asyncio, signal
+        print("OUTSIDE", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        async def main():
+            print("INSIDE", repr(signal.getsignal(signal.SIGINT)))
+        asyncio.run(main())
+    """)
+    assert main(["run", "--no-ui", str(app)]) == 0
+    out = capsys.readouterr().out
+    assert "OUTSIDE True" in out and "Runner._on_sigint" in out, out
+
+
+def test_ctrl_c_out_of_an_asyncio_script_exits_130(tmp_path: Path) -> None:
+    """asyncio.run's own handler cancels the main task and raises KeyboardInterrupt: still 130."""
+    app = _app(tmp_path, """\
+        import asyncio, os, signal
+        async def main():
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(30)
+        asyncio.run(main())
+    """)
+    ran = subprocess.run([sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(app)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 130, ran

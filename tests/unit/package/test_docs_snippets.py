@@ -42,3 +42,24 @@ def test_reading_a_commit_record_by_hand(tmp_path: Path, monkeypatch: pytest.Mon
     assert scope["kind"] == "record" and scope["codec"] == "msgpack"
     record = scope["record"]
     assert isinstance(record, dict) and record["type"] == "commit" and record["batch_time"] == ssc.last_batch_time_ms
+
+
+def test_the_listener_example_calls_a_run_killed_before_its_first_commit_a_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/observability.md's listener printed "fresh" for restored False with batches to replay: a resume."""
+    listeners: list[object] = []
+
+    class _Context:
+        def add_listener(self, listener: object) -> None:
+            listeners.append(listener)
+
+    code = _block_after("observability.md", "## Listener events")
+    exec(compile(code, "docs/observability.md", "exec"), {"sk": sk, "ssc": _Context()})
+    (alerts,) = listeners
+
+    def started(restored: bool, commit: int | None, replays: int) -> str:
+        alerts.on_job_started(sk.JobStarted(3000, restored, commit, replays, 0, "start", 1000, "ckpt", ["q"], []))  # type: ignore[attr-defined]
+        return capsys.readouterr().out
+
+    assert started(False, None, 0).startswith("fresh ")
+    assert started(False, None, 2).startswith("resumed, no commit yet None 2 ")
+    assert started(True, 2000, 1).startswith("restored 2000 1 ")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import threading
+
+import pytest
 
 from streamkeep._kafka_reach import await_brokers, bootstrap_addresses
 
@@ -37,3 +40,43 @@ def test_a_listening_address_ends_the_wait() -> None:
         closed = _closed_port()
         assert await_brokers(f"127.0.0.1:{closed},127.0.0.1:{port}", timeout_s=5, first_backoff_s=0.1, on_unreachable=told.append) is None
         assert told == []
+
+
+def test_a_slow_name_resolution_is_bounded_by_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_connection resolved names with no timeout: a slow DNS server held the wait past timeout_s."""
+    release = threading.Event()
+
+    def slow_getaddrinfo(*args: object, **kwargs: object) -> list[object]:
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    try:
+        why = await_brokers("kafka.example:9092", timeout_s=0.2, first_backoff_s=0.1, on_unreachable=lambda w: None, sleep=lambda s: None)
+    finally:
+        release.set()
+    assert why is not None and "kafka.example:9092: timed out resolving the name" in why, why
+
+
+def test_silent_addresses_share_the_time_left_rather_than_2_s_each() -> None:
+    """With N addresses that do not answer, a round took up to N x 2 s: the attempts after the deadline are not made."""
+    held: list[socket.socket] = []
+    servers = []
+    for _ in range(3):  # a listener whose accept queue is full drops new SYNs: a connect to it hangs (a silent address)
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        held.append(srv)
+        for _ in range(2):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(srv.getsockname())
+            held.append(c)
+        servers.append(f"127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        why = await_brokers(",".join(servers), timeout_s=0.5, first_backoff_s=0.1, on_unreachable=lambda w: None, sleep=lambda s: None)
+    finally:
+        for s in held:
+            s.close()
+    assert why is not None and f"{servers[0]}: timed out" in why, why
+    assert f"{servers[2]}: not tried (the wait ran out)" in why, why
