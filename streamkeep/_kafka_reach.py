@@ -17,9 +17,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["await_brokers", "bootstrap_addresses"]
+if TYPE_CHECKING:
+    import logging
+
+__all__ = ["await_brokers", "bootstrap_addresses", "require_brokers"]
 
 #: librdkafka's port when a bootstrap address has none.
 DEFAULT_PORT = 9092
@@ -163,3 +166,42 @@ def await_brokers(
             told = True
         sleep(min(delay, left))  # the last round probes at the deadline
         delay = min(2 * delay, 2.0)
+
+
+
+def require_brokers(
+    who: str,
+    servers: str,
+    *,
+    timeout_s: float,
+    first_backoff_s: float,
+    setting: str,
+    after: str,
+    error: type[Exception],
+    log: logging.Logger,
+) -> None:
+    """`await_brokers` for a client: a WARNING at the first failed round, `error` when the wait runs out.
+
+    `who` names the client (``"kafka source 'clicks'"``), `setting` where its ``timeout_s`` is set,
+    `after` what the failure means for the batch, `log` the client's logger; both messages say what to do.
+    """
+
+    def warn(why: str) -> None:
+        log.warning(
+            "%s: cannot reach the brokers at %s (%s); waiting up to %g s for them (timeout_s=%g of %s sets the wait), "
+            "then the job fails. Start the broker or fix bootstrap_servers",
+            who,
+            servers,
+            why,
+            timeout_s,
+            timeout_s,
+            setting,
+        )
+
+    why = await_brokers(servers, timeout_s=timeout_s, first_backoff_s=first_backoff_s, on_unreachable=warn)
+    if why is not None:
+        msg = (
+            f"{who}: no broker reachable at {servers} within {timeout_s:g} s ({why}). Start the broker or fix "
+            f"bootstrap_servers; timeout_s= sets how long it waits for them (default 30 s). {after}"
+        )
+        raise error(msg)

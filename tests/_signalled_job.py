@@ -53,3 +53,26 @@ def signal_after_batches(
     restored = re.search(r"^RESTORED (\S+)$", out, re.M)
     assert restored is not None, f"the job did not start\nstdout:\n{out}\nstderr:\n{err}"
     return restored[1], seen, out, err, proc.returncode
+
+
+#: A job script (argv[1]: its checkpoint) of the shape the module docstring describes: a rate source, one running total.
+RATE_TOTAL_JOB = """
+import sys
+import streamkeep as sk
+
+ckpt = sys.argv[1]
+
+def show(t, batch):
+    print("BATCH", int(t.timestamp() * 1000), sum(v for _, v in batch.collect()), flush=True)
+
+def setup():
+    ssc = sk.StreamingContext(0.1, checkpoint=ckpt, lease_timeout_s=120)
+    total = ssc.rate_stream(20, name="rate").map(lambda r: ("n", 1)).update_state_by_key(lambda new, old: (old or 0) + sum(new), name="total")
+    total.foreach_batch(show)
+    return ssc
+
+ssc = sk.StreamingContext.get_or_create(ckpt, setup)
+print("RESTORED", ssc.last_batch_time_ms if ssc.restored else None, flush=True)
+ssc.start()
+print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
+"""

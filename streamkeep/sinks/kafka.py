@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamkeep import _faults
 from streamkeep._kafka_log import CLIENT_LOG
-from streamkeep._kafka_reach import await_brokers
+from streamkeep._kafka_reach import require_brokers
 from streamkeep._types import BatchTime
 from streamkeep._util import gc_resumed, import_optional, retry_with_backoff, user_function_error
 from streamkeep.errors import CheckpointInUseError, ConfigError, SinkError
@@ -249,26 +249,16 @@ class KafkaSink:
         """
         if self._reached:
             return
-
-        def warn(why: str) -> None:
-            log.warning(
-                "KafkaSink %r: cannot reach the brokers at %s (%s); waiting up to %g s for them (timeout_s=%g of "
-                "KafkaSink sets the wait), then the job fails. Start the broker or fix bootstrap_servers",
-                self.name,
-                self.bootstrap_servers,
-                why,
-                self.timeout_s,
-                self.timeout_s,
-            )
-
-        why = await_brokers(self.bootstrap_servers, timeout_s=self.timeout_s, first_backoff_s=0.1, on_unreachable=warn)
-        if why is not None:
-            msg = (
-                f"KafkaSink {self.name!r}: no broker reachable at {self.bootstrap_servers} within {self.timeout_s:g} s "
-                f"({why}). Start the broker or fix bootstrap_servers; timeout_s= sets how long the sink waits for it "
-                "(default 30 s). The batch is not committed."
-            )
-            raise SinkError(msg)
+        require_brokers(
+            f"KafkaSink {self.name!r}",
+            self.bootstrap_servers,
+            timeout_s=self.timeout_s,
+            first_backoff_s=0.1,
+            setting="KafkaSink",
+            after="The batch is not committed.",
+            error=SinkError,
+            log=log,
+        )
         self._reached = True
 
     def _ensure_producer(self) -> Producer:

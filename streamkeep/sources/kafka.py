@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from streamkeep._kafka_reach import await_brokers
+from streamkeep._kafka_reach import require_brokers
 from streamkeep._types import BatchTime, Data
 from streamkeep._util import retry_with_backoff
 from streamkeep.errors import ConfigError, SourceError
@@ -433,26 +433,16 @@ class KafkaSource:
         """
         if self._reached:
             return
-
-        def warn(why: str) -> None:
-            log.warning(
-                "kafka source %r: cannot reach the brokers at %s (%s); waiting up to %g s for them (timeout_s=%g "
-                "of kafka_stream/KafkaSource sets the wait), then the job fails. Start the broker or fix bootstrap_servers",
-                self.name,
-                self.bootstrap_servers,
-                why,
-                self.timeout_s,
-                self.timeout_s,
-            )
-
-        why = await_brokers(self.bootstrap_servers, timeout_s=self.timeout_s, first_backoff_s=self.retry_backoff_s, on_unreachable=warn)
-        if why is not None:
-            msg = (
-                f"kafka source {self.name!r}: no broker reachable at {self.bootstrap_servers} within {self.timeout_s:g} s "
-                f"({why}). Start the broker or fix bootstrap_servers; timeout_s= sets how long the source waits for it "
-                "(default 30 s). The batch is not committed and is retried on restart."
-            )
-            raise SourceError(msg)
+        require_brokers(
+            f"kafka source {self.name!r}",
+            self.bootstrap_servers,
+            timeout_s=self.timeout_s,
+            first_backoff_s=self.retry_backoff_s,
+            setting="kafka_stream/KafkaSource",
+            after="The batch is not committed and is retried on restart.",
+            error=SourceError,
+            log=log,
+        )
         self._reached = True
 
     def _retry(self, what: str, fn: Callable[[], _T]) -> _T:

@@ -214,7 +214,7 @@ def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapse
 
     monkeypatch.setattr(CLIENT_LOG, "_seen", {})  # lines other tests' clients logged in this window
     # Skip the sink's own wait for the port (it fails before a producer exists): this is about the producer's lines
-    monkeypatch.setattr("streamkeep.sinks.kafka.await_brokers", lambda *a, **kw: None)
+    monkeypatch.setattr("streamkeep.sinks.kafka.require_brokers", lambda *a, **kw: None)
     port = _dead_port()
     caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
     sink = KafkaSink("out", bootstrap_servers=f"127.0.0.1:{port}", name="unreachable", timeout_s=2.0)
@@ -234,7 +234,7 @@ def test_a_logger_in_producer_config_replaces_the_client_log(caplog, monkeypatch
     """A user's ``logger`` in ``producer_config`` gets the producer's lines (and nothing reaches ours)."""
     import logging
 
-    monkeypatch.setattr("streamkeep.sinks.kafka.await_brokers", lambda *a, **kw: None)  # a producer must be made
+    monkeypatch.setattr("streamkeep.sinks.kafka.require_brokers", lambda *a, **kw: None)  # a producer must be made
     port = _dead_port()
     mine = logging.getLogger("test.kafka.sink.mine")
     caplog.set_level(logging.DEBUG, logger="test.kafka.sink.mine")

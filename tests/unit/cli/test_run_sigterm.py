@@ -17,30 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _signalled_job import signal_after_batches
+from _signalled_job import RATE_TOTAL_JOB, signal_after_batches
 
 from streamkeep.checkpoint import Checkpoint
 
-_JOB = """
-import sys
-import streamkeep as sk
-
-ckpt = sys.argv[1]
-
-def show(t, batch):
-    print("BATCH", int(t.timestamp() * 1000), sum(v for _, v in batch.collect()), flush=True)
-
-def setup():
-    ssc = sk.StreamingContext(0.1, checkpoint=ckpt, lease_timeout_s=120)
-    total = ssc.rate_stream(20, name="rate").map(lambda r: ("n", 1)).update_state_by_key(lambda new, old: (old or 0) + sum(new), name="total")
-    total.foreach_batch(show)
-    return ssc
-
-ssc = sk.StreamingContext.get_or_create(ckpt, setup)
-print("RESTORED", ssc.last_batch_time_ms if ssc.restored else None, flush=True)
-ssc.start()
-print("RETURNED", ssc.await_termination(), ssc.state, flush=True)
-"""
+_JOB = RATE_TOTAL_JOB
 
 
 def _run_until_terminated(
