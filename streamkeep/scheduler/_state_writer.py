@@ -16,10 +16,12 @@ a full snapshot is due (`snapshot_due`), taken one of two ways:
   (`streamkeep.checkpoint._compact`), so the batch loop neither copies nor encodes the
   state. The chains switch to the new snapshot once the worker is done (`adopt`), so its
   inputs stay referenced by every commit until then (retention keeps them). A merge
-  under `BIG_STATE_BYTES` still in flight is waited for by the next batch; a big state's
-  is not: the next one starts as soon as it is done, and only a chain of `MAX_CHAIN`
-  batches waits. Big states on local disks are merged by a helper process, out of the
-  way of the batch loop's interpreter lock.
+  under `BIG_STATE_BYTES` still in flight is waited for by the next batch; a bigger
+  state's is not: the next one starts as soon as it is done, and only a chain of
+  `MAX_CHAIN` batches waits. A job stopped before a merge is adopted drops it (`close`):
+  no commit names the file (retention deletes it), the restart reads the longer chain.
+  Such states on local disks are merged by a helper process, out of the way of the
+  batch loop's interpreter lock.
 
 An executor whose workers own key partitions (`StateOwners`, the Ray executor) has
 them write its partitioned operators' deltas and snapshots themselves, straight to
@@ -61,14 +63,17 @@ MAX_CHAIN = 500
 #: encoded from the live state in the batch loop and written with its batch's commit record. Merging
 #: the files instead costs more (it decodes the snapshot and every delta, then encodes the same
 #: state) and, for a small state, the next batch waited for it (~25-130 ms for 10k keys on a loaded
-#: machine vs ~2 ms to encode them: bench/checkpoint.py's 10k-key row).
-DIRECT_SNAPSHOT_BYTES = 1024 * 1024
-#: From this many bytes of state (last snapshot plus deltas since) a snapshot is "big": the batch
-#: loop does not wait for it before MAX_CHAIN ...
-BIG_STATE_BYTES = 4 * 1024 * 1024
+#: machine vs ~2 ms to encode them: bench/checkpoint.py's 10k-key row). Not more: the copy and encode
+#: grow with the state (~22-29 ms of the loop's CPU for 100k keys, ~1 MB: 7-9x a batch of the 100k-key row).
+DIRECT_SNAPSHOT_BYTES = 256 * 1024
+#: From this many bytes of state (last snapshot plus deltas since) a merged snapshot is not waited for by
+#: the next batch before MAX_CHAIN (a merge of 100k keys takes ~60-150 ms: the 100k-key row); a smaller one
+#: (a state merged only because it cannot be encoded here, or a test's) is, so the next commit names it ...
+BIG_STATE_BYTES = 256 * 1024
 #: ... and from this many, on a local disk, a helper process merges it (starting one costs ~0.2 s
-#: of CPU, on the other core; merging 1M keys in a thread would hold the interpreter lock ~1 s).
-HELPER_STATE_BYTES = 4 * 1024 * 1024
+#: of CPU, on the other core; merging in a thread holds the batch loop's interpreter lock: ~1 s for
+#: 1M keys, and for 100k keys pauses of 30-140 ms, 9-14x a batch, vs 3-8x with the helper).
+HELPER_STATE_BYTES = 256 * 1024
 
 #: A state file `StateWriter.write` left to the caller: (operator, batch time, payload, codec, kind, format
 #: version), kind "delta", or "snap" for a small state's snapshot (which its batch's commit record names instead

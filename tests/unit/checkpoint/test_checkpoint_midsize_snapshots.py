@@ -1,0 +1,107 @@
+"""A mid-size state's merged snapshot is not waited for (issue 14.1, the 100k-key row of bench/checkpoint.py).
+
+From `BIG_STATE_BYTES` (256 KiB, as `DIRECT_SNAPSHOT_BYTES`) a snapshot is merged in the background and the
+next batch no longer waits for the merge (it took ~60-150 ms for 100k keys, 20-50x a batch). These
+tests hold a merge open until the next batch is done, then stop the job: a merge in flight
+at a stop is dropped (no commit names it), and a restart with get_or_create is exact, compared
+with a run that never stopped; a merge done before the stop is adopted by a later commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import streamkeep as sk
+from streamkeep.checkpoint import Checkpoint
+from streamkeep.scheduler import _state_writer
+from streamkeep.testing import ManualClock, state_of
+
+#: Keys of state: encoded, well over BIG_STATE_BYTES (~7 bytes a key).
+KEYS = 60_000
+
+
+def _bump(key: str, value: int, state: sk.State) -> None:
+    state.update(state.get_option(0) + value)
+
+
+def _job(url: str, *, seed: bool = True) -> sk.StreamingContext:
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=3, inline_delta_bytes=0)
+    initial = [(f"k{i}", 0) for i in range(KEYS)] if seed else None
+    pairs = ssc.rate_stream(500, name="rate").map(lambda r: (f"k{(r[0] * 7919) % KEYS}", 1))
+    pairs.map_with_state(_bump, name="state", initial=initial).foreach_batch(lambda b: None)
+    return ssc
+
+
+def _held_merges(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[bool]]:
+    """Every merge waits for the returned event (at most 20 s) first; the list tells, per merge, whether it was set in time."""
+    release = threading.Event()
+    in_time: list[bool] = []
+    real = _state_writer.compact
+
+    def held(ckpt: Any, t: int, jobs: list[Any], **kw: Any) -> Any:
+        in_time.append(release.wait(20))  # a batch loop waiting for this merge sets it only after the 20 s
+        return real(ckpt, t, jobs, **kw)
+
+    monkeypatch.setattr(_state_writer, "compact", held)
+    monkeypatch.setattr(_state_writer, "HELPER_STATE_BYTES", 1 << 62)  # merged in this process: `compact`
+    return release, in_time
+
+
+def _newest_snapshot(url: str) -> tuple[int, Any]:
+    """(batch time, snapshot of the operator) of the newest commit record."""
+    newest = Checkpoint(url).commits()[0].data
+    return newest["batch_time"], newest["state"]["state"]["snapshot"]
+
+
+def _reference(url: str, batches: int) -> dict[str, int]:
+    ref = _job(url)
+    ref.run(max_batches=batches)
+    out = dict(state_of(ref, "state")["set"])
+    ref.stop()
+    return out
+
+
+def test_a_stop_right_after_a_midsize_snapshot_started_drops_it_and_the_restart_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, in_time = _held_merges(monkeypatch)
+    url = str(tmp_path / "ck")
+    ssc = _job(url)
+    ssc.run(max_batches=3)  # batch 3 starts the snapshot: a merge, held open
+    ssc.run(max_batches=1)  # batch 4 does not wait for it (before, it waited for the merge)
+    release.set()
+    final = dict(state_of(ssc, "state")["set"])
+    ssc.stop()  # the merge in flight finishes and is dropped: no commit names it
+    assert in_time == [True], "batch 4 waited for the merge of batch 3's snapshot"
+    assert _newest_snapshot(url) == (4000, None)
+    again = sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
+    assert again.restored
+    assert dict(state_of(again, "state")["set"]) == final
+    again.run(max_batches=3)  # batch 6 snapshots again
+    after = dict(state_of(again, "state")["set"])
+    again.stop()
+    assert after == _reference(str(tmp_path / "ref"), 7)
+
+
+def test_a_midsize_merge_done_before_a_later_batch_is_adopted_by_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, in_time = _held_merges(monkeypatch)
+    url = str(tmp_path / "ck")
+    ssc = _job(url)
+    ssc.run(max_batches=4)  # batch 3 starts the merge; batch 4 runs while it is held
+    writer = ssc._scheduler.writer  # type: ignore[union-attr]
+    assert writer is not None
+    release.set()
+    thread = writer._thread
+    assert thread is not None
+    thread.join()
+    ssc.run(max_batches=1)  # batch 5 adopts it: its commit names the snapshot of batch 3
+    final = dict(state_of(ssc, "state")["set"])
+    ssc.stop()
+    assert in_time == [True], "batch 4 waited for the merge of batch 3's snapshot"
+    assert _newest_snapshot(url) == (5000, "state/state/000000000003000.snap")
+    again = sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
+    assert dict(state_of(again, "state")["set"]) == final
+    again.stop()
+    assert final == _reference(str(tmp_path / "ref"), 5)
