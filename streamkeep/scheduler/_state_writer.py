@@ -19,7 +19,7 @@ a full snapshot is due (`snapshot_due`), taken one of two ways:
   under `BIG_STATE_BYTES` still in flight is waited for by the next batch; a bigger
   state's is not: the next one starts as soon as it is done, and only a chain of
   `MAX_CHAIN` batches waits. A job stopped before a merge is adopted drops it (`close`):
-  no commit names the file (retention deletes it), the restart reads the longer chain.
+  no commit names the file (the next start's sweep deletes it), the restart reads the longer chain.
   Such states on local disks are merged by a helper process, out of the way of the
   batch loop's interpreter lock.
 
@@ -541,7 +541,14 @@ def _run_helper(ckpt: Checkpoint, t: int, jobs: list[Job]) -> dict[str, Any] | N
 
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _HELPER_MAIN], input=codec.encode(job), capture_output=True, env=env, check=False
+            [sys.executable, "-c", _HELPER_MAIN],
+            input=codec.encode(job),
+            capture_output=True,
+            env=env,
+            check=False,
+            # its own session: a Ctrl-C in the terminal is the driver's to handle (its stop waits for this merge);
+            # it still dies with the driver (PR_SET_PDEATHSIG: _compact.helper_main)
+            start_new_session=True,
         )
     except OSError as exc:
         log.warning("could not start a helper process to merge the snapshot of batch %d ms (%s); merging it in this process", t, exc)
