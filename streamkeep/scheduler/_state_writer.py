@@ -161,7 +161,7 @@ class StateWriter:
         if isinstance(entry, str):
             return self.ckpt.storage.size(entry), 0
         if isinstance(entry, dict) and "parts" in entry:
-            sizes = [self._entry_bytes(p) if isinstance(p, str) else (0, len(p)) for p in entry["parts"] if p is not None]
+            sizes = [self._entry_bytes(p) for p in entry["parts"] if p is not None]  # a path, or {"data": inline payload, ...}
             return sum(f for f, _ in sizes), sum(i for _, i in sizes)
         if isinstance(entry, dict):
             return 0, len(entry.get("data") or b"")

@@ -143,6 +143,16 @@ def test_restored_chains_resume_the_cadence(tmp_path: Path) -> None:
     ckpt.release()
 
 
+def test_restored_inline_partition_deltas_count_their_payload_bytes(tmp_path: Path) -> None:
+    """A key-partitioned (Ray) chain's inline parts count their payload: the size estimate picks how to snapshot."""
+    w, ckpt, _ = _writer(tmp_path, snapshot_every=4)
+    part = {"codec": "msgpack", "data": b"x" * 5000}
+    w.restored({"n": Chain(None, 0, [(1000, {"t": 1000, "parts": [part, None]}), (2000, {"t": 2000, "parts": [None, part]})])})
+    assert (w.inline_bytes, w.delta_bytes) == (10000, 10000)
+    w.close()
+    ckpt.release()
+
+
 @pytest.mark.usefixtures("merged")
 def test_a_failed_background_snapshot_fails_the_next_batch(tmp_path: Path) -> None:
     def broken(*_: Any) -> str:
