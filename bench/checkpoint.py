@@ -116,6 +116,9 @@ class _LoopWaits:
     writes (plan, delta files, commit record; all of them when commits are not pipelined) and the
     waits of a pipelined commit (the plan's flush before the outputs, a full committer, a drain),
     plus waiting for a snapshot in flight. Much less skewed by other processes than wall time.
+    `by` splits the total by what was waited on (``<lane>.wait``: the plan's flush before the outputs;
+    ``streamkeep-committer.submit``: room in a full committer, i.e. earlier commits' flushes), so the
+    slowest batches can say where their time went.
     """
 
     NAMES = (
@@ -130,6 +133,7 @@ class _LoopWaits:
 
         self.thread = threading.current_thread()
         self.total = 0.0
+        self.by: dict[str, float] = {}
         self.depth = 0
         self.undo: list[tuple[Any, str, Any]] = []
         for module, cls_name, names in self.NAMES:
@@ -141,9 +145,9 @@ class _LoopWaits:
                 if hasattr(cls, name):
                     orig = getattr(cls, name)
                     self.undo.append((cls, name, orig))
-                    setattr(cls, name, self._wrap(orig))
+                    setattr(cls, name, self._wrap(orig, cls_name, name))
 
-    def _wrap(self, orig: Any) -> Any:
+    def _wrap(self, orig: Any, cls_name: str, name: str) -> Any:
         import threading
 
         def timed(*a: Any, **k: Any) -> Any:
@@ -154,7 +158,10 @@ class _LoopWaits:
             try:
                 return orig(*a, **k)
             finally:
-                self.total += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                self.total += dt
+                label = f"{getattr(a[0], 'name', cls_name)}.{name}" if cls_name == "Lane" else f"{cls_name}.{name}"
+                self.by[label] = self.by.get(label, 0.0) + dt
                 self.depth -= 1
 
         return timed
@@ -207,12 +214,13 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
         # Batches run back to back in one run() call, as a job does: run() returns once its batches are
         # committed, so timing run(max_batches=1) would time the last commit's flush as well.
         snapshot_batch.append(False)
-        b0, c0, w0 = time.perf_counter(), time.thread_time(), waits.total
+        b0, c0, w0, by0 = time.perf_counter(), time.thread_time(), waits.total, dict(waits.by)
         t = orig_next()
         batch_s = time.perf_counter() - b0
         snapshot_batch[-1] = writer.started  # this batch took a snapshot (small state) or started its merge
         cpu_s = time.thread_time() - c0  # the batch loop's own CPU time: wall minus this is waiting (disk, other processes)
         row = {"t": t, "commit_s": commit_times[-1], "batch_s": batch_s, "cpu_s": cpu_s, "io_s": waits.total - w0, "snapshot": snapshot_batch[-1]}
+        row["by"] = {k: v - by0.get(k, 0.0) for k, v in waits.by.items() if v - by0.get(k, 0.0) > 0}
         rows.append({**row, **files.scan()})
         return t
 
@@ -247,6 +255,8 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
     slowest = sorted(rows, key=lambda r: -r["batch_s"])[:3]
     return {
         "slowest": [(r["batch_s"] * 1e3, r["cpu_s"] * 1e3, r["io_s"] * 1e3) for r in slowest],
+        "slowest_by": [max(r["by"].items(), key=lambda kv: kv[1], default=("-", 0.0)) for r in slowest],
+        "tail_by": _tail_by(rows, 3 * med(every)),
         "io_ms": [r["io_s"] * 1e3 for r in sorted(rows, key=lambda r: r["io_s"])],
         "cpu_ms": med(r["cpu_s"] for r in rows) * 1e3,
         "all_batch_ms": med(every) * 1e3,
@@ -273,6 +283,16 @@ def run_case(base: str, n_keys: int, changed: int, batches: int) -> dict[str, An
         "extra_batches": extra,
         "chain_at_stop": len(writer.chains["state"].deltas),
     }
+
+
+def _tail_by(rows: list[dict[str, Any]], above_s: float) -> tuple[int, dict[str, float]]:
+    """The batches slower than `above_s`: how many, and their loop's checkpoint waits (ms) summed by what was waited on."""
+    tail = [r for r in rows if r["batch_s"] > above_s]
+    out: dict[str, float] = {}
+    for r in tail:
+        for k, v in r["by"].items():
+            out[k] = out.get(k, 0.0) + v * 1e3
+    return len(tail), dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 _RESTART = """
@@ -427,8 +447,15 @@ def measure(parent: str | None, big: int, small: int, changed: int, batches: int
             )
             print(
                 f"  the batch loop's own CPU time per batch: median {r['cpu_ms']:.2f} ms; the 3 slowest batches (wall / CPU / checkpoint waits):"
-                f" {', '.join(f'{w:.0f} / {c:.0f} / {io:.0f} ms' for w, c, io in r['slowest'])} (the rest is waiting: disk, other processes, the interpreter lock)"
+                f" {', '.join(f'{w:.0f} / {c:.0f} / {io:.0f} ms' for w, c, io in r['slowest'])} (the rest is waiting: disk, other processes, the interpreter lock);"
+                f" their longest wait: {', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in r['slowest_by'])}"
             )
+            n_tail, tail_by = r["tail_by"]
+            if n_tail:
+                print(
+                    f"  the {n_tail} batches over 3x the median waited on: {', '.join(f'{k} {v:.0f} ms' for k, v in tail_by.items()) or 'nothing'}"
+                    " (.wait of the plan writer: the plan's flush; committer.submit: a full committer, earlier commits' flushes)"
+                )
             io = r["io_ms"]
             print(
                 f"  the batch loop blocked on the checkpoint (writes and flushes, or waiting for them) per batch: median {io[len(io) // 2]:.2f} ms,"
