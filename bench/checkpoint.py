@@ -427,6 +427,11 @@ def measure(parent: str | None, big: int, small: int, changed: int, batches: int
                 f" + {r['durable_ms']:.2f} ms in the background committer (writing and flushing it; 0 when commits are not pipelined),"
                 f" whole batch median {r['batch_ms']:.2f} ms"
             )
+            if r["durable_ms"] >= 0.8 * r["batch_ms"]:
+                print(
+                    f"  the committer is busy {r['durable_ms'] / r['batch_ms']:.2f}x the batch median: batches back to back are paced by the"
+                    " commits' flushes (several fsyncs each), so the batch tail follows the disk's flush latency (a job whose batches are spaced wider than a commit takes waits only for its plan)"
+                )
             print(
                 f"  bytes per batch: delta {_kb(r['delta_bytes'])}, commit record {_kb(r['record_bytes'])}, plan {_kb(r['plan_bytes'])}"
                 f"  = {_kb(r['delta_bytes'] + r['record_bytes'] + r['plan_bytes'])}"
