@@ -19,6 +19,7 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
+from streamkeep.cli._verify import verify
 from streamkeep.errors import CheckpointInUseError
 from streamkeep.scheduler import _state_writer
 from streamkeep.testing import ManualClock, state_of
@@ -83,6 +84,7 @@ def test_a_stop_right_after_a_midsize_snapshot_started_commits_it_and_the_restar
     again_rec = Checkpoint(url).commits()[0].data
     assert again_rec["state"]["state"]["deltas"] == ["state/state/000000000004000.delta"]  # only the delta after the snapshot
     assert again_rec["positions"] == before["positions"] and again_rec["graph_id"] == before["graph_id"]
+    assert verify(url) == 0, "streamkeep verify took the stop's commit of batch 4 for one out of order"
     again = sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
     assert again.restored
     assert dict(state_of(again, "state")["set"]) == final
