@@ -56,8 +56,12 @@ KAFKA_SINK_POINTS: tuple[str, ...] = ("kafka_sink.after_send", "kafka_sink.after
 #: the next batch's outputs ran, so the crash always lands in that window (tests/faults/test_commit_pipeline.py).
 PIPELINE_POINTS: tuple[str, ...] = ("commit.overtaken",)
 
+#: Points of a clean stop that waited for a snapshot merge: before and after the one more commit record of
+#: the last batch that names the merged snapshot (tests/faults/test_stop_snapshot.py).
+STOP_POINTS: tuple[str, ...] = ("stop.before_snapshot_commit", "stop.after_snapshot_commit")
+
 #: Every crash point.
-POINTS: tuple[str, ...] = BATCH_POINTS + START_POINTS + RECOVERY_POINTS + KAFKA_POINTS + KAFKA_SINK_POINTS + PIPELINE_POINTS
+POINTS: tuple[str, ...] = BATCH_POINTS + START_POINTS + RECOVERY_POINTS + KAFKA_POINTS + KAFKA_SINK_POINTS + PIPELINE_POINTS + STOP_POINTS
 
 
 class _Armed:

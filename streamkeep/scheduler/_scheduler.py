@@ -43,7 +43,7 @@ from streamkeep._util import gc_paused
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.checkpoint import Checkpoint, CheckpointBlobs, MemoryBlobs, Retention
-from streamkeep.checkpoint._checkpoint import graph_path
+from streamkeep.checkpoint._checkpoint import CommitRecord, graph_path
 from streamkeep.codec import UnsupportedValueError
 from streamkeep.dstream._graph import Graph, OutputNode, SourceNode, StatefulNode
 from streamkeep.errors import CheckpointError, ConfigError, WorkerLostError
@@ -62,6 +62,7 @@ from streamkeep.scheduler._events import (
 )
 from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
+from streamkeep.scheduler._state_io import delta_time
 from streamkeep.scheduler._state_writer import DeltaFile, StateWriter
 from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, SettlingSink, Sink
 from streamkeep.sources.base import (
@@ -166,6 +167,8 @@ class Scheduler(Recovery):
         self._outputs_t = -1
         #: batches submitted to the committer, oldest first: (time, plan, offsets to commit?, BatchInfo or None, replay, listeners)
         self._awaiting: deque[tuple[int, dict[str, Any], bool, BatchInfo | None, bool, list[Any]]] = deque()
+        #: the newest commit record this driver wrote (set in the committer lane; read at the stop, after it closed)
+        self._last_record: dict[str, Any] | None = None
 
     # -- start-up ------------------------------------------------------------------
 
@@ -580,6 +583,7 @@ class Scheduler(Recovery):
                 sink.settle(t)
             seq = ckpt.commit(record)
             retention.committed(seq, t, needs)
+            self._last_record = record  # a stop may commit it once more, naming a snapshot it waited for
             return time.perf_counter() - c0, ckpt.written_bytes() - b0 - snap_bytes
 
         assert self._commit_lane is not None
@@ -601,6 +605,39 @@ class Scheduler(Recovery):
             emit(self.listeners, "on_snapshot_completed", SnapshotCompleted(t, nbytes, ms, sizes))
 
     # -- shutdown --------------------------------------------------------------------
+
+    def _commit_adopted(self, adopted: dict[str, tuple[int, Any]]) -> None:
+        """A clean stop waited for a snapshot merge: commit the last committed batch once more, naming it.
+
+        The record is the last commit record with only the adopted operators' chains switched to
+        the new snapshot (batch time, positions, graph and partitioning unchanged), so a restart
+        loads the same state from a short chain instead of the chain the merge replaced. It is a
+        plain commit record: older readers take it as the newest commit of that batch. The last
+        record's chains are used, not the writer's: a batch that failed after its changes were
+        taken has no commit, and must not enter this one. A fenced driver is refused by
+        `Checkpoint.commit` (CheckpointInUseError), as a batch's commit is.
+        """
+        ckpt, retention, last = self.ckpt, self.retention, self._last_record
+        if ckpt is None or retention is None or last is None:
+            return
+        t = int(last["batch_time"])
+        state = dict(last["state"])
+        for name, (snap_t, rel) in adopted.items():
+            chain = state.get(name)
+            if chain is None or snap_t > t or snap_t < int(chain.get("snapshot_time", 0)):
+                continue  # not this commit's chain (cannot happen: a merge starts in a committed batch)
+            deltas = [d for d in chain.get("deltas", []) if delta_time(d) > snap_t]
+            state[name] = {**chain, "snapshot": rel, "snapshot_time": snap_t, "deltas": deltas}
+        if state == last["state"]:
+            return
+        record = {**last, "state": state, "written_ms": int(time.time() * 1000)}
+        needs = CommitRecord(0, record).files()  # once per stop: every chain entry is checked again
+        _faults.point("stop.before_snapshot_commit")  # the snapshot is written, named by no commit record yet
+        seq = ckpt.commit(record)
+        _faults.point("stop.after_snapshot_commit")  # named; the files only the replaced chains needed remain
+        retention.committed(seq, t, needs)
+        self._last_record = record
+        log.info("the stop committed batch %s again, naming the snapshot it waited for", iso_ms(t), extra=batch_extra(t))
 
     def drained(self) -> bool:
         """True when every finite source is exhausted and windows hold no input."""
@@ -627,7 +664,9 @@ class Scheduler(Recovery):
                 for t, cost in self._commit_lane.take_done():  # tell what the last commits completed
                     self._committed(t, cost)
             if self.writer is not None:
-                self.writer.close()  # a snapshot in flight may be merged by the executor's workers
+                adopted = self.writer.close()  # a snapshot in flight may be merged by the executor's workers
+                if adopted and failed is None:
+                    self._commit_adopted(adopted)
             self.executor.close()
         finally:
             for s in self.sinks:

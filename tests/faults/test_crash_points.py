@@ -190,6 +190,7 @@ def test_every_crash_point_belongs_to_a_part_of_the_suite() -> None:
         _faults.KAFKA_POINTS,
         _faults.KAFKA_SINK_POINTS,
         _faults.PIPELINE_POINTS,  # test_commit_pipeline.py
+        _faults.STOP_POINTS,  # test_stop_snapshot.py
     )
     flat = [p for g in groups for p in g]
     assert sorted(flat) == sorted(_faults.POINTS) and len(set(flat)) == len(flat)

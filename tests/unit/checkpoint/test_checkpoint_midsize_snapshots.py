@@ -2,9 +2,11 @@
 
 From `BIG_STATE_BYTES` (256 KiB, as `DIRECT_SNAPSHOT_BYTES`) a snapshot is merged in the background and the
 next batch no longer waits for the merge (it took ~60-150 ms for 100k keys, 20-50x a batch). These
-tests hold a merge open until the next batch is done, then stop the job: a merge in flight
-at a stop is dropped (no commit names it), and a restart with get_or_create is exact, compared
-with a run that never stopped; a merge done before the stop is adopted by a later commit.
+tests hold a merge open until the next batch is done, then stop the job: a clean stop waits for the
+merge in flight and commits the last batch once more, naming it (issue 14 follow-up: before, the stop
+dropped it, so a job stopped every two batches kept no snapshot), and a restart with get_or_create is
+exact, compared with a run that never stopped; a merge done before the stop is adopted by a later
+commit; a fenced driver's stop writes no record.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 
 import streamkeep as sk
 from streamkeep.checkpoint import Checkpoint
+from streamkeep.cli._verify import verify
+from streamkeep.errors import CheckpointInUseError
 from streamkeep.scheduler import _state_writer
 from streamkeep.testing import ManualClock, state_of
 
@@ -65,7 +69,7 @@ def _reference(url: str, batches: int) -> dict[str, int]:
     return out
 
 
-def test_a_stop_right_after_a_midsize_snapshot_started_drops_it_and_the_restart_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stop_right_after_a_midsize_snapshot_started_commits_it_and_the_restart_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release, in_time = _held_merges(monkeypatch)
     url = str(tmp_path / "ck")
     ssc = _job(url)
@@ -73,9 +77,14 @@ def test_a_stop_right_after_a_midsize_snapshot_started_drops_it_and_the_restart_
     ssc.run(max_batches=1)  # batch 4 does not wait for it (before, it waited for the merge)
     release.set()
     final = dict(state_of(ssc, "state")["set"])
-    ssc.stop()  # the merge in flight finishes and is dropped: no commit names it
+    before = Checkpoint(url).commits()[0].data
+    ssc.stop()  # waits for the merge in flight and commits batch 4 again, naming it (before: dropped)
     assert in_time == [True], "batch 4 waited for the merge of batch 3's snapshot"
-    assert _newest_snapshot(url) == (4000, None)
+    assert _newest_snapshot(url) == (4000, "state/state/000000000003000.snap")
+    again_rec = Checkpoint(url).commits()[0].data
+    assert again_rec["state"]["state"]["deltas"] == ["state/state/000000000004000.delta"]  # only the delta after the snapshot
+    assert again_rec["positions"] == before["positions"] and again_rec["graph_id"] == before["graph_id"]
+    assert verify(url) == 0, "streamkeep verify took the stop's commit of batch 4 for one out of order"
     again = sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
     assert again.restored
     assert dict(state_of(again, "state")["set"]) == final
@@ -105,3 +114,38 @@ def test_a_midsize_merge_done_before_a_later_batch_is_adopted_by_its_commit(tmp_
     assert dict(state_of(again, "state")["set"]) == final
     again.stop()
     assert final == _reference(str(tmp_path / "ref"), 5)
+
+
+def test_a_job_run_two_batches_at_a_time_keeps_its_restart_chain_short(tmp_path: Path) -> None:
+    """A backfill run from cron, ``run(max_batches=2)`` again and again: each stop commits the merge it waited for.
+
+    Before, every stop dropped the merge in flight (the second batch does not wait for it), so the
+    chain a restart reads grew by two batches per run, up to MAX_CHAIN (500).
+    """
+    url = str(tmp_path / "ck")
+    runs = 8
+    chains = []
+    for i in range(runs):
+        ssc = _job(url) if i == 0 else sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
+        ssc.run(max_batches=2)
+        if i == runs - 1:
+            final = dict(state_of(ssc, "state")["set"])
+        ssc.stop()
+        chains.append(len(Checkpoint(url).commits()[0].data["state"]["state"]["deltas"]))
+    assert max(chains) <= 3, f"the restart chain grew with the runs (snapshot_every=3): {chains}"
+    assert final == _reference(str(tmp_path / "ref"), 2 * runs)
+
+
+def test_a_fenced_driver_stopping_writes_no_record_for_the_merge_it_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release, _ = _held_merges(monkeypatch)
+    url = str(tmp_path / "ck")
+    ssc = _job(url)
+    ssc.run(max_batches=4)  # batch 3's merge is held open past batch 4
+    log_dir = tmp_path / "ck" / "log"
+    newest = max(log_dir.iterdir())
+    intruder = log_dir / f"{int(newest.stem) + 1:012d}.rec"
+    intruder.write_bytes(newest.read_bytes())  # another driver appended to the log: this one is fenced
+    release.set()
+    with pytest.raises(CheckpointInUseError, match="lost its claim"):
+        ssc.stop()
+    assert max(log_dir.iterdir()) == intruder, "the fenced driver wrote a record after the other driver's"

@@ -850,3 +850,24 @@ def test_run_pyspark_takes_spark_submits_master_name_and_conf(tmp_path: Path) ->
     assert r.returncode == 2 and "add --pyspark" in r.stderr, r.stderr
     r = subprocess.run([*cli, "--pyspark", "--conf", "spark.b", str(app)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "--conf 'spark.b': expected KEY=VALUE" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("same_positions", [True, False])
+def test_verify_accepts_a_batch_committed_again_only_with_the_same_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str], same_positions: bool) -> None:
+    """A clean stop may commit its last batch once more (naming a snapshot it waited for); other repeats stay a problem."""
+    url = str(tmp_path / "ckpt")
+    _job(url, batches=3)
+    last = Checkpoint(url).commits()[0].data
+    again = {k: v for k, v in last.items() if k not in ("type", "epoch", "host", "pid")}
+    if not same_positions:
+        again["positions"] = {**again["positions"], "rate": {"next": 12345}}
+    writer = Checkpoint(url)
+    writer.claim("test", "0")
+    try:
+        assert writer.graph_ref(writer.graph_of(writer.commits()[0])) == again["graph_id"]  # registered: the record names it
+        writer.commit(again)
+    finally:
+        writer.release()
+    rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
+    assert (rc == 0) is same_positions, out
+    assert ("not after the previous commit's" in out) is not same_positions, out

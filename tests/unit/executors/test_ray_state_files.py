@@ -225,3 +225,19 @@ def test_files_the_actors_of_a_fenced_driver_write_never_reach_the_new_owner(tmp
     assert _batches(sink1) + _batches(sink2) + _batches(sink3) == _batches(ref)
     assert _canon(states) == _canon(ref_states)
     assert not [f for f in forged if c.storage.exists(f)]  # and the next start swept them: no commit names them
+
+
+def test_a_stop_commits_the_partition_snapshots_it_waited_for(tmp_path, ray_address):
+    """Batch 3 starts the owners' compaction; the stop waits for it and commits batch 3 again, naming their files."""
+    ckpt = str(tmp_path / "ckpt")
+    sink, _ = _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 3)
+    last = Checkpoint(ckpt).commits()[0]
+    assert last.batch_time == 3000
+    for op in PARTITIONED:
+        chain = last.data["state"][op]
+        assert chain["snapshot_time"] == 3000 and chain["deltas"] == [], (op, chain)
+        assert len(chain["snapshot"]) == 2 and all(".p" in p for p in chain["snapshot"]), (op, chain)  # a file per partition
+    more, states = _run(ckpt, sk.executors.RayExecutor(num_partitions=2), 3)
+    ref, ref_states = _run(str(tmp_path / "ref"), "local", 6)
+    assert _batches(sink) + _batches(more) == _batches(ref)
+    assert _canon(states) == _canon(ref_states)
