@@ -82,7 +82,13 @@ def run_app(
         install()
     undo_logging = setup_logging()
     sys.argv = [app, *args]
-    token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
+    started: list[Any] = []  # the contexts the script started: a failure none of them raised is the job failing
+
+    def on_start(ssc: Any, sched: Any) -> None:
+        started.append(ssc)
+        _on_start(ssc, sched)
+
+    token = RUN_DEFAULTS.set((ui_port, ui_host, True, on_start))
     ex_token = RUN_EXECUTOR.set(executor)
     # A handler the script installs itself replaces this one.
     on_main = threading.current_thread() is threading.main_thread()
@@ -94,6 +100,8 @@ def run_app(
     int_token = RUN_INTERRUPTS.set(interrupts)
     try:
         runpy.run_path(app, run_name="__main__")
+        for ssc in started:  # start() without await_termination(): its background failure is the job failing (1)
+            ssc._raise_unawaited_failure()
     except KeyboardInterrupt:
         if not term.signalled:  # Ctrl-C: 130, as a shell reports it
             raise
