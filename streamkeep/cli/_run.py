@@ -10,7 +10,8 @@ status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a 
 loop exits 130).
 
 Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
-SIGTERM stopped it); 1 the job failed; 2 a usage or configuration error (``ConfigError``);
+SIGTERM stopped it); 1 the job failed (also a job started with ``start()`` whose failure the script
+never awaited: raised here once the script returns); 2 a usage or configuration error (``ConfigError``);
 130 Ctrl-C stopped it, also when the job then stopped cleanly inside ``await_termination()``
 (as a shell reports an interrupted command, so a script or CI step running it sees the
 interruption).
