@@ -22,8 +22,10 @@ pytestmark = pytest.mark.integration
 # The job fails in its first batch. The script then does its own thing: it waits (bounded) until the
 # job's thread has ended, says so, and returns (or, with "await", calls await_termination()).
 _APP = """
-import sys, threading, time
+import atexit, sys, threading, time
 import streamkeep as sk
+
+atexit.register(lambda: print("USER HOOK", file=sys.stderr, flush=True))  # registered first: runs after streamkeep's
 
 def boom(r):
     raise RuntimeError("bad record " + str(r))
@@ -44,6 +46,11 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}
 
 
+def _last_line(err: str) -> str:
+    """The last line of stderr before the script's own at-exit hook's."""
+    return [ln for ln in err.splitlines() if ln != "USER HOOK"][-1]
+
+
 def _app(tmp_path: Path) -> Path:
     app = tmp_path / "app.py"
     app.write_text(_APP)
@@ -62,12 +69,13 @@ def test_an_unawaited_background_failure_is_logged_with_its_traceback_and_exits_
     assert 0 <= failed_at < err.find("Traceback") < err.find("RuntimeError: bad record 7") < err.find("MAIN GOES ON"), err
     assert "never called ssc.await_termination()" in err and "exiting with status 1" in err, err
     assert "still running" not in err, err
+    assert err.find("exiting with status 1") < err.find("USER HOOK"), err  # the program's own at-exit hooks still ran
     if ckpt != "-":  # the at-exit path released the checkpoint: a next start can claim it
         again = subprocess.run([sys.executable, str(app), where, "return"], capture_output=True, text=True, env=_env(), timeout=120)
         assert again.returncode == 1 and "CheckpointInUseError" not in again.stderr, again.stderr
     # a script that awaits gets the failure raised (uncaught: status 1), and no at-exit message
     awaited = subprocess.run([sys.executable, str(app), where, "await"], capture_output=True, text=True, env=_env(), timeout=120)
-    assert awaited.returncode == 1 and "UserFunctionError" in awaited.stderr.splitlines()[-1], awaited.stderr
+    assert awaited.returncode == 1 and "UserFunctionError" in _last_line(awaited.stderr), awaited.stderr
     assert "never called ssc.await_termination()" not in awaited.stderr, awaited.stderr
 
 
@@ -83,5 +91,5 @@ def test_streamkeep_run_reports_an_unawaited_background_failure_as_the_job_faili
     argv = [sys.executable, "-m", "streamkeep.cli", "run", "--no-ui", str(_app(tmp_path)), "-", "return"]
     ran = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
     assert ran.returncode == 1, ran.stderr
-    assert ran.stderr.splitlines()[-1].startswith("streamkeep: UserFunctionError:"), ran.stderr
+    assert _last_line(ran.stderr).startswith("streamkeep: UserFunctionError:"), ran.stderr
     assert "never called ssc.await_termination()" not in ran.stderr, ran.stderr  # the CLI reported it, not the at-exit hook
