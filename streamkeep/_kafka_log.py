@@ -10,10 +10,12 @@ Imports only the standard library; must not import sources, sinks or anything ab
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["CLIENT_LOG", "REPEAT_WINDOW_S", "ClientLog"]
@@ -37,10 +39,24 @@ class ClientLog:
         self._log = logging.getLogger("streamkeep.kafka.client")
         self._lock = threading.Lock()
         self._seen: dict[tuple[int, str], tuple[float, int]] = {}  # line -> (first logged at, held back since)
+        self._quiet = threading.local()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Drop the lines this thread's clients deliver meanwhile (confluent-kafka delivers them on the calling thread).
+
+        For closing a client that never reached its brokers: its connection failures are already said by
+        streamkeep's own message, which stays the last line the user reads.
+        """
+        self._quiet.on = True
+        try:
+            yield
+        finally:
+            self._quiet.on = False
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         """Called by confluent-kafka (``fmt`` is ``"%s [%s] %s"``: facility, client, message)."""
-        if not self._log.isEnabledFor(level):
+        if not self._log.isEnabledFor(level) or getattr(self._quiet, "on", False):
             return
         text = fmt % args if args else fmt
         key = (level, _VOLATILE.sub("", text))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from streamkeep._clock import WallClock
+from streamkeep._exit_status import exit_failed, interactive
 from streamkeep._util import Duration, check_partitions, duration_ms, stopped_by_sigterm
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
@@ -282,7 +283,8 @@ class StreamingContext:
         self._thread: threading.Thread | None = None
         self._wait_timed_out = False  # an await_termination(timeout) returned with the job still running (the at-exit warning)
         self._stop_event = threading.Event()
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # a background failure not yet raised to the program
+        self._awaiting = 0  # threads waiting in await_termination (they get a failure raised: no traceback logged)
         self._done = threading.Event()
         self._state = "initialized"
         self._listeners: list[Any] = []
@@ -654,7 +656,7 @@ class StreamingContext:
         self._announce_or_release(sched, "start")
         early_ms = sched.interval if lead_ms <= sched.interval else 0  # the first batch runs at once (see above)
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms, early_ms), name="streamkeep-scheduler", daemon=True)
-        atexit.register(self._warn_running_at_exit)  # unregistered by _shutdown
+        atexit.register(self._at_exit)  # unregistered by _shutdown and by await_termination raising the failure
         self._thread.start()
 
     def _loop(self, sched: Scheduler, offset_ms: int = 0, early_ms: int = 0) -> None:
@@ -668,7 +670,7 @@ class StreamingContext:
                 sched.run_next()
         except BaseException as exc:
             self._error = exc
-            self._report_error(exc)
+            self._report_error(exc, trace=self._awaiting == 0)  # nobody waits to get it raised: the traceback now
         finally:
             if self._error is None and self._stop_event.is_set():
                 self._shutdown()  # stop() may have been called from this thread (inside a batch)
@@ -688,12 +690,15 @@ class StreamingContext:
             if self._error is not None:
                 raise self._error
             return self._state == "stopped"
+        self._awaiting += 1
         try:
             finished = _wait_waking(self._done.wait, timeout)
             self._wait_timed_out = not finished
         except KeyboardInterrupt as exc:
             self._stop_on_interrupt(exc)
             finished = True
+        finally:
+            self._awaiting -= 1
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
@@ -761,10 +766,40 @@ class StreamingContext:
             self._thread.join(timeout=30)
         self._shutdown()
 
-    def _warn_running_at_exit(self) -> None:
-        """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently)."""
-        if self._state != "stopped" and self._error is None:
+    def _at_exit(self) -> None:
+        """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently).
+
+        If it failed and the failure was never raised to the program (no `await_termination`), the
+        process exits with status 1 instead of 0 (see `streamkeep._exit_status`), so a supervisor
+        sees the failure; except in an interactive session.
+        """
+        if self._state == "stopped":
+            return
+        err = self._error
+        if err is None:
             log.warning("streamkeep: %s", self._running_at_exit_text())
+            return
+        forced = not interactive()
+        log.error(
+            "streamkeep: the streaming job this program started failed (%s: %s) and the program never called "
+            "ssc.await_termination(), which re-raises the failure%s. Call ssc.await_termination() after ssc.start() "
+            "to get the failure raised (and handle it, or let it end the program)",
+            type(err).__name__,
+            err,
+            "; exiting with status 1" if forced else "",
+        )
+        with contextlib.suppress(Exception):  # release sources, sinks and the checkpoint's lease as stop() does
+            self._shutdown()
+        if forced:
+            exit_failed(self._at_exit)
+
+    def _raise_unawaited_failure(self) -> None:
+        """`streamkeep run`, after the script returned: raise a background failure it never awaited (stopping the job)."""
+        err = self._error
+        if err is not None and self._state != "stopped":
+            self._error = None
+            self._shutdown()
+            raise err
 
     def _running_at_exit_text(self) -> str:
         """What the at-exit warning says: why the job is still running, what is lost, what to call."""
@@ -781,7 +816,7 @@ class StreamingContext:
         return f"the program is exiting while the streaming job it started is still running ({why}): the job ends with it; {lost}. {fix}"
 
     def _shutdown(self) -> None:
-        atexit.unregister(self._warn_running_at_exit)
+        atexit.unregister(self._at_exit)
         with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
             if self._state == "stopped":
                 return
@@ -832,7 +867,8 @@ class StreamingContext:
         ev = job_started(sched, mode, int(self._clock.now_ms()), self._checkpoint_url)
         emit(sched.listeners, "on_job_started", ev)
 
-    def _report_error(self, exc: BaseException) -> None:
+    def _report_error(self, exc: BaseException, *, trace: bool = False) -> None:
+        """Log the job's failure at ERROR (with its traceback if `trace`: nobody will see it raised now)."""
         self._failed = True
         sched = self._scheduler
         t = None
@@ -841,7 +877,9 @@ class StreamingContext:
                 t = sched.next_time()
             except Exception:  # no batch time yet: the failure is outside a batch
                 t = None
-        log.error("streaming job failed at batch %s: %s: %s", iso_ms(t), type(exc).__name__, exc, extra=batch_extra(t))
+        log.error(
+            "streaming job failed at batch %s: %s: %s", iso_ms(t), type(exc).__name__, exc, extra=batch_extra(t), exc_info=exc if trace else None
+        )
         if sched is not None:
             emit(sched.listeners, "on_error", ErrorInfo(t, type(exc).__name__, str(exc), exc))
 

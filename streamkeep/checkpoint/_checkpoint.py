@@ -897,7 +897,10 @@ class Checkpoint:
         * a record's epoch is past its sequence number (epochs continue the lease's);
         * the lease names an epoch newer than every record;
         * a state file whose batch has no plan;
-        * a plan in a plan log that names a commit (each names the newest commit its driver knew).
+        * a plan in a plan log that names a commit (each names the newest commit its driver knew);
+        * the earliest plan is later than the job's first batch, which every plan names (``first_ms``):
+          the plans before it were deleted (a job that ran a few batches on storage without plan logs,
+          whose plans name no commit, lost its log and lease).
 
         Args:
             records: the readable log records, if already read.
@@ -927,6 +930,11 @@ class Checkpoint:
                 t, committed = named[0]
                 out.append(f"the plan of batch {t} ms in {rel} was written after the commit of batch {committed} ms, whose record is gone")
                 break
+        if plans and (first := self._first_batch(min(plans))) is not None and min(plans) > first:
+            out.append(
+                f"the earliest plan is of batch {min(plans)} ms, but the job's first batch was {first} ms (as that plan "
+                f"says), so the plans of the batches before it were removed, which only happens after a commit"
+            )
         for d in self.storage.list_dirs("state"):
             for n in self.storage.list(f"state/{d}"):
                 stem = n.split(".")[0]
@@ -937,6 +945,14 @@ class Checkpoint:
                 continue
             break
         return out
+
+    def _first_batch(self, batch_time: int) -> int | None:
+        """The job's first batch time, as the plan of `batch_time` names it (None: it does not, or is unreadable)."""
+        try:
+            first = self.read_plan(batch_time).get("first_ms")
+        except CheckpointError:  # recovery reports a damaged plan when it reads it
+            return None
+        return first if isinstance(first, int) and not isinstance(first, bool) else None
 
     def commit(self, record: dict[str, Any]) -> int:
         """Append a commit record atomically; return its sequence number.

@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "systemd, kill PID) stops the job and releases its checkpoint: after the batch in progress commits (start()), "
         "or abandoning it, to be re-run from its plan at the next start (a run() loop); nothing is lost. "
         "Exit status: 0 the job finished, or was stopped by SIGTERM (a clean stop); 1 the job failed (a source, sink, "
-        "user function or checkpoint error, or an exception of APP.py; the message says which); 2 a usage or "
+        "user function or checkpoint error, or an exception of APP.py, also in a job started with start() that APP.py "
+        "never awaited; the message says which); 2 a usage or "
         "configuration error (bad arguments, no such APP.py, a ConfigError such as an invalid operator argument); "
         "130 stopped by Ctrl-C.",
     )

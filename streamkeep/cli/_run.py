@@ -10,7 +10,8 @@ status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a 
 loop exits 130).
 
 Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
-SIGTERM stopped it); 1 the job failed; 2 a usage or configuration error (``ConfigError``);
+SIGTERM stopped it); 1 the job failed (also a job started with ``start()`` whose failure the script
+never awaited: raised here once the script returns); 2 a usage or configuration error (``ConfigError``);
 130 Ctrl-C stopped it, also when the job then stopped cleanly inside ``await_termination()``
 (as a shell reports an interrupted command, so a script or CI step running it sees the
 interruption).
@@ -82,7 +83,13 @@ def run_app(
         install()
     undo_logging = setup_logging()
     sys.argv = [app, *args]
-    token = RUN_DEFAULTS.set((ui_port, ui_host, True, _on_start))
+    started: list[Any] = []  # the contexts the script started: a failure none of them raised is the job failing
+
+    def on_start(ssc: Any, sched: Any) -> None:
+        started.append(ssc)
+        _on_start(ssc, sched)
+
+    token = RUN_DEFAULTS.set((ui_port, ui_host, True, on_start))
     ex_token = RUN_EXECUTOR.set(executor)
     # A handler the script installs itself replaces this one.
     on_main = threading.current_thread() is threading.main_thread()
@@ -94,6 +101,8 @@ def run_app(
     int_token = RUN_INTERRUPTS.set(interrupts)
     try:
         runpy.run_path(app, run_name="__main__")
+        for ssc in started:  # start() without await_termination(): its background failure is the job failing (1)
+            ssc._raise_unawaited_failure()
     except KeyboardInterrupt:
         if not term.signalled:  # Ctrl-C: 130, as a shell reports it
             raise

@@ -425,6 +425,8 @@ class Scheduler(Recovery):
             plans[src.name] = src.plan(t)
         positions = {src.name: src.position() for src in self.sources}
         plan: dict[str, Any] = {"batch_time": t, "sources": plans, "positions": positions}
+        if self.zero_ms is not None:  # the job's first batch: a checkpoint whose early plans are gone once committed
+            plan["first_ms"] = self.zero_ms + self.interval
         blobs = [b for p in plans.values() if isinstance(p, dict) for b in p.get("blobs", ())]
         if blobs:
             plan["blobs"] = blobs

@@ -219,7 +219,9 @@ class KafkaSink:
         with self._lock:
             producer, self._producer = self._producer, None
             if producer is not None:
-                producer.flush(self.timeout_s)
+                with CLIENT_LOG.quiet() if not self._reached else contextlib.nullcontext():  # never reached: already said
+                    producer.flush(self.timeout_s)
+                    del producer  # destroyed here: its last log lines too
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -20,6 +20,7 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from streamkeep._kafka_log import CLIENT_LOG
 from streamkeep._kafka_reach import require_brokers
 from streamkeep._types import BatchTime, Data
 from streamkeep._util import retry_with_backoff
@@ -284,7 +286,9 @@ class KafkaSource:
             self._admin = None
             self._carry.drop()
             if consumer is not None:
-                consumer.close()  # waits (at most ~timeout_s) for offset commits in flight
+                # waits (at most ~timeout_s) for offset commits in flight; never reached: its refused connects are said
+                with CLIENT_LOG.quiet() if not self._reached else contextlib.nullcontext():
+                    consumer.close()
             self._dead.close()
 
     def __getstate__(self) -> dict[str, Any]:

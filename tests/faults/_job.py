@@ -6,7 +6,8 @@ fsspec options as JSON, for s3:// checkpoints; env ``JOB_INLINE_DELTA_BYTES``: t
 every snapshot in a helper process; env ``JOB_SNAPSHOTS=merged``: merge every snapshot in the background, as
 a big state's is, instead of snapshotting this small state in its batch; env ``JOB_RAY_ADDRESS``: run on the Ray cluster at that address
 with 3 key partitions instead of the local executor; env ``JOB_EXTRA_OPERATOR``: one more stateful operator,
-``extra``, a code change that keeps every other operator: a new graph description). The job is resumed with
+``extra``, a code change that keeps every other operator: a new graph description; env ``JOB_PLAN_FILES``: a file per plan,
+as on S3, instead of plan logs). The job is resumed with
 `StreamingContext.get_or_create` and runs until batch ``TOTAL_BATCHES`` is committed,
 whatever was committed before. Inputs are replayable: ``rate_stream`` and a
 ``text_file_stream`` whose files a feeder output writes deterministically (one per
@@ -141,6 +142,10 @@ def main() -> int:
     if os.environ.get("JOB_COMPACT_HELPER"):  # every snapshot merged by a helper process (waited for when due)
         _state_writer.HELPER_STATE_BYTES = 0
         _state_writer.DIRECT_SNAPSHOT_BYTES = 0
+    if os.environ.get("JOB_PLAN_FILES"):  # a file per plan, as on S3, instead of plan logs
+        from streamkeep.checkpoint import _checkpoint
+
+        _checkpoint.PLAN_LOGS = False
     if os.environ.get("JOB_SNAPSHOTS") == "merged":  # every snapshot merged in the background (a big state's path)
         _state_writer.DIRECT_SNAPSHOT_BYTES = 0
     t0 = time.monotonic()

@@ -516,6 +516,8 @@ def test_an_unreachable_broker_logs_through_python_logging_with_repeats_collapse
         src.open(None)
         with pytest.raises(SourceError):
             src.plan(1000)
+        assert src._consumer is not None
+        src._consumer.poll(0.5)  # a running client hands its log lines over when polled (closing one that never reached them drops them)
     finally:
         src.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "streamkeep.kafka.client"]
@@ -605,3 +607,31 @@ def test_a_broker_that_comes_up_during_the_wait_is_used(kafka_cluster_factory, t
     finally:
         planner.join(timeout=120)
         src.close()
+
+
+def test_after_an_unreachable_broker_fails_the_job_no_client_line_follows_its_error(tmp_path):
+    """Closing the failed job's consumer handed over librdkafka's queued "Connect to ... failed: Connection refused"
+    line after the job's own ERROR line, which already says the same: a client that never reached its brokers is
+    now closed silently."""
+    import os
+    import subprocess
+    import sys
+
+    from streamkeep import _faults
+
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import socket\n"
+        "import streamkeep as sk\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
+        "ssc = sk.StreamingContext(1.0)\n"
+        "ssc.kafka_stream(['t'], bootstrap_servers=f'127.0.0.1:{port}', name='k', timeout_s=1.5).foreach_batch(lambda b: b.collect())\n"
+        "ssc.run(max_batches=1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}
+    ran = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 1, ran.stderr
+    err = ran.stderr
+    failed = err.find("streaming job failed at batch")
+    assert failed >= 0 and "no broker reachable" in err.splitlines()[-1], err
+    assert "kafka client:" not in err[failed:], err

@@ -114,6 +114,28 @@ def test_a_checkpoint_that_never_committed_still_starts_from_its_plans(tmp_path:
     assert sorted(sink.batches[-1][1]) == totals_after(3)
 
 
+@pytest.mark.parametrize("plan_logs", [True, False])
+def test_plans_later_than_the_jobs_first_batch_are_a_sign_of_lost_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan_logs: bool) -> None:
+    # A short job's plans may name no commit (pipelined commits); once retention removed the plan of its first
+    # batch and the log and lease are gone, the plans' first_ms still tell. Plans from the first batch on do not.
+    monkeypatch.setattr(_checkpoint, "PLAN_LOGS", plan_logs)
+
+    def planned(name: str, times: tuple[int, ...]) -> list[str]:
+        url = str(tmp_path / name)
+        ck = Checkpoint(url)
+        ck.claim("test", "0")
+        for t in times:
+            ck.write_plan(t, {"batch_time": t, "sources": {}, "positions": {}, "first_ms": 1000})
+        ck.release()
+        Path(url, "lease").unlink()
+        shutil.rmtree(Path(url, "log"))
+        return Checkpoint(url).lost_history()
+
+    assert planned("whole", (1000, 2000, 3000)) == []  # every plan from the first batch on: a crash before the first commit
+    signs = planned("later", (3000, 4000))
+    assert any("the earliest plan is of batch 3000 ms, but the job's first batch was 1000 ms" in s for s in signs), signs
+
+
 # ------------------------------------------------------------------ 10.3: short writes
 
 
