@@ -118,15 +118,24 @@ def _check_arrow(rel: str, state: dict[str, Any], rep: _Report) -> None:
         rep.problems.append(f"{rel}: passed its checksum but its Arrow table (rows) does not decode: {type(exc).__name__}: {exc}")
 
 
+#: What a stop's second commit record of a batch keeps from the first (see `_check_references`).
+_SAME_AGAIN = ("positions", "graph_id", "zero_ms", "partitioning")
+
+
 def _check_references(ckpt: Checkpoint, records: list[CommitRecord], rep: _Report, present: set[str]) -> None:
     commits = [r for r in records if r.kind == "commit"]
     prev: CommitRecord | None = None
-    for r in sorted(commits, key=lambda r: r.seq):
-        # A clean stop may commit the last batch once more, naming a snapshot it waited for: same batch, same positions.
-        again = prev is not None and r.batch_time == prev.batch_time and r.data.get("positions") == prev.data.get("positions")
+    claimed = False  # a claim record since `prev`: another driver (or a restart) took over
+    for r in sorted(records, key=lambda r: r.seq):
+        if r.kind != "commit":
+            claimed = claimed or r.kind == "claim"
+            continue
+        # A clean stop may commit the last batch once more, naming a snapshot it waited for: the same driver
+        # (no claim between), the same batch, positions, graph, zero time and partitioning; only chains differ.
+        again = prev is not None and not claimed and r.batch_time == prev.batch_time and all(r.data.get(k) == prev.data.get(k) for k in _SAME_AGAIN)
         if prev is not None and r.batch_time <= prev.batch_time and not again:
             rep.problems.append(f"{log_path(r.seq)}: commits batch {r.batch_time} ms, not after the previous commit's {prev.batch_time} ms")
-        prev = r
+        prev, claimed = r, False
     for r in commits:
         try:
             files = r.files()  # checks every chain: own files only, in order

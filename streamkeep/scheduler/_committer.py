@@ -120,6 +120,11 @@ class Lane:
         with self._cv:
             self._raise()
 
+    def failed(self) -> bool:
+        """True once a task failed, whether its error was raised already or not (the lane runs nothing more)."""
+        with self._cv:
+            return self._error is not None
+
     def take_done(self) -> list[tuple[int, Any]]:
         """The finished tasks' (key, result) since the last call, in order."""
         with self._cv:

@@ -168,7 +168,7 @@ class Scheduler(Recovery):
         #: batches submitted to the committer, oldest first: (time, plan, offsets to commit?, BatchInfo or None, replay, listeners)
         self._awaiting: deque[tuple[int, dict[str, Any], bool, BatchInfo | None, bool, list[Any]]] = deque()
         #: the newest commit record this driver wrote (set in the committer lane; read at the stop, after it closed)
-        self._last_record: dict[str, Any] | None = None
+        self._last_record: tuple[int, dict[str, Any]] | None = None  # (seq, record): this driver's last commit
 
     # -- start-up ------------------------------------------------------------------
 
@@ -584,8 +584,8 @@ class Scheduler(Recovery):
             for sink in settling:  # a batch a sink could not apply is never committed
                 sink.settle(t)
             seq = ckpt.commit(record)
+            self._last_record = (seq, record)  # durable now, even if retention fails: a stop may commit it once more
             retention.committed(seq, t, needs)
-            self._last_record = record  # a stop may commit it once more, naming a snapshot it waited for
             return time.perf_counter() - c0, ckpt.written_bytes() - b0 - snap_bytes
 
         assert self._commit_lane is not None
@@ -608,7 +608,7 @@ class Scheduler(Recovery):
 
     # -- shutdown --------------------------------------------------------------------
 
-    def _commit_adopted(self, adopted: dict[str, tuple[int, Any]]) -> None:
+    def _commit_adopted(self, adopted: dict[str, tuple[int, Any]]) -> bool:
         """A clean stop waited for a snapshot merge: commit the last committed batch once more, naming it.
 
         The record is the last commit record with only the adopted operators' chains switched to
@@ -616,30 +616,57 @@ class Scheduler(Recovery):
         loads the same state from a short chain instead of the chain the merge replaced. It is a
         plain commit record: older readers take it as the newest commit of that batch. The last
         record's chains are used, not the writer's: a batch that failed after its changes were
-        taken has no commit, and must not enter this one. A fenced driver is refused by
-        `Checkpoint.commit` (CheckpointInUseError), as a batch's commit is.
+        taken has no commit, and must not enter this one.
+
+        Written only if it would still be the newest commit: not after the commit lane failed
+        (its error raised or not: a later batch's record may be durable although its retention
+        failed), and not if the log's last record is not this driver's last commit. A record
+        refused (fenced: CheckpointInUseError) or failed (CheckpointError) is logged as a warning,
+        as a stop without a merge reports nothing: the batch stays committed with the longer
+        chain, which is whole; the merged snapshot is left unnamed. True when the record is written.
         """
-        ckpt, retention, last = self.ckpt, self.retention, self._last_record
+        ckpt, retention, last, lane = self.ckpt, self.retention, self._last_record, self._commit_lane
         if ckpt is None or retention is None or last is None:
-            return
-        t = int(last["batch_time"])
-        state = dict(last["state"])
+            return False
+        last_seq, last_rec = last
+        t = int(last_rec["batch_time"])
+        state = dict(last_rec["state"])
         for name, (snap_t, rel) in adopted.items():
             chain = state.get(name)
             if chain is None or snap_t > t or snap_t < int(chain.get("snapshot_time", 0)):
-                continue  # not this commit's chain (cannot happen: a merge starts in a committed batch)
+                continue  # a merge of a batch the last record does not commit (its commit failed or never ran)
             deltas = [d for d in chain.get("deltas", []) if delta_time(d) > snap_t]
             state[name] = {**chain, "snapshot": rel, "snapshot_time": snap_t, "deltas": deltas}
-        if state == last["state"]:
-            return
-        record = {**last, "state": state, "written_ms": int(time.time() * 1000)}
+        if state == last_rec["state"]:
+            return False
+        unnamed = "the merged snapshot is left unnamed and a restart reads the longer chain, which is whole: nothing is lost"
+        if lane is not None and lane.failed():
+            log.warning("a commit failed, so the stop does not commit batch %s again; %s", iso_ms(t), unnamed, extra=batch_extra(t))
+            return False
+        record = {**last_rec, "state": state, "written_ms": int(time.time() * 1000)}
         needs = CommitRecord(0, record).files()  # once per stop: every chain entry is checked again
-        _faults.point("stop.before_snapshot_commit")  # the snapshot is written, named by no commit record yet
-        seq = ckpt.commit(record)
+        try:
+            newest = ckpt.last_seq()
+            if newest != last_seq:
+                log.warning(
+                    "the checkpoint log's last record (%d) is not this driver's commit of batch %s (%d), so the stop does not commit it again; %s",
+                    newest, iso_ms(t), last_seq, unnamed, extra=batch_extra(t),
+                )
+                return False
+            _faults.point("stop.before_snapshot_commit")  # the snapshot is written, named by no commit record yet
+            seq = ckpt.commit(record)
+        except CheckpointError as exc:  # CheckpointInUseError too: another driver continues from batch t's commit
+            log.warning("the stop could not commit batch %s again, naming the snapshot it waited for (%s); batch %s stays committed, %s", iso_ms(t), exc, iso_ms(t), unnamed, extra=batch_extra(t))
+            return False
+        self._last_record = (seq, record)
         _faults.point("stop.after_snapshot_commit")  # named; the files only the replaced chains needed remain
-        retention.committed(seq, t, needs)
-        self._last_record = record
+        try:
+            retention.committed(seq, t, needs)
+        except CheckpointError as exc:  # the record is durable: only files no commit needs may remain
+            log.warning("the stop committed batch %s again, but deleting the files it no longer needs failed (they stay; nothing is lost): %s", iso_ms(t), exc, extra=batch_extra(t))
+            return True
         log.info("the stop committed batch %s again, naming the snapshot it waited for", iso_ms(t), extra=batch_extra(t))
+        return True
 
     def drained(self) -> bool:
         """True when every finite source is exhausted and windows hold no input."""
@@ -667,22 +694,24 @@ class Scheduler(Recovery):
                     self._committed(t, cost)
             if self.writer is not None:
                 adopted = self.writer.close()  # a snapshot in flight may be merged by the executor's workers
-                if adopted and failed is None:
-                    self._commit_adopted(adopted)
-            self.executor.close()
+                if adopted and failed is None and self._commit_adopted(adopted):
+                    self.writer.report_adopted()  # listeners and the sizer hear of it once a record names it
         finally:
-            for s in self.sinks:
-                try:
-                    s.close()
-                except Exception as exc:
-                    log.warning("closing sink %r failed: %s", getattr(s, "name", s), exc)
-            for src in self.sources:
-                try:
-                    src.close()
-                except Exception as exc:
-                    log.warning("closing source %r failed: %s", src.name, exc)
-            if self.ckpt is not None:
-                self.ckpt.release()
+            try:
+                self.executor.close()  # also when a commit failed: its worker pool or actors must not outlive the job
+            finally:
+                for s in self.sinks:
+                    try:
+                        s.close()
+                    except Exception as exc:
+                        log.warning("closing sink %r failed: %s", getattr(s, "name", s), exc)
+                for src in self.sources:
+                    try:
+                        src.close()
+                    except Exception as exc:
+                        log.warning("closing source %r failed: %s", src.name, exc)
+                if self.ckpt is not None:
+                    self.ckpt.release()
         if failed is not None and failed is not self._outputs_error:  # (a sink's error run_next raised already)
             msg = f"writing the checkpoint failed, so the last batches were not committed (the next start replays them from their plans): {failed}"
             raise CheckpointError(msg) from failed

@@ -134,6 +134,8 @@ class StateWriter:
         self._merging: set[str] = set()  # operators the worker in flight merges
         self._error: BaseException | None = None
         self._stats: tuple[int, float] = (0, 0.0)
+        #: the snapshot adopted last, not yet told to `on_snapshot`: (batch time, sizes, bytes, ms)
+        self._unreported: tuple[int, dict[str, int], int, float] | None = None
         self._owners_cache: tuple[Executor, StateOwners | None] | None = None
         #: ready(t): wait until the delta files of the batches before t (written after `write` returned) are on
         #: storage; False if they never will be
@@ -442,10 +444,11 @@ class StateWriter:
         self._thread = threading.Thread(target=work, name="streamkeep-snapshot", daemon=True)
         self._thread.start()
 
-    def adopt(self, wait: bool = False) -> dict[str, tuple[int, Any]]:
+    def adopt(self, wait: bool = False, *, report: bool = True) -> dict[str, tuple[int, Any]]:
         """Switch the chains to a snapshot the background worker finished (waiting for it with `wait`).
 
         Returns what was adopted: operator -> (the snapshot's batch time, its path or per-partition paths).
+        With `report` False, `on_snapshot` is told only by `report_adopted` (once a commit record names it).
         """
         th = self._thread
         if th is None:
@@ -470,8 +473,16 @@ class StateWriter:
         self.copied |= self._merging - set(self._done)  # its stored chain could not be merged: copy it next time
         self._done = {}
         if snap_t is not None:
-            self._snapshotted(snap_t, sizes, *self._stats)
+            self._unreported = (snap_t, sizes, *self._stats)
+            if report:
+                self.report_adopted()
         return adopted
+
+    def report_adopted(self) -> None:
+        """Tell `on_snapshot` (listeners, the sizer) of the snapshot adopted last, if not yet told."""
+        done, self._unreported = self._unreported, None
+        if done is not None:
+            self._snapshotted(*done)
 
     def check_error(self) -> None:
         """Raise CheckpointError if the background snapshot failed."""
@@ -494,11 +505,12 @@ class StateWriter:
         dropping it saves nothing then. It is not bounded: the merge's time grows with the state, as a
         restart's does. The commit record naming it costs the stop ~4-8 ms more (max 14 ms measured).
         A merge that failed is dropped with a warning: the chains still name its inputs, so nothing is lost.
+        `on_snapshot` is not told here: the stop calls `report_adopted` once its commit record names the snapshot.
         """
         if self._thread is None:
             return {}
         try:
-            return self.adopt(wait=True)
+            return self.adopt(wait=True, report=False)
         except CheckpointError as exc:
             log.warning("%s; the stop drops it (the restart reads the longer chain, which is whole)", exc)
             return {}

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import streamkeep as sk
-from streamkeep.checkpoint import Checkpoint
+from streamkeep.checkpoint import Checkpoint, _retention
 from streamkeep.cli._verify import verify
-from streamkeep.errors import CheckpointInUseError
+from streamkeep.errors import CheckpointError
 from streamkeep.scheduler import _state_writer
 from streamkeep.testing import ManualClock, state_of
 
@@ -69,10 +69,22 @@ def _reference(url: str, batches: int) -> dict[str, int]:
     return out
 
 
+class _Snapshots:
+    """Listener: the batch times of the SnapshotCompleted events."""
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+
+    def on_snapshot_completed(self, event: sk.SnapshotCompleted) -> None:
+        self.times.append(event.batch_time_ms)
+
+
 def test_a_stop_right_after_a_midsize_snapshot_started_commits_it_and_the_restart_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release, in_time = _held_merges(monkeypatch)
     url = str(tmp_path / "ck")
     ssc = _job(url)
+    heard = _Snapshots()
+    ssc.add_listener(heard)
     ssc.run(max_batches=3)  # batch 3 starts the snapshot: a merge, held open
     ssc.run(max_batches=1)  # batch 4 does not wait for it (before, it waited for the merge)
     release.set()
@@ -80,6 +92,7 @@ def test_a_stop_right_after_a_midsize_snapshot_started_commits_it_and_the_restar
     before = Checkpoint(url).commits()[0].data
     ssc.stop()  # waits for the merge in flight and commits batch 4 again, naming it (before: dropped)
     assert in_time == [True], "batch 4 waited for the merge of batch 3's snapshot"
+    assert heard.times == [3000], "listeners are told of the snapshot the stop's record names"
     assert _newest_snapshot(url) == (4000, "state/state/000000000003000.snap")
     again_rec = Checkpoint(url).commits()[0].data
     assert again_rec["state"]["state"]["deltas"] == ["state/state/000000000004000.delta"]  # only the delta after the snapshot
@@ -136,16 +149,68 @@ def test_a_job_run_two_batches_at_a_time_keeps_its_restart_chain_short(tmp_path:
     assert final == _reference(str(tmp_path / "ref"), 2 * runs)
 
 
-def test_a_fenced_driver_stopping_writes_no_record_for_the_merge_it_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fenced_driver_stopping_warns_closes_its_executor_and_writes_no_record_for_the_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fenced at the stop's second record: batch 4 stays committed, so the stop warns (as a stop without a merge
+    reports nothing), closes its executor and tells no listener of a snapshot no record names."""
     release, _ = _held_merges(monkeypatch)
     url = str(tmp_path / "ck")
     ssc = _job(url)
+    heard = _Snapshots()
+    ssc.add_listener(heard)
     ssc.run(max_batches=4)  # batch 3's merge is held open past batch 4
+    executor = ssc._scheduler.executor  # type: ignore[union-attr]
+    closed: list[bool] = []
+    real_close = type(executor).close
+    monkeypatch.setattr(executor, "close", lambda: (closed.append(True), real_close(executor))[1])
     log_dir = tmp_path / "ck" / "log"
     newest = max(log_dir.iterdir())
     intruder = log_dir / f"{int(newest.stem) + 1:012d}.rec"
     intruder.write_bytes(newest.read_bytes())  # another driver appended to the log: this one is fenced
     release.set()
-    with pytest.raises(CheckpointInUseError, match="lost its claim"):
+    with caplog.at_level("WARNING", logger="streamkeep"):
         ssc.stop()
     assert max(log_dir.iterdir()) == intruder, "the fenced driver wrote a record after the other driver's"
+    assert closed == [True], "the stop left the executor (its worker pool or actors) running"
+    assert heard.times == [], "a listener was told of a snapshot no commit record names"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("does not commit it again" in m and "nothing is lost" in m for m in warned), warned
+    assert not any("without committing batch" in m for m in warned), warned  # batch 4 was committed
+
+
+def test_a_stop_after_a_commit_whose_retention_failed_writes_no_older_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 4's record is durable, then deleting an old file fails (as on S3): the job fails at batch 5.
+
+    Before, the stop took the lane's error (raised already) for none and committed batch 3 again, naming
+    its merge, after the commit of batch 4: a log out of order, and a restart from batch 3.
+    """
+    release, _ = _held_merges(monkeypatch)
+    real = _retention.Retention.committed
+    failures: list[int] = []
+
+    def flaky(self: Any, seq: int, t: int, files: Any) -> None:
+        real(self, seq, t, files)
+        if t == 4000 and not failures:
+            failures.append(t)
+            raise CheckpointError("simulated: deleting a file failed")
+
+    monkeypatch.setattr(_retention.Retention, "committed", flaky)
+    url = str(tmp_path / "ck")
+    ssc = _job(url)
+    ssc.run(max_batches=3)  # batch 3 starts the merge, held open
+    with pytest.raises(CheckpointError, match="simulated"):
+        ssc.run(max_batches=2)  # batch 4 commits, its retention fails; batch 5 raises it
+    release.set()
+    ssc.stop()
+    assert failures == [4000]
+    newest = Checkpoint(url).commits()[0].data
+    assert newest["batch_time"] == 4000, "the stop committed an older batch after batch 4's commit"
+    assert verify(url) == 0
+    monkeypatch.undo()
+    again = sk.StreamingContext.get_or_create(url, lambda: _job(url, seed=False))
+    assert again.last_batch_time_ms == 4000
+    again.run(max_batches=1)
+    got = dict(state_of(again, "state")["set"])
+    again.stop()
+    assert got == _reference(str(tmp_path / "ref"), 5)

@@ -852,22 +852,37 @@ def test_run_pyspark_takes_spark_submits_master_name_and_conf(tmp_path: Path) ->
     assert r.returncode == 2 and "--conf 'spark.b': expected KEY=VALUE" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("same_positions", [True, False])
-def test_verify_accepts_a_batch_committed_again_only_with_the_same_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str], same_positions: bool) -> None:
-    """A clean stop may commit its last batch once more (naming a snapshot it waited for); other repeats stay a problem."""
+@pytest.mark.parametrize("change", [None, "positions", "zero_ms", "partitioning", "claim"])
+def test_verify_accepts_a_batch_committed_again_only_by_the_same_driver_with_the_same_positions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str | None
+) -> None:
+    """A clean stop may commit its last batch once more (naming a snapshot it waited for): same driver, positions,
+    graph, zero time and partitioning. Any other repeat of a batch stays a problem."""
     url = str(tmp_path / "ckpt")
     _job(url, batches=3)
     last = Checkpoint(url).commits()[0].data
-    again = {k: v for k, v in last.items() if k not in ("type", "epoch", "host", "pid")}
-    if not same_positions:
+    first = {k: v for k, v in last.items() if k not in ("type", "epoch", "host", "pid")}
+    first["batch_time"] = last["batch_time"] + last["batch_interval_ms"]  # a new batch by a new driver: its chains unchanged
+    again = dict(first)
+    if change == "positions":
         again["positions"] = {**again["positions"], "rate": {"next": 12345}}
+    elif change == "zero_ms":
+        again["zero_ms"] = again["zero_ms"] + 1
+    elif change == "partitioning":
+        again["partitioning"] = {"partitions": 4}
     writer = Checkpoint(url)
     writer.claim("test", "0")
     try:
-        assert writer.graph_ref(writer.graph_of(writer.commits()[0])) == again["graph_id"]  # registered: the record names it
+        assert writer.graph_ref(writer.graph_of(writer.commits()[0])) == first["graph_id"]  # registered: the records name it
+        writer.commit(first)
+        if change == "claim":  # another driver (or a restart) commits the same batch again: not a stop's repeat
+            writer.release()
+            writer = Checkpoint(url)
+            writer.claim("test2", "0")
+            writer.graph_ref(writer.graph_of(writer.commits()[0]))
         writer.commit(again)
     finally:
         writer.release()
     rc, out, _ = _cli(capsys, "checkpoint", "verify", url)
-    assert (rc == 0) is same_positions, out
-    assert ("not after the previous commit's" in out) is not same_positions, out
+    assert (rc == 0) is (change is None), out
+    assert ("not after the previous commit's" in out) is (change is not None), out
