@@ -1,6 +1,7 @@
 """A ``map_with_state`` job run a few batches at a time (a backfill from cron), as a child process.
 
-Usage: ``python _stop_job.py SPEC.json``; the spec holds ``ckpt``, ``out``, ``total`` and ``step``:
+Usage: ``python _stop_job.py SPEC.json``; the spec holds ``ckpt``, ``out``, ``total``, ``step`` (and
+optionally ``snapshot_every``, default ``step``):
 each run resumes with get_or_create, runs at most ``step`` more batches (none past ``total``), writes
 the state to ``out/state.json`` and stops cleanly. Run with every snapshot merged in the background
 (`_harness.job_argv(merged=True)`) and ``snapshot_every=step``, the last batch of a run starts a
@@ -29,8 +30,8 @@ def bump(key: str, value: int, state: sk.State) -> list[Any]:
     return [key, n]
 
 
-def build(ckpt: str, out: str, step: int) -> sk.StreamingContext:
-    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=step, inline_delta_bytes=64)
+def build(ckpt: str, out: str, snapshot_every: int) -> sk.StreamingContext:
+    ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock(), snapshot_every=snapshot_every, inline_delta_bytes=64)
     pairs = ssc.rate_stream(6, name="rate").map(lambda r: (f"k{(r[0] * 13) % 40}", r[0] % 4 + 1))
     counted = pairs.map_with_state(bump, name="counts", initial=[(f"k{i}", i) for i in range(0, 40, 3)])
     counted.write_to(FileSink(os.path.join(out, "counts"), name="counts", format="jsonl"))
@@ -41,7 +42,8 @@ def main() -> int:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     ckpt, out, total, step = spec["ckpt"], spec["out"], spec["total"], spec["step"]
-    ssc = sk.StreamingContext.get_or_create(ckpt, lambda: build(ckpt, out, step))
+    every = int(spec.get("snapshot_every", step))  # a run of all batches at once snapshots as the short runs do
+    ssc = sk.StreamingContext.get_or_create(ckpt, lambda: build(ckpt, out, every))
     try:
         done = (ssc.last_batch_time_ms or 0) // 1000
         if done < total:

@@ -5,7 +5,8 @@ snapshot merged in the background) has a merge in flight at each stop. The stop 
 writes one more commit record of its last batch that names the merged snapshot. The first run is
 killed before that record (the snapshot file is named by nothing), while it is written, after it,
 and while retention deletes what only the replaced chain needed; then the job is resumed run by
-run to the end. Every batch's output and the final state equal the same runs uncrashed, and once
+run to the end. Every batch's output and the final state equal the same runs uncrashed (which equal
+one uninterrupted run of all the batches), and once
 the next start has swept, every state file left is named by a kept commit record.
 """
 
@@ -65,6 +66,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _runs_to_the_end(root)
     got = _results(root)
     assert len(got["batches"]) == TOTAL
+    # The runs of three batches with their stops' records equal one uninterrupted run of all the batches.
+    single = tmp_path_factory.mktemp("stop-single")
+    r = run_spec_job(job.__file__, {"total": TOTAL, "step": TOTAL, "snapshot_every": STEP}, single, None, merged=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    whole = _results(single)
+    assert got["batches"] == whole["batches"], "the runs of three batches wrote other outputs than one run of all"
+    assert got["state"] == whole["state"], "the runs of three batches ended with another state than one run of all"
     return got
 
 
