@@ -644,8 +644,8 @@ class Scheduler(Recovery):
             log.warning("a commit failed, so the stop does not commit batch %s again; %s", iso_ms(t), unnamed, extra=batch_extra(t))
             return False
         record = {**last_rec, "state": state, "written_ms": int(time.time() * 1000)}
-        needs = CommitRecord(0, record).files()  # once per stop: every chain entry is checked again
         try:
+            needs = CommitRecord(0, record).files()  # once per stop: every chain entry is checked again
             newest = ckpt.last_seq()
             if newest != last_seq:
                 log.warning(
