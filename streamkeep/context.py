@@ -9,13 +9,14 @@ import difflib
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from streamkeep._clock import WallClock
-from streamkeep._exit_status import exit_failed, interactive
+from streamkeep._exit_status import interactive, request_failed_exit
 from streamkeep._util import Duration, check_partitions, duration_ms, stopped_by_sigterm
 from streamkeep.checkpoint import Checkpoint
 from streamkeep.dstream._dstream import DStream
@@ -111,6 +112,14 @@ def _wait_waking(wait: Callable[[float], bool], timeout: float | None) -> bool:
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
+
+
+def _caller_site() -> str:
+    """``file:line`` of the first caller outside streamkeep (e.g. a script's ``ssc.start()``): for messages naming the job."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "streamkeep":
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _as_checkpoint_url(value: Any, where: str) -> str:
@@ -284,7 +293,11 @@ class StreamingContext:
         self._wait_timed_out = False  # an await_termination(timeout) returned with the job still running (the at-exit warning)
         self._stop_event = threading.Event()
         self._error: BaseException | None = None  # a background failure not yet raised to the program
-        self._awaiting = 0  # threads waiting in await_termination (they get a failure raised: no traceback logged)
+        self._awaiting = 0  # threads waiting in await_termination (they get a failure raised: no traceback logged); under _wait_lock
+        self._traced = False  # the failure was logged with its traceback (nobody waited): a later raise does not repeat it
+        self._wait_lock = threading.Lock()
+        self._started_at = ""  # file:line of the start() call (named by the at-exit messages)
+        self._started_pid = 0  # the process that called start(): a forked child's exit is not the job's
         self._done = threading.Event()
         self._state = "initialized"
         self._listeners: list[Any] = []
@@ -623,6 +636,11 @@ class StreamingContext:
         only the batch times' relation to wall time shifts: a batch labelled
         12:00 holds the records read at 12:00 minus the lead.
 
+        A failure of the job is raised by :meth:`await_termination`. If the program
+        never awaits it (nor calls :meth:`stop`), it is logged with where this
+        ``start()`` was called, and the process exits with status 1 instead of 0
+        (not in an interactive session; see docs/concepts.md, "A job").
+
         Args:
             wait_for_clock: wait for the clock to reach batch times that are
                 ahead of it (True), or keep their lead (False).
@@ -656,6 +674,8 @@ class StreamingContext:
         self._announce_or_release(sched, "start")
         early_ms = sched.interval if lead_ms <= sched.interval else 0  # the first batch runs at once (see above)
         self._thread = threading.Thread(target=self._loop, args=(sched, offset_ms, early_ms), name="streamkeep-scheduler", daemon=True)
+        self._started_at = _caller_site()
+        self._started_pid = os.getpid()
         atexit.register(self._at_exit)  # unregistered by _shutdown and by await_termination raising the failure
         self._thread.start()
 
@@ -669,8 +689,10 @@ class StreamingContext:
                 early_ms = 0
                 sched.run_next()
         except BaseException as exc:
-            self._error = exc
-            self._report_error(exc, trace=self._awaiting == 0)  # nobody waits to get it raised: the traceback now
+            with self._wait_lock:  # nobody waits to get it raised: the traceback now
+                self._traced = self._awaiting == 0
+                self._error = exc
+            self._report_error(exc, trace=self._traced)
         finally:
             if self._error is None and self._stop_event.is_set():
                 self._shutdown()  # stop() may have been called from this thread (inside a batch)
@@ -684,13 +706,19 @@ class StreamingContext:
         released, and this returns True; the next `get_or_create` resumes after that
         batch. A second Ctrl-C stops waiting for the batch in progress (it is re-run,
         with its plan, by the next `get_or_create`) and raises KeyboardInterrupt.
+
+        A failure raised here is the program's to handle: uncaught, it ends the program with
+        status 1; caught, the exit status is the program's (no at-exit report). A failure that
+        lands after a `timeout` returned False and is never awaited again makes the process
+        exit 1 (see `start`).
         """
         _hold_here(self)
         if self._thread is None:
             if self._error is not None:
                 raise self._error
             return self._state == "stopped"
-        self._awaiting += 1
+        with self._wait_lock:
+            self._awaiting += 1
         try:
             finished = _wait_waking(self._done.wait, timeout)
             self._wait_timed_out = not finished
@@ -698,12 +726,26 @@ class StreamingContext:
             self._stop_on_interrupt(exc)
             finished = True
         finally:
-            self._awaiting -= 1
+            with self._wait_lock:
+                self._awaiting -= 1
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
-            raise err
+            raise self._untraced(err)
         return finished
+
+    def _untraced(self, err: BaseException) -> BaseException:
+        """`err` to raise; if its traceback was logged when the job failed, without it (its cause, the user's error, stays)."""
+        if not self._traced:
+            return err
+        note = "streamkeep: the job's traceback was logged at ERROR when it failed (\"streaming job failed at batch ...\")"
+        add_note = getattr(err, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(note)
+        for chained in (err.__cause__, err.__context__):
+            if chained is not None:
+                chained.with_traceback(None)
+        return err.with_traceback(None)
 
     def _stop_on_interrupt(self, cause: KeyboardInterrupt) -> None:
         if stopped_by_sigterm(cause):
@@ -725,7 +767,7 @@ class StreamingContext:
             raise KeyboardInterrupt from None
         if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it
             err, self._error = self._error, None
-            raise err
+            raise self._untraced(err)
         last = self.last_batch_time_ms
         if last is not None and self._checkpoint_url is not None:
             log.warning("stopped; the next get_or_create resumes after the batch of %s", iso_ms(last))
@@ -771,35 +813,45 @@ class StreamingContext:
 
         If it failed and the failure was never raised to the program (no `await_termination`), the
         process exits with status 1 instead of 0 (see `streamkeep._exit_status`), so a supervisor
-        sees the failure; except in an interactive session.
+        sees the failure; except in an interactive session. Nothing in a forked child (its exit
+        is not the job's; the parent still runs it).
         """
-        if self._state == "stopped":
+        if self._state == "stopped" or os.getpid() != self._started_pid:
             return
         err = self._error
         if err is None:
             log.warning("streamkeep: %s", self._running_at_exit_text())
             return
         forced = not interactive()
+        if self._wait_timed_out:
+            why = "the program's ssc.await_termination(timeout) returned before it failed and it never awaited again"
+        else:
+            why = "the program never called ssc.await_termination(), which re-raises the failure"
+        hint = " (in a test: stop the job and call ssc.await_termination(), which raises the failure, in the test or its teardown)" if "pytest" in sys.modules else ""
         log.error(
-            "streamkeep: the streaming job this program started failed (%s: %s) and the program never called "
-            "ssc.await_termination(), which re-raises the failure%s. Call ssc.await_termination() after ssc.start() "
-            "to get the failure raised (and handle it, or let it end the program)",
+            "streamkeep: the streaming job started at %s failed (%s: %s) and %s%s. Call ssc.await_termination() "
+            "after ssc.start() to get the failure raised (and handle it, or let it end the program)%s",
+            self._started_at,
             type(err).__name__,
             err,
+            why,
             "; exiting with status 1" if forced else "",
+            hint,
         )
         with contextlib.suppress(Exception):  # release sources, sinks and the checkpoint's lease as stop() does
             self._shutdown()
         if forced:
-            exit_failed(self._at_exit)
+            request_failed_exit()  # streamkeep's last at-exit hook exits 1, after the program's own hooks
 
-    def _raise_unawaited_failure(self) -> None:
-        """`streamkeep run`, after the script returned: raise a background failure it never awaited (stopping the job)."""
+    def _take_unawaited_failure(self) -> BaseException | None:
+        """`streamkeep run`, after the script ended: a background failure it never awaited (the job is shut down), or None."""
         err = self._error
-        if err is not None and self._state != "stopped":
-            self._error = None
+        if err is None or self._state == "stopped":
+            return None
+        self._error = None
+        with contextlib.suppress(Exception):  # as the at-exit path: the failure is what is reported
             self._shutdown()
-            raise err
+        return self._untraced(err)
 
     def _running_at_exit_text(self) -> str:
         """What the at-exit warning says: why the job is still running, what is lost, what to call."""
@@ -807,7 +859,7 @@ class StreamingContext:
             why = "await_termination(timeout) returned before it stopped"
             fix = "Call ssc.stop() before exiting to stop it after the batch in progress, or await_termination() without a timeout to keep it running"
         else:
-            why = "start() without await_termination()?"
+            why = f"started at {self._started_at} without await_termination()?"
             fix = "Call ssc.await_termination() after ssc.start() to keep the job running, or ssc.stop() to stop it after the batch in progress"
         if self._checkpoint_url is not None:
             lost = "a batch it had planned but not committed is re-run at the next get_or_create"

@@ -11,7 +11,8 @@ loop exits 130).
 
 Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
 SIGTERM stopped it); 1 the job failed (also a job started with ``start()`` whose failure the script
-never awaited: raised here once the script returns); 2 a usage or configuration error (``ConfigError``);
+never awaited: raised here once the script returns or calls ``sys.exit(0)``; a script that raises or
+calls ``sys.exit(n)`` keeps its own status, the failed job stopped first); 2 a usage or configuration error (``ConfigError``);
 130 Ctrl-C stopped it, also when the job then stopped cleanly inside ``await_termination()``
 (as a shell reports an interrupted command, so a script or CI step running it sees the
 interruption).
@@ -58,6 +59,23 @@ class _Termination:
         _terminate(signum, frame)
 
 
+def _settle(started: list[Any], app: str, *, report: bool = True) -> list[BaseException]:
+    """Shut down the started jobs that failed unawaited; their failures (if `report`, each said in one line).
+
+    The failure was logged with its traceback when it happened; this releases the job (its
+    checkpoint's lease) before `run` reports the script's own outcome, so that outcome is the
+    last thing said and the exit status is `run`'s, not the at-exit hook's.
+    """
+    failures = [err for ssc in started if (err := ssc._take_unawaited_failure()) is not None]
+    for err in failures if report else ():
+        print(
+            f"streamkeep: a job {app} started failed and was never awaited ({type(err).__name__}: {err}); stopped it",
+            file=sys.stderr,
+            flush=True,
+        )
+    return failures
+
+
 def run_app(
     app: str, args: list[str], *, pyspark: bool, ui_port: int | None = 4040, ui_host: str = "127.0.0.1", executor: str | None = None
 ) -> int:
@@ -100,9 +118,18 @@ def run_app(
     interrupts: list[str] = []
     int_token = RUN_INTERRUPTS.set(interrupts)
     try:
-        runpy.run_path(app, run_name="__main__")
-        for ssc in started:  # start() without await_termination(): its background failure is the job failing (1)
-            ssc._raise_unawaited_failure()
+        try:
+            runpy.run_path(app, run_name="__main__")
+        except SystemExit as exc:
+            if exc.code not in (None, 0):  # the script's own failure status stands
+                _settle(started, app)
+                raise
+        except BaseException:  # the script's error (or Ctrl-C) is what is reported
+            _settle(started, app)
+            raise
+        failures = _settle(started, app, report=False)
+        if failures:  # start() without await_termination(): its background failure is the job failing (1)
+            raise failures[0]
     except KeyboardInterrupt:
         if not term.signalled:  # Ctrl-C: 130, as a shell reports it
             raise

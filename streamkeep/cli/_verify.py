@@ -247,7 +247,7 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
         return 1
     last = f"; last committed batch {commits[0].batch_time} ms" if commits else "; nothing committed yet"
     if not commits and (pending := ckpt.plan_times()):  # a crash before the first commit: what the next start does
-        last += f" (the next start replays its {len(pending)} planned batch(es), from {pending[0]} ms, from the start)"
+        last += f" (the next start replays its {len(pending)} planned batch(es) from the job's start, the first at {pending[0]} ms)"
     print(f"{url}: OK: {rep.checked} files checked, {len(commits)} retained commit(s) complete{last}")
     return 0
 

@@ -219,9 +219,7 @@ class KafkaSink:
         with self._lock:
             producer, self._producer = self._producer, None
             if producer is not None:
-                with CLIENT_LOG.quiet() if not self._reached else contextlib.nullcontext():  # never reached: already said
-                    producer.flush(self.timeout_s)
-                    del producer  # destroyed here: its last log lines too
+                producer.flush(self.timeout_s)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

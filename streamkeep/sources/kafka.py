@@ -265,6 +265,7 @@ class KafkaSource:
         self._carry = Carry()  # partitions kept assigned between reads while there is a backlog (_fetch)
         self._admin: AdminClient | None = None
         self._reached = False  # a bootstrap address accepted a connection (_await_brokers)
+        self._refused = False  # _await_brokers raised: its error said why no broker was reached
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -286,8 +287,9 @@ class KafkaSource:
             self._admin = None
             self._carry.drop()
             if consumer is not None:
-                # waits (at most ~timeout_s) for offset commits in flight; never reached: its refused connects are said
-                with CLIENT_LOG.quiet() if not self._reached else contextlib.nullcontext():
+                # waits (at most ~timeout_s) for offset commits in flight. Quiet only when the broker check
+                # raised: its error already said why (else librdkafka's SASL/SSL/config lines are the only report)
+                with CLIENT_LOG.quiet() if self._refused and not self._reached else contextlib.nullcontext():
                     consumer.close()
             self._dead.close()
 
@@ -437,16 +439,20 @@ class KafkaSource:
         """
         if self._reached:
             return
-        require_brokers(
-            f"kafka source {self.name!r}",
-            self.bootstrap_servers,
-            timeout_s=self.timeout_s,
-            first_backoff_s=self.retry_backoff_s,
-            setting="kafka_stream/KafkaSource",
-            after="The batch is not committed and is retried on restart.",
-            error=SourceError,
-            log=log,
-        )
+        try:
+            require_brokers(
+                f"kafka source {self.name!r}",
+                self.bootstrap_servers,
+                timeout_s=self.timeout_s,
+                first_backoff_s=self.retry_backoff_s,
+                setting="kafka_stream/KafkaSource",
+                after="The batch is not committed and is retried on restart.",
+                error=SourceError,
+                log=log,
+            )
+        except SourceError:
+            self._refused = True
+            raise
         self._reached = True
 
     def _retry(self, what: str, fn: Callable[[], _T]) -> _T:

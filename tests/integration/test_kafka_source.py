@@ -635,3 +635,30 @@ def test_after_an_unreachable_broker_fails_the_job_no_client_line_follows_its_er
     failed = err.find("streaming job failed at batch")
     assert failed >= 0 and "no broker reachable" in err.splitlines()[-1], err
     assert "kafka client:" not in err[failed:], err
+
+
+def test_a_source_closed_before_its_broker_check_hands_over_its_client_lines(caplog, monkeypatch):
+    """Only a source whose broker check raised (its error said why no broker was reached) is closed quietly: one closed
+    because the job failed elsewhere dropped librdkafka's queued lines, which can be the only report of a SASL, SSL
+    or configuration problem (here a refused connect stands in for them)."""
+    import logging
+    import socket
+
+    from streamkeep.sources._kafka_config import CLIENT_LOG
+
+    monkeypatch.setattr(CLIENT_LOG, "_seen", {})  # lines other tests' clients logged in this window
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="streamkeep.kafka.client")
+    src = KafkaSource("t", bootstrap_servers=f"127.0.0.1:{port}", timeout_s=2.0)
+    try:
+        src.open(None)
+        assert src._consumer is not None
+        with pytest.raises(Exception, match="(?i)transport|timed out|broker"):  # a request that tried the address
+            src._consumer.list_topics(timeout=0.5)
+        assert not [r for r in caplog.records if r.name == "streamkeep.kafka.client"]  # still queued in the client
+    finally:
+        src.close()  # no plan(): the broker check never ran
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamkeep.kafka.client"]
+    assert any("Connection refused" in m for m in lines), lines
