@@ -294,7 +294,7 @@ class StreamingContext:
         self._stop_event = threading.Event()
         self._error: BaseException | None = None  # a background failure not yet raised to the program
         self._awaiting = 0  # threads waiting in await_termination (they get a failure raised: no traceback logged); under _wait_lock
-        self._traced = False  # the failure was logged with its traceback (nobody waited): a later raise does not repeat it
+        self._traced = False  # the failure was logged with its traceback (nobody waited to get it raised)
         self._wait_lock = threading.Lock()
         self._started_at = ""  # file:line of the start() call (named by the at-exit messages)
         self._started_pid = 0  # the process that called start(): a forked child's exit is not the job's
@@ -731,21 +731,8 @@ class StreamingContext:
         if self._error is not None:
             err, self._error = self._error, None
             self._shutdown()
-            raise self._untraced(err)
+            raise err
         return finished
-
-    def _untraced(self, err: BaseException) -> BaseException:
-        """`err` to raise; if its traceback was logged when the job failed, without it (its cause, the user's error, stays)."""
-        if not self._traced:
-            return err
-        note = "streamkeep: the job's traceback was logged at ERROR when it failed (\"streaming job failed at batch ...\")"
-        add_note = getattr(err, "add_note", None)  # Python 3.11+
-        if add_note is not None:
-            add_note(note)
-        for chained in (err.__cause__, err.__context__):
-            if chained is not None:
-                chained.with_traceback(None)
-        return err.with_traceback(None)
 
     def _stop_on_interrupt(self, cause: KeyboardInterrupt) -> None:
         if stopped_by_sigterm(cause):
@@ -767,7 +754,7 @@ class StreamingContext:
             raise KeyboardInterrupt from None
         if self._error is not None:  # the job failed on its own meanwhile: say so rather than hide it
             err, self._error = self._error, None
-            raise self._untraced(err)
+            raise err
         last = self.last_batch_time_ms
         if last is not None and self._checkpoint_url is not None:
             log.warning("stopped; the next get_or_create resumes after the batch of %s", iso_ms(last))
@@ -851,7 +838,7 @@ class StreamingContext:
         self._error = None
         with contextlib.suppress(Exception):  # as the at-exit path: the failure is what is reported
             self._shutdown()
-        return self._untraced(err)
+        return err
 
     def _running_at_exit_text(self) -> str:
         """What the at-exit warning says: why the job is still running, what is lost, what to call."""
