@@ -273,15 +273,10 @@ class PartitionHost:
         """Replace operator `name`'s state in this partition with `snapshot` plus `deltas`."""
         self.runtimes[name].load(snapshot, deltas)
 
-    def _drop_leftovers(self, t: int, *, later: bool) -> None:
-        """Forget kept buckets a failed try left (its map side ran, its step did not).
-
-        `later` (a map of batch `t`): those of batches after `t` (sent ahead by a try that
-        failed); else (the step of batch `t`): those of batches before `t`. The next
-        batch's buckets stay: its first slices may be mapped before this batch's step.
-        """
-        if any((k[1] > t) if later else (k[1] < t) for k in self.kept):
-            self.kept = {k: v for k, v in self.kept.items() if ((k[1] <= t) if later else (k[1] >= t))}
+    def _drop_leftovers(self, t: int) -> None:
+        """Forget kept buckets of batches other than `t`: a failed try's (its map side ran, its step did not)."""
+        if any(k[1] != t for k in self.kept):
+            self.kept = {k: v for k, v in self.kept.items() if k[1] == t}
 
     def map_bucket(self, name: str, t: int, piece: int, ops: tuple[Any, ...] | bytes, records: list[Any]) -> tuple[Any, ...]:
         """The shuffle's map side for operator `name` in this actor: slice `piece` of the batch with `ops` applied, split by owning partition.
@@ -294,7 +289,7 @@ class PartitionHost:
         may come pickled (the driver pickles a batch's operators once for all its slices).
         """
         w0 = time.perf_counter()
-        self._drop_leftovers(t, later=True)
+        self._drop_leftovers(t)
         c0 = time.thread_time()
         if isinstance(ops, bytes):
             if self.ops_cache[0] != ops:
@@ -324,7 +319,7 @@ class PartitionHost:
         if forget:
             self.forget_changes()
         rt = self.runtimes[name]
-        self._drop_leftovers(t, later=False)
+        self._drop_leftovers(t)
         if any(p.__class__ is int for p in parts):
             kept: list[list[Any]] = []
             for p in parts:

@@ -122,8 +122,6 @@ BALANCE_US = 5.0
 PIECES = 2
 PIECE_MS = 10.0
 PIECE_RECORDS = 200
-#: The next batch's first pieces go to the actors before this batch's steps (`_release_early`).
-EARLY_PIECES = False
 
 _INSTALL = "pip install streamkeep[ray]"
 
@@ -170,7 +168,7 @@ class _Remote:
 class _Mapping:
     """A batch's map side in the partition actors (`RayExecutor._start_map`): its slices and the calls given out so far."""
 
-    __slots__ = ("calls", "cuts", "name", "next", "ops", "owner", "parent", "records", "t")
+    __slots__ = ("calls", "cuts", "name", "ops", "owner", "parent", "records", "t")
 
     def __init__(self, name: str, t: int, parent: Batch[Any], records: list[Any], cuts: list[tuple[int, int]], ops: bytes) -> None:
         self.name = name
@@ -180,12 +178,11 @@ class _Mapping:
         self.cuts = cuts
         #: the per-record operators, pickled once for every slice (`_take_sent` compares them pickled again at compute)
         self.ops = ops
-        self.calls: dict[int, list[Any]] = {}  # per slice given out: its n - 1 buckets' refs (not its actor's own), then its stats ref
-        self.owner: dict[int, int] = {}  # per slice given out: the actor that maps it
-        self.next = 0  # the next slice `_finish_map` gives out, once the first ones (`_give_first`) are out
+        self.calls: list[list[Any]] = []  # per slice given out: its n - 1 buckets' refs (not its actor's own), then its stats ref
+        self.owner: list[int] = []  # per slice given out: the actor that maps it
 
     def refs(self) -> list[Any]:
-        return [r for c in self.calls.values() for r in c]
+        return [r for c in self.calls for r in c]
 
 
 class RayExecutor:
@@ -265,7 +262,6 @@ class RayExecutor:
         self._sendable = False  # a partitioned operator is fed by a source through per-record operators (`open`)
         self._holding = False  # `send_ahead` cuts the next batch but gives out nothing yet (`_release_sent` does)
         self.sent_ahead = 0  # steps whose map side had been sent ahead (monitoring, tests)
-        self.early_pieces = 0  # pieces of a next batch given out before this batch's steps (`_release_early`; monitoring, tests)
 
     @property
     def _hosts(self) -> list[Any]:
@@ -835,7 +831,6 @@ class RayExecutor:
                 for i in range(n):
                     per_host[i].append(buckets[i])
         present = parent is not None
-        self._release_early()
         calls = [h.step.options(num_returns=2).remote(node.name, t, present, forget, *per_host[i]) for i, h in enumerate(self._actors)]
         try:  # one wait per batch: the map side and the steps were submitted together
             if ahead is not None:  # the next batch's map side is queued behind these steps while they run
@@ -899,46 +894,36 @@ class RayExecutor:
             self._give_first(mapping)
         return mapping
 
-    def _give_first(self, m: _Mapping, *, pieces_only: bool = False) -> None:
-        """Give each actor two slices of `m` (no wait): the next one waits in the actor while one runs.
-
-        Slice i and slice n + i (a piece, when there are pieces) go to actor i. `pieces_only`:
-        only the pieces not given yet (`_release_early`); a later call gives the rest.
-        """
-        n = self._count
-        firsts = min(len(m.cuts), 2 * n)
+    def _give_first(self, m: _Mapping) -> None:
+        """Give each actor two slices of `m` (no wait): the next one waits in the actor while one runs."""
         try:
-            for s in range(n if pieces_only else 0, firsts):
-                if s not in m.calls:
-                    self._give(m, s, s % n)
+            for s in range(min(len(m.cuts), 2 * self._count)):
+                self._give(m, s % self._count)
         except BaseException:
             self._settle(m.refs())
             raise
-        if not pieces_only:
-            m.next = firsts
 
-    def _give(self, m: _Mapping, s: int, a: int) -> None:
-        """Send slice number `s` of `m` to actor `a`."""
+    def _give(self, m: _Mapping, a: int) -> None:
+        """Send slice number ``len(m.calls)`` of `m` to actor `a`."""
         n = self._count
-        lo, hi = m.cuts[s]
-        got = self._actors[a].map_bucket.options(num_returns=n).remote(m.name, m.t, s, m.ops, Records(m.records[lo:hi]))
-        m.calls[s] = got if n > 1 else [got]
-        m.owner[s] = a
+        lo, hi = m.cuts[len(m.calls)]
+        got = self._actors[a].map_bucket.options(num_returns=n).remote(m.name, m.t, len(m.calls), m.ops, Records(m.records[lo:hi]))
+        m.calls.append(got if n > 1 else [got])
+        m.owner.append(a)
 
     def _finish_map(self, m: _Mapping) -> tuple[list[list[Any]], list[Any]]:
         """Give `m`'s remaining slices to whichever actor ends a slice first; the steps' parts per actor, and the map results."""
         n = self._count
-        if m.next == 0:  # held back and never released (`send_ahead` while holding), or only its pieces
+        if not m.calls:  # held back and never released (`send_ahead` while holding)
             self._give_first(m)
-        if m.next < len(m.cuts):
-            running = {c[-1]: m.owner[s] for s, c in m.calls.items()}
+        if len(m.calls) < len(m.cuts):
+            running = {m.calls[s][-1]: m.owner[s] for s in range(len(m.calls))}
             try:
-                while m.next < len(m.cuts):
+                while len(m.calls) < len(m.cuts):
                     ready, _ = self.ray.wait(list(running), num_returns=1)
                     a = running.pop(ready[0])
-                    self._give(m, m.next, a)
-                    running[m.calls[m.next][-1]] = a
-                    m.next += 1
+                    self._give(m, a)
+                    running[m.calls[-1][-1]] = a
             except BaseException:
                 self._settle(m.refs())
                 raise
@@ -946,7 +931,7 @@ class RayExecutor:
         # slice order: a key's records in order; a slice this actor mapped itself is kept there (its number)
         # (slice s's call returns the buckets of every partition but its actor's own, in order, then its numbers)
         per_host = [[s if owner[s] == i else calls[s][i if i < owner[s] else i - 1] for s in range(len(m.cuts))] for i in range(n)]
-        return per_host, [calls[s][-1] for s in range(len(m.cuts))]
+        return per_host, [c[-1] for c in calls]
 
     # -- sending the next batch ahead (`SendsAhead`) ------------------------------------
 
@@ -1007,22 +992,8 @@ class RayExecutor:
     def _release_sent(self) -> None:
         """Give out the first slices of the next batch's map sides held back until this batch's steps were submitted."""
         for m in self._sent.values():
-            if m.next == 0:
+            if not m.calls:
                 self._give_first(m)
-
-    def _release_early(self) -> None:
-        """Give out the next batch's first pieces held back, before this batch's steps are submitted (`EARLY_PIECES`).
-
-        An actor runs its calls in order: a piece queued before its step fills the time the
-        actor would wait for the other actors' buckets (the shuffle's barrier) with the next
-        batch's stateless work; its big slice still comes after the step.
-        """
-        if EARLY_PIECES:
-            for m in self._sent.values():
-                if m.next == 0:
-                    given = len(m.calls)
-                    self._give_first(m, pieces_only=True)
-                    self.early_pieces += len(m.calls) - given
 
     def _take_sent(self, name: str, t: int, parent: Any) -> _Mapping | None:
         """The map side of operator `name` sent ahead for batch `t`, if it is `parent`'s records with `parent`'s operators.

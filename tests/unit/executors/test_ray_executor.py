@@ -592,30 +592,6 @@ def test_the_next_batch_is_sent_ahead_while_one_computes_and_never_applied_befor
 
 
 @pytest.mark.ray
-def test_the_next_batchs_first_pieces_go_before_this_batchs_steps_and_change_nothing(ray_executor, monkeypatch):
-    """With pieces, the next batch's first piece per actor is queued before this batch's step (`EARLY_PIECES`):
-    it fills the actor's wait for the other actors' buckets. Its bucket is kept in the actor across this
-    batch's step (which forgets only older batches' leftovers), and every batch's output equals the local
-    executor's: the step of batch t never sees a record of t + 1."""
-    import streamkeep.executors.ray as on_ray
-
-    _pull_small_slices(monkeypatch)
-    monkeypatch.setattr(on_ray, "EARLY_PIECES", True)
-    batches = [list(range(b * 6000, b * 6000 + 5000))[:: 1 if b % 2 else -1] for b in range(5)]
-    got = {}
-    before = ray_executor.early_pieces
-    for label, ex in (("local", "local"), ("ray", ray_executor)):
-        sink = ListSink("u")
-        ssc = _order_job(ex, sink, batches)
-        ssc.run(len(batches))
-        ssc.stop()
-        got[label] = [(t, {k: seen for k, (seen, _) in dict(rs).items()}) for t, rs in sink.batches]
-    assert ray_executor.early_pieces - before >= 2 * 2  # batches 4 and 5: a piece per actor each, before the steps before them
-    assert [t for t, _ in got["ray"]] == [1000, 2000, 3000, 4000, 5000]
-    assert got["ray"] == got["local"]
-
-
-@pytest.mark.ray
 def test_a_stop_after_the_next_batch_was_read_ahead_runs_that_batch_too(ray_executor):
     """run(n) reads batch t + 1 while batch t computes. A stop() during batch t (here from its own output)
     still runs batch t + 1: a queue cannot be read again, so stopping without it would lose its records
