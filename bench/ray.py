@@ -34,7 +34,8 @@ ratio on a shared machine (other processes' CPU is not counted). Linux only.
 
 ``--phases`` adds, for the Ray runs, where a batch's wall time went outside the map work, from Ray's task
 events (``ray.timeline``): the *head* (previous batch's last step end until every actor started mapping:
-the driver's outputs, plan, read and dispatch), the *map skew* (first to last actor's end of mapping: the
+the driver's outputs, plan, read and dispatch), the *start offset* (how far apart the actors started their
+first slice: an actor that started later ends later unless it gets less), the *map skew* (first to last actor's end of mapping: the
 shuffle's barrier), the *exchange* (last map end to last step start: the buckets through the driver), the
 last *step*, and the *slices* (map calls per batch: more than W when the actors pull small slices); and the
 actors' *idle* time per batch (mean over actors) between their calls, before a map call (waiting for their
@@ -180,7 +181,8 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
 
     Per batch (W ``step`` calls, and ``map_bucket`` calls for its slices, W or more): *head*, from
     the previous batch's last step end until every actor started mapping (the driver's outputs,
-    plan, read and dispatch, the actor's argument decoding); *map skew*, between the first and the
+    plan, read and dispatch, the actor's argument decoding); *start offset*, between the first and the
+    last actor's start of its first slice; *map skew*, between the first and the
     last actor's end of mapping (the barrier the shuffle waits at; with more slices than actors,
     the W last map ends); *slices*, map calls per batch; *exchange*, from the last map's end to the last step's start (its buckets
     through the driver); *step*, the last step. None when the events do not pair up.
@@ -201,7 +203,7 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
     maps, steps = sorted(spans["map_bucket"]), sorted(spans["step"])
     if not maps or not steps or len(steps) % workers:
         return None
-    out: dict[str, list[float]] = {"head": [], "map skew": [], "exchange": [], "step": [], "slices": []}
+    out: dict[str, list[float]] = {"head": [], "start offset": [], "map skew": [], "exchange": [], "step": [], "slices": []}
     prev_end = prev_first = None
     for i in range(0, len(steps), workers):
         st = [(a, b) for a, b, _ in steps[i : i + workers]]
@@ -216,6 +218,10 @@ def _phases(t0: float, t1: float, workers: int) -> dict[str, float] | None:
         last_end: dict[str, float] = {}  # per actor (its worker), its last map's end
         for _, e, who in m:
             last_end[who] = max(e, last_end.get(who, e))
+        first_start: dict[str, float] = {}  # per actor, its first map's start (sent ahead: when its last step ended)
+        for s0, _, who in m:
+            first_start[who] = min(s0, first_start.get(who, s0))
+        out["start offset"].append(max(first_start.values()) - min(first_start.values()))
         out["map skew"].append(last_map_end - min(last_end.values()))
         out["exchange"].append(last_step_start - last_map_end)
         prev_end, prev_first = max(e for _, e in st), first_step
