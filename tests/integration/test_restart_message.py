@@ -126,8 +126,8 @@ def test_the_exit_warning_says_what_happened_with_no_checkpoint_or_after_a_wait_
 
     bare = warned("-", "exit")
     assert "it has no checkpoint: its state and the batch in progress are lost" in bare and "re-run" not in bare, bare
-    assert "(start() without await_termination()?)" in bare, bare
+    assert f"(started at {app}:" in bare and " without await_termination()?)" in bare, bare
     waited = warned(str(tmp_path / "c"), "timeout")
     assert "(await_termination(timeout) returned before it stopped)" in waited, waited
-    assert "start() without await_termination()" not in waited and "Call ssc.stop() before exiting" in waited, waited
+    assert "without await_termination()?" not in waited and "Call ssc.stop() before exiting" in waited, waited
     assert "a batch it had planned but not committed is re-run at the next get_or_create" in waited, waited
