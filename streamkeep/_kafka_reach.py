@@ -168,7 +168,6 @@ def await_brokers(
         delay = min(2 * delay, 2.0)
 
 
-
 def require_brokers(
     who: str,
     servers: str,

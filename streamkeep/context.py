@@ -294,7 +294,6 @@ class StreamingContext:
         self._stop_event = threading.Event()
         self._error: BaseException | None = None  # a background failure not yet raised to the program
         self._awaiting = 0  # threads waiting in await_termination (they get a failure raised: no traceback logged); under _wait_lock
-        self._traced = False  # the failure was logged with its traceback (nobody waited to get it raised)
         self._wait_lock = threading.Lock()
         self._started_at = ""  # file:line of the start() call (named by the at-exit messages)
         self._started_pid = 0  # the process that called start(): a forked child's exit is not the job's
@@ -689,10 +688,10 @@ class StreamingContext:
                 early_ms = 0
                 sched.run_next()
         except BaseException as exc:
-            with self._wait_lock:  # nobody waits to get it raised: the traceback now
-                self._traced = self._awaiting == 0
+            with self._wait_lock:
+                traced = self._awaiting == 0  # nobody waits to get it raised: the traceback now
                 self._error = exc
-            self._report_error(exc, trace=self._traced)
+            self._report_error(exc, trace=traced)
         finally:
             if self._error is None and self._stop_event.is_set():
                 self._shutdown()  # stop() may have been called from this thread (inside a batch)

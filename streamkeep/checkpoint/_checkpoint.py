@@ -930,9 +930,10 @@ class Checkpoint:
                 t, committed = named[0]
                 out.append(f"the plan of batch {t} ms in {rel} was written after the commit of batch {committed} ms, whose record is gone")
                 break
-        if plans and (first := self._first_batch(min(plans))) is not None and min(plans) > first:
+        earliest = min(plans, default=None)
+        if earliest is not None and (first := self._first_batch(earliest)) is not None and earliest > first:
             out.append(
-                f"the earliest plan is of batch {min(plans)} ms, but the job's first batch was {first} ms (as that plan "
+                f"the earliest plan is of batch {earliest} ms, but the job's first batch was {first} ms (as that plan "
                 f"says), so the plans of the batches before it were removed, which only happens after a commit"
             )
         for d in self.storage.list_dirs("state"):

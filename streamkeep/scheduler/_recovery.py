@@ -20,7 +20,7 @@ from streamkeep.errors import CheckpointError, CorruptCheckpointError, Incompati
 from streamkeep.executors.base import Executor, KeyPartitioned, StateOwners
 from streamkeep.scheduler._compat import changed_feeds, check_compatible, differences
 from streamkeep.scheduler._events import iso_ms
-from streamkeep.scheduler._state_io import Chain, delta_time, read_chain
+from streamkeep.scheduler._state_io import Chain, read_chain
 from streamkeep.scheduler._state_writer import StateWriter
 from streamkeep.sources.base import Source, start_blob
 
@@ -184,11 +184,7 @@ class Recovery:
                 # others take a dict, which the columnar decoding builds directly.
                 lazy = isinstance(node, MapWithStateNode) and node.timeout_ms is None
                 ex.restore(name, *read_chain(ckpt, node.codec, chain_data, lazy=lazy))
-            chains[name] = Chain(
-                chain_data.get("snapshot"),
-                int(chain_data.get("snapshot_time", 0)),
-                [(delta_time(r), r) for r in chain_data.get("deltas", [])],
-            )
+            chains[name] = Chain.from_data(chain_data)
             return True
 
         self._open_executor(zero, restore)

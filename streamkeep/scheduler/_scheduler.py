@@ -62,7 +62,7 @@ from streamkeep.scheduler._events import (
 )
 from streamkeep.scheduler._observe import batch_info
 from streamkeep.scheduler._recovery import Recovery
-from streamkeep.scheduler._state_io import delta_time
+from streamkeep.scheduler._state_io import Chain
 from streamkeep.scheduler._state_writer import DeltaFile, StateWriter
 from streamkeep.sinks.base import FencedSink, FencingToken, MarkedSink, SettlingSink, Sink
 from streamkeep.sources.base import (
@@ -632,11 +632,12 @@ class Scheduler(Recovery):
         t = int(last_rec["batch_time"])
         state = dict(last_rec["state"])
         for name, (snap_t, rel) in adopted.items():
-            chain = state.get(name)
-            if chain is None or snap_t > t or snap_t < int(chain.get("snapshot_time", 0)):
+            data = state.get(name)
+            if data is None or snap_t > t or snap_t < int(data.get("snapshot_time", 0)):
                 continue  # a merge of a batch the last record does not commit (its commit failed or never ran)
-            deltas = [d for d in chain.get("deltas", []) if delta_time(d) > snap_t]
-            state[name] = {**chain, "snapshot": rel, "snapshot_time": snap_t, "deltas": deltas}
+            chain = Chain.from_data(data)
+            chain.start_at(snap_t, rel)  # as the writer's `adopt` does to its own chains
+            state[name] = {**data, **chain.as_data()}
         if state == last_rec["state"]:
             return False
         unnamed = "the merged snapshot is left unnamed and a restart reads the longer chain, which is whole: nothing is lost"

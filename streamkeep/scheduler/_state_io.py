@@ -32,6 +32,16 @@ class Chain:
     #: What `_tally` learnt of ``deltas`` so far (every commit reads the chain: only its new entries are walked).
     _seen: _Tally | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Chain:
+        """The chain a commit record stores (`as_data`)."""
+        return cls(data.get("snapshot"), int(data.get("snapshot_time", 0)), [(delta_time(r), r) for r in data.get("deltas", [])])
+
+    def start_at(self, t: int, snapshot: str | list[str | None]) -> None:
+        """Start from `snapshot`, the state after batch `t`: the deltas up to `t` are in it."""
+        self.snapshot, self.snapshot_time = snapshot, t
+        self.deltas = [(dt, r) for dt, r in self.deltas if dt > t]
+
     def as_data(self) -> dict[str, Any]:
         """The chain as stored in a commit record (a new list of deltas: later batches append to the chain)."""
         return {"snapshot": self.snapshot, "snapshot_time": self.snapshot_time, "deltas": list(self._tally().entries)}

@@ -465,8 +465,7 @@ class StateWriter:
         for name, (t, rel, size) in self._done.items():
             _faults.point("snapshot.before_adopt")  # written, not yet named by any commit record
             chain = self.chains.setdefault(name, Chain())
-            chain.snapshot, chain.snapshot_time = rel, t
-            chain.deltas = [(dt, r) for dt, r in chain.deltas if dt > t]
+            chain.start_at(t, rel)
             snap_t = t
             sizes[name] = size
             adopted[name] = (t, rel)
