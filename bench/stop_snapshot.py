@@ -59,9 +59,9 @@ def main() -> None:
     times: dict[str, list[float]] = {"close": [], "record": []}
     real_close, real_commit = _state_writer.StateWriter.close, _scheduler.Scheduler._commit_adopted
 
-    def timed_close(self: Any) -> Any:
+    def timed_close(self: Any, timeout_s: float | None = None) -> Any:
         t0 = time.perf_counter()
-        out = real_close(self)
+        out = real_close(self, timeout_s)
         times["close"].append(time.perf_counter() - t0)
         return out
 

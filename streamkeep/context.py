@@ -45,6 +45,12 @@ RUN_EXECUTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("strea
 #: trio and the like install their own); a Ctrl-C raised out of the script is seen as KeyboardInterrupt.
 RUN_INTERRUPTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("streamkeep_run_interrupts", default=None)
 
+#: At interpreter exit, how long the stop of a context that ran `run()` and was never stopped waits for a
+#: snapshot merge in flight (`StreamingContext._stop_at_exit`). A merge of 1M keys takes ~1-2 s (bench/stop_snapshot.py);
+#: past this bound the merge is dropped (a restart reads the longer chain, which is whole) rather than the exit hanging.
+EXIT_MERGE_WAIT_S = 30.0
+
+
 class JobHeld(BaseException):
     """Raised, under `hold_jobs`, where a job would start running: its setup code stops there.
 
@@ -297,6 +303,7 @@ class StreamingContext:
         self._wait_lock = threading.Lock()
         self._started_at = ""  # file:line of the start() call (named by the at-exit messages)
         self._started_pid = 0  # the process that called start(): a forked child's exit is not the job's
+        self._run_pid = 0  # the process that called run(): its exit stops the job (`_stop_at_exit`), a forked child's does not
         self._done = threading.Event()
         self._state = "initialized"
         self._listeners: list[Any] = []
@@ -574,6 +581,9 @@ class StreamingContext:
         sched = self._make_scheduler()
         self._state = "active"
         self._announce_or_release(sched, "run")
+        if self._checkpoint_url is not None and self._run_pid != os.getpid():
+            self._run_pid = os.getpid()
+            atexit.register(self._stop_at_exit)  # unregistered by _shutdown (stop(), or run() failing or interrupted)
         done = 0
         with self._run_lock:
             self._run_thread = threading.current_thread()
@@ -794,6 +804,46 @@ class StreamingContext:
             self._thread.join(timeout=30)
         self._shutdown()
 
+    def _stop_at_exit(self) -> None:
+        """At interpreter exit, a context with a checkpoint that ran `run()` and was never stopped is stopped as `stop()` stops it.
+
+        Spark's shutdown hook does the same. The batches `run()` returned are committed already; what
+        the stop adds is the snapshot merge in flight (without it a script run from cron that never
+        calls ``stop()`` keeps no snapshot and its restart chain grows run after run) and the release
+        of sources, sinks and the checkpoint's lease. The exit waits at most `EXIT_MERGE_WAIT_S` for
+        the merge (and for a `run()` still running in another thread to finish its batch): past that
+        the merge is dropped, the lease is left to end with the process, nothing is lost. A failure
+        of the stop is logged, not raised (the exit status stays the program's). Registered by the
+        first `run()` after streamkeep's exit-status hook, so it runs before that one. Nothing in a
+        forked child (its exit is not the job's). Not for a context without a checkpoint: its exit
+        loses nothing, and the hook would keep it (and its state) in memory until the exit, where
+        it was collected once unreferenced (a checkpoint's background threads keep its job anyway).
+        """
+        if self._state == "stopped" or os.getpid() != self._run_pid:
+            return
+        log.info(
+            "streamkeep: the program is exiting without ssc.stop() after run(): stopping the job as stop() does "
+            "(waiting at most %g s for a snapshot merge in flight)",
+            EXIT_MERGE_WAIT_S,
+        )
+        deadline = time.monotonic() + EXIT_MERGE_WAIT_S
+        self._stop_event.set()
+        try:
+            if self._run_lock.acquire(timeout=EXIT_MERGE_WAIT_S):  # a run() in another thread finishes its batch first
+                self._run_lock.release()
+            else:
+                log.warning("streamkeep: a run() still running at exit did not finish its batch within %g s: stopping without it", EXIT_MERGE_WAIT_S)
+            self._shutdown(merge_timeout_s=max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            log.warning("streamkeep: interrupted while stopping the job at exit: the snapshot merge in flight is dropped (nothing is lost)")
+        except Exception as exc:
+            log.warning(
+                "streamkeep: stopping the job at exit failed (%s: %s); the batches run() returned are committed. "
+                "Call ssc.stop() before exiting to get such an error raised",
+                type(exc).__name__,
+                exc,
+            )
+
     def _at_exit(self) -> None:
         """At interpreter exit, a started job not stopped: say so (the job thread dies with the process, silently).
 
@@ -853,8 +903,9 @@ class StreamingContext:
             lost = "it has no checkpoint: its state and the batch in progress are lost"
         return f"the program is exiting while the streaming job it started is still running ({why}): the job ends with it; {lost}. {fix}"
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, merge_timeout_s: float | None = None) -> None:
         atexit.unregister(self._at_exit)
+        atexit.unregister(self._stop_at_exit)
         with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
             if self._state == "stopped":
                 return
@@ -862,7 +913,7 @@ class StreamingContext:
             sched = self._scheduler
             try:
                 if sched is not None:
-                    sched.close()
+                    sched.close(merge_timeout_s)
             finally:
                 if sched is not None and self._announced:
                     if sched.batches_done == 0 and not sched.restored:  # its last_time is the time before a first batch

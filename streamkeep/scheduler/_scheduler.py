@@ -678,13 +678,18 @@ class Scheduler(Recovery):
             and self.executor.drained(last)
         )
 
-    def close(self) -> None:
+    def close(self, merge_timeout_s: float | None = None) -> None:
         """Finish the commits and a snapshot in flight, close sinks and sources, release the checkpoint.
+
+        With `merge_timeout_s` (the stop at interpreter exit) a snapshot merge still running after that
+        long is dropped (see `StateWriter.close`) and the checkpoint is not released: its lease ends
+        with the process, so the merge never writes while another driver owns the checkpoint.
 
         Raises:
             CheckpointError: a commit in flight failed (its batch is replayed at the next start).
         """
         failed: BaseException | None = None
+        keep_lease = False
         self._outputs_ran(1 << 62)
         try:
             for lane in (self._plan_lane, self._commit_lane):
@@ -694,7 +699,8 @@ class Scheduler(Recovery):
                 for t, cost in self._commit_lane.take_done():  # tell what the last commits completed
                     self._committed(t, cost)
             if self.writer is not None:
-                adopted = self.writer.close()  # a snapshot in flight may be merged by the executor's workers
+                adopted = self.writer.close(merge_timeout_s)  # a snapshot in flight may be merged by the executor's workers
+                keep_lease = self.writer.merging()
                 if adopted and failed is None and self._commit_adopted(adopted):
                     self.writer.report_adopted()  # listeners and the sizer hear of it once a record names it
         finally:
@@ -711,7 +717,7 @@ class Scheduler(Recovery):
                         src.close()
                     except Exception as exc:
                         log.warning("closing source %r failed: %s", src.name, exc)
-                if self.ckpt is not None:
+                if self.ckpt is not None and not keep_lease:
                     self.ckpt.release()
         if failed is not None and failed is not self._outputs_error:  # (a sink's error run_next raised already)
             msg = f"writing the checkpoint failed, so the last batches were not committed (the next start replays them from their plans): {failed}"

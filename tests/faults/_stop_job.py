@@ -1,9 +1,10 @@
 """A ``map_with_state`` job run a few batches at a time (a backfill from cron), as a child process.
 
 Usage: ``python _stop_job.py SPEC.json``; the spec holds ``ckpt``, ``out``, ``total``, ``step`` (and
-optionally ``snapshot_every``, default ``step``):
+optionally ``snapshot_every``, default ``step``, and ``stop``, default true):
 each run resumes with get_or_create, runs at most ``step`` more batches (none past ``total``), writes
-the state to ``out/state.json`` and stops cleanly. Run with every snapshot merged in the background
+the state to ``out/state.json`` and stops cleanly (with ``"stop": false`` it just exits, as a script
+that forgets ``stop()``: the context's at-exit hook stops the job). Run with every snapshot merged in the background
 (`_harness.job_argv(merged=True)`) and ``snapshot_every=step``, the last batch of a run starts a
 merge, which the stop waits for and names in one more commit record of that batch. The function's
 output goes to a FileSink (one file per batch time).
@@ -51,7 +52,8 @@ def main() -> int:
         with open(os.path.join(out, "state.json"), "w") as f:
             json.dump(sorted(state_of(ssc, "counts")["set"]), f)
     finally:
-        ssc.stop()
+        if spec.get("stop", True):
+            ssc.stop()
     return 0
 
 

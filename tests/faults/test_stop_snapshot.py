@@ -8,6 +8,10 @@ and while retention deletes what only the replaced chain needed; then the job is
 run to the end. Every batch's output and the final state equal the same runs uncrashed (which equal
 one uninterrupted run of all the batches), and once
 the next start has swept, every state file left is named by a kept commit record.
+
+The same runs without ``stop()`` (a script that just exits after ``run()``) are stopped by the
+context's at-exit hook, which waits for the merge and names it as ``stop()`` does: uncrashed they
+equal the stopped runs, and killed at the same points while the hook commits, they restore exactly.
 """
 
 from __future__ import annotations
@@ -35,13 +39,13 @@ STEP = 3
 SNAP = "state/counts/000000000003000.snap"  # merged from batch 3 on, in the first run's last batch
 
 
-def _run(root: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
-    return run_spec_job(job.__file__, {"total": TOTAL, "step": STEP}, root, crash, merged=True)
+def _run(root: Path, crash: str | None, *, stop: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_spec_job(job.__file__, {"total": TOTAL, "step": STEP, "stop": stop}, root, crash, merged=True)
 
 
-def _runs_to_the_end(root: Path) -> None:
+def _runs_to_the_end(root: Path, *, stop: bool = True) -> None:
     for _ in range(TOTAL // STEP + 1):  # the last run starts (sweeps) and stops: nothing left to run
-        r = _run(root, None)
+        r = _run(root, None, stop=stop)
         assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -76,6 +80,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return got
 
 
+def test_runs_that_exit_without_stop_commit_the_merge_at_exit_and_equal_the_stopped_runs(reference: dict[str, Any], tmp_path: Path) -> None:
+    r = _run(tmp_path, None, stop=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    newest = _newest(tmp_path)
+    assert (newest["batch_time"], newest["state"]["counts"]["snapshot"]) == (3000, SNAP), "the exit did not commit the merge in flight"
+    _runs_to_the_end(tmp_path, stop=False)
+    assert _results(tmp_path) == reference
+
+
 # (point, reach, is the merged snapshot named by the newest record when killed). The first run commits
 # batches 1-3 (three records), then the stop's record is the fourth; retention first deletes at the third.
 _CASES = [
@@ -91,17 +104,18 @@ def test_every_stop_point_is_a_case() -> None:
     assert set(_faults.STOP_POINTS) <= {p for p, _, _ in _CASES}
 
 
+@pytest.mark.parametrize("stop", [True, False], ids=["stop", "exit-without-stop"])
 @pytest.mark.parametrize(("point", "nth", "named"), _CASES)
 def test_kill_while_a_stop_commits_its_merged_snapshot_equals_the_uncrashed_runs(
-    point: str, nth: int, named: bool, reference: dict[str, Any], tmp_path: Path
+    point: str, nth: int, named: bool, stop: bool, reference: dict[str, Any], tmp_path: Path
 ) -> None:
-    r = _run(tmp_path, f"{point}@{nth}")
+    r = _run(tmp_path, f"{point}@{nth}", stop=stop)
     assert r.returncode == -signal.SIGKILL, f"{point}@{nth}: not killed (exit {r.returncode})\n{r.stderr[-3000:]}"
     newest = _newest(tmp_path)
     assert newest["batch_time"] == 3000
     assert (newest["state"]["counts"]["snapshot"] == SNAP) is named, f"{point}@{nth} was not reached in the stop's commit"
     assert (tmp_path / "ckpt" / SNAP).exists()
-    _runs_to_the_end(tmp_path)
+    _runs_to_the_end(tmp_path, stop=stop)
     got = _results(tmp_path)
     assert got["batches"] == reference["batches"]
     assert got["state"] == reference["state"]

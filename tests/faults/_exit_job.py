@@ -1,0 +1,83 @@
+"""A mid-size ``map_with_state`` job a cron script runs two batches at a time, exiting without ``stop()``.
+
+Usage: ``python _exit_job.py CKPT [--fork]``. Each run resumes with get_or_create (the first seeds
+`KEYS` keys: well over ``BIG_STATE_BYTES``, so the next batch does not wait for a snapshot merge),
+runs ``run(max_batches=2)`` and ends without ``ssc.stop()``. With ``snapshot_every=3`` a run's
+batches often start a merge that is still in flight when the script ends: the context's at-exit
+hook waits for it and names it in one more commit record. With ``--fork`` the script forks after
+``run()``; the child prints ``CHILD <pid>`` and exits through the interpreter's at-exit hooks, the
+parent waits for it, then exits. With ``--hold-merge`` every merge hangs (merged in this process,
+never done) and the at-exit wait is bounded to 0.5 s (``EXIT_MERGE_WAIT_S``). With ``--failed-start``
+the script then starts a second job (no checkpoint) that fails in its first batch and is never
+awaited, so the process exits 1 through streamkeep's last at-exit hook (``os._exit``). Log lines are
+prefixed with the pid that wrote them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import streamkeep as sk
+from streamkeep import context
+from streamkeep.scheduler import _state_writer
+from streamkeep.testing import ManualClock
+
+#: Keys of state: encoded, well over BIG_STATE_BYTES (~7 bytes a key).
+KEYS = 60_000
+
+
+def bump(key: str, value: int, state: sk.State) -> None:
+    state.update(state.get_option(0) + value)
+
+
+def build(url: str, *, seed: bool) -> sk.StreamingContext:
+    ssc = sk.StreamingContext(1.0, checkpoint=url, clock=ManualClock(), snapshot_every=3, inline_delta_bytes=0)
+    initial = [(f"k{i}", 0) for i in range(KEYS)] if seed else None
+    pairs = ssc.rate_stream(500, name="rate").map(lambda r: (f"k{(r[0] * 7919) % KEYS}", 1))
+    pairs.map_with_state(bump, name="state", initial=initial).foreach_batch(lambda b: None)
+    return ssc
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
+    url = sys.argv[1]
+    if "--hold-merge" in sys.argv[2:]:
+        hang = threading.Event()
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            hang.wait()  # never set: a merge that hangs (a stuck storage, a stopped helper)
+
+        _state_writer.compact = held  # type: ignore[assignment]
+        _state_writer.HELPER_STATE_BYTES = 1 << 62  # merged in this process: `compact`
+        context.EXIT_MERGE_WAIT_S = 0.5
+    fresh = not os.path.exists(url)
+    ssc = sk.StreamingContext.get_or_create(url, lambda: build(url, seed=fresh))
+    ssc.run(max_batches=2)
+    if "--fork" in sys.argv[2:]:
+        pid = os.fork()
+        if pid == 0:
+            print("CHILD", os.getpid(), flush=True)
+            sys.exit(0)  # the interpreter's exit, at-exit hooks included
+        os.waitpid(pid, 0)
+    if "--failed-start" in sys.argv[2:]:
+        failing = sk.StreamingContext(0.2)
+        failing.queue_stream([[7]], name="q").map(fail).foreach_batch(lambda b: b.collect())
+        failing.start()
+        deadline = time.monotonic() + 60
+        while any(t.name == "streamkeep-scheduler" for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return 0  # no ssc.stop()
+
+
+def fail(record: Any) -> Any:
+    msg = f"bad record {record}"
+    raise RuntimeError(msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
