@@ -9,7 +9,12 @@ the commit record naming it (``Scheduler._commit_adopted``), and the restart cha
 newest commit record). With ``--drop`` the stop drops the merge as before (no record): same run
 conditions, for a ratio. Also the process CPU time over all runs.
 
-Run: ``.venv/bin/python bench/stop_snapshot.py [--keys 100000 1000000] [--runs 5] [--drop] [--dir DIR]``.
+With ``--exit`` each run is a child process that ends after ``run(max_batches=2)`` without ``stop()``
+(the context's at-exit hook stops it): per run the time from ``run()`` returning to the child's exit
+(interpreter teardown included) and the restart chain; with ``--exit --drop`` the hook's merge wait is 0
+(``EXIT_MERGE_WAIT_S``), so the merge is dropped at once, as before the hook: the baseline.
+
+Run: ``.venv/bin/python bench/stop_snapshot.py [--keys 100000 1000000] [--runs 5] [--drop] [--exit] [--dir DIR]``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +55,56 @@ def _setup(url: str, n: int) -> Any:
     return setup
 
 
+def _child(url: str, n: int, drop: bool) -> None:
+    """One run of ``--exit``: run two batches, print when run() returned, end without stop()."""
+    from streamkeep import context
+
+    if drop:
+        context.EXIT_MERGE_WAIT_S = 0.0
+    ssc = sk.StreamingContext.get_or_create(url, _setup(url, n))
+    ssc.run(max_batches=2)
+    print("RAN", time.monotonic(), flush=True)
+
+
+def _exit_runs(args: argparse.Namespace) -> None:
+    print(f"mode: exit without stop(){', merge wait 0 (dropped, as before)' if args.drop else ''}; loadavg {open('/proc/loadavg').read().strip()}")
+    for n in args.keys:
+        parent = tempfile.mkdtemp(prefix="sk-exit-", dir=args.dir)
+        url = os.path.join(parent, "ck")
+        exits, chains = [], []
+        try:
+            for _ in range(args.runs):
+                argv = [sys.executable, os.path.abspath(__file__), "--child", url, str(n), "1" if args.drop else "0"]
+                with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+                    out, _ = proc.communicate()
+                    ended = time.monotonic()  # CLOCK_MONOTONIC: the child's stamp is on the same clock
+                if proc.returncode != 0 or "RAN" not in out:
+                    sys.exit(f"a run failed (exit status {proc.returncode})")
+                exits.append(ended - float(out.split()[1]))
+                chains.append(len(Checkpoint(url).commits()[0].data["state"]["state"]["deltas"]))
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+        ms = [f"{s * 1e3:.0f}" for s in exits]
+        print(
+            f"{n:>9} keys: run() returned -> process gone, ms {' '.join(ms)} (median {statistics.median(exits) * 1e3:.0f}, "
+            f"max {max(exits) * 1e3:.0f}); restart chain per run {chains}"
+        )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--drop", action="store_true", help="drop the merge at the stop, as before (no extra commit record)")
+    ap.add_argument("--exit", action="store_true", help="each run a child process ending without stop() (the at-exit stop)")
     ap.add_argument("--dir", default=None, help="parent directory of the checkpoints (default: a temp dir)")
     args = ap.parse_args()
+    if args.exit:
+        _exit_runs(args)
+        return
     times: dict[str, list[float]] = {"close": [], "record": []}
     real_close, real_commit = _state_writer.StateWriter.close, _scheduler.Scheduler._commit_adopted
 

@@ -568,7 +568,8 @@ class StreamingContext:
         Returns after `max_batches` new batches, or when every finite source is
         exhausted and windows have drained (runs forever on an infinite source
         without `max_batches`). Calling it again continues with the next batch time.
-        Returns the number of batches run.
+        Returns the number of batches run. Call `stop` when done; a program with a
+        checkpoint that exits without it is stopped at exit (docs/concepts.md, "A job").
         """
         if max_batches is not None and (not isinstance(max_batches, int) or isinstance(max_batches, bool) or max_batches < 0):
             msg = f"run(): max_batches must be None (until every finite source is exhausted) or an int >= 0, got {max_batches!r}"
@@ -835,7 +836,10 @@ class StreamingContext:
                 log.warning("streamkeep: a run() still running at exit did not finish its batch within %g s: stopping without it", EXIT_MERGE_WAIT_S)
             self._shutdown(merge_timeout_s=max(0.0, deadline - time.monotonic()))
         except KeyboardInterrupt:
-            log.warning("streamkeep: interrupted while stopping the job at exit: the snapshot merge in flight is dropped (nothing is lost)")
+            log.warning(
+                "streamkeep: interrupted while stopping the job at exit: a snapshot merge in flight is dropped "
+                "(a restart reads the longer chain, which is whole: nothing is lost)"
+            )
         except Exception as exc:
             log.warning(
                 "streamkeep: stopping the job at exit failed (%s: %s); the batches run() returned are committed. "
