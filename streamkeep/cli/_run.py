@@ -7,7 +7,9 @@ progress commits, a ``run()`` loop abandoning it to be re-run from its plan; the
 checkpoint's lease is released), so `docker stop` or a service manager stops it cleanly,
 also on the Ray executor (whose ``ray.init`` would replace the handler), and the exit
 status is 0 either way (a clean stop, as systemd and docker expect; Ctrl-C of a ``run()``
-loop exits 130).
+loop exits 130). A checkpointed ``run()`` job the script did not stop is stopped when the script
+ends, as the interpreter's exit would stop it (``StreamingContext._stop_at_exit``), while the log
+is still shown.
 
 Exit status (also in ``streamkeep run --help`` and the README): 0 the script ended (or
 SIGTERM stopped it); 1 the job failed (also a job started with ``start()`` whose failure the script
@@ -128,6 +130,8 @@ def run_app(
             _settle(started, app)
             raise
         failures = _settle(started, app, report=False)
+        for ssc in started:  # a run() job the script did not stop: stopped now, as at exit, while its log is shown
+            ssc._stop_at_exit()
         if failures:  # start() without await_termination(): its background failure is the job failing (1)
             raise failures[0]
     except KeyboardInterrupt:

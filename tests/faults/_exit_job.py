@@ -10,7 +10,8 @@ parent waits for it, then exits. With ``--hold-merge`` every merge hangs (merged
 never done) and the at-exit wait is bounded to 0.5 s (``EXIT_MERGE_WAIT_S``). With ``--failed-start``
 the script then starts a second job (no checkpoint) that fails in its first batch and is never
 awaited, so the process exits 1 through streamkeep's last at-exit hook (``os._exit``). Log lines are
-prefixed with the pid that wrote them.
+prefixed with the pid that wrote them, except with ``--cli-logging`` (run by ``streamkeep run``, whose
+log handler shows them until the script ends).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def build(url: str, *, seed: bool) -> sk.StreamingContext:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
+    if "--cli-logging" not in sys.argv[2:]:  # under `streamkeep run`: its own log handler, until the script ends
+        logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
     url = sys.argv[1]
     if "--hold-merge" in sys.argv[2:]:
         hang = threading.Event()

@@ -34,9 +34,10 @@ STOPPING = "exiting without ssc.stop() after run(): stopping the job"
 SNAP = "state/state/000000000003000.snap"  # merged from batch 3 on, in a second run's first batch
 
 
-def _run(url: str, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
+def _run(url: str, *args: str, status: int = 0, cli: bool = False) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR}
-    r = subprocess.run([sys.executable, job.__file__, url, *args], capture_output=True, text=True, timeout=120, env=env)
+    argv = [sys.executable, *(["-m", "streamkeep.cli", "run", "--no-ui"] if cli else []), job.__file__, url, *args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == status, r.stderr[-3000:]
     return r
 
@@ -107,3 +108,11 @@ def test_a_merge_that_hangs_at_exit_is_dropped_after_the_bound_and_the_restart_i
     got = dict(state_of(again, "state")["set"])
     again.stop()
     assert got == _reference(str(tmp_path / "ref"), 6)
+
+
+def test_streamkeep_run_stops_a_run_job_the_script_left_when_the_script_ends_and_says_so(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    _run(url, "--cli-logging", cli=True)
+    r = _run(url, "--cli-logging", cli=True)  # batch 3 starts a merge, in flight when the script ends
+    assert STOPPING in r.stderr, f"the stop was not said (streamkeep run's log is shown until the script's end):\n{r.stderr[-3000:]}"
+    assert _newest_snapshot(url) == (4000, SNAP), "the merge in flight was not committed"
