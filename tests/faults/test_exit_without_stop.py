@@ -7,6 +7,7 @@ names it in one more commit record: the chain stays bounded and the state equals
 run. A merge that hangs is waited for a bounded time, then dropped (the restart reads the longer
 chain, exactly). The stop runs before streamkeep's exit-status hook ends a process whose started job
 failed unawaited. A child forked by such a script exits without stopping (or logging about) its parent's job.
+Under `streamkeep run` the stop comes when the script ends, while the run's log is still shown.
 Killing the process while the hook commits is covered by test_stop_snapshot.py.
 """
 
