@@ -73,6 +73,7 @@ from _kafka_mock import KafkaMockProcess  # noqa: E402
 from _servers import RedisServerProcess, produce  # noqa: E402
 
 import streamkeep as sk  # noqa: E402
+from streamkeep.sinks import RedisSink  # noqa: E402
 
 PARTITIONS = 4
 ACTIONS = ("view", "view", "view", "click", "click", "cart", "buy")
@@ -143,9 +144,21 @@ def _context(example: Any, argv: list[str], noop: bool) -> sk.StreamingContext:
 
 
 def _run_once(
-    example: Any, base_argv: list[str], mode: str | None, workdir: str, redis_url: str, n: int, batches: int, flush_each: bool = False
+    example: Any,
+    base_argv: list[str],
+    mode: str | None,
+    workdir: str,
+    redis_url: str,
+    n: int,
+    batches: int,
+    flush_each: bool = False,
+    sink_cpu: list[float] | None = None,
 ) -> tuple[float, int]:
-    """Seconds to read all n records in `batches` batches (fresh checkpoint), and the number of batches run."""
+    """Seconds to read all n records in `batches` batches (fresh checkpoint), and the number of batches run.
+
+    Adds the CPU time the RedisSink's ``write`` took in the job's thread to ``sink_cpu[0]``.
+    """
+    sink_cpu = sink_cpu if sink_cpu is not None else [0.0]
     ckpt = os.path.join(workdir, f"ckpt-{mode or 'noop'}-{time.monotonic_ns()}")
     argv = [*base_argv, "--checkpoint", ckpt, "--mode", mode or "set", "--key-prefix", f"{mode}:"]
     if mode is not None:
@@ -162,12 +175,24 @@ def _run_once(
             counted.append(info.num_records)
 
     ssc.add_listener(Count())
+    write = RedisSink.write
+
+    def timed_write(sink: RedisSink, batch_time: int, records: list[Any]) -> None:
+        # the sink's own share of the job thread's CPU (the write function, queueing, packing, sending)
+        w0 = time.thread_time()
+        try:
+            write(sink, batch_time, records)
+        finally:
+            sink_cpu[0] += time.thread_time() - w0
+
+    RedisSink.write = timed_write  # type: ignore[method-assign]
     t0 = time.perf_counter()
     try:
         # As many batches as the records need (no idle batch to notice the end: the bare loop stops at n too).
         batches = example.run_back_to_back(ssc, batches, False) if flush_each else ssc.run(max_batches=batches)
     finally:
         ssc.stop()
+        RedisSink.write = write  # type: ignore[method-assign]
     elapsed = time.perf_counter() - t0
     shutil.rmtree(ckpt, ignore_errors=True)
     if sum(counted) != n:
@@ -346,15 +371,18 @@ def main() -> int:
         server_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # redis-server's, in the same run
         # the job's own thread (the batch loop and the sink's write run there; not librdkafka's threads nor the committer)
         job_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
+        write_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}  # of which in RedisSink.write
         batches = 0
         for _ in range(repeat):  # interleaved, so drift hits every variant alike
             for label, mode in variants:
                 c0, s0, j0 = time.process_time(), _redis_cpu_s(server.url), time.thread_time()
+                in_write = [0.0]
                 if mode == "bare":
                     times[label].append(_bare_once(example, kafka.bootstrap, topic, n, per_batch * PARTITIONS))
                 else:
-                    secs, batches = _run_once(example, base, mode, workdir, server.url, n, needed, args.flush_each_batch)
+                    secs, batches = _run_once(example, base, mode, workdir, server.url, n, needed, args.flush_each_batch, in_write)
                     times[label].append(secs)
+                write_cpu[label].append(in_write[0])
                 cpu[label].append(time.process_time() - c0)
                 job_cpu[label].append(time.thread_time() - j0)
                 server_cpu[label].append(_redis_cpu_s(server.url) - s0)
@@ -375,9 +403,10 @@ def main() -> int:
             )
         for label, _ in variants:  # every run: a slow one among fast ones shows here, not in the best
             runs = "  ".join(
-                f"{w:.2f}/{c:.2f}/{j:.2f}/{sv:.2f}" for w, c, j, sv in zip(times[label], cpu[label], job_cpu[label], server_cpu[label], strict=True)
+                f"{w:.2f}/{c:.2f}/{j:.2f}/{sw:.2f}/{sv:.2f}"
+                for w, c, j, sw, sv in zip(times[label], cpu[label], job_cpu[label], write_cpu[label], server_cpu[label], strict=True)
             )
-            print(f"  {label:<18}runs (wall/CPU/job thread's CPU/redis-server CPU s): {runs}")
+            print(f"  {label:<18}runs (wall/CPU/job thread's CPU/of it in RedisSink.write/redis-server CPU s): {runs}")
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on these CPUs skew wall times)")
         noop = best["no-op sink"]
         ratio, ratio_cpu = best[bare] / noop, best_cpu[bare] / best_cpu["no-op sink"]
@@ -404,6 +433,15 @@ def main() -> int:
             print(
                 f"  per round (no-op run / {label} run of the same round): median {statistics.median(walls):.2f}x wall "
                 f"({walls[0]:.2f}-{walls[-1]:.2f}), {statistics.median(cpus):.2f}x CPU ({cpus[0]:.2f}-{cpus[-1]:.2f})"
+            )
+            # Where the job thread's extra CPU goes: the sink's write (in the job's thread), or elsewhere (the
+            # collector, redis-server and the committer's reads on the same cores slowing the rest of the batch).
+            extra = sorted(a - b for a, b in zip(job_cpu[label], job_cpu["no-op sink"], strict=True))
+            in_write = statistics.median(write_cpu[label])
+            print(
+                f"  job thread's CPU, {label} run - no-op run of the same round: median {statistics.median(extra):.3f} s "
+                f"({extra[0]:.3f}..{extra[-1]:.3f}) per {batches} batches; RedisSink.write took {in_write:.3f} s of it (median), "
+                f"{in_write / max(1, batches) * 1e3:.1f} ms per batch"
             )
     finally:
         server.close()
