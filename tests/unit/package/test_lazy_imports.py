@@ -103,6 +103,31 @@ def test_a_restart_of_a_local_job_imports_only_what_the_job_uses(tmp_path: Path)
     assert "streamkeep.sinks.kafka" not in first  # the first run loads no unused sink either
 
 
+def test_a_kafka_job_with_a_file_sink_imports_what_it_uses_only(tmp_path: Path) -> None:
+    """Start-up to the first output (issue 14.4 b/c): the Kafka source and the FileSink load no more than they use.
+
+    pickle (only remote fetches keep exceptions), uuid and platform (a temporary file's random
+    name), and the IDNA codec with a resolver thread (probing a broker given as an IP address).
+    """
+    code = textwrap.dedent(
+        """
+        import socket
+        import streamkeep
+        import streamkeep.sinks.files
+        import streamkeep.sources.kafka
+        from streamkeep._kafka_reach import await_brokers
+
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            assert await_brokers(f"127.0.0.1:{srv.getsockname()[1]}", timeout_s=5, first_backoff_s=0.1, on_unreachable=print) is None
+        """
+    )
+    modules = _modules_after(code, tmp_path)
+    assert "streamkeep.sources.kafka" in modules
+    assert sorted(m for m in ("pickle", "uuid", "platform", "encodings.idna") if m in modules) == []
+
+
 @pytest.mark.parametrize("package", [streamkeep.sources, streamkeep.sinks, streamkeep.executors])
 def test_every_public_name_of_a_package_resolves_and_is_listed(package: object) -> None:
     names = package.__all__  # type: ignore[attr-defined]
