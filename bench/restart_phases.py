@@ -128,13 +128,13 @@ def child(params: dict[str, Any]) -> None:
     S.sk_job(params)
 
 
-def launch(params: dict[str, Any], log: Path) -> subprocess.Popen[str]:
+def launch(params: dict[str, Any], log: Path, python: str = sys.executable) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = str(ROOT)
     err = open(log, "a", encoding="utf-8")  # noqa: SIM115 (the child owns it)
     t0 = time.time()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", json.dumps({**params, "t0": t0})],
+        [python, __file__, "--child", json.dumps({**params, "t0": t0})],
         stdout=subprocess.DEVNULL,
         stderr=err,
         text=True,
@@ -173,6 +173,7 @@ def main() -> int:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="startup,restart", help="startup, restart or both (comma list)")
+    ap.add_argument("--editable", action="store_true", help="children under the project's venv (editable import hook), not compare_peers' installed view")
     args = ap.parse_args()
     if args.child is not None:
         child(json.loads(args.child))
@@ -184,6 +185,11 @@ def main() -> int:
     from _kafka_mock import KafkaMockProcess
 
     CP.precompile()
+    python = sys.executable
+    if not args.editable:  # as compare_peers.py runs streamkeep's children (see installed_python)
+        python, why = CP.installed_python(sys.executable)
+        if why is not None:
+            print(f"[streamkeep] {why}")
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="sk-restart-phases-"))
     log = work / "children.log"
@@ -205,7 +211,7 @@ def main() -> int:
                 d = work / f"startup-{i}"
                 p = {**base, "topic": "startup", "state": str(d / "state"), "out": str(d / "out"), "events": str(d / "events"),
                      "stop": "idle", "lines": 10, "source_name": f"startup_{i}_{uuid.uuid4().hex[:6]}"}  # fmt: skip
-                proc = launch(p, log)
+                proc = launch(p, log, python)
                 proc.wait(120)
                 m = read_marks(Path(p["marks"]), proc.pid)
                 show(f"start-up run {i + 1}", m, totals["startup"], cpus["startup"])
@@ -218,7 +224,7 @@ def main() -> int:
                      "stop": "never", "lines": len(lines), "source_name": f"lines_{topic.replace('-', '_')}"}  # fmt: skip
                 feeder = CP.Feeder(boot, topic, lines, 40, 500, 0.25)
                 feeder.start()
-                p1 = launch(p, log)
+                p1 = launch(p, log, python)
                 try:
                     if not CP.wait_for(lambda p1=p1, p=p: read_marks(Path(p["marks"]), p1.pid) is not None, 120, p1):
                         print(f"run {i + 1}: no output before the kill (log {log})")
@@ -226,7 +232,7 @@ def main() -> int:
                     time.sleep(2.0)
                     CP.P.kill_group(p1)
                     p1.wait()
-                    p2 = launch(p, log)
+                    p2 = launch(p, log, python)
                     try:
                         CP.wait_for(lambda p2=p2, p=p: read_marks(Path(p["marks"]), p2.pid) is not None, 120, p2)
                         show(f"restart run {i + 1}", read_marks(Path(p["marks"]), p2.pid), totals["restart"], cpus["restart"])
