@@ -1,7 +1,7 @@
 """Start-up cost (issue 14): ``import streamkeep`` and a restart of a local job import only what they use.
 
 Sources, sinks and executors a job does not use (Kafka, Redis, files, sockets, Ray), the
-dashboard, the CLI, and standard modules only some paths need (subprocess for the compaction
+table and event-time operators, the dashboard, the CLI, and standard modules only some paths need (subprocess for the compaction
 helper, pickle for the opt-in codec, fsspec for remote checkpoints; uuid and socket are not needed
 for random ids and the host name) are imported on first use.
 Each is checked in a fresh interpreter, so that a later import at module level cannot undo
@@ -42,6 +42,12 @@ NOT_AT_START = [
     "streamkeep.compat",
     "streamkeep.tables",
     "streamkeep.testing",
+    # table and event-time operators (their node classes and runtimes): with the first job that uses them
+    "streamkeep.dstream._tables",
+    "streamkeep.dstream._event_time",
+    "streamkeep.executors._tables",
+    "streamkeep.executors._table_window",
+    "streamkeep.executors._event_time",
     "http.server",
     "asyncio",
     "json",
