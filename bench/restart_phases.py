@@ -128,9 +128,9 @@ def child(params: dict[str, Any]) -> None:
     S.sk_job(params)
 
 
-def launch(params: dict[str, Any], log: Path, python: str = sys.executable) -> subprocess.Popen[str]:
+def launch(params: dict[str, Any], log: Path, python: str = sys.executable, root: Path = ROOT) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     err = open(log, "a", encoding="utf-8")  # noqa: SIM115 (the child owns it)
     t0 = time.time()
     proc = subprocess.Popen(
@@ -173,6 +173,7 @@ def main() -> int:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="startup,restart", help="startup, restart or both (comma list)")
+    ap.add_argument("--root", default=str(ROOT), help="the source tree whose streamkeep the children run (e.g. an export of main, for a before/after)")
     ap.add_argument("--editable", action="store_true", help="children under the project's venv (editable import hook), not compare_peers' installed view")
     args = ap.parse_args()
     if args.child is not None:
@@ -185,6 +186,11 @@ def main() -> int:
     from _kafka_mock import KafkaMockProcess
 
     CP.precompile()
+    root = Path(args.root).resolve()
+    if root != ROOT:
+        import compileall
+
+        compileall.compile_dir(str(root / "streamkeep"), quiet=1, workers=1)
     python = sys.executable
     if not args.editable:  # as compare_peers.py runs streamkeep's children (see installed_python)
         python, why = CP.installed_python(sys.executable)
@@ -197,7 +203,7 @@ def main() -> int:
     boot = kafka.bootstrap
     totals: dict[str, list[float]] = {"startup": [], "restart": []}
     cpus: dict[str, list[float]] = {"startup": [], "restart": []}
-    print(f"load {Path('/proc/loadavg').read_text().strip()}")
+    print(f"streamkeep from {root}; load {Path('/proc/loadavg').read_text().strip()}")
     try:
         if "startup" in only:
             kafka.create_topic("startup", CP.PARTITIONS)
@@ -211,7 +217,7 @@ def main() -> int:
                 d = work / f"startup-{i}"
                 p = {**base, "topic": "startup", "state": str(d / "state"), "out": str(d / "out"), "events": str(d / "events"),
                      "stop": "idle", "lines": 10, "source_name": f"startup_{i}_{uuid.uuid4().hex[:6]}"}  # fmt: skip
-                proc = launch(p, log, python)
+                proc = launch(p, log, python, root)
                 proc.wait(120)
                 m = read_marks(Path(p["marks"]), proc.pid)
                 show(f"start-up run {i + 1}", m, totals["startup"], cpus["startup"])
@@ -224,7 +230,7 @@ def main() -> int:
                      "stop": "never", "lines": len(lines), "source_name": f"lines_{topic.replace('-', '_')}"}  # fmt: skip
                 feeder = CP.Feeder(boot, topic, lines, 40, 500, 0.25)
                 feeder.start()
-                p1 = launch(p, log, python)
+                p1 = launch(p, log, python, root)
                 try:
                     if not CP.wait_for(lambda p1=p1, p=p: read_marks(Path(p["marks"]), p1.pid) is not None, 120, p1):
                         print(f"run {i + 1}: no output before the kill (log {log})")
@@ -232,7 +238,7 @@ def main() -> int:
                     time.sleep(2.0)
                     CP.P.kill_group(p1)
                     p1.wait()
-                    p2 = launch(p, log, python)
+                    p2 = launch(p, log, python, root)
                     try:
                         CP.wait_for(lambda p2=p2, p=p: read_marks(Path(p["marks"]), p2.pid) is not None, 120, p2)
                         show(f"restart run {i + 1}", read_marks(Path(p["marks"]), p2.pid), totals["restart"], cpus["restart"])
