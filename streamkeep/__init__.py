@@ -10,10 +10,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from streamkeep._version import __version__
 from streamkeep.batch import Batch
 from streamkeep.context import StreamingContext
-from streamkeep.dstream import DStream, State, WindowResult
+from streamkeep.dstream import DStream, State
 from streamkeep.errors import (
     CheckpointError,
     CheckpointInUseError,
@@ -36,6 +38,9 @@ from streamkeep.scheduler import (
     StateInfo,
     StreamingListener,
 )
+
+if TYPE_CHECKING:
+    from streamkeep.dstream import WindowResult
 
 __all__ = [
     "Batch",
@@ -78,7 +83,21 @@ for _public in (
     StreamingListener,
     DStream,
     State,
-    WindowResult,
 ):
     _public.__module__ = __name__
 del _public
+
+
+def __getattr__(name: str) -> Any:
+    """`WindowResult` on first use: event-time windows load only with the jobs that use them (its module says ``streamkeep``)."""
+    if name == "WindowResult":
+        from streamkeep.dstream._event_time import WindowResult
+
+        globals()[name] = WindowResult
+        return WindowResult
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"WindowResult"})

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from streamkeep import _arrow
 from streamkeep._arrow import as_schema
 from streamkeep._util import Duration, accepts, check_arity, check_callable, check_partitions, duration_ms, to_datetime
 from streamkeep.batch import Batch, as_pair
@@ -28,7 +29,6 @@ from streamkeep.dstream._graph import (
     UpdateStateNode,
     WindowNode,
 )
-from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, check_pyarrow, parse_aggs, parse_by
 from streamkeep.errors import ConfigError
 from streamkeep.sinks.base import Sink
 
@@ -165,13 +165,13 @@ class DStream(Generic[T]):
         Raises:
             ConfigError: pyarrow is not installed (``pip install streamkeep[tables]``).
         """
-        check_pyarrow("to_tables")
+        _arrow.pa("to_tables")
         checked = as_schema(schema, "to_tables")
         return self._narrow("to_tables", lambda b: b.to_tables(checked))
 
     def map_tables(self, f: Callable[[Any], Any]) -> DStream[Any]:
         """Apply ``f(pyarrow.Table) -> pyarrow.Table`` to every table (lazy, fused like `map`)."""
-        check_pyarrow("map_tables")
+        _arrow.pa("map_tables")
         check_arity(f, 1, "map_tables", "f(table) -> table")
         return self._narrow("map_tables", lambda b: b.map_tables(f))
 
@@ -212,8 +212,10 @@ class DStream(Generic[T]):
             >>> ssc.run()
             [{'word': 'a', 'n': 2}, {'word': 'b', 'n': 1}]
         """
+        from streamkeep.dstream._tables import AggregateStateNode, parse_aggs, parse_by  # table jobs only
+
         op = "aggregate_state"
-        check_pyarrow(op)
+        _arrow.pa(op)
         cols = parse_by(by, op)
         specs = parse_aggs(aggs, cols, op)
         if emit not in ("all", "changed"):
@@ -253,8 +255,10 @@ class DStream(Generic[T]):
         one table per slide. State (the per-batch partials and the running table) is
         checkpointed as Arrow IPC; changing `by` or `aggs` is refused on restore.
         """
+        from streamkeep.dstream._tables import AggregateWindowNode, parse_aggs, parse_by  # table jobs only
+
         op = "aggregate_window"
-        check_pyarrow(op)
+        _arrow.pa(op)
         cols = parse_by(by, op)
         specs = parse_aggs(aggs, cols, op)
         for spec in specs:

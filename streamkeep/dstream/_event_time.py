@@ -26,15 +26,12 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from streamkeep._util import Duration, check_arity, check_partitions, duration_ms, short_repr
 from streamkeep.batch import Batch
 from streamkeep.dstream._dstream import DStream
-from streamkeep.dstream._graph import Graph, Node, StatefulNode, TransformNode
+from streamkeep.dstream._graph import EVENT_TIME_SHAPE, Graph, Node, StatefulNode, TransformNode
 from streamkeep.errors import ConfigError
 
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
-
-#: Description fields whose change makes an event-time window's stored state meaningless (see scheduler/_compat.py).
-EVENT_TIME_SHAPE = ("window", "size_ms", "window_slide_ms", "gap_ms", "max_delay_ms")
 
 
 class WindowResult(NamedTuple):
@@ -44,6 +41,9 @@ class WindowResult(NamedTuple):
     start: datetime
     end: datetime
     value: Any
+
+
+WindowResult.__module__ = "streamkeep"  # its public name (``streamkeep`` imports this module on first use of it)
 
 
 class LateBuffer:

@@ -25,6 +25,9 @@ from streamkeep.sinks.base import Sink
 from streamkeep.sources.base import Source
 
 KNOWN_CODECS = ("msgpack", "pickle")
+#: Description keys of an event-time window (dstream/_event_time.py) whose change makes its stored state unusable;
+#: here so that the registry of kinds (executors/kinds.py) need not import that module before a job uses it.
+EVENT_TIME_SHAPE = ("window", "size_ms", "window_slide_ms", "gap_ms", "max_delay_ms")
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 

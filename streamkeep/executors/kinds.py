@@ -14,18 +14,13 @@ in the runtime's own module imported from here).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamkeep.dstream._event_time import EVENT_TIME_SHAPE, EventWindowNode
-from streamkeep.dstream._event_time import node_from_description as event_window_from_description
-from streamkeep.dstream._graph import MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
-from streamkeep.dstream._tables import AggregateStateNode, AggregateWindowNode, window_from_description, window_state_change
-from streamkeep.dstream._tables import node_from_description as aggregate_from_description
-from streamkeep.dstream._tables import state_change as aggregate_state_change
+from streamkeep.dstream._graph import EVENT_TIME_SHAPE, MapWithStateNode, ReduceWindowNode, StatefulNode, UpdateStateNode, WindowNode
 from streamkeep.errors import CheckpointError
-from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import (
     MapWithStateRuntime,
     ReduceWindowRuntime,
@@ -33,8 +28,6 @@ from streamkeep.executors._runtime import (
     UpdateStateRuntime,
     WindowRuntime,
 )
-from streamkeep.executors._table_window import AggregateWindowRuntime
-from streamkeep.executors._tables import AggregateStateRuntime
 
 
 @dataclass(frozen=True)
@@ -43,7 +36,8 @@ class OperatorKind:
 
     Attributes:
         kind: the ``kind`` its node's ``describe()`` stores (the node's ``op``).
-        node: its node class (subclasses are matched only if not registered themselves).
+        node: its node class (subclasses are matched only if not registered themselves), or the class's
+            ``"module:Class"`` path: a kind whose modules load only when a job uses it (see `later`).
         runtime: ``runtime(node, zero_ms)`` builds the runtime holding its state.
         shape: description keys (besides ``kind``) whose change makes stored state unusable.
         from_description: ``from_description(common, desc)`` builds a node able to load
@@ -58,7 +52,7 @@ class OperatorKind:
     """
 
     kind: str
-    node: type[StatefulNode]
+    node: type[StatefulNode] | str
     runtime: Callable[[Any, int], StatefulRuntime]
     shape: tuple[str, ...]
     from_description: Callable[[dict[str, Any], dict[str, Any]], StatefulNode]
@@ -79,8 +73,9 @@ def register(kind: OperatorKind) -> OperatorKind:
 def kind_of(node: StatefulNode) -> OperatorKind:
     """The registered kind of `node` (by its class, nearest registered base class first)."""
     for cls in type(node).__mro__:
+        path = f"{cls.__module__}:{cls.__qualname__}"
         for k in KINDS.values():
-            if k.node is cls:
+            if k.node is cls or k.node == path:
                 return k
     msg = f"no runtime for stateful operator {node.label}: its kind is not registered (streamkeep.executors.kinds.register)"
     raise CheckpointError(msg)
@@ -105,6 +100,20 @@ def state_change(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     if k is None or k.state_change is None or stored.get("kind") != current.get("kind"):
         return None
     return k.state_change(stored, current)
+
+
+def later(path: str) -> Callable[..., Any]:
+    """A stand-in for the function or class ``"module:name"`` that imports it at its first call.
+
+    The table and event-time kinds register with these, so that a job using neither does not
+    import their modules (nor create their node classes) at start-up.
+    """
+
+    def call(*args: Any) -> Any:
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)(*args)
+
+    return call
 
 
 def _ignore(*_: Any) -> None:  # stands in for user functions: never called when only loading state
@@ -164,25 +173,39 @@ register(
         keyed=True,
     )
 )
+# The kinds below load their modules when a job first uses them (`later`).
 # Event-time windows (streamkeep/dstream/_event_time.py): a keyed reduction or a count per window.
 # Not `keyed`: one watermark moves with the largest event time over all keys.
+_EVENT_TIME = "streamkeep.dstream._event_time"
+_event_runtime = later("streamkeep.executors._event_time:EventWindowRuntime")
 for _kind in ("event_window_reduce", "event_window_count"):
-    register(OperatorKind(_kind, EventWindowNode, lambda n, _zero: EventWindowRuntime(n), EVENT_TIME_SHAPE, event_window_from_description))
+    register(
+        OperatorKind(
+            _kind, f"{_EVENT_TIME}:EventWindowNode", lambda n, _zero: _event_runtime(n), EVENT_TIME_SHAPE, later(f"{_EVENT_TIME}:node_from_description")
+        )
+    )
 # Vectorised keyed state over Arrow tables (streamkeep/dstream/_tables.py, executors/_tables.py): its
 # state schema (key columns, aggregates) may gain a column; anything else is a state-schema change.
+_TABLES = "streamkeep.dstream._tables"
+_aggregate_runtime = later("streamkeep.executors._tables:AggregateStateRuntime")
 register(
     OperatorKind(
         "aggregate_state",
-        AggregateStateNode,
-        lambda n, _zero: AggregateStateRuntime(n),
+        f"{_TABLES}:AggregateStateNode",
+        lambda n, _zero: _aggregate_runtime(n),
         (),
-        aggregate_from_description,
-        state_change=aggregate_state_change,
+        later(f"{_TABLES}:node_from_description"),
+        state_change=later(f"{_TABLES}:state_change"),
     )
 )
 # Windowed aggregation over tables (the inverse done vectorised when every aggregate is sum, count or mean).
 register(
     OperatorKind(
-        "aggregate_window", AggregateWindowNode, AggregateWindowRuntime, _WINDOW_SHAPE, window_from_description, state_change=window_state_change
+        "aggregate_window",
+        f"{_TABLES}:AggregateWindowNode",
+        later("streamkeep.executors._table_window:AggregateWindowRuntime"),
+        _WINDOW_SHAPE,
+        later(f"{_TABLES}:window_from_description"),
+        state_change=later(f"{_TABLES}:window_state_change"),
     )
 )

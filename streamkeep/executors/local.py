@@ -9,6 +9,7 @@ another executor implements the same protocol.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +28,6 @@ from streamkeep.dstream._graph import (
     TransformNode,
 )
 from streamkeep.errors import ConfigError, SinkError, StreamkeepError, UserFunctionError
-from streamkeep.executors._event_time import EventWindowRuntime
 from streamkeep.executors._runtime import MapWithStateRuntime, StatefulRuntime
 from streamkeep.executors.kinds import make_runtime
 from streamkeep.sinks.base import BatchSink, sink_records
@@ -235,6 +235,10 @@ def run_outputs(nodes: list[Node], t: int, results: dict[int, Batch[Any] | None]
 
 def event_time_status(runtimes: dict[str, StatefulRuntime]) -> dict[str, dict[str, Any]]:
     """Watermark and late records of the event-time window operators among `runtimes` (`EventTimeReporting`)."""
+    module = sys.modules.get("streamkeep.executors._event_time")  # not loaded: no job of this process has one
+    if module is None:
+        return {}
+    EventWindowRuntime = module.EventWindowRuntime  # noqa: N806 (a class)
     return {
         name: {"watermark_ms": rt.watermark_ms, "late_records": rt.late_batch, "late_records_total": rt.late_total}
         for name, rt in runtimes.items()

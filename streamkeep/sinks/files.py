@@ -18,7 +18,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -336,7 +335,7 @@ class FileSink:
                 self._write_local(final, _join_parquet(parts, where))
                 return
             directory = os.path.dirname(final) or "."
-            tmp = os.path.join(directory, f".{os.path.basename(final)}.{uuid.uuid4().hex[:12]}.tmp")
+            tmp = os.path.join(directory, f".{os.path.basename(final)}.{os.urandom(6).hex()}.tmp")
             try:
                 with open(tmp, "wb") as out:
                     for part in parts:

@@ -177,8 +177,24 @@ def consumer_conf(consumer_config: Mapping[str, Any], *, bootstrap_servers: str,
     # The source never joins the group (it assigns partitions itself), so the
     # session timeout only bounds how long an offset commit waits for a group
     # coordinator (45 s by default): bound it by the source's timeout.
+    # Connections: librdkafka's sparse mode (its default) connects to a broker only when a
+    # request needs it, and not sooner than reconnect.backoff.ms / 2 (50 ms) after the
+    # client's last connection; its bootstrap connection is dropped once the metadata names
+    # the brokers. So a fresh client's first requests after that waited up to 50 ms for the
+    # broker to be connected: every start-up and restart paid it before its first batch
+    # (bench/restart_phases.py). Non-sparse, a client connects to the brokers as soon as it
+    # learns them, in its own threads, while the job starts. It holds one connection per
+    # broker of the cluster (a source reading a topic spread over the cluster needs most
+    # of them anyway); reconnects keep librdkafka's backoff (reconnect.backoff.ms up to
+    # reconnect.backoff.max.ms). consumer_config may set it back to True.
     session_ms = max(1000, min(int(timeout_s * 1000), 45_000))
-    conf: dict[str, Any] = {"isolation.level": "read_committed", "fetch.wait.max.ms": 10, "session.timeout.ms": session_ms, "logger": CLIENT_LOG}
+    conf: dict[str, Any] = {
+        "isolation.level": "read_committed",
+        "fetch.wait.max.ms": 10,
+        "session.timeout.ms": session_ms,
+        "enable.sparse.connections": False,
+        "logger": CLIENT_LOG,
+    }
     conf.update(consumer_config)
     conf.update(
         {

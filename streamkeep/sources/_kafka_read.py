@@ -19,7 +19,6 @@ scheduler or executors (a dead-letter sink is accepted structurally, through
 from __future__ import annotations
 
 import gc
-import pickle
 import threading
 import time
 from bisect import bisect_left
@@ -486,6 +485,8 @@ class _Collect:
         self.calls: list[tuple[KafkaRecord, BaseException]] = []
 
     def __call__(self, raw: KafkaRecord, exc: Exception) -> None:
+        import pickle  # only remote fetches (Ray) keep exceptions: a local read need not import it
+
         try:
             pickle.dumps(exc)
             kept: BaseException = exc

@@ -1,7 +1,7 @@
 """Start-up cost (issue 14): ``import streamkeep`` and a restart of a local job import only what they use.
 
 Sources, sinks and executors a job does not use (Kafka, Redis, files, sockets, Ray), the
-dashboard, the CLI, and standard modules only some paths need (subprocess for the compaction
+table and event-time operators, the dashboard, the CLI, and standard modules only some paths need (subprocess for the compaction
 helper, pickle for the opt-in codec, fsspec for remote checkpoints; uuid and socket are not needed
 for random ids and the host name) are imported on first use.
 Each is checked in a fresh interpreter, so that a later import at module level cannot undo
@@ -42,6 +42,12 @@ NOT_AT_START = [
     "streamkeep.compat",
     "streamkeep.tables",
     "streamkeep.testing",
+    # table and event-time operators (their node classes and runtimes): with the first job that uses them
+    "streamkeep.dstream._tables",
+    "streamkeep.dstream._event_time",
+    "streamkeep.executors._tables",
+    "streamkeep.executors._table_window",
+    "streamkeep.executors._event_time",
     "http.server",
     "asyncio",
     "json",
@@ -101,6 +107,31 @@ def test_a_restart_of_a_local_job_imports_only_what_the_job_uses(tmp_path: Path)
     assert "streamkeep.sources.rate" in restart
     assert _unexpected(restart) == []
     assert "streamkeep.sinks.kafka" not in first  # the first run loads no unused sink either
+
+
+def test_a_kafka_job_with_a_file_sink_imports_what_it_uses_only(tmp_path: Path) -> None:
+    """Start-up to the first output (issue 14.4 b/c): the Kafka source and the FileSink load no more than they use.
+
+    pickle (only remote fetches keep exceptions), uuid and platform (a temporary file's random
+    name), and the IDNA codec with a resolver thread (probing a broker given as an IP address).
+    """
+    code = textwrap.dedent(
+        """
+        import socket
+        import streamkeep
+        import streamkeep.sinks.files
+        import streamkeep.sources.kafka
+        from streamkeep._kafka_reach import await_brokers
+
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            assert await_brokers(f"127.0.0.1:{srv.getsockname()[1]}", timeout_s=5, first_backoff_s=0.1, on_unreachable=print) is None
+        """
+    )
+    modules = _modules_after(code, tmp_path)
+    assert "streamkeep.sources.kafka" in modules
+    assert sorted(m for m in ("pickle", "uuid", "platform", "encodings.idna") if m in modules) == []
 
 
 @pytest.mark.parametrize("package", [streamkeep.sources, streamkeep.sinks, streamkeep.executors])

@@ -80,3 +80,21 @@ def test_silent_addresses_share_the_time_left_rather_than_2_s_each() -> None:
             s.close()
     assert why is not None and f"{servers[0]}: timed out" in why, why
     assert f"{servers[2]}: not tried (the wait ran out)" in why, why
+
+
+def test_an_ip_address_is_probed_without_the_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An address literal needs no name resolution: no resolver thread, no IDNA codec, at every start-up."""
+
+    def no_resolver(*args: object, **kwargs: object) -> list[object]:
+        raise AssertionError(f"getaddrinfo{args} called for an IP address")
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        monkeypatch.setattr(socket, "getaddrinfo", no_resolver)
+        assert await_brokers(f"127.0.0.1:{port}", timeout_s=5, first_backoff_s=0.1, on_unreachable=lambda w: None) is None
+        closed = _closed_port()
+        why = await_brokers(f"[::1]:{closed},127.0.0.1:{closed}", timeout_s=0.1, first_backoff_s=0.1, on_unreachable=lambda w: None, sleep=lambda s: None)
+    assert why is not None and f"127.0.0.1:{closed}: connection refused" in why, why
+    assert "getaddrinfo" not in why
