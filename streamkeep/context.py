@@ -304,6 +304,7 @@ class StreamingContext:
         self._started_at = ""  # file:line of the start() call (named by the at-exit messages)
         self._started_pid = 0  # the process that called start(): a forked child's exit is not the job's
         self._run_pid = 0  # the process that called run(): its exit stops the job (`_stop_at_exit`), a forked child's does not
+        self._exit_deadline: float | None = None  # set by `_stop_at_exit` before it stops the job: a run() thread's stop keeps it too
         self._done = threading.Event()
         self._state = "initialized"
         self._listeners: list[Any] = []
@@ -616,17 +617,22 @@ class StreamingContext:
                     )
                 else:
                     log.warning("%s: stopped (the batch in progress is abandoned)", said)
-                self._shutdown()
+                self._shutdown(self._exit_time_left())
                 raise
             except BaseException as exc:
                 self._report_error(exc)
-                self._shutdown()
+                self._shutdown(self._exit_time_left())
                 raise
             finally:
                 self._run_thread = None
-        if self._stop_event.is_set():  # stop() was called during a batch: it left the shutdown to us
-            self._shutdown()
+        if self._stop_event.is_set():  # stop() (or the exit) came during a batch: it left the shutdown to us
+            self._shutdown(self._exit_time_left())
         return done
+
+    def _exit_time_left(self) -> float | None:
+        """The merge wait a run() thread's own stop may take: None (unbounded, as stop()) unless the exit is stopping the job."""
+        deadline = self._exit_deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def start(self, *, wait_for_clock: bool = True) -> None:
         """Start processing in a background thread, one batch per interval of the clock.
@@ -705,7 +711,7 @@ class StreamingContext:
             self._report_error(exc, trace=traced)
         finally:
             if self._error is None and self._stop_event.is_set():
-                self._shutdown()  # stop() may have been called from this thread (inside a batch)
+                self._shutdown(self._exit_time_left())  # stop() may have been called from this thread (inside a batch)
             self._done.set()
 
     def await_termination(self, timeout: float | None = None) -> bool:
@@ -811,9 +817,11 @@ class StreamingContext:
         Spark's shutdown hook does the same. The batches `run()` returned are committed already; what
         the stop adds is the snapshot merge in flight (without it a script run from cron that never
         calls ``stop()`` keeps no snapshot and its restart chain grows run after run) and the release
-        of sources, sinks and the checkpoint's lease. The exit waits at most `EXIT_MERGE_WAIT_S` for
-        the merge (and for a `run()` still running in another thread to finish its batch): past that
-        the merge is dropped, the lease is left to end with the process, nothing is lost. A failure
+        of sources, sinks and the checkpoint's lease. Two waits are bounded, together, by `EXIT_MERGE_WAIT_S`
+        from the start of this stop: a `run()` still running in another thread finishing its batch (and its own
+        stop of the job, which keeps the same deadline), and the merge; past that the merge is dropped, the
+        lease is left to end with the process, nothing is lost. The rest (sinks' flush and close, sources'
+        close, the executor's shutdown, the lease's release) is not bounded, as in `stop()`. A failure
         of the stop is logged, not raised (the exit status stays the program's). Registered by the
         first `run()` after streamkeep's exit-status hook, so it runs before that one. Nothing in a
         forked child (its exit is not the job's). Not for a context without a checkpoint: its exit
@@ -824,17 +832,25 @@ class StreamingContext:
             return
         log.info(
             "streamkeep: the program is exiting without ssc.stop() after run(): stopping the job as stop() does "
-            "(waiting at most %g s for a snapshot merge in flight)",
+            "(waiting at most %g s for a snapshot merge in flight and a run() in another thread)",
             EXIT_MERGE_WAIT_S,
         )
         deadline = time.monotonic() + EXIT_MERGE_WAIT_S
+        self._exit_deadline = deadline  # before the stop event: a run() in another thread that sees it stops within this too
         self._stop_event.set()
         try:
             if self._run_lock.acquire(timeout=EXIT_MERGE_WAIT_S):  # a run() in another thread finishes its batch first
                 self._run_lock.release()
             else:
                 log.warning("streamkeep: a run() still running at exit did not finish its batch within %g s: stopping without it", EXIT_MERGE_WAIT_S)
-            self._shutdown(merge_timeout_s=max(0.0, deadline - time.monotonic()))
+            left = self._exit_time_left()
+            if not self._shutdown(merge_timeout_s=left, lock_timeout_s=left):
+                log.warning(
+                    "streamkeep: the job's stop, begun by its run() thread, did not end within %g s of the exit: exiting "
+                    "without it (a snapshot merge in flight is dropped and the lease left to end with the process; a "
+                    "restart reads the longer chain, which is whole: nothing is lost)",
+                    EXIT_MERGE_WAIT_S,
+                )
         except KeyboardInterrupt:
             log.warning(
                 "streamkeep: interrupted while stopping the job at exit: a snapshot merge in flight is dropped "
@@ -907,12 +923,20 @@ class StreamingContext:
             lost = "it has no checkpoint: its state and the batch in progress are lost"
         return f"the program is exiting while the streaming job it started is still running ({why}): the job ends with it; {lost}. {fix}"
 
-    def _shutdown(self, merge_timeout_s: float | None = None) -> None:
+    def _shutdown(self, merge_timeout_s: float | None = None, lock_timeout_s: float | None = None) -> bool:
+        """Stop the job once: close the scheduler (its merge wait bounded by `merge_timeout_s`), the dashboard; tell listeners.
+
+        `_lock` is held while closing: a concurrent stop() returns only once resources are released. With
+        `lock_timeout_s` (the exit) a stop another thread is doing is waited for that long at most: False if
+        it was still going on then, else True.
+        """
         atexit.unregister(self._at_exit)
         atexit.unregister(self._stop_at_exit)
-        with self._lock:  # held while closing: a concurrent stop() returns only once resources are released
+        if not self._lock.acquire(timeout=-1 if lock_timeout_s is None else lock_timeout_s):
+            return False
+        try:
             if self._state == "stopped":
-                return
+                return True
             self._state = "stopped"
             sched = self._scheduler
             try:
@@ -933,6 +957,9 @@ class StreamingContext:
                 if self._ui is not None:
                     self._ui.close()
                     self._ui = None  # `ui_url` is None again: nothing serves there any more
+        finally:
+            self._lock.release()
+        return True
 
     # -- observability -----------------------------------------------------------
 

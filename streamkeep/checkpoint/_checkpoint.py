@@ -810,11 +810,36 @@ class Checkpoint:
         if me.thread is not None:
             me.thread.join(timeout=5)
         if not me.lost:
-            with contextlib.suppress(CheckpointError):
-                self._write_lease(released=True)
+            self._release_lease(me)
         self._close_plan_log()
         self._owner = None
         self._release_lock(me)
+
+    def _release_lease(self, me: _Owner) -> None:
+        """Mark the lease released (the next driver claims without waiting for it), only if it is still this driver's.
+
+        Read back first: a driver paused past `lease_timeout_s` (on storage without OS locks) may have been
+        taken over without noticing, and its release must not overwrite the new owner's lease. Nothing is
+        written either when the checkpoint is gone (its identity file deleted, e.g. a test's temporary
+        directory removed before the exit): the write would re-create its directory.
+        """
+        try:
+            if not self.storage.exists(_IDENTITY):
+                log.info("checkpoint %s is gone (no %s file): its lease is not marked released", self.url, _IDENTITY)
+                return
+            lease = self._read_lease(strict=True)
+        except Exception as exc:  # the lease then ends by its age, as after a crash: nothing is lost
+            log.info("checkpoint %s: could not read its lease to release it (%s); it ends by its age", self.url, exc)
+            return
+        if lease is None or _epoch_of(lease) != me.epoch or lease.get("pid") != os.getpid() or lease.get("host") != hostname():
+            log.info(
+                "checkpoint %s: its lease is no longer this driver's (epoch %d; the lease names %s): left as it is (another "
+                "driver took the checkpoint over)",
+                self.url, me.epoch, {k: lease.get(k) for k in ("epoch", "pid", "host")} if lease else "nothing",
+            )
+            return
+        with contextlib.suppress(CheckpointError):
+            self._write_lease(released=True)
 
     @staticmethod
     def _release_lock(me: _Owner) -> None:

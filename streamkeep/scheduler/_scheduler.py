@@ -682,8 +682,9 @@ class Scheduler(Recovery):
         """Finish the commits and a snapshot in flight, close sinks and sources, release the checkpoint.
 
         With `merge_timeout_s` (the stop at interpreter exit) a snapshot merge still running after that
-        long is dropped (see `StateWriter.close`) and the checkpoint is not released: its lease ends
-        with the process, so the merge never writes while another driver owns the checkpoint.
+        long is dropped (see `StateWriter.close`). A merge still running at the end (so dropped, or its
+        wait interrupted by Ctrl-C) keeps the checkpoint's lease: it ends with the process, so the merge
+        never writes while another driver owns the checkpoint.
 
         Raises:
             CheckpointError: a commit in flight failed (its batch is replayed at the next start).
@@ -699,6 +700,9 @@ class Scheduler(Recovery):
                 for t, cost in self._commit_lane.take_done():  # tell what the last commits completed
                     self._committed(t, cost)
             if self.writer is not None:
+                # Until close returns the merge may still run: a Ctrl-C during its wait leaves it running (and
+                # Python's interrupted join can then report the thread as ended: it is not asked after that).
+                keep_lease = self.writer.merging()
                 adopted = self.writer.close(merge_timeout_s)  # a snapshot in flight may be merged by the executor's workers
                 keep_lease = self.writer.merging()
                 if adopted and failed is None and self._commit_adopted(adopted):
@@ -717,6 +721,8 @@ class Scheduler(Recovery):
                         src.close()
                     except Exception as exc:
                         log.warning("closing source %r failed: %s", src.name, exc)
+                # A merge still running (dropped at the exit's bound, or its wait interrupted by Ctrl-C) may yet
+                # write: the lease is kept, to end with the process, so no other driver owns the checkpoint meanwhile.
                 if self.ckpt is not None and not keep_lease:
                     self.ckpt.release()
         if failed is not None and failed is not self._outputs_error:  # (a sink's error run_next raised already)

@@ -11,13 +11,17 @@ never done) and the at-exit wait is bounded to 0.5 s (``EXIT_MERGE_WAIT_S``). Wi
 the script then starts a second job (no checkpoint) that fails in its first batch and is never
 awaited, so the process exits 1 through streamkeep's last at-exit hook (``os._exit``). Log lines are
 prefixed with the pid that wrote them, except with ``--cli-logging`` (run by ``streamkeep run``, whose
-log handler shows them until the script ends).
+log handler shows them until the script ends). With ``--thread`` ``run()`` (no ``max_batches``) runs in a
+daemon thread and the main thread ends once batch 4 ran (the job still running). With ``--ctrl-c``
+(and ``--hold-merge``, whose bound is then 600 s) a Ctrl-C (SIGINT) comes while the at-exit stop waits
+for the merge.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -59,7 +63,21 @@ def main() -> int:
         context.EXIT_MERGE_WAIT_S = 0.5
     fresh = not os.path.exists(url)
     ssc = sk.StreamingContext.get_or_create(url, lambda: build(url, seed=fresh))
+    if "--thread" in sys.argv[2:]:
+        threading.Thread(target=ssc.run, name="runner", daemon=True).start()
+        while (ssc.last_batch_time_ms or 0) < 4000:
+            time.sleep(0.005)
+        return 0  # no ssc.stop(): the exit stops the job run() is running
     ssc.run(max_batches=2)
+    if "--ctrl-c" in sys.argv[2:]:
+        context.EXIT_MERGE_WAIT_S = 600.0
+        close = _state_writer.StateWriter.close
+
+        def interrupted_close(self: Any, timeout_s: float | None = None) -> Any:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C, during the wait below
+            return close(self, timeout_s)
+
+        _state_writer.StateWriter.close = interrupted_close  # type: ignore[method-assign]
     if "--fork" in sys.argv[2:]:
         pid = os.fork()
         if pid == 0:

@@ -117,3 +117,29 @@ def test_streamkeep_run_stops_a_run_job_the_script_left_when_the_script_ends_and
     r = _run(url, "--cli-logging", cli=True)  # batch 3 starts a merge, in flight when the script ends
     assert STOPPING in r.stderr, f"the stop was not said (streamkeep run's log is shown until the script's end):\n{r.stderr[-3000:]}"
     assert _newest_snapshot(url) == (4000, SNAP), "the merge in flight was not committed"
+
+
+def test_the_exit_bound_holds_when_run_is_going_in_another_thread(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    _run(url)
+    # run() in a daemon thread, a merge that hangs from batch 3 on: before the fix the run() thread's own stop
+    # waited for the merge without a bound, holding the lock the exit's stop then waited for: the process hung.
+    r = _run(url, "--hold-merge", "--thread")
+    bounded = "did not finish within 0.5 s: the stop drops it" in r.stderr or "did not end within 0.5 s of the exit" in r.stderr
+    assert STOPPING in r.stderr and bounded, r.stderr[-3000:]
+    again = sk.StreamingContext.get_or_create(url, lambda: job.build(url, seed=False))
+    done = again.last_batch_time_ms
+    got = dict(state_of(again, "state")["set"])
+    again.stop()
+    assert done is not None and done >= 4000
+    assert got == _reference(str(tmp_path / "ref"), done // 1000)
+
+
+def test_a_ctrl_c_during_the_exits_merge_wait_keeps_the_lease_while_the_merge_runs(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    _run(url)
+    r = _run(url, "--hold-merge", "--ctrl-c")  # batch 3 starts a merge that never ends; Ctrl-C while the exit waits
+    assert "interrupted while stopping the job at exit" in r.stderr, r.stderr[-3000:]
+    lease = Checkpoint(url).read("lease", "lease")
+    assert lease["released"] is False, f"the lease was released while the merge still ran: {lease}"
+    assert _newest_snapshot(url) == (4000, None), "a merge that never ended was named"

@@ -428,3 +428,34 @@ def test_a_driver_refused_a_file_it_did_not_write_stays_fenced(tmp_path: Path, l
             a.ensure_owner("the outputs of batch 5000")
     finally:
         a.release()
+
+
+def _lease(url: str, kw: dict[str, Any]) -> dict[str, Any]:
+    return dict(Checkpoint(url, storage_options=kw.get("storage_options")).read("lease", "lease"))
+
+
+def test_a_driver_taken_over_unawares_does_not_mark_the_new_owners_lease_released(where: tuple[str, dict[str, Any]]) -> None:
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})
+    _stall(a)
+    if "storage_options" in kw:
+        time.sleep(0.7)  # let A's lease expire (the lease rule is time-based by definition)
+    b = _claimed(url, **kw)
+    a.release()  # A never checked again (as a script's exit after a long pause): it does not know it lost
+    lease = _lease(url, kw)
+    assert (lease["epoch"], lease["released"]) == (2, False), f"the paused driver's release overwrote the owner's lease: {lease}"
+    b.release()
+    lease = _lease(url, kw)
+    assert (lease["epoch"], lease["released"]) == (2, True)
+
+
+def test_releasing_a_checkpoint_deleted_meanwhile_does_not_recreate_it(where: tuple[str, dict[str, Any]]) -> None:
+    url, kw = where
+    a = _claimed(url, **kw)
+    a.commit({"batch_time": 1000})
+    _stall(a)  # no heartbeat between the removal and the release
+    a.storage.fs.rm(a.storage.root, recursive=True)  # as a test's temporary directory removed before the exit
+    a.release()
+    gone = Checkpoint(url, storage_options=kw.get("storage_options")).storage
+    assert not gone.exists("lease") and not gone.list(""), "the release wrote the lease of a deleted checkpoint"
