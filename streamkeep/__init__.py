@@ -88,16 +88,17 @@ for _public in (
 del _public
 
 
-def __getattr__(name: str) -> Any:
-    """`WindowResult` on first use: event-time windows load only with the jobs that use them (its module says ``streamkeep``)."""
-    if name == "WindowResult":
-        from streamkeep.dstream._event_time import WindowResult
+if not TYPE_CHECKING:  # type checkers read the import above: a module __getattr__ would make every other name Any
 
-        globals()[name] = WindowResult
-        return WindowResult
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+    def __getattr__(name: str) -> Any:
+        """`WindowResult` on first use: event-time windows load only with the jobs that use them (its module says ``streamkeep``)."""
+        if name == "WindowResult":
+            from streamkeep.dstream._event_time import WindowResult
 
+            globals()[name] = WindowResult
+            return WindowResult
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"WindowResult"})
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | {"WindowResult"})

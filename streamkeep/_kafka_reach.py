@@ -13,6 +13,7 @@ Imports only the standard library; must not import sources, sinks or anything ab
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -108,6 +109,8 @@ def _resolve(host: str, port: int, timeout_s: float) -> list[tuple[Any, ...]]:
 
 def _connect(host: str, port: int, deadline: float) -> None:
     """Open (and close) a TCP connection to `host`:`port`, each step bounded by `deadline` and 2 s; raises OSError."""
+    if not 0 < port < 65536:  # socket.connect would raise OverflowError (librdkafka wraps such a port silently)
+        raise OSError(errno.EINVAL, f"port {port} is not in 1-65535: fix the address in bootstrap_servers")
     infos = _resolve(host, port, max(0.0, deadline - time.monotonic()))
     last: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:

@@ -14,4 +14,8 @@ if TYPE_CHECKING:
 __all__ = ["DStream", "EventTimeDStream", "EventWindowDStream", "EventWindows", "MapWithStateDStream", "State", "WindowResult"]
 
 # Event-time windows load with the first job that uses them (`with_event_time`), not with every job.
-__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(["EventTimeDStream", "EventWindowDStream", "EventWindows", "WindowResult"], "streamkeep.dstream._event_time"))
+if not TYPE_CHECKING:  # type checkers read the imports above: a module __getattr__ would make every other name Any
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        dict.fromkeys(["EventTimeDStream", "EventWindowDStream", "EventWindows", "WindowResult"], "streamkeep.dstream._event_time"),
+    )

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamkeep import _arrow
 from streamkeep.dstream._graph import StatefulNode, WindowNode
 from streamkeep.errors import ConfigError
 
@@ -165,11 +164,6 @@ def node_from_description(common: dict[str, Any], desc: dict[str, Any]) -> Aggre
 
 def _no_merge(old: Any, new: Any) -> Any:  # stands in for a user merge: never called when only loading state
     return new
-
-
-def check_pyarrow(op: str) -> None:
-    """ConfigError naming the ``streamkeep[tables]`` extra when pyarrow cannot be imported."""
-    _arrow.pa(op)
 
 
 #: Aggregates a window keeps incrementally (added for new batches, subtracted for expired ones).

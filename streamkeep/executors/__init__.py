@@ -22,4 +22,5 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "LocalExecutor", "RayExecutor"]
 
 # RayExecutor's module (key partitions, the pool of Ray actors' code) is imported when the name is first used.
-__getattr__, __dir__ = lazy_exports(__name__, {"RayExecutor": "streamkeep.executors.ray"})
+if not TYPE_CHECKING:  # type checkers read the imports above: a module __getattr__ would make every other name Any
+    __getattr__, __dir__ = lazy_exports(__name__, {"RayExecutor": "streamkeep.executors.ray"})

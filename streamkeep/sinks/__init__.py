@@ -21,15 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSink", "KafkaSink", "PPrintSink", "ParquetSink", "PrintSink", "RedisSink", "Sink", "TextFilesSink"]
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "FileSink": "streamkeep.sinks.files",
-        "ParquetSink": "streamkeep.sinks.files",
-        "KafkaSink": "streamkeep.sinks.kafka",
-        "PrintSink": "streamkeep.sinks.print",
-        "RedisSink": "streamkeep.sinks.redis",
-        "PPrintSink": "streamkeep.sinks.text",
-        "TextFilesSink": "streamkeep.sinks.text",
-    },
-)
+if not TYPE_CHECKING:  # type checkers read the imports above: a module __getattr__ would make every other name Any
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "FileSink": "streamkeep.sinks.files",
+            "ParquetSink": "streamkeep.sinks.files",
+            "KafkaSink": "streamkeep.sinks.kafka",
+            "PrintSink": "streamkeep.sinks.print",
+            "RedisSink": "streamkeep.sinks.redis",
+            "PPrintSink": "streamkeep.sinks.text",
+            "TextFilesSink": "streamkeep.sinks.text",
+        },
+    )

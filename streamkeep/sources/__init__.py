@@ -30,15 +30,16 @@ __all__ = [
     "TextFileSource",
 ]
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "TextFileSource": "streamkeep.sources.files",
-        "KafkaRecord": "streamkeep.sources.kafka",
-        "KafkaSource": "streamkeep.sources.kafka",
-        "ConstantSource": "streamkeep.sources.queue",
-        "QueueSource": "streamkeep.sources.queue",
-        "RateSource": "streamkeep.sources.rate",
-        "SocketTextSource": "streamkeep.sources.socket",
-    },
-)
+if not TYPE_CHECKING:  # type checkers read the imports above: a module __getattr__ would make every other name Any
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "TextFileSource": "streamkeep.sources.files",
+            "KafkaRecord": "streamkeep.sources.kafka",
+            "KafkaSource": "streamkeep.sources.kafka",
+            "ConstantSource": "streamkeep.sources.queue",
+            "QueueSource": "streamkeep.sources.queue",
+            "RateSource": "streamkeep.sources.rate",
+            "SocketTextSource": "streamkeep.sources.socket",
+        },
+    )

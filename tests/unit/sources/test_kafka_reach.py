@@ -98,3 +98,11 @@ def test_an_ip_address_is_probed_without_the_resolver(monkeypatch: pytest.Monkey
         why = await_brokers(f"[::1]:{closed},127.0.0.1:{closed}", timeout_s=0.1, first_backoff_s=0.1, on_unreachable=lambda w: None, sleep=lambda s: None)
     assert why is not None and f"127.0.0.1:{closed}: connection refused" in why, why
     assert "getaddrinfo" not in why
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_port_out_of_range_is_named_not_raised_as_an_overflow(host: str) -> None:
+    told: list[str] = []
+    why = await_brokers(f"{host}:99999", timeout_s=0.2, first_backoff_s=0.05, on_unreachable=told.append, sleep=lambda _s: None)
+    assert why is not None and "port 99999 is not in 1-65535" in why, why
+    assert told and "bootstrap_servers" in told[0]
