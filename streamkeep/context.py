@@ -835,8 +835,7 @@ class StreamingContext:
             "(waiting at most %g s for a snapshot merge in flight and a run() in another thread)",
             EXIT_MERGE_WAIT_S,
         )
-        deadline = time.monotonic() + EXIT_MERGE_WAIT_S
-        self._exit_deadline = deadline  # before the stop event: a run() in another thread that sees it stops within this too
+        self._exit_deadline = time.monotonic() + EXIT_MERGE_WAIT_S  # before the stop event: a run() thread that sees it keeps it too
         self._stop_event.set()
         try:
             if self._run_lock.acquire(timeout=EXIT_MERGE_WAIT_S):  # a run() in another thread finishes its batch first
