@@ -51,6 +51,30 @@ RUN_INTERRUPTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVa
 EXIT_MERGE_WAIT_S = 30.0
 
 
+def exit_deadline() -> float:
+    """A deadline (on `time.monotonic`) `EXIT_MERGE_WAIT_S` from now: one for all the jobs an exit stops (`_stop_at_exit`)."""
+    return time.monotonic() + EXIT_MERGE_WAIT_S
+
+
+class _ExitDeadline:
+    """The one deadline of this process's exit: every context's at-exit stop waits until it at most.
+
+    Each context that ran `run()` registers its own at-exit stop; with a deadline each, N such
+    contexts could hold the exit N x `EXIT_MERGE_WAIT_S`. The first stop to run sets it, the
+    others keep it. Process-wide state by nature (the exit is one): set only at the exit, reset in a forked child.
+    """
+
+    at: float | None = None
+    pid = 0
+
+    @classmethod
+    def get(cls) -> float:
+        """The exit's deadline, set `EXIT_MERGE_WAIT_S` from now at the first call in this process."""
+        if cls.at is None or cls.pid != os.getpid():
+            cls.at, cls.pid = exit_deadline(), os.getpid()
+        return cls.at
+
+
 class JobHeld(BaseException):
     """Raised, under `hold_jobs`, where a job would start running: its setup code stops there.
 
@@ -811,14 +835,15 @@ class StreamingContext:
             self._thread.join(timeout=30)
         self._shutdown()
 
-    def _stop_at_exit(self) -> None:
+    def _stop_at_exit(self, deadline: float | None = None) -> None:
         """At interpreter exit, a context with a checkpoint that ran `run()` and was never stopped is stopped as `stop()` stops it.
 
         Spark's shutdown hook does the same. The batches `run()` returned are committed already; what
         the stop adds is the snapshot merge in flight (without it a script run from cron that never
         calls ``stop()`` keeps no snapshot and its restart chain grows run after run) and the release
         of sources, sinks and the checkpoint's lease. Two waits are bounded, together, by `EXIT_MERGE_WAIT_S`
-        from the start of this stop: a `run()` still running in another thread finishing its batch (and its own
+        from the start of the exit's first such stop (one deadline for every context the exit stops: `_ExitDeadline`;
+        `streamkeep run` passes its own `deadline`, one for the jobs the script left): a `run()` still running in another thread finishing its batch (and its own
         stop of the job, which keeps the same deadline), and the merge; past that the merge is dropped, the
         lease is left to end with the process, nothing is lost. The rest (sinks' flush and close, sources'
         close, the executor's shutdown, the lease's release) is not bounded, as in `stop()`. A failure
@@ -835,10 +860,11 @@ class StreamingContext:
             "(waiting at most %g s for a snapshot merge in flight and a run() in another thread)",
             EXIT_MERGE_WAIT_S,
         )
-        self._exit_deadline = time.monotonic() + EXIT_MERGE_WAIT_S  # before the stop event: a run() thread that sees it keeps it too
+        # Before the stop event: a run() thread that sees it keeps it too. One deadline for the whole exit (every context's).
+        self._exit_deadline = _ExitDeadline.get() if deadline is None else deadline
         self._stop_event.set()
         try:
-            if self._run_lock.acquire(timeout=EXIT_MERGE_WAIT_S):  # a run() in another thread finishes its batch first
+            if self._run_lock.acquire(timeout=self._exit_time_left() or 0.0):  # a run() in another thread finishes its batch first
                 self._run_lock.release()
             else:
                 log.warning("streamkeep: a run() still running at exit did not finish its batch within %g s: stopping without it", EXIT_MERGE_WAIT_S)

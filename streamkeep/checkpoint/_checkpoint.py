@@ -342,6 +342,7 @@ class _Owner:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False  # another driver took over: never write the lease again
+    gone: bool = False  # the last heartbeat found no lease: the checkpoint (or its lease) was deleted
     #: Lease mode: ownership is proven until this time.monotonic() value (0: prove it again first).
     valid_until: float = 0.0
     checkpoint_id: str = ""
@@ -667,12 +668,12 @@ class Checkpoint:
             return lease
         raise CheckpointInUseError(self._in_use_message() + f" Its last heartbeat was {age_s:.1f} s ago; a lease expires after {self.lease_timeout_s:.0f} s.")
 
-    def _write_lease(self, released: bool = False) -> None:
+    def _write_lease(self, released: bool = False, *, make_dirs: bool = True) -> None:
         me = self._owner
         if me is None:
             return
         lease = {"epoch": me.epoch, "host": hostname(), "pid": os.getpid(), "heartbeat_ms": _now_ms(), "released": released}
-        self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE))
+        self.storage.write(_LEASE, self.encode("lease", lease, rel=_LEASE), make_dirs=make_dirs)
         _faults.point("lease.after_write")
 
     def _heartbeat(self, me: _Owner) -> None:
@@ -685,17 +686,27 @@ class Checkpoint:
         """One heartbeat: renew the lease and, if nothing changed, extend the proof of ownership; False once lost."""
         # An unreadable lease reads as None here: the renewal goes on (a transient error must not stop the
         # heartbeat), and the log listing below, not the lease, decides whether the proof is extended.
-        lease = self._read_lease()
+        try:
+            lease = self._read_lease(strict=True)
+            gone = lease is None  # not found: only a deletion removes it (the claim wrote it); the read tells, for free
+        except CheckpointError:
+            lease, gone = None, False
         if lease is not None and _epoch_of(lease) > me.epoch:
             self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
             log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
             return False
         start = time.monotonic()
-        try:
-            self._write_lease()
-        except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
-            log.warning("could not renew the lease of %s: %s", self.url, exc)
-            return True
+        if not gone:
+            try:
+                self._write_lease(make_dirs=False)  # never re-creates a checkpoint directory deleted since the read
+            except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    log.warning("could not renew the lease of %s: %s", self.url, exc)
+                    return True
+                gone = True
+        if gone:  # nothing written (that would re-create the checkpoint), the proof not extended; the log still looked at
+            self._lease_gone(me)
+        me.gone = gone
         try:
             # A driver claiming now appends its claim record before it reads the lease, then waits one lease
             # from that read: a renewal whose log listing finds no record after this driver's last one started
@@ -717,9 +728,19 @@ class Checkpoint:
         quiet = last <= me.seq
         # Only a renewal that landed while the previous proof held extends it: after a pause
         # past the lease another driver may have claimed, so ensure_owner re-checks the log.
-        if quiet and time.monotonic() < me.valid_until:
+        if quiet and not gone and time.monotonic() < me.valid_until:
             me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
         return True
+
+    def _lease_gone(self, me: _Owner) -> None:
+        """A heartbeat found the lease (or the checkpoint directory) deleted: it writes nothing; said once while gone."""
+        if not me.gone:
+            log.warning(
+                "checkpoint %s: its lease file is gone (the checkpoint was deleted while this driver runs?): the heartbeat "
+                "does not write it again (that would re-create the checkpoint). The job's next checkpoint writes would, in "
+                "part: stop the job, or restore the checkpoint",
+                self.url,
+            )
 
     def _claimed_after(self, me: _Owner, last: int) -> bool:
         """True if a log record after this driver's last one (up to `last`) claims a higher epoch."""

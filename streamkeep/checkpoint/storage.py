@@ -132,11 +132,15 @@ class CheckpointStorage:
 
     # -- writes ------------------------------------------------------------
 
-    def write(self, rel: str, data: bytes) -> None:
-        """Write `rel` whole (replacing any previous content atomically on local disks)."""
+    def write(self, rel: str, data: bytes, *, make_dirs: bool = True) -> None:
+        """Write `rel` whole (replacing any previous content atomically on local disks).
+
+        Without `make_dirs` a local write whose directory is gone fails (FileNotFoundError as the
+        cause) instead of creating it: a lease renewal must not bring back a deleted checkpoint.
+        """
         try:
             if self.local:
-                self._local_write(rel, data, exclusive=False)
+                self._local_write(rel, data, exclusive=False, make_dirs=make_dirs)
             else:
                 with self.fs.open(self.path(rel), "wb") as f:
                     f.write(data)
@@ -157,10 +161,11 @@ class CheckpointStorage:
         except OSError as exc:
             raise self._err("create", rel, exc) from exc
 
-    def _local_write(self, rel: str, data: bytes, *, exclusive: bool) -> bool:
+    def _local_write(self, rel: str, data: bytes, *, exclusive: bool, make_dirs: bool = True) -> bool:
         final = self.path(rel)
         directory = os.path.dirname(final)
-        os.makedirs(directory, exist_ok=True)
+        if make_dirs:
+            os.makedirs(directory, exist_ok=True)
         tmp = f"{directory}/.tmp-{random_id()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

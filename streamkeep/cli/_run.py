@@ -34,7 +34,7 @@ from typing import Any
 
 from streamkeep._util import SIGTERM_INTERRUPT, info_shown
 from streamkeep.cli._console import console_listener, setup_logging
-from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR, RUN_INTERRUPTS
+from streamkeep.context import RUN_DEFAULTS, RUN_EXECUTOR, RUN_INTERRUPTS, exit_deadline
 from streamkeep.errors import ConfigError
 
 
@@ -130,8 +130,9 @@ def run_app(
             _settle(started, app)
             raise
         failures = _settle(started, app, report=False)
+        deadline = exit_deadline()  # one bound for all of them, as at exit
         for ssc in started:  # a run() job the script did not stop: stopped now, as at exit, while its log is shown
-            ssc._stop_at_exit()
+            ssc._stop_at_exit(deadline)
         if failures:  # start() without await_termination(): its background failure is the job failing (1)
             raise failures[0]
     except KeyboardInterrupt:

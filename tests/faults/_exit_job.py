@@ -14,7 +14,8 @@ prefixed with the pid that wrote them, except with ``--cli-logging`` (run by ``s
 log handler shows them until the script ends). With ``--thread`` ``run()`` (no ``max_batches``) runs in a
 daemon thread and the main thread ends once batch 4 ran (the job still running). With ``--ctrl-c``
 (and ``--hold-merge``, whose bound is then 600 s) a Ctrl-C (SIGINT) comes while the at-exit stop waits
-for the merge.
+for the merge. With ``--contexts N`` (and ``--hold-merge``) N-1 more contexts, on ``CKPT-1`` ..., run 4 batches
+each and exit without ``stop()`` too, and each at-exit stop prints ``EXIT-WAIT <s>``: the merge wait it was given.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ def main() -> int:
             time.sleep(0.005)
         return 0  # no ssc.stop(): the exit stops the job run() is running
     ssc.run(max_batches=2)
+    if "--contexts" in sys.argv[2:]:  # more jobs left running: each one's at-exit stop waits for its hanging merge
+        more = [url + f"-{i}" for i in range(1, int(sys.argv[sys.argv.index("--contexts") + 1]))]
+        others = [sk.StreamingContext.get_or_create(u, lambda u=u: build(u, seed=True)) for u in more]
+        for other in others:
+            other.run(max_batches=4)
+        close_writer = _state_writer.StateWriter.close
+
+        def told(self: Any, timeout_s: float | None = None) -> Any:
+            print("EXIT-WAIT", timeout_s, flush=True)
+            return close_writer(self, timeout_s)
+
+        _state_writer.StateWriter.close = told  # type: ignore[method-assign]
     if "--ctrl-c" in sys.argv[2:]:
         context.EXIT_MERGE_WAIT_S = 600.0
         close = _state_writer.StateWriter.close

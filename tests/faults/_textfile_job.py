@@ -5,20 +5,25 @@ resumed with `StreamingContext.get_or_create` (which opens the source: a fresh
 job takes the list of files to skip then) and prints ``READY``. MODE ``wait``
 then blocks on stdin until the parent kills it (a driver that dies before its
 first plan); MODE ``run`` runs two batches, each written by a `FileSink` (one
-line per input line) to ``OUT_DIR``.
+line per input line) to ``OUT_DIR``. With ``JOB_PLAN_FILES=1`` in the environment each plan is a
+file of its own (the layout of S3 and other fsspec storages) instead of a plan log.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import streamkeep as sk
+from streamkeep.checkpoint import _checkpoint
 from streamkeep.sinks import FileSink
 from streamkeep.testing import ManualClock
 
 
 def main() -> int:
     ckpt, inp, out, mode = sys.argv[1:5]
+    if os.environ.get("JOB_PLAN_FILES") == "1":
+        _checkpoint.PLAN_LOGS = False
 
     def setup() -> sk.StreamingContext:
         ssc = sk.StreamingContext(1.0, checkpoint=ckpt, clock=ManualClock())

@@ -135,6 +135,25 @@ def test_the_exit_bound_holds_when_run_is_going_in_another_thread(tmp_path: Path
     assert got == _reference(str(tmp_path / "ref"), done // 1000)
 
 
+@pytest.mark.parametrize("cli", [False, True], ids=["exit", "streamkeep-run"])
+def test_one_bound_holds_for_the_whole_exit_when_several_jobs_were_left_running(tmp_path: Path, cli: bool) -> None:
+    # Three contexts ran run() and were never stopped, each with a merge that hangs. Each one's at-exit stop (or
+    # streamkeep run's stop when the script ends) used to take a deadline of its own: the exit waited 3 x
+    # EXIT_MERGE_WAIT_S. The merge waits given out now add up to one.
+    url = str(tmp_path / "ck")
+    _run(url)
+    r = _run(url, "--hold-merge", "--contexts", "3", *(["--cli-logging"] if cli else []), cli=cli)
+    waits = [float(w) for w in re.findall(r"^EXIT-WAIT (\S+)$", r.stdout, re.M)]
+    assert len(waits) == 3 and r.stderr.count(STOPPING) == 3, (r.stdout, r.stderr[-3000:])
+    assert sum(waits) <= 0.5, f"each job's stop at exit waited up to the whole bound (0.5 s): {waits}"
+    for u in (url, url + "-1", url + "-2"):  # each merge was dropped, not named; each job restarts exactly
+        again = sk.StreamingContext.get_or_create(u, lambda u=u: job.build(u, seed=False))
+        done = again.last_batch_time_ms
+        got = dict(state_of(again, "state")["set"])
+        again.stop()
+        assert done == 4000 and got == _reference(str(tmp_path / f"ref{u[-2:]}"), 4), u
+
+
 def test_a_ctrl_c_during_the_exits_merge_wait_keeps_the_lease_while_the_merge_runs(tmp_path: Path) -> None:
     url = str(tmp_path / "ck")
     _run(url)

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _harness import expect_ok
+from _harness import expect_killed, expect_ok
+
+from streamkeep import _faults
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -32,6 +34,12 @@ def _put(d: Path, name: str, text: str) -> None:
 
 def _argv(root: Path, mode: str) -> list[str]:
     return [sys.executable, str(JOB), str(root / "ckpt"), str(root / "in"), str(root / "out"), mode]
+
+
+def _run(root: Path, crash: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run two batches (killed at `crash`, ``"<point>@<n>"``, if given)."""
+    full = {k: v for k, v in os.environ.items() if k != _faults.ENV_VAR} | env | ({_faults.ENV_VAR: crash} if crash else {})
+    return subprocess.run(_argv(root, "run"), capture_output=True, text=True, timeout=120, env=full)
 
 
 def _start_and_kill_after(root: Path, arrive: str) -> None:
@@ -64,3 +72,19 @@ def test_files_arriving_before_the_first_plan_survive_sigkills(tmp_path: Path) -
     out = tmp_path / "out"
     lines = sorted(ln for f in out.iterdir() if not f.name.startswith(".") for ln in f.read_text().splitlines())
     assert lines == ["one", "two"]
+
+
+@pytest.mark.parametrize("layout", ["plan log", "plan files"])
+def test_a_batch_killed_twice_is_replayed_with_its_plan_not_with_files_that_arrived_since(tmp_path: Path, layout: str) -> None:
+    """Killed once batch 1's plan is durable, then again while replaying it: the second restart still replays batch 1's
+    plan (only ``one.txt``). The first restart's sweep must leave that plan (on S3 and other fsspec storages a
+    file of its own): a batch planned again would take ``two.txt`` too, which arrived since."""
+    env = {"JOB_PLAN_FILES": "1" if layout == "plan files" else "0"}
+    (tmp_path / "in").mkdir()
+    _start_and_kill_after(tmp_path, "one.txt")  # arrives once the job has opened its source: batch 1 reads it
+    expect_killed(_run(tmp_path, "plan.after_write@1", **env), "killed once batch 1's plan was durable")
+    expect_killed(_run(tmp_path, "run.after_read@1", **env), "killed again, replaying batch 1")
+    _put(tmp_path / "in", "two.txt", "two\n")
+    expect_ok(_run(tmp_path, **env), "the restarted job")
+    out = {f.name: f.read_text().splitlines() for f in (tmp_path / "out").iterdir() if not f.name.startswith(".")}
+    assert out == {"batch-0000000001000.txt": ["one"], "batch-0000000002000.txt": ["two"]}, out

@@ -148,6 +148,25 @@ def test_damaged_newest_delta_falls_back_to_the_older_commit(tmp_path: Path, dam
     assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)
 
 
+def test_the_fallback_commit_survives_a_restart_and_is_used_when_the_newest_is_damaged(tmp_path: Path) -> None:
+    """The restart sweep keeps the next older commit (its record and its chain's files), not only the newest one.
+
+    Batch 5 takes a snapshot, so the newest commit's chain no longer names the deltas of batches 1-5 that the older
+    commit needs: a start that only runs its sweep (here: nothing left to run) must leave them.
+    """
+    url = str(tmp_path / "ckpt")
+    run_until(url, rate_job(url, ListSink(), snapshot_every=5, **BIG), 5)
+    run_until(url, rate_job(url, ListSink(), snapshot_every=5, **BIG), 5)  # a start and stop: recovery's sweep ran
+    snap = Path(url, "state", "totals", "000000000005000.snap")
+    _flip(snap)
+    # The older commit: batch 5's first record (deltas; the stop named the merged snapshot in one more), or batch 4's.
+    with pytest.warns(StreamkeepWarning, match=r"000000000005000\.snap.*older commit of batch [45]000 ms"):
+        sink = ListSink()
+        run_until(url, rate_job(url, sink, snapshot_every=5, **BIG), 8)
+    assert [t for t, _ in sink.batches][-3:] == [6000, 7000, 8000]
+    assert sorted(sink.batches[-1][1]) == totals_after(8, **BIG)
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_newest_commit_record_falls_back(tmp_path: Path, damage: str) -> None:
     url = str(tmp_path / "ckpt")

@@ -136,6 +136,28 @@ def test_driver_that_lost_its_claim_cannot_commit_s3(s3_server: Any, s3_url: str
 
 
 @pytest.mark.integration
+def test_a_paused_driver_waking_up_leaves_the_new_owners_lease_alone_s3(s3_server: Any, s3_url: str) -> None:
+    """Its ownership check sees the newer epoch in the lease and stops before renewing it.
+
+    Had it written its lease (its own epoch and pid) before finding the new claim in the log, a driver
+    started once its process ended would take the live new owner's checkpoint at once (a dead pid on this host).
+    """
+    opts = s3_server.storage_options
+    a = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    a.commit({"batch_time": 1000})
+    _stall(a)
+    wait_for(lambda: _lease_age_s(s3_url, opts) > 0.6, 10, "the paused driver's lease to expire")
+    b = _claimed(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    _stall(b)  # no heartbeat of B rewrites the lease during the check below
+    with pytest.raises(CheckpointInUseError, match="lost its claim"):
+        a.ensure_owner("the outputs of batch 2000 ms")
+    lease = Checkpoint(s3_url, storage_options=opts).read("lease", "lease")
+    assert lease["epoch"] == b.fencing()[1], f"the paused driver overwrote the new owner's lease: {lease}"
+    a.release()
+    b.release()
+
+
+@pytest.mark.integration
 def test_stalled_context_is_fenced_and_the_new_driver_continues_s3(s3_server: Any, s3_url: str) -> None:
     opts = s3_server.storage_options
     sink_a, sink_b = ListSink(), ListSink()

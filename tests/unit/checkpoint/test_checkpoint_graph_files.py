@@ -159,6 +159,23 @@ def test_a_damaged_graph_file_with_changed_code_is_refused_naming_the_file(tmp_p
         _run(url, 1, extra=True)  # its graph has another id: the stored graph is needed to check the change
 
 
+def test_a_graph_file_holding_another_graph_under_its_name_is_refused_before_a_code_change_is_checked(tmp_path: Path) -> None:
+    """A sound file (checksum, kind, name) whose content is another graph: its id, the hash of its content, tells.
+
+    Otherwise the changed code would be checked against the graph the file now holds (here the changed code's own),
+    pass, and load the old operator's state into an operator of another shape.
+    """
+    url, other = str(tmp_path / "c"), str(tmp_path / "other")
+    _run(url, 3)
+    _run(other, 1, reshaped=True)
+    (rel,) = _graph_files(url)
+    (other_rel,) = _graph_files(other)
+    f = read_frame(other_rel, (Path(other) / other_rel).read_bytes())
+    (Path(url) / rel).write_bytes(frame("graph", f.codec, f.payload, rel, f.version))  # the reshaped code's graph, framed as its own
+    with pytest.raises(CorruptCheckpointError, match=rf"names its graph description {rel}, which cannot be read: .*does not hash to its id"):
+        _run(url, 1, reshaped=True)
+
+
 @pytest.mark.parametrize("damage", ["missing", "damaged"])
 def test_an_unreadable_graph_file_with_changed_code_says_how_to_fix_it_and_the_fix_works(tmp_path: Path, damage: str) -> None:
     """The refusal says what to do; doing it (one start with the code that wrote the checkpoint) lets the new code start."""
