@@ -864,16 +864,22 @@ class StreamingContext:
         self._exit_deadline = _ExitDeadline.get() if deadline is None else deadline
         self._stop_event.set()
         try:
-            if self._run_lock.acquire(timeout=self._exit_time_left() or 0.0):  # a run() in another thread finishes its batch first
+            given = self._exit_time_left() or 0.0  # what the exit's one deadline leaves this context
+            if self._run_lock.acquire(timeout=given):  # a run() in another thread finishes its batch first
                 self._run_lock.release()
             else:
-                log.warning("streamkeep: a run() still running at exit did not finish its batch within %g s: stopping without it", EXIT_MERGE_WAIT_S)
+                log.warning(
+                    "streamkeep: a run() still running at exit did not finish its batch within %.3g s (the exit waits at most "
+                    "%g s for all its jobs): stopping without it",
+                    given,
+                    EXIT_MERGE_WAIT_S,
+                )
             left = self._exit_time_left()
             if not self._shutdown(merge_timeout_s=left, lock_timeout_s=left):
                 log.warning(
-                    "streamkeep: the job's stop, begun by its run() thread, did not end within %g s of the exit: exiting "
-                    "without it (a snapshot merge in flight is dropped and the lease left to end with the process; a "
-                    "restart reads the longer chain, which is whole: nothing is lost)",
+                    "streamkeep: the job's stop, begun by its run() thread, did not end within the %g s the exit waits for "
+                    "its jobs: exiting without it (a snapshot merge in flight is dropped and the lease left to end with the "
+                    "process; a restart reads the longer chain, which is whole: nothing is lost)",
                     EXIT_MERGE_WAIT_S,
                 )
         except KeyboardInterrupt:

@@ -342,7 +342,7 @@ class _Owner:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False  # another driver took over: never write the lease again
-    gone: bool = False  # the last heartbeat found no lease: the checkpoint (or its lease) was deleted
+    deleted: bool = False  # a heartbeat found the checkpoint deleted (no lease, no identity file): lost, never written again
     #: Lease mode: ownership is proven until this time.monotonic() value (0: prove it again first).
     valid_until: float = 0.0
     checkpoint_id: str = ""
@@ -688,25 +688,25 @@ class Checkpoint:
         # heartbeat), and the log listing below, not the lease, decides whether the proof is extended.
         try:
             lease = self._read_lease(strict=True)
-            gone = lease is None  # not found: only a deletion removes it (the claim wrote it); the read tells, for free
+            missing = lease is None  # not found: only a deletion removes it (the claim wrote it); the read tells, for free
         except CheckpointError:
-            lease, gone = None, False
+            lease, missing = None, False
         if lease is not None and _epoch_of(lease) > me.epoch:
             self._mark_lost(me)  # taken over after a stall: the next ownership check or commit fails
             log.warning("checkpoint %s was taken over by another driver (epoch %s)", self.url, lease.get("epoch"))
             return False
+        if missing and self._deleted(me):
+            return False
         start = time.monotonic()
-        if not gone:
-            try:
-                self._write_lease(make_dirs=False)  # never re-creates a checkpoint directory deleted since the read
-            except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
-                if not isinstance(exc.__cause__, FileNotFoundError):
-                    log.warning("could not renew the lease of %s: %s", self.url, exc)
-                    return True
-                gone = True
-        if gone:  # nothing written (that would re-create the checkpoint), the proof not extended; the log still looked at
-            self._lease_gone(me)
-        me.gone = gone
+        try:
+            # A lease deleted alone is written again (until then another driver could claim at once). Never
+            # re-creates a checkpoint directory deleted since the read: the write fails, then the check below.
+            self._write_lease(make_dirs=False)
+        except Exception as exc:  # any storage failure: logged, retried at the next beat; commits are fenced anyway
+            if isinstance(exc.__cause__, FileNotFoundError) and self._deleted(me):
+                return False
+            log.warning("could not renew the lease of %s: %s", self.url, exc)
+            return True
         try:
             # A driver claiming now appends its claim record before it reads the lease, then waits one lease
             # from that read: a renewal whose log listing finds no record after this driver's last one started
@@ -728,19 +728,32 @@ class Checkpoint:
         quiet = last <= me.seq
         # Only a renewal that landed while the previous proof held extends it: after a pause
         # past the lease another driver may have claimed, so ensure_owner re-checks the log.
-        if quiet and not gone and time.monotonic() < me.valid_until:
+        if quiet and time.monotonic() < me.valid_until:
             me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
         return True
 
-    def _lease_gone(self, me: _Owner) -> None:
-        """A heartbeat found the lease (or the checkpoint directory) deleted: it writes nothing; said once while gone."""
-        if not me.gone:
-            log.warning(
-                "checkpoint %s: its lease file is gone (the checkpoint was deleted while this driver runs?): the heartbeat "
-                "does not write it again (that would re-create the checkpoint). The job's next checkpoint writes would, in "
-                "part: stop the job, or restore the checkpoint",
-                self.url,
-            )
+    def _deleted(self, me: _Owner) -> bool:
+        """After a heartbeat found no lease: True (and this driver lost) if the checkpoint itself is gone.
+
+        Its identity file is gone only when the checkpoint was deleted (by hand, or a test's temporary
+        directory) while this driver runs. Writing on would re-create a checkpoint of loose deltas with
+        no base, and let a new job started on the URL and this one both write: the driver stops before
+        its next side effect instead (`_lost_message`). One request, only when the lease is missing.
+        """
+        try:
+            if self.storage.exists(_IDENTITY):
+                return False
+        except Exception:  # unknown: the lease is renewed as usual (the write says the rest)
+            return False
+        me.deleted = True
+        self._mark_lost(me)
+        log.warning(
+            "checkpoint %s was deleted while this driver runs (no lease, no %s file): the job stops before its next "
+            "side effect and writes nothing more there",
+            self.url,
+            _IDENTITY,
+        )
+        return True
 
     def _claimed_after(self, me: _Owner, last: int) -> bool:
         """True if a log record after this driver's last one (up to `last`) claims a higher epoch."""
@@ -781,7 +794,9 @@ class Checkpoint:
         if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
             self._mark_lost(me)
             raise CheckpointInUseError(self._lost_message(me, what))
-        self._write_lease()
+        if lease is None and self._deleted(me):  # the log check below would pass on an empty listing
+            raise CheckpointInUseError(self._lost_message(me, what))
+        self._write_lease(make_dirs=False)
         self._check_log(me, what)
         me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
         log.info("checkpoint %s: lease renewed after a gap; the log shows no other driver, so this one continues", self.url)
@@ -807,6 +822,12 @@ class Checkpoint:
         me.stop.set()
 
     def _lost_message(self, me: _Owner, what: str) -> str:
+        if me.deleted:
+            return (
+                f"checkpoint {self.url} was deleted while this driver ran (its {_IDENTITY} file and lease are gone): "
+                f"this driver stops before {what}, writing nothing more there. To go on from where it was, restore the "
+                "checkpoint from a copy and restart; to start the job from scratch, restart it as it is."
+            )
         other: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             for rec in self.records(newest_first=True):
@@ -1030,6 +1051,8 @@ class Checkpoint:
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
+        if me.deleted:
+            raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
         if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
             self._mark_lost(me)
             msg = (
