@@ -12,9 +12,9 @@ start with a fresh checkpoint:
 
 * ``redis (HSET)``: the example's default sink, HSET of the changed users' totals: its
   ``hset_writer`` builds, per user changed in the batch (~10k of 10k per batch here), one
-  dict ``{"events": n, "last_action": a, "action:<a>": total, ...}`` of the actions seen
-  in the batch (~5 fields; plain user code), which ``RedisSink.hset_writer`` queues as
-  ``pipe.hset(key, mapping=...)`` would, for the whole batch in one call;
+  flat field list ``["events", n, "last_action", a, "action:<a>", total, ...]`` of the
+  actions seen in the batch (~5 fields; plain user code), which ``RedisSink.hset_writer``
+  queues as ``pipe.hset(key, items=...)`` would, for the whole batch in one call;
 * ``redis (HINCRBY)``: the example's ``--mode incr`` sink;
 * ``no-op sink``: the same graph, the sink replaced by one that drops the records;
 * ``bare consumer loop``: no engine. A plain confluent-kafka ``Consumer`` assigned

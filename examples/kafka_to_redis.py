@@ -132,26 +132,34 @@ def update_user(actions: list[str], old: UserState | None) -> UserState | None:
     return (events + len(actions), actions[-1], tuple(sorted(merged.items())), tuple(sorted(new.items())))
 
 
-def user_hash(prefix: str) -> Callable[[tuple[str, UserState]], tuple[str, dict[str, Any]] | None]:
-    """``hash_of(record)`` for `hset_writer`: a user with new events -> ``(key, fields)``, else None.
+def user_hash(prefix: str) -> Callable[[tuple[str, UserState]], tuple[str, list[Any]] | None]:
+    """``hash_of(record)`` for `hset_writer`: a user with new events -> ``(key, [field, value, ...])``, else None.
 
     The fields are ``events``, ``last_action`` and ``action:<a>`` for each action seen in
-    the batch (its total).
+    the batch (its total). A flat field list rather than a dict, and each ``action:<a>``
+    field name made once (not a new str per user and batch): this runs once per changed
+    user, and both cut its CPU and the sink's queueing (``bench/redis_sink.py --breakdown``).
     """
     head = f"{prefix}user:"
+    names: dict[str, str] = {}  # action -> its field name; bounded, since actions come from the records
 
-    def hash_of(record: tuple[str, UserState]) -> tuple[str, dict[str, Any]] | None:
+    def hash_of(record: tuple[str, UserState]) -> tuple[str, list[Any]] | None:
         user, (events, last, totals, new) = record
         if not new:
             return None
-        fields: dict[str, Any] = {"events": events, "last_action": last}
+        fields: list[Any] = ["events", events, "last_action", last]
         # new's actions are among totals', both sorted: one walk through totals finds them, in
         # totals' order (cheaper than a dict of totals per user: this runs once per changed user)
         rest = iter(totals)
         for action, _ in new:
             for other, total in rest:
                 if other == action:
-                    fields["action:" + action] = total
+                    name = names.get(action)
+                    if name is None:
+                        name = "action:" + action
+                        if len(names) < 1024:
+                            names[action] = name
+                    fields += (name, total)
                     break
         return head + user, fields
 

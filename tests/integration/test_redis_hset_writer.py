@@ -31,6 +31,15 @@ RECORDS: list[Any] = [
 ]
 
 
+#: RECORDS with each mapping as a flat field list (a tuple for one): the same HSETs
+FLAT: list[Any] = [None if item is None else (item[0], [x for pair in item[1].items() for x in pair]) for item in RECORDS]
+FLAT[2] = (FLAT[2][0], tuple(FLAT[2][1]))
+
+#: what a hash_of result is refused with, named
+BAD_RESULT = r"hash_of must return \(key, mapping\), \(key, \[field, value, \.\.\.\]\) or None, not"
+ODD = r"hash_of returned 3 items for key 'k': a flat field list alternates field and value, so it needs an even length"
+
+
 def _hash_of(record: Any) -> Any:
     return record
 
@@ -51,20 +60,22 @@ def _marker(r: Any, name: str) -> Any:
     return r.get(f"streamkeep:sink:{name}:last_batch")
 
 
+@pytest.mark.parametrize("form", ["mapping", "flat"])
 @pytest.mark.parametrize("path", ["write", "deferred", "parts"])
-def test_it_stores_what_hand_written_pipe_hset_calls_store(redis_url, path):
+def test_it_stores_what_hand_written_pipe_hset_calls_store(redis_url, path, form):
     r = redis.Redis.from_url(redis_url)
+    records = RECORDS if form == "mapping" else FLAT
     sink = RedisSink(redis_url, RedisSink.hset_writer(_hash_of), name="hsets")
     sink.open()
     try:
         if path == "write":
-            sink.write(1000, RECORDS)
+            sink.write(1000, records)
         elif path == "deferred":
             sink.defer_replies()
-            sink.write(1000, RECORDS)
+            sink.write(1000, records)
             sink.settle(1000)
         else:
-            receipts = [sink.write_part(1000, "t", i, part) for i, part in enumerate((RECORDS[:2], RECORDS[2:]))]
+            receipts = [sink.write_part(1000, "t", i, part) for i, part in enumerate((records[:2], records[2:]))]
             assert receipts == [1, 2]  # one HSET per record with fields
             sink.publish(1000, "t", receipts)
     finally:
@@ -73,7 +84,7 @@ def test_it_stores_what_hand_written_pipe_hset_calls_store(redis_url, path):
     assert r.exists("h:empty") == 0 and _marker(r, "hsets") == b"1000"
     r.delete(*stored)
     plain = r.pipeline(transaction=False)  # the same write function on a plain redis-py pipeline: pipe.hset per record
-    RedisSink.hset_writer(_hash_of)(plain, RECORDS)
+    RedisSink.hset_writer(_hash_of)(plain, records)
     assert len(plain) == 3
     plain.execute()
     assert stored == {k: r.hgetall(k) for k in stored}
@@ -132,17 +143,28 @@ def test_a_replay_after_a_sigkill_is_skipped(redis_url):
     assert r.hgetall("user:bob") == {"n": "3"} and r.get("streamkeep:sink:crashy:last_batch") == "3000"
 
 
-@pytest.mark.parametrize("bad", [("k", [("a", 1)]), ("k",), "key", ("k", {"a": 1}, "extra")])
-def test_a_hash_of_result_that_is_not_key_and_mapping_is_named_and_nothing_applied(redis_url, bad):
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (("k", [("a", 1)]), r"hash_of returned 1 items for key 'k': a flat field list alternates"),  # pairs are no flat list
+        (("k", ["a", 1, "b"]), ODD),
+        (("k", ("a", 1, "b")), ODD),
+        (("k", "ab"), BAD_RESULT),
+        (("k",), BAD_RESULT),
+        ("key", BAD_RESULT),
+        (("k", {"a": 1}, "extra"), BAD_RESULT),
+    ],
+)
+def test_a_hash_of_result_that_is_not_key_and_fields_is_named_and_nothing_applied(redis_url, bad, error):
     r = redis.Redis.from_url(redis_url)
-    records = [("ok", {"a": 1}), bad]
+    records = [("ok", {"a": 1}), ("ok2", ["b", 2]), bad, ("after", ["c", 3])]
     sink = _sink(redis_url, RedisSink.hset_writer(_hash_of), "bad")
     try:
-        with pytest.raises(UserFunctionError, match=r"hash_of must return \(key, mapping\) or None, not"):
+        with pytest.raises(UserFunctionError, match=error):
             sink.write(1000, records)
     finally:
         sink.close()
-    assert r.exists("ok") == 0 and _marker(r, "bad") is None
+    assert r.exists("ok", "ok2", "after") == 0 and _marker(r, "bad") is None
     with pytest.raises(ConfigError, match="hash_of must be a callable"):
         RedisSink.hset_writer({"not": "callable"})  # type: ignore[arg-type]
 
@@ -171,12 +193,15 @@ def test_on_a_mock_pipeline_it_calls_hset_per_record(pipe_type):
     pipe = pipe_type()
     RedisSink.hset_writer(_hash_of)(pipe, RECORDS)
     assert pipe.hset.call_args_list == [mock.call(item[0], mapping=item[1]) for item in RECORDS if item is not None and item[1]]
+    flat = pipe_type()
+    RedisSink.hset_writer(_hash_of)(flat, FLAT)
+    assert flat.hset.call_args_list == [mock.call(item[0], items=item[1]) for item in FLAT if item is not None and item[1]]
 
 
-@pytest.mark.parametrize("bad", [("k", [("a", 1)]), ("k", "ab")])
-def test_a_result_that_is_no_mapping_on_a_plain_pipeline_is_the_sinks_type_error(redis_url, bad):
+@pytest.mark.parametrize(("bad", "error"), [(("k", ["a", 1, "b"]), ODD), (("k", "ab"), BAD_RESULT), (("k", 7), BAD_RESULT)])
+def test_a_bad_result_on_a_plain_pipeline_is_the_sinks_type_error(redis_url, bad, error):
     plain = redis.Redis.from_url(redis_url).pipeline(transaction=False)
-    with pytest.raises(TypeError, match=r"hash_of must return \(key, mapping\) or None, not"):
+    with pytest.raises(TypeError, match=error):
         RedisSink.hset_writer(_hash_of)(plain, [("ok", {"a": 1}), bad])
 
 
@@ -230,11 +255,23 @@ def test_a_mapping_failing_midway_leaves_nothing_of_its_record_queued(redis_url)
             except (TypeError, KeyError) as exc:
                 skipped.append((record[0], type(exc).__name__))
 
-    records = [("k1", _Broken({"a": 1, "b": 2})), ("k2", "ab"), ("k3", {"x": "y"})]
+    records = [("k1", _Broken({"a": 1, "b": 2})), ("k2", "ab"), ("k4", ["a", 1, "b"]), ("k3", {"x": "y"})]
     sink = _sink(redis_url, tolerant, "broken")
     try:
         sink.write(1000, records)
     finally:
         sink.close()
-    assert skipped == [("k1", "KeyError"), ("k2", "TypeError")]
+    assert skipped == [("k1", "KeyError"), ("k2", "TypeError"), ("k4", "TypeError")]
     assert r.keys("k*") == [b"k3"] and r.hgetall("k3") == {b"x": b"y"} and _marker(r, "broken") == b"1000"
+
+
+def test_a_flat_list_of_pairs_is_refused_naming_the_command(redis_url):
+    """An even-length list of (field, value) pairs is no flat field list: its tuples are arguments Redis cannot take."""
+    r = redis.Redis.from_url(redis_url)
+    sink = _sink(redis_url, RedisSink.hset_writer(_hash_of), "pairs")
+    try:
+        with pytest.raises(SinkError, match=r"command #2 \(HSET 'k' .*\) has an argument of type tuple \(\('a', 1\)\)"):
+            sink.write(1000, [("ok", ["a", 1]), ("k", [("a", 1), ("b", 2)])])
+    finally:
+        sink.close()
+    assert r.exists("ok") == 0 and _marker(r, "pairs") is None
