@@ -684,6 +684,8 @@ class Checkpoint:
 
     def _renew(self, me: _Owner) -> bool:
         """One heartbeat: renew the lease and, if nothing changed, extend the proof of ownership; False once lost."""
+        if self._lock_replaced(me):
+            return False
         # An unreadable lease reads as None here: the renewal goes on (a transient error must not stop the
         # heartbeat), and the log listing below, not the lease, decides whether the proof is extended.
         try:
@@ -730,6 +732,33 @@ class Checkpoint:
         # past the lease another driver may have claimed, so ensure_owner re-checks the log.
         if quiet and time.monotonic() < me.valid_until:
             me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+        return True
+
+    def _lock_replaced(self, me: _Owner) -> bool:
+        """On local disks: True (and this driver lost) if the lock file it holds is no longer the checkpoint's.
+
+        The flock proves ownership only while its file is the one at the checkpoint's path: once the
+        directory is deleted (or moved) a new job may create the checkpoint anew there and take a lock of
+        its own, and this driver's log check would pass against the new, shorter log.
+        """
+        fd = me.lock_fd
+        if fd is None or me.deleted:
+            return me.deleted
+        try:
+            held, there = os.fstat(fd), os.stat(self.storage.path(_LOCK))
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                return False
+        except FileNotFoundError:
+            pass
+        except OSError:  # unknown: the lock stands (it did before this check existed)
+            return False
+        me.deleted = True
+        self._mark_lost(me)
+        log.warning(
+            "checkpoint %s was deleted while this driver runs (its lock file is gone or another one's): the job stops "
+            "before its next side effect and writes nothing more there",
+            self.url,
+        )
         return True
 
     def _deleted(self, me: _Owner) -> bool:
@@ -787,7 +816,11 @@ class Checkpoint:
             raise CheckpointError(msg)
         if me.lost:
             raise CheckpointInUseError(self._lost_message(me, what))
-        if me.lock_fd is not None or time.monotonic() < me.valid_until:
+        if me.lock_fd is not None:
+            if self._lock_replaced(me):  # two stat calls: the OS lock proves nothing once its file is gone
+                raise CheckpointInUseError(self._lost_message(me, what))
+            return
+        if time.monotonic() < me.valid_until:
             return
         start = time.monotonic()
         lease = self._read_lease()
@@ -824,7 +857,8 @@ class Checkpoint:
     def _lost_message(self, me: _Owner, what: str) -> str:
         if me.deleted:
             return (
-                f"checkpoint {self.url} was deleted while this driver ran (its {_IDENTITY} file and lease are gone): "
+                f"checkpoint {self.url} was deleted while this driver ran (its files are gone, or were made anew by "
+                "another job since): "
                 f"this driver stops before {what}, writing nothing more there. To go on from where it was, restore the "
                 "checkpoint from a copy and restart; to start the job from scratch, restart it as it is."
             )
@@ -1051,7 +1085,7 @@ class Checkpoint:
         _faults.point("commit.before_record")
         # Anything at or past `seq` means another driver claimed after our last record. The listing is
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
-        if me.deleted:
+        if me.deleted or self._lock_replaced(me):
             raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
         if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
             self._mark_lost(me)

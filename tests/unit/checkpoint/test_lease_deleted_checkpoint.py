@@ -46,6 +46,27 @@ def test_a_running_job_whose_checkpoint_is_deleted_stops_and_re_creates_nothing(
     assert not os.path.exists(url), f"the stop re-created the deleted checkpoint (its lease released): {os.listdir(url)}"
 
 
+def test_a_job_whose_local_checkpoint_was_made_anew_by_another_job_does_not_commit_into_it(tmp_path: Any) -> None:
+    """Deleted, and a new job started on the path before the old one's heartbeat ran: the flock proves nothing then."""
+    url = str(tmp_path / "ck")
+    old_sink, new_sink = ListSink(), ListSink()
+    old = rate_job(url, old_sink, lease_timeout_s=60.0)()  # no heartbeat within the test: the check is the batch's own
+    try:
+        old.run(max_batches=3)
+        shutil.rmtree(url)
+        new = rate_job(url, new_sink, lease_timeout_s=60.0)()
+        try:
+            new.run(max_batches=1)
+            with pytest.raises(CheckpointInUseError, match="was deleted while this driver ran"):
+                old.run(max_batches=1)
+            new.run(max_batches=1)  # still its own checkpoint
+            assert Checkpoint(url).log_seqs() == [1, 2, 3], "the old job wrote into the new job's log"
+        finally:
+            new.stop()
+    finally:
+        old.stop()
+
+
 @pytest.mark.integration
 def test_a_driver_whose_s3_checkpoint_was_deleted_does_not_take_over_a_new_job_there(
     s3_server: Any, s3_url: str, caplog: pytest.LogCaptureFixture
