@@ -342,7 +342,8 @@ class _Owner:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False  # another driver took over: never write the lease again
-    deleted: bool = False  # a heartbeat found the checkpoint deleted (no lease, no identity file): lost, never written again
+    deleted: bool = False  # the checkpoint was found deleted (or made anew) under this driver: lost, never written again
+    lease_missing: bool = False  # the last heartbeat found no lease (local disks: written again one beat later)
     #: Lease mode: ownership is proven until this time.monotonic() value (0: prove it again first).
     valid_until: float = 0.0
     checkpoint_id: str = ""
@@ -699,6 +700,14 @@ class Checkpoint:
             return False
         if missing and self._deleted(me):
             return False
+        if lease is not None and not _is_mine(me, lease) and self._made_anew(me):
+            return False  # a new job's lease on a checkpoint made anew at the URL: never overwritten by this one
+        if missing and me.lock_fd is not None and not me.lease_missing:
+            # On local disks the flock, not the lease, keeps other drivers out: a beat later, so that an
+            # `rm -r` of the directory (which may remove the lease before CHECKPOINT and the lock) is over.
+            me.lease_missing = True
+            return True
+        me.lease_missing = False
         start = time.monotonic()
         try:
             # A lease deleted alone is written again (until then another driver could claim at once). Never
@@ -715,7 +724,10 @@ class Checkpoint:
             # before that read, so the proof it gives runs out before the claimer's wait ends. A record after
             # ours (a claim; rarely our own commit between its append and `me.seq`) extends nothing: the next
             # ensure_owner re-checks the log. (me.seq is read after the listing: our own commits meanwhile count.)
-            last = me.seq if me.lock_fd is not None else self.last_seq()
+            mine = me.seq  # before the listing: a record of ours it lists is at or past this
+            last = mine if me.lock_fd is not None else self.last_seq()
+            if last < mine and self._log_reset(me, last):
+                return False
             if last > me.seq and self._claimed_after(me, last):
                 self._mark_lost(me)  # stop renewing: this driver's lease would overwrite the claimer's
                 log.warning("checkpoint %s was taken over by another driver (a claim record after this driver's)", self.url)
@@ -732,6 +744,34 @@ class Checkpoint:
         # past the lease another driver may have claimed, so ensure_owner re-checks the log.
         if quiet and time.monotonic() < me.valid_until:
             me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
+        return True
+
+    def _made_anew(self, me: _Owner) -> bool:
+        """True (and this driver lost) if the checkpoint's identity names another checkpoint than the one it claimed.
+
+        Asked only when the lease is not this driver's and names no later epoch (a new job on a checkpoint
+        deleted and made anew at the URL starts at epoch 1; a stale write of an older owner is the other case).
+        """
+        try:
+            if self._checkpoint_id() == me.checkpoint_id:
+                return False
+        except Exception:  # unreadable or gone: the lease is renewed as usual, the log check says the rest
+            return False
+        return self._mark_deleted(me, "its identity file names another checkpoint")
+
+    def _log_reset(self, me: _Owner, last: int) -> bool:
+        """True (and this driver lost): the log ends before this driver's own newest record, which nothing deletes."""
+        return self._mark_deleted(me, f"its log ends at record {last}, before this driver's own record {me.seq}")
+
+    def _mark_deleted(self, me: _Owner, why: str) -> bool:
+        me.deleted = True
+        self._mark_lost(me)
+        log.warning(
+            "checkpoint %s was deleted while this driver runs (%s): the job stops before its next side effect and "
+            "writes nothing more there",
+            self.url,
+            why,
+        )
         return True
 
     def _lock_replaced(self, me: _Owner) -> bool:
@@ -752,14 +792,7 @@ class Checkpoint:
             pass
         except OSError:  # unknown: the lock stands (it did before this check existed)
             return False
-        me.deleted = True
-        self._mark_lost(me)
-        log.warning(
-            "checkpoint %s was deleted while this driver runs (its lock file is gone or another one's): the job stops "
-            "before its next side effect and writes nothing more there",
-            self.url,
-        )
-        return True
+        return self._mark_deleted(me, "its lock file is gone, or another one")
 
     def _deleted(self, me: _Owner) -> bool:
         """After a heartbeat found no lease: True (and this driver lost) if the checkpoint itself is gone.
@@ -774,15 +807,7 @@ class Checkpoint:
                 return False
         except Exception:  # unknown: the lease is renewed as usual (the write says the rest)
             return False
-        me.deleted = True
-        self._mark_lost(me)
-        log.warning(
-            "checkpoint %s was deleted while this driver runs (no lease, no %s file): the job stops before its next "
-            "side effect and writes nothing more there",
-            self.url,
-            _IDENTITY,
-        )
-        return True
+        return self._mark_deleted(me, f"no lease, no {_IDENTITY} file")
 
     def _claimed_after(self, me: _Owner, last: int) -> bool:
         """True if a log record after this driver's last one (up to `last`) claims a higher epoch."""
@@ -823,12 +848,16 @@ class Checkpoint:
         if time.monotonic() < me.valid_until:
             return
         start = time.monotonic()
-        lease = self._read_lease()
+        try:
+            lease = self._read_lease(strict=True)
+            missing = lease is None
+        except CheckpointError:  # unreadable: renewed over, as before; only a lease not found may mean a deletion
+            lease, missing = None, False
         if lease is not None and int(lease.get("epoch", 0)) > me.epoch:
             self._mark_lost(me)
             raise CheckpointInUseError(self._lost_message(me, what))
-        if lease is None and self._deleted(me):  # the log check below would pass on an empty listing
-            raise CheckpointInUseError(self._lost_message(me, what))
+        if (missing and self._deleted(me)) or (lease is not None and not _is_mine(me, lease) and self._made_anew(me)):
+            raise CheckpointInUseError(self._lost_message(me, what))  # the log check below would pass on a new, short log
         self._write_lease(make_dirs=False)
         self._check_log(me, what)
         me.valid_until = start + self.lease_timeout_s * PROOF_FRACTION
@@ -843,8 +872,11 @@ class Checkpoint:
         return me.checkpoint_id, me.epoch
 
     def _check_log(self, me: _Owner, what: str) -> None:
-        """CheckpointInUseError if the log holds a record after this driver's last one."""
-        if self.last_seq() > me.seq:
+        """CheckpointInUseError if the log holds a record after this driver's last one, or ends before it."""
+        last = self.last_seq()
+        if last < me.seq and self._log_reset(me, last):
+            raise CheckpointInUseError(self._lost_message(me, what))
+        if last > me.seq:
             self._mark_lost(me)
             raise CheckpointInUseError(self._lost_message(me, what))
 
@@ -1087,7 +1119,10 @@ class Checkpoint:
         # needed besides create-if-absent: retention may since have deleted the claim record at `seq`.
         if me.deleted or self._lock_replaced(me):
             raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
-        if me.lost or self.last_seq() >= seq or not self.storage.create(_log_path(seq), data):
+        last = self.last_seq()
+        if last < me.seq and self._log_reset(me, last):  # a checkpoint made anew at the URL: its log is shorter
+            raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
+        if me.lost or last >= seq or not self.storage.create(_log_path(seq), data):
             self._mark_lost(me)
             msg = (
                 f"this driver lost its claim on checkpoint {self.url}: {self._describe_newer(seq)}. "
@@ -1606,6 +1641,11 @@ def _parents(path: str) -> list[str]:
         if up == out[-1]:
             return out
         out.append(up)
+
+
+def _is_mine(me: _Owner, lease: dict[str, Any]) -> bool:
+    """Whether `lease` is the one this driver writes (its epoch, this process)."""
+    return _epoch_of(lease) == me.epoch and lease.get("pid") == os.getpid() and lease.get("host") == hostname()
 
 
 def _epoch_of(data: dict[str, Any]) -> int:

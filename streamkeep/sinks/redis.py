@@ -306,7 +306,7 @@ def _queueing(pipe: Any, argcs: list[int], args: list[Any]) -> dict[str, Callabl
                 flat = type(fields) in _FLAT  # (isinstance costs the usual mapping ~0.1 us more per record)
                 cmd = ("HSET", key) if flat else ("HSET", key, *pairs(fields.items()))
             except (TypeError, ValueError, AttributeError) as exc:
-                raise TypeError(_HASH_OF_RESULT.format(item)) from exc
+                raise TypeError(_bad_result(item)) from exc
             if flat:  # its items as they are: no tuple per command, nothing to pair up
                 mark = len(args)
                 try:
@@ -321,7 +321,7 @@ def _queueing(pipe: Any, argcs: list[int], args: list[Any]) -> dict[str, Callabl
                     continue
                 del args[mark:]  # no field (HSET needs one): skipped; or a field without its value
                 if n & 1:
-                    raise TypeError(_odd_fields(item))
+                    raise TypeError(_odd_fields(key, n - 2))
                 continue
             n = len(cmd)
             if n > 2:  # no field: skipped (HSET needs one)
@@ -338,11 +338,20 @@ _HASH_OF_RESULT = "hash_of must return (key, mapping), (key, [field, value, ...]
 _FLAT = frozenset((list, tuple))
 
 
-def _odd_fields(item: Any) -> str:
+def _odd_fields(key: Any, n: int) -> str:
     return (
-        f"hash_of returned {len(item[1])} items for key {item[0]!r:.60}: a flat field list alternates field and value, "
+        f"hash_of returned {n} field list items for key {key!r:.60}: a flat field list alternates field and value, "
         "so it needs an even length"
     )
+
+
+def _bad_result(item: Any) -> str:
+    """`_HASH_OF_RESULT`, naming the fields' type when it is a sequence other than a plain list or tuple."""
+    msg = _HASH_OF_RESULT.format(item)
+    fields = item[1] if type(item) in _FLAT and len(item) == 2 else None
+    if isinstance(fields, (list, tuple)) or (fields is not None and not hasattr(fields, "items")):
+        msg += f" (its fields are a {type(fields).__name__}: a flat field list must be a plain list or tuple, e.g. list(fields))"
+    return msg
 
 
 def _own_hsets(pipe: Any) -> Callable[[Callable[[Any], Any], Iterable[Any]], None] | None:
@@ -356,7 +365,7 @@ def _own_hsets(pipe: Any) -> Callable[[Callable[[Any], Any], Iterable[Any]], Non
 
 
 #: What `RedisSink.hset_writer`'s ``hash_of`` returns: ``(key, mapping)``, ``(key, [field, value, ...])`` or None.
-HashOf = Callable[[Any], tuple[Any, Mapping[Any, Any] | Sequence[Any]] | None]
+HashOf = Callable[[Any], tuple[Any, Mapping[Any, Any] | list[Any] | tuple[Any, ...]] | None]
 
 
 def _hset_writer(hash_of: HashOf) -> WriteFunction:
@@ -380,9 +389,9 @@ def _hset_writer(hash_of: HashOf) -> WriteFunction:
                 flat = type(fields) in _FLAT
                 n = len(fields) if flat else len((*pairs(fields.items()),))  # checked as the sink checks it (a str: TypeError)
             except (TypeError, ValueError, AttributeError) as exc:
-                raise TypeError(_HASH_OF_RESULT.format(item)) from exc
+                raise TypeError(_bad_result(item)) from exc
             if n & 1:
-                raise TypeError(_odd_fields(item))
+                raise TypeError(_odd_fields(key, n))
             if n and flat:
                 pipe.hset(key, items=fields)
             elif n:

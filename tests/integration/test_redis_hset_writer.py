@@ -37,7 +37,7 @@ FLAT[2] = (FLAT[2][0], tuple(FLAT[2][1]))
 
 #: what a hash_of result is refused with, named
 BAD_RESULT = r"hash_of must return \(key, mapping\), \(key, \[field, value, \.\.\.\]\) or None, not"
-ODD = r"hash_of returned 3 items for key 'k': a flat field list alternates field and value, so it needs an even length"
+ODD = r"hash_of returned 3 field list items for key 'k': a flat field list alternates field and value, so it needs an even length"
 
 
 def _hash_of(record: Any) -> Any:
@@ -143,10 +143,16 @@ def test_a_replay_after_a_sigkill_is_skipped(redis_url):
     assert r.hgetall("user:bob") == {"n": "3"} and r.get("streamkeep:sink:crashy:last_batch") == "3000"
 
 
+class _Fields(list):  # type: ignore[type-arg]
+    """A list subclass: no flat field list (its iteration could run user code while queueing)."""
+
+
 @pytest.mark.parametrize(
     ("bad", "error"),
     [
-        (("k", [("a", 1)]), r"hash_of returned 1 items for key 'k': a flat field list alternates"),  # pairs are no flat list
+        (("k", _Fields(["a", 1])), r"its fields are a _Fields: a flat field list must be a plain list or tuple"),
+        (("k", "ab"), r"its fields are a str: a flat field list must be a plain list or tuple"),
+        (("k", [("a", 1)]), r"hash_of returned 1 field list items for key 'k': a flat field list alternates"),  # pairs are no flat list
         (("k", ["a", 1, "b"]), ODD),
         (("k", ("a", 1, "b")), ODD),
         (("k", "ab"), BAD_RESULT),

@@ -97,6 +97,69 @@ def test_a_driver_whose_s3_checkpoint_was_deleted_does_not_take_over_a_new_job_t
         old.release()
 
 
+def test_a_heartbeat_during_an_rm_of_the_directory_leaves_no_lease_behind(tmp_path: Any) -> None:
+    """`rm -r` may remove the lease before CHECKPOINT and the lock: a beat in between must not write it back."""
+    url = str(tmp_path / "ck")
+    cp = Checkpoint(url, lease_timeout_s=600.0)  # beats driven by hand below
+    cp.claim("a", "0")
+    cp.commit({"batch_time": 1000})
+    me = cp._owner
+    assert me is not None
+    try:
+        os.remove(os.path.join(url, "lease"))  # the rm has got as far as the lease
+        assert cp._renew(me)  # a beat now: still the owner
+        assert not os.path.exists(os.path.join(url, "lease")), "a beat wrote the lease back in the middle of the rm"
+        for name in os.listdir(url):  # the rm goes on
+            path = os.path.join(url, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.rmdir(url)
+        assert not cp._renew(me)
+        with pytest.raises(CheckpointInUseError, match="was deleted while this driver ran"):
+            cp.commit({"batch_time": 2000})
+        assert not os.path.exists(url)
+    finally:
+        cp.release()
+
+
+def test_a_local_lease_deleted_alone_is_written_again_a_beat_later(tmp_path: Any) -> None:
+    url = str(tmp_path / "ck")
+    cp = Checkpoint(url, lease_timeout_s=600.0)
+    cp.claim("a", "0")
+    me = cp._owner
+    assert me is not None
+    try:
+        os.remove(os.path.join(url, "lease"))
+        assert cp._renew(me) and cp._renew(me)
+        assert os.path.exists(os.path.join(url, "lease"))
+        cp.commit({"batch_time": 1000})
+    finally:
+        cp.release()
+
+
+@pytest.mark.integration
+def test_a_new_job_claiming_a_deleted_s3_checkpoint_before_the_old_drivers_heartbeat_keeps_it(s3_server: Any, s3_url: str) -> None:
+    """No beat between the deletion and the new claim: the old driver's own checks find the new, shorter log."""
+    opts = s3_server.storage_options
+    old = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+    old.claim("a", "0")
+    for t in (1000, 2000, 3000):
+        old.commit({"batch_time": t})
+    try:
+        old.storage.fs.rm(old.storage.root, recursive=True)
+        new = Checkpoint(s3_url, storage_options=opts, lease_timeout_s=0.6)
+        new.claim("a", "0")  # at once
+        try:
+            time.sleep(1.0)  # the old driver's heartbeats
+            with pytest.raises(CheckpointInUseError, match="was deleted while this driver ran"):
+                old.commit({"batch_time": 4000})
+            new.commit({"batch_time": 1000})  # not fenced out by the old driver
+            assert new.log_seqs() == [1, 2]
+        finally:
+            new.release()
+    finally:
+        old.release()
+
+
 @pytest.mark.integration
 def test_a_lease_deleted_alone_is_renewed_so_a_second_driver_still_waits_s3(s3_server: Any, s3_url: str) -> None:
     opts = s3_server.storage_options
