@@ -726,7 +726,7 @@ class Checkpoint:
             # ensure_owner re-checks the log. (me.seq is read after the listing: our own commits meanwhile count.)
             mine = me.seq  # before the listing: a record of ours it lists is at or past this
             last = mine if me.lock_fd is not None else self.last_seq()
-            if last < mine and self._log_reset(me, last):
+            if self._log_reset(me, last, mine):
                 return False
             if last > me.seq and self._claimed_after(me, last):
                 self._mark_lost(me)  # stop renewing: this driver's lease would overwrite the claimer's
@@ -759,9 +759,12 @@ class Checkpoint:
             return False
         return self._mark_deleted(me, "its identity file names another checkpoint")
 
-    def _log_reset(self, me: _Owner, last: int) -> bool:
-        """True (and this driver lost): the log ends before this driver's own newest record, which nothing deletes."""
-        return self._mark_deleted(me, f"its log ends at record {last}, before this driver's own record {me.seq}")
+    def _log_reset(self, me: _Owner, last: int, mine: int) -> bool:
+        """True (and this driver lost) if the log, listed up to `last`, ends before this driver's own newest record `mine`.
+
+        Retention never deletes that record: a shorter log is a checkpoint made anew at the URL.
+        """
+        return last < mine and self._mark_deleted(me, f"its log ends at record {last}, before this driver's own record {mine}")
 
     def _mark_deleted(self, me: _Owner, why: str) -> bool:
         me.deleted = True
@@ -874,7 +877,7 @@ class Checkpoint:
     def _check_log(self, me: _Owner, what: str) -> None:
         """CheckpointInUseError if the log holds a record after this driver's last one, or ends before it."""
         last = self.last_seq()
-        if last < me.seq and self._log_reset(me, last):
+        if self._log_reset(me, last, me.seq):
             raise CheckpointInUseError(self._lost_message(me, what))
         if last > me.seq:
             self._mark_lost(me)
@@ -1120,7 +1123,7 @@ class Checkpoint:
         if me.deleted or self._lock_replaced(me):
             raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
         last = self.last_seq()
-        if last < me.seq and self._log_reset(me, last):  # a checkpoint made anew at the URL: its log is shorter
+        if self._log_reset(me, last, me.seq):
             raise CheckpointInUseError(self._lost_message(me, f"committing batch {record.get('batch_time')}"))
         if me.lost or last >= seq or not self.storage.create(_log_path(seq), data):
             self._mark_lost(me)
